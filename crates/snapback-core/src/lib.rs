@@ -1,0 +1,1 @@
+//! snapback-core: the repository format and the operations on it.
