@@ -1,1 +1,45 @@
 //! snapback-core: the repository format and the operations on it.
+//!
+//! A synchronous library: snapshot, restore, check and the read paths that
+//! the mount and the repair engine build on. It knows nothing of the CLI.
+//! The public surface is the `pub use` block below.
+
+mod check;
+mod chunklist;
+mod config;
+mod error;
+mod id;
+mod index;
+mod manifest;
+mod pack;
+mod repo;
+mod restore;
+mod snapshot;
+pub mod sqlite;
+pub mod time;
+
+pub use check::{Affected, CheckOptions, CheckReport, Problem};
+pub use chunklist::ChunkRef;
+pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
+pub use error::{Error, Result};
+pub use id::{DbChecksum, Id};
+pub use index::{BlobLocation, MasterIndex};
+pub use manifest::{ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts};
+pub use pack::BlobKind;
+pub use repo::{pack_key, FileReader, InitOptions, Repository, Selector, Snapshot};
+pub use restore::{path_matches, RestoreItem, RestoreOptions, RestoreReport};
+pub use snapback_storage as storage;
+pub use snapshot::{SnapshotOptions, SnapshotReport};
+
+/// Progress of long work, for a progress bar. Every method has a no-op
+/// default.
+pub trait Progress: Send + Sync {
+    fn set_total(&self, _bytes: u64) {}
+    fn inc(&self, _bytes: u64) {}
+    fn set_message(&self, _msg: &str) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}

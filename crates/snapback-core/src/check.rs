@@ -1,0 +1,282 @@
+//! Verifying a repository.
+//!
+//! The structural check proves that every blob a manifest references is
+//! indexed and that its pack exists with the indexed size. With `read_data`
+//! every pack is read whole: its name is checked against its content, its
+//! header parsed, and every blob decompressed and hashed. Each problem names
+//! the object and every snapshot and file it affects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::chunklist;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{decode_index, MasterIndex};
+use crate::manifest::Manifest;
+use crate::pack::{open_blob, parse_header, parse_prefix};
+use crate::repo::{pack_id_from_key, pack_key, Repository, DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX};
+use crate::Progress;
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    pub read_data: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Affected {
+    pub snapshot: String,
+    pub time: String,
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// The damaged or missing object.
+    pub object: String,
+    pub problem: String,
+    /// Snapshots and files that cannot be restored exactly because of it.
+    pub affects: Vec<Affected>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub snapshots: u64,
+    pub files: u64,
+    pub packs: u64,
+    pub blobs_checked: u64,
+    pub bytes_read: u64,
+    /// Packs that no index references (left by an interrupted snapshot); not
+    /// an error, `prune` removes them.
+    pub unindexed_packs: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Problems {
+    map: BTreeMap<String, (String, BTreeSet<Affected>)>,
+}
+
+impl Problems {
+    fn add(&mut self, object: String, problem: String) {
+        self.map.entry(object).or_insert((problem, BTreeSet::new()));
+    }
+    fn affect(&mut self, object: &str, problem: impl FnOnce() -> String, a: Affected) {
+        self.map.entry(object.to_string()).or_insert_with(|| (problem(), BTreeSet::new())).1.insert(a);
+    }
+}
+
+impl Repository {
+    pub fn check(&self, opts: &CheckOptions, progress: &dyn Progress) -> Result<CheckReport> {
+        let store = self.store();
+        let mut report = CheckReport::default();
+        let mut probs = Problems::default();
+
+        // Packs that exist.
+        let mut pack_sizes: HashMap<Id, u64> = HashMap::new();
+        for o in store.list(DATA_PREFIX)? {
+            match pack_id_from_key(&o.key) {
+                Some(id) => {
+                    pack_sizes.insert(id, o.size);
+                }
+                None => probs.add(o.key.clone(), "an object under data/ that is not named like a pack".into()),
+            }
+        }
+        report.packs = pack_sizes.len() as u64;
+
+        // Indexes, read fresh (not the cached one), each on its own so that
+        // one damaged index is reported without hiding the others.
+        let mut index = MasterIndex::default();
+        for o in store.list(INDEX_PREFIX)? {
+            let r = store.get(&o.key).map_err(Error::from).and_then(|b| {
+                if Id::of(&b).to_hex() != o.key[INDEX_PREFIX.len()..] {
+                    return Err(Error::corrupt(&o.key, "content does not hash to its name"));
+                }
+                decode_index(&b, &o.key)
+            });
+            match r {
+                Ok(packs) => {
+                    for p in &packs {
+                        match pack_sizes.get(&p.id) {
+                            None => probs.add(pack_key(&p.id), "pack is missing (an index lists it)".into()),
+                            Some(&s) if s != p.size => probs.add(
+                                pack_key(&p.id),
+                                format!("pack is {s} bytes, its index says {}", p.size),
+                            ),
+                            _ => {}
+                        }
+                        index.insert_pack(p);
+                    }
+                }
+                Err(e) => probs.add(o.key.clone(), format!("unreadable index: {e} (run `snapback repair-index`)")),
+            }
+        }
+        report.unindexed_packs = pack_sizes.keys().filter(|p| !index.packs().contains_key(p)).count() as u64;
+
+        // With --read-data: every pack, whole.
+        let mut bad_blobs: HashMap<Id, String> = HashMap::new();
+        if opts.read_data {
+            progress.set_total(pack_sizes.values().sum());
+            let mut ids: Vec<_> = pack_sizes.keys().copied().collect();
+            ids.sort();
+            for id in ids {
+                let key = pack_key(&id);
+                match store.get(&key) {
+                    Ok(bytes) => {
+                        report.bytes_read += bytes.len() as u64;
+                        progress.inc(bytes.len() as u64);
+                        self.verify_pack_bytes(&id, &bytes, &index, &mut probs, &mut bad_blobs, &mut report);
+                    }
+                    Err(e) => probs.add(key, format!("cannot read pack: {e}")),
+                }
+            }
+        }
+
+        // Every manifest and everything it references.
+        let mut missing_packs: HashSet<Id> = HashSet::new();
+        for (p, s) in index.packs() {
+            if pack_sizes.get(p) != Some(s) {
+                missing_packs.insert(*p);
+            }
+        }
+        let mut list_cache: HashMap<Id, std::result::Result<Vec<u8>, String>> = HashMap::new();
+        for o in store.list(SNAPSHOT_PREFIX)? {
+            let r = store.get(&o.key).map_err(Error::from).and_then(|b| {
+                if Id::of(&b).to_hex() != o.key[SNAPSHOT_PREFIX.len()..] {
+                    return Err(Error::corrupt(&o.key, "content does not hash to its name"));
+                }
+                Manifest::parse(&b, &o.key)
+            });
+            let m = match r {
+                Ok(m) => m,
+                Err(e) => {
+                    probs.add(o.key.clone(), format!("unreadable manifest: {e}; this snapshot cannot be restored"));
+                    continue;
+                }
+            };
+            report.snapshots += 1;
+            let short = o.key[SNAPSHOT_PREFIX.len()..].chars().take(8).collect::<String>();
+            for f in &m.files {
+                report.files += 1;
+                let aff = || Affected { snapshot: short.clone(), time: m.time.clone(), file: f.path.clone() };
+                // The chunk list.
+                let mut lists_ok = true;
+                for lid in f.chunks.blob_ids() {
+                    if let Some(why) = blob_problem(lid, &index, &missing_packs, &bad_blobs) {
+                        probs.affect(&format!("blob {lid}"), || why.clone(), aff());
+                        lists_ok = false;
+                        continue;
+                    }
+                    let r = list_cache
+                        .entry(*lid)
+                        .or_insert_with(|| self.read_blob(&index, lid).map_err(|e| e.to_string()));
+                    if let Err(e) = r {
+                        probs.affect(&format!("blob {lid}"), || e.clone(), aff());
+                        lists_ok = false;
+                    }
+                }
+                if !lists_ok {
+                    continue;
+                }
+                let place = format!("chunk list of {}", f.path);
+                let decoded = (|| -> Result<Vec<chunklist::ChunkRef>> {
+                    let mut base = Vec::new();
+                    for p in &f.chunks.base {
+                        if let Some(Ok(b)) = list_cache.get(p) {
+                            base.extend(chunklist::decode_part(b, &place)?);
+                        }
+                    }
+                    let patch = match f.chunks.patch.as_ref().and_then(|p| list_cache.get(p)) {
+                        Some(Ok(b)) => chunklist::decode_patch(b, &place)?,
+                        _ => vec![],
+                    };
+                    chunklist::apply_patch(base, &patch, f.chunks.count, &place)
+                })();
+                let chunks = match decoded {
+                    Ok(c) => c,
+                    Err(e) => {
+                        probs.affect(&format!("chunk list of {} in {}", f.path, o.key), || e.to_string(), aff());
+                        continue;
+                    }
+                };
+                if chunks.iter().map(|c| c.len as u64).sum::<u64>() != f.size
+                    || crate::snapshot::checksum_of(&chunks).to_hex() != f.db_checksum
+                {
+                    probs.affect(&format!("chunk list of {} in {}", f.path, o.key), || "does not match the file's size and checksum".into(), aff());
+                }
+                let mut seen = HashSet::new();
+                for c in &chunks {
+                    if !seen.insert(c.id) {
+                        continue;
+                    }
+                    report.blobs_checked += 1;
+                    if let Some(why) = blob_problem(&c.id, &index, &missing_packs, &bad_blobs) {
+                        let obj = match index.get(&c.id) {
+                            Some(l) => pack_key(&l.pack),
+                            None => format!("blob {}", c.id),
+                        };
+                        probs.affect(&obj, || why, aff());
+                    }
+                }
+            }
+        }
+        report.problems = probs
+            .map
+            .into_iter()
+            .map(|(object, (problem, affects))| Problem { object, problem, affects: affects.into_iter().collect() })
+            .collect();
+        Ok(report)
+    }
+
+    fn verify_pack_bytes(&self, id: &Id, bytes: &[u8], index: &MasterIndex, probs: &mut Problems, bad: &mut HashMap<Id, String>, report: &mut CheckReport) {
+        let key = pack_key(id);
+        let name_ok = Id::of(bytes) == *id;
+        if !name_ok {
+            probs.add(key.clone(), "pack content does not hash to its name (bit rot or tampering)".into());
+        }
+        // Find exactly which blobs are damaged: by the header if it parses,
+        // else by the index's view of the pack.
+        let from_header = parse_prefix(bytes, &key).ok().and_then(|h| {
+            let h = h as usize;
+            (bytes.len() >= 12 + h).then(|| parse_header(&bytes[12..12 + h], bytes.len() as u64, &key).ok()).flatten()
+        });
+        let entries: Vec<_> = match from_header {
+            Some(e) => e.into_iter().map(|e| (e.id, e.offset, e.stored_len, e.raw_len)).collect(),
+            None => {
+                probs.add(key.clone(), "pack header is unreadable".into());
+                index.blobs().filter(|(_, l)| l.pack == *id).map(|(b, l)| (*b, l.offset, l.stored_len, l.raw_len)).collect()
+            }
+        };
+        for (bid, off, len, raw) in entries {
+            report.blobs_checked += 1;
+            let end = off as usize + len as usize;
+            let r = if end <= bytes.len() {
+                open_blob(&bid, &bytes[off as usize..end], raw, &key).map(|_| ())
+            } else {
+                Err(Error::corrupt(&key, "blob extends past the end"))
+            };
+            if let Err(e) = r {
+                bad.insert(bid, format!("damaged blob in {key}: {e}"));
+            }
+        }
+        if !name_ok && bad.values().all(|v| !v.contains(&key)) {
+            // The damage is outside every blob (header padding): the pack
+            // is still usable, but it is reported above.
+        }
+    }
+}
+
+fn blob_problem(id: &Id, index: &MasterIndex, missing: &HashSet<Id>, bad: &HashMap<Id, String>) -> Option<String> {
+    match index.get(id) {
+        None => Some(format!("blob {} is not in any index (its data is missing)", id.short())),
+        Some(l) if missing.contains(&l.pack) => Some(format!("pack {} is missing or has the wrong size", l.pack.short())),
+        Some(_) => bad.get(id).cloned(),
+    }
+}

@@ -1,0 +1,122 @@
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The repository format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The `config` object: written once by `init`, never changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    pub format_version: u32,
+    /// Random id of this repository.
+    pub repo_id: String,
+    pub created: String,
+    pub chunking: ChunkingParams,
+    /// zstd level for blobs.
+    pub compression_level: i32,
+    /// Packs are closed when they reach this many stored bytes.
+    pub pack_target_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingParams {
+    /// A SQLite database is cut into chunks of this many pages.
+    pub sqlite_pages_per_chunk: u32,
+    /// FastCDC sizes for other files.
+    pub cdc_min: u32,
+    pub cdc_avg: u32,
+    pub cdc_max: u32,
+}
+
+impl Default for ChunkingParams {
+    fn default() -> Self {
+        ChunkingParams {
+            sqlite_pages_per_chunk: 1,
+            cdc_min: 256 * 1024,
+            cdc_avg: 1024 * 1024,
+            cdc_max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl RepoConfig {
+    pub fn parse(bytes: &[u8]) -> Result<RepoConfig> {
+        // Read the version first so that a newer format gets a clear message
+        // rather than an "unknown field" one.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let v: Version = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt("config", format!("not a snapback config: {e}")))?;
+        if v.format_version > FORMAT_VERSION || v.format_version == 0 {
+            return Err(Error::UnsupportedVersion { found: v.format_version, supported: FORMAT_VERSION });
+        }
+        let c: RepoConfig =
+            serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let ch = &self.chunking;
+        if ch.sqlite_pages_per_chunk == 0 || ch.sqlite_pages_per_chunk > 1024 {
+            return Err(Error::corrupt("config", "sqlite_pages_per_chunk must be 1..=1024"));
+        }
+        if !(64 <= ch.cdc_min && ch.cdc_min <= ch.cdc_avg && ch.cdc_avg <= ch.cdc_max && ch.cdc_max <= 64 << 20) {
+            return Err(Error::corrupt("config", "cdc sizes must satisfy 64 <= min <= avg <= max <= 64 MiB"));
+        }
+        if !(1..=19).contains(&self.compression_level) {
+            return Err(Error::corrupt("config", "compression_level must be 1..=19"));
+        }
+        if self.pack_target_size < 1 << 16 || self.pack_target_size > 1 << 30 {
+            return Err(Error::corrupt("config", "pack_target_size must be 64 KiB..=1 GiB"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RepoConfig {
+        RepoConfig {
+            format_version: FORMAT_VERSION,
+            repo_id: "r".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            chunking: ChunkingParams::default(),
+            compression_level: 3,
+            pack_target_size: 16 << 20,
+        }
+    }
+
+    #[test]
+    fn roundtrip() {
+        let c = sample();
+        let b = serde_json::to_vec(&c).expect("ser");
+        assert_eq!(RepoConfig::parse(&b).expect("parse"), c);
+    }
+
+    #[test]
+    fn newer_version_is_refused_clearly() {
+        let mut c = sample();
+        c.format_version = 99;
+        let b = serde_json::to_vec(&c).expect("ser");
+        let e = RepoConfig::parse(&b).expect_err("newer");
+        assert!(matches!(e, Error::UnsupportedVersion { found: 99, .. }), "{e}");
+        assert!(e.to_string().contains("Upgrade snapback"));
+    }
+
+    #[test]
+    fn garbage_is_corrupt() {
+        assert!(matches!(RepoConfig::parse(b"\x00\x01"), Err(Error::Corrupt { .. })));
+        let mut c = sample();
+        c.chunking.sqlite_pages_per_chunk = 0;
+        let b = serde_json::to_vec(&c).expect("ser");
+        assert!(matches!(RepoConfig::parse(&b), Err(Error::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,67 @@
+//! Errors of the core.
+//!
+//! The rules: every error says what went wrong, with which object, file or
+//! snapshot, and where an operator can do something about it, what to do.
+//! Nothing here is printed with a backtrace; the CLI prints the cause chain.
+
+use std::path::PathBuf;
+
+use snapback_storage::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error("no snapback repository at {location} (there is no 'config' object). Create one with `snapback init`, or check --repo / SNAPBACK_REPO.")]
+    NotARepository { location: String },
+
+    #[error("a snapback repository already exists at {location}; nothing was changed")]
+    AlreadyInitialised { location: String },
+
+    #[error("the repository uses format version {found}, but this snapback understands up to version {supported}. Upgrade snapback; nothing was changed.")]
+    UnsupportedVersion { found: u32, supported: u32 },
+
+    #[error("corrupt {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+
+    #[error("{0}")]
+    Selector(String),
+
+    #[error("{path}: {message}: {source}")]
+    Io {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: {message}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    #[error("{path}: {message}")]
+    Input { path: PathBuf, message: String },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("{0}")]
+    Verification(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, message: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), message: message.into(), source }
+    }
+
+    pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Corrupt { what: what.into(), detail: detail.into() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

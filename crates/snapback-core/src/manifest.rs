@@ -1,0 +1,135 @@
+//! Snapshot manifests: the commit record of a snapshot.
+//!
+//! A manifest is JSON, stored under `snapshots/<sha256 of its bytes>`, and it
+//! is written last, after every object that it references is durably stored
+//! and verified. A manifest that exists means a committed snapshot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::FORMAT_VERSION;
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// When the capture began (RFC 3339, UTC). Every file's content includes
+    /// every transaction committed before this instant.
+    pub time: String,
+    pub host: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The source paths as given (absolute).
+    pub paths: Vec<String>,
+    pub files: Vec<FileEntry>,
+    pub stats: SnapshotStats,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    Sqlite,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Chunking {
+    /// Fixed-size chunks of `size` bytes (the last may be shorter).
+    Fixed { size: u32 },
+    /// Content-defined chunks (FastCDC).
+    Cdc,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    /// Absolute source path.
+    pub path: String,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mode: u32,
+    /// Modification time of the source (RFC 3339), informational.
+    pub mtime: Option<String>,
+    /// SHA-256 of the whole captured content.
+    pub sha256: Id,
+    /// Sum of per-chunk terms (see `DbChecksum`), hex.
+    pub db_checksum: String,
+    pub chunking: Chunking,
+    pub chunks: ChunkListRef,
+    pub sqlite: Option<SqliteFacts>,
+}
+
+/// Where a file's chunk list is: `base` parts (up to `chunklist::PART_LEN`
+/// entries each), optionally with a `patch` of changed entries on top.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkListRef {
+    pub count: u64,
+    pub base: Vec<Id>,
+    pub patch: Option<Id>,
+}
+
+impl ChunkListRef {
+    pub fn blob_ids(&self) -> impl Iterator<Item = &Id> {
+        self.base.iter().chain(self.patch.iter())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SqliteFacts {
+    pub page_size: u32,
+    pub page_count: u64,
+    /// "wal" or "rollback", from header bytes 18 and 19.
+    pub journal_mode: String,
+    /// SHA-256 over the schema table's rows.
+    pub schema_hash: Id,
+    /// Header offset 24. Informational only: it does not move in WAL mode.
+    pub change_counter: u32,
+    /// When the read transaction was established.
+    pub captured_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotStats {
+    pub files: u64,
+    pub bytes_read: u64,
+    /// Raw bytes of chunks the repository did not have.
+    pub bytes_new: u64,
+    /// Bytes of pack and index objects this snapshot wrote.
+    pub bytes_added: u64,
+    pub objects_written: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub duration_ms: u64,
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8], place: &str) -> Result<Manifest> {
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let v: Version =
+            serde_json::from_slice(bytes).map_err(|e| Error::corrupt(place, format!("not a snapshot manifest: {e}")))?;
+        if v.format_version > FORMAT_VERSION || v.format_version == 0 {
+            return Err(Error::UnsupportedVersion { found: v.format_version, supported: FORMAT_VERSION });
+        }
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(place, e.to_string()))?;
+        crate::time::parse_rfc3339(&m.time).map_err(|e| Error::corrupt(place, format!("bad time: {e}")))?;
+        for f in &m.files {
+            let parts_ok = f.chunks.base.len() as u64 <= f.chunks.count.div_ceil(crate::chunklist::PART_LEN as u64) + 1;
+            if !parts_ok || !f.path.starts_with('/') {
+                return Err(Error::corrupt(place, format!("file entry {} is malformed", f.path)));
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(format!("cannot encode manifest: {e}")))
+    }
+
+    /// Sum of the logical sizes of its files.
+    pub fn logical_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}

@@ -1,0 +1,245 @@
+//! Packs: many compressed blobs in one object, so that a snapshot of a few
+//! changed pages writes a few objects, not thousands.
+//!
+//! Layout (all integers little-endian):
+//! ```text
+//! magic     8 bytes  "SNBPACK\x01"
+//! hlen      u32      length of the header that follows
+//! header    count u32, then count entries of 41 bytes:
+//!             kind u8, id [32], stored_len u32, raw_len u32
+//! blobs     the stored (zstd) blobs, in header order, back to back
+//! ```
+//! A pack is named by the SHA-256 of all its bytes, so it can be verified
+//! without unpacking, and its header alone rebuilds its index entries.
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+pub const PACK_MAGIC: &[u8; 8] = b"SNBPACK\x01";
+const ENTRY_LEN: usize = 41;
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlobKind {
+    /// A chunk of file content.
+    Data,
+    /// A part of a file's chunk list (see `chunklist`).
+    ChunkList,
+}
+
+impl BlobKind {
+    pub fn code(self) -> u8 {
+        match self {
+            BlobKind::Data => 0,
+            BlobKind::ChunkList => 1,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Option<BlobKind> {
+        match c {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::ChunkList),
+            _ => None,
+        }
+    }
+}
+
+/// One blob's entry in a pack header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub kind: BlobKind,
+    pub id: Id,
+    /// Offset of the stored bytes within the pack.
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+/// Compresses a blob and proves that the compressed form decompresses back to
+/// content with the same hash, so that a compressor fault is never committed.
+pub fn seal_blob(id: &Id, raw: &[u8], level: i32) -> Result<Vec<u8>> {
+    let stored = zstd::bulk::compress(raw, level)
+        .map_err(|e| Error::Verification(format!("zstd compression of chunk {} failed: {e}", id.short())))?;
+    let back = zstd::bulk::decompress(&stored, raw.len())
+        .map_err(|e| Error::Verification(format!("chunk {} does not decompress after compression: {e}", id.short())))?;
+    if back.len() != raw.len() || Id::of(&back) != *id {
+        return Err(Error::Verification(format!(
+            "chunk {} changed in compression (compressor fault); nothing was stored",
+            id.short()
+        )));
+    }
+    Ok(stored)
+}
+
+/// Decompresses a stored blob and checks it against its id and length.
+pub fn open_blob(entry_id: &Id, stored: &[u8], raw_len: u32, place: &str) -> Result<Vec<u8>> {
+    let raw = zstd::bulk::decompress(stored, raw_len as usize)
+        .map_err(|e| Error::corrupt(format!("blob {} in {place}", entry_id.short()), format!("does not decompress: {e}")))?;
+    if raw.len() != raw_len as usize {
+        return Err(Error::corrupt(
+            format!("blob {} in {place}", entry_id.short()),
+            format!("decompressed to {} bytes, expected {raw_len}", raw.len()),
+        ));
+    }
+    let got = Id::of(&raw);
+    if got != *entry_id {
+        return Err(Error::corrupt(
+            format!("blob {} in {place}", entry_id.short()),
+            format!("content hash is {}, not the blob's id", got.short()),
+        ));
+    }
+    Ok(raw)
+}
+
+/// Builds a pack in memory.
+#[derive(Debug, Default)]
+pub struct PackBuilder {
+    entries: Vec<(BlobKind, Id, u32, u32)>,
+    body: Vec<u8>,
+}
+
+impl PackBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, kind: BlobKind, id: Id, stored: &[u8], raw_len: u32) {
+        self.entries.push((kind, id, stored.len() as u32, raw_len));
+        self.body.extend_from_slice(stored);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn size(&self) -> usize {
+        self.body.len() + 12 + self.entries.len() * ENTRY_LEN + 4
+    }
+
+    /// Serializes the pack; returns its bytes, its id and its entries with
+    /// their final offsets.
+    pub fn finish(self) -> (Vec<u8>, Id, Vec<PackEntry>) {
+        let hlen = 4 + self.entries.len() * ENTRY_LEN;
+        let mut out = Vec::with_capacity(12 + hlen + self.body.len());
+        out.extend_from_slice(PACK_MAGIC);
+        out.extend_from_slice(&(hlen as u32).to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        let mut offset = (12 + hlen) as u32;
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for (kind, id, stored_len, raw_len) in &self.entries {
+            out.push(kind.code());
+            out.extend_from_slice(&id.0);
+            out.extend_from_slice(&stored_len.to_le_bytes());
+            out.extend_from_slice(&raw_len.to_le_bytes());
+            entries.push(PackEntry { kind: *kind, id: *id, offset, stored_len: *stored_len, raw_len: *raw_len });
+            offset += stored_len;
+        }
+        out.extend_from_slice(&self.body);
+        let id = Id::of(&out);
+        (out, id, entries)
+    }
+}
+
+/// Parses the 12-byte prefix; returns the header length.
+pub fn parse_prefix(prefix: &[u8], place: &str) -> Result<u32> {
+    if prefix.len() < 12 || &prefix[..8] != PACK_MAGIC {
+        return Err(Error::corrupt(place, "not a snapback pack (bad magic)"));
+    }
+    let hlen = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
+    if hlen < 4 || (hlen - 4) as usize % ENTRY_LEN != 0 {
+        return Err(Error::corrupt(place, format!("pack header length {hlen} is invalid")));
+    }
+    Ok(hlen)
+}
+
+/// Parses a pack header (the `hlen` bytes after the prefix) and checks every
+/// entry against the pack's size.
+pub fn parse_header(header: &[u8], pack_size: u64, place: &str) -> Result<Vec<PackEntry>> {
+    if header.len() < 4 {
+        return Err(Error::corrupt(place, "pack header is truncated"));
+    }
+    let count = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if header.len() != 4 + count * ENTRY_LEN {
+        return Err(Error::corrupt(place, "pack header length does not match its entry count"));
+    }
+    let mut offset = 12u64 + header.len() as u64;
+    let mut out = Vec::with_capacity(count);
+    for e in header[4..].chunks_exact(ENTRY_LEN) {
+        let kind = BlobKind::from_code(e[0]).ok_or_else(|| Error::corrupt(place, format!("unknown blob kind {}", e[0])))?;
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&e[1..33]);
+        let stored_len = u32::from_le_bytes([e[33], e[34], e[35], e[36]]);
+        let raw_len = u32::from_le_bytes([e[37], e[38], e[39], e[40]]);
+        if offset + stored_len as u64 > pack_size {
+            return Err(Error::corrupt(place, "a blob extends past the end of the pack"));
+        }
+        out.push(PackEntry { kind, id: Id(id), offset: offset as u32, stored_len, raw_len });
+        offset += stored_len as u64;
+    }
+    if offset != pack_size {
+        return Err(Error::corrupt(place, format!("pack is {pack_size} bytes but its header accounts for {offset}")));
+    }
+    Ok(out)
+}
+
+/// Parses a whole pack held in memory: checks its name, its header, and every
+/// blob (decompressed and hashed). Returns the entries.
+#[cfg(test)]
+pub fn verify_pack(bytes: &[u8], expected: &Id, place: &str) -> Result<Vec<PackEntry>> {
+    let got = Id::of(bytes);
+    if got != *expected {
+        return Err(Error::corrupt(place, format!("pack content hashes to {}, not to its name", got.short())));
+    }
+    let hlen = parse_prefix(bytes, place)? as usize;
+    if bytes.len() < 12 + hlen {
+        return Err(Error::corrupt(place, "pack is shorter than its header"));
+    }
+    let entries = parse_header(&bytes[12..12 + hlen], bytes.len() as u64, place)?;
+    for e in &entries {
+        let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
+        open_blob(&e.id, s, e.raw_len, place)?;
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_roundtrip_and_verify() {
+        let mut b = PackBuilder::new();
+        let blobs: Vec<Vec<u8>> = vec![b"hello".to_vec(), vec![0u8; 4096], (0..5000u32).map(|i| i as u8).collect()];
+        for raw in &blobs {
+            let id = Id::of(raw);
+            let s = seal_blob(&id, raw, 3).expect("seal");
+            b.add(BlobKind::Data, id, &s, raw.len() as u32);
+        }
+        let (bytes, id, entries) = b.finish();
+        assert_eq!(verify_pack(&bytes, &id, "p").expect("verify"), entries);
+        for (e, raw) in entries.iter().zip(&blobs) {
+            let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
+            assert_eq!(&open_blob(&e.id, s, e.raw_len, "p").expect("open"), raw);
+        }
+    }
+
+    #[test]
+    fn flipped_byte_is_detected() {
+        let mut b = PackBuilder::new();
+        let raw = vec![7u8; 10000];
+        let id = Id::of(&raw);
+        b.add(BlobKind::Data, id, &seal_blob(&id, &raw, 3).expect("seal"), raw.len() as u32);
+        let (mut bytes, pid, _) = b.finish();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x40;
+        assert!(matches!(verify_pack(&bytes, &pid, "p"), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn bad_headers_are_rejected() {
+        assert!(parse_prefix(b"NOTAPACK\x05\x00\x00\x00", "p").is_err());
+        assert!(parse_header(&[1, 0, 0, 0], 100, "p").is_err());
+        assert!(parse_header(&[0, 0, 0, 0], 16, "p").is_ok());
+        assert!(parse_header(&[0, 0, 0, 0], 17, "p").is_err());
+    }
+}

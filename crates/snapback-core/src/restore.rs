@@ -1,0 +1,274 @@
+//! Restoring files from a snapshot.
+//!
+//! Plan, then apply: the plan maps every selected file to its destination
+//! and is checked whole (no destination may exist without `force`) before a
+//! byte is written. Each file is written to a temporary file beside its
+//! destination, every chunk verified against its hash, the whole file
+//! verified against the manifest's SHA-256 and checksum, fsync'd, and only
+//! then renamed into place.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::manifest::{FileEntry, FileKind};
+use crate::pack::open_blob;
+use crate::repo::{pack_key, Repository, Snapshot};
+use crate::snapshot::checksum_of;
+use crate::Progress;
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Overwrite existing destination files.
+    pub force: bool,
+    /// Restore only this file, or the files under this directory.
+    pub path: Option<String>,
+}
+
+/// One file to restore and where it goes.
+#[derive(Debug, Clone)]
+pub struct RestoreItem {
+    pub file: FileEntry,
+    pub dest: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// True when `file` is `path` or lies under the directory `path`.
+pub fn path_matches(file: &str, path: &str) -> bool {
+    let p = path.trim_end_matches('/');
+    file == p || (file.starts_with(p) && file.as_bytes().get(p.len()) == Some(&b'/')) || p.is_empty()
+}
+
+/// Maps the selected files to destinations. A single selected file restores
+/// to DEST itself, unless DEST is an existing directory or ends with '/';
+/// otherwise every file goes to DEST/<its absolute source path>.
+pub fn plan(snap: &Snapshot, dest: &Path, opts: &RestoreOptions) -> Result<Vec<RestoreItem>> {
+    let files: Vec<&FileEntry> = snap
+        .manifest
+        .files
+        .iter()
+        .filter(|f| opts.path.as_deref().is_none_or(|p| path_matches(&f.path, p)))
+        .collect();
+    if files.is_empty() {
+        let avail: Vec<&str> = snap.manifest.files.iter().take(10).map(|f| f.path.as_str()).collect();
+        return Err(Error::Selector(format!(
+            "snapshot {} has no file matching {}; it holds: {}",
+            snap.describe(),
+            opts.path.as_deref().unwrap_or("(any)"),
+            avail.join(", ")
+        )));
+    }
+    let dest_is_dir = dest.is_dir() || dest.to_string_lossy().ends_with('/');
+    let mut items = Vec::new();
+    for f in files {
+        let target = if items.is_empty() && !dest_is_dir && snap_selects_one(snap, opts) {
+            dest.to_path_buf()
+        } else {
+            let rel = Path::new(&f.path);
+            let mut t = dest.to_path_buf();
+            for c in rel.components() {
+                match c {
+                    Component::RootDir => {}
+                    Component::Normal(n) => t.push(n),
+                    _ => {
+                        return Err(Error::corrupt(
+                            "manifest",
+                            format!("file path {} would escape the destination; refusing to restore it", f.path),
+                        ))
+                    }
+                }
+            }
+            t
+        };
+        items.push(RestoreItem { file: f.clone(), dest: target });
+    }
+    Ok(items)
+}
+
+fn snap_selects_one(snap: &Snapshot, opts: &RestoreOptions) -> bool {
+    snap.manifest.files.iter().filter(|f| opts.path.as_deref().is_none_or(|p| path_matches(&f.path, p))).count() == 1
+}
+
+impl Repository {
+    /// Restores the files of a snapshot under `dest`.
+    pub fn restore(&self, snap: &Snapshot, dest: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+        let items = plan(snap, dest, opts)?;
+        if !opts.force {
+            let existing: Vec<String> = items.iter().filter(|i| i.dest.exists()).map(|i| i.dest.display().to_string()).collect();
+            if !existing.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "refusing to overwrite existing file(s) without --force: {}; nothing was written",
+                    existing.join(", ")
+                )));
+            }
+        }
+        progress.set_total(items.iter().map(|i| i.file.size).sum());
+        let mut report = RestoreReport::default();
+        for item in &items {
+            progress.set_message(&item.file.path);
+            self.restore_file(&item.file, &item.dest, opts.force, progress)?;
+            report.files += 1;
+            report.bytes += item.file.size;
+        }
+        Ok(report)
+    }
+
+    /// Restores one file to exactly `dest`, verified, atomically.
+    pub fn restore_file(&self, file: &FileEntry, dest: &Path, force: bool, progress: &dyn Progress) -> Result<()> {
+        if dest.exists() && !force {
+            return Err(Error::Invalid(format!("{} exists; use --force to overwrite it", dest.display())));
+        }
+        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "cannot create the destination directory", e))?;
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+        let tmp = dir.join(format!(".{name}.snapback-{}.tmp", std::process::id()));
+        let r = self.write_verified(file, &tmp, progress).and_then(|()| {
+            if file.kind == FileKind::Sqlite {
+                // A stale WAL or journal beside the new file would be applied
+                // to it by SQLite: remove them with the file they belonged to.
+                for suffix in ["-wal", "-shm", "-journal"] {
+                    let side = PathBuf::from(format!("{}{suffix}", dest.display()));
+                    match std::fs::remove_file(&side) {
+                        Ok(()) => tracing::warn!(path = %side.display(), "removed the old SQLite side file of the overwritten database"),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(&side, "cannot remove the old side file", e)),
+                    }
+                }
+            }
+            std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, "cannot move the restored file into place", e))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "cannot fsync", e))
+        });
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?;
+        tracing::info!(path = %file.path, dest = %dest.display(), bytes = file.size, "file restored");
+        Ok(())
+    }
+
+    fn write_verified(&self, file: &FileEntry, tmp: &Path, progress: &dyn Progress) -> Result<()> {
+        let index = self.index()?;
+        let chunks = self.chunk_list(&index, file)?;
+        let sum = checksum_of(&chunks);
+        if sum.to_hex() != file.db_checksum {
+            return Err(Error::corrupt(
+                format!("chunk list of {}", file.path),
+                "its checksum does not match the manifest's; refusing to restore",
+            ));
+        }
+        let out = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)
+            .map_err(|e| Error::io(tmp, "cannot create the temporary file", e))?;
+        out.set_len(file.size).map_err(|e| Error::io(tmp, "cannot size the file", e))?;
+
+        // Where each chunk goes, grouped by pack, so that neighbouring blobs
+        // are fetched with one range read.
+        let mut offsets: HashMap<Id, Vec<u64>> = HashMap::new();
+        let mut off = 0u64;
+        for c in &chunks {
+            offsets.entry(c.id).or_default().push(off);
+            off += c.len as u64;
+        }
+        let mut by_pack: HashMap<Id, Vec<(Id, crate::index::BlobLocation)>> = HashMap::new();
+        for id in offsets.keys() {
+            let loc = index.get(id).ok_or_else(|| {
+                Error::corrupt(format!("chunk {} of {}", id.short(), file.path), "is not in any index; the data is missing")
+            })?;
+            by_pack.entry(loc.pack).or_default().push((*id, *loc));
+        }
+        let packs: Vec<_> = by_pack.into_iter().collect();
+        packs.par_iter().try_for_each(|(pack, blobs)| -> Result<()> {
+            let mut blobs = blobs.clone();
+            blobs.sort_by_key(|(_, l)| l.offset);
+            let key = pack_key(pack);
+            let mut i = 0;
+            while i < blobs.len() {
+                // Coalesce blobs that are close together, up to 16 MiB a read.
+                let start = blobs[i].1.offset as u64;
+                let mut end = start + blobs[i].1.stored_len as u64;
+                let mut j = i + 1;
+                while j < blobs.len() {
+                    let l = &blobs[j].1;
+                    if (l.offset as u64) > end + (256 << 10) || (l.offset as u64 + l.stored_len as u64) - start > (16 << 20) {
+                        break;
+                    }
+                    end = end.max(l.offset as u64 + l.stored_len as u64);
+                    j += 1;
+                }
+                let range = self.store().get_range(&key, start, end - start)?;
+                for (id, l) in &blobs[i..j] {
+                    let a = (l.offset as u64 - start) as usize;
+                    let raw = open_blob(id, &range[a..a + l.stored_len as usize], l.raw_len, &key)?;
+                    let zero = raw.iter().all(|&b| b == 0);
+                    for &o in offsets.get(id).into_iter().flatten() {
+                        // The file was sized with set_len, so zeros are holes already.
+                        if !zero {
+                            out.write_all_at(&raw, o).map_err(|e| Error::io(tmp, "write failed", e))?;
+                        }
+                        progress.inc(raw.len() as u64);
+                    }
+                }
+                i = j;
+            }
+            Ok(())
+        })?;
+        out.sync_all().map_err(|e| Error::io(tmp, "fsync failed", e))?;
+
+        // Read back what is on disk and prove it is the captured content.
+        let mut h = Sha256::new();
+        let mut f = File::open(tmp).map_err(|e| Error::io(tmp, "cannot reopen", e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(tmp, "read-back failed", e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let got = Id(h.finalize().into());
+        if got != file.sha256 {
+            return Err(Error::Verification(format!(
+                "restored content of {} hashes to {}, but the snapshot recorded {}; nothing was put in place",
+                file.path,
+                got.short(),
+                file.sha256.short()
+            )));
+        }
+        let perm = std::fs::Permissions::from_mode(file.mode & 0o7777);
+        std::fs::set_permissions(tmp, perm).map_err(|e| Error::io(tmp, "cannot set permissions", e))?;
+        if let Some(m) = file.mtime.as_deref().and_then(|t| crate::time::parse_rfc3339(t).ok()) {
+            let _ = out.set_modified(m.into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_matching() {
+        assert!(path_matches("/a/b.db", "/a/b.db"));
+        assert!(path_matches("/a/b.db", "/a"));
+        assert!(path_matches("/a/b.db", "/a/"));
+        assert!(!path_matches("/ab/c", "/a"));
+        assert!(!path_matches("/a/b.db", "/a/b"));
+    }
+}

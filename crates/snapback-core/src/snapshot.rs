@@ -1,0 +1,478 @@
+//! Taking a snapshot.
+//!
+//! The order of writes is the commit protocol:
+//! 1. packs (each verified: its chunks were decompressed and re-hashed before
+//!    sealing; each upload is confirmed present with its size);
+//! 2. one index object for the new packs, likewise confirmed;
+//! 3. the manifest, last. Until it exists, nothing refers to the new data,
+//!    and a crash leaves only unreferenced packs that `prune` removes.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use snapback_storage::{PutOutcome, Store};
+
+use crate::chunklist::{self, ChunkRef, PART_LEN};
+use crate::config::FORMAT_VERSION;
+use crate::error::{Error, Result};
+use crate::id::{DbChecksum, Id};
+use crate::index::{encode_index, IndexedPack, MasterIndex};
+use crate::manifest::{ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts};
+use crate::pack::{seal_blob, BlobKind, PackBuilder};
+use crate::repo::{pack_key, Repository, Snapshot, SNAPSHOT_PREFIX};
+use crate::sqlite::{has_sqlite_header, journal_mode_of_header, Capture};
+use crate::Progress;
+
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    pub tags: Vec<String>,
+    /// How long to wait for a writer's exclusive lock on a database.
+    pub busy_timeout: Duration,
+    /// Uploads in flight at once.
+    pub upload_threads: usize,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions { tags: vec![], busy_timeout: Duration::from_secs(30), upload_threads: 4 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotReport {
+    pub id: Id,
+    pub manifest: Manifest,
+}
+
+/// A file to capture.
+#[derive(Debug, Clone)]
+struct Source {
+    path: PathBuf,
+    sqlite: bool,
+}
+
+/// Expands the given paths into the files to capture. Directories are taken
+/// recursively. A SQLite database is recognised by its header; its `-wal`,
+/// `-shm` and `-journal` files are never captured as files of their own.
+fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>)> {
+    let mut roots = Vec::new();
+    let mut files = Vec::new();
+    for p in paths {
+        let abs = std::fs::canonicalize(p).map_err(|e| {
+            Error::io(p, "cannot snapshot this path (check that it exists and is readable)", e)
+        })?;
+        roots.push(abs.to_string_lossy().into_owned());
+        walk(&abs, &mut files)?;
+    }
+    files.sort();
+    files.dedup();
+    let mut sources = Vec::new();
+    for f in &files {
+        let sqlite = has_sqlite_header(f).map_err(|e| Error::io(f, "cannot read", e))?;
+        sources.push(Source { path: f.clone(), sqlite });
+    }
+    let dbs: HashSet<PathBuf> = sources.iter().filter(|s| s.sqlite).map(|s| s.path.clone()).collect();
+    sources.retain(|s| {
+        let name = s.path.to_string_lossy();
+        for suffix in ["-wal", "-shm", "-journal"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                let base = PathBuf::from(base);
+                if dbs.contains(&base) || has_sqlite_header(&base).unwrap_or(false) {
+                    tracing::debug!(path = %s.path.display(), "skipping a SQLite side file; its database is captured through SQLite");
+                    return false;
+                }
+            }
+        }
+        true
+    });
+    Ok((roots, sources))
+}
+
+fn walk(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, "cannot stat", e))?;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        out.push(p.to_path_buf());
+    } else if ft.is_dir() {
+        let mut ents: Vec<_> = std::fs::read_dir(p)
+            .map_err(|e| Error::io(p, "cannot list directory", e))?
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(p, "cannot list directory", e))?;
+        ents.sort_by_key(|e| e.file_name());
+        for e in ents {
+            walk(&e.path(), out)?;
+        }
+    } else {
+        tracing::warn!(path = %p.display(), "skipping: not a regular file or directory (symlinks, sockets and devices are not captured)");
+    }
+    Ok(())
+}
+
+/// Collects blobs into packs and uploads them on a few threads.
+struct BlobSink<'a> {
+    index: &'a MasterIndex,
+    pending: HashSet<Id>,
+    pack: PackBuilder,
+    level: i32,
+    pack_target: usize,
+    tx: Option<SyncSender<PackBuilder>>,
+    stats: &'a Mutex<SnapshotStats>,
+}
+
+impl BlobSink<'_> {
+    /// True if the blob is neither in the repository nor already queued.
+    fn claim(&mut self, id: &Id) -> bool {
+        !self.index.contains(id) && self.pending.insert(*id)
+    }
+
+    fn add_sealed(&mut self, kind: BlobKind, id: Id, stored: &[u8], raw_len: u32) -> Result<()> {
+        self.pack.add(kind, id, stored, raw_len);
+        if self.pack.size() >= self.pack_target {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn add_raw(&mut self, kind: BlobKind, raw: &[u8]) -> Result<Id> {
+        let id = Id::of(raw);
+        if self.claim(&id) {
+            let stored = seal_blob(&id, raw, self.level)?;
+            if let Ok(mut s) = self.stats.lock() {
+                s.bytes_new += raw.len() as u64;
+            }
+            self.add_sealed(kind, id, &stored, raw.len() as u32)?;
+        }
+        Ok(id)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let pack = std::mem::take(&mut self.pack);
+        let tx = self.tx.as_ref().ok_or_else(|| Error::Invalid("upload queue closed".into()))?;
+        tx.send(pack).map_err(|_| Error::Invalid("the upload threads stopped (see the error above)".into()))
+    }
+}
+
+/// Stores an object and proves that it is there with the expected size.
+pub(crate) fn put_verified(store: &dyn Store, key: &str, bytes: &[u8]) -> Result<PutOutcome> {
+    let outcome = store.put_if_absent(key, bytes)?;
+    match store.stat(key)? {
+        Some(n) if n == bytes.len() as u64 => Ok(outcome),
+        Some(n) => Err(Error::Verification(format!(
+            "object {key} is {n} bytes in the store, but {} were written; the store did not keep the data intact",
+            bytes.len()
+        ))),
+        None => Err(Error::Verification(format!(
+            "object {key} is missing right after the store confirmed the write; the store lost or never stored it, so nothing was committed"
+        ))),
+    }
+}
+
+fn upload_worker(store: &dyn Store, rx: &Mutex<Receiver<PackBuilder>>, done: &Mutex<Vec<IndexedPack>>, stats: &Mutex<SnapshotStats>) -> Result<()> {
+    loop {
+        let next = rx.lock().map_err(|_| Error::Invalid("upload queue poisoned".into()))?.recv();
+        let Ok(pack) = next else { return Ok(()) };
+        let (bytes, id, entries) = pack.finish();
+        let key = pack_key(&id);
+        let outcome = put_verified(store, &key, &bytes)?;
+        tracing::info!(pack = %id.short(), bytes = bytes.len(), blobs = entries.len(), created = (outcome == PutOutcome::Created), "pack stored");
+        if let Ok(mut s) = stats.lock() {
+            if outcome == PutOutcome::Created {
+                s.bytes_added += bytes.len() as u64;
+                s.objects_written += 1;
+            }
+        }
+        done.lock()
+            .map_err(|_| Error::Invalid("upload results poisoned".into()))?
+            .push(IndexedPack { id, size: bytes.len() as u64, entries });
+    }
+}
+
+impl Repository {
+    /// Takes a snapshot of `paths` and commits it. Returns only after the
+    /// manifest is stored and verified.
+    pub fn snapshot(&self, paths: &[PathBuf], opts: &SnapshotOptions, progress: &dyn Progress) -> Result<SnapshotReport> {
+        let started = Instant::now();
+        let time = crate::time::now();
+        if paths.is_empty() {
+            return Err(Error::Invalid("nothing to snapshot: give at least one path".into()));
+        }
+        let (roots, sources) = collect_sources(paths)?;
+        let index = self.index()?;
+        let history = self.snapshots()?;
+        let stats = Mutex::new(SnapshotStats::default());
+        let done = Mutex::new(Vec::new());
+        let total: u64 = sources.iter().filter_map(|s| std::fs::metadata(&s.path).ok()).map(|m| m.len()).sum();
+        progress.set_total(total);
+
+        let (tx, rx) = sync_channel::<PackBuilder>(2);
+        let rx = Mutex::new(rx);
+        let store: &dyn Store = self.store().as_ref();
+        let files = std::thread::scope(|scope| -> Result<Vec<FileEntry>> {
+            let workers: Vec<_> = (0..opts.upload_threads.max(1))
+                .map(|_| scope.spawn(|| upload_worker(store, &rx, &done, &stats)))
+                .collect();
+            let mut sink = BlobSink {
+                index: &index,
+                pending: HashSet::new(),
+                pack: PackBuilder::new(),
+                level: self.config().compression_level,
+                pack_target: self.config().pack_target_size as usize,
+                tx: Some(tx),
+                stats: &stats,
+            };
+            let mut files = Vec::new();
+            let mut result = Ok(());
+            for s in &sources {
+                progress.set_message(&s.path.to_string_lossy());
+                let r = if s.sqlite {
+                    self.capture_sqlite(&s.path, opts, &mut sink, &history, progress)
+                } else {
+                    self.capture_file(&s.path, &mut sink, &history, progress)
+                };
+                match r {
+                    Ok(f) => files.push(f),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() {
+                result = sink.flush();
+            }
+            drop(sink.tx.take());
+            drop(sink);
+            for w in workers {
+                let r = w.join().map_err(|_| Error::Invalid("an upload thread panicked".into()))?;
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            result.map(|()| files)
+        })?;
+
+        // Index for the new packs, then the manifest.
+        let packs = done.into_inner().map_err(|_| Error::Invalid("upload results poisoned".into()))?;
+        let mut stats = stats.into_inner().map_err(|_| Error::Invalid("stats poisoned".into()))?;
+        if !packs.is_empty() {
+            let bytes = encode_index(&packs)?;
+            let key = format!("index/{}", Id::of(&bytes));
+            if put_verified(store, &key, &bytes)? == PutOutcome::Created {
+                stats.bytes_added += bytes.len() as u64;
+                stats.objects_written += 1;
+            }
+        }
+        stats.files = files.len() as u64;
+        stats.duration_ms = started.elapsed().as_millis() as u64;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            time: crate::time::format_rfc3339(time),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            tags: opts.tags.clone(),
+            paths: roots,
+            files,
+            stats,
+        };
+        let bytes = manifest.encode()?;
+        let id = Id::of(&bytes);
+        put_verified(store, &format!("{SNAPSHOT_PREFIX}{id}"), &bytes)?;
+        tracing::info!(
+            snapshot = %id,
+            paths = ?manifest.paths,
+            bytes_read = manifest.stats.bytes_read,
+            bytes_new = manifest.stats.bytes_new,
+            bytes_stored = manifest.stats.bytes_added,
+            objects = manifest.stats.objects_written + 1,
+            duration_ms = manifest.stats.duration_ms,
+            "snapshot committed"
+        );
+        Ok(SnapshotReport { id, manifest })
+    }
+
+    /// Turns a chunk list into a `ChunkListRef`, as a patch on the parent's
+    /// base where that is small, as a new base otherwise.
+    fn store_chunk_list(&self, sink: &mut BlobSink, path: &str, chunking: Chunking, refs: &[ChunkRef], history: &[Snapshot]) -> Result<ChunkListRef> {
+        let parent = history
+            .iter()
+            .rev()
+            .find_map(|s| s.file(path).filter(|f| f.chunking == chunking && !f.chunks.base.is_empty()).map(|f| f.chunks.base.clone()));
+        if let Some(base_ids) = parent {
+            match self.base_list(sink.index, &base_ids, path) {
+                Ok(base) => {
+                    let patch = chunklist::diff(&base, refs);
+                    if patch.len() * 44 <= base.len() * 36 / 8 {
+                        let patch_id = if patch.is_empty() && base.len() == refs.len() {
+                            None
+                        } else {
+                            Some(sink.add_raw(BlobKind::ChunkList, &chunklist::encode_patch(&patch))?)
+                        };
+                        return Ok(ChunkListRef { count: refs.len() as u64, base: base_ids, patch: patch_id });
+                    }
+                }
+                Err(e) => tracing::warn!(path, error = %e, "cannot read the parent's chunk list; writing a full one"),
+            }
+        }
+        let mut base = Vec::new();
+        for part in refs.chunks(PART_LEN) {
+            base.push(sink.add_raw(BlobKind::ChunkList, &chunklist::encode_part(part))?);
+        }
+        Ok(ChunkListRef { count: refs.len() as u64, base, patch: None })
+    }
+
+    /// Hashes, deduplicates and seals one batch of chunks.
+    fn ingest(&self, sink: &mut BlobSink, data: &[u8], bounds: &[(usize, usize)], refs: &mut Vec<ChunkRef>) -> Result<()> {
+        let ids: Vec<Id> = bounds.par_iter().map(|&(a, b)| Id::of(&data[a..b])).collect();
+        let mut new = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let (a, b) = bounds[i];
+            refs.push(ChunkRef { id: *id, len: (b - a) as u32 });
+            if sink.claim(id) {
+                new.push(i);
+            }
+        }
+        let level = sink.level;
+        let sealed: Vec<Result<Vec<u8>>> = new.par_iter().map(|&i| seal_blob(&ids[i], &data[bounds[i].0..bounds[i].1], level)).collect();
+        let mut s = sink.stats.lock().map_err(|_| Error::Invalid("stats poisoned".into()))?;
+        s.chunks += ids.len() as u64;
+        s.new_chunks += new.len() as u64;
+        s.bytes_read += data.len() as u64;
+        s.bytes_new += new.iter().map(|&i| (bounds[i].1 - bounds[i].0) as u64).sum::<u64>();
+        drop(s);
+        for (&i, stored) in new.iter().zip(sealed) {
+            let (a, b) = bounds[i];
+            sink.add_sealed(BlobKind::Data, ids[i], &stored?, (b - a) as u32)?;
+        }
+        Ok(())
+    }
+
+    fn capture_sqlite(&self, path: &Path, opts: &SnapshotOptions, sink: &mut BlobSink, history: &[Snapshot], progress: &dyn Progress) -> Result<FileEntry> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot stat", e))?;
+        let cap = Capture::begin(path, opts.busy_timeout)?;
+        let page_size = cap.page_size;
+        let chunk_size = page_size as usize * self.config().chunking.sqlite_pages_per_chunk as usize;
+        let pages_per_batch = ((8 << 20) / page_size as usize).max(1);
+        let pages_per_batch = pages_per_batch - pages_per_batch % self.config().chunking.sqlite_pages_per_chunk as usize;
+        let (btx, brx) = sync_channel::<Vec<u8>>(3);
+        let mut refs = Vec::new();
+        let mut header = Vec::new();
+        let (cap, sha) = std::thread::scope(|scope| -> Result<(Capture, [u8; 32])> {
+            let reader = scope.spawn(move || {
+                let mut h = Sha256::new();
+                let r = cap.read_pages(pages_per_batch.max(1), |buf| {
+                    h.update(&buf);
+                    btx.send(buf).map_err(|_| Error::Invalid("snapshot pipeline stopped".into()))
+                });
+                (cap, h.finalize().into(), r)
+            });
+            let mut result = Ok(());
+            for buf in brx.iter() {
+                if result.is_err() {
+                    continue; // drain so the reader can finish
+                }
+                if header.is_empty() {
+                    header = buf[..100.min(buf.len())].to_vec();
+                }
+                let bounds: Vec<(usize, usize)> =
+                    (0..buf.len()).step_by(chunk_size).map(|a| (a, (a + chunk_size).min(buf.len()))).collect();
+                result = self.ingest(sink, &buf, &bounds, &mut refs);
+                progress.inc(buf.len() as u64);
+            }
+            let (cap, sha, r) = reader.join().map_err(|_| Error::Invalid("the page reader panicked".into()))?;
+            result?;
+            r?;
+            Ok((cap, sha))
+        })?;
+        let schema_hash = cap.schema_hash()?;
+        let facts = SqliteFacts {
+            page_size,
+            page_count: cap.page_count,
+            journal_mode: journal_mode_of_header(&header).to_string(),
+            schema_hash,
+            change_counter: header.get(24..28).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0),
+            captured_at: crate::time::format_rfc3339(cap.captured_at),
+        };
+        let size = cap.size();
+        cap.finish()?;
+        let path_s = path.to_string_lossy().into_owned();
+        let chunking = Chunking::Fixed { size: chunk_size as u32 };
+        let chunks = self.store_chunk_list(sink, &path_s, chunking, &refs, history)?;
+        Ok(FileEntry {
+            path: path_s,
+            kind: FileKind::Sqlite,
+            size,
+            mode: mode_of(&meta),
+            mtime: meta.modified().ok().and_then(crate::time::from_system).map(crate::time::format_rfc3339),
+            sha256: Id(sha),
+            db_checksum: checksum_of(&refs).to_hex(),
+            chunking,
+            chunks,
+            sqlite: Some(facts),
+        })
+    }
+
+    fn capture_file(&self, path: &Path, sink: &mut BlobSink, history: &[Snapshot], progress: &dyn Progress) -> Result<FileEntry> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
+        let meta = f.metadata().map_err(|e| Error::io(path, "cannot stat", e))?;
+        let c = &self.config().chunking;
+        let mut whole = Sha256::new();
+        let mut refs = Vec::new();
+        let mut batch: Vec<u8> = Vec::new();
+        let mut bounds = Vec::new();
+        let mut size = 0u64;
+        for chunk in fastcdc::v2020::StreamCDC::new(f, c.cdc_min as usize, c.cdc_avg as usize, c.cdc_max as usize) {
+            let chunk = chunk.map_err(|e| Error::Input { path: path.into(), message: format!("read failed: {e}") })?;
+            whole.update(&chunk.data);
+            size += chunk.data.len() as u64;
+            let a = batch.len();
+            batch.extend_from_slice(&chunk.data);
+            bounds.push((a, batch.len()));
+            if batch.len() >= 32 << 20 {
+                self.ingest(sink, &batch, &bounds, &mut refs)?;
+                progress.inc(batch.len() as u64);
+                batch.clear();
+                bounds.clear();
+            }
+        }
+        if !bounds.is_empty() {
+            self.ingest(sink, &batch, &bounds, &mut refs)?;
+            progress.inc(batch.len() as u64);
+        }
+        let path_s = path.to_string_lossy().into_owned();
+        let chunks = self.store_chunk_list(sink, &path_s, Chunking::Cdc, &refs, history)?;
+        Ok(FileEntry {
+            path: path_s,
+            kind: FileKind::File,
+            size,
+            mode: mode_of(&meta),
+            mtime: meta.modified().ok().and_then(crate::time::from_system).map(crate::time::format_rfc3339),
+            sha256: Id(whole.finalize().into()),
+            db_checksum: checksum_of(&refs).to_hex(),
+            chunking: Chunking::Cdc,
+            chunks,
+            sqlite: None,
+        })
+    }
+}
+
+pub(crate) fn checksum_of(refs: &[ChunkRef]) -> DbChecksum {
+    let mut c = DbChecksum::default();
+    let mut off = 0u64;
+    for r in refs {
+        c.add(off, &r.id);
+        off += r.len as u64;
+    }
+    c
+}
+
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o7777
+}

@@ -1,0 +1,43 @@
+//! Time stamps: RFC 3339 in UTC everywhere.
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+pub use time::OffsetDateTime as Timestamp;
+
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+pub fn format_rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Seconds precision, for names in the mount and listings.
+pub fn format_rfc3339_secs(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
+    format_rfc3339(t)
+}
+
+pub fn parse_rfc3339(s: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
+        format!("'{s}' is not an RFC 3339 time ({e}); write it like 2026-02-02T17:17:00Z or 2026-02-02T18:17:00+01:00")
+    })
+}
+
+pub fn from_system(t: std::time::SystemTime) -> Option<OffsetDateTime> {
+    Some(OffsetDateTime::from(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let t = parse_rfc3339("2026-02-02T18:17:00.5+01:00").expect("parse");
+        assert_eq!(format_rfc3339(t), "2026-02-02T17:17:00.5Z");
+        assert_eq!(format_rfc3339_secs(t), "2026-02-02T17:17:00Z");
+        assert!(parse_rfc3339("yesterday").expect_err("bad").contains("RFC 3339"));
+    }
+}
