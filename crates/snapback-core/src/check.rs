@@ -16,7 +16,9 @@ use crate::id::Id;
 use crate::index::{decode_index, MasterIndex};
 use crate::manifest::Manifest;
 use crate::pack::{open_blob, parse_header, parse_prefix};
-use crate::repo::{pack_id_from_key, pack_key, Repository, DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX};
+use crate::repo::{
+    pack_id_from_key, pack_key, Repository, DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX,
+};
 use crate::Progress;
 
 #[derive(Debug, Clone, Default)]
@@ -69,7 +71,11 @@ impl Problems {
         self.map.entry(object).or_insert((problem, BTreeSet::new()));
     }
     fn affect(&mut self, object: &str, problem: impl FnOnce() -> String, a: Affected) {
-        self.map.entry(object.to_string()).or_insert_with(|| (problem(), BTreeSet::new())).1.insert(a);
+        self.map
+            .entry(object.to_string())
+            .or_insert_with(|| (problem(), BTreeSet::new()))
+            .1
+            .insert(a);
     }
 }
 
@@ -86,7 +92,10 @@ impl Repository {
                 Some(id) => {
                     pack_sizes.insert(id, o.size);
                 }
-                None => probs.add(o.key.clone(), "an object under data/ that is not named like a pack".into()),
+                None => probs.add(
+                    o.key.clone(),
+                    "an object under data/ that is not named like a pack".into(),
+                ),
             }
         }
         report.packs = pack_sizes.len() as u64;
@@ -105,7 +114,10 @@ impl Repository {
                 Ok(packs) => {
                     for p in &packs {
                         match pack_sizes.get(&p.id) {
-                            None => probs.add(pack_key(&p.id), "pack is missing (an index lists it)".into()),
+                            None => probs.add(
+                                pack_key(&p.id),
+                                "pack is missing (an index lists it)".into(),
+                            ),
                             Some(&s) if s != p.size => probs.add(
                                 pack_key(&p.id),
                                 format!("pack is {s} bytes, its index says {}", p.size),
@@ -115,10 +127,16 @@ impl Repository {
                         index.insert_pack(p);
                     }
                 }
-                Err(e) => probs.add(o.key.clone(), format!("unreadable index: {e} (run `snapback repair-index`)")),
+                Err(e) => probs.add(
+                    o.key.clone(),
+                    format!("unreadable index: {e} (run `snapback repair-index`)"),
+                ),
             }
         }
-        report.unindexed_packs = pack_sizes.keys().filter(|p| !index.packs().contains_key(p)).count() as u64;
+        report.unindexed_packs = pack_sizes
+            .keys()
+            .filter(|p| !index.packs().contains_key(p))
+            .count() as u64;
 
         // With --read-data: every pack, whole.
         let mut bad_blobs: HashMap<Id, String> = HashMap::new();
@@ -132,7 +150,14 @@ impl Repository {
                     Ok(bytes) => {
                         report.bytes_read += bytes.len() as u64;
                         progress.inc(bytes.len() as u64);
-                        self.verify_pack_bytes(&id, &bytes, &index, &mut probs, &mut bad_blobs, &mut report);
+                        self.verify_pack_bytes(
+                            &id,
+                            &bytes,
+                            &index,
+                            &mut probs,
+                            &mut bad_blobs,
+                            &mut report,
+                        );
                     }
                     Err(e) => probs.add(key, format!("cannot read pack: {e}")),
                 }
@@ -157,15 +182,25 @@ impl Repository {
             let m = match r {
                 Ok(m) => m,
                 Err(e) => {
-                    probs.add(o.key.clone(), format!("unreadable manifest: {e}; this snapshot cannot be restored"));
+                    probs.add(
+                        o.key.clone(),
+                        format!("unreadable manifest: {e}; this snapshot cannot be restored"),
+                    );
                     continue;
                 }
             };
             report.snapshots += 1;
-            let short = o.key[SNAPSHOT_PREFIX.len()..].chars().take(8).collect::<String>();
+            let short = o.key[SNAPSHOT_PREFIX.len()..]
+                .chars()
+                .take(8)
+                .collect::<String>();
             for f in &m.files {
                 report.files += 1;
-                let aff = || Affected { snapshot: short.clone(), time: m.time.clone(), file: f.path.clone() };
+                let aff = || Affected {
+                    snapshot: short.clone(),
+                    time: m.time.clone(),
+                    file: f.path.clone(),
+                };
                 // The chunk list.
                 let mut lists_ok = true;
                 for lid in f.chunks.blob_ids() {
@@ -202,14 +237,22 @@ impl Repository {
                 let chunks = match decoded {
                     Ok(c) => c,
                     Err(e) => {
-                        probs.affect(&format!("chunk list of {} in {}", f.path, o.key), || e.to_string(), aff());
+                        probs.affect(
+                            &format!("chunk list of {} in {}", f.path, o.key),
+                            || e.to_string(),
+                            aff(),
+                        );
                         continue;
                     }
                 };
                 if chunks.iter().map(|c| c.len as u64).sum::<u64>() != f.size
                     || crate::snapshot::checksum_of(&chunks).to_hex() != f.db_checksum
                 {
-                    probs.affect(&format!("chunk list of {} in {}", f.path, o.key), || "does not match the file's size and checksum".into(), aff());
+                    probs.affect(
+                        &format!("chunk list of {} in {}", f.path, o.key),
+                        || "does not match the file's size and checksum".into(),
+                        aff(),
+                    );
                 }
                 let mut seen = HashSet::new();
                 for c in &chunks {
@@ -230,28 +273,52 @@ impl Repository {
         report.problems = probs
             .map
             .into_iter()
-            .map(|(object, (problem, affects))| Problem { object, problem, affects: affects.into_iter().collect() })
+            .map(|(object, (problem, affects))| Problem {
+                object,
+                problem,
+                affects: affects.into_iter().collect(),
+            })
             .collect();
         Ok(report)
     }
 
-    fn verify_pack_bytes(&self, id: &Id, bytes: &[u8], index: &MasterIndex, probs: &mut Problems, bad: &mut HashMap<Id, String>, report: &mut CheckReport) {
+    fn verify_pack_bytes(
+        &self,
+        id: &Id,
+        bytes: &[u8],
+        index: &MasterIndex,
+        probs: &mut Problems,
+        bad: &mut HashMap<Id, String>,
+        report: &mut CheckReport,
+    ) {
         let key = pack_key(id);
         let name_ok = Id::of(bytes) == *id;
         if !name_ok {
-            probs.add(key.clone(), "pack content does not hash to its name (bit rot or tampering)".into());
+            probs.add(
+                key.clone(),
+                "pack content does not hash to its name (bit rot or tampering)".into(),
+            );
         }
         // Find exactly which blobs are damaged: by the header if it parses,
         // else by the index's view of the pack.
         let from_header = parse_prefix(bytes, &key).ok().and_then(|h| {
             let h = h as usize;
-            (bytes.len() >= 12 + h).then(|| parse_header(&bytes[12..12 + h], bytes.len() as u64, &key).ok()).flatten()
+            (bytes.len() >= 12 + h)
+                .then(|| parse_header(&bytes[12..12 + h], bytes.len() as u64, &key).ok())
+                .flatten()
         });
         let entries: Vec<_> = match from_header {
-            Some(e) => e.into_iter().map(|e| (e.id, e.offset, e.stored_len, e.raw_len)).collect(),
+            Some(e) => e
+                .into_iter()
+                .map(|e| (e.id, e.offset, e.stored_len, e.raw_len))
+                .collect(),
             None => {
                 probs.add(key.clone(), "pack header is unreadable".into());
-                index.blobs().filter(|(_, l)| l.pack == *id).map(|(b, l)| (*b, l.offset, l.stored_len, l.raw_len)).collect()
+                index
+                    .blobs()
+                    .filter(|(_, l)| l.pack == *id)
+                    .map(|(b, l)| (*b, l.offset, l.stored_len, l.raw_len))
+                    .collect()
             }
         };
         for (bid, off, len, raw) in entries {
@@ -273,10 +340,21 @@ impl Repository {
     }
 }
 
-fn blob_problem(id: &Id, index: &MasterIndex, missing: &HashSet<Id>, bad: &HashMap<Id, String>) -> Option<String> {
+fn blob_problem(
+    id: &Id,
+    index: &MasterIndex,
+    missing: &HashSet<Id>,
+    bad: &HashMap<Id, String>,
+) -> Option<String> {
     match index.get(id) {
-        None => Some(format!("blob {} is not in any index (its data is missing)", id.short())),
-        Some(l) if missing.contains(&l.pack) => Some(format!("pack {} is missing or has the wrong size", l.pack.short())),
+        None => Some(format!(
+            "blob {} is not in any index (its data is missing)",
+            id.short()
+        )),
+        Some(l) if missing.contains(&l.pack) => Some(format!(
+            "pack {} is missing or has the wrong size",
+            l.pack.short()
+        )),
         Some(_) => bad.get(id).cloned(),
     }
 }

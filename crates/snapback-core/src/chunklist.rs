@@ -51,11 +51,17 @@ pub fn encode_patch(entries: &[(u64, ChunkRef)]) -> Vec<u8> {
 
 fn header(b: &[u8], kind: u8, entry: usize, place: &str) -> Result<usize> {
     if b.len() < 5 || b[0] != kind {
-        return Err(Error::corrupt(place, "not a chunk list of the expected kind"));
+        return Err(Error::corrupt(
+            place,
+            "not a chunk list of the expected kind",
+        ));
     }
     let n = u32::from_le_bytes([b[1], b[2], b[3], b[4]]) as usize;
     if b.len() != 5 + n * entry {
-        return Err(Error::corrupt(place, "chunk list length does not match its count"));
+        return Err(Error::corrupt(
+            place,
+            "chunk list length does not match its count",
+        ));
     }
     Ok(n)
 }
@@ -63,7 +69,10 @@ fn header(b: &[u8], kind: u8, entry: usize, place: &str) -> Result<usize> {
 fn chunk_ref(e: &[u8]) -> ChunkRef {
     let mut id = [0u8; 32];
     id.copy_from_slice(&e[..32]);
-    ChunkRef { id: Id(id), len: u32::from_le_bytes([e[32], e[33], e[34], e[35]]) }
+    ChunkRef {
+        id: Id(id),
+        len: u32::from_le_bytes([e[32], e[33], e[34], e[35]]),
+    }
 }
 
 pub fn decode_part(b: &[u8], place: &str) -> Result<Vec<ChunkRef>> {
@@ -85,17 +94,29 @@ pub fn decode_patch(b: &[u8], place: &str) -> Result<Vec<(u64, ChunkRef)>> {
 
 /// Applies a patch to a base list, producing a list of exactly `count`
 /// entries. Every entry past the base must come from the patch.
-pub fn apply_patch(mut base: Vec<ChunkRef>, patch: &[(u64, ChunkRef)], count: u64, place: &str) -> Result<Vec<ChunkRef>> {
-    let count = usize::try_from(count).map_err(|_| Error::corrupt(place, "chunk count too large"))?;
+pub fn apply_patch(
+    mut base: Vec<ChunkRef>,
+    patch: &[(u64, ChunkRef)],
+    count: u64,
+    place: &str,
+) -> Result<Vec<ChunkRef>> {
+    let count =
+        usize::try_from(count).map_err(|_| Error::corrupt(place, "chunk count too large"))?;
     let base_len = base.len();
     base.truncate(count);
-    let filler = ChunkRef { id: Id([0; 32]), len: 0 };
+    let filler = ChunkRef {
+        id: Id([0; 32]),
+        len: 0,
+    };
     base.resize(count, filler);
     let mut covered = vec![false; count.saturating_sub(base_len)];
     for (i, e) in patch {
         let i = *i as usize;
         if i >= count {
-            return Err(Error::corrupt(place, format!("patch entry {i} is past the chunk count {count}")));
+            return Err(Error::corrupt(
+                place,
+                format!("patch entry {i} is past the chunk count {count}"),
+            ));
         }
         base[i] = *e;
         if i >= base_len {
@@ -103,7 +124,10 @@ pub fn apply_patch(mut base: Vec<ChunkRef>, patch: &[(u64, ChunkRef)], count: u6
         }
     }
     if covered.iter().any(|c| !c) {
-        return Err(Error::corrupt(place, "patch leaves chunks past the base undefined"));
+        return Err(Error::corrupt(
+            place,
+            "patch leaves chunks past the base undefined",
+        ));
     }
     Ok(base)
 }
@@ -122,14 +146,19 @@ mod tests {
     use super::*;
 
     fn r(n: u8) -> ChunkRef {
-        ChunkRef { id: Id([n; 32]), len: n as u32 }
+        ChunkRef {
+            id: Id([n; 32]),
+            len: n as u32,
+        }
     }
 
     #[test]
     fn patch_roundtrip_grow_and_shrink() {
         let base: Vec<_> = (0..10).map(r).collect();
         for new in [
-            (0..10).map(|i| if i == 3 { r(99) } else { r(i) }).collect::<Vec<_>>(),
+            (0..10)
+                .map(|i| if i == 3 { r(99) } else { r(i) })
+                .collect::<Vec<_>>(),
             (0..14).map(r).collect(),
             (0..5).map(r).collect(),
             vec![],
@@ -137,7 +166,10 @@ mod tests {
             let p = diff(&base, &new);
             let enc = encode_patch(&p);
             let dec = decode_patch(&enc, "p").expect("decode");
-            assert_eq!(apply_patch(base.clone(), &dec, new.len() as u64, "p").expect("apply"), new);
+            assert_eq!(
+                apply_patch(base.clone(), &dec, new.len() as u64, "p").expect("apply"),
+                new
+            );
         }
     }
 
@@ -148,7 +180,10 @@ mod tests {
         assert_eq!(decode_part(&enc, "p").expect("decode"), v);
         assert!(decode_part(&enc[..enc.len() - 1], "p").is_err());
         assert!(decode_patch(&enc, "p").is_err(), "kind byte is checked");
-        assert!(apply_patch(v.clone(), &[], 9, "p").is_err(), "uncovered tail is corrupt");
+        assert!(
+            apply_patch(v.clone(), &[], 9, "p").is_err(),
+            "uncovered tail is corrupt"
+        );
         assert!(apply_patch(v, &[(20, r(1))], 9, "p").is_err());
     }
 }

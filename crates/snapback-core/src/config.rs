@@ -53,7 +53,10 @@ impl RepoConfig {
         let v: Version = serde_json::from_slice(bytes)
             .map_err(|e| Error::corrupt("config", format!("not a snapback config: {e}")))?;
         if v.format_version > FORMAT_VERSION || v.format_version == 0 {
-            return Err(Error::UnsupportedVersion { found: v.format_version, supported: FORMAT_VERSION });
+            return Err(Error::UnsupportedVersion {
+                found: v.format_version,
+                supported: FORMAT_VERSION,
+            });
         }
         let c: RepoConfig =
             serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
@@ -64,16 +67,29 @@ impl RepoConfig {
     pub fn validate(&self) -> Result<()> {
         let ch = &self.chunking;
         if ch.sqlite_pages_per_chunk == 0 || ch.sqlite_pages_per_chunk > 1024 {
-            return Err(Error::corrupt("config", "sqlite_pages_per_chunk must be 1..=1024"));
+            return Err(Error::corrupt(
+                "config",
+                "sqlite_pages_per_chunk must be 1..=1024",
+            ));
         }
-        if !(64 <= ch.cdc_min && ch.cdc_min <= ch.cdc_avg && ch.cdc_avg <= ch.cdc_max && ch.cdc_max <= 64 << 20) {
-            return Err(Error::corrupt("config", "cdc sizes must satisfy 64 <= min <= avg <= max <= 64 MiB"));
+        if !(64 <= ch.cdc_min
+            && ch.cdc_min <= ch.cdc_avg
+            && ch.cdc_avg <= ch.cdc_max
+            && ch.cdc_max <= 64 << 20)
+        {
+            return Err(Error::corrupt(
+                "config",
+                "cdc sizes must satisfy 64 <= min <= avg <= max <= 64 MiB",
+            ));
         }
         if !(1..=19).contains(&self.compression_level) {
             return Err(Error::corrupt("config", "compression_level must be 1..=19"));
         }
         if self.pack_target_size < 1 << 16 || self.pack_target_size > 1 << 30 {
-            return Err(Error::corrupt("config", "pack_target_size must be 64 KiB..=1 GiB"));
+            return Err(Error::corrupt(
+                "config",
+                "pack_target_size must be 64 KiB..=1 GiB",
+            ));
         }
         Ok(())
     }
@@ -107,13 +123,19 @@ mod tests {
         c.format_version = 99;
         let b = serde_json::to_vec(&c).expect("ser");
         let e = RepoConfig::parse(&b).expect_err("newer");
-        assert!(matches!(e, Error::UnsupportedVersion { found: 99, .. }), "{e}");
+        assert!(
+            matches!(e, Error::UnsupportedVersion { found: 99, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("Upgrade snapback"));
     }
 
     #[test]
     fn garbage_is_corrupt() {
-        assert!(matches!(RepoConfig::parse(b"\x00\x01"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            RepoConfig::parse(b"\x00\x01"),
+            Err(Error::Corrupt { .. })
+        ));
         let mut c = sample();
         c.chunking.sqlite_pages_per_chunk = 0;
         let b = serde_json::to_vec(&c).expect("ser");

@@ -55,12 +55,23 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, message: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io { path: path.into(), message: message.into(), source }
+    pub fn io(
+        path: impl Into<PathBuf>,
+        message: impl Into<String>,
+        source: std::io::Error,
+    ) -> Error {
+        Error::Io {
+            path: path.into(),
+            message: message.into(),
+            source,
+        }
     }
 
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
-        Error::Corrupt { what: what.into(), detail: detail.into() }
+        Error::Corrupt {
+            what: what.into(),
+            detail: detail.into(),
+        }
     }
 }
 

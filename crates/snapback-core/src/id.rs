@@ -49,7 +49,8 @@ impl Serialize for Id {
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
         let s = String::deserialize(d)?;
-        Id::from_hex(&s).ok_or_else(|| serde::de::Error::custom(format!("not a SHA-256 hex id: {s:?}")))
+        Id::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a SHA-256 hex id: {s:?}")))
     }
 }
 
@@ -99,7 +100,10 @@ mod tests {
     #[test]
     fn hex_roundtrip() {
         let id = Id::of(b"abc");
-        assert_eq!(id.to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            id.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(Id::from_hex(&id.to_hex()), Some(id));
         assert_eq!(id.short(), "ba7816bf");
         assert_eq!(Id::from_hex("xyz"), None);

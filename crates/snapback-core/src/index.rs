@@ -42,13 +42,16 @@ pub fn encode_index(packs: &[IndexedPack]) -> Result<Vec<u8>> {
             raw.extend_from_slice(&e.raw_len.to_le_bytes());
         }
     }
-    let z = zstd::bulk::compress(&raw, 3).map_err(|e| Error::Verification(format!("index compression failed: {e}")))?;
+    let z = zstd::bulk::compress(&raw, 3)
+        .map_err(|e| Error::Verification(format!("index compression failed: {e}")))?;
     let mut out = Vec::with_capacity(8 + z.len());
     out.extend_from_slice(INDEX_MAGIC);
     out.extend_from_slice(&z);
     // Prove that what is stored parses back to what was meant.
     if decode_index(&out, "new index")? != packs {
-        return Err(Error::Verification("index encoding does not round-trip; nothing was stored".into()));
+        return Err(Error::Verification(
+            "index encoding does not round-trip; nothing was stored".into(),
+        ));
     }
     Ok(out)
 }
@@ -60,7 +63,11 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
     // Bound the decompressed size: at most 1 GiB of index per object.
     let raw = zstd::bulk::decompress(&bytes[8..], 1 << 30)
         .map_err(|e| Error::corrupt(place, format!("does not decompress: {e}")))?;
-    let mut r = Reader { b: &raw, pos: 0, place };
+    let mut r = Reader {
+        b: &raw,
+        pos: 0,
+        place,
+    };
     let n = r.u32()? as usize;
     let mut packs = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
@@ -73,15 +80,25 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
         let mut entries = Vec::with_capacity(m);
         for _ in 0..m {
             let code = r.u8()?;
-            let kind = BlobKind::from_code(code).ok_or_else(|| Error::corrupt(place, format!("unknown blob kind {code}")))?;
+            let kind = BlobKind::from_code(code)
+                .ok_or_else(|| Error::corrupt(place, format!("unknown blob kind {code}")))?;
             let bid = Id(r.arr()?);
             let offset = r.u32()?;
             let stored_len = r.u32()?;
             let raw_len = r.u32()?;
             if offset as u64 + stored_len as u64 > size {
-                return Err(Error::corrupt(place, format!("blob {} extends past its pack", bid.short())));
+                return Err(Error::corrupt(
+                    place,
+                    format!("blob {} extends past its pack", bid.short()),
+                ));
             }
-            entries.push(PackEntry { kind, id: bid, offset, stored_len, raw_len });
+            entries.push(PackEntry {
+                kind,
+                id: bid,
+                offset,
+                stored_len,
+                raw_len,
+            });
         }
         packs.push(IndexedPack { id, size, entries });
     }
@@ -190,8 +207,20 @@ mod tests {
             id: Id::of(b"p"),
             size: 1000,
             entries: vec![
-                PackEntry { kind: BlobKind::Data, id: Id::of(b"a"), offset: 100, stored_len: 10, raw_len: 20 },
-                PackEntry { kind: BlobKind::ChunkList, id: Id::of(b"b"), offset: 110, stored_len: 5, raw_len: 5 },
+                PackEntry {
+                    kind: BlobKind::Data,
+                    id: Id::of(b"a"),
+                    offset: 100,
+                    stored_len: 10,
+                    raw_len: 20,
+                },
+                PackEntry {
+                    kind: BlobKind::ChunkList,
+                    id: Id::of(b"b"),
+                    offset: 110,
+                    stored_len: 5,
+                    raw_len: 5,
+                },
             ],
         }];
         let bytes = encode_index(&packs).expect("encode");

@@ -24,7 +24,9 @@ pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
 pub use error::{Error, Result};
 pub use id::{DbChecksum, Id};
 pub use index::{BlobLocation, MasterIndex};
-pub use manifest::{ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts};
+pub use manifest::{
+    ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
+};
 pub use pack::BlobKind;
 pub use repo::{pack_key, FileReader, InitOptions, Repository, Selector, Snapshot};
 pub use restore::{path_matches, RestoreItem, RestoreOptions, RestoreReport};

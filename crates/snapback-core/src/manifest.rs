@@ -108,24 +108,34 @@ impl Manifest {
         struct Version {
             format_version: u32,
         }
-        let v: Version =
-            serde_json::from_slice(bytes).map_err(|e| Error::corrupt(place, format!("not a snapshot manifest: {e}")))?;
+        let v: Version = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(place, format!("not a snapshot manifest: {e}")))?;
         if v.format_version > FORMAT_VERSION || v.format_version == 0 {
-            return Err(Error::UnsupportedVersion { found: v.format_version, supported: FORMAT_VERSION });
+            return Err(Error::UnsupportedVersion {
+                found: v.format_version,
+                supported: FORMAT_VERSION,
+            });
         }
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(place, e.to_string()))?;
-        crate::time::parse_rfc3339(&m.time).map_err(|e| Error::corrupt(place, format!("bad time: {e}")))?;
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| Error::corrupt(place, e.to_string()))?;
+        crate::time::parse_rfc3339(&m.time)
+            .map_err(|e| Error::corrupt(place, format!("bad time: {e}")))?;
         for f in &m.files {
-            let parts_ok = f.chunks.base.len() as u64 <= f.chunks.count.div_ceil(crate::chunklist::PART_LEN as u64) + 1;
+            let parts_ok = f.chunks.base.len() as u64
+                <= f.chunks.count.div_ceil(crate::chunklist::PART_LEN as u64) + 1;
             if !parts_ok || !f.path.starts_with('/') {
-                return Err(Error::corrupt(place, format!("file entry {} is malformed", f.path)));
+                return Err(Error::corrupt(
+                    place,
+                    format!("file entry {} is malformed", f.path),
+                ));
             }
         }
         Ok(m)
     }
 
     pub fn encode(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(format!("cannot encode manifest: {e}")))
+        serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Invalid(format!("cannot encode manifest: {e}")))
     }
 
     /// Sum of the logical sizes of its files.

@@ -58,10 +58,18 @@ pub struct PackEntry {
 /// Compresses a blob and proves that the compressed form decompresses back to
 /// content with the same hash, so that a compressor fault is never committed.
 pub fn seal_blob(id: &Id, raw: &[u8], level: i32) -> Result<Vec<u8>> {
-    let stored = zstd::bulk::compress(raw, level)
-        .map_err(|e| Error::Verification(format!("zstd compression of chunk {} failed: {e}", id.short())))?;
-    let back = zstd::bulk::decompress(&stored, raw.len())
-        .map_err(|e| Error::Verification(format!("chunk {} does not decompress after compression: {e}", id.short())))?;
+    let stored = zstd::bulk::compress(raw, level).map_err(|e| {
+        Error::Verification(format!(
+            "zstd compression of chunk {} failed: {e}",
+            id.short()
+        ))
+    })?;
+    let back = zstd::bulk::decompress(&stored, raw.len()).map_err(|e| {
+        Error::Verification(format!(
+            "chunk {} does not decompress after compression: {e}",
+            id.short()
+        ))
+    })?;
     if back.len() != raw.len() || Id::of(&back) != *id {
         return Err(Error::Verification(format!(
             "chunk {} changed in compression (compressor fault); nothing was stored",
@@ -73,8 +81,12 @@ pub fn seal_blob(id: &Id, raw: &[u8], level: i32) -> Result<Vec<u8>> {
 
 /// Decompresses a stored blob and checks it against its id and length.
 pub fn open_blob(entry_id: &Id, stored: &[u8], raw_len: u32, place: &str) -> Result<Vec<u8>> {
-    let raw = zstd::bulk::decompress(stored, raw_len as usize)
-        .map_err(|e| Error::corrupt(format!("blob {} in {place}", entry_id.short()), format!("does not decompress: {e}")))?;
+    let raw = zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| {
+        Error::corrupt(
+            format!("blob {} in {place}", entry_id.short()),
+            format!("does not decompress: {e}"),
+        )
+    })?;
     if raw.len() != raw_len as usize {
         return Err(Error::corrupt(
             format!("blob {} in {place}", entry_id.short()),
@@ -131,7 +143,13 @@ impl PackBuilder {
             out.extend_from_slice(&id.0);
             out.extend_from_slice(&stored_len.to_le_bytes());
             out.extend_from_slice(&raw_len.to_le_bytes());
-            entries.push(PackEntry { kind: *kind, id: *id, offset, stored_len: *stored_len, raw_len: *raw_len });
+            entries.push(PackEntry {
+                kind: *kind,
+                id: *id,
+                offset,
+                stored_len: *stored_len,
+                raw_len: *raw_len,
+            });
             offset += stored_len;
         }
         out.extend_from_slice(&self.body);
@@ -147,7 +165,10 @@ pub fn parse_prefix(prefix: &[u8], place: &str) -> Result<u32> {
     }
     let hlen = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
     if hlen < 4 || (hlen - 4) as usize % ENTRY_LEN != 0 {
-        return Err(Error::corrupt(place, format!("pack header length {hlen} is invalid")));
+        return Err(Error::corrupt(
+            place,
+            format!("pack header length {hlen} is invalid"),
+        ));
     }
     Ok(hlen)
 }
@@ -160,24 +181,40 @@ pub fn parse_header(header: &[u8], pack_size: u64, place: &str) -> Result<Vec<Pa
     }
     let count = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if header.len() != 4 + count * ENTRY_LEN {
-        return Err(Error::corrupt(place, "pack header length does not match its entry count"));
+        return Err(Error::corrupt(
+            place,
+            "pack header length does not match its entry count",
+        ));
     }
     let mut offset = 12u64 + header.len() as u64;
     let mut out = Vec::with_capacity(count);
     for e in header[4..].chunks_exact(ENTRY_LEN) {
-        let kind = BlobKind::from_code(e[0]).ok_or_else(|| Error::corrupt(place, format!("unknown blob kind {}", e[0])))?;
+        let kind = BlobKind::from_code(e[0])
+            .ok_or_else(|| Error::corrupt(place, format!("unknown blob kind {}", e[0])))?;
         let mut id = [0u8; 32];
         id.copy_from_slice(&e[1..33]);
         let stored_len = u32::from_le_bytes([e[33], e[34], e[35], e[36]]);
         let raw_len = u32::from_le_bytes([e[37], e[38], e[39], e[40]]);
         if offset + stored_len as u64 > pack_size {
-            return Err(Error::corrupt(place, "a blob extends past the end of the pack"));
+            return Err(Error::corrupt(
+                place,
+                "a blob extends past the end of the pack",
+            ));
         }
-        out.push(PackEntry { kind, id: Id(id), offset: offset as u32, stored_len, raw_len });
+        out.push(PackEntry {
+            kind,
+            id: Id(id),
+            offset: offset as u32,
+            stored_len,
+            raw_len,
+        });
         offset += stored_len as u64;
     }
     if offset != pack_size {
-        return Err(Error::corrupt(place, format!("pack is {pack_size} bytes but its header accounts for {offset}")));
+        return Err(Error::corrupt(
+            place,
+            format!("pack is {pack_size} bytes but its header accounts for {offset}"),
+        ));
     }
     Ok(out)
 }
@@ -188,7 +225,10 @@ pub fn parse_header(header: &[u8], pack_size: u64, place: &str) -> Result<Vec<Pa
 pub fn verify_pack(bytes: &[u8], expected: &Id, place: &str) -> Result<Vec<PackEntry>> {
     let got = Id::of(bytes);
     if got != *expected {
-        return Err(Error::corrupt(place, format!("pack content hashes to {}, not to its name", got.short())));
+        return Err(Error::corrupt(
+            place,
+            format!("pack content hashes to {}, not to its name", got.short()),
+        ));
     }
     let hlen = parse_prefix(bytes, place)? as usize;
     if bytes.len() < 12 + hlen {
@@ -209,7 +249,11 @@ mod tests {
     #[test]
     fn pack_roundtrip_and_verify() {
         let mut b = PackBuilder::new();
-        let blobs: Vec<Vec<u8>> = vec![b"hello".to_vec(), vec![0u8; 4096], (0..5000u32).map(|i| i as u8).collect()];
+        let blobs: Vec<Vec<u8>> = vec![
+            b"hello".to_vec(),
+            vec![0u8; 4096],
+            (0..5000u32).map(|i| i as u8).collect(),
+        ];
         for raw in &blobs {
             let id = Id::of(raw);
             let s = seal_blob(&id, raw, 3).expect("seal");
@@ -228,11 +272,19 @@ mod tests {
         let mut b = PackBuilder::new();
         let raw = vec![7u8; 10000];
         let id = Id::of(&raw);
-        b.add(BlobKind::Data, id, &seal_blob(&id, &raw, 3).expect("seal"), raw.len() as u32);
+        b.add(
+            BlobKind::Data,
+            id,
+            &seal_blob(&id, &raw, 3).expect("seal"),
+            raw.len() as u32,
+        );
         let (mut bytes, pid, _) = b.finish();
         let last = bytes.len() - 3;
         bytes[last] ^= 0x40;
-        assert!(matches!(verify_pack(&bytes, &pid, "p"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            verify_pack(&bytes, &pid, "p"),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]

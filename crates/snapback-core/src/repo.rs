@@ -49,7 +49,11 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { chunking: ChunkingParams::default(), compression_level: 3, pack_target_size: 16 << 20 }
+        InitOptions {
+            chunking: ChunkingParams::default(),
+            compression_level: 3,
+            pack_target_size: 16 << 20,
+        }
     }
 }
 
@@ -68,7 +72,11 @@ impl Snapshot {
 
     /// "abcd1234 (2026-02-02T17:17:00Z)", for messages.
     pub fn describe(&self) -> String {
-        format!("{} ({})", self.id.short(), crate::time::format_rfc3339(self.time))
+        format!(
+            "{} ({})",
+            self.id.short(),
+            crate::time::format_rfc3339(self.time)
+        )
     }
 }
 
@@ -91,7 +99,9 @@ impl std::str::FromStr for Selector {
             return Ok(Selector::Latest);
         }
         if let Some(t) = s.strip_prefix('@') {
-            return crate::time::parse_rfc3339(t).map(Selector::At).map_err(|e| Error::Selector(format!("invalid snapshot selector '@{t}': {e}")));
+            return crate::time::parse_rfc3339(t)
+                .map(Selector::At)
+                .map_err(|e| Error::Selector(format!("invalid snapshot selector '@{t}': {e}")));
         }
         let lower = s.to_ascii_lowercase();
         if lower.len() >= 4 && lower.len() <= 64 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -123,11 +133,18 @@ impl Repository {
             compression_level: opts.compression_level,
             pack_target_size: opts.pack_target_size,
         };
-        config.validate().map_err(|e| Error::Invalid(format!("invalid repository settings: {e}")))?;
-        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| Error::Invalid(format!("invalid repository settings: {e}")))?;
+        let bytes =
+            serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
         match store.put_if_absent(CONFIG_KEY, &bytes)? {
             PutOutcome::Created => {}
-            PutOutcome::AlreadyExists => return Err(Error::AlreadyInitialised { location: store.location() }),
+            PutOutcome::AlreadyExists => {
+                return Err(Error::AlreadyInitialised {
+                    location: store.location(),
+                })
+            }
         }
         if store.stat(CONFIG_KEY)? != Some(bytes.len() as u64) {
             return Err(Error::Verification(format!(
@@ -142,7 +159,11 @@ impl Repository {
     pub fn open(store: Arc<dyn Store>) -> Result<Repository> {
         let bytes = match store.get(CONFIG_KEY) {
             Ok(b) => b,
-            Err(e) if e.is_not_found() => return Err(Error::NotARepository { location: store.location() }),
+            Err(e) if e.is_not_found() => {
+                return Err(Error::NotARepository {
+                    location: store.location(),
+                })
+            }
             Err(e) => return Err(e.into()),
         };
         let config = RepoConfig::parse(&bytes)?;
@@ -150,7 +171,12 @@ impl Repository {
     }
 
     fn with_config(store: Arc<dyn Store>, config: RepoConfig) -> Repository {
-        Repository { store, config, index: RwLock::new(None), manifests: Mutex::new(HashMap::new()) }
+        Repository {
+            store,
+            config,
+            index: RwLock::new(None),
+            manifests: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -173,7 +199,12 @@ impl Repository {
     pub fn refresh_index(&self) -> Result<Arc<MasterIndex>> {
         let mut guard = self.index.write().map_err(|_| poisoned())?;
         let mut idx = guard.as_deref().cloned().unwrap_or_default();
-        let mut keys: Vec<String> = self.store.list(INDEX_PREFIX)?.into_iter().map(|o| o.key).collect();
+        let mut keys: Vec<String> = self
+            .store
+            .list(INDEX_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         keys.sort();
         let known: std::collections::HashSet<String> = idx.index_keys.iter().cloned().collect();
         for key in keys.into_iter().filter(|k| !known.contains(k)) {
@@ -199,16 +230,25 @@ impl Repository {
                 tracing::warn!(key = %o.key, "ignoring an object that is not named like a snapshot");
                 continue;
             };
-            let cached = self.manifests.lock().map_err(|_| poisoned())?.get(&id).cloned();
+            let cached = self
+                .manifests
+                .lock()
+                .map_err(|_| poisoned())?
+                .get(&id)
+                .cloned();
             let manifest = match cached {
                 Some(m) => m,
                 None => {
                     let m = Arc::new(self.load_manifest(&id)?);
-                    self.manifests.lock().map_err(|_| poisoned())?.insert(id, m.clone());
+                    self.manifests
+                        .lock()
+                        .map_err(|_| poisoned())?
+                        .insert(id, m.clone());
                     m
                 }
             };
-            let time = crate::time::parse_rfc3339(&manifest.time).map_err(|e| Error::corrupt(o.key.clone(), e))?;
+            let time = crate::time::parse_rfc3339(&manifest.time)
+                .map_err(|e| Error::corrupt(o.key.clone(), e))?;
             out.push(Snapshot { id, time, manifest });
         }
         out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
@@ -231,10 +271,15 @@ impl Repository {
     /// Reads one blob: a range read from its pack, decompressed and verified.
     pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or_else(|| {
-            Error::corrupt(format!("blob {}", id.short()), "is not in any index (run `snapback check`)")
+            Error::corrupt(
+                format!("blob {}", id.short()),
+                "is not in any index (run `snapback check`)",
+            )
         })?;
         let key = pack_key(&loc.pack);
-        let stored = self.store.get_range(&key, loc.offset as u64, loc.stored_len as u64)?;
+        let stored = self
+            .store
+            .get_range(&key, loc.offset as u64, loc.stored_len as u64)?;
         open_blob(id, &stored, loc.raw_len, &key)
     }
 
@@ -249,11 +294,19 @@ impl Repository {
         chunklist::apply_patch(base, &patch, file.chunks.count, &place)
     }
 
-    pub(crate) fn base_list(&self, index: &MasterIndex, parts: &[Id], path: &str) -> Result<Vec<ChunkRef>> {
+    pub(crate) fn base_list(
+        &self,
+        index: &MasterIndex,
+        parts: &[Id],
+        path: &str,
+    ) -> Result<Vec<ChunkRef>> {
         let place = format!("chunk list of {path}");
         let mut out = Vec::new();
         for p in parts {
-            out.extend(chunklist::decode_part(&self.read_list_blob(index, p)?, &place)?);
+            out.extend(chunklist::decode_part(
+                &self.read_list_blob(index, p)?,
+                &place,
+            )?);
         }
         Ok(out)
     }
@@ -261,7 +314,10 @@ impl Repository {
     fn read_list_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
         if let Some(loc) = index.get(id) {
             if loc.kind != BlobKind::ChunkList {
-                return Err(Error::corrupt(format!("blob {}", id.short()), "is not a chunk list"));
+                return Err(Error::corrupt(
+                    format!("blob {}", id.short()),
+                    "is not a chunk list",
+                ));
             }
         }
         self.read_blob(index, id)
@@ -284,7 +340,11 @@ impl Repository {
             ));
         }
         offsets.push(off);
-        Ok(FileReader { chunks, offsets, index })
+        Ok(FileReader {
+            chunks,
+            offsets,
+            index,
+        })
     }
 }
 
@@ -311,7 +371,11 @@ impl FileReader {
     }
 }
 
-pub(crate) fn resolve_in(all: &[Snapshot], sel: &Selector, filter: impl Fn(&Snapshot) -> bool) -> Result<Snapshot> {
+pub(crate) fn resolve_in(
+    all: &[Snapshot],
+    sel: &Selector,
+    filter: impl Fn(&Snapshot) -> bool,
+) -> Result<Snapshot> {
     let cands: Vec<&Snapshot> = all.iter().filter(|s| filter(s)).collect();
     match sel {
         Selector::Latest => cands
@@ -340,7 +404,10 @@ fn verify_name(key: &str, prefix: &str, bytes: &[u8]) -> Result<()> {
     let name = &key[prefix.len()..];
     let got = Id::of(bytes);
     if got.to_hex() != name {
-        return Err(Error::corrupt(key, format!("content hashes to {}, not to its name", got.short())));
+        return Err(Error::corrupt(
+            key,
+            format!("content hashes to {}, not to its name", got.short()),
+        ));
     }
     Ok(())
 }
@@ -390,12 +457,20 @@ mod tests {
             snap("aaaa22", "2026-02-02T17:17:00Z"),
             snap("bbbb33", "2026-02-02T17:30:00Z"),
         ];
-        let r = |s: &str| resolve_in(&all, &s.parse().expect("selector"), |_| true).map(|s| s.id.short());
+        let r = |s: &str| {
+            resolve_in(&all, &s.parse().expect("selector"), |_| true).map(|s| s.id.short())
+        };
         assert_eq!(r("latest").expect("latest"), "bbbb3300");
         assert_eq!(r("@2026-02-02T17:17:00Z").expect("exact"), "aaaa2200");
-        assert_eq!(r("@2026-02-02T17:16:59.999Z").expect("just before"), "aaaa1100");
+        assert_eq!(
+            r("@2026-02-02T17:16:59.999Z").expect("just before"),
+            "aaaa1100"
+        );
         assert_eq!(r("@2026-02-02T18:17:00+01:00").expect("offset"), "aaaa2200");
-        assert!(r("@2026-02-02T16:59:59Z").is_err(), "before the first snapshot");
+        assert!(
+            r("@2026-02-02T16:59:59Z").is_err(),
+            "before the first snapshot"
+        );
         assert_eq!(r("bbbb").expect("prefix"), "bbbb3300");
         let e = r("aaaa").expect_err("ambiguous");
         assert!(e.to_string().contains("ambiguous"), "{e}");

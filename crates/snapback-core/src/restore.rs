@@ -48,7 +48,9 @@ pub struct RestoreReport {
 /// True when `file` is `path` or lies under the directory `path`.
 pub fn path_matches(file: &str, path: &str) -> bool {
     let p = path.trim_end_matches('/');
-    file == p || (file.starts_with(p) && file.as_bytes().get(p.len()) == Some(&b'/')) || p.is_empty()
+    file == p
+        || (file.starts_with(p) && file.as_bytes().get(p.len()) == Some(&b'/'))
+        || p.is_empty()
 }
 
 /// Maps the selected files to destinations. A single selected file restores
@@ -59,10 +61,20 @@ pub fn plan(snap: &Snapshot, dest: &Path, opts: &RestoreOptions) -> Result<Vec<R
         .manifest
         .files
         .iter()
-        .filter(|f| opts.path.as_deref().is_none_or(|p| path_matches(&f.path, p)))
+        .filter(|f| {
+            opts.path
+                .as_deref()
+                .is_none_or(|p| path_matches(&f.path, p))
+        })
         .collect();
     if files.is_empty() {
-        let avail: Vec<&str> = snap.manifest.files.iter().take(10).map(|f| f.path.as_str()).collect();
+        let avail: Vec<&str> = snap
+            .manifest
+            .files
+            .iter()
+            .take(10)
+            .map(|f| f.path.as_str())
+            .collect();
         return Err(Error::Selector(format!(
             "snapshot {} has no file matching {}; it holds: {}",
             snap.describe(),
@@ -73,40 +85,64 @@ pub fn plan(snap: &Snapshot, dest: &Path, opts: &RestoreOptions) -> Result<Vec<R
     let dest_is_dir = dest.is_dir() || dest.to_string_lossy().ends_with('/');
     let mut items = Vec::new();
     for f in files {
-        let target = if items.is_empty() && !dest_is_dir && snap_selects_one(snap, opts) {
-            dest.to_path_buf()
-        } else {
-            let rel = Path::new(&f.path);
-            let mut t = dest.to_path_buf();
-            for c in rel.components() {
-                match c {
-                    Component::RootDir => {}
-                    Component::Normal(n) => t.push(n),
-                    _ => {
-                        return Err(Error::corrupt(
+        let target =
+            if items.is_empty() && !dest_is_dir && snap_selects_one(snap, opts) {
+                dest.to_path_buf()
+            } else {
+                let rel = Path::new(&f.path);
+                let mut t = dest.to_path_buf();
+                for c in rel.components() {
+                    match c {
+                        Component::RootDir => {}
+                        Component::Normal(n) => t.push(n),
+                        _ => return Err(Error::corrupt(
                             "manifest",
-                            format!("file path {} would escape the destination; refusing to restore it", f.path),
-                        ))
+                            format!(
+                                "file path {} would escape the destination; refusing to restore it",
+                                f.path
+                            ),
+                        )),
                     }
                 }
-            }
-            t
-        };
-        items.push(RestoreItem { file: f.clone(), dest: target });
+                t
+            };
+        items.push(RestoreItem {
+            file: f.clone(),
+            dest: target,
+        });
     }
     Ok(items)
 }
 
 fn snap_selects_one(snap: &Snapshot, opts: &RestoreOptions) -> bool {
-    snap.manifest.files.iter().filter(|f| opts.path.as_deref().is_none_or(|p| path_matches(&f.path, p))).count() == 1
+    snap.manifest
+        .files
+        .iter()
+        .filter(|f| {
+            opts.path
+                .as_deref()
+                .is_none_or(|p| path_matches(&f.path, p))
+        })
+        .count()
+        == 1
 }
 
 impl Repository {
     /// Restores the files of a snapshot under `dest`.
-    pub fn restore(&self, snap: &Snapshot, dest: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+    pub fn restore(
+        &self,
+        snap: &Snapshot,
+        dest: &Path,
+        opts: &RestoreOptions,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
         let items = plan(snap, dest, opts)?;
         if !opts.force {
-            let existing: Vec<String> = items.iter().filter(|i| i.dest.exists()).map(|i| i.dest.display().to_string()).collect();
+            let existing: Vec<String> = items
+                .iter()
+                .filter(|i| i.dest.exists())
+                .map(|i| i.dest.display().to_string())
+                .collect();
             if !existing.is_empty() {
                 return Err(Error::Invalid(format!(
                     "refusing to overwrite existing file(s) without --force: {}; nothing was written",
@@ -126,13 +162,29 @@ impl Repository {
     }
 
     /// Restores one file to exactly `dest`, verified, atomically.
-    pub fn restore_file(&self, file: &FileEntry, dest: &Path, force: bool, progress: &dyn Progress) -> Result<()> {
+    pub fn restore_file(
+        &self,
+        file: &FileEntry,
+        dest: &Path,
+        force: bool,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         if dest.exists() && !force {
-            return Err(Error::Invalid(format!("{} exists; use --force to overwrite it", dest.display())));
+            return Err(Error::Invalid(format!(
+                "{} exists; use --force to overwrite it",
+                dest.display()
+            )));
         }
-        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "cannot create the destination directory", e))?;
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(dir, "cannot create the destination directory", e))?;
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
         let tmp = dir.join(format!(".{name}.snapback-{}.tmp", std::process::id()));
         let r = self.write_verified(file, &tmp, progress).and_then(|()| {
             if file.kind == FileKind::Sqlite {
@@ -175,7 +227,8 @@ impl Repository {
             .mode(0o600)
             .open(tmp)
             .map_err(|e| Error::io(tmp, "cannot create the temporary file", e))?;
-        out.set_len(file.size).map_err(|e| Error::io(tmp, "cannot size the file", e))?;
+        out.set_len(file.size)
+            .map_err(|e| Error::io(tmp, "cannot size the file", e))?;
 
         // Where each chunk goes, grouped by pack, so that neighbouring blobs
         // are fetched with one range read.
@@ -188,54 +241,66 @@ impl Repository {
         let mut by_pack: HashMap<Id, Vec<(Id, crate::index::BlobLocation)>> = HashMap::new();
         for id in offsets.keys() {
             let loc = index.get(id).ok_or_else(|| {
-                Error::corrupt(format!("chunk {} of {}", id.short(), file.path), "is not in any index; the data is missing")
+                Error::corrupt(
+                    format!("chunk {} of {}", id.short(), file.path),
+                    "is not in any index; the data is missing",
+                )
             })?;
             by_pack.entry(loc.pack).or_default().push((*id, *loc));
         }
         let packs: Vec<_> = by_pack.into_iter().collect();
-        packs.par_iter().try_for_each(|(pack, blobs)| -> Result<()> {
-            let mut blobs = blobs.clone();
-            blobs.sort_by_key(|(_, l)| l.offset);
-            let key = pack_key(pack);
-            let mut i = 0;
-            while i < blobs.len() {
-                // Coalesce blobs that are close together, up to 16 MiB a read.
-                let start = blobs[i].1.offset as u64;
-                let mut end = start + blobs[i].1.stored_len as u64;
-                let mut j = i + 1;
-                while j < blobs.len() {
-                    let l = &blobs[j].1;
-                    if (l.offset as u64) > end + (256 << 10) || (l.offset as u64 + l.stored_len as u64) - start > (16 << 20) {
-                        break;
-                    }
-                    end = end.max(l.offset as u64 + l.stored_len as u64);
-                    j += 1;
-                }
-                let range = self.store().get_range(&key, start, end - start)?;
-                for (id, l) in &blobs[i..j] {
-                    let a = (l.offset as u64 - start) as usize;
-                    let raw = open_blob(id, &range[a..a + l.stored_len as usize], l.raw_len, &key)?;
-                    let zero = raw.iter().all(|&b| b == 0);
-                    for &o in offsets.get(id).into_iter().flatten() {
-                        // The file was sized with set_len, so zeros are holes already.
-                        if !zero {
-                            out.write_all_at(&raw, o).map_err(|e| Error::io(tmp, "write failed", e))?;
+        packs
+            .par_iter()
+            .try_for_each(|(pack, blobs)| -> Result<()> {
+                let mut blobs = blobs.clone();
+                blobs.sort_by_key(|(_, l)| l.offset);
+                let key = pack_key(pack);
+                let mut i = 0;
+                while i < blobs.len() {
+                    // Coalesce blobs that are close together, up to 16 MiB a read.
+                    let start = blobs[i].1.offset as u64;
+                    let mut end = start + blobs[i].1.stored_len as u64;
+                    let mut j = i + 1;
+                    while j < blobs.len() {
+                        let l = &blobs[j].1;
+                        if (l.offset as u64) > end + (256 << 10)
+                            || (l.offset as u64 + l.stored_len as u64) - start > (16 << 20)
+                        {
+                            break;
                         }
-                        progress.inc(raw.len() as u64);
+                        end = end.max(l.offset as u64 + l.stored_len as u64);
+                        j += 1;
                     }
+                    let range = self.store().get_range(&key, start, end - start)?;
+                    for (id, l) in &blobs[i..j] {
+                        let a = (l.offset as u64 - start) as usize;
+                        let raw =
+                            open_blob(id, &range[a..a + l.stored_len as usize], l.raw_len, &key)?;
+                        let zero = raw.iter().all(|&b| b == 0);
+                        for &o in offsets.get(id).into_iter().flatten() {
+                            // The file was sized with set_len, so zeros are holes already.
+                            if !zero {
+                                out.write_all_at(&raw, o)
+                                    .map_err(|e| Error::io(tmp, "write failed", e))?;
+                            }
+                            progress.inc(raw.len() as u64);
+                        }
+                    }
+                    i = j;
                 }
-                i = j;
-            }
-            Ok(())
-        })?;
-        out.sync_all().map_err(|e| Error::io(tmp, "fsync failed", e))?;
+                Ok(())
+            })?;
+        out.sync_all()
+            .map_err(|e| Error::io(tmp, "fsync failed", e))?;
 
         // Read back what is on disk and prove it is the captured content.
         let mut h = Sha256::new();
         let mut f = File::open(tmp).map_err(|e| Error::io(tmp, "cannot reopen", e))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = f.read(&mut buf).map_err(|e| Error::io(tmp, "read-back failed", e))?;
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| Error::io(tmp, "read-back failed", e))?;
             if n == 0 {
                 break;
             }
@@ -251,8 +316,13 @@ impl Repository {
             )));
         }
         let perm = std::fs::Permissions::from_mode(file.mode & 0o7777);
-        std::fs::set_permissions(tmp, perm).map_err(|e| Error::io(tmp, "cannot set permissions", e))?;
-        if let Some(m) = file.mtime.as_deref().and_then(|t| crate::time::parse_rfc3339(t).ok()) {
+        std::fs::set_permissions(tmp, perm)
+            .map_err(|e| Error::io(tmp, "cannot set permissions", e))?;
+        if let Some(m) = file
+            .mtime
+            .as_deref()
+            .and_then(|t| crate::time::parse_rfc3339(t).ok())
+        {
             let _ = out.set_modified(m.into());
         }
         Ok(())

@@ -22,7 +22,9 @@ use crate::config::FORMAT_VERSION;
 use crate::error::{Error, Result};
 use crate::id::{DbChecksum, Id};
 use crate::index::{encode_index, IndexedPack, MasterIndex};
-use crate::manifest::{ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts};
+use crate::manifest::{
+    ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
+};
 use crate::pack::{seal_blob, BlobKind, PackBuilder};
 use crate::repo::{pack_key, Repository, Snapshot, SNAPSHOT_PREFIX};
 use crate::sqlite::{has_sqlite_header, journal_mode_of_header, Capture};
@@ -39,7 +41,11 @@ pub struct SnapshotOptions {
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        SnapshotOptions { tags: vec![], busy_timeout: Duration::from_secs(30), upload_threads: 4 }
+        SnapshotOptions {
+            tags: vec![],
+            busy_timeout: Duration::from_secs(30),
+            upload_threads: 4,
+        }
     }
 }
 
@@ -64,7 +70,11 @@ fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>)> {
     let mut files = Vec::new();
     for p in paths {
         let abs = std::fs::canonicalize(p).map_err(|e| {
-            Error::io(p, "cannot snapshot this path (check that it exists and is readable)", e)
+            Error::io(
+                p,
+                "cannot snapshot this path (check that it exists and is readable)",
+                e,
+            )
         })?;
         roots.push(abs.to_string_lossy().into_owned());
         walk(&abs, &mut files)?;
@@ -74,9 +84,16 @@ fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>)> {
     let mut sources = Vec::new();
     for f in &files {
         let sqlite = has_sqlite_header(f).map_err(|e| Error::io(f, "cannot read", e))?;
-        sources.push(Source { path: f.clone(), sqlite });
+        sources.push(Source {
+            path: f.clone(),
+            sqlite,
+        });
     }
-    let dbs: HashSet<PathBuf> = sources.iter().filter(|s| s.sqlite).map(|s| s.path.clone()).collect();
+    let dbs: HashSet<PathBuf> = sources
+        .iter()
+        .filter(|s| s.sqlite)
+        .map(|s| s.path.clone())
+        .collect();
     sources.retain(|s| {
         let name = s.path.to_string_lossy();
         for suffix in ["-wal", "-shm", "-journal"] {
@@ -155,8 +172,12 @@ impl BlobSink<'_> {
             return Ok(());
         }
         let pack = std::mem::take(&mut self.pack);
-        let tx = self.tx.as_ref().ok_or_else(|| Error::Invalid("upload queue closed".into()))?;
-        tx.send(pack).map_err(|_| Error::Invalid("the upload threads stopped (see the error above)".into()))
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("upload queue closed".into()))?;
+        tx.send(pack)
+            .map_err(|_| Error::Invalid("the upload threads stopped (see the error above)".into()))
     }
 }
 
@@ -175,9 +196,17 @@ pub(crate) fn put_verified(store: &dyn Store, key: &str, bytes: &[u8]) -> Result
     }
 }
 
-fn upload_worker(store: &dyn Store, rx: &Mutex<Receiver<PackBuilder>>, done: &Mutex<Vec<IndexedPack>>, stats: &Mutex<SnapshotStats>) -> Result<()> {
+fn upload_worker(
+    store: &dyn Store,
+    rx: &Mutex<Receiver<PackBuilder>>,
+    done: &Mutex<Vec<IndexedPack>>,
+    stats: &Mutex<SnapshotStats>,
+) -> Result<()> {
     loop {
-        let next = rx.lock().map_err(|_| Error::Invalid("upload queue poisoned".into()))?.recv();
+        let next = rx
+            .lock()
+            .map_err(|_| Error::Invalid("upload queue poisoned".into()))?
+            .recv();
         let Ok(pack) = next else { return Ok(()) };
         let (bytes, id, entries) = pack.finish();
         let key = pack_key(&id);
@@ -191,25 +220,40 @@ fn upload_worker(store: &dyn Store, rx: &Mutex<Receiver<PackBuilder>>, done: &Mu
         }
         done.lock()
             .map_err(|_| Error::Invalid("upload results poisoned".into()))?
-            .push(IndexedPack { id, size: bytes.len() as u64, entries });
+            .push(IndexedPack {
+                id,
+                size: bytes.len() as u64,
+                entries,
+            });
     }
 }
 
 impl Repository {
     /// Takes a snapshot of `paths` and commits it. Returns only after the
     /// manifest is stored and verified.
-    pub fn snapshot(&self, paths: &[PathBuf], opts: &SnapshotOptions, progress: &dyn Progress) -> Result<SnapshotReport> {
+    pub fn snapshot(
+        &self,
+        paths: &[PathBuf],
+        opts: &SnapshotOptions,
+        progress: &dyn Progress,
+    ) -> Result<SnapshotReport> {
         let started = Instant::now();
         let time = crate::time::now();
         if paths.is_empty() {
-            return Err(Error::Invalid("nothing to snapshot: give at least one path".into()));
+            return Err(Error::Invalid(
+                "nothing to snapshot: give at least one path".into(),
+            ));
         }
         let (roots, sources) = collect_sources(paths)?;
         let index = self.index()?;
         let history = self.snapshots()?;
         let stats = Mutex::new(SnapshotStats::default());
         let done = Mutex::new(Vec::new());
-        let total: u64 = sources.iter().filter_map(|s| std::fs::metadata(&s.path).ok()).map(|m| m.len()).sum();
+        let total: u64 = sources
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
         progress.set_total(total);
 
         let (tx, rx) = sync_channel::<PackBuilder>(2);
@@ -251,7 +295,9 @@ impl Repository {
             drop(sink.tx.take());
             drop(sink);
             for w in workers {
-                let r = w.join().map_err(|_| Error::Invalid("an upload thread panicked".into()))?;
+                let r = w
+                    .join()
+                    .map_err(|_| Error::Invalid("an upload thread panicked".into()))?;
                 if result.is_ok() {
                     result = r;
                 }
@@ -260,8 +306,12 @@ impl Repository {
         })?;
 
         // Index for the new packs, then the manifest.
-        let packs = done.into_inner().map_err(|_| Error::Invalid("upload results poisoned".into()))?;
-        let mut stats = stats.into_inner().map_err(|_| Error::Invalid("stats poisoned".into()))?;
+        let packs = done
+            .into_inner()
+            .map_err(|_| Error::Invalid("upload results poisoned".into()))?;
+        let mut stats = stats
+            .into_inner()
+            .map_err(|_| Error::Invalid("stats poisoned".into()))?;
         if !packs.is_empty() {
             let bytes = encode_index(&packs)?;
             let key = format!("index/{}", Id::of(&bytes));
@@ -299,52 +349,95 @@ impl Repository {
 
     /// Turns a chunk list into a `ChunkListRef`, as a patch on the parent's
     /// base where that is small, as a new base otherwise.
-    fn store_chunk_list(&self, sink: &mut BlobSink, path: &str, chunking: Chunking, refs: &[ChunkRef], history: &[Snapshot]) -> Result<ChunkListRef> {
-        let parent = history
-            .iter()
-            .rev()
-            .find_map(|s| s.file(path).filter(|f| f.chunking == chunking && !f.chunks.base.is_empty()).map(|f| f.chunks.base.clone()));
+    fn store_chunk_list(
+        &self,
+        sink: &mut BlobSink,
+        path: &str,
+        chunking: Chunking,
+        refs: &[ChunkRef],
+        history: &[Snapshot],
+    ) -> Result<ChunkListRef> {
+        let parent = history.iter().rev().find_map(|s| {
+            s.file(path)
+                .filter(|f| f.chunking == chunking && !f.chunks.base.is_empty())
+                .map(|f| f.chunks.base.clone())
+        });
         if let Some(base_ids) = parent {
             match self.base_list(sink.index, &base_ids, path) {
                 Ok(base) => {
                     let patch = chunklist::diff(&base, refs);
                     if patch.len() * 44 <= base.len() * 36 / 8 {
-                        let patch_id = if patch.is_empty() && base.len() == refs.len() {
-                            None
-                        } else {
-                            Some(sink.add_raw(BlobKind::ChunkList, &chunklist::encode_patch(&patch))?)
-                        };
-                        return Ok(ChunkListRef { count: refs.len() as u64, base: base_ids, patch: patch_id });
+                        let patch_id =
+                            if patch.is_empty() && base.len() == refs.len() {
+                                None
+                            } else {
+                                Some(sink.add_raw(
+                                    BlobKind::ChunkList,
+                                    &chunklist::encode_patch(&patch),
+                                )?)
+                            };
+                        return Ok(ChunkListRef {
+                            count: refs.len() as u64,
+                            base: base_ids,
+                            patch: patch_id,
+                        });
                     }
                 }
-                Err(e) => tracing::warn!(path, error = %e, "cannot read the parent's chunk list; writing a full one"),
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "cannot read the parent's chunk list; writing a full one")
+                }
             }
         }
         let mut base = Vec::new();
         for part in refs.chunks(PART_LEN) {
             base.push(sink.add_raw(BlobKind::ChunkList, &chunklist::encode_part(part))?);
         }
-        Ok(ChunkListRef { count: refs.len() as u64, base, patch: None })
+        Ok(ChunkListRef {
+            count: refs.len() as u64,
+            base,
+            patch: None,
+        })
     }
 
     /// Hashes, deduplicates and seals one batch of chunks.
-    fn ingest(&self, sink: &mut BlobSink, data: &[u8], bounds: &[(usize, usize)], refs: &mut Vec<ChunkRef>) -> Result<()> {
-        let ids: Vec<Id> = bounds.par_iter().map(|&(a, b)| Id::of(&data[a..b])).collect();
+    fn ingest(
+        &self,
+        sink: &mut BlobSink,
+        data: &[u8],
+        bounds: &[(usize, usize)],
+        refs: &mut Vec<ChunkRef>,
+    ) -> Result<()> {
+        let ids: Vec<Id> = bounds
+            .par_iter()
+            .map(|&(a, b)| Id::of(&data[a..b]))
+            .collect();
         let mut new = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let (a, b) = bounds[i];
-            refs.push(ChunkRef { id: *id, len: (b - a) as u32 });
+            refs.push(ChunkRef {
+                id: *id,
+                len: (b - a) as u32,
+            });
             if sink.claim(id) {
                 new.push(i);
             }
         }
         let level = sink.level;
-        let sealed: Vec<Result<Vec<u8>>> = new.par_iter().map(|&i| seal_blob(&ids[i], &data[bounds[i].0..bounds[i].1], level)).collect();
-        let mut s = sink.stats.lock().map_err(|_| Error::Invalid("stats poisoned".into()))?;
+        let sealed: Vec<Result<Vec<u8>>> = new
+            .par_iter()
+            .map(|&i| seal_blob(&ids[i], &data[bounds[i].0..bounds[i].1], level))
+            .collect();
+        let mut s = sink
+            .stats
+            .lock()
+            .map_err(|_| Error::Invalid("stats poisoned".into()))?;
         s.chunks += ids.len() as u64;
         s.new_chunks += new.len() as u64;
         s.bytes_read += data.len() as u64;
-        s.bytes_new += new.iter().map(|&i| (bounds[i].1 - bounds[i].0) as u64).sum::<u64>();
+        s.bytes_new += new
+            .iter()
+            .map(|&i| (bounds[i].1 - bounds[i].0) as u64)
+            .sum::<u64>();
         drop(s);
         for (&i, stored) in new.iter().zip(sealed) {
             let (a, b) = bounds[i];
@@ -353,13 +446,22 @@ impl Repository {
         Ok(())
     }
 
-    fn capture_sqlite(&self, path: &Path, opts: &SnapshotOptions, sink: &mut BlobSink, history: &[Snapshot], progress: &dyn Progress) -> Result<FileEntry> {
+    fn capture_sqlite(
+        &self,
+        path: &Path,
+        opts: &SnapshotOptions,
+        sink: &mut BlobSink,
+        history: &[Snapshot],
+        progress: &dyn Progress,
+    ) -> Result<FileEntry> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot stat", e))?;
         let cap = Capture::begin(path, opts.busy_timeout)?;
         let page_size = cap.page_size;
-        let chunk_size = page_size as usize * self.config().chunking.sqlite_pages_per_chunk as usize;
+        let chunk_size =
+            page_size as usize * self.config().chunking.sqlite_pages_per_chunk as usize;
         let pages_per_batch = ((8 << 20) / page_size as usize).max(1);
-        let pages_per_batch = pages_per_batch - pages_per_batch % self.config().chunking.sqlite_pages_per_chunk as usize;
+        let pages_per_batch = pages_per_batch
+            - pages_per_batch % self.config().chunking.sqlite_pages_per_chunk as usize;
         let (btx, brx) = sync_channel::<Vec<u8>>(3);
         let mut refs = Vec::new();
         let mut header = Vec::new();
@@ -368,7 +470,8 @@ impl Repository {
                 let mut h = Sha256::new();
                 let r = cap.read_pages(pages_per_batch.max(1), |buf| {
                     h.update(&buf);
-                    btx.send(buf).map_err(|_| Error::Invalid("snapshot pipeline stopped".into()))
+                    btx.send(buf)
+                        .map_err(|_| Error::Invalid("snapshot pipeline stopped".into()))
                 });
                 (cap, h.finalize().into(), r)
             });
@@ -380,12 +483,16 @@ impl Repository {
                 if header.is_empty() {
                     header = buf[..100.min(buf.len())].to_vec();
                 }
-                let bounds: Vec<(usize, usize)> =
-                    (0..buf.len()).step_by(chunk_size).map(|a| (a, (a + chunk_size).min(buf.len()))).collect();
+                let bounds: Vec<(usize, usize)> = (0..buf.len())
+                    .step_by(chunk_size)
+                    .map(|a| (a, (a + chunk_size).min(buf.len())))
+                    .collect();
                 result = self.ingest(sink, &buf, &bounds, &mut refs);
                 progress.inc(buf.len() as u64);
             }
-            let (cap, sha, r) = reader.join().map_err(|_| Error::Invalid("the page reader panicked".into()))?;
+            let (cap, sha, r) = reader
+                .join()
+                .map_err(|_| Error::Invalid("the page reader panicked".into()))?;
             result?;
             r?;
             Ok((cap, sha))
@@ -396,20 +503,29 @@ impl Repository {
             page_count: cap.page_count,
             journal_mode: journal_mode_of_header(&header).to_string(),
             schema_hash,
-            change_counter: header.get(24..28).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0),
+            change_counter: header
+                .get(24..28)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0),
             captured_at: crate::time::format_rfc3339(cap.captured_at),
         };
         let size = cap.size();
         cap.finish()?;
         let path_s = path.to_string_lossy().into_owned();
-        let chunking = Chunking::Fixed { size: chunk_size as u32 };
+        let chunking = Chunking::Fixed {
+            size: chunk_size as u32,
+        };
         let chunks = self.store_chunk_list(sink, &path_s, chunking, &refs, history)?;
         Ok(FileEntry {
             path: path_s,
             kind: FileKind::Sqlite,
             size,
             mode: mode_of(&meta),
-            mtime: meta.modified().ok().and_then(crate::time::from_system).map(crate::time::format_rfc3339),
+            mtime: meta
+                .modified()
+                .ok()
+                .and_then(crate::time::from_system)
+                .map(crate::time::format_rfc3339),
             sha256: Id(sha),
             db_checksum: checksum_of(&refs).to_hex(),
             chunking,
@@ -418,17 +534,33 @@ impl Repository {
         })
     }
 
-    fn capture_file(&self, path: &Path, sink: &mut BlobSink, history: &[Snapshot], progress: &dyn Progress) -> Result<FileEntry> {
+    fn capture_file(
+        &self,
+        path: &Path,
+        sink: &mut BlobSink,
+        history: &[Snapshot],
+        progress: &dyn Progress,
+    ) -> Result<FileEntry> {
         let f = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
-        let meta = f.metadata().map_err(|e| Error::io(path, "cannot stat", e))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| Error::io(path, "cannot stat", e))?;
         let c = &self.config().chunking;
         let mut whole = Sha256::new();
         let mut refs = Vec::new();
         let mut batch: Vec<u8> = Vec::new();
         let mut bounds = Vec::new();
         let mut size = 0u64;
-        for chunk in fastcdc::v2020::StreamCDC::new(f, c.cdc_min as usize, c.cdc_avg as usize, c.cdc_max as usize) {
-            let chunk = chunk.map_err(|e| Error::Input { path: path.into(), message: format!("read failed: {e}") })?;
+        for chunk in fastcdc::v2020::StreamCDC::new(
+            f,
+            c.cdc_min as usize,
+            c.cdc_avg as usize,
+            c.cdc_max as usize,
+        ) {
+            let chunk = chunk.map_err(|e| Error::Input {
+                path: path.into(),
+                message: format!("read failed: {e}"),
+            })?;
             whole.update(&chunk.data);
             size += chunk.data.len() as u64;
             let a = batch.len();
@@ -452,7 +584,11 @@ impl Repository {
             kind: FileKind::File,
             size,
             mode: mode_of(&meta),
-            mtime: meta.modified().ok().and_then(crate::time::from_system).map(crate::time::format_rfc3339),
+            mtime: meta
+                .modified()
+                .ok()
+                .and_then(crate::time::from_system)
+                .map(crate::time::format_rfc3339),
             sha256: Id(whole.finalize().into()),
             db_checksum: checksum_of(&refs).to_hex(),
             chunking: Chunking::Cdc,

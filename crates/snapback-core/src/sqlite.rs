@@ -56,27 +56,43 @@ impl Capture {
     /// Opens `path` read-only and establishes a read transaction. Waits up to
     /// `busy` for a writer that holds an exclusive lock.
     pub fn begin(path: &Path, busy: Duration) -> Result<Capture> {
-        let err = |message: &str, source| Error::Sqlite { path: path.to_path_buf(), message: message.into(), source };
+        let err = |message: &str, source| Error::Sqlite {
+            path: path.to_path_buf(),
+            message: message.into(),
+            source,
+        };
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| err("has a SQLite header but cannot be opened as a database", e))?;
-        conn.busy_timeout(busy).map_err(|e| err("cannot set a busy timeout", e))?;
-        conn.execute_batch("BEGIN").map_err(|e| err("cannot begin a read transaction", e))?;
+        conn.busy_timeout(busy)
+            .map_err(|e| err("cannot set a busy timeout", e))?;
+        conn.execute_batch("BEGIN")
+            .map_err(|e| err("cannot begin a read transaction", e))?;
         // The first read establishes the transaction's snapshot.
         let page_count: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
             .and_then(|()| conn.query_row("PRAGMA page_count", [], |r| r.get(0)))
             .map_err(|e| err("is not a readable SQLite database (it has the SQLite header, but SQLite refuses it)", e))?;
         let captured_at = crate::time::now();
-        let page_size: i64 =
-            conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(|e| err("cannot read the page size", e))?;
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| err("cannot read the page size", e))?;
         let page_size = u32::try_from(page_size)
             .ok()
             .filter(|p| p.is_power_of_two() && (512..=65536).contains(p))
-            .ok_or_else(|| Error::Input { path: path.into(), message: format!("invalid page size {page_size}") })?;
-        Ok(Capture { conn, path: path.to_path_buf(), page_size, page_count: page_count.max(0) as u64, captured_at })
+            .ok_or_else(|| Error::Input {
+                path: path.into(),
+                message: format!("invalid page size {page_size}"),
+            })?;
+        Ok(Capture {
+            conn,
+            path: path.to_path_buf(),
+            page_size,
+            page_count: page_count.max(0) as u64,
+            captured_at,
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -86,12 +102,25 @@ impl Capture {
     /// Streams every page, in order, to `sink`, `pages_per_call` pages at a
     /// time (the last call may carry fewer). The buffer handed to `sink` is
     /// the caller's to keep.
-    pub fn read_pages(&self, pages_per_call: usize, mut sink: impl FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
-        let err = |message: &str, source| Error::Sqlite { path: self.path.clone(), message: message.into(), source };
+    pub fn read_pages(
+        &self,
+        pages_per_call: usize,
+        mut sink: impl FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let err = |message: &str, source| Error::Sqlite {
+            path: self.path.clone(),
+            message: message.into(),
+            source,
+        };
         let mut stmt = self
             .conn
             .prepare("SELECT pgno, data FROM sqlite_dbpage")
-            .map_err(|e| err("cannot read pages (is SQLITE_ENABLE_DBPAGE_VTAB compiled in?)", e))?;
+            .map_err(|e| {
+                err(
+                    "cannot read pages (is SQLITE_ENABLE_DBPAGE_VTAB compiled in?)",
+                    e,
+                )
+            })?;
         let mut rows = stmt.query([]).map_err(|e| err("cannot read pages", e))?;
         let ps = self.page_size as usize;
         let cap = pages_per_call.max(1) * ps;
@@ -100,12 +129,20 @@ impl Capture {
         while let Some(row) = rows.next().map_err(|e| err("page read failed", e))? {
             let pgno: i64 = row.get(0).map_err(|e| err("page read failed", e))?;
             if pgno != expect {
-                return Err(Error::Input { path: self.path.clone(), message: format!("page {pgno} came out of order (expected {expect})") });
+                return Err(Error::Input {
+                    path: self.path.clone(),
+                    message: format!("page {pgno} came out of order (expected {expect})"),
+                });
             }
             let data = row.get_ref(1).map_err(|e| err("page read failed", e))?;
-            let data = data.as_blob().map_err(|e| err("page read failed", rusqlite::Error::from(e)))?;
+            let data = data
+                .as_blob()
+                .map_err(|e| err("page read failed", rusqlite::Error::from(e)))?;
             if data.len() != ps {
-                return Err(Error::Input { path: self.path.clone(), message: format!("page {pgno} has {} bytes, not {ps}", data.len()) });
+                return Err(Error::Input {
+                    path: self.path.clone(),
+                    message: format!("page {pgno} has {} bytes, not {ps}", data.len()),
+                });
             }
             buf.extend_from_slice(data);
             expect += 1;
@@ -116,7 +153,11 @@ impl Capture {
         if (expect - 1) as u64 != self.page_count {
             return Err(Error::Input {
                 path: self.path.clone(),
-                message: format!("read {} pages but the database has {}", expect - 1, self.page_count),
+                message: format!(
+                    "read {} pages but the database has {}",
+                    expect - 1,
+                    self.page_count
+                ),
             });
         }
         if !buf.is_empty() {
@@ -127,7 +168,11 @@ impl Capture {
 
     /// SHA-256 over the schema table's rows, in name order.
     pub fn schema_hash(&self) -> Result<Id> {
-        let err = |source| Error::Sqlite { path: self.path.clone(), message: "cannot read the schema".into(), source };
+        let err = |source| Error::Sqlite {
+            path: self.path.clone(),
+            message: "cannot read the schema".into(),
+            source,
+        };
         let mut stmt = self
             .conn
             .prepare("SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema ORDER BY type, name")
@@ -146,20 +191,30 @@ impl Capture {
 
     /// Ends the read transaction.
     pub fn finish(self) -> Result<()> {
-        self.conn.execute_batch("COMMIT").map_err(|e| Error::Sqlite {
-            path: self.path.clone(),
-            message: "cannot end the read transaction".into(),
-            source: e,
-        })
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| Error::Sqlite {
+                path: self.path.clone(),
+                message: "cannot end the read transaction".into(),
+                source: e,
+            })
     }
 }
 
 /// Runs `PRAGMA integrity_check` on a database file (read-only); returns the
 /// problems it reports (empty when it passes).
 pub fn integrity_check(path: &Path) -> Result<Vec<String>> {
-    let err = |source| Error::Sqlite { path: path.into(), message: "integrity check failed to run".into(), source };
+    let err = |source| Error::Sqlite {
+        path: path.into(),
+        message: "integrity check failed to run".into(),
+        source,
+    };
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
     let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(err)?;
-    let rows: Vec<String> = stmt.query_map([], |r| r.get(0)).map_err(err)?.collect::<Result<_, _>>().map_err(err)?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
     Ok(rows.into_iter().filter(|r| r != "ok").collect())
 }

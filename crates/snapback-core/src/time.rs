@@ -10,12 +10,17 @@ pub fn now() -> OffsetDateTime {
 }
 
 pub fn format_rfc3339(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// Seconds precision, for names in the mount and listings.
 pub fn format_rfc3339_secs(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
     format_rfc3339(t)
 }
 
@@ -38,6 +43,8 @@ mod tests {
         let t = parse_rfc3339("2026-02-02T18:17:00.5+01:00").expect("parse");
         assert_eq!(format_rfc3339(t), "2026-02-02T17:17:00.5Z");
         assert_eq!(format_rfc3339_secs(t), "2026-02-02T17:17:00Z");
-        assert!(parse_rfc3339("yesterday").expect_err("bad").contains("RFC 3339"));
+        assert!(parse_rfc3339("yesterday")
+            .expect_err("bad")
+            .contains("RFC 3339"));
     }
 }

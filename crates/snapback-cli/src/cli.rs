@@ -1,0 +1,79 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cmd_basic;
+
+/// snapback: point-in-time recovery for SQLite databases.
+///
+/// Frequent, deduplicated, verified snapshots of live SQLite databases (and
+/// plain files) into a local or S3 repository; restore, check, and more.
+#[derive(Debug, Parser)]
+#[command(name = "snapback", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Repository: a local path, file:///path, or s3://BUCKET/PREFIX.
+    #[arg(long, global = true, env = "SNAPBACK_REPO")]
+    pub repo: Option<String>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v: info, -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// S3-compatible endpoint URL (also AWS_ENDPOINT_URL).
+    #[arg(long, global = true)]
+    pub s3_endpoint: Option<String>,
+    /// Use path-style S3 addressing (MinIO, Ceph, Garage and most local stores).
+    #[arg(long, global = true)]
+    pub s3_path_style: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository.
+    Init(cmd_basic::InitArgs),
+    /// Take a snapshot of files, directories and SQLite databases.
+    Snapshot(cmd_basic::SnapshotArgs),
+    /// List snapshots.
+    Snapshots(cmd_basic::SnapshotsArgs),
+    /// Restore files from a snapshot.
+    Restore(cmd_basic::RestoreArgs),
+    /// Verify the repository (structure; with --read-data, every byte).
+    Check(cmd_basic::CheckArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => cmd_basic::init(g, a),
+        Command::Snapshot(a) => cmd_basic::snapshot(g, a),
+        Command::Snapshots(a) => cmd_basic::snapshots(g, a),
+        Command::Restore(a) => cmd_basic::restore(g, a),
+        Command::Check(a) => cmd_basic::check(g, a),
+    }
+}
+
+/// Paths given on the command line, made absolute without resolving links.
+pub fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}

@@ -1,0 +1,302 @@
+//! init, snapshot, snapshots, restore, check.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+use snapback_core::{
+    path_matches, CheckOptions, ChunkingParams, InitOptions, Repository, RestoreOptions, Selector,
+    Snapshot, SnapshotOptions,
+};
+
+use crate::cli::{absolute, Global};
+use crate::exit;
+use crate::output::{chose, human_bytes, print_json, Bar};
+use crate::repo_url::{open_repo, open_store};
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Pages per chunk for SQLite databases (1 stores the least per change).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub sqlite_pages_per_chunk: u32,
+    /// zstd compression level (1-19).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression_level: i32,
+}
+
+pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
+    let store = open_store(g, true)?;
+    let opts = InitOptions {
+        chunking: ChunkingParams {
+            sqlite_pages_per_chunk: a.sqlite_pages_per_chunk,
+            ..Default::default()
+        },
+        compression_level: a.compression_level,
+        ..Default::default()
+    };
+    let repo = Repository::init(store, &opts)?;
+    if g.json {
+        print_json(
+            &json!({ "repository": repo.store().location(), "repo_id": repo.config().repo_id }),
+        )?;
+    } else if !g.quiet {
+        println!(
+            "created snapback repository {} at {}",
+            repo.config().repo_id,
+            repo.store().location()
+        );
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Files, directories and SQLite databases to capture.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+pub fn snapshot(g: &Global, a: SnapshotArgs) -> anyhow::Result<u8> {
+    let repo = open_repo(g)?;
+    for t in &a.tags {
+        if t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace) {
+            anyhow::bail!("invalid tag '{t}': tags are non-empty and have no commas or spaces");
+        }
+    }
+    let paths: Vec<PathBuf> = a.paths.iter().map(|p| absolute(p)).collect();
+    let bar = Bar::new(g);
+    let opts = SnapshotOptions {
+        tags: a.tags,
+        ..Default::default()
+    };
+    let r = repo.snapshot(&paths, &opts, &bar);
+    bar.finish();
+    let r = r.context("snapshot failed; nothing was committed")?;
+    let s = &r.manifest.stats;
+    if g.json {
+        print_json(&json!({
+            "id": r.id.to_hex(),
+            "short_id": r.id.short(),
+            "time": r.manifest.time,
+            "paths": r.manifest.paths,
+            "files": s.files,
+            "bytes_read": s.bytes_read,
+            "bytes_new": s.bytes_new,
+            "bytes_added": s.bytes_added,
+            "objects_written": s.objects_written + 1,
+            "chunks": s.chunks,
+            "new_chunks": s.new_chunks,
+            "duration_ms": s.duration_ms,
+            "requests": request_json(repo.store().request_stats()),
+        }))?;
+    } else {
+        println!("{}", r.id);
+    }
+    Ok(exit::OK)
+}
+
+fn request_json(r: snapback_storage::RequestStats) -> serde_json::Value {
+    json!({
+        "put": r.puts, "get": r.gets, "head": r.heads, "list": r.lists, "delete": r.deletes,
+        "bytes_sent": r.bytes_sent, "bytes_received": r.bytes_received,
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only snapshots holding this file, or files under this directory.
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Only snapshots with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+    let m = &s.manifest;
+    json!({
+        "id": s.id.to_hex(),
+        "short_id": s.id.short(),
+        "time": m.time,
+        "host": m.host,
+        "tags": m.tags,
+        "paths": m.paths,
+        "logical_size": m.logical_size(),
+        "bytes_added": m.stats.bytes_added,
+        "files": m.files.iter().map(|f| json!({
+            "path": f.path, "kind": f.kind, "size": f.size, "sha256": f.sha256.to_hex(),
+            "sqlite": f.sqlite,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
+    let repo = open_repo(g)?;
+    let path = a
+        .path
+        .as_ref()
+        .map(|p| absolute(p).to_string_lossy().into_owned());
+    let list: Vec<Snapshot> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| {
+            path.as_deref()
+                .is_none_or(|p| s.manifest.files.iter().any(|f| path_matches(&f.path, p)))
+        })
+        .filter(|s| {
+            a.tag
+                .as_deref()
+                .is_none_or(|t| s.manifest.tags.iter().any(|x| x == t))
+        })
+        .collect();
+    if g.json {
+        print_json(&serde_json::Value::Array(
+            list.iter().map(snapshot_json).collect(),
+        ))?;
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<10} {:<21} {:<12} {:<12} {:>10} {:>10}  paths",
+        "id", "time", "host", "tags", "size", "added"
+    );
+    for s in &list {
+        let m = &s.manifest;
+        println!(
+            "{:<10} {:<21} {:<12} {:<12} {:>10} {:>10}  {}",
+            s.id.short(),
+            snapback_core::time::format_rfc3339_secs(s.time),
+            m.host,
+            m.tags.join(","),
+            human_bytes(m.logical_size()),
+            human_bytes(m.stats.bytes_added),
+            m.paths.join(" ")
+        );
+    }
+    if !g.quiet {
+        eprintln!("{} snapshot(s)", list.len());
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot: an id or unique prefix, 'latest', or '@TIME' (RFC 3339).
+    pub snap: String,
+    /// Destination. A single file restores to DEST itself unless DEST is a
+    /// directory (or ends with '/'); otherwise files go to DEST/<source path>.
+    pub dest: PathBuf,
+    /// Restore only this file, or the files under this directory.
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Resolves a selector, restricted to snapshots holding `path` if given, and
+/// says which snapshot it chose.
+pub fn resolve(
+    g: &Global,
+    repo: &Repository,
+    sel: &str,
+    path: Option<&str>,
+) -> anyhow::Result<Snapshot> {
+    let sel: Selector = sel.parse()?;
+    let snap = repo.resolve(&sel, |s| {
+        path.is_none_or(|p| s.manifest.files.iter().any(|f| path_matches(&f.path, p)))
+    })?;
+    chose(g, &snap);
+    Ok(snap)
+}
+
+pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
+    let repo = open_repo(g)?;
+    let path = a
+        .path
+        .as_ref()
+        .map(|p| absolute(p).to_string_lossy().into_owned());
+    let snap = resolve(g, &repo, &a.snap, path.as_deref())?;
+    let bar = Bar::new(g);
+    let dest = if a.dest.to_string_lossy().ends_with('/') {
+        a.dest.clone()
+    } else {
+        absolute(&a.dest)
+    };
+    let r = repo.restore(
+        &snap,
+        &dest,
+        &RestoreOptions {
+            force: a.force,
+            path,
+        },
+        &bar,
+    );
+    bar.finish();
+    let r = r.context("restore failed")?;
+    if g.json {
+        print_json(&json!({ "snapshot": snap.id.to_hex(), "files": r.files, "bytes": r.bytes }))?;
+    } else if !g.quiet {
+        eprintln!("restored {} file(s), {}", r.files, human_bytes(r.bytes));
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Read, decompress and hash every blob of every pack.
+    #[arg(long)]
+    pub read_data: bool,
+}
+
+pub fn check(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
+    let repo = open_repo(g)?;
+    let bar = Bar::new(g);
+    let r = repo.check(
+        &CheckOptions {
+            read_data: a.read_data,
+        },
+        &bar,
+    );
+    bar.finish();
+    let r = r?;
+    if g.json {
+        print_json(&serde_json::to_value(&r)?)?;
+    } else {
+        for p in &r.problems {
+            println!("PROBLEM {}: {}", p.object, p.problem);
+            for af in &p.affects {
+                println!(
+                    "  affects snapshot {} ({}) file {}",
+                    af.snapshot, af.time, af.file
+                );
+            }
+        }
+        if !g.quiet || !r.ok() {
+            eprintln!(
+                "checked {} snapshot(s), {} file(s), {} pack(s), {} blob(s){}: {}",
+                r.snapshots,
+                r.files,
+                r.packs,
+                r.blobs_checked,
+                if a.read_data {
+                    format!(", read {}", human_bytes(r.bytes_read))
+                } else {
+                    String::new()
+                },
+                if r.ok() {
+                    "no problems".to_string()
+                } else {
+                    format!("{} PROBLEM(S)", r.problems.len())
+                }
+            );
+        }
+        if r.unindexed_packs > 0 && !g.quiet {
+            eprintln!("note: {} pack(s) are not indexed (left by an interrupted snapshot); prune removes them", r.unindexed_packs);
+        }
+    }
+    Ok(if r.ok() { exit::OK } else { exit::PROBLEMS })
+}

@@ -1,0 +1,49 @@
+//! The `snapback` binary: argument parsing, output, exit codes. All the work
+//! happens in the library crates.
+
+mod cli;
+mod cmd_basic;
+mod output;
+mod repo_url;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes, documented in docs/scripting.md.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The command failed; nothing was reported as done that was not done.
+    pub const FAILURE: u8 = 1;
+    /// Bad usage (unknown flag, missing argument).
+    pub const USAGE: u8 = 2;
+    /// `check` found damage, or `status` found a stale source.
+    pub const PROBLEMS: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    output::init_logging(&cli.global);
+    match cli::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

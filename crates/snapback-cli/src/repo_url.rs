@@ -1,0 +1,102 @@
+//! Turning `--repo` into a store.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use snapback_core::Repository;
+use snapback_storage::{LocalStore, Store};
+
+use crate::cli::Global;
+
+/// Where a repository is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoUrl {
+    Local(std::path::PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+pub fn parse(url: &str) -> anyhow::Result<RepoUrl> {
+    let url = url.trim();
+    if url.is_empty() {
+        bail!("the repository URL is empty; give --repo PATH, --repo file:///PATH or --repo s3://BUCKET/PREFIX");
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("invalid repository URL '{url}': no bucket; write s3://BUCKET/PREFIX");
+        }
+        return Ok(RepoUrl::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        });
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            bail!("invalid repository URL '{url}': a file URL needs an absolute path, like file:///var/backups/repo");
+        }
+        return Ok(RepoUrl::Local(rest.into()));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        bail!("unsupported repository URL scheme '{scheme}://' in '{url}'; use a local path, file:// or s3://");
+    }
+    Ok(RepoUrl::Local(url.into()))
+}
+
+fn repo_arg(g: &Global) -> anyhow::Result<&str> {
+    g.repo.as_deref().context(
+        "no repository given: use --repo PATH (or s3://BUCKET/PREFIX), or set SNAPBACK_REPO",
+    )
+}
+
+/// Opens the store behind `--repo`. `create` makes a missing local directory.
+pub fn open_store(g: &Global, create: bool) -> anyhow::Result<Arc<dyn Store>> {
+    let url = repo_arg(g)?;
+    match parse(url)? {
+        RepoUrl::Local(p) => {
+            let s = if create {
+                LocalStore::create(&p)
+            } else {
+                LocalStore::open(&p)
+            };
+            let s = s.with_context(|| format!("cannot open the repository at {}", p.display()))?;
+            Ok(Arc::new(s))
+        }
+        RepoUrl::S3 { .. } => {
+            let _ = (g.s3_endpoint.as_deref(), g.s3_path_style);
+            bail!("S3 repositories are not available in this build yet")
+        }
+    }
+}
+
+pub fn open_repo(g: &Global) -> anyhow::Result<Repository> {
+    let store = open_store(g, false)?;
+    Ok(Repository::open(store)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse("/var/repo").expect("path"),
+            RepoUrl::Local("/var/repo".into())
+        );
+        assert_eq!(
+            parse("file:///var/repo").expect("file"),
+            RepoUrl::Local("/var/repo".into())
+        );
+        assert_eq!(
+            parse("s3://b/p/q/").expect("s3"),
+            RepoUrl::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
+        );
+        assert!(parse("s3:///x").is_err());
+        assert!(parse("ftp://x").is_err());
+        assert!(parse("file://relative").is_err());
+        assert!(parse("").is_err());
+    }
+}
