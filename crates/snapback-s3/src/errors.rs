@@ -1,0 +1,262 @@
+//! How S3 failures become [`StoreError`]s.
+//!
+//! Rules:
+//! - The kind comes from the HTTP status and the S3 error code, never from
+//!   message text: 5xx, 408, 429, throttling codes, timeouts and connection
+//!   failures are `Transient`; 404 is `NotFound`; 403 is `PermissionDenied`;
+//!   a damaged transfer (`BadDigest`, a short body) is `Corrupt`.
+//! - The message says what was attempted, what the server answered (status,
+//!   code, message, request id) and, where it helps, what to check.
+//! - Inside this crate a failure also says whether another attempt can
+//!   help ([`Fail::retry`]): a range past the end of an object is `Corrupt`
+//!   for the caller but asking again will not change the answer.
+
+use std::fmt;
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::RequestId;
+use snapback_storage::{ErrorKind, StoreError};
+
+/// One failed attempt.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retry: bool,
+    /// The HTTP status, when the server answered.
+    pub status: Option<u16>,
+    /// The S3 error code, when the server sent one.
+    pub code: Option<String>,
+    pub source: Option<Cause>,
+}
+
+impl Fail {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Fail {
+            kind,
+            message: message.into(),
+            retry: kind.is_retryable(),
+            status: None,
+            code: None,
+            source: None,
+        }
+    }
+
+    /// A failure that another attempt will not cure.
+    pub fn permanent(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Fail {
+            retry: false,
+            ..Fail::new(kind, message)
+        }
+    }
+
+    pub fn into_store_error(self, key: &str, suffix: &str) -> StoreError {
+        let e = StoreError::new(self.kind, key, format!("{}{suffix}", self.message));
+        match self.source {
+            Some(c) => e.with_source(c),
+            None => e,
+        }
+    }
+
+    pub fn is_status(&self, status: u16) -> bool {
+        self.status == Some(status)
+    }
+
+    pub fn has_code(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+/// The underlying error, kept as the `source` of a [`StoreError`].
+pub(crate) struct Cause(String);
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Cause {}
+
+/// Error codes that mean "slow down or try again".
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "TooManyRequests",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "ConditionalRequestConflict",
+    "OperationAborted",
+];
+
+/// Classifies an SDK error for operation `what` (e.g. "PUT").
+pub(crate) fn classify<E>(what: &str, err: &SdkError<E, HttpResponse>) -> Fail
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let detail = DisplayErrorContext(err).to_string();
+    let mut fail = match err {
+        SdkError::ConstructionFailure(_) => Fail::new(
+            ErrorKind::Other,
+            format!("S3 {what} request could not be built: {detail}"),
+        ),
+        SdkError::TimeoutError(_) => Fail::new(
+            ErrorKind::Transient,
+            format!("S3 {what} timed out: {detail}"),
+        ),
+        SdkError::DispatchFailure(d) => {
+            if d.is_user() {
+                Fail::new(
+                    ErrorKind::Other,
+                    format!("S3 {what} could not be sent (check the endpoint URL): {detail}"),
+                )
+            } else {
+                Fail::new(
+                    ErrorKind::Transient,
+                    format!("S3 {what} failed to reach the server: {detail}"),
+                )
+            }
+        }
+        SdkError::ResponseError(_) => {
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            let mut f = Fail::new(
+                ErrorKind::Transient,
+                format!(
+                    "S3 {what}: unreadable response{}: {detail}",
+                    status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+                ),
+            );
+            f.status = status;
+            f
+        }
+        SdkError::ServiceError(_) => service_error(what, err),
+        _ => Fail::new(ErrorKind::Other, format!("S3 {what} failed: {detail}")),
+    };
+    fail.source = Some(Cause(detail));
+    fail
+}
+
+fn service_error<E>(what: &str, err: &SdkError<E, HttpResponse>) -> Fail
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().map(str::to_string);
+    let mut answered = String::new();
+    if let Some(s) = status {
+        answered.push_str(&format!("HTTP {s}"));
+    }
+    if let Some(c) = &code {
+        answered.push_str(&format!(" {c}"));
+    }
+    if let Some(m) = err.message() {
+        answered.push_str(&format!(": {m}"));
+    }
+    if let Some(id) = err.request_id() {
+        answered.push_str(&format!(" (request id {id})"));
+    }
+    let answered = answered.trim().to_string();
+    let kind = kind_of(status, code.as_deref());
+    let hint = match (kind, code.as_deref()) {
+        (_, Some("NoSuchBucket")) => {
+            "; the bucket does not exist: check the bucket name, the endpoint and the region"
+        }
+        (
+            _,
+            Some(
+                "PermanentRedirect"
+                | "AuthorizationHeaderMalformed"
+                | "IllegalLocationConstraintException",
+            ),
+        ) => "; the bucket is in another region: set AWS_REGION (or the profile's region)",
+        (_, Some("RequestTimeTooSkewed")) => "; the clock of this machine is wrong",
+        (ErrorKind::PermissionDenied, _) => {
+            "; check the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy"
+        }
+        _ => "",
+    };
+    let mut f = Fail::new(kind, format!("S3 {what} refused: {answered}{hint}"));
+    f.status = status;
+    f.code = code;
+    f
+}
+
+/// The kind of a server answer, from its status and error code.
+pub(crate) fn kind_of(status: Option<u16>, code: Option<&str>) -> ErrorKind {
+    if let Some(c) = code {
+        if TRANSIENT_CODES.contains(&c) {
+            return ErrorKind::Transient;
+        }
+        match c {
+            "NoSuchKey" | "NotFound" => return ErrorKind::NotFound,
+            "NoSuchBucket" => return ErrorKind::Other,
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "AllAccessDisabled"
+            | "InvalidToken"
+            | "ExpiredToken"
+            | "AccountProblem" => return ErrorKind::PermissionDenied,
+            "BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch" | "IncompleteBody" => {
+                return ErrorKind::Corrupt
+            }
+            "QuotaExceeded" | "StorageFull" | "XMinioStorageFull" => return ErrorKind::NoSpace,
+            _ => {}
+        }
+    }
+    match status {
+        Some(404) => ErrorKind::NotFound,
+        Some(401 | 403) => ErrorKind::PermissionDenied,
+        Some(412) => ErrorKind::AlreadyExists,
+        Some(507) => ErrorKind::NoSpace,
+        Some(408 | 409 | 429) => ErrorKind::Transient,
+        Some(501) => ErrorKind::Other,
+        Some(s) if s >= 500 => ErrorKind::Transient,
+        _ => ErrorKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes_map_to_kinds() {
+        use ErrorKind::*;
+        let cases: &[(Option<u16>, Option<&str>, ErrorKind)] = &[
+            (Some(500), Some("InternalError"), Transient),
+            (Some(503), Some("SlowDown"), Transient),
+            (Some(503), None, Transient),
+            (Some(502), None, Transient),
+            (Some(429), None, Transient),
+            (Some(400), Some("RequestTimeout"), Transient),
+            (Some(409), Some("ConditionalRequestConflict"), Transient),
+            (Some(404), Some("NoSuchKey"), NotFound),
+            (Some(404), None, NotFound),
+            (Some(404), Some("NoSuchBucket"), Other),
+            (Some(403), Some("AccessDenied"), PermissionDenied),
+            (Some(403), Some("SignatureDoesNotMatch"), PermissionDenied),
+            (Some(403), None, PermissionDenied),
+            (Some(412), Some("PreconditionFailed"), AlreadyExists),
+            (Some(400), Some("BadDigest"), Corrupt),
+            (Some(501), Some("NotImplemented"), Other),
+            (Some(400), Some("InvalidArgument"), Other),
+        ];
+        for (status, code, want) in cases {
+            assert_eq!(kind_of(*status, *code), *want, "{status:?} {code:?}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Test helpers, behind the `fault-proxy` feature.
+
+pub mod fault_proxy;
