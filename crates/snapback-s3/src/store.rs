@@ -715,12 +715,7 @@ impl Inner {
         let declared = out.content_length();
         let content_range = out.content_range().map(str::to_string);
         let echoed = out.checksum_sha256().map(str::to_string);
-        let body = out.body.collect().await.map_err(|e| {
-            Fail::new(
-                ErrorKind::Transient,
-                format!("S3 GET: the response body broke off: {e}"),
-            )
-        })?;
+        let body = out.body.collect().await.map_err(|e| body_error(&e))?;
         let body = body.to_vec();
         Stats::add(&self.stats.bytes_received, body.len() as u64);
         if let Some(n) = declared {
@@ -882,6 +877,28 @@ impl Inner {
         })
         .await
     }
+}
+
+/// A failure while reading a response body: the SDK's own checksum check
+/// (a body altered in transit) or a broken connection.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> Fail {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(m) = err.downcast_ref::<aws_smithy_checksums::body::validate::Error>() {
+            return Fail::new(
+                ErrorKind::Corrupt,
+                format!("S3 GET: the body does not match the object's SHA-256 (altered in transit): {m}"),
+            );
+        }
+        cur = err.source();
+    }
+    Fail::new(
+        ErrorKind::Transient,
+        format!(
+            "S3 GET: the response body broke off: {}",
+            aws_sdk_s3::error::DisplayErrorContext(e)
+        ),
+    )
 }
 
 /// `bytes 0-9/1234` → 1234.

@@ -84,6 +84,8 @@ pub struct Match {
     /// A substring that must not be in the target, e.g. `uploadId=` to keep
     /// multipart calls out of a `PUT` rule.
     pub target_lacks: Option<String>,
+    /// A header the request must carry, e.g. `if-none-match`.
+    pub has_header: Option<String>,
 }
 
 impl Match {
@@ -108,8 +110,17 @@ impl Match {
         self
     }
 
-    fn matches(&self, method: &str, target: &str) -> bool {
+    pub fn with_header(mut self, name: &str) -> Match {
+        self.has_header = Some(name.to_string());
+        self
+    }
+
+    fn matches(&self, method: &str, target: &str, headers: &[(String, String)]) -> bool {
         self.method.as_deref().is_none_or(|m| m == method)
+            && self
+                .has_header
+                .as_deref()
+                .is_none_or(|h| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(h)))
             && self
                 .target_contains
                 .as_deref()
@@ -437,7 +448,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
             let mut rules = lock(&shared.rules);
             let mut hit = None;
             for rule in rules.iter_mut() {
-                if rule.times != Some(0) && rule.when.matches(&method, &target) {
+                if rule.times != Some(0) && rule.when.matches(&method, &target, &head.headers) {
                     if let Some(t) = rule.times.as_mut() {
                         *t -= 1;
                     }
@@ -622,14 +633,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn matches_by_method_and_target() {
+    fn matches_by_method_target_and_header() {
         let m = Match::method("PUT").lacking("uploadId=");
-        assert!(m.matches("PUT", "/b/k"));
-        assert!(!m.matches("PUT", "/b/k?partNumber=1&uploadId=x"));
-        assert!(!m.matches("GET", "/b/k"));
+        assert!(m.matches("PUT", "/b/k", &[]));
+        assert!(!m.matches("PUT", "/b/k?partNumber=1&uploadId=x", &[]));
+        assert!(!m.matches("GET", "/b/k", &[]));
         assert!(Match::any()
             .containing("partNumber=")
-            .matches("PUT", "/b/k?partNumber=2"));
+            .matches("PUT", "/b/k?partNumber=2", &[]));
+        let h = Match::method("PUT").with_header("If-None-Match");
+        assert!(h.matches("PUT", "/b/k", &[("if-none-match".into(), "*".into())]));
+        assert!(!h.matches("PUT", "/b/k", &[]));
     }
 
     #[test]
