@@ -206,8 +206,15 @@ pub fn resolve(
     path: Option<&str>,
 ) -> anyhow::Result<Snapshot> {
     let sel: Selector = sel.parse()?;
+    // An explicit id means that snapshot; a path narrows 'latest' and '@TIME'
+    // to the snapshots that hold it.
+    let narrow = if matches!(sel, Selector::Id(_)) {
+        None
+    } else {
+        path
+    };
     let snap = repo.resolve(&sel, |s| {
-        path.is_none_or(|p| s.manifest.files.iter().any(|f| path_matches(&f.path, p)))
+        narrow.is_none_or(|p| s.manifest.files.iter().any(|f| path_matches(&f.path, p)))
     })?;
     chose(g, &snap);
     Ok(snap)

@@ -86,7 +86,7 @@ pub enum Selector {
     Latest,
     /// The newest snapshot taken at or before this instant.
     At(OffsetDateTime),
-    /// A full id or a unique prefix of one (at least 4 hex digits).
+    /// A full id or a unique prefix of one.
     Id(String),
 }
 
@@ -104,11 +104,11 @@ impl std::str::FromStr for Selector {
                 .map_err(|e| Error::Selector(format!("invalid snapshot selector '@{t}': {e}")));
         }
         let lower = s.to_ascii_lowercase();
-        if lower.len() >= 4 && lower.len() <= 64 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !lower.is_empty() && lower.len() <= 64 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(Selector::Id(lower));
         }
         Err(Error::Selector(format!(
-            "invalid snapshot selector '{s}': use a snapshot id or a unique prefix of at least 4 hex digits, 'latest', or '@TIME' (RFC 3339, e.g. @2026-02-02T17:17:00Z)"
+            "invalid snapshot selector '{s}': use a snapshot id or a unique prefix of it, 'latest', or '@TIME' (RFC 3339, e.g. @2026-02-02T17:17:00Z)"
         )))
     }
 }

@@ -85,27 +85,28 @@ pub fn plan(snap: &Snapshot, dest: &Path, opts: &RestoreOptions) -> Result<Vec<R
     let dest_is_dir = dest.is_dir() || dest.to_string_lossy().ends_with('/');
     let mut items = Vec::new();
     for f in files {
-        let target =
-            if items.is_empty() && !dest_is_dir && snap_selects_one(snap, opts) {
-                dest.to_path_buf()
-            } else {
-                let rel = Path::new(&f.path);
-                let mut t = dest.to_path_buf();
-                for c in rel.components() {
-                    match c {
-                        Component::RootDir => {}
-                        Component::Normal(n) => t.push(n),
-                        _ => return Err(Error::corrupt(
+        let target = if items.is_empty() && !dest_is_dir && snap_selects_one(snap, opts) {
+            dest.to_path_buf()
+        } else {
+            let rel = Path::new(&f.path);
+            let mut t = dest.to_path_buf();
+            for c in rel.components() {
+                match c {
+                    Component::RootDir => {}
+                    Component::Normal(n) => t.push(n),
+                    _ => {
+                        return Err(Error::corrupt(
                             "manifest",
                             format!(
                                 "file path {} would escape the destination; refusing to restore it",
                                 f.path
                             ),
-                        )),
+                        ))
                     }
                 }
-                t
-            };
+            }
+            t
+        };
         items.push(RestoreItem {
             file: f.clone(),
             dest: target,

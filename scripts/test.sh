@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs what the tests need first (Debian
+# packages, the local S3 server), so it works on a fresh machine with only
+# the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v sqlite3 >/dev/null || need_pkgs+=(sqlite3)
+command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
+command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+dpkg -s libfuse3-dev >/dev/null 2>&1 || need_pkgs+=(libfuse3-dev)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "== installing ${need_pkgs[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+echo "== building"
+cargo build --workspace --bins --quiet
+
+S3_STARTED=0
+if [ -x scripts/s3-server.sh ] && [ -z "${SNAPBACK_TEST_S3_BUCKET:-}" ]; then
+  echo "== starting the local S3 server"
+  eval "$(scripts/s3-server.sh start)"
+  S3_STARTED=1
+fi
+cleanup() { if [ "$S3_STARTED" = 1 ]; then scripts/s3-server.sh stop || true; fi; }
+trap cleanup EXIT
+
+echo "== tests"
+cargo test --workspace --no-fail-fast "$@"

@@ -1,0 +1,154 @@
+//! Damage is found and never served; a killed snapshot leaves a repository
+//! that still checks and restores.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::util::{flip_byte_in_largest_pack, integrity, stderr, stdout, Env};
+
+fn make_db(path: &std::path::Path, rows: i64) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);")
+        .expect("schema");
+    let tx = c.unchecked_transaction().expect("tx");
+    for i in 0..rows {
+        let v: Vec<u8> = (0..200).map(|j| ((i * 31 + j) % 253) as u8).collect();
+        tx.execute("INSERT INTO t(id, v) VALUES (?1, ?2)", (i, v))
+            .expect("insert");
+    }
+    tx.commit().expect("commit");
+}
+
+#[test]
+fn flipped_byte_in_pack_is_named_by_check_and_refused_by_restore() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 5000);
+    let id = env.snapshot(&db);
+    assert!(env.run(&["check", "--read-data"]).status.success());
+    let pack = flip_byte_in_largest_pack(&env.repo());
+    let pack_name = pack
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+
+    // The structural check cannot see a flipped byte; --read-data must.
+    let out = env.run(&["check", "--read-data"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "check --read-data exits 3 on damage: {}",
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains(&pack_name),
+        "check names the damaged pack: {text}"
+    );
+    assert!(
+        text.contains(&id[..8]) && text.contains(db.to_str().expect("utf8")),
+        "check names the affected snapshot and file: {text}"
+    );
+
+    let json = env.run(&["--json", "check", "--read-data"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert!(!v["problems"].as_array().expect("problems").is_empty());
+
+    let dest = env.path("restored.db");
+    let err = env.fails(&["restore", &id, dest.to_str().expect("utf8")]);
+    assert!(
+        err.contains("corrupt") || err.contains("hash"),
+        "restore fails loudly: {err}"
+    );
+    assert!(
+        !dest.exists(),
+        "restore wrote nothing when the data was damaged"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(env.dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no temporary files are left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn deleted_pack_is_found_by_structural_check() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 2000);
+    env.snapshot(&db);
+    let pack = flip_byte_in_largest_pack(&env.repo());
+    std::fs::remove_file(&pack).expect("rm");
+    let out = env.run(&["check"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).contains("missing"), "{}", stdout(&out));
+}
+
+#[test]
+fn snapshot_killed_midway_leaves_a_consistent_repository() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 3000);
+    let first = env.snapshot(&db);
+    // A large file keeps a snapshot busy long enough to be killed part-way.
+    let big = env.path("big.bin");
+    let mut x: u64 = 88172645463325252;
+    let data: Vec<u8> = (0..(192usize << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&big, &data).expect("write");
+    drop(data);
+    let mut killed_midway = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for delay_ms in [30u64, 120, 250, 400, 700] {
+        if Instant::now() > deadline {
+            break;
+        }
+        let mut child = env
+            .cmd(&[
+                "snapshot",
+                big.to_str().expect("utf8"),
+                db.to_str().expect("utf8"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let exited_early = child.try_wait().expect("wait").is_some();
+        if !exited_early {
+            // SIGKILL: no destructor, no cleanup.
+            child.kill().expect("kill");
+            killed_midway += 1;
+        }
+        child.wait().expect("reap");
+        let out = env.run(&["check", "--read-data"]);
+        assert!(
+            out.status.success(),
+            "after a kill at {delay_ms} ms the repository passes check: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let dest = env.path(&format!("first-{delay_ms}.db"));
+        env.ok(&["restore", &first, dest.to_str().expect("utf8")]);
+        assert_eq!(integrity(&dest), "ok");
+    }
+    assert!(
+        killed_midway >= 2,
+        "at least two snapshots were killed part-way ({killed_midway})"
+    );
+    // And the operation can simply be run again.
+    env.ok(&["snapshot", big.to_str().expect("utf8")]);
+    assert!(env.run(&["check", "--read-data"]).status.success());
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `snapback` binary on real files, real SQLite
+//! databases written concurrently, and a real repository on disk.
+
+mod util;
+
+mod bad_input;
+mod consistency;
+mod files;
+mod integrity;
+mod selectors;
