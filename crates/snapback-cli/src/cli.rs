@@ -60,6 +60,8 @@ pub enum Command {
     Restore(cmd_basic::RestoreArgs),
     /// Verify the repository (structure; with --read-data, every byte).
     Check(cmd_basic::CheckArgs),
+    /// Compare rows of a snapshot's database with a live database.
+    Diff(crate::cmd_repair::DiffArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -70,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Snapshots(a) => cmd_basic::snapshots(g, a),
         Command::Restore(a) => cmd_basic::restore(g, a),
         Command::Check(a) => cmd_basic::check(g, a),
+        Command::Diff(a) => crate::cmd_repair::diff(g, a),
     }
 }
 

@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 use snapback_repair::{
-    compare_table_sets, diff_table, live_path, open_live_readonly, prepare_table,
-    resolve_snapshot, row_human, row_json, sql_for, DiffCounts, SnapshotDb, Side, TableSelection,
+    compare_table_sets, diff_table, live_path, open_live_readonly, prepare_table, resolve_snapshot,
+    row_human, row_json, sql_for, DiffCounts, Side, SnapshotDb, TableSelection,
 };
 
 use crate::cli::{absolute, Global};
@@ -114,7 +114,11 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     let mut schema_count = table_diffs.len() as u64;
     for d in &table_diffs {
         if g.json {
-            writeln!(out, "{}", json!({"type": "schema", "table": d.table, "what": d.what}))?;
+            writeln!(
+                out,
+                "{}",
+                json!({"type": "schema", "table": d.table, "what": d.what})
+            )?;
         } else if a.sql {
             writeln!(out, "-- schema: table {}: {}", d.table, d.what)?;
         } else {
@@ -134,7 +138,11 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         for d in &t.schema_diffs {
             schema_count += 1;
             if g.json {
-                writeln!(out, "{}", json!({"type": "schema", "table": d.table, "what": d.what}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"type": "schema", "table": d.table, "what": d.what})
+                )?;
             } else if a.sql {
                 writeln!(out, "-- schema: table {}: {}", d.table, d.what)?;
             } else {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cmd_basic;
+mod cmd_repair;
 mod output;
 mod repo_url;
 

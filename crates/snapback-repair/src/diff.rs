@@ -1,0 +1,642 @@
+//! Record-level diff of one table between a snapshot's database and a live
+//! database.
+//!
+//! Both sides are read with one prepared statement each, ordered by the key,
+//! and merged like a sort-merge join: memory stays flat whatever the size of
+//! the table. Values are compared with SQLite's semantics (see `value`), and
+//! each side is checked to arrive strictly in key order, so a collation or
+//! duplicate-key surprise stops the diff instead of producing a wrong answer.
+
+use std::cmp::Ordering;
+
+use fallible_streaming_iterator::FallibleStreamingIterator;
+use rusqlite::{Connection, Row};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::schema::{choose_key, column_list, quote_ident, table_info, Key, TableInfo};
+use crate::value::{cmp_values, same_value, Value};
+
+/// One side of a diff: an open connection and a name for messages.
+pub struct Side<'a> {
+    pub conn: &'a Connection,
+    pub place: String,
+}
+
+/// What to compare in one table.
+#[derive(Debug, Clone, Default)]
+pub struct TableSelection {
+    pub table: String,
+    /// Key columns to pair rows by, instead of the table's own key.
+    pub key: Option<Vec<String>>,
+    /// Columns to compare (and repair). Default: every column both sides
+    /// have, except the key.
+    pub columns: Option<Vec<String>>,
+    /// Predicate on snapshot rows (SQL expression).
+    pub where_snapshot: Option<String>,
+    /// Predicate on live rows (SQL expression).
+    pub where_live: Option<String>,
+    /// Predicate on live rows: matching rows are reported, never changed.
+    pub guard: Option<String>,
+}
+
+/// A difference in schema between the two sides.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SchemaDiff {
+    pub table: String,
+    pub what: String,
+}
+
+/// A table resolved against both schemas, ready to diff.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreparedTable {
+    pub table: String,
+    pub key: Key,
+    /// Columns read from both sides besides the key: every ordinary column
+    /// that both sides have. Inserts copy all of them.
+    pub data_columns: Vec<String>,
+    /// Indexes into `data_columns` of the columns compared and repaired.
+    pub compare: Vec<usize>,
+    pub where_snapshot: Option<String>,
+    pub where_live: Option<String>,
+    pub guard: Option<String>,
+    pub schema_diffs: Vec<SchemaDiff>,
+    #[serde(skip)]
+    snap_sql: String,
+    #[serde(skip)]
+    live_sql: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiffKind {
+    OnlyInSnapshot,
+    OnlyInLive,
+    Changed,
+}
+
+/// One row that differs.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowDiff {
+    pub kind: DiffKind,
+    pub key: Vec<Value>,
+    /// The snapshot row's `data_columns` values, when it has the row.
+    pub snapshot: Option<Vec<Value>>,
+    /// The live row's `data_columns` values, when it has the row.
+    pub live: Option<Vec<Value>>,
+    /// For `Changed`: indexes into `data_columns` of the compared columns
+    /// that differ.
+    pub changed: Vec<usize>,
+    /// The live row matched the guard predicate.
+    pub guarded: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct DiffCounts {
+    pub only_in_snapshot: u64,
+    pub only_in_live: u64,
+    pub changed: u64,
+    pub identical: u64,
+    /// Differing rows whose live row matched the guard.
+    pub guarded: u64,
+}
+
+impl DiffCounts {
+    pub fn differences(&self) -> u64 {
+        self.only_in_snapshot + self.only_in_live + self.changed
+    }
+}
+
+fn check_predicate(side: &Side<'_>, table: &str, what: &str, pred: &str) -> Result<()> {
+    let sql = format!("SELECT 1 FROM main.{} WHERE ({pred})", quote_ident(table));
+    side.conn.prepare(&sql).map(|_| ()).map_err(|e| {
+        Error::Input(format!(
+            "{}: invalid SQL in the {what} predicate for table {table} ({pred:?}): {e}",
+            side.place
+        ))
+    })
+}
+
+fn find_column<'t>(t: &'t TableInfo, name: &str, place: &str) -> Result<&'t crate::schema::Column> {
+    t.column(name).ok_or_else(|| {
+        Error::Input(format!(
+            "{place}: table {} has no column {name:?}; its columns are: {}",
+            t.name,
+            column_list(t)
+        ))
+    })
+}
+
+/// Tables present on each side, and table-level schema differences.
+pub fn compare_table_sets(
+    snap: &Side<'_>,
+    live: &Side<'_>,
+) -> Result<(Vec<String>, Vec<SchemaDiff>)> {
+    let a = crate::schema::list_tables(snap.conn, &snap.place)?;
+    let b = crate::schema::list_tables(live.conn, &live.place)?;
+    let mut common = Vec::new();
+    let mut diffs = Vec::new();
+    for t in &a {
+        if b.iter().any(|x| x.eq_ignore_ascii_case(t)) {
+            common.push(t.clone());
+        } else {
+            diffs.push(SchemaDiff {
+                table: t.clone(),
+                what: "table exists only in the snapshot".into(),
+            });
+        }
+    }
+    for t in &b {
+        if !a.iter().any(|x| x.eq_ignore_ascii_case(t)) {
+            diffs.push(SchemaDiff {
+                table: t.clone(),
+                what: "table exists only in the live database".into(),
+            });
+        }
+    }
+    Ok((common, diffs))
+}
+
+/// Resolves a selection against both schemas: checks the table, key,
+/// columns and predicates (preparing each), and builds the two queries.
+/// Nothing is read from the tables yet.
+pub fn prepare_table(
+    snap: &Side<'_>,
+    live: &Side<'_>,
+    sel: &TableSelection,
+) -> Result<PreparedTable> {
+    let missing = |side: &Side<'_>| {
+        let tables = crate::schema::list_tables(side.conn, &side.place).unwrap_or_default();
+        Error::Input(format!(
+            "{}: there is no table {:?}; tables: {}",
+            side.place,
+            sel.table,
+            if tables.is_empty() {
+                "(none)".to_string()
+            } else {
+                tables.join(", ")
+            }
+        ))
+    };
+    let lt = table_info(live.conn, &live.place, &sel.table)?.ok_or_else(|| missing(live))?;
+    let st = table_info(snap.conn, &snap.place, &sel.table)?.ok_or_else(|| missing(snap))?;
+    let key = choose_key(live.conn, &live.place, &lt, sel.key.as_deref())?;
+    if key.is_rowid() && st.without_rowid {
+        return Err(Error::Input(format!(
+            "table {} is a WITHOUT ROWID table in the snapshot but pairs rows by rowid in the live database; give the key with --key",
+            lt.name
+        )));
+    }
+    if !key.is_rowid() {
+        for k in &key.columns {
+            find_column(&st, k, &snap.place).map_err(|_| {
+                Error::Input(format!(
+                    "key column {k:?} of table {} is missing in the snapshot ({}); the schemas differ, so give a key that both have with --key",
+                    lt.name, snap.place
+                ))
+            })?;
+        }
+    }
+
+    let mut schema_diffs = Vec::new();
+    for c in &st.columns {
+        match lt.column(&c.name) {
+            None => schema_diffs.push(SchemaDiff {
+                table: lt.name.clone(),
+                what: format!("column {} exists only in the snapshot", c.name),
+            }),
+            Some(l) => {
+                let mut what = Vec::new();
+                if !l.decl_type.eq_ignore_ascii_case(&c.decl_type) {
+                    what.push(format!("type {:?} -> {:?}", c.decl_type, l.decl_type));
+                }
+                if l.notnull != c.notnull {
+                    what.push(format!("NOT NULL {} -> {}", c.notnull, l.notnull));
+                }
+                if l.default != c.default {
+                    what.push(format!("default {:?} -> {:?}", c.default, l.default));
+                }
+                if l.pk != c.pk {
+                    what.push(format!("primary key position {} -> {}", c.pk, l.pk));
+                }
+                if l.hidden != c.hidden {
+                    what.push("generated-column status differs".into());
+                }
+                if !what.is_empty() {
+                    schema_diffs.push(SchemaDiff {
+                        table: lt.name.clone(),
+                        what: format!("column {} (snapshot -> live): {}", c.name, what.join(", ")),
+                    });
+                }
+            }
+        }
+    }
+    for c in &lt.columns {
+        if st.column(&c.name).is_none() {
+            schema_diffs.push(SchemaDiff {
+                table: lt.name.clone(),
+                what: format!("column {} exists only in the live database", c.name),
+            });
+        }
+    }
+    if st.without_rowid != lt.without_rowid {
+        schema_diffs.push(SchemaDiff {
+            table: lt.name.clone(),
+            what: format!(
+                "WITHOUT ROWID {} in the snapshot, {} in the live database",
+                st.without_rowid, lt.without_rowid
+            ),
+        });
+    }
+
+    let is_key = |n: &str| key.columns.iter().any(|k| k.eq_ignore_ascii_case(n));
+    let data_columns: Vec<String> = lt
+        .stored_columns()
+        .filter(|c| !is_key(&c.name))
+        .filter(|c| st.column(&c.name).is_some_and(|s| s.hidden == 0))
+        .map(|c| c.name.clone())
+        .collect();
+    let compare: Vec<usize> = match &sel.columns {
+        None => (0..data_columns.len()).collect(),
+        Some(cols) => {
+            let mut out = Vec::new();
+            for c in cols {
+                let lc = find_column(&lt, c, &live.place)?;
+                if st.column(c).is_none() {
+                    return Err(Error::Input(format!(
+                        "schema mismatch: column {c:?} of table {} is missing in the snapshot ({}), so it cannot be compared or repaired",
+                        lt.name, snap.place
+                    )));
+                }
+                if lc.hidden != 0 {
+                    return Err(Error::Input(format!(
+                        "column {c:?} of table {} is a generated column; it cannot be repaired (repair the columns it is computed from)",
+                        lt.name
+                    )));
+                }
+                if is_key(c) {
+                    return Err(Error::Input(format!(
+                        "column {c:?} of table {} is part of the key that pairs rows; it cannot also be a compared column",
+                        lt.name
+                    )));
+                }
+                let i = data_columns
+                    .iter()
+                    .position(|d| d.eq_ignore_ascii_case(c))
+                    .ok_or_else(|| Error::Input(format!("column {c:?} cannot be compared")))?;
+                if !out.contains(&i) {
+                    out.push(i);
+                }
+            }
+            out
+        }
+    };
+
+    if let Some(p) = &sel.where_snapshot {
+        check_predicate(snap, &lt.name, "snapshot `where`", p)?;
+    }
+    if let Some(p) = &sel.where_live {
+        check_predicate(live, &lt.name, "live `where`", p)?;
+    }
+    if let Some(p) = &sel.guard {
+        check_predicate(live, &lt.name, "guard", p)?;
+    }
+
+    let cols: Vec<String> = key
+        .columns
+        .iter()
+        .chain(data_columns.iter())
+        .map(|c| quote_ident(c))
+        .collect();
+    let order: Vec<String> = key
+        .columns
+        .iter()
+        .zip(&key.collations)
+        .map(|(c, coll)| format!("{} COLLATE {}", quote_ident(c), coll.sql_name()))
+        .collect();
+    let build = |pred: &Option<String>, guard: Option<&String>| {
+        let mut s = format!("SELECT {}", cols.join(", "));
+        if let Some(g) = guard {
+            s.push_str(&format!(", CASE WHEN ({g}) THEN 1 ELSE 0 END"));
+        }
+        s.push_str(&format!(" FROM main.{}", quote_ident(&lt.name)));
+        if let Some(p) = pred {
+            s.push_str(&format!(" WHERE ({p})"));
+        }
+        s.push_str(&format!(" ORDER BY {}", order.join(", ")));
+        s
+    };
+    let snap_sql = build(&sel.where_snapshot, None);
+    let live_sql = build(&sel.where_live, sel.guard.as_ref());
+    // Prepare both now, so that any error is reported before work starts.
+    snap.conn.prepare(&snap_sql).map_err(|e| {
+        Error::Input(format!(
+            "{}: cannot read table {}: {e}",
+            snap.place, lt.name
+        ))
+    })?;
+    live.conn.prepare(&live_sql).map_err(|e| {
+        Error::Input(format!(
+            "{}: cannot read table {}: {e}",
+            live.place, lt.name
+        ))
+    })?;
+
+    Ok(PreparedTable {
+        table: lt.name.clone(),
+        key,
+        data_columns,
+        compare,
+        where_snapshot: sel.where_snapshot.clone(),
+        where_live: sel.where_live.clone(),
+        guard: sel.guard.clone(),
+        schema_diffs,
+        snap_sql,
+        live_sql,
+    })
+}
+
+impl PreparedTable {
+    pub fn compare_columns(&self) -> impl Iterator<Item = &str> {
+        self.compare.iter().map(|&i| self.data_columns[i].as_str())
+    }
+
+    /// Schema differences on the key or the compared columns (a changed
+    /// declared type), which make a repair of those columns unsafe.
+    pub fn repair_blockers(&self) -> Vec<String> {
+        let cols: Vec<&str> = self
+            .compare_columns()
+            .chain(self.key.columns.iter().map(String::as_str))
+            .collect();
+        self.schema_diffs
+            .iter()
+            .filter(|d| {
+                cols.iter().any(|c| {
+                    d.what
+                        .starts_with(&format!("column {c} (snapshot -> live): type"))
+                })
+            })
+            .map(|d| format!("table {}: {}", d.table, d.what))
+            .collect()
+    }
+}
+
+fn key_cmp(t: &PreparedTable, a: &Row<'_>, b: &Row<'_>) -> rusqlite::Result<Ordering> {
+    for (i, coll) in t.key.collations.iter().enumerate() {
+        match cmp_values(a.get_ref(i)?, b.get_ref(i)?, *coll) {
+            Ordering::Equal => {}
+            o => return Ok(o),
+        }
+    }
+    Ok(Ordering::Equal)
+}
+
+/// Remembers the previous key of one side, to prove the order is strict.
+struct OrderCheck {
+    prev: Vec<Value>,
+    have: bool,
+}
+
+impl OrderCheck {
+    fn new(n: usize) -> OrderCheck {
+        OrderCheck {
+            prev: vec![Value::Null; n],
+            have: false,
+        }
+    }
+
+    fn check(&mut self, t: &PreparedTable, row: &Row<'_>, place: &str) -> Result<()> {
+        let n = self.prev.len();
+        let wrap = |e| Error::sqlite(place, format!("cannot read table {}", t.table), e);
+        if self.have {
+            let mut ord = Ordering::Equal;
+            for i in 0..n {
+                ord = cmp_values(
+                    self.prev[i].as_ref(),
+                    row.get_ref(i).map_err(wrap)?,
+                    t.key.collations[i],
+                );
+                if ord != Ordering::Equal {
+                    break;
+                }
+            }
+            match ord {
+                Ordering::Less => {}
+                Ordering::Equal => {
+                    return Err(Error::NoKey(format!(
+                        "{place}: table {} has more than one row with key {:?} ({}); the key does not identify rows uniquely (NULLs in a key are never unique); give one that does with --key",
+                        t.table, self.prev, t.key.columns.join(", ")
+                    )))
+                }
+                Ordering::Greater => {
+                    return Err(Error::Input(format!(
+                        "{place}: rows of table {} did not arrive in key order (after {:?}); this is a bug in snapback's ordering rules for this key, please report it",
+                        t.table, self.prev
+                    )))
+                }
+            }
+        }
+        for i in 0..n {
+            self.prev[i].assign(row.get_ref(i).map_err(wrap)?);
+        }
+        self.have = true;
+        Ok(())
+    }
+}
+
+fn values(row: &Row<'_>, from: usize, n: usize) -> rusqlite::Result<Vec<Value>> {
+    (from..from + n)
+        .map(|i| row.get_ref(i).map(Value::from_ref))
+        .collect()
+}
+
+enum Step {
+    A,
+    B,
+    Both,
+}
+
+/// Streams the differences of one table into `sink`, in key order.
+pub fn diff_table(
+    snap: &Side<'_>,
+    live: &Side<'_>,
+    t: &PreparedTable,
+    mut sink: impl FnMut(RowDiff) -> Result<()>,
+) -> Result<DiffCounts> {
+    let se = |e| Error::sqlite(&snap.place, format!("cannot read table {}", t.table), e);
+    let le = |e| Error::sqlite(&live.place, format!("cannot read table {}", t.table), e);
+    let nk = t.key.columns.len();
+    let nd = t.data_columns.len();
+    let guard_col = t.guard.as_ref().map(|_| nk + nd);
+    let mut sa = snap.conn.prepare(&t.snap_sql).map_err(se)?;
+    let mut sb = live.conn.prepare(&t.live_sql).map_err(le)?;
+    let mut ra = sa.query([]).map_err(se)?;
+    let mut rb = sb.query([]).map_err(le)?;
+    ra.advance().map_err(se)?;
+    rb.advance().map_err(le)?;
+    let mut oa = OrderCheck::new(nk);
+    let mut ob = OrderCheck::new(nk);
+    let mut counts = DiffCounts::default();
+    let guarded = |row: &Row<'_>| -> Result<bool> {
+        match guard_col {
+            Some(i) => Ok(row.get::<_, i64>(i).map_err(le)? != 0),
+            None => Ok(false),
+        }
+    };
+    let mut changed = Vec::new();
+    loop {
+        let step = match (ra.get(), rb.get()) {
+            (None, None) => break,
+            (Some(a), b) => {
+                let ord = match b {
+                    Some(b) => key_cmp(t, a, b).map_err(se)?,
+                    None => Ordering::Less,
+                };
+                match ord {
+                    Ordering::Less => {
+                        oa.check(t, a, &snap.place)?;
+                        counts.only_in_snapshot += 1;
+                        sink(RowDiff {
+                            kind: DiffKind::OnlyInSnapshot,
+                            key: values(a, 0, nk).map_err(se)?,
+                            snapshot: Some(values(a, nk, nd).map_err(se)?),
+                            live: None,
+                            changed: vec![],
+                            guarded: false,
+                        })?;
+                        Step::A
+                    }
+                    Ordering::Greater => {
+                        let b = b.ok_or_else(|| Error::Input("internal: merge state".into()))?;
+                        ob.check(t, b, &live.place)?;
+                        let g = guarded(b)?;
+                        counts.only_in_live += 1;
+                        counts.guarded += g as u64;
+                        sink(RowDiff {
+                            kind: DiffKind::OnlyInLive,
+                            key: values(b, 0, nk).map_err(le)?,
+                            snapshot: None,
+                            live: Some(values(b, nk, nd).map_err(le)?),
+                            changed: vec![],
+                            guarded: g,
+                        })?;
+                        Step::B
+                    }
+                    Ordering::Equal => {
+                        let b = b.ok_or_else(|| Error::Input("internal: merge state".into()))?;
+                        oa.check(t, a, &snap.place)?;
+                        ob.check(t, b, &live.place)?;
+                        changed.clear();
+                        for &i in &t.compare {
+                            let (x, y) = (
+                                a.get_ref(nk + i).map_err(se)?,
+                                b.get_ref(nk + i).map_err(le)?,
+                            );
+                            if !same_value(x, y) {
+                                changed.push(i);
+                            }
+                        }
+                        if changed.is_empty() {
+                            counts.identical += 1;
+                        } else {
+                            let g = guarded(b)?;
+                            counts.changed += 1;
+                            counts.guarded += g as u64;
+                            sink(RowDiff {
+                                kind: DiffKind::Changed,
+                                key: values(a, 0, nk).map_err(se)?,
+                                snapshot: Some(values(a, nk, nd).map_err(se)?),
+                                live: Some(values(b, nk, nd).map_err(le)?),
+                                changed: changed.clone(),
+                                guarded: g,
+                            })?;
+                        }
+                        Step::Both
+                    }
+                }
+            }
+            (None, Some(b)) => {
+                ob.check(t, b, &live.place)?;
+                let g = guarded(b)?;
+                counts.only_in_live += 1;
+                counts.guarded += g as u64;
+                sink(RowDiff {
+                    kind: DiffKind::OnlyInLive,
+                    key: values(b, 0, nk).map_err(le)?,
+                    snapshot: None,
+                    live: Some(values(b, nk, nd).map_err(le)?),
+                    changed: vec![],
+                    guarded: g,
+                })?;
+                Step::B
+            }
+        };
+        match step {
+            Step::A => ra.advance().map_err(se)?,
+            Step::B => rb.advance().map_err(le)?,
+            Step::Both => {
+                ra.advance().map_err(se)?;
+                rb.advance().map_err(le)?;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// SQL that turns the live row into the snapshot row, like sqldiff's output.
+/// Inserts copy every data column; updates set the differing compared
+/// columns; deletes remove the row.
+pub fn sql_for(t: &PreparedTable, d: &RowDiff) -> String {
+    let table = quote_ident(&t.table);
+    let key_where = || {
+        t.key
+            .columns
+            .iter()
+            .zip(&d.key)
+            .map(|(c, v)| match v {
+                Value::Null => format!("{} IS NULL", quote_ident(c)),
+                v => format!("{}={}", quote_ident(c), v.sql_literal()),
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    match d.kind {
+        DiffKind::OnlyInSnapshot => {
+            let cols: Vec<String> = t
+                .key
+                .columns
+                .iter()
+                .chain(&t.data_columns)
+                .map(|c| quote_ident(c))
+                .collect();
+            let vals: Vec<String> = d
+                .key
+                .iter()
+                .chain(d.snapshot.iter().flatten())
+                .map(Value::sql_literal)
+                .collect();
+            format!(
+                "INSERT INTO {table}({}) VALUES({});",
+                cols.join(","),
+                vals.join(",")
+            )
+        }
+        DiffKind::OnlyInLive => format!("DELETE FROM {table} WHERE {};", key_where()),
+        DiffKind::Changed => {
+            let snap = d.snapshot.as_deref().unwrap_or(&[]);
+            let sets: Vec<String> = d
+                .changed
+                .iter()
+                .filter_map(|&i| {
+                    snap.get(i)
+                        .map(|v| format!("{}={}", quote_ident(&t.data_columns[i]), v.sql_literal()))
+                })
+                .collect();
+            format!(
+                "UPDATE {table} SET {} WHERE {};",
+                sets.join(", "),
+                key_where()
+            )
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Where the two sides of a diff come from.
+//!
+//! The snapshot side is a database file that is never written: either a
+//! file of a snapshot materialized (verified by hash) into a private temp
+//! directory by the core's `restore_file`, or a file given directly, such as
+//! a database inside a mounted snapshot. Either way it is opened with
+//! `immutable=1`, which is the one way a WAL-mode image on a read-only
+//! mount opens at all (SQLITE-NOTES 2).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use snapback_core::{FileEntry, FileKind, Id, NoProgress, Repository, Selector, Snapshot};
+
+use crate::error::{Error, Result};
+
+/// A `file:` URI for `path` with query `params`, percent-encoding every byte
+/// that could be read as URI syntax.
+pub fn sqlite_uri(path: &Path, params: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut s = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if !params.is_empty() {
+        s.push('?');
+        s.push_str(params);
+    }
+    s
+}
+
+/// The snapshot side of a diff.
+pub struct SnapshotDb {
+    /// The database file to open.
+    pub path: PathBuf,
+    /// The snapshot it came from, when it came from the repository.
+    pub snapshot: Option<Snapshot>,
+    /// The database's path inside the snapshot.
+    pub db_path: Option<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl SnapshotDb {
+    /// Restores `file` of `snap` into a private temp directory, verified.
+    pub fn materialize(repo: &Repository, snap: &Snapshot, file: &FileEntry) -> Result<SnapshotDb> {
+        if file.kind != FileKind::Sqlite {
+            return Err(Error::Input(format!(
+                "{} in snapshot {} is not a SQLite database",
+                file.path,
+                snap.describe()
+            )));
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("snapback-repair-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), "cannot create a private temp directory (set TMPDIR to a directory with room for the database)", e))?;
+        let dest = tmp.path().join("snapshot.db");
+        tracing::info!(snapshot = %snap.id.short(), path = %file.path, bytes = file.size, "materializing the snapshot's database");
+        repo.restore_file(file, &dest, false, &NoProgress)?;
+        Ok(SnapshotDb {
+            path: dest,
+            snapshot: Some(snap.clone()),
+            db_path: Some(file.path.clone()),
+            _tmp: Some(tmp),
+        })
+    }
+
+    /// A database file given directly (for example inside a mounted
+    /// snapshot). It is opened immutable, never written.
+    pub fn from_file(path: &Path) -> Result<SnapshotDb> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, "cannot use this file as the snapshot side", e))?;
+        if !meta.is_file() {
+            return Err(Error::Input(format!(
+                "{}: not a database file",
+                path.display()
+            )));
+        }
+        Ok(SnapshotDb {
+            path: path.to_path_buf(),
+            snapshot: None,
+            db_path: None,
+            _tmp: None,
+        })
+    }
+
+    /// "snapshot abcd1234 (…) /var/lib/app.db" or the file path.
+    pub fn describe(&self) -> String {
+        match (&self.snapshot, &self.db_path) {
+            (Some(s), Some(p)) => format!("snapshot {} {p}", s.describe()),
+            _ => self.path.display().to_string(),
+        }
+    }
+
+    pub fn snapshot_id(&self) -> Option<Id> {
+        self.snapshot.as_ref().map(|s| s.id)
+    }
+
+    /// Opens the file read-only and immutable.
+    pub fn open(&self) -> Result<Connection> {
+        let uri = sqlite_uri(&self.path, "immutable=1");
+        let place = self.describe();
+        let conn = Connection::open_with_flags(
+            &uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::sqlite(&place, "cannot open the snapshot's database", e))?;
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+            .map_err(|e| Error::sqlite(&place, "is not a readable SQLite database", e))?;
+        Ok(conn)
+    }
+}
+
+/// Absolute path of a live database, with symlinks resolved (snapshots
+/// record canonical paths). Errors when it does not exist.
+pub fn live_path(path: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(path).map_err(|e| {
+        Error::io(
+            path,
+            "the live database does not exist or cannot be reached (nothing was written)",
+            e,
+        )
+    })
+}
+
+/// Finds the snapshot for `selector` and the database file in it: `path`
+/// when given, else the file at the live database's own path, else the only
+/// SQLite database in the snapshot.
+pub fn resolve_snapshot(
+    repo: &Repository,
+    selector: &str,
+    path: Option<&str>,
+    live: &Path,
+) -> Result<(Snapshot, FileEntry)> {
+    let sel: Selector = selector.parse()?;
+    let live_str = live.to_string_lossy().into_owned();
+    let all = repo.snapshots()?;
+    let want = path.map(str::to_string).or_else(|| {
+        all.iter()
+            .any(|s| s.file(&live_str).is_some())
+            .then(|| live_str.clone())
+    });
+    let snap = match &want {
+        Some(p) => repo.resolve(&sel, |s| s.file(p).is_some()).map_err(|e| {
+            Error::Input(format!("{e} (looking only at snapshots that hold {p})"))
+        })?,
+        None => repo.resolve(&sel, |s| sqlite_files(s).len() == 1).map_err(|e| {
+            Error::Input(format!(
+                "{e} (no snapshot holds {live_str}, so only snapshots holding exactly one SQLite database were considered; name the database with --path)"
+            ))
+        })?,
+    };
+    let file = match &want {
+        Some(p) => snap.file(p).cloned(),
+        None => sqlite_files(&snap).first().map(|f| (*f).clone()),
+    }
+    .ok_or_else(|| {
+        Error::Input(format!(
+            "snapshot {} holds no database to compare; its SQLite databases: {}",
+            snap.describe(),
+            sqlite_files(&snap)
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    if file.kind != FileKind::Sqlite {
+        return Err(Error::Input(format!(
+            "{} in snapshot {} was captured as a plain file, not as a SQLite database",
+            file.path,
+            snap.describe()
+        )));
+    }
+    Ok((snap, file))
+}
+
+fn sqlite_files(s: &Snapshot) -> Vec<&FileEntry> {
+    s.manifest
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::Sqlite)
+        .collect()
+}
+
+/// Opens the live database read-only, for a diff.
+pub fn open_live_readonly(path: &Path, busy: Duration) -> Result<Connection> {
+    let place = path.display().to_string();
+    let conn = Connection::open_with_flags(
+        sqlite_uri(path, "mode=ro"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::sqlite(&place, "cannot open the live database read-only", e))?;
+    conn.busy_timeout(busy)
+        .map_err(|e| Error::sqlite(&place, "cannot set a busy timeout", e))?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(|e| Error::sqlite(&place, "is not a readable SQLite database", e))?;
+    Ok(conn)
+}
+
+/// Opens the live database for writing; never creates it. A database that
+/// SQLite can only open read-only is an error, raised before any write.
+pub fn open_live_rw(path: &Path, busy: Duration) -> Result<Connection> {
+    let place = path.display().to_string();
+    if !path.is_file() {
+        return Err(Error::Input(format!(
+            "the live database {place} does not exist; nothing was written"
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        sqlite_uri(path, ""),
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::sqlite(&place, "cannot open the live database for writing", e))?;
+    conn.busy_timeout(busy)
+        .map_err(|e| Error::sqlite(&place, "cannot set a busy timeout", e))?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(|e| Error::sqlite(&place, "is not a readable SQLite database", e))?;
+    let ro = conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(|e| Error::sqlite(&place, "cannot check write access", e))?;
+    if ro {
+        return Err(Error::Input(format!(
+            "the live database {place} is read-only for this user (check its permissions and those of its directory, which SQLite needs for its journal); nothing was written"
+        )));
+    }
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_escape_syntax() {
+        assert_eq!(
+            sqlite_uri(Path::new("/a b/c?d#e%.db"), "immutable=1"),
+            "file:/a%20b/c%3Fd%23e%25.db?immutable=1"
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! SQLite values, compared with SQLite's own semantics.
+//!
+//! Ordering follows SQLite's: NULL < INTEGER and REAL (compared as numbers,
+//! so `1 = 1.0`) < TEXT (by collation) < BLOB (memcmp). The merge join of the
+//! diff depends on this matching `ORDER BY ... COLLATE <same collation>`
+//! exactly; the diff also checks, row by row, that each side really arrives
+//! in this order, and stops with an error if it does not.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::ToSql;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An owned SQLite value. Text is kept as bytes: SQLite does not enforce
+/// UTF-8, and a repair must write back exactly what it read.
+#[derive(Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+/// The collations that the diff can reproduce outside SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Collation {
+    Binary,
+    NoCase,
+    Rtrim,
+}
+
+impl Collation {
+    /// Parses a collation name as SQLite reports it (case-insensitive).
+    pub fn parse(name: &str) -> Option<Collation> {
+        match name.to_ascii_uppercase().as_str() {
+            "BINARY" | "" => Some(Collation::Binary),
+            "NOCASE" => Some(Collation::NoCase),
+            "RTRIM" => Some(Collation::Rtrim),
+            _ => None,
+        }
+    }
+
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            Collation::Binary => "BINARY",
+            Collation::NoCase => "NOCASE",
+            Collation::Rtrim => "RTRIM",
+        }
+    }
+}
+
+impl Value {
+    pub fn from_ref(v: ValueRef<'_>) -> Value {
+        match v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(r) => Value::Real(r),
+            ValueRef::Text(t) => Value::Text(t.to_vec()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+
+    /// Overwrites `self` with `v`, reusing the allocation where it can.
+    pub fn assign(&mut self, v: ValueRef<'_>) {
+        match (self, v) {
+            (Value::Text(buf), ValueRef::Text(t)) | (Value::Blob(buf), ValueRef::Blob(t)) => {
+                buf.clear();
+                buf.extend_from_slice(t);
+            }
+            (s, v) => *s = Value::from_ref(v),
+        }
+    }
+
+    /// A SQL literal for this value, for `--sql` output. Text that is not
+    /// UTF-8 or holds NUL is written as `CAST(X'..' AS TEXT)`.
+    pub fn sql_literal(&self) -> String {
+        match self {
+            Value::Null => "NULL".into(),
+            Value::Integer(i) => i.to_string(),
+            Value::Real(r) => real_literal(*r),
+            Value::Text(t) => match std::str::from_utf8(t) {
+                Ok(s) if !s.contains('\0') => format!("'{}'", s.replace('\'', "''")),
+                _ => format!("CAST(X'{}' AS TEXT)", hex::encode_upper(t)),
+            },
+            Value::Blob(b) => format!("X'{}'", hex::encode_upper(b)),
+        }
+    }
+
+    /// A short human rendering, for the terminal table.
+    pub fn display_short(&self, max: usize) -> String {
+        let s = match self {
+            Value::Text(t) => match std::str::from_utf8(t) {
+                Ok(s) => format!("'{}'", s.replace('\'', "''")),
+                Err(_) => self.sql_literal(),
+            },
+            _ => self.sql_literal(),
+        };
+        if s.chars().count() > max {
+            let cut: String = s.chars().take(max.saturating_sub(1)).collect();
+            format!("{cut}…")
+        } else {
+            s
+        }
+    }
+}
+
+fn real_literal(r: f64) -> String {
+    if r.is_nan() {
+        "NULL".into()
+    } else if r.is_infinite() {
+        if r > 0.0 { "9e999" } else { "-9e999" }.into()
+    } else {
+        // Debug prints the shortest text that reads back as the same f64,
+        // always with a '.' or an exponent, so SQLite reads it as REAL.
+        let s = format!("{r:?}");
+        if s.contains('.') || s.contains('e') || s.contains("inf") {
+            s
+        } else {
+            format!("{s}.0")
+        }
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.sql_literal())
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display_short(usize::MAX))
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(self.as_ref()))
+    }
+}
+
+/// JSON form: null, numbers (a REAL always carries a '.' or an exponent, an
+/// INTEGER never does), strings for UTF-8 text, and objects for the rest:
+/// `{"blob": "<hex>"}`, `{"text_hex": "<hex>"}` for text that is not UTF-8,
+/// `{"real": "inf"}` / `{"real": "-inf"}`.
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Integer(i) => s.serialize_i64(*i),
+            Value::Real(r) if r.is_finite() => s.serialize_f64(*r),
+            Value::Real(r) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("real", if *r > 0.0 { "inf" } else { "-inf" })?;
+                m.end()
+            }
+            Value::Text(t) => match std::str::from_utf8(t) {
+                Ok(v) => s.serialize_str(v),
+                Err(_) => {
+                    let mut m = s.serialize_map(Some(1))?;
+                    m.serialize_entry("text_hex", &hex::encode(t))?;
+                    m.end()
+                }
+            },
+            Value::Blob(b) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("blob", &hex::encode(b))?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        use serde::de::Error as _;
+        let j = serde_json::Value::deserialize(d)?;
+        Ok(match j {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Integer(b as i64),
+            serde_json::Value::Number(n) => {
+                if let Some(i) = n.as_i64().filter(|_| !n.is_f64()) {
+                    Value::Integer(i)
+                } else if let Some(f) = n.as_f64() {
+                    Value::Real(f)
+                } else {
+                    return Err(D::Error::custom(format!("number {n} is out of range")));
+                }
+            }
+            serde_json::Value::String(s) => Value::Text(s.into_bytes()),
+            serde_json::Value::Object(m) if m.len() == 1 => {
+                let (k, v) = m
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| D::Error::custom("empty"))?;
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| D::Error::custom("expected a string"))?
+                    .to_string();
+                match k.as_str() {
+                    "blob" => Value::Blob(hex::decode(&v).map_err(D::Error::custom)?),
+                    "text_hex" => Value::Text(hex::decode(&v).map_err(D::Error::custom)?),
+                    "real" if v == "inf" => Value::Real(f64::INFINITY),
+                    "real" if v == "-inf" => Value::Real(f64::NEG_INFINITY),
+                    _ => return Err(D::Error::custom(format!("unknown value form {k:?}"))),
+                }
+            }
+            other => return Err(D::Error::custom(format!("not a SQLite value: {other}"))),
+        })
+    }
+}
+
+fn class_rank(v: &ValueRef<'_>) -> u8 {
+    match v {
+        ValueRef::Null => 0,
+        ValueRef::Integer(_) | ValueRef::Real(_) => 1,
+        ValueRef::Text(_) => 2,
+        ValueRef::Blob(_) => 3,
+    }
+}
+
+/// SQLite's `sqlite3IntFloatCompare`: exact comparison of an integer and a
+/// double, without rounding the integer first.
+pub fn int_float_cmp(i: i64, r: f64) -> Ordering {
+    if r.is_nan() {
+        return Ordering::Greater;
+    }
+    if r < -9_223_372_036_854_775_808.0 {
+        return Ordering::Greater;
+    }
+    if r >= 9_223_372_036_854_775_808.0 {
+        return Ordering::Less;
+    }
+    let y = r as i64;
+    match i.cmp(&y) {
+        Ordering::Equal => {}
+        o => return o,
+    }
+    let s = i as f64;
+    s.partial_cmp(&r).unwrap_or(Ordering::Equal)
+}
+
+fn memcmp(a: &[u8], b: &[u8]) -> Ordering {
+    a.cmp(b)
+}
+
+fn nocase_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    let n = a.len().min(b.len());
+    for i in 0..n {
+        let (x, y) = (a[i].to_ascii_lowercase(), b[i].to_ascii_lowercase());
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+fn rtrim(a: &[u8]) -> &[u8] {
+    let mut n = a.len();
+    while n > 0 && a[n - 1] == b' ' {
+        n -= 1;
+    }
+    &a[..n]
+}
+
+/// Compares two values as SQLite's ORDER BY does under `coll`.
+pub fn cmp_values(a: ValueRef<'_>, b: ValueRef<'_>, coll: Collation) -> Ordering {
+    let (ra, rb) = (class_rank(&a), class_rank(&b));
+    if ra != rb {
+        return ra.cmp(&rb);
+    }
+    match (a, b) {
+        (ValueRef::Null, ValueRef::Null) => Ordering::Equal,
+        (ValueRef::Integer(x), ValueRef::Integer(y)) => x.cmp(&y),
+        (ValueRef::Real(x), ValueRef::Real(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+        (ValueRef::Integer(x), ValueRef::Real(y)) => int_float_cmp(x, y),
+        (ValueRef::Real(x), ValueRef::Integer(y)) => int_float_cmp(y, x).reverse(),
+        (ValueRef::Text(x), ValueRef::Text(y)) => match coll {
+            Collation::Binary => memcmp(x, y),
+            Collation::NoCase => nocase_cmp(x, y),
+            Collation::Rtrim => memcmp(rtrim(x), rtrim(y)),
+        },
+        (ValueRef::Blob(x), ValueRef::Blob(y)) => memcmp(x, y),
+        _ => Ordering::Equal,
+    }
+}
+
+/// Whether two stored values are the same value: same storage class (with
+/// INTEGER and REAL compared as numbers, so 1 equals 1.0) and the same
+/// bytes. This is SQLite's `IS` on two columns without collation.
+pub fn same_value(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
+    cmp_values(a, b, Collation::Binary) == Ordering::Equal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_and_reals_compare_as_numbers() {
+        assert!(same_value(ValueRef::Integer(1), ValueRef::Real(1.0)));
+        assert!(!same_value(ValueRef::Integer(1), ValueRef::Real(1.5)));
+        assert!(same_value(ValueRef::Real(0.0), ValueRef::Real(-0.0)));
+        // 2^53 + 1 is not representable as f64: SQLite keeps them apart.
+        let big = (1i64 << 53) + 1;
+        assert_eq!(
+            cmp_values(
+                ValueRef::Integer(big),
+                ValueRef::Real((1u64 << 53) as f64),
+                Collation::Binary
+            ),
+            Ordering::Greater
+        );
+        assert_eq!(int_float_cmp(i64::MAX, 9.3e18), Ordering::Less);
+        assert_eq!(int_float_cmp(i64::MIN, -9.3e18), Ordering::Greater);
+    }
+
+    #[test]
+    fn storage_classes_order_like_sqlite() {
+        let vals = [
+            ValueRef::Null,
+            ValueRef::Integer(-5),
+            ValueRef::Real(2.5),
+            ValueRef::Integer(3),
+            ValueRef::Text(b"A"),
+            ValueRef::Text(b"a"),
+            ValueRef::Blob(b""),
+            ValueRef::Blob(b"\x00"),
+        ];
+        for w in vals.windows(2) {
+            assert_eq!(
+                cmp_values(w[0], w[1], Collation::Binary),
+                Ordering::Less,
+                "{:?} < {:?}",
+                w[0],
+                w[1]
+            );
+        }
+        assert!(!same_value(ValueRef::Text(b"1"), ValueRef::Integer(1)));
+        assert!(!same_value(ValueRef::Text(b"x"), ValueRef::Blob(b"x")));
+    }
+
+    #[test]
+    fn collations() {
+        let c = |a: &str, b: &str, k| {
+            cmp_values(
+                ValueRef::Text(a.as_bytes()),
+                ValueRef::Text(b.as_bytes()),
+                k,
+            )
+        };
+        assert_eq!(c("ABC", "abc", Collation::NoCase), Ordering::Equal);
+        assert_eq!(c("ABC", "abd", Collation::NoCase), Ordering::Less);
+        assert_eq!(c("ab", "abc", Collation::NoCase), Ordering::Less);
+        assert_eq!(c("ABC", "abc", Collation::Binary), Ordering::Less);
+        assert_eq!(c("x  ", "x", Collation::Rtrim), Ordering::Equal);
+        assert_eq!(c("x  ", "x", Collation::Binary), Ordering::Greater);
+    }
+
+    #[test]
+    fn json_roundtrip_keeps_storage_class() {
+        let vals = vec![
+            Value::Null,
+            Value::Integer(1),
+            Value::Real(1.0),
+            Value::Real(-2.5e-300),
+            Value::Real(f64::INFINITY),
+            Value::Text(b"it's".to_vec()),
+            Value::Text(vec![0xff, 0x00]),
+            Value::Blob(vec![1, 2, 3]),
+            Value::Integer(i64::MIN),
+        ];
+        let j = serde_json::to_string(&vals).expect("encode");
+        let back: Vec<Value> = serde_json::from_str(&j).expect("decode");
+        assert_eq!(format!("{vals:?}"), format!("{back:?}"));
+        assert!(matches!(back[2], Value::Real(_)), "1.0 stays REAL: {j}");
+    }
+
+    #[test]
+    fn sql_literals() {
+        assert_eq!(Value::Real(1.0).sql_literal(), "1.0");
+        assert_eq!(Value::Real(1e300).sql_literal(), "1e300");
+        assert_eq!(Value::Text(b"it's".to_vec()).sql_literal(), "'it''s'");
+        assert_eq!(Value::Blob(vec![0xab]).sql_literal(), "X'AB'");
+        assert_eq!(Value::Text(vec![0xff]).sql_literal(), "CAST(X'FF' AS TEXT)");
+    }
+}

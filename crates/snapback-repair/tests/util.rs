@@ -1,0 +1,91 @@
+//! Test helpers: temp databases and both sides of a diff.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+use snapback_repair::{
+    diff_table, prepare_table, DiffCounts, PreparedTable, RowDiff, Side, TableSelection,
+};
+
+pub struct Pair {
+    pub dir: tempfile::TempDir,
+    pub snap: PathBuf,
+    pub live: PathBuf,
+}
+
+impl Pair {
+    /// Two databases with the same `schema`, then `snap_sql` and `live_sql`.
+    pub fn new(schema: &str, snap_sql: &str, live_sql: &str) -> Pair {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap = dir.path().join("snap.db");
+        let live = dir.path().join("live.db");
+        for (p, sql) in [(&snap, snap_sql), (&live, live_sql)] {
+            let c = Connection::open(p).expect("open");
+            c.execute_batch(schema).expect("schema");
+            c.execute_batch(sql).expect("data");
+        }
+        Pair { dir, snap, live }
+    }
+
+    pub fn conns(&self) -> (Connection, Connection) {
+        (
+            Connection::open(&self.snap).expect("snap"),
+            Connection::open(&self.live).expect("live"),
+        )
+    }
+
+    pub fn diff(
+        &self,
+        sel: &TableSelection,
+    ) -> snapback_repair::Result<(PreparedTable, Vec<RowDiff>, DiffCounts)> {
+        let (s, l) = self.conns();
+        diff_conns(&s, &l, sel)
+    }
+}
+
+pub fn diff_conns(
+    s: &Connection,
+    l: &Connection,
+    sel: &TableSelection,
+) -> snapback_repair::Result<(PreparedTable, Vec<RowDiff>, DiffCounts)> {
+    let ss = Side {
+        conn: s,
+        place: "snap".into(),
+    };
+    let ls = Side {
+        conn: l,
+        place: "live".into(),
+    };
+    let t = prepare_table(&ss, &ls, sel)?;
+    let mut rows = Vec::new();
+    let c = diff_table(&ss, &ls, &t, |d| {
+        rows.push(d);
+        Ok(())
+    })?;
+    Ok((t, rows, c))
+}
+
+pub fn sel(table: &str) -> TableSelection {
+    TableSelection {
+        table: table.into(),
+        ..Default::default()
+    }
+}
+
+/// The workspace's debug `snapback` binary; fails clearly when missing.
+pub fn snapback_bin() -> PathBuf {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("workspace root")
+        .to_path_buf();
+    let bin = ws.join("target/debug/snapback");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build -p snapback-cli` (the project's test script does)",
+        bin.display()
+    );
+    bin
+}
