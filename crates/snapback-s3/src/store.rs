@@ -204,7 +204,7 @@ impl S3Store {
     /// HEAD request on the bucket). For `init` and diagnostics.
     pub fn check_bucket(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        inner.rt.block_on(inner.retrying("HEAD bucket", "", 0, |_| async move {
+        inner.rt.block_on(inner.retrying("HEAD bucket", "", Some(0), |_| async move {
             inner.count(Req::Head, 0);
             match inner.client.head_bucket().bucket(&inner.bucket).send().await {
                 Ok(_) => Ok(()),
@@ -244,14 +244,18 @@ impl Inner {
     }
 
     /// Runs `op` until it succeeds, fails for good, runs out of attempts or
-    /// runs out of time. Each attempt is bounded by the attempt timeout
-    /// (scaled by `size`), the whole by the operation timeout. `op` gets the
-    /// attempt number, 1-based.
+    /// runs out of time. `op` gets the attempt number, 1-based.
+    ///
+    /// With `size` known (the bytes to send or receive), each attempt is
+    /// bounded by the attempt timeout scaled by `size`, and the whole by the
+    /// operation timeout. With `size` unknown (a whole-object GET), `op`
+    /// bounds each attempt itself once it learns the size, and the
+    /// operation timeout only stops further retries.
     async fn retrying<T, F, Fut>(
         &self,
         what: &str,
         key: &str,
-        size: u64,
+        size: Option<u64>,
         mut op: F,
     ) -> Result<T, StoreError>
     where
@@ -261,21 +265,20 @@ impl Inner {
         let t = &self.cfg.timeouts;
         let policy = &self.cfg.retry;
         let started = Instant::now();
-        let deadline = started + t.operation_for(size);
+        let deadline = started + t.operation_for(size.unwrap_or(0));
         let mut attempt = 1u32;
         loop {
-            let limit = t
-                .attempt_for(size)
-                .min(deadline.saturating_duration_since(Instant::now()));
-            let result = match tokio::time::timeout(limit, op(attempt)).await {
-                Ok(r) => r,
-                Err(_) => Err(Fail::new(
-                    ErrorKind::Transient,
-                    format!(
-                        "S3 {what} did not complete within {:.1}s (a stalled or very slow server)",
-                        limit.as_secs_f64()
-                    ),
-                )),
+            let result = match size {
+                None => op(attempt).await,
+                Some(size) => {
+                    let limit = t
+                        .attempt_for(size)
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    match tokio::time::timeout(limit, op(attempt)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(timed_out(what, limit)),
+                    }
+                }
             };
             let fail = match result {
                 Ok(v) => return Ok(v),
@@ -344,7 +347,7 @@ impl Inner {
     async fn stat(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let full = self.full_key(key);
         let r = self
-            .retrying("HEAD", key, 0, |_| self.head_once(&full))
+            .retrying("HEAD", key, Some(0), |_| self.head_once(&full))
             .await?;
         Ok(r.map(|(size, _)| size))
     }
@@ -382,7 +385,7 @@ impl Inner {
         let body = Bytes::copy_from_slice(data);
         let sha = sha256_b64(data);
         let len = data.len() as u64;
-        self.retrying("PUT", key, len, |attempt| {
+        self.retrying("PUT", key, Some(len), |attempt| {
             self.put_attempt(&full, body.clone(), &sha, attempt)
         })
         .await
@@ -471,7 +474,7 @@ impl Inner {
             return Ok(PutOutcome::AlreadyExists);
         }
         let upload_id = self
-            .retrying("CreateMultipartUpload", key, 0, |_| async move {
+            .retrying("CreateMultipartUpload", key, Some(0), |_| async move {
                 self.count(Req::Put, 0);
                 let out = self
                     .client
@@ -563,7 +566,7 @@ impl Inner {
             .build();
         let len = data.len() as u64;
         let outcome = self
-            .retrying("CompleteMultipartUpload", key, 0, |attempt| {
+            .retrying("CompleteMultipartUpload", key, Some(0), |attempt| {
                 let completed = completed.clone();
                 let (composite, whole) = (&composite, &whole);
                 async move {
@@ -650,7 +653,7 @@ impl Inner {
         let len = body.len() as u64;
         let what = format!("UploadPart {number}");
         let part = self
-            .retrying(&what, key, len, |_| {
+            .retrying(&what, key, Some(len), |_| {
                 let (body, sha, what) = (body.clone(), &sha, &what);
                 async move {
                     self.count(Req::Put, len);
@@ -695,7 +698,15 @@ impl Inner {
             Some((off, len)) => req = req.range(format!("bytes={off}-{}", off + len - 1)),
             None => req = req.checksum_mode(ChecksumMode::Enabled),
         }
-        let out = match req.send().await {
+        let t = &self.cfg.timeouts;
+        let sent = match range {
+            // A range read is bounded as a whole by `retrying`.
+            Some(_) => req.send().await,
+            None => tokio::time::timeout(t.attempt, req.send())
+                .await
+                .map_err(|_| timed_out("GET", t.attempt))?,
+        };
+        let out = match sent {
             Ok(out) => out,
             Err(e) => {
                 let f = classify("GET", &e);
@@ -715,7 +726,17 @@ impl Inner {
         let declared = out.content_length();
         let content_range = out.content_range().map(str::to_string);
         let echoed = out.checksum_sha256().map(str::to_string);
-        let body = out.body.collect().await.map_err(|e| body_error(&e))?;
+        let body = match range {
+            Some(_) => out.body.collect().await,
+            None => {
+                // Time for the body in proportion to its declared size.
+                let limit = t.attempt_for(declared.unwrap_or(0).max(0) as u64);
+                tokio::time::timeout(limit, out.body.collect())
+                    .await
+                    .map_err(|_| timed_out("GET", limit))?
+            }
+        }
+        .map_err(|e| body_error(&e))?;
         let body = body.to_vec();
         Stats::add(&self.stats.bytes_received, body.len() as u64);
         if let Some(n) = declared {
@@ -776,7 +797,7 @@ impl Inner {
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         validate_key(key)?;
         let full = self.full_key(key);
-        self.retrying("GET", key, 0, |_| self.get_once(&full, None))
+        self.retrying("GET", key, None, |_| self.get_once(&full, None))
             .await
     }
 
@@ -800,7 +821,7 @@ impl Inner {
             };
         }
         let full = self.full_key(key);
-        self.retrying("GET range", key, len, |_| {
+        self.retrying("GET range", key, Some(len), |_| {
             self.get_once(&full, Some((offset, len)))
         })
         .await
@@ -814,7 +835,7 @@ impl Inner {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .retrying("LIST", prefix, 0, |_| {
+                .retrying("LIST", prefix, Some(0), |_| {
                     let token = token.clone();
                     let full_prefix = &full_prefix;
                     async move {
@@ -854,7 +875,7 @@ impl Inner {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         validate_key(key)?;
         let full = self.full_key(key);
-        self.retrying("DELETE", key, 0, |_| async {
+        self.retrying("DELETE", key, Some(0), |_| async {
             self.count(Req::Delete, 0);
             match self
                 .client
@@ -877,6 +898,16 @@ impl Inner {
         })
         .await
     }
+}
+
+fn timed_out(what: &str, limit: std::time::Duration) -> Fail {
+    Fail::new(
+        ErrorKind::Transient,
+        format!(
+            "S3 {what} did not complete within {:.1}s (a stalled or very slow server)",
+            limit.as_secs_f64()
+        ),
+    )
 }
 
 /// A failure while reading a response body: the SDK's own checksum check

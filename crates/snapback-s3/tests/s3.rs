@@ -476,3 +476,41 @@ fn unreachable_server_is_a_transient_error_within_the_time_limit() {
     assert!(e.to_string().contains("gave up after 3 attempts"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+#[test]
+fn large_bodies_get_time_in_proportion_to_their_size() {
+    let (proxy, s) = proxied("scaled-timeout", |c| {
+        c.timeouts.attempt = Duration::from_secs(1);
+        c.timeouts.attempt_per_mib = Duration::from_secs(3);
+    });
+    let data = pattern(1 << 20, 13);
+    s.put_if_absent("k", &data).expect("put");
+    // 16 × 64 KiB, one every 100 ms: 1.6 s, above the 1 s base limit but
+    // within 1 s + 3 s per MiB.
+    proxy.inject(
+        Match::method("GET"),
+        Fault::Trickle {
+            chunk: 64 << 10,
+            every: Duration::from_millis(100),
+        },
+        2,
+    );
+    assert_eq!(s.get("k").expect("slow whole get"), data);
+    assert_eq!(s.get_range("k", 0, 1 << 20).expect("slow range get"), data);
+    assert_eq!(proxy.count("GET"), 2, "neither read was cut off");
+}
+
+#[test]
+fn missing_bucket_is_reported_as_such() {
+    let mut cfg = config("nobucket");
+    cfg.bucket = "no-such-bucket-here".into();
+    let s = S3Store::open(cfg).expect("open");
+    let e = s.check_bucket().expect_err("no bucket");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    // s3s-fs answers a GET in a missing bucket with NoSuchKey (AWS says
+    // NoSuchBucket) and even stores a PUT there, so only HEAD bucket can
+    // be checked against it.
+    store("bucket-ok")
+        .check_bucket()
+        .expect("the test bucket exists");
+}
