@@ -36,7 +36,8 @@ pub struct S3Config {
     pub retry: RetryPolicy,
     /// Objects larger than this use a multipart upload.
     pub multipart_threshold: usize,
-    /// Size of each part of a multipart upload (at least 5 MiB on AWS).
+    /// Size of each part of a multipart upload: 5 MiB to 5 GiB (S3's
+    /// limits); grown for objects that would need more than 10,000 parts.
     pub part_size: usize,
     /// Parts of one multipart upload in flight at once.
     pub multipart_concurrency: usize,
@@ -105,9 +106,12 @@ impl S3Config {
                 self.prefix
             ));
         }
-        if self.part_size < 1 << 20 || self.multipart_threshold < self.part_size {
+        if self.part_size < 5 << 20
+            || self.part_size > 5 << 30
+            || self.multipart_threshold < self.part_size
+        {
             return bad(format!(
-                "S3 part size {} must be at least 1 MiB and not above the multipart threshold {}",
+                "S3 part size {} must be 5 MiB to 5 GiB and not above the multipart threshold {}",
                 self.part_size, self.multipart_threshold
             ));
         }
@@ -318,8 +322,8 @@ mod tests {
         c.part_size = 1024;
         assert!(c.validate().is_err(), "tiny parts");
         let mut c = good;
-        c.multipart_threshold = 1 << 20;
-        c.part_size = 2 << 20;
+        c.multipart_threshold = 6 << 20;
+        c.part_size = 7 << 20;
         assert!(c.validate().is_err(), "parts above the threshold");
     }
 }

@@ -110,6 +110,9 @@ fn sha256_b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
 }
 
+/// The most parts a multipart upload may have.
+const MAX_PARTS: usize = 10_000;
+
 /// Which billing class a request belongs to.
 #[derive(Clone, Copy)]
 enum Req {
@@ -401,11 +404,13 @@ impl Inner {
         let len = body.len() as u64;
         loop {
             let conditional = self.conditional_writes.load(Ordering::Relaxed);
-            if !conditional && self.head_once(full).await?.is_some() {
+            if !conditional {
                 // Racy: another writer may create the object between this
                 // HEAD and the PUT below, and the PUT then replaces it. See
                 // docs/s3.md.
-                return Ok(PutOutcome::AlreadyExists);
+                if let Some(found) = self.head_once(full).await? {
+                    return Ok(outcome_of_existing(found, sha, len, attempt));
+                }
             }
             self.count(Req::Put, len);
             let mut req = self
@@ -451,15 +456,13 @@ impl Inner {
         len: u64,
         attempt: u32,
     ) -> Result<PutOutcome, Fail> {
-        if attempt > 1 {
-            if let Some((size, Some(theirs))) = self.head_once(full).await? {
-                if size == len && theirs == sha {
-                    tracing::debug!(key = full, "an earlier attempt stored the object");
-                    return Ok(PutOutcome::Created);
-                }
-            }
+        if attempt == 1 {
+            return Ok(PutOutcome::AlreadyExists);
         }
-        Ok(PutOutcome::AlreadyExists)
+        Ok(match self.head_once(full).await? {
+            Some(found) => outcome_of_existing(found, sha, len, attempt),
+            None => PutOutcome::AlreadyExists,
+        })
     }
 
     async fn put_multipart(
@@ -525,7 +528,8 @@ impl Inner {
         upload_id: &str,
     ) -> Result<PutOutcome, StoreError> {
         let all = Bytes::copy_from_slice(data);
-        let part_size = self.cfg.part_size;
+        // S3 allows at most 10,000 parts: grow the parts for huge objects.
+        let part_size = self.cfg.part_size.max(all.len().div_ceil(MAX_PARTS));
         let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.multipart_concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         for (i, start) in (0..all.len()).step_by(part_size).enumerate() {
@@ -565,12 +569,13 @@ impl Inner {
             .set_parts(Some(parts.into_iter().map(|(p, _)| p).collect()))
             .build();
         let len = data.len() as u64;
+        let complete_conditional = AtomicBool::new(self.conditional_writes.load(Ordering::Relaxed));
         let outcome = self
             .retrying("CompleteMultipartUpload", key, Some(0), |attempt| {
                 let completed = completed.clone();
-                let (composite, whole) = (&composite, &whole);
+                let (composite, whole, cond) = (&composite, &whole, &complete_conditional);
                 async move {
-                    let conditional = self.conditional_writes.load(Ordering::Relaxed);
+                    let conditional = cond.load(Ordering::Relaxed);
                     self.count(Req::Put, 0);
                     let mut req = self
                         .client
@@ -602,6 +607,16 @@ impl Inner {
                             let f = classify("CompleteMultipartUpload", &e);
                             if f.is_status(412) || f.has_code("PreconditionFailed") {
                                 return Ok(PutOutcome::AlreadyExists);
+                            }
+                            if conditional && (f.is_status(501) || f.has_code("NotImplemented")) {
+                                // Conditional PUT but not conditional
+                                // complete: the HEAD before the upload is
+                                // the (racy) check.
+                                tracing::warn!(key = full, "the S3 store does not support \
+                                    If-None-Match on CompleteMultipartUpload; completing without it");
+                                cond.store(false, Ordering::Relaxed);
+                                return Err(Fail::new(ErrorKind::Transient, "S3 CompleteMultipartUpload: \
+                                    conditional completion not implemented; retrying without it"));
                             }
                             // A retry after a lost response finds the upload
                             // gone (NoSuchUpload, or 403/404 on some stores):
@@ -897,6 +912,23 @@ impl Inner {
             }
         })
         .await
+    }
+}
+
+/// An object exists where a PUT wanted to create one. On a retry it may be
+/// ours, stored by an attempt whose response was lost: it is when its size
+/// and stored SHA-256 are ours.
+fn outcome_of_existing(
+    (size, theirs): (u64, Option<String>),
+    sha: &str,
+    len: u64,
+    attempt: u32,
+) -> PutOutcome {
+    if attempt > 1 && size == len && theirs.as_deref() == Some(sha) {
+        tracing::debug!("an earlier attempt stored the object");
+        PutOutcome::Created
+    } else {
+        PutOutcome::AlreadyExists
     }
 }
 

@@ -514,3 +514,45 @@ fn missing_bucket_is_reported_as_such() {
         .check_bucket()
         .expect("the test bucket exists");
 }
+
+#[test]
+fn without_conditional_writes_a_lost_put_response_is_still_recognized() {
+    let (proxy, s) = proxied("no-cond-drop", |_| {});
+    proxy.inject_always(
+        Match::method("PUT").with_header("if-none-match"),
+        Fault::status(501, "NotImplemented"),
+    );
+    assert_eq!(
+        s.put_if_absent("a", b"one").expect("put"),
+        PutOutcome::Created
+    );
+    proxy.inject(Match::method("PUT"), Fault::DropResponse, 1);
+    let data = pattern(10_000, 14);
+    assert_eq!(
+        s.put_if_absent("b", &data).expect("put"),
+        PutOutcome::Created,
+        "HEAD on the retry finds our SHA-256"
+    );
+    assert_eq!(s.get("b").expect("get"), data);
+}
+
+#[test]
+fn multipart_completion_without_conditional_support_completes_plainly() {
+    let (proxy, s) = proxied("mp-no-cond", |c| {
+        c.multipart_threshold = 8 << 20;
+        c.part_size = 5 << 20;
+    });
+    proxy.inject_always(
+        Match::method("POST")
+            .containing("uploadId=")
+            .with_header("if-none-match"),
+        Fault::status(501, "NotImplemented"),
+    );
+    let data = pattern(9 << 20, 15);
+    assert_eq!(
+        s.put_if_absent("big", &data).expect("put"),
+        PutOutcome::Created
+    );
+    assert_eq!(proxy.faults_fired(), 1);
+    assert!(s.get("big").expect("get") == data);
+}
