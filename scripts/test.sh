@@ -11,6 +11,7 @@ command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
 command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
 dpkg -s libfuse3-dev >/dev/null 2>&1 || need_pkgs+=(libfuse3-dev)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v curl >/dev/null || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

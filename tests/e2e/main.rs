@@ -7,4 +7,5 @@ mod bad_input;
 mod consistency;
 mod files;
 mod integrity;
+mod ops;
 mod selectors;

@@ -40,6 +40,9 @@ pub struct Global {
     /// Use path-style S3 addressing (MinIO, Ceph, Garage and most local stores).
     #[arg(long, global = true)]
     pub s3_path_style: bool,
+    /// Config file (default: ./snapback.toml if it exists).
+    #[arg(long, global = true, env = "SNAPBACK_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
@@ -60,18 +63,37 @@ pub enum Command {
     Restore(cmd_basic::RestoreArgs),
     /// Verify the repository (structure; with --read-data, every byte).
     Check(cmd_basic::CheckArgs),
+    /// Remove snapshots by a retention policy (per source path).
+    Forget(crate::cmd_ops::ForgetArgs),
+    /// Delete data no snapshot references; repack mostly-unused packs.
+    Prune(crate::cmd_ops::PruneArgs),
+    /// Remove stale repository locks (--force: any lock).
+    Unlock(crate::cmd_ops::UnlockArgs),
+    /// Let retention remove a pre-repair snapshot.
+    Release(crate::cmd_ops::ReleaseArgs),
+    /// Age of the newest snapshot per source and the last check, for monitoring.
+    Status(crate::cmd_ops::StatusArgs),
     /// Compare rows of a snapshot's database with a live database.
     Diff(crate::cmd_repair::DiffArgs),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<u8> {
+pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
+    let cfg = crate::config::load(cli.global.config.as_deref())?;
+    if cli.global.repo.is_none() {
+        cli.global.repo = cfg.repo.clone();
+    }
     let g = &cli.global;
     match cli.command {
         Command::Init(a) => cmd_basic::init(g, a),
-        Command::Snapshot(a) => cmd_basic::snapshot(g, a),
+        Command::Snapshot(a) => cmd_basic::snapshot(g, &cfg, a),
         Command::Snapshots(a) => cmd_basic::snapshots(g, a),
         Command::Restore(a) => cmd_basic::restore(g, a),
         Command::Check(a) => cmd_basic::check(g, a),
+        Command::Forget(a) => crate::cmd_ops::forget(g, &cfg, a),
+        Command::Prune(a) => crate::cmd_ops::prune(g, a),
+        Command::Unlock(a) => crate::cmd_ops::unlock(g, a),
+        Command::Release(a) => crate::cmd_ops::release(g, a),
+        Command::Status(a) => crate::cmd_ops::status(g, &cfg, a),
         Command::Diff(a) => crate::cmd_repair::diff(g, a),
     }
 }

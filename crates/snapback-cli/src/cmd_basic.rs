@@ -11,6 +11,7 @@ use snapback_core::{
 };
 
 use crate::cli::{absolute, Global};
+use crate::config::Config;
 use crate::exit;
 use crate::output::{chose, human_bytes, print_json, Bar};
 use crate::repo_url::{open_repo, open_store};
@@ -52,49 +53,100 @@ pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
-    /// Files, directories and SQLite databases to capture.
-    #[arg(required = true)]
+    /// Files, directories and SQLite databases to capture. Without paths,
+    /// every source in the config file, each as its own snapshot.
     pub paths: Vec<PathBuf>,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Call this URL after the snapshot is committed, never on failure (a
+    /// dead man's switch such as healthchecks).
+    #[arg(long)]
+    pub heartbeat_url: Option<String>,
+    /// Seconds to wait for a prune's exclusive lock.
+    #[arg(long, default_value_t = 300)]
+    pub lock_wait: u64,
 }
 
-pub fn snapshot(g: &Global, a: SnapshotArgs) -> anyhow::Result<u8> {
+pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
     for t in &a.tags {
         if t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace) {
             anyhow::bail!("invalid tag '{t}': tags are non-empty and have no commas or spaces");
         }
     }
-    let paths: Vec<PathBuf> = a.paths.iter().map(|p| absolute(p)).collect();
-    let bar = Bar::new(g);
-    let opts = SnapshotOptions {
-        tags: a.tags,
-        ..Default::default()
-    };
-    let r = repo.snapshot(&paths, &opts, &bar);
-    bar.finish();
-    let r = r.context("snapshot failed; nothing was committed")?;
-    let s = &r.manifest.stats;
-    if g.json {
-        print_json(&json!({
-            "id": r.id.to_hex(),
-            "short_id": r.id.short(),
-            "time": r.manifest.time,
-            "paths": r.manifest.paths,
-            "files": s.files,
-            "bytes_read": s.bytes_read,
-            "bytes_new": s.bytes_new,
-            "bytes_added": s.bytes_added,
-            "objects_written": s.objects_written + 1,
-            "chunks": s.chunks,
-            "new_chunks": s.new_chunks,
-            "duration_ms": s.duration_ms,
-            "requests": request_json(repo.store().request_stats()),
-        }))?;
+    let jobs: Vec<(Vec<PathBuf>, Vec<String>)> = if !a.paths.is_empty() {
+        vec![(
+            a.paths.iter().map(|p| absolute(p)).collect(),
+            a.tags.clone(),
+        )]
+    } else if !cfg.sources.is_empty() {
+        cfg.sources
+            .iter()
+            .map(|s| {
+                (
+                    vec![s.path.clone()],
+                    [s.tags.clone(), a.tags.clone()].concat(),
+                )
+            })
+            .collect()
     } else {
-        println!("{}", r.id);
+        anyhow::bail!(
+            "nothing to snapshot: give PATH arguments, or list sources in snapback.toml (--config)"
+        );
+    };
+    let mut failed = 0;
+    for (paths, tags) in jobs {
+        let bar = Bar::new(g);
+        let opts = SnapshotOptions {
+            tags,
+            lock_wait: std::time::Duration::from_secs(a.lock_wait),
+            ..Default::default()
+        };
+        let r = repo.snapshot(&paths, &opts, &bar);
+        bar.finish();
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(format!(
+                    "snapshot of {} failed; nothing was committed",
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+                eprintln!("error: {e:#}");
+                failed += 1;
+                continue;
+            }
+        };
+        let s = &r.manifest.stats;
+        if g.json {
+            print_json(&json!({
+                "id": r.id.to_hex(),
+                "short_id": r.id.short(),
+                "time": r.manifest.time,
+                "paths": r.manifest.paths,
+                "files": s.files,
+                "bytes_read": s.bytes_read,
+                "bytes_new": s.bytes_new,
+                "bytes_added": s.bytes_added,
+                "objects_written": s.objects_written + 1,
+                "chunks": s.chunks,
+                "new_chunks": s.new_chunks,
+                "duration_ms": s.duration_ms,
+                "requests": request_json(repo.store().request_stats()),
+            }))?;
+        } else {
+            println!("{}", r.id);
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} snapshot(s) failed (see above); the heartbeat was not sent");
+    }
+    if let Some(url) = a.heartbeat_url.as_deref().or(cfg.heartbeat_url.as_deref()) {
+        crate::cmd_ops::heartbeat(url)?;
     }
     Ok(exit::OK)
 }
@@ -264,12 +316,18 @@ pub fn check(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
     let bar = Bar::new(g);
     let r = repo.check(
         &CheckOptions {
+            lock_wait: std::time::Duration::from_secs(300),
             read_data: a.read_data,
         },
         &bar,
     );
     bar.finish();
     let r = r?;
+    // Kept for `status`; a failure to record is reported but does not hide
+    // the check's own result.
+    if let Err(e) = repo.record_check(&r, a.read_data) {
+        eprintln!("warning: could not record the check result for `status`: {e}");
+    }
     if g.json {
         print_json(&serde_json::to_value(&r)?)?;
     } else {

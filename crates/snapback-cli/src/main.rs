@@ -3,7 +3,9 @@
 
 mod cli;
 mod cmd_basic;
+mod cmd_ops;
 mod cmd_repair;
+mod config;
 mod output;
 mod repo_url;
 

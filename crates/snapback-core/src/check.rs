@@ -24,6 +24,7 @@ use crate::Progress;
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
     pub read_data: bool,
+    pub lock_wait: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,8 +80,69 @@ impl Problems {
     }
 }
 
+/// The outcome of a check, kept in the repository for `status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CheckRecord {
+    pub time: String,
+    pub read_data: bool,
+    pub ok: bool,
+    pub problems: usize,
+    pub snapshots: u64,
+}
+
+pub const CHECK_PREFIX: &str = "checks/";
+
 impl Repository {
+    /// Stores the outcome of a check under `checks/<time>`.
+    pub fn record_check(&self, report: &CheckReport, read_data: bool) -> Result<()> {
+        let now = crate::time::now();
+        let rec = CheckRecord {
+            time: crate::time::format_rfc3339(now),
+            read_data,
+            ok: report.ok(),
+            problems: report.problems.len(),
+            snapshots: report.snapshots,
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
+        let key = format!("{CHECK_PREFIX}{:020}", now.unix_timestamp_nanos().max(0));
+        crate::snapshot::put_verified(self.store().as_ref(), &key, &bytes)?;
+        // Keep the last 100 records.
+        let mut keys: Vec<String> = self
+            .store()
+            .list(CHECK_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        let excess = keys.len().saturating_sub(100);
+        for k in &keys[..excess] {
+            self.store().delete(k)?;
+        }
+        Ok(())
+    }
+
+    /// The newest check record, if any.
+    pub fn last_check(&self) -> Result<Option<CheckRecord>> {
+        let mut keys: Vec<String> = self
+            .store()
+            .list(CHECK_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        match keys.last() {
+            None => Ok(None),
+            Some(k) => {
+                let b = self.store().get(k)?;
+                serde_json::from_slice(&b)
+                    .map(Some)
+                    .map_err(|e| Error::corrupt(k.clone(), e.to_string()))
+            }
+        }
+    }
+
     pub fn check(&self, opts: &CheckOptions, progress: &dyn Progress) -> Result<CheckReport> {
+        let _lock = self.lock(crate::lock::LockKind::Shared, "check", opts.lock_wait)?;
         let store = self.store();
         let mut report = CheckReport::default();
         let mut probs = Problems::default();

@@ -52,6 +52,9 @@ pub enum Error {
 
     #[error("{0}")]
     Verification(String),
+
+    #[error("{0}")]
+    Locked(String),
 }
 
 impl Error {

@@ -8,26 +8,34 @@ mod check;
 mod chunklist;
 mod config;
 mod error;
+mod forget;
 mod id;
 mod index;
+mod lock;
 mod manifest;
 mod pack;
+mod prune;
 mod repo;
 mod restore;
 mod snapshot;
 pub mod sqlite;
 pub mod time;
 
-pub use check::{Affected, CheckOptions, CheckReport, Problem};
+pub use check::{Affected, CheckOptions, CheckRecord, CheckReport, Problem};
 pub use chunklist::ChunkRef;
 pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
 pub use error::{Error, Result};
+pub use forget::{
+    plan as plan_forget, Decision, ForgetPlan, GroupPlan, KeepPolicy, PRE_REPAIR_TAG,
+};
 pub use id::{DbChecksum, Id};
 pub use index::{BlobLocation, MasterIndex};
+pub use lock::{FoundLock, LockInfo, LockKind, RepoLock};
 pub use manifest::{
     ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
 };
 pub use pack::BlobKind;
+pub use prune::{PrunePlan, PruneReport};
 pub use repo::{pack_key, FileReader, InitOptions, Repository, Selector, Snapshot};
 pub use restore::{path_matches, RestoreItem, RestoreOptions, RestoreReport};
 pub use snapback_storage as storage;

@@ -195,6 +195,12 @@ impl Repository {
         self.refresh_index()
     }
 
+    /// Forgets the loaded index and reads every index object again.
+    pub fn refresh_index_from_scratch(&self) -> Result<Arc<MasterIndex>> {
+        *self.index.write().map_err(|_| poisoned())? = None;
+        self.refresh_index()
+    }
+
     /// Loads index objects that appeared since the last load.
     pub fn refresh_index(&self) -> Result<Arc<MasterIndex>> {
         let mut guard = self.index.write().map_err(|_| poisoned())?;

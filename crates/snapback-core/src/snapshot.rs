@@ -37,6 +37,8 @@ pub struct SnapshotOptions {
     pub busy_timeout: Duration,
     /// Uploads in flight at once.
     pub upload_threads: usize,
+    /// How long to wait for an exclusive lock (a prune) to go.
+    pub lock_wait: Duration,
 }
 
 impl Default for SnapshotOptions {
@@ -45,6 +47,7 @@ impl Default for SnapshotOptions {
             tags: vec![],
             busy_timeout: Duration::from_secs(30),
             upload_threads: 4,
+            lock_wait: Duration::from_secs(300),
         }
     }
 }
@@ -245,7 +248,10 @@ impl Repository {
             ));
         }
         let (roots, sources) = collect_sources(paths)?;
-        let index = self.index()?;
+        let _lock = self.lock(crate::lock::LockKind::Shared, "snapshot", opts.lock_wait)?;
+        // Read the indexes after the lock is held, so that a prune that just
+        // finished is seen and nothing it deleted is taken as present.
+        let index = self.refresh_index()?;
         let history = self.snapshots()?;
         let stats = Mutex::new(SnapshotStats::default());
         let done = Mutex::new(Vec::new());

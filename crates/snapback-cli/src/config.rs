@@ -1,0 +1,177 @@
+//! `snapback.toml`: the repository, the sources with their tags and
+//! retention, the cache, the heartbeat. Found with `--config`,
+//! `SNAPBACK_CONFIG`, or `./snapback.toml`. Flags override it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub repo: Option<String>,
+    /// Read by `mount` (the chunk cache).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub cache: CacheConfig,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Called after every committed snapshot (a dead man's switch).
+    pub heartbeat_url: Option<String>,
+    /// `status --max-age` when the flag is not given, e.g. "30m".
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub dir: Option<PathBuf>,
+    pub size: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    pub keep_within: Option<String>,
+    #[serde(default)]
+    pub keep_tag: Vec<String>,
+}
+
+/// Loads the config file: the explicit path (which must exist), else
+/// `./snapback.toml` if present, else an empty config.
+pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from("snapback.toml");
+            if !p.exists() {
+                return Ok(Config::default());
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let cfg: Config =
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    for s in &cfg.sources {
+        if !s.path.is_absolute() {
+            anyhow::bail!(
+                "invalid config file {}: source path {} must be absolute",
+                path.display(),
+                s.path.display()
+            );
+        }
+        if let Some(w) = &s.retention.keep_within {
+            parse_duration(w)
+                .with_context(|| format!("invalid keep_within for {}", s.path.display()))?;
+        }
+    }
+    if let Some(a) = &cfg.max_age {
+        parse_duration(a).context("invalid max_age in the config file")?;
+    }
+    Ok(cfg)
+}
+
+/// "90s", "15m", "2h", "7d", "2w", or combinations like "1d12h".
+pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut any = false;
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .with_context(|| format!("invalid duration '{s}': expected a number before '{c}'"))?;
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            'y' => 31_536_000,
+            _ => anyhow::bail!("invalid duration '{s}': unknown unit '{c}' (use s, m, h, d, w, y)"),
+        };
+        total = total.saturating_add(n.saturating_mul(unit));
+        num.clear();
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        anyhow::bail!("invalid duration '{s}': write it like 30m, 12h, 7d or 1d12h");
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").expect("s").as_secs(), 90);
+        assert_eq!(parse_duration("1d12h").expect("dh").as_secs(), 129_600);
+        assert_eq!(parse_duration("2w").expect("w").as_secs(), 1_209_600);
+        for bad in ["", "12", "5x", "h", "-1d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_file_parses_and_rejects_unknown_keys() {
+        let d = tempfile_dir();
+        let p = d.join("snapback.toml");
+        std::fs::write(
+            &p,
+            r#"
+repo = "/var/backups/snapback"
+heartbeat_url = "http://127.0.0.1:9/ping"
+max_age = "30m"
+[cache]
+dir = "/var/cache/snapback"
+size = "2GiB"
+[[source]]
+path = "/srv/app/app.db"
+tags = ["app"]
+[source.retention]
+keep_last = 12
+keep_daily = 7
+keep_within = "2d"
+"#,
+        )
+        .expect("write");
+        let c = load(Some(&p)).expect("load");
+        assert_eq!(c.repo.as_deref(), Some("/var/backups/snapback"));
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(c.sources[0].retention.keep_daily, Some(7));
+        std::fs::write(&p, "repo = \"/x\"\nrepository = \"/typo\"\n").expect("write");
+        let e = load(Some(&p)).expect_err("unknown key");
+        assert!(format!("{e:#}").contains("repository"), "{e:#}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("snapback-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+}

@@ -1,0 +1,314 @@
+//! Repository locks.
+//!
+//! A lock is an object `locks/<nanos>-<random>` holding JSON: its kind, host,
+//! pid, time and command. Snapshot, repair and check take a **shared** lock;
+//! prune takes an **exclusive** one. To acquire, a process writes its lock
+//! object and then lists the others: if any conflicting lock that is not
+//! stale exists, it removes its own and tries again after a random delay,
+//! until its wait runs out. Both sides write before they look, so two
+//! conflicting processes can never both proceed.
+//!
+//! A held lock is refreshed every `REFRESH` by writing a new lock object and
+//! removing the old one. A lock is **stale** when its time is older than
+//! `STALE_AFTER` (its process stopped refreshing it), or when it was taken on
+//! this host by a process that no longer exists.
+
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use snapback_storage::Store;
+
+use crate::error::{Error, Result};
+use crate::repo::{random_hex, Repository};
+
+pub const LOCK_PREFIX: &str = "locks/";
+pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
+const REFRESH: Duration = Duration::from_secs(2 * 60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockInfo {
+    pub kind: LockKind,
+    pub host: String,
+    pub pid: u32,
+    pub time: String,
+    pub command: String,
+}
+
+/// A lock found in the repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoundLock {
+    pub key: String,
+    pub info: Option<LockInfo>,
+    pub stale: bool,
+}
+
+impl FoundLock {
+    fn describe(&self) -> String {
+        match &self.info {
+            Some(i) => format!(
+                "{:?} lock held by {} (pid {} on {}) since {}",
+                i.kind, i.command, i.pid, i.host, i.time
+            )
+            .to_lowercase(),
+            None => format!("unreadable lock object {}", self.key),
+        }
+    }
+}
+
+fn this_host() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // Linux: a live process has a /proc entry (zombies included, which is
+    // the conservative answer).
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn is_stale(info: &LockInfo, now: time::OffsetDateTime) -> bool {
+    let age_stale = crate::time::parse_rfc3339(&info.time)
+        .map(|t| (now - t) > time::Duration::try_from(STALE_AFTER).unwrap_or(time::Duration::MAX))
+        .unwrap_or(true);
+    age_stale || (info.host == this_host() && !pid_alive(info.pid))
+}
+
+/// A held lock; released when dropped.
+pub struct RepoLock {
+    store: Arc<dyn Store>,
+    key: Arc<Mutex<String>>,
+    stop: Option<Sender<()>>,
+    refresher: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RepoLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoLock").field("key", &self.key).finish()
+    }
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.refresher.take() {
+            let _ = h.join();
+        }
+        if let Ok(k) = self.key.lock() {
+            if let Err(e) = self.store.delete(&k) {
+                tracing::warn!(lock = %k, error = %e, "could not remove the lock; `snapback unlock` removes it once it is stale");
+            }
+        }
+    }
+}
+
+fn write_lock(store: &dyn Store, info: &LockInfo) -> Result<String> {
+    let key = format!(
+        "{LOCK_PREFIX}{:020}-{}",
+        crate::time::now().unix_timestamp_nanos().max(0),
+        random_hex(6)
+    );
+    let bytes = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::snapshot::put_verified(store, &key, &bytes)?;
+    Ok(key)
+}
+
+impl Repository {
+    /// Every lock in the repository.
+    pub fn locks(&self) -> Result<Vec<FoundLock>> {
+        let now = crate::time::now();
+        let mut out = Vec::new();
+        for o in self.store().list(LOCK_PREFIX)? {
+            let info = match self.store().get(&o.key) {
+                Ok(b) => serde_json::from_slice::<LockInfo>(&b).ok(),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let stale = info.as_ref().is_none_or(|i| is_stale(i, now));
+            out.push(FoundLock {
+                key: o.key,
+                info,
+                stale,
+            });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Takes a lock, waiting up to `wait` for conflicting locks to go.
+    pub fn lock(&self, kind: LockKind, command: &str, wait: Duration) -> Result<RepoLock> {
+        let store = self.store().clone();
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let info = LockInfo {
+                kind,
+                host: this_host(),
+                pid: std::process::id(),
+                time: crate::time::format_rfc3339(crate::time::now()),
+                command: command.to_string(),
+            };
+            let mine = write_lock(store.as_ref(), &info)?;
+            let conflicts: Vec<FoundLock> = self
+                .locks()?
+                .into_iter()
+                .filter(|l| l.key != mine && !l.stale)
+                .filter(|l| {
+                    kind == LockKind::Exclusive
+                        || l.info
+                            .as_ref()
+                            .is_none_or(|i| i.kind == LockKind::Exclusive)
+                })
+                .collect();
+            if conflicts.is_empty() {
+                tracing::debug!(lock = %mine, ?kind, "lock acquired");
+                return Ok(self.hold(mine, info));
+            }
+            store.delete(&mine)?;
+            if started.elapsed() >= wait {
+                return Err(Error::Locked(format!(
+                    "the repository is locked: {}. Waited {} s. Wait for it to finish; if that process is gone, `snapback unlock` removes stale locks (and `snapback unlock --force` any lock).",
+                    conflicts.iter().map(FoundLock::describe).collect::<Vec<_>>().join("; "),
+                    wait.as_secs()
+                )));
+            }
+            let jitter =
+                Duration::from_millis(u64::from_str_radix(&random_hex(2), 16).unwrap_or(0) % 100);
+            std::thread::sleep(
+                (delay + jitter)
+                    .min(wait.saturating_sub(started.elapsed()))
+                    .max(Duration::from_millis(10)),
+            );
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn hold(&self, key: String, info: LockInfo) -> RepoLock {
+        let store = self.store().clone();
+        let key = Arc::new(Mutex::new(key));
+        let (tx, rx) = channel::<()>();
+        let (s2, k2) = (store.clone(), key.clone());
+        let refresher = std::thread::spawn(move || loop {
+            match rx.recv_timeout(REFRESH) {
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut fresh = info.clone();
+                    fresh.time = crate::time::format_rfc3339(crate::time::now());
+                    match write_lock(s2.as_ref(), &fresh) {
+                        Ok(new_key) => {
+                            if let Ok(mut k) = k2.lock() {
+                                let old = std::mem::replace(&mut *k, new_key);
+                                let _ = s2.delete(&old);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not refresh the repository lock")
+                        }
+                    }
+                }
+                _ => return,
+            }
+        });
+        RepoLock {
+            store,
+            key,
+            stop: Some(tx),
+            refresher: Some(refresher),
+        }
+    }
+
+    /// Removes stale locks, or every lock with `force`. Returns the removed.
+    pub fn unlock(&self, force: bool) -> Result<Vec<FoundLock>> {
+        let mut removed = Vec::new();
+        for l in self.locks()? {
+            if force || l.stale {
+                self.store().delete(&l.key)?;
+                tracing::info!(lock = %l.key, stale = l.stale, "lock removed");
+                removed.push(l);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::InitOptions;
+    use snapback_storage::LocalStore;
+
+    fn repo() -> (tempfile::TempDir, Repository) {
+        let d = tempfile::tempdir().expect("tmp");
+        let s: Arc<dyn Store> = Arc::new(LocalStore::create(d.path().join("r")).expect("store"));
+        (
+            d,
+            Repository::init(s, &InitOptions::default()).expect("init"),
+        )
+    }
+
+    #[test]
+    fn shared_locks_coexist_and_exclusive_waits() {
+        let (_d, r) = repo();
+        let a = r
+            .lock(LockKind::Shared, "snapshot", Duration::from_secs(1))
+            .expect("a");
+        let b = r
+            .lock(LockKind::Shared, "snapshot", Duration::from_secs(1))
+            .expect("b");
+        let e = r
+            .lock(LockKind::Exclusive, "prune", Duration::from_millis(300))
+            .expect_err("blocked");
+        assert!(
+            e.to_string().contains("locked") && e.to_string().contains("snapshot"),
+            "{e}"
+        );
+        drop(a);
+        drop(b);
+        let x = r
+            .lock(LockKind::Exclusive, "prune", Duration::from_secs(1))
+            .expect("now free");
+        assert!(r
+            .lock(LockKind::Shared, "snapshot", Duration::from_millis(200))
+            .is_err());
+        drop(x);
+        assert!(
+            r.locks().expect("locks").is_empty(),
+            "dropping releases every lock"
+        );
+    }
+
+    #[test]
+    fn dead_pid_on_this_host_is_stale_and_unlock_removes_only_stale() {
+        let (_d, r) = repo();
+        let dead = LockInfo {
+            kind: LockKind::Exclusive,
+            host: this_host(),
+            pid: 999_999_999,
+            time: crate::time::format_rfc3339(crate::time::now()),
+            command: "prune".into(),
+        };
+        write_lock(r.store().as_ref(), &dead).expect("write");
+        let live = r
+            .lock(LockKind::Shared, "snapshot", Duration::from_secs(1))
+            .expect("a stale exclusive lock does not block");
+        let removed = r.unlock(false).expect("unlock");
+        assert_eq!(removed.len(), 1, "only the stale lock is removed");
+        assert_eq!(r.locks().expect("locks").len(), 1);
+        drop(live);
+        let old = LockInfo {
+            time: "2020-01-01T00:00:00Z".into(),
+            host: "elsewhere".into(),
+            pid: 1,
+            ..dead
+        };
+        assert!(is_stale(&old, crate::time::now()), "an old lock is stale");
+    }
+}

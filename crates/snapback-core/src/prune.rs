@@ -1,0 +1,241 @@
+//! Prune: delete data that no snapshot references, as a plan, then apply.
+//!
+//! Safety while other processes work: prune holds the **exclusive** lock for
+//! its whole run, and snapshot, repair and check hold shared locks, so no
+//! snapshot is in progress while prune decides what is unreferenced. A
+//! snapshot that starts after prune reloads the indexes, which no longer
+//! list deleted packs, and so stores those blobs anew.
+//!
+//! Order of writes, each step safe to interrupt:
+//! 1. repack: the used blobs of mostly-unused packs are range-read (verified)
+//!    and written to new packs (verified);
+//! 2. new index objects for every kept and new pack are written (verified);
+//! 3. the old index objects are deleted;
+//! 4. unreferenced, repacked and unindexed packs are deleted.
+//!
+//! An interruption before 3 leaves old and new indexes side by side (both
+//! point at existing packs); between 3 and 4 it leaves packs no index lists,
+//! which the next prune deletes. Prune never downloads a pack whole.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::id::Id;
+use crate::index::{decode_index, encode_index, IndexedPack, MasterIndex};
+use crate::lock::LockKind;
+use crate::pack::{open_blob, PackBuilder, PackEntry};
+use crate::repo::{pack_id_from_key, pack_key, Repository, DATA_PREFIX, INDEX_PREFIX};
+use crate::snapshot::put_verified;
+
+/// Repack a pack when less than this fraction of its bytes is used.
+const REPACK_BELOW: f64 = 0.5;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PrunePlan {
+    pub snapshots: usize,
+    pub used_blobs: usize,
+    pub packs_total: usize,
+    /// Packs with no used blob, or no index entry at all.
+    pub delete_packs: Vec<String>,
+    /// Packs whose used blobs move to new packs before they are deleted.
+    pub repack_packs: Vec<String>,
+    pub bytes_deleted: u64,
+    pub bytes_repacked: u64,
+    pub bytes_kept: u64,
+    #[serde(skip)]
+    old_index_keys: Vec<String>,
+    #[serde(skip)]
+    keep: Vec<IndexedPack>,
+    #[serde(skip)]
+    repack: Vec<IndexedPack>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    pub packs_deleted: usize,
+    pub packs_written: usize,
+    pub bytes_freed: u64,
+}
+
+impl Repository {
+    /// Every blob that some snapshot references (data and chunk lists).
+    fn used_blobs(&self, index: &MasterIndex) -> Result<(usize, HashSet<Id>)> {
+        let snaps = self.snapshots()?;
+        let mut used = HashSet::new();
+        let mut lists_seen = HashSet::new();
+        for s in &snaps {
+            for f in &s.manifest.files {
+                used.extend(f.chunks.blob_ids().copied());
+                // A base shared by many snapshots is read once.
+                let key: Vec<Id> = f.chunks.blob_ids().copied().collect();
+                if !lists_seen.insert(key) {
+                    continue;
+                }
+                for c in self.chunk_list(index, f)? {
+                    used.insert(c.id);
+                }
+            }
+        }
+        Ok((snaps.len(), used))
+    }
+
+    /// Plans a prune. Takes no lock; `prune` re-plans under the exclusive lock.
+    pub fn plan_prune(&self) -> Result<PrunePlan> {
+        let mut index = MasterIndex::default();
+        let mut old_index_keys = Vec::new();
+        let mut packs: HashMap<Id, IndexedPack> = HashMap::new();
+        let mut keys: Vec<String> = self
+            .store()
+            .list(INDEX_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        for key in keys {
+            let bytes = self.store().get(&key)?;
+            for p in decode_index(&bytes, &key)? {
+                index.insert_pack(&p);
+                packs.entry(p.id).or_insert(p);
+            }
+            old_index_keys.push(key);
+        }
+        let (snapshots, used) = self.used_blobs(&index)?;
+        let existing: HashMap<Id, u64> = self
+            .store()
+            .list(DATA_PREFIX)?
+            .into_iter()
+            .filter_map(|o| pack_id_from_key(&o.key).map(|id| (id, o.size)))
+            .collect();
+        let mut plan = PrunePlan {
+            snapshots,
+            used_blobs: used.len(),
+            packs_total: existing.len(),
+            old_index_keys,
+            ..Default::default()
+        };
+        for (id, size) in &existing {
+            let Some(p) = packs.get(id) else {
+                plan.delete_packs.push(pack_key(id));
+                plan.bytes_deleted += size;
+                continue;
+            };
+            // A blob counts as used in the pack the master index points to.
+            let live: Vec<PackEntry> = p
+                .entries
+                .iter()
+                .filter(|e| used.contains(&e.id) && index.get(&e.id).is_some_and(|l| l.pack == *id))
+                .copied()
+                .collect();
+            let live_bytes: u64 = live.iter().map(|e| e.stored_len as u64).sum();
+            let kept = IndexedPack {
+                id: *id,
+                size: p.size,
+                entries: live,
+            };
+            if kept.entries.is_empty() {
+                plan.delete_packs.push(pack_key(id));
+                plan.bytes_deleted += size;
+            } else if (live_bytes as f64) < REPACK_BELOW * (*size as f64) {
+                plan.repack_packs.push(pack_key(id));
+                plan.bytes_repacked += live_bytes;
+                plan.bytes_deleted += size - live_bytes;
+                plan.repack.push(kept);
+            } else {
+                plan.bytes_kept += size;
+                plan.keep.push(kept);
+            }
+        }
+        plan.delete_packs.sort();
+        plan.repack_packs.sort();
+        Ok(plan)
+    }
+
+    /// Prunes under the exclusive lock: plans again (so the plan matches the
+    /// repository as locked), then applies.
+    pub fn prune(&self, lock_wait: Duration, dry_run: bool) -> Result<(PrunePlan, PruneReport)> {
+        let _lock = self.lock(LockKind::Exclusive, "prune", lock_wait)?;
+        let plan = self.plan_prune()?;
+        if dry_run {
+            return Ok((plan, PruneReport::default()));
+        }
+        let store = self.store().as_ref();
+        let mut report = PruneReport::default();
+        let mut new_index = plan.keep.clone();
+
+        // 1. Repack.
+        let mut builder = PackBuilder::new();
+        let flush = |b: PackBuilder,
+                     out: &mut Vec<IndexedPack>,
+                     report: &mut PruneReport|
+         -> Result<()> {
+            let (bytes, id, entries) = b.finish();
+            put_verified(store, &pack_key(&id), &bytes)?;
+            tracing::info!(pack = %id.short(), bytes = bytes.len(), blobs = entries.len(), "repacked pack stored");
+            out.push(IndexedPack {
+                id,
+                size: bytes.len() as u64,
+                entries,
+            });
+            report.packs_written += 1;
+            Ok(())
+        };
+        for p in &plan.repack {
+            let key = pack_key(&p.id);
+            for e in &p.entries {
+                let stored = store.get_range(&key, e.offset as u64, e.stored_len as u64)?;
+                open_blob(&e.id, &stored, e.raw_len, &key)?;
+                builder.add(e.kind, e.id, &stored, e.raw_len);
+                if builder.size() as u64 >= self.config().pack_target_size {
+                    flush(std::mem::take(&mut builder), &mut new_index, &mut report)?;
+                }
+            }
+        }
+        if !builder.is_empty() {
+            flush(builder, &mut new_index, &mut report)?;
+        }
+
+        // 2. New indexes (one object per 64k blobs), 3. old ones removed.
+        let mut chunk: Vec<IndexedPack> = Vec::new();
+        let mut n = 0usize;
+        let mut written = HashSet::new();
+        let mut write = |chunk: &mut Vec<IndexedPack>| -> Result<()> {
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let bytes = encode_index(chunk)?;
+            let key = format!("{INDEX_PREFIX}{}", Id::of(&bytes));
+            put_verified(store, &key, &bytes)?;
+            written.insert(key);
+            chunk.clear();
+            Ok(())
+        };
+        for p in new_index {
+            n += p.entries.len();
+            chunk.push(p);
+            if n >= 65_536 {
+                write(&mut chunk)?;
+                n = 0;
+            }
+        }
+        write(&mut chunk)?;
+        for key in &plan.old_index_keys {
+            if !written.contains(key) {
+                store.delete(key)?;
+            }
+        }
+
+        // 4. Packs.
+        for key in plan.delete_packs.iter().chain(&plan.repack_packs) {
+            let size = store.stat(key)?.unwrap_or(0);
+            store.delete(key)?;
+            tracing::info!(pack = %key, bytes = size, "pack deleted");
+            report.packs_deleted += 1;
+            report.bytes_freed += size;
+        }
+        self.refresh_index_from_scratch()?;
+        Ok((plan, report))
+    }
+}
