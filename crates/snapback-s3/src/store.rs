@@ -571,7 +571,7 @@ impl Inner {
         let len = data.len() as u64;
         let complete_conditional = AtomicBool::new(self.conditional_writes.load(Ordering::Relaxed));
         let outcome = self
-            .retrying("CompleteMultipartUpload", key, Some(0), |attempt| {
+            .retrying("CompleteMultipartUpload", key, Some(len), |attempt| {
                 let completed = completed.clone();
                 let (composite, whole, cond) = (&composite, &whole, &complete_conditional);
                 async move {
