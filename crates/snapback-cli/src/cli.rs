@@ -63,6 +63,10 @@ pub enum Command {
     Restore(cmd_basic::RestoreArgs),
     /// Verify the repository (structure; with --read-data, every byte).
     Check(cmd_basic::CheckArgs),
+    /// Mount snapshots as a read-only file system (FUSE).
+    Mount(crate::cmd_mount::MountArgs),
+    /// Unmount a snapback mount.
+    Umount(crate::cmd_mount::UmountArgs),
     /// Remove snapshots by a retention policy (per source path).
     Forget(crate::cmd_ops::ForgetArgs),
     /// Delete data no snapshot references; repack mostly-unused packs.
@@ -89,6 +93,8 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Snapshots(a) => cmd_basic::snapshots(g, a),
         Command::Restore(a) => cmd_basic::restore(g, a),
         Command::Check(a) => cmd_basic::check(g, a),
+        Command::Mount(a) => crate::cmd_mount::mount(g, a),
+        Command::Umount(a) => crate::cmd_mount::umount(g, a),
         Command::Forget(a) => crate::cmd_ops::forget(g, &cfg, a),
         Command::Prune(a) => crate::cmd_ops::prune(g, a),
         Command::Unlock(a) => crate::cmd_ops::unlock(g, a),

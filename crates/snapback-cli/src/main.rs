@@ -3,6 +3,7 @@
 
 mod cli;
 mod cmd_basic;
+mod cmd_mount;
 mod cmd_ops;
 mod cmd_repair;
 mod config;

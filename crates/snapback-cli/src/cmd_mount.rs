@@ -1,0 +1,257 @@
+//! mount, umount.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use snapback_mount::{MountOptions, View};
+
+use crate::cli::{absolute, Global};
+use crate::exit;
+use crate::repo_url::{open_repo, parse, RepoUrl};
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// `[SNAP] MOUNTPOINT`: with SNAP (an id or unique prefix, 'latest', or
+    /// '@TIME'), that one snapshot at the root; without it, every snapshot
+    /// (MOUNTPOINT/snapshots, MOUNTPOINT/by-path, MOUNTPOINT/latest).
+    #[arg(value_name = "[SNAP] MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
+    /// With SNAP: choose among snapshots holding this file or directory.
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// In-memory chunk cache size (e.g. 256M, 1G).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub memory_cache_size: u64,
+    /// Keep fetched chunks in this directory too (re-verified when read).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Size limit of --cache-dir (e.g. 10G).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Seconds one read may take before it fails with EIO.
+    #[arg(long, default_value_t = 30.0)]
+    pub read_timeout: f64,
+    /// Seconds between looks for new snapshots (on directory access).
+    #[arg(long, default_value_t = 5.0)]
+    pub refresh_interval: f64,
+    /// Largest read-ahead window for sequential reads (0 disables it).
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub readahead: u64,
+    /// Threads fetching chunks from the repository.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub fetch_threads: u16,
+    /// Threads answering file system requests.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub request_threads: u16,
+    /// Let other users use the mount (non-root needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Run in the background once mounted (for systemd, use Type=notify
+    /// without --daemon instead; see docs/systemd/snapback-mount.service).
+    #[arg(long)]
+    pub daemon: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// Where a snapback file system is mounted.
+    pub mountpoint: PathBuf,
+    /// Detach now even if files are open (they are released when closed).
+    #[arg(long, short = 'z')]
+    pub lazy: bool,
+}
+
+/// "256M" → 268435456. Suffixes K, M, G, T (powers of 1024), optional "iB"/"B".
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size; write it like 4096, 512K, 256M or 2G"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && v > 0.0 && v < 1e7) {
+        bail!("--{name} must be a positive number of seconds, not {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+pub fn mount(g: &Global, a: MountArgs) -> anyhow::Result<u8> {
+    if a.daemon {
+        return daemonize(g);
+    }
+    let (snap, mountpoint) = match a.args.as_slice() {
+        [m] => (None, m.clone()),
+        [s, m] => (Some(s.clone()), m.clone()),
+        _ => bail!("give MOUNTPOINT, or SNAP MOUNTPOINT"),
+    };
+    let mountpoint = absolute(std::path::Path::new(&mountpoint));
+    let repo_dir = match g.repo.as_deref().map(parse).transpose()? {
+        Some(RepoUrl::Local(p)) => Some(absolute(&p)),
+        _ => None,
+    };
+    // Refuse a bad mount point before touching the repository.
+    snapback_mount::check_mountpoint(&mountpoint, repo_dir.as_deref())?;
+    let repo = open_repo(g)?;
+    let view = match snap {
+        None => View::All,
+        Some(sel) => {
+            let path = a
+                .path
+                .as_ref()
+                .map(|p| absolute(p).to_string_lossy().into_owned());
+            View::One(crate::cmd_basic::resolve(g, &repo, &sel, path.as_deref())?)
+        }
+    };
+    let mut opts = MountOptions::new(mountpoint.clone(), view);
+    opts.repo_dir = repo_dir;
+    opts.allow_other = a.allow_other;
+    opts.request_threads = a.request_threads.into();
+    opts.vfs.mem_cache_bytes = a.memory_cache_size;
+    opts.vfs.disk_cache = a.cache_dir.map(|d| (absolute(&d), a.cache_size));
+    opts.vfs.read_timeout = seconds("read-timeout", a.read_timeout)?;
+    opts.vfs.refresh_ttl = seconds("refresh-interval", a.refresh_interval)?;
+    opts.vfs.readahead_max = a.readahead;
+    opts.vfs.readahead_initial = opts.vfs.readahead_initial.min(a.readahead);
+    opts.vfs.fetch_threads = a.fetch_threads.into();
+    if !g.quiet && !g.json {
+        eprintln!(
+            "mounting at {} (Ctrl-C or `snapback umount {}` to unmount)",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+    snapback_mount::run(Arc::new(repo), opts)
+        .with_context(|| format!("the mount at {} failed", mountpoint.display()))?;
+    Ok(exit::OK)
+}
+
+/// Runs this same command without --daemon as a child in its own process
+/// group, and returns once the child reports READY=1 over a private
+/// notification socket (the same sd_notify protocol systemd uses).
+fn daemonize(g: &Global) -> anyhow::Result<u8> {
+    let exe = std::env::current_exe().context("cannot find the snapback executable")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
+    let dir = std::env::temp_dir();
+    let sock_path = dir.join(format!("snapback-mount-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)
+        .with_context(|| format!("cannot create {}", sock_path.display()))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(exe)
+            .args(&args)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .context("cannot start the background mount")?
+    };
+    let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+    if let Some(mut e) = child.stderr.take() {
+        let buf = stderr.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = e.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut b) = buf.lock() {
+                    if b.len() < 1 << 16 {
+                        b.extend_from_slice(&chunk[..n]);
+                    }
+                }
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut msg = [0u8; 4096];
+    let result = loop {
+        if let Ok(n) = sock.recv(&mut msg) {
+            if String::from_utf8_lossy(&msg[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                break Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            std::thread::sleep(Duration::from_millis(100));
+            let err = stderr
+                .lock()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            break Err(anyhow::anyhow!(
+                "the background mount exited ({status}) before it was ready:\n{}",
+                err.trim_end()
+            ));
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!(
+                "the background mount (pid {}) did not become ready within 120 s",
+                child.id()
+            ));
+        }
+    };
+    let _ = std::fs::remove_file(&sock_path);
+    result?;
+    if !g.quiet {
+        eprintln!(
+            "mounted in the background (pid {}); unmount with `snapback umount MOUNTPOINT`",
+            child.id()
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub fn umount(g: &Global, a: UmountArgs) -> anyhow::Result<u8> {
+    let mp = absolute(&a.mountpoint);
+    snapback_mount::unmount(&mp, a.lazy)?;
+    if !g.quiet && !g.json {
+        eprintln!("unmounted {}", mp.display());
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

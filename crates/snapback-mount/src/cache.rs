@@ -1,0 +1,281 @@
+//! Chunk caches: a bounded in-memory LRU and an optional on-disk cache.
+//!
+//! Chunks are named by their SHA-256, so a cache entry is either the right
+//! bytes or detectably wrong. The memory cache holds chunks that were
+//! verified when they were fetched. The disk cache is re-verified on every
+//! read: an entry that no longer hashes to its name is deleted and counts as
+//! a miss, so a damaged cache costs a refetch, never wrong bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use snapback_core::Id;
+
+/// A least-recently-used map from chunk id to a value with a size, bounded
+/// by the sum of the sizes.
+#[derive(Debug)]
+pub(crate) struct Lru<V> {
+    entries: HashMap<Id, (V, u64, u64)>,
+    order: BTreeMap<u64, Id>,
+    tick: u64,
+    bytes: u64,
+    max_bytes: u64,
+}
+
+impl<V: Clone> Lru<V> {
+    pub(crate) fn new(max_bytes: u64) -> Self {
+        Lru {
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            tick: 0,
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    pub(crate) fn get(&mut self, id: &Id) -> Option<V> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (v, _, t) = self.entries.get_mut(id)?;
+        self.order.remove(t);
+        *t = tick;
+        self.order.insert(tick, *id);
+        Some(v.clone())
+    }
+
+    pub(crate) fn contains(&self, id: &Id) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// Inserts and returns the entries evicted to make room. A value larger
+    /// than the whole budget is not kept.
+    pub(crate) fn insert(&mut self, id: Id, v: V, size: u64) -> Vec<(Id, V)> {
+        let mut evicted = Vec::new();
+        if size > self.max_bytes {
+            return evicted;
+        }
+        if let Some((old, _)) = self.remove(&id) {
+            drop(old);
+        }
+        while self.bytes + size > self.max_bytes {
+            let Some((_, victim)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((v, s, _)) = self.entries.remove(&victim) {
+                self.bytes -= s;
+                evicted.push((victim, v));
+            }
+        }
+        self.tick += 1;
+        self.order.insert(self.tick, id);
+        self.entries.insert(id, (v, size, self.tick));
+        self.bytes += size;
+        evicted
+    }
+
+    pub(crate) fn remove(&mut self, id: &Id) -> Option<(V, u64)> {
+        let (v, s, t) = self.entries.remove(id)?;
+        self.order.remove(&t);
+        self.bytes -= s;
+        Some((v, s))
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    #[cfg(test)]
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Chunks on local disk: `DIR/<xx>/<chunk id>`, bounded in bytes, least
+/// recently used evicted first.
+#[derive(Debug)]
+pub(crate) struct DiskCache {
+    dir: PathBuf,
+    index: Mutex<Lru<()>>,
+    tmp_counter: AtomicU64,
+    pub(crate) corrupt_entries: AtomicU64,
+}
+
+impl DiskCache {
+    /// Opens (creating) a cache directory and indexes what it already holds,
+    /// oldest first by modification time.
+    pub(crate) fn open(dir: &Path, max_bytes: u64) -> std::io::Result<DiskCache> {
+        fs::create_dir_all(dir)?;
+        let mut found: Vec<(std::time::SystemTime, Id, u64)> = Vec::new();
+        for sub in fs::read_dir(dir)? {
+            let sub = sub?;
+            if !sub.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(sub.path())? {
+                let f = f?;
+                let name = f.file_name();
+                let Some(id) = name.to_str().and_then(Id::from_hex) else {
+                    // Leftover temporary files of an interrupted write.
+                    let _ = fs::remove_file(f.path());
+                    continue;
+                };
+                let m = f.metadata()?;
+                found.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), id, m.len()));
+            }
+        }
+        found.sort_by_key(|e| e.0);
+        let cache = DiskCache {
+            dir: dir.to_path_buf(),
+            index: Mutex::new(Lru::new(max_bytes)),
+            tmp_counter: AtomicU64::new(0),
+            corrupt_entries: AtomicU64::new(0),
+        };
+        for (_, id, len) in found {
+            cache.track(id, len);
+        }
+        Ok(cache)
+    }
+
+    fn path(&self, id: &Id) -> PathBuf {
+        let h = id.to_hex();
+        self.dir.join(&h[..2]).join(h)
+    }
+
+    fn track(&self, id: Id, len: u64) {
+        let evicted = match self.index.lock() {
+            Ok(mut i) => i.insert(id, (), len),
+            Err(_) => return,
+        };
+        for (victim, ()) in evicted {
+            let _ = fs::remove_file(self.path(&victim));
+        }
+    }
+
+    /// The chunk, if cached and still intact.
+    pub(crate) fn get(&self, id: &Id) -> Option<Vec<u8>> {
+        let known = self.index.lock().ok()?.get(id).is_some();
+        if !known {
+            return None;
+        }
+        let p = self.path(id);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(_) => {
+                if let Ok(mut i) = self.index.lock() {
+                    i.remove(id);
+                }
+                return None;
+            }
+        };
+        if Id::of(&bytes) != *id {
+            tracing::warn!(chunk = %id.short(), path = %p.display(), "disk cache entry does not match its hash; deleting it and fetching again");
+            self.corrupt_entries.fetch_add(1, Ordering::Relaxed);
+            let _ = fs::remove_file(&p);
+            if let Ok(mut i) = self.index.lock() {
+                i.remove(id);
+            }
+            return None;
+        }
+        Some(bytes)
+    }
+
+    /// Stores a verified chunk: temp file, then rename, so a crash leaves
+    /// either nothing or the whole entry.
+    pub(crate) fn put(&self, id: &Id, bytes: &[u8]) {
+        if self.index.lock().map(|i| i.contains(id)).unwrap_or(true) {
+            return;
+        }
+        let p = self.path(id);
+        let Some(parent) = p.parent() else { return };
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = parent.join(format!(".tmp-{}-{n}", std::process::id()));
+        let res = fs::create_dir_all(parent)
+            .and_then(|_| fs::File::create(&tmp))
+            .and_then(|mut f| f.write_all(bytes))
+            .and_then(|_| fs::rename(&tmp, &p));
+        match res {
+            Ok(()) => self.track(*id, bytes.len() as u64),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                tracing::warn!(chunk = %id.short(), error = %e, "cannot write to the disk cache");
+            }
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.index.lock().map(|i| i.bytes()).unwrap_or(0)
+    }
+}
+
+/// The in-memory chunk cache shared by all files of a mount.
+pub(crate) type MemCache = Mutex<Lru<Arc<Vec<u8>>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> Id {
+        Id([n; 32])
+    }
+
+    #[test]
+    fn lru_evicts_least_recently_used_within_budget() {
+        let mut l: Lru<u8> = Lru::new(10);
+        assert!(l.insert(id(1), 1, 4).is_empty());
+        assert!(l.insert(id(2), 2, 4).is_empty());
+        assert_eq!(l.get(&id(1)), Some(1), "touch 1 so 2 is the oldest");
+        let ev = l.insert(id(3), 3, 4);
+        assert_eq!(ev, vec![(id(2), 2)]);
+        assert_eq!(l.bytes(), 8);
+        assert_eq!(l.get(&id(2)), None);
+        assert!(l.insert(id(4), 4, 11).is_empty(), "too large is not kept");
+        assert_eq!(l.get(&id(4)), None);
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn disk_cache_reverifies_entries_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = b"chunk data".to_vec();
+        let cid = Id::of(&data);
+        {
+            let c = DiskCache::open(dir.path(), 1 << 20).expect("open");
+            assert_eq!(c.get(&cid), None);
+            c.put(&cid, &data);
+            assert_eq!(c.get(&cid), Some(data.clone()));
+        }
+        let c = DiskCache::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(c.get(&cid), Some(data.clone()), "indexed on reopen");
+        // Damage the entry: it must be detected, removed and reported as a miss.
+        let h = cid.to_hex();
+        let p = dir.path().join(&h[..2]).join(&h);
+        fs::write(&p, b"chunk dat!").expect("damage");
+        assert_eq!(c.get(&cid), None);
+        assert!(!p.exists(), "a damaged entry is deleted");
+        assert_eq!(c.corrupt_entries.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn disk_cache_stays_within_its_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = DiskCache::open(dir.path(), 25).expect("open");
+        let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
+        for ch in &chunks {
+            c.put(&Id::of(ch), ch);
+        }
+        assert!(c.bytes() <= 25, "{}", c.bytes());
+        assert_eq!(c.get(&Id::of(&chunks[0])), None, "oldest evicted");
+        assert_eq!(c.get(&Id::of(&chunks[4])), Some(chunks[4].clone()));
+    }
+}

@@ -1,0 +1,389 @@
+//! Running a mount: checks, the FUSE session, signals, the systemd
+//! watchdog, and unmounting.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use snapback_core::Repository;
+
+use crate::error::MountError;
+use crate::fuse::SnapbackFs;
+use crate::notify::{notify, watchdog_interval};
+use crate::vfs::{Vfs, VfsOptions, View, STATUS_NAME};
+
+/// Everything a mount needs besides the repository.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub mountpoint: PathBuf,
+    pub view: View,
+    pub vfs: VfsOptions,
+    /// Threads answering FUSE requests.
+    pub request_threads: usize,
+    /// Let other users see the mount (needs `user_allow_other` in
+    /// /etc/fuse.conf unless root).
+    pub allow_other: bool,
+    /// The repository's directory, for a local repository: a mount point
+    /// inside it (or around it) is refused.
+    pub repo_dir: Option<PathBuf>,
+    /// How long the health check's read through the mount may take.
+    pub health_timeout: Duration,
+    /// After an unmount on a signal, how long to wait for open files to be
+    /// closed before the FUSE connection is aborted.
+    pub unmount_grace: Duration,
+}
+
+impl MountOptions {
+    pub fn new(mountpoint: PathBuf, view: View) -> MountOptions {
+        // The owner shown for every entry: whoever runs the mount (the owner
+        // of /proc/self is this process's effective user).
+        let (uid, gid) = std::fs::metadata("/proc/self")
+            .map(|m| (m.uid(), m.gid()))
+            .unwrap_or((0, 0));
+        MountOptions {
+            mountpoint,
+            view,
+            vfs: VfsOptions {
+                uid,
+                gid,
+                ..VfsOptions::default()
+            },
+            request_threads: 16,
+            allow_other: false,
+            repo_dir: None,
+            health_timeout: Duration::from_secs(10),
+            unmount_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Checks a mount point: an existing directory, not already a mount point,
+/// not inside the repository and not containing it. Returns its canonical
+/// path.
+pub fn check_mountpoint(mountpoint: &Path, repo_dir: Option<&Path>) -> Result<PathBuf, MountError> {
+    let bad = |reason: String| MountError::BadMountpoint {
+        mountpoint: mountpoint.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(mountpoint)
+        .map_err(|e| MountError::io(mountpoint, "cannot use as a mount point", e))?;
+    if !meta.is_dir() {
+        return Err(bad("it is not a directory".into()));
+    }
+    let mp = std::fs::canonicalize(mountpoint)
+        .map_err(|e| MountError::io(mountpoint, "cannot resolve the mount point", e))?;
+    if let Some(repo) = repo_dir {
+        let repo = std::fs::canonicalize(repo)
+            .map_err(|e| MountError::io(repo, "cannot resolve the repository path", e))?;
+        if mp.starts_with(&repo) {
+            return Err(bad(format!(
+                "it is inside the repository {}; the mount would read from itself. Choose a directory outside the repository.",
+                repo.display()
+            )));
+        }
+        if repo.starts_with(&mp) {
+            return Err(bad(format!(
+                "the repository {} is inside it; the mount would hide the repository from snapback itself. Choose another directory.",
+                repo.display()
+            )));
+        }
+    }
+    if is_mount_point(&mp) {
+        return Err(bad(
+            "something is already mounted there; unmount it first (`snapback umount`)".into(),
+        ));
+    }
+    Ok(mp)
+}
+
+/// Whether `/proc/self/mountinfo` lists `path` as a mount point.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if let Some(v) = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts a snapback mount with `fusermount3 -u` (`-z`: lazily, even with
+/// files still open), falling back to `umount`.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), MountError> {
+    let mut errors = Vec::new();
+    let mut fm = Command::new("fusermount3");
+    fm.arg("-u");
+    if lazy {
+        fm.arg("-z");
+    }
+    fm.arg("--").arg(mountpoint);
+    match fm.output() {
+        Ok(o) if o.status.success() => return Ok(()),
+        Ok(o) => errors.push(format!(
+            "fusermount3: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => errors.push(format!("fusermount3: {e}")),
+    }
+    let mut um = Command::new("umount");
+    if lazy {
+        um.arg("-l");
+    }
+    um.arg("--").arg(mountpoint);
+    match um.output() {
+        Ok(o) if o.status.success() => return Ok(()),
+        Ok(o) => errors.push(format!(
+            "umount: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => errors.push(format!("umount: {e}")),
+    }
+    Err(MountError::Unmount {
+        mountpoint: mountpoint.to_path_buf(),
+        message: format!(
+            "{}{}",
+            errors.join("; "),
+            if lazy {
+                ""
+            } else {
+                " (if files are still open there, close them or use --lazy)"
+            }
+        ),
+    })
+}
+
+/// Reads `path` on another thread, waiting at most `timeout`. A read stuck
+/// in the kernel leaves its thread behind; `busy` keeps it to one such.
+fn probe_read(path: &Path, timeout: Duration, busy: &Arc<AtomicBool>) -> Result<(), String> {
+    if busy.swap(true, Ordering::AcqRel) {
+        return Err("the previous health read has not returned".into());
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let p = path.to_path_buf();
+    let b = busy.clone();
+    let spawned = std::thread::Builder::new()
+        .name("snapback-health-read".into())
+        .spawn(move || {
+            let r = std::fs::read(&p);
+            b.store(false, Ordering::Release);
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        busy.store(false, Ordering::Release);
+        return Err(format!("cannot start the health read: {e}"));
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(b)) if !b.is_empty() => Ok(()),
+        Ok(Ok(_)) => Err(format!("{} read back empty", path.display())),
+        Ok(Err(e)) => Err(format!("{}: {e}", path.display())),
+        Err(_) => Err(format!(
+            "reading {} took longer than {:?}",
+            path.display(),
+            timeout
+        )),
+    }
+}
+
+/// The FUSE connection number of a mount (the minor of its device), for
+/// /sys/fs/fuse/connections/<n>/abort.
+fn fuse_connection(mountpoint: &Path, timeout: Duration) -> Option<u64> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let p = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .spawn(move || {
+            let _ = tx.send(std::fs::metadata(&p).map(|m| m.dev()));
+        })
+        .ok()?;
+    let dev = rx.recv_timeout(timeout).ok()?.ok()?;
+    Some(((dev >> 12) & 0xffff_ff00) | (dev & 0xff))
+}
+
+/// Mounts and serves until SIGINT or SIGTERM (which unmount) or until the
+/// file system is unmounted from outside (`snapback umount`).
+pub fn run(repo: Arc<Repository>, opts: MountOptions) -> Result<(), MountError> {
+    let mountpoint = check_mountpoint(&opts.mountpoint, opts.repo_dir.as_deref())?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| MountError::io(&mountpoint, "cannot install signal handlers", e))?;
+    let vfs = Vfs::new(repo, opts.view.clone(), opts.vfs.clone()).map_err(|e| {
+        MountError::io(
+            &mountpoint,
+            "cannot read the repository",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let vfs = Arc::new(vfs);
+    let fs = SnapbackFs::new(vfs.clone(), opts.request_threads);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName("snapback".into()),
+        fuser::MountOption::Subtype("snapback".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    let session = fuser::spawn_mount(fs, &mountpoint, &config).map_err(|e| MountError::Mount {
+        mountpoint: mountpoint.clone(),
+        source: e,
+    })?;
+    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    let conn = fuse_connection(&mountpoint, opts.health_timeout);
+    notify(&format!(
+        "READY=1\nSTATUS=serving {} at {}",
+        vfs.status_summary(),
+        mountpoint.display()
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Some(interval) = watchdog_interval() {
+        let stop = stop.clone();
+        let probe = mountpoint.join(STATUS_NAME);
+        let timeout = opts.health_timeout.min(interval / 2);
+        std::thread::Builder::new()
+            .name("snapback-health".into())
+            .spawn(move || health_loop(&probe, interval / 3, timeout, &stop))
+            .map_err(|e| MountError::io(&mountpoint, "cannot start the health thread", e))?;
+    }
+
+    let mut signalled = None;
+    while !session.guard.is_finished() {
+        if let Some(sig) = signals.pending().next() {
+            signalled = Some(sig);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Release);
+    let Some(sig) = signalled else {
+        tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside; exiting");
+        return match session.join() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(MountError::io(
+                &mountpoint,
+                "the FUSE session ended with an error",
+                e,
+            )),
+        };
+    };
+    notify("STOPPING=1");
+    tracing::info!(signal = sig, mountpoint = %mountpoint.display(), "unmounting");
+    if let Err(e) = unmount(&mountpoint, false) {
+        tracing::info!(error = %e, "busy; unmounting lazily");
+        unmount(&mountpoint, true)?;
+    }
+    let until = Instant::now() + opts.unmount_grace;
+    while !session.guard.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !session.guard.is_finished() {
+        // Files were still open on the detached mount. Abort the connection
+        // so their readers get an error instead of keeping us alive.
+        if let Some(n) = conn {
+            let p = format!("/sys/fs/fuse/connections/{n}/abort");
+            match std::fs::write(&p, b"1") {
+                Ok(()) => tracing::info!(connection = n, "aborted the FUSE connection"),
+                Err(e) => tracing::warn!(error = %e, path = %p, "cannot abort the FUSE connection"),
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while !session.guard.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    if session.guard.is_finished() {
+        if let Err(e) = session.join() {
+            tracing::debug!(error = %e, "the FUSE session ended with an error");
+        }
+    }
+    // Otherwise the process exit closes /dev/fuse, which ends the session.
+    Ok(())
+}
+
+fn health_loop(probe: &Path, every: Duration, timeout: Duration, stop: &AtomicBool) {
+    let busy = Arc::new(AtomicBool::new(false));
+    let mut healthy = true;
+    while !stop.load(Ordering::Acquire) {
+        match probe_read(probe, timeout, &busy) {
+            Ok(()) => {
+                if !healthy {
+                    tracing::info!("health read through the mount succeeds again");
+                }
+                healthy = true;
+                notify("WATCHDOG=1");
+            }
+            Err(e) => {
+                healthy = false;
+                tracing::warn!(error = %e, "health read through the mount failed; not sending WATCHDOG=1");
+            }
+        }
+        let until = Instant::now() + every;
+        while Instant::now() < until && !stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(100).min(every));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo("/mnt/with\\040space"), "/mnt/with space");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/trailing\\"), "/trailing\\");
+    }
+
+    #[test]
+    fn mount_point_inside_or_around_the_repository_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let inside = repo.join("data");
+        std::fs::create_dir_all(&inside).expect("mkdir");
+        let e = check_mountpoint(&inside, Some(&repo)).expect_err("inside");
+        assert!(e.to_string().contains("inside the repository"), "{e}");
+        let e = check_mountpoint(dir.path(), Some(&repo)).expect_err("around");
+        assert!(e.to_string().contains("is inside it"), "{e}");
+        let e = check_mountpoint(&repo, Some(&repo)).expect_err("same");
+        assert!(e.to_string().contains("inside the repository"), "{e}");
+        let other = dir.path().join("mnt");
+        std::fs::create_dir(&other).expect("mkdir");
+        assert!(check_mountpoint(&other, Some(&repo)).is_ok());
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(check_mountpoint(&file, None).is_err(), "not a directory");
+        assert!(is_mount_point(Path::new("/")));
+        assert!(!is_mount_point(&other));
+    }
+}

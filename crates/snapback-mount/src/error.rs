@@ -1,0 +1,108 @@
+//! Errors of the mount.
+//!
+//! Each error says what went wrong and with which object. The FUSE adapter
+//! turns them into errnos in exactly one place (`fuse::errno`); anything that
+//! could mean wrong bytes (a failed verification, a backend error, a timeout)
+//! becomes EIO there, never partial or unverified data.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VfsError {
+    #[error("no such entry")]
+    NotFound,
+
+    #[error("not a directory")]
+    NotDir,
+
+    #[error("is a directory")]
+    IsDir,
+
+    #[error("not a symbolic link")]
+    NotSymlink,
+
+    #[error("the snapback mount is read-only")]
+    ReadOnly,
+
+    #[error("inode {0} no longer exists (its snapshot was removed)")]
+    Stale(u64),
+
+    #[error("unknown file handle {0}")]
+    BadHandle(u64),
+
+    #[error("reading {what} timed out after {secs:.1}s")]
+    TimedOut { what: String, secs: f64 },
+
+    #[error("reading {what} failed: {source}")]
+    Repo {
+        what: String,
+        #[source]
+        source: std::sync::Arc<snapback_core::Error>,
+    },
+
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl VfsError {
+    pub(crate) fn repo(what: impl Into<String>, e: snapback_core::Error) -> VfsError {
+        VfsError::Repo {
+            what: what.into(),
+            source: std::sync::Arc::new(e),
+        }
+    }
+
+    /// True for errors that mean "the data could not be served": the caller
+    /// sees EIO.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            VfsError::TimedOut { .. } | VfsError::Repo { .. } | VfsError::Internal(_)
+        )
+    }
+}
+
+/// Errors of setting up and running a mount.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{path}: {message}: {source}")]
+    Io {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("refusing to mount at {mountpoint}: {reason}")]
+    BadMountpoint { mountpoint: PathBuf, reason: String },
+
+    #[error(transparent)]
+    Repo(#[from] snapback_core::Error),
+
+    #[error("cannot mount at {mountpoint}: {source}. Check that fuse3 is installed (fusermount3), that /dev/fuse exists, and that the mount point is an empty directory that is not already mounted.")]
+    Mount {
+        mountpoint: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot unmount {mountpoint}: {message}")]
+    Unmount {
+        mountpoint: PathBuf,
+        message: String,
+    },
+}
+
+impl MountError {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        message: impl Into<String>,
+        source: std::io::Error,
+    ) -> MountError {
+        MountError::Io {
+            path: path.into(),
+            message: message.into(),
+            source,
+        }
+    }
+}

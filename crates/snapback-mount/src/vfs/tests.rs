@@ -1,0 +1,443 @@
+//! The virtual filesystem without a mount: a real repository on disk, real
+//! SQLite databases, snapshots through the core API.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use snapback_core::storage::{LocalStore, ObjectInfo, PutOutcome, Store, StoreError};
+use snapback_core::{InitOptions, NoProgress, SnapshotOptions};
+
+use super::*;
+use crate::fuse::errno;
+
+/// A store that can be made slow, to test deadlines.
+#[derive(Debug)]
+struct SlowStore {
+    inner: LocalStore,
+    slow: Arc<AtomicBool>,
+}
+
+impl Store for SlowStore {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.inner.put_if_absent(key, data)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        if self.slow.load(Ordering::Relaxed) && key.starts_with("data/") {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        self.inner.get_range(key, offset, len)
+    }
+    fn stat(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.stat(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    repo: Arc<Repository>,
+    slow: Arc<AtomicBool>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("repo");
+        let store = LocalStore::create(&root).expect("store");
+        Repository::init(Arc::new(store), &InitOptions::default()).expect("init");
+        let slow = Arc::new(AtomicBool::new(false));
+        let store = SlowStore {
+            inner: LocalStore::open(&root).expect("open"),
+            slow: slow.clone(),
+        };
+        let repo = Arc::new(Repository::open(Arc::new(store)).expect("open repo"));
+        Fixture { dir, repo, slow }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A WAL-mode database with `rows` rows of ~200 bytes.
+    fn make_db(&self, name: &str, rows: i64) -> PathBuf {
+        let p = self.path(name);
+        let c = rusqlite::Connection::open(&p).expect("open db");
+        c.pragma_update(None, "journal_mode", "wal").expect("wal");
+        c.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);")
+            .expect("schema");
+        c.execute(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1) \
+             INSERT INTO t(v) SELECT hex(randomblob(100)) FROM c",
+            [rows],
+        )
+        .expect("rows");
+        p
+    }
+
+    fn snapshot(&self, paths: &[&Path]) -> Snapshot {
+        let paths: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
+        let r = self
+            .repo
+            .snapshot(&paths, &SnapshotOptions::default(), &NoProgress)
+            .expect("snapshot");
+        // The repository's cached index does not learn of the packs that
+        // its own snapshot wrote.
+        self.repo.refresh_index().expect("refresh index");
+        self.repo
+            .resolve(&snapback_core::Selector::Id(r.id.to_hex()), |_| true)
+            .expect("resolve")
+    }
+
+    fn vfs(&self, view: View, tweak: impl FnOnce(&mut VfsOptions)) -> Vfs {
+        let mut o = VfsOptions {
+            read_timeout: Duration::from_secs(10),
+            ..VfsOptions::default()
+        };
+        tweak(&mut o);
+        Vfs::new(self.repo.clone(), view, o).expect("vfs")
+    }
+
+    fn restored(&self, snap: &Snapshot, file: &str) -> Vec<u8> {
+        let f = snap.file(file).expect("file in snapshot");
+        let r = self.repo.file_reader(f).expect("reader");
+        let mut out = Vec::new();
+        for c in &r.chunks {
+            out.extend(self.repo.read_blob(&r.index, &c.id).expect("blob"));
+        }
+        out
+    }
+}
+
+fn read_all(vfs: &Vfs, path: &str) -> Result<Vec<u8>, VfsError> {
+    let e = vfs.resolve(path)?;
+    let o = vfs.open(e.attr.ino, false)?;
+    let mut out = Vec::new();
+    loop {
+        let d = vfs.read(o.fh, out.len() as u64, 64 << 10)?;
+        if d.is_empty() {
+            break;
+        }
+        out.extend(d);
+    }
+    vfs.release(o.fh);
+    Ok(out)
+}
+
+fn names(vfs: &Vfs, path: &str) -> Vec<String> {
+    let e = vfs.resolve(path).expect("resolve");
+    vfs.list(e.attr.ino)
+        .expect("list")
+        .into_iter()
+        .map(|d| d.name)
+        .filter(|n| n != "." && n != "..")
+        .collect()
+}
+
+fn rel(p: &Path) -> String {
+    p.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+#[test]
+fn layout_shows_every_snapshot_by_time_and_by_path() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 100);
+    let s1 = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::All, |_| {});
+    let mut root = names(&vfs, "");
+    root.sort();
+    assert_eq!(root, vec![STATUS_NAME, "by-path", "latest", "snapshots"]);
+    let dir = snapshot_dir_name(&s1);
+    assert_eq!(names(&vfs, "snapshots"), vec![dir.clone()]);
+    assert!(dir.ends_with(&format!("_{}", s1.id.short())), "{dir}");
+    assert!(!dir.contains('.'), "seconds precision: {dir}");
+    let latest = vfs.resolve("latest").expect("latest");
+    assert_eq!(latest.attr.kind, Kind::Symlink);
+    assert_eq!(
+        vfs.readlink(latest.attr.ino).expect("readlink"),
+        format!("snapshots/{dir}")
+    );
+    let f = vfs
+        .resolve(&format!("snapshots/{dir}/{}", rel(&db)))
+        .expect("file under its snapshot");
+    let entry = s1.file(&db.to_string_lossy()).expect("entry");
+    assert_eq!(f.attr.size, entry.size);
+    assert_eq!(f.attr.perm as u32, entry.mode & 0o7777);
+    assert_eq!(f.ttl, vfs.options().immutable_ttl);
+    let times = names(&vfs, &format!("by-path/{}", rel(&db)));
+    assert_eq!(times, vec![format_rfc3339_secs(s1.time)]);
+    let manifest = read_all(&vfs, &format!("snapshots/{dir}/{MANIFEST_NAME}")).expect("manifest");
+    let v: serde_json::Value = serde_json::from_slice(&manifest).expect("json");
+    assert_eq!(v["id"], s1.id.to_hex());
+    assert_eq!(
+        v["manifest"]["files"][0]["path"],
+        db.to_string_lossy().as_ref()
+    );
+    assert_eq!(
+        v["mount_notes"]["served_as_rollback_journal"][0],
+        db.to_string_lossy().as_ref()
+    );
+}
+
+#[test]
+fn wal_database_is_served_as_rollback_and_otherwise_byte_identical() {
+    let fx = Fixture::new();
+    let db = fx.make_db("wal.db", 2000);
+    let s = fx.snapshot(&[&db]);
+    let stored = fx.restored(&s, &db.to_string_lossy());
+    assert_eq!(
+        (stored[18], stored[19]),
+        (2, 2),
+        "the source is in WAL mode"
+    );
+    let vfs = fx.vfs(View::One(s.clone()), |_| {});
+    let served = read_all(&vfs, &rel(&db)).expect("read");
+    assert_eq!(served.len(), stored.len());
+    assert_eq!((served[18], served[19]), (1, 1));
+    let diff: Vec<usize> = (0..served.len())
+        .filter(|&i| served[i] != stored[i])
+        .collect();
+    assert_eq!(diff, vec![18, 19], "only the journal-mode bytes differ");
+    // A read that starts at byte 19 is patched too.
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    assert_eq!(vfs.read(o.fh, 19, 2).expect("read"), vec![1, stored[20]]);
+}
+
+#[test]
+fn new_snapshots_appear_after_the_ttl_and_inodes_stay_stable() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 10);
+    let s1 = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::All, |o| o.refresh_ttl = Duration::from_millis(200));
+    let path1 = format!("snapshots/{}/{}", snapshot_dir_name(&s1), rel(&db));
+    let ino1 = vfs.resolve(&path1).expect("first").attr.ino;
+    fx.make_db("app.db", 10);
+    let s2 = fx.snapshot(&[&db]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(names(&vfs, "snapshots").len(), 2, "the new snapshot shows");
+    assert_eq!(vfs.resolve(&path1).expect("first again").attr.ino, ino1);
+    let latest = vfs.resolve("latest").expect("latest");
+    assert_eq!(
+        vfs.readlink(latest.attr.ino).expect("readlink"),
+        format!("snapshots/{}", snapshot_dir_name(&s2))
+    );
+    assert_eq!(names(&vfs, &format!("by-path/{}", rel(&db))).len(), 2);
+}
+
+#[test]
+fn writes_are_refused_with_erofs() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 10);
+    let s = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::One(s), |_| {});
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let err = vfs.open(e.attr.ino, true).expect_err("write open");
+    assert_eq!(errno(&err), fuser::Errno::EROFS);
+    assert_eq!(
+        errno(&vfs.open(ROOT_INO, false).expect_err("dir")),
+        fuser::Errno::EISDIR
+    );
+    assert_eq!(
+        errno(&vfs.lookup(ROOT_INO, "nope").expect_err("missing")),
+        fuser::Errno::ENOENT
+    );
+}
+
+/// Flips one byte in the middle of every pack.
+fn corrupt_packs(repo_root: &Path) -> usize {
+    let mut n = 0;
+    for sub in std::fs::read_dir(repo_root.join("data")).expect("data dir") {
+        for f in std::fs::read_dir(sub.expect("entry").path()).expect("pack dir") {
+            let p = f.expect("entry").path();
+            let mut b = std::fs::read(&p).expect("read pack");
+            let mid = b.len() / 2;
+            b[mid] ^= 0x55;
+            std::fs::write(&p, b).expect("write pack");
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn corrupted_pack_gives_eio_never_wrong_bytes() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 3000);
+    let s = fx.snapshot(&[&db]);
+    let stored = fx.restored(&s, &db.to_string_lossy());
+    let vfs = fx.vfs(View::One(s), |o| o.readahead_max = 0);
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open before damage");
+    assert!(corrupt_packs(&fx.path("repo")) > 0);
+    let mut eio = 0;
+    let mut offset = 0u64;
+    while offset < stored.len() as u64 {
+        match vfs.read(o.fh, offset, 4096) {
+            Ok(d) => {
+                let want = &stored[offset as usize..offset as usize + d.len()];
+                if offset == 0 {
+                    assert_eq!(&d[20..], &want[20..]);
+                } else {
+                    assert_eq!(d, want, "bytes served at {offset} must be the stored ones");
+                }
+            }
+            Err(e) => {
+                assert_eq!(errno(&e), fuser::Errno::EIO, "{e}");
+                eio += 1;
+            }
+        }
+        offset += 4096;
+    }
+    assert!(eio > 0, "the damaged chunk must fail");
+    assert_eq!(vfs.stats.read_errors.load(Ordering::Relaxed), eio);
+}
+
+#[test]
+fn slow_backend_times_out_with_eio_and_stalls_no_cached_reader() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 3000);
+    let s = fx.snapshot(&[&db]);
+    let vfs = Arc::new(fx.vfs(View::One(s), |o| {
+        o.read_timeout = Duration::from_millis(300);
+        o.readahead_max = 0;
+    }));
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    let head = vfs.read(o.fh, 0, 4096).expect("cached first page");
+    fx.slow.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let v2 = vfs.clone();
+    let slow_reader = std::thread::spawn(move || v2.read(o.fh, 65536, 4096));
+    // Meanwhile a cached read answers at once.
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    assert_eq!(vfs.read(o.fh, 0, 4096).expect("cached"), head);
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    let r = slow_reader.join().expect("join");
+    let err = r.expect_err("slow fetch must time out");
+    assert!(matches!(err, VfsError::TimedOut { .. }), "{err}");
+    assert_eq!(errno(&err), fuser::Errno::EIO);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(vfs.fetch_stats().timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn disk_cache_serves_verified_chunks_when_the_repository_cannot() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 2000);
+    let s = fx.snapshot(&[&db]);
+    let cache = fx.path("cache");
+    let first = {
+        let vfs = fx.vfs(View::One(s.clone()), |o| {
+            o.disk_cache = Some((cache.clone(), 64 << 20));
+        });
+        read_all(&vfs, &rel(&db)).expect("read through")
+    };
+    // Open the chunk list now (it is read from the packs), then damage the
+    // packs: every data chunk must come from the verified disk cache.
+    let vfs = fx.vfs(View::One(s), |o| {
+        o.disk_cache = Some((cache.clone(), 64 << 20));
+        o.readahead_max = 0;
+    });
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    corrupt_packs(&fx.path("repo"));
+    let mut again = Vec::new();
+    loop {
+        let d = vfs
+            .read(o.fh, again.len() as u64, 65536)
+            .expect("from disk cache");
+        if d.is_empty() {
+            break;
+        }
+        again.extend(d);
+    }
+    assert_eq!(again, first);
+    assert!(vfs.fetch_stats().disk_hits.load(Ordering::Relaxed) > 0);
+    assert_eq!(vfs.fetch_stats().fetches.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn sequential_reads_prefetch_and_a_seek_resets_the_window() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 5000);
+    let s = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::One(s), |o| {
+        o.readahead_initial = 16 << 10;
+        o.readahead_max = 256 << 10;
+    });
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    // Random reads: no read-ahead.
+    for off in [40960u64, 8192, 81920, 4096] {
+        vfs.read(o.fh, off, 4096).expect("read");
+    }
+    assert_eq!(vfs.fetch_stats().prefetches.load(Ordering::Relaxed), 0);
+    // Sequential reads: read-ahead starts.
+    let mut off = 200 << 10;
+    for _ in 0..4 {
+        vfs.read(o.fh, off, 4096).expect("read");
+        off += 4096;
+    }
+    let p = vfs.fetch_stats().prefetches.load(Ordering::Relaxed);
+    assert!(p > 0, "sequential reads prefetch");
+    // Let the prefetches land, then the next sequential reads hit memory.
+    std::thread::sleep(Duration::from_millis(300));
+    let hits = vfs.fetch_stats().mem_hits.load(Ordering::Relaxed);
+    vfs.read(o.fh, off, 4096).expect("read");
+    assert!(vfs.fetch_stats().mem_hits.load(Ordering::Relaxed) > hits);
+}
+
+#[test]
+fn cold_reads_fetch_only_the_chunks_they_need() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 5000);
+    let s = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::One(s), |o| o.readahead_max = 0);
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    vfs.clear_mem_cache();
+    let before = vfs.fetch_stats().fetches.load(Ordering::Relaxed);
+    vfs.read(o.fh, 8192, 8192).expect("two pages");
+    assert_eq!(
+        vfs.fetch_stats().fetches.load(Ordering::Relaxed) - before,
+        2,
+        "two 4 KiB chunks for two pages"
+    );
+}
+
+#[test]
+fn status_file_reports_counters() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 10);
+    let s = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::One(s), |_| {});
+    read_all(&vfs, &rel(&db)).expect("read");
+    let st = read_all(&vfs, STATUS_NAME).expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&st).expect("json");
+    assert!(v["reads"].as_u64().expect("reads") >= 1);
+    assert_eq!(v["read_errors"], 0);
+    let e = vfs.resolve(STATUS_NAME).expect("status attr");
+    assert_eq!(e.ttl, Duration::ZERO);
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    assert!(o.direct_io && !o.keep_cache);
+}

@@ -1,0 +1,639 @@
+//! Real mounts: the `snapback` binary mounts a real repository through
+//! /dev/fuse, and SQLite (rusqlite, the sqlite3 shell, Python) reads the
+//! databases in it.
+//!
+//! Needs: fuse3 (fusermount3) and /dev/fuse, the sqlite3 shell, and the
+//! binary built first (`cargo build -p snapback-cli`); it is looked up in
+//! `$CARGO_TARGET_DIR/debug` or `<workspace>/target/debug`. Every mount is
+//! undone by a guard (`fusermount3 -u -z`), and every wait is bounded.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+const EIO: i32 = 5;
+const EROFS: i32 = 30;
+
+fn snapback_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let bin = target.join("debug/snapback");
+    assert!(
+        bin.exists(),
+        "the snapback binary is missing at {}: build it first with `cargo build -p snapback-cli`",
+        bin.display()
+    );
+    bin
+}
+
+fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests mount for real"
+    );
+    let ok = Command::new("fusermount3")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "fusermount3 is missing: apt-get install -y fuse3");
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        require_fuse();
+        let bin = snapback_bin();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = Env { dir, bin };
+        env.ok(&["init"]);
+        env
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--repo").arg(self.repo()).arg("-q");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run snapback")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "snapback {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// Takes a snapshot and returns its id.
+    fn snapshot(&self, p: &Path) -> String {
+        self.ok(&["snapshot", &p.to_string_lossy()])
+    }
+
+    fn restore(&self, snap: &str, file: &Path, dest: &Path) {
+        self.ok(&[
+            "restore",
+            snap,
+            &dest.to_string_lossy(),
+            "--path",
+            &file.to_string_lossy(),
+        ]);
+    }
+
+    fn mount(&self, args: &[&str]) -> Mount {
+        let mp = self.path(&format!("mnt{}", MOUNTS.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&mp).expect("mkdir mountpoint");
+        let mut c = self.cmd();
+        c.arg("mount").args(args).arg(&mp);
+        Mount::start(c, mp)
+    }
+}
+
+static MOUNTS: AtomicU64 = AtomicU64::new(0);
+
+/// A running `snapback mount`; dropping it unmounts (lazily) and reaps it.
+struct Mount {
+    child: Child,
+    mp: PathBuf,
+}
+
+impl Mount {
+    fn start(mut c: Command, mp: PathBuf) -> Mount {
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn snapback mount");
+        let mut m = Mount { child, mp };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !snapback_mount::is_mount_point(&m.mp) {
+            if let Ok(Some(status)) = m.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = m.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("snapback mount exited ({status}) before mounting: {err}");
+            }
+            assert!(Instant::now() < deadline, "not mounted within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.mp.join(rel.trim_start_matches('/'))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the mount process to exit; None if it did not in time.
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z", "-q", "--"])
+            .arg(&self.mp)
+            .stderr(Stdio::null())
+            .status();
+        if self.wait_exit(Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A database with a keyed table, an index and some text, in the given
+/// journal mode.
+fn make_db(p: &Path, journal_mode: &str, rows: i64) {
+    let c = Connection::open(p).expect("open db");
+    let mode: String = c
+        .query_row(&format!("PRAGMA journal_mode={journal_mode}"), [], |r| {
+            r.get(0)
+        })
+        .expect("journal mode");
+    assert_eq!(mode, journal_mode);
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, k TEXT NOT NULL, n INTEGER NOT NULL, body TEXT NOT NULL);
+         CREATE INDEX IF NOT EXISTS items_n ON items(n);",
+    )
+    .expect("schema");
+    c.execute(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1)
+         INSERT INTO items(k, n, body) SELECT 'key-' || x, x % 97, hex(randomblob(150)) FROM c",
+        [rows],
+    )
+    .expect("rows");
+}
+
+fn open_ro(p: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
+/// A fixed set of queries and their results as text.
+fn workload(c: &Connection) -> Vec<String> {
+    let q = |sql: &str| -> String {
+        let mut st = c.prepare(sql).expect("prepare");
+        let cols = st.column_count();
+        let rows = st
+            .query_map([], |r| {
+                let mut s = Vec::new();
+                for i in 0..cols {
+                    let v: rusqlite::types::Value = r.get(i)?;
+                    s.push(format!("{v:?}"));
+                }
+                Ok(s.join("|"))
+            })
+            .expect("query")
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .expect("rows");
+        rows.join("\n")
+    };
+    vec![
+        q("SELECT count(*), sum(n), sum(length(body)) FROM items"),
+        q("SELECT * FROM items WHERE id IN (1, 77, 1500, 2999)"),
+        q("SELECT id, k FROM items WHERE k = 'key-1234'"),
+        q("SELECT n, count(*) FROM items WHERE n BETWEEN 10 AND 20 GROUP BY n"),
+        q("SELECT id FROM items ORDER BY body LIMIT 5"),
+        q("PRAGMA integrity_check"),
+    ]
+}
+
+#[test]
+fn queries_on_the_mounted_snapshot_equal_the_same_snapshot_restored() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 3000);
+    let id = env.snapshot(&db);
+    // Change the source after the snapshot: the mount must show the snapshot.
+    make_db(&db, "delete", 10);
+    let restored = env.path("restored.db");
+    env.restore(&id, &db, &restored);
+    let m = env.mount(&[]);
+    let mounted = m.path(&format!("latest/{}", db.to_string_lossy()));
+    let via_mount = workload(&open_ro(&mounted).expect("open mounted db"));
+    let via_restore = workload(&open_ro(&restored).expect("open restored db"));
+    assert_eq!(via_mount, via_restore);
+    assert!(
+        via_mount[0].starts_with("Integer(3000)|"),
+        "{}",
+        via_mount[0]
+    );
+    assert_eq!(via_mount[5], "Text(\"ok\")");
+    // Same file under by-path and under snapshots/.
+    let by_path = m.path(&format!("by-path/{}", db.to_string_lossy()));
+    let times: Vec<_> = std::fs::read_dir(&by_path)
+        .expect("by-path dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(times.len(), 1);
+    assert_eq!(
+        std::fs::read(&times[0]).expect("by-path read"),
+        std::fs::read(&mounted).expect("latest read")
+    );
+    // Sizes and modes are the source's; the manifest names the snapshot.
+    let md = std::fs::metadata(&mounted).expect("stat");
+    assert_eq!(md.len(), std::fs::metadata(&restored).expect("stat").len());
+    let manifest = std::fs::read(m.path("latest/.snapback-manifest.json")).expect("manifest");
+    let v: serde_json::Value = serde_json::from_slice(&manifest).expect("json");
+    assert_eq!(v["id"], id.as_str());
+}
+
+#[test]
+fn wal_source_opens_with_plain_sqlite3_rusqlite_and_python() {
+    let env = Env::new();
+    let db = env.path("wal.db");
+    make_db(&db, "wal", 2000);
+    // Keep a connection open so the WAL holds uncheckpointed frames.
+    let live = Connection::open(&db).expect("live");
+    live.execute("UPDATE items SET n = n + 1000 WHERE id <= 10", [])
+        .expect("update");
+    let id = env.snapshot(&db);
+    let json = env.ok(&["--json", "snapshots"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let time = v[0]["time"].as_str().expect("time").to_string();
+    assert_eq!(v[0]["id"], id.as_str());
+    // One snapshot, chosen by time.
+    let m = env.mount(&[&format!("@{time}")]);
+    let p = m.path(&db.to_string_lossy());
+    let out = Command::new("sqlite3")
+        .arg(&p)
+        .arg("PRAGMA journal_mode; SELECT count(*), sum(n >= 1000) FROM items;")
+        .output()
+        .expect("sqlite3 shell (apt-get install -y sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "delete\n2000|10\n");
+    let c = open_ro(&p).expect("rusqlite read-only");
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM items WHERE n >= 1000", [], |r| {
+            r.get(0)
+        })
+        .expect("query");
+    assert_eq!(n, 10, "the committed update is in the snapshot");
+    let ic: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
+    assert_eq!(ic, "ok");
+    // No side files were needed (nor could they be created).
+    assert!(!m.path(&format!("{}-shm", db.to_string_lossy())).exists());
+    if Command::new("python3").arg("-V").output().is_ok() {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select count(*) from items').fetchone()[0])")
+            .arg(&p)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "python sqlite3 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2000");
+    }
+    drop(live);
+}
+
+#[test]
+fn corrupted_pack_gives_eio_on_read_never_wrong_bytes() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 3000);
+    let id = env.snapshot(&db);
+    let restored = env.path("restored.db");
+    env.restore(&id, &db, &restored);
+    let good = std::fs::read(&restored).expect("restored");
+    let mut packs = 0;
+    for sub in std::fs::read_dir(env.repo().join("data")).expect("data") {
+        for f in std::fs::read_dir(sub.expect("e").path()).expect("pack dir") {
+            let p = f.expect("e").path();
+            let mut b = std::fs::read(&p).expect("pack");
+            let i = b.len() / 3;
+            b[i] ^= 0xff;
+            std::fs::write(&p, b).expect("write");
+            packs += 1;
+        }
+    }
+    assert!(packs > 0);
+    let m = env.mount(&["latest"]);
+    let p = m.path(&db.to_string_lossy());
+    let f = match std::fs::File::open(&p) {
+        Ok(f) => f,
+        Err(e) => {
+            // The damage hit the chunk list: the open itself fails, with EIO.
+            assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
+            return;
+        }
+    };
+    let mut eio = 0;
+    let mut buf = vec![0u8; 4096];
+    for (i, want) in good.chunks(4096).enumerate() {
+        match f.read_exact_at(&mut buf[..want.len()], (i * 4096) as u64) {
+            Ok(()) if i == 0 => assert_eq!(&buf[20..], &want[20..]),
+            Ok(()) => assert_eq!(&buf[..want.len()], want, "page {i} differs"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(EIO), "page {i}: {e}");
+                eio += 1;
+            }
+        }
+    }
+    assert!(eio > 0, "reading the damaged chunk must fail");
+}
+
+#[test]
+fn writes_are_refused_with_erofs() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 10);
+    env.snapshot(&db);
+    let m = env.mount(&[]);
+    let p = m.path(&format!("latest/{}", db.to_string_lossy()));
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .expect_err("write open");
+    assert_eq!(e.raw_os_error(), Some(EROFS), "{e}");
+    let e = std::fs::create_dir(m.path("latest/new")).expect_err("mkdir");
+    assert_eq!(e.raw_os_error(), Some(EROFS), "{e}");
+    let e = std::fs::remove_file(&p).expect_err("unlink");
+    assert_eq!(e.raw_os_error(), Some(EROFS), "{e}");
+    let e = Connection::open(&p)
+        .and_then(|c| c.execute("DELETE FROM items", []))
+        .expect_err("sqlite write");
+    assert!(
+        e.to_string().contains("readonly")
+            || e.to_string().contains("read-only")
+            || e.to_string().contains("read only"),
+        "{e}"
+    );
+}
+
+#[test]
+fn new_snapshots_appear_without_a_remount() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 10);
+    env.snapshot(&db);
+    let m = env.mount(&["--refresh-interval", "0.3"]);
+    let count = || {
+        std::fs::read_dir(m.path("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(), 1);
+    make_db(&db, "delete", 10);
+    let id2 = env.snapshot(&db);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() < 2 {
+        assert!(Instant::now() < deadline, "the new snapshot did not appear");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let link = std::fs::read_link(m.path("latest")).expect("latest");
+    assert!(
+        link.to_string_lossy().ends_with(&id2[..8]),
+        "latest -> {}",
+        link.display()
+    );
+    let c = open_ro(&m.path(&format!("latest/{}", db.to_string_lossy()))).expect("open");
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 20);
+}
+
+#[test]
+fn unmount_while_reads_are_in_flight_completes() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 20000);
+    env.snapshot(&db);
+    // A small cache so that reads keep going to the repository.
+    let mut m = env.mount(&["--memory-cache-size", "64K"]);
+    let p = m.path(&format!("latest/{}", db.to_string_lossy()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for t in 0..4u64 {
+        let p = p.clone();
+        let stop = stop.clone();
+        readers.push(std::thread::spawn(move || {
+            let Ok(f) = std::fs::File::open(&p) else {
+                return 0u64;
+            };
+            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut buf = vec![0u8; 65536];
+            let mut n = 0u64;
+            let mut off = t * 4096;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if f.read_at(&mut buf, off % size.max(1)).is_err() {
+                    break;
+                }
+                n += 1;
+                off += 65536 * 3 + 4096;
+            }
+            n
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new("kill")
+        .args(["-TERM", &m.pid().to_string()])
+        .output()
+        .expect("kill");
+    assert!(out.status.success());
+    let status = m.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some(),
+        "the mount did not exit within 20 s of SIGTERM"
+    );
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(!snapback_mount::is_mount_point(&m.mp), "still mounted");
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader thread"))
+        .sum();
+    assert!(total > 0, "the readers were reading when the unmount came");
+}
+
+#[test]
+fn snapback_umount_ends_the_mount_process() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 10);
+    env.snapshot(&db);
+    let mut m = env.mount(&[]);
+    assert!(m.path(".snapback-status.json").exists());
+    let out = env.run(&["umount", &m.mp.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = m.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(!snapback_mount::is_mount_point(&m.mp));
+}
+
+#[test]
+fn sixteen_concurrent_readers_all_finish() {
+    let env = Env::new();
+    let a = env.path("a.db");
+    let b = env.path("b.db");
+    make_db(&a, "wal", 5000);
+    make_db(&b, "delete", 5000);
+    env.snapshot(&a);
+    env.snapshot(&b);
+    let m = env.mount(&["--memory-cache-size", "256K"]);
+    let paths: Vec<PathBuf> = [&a, &b]
+        .iter()
+        .map(|p| m.path(&format!("by-path/{}", p.to_string_lossy())))
+        .map(|d| {
+            std::fs::read_dir(&d)
+                .expect("by-path dir")
+                .next()
+                .expect("one snapshot")
+                .expect("entry")
+                .path()
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for t in 0..16usize {
+        let p = paths[t % 2].clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let r = (|| -> rusqlite::Result<u64> {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let mut n = 0u64;
+                let mut x = t as i64 * 7919;
+                while Instant::now() < deadline {
+                    // A fresh connection now and then, as applications do.
+                    let c = open_ro(&p)?;
+                    for _ in 0..20 {
+                        x = (x * 1103515245 + 12345) % 5000 + 1;
+                        let k: String =
+                            c.query_row("SELECT k FROM items WHERE id = ?1", [x], |r| r.get(0))?;
+                        assert_eq!(k, format!("key-{x}"));
+                        let _: i64 = c.query_row(
+                            "SELECT count(*) FROM items WHERE n = ?1",
+                            [x % 97],
+                            |r| r.get(0),
+                        )?;
+                        n += 2;
+                    }
+                }
+                Ok(n)
+            })();
+            let _ = tx.send((t, r.map_err(|e| e.to_string())));
+        });
+    }
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = 0;
+    while done < 16 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (t, r) = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("only {done} of 16 readers finished within 60 s"));
+        let n = r.unwrap_or_else(|e| panic!("reader {t} failed: {e}"));
+        assert!(n > 0, "reader {t} ran no query");
+        done += 1;
+    }
+    drop(m);
+}
+
+#[test]
+fn mount_point_inside_the_repository_is_refused() {
+    let env = Env::new();
+    let inside = env.repo().join("mnt");
+    std::fs::create_dir_all(&inside).expect("mkdir");
+    let mut c = env.cmd();
+    c.arg("mount").arg(&inside).stdin(Stdio::null());
+    let out = c.output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inside the repository"), "{err}");
+    assert!(!snapback_mount::is_mount_point(&inside));
+}
+
+#[test]
+fn systemd_notify_ready_then_watchdog_only_after_a_read_through_the_mount() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 10);
+    env.snapshot(&db);
+    let sock_path = env.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mp = env.path("mnt-notify");
+    std::fs::create_dir_all(&mp).expect("mkdir");
+    let mut c = env.cmd();
+    c.arg("mount")
+        .arg(&mp)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "900000");
+    let _m = Mount::start(c, mp);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut buf = [0u8; 1024];
+    while Instant::now() < deadline
+        && !(got.iter().any(|m: &String| m.starts_with("READY=1"))
+            && got.iter().any(|m| m == "WATCHDOG=1"))
+    {
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    let ready = got.iter().position(|m| m.starts_with("READY=1"));
+    let dog = got.iter().position(|m| m == "WATCHDOG=1");
+    assert!(ready.is_some(), "no READY=1 in {got:?}");
+    assert!(dog.is_some(), "no WATCHDOG=1 in {got:?}");
+    assert!(ready < dog, "READY=1 comes first: {got:?}");
+}
