@@ -79,6 +79,12 @@ pub enum Command {
     Status(crate::cmd_ops::StatusArgs),
     /// Compare rows of a snapshot's database with a live database.
     Diff(crate::cmd_repair::DiffArgs),
+    /// Plan (dry run) or apply a restore script: repair selected rows.
+    Repair(crate::cmd_repair::RepairArgs),
+    /// List the audit log of repairs; `audit verify` checks its hash chain.
+    Audit(crate::cmd_repair::AuditArgs),
+    /// Revert a repair, by its id from `snapback audit`.
+    Undo(crate::cmd_repair::UndoArgs),
 }
 
 pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
@@ -101,6 +107,9 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Release(a) => crate::cmd_ops::release(g, a),
         Command::Status(a) => crate::cmd_ops::status(g, &cfg, a),
         Command::Diff(a) => crate::cmd_repair::diff(g, a),
+        Command::Repair(a) => crate::cmd_repair::repair(g, a),
+        Command::Audit(a) => crate::cmd_repair::audit(g, a),
+        Command::Undo(a) => crate::cmd_repair::undo(g, a),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
+use snapback_repair::{audit_verify, ApplyOptions, LoadedScript, RepairOptions, RepairSession};
 use snapback_repair::{
     compare_table_sets, diff_table, live_path, open_live_readonly, prepare_table, resolve_snapshot,
     row_human, row_json, sql_for, DiffCounts, Side, SnapshotDb, TableSelection,
@@ -72,7 +73,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         (Some(f), _) => SnapshotDb::from_file(&absolute(f))?,
         (None, Some(sel)) => {
             let repo = open_repo(g)?;
-            let (snap, file) = resolve_snapshot(&repo, &sel, a.path.as_deref(), &live)?;
+            let (snap, file) = resolve_snapshot(&repo, &sel, a.path.as_deref(), &live, &[])?;
             chose(g, &snap);
             SnapshotDb::materialize(&repo, &snap, &file)
                 .context("cannot materialize the snapshot's database")?
@@ -198,5 +199,387 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         exit::PROBLEMS
     } else {
         exit::OK
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// The restore script (TOML; see docs/restore-scripts.md).
+    pub script: PathBuf,
+    /// Make the changes. Without it, only the plan is printed (dry run).
+    #[arg(long)]
+    pub apply: bool,
+    /// Do not ask for confirmation (needed with --apply without a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Wait this long for another repair of the same database to finish
+    /// (default: fail at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub lock_wait: u64,
+    /// Give up when the live database stays busy this long (the repair can
+    /// be resumed by running it again).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub max_wait: u64,
+}
+
+fn batch_delay() -> Duration {
+    std::env::var("SNAPBACK_REPAIR_BATCH_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::ZERO)
+}
+
+fn repair_options(lock_wait: u64, max_wait: u64, keep_all_rows: bool) -> RepairOptions {
+    RepairOptions {
+        apply: ApplyOptions {
+            max_wait: Duration::from_secs(max_wait),
+            force: false,
+            batch_delay: batch_delay(),
+        },
+        lock_wait: Duration::from_secs(lock_wait),
+        keep_all_rows,
+        ..Default::default()
+    }
+}
+
+/// Asks on the terminal; without one, `--yes` is required.
+fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        bail!("--apply changes the live database: there is no terminal to confirm on, so add --yes; nothing was written");
+    }
+    eprint!("{question} Type 'yes' to go on: ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() != "yes" {
+        bail!("not confirmed; nothing was written");
+    }
+    Ok(())
+}
+
+fn print_plan(s: &RepairSession) {
+    let p = &s.plan;
+    println!(
+        "restore script {} (sha256 {})",
+        p.script,
+        &p.script_sha256[..16]
+    );
+    if let Some(d) = &p.description {
+        println!("  {d}");
+    }
+    println!("  live:   {}", p.live.display());
+    println!("  source: {}", p.source);
+    if let Some(r) = &p.resume {
+        println!(
+            "  RESUME: repair {} started {} was interrupted after {} of {} batches; --apply finishes its stored plan",
+            r.repair_id, r.started_at, r.batches_done, r.batches_total
+        );
+    }
+    for t in &p.tables {
+        let actions: Vec<String> = t
+            .actions
+            .iter()
+            .map(|a| {
+                serde_json::to_value(a)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .collect();
+        println!(
+            "  table {}: rows paired by {}; comparing {}; actions {}{}",
+            t.table,
+            t.key.describe(),
+            t.compared.join(", "),
+            actions.join(", "),
+            t.guard
+                .as_deref()
+                .map(|g| format!("; guard: {g}"))
+                .unwrap_or_default()
+        );
+        for d in &t.schema_diffs {
+            println!("    schema: {}", d.what);
+        }
+        let c = &t.counts;
+        println!(
+            "    update {}, insert {}, delete {}, guard-skipped {}, not selected {}",
+            c.update, c.insert, c.delete, c.guard_skipped, c.not_selected
+        );
+        for r in t.rows.iter().take(snapback_repair::SAMPLE_ROWS) {
+            println!(
+                "    {:<12} {}",
+                r["action"].as_str().unwrap_or(""),
+                serde_json::json!({"key": r["key"], "changes": r.get("changes"), "snapshot": r.get("snapshot"), "live": r.get("live")})
+            );
+        }
+        let shown = t.rows.len().min(snapback_repair::SAMPLE_ROWS) as u64;
+        let total = c.update + c.insert + c.delete + c.guard_skipped + c.not_selected;
+        if total > shown {
+            println!(
+                "    ... {} more row difference(s) (--json lists all)",
+                total - shown
+            );
+        }
+    }
+    for (i, q) in p.sql_steps.iter().enumerate() {
+        println!("  sql step {}: {q}", i + 1);
+    }
+}
+
+pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
+    let script = LoadedScript::load(&absolute(&a.script))?;
+    let repo = if script.script.snapshot.is_some() || a.apply {
+        Some(open_repo(g)?)
+    } else {
+        g.repo.as_ref().map(|_| open_repo(g)).transpose()?
+    };
+    let opts = repair_options(a.lock_wait, a.max_wait, g.json);
+    let session = RepairSession::plan(repo.as_ref(), script, opts, a.apply)?;
+    if g.json && !a.apply {
+        println!("{}", serde_json::to_string_pretty(&session.plan)?);
+        return Ok(exit::OK);
+    }
+    if !g.json {
+        print_plan(&session);
+    }
+    if !a.apply {
+        if !g.quiet {
+            eprintln!("dry run: nothing was changed; run again with --apply to make these changes");
+        }
+        return Ok(exit::OK);
+    }
+    if session.is_noop() {
+        if g.json {
+            println!(
+                "{}",
+                json!({"plan": session.plan, "outcome": null, "message": "nothing to repair"})
+            );
+        } else if !g.quiet {
+            eprintln!("nothing to repair: the selection already matches the snapshot");
+        }
+        return Ok(exit::OK);
+    }
+    let n = session.plan.changes.len();
+    confirm(
+        a.yes,
+        &format!("Apply {n} row change(s) to {}?", session.live.display()),
+    )?;
+    let repo = repo.context("a repository is needed for --apply")?;
+    let quiet = g.quiet || g.json;
+    let outcome = session.apply(&repo, |m| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    })?;
+    let Some(o) = outcome else {
+        return Ok(exit::OK);
+    };
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"plan": session.plan, "outcome": o}))?
+        );
+    } else {
+        println!(
+            "repair {} applied: {} row(s) changed",
+            o.repair_id, o.rows_changed
+        );
+        if let Some(p) = &o.pre_repair_snapshot {
+            println!("  pre-repair snapshot: {p}");
+        }
+        for c in &o.counts {
+            println!(
+                "  table {}: updated {}, inserted {}, deleted {}, guard-skipped {}, conflicts {}",
+                c.table, c.update, c.insert, c.delete, c.guard_skipped, c.conflicts
+            );
+        }
+        for c in o.conflicts.iter().take(20) {
+            println!(
+                "  left alone: {} key {}: {}",
+                c.table,
+                serde_json::to_string(&c.key)?,
+                c.reason
+            );
+        }
+        for s in &o.sql_steps {
+            println!(
+                "  sql step changed {} row(s): {}",
+                s.rows_changed, s.statement
+            );
+        }
+        if o.remaining_differences == 0 {
+            println!("  verified: the selection now matches the snapshot (0 remaining differences, guard skips and conflicts aside)");
+        } else {
+            println!(
+                "  NOT VERIFIED: {} difference(s) remain in the selection:",
+                o.remaining_differences
+            );
+            for r in &o.remaining_sample {
+                println!("    {r}");
+            }
+        }
+        println!("  audit entry: {}", o.audit_key);
+    }
+    Ok(if o.remaining_differences == 0 {
+        exit::OK
+    } else {
+        exit::PROBLEMS
+    })
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub cmd: Option<AuditCmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCmd {
+    /// Check the hash chain; names the first broken link (exit code 3).
+    Verify,
+}
+
+pub fn audit(g: &Global, a: AuditArgs) -> anyhow::Result<u8> {
+    let repo = open_repo(g)?;
+    let report = audit_verify(repo.store().as_ref())?;
+    if let Some(AuditCmd::Verify) = a.cmd {
+        if g.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "ok": report.broken.is_none(),
+                    "entries": report.entries.len(),
+                    "broken": report.broken,
+                    "unclaimed": report.unclaimed,
+                }))?
+            );
+        } else {
+            for u in &report.unclaimed {
+                eprintln!("note: {u} is an unclaimed entry (left by an interrupted append); it is not part of the log");
+            }
+            match &report.broken {
+                None => println!(
+                    "audit log OK: {} entries, chain intact",
+                    report.entries.len()
+                ),
+                Some(b) => println!(
+                    "audit log BROKEN after {} good entries: {b}",
+                    report.entries.len()
+                ),
+            }
+        }
+        return Ok(if report.broken.is_none() {
+            exit::OK
+        } else {
+            exit::PROBLEMS
+        });
+    }
+    if g.json {
+        let v: Vec<_> = report
+            .entries
+            .iter()
+            .map(|e| json!({"key": e.key, "sha256": e.hash, "entry": e.entry}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{:<5} {:<21} {:<7} {:<17} {:<20} {:>8} {:>8} {:>8}  live",
+            "seq", "time", "kind", "id", "user@host", "updated", "inserted", "deleted"
+        );
+        for e in &report.entries {
+            let x = &e.entry;
+            let sum =
+                |f: fn(&snapback_repair::TableCounts) -> u64| x.counts.iter().map(f).sum::<u64>();
+            println!(
+                "{:<5} {:<21} {:<7} {:<17} {:<20} {:>8} {:>8} {:>8}  {}{}",
+                x.seq,
+                x.time.get(..19).unwrap_or(&x.time),
+                x.kind,
+                x.repair_id,
+                format!("{}@{}", x.user, x.host),
+                sum(|c| c.update),
+                sum(|c| c.insert),
+                sum(|c| c.delete),
+                x.live,
+                x.undoes
+                    .as_deref()
+                    .map(|u| format!(" (undoes {u})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(b) = &report.broken {
+        eprintln!("warning: the audit chain is broken: {b}; run `snapback audit verify`");
+        return Ok(exit::PROBLEMS);
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Args)]
+pub struct UndoArgs {
+    /// The repair to revert: its id (or a unique prefix), from `snapback audit`.
+    pub repair_id: String,
+    /// Revert rows even if they changed since the repair.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation (needed without a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub lock_wait: u64,
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub max_wait: u64,
+}
+
+pub fn undo(g: &Global, a: UndoArgs) -> anyhow::Result<u8> {
+    let repo = open_repo(g)?;
+    let target = snapback_repair::find_entry(&repo, &a.repair_id)?;
+    confirm(
+        a.yes,
+        &format!(
+            "Revert {} row change(s) of repair {} in {}?",
+            target.entry.changes.len(),
+            target.entry.repair_id,
+            target.entry.live
+        ),
+    )?;
+    let mut opts = repair_options(a.lock_wait, a.max_wait, false);
+    opts.apply.force = a.force;
+    let quiet = g.quiet || g.json;
+    let o = snapback_repair::undo(&repo, &target.entry.repair_id, a.force, &opts, |m| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    })?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&o)?);
+    } else {
+        println!(
+            "undo {} reverted repair {}: {} row(s) changed",
+            o.repair_id, o.undoes, o.rows_changed
+        );
+        if let Some(p) = &o.pre_repair_snapshot {
+            println!("  pre-repair snapshot: {p}");
+        }
+        for c in &o.conflicts {
+            println!(
+                "  left alone: {} key {}: {}",
+                c.table,
+                serde_json::to_string(&c.key)?,
+                c.reason
+            );
+        }
+        println!("  audit entry: {}", o.audit_key);
+    }
+    Ok(if o.conflicts.is_empty() {
+        exit::OK
+    } else {
+        exit::PROBLEMS
     })
 }

@@ -8,23 +8,44 @@
 //! - `diff`: a streaming merge of two key-ordered scans.
 //! - `source`: where the snapshot side comes from (a materialized snapshot
 //!   file, or a file given directly, e.g. in a mounted snapshot).
+//! - `script`: the restore-script format (TOML).
+//! - `changes`, `apply`: change sets and their batched, journaled,
+//!   resumable application to a live database.
+//! - `audit`: the hash-chained audit log in the repository.
+//! - `repair`: plan, then apply; undo.
 //!
 //! The public surface is the `pub use` block below.
 
+mod apply;
+mod audit;
+mod changes;
 mod diff;
 mod error;
+mod repair;
 mod report;
 mod schema;
+mod script;
 mod source;
 mod value;
 
+pub use apply::{ApplyOptions, ApplyReport, JOURNAL_TABLE, RUNS_TABLE};
+pub use audit::{
+    append as audit_append, list as audit_list, verify as audit_verify, AuditEntry, SqlStepRecord,
+    StoredEntry, VerifyReport, AUDIT_PREFIX,
+};
+pub use changes::{ChangeSet, Conflict, Op, RowChange, TableChanges, TableCounts};
 pub use diff::{
     compare_table_sets, diff_table, prepare_table, sql_for, DiffCounts, DiffKind, PreparedTable,
     RowDiff, SchemaDiff, Side, TableSelection,
 };
 pub use error::{is_busy, Error, Result};
+pub use repair::{
+    find_entry, lock_path, take_lock, undo, Outcome, Plan, RepairLock, RepairOptions,
+    RepairSession, ResumeInfo, TablePlan, UndoOutcome, PRE_REPAIR_TAG, SAMPLE_ROWS,
+};
 pub use report::{key_text, row_human, row_json};
 pub use schema::{quote_ident, Key, KeySource, JOURNAL_TABLES};
+pub use script::{Action, LoadedScript, Script, SqlStep, TableScript, DEFAULT_BATCH_SIZE};
 pub use source::{
     live_path, open_live_readonly, open_live_rw, resolve_snapshot, sqlite_uri, SnapshotDb,
 };

@@ -132,26 +132,34 @@ pub fn live_path(path: &Path) -> Result<PathBuf> {
 
 /// Finds the snapshot for `selector` and the database file in it: `path`
 /// when given, else the file at the live database's own path, else the only
-/// SQLite database in the snapshot.
+/// SQLite database in the snapshot. Snapshots tagged with one of
+/// `skip_tags` are not considered.
 pub fn resolve_snapshot(
     repo: &Repository,
     selector: &str,
     path: Option<&str>,
     live: &Path,
+    skip_tags: &[&str],
 ) -> Result<(Snapshot, FileEntry)> {
     let sel: Selector = selector.parse()?;
     let live_str = live.to_string_lossy().into_owned();
     let all = repo.snapshots()?;
+    let skipped = |s: &Snapshot| {
+        s.manifest
+            .tags
+            .iter()
+            .any(|t| skip_tags.contains(&t.as_str()))
+    };
     let want = path.map(str::to_string).or_else(|| {
         all.iter()
             .any(|s| s.file(&live_str).is_some())
             .then(|| live_str.clone())
     });
     let snap = match &want {
-        Some(p) => repo.resolve(&sel, |s| s.file(p).is_some()).map_err(|e| {
+        Some(p) => repo.resolve(&sel, |s| !skipped(s) && s.file(p).is_some()).map_err(|e| {
             Error::Input(format!("{e} (looking only at snapshots that hold {p})"))
         })?,
-        None => repo.resolve(&sel, |s| sqlite_files(s).len() == 1).map_err(|e| {
+        None => repo.resolve(&sel, |s| !skipped(s) && sqlite_files(s).len() == 1).map_err(|e| {
             Error::Input(format!(
                 "{e} (no snapshot holds {live_str}, so only snapshots holding exactly one SQLite database were considered; name the database with --path)"
             ))

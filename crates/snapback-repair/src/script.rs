@@ -1,0 +1,283 @@
+//! Restore scripts: the TOML format (docs/restore-scripts.md).
+//!
+//! Unknown keys are rejected everywhere, so a typo (`delete_extras`) is an
+//! error instead of a silently ignored safety setting.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::diff::TableSelection;
+use crate::error::{Error, Result};
+
+/// Default rows per transaction.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    /// What the script is for; shown in the plan and the audit log.
+    pub description: Option<String>,
+    /// Snapshot selector: an id or unique prefix, or "@TIME" ("latest" is
+    /// refused: it moves). Snapshots tagged `pre-repair` are never chosen.
+    pub snapshot: Option<String>,
+    /// Or: a database file to use as the snapshot side (e.g. inside a
+    /// mounted snapshot). Exactly one of `snapshot` and `snapshot_db`.
+    pub snapshot_db: Option<PathBuf>,
+    /// The live database to repair (absolute path).
+    pub live: PathBuf,
+    /// The database's path inside the snapshot; default: `live`'s own
+    /// path, or the snapshot's only database.
+    pub path: Option<String>,
+    /// How long one statement waits for the application's write lock.
+    pub busy_timeout_ms: Option<u64>,
+    #[serde(default, rename = "table")]
+    pub tables: Vec<TableScript>,
+    #[serde(default, rename = "sql")]
+    pub sql: Vec<SqlStep>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Insert rows that the snapshot has and the live database lacks.
+    InsertMissing,
+    /// Set compared columns of rows that differ back to the snapshot's.
+    UpdateChanged,
+    /// Delete live rows that the snapshot lacks.
+    DeleteExtra,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableScript {
+    pub name: String,
+    /// Columns that identify a row (default: the table's key).
+    pub key: Option<Vec<String>>,
+    /// Columns to compare and repair (default: all but the key).
+    pub columns: Option<Vec<String>>,
+    /// Predicate on rows of both sides.
+    #[serde(rename = "where")]
+    pub where_both: Option<String>,
+    /// Predicate on snapshot rows (ANDed with `where`).
+    pub where_snapshot: Option<String>,
+    /// Predicate on live rows (ANDed with `where`).
+    pub where_live: Option<String>,
+    /// Which changes to make; none unless listed.
+    #[serde(default)]
+    pub actions: Vec<Action>,
+    /// Live rows matching this predicate are never changed; they are
+    /// reported (e.g. `updated_at > '2026-02-02T17:20:00Z'`).
+    pub guard: Option<String>,
+    /// Rows per transaction (default 500).
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlStep {
+    pub description: Option<String>,
+    /// One SQL statement, run on the live database with the snapshot's
+    /// database attached read-only as schema `snapshot`.
+    pub statement: String,
+}
+
+/// A script as read from a file, with its exact text and hash.
+#[derive(Debug, Clone)]
+pub struct LoadedScript {
+    pub path: PathBuf,
+    pub text: String,
+    pub sha256: String,
+    pub script: Script,
+}
+
+fn and(a: &Option<String>, b: &Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("({a}) AND ({b})")),
+        (Some(a), None) | (None, Some(a)) => Some(a.clone()),
+        (None, None) => None,
+    }
+}
+
+impl TableScript {
+    pub fn selection(&self) -> TableSelection {
+        TableSelection {
+            table: self.name.clone(),
+            key: self.key.clone(),
+            columns: self.columns.clone(),
+            where_snapshot: and(&self.where_both, &self.where_snapshot),
+            where_live: and(&self.where_both, &self.where_live),
+            guard: self.guard.clone(),
+        }
+    }
+
+    pub fn has(&self, a: Action) -> bool {
+        self.actions.contains(&a)
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE)
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+impl LoadedScript {
+    pub fn load(path: &Path) -> Result<LoadedScript> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(path, "cannot read the restore script", e))?;
+        LoadedScript::parse(path, text)
+    }
+
+    pub fn parse(path: &Path, text: String) -> Result<LoadedScript> {
+        let bad = |message: String| Error::Script {
+            path: path.to_path_buf(),
+            message,
+        };
+        let script: Script = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        match (&script.snapshot, &script.snapshot_db) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "give either `snapshot` (a selector) or `snapshot_db` (a file), not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(bad(
+                    "`snapshot` is missing: give a selector (a snapshot id or \"@TIME\"), or `snapshot_db` with a database file".into(),
+                ))
+            }
+            _ => {}
+        }
+        if script.snapshot.as_deref().map(str::trim) == Some("latest") {
+            return Err(bad(
+                "`snapshot = \"latest\"` moves: after a repair (or the next scheduled snapshot) it names a different snapshot, so running the script again could undo the repair. Name a fixed point: a snapshot id, or \"@TIME\" just before the incident".into(),
+            ));
+        }
+        if !script.live.is_absolute() {
+            return Err(bad(format!(
+                "`live` must be an absolute path, not {}",
+                script.live.display()
+            )));
+        }
+        if let Some(p) = &script.snapshot_db {
+            if !p.is_absolute() {
+                return Err(bad(format!(
+                    "`snapshot_db` must be an absolute path, not {}",
+                    p.display()
+                )));
+            }
+        }
+        if script.tables.is_empty() && script.sql.is_empty() {
+            return Err(bad(
+                "the script repairs nothing: add a [[table]] (or a [[sql]] step)".into(),
+            ));
+        }
+        for (i, t) in script.tables.iter().enumerate() {
+            if t.actions.is_empty() {
+                return Err(bad(format!(
+                    "table {} ([[table]] #{}) has no `actions`; list what to do: actions = [\"update_changed\"] (also \"insert_missing\", \"delete_extra\")",
+                    t.name,
+                    i + 1
+                )));
+            }
+            if t.batch_size == Some(0) {
+                return Err(bad(format!(
+                    "table {}: batch_size must be at least 1",
+                    t.name
+                )));
+            }
+            if script.tables[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(&t.name))
+            {
+                return Err(bad(format!(
+                    "table {} appears twice; combine the entries (use `where` to select rows)",
+                    t.name
+                )));
+            }
+        }
+        for s in &script.sql {
+            if s.statement.trim().is_empty() {
+                return Err(bad("a [[sql]] step has an empty statement".into()));
+            }
+        }
+        Ok(LoadedScript {
+            path: path.to_path_buf(),
+            sha256: sha256_hex(text.as_bytes()),
+            text,
+            script,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<LoadedScript> {
+        LoadedScript::parse(Path::new("t.toml"), s.to_string())
+    }
+
+    #[test]
+    fn a_full_script_parses() {
+        let s = parse(
+            r#"
+            description = "x"
+            snapshot = "@2026-02-02T17:00:00Z"
+            live = "/var/lib/app/app.db"
+            [[table]]
+            name = "deploys"
+            key = ["id"]
+            columns = ["status"]
+            where = "id < 10"
+            where_live = "env = 'prod'"
+            actions = ["update_changed", "insert_missing"]
+            guard = "updated_at > '2026'"
+            batch_size = 100
+            [[sql]]
+            statement = "UPDATE counters SET n = (SELECT n FROM snapshot.counters)"
+        "#,
+        )
+        .expect("parses");
+        let t = &s.script.tables[0];
+        assert!(t.has(Action::UpdateChanged) && !t.has(Action::DeleteExtra));
+        assert_eq!(
+            t.selection().where_live.as_deref(),
+            Some("(id < 10) AND (env = 'prod')")
+        );
+        assert_eq!(s.sha256.len(), 64);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_safety_settings_are_rejected() {
+        let base = "snapshot = \"abcd1234\"\nlive = \"/a.db\"\n";
+        let e = parse(&format!(
+            "{base}[[table]]\nname = \"t\"\nactions = [\"update_changed\"]\ndelete_extras = true\n"
+        ))
+        .expect_err("unknown key");
+        assert!(e.to_string().contains("delete_extras"), "{e}");
+        let e = parse(&format!(
+            "{base}[[table]]\nname = \"t\"\nactions = [\"upsert\"]\n"
+        ))
+        .expect_err("unknown action");
+        assert!(e.to_string().contains("upsert"), "{e}");
+        let e = parse(&format!("{base}[[table]]\nname = \"t\"\n")).expect_err("no actions");
+        assert!(e.to_string().contains("no `actions`"), "{e}");
+        let e = parse("live = \"/a.db\"\n[[table]]\nname=\"t\"\nactions=[\"update_changed\"]\n")
+            .expect_err("no snapshot");
+        assert!(e.to_string().contains("snapshot"), "{e}");
+        let e = parse(
+            &format!("{base}[[table]]\nname=\"t\"\nactions=[\"update_changed\"]\n")
+                .replace("abcd1234", "latest"),
+        )
+        .expect_err("latest moves");
+        assert!(e.to_string().contains("moves"), "{e}");
+        let e = parse("snapshot=\"abcd\"\nlive = \"a.db\"\n[[table]]\nname=\"t\"\nactions=[\"update_changed\"]\n")
+            .expect_err("relative live");
+        assert!(e.to_string().contains("absolute"), "{e}");
+        assert!(parse(&format!("{base}colour = 1\n")).is_err());
+    }
+}
