@@ -8,4 +8,5 @@ mod consistency;
 mod files;
 mod integrity;
 mod ops;
+mod s3;
 mod selectors;

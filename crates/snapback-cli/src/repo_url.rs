@@ -20,15 +20,9 @@ pub fn parse(url: &str) -> anyhow::Result<RepoUrl> {
     if url.is_empty() {
         bail!("the repository URL is empty; give --repo PATH, --repo file:///PATH or --repo s3://BUCKET/PREFIX");
     }
-    if let Some(rest) = url.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            bail!("invalid repository URL '{url}': no bucket; write s3://BUCKET/PREFIX");
-        }
-        return Ok(RepoUrl::S3 {
-            bucket: bucket.to_string(),
-            prefix: prefix.trim_matches('/').to_string(),
-        });
+    if url.starts_with("s3://") {
+        let (bucket, prefix) = snapback_s3::parse_s3_url(url)?;
+        return Ok(RepoUrl::S3 { bucket, prefix });
     }
     if let Some(rest) = url.strip_prefix("file://") {
         if !rest.starts_with('/') {
@@ -62,8 +56,16 @@ pub fn open_store(g: &Global, create: bool) -> anyhow::Result<Arc<dyn Store>> {
             Ok(Arc::new(s))
         }
         RepoUrl::S3 { .. } => {
-            let _ = (g.s3_endpoint.as_deref(), g.s3_path_style);
-            bail!("S3 repositories are not available in this build yet")
+            let mut cfg = snapback_s3::S3Config::from_url(url)?;
+            cfg.endpoint = g.s3_endpoint.clone();
+            cfg.path_style = g.s3_path_style;
+            let store = snapback_s3::S3Store::open(cfg)?;
+            if create {
+                store
+                    .check_bucket()
+                    .with_context(|| format!("cannot use {url}"))?;
+            }
+            Ok(Arc::new(store))
         }
     }
 }
@@ -88,9 +90,9 @@ mod tests {
             RepoUrl::Local("/var/repo".into())
         );
         assert_eq!(
-            parse("s3://b/p/q/").expect("s3"),
+            parse("s3://bucket/p/q/").expect("s3"),
             RepoUrl::S3 {
-                bucket: "b".into(),
+                bucket: "bucket".into(),
                 prefix: "p/q".into()
             }
         );

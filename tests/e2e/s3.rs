@@ -1,0 +1,334 @@
+//! The whole tool against a real S3 server (s3s-fs on 127.0.0.1, started by
+//! scripts/s3-server.sh), with and without injected faults. The incident
+//! this project started from is a job that reported a failed upload as a
+//! success: here a proxy lies, drops, resets and truncates, and every
+//! snapshot either commits with all of its data present or fails loudly.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use snapback_s3::testing::fault_proxy::{Fault, FaultProxy, Match};
+
+use crate::util::{bin, integrity, stderr, stdout};
+
+struct S3Server {
+    vars: Vec<(String, String)>,
+    endpoint: String,
+    bucket: String,
+}
+
+/// The server from the environment (scripts/test.sh starts one), or one
+/// started here for this test process.
+fn server() -> &'static S3Server {
+    static S: OnceLock<S3Server> = OnceLock::new();
+    S.get_or_init(|| {
+        let mut vars: Vec<(String, String)> = vec![];
+        if std::env::var("SNAPBACK_TEST_S3_BUCKET").is_err() {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh");
+            let out = Command::new("bash")
+                .arg(&script)
+                .args(["start", "--watch-pid", &std::process::id().to_string()])
+                .output()
+                .expect("run scripts/s3-server.sh");
+            assert!(
+                out.status.success(),
+                "cannot start the local S3 server: {}",
+                stderr(&out)
+            );
+            for line in stdout(&out).lines() {
+                if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                    vars.push((
+                        k.to_string(),
+                        v.trim_matches(|c| c == '\'' || c == '"').to_string(),
+                    ));
+                }
+            }
+        } else {
+            for k in [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_REGION",
+                "AWS_ENDPOINT_URL",
+                "SNAPBACK_TEST_S3_BUCKET",
+            ] {
+                vars.push((
+                    k.to_string(),
+                    std::env::var(k)
+                        .unwrap_or_else(|_| panic!("{k} must be set with SNAPBACK_TEST_S3_BUCKET")),
+                ));
+            }
+        }
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{k} missing"))
+        };
+        S3Server {
+            endpoint: get("AWS_ENDPOINT_URL"),
+            bucket: get("SNAPBACK_TEST_S3_BUCKET"),
+            vars,
+        }
+    })
+}
+
+/// A repository under a fresh prefix of the test bucket.
+struct S3Repo {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl S3Repo {
+    fn new() -> S3Repo {
+        let dir = tempfile::tempdir().expect("tmp");
+        let name = dir
+            .path()
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .replace('.', "");
+        let r = S3Repo {
+            url: format!("s3://{}/e2e-{name}", server().bucket),
+            dir,
+        };
+        let out = r.run(&["init"], None);
+        assert!(out.status.success(), "init on S3: {}", stderr(&out));
+        r
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Runs snapback against the server, or through `proxy`.
+    fn run(&self, args: &[&str], proxy: Option<&FaultProxy>) -> Output {
+        let s = server();
+        let endpoint = proxy
+            .map(|p| p.endpoint())
+            .unwrap_or_else(|| s.endpoint.clone());
+        let mut c = Command::new(bin());
+        for (k, v) in &s.vars {
+            c.env(k, v);
+        }
+        c.env("AWS_ENDPOINT_URL", &endpoint)
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .env_remove("SNAPBACK_REPO")
+            .args([
+                "--repo",
+                &self.url,
+                "--s3-endpoint",
+                &endpoint,
+                "--s3-path-style",
+            ])
+            .args(args);
+        c.output().expect("run snapback")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, None);
+        assert!(out.status.success(), "snapback {args:?}: {}", stderr(&out));
+        stdout(&out)
+    }
+}
+
+fn make_db(path: &Path, rows: i64) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT);",
+    )
+    .expect("schema");
+    let tx = c.unchecked_transaction().expect("tx");
+    for i in 0..rows {
+        tx.execute(
+            "INSERT OR REPLACE INTO t(id, v) VALUES (?1, ?2)",
+            (i, format!("row {i} {}", "x".repeat((i % 200) as usize))),
+        )
+        .expect("insert");
+    }
+    tx.commit().expect("commit");
+}
+
+fn rows(path: &Path) -> i64 {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[test]
+fn s3_snapshot_restore_check_and_request_costs() {
+    let r = S3Repo::new();
+    let db = r.path("app.db");
+    make_db(&db, 4000);
+    let db_s = db.to_str().expect("utf8");
+    let full: serde_json::Value =
+        serde_json::from_str(&r.ok(&["--json", "snapshot", db_s])).expect("json");
+    assert!(
+        full["requests"]["put"].as_u64().expect("puts") >= 3,
+        "{full}"
+    );
+    // One changed row: a handful of requests, not one per page.
+    let c = rusqlite::Connection::open(&db).expect("open");
+    c.execute("UPDATE t SET v = 'changed' WHERE id = 17", [])
+        .expect("update");
+    drop(c);
+    let inc: serde_json::Value =
+        serde_json::from_str(&r.ok(&["--json", "snapshot", db_s])).expect("json");
+    let req = &inc["requests"];
+    let total: u64 = ["put", "get", "head", "list", "delete"]
+        .iter()
+        .map(|k| req[*k].as_u64().expect("n"))
+        .sum();
+    assert!(
+        req["put"].as_u64().expect("puts") <= 5,
+        "an incremental snapshot writes few objects: {inc}"
+    );
+    assert!(
+        total <= 40,
+        "an incremental snapshot costs a handful of requests: {inc}"
+    );
+    assert!(inc["bytes_added"].as_u64().expect("n") < 64 * 1024, "{inc}");
+
+    let dest = r.path("restored.db");
+    r.ok(&["restore", "latest", dest.to_str().expect("utf8")]);
+    assert_eq!(integrity(&dest), "ok");
+    assert_eq!(rows(&dest), 4000);
+    let c = rusqlite::Connection::open(&dest).expect("open");
+    let v: String = c
+        .query_row("SELECT v FROM t WHERE id = 17", [], |r| r.get(0))
+        .expect("row");
+    assert_eq!(v, "changed");
+    let out = r.run(&["check", "--read-data"], None);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&r.ok(&["--json", "snapshots"]))
+            .expect("json")
+            .as_array()
+            .expect("arr")
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn lying_server_is_detected_before_commit() {
+    let r = S3Repo::new();
+    let db = r.path("app.db");
+    make_db(&db, 3000);
+    let proxy = FaultProxy::start(&server().endpoint).expect("proxy");
+    // The incident: the server says 200 to the pack upload but stores nothing.
+    proxy.inject_always(Match::method("PUT").containing("/data/"), Fault::LieOk);
+    let out = r.run(&["snapshot", db.to_str().expect("utf8")], Some(&proxy));
+    assert!(
+        !out.status.success(),
+        "a lied-about upload must fail the snapshot: {}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.contains("nothing was committed"), "{err}");
+    assert!(proxy.faults_fired() >= 1);
+    assert!(stdout(&out).trim().is_empty(), "no snapshot id is printed");
+    // Nothing references the missing pack: the repository checks clean.
+    let list: serde_json::Value =
+        serde_json::from_str(&r.ok(&["--json", "snapshots"])).expect("json");
+    assert!(
+        list.as_array().expect("arr").is_empty(),
+        "no manifest was written: {list}"
+    );
+    let out = r.run(&["check", "--read-data"], None);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+#[test]
+fn transient_faults_still_commit_all_data() {
+    let r = S3Repo::new();
+    let db = r.path("app.db");
+    make_db(&db, 3000);
+    let proxy = FaultProxy::start(&server().endpoint).expect("proxy");
+    proxy.inject(
+        Match::method("PUT").containing("/data/"),
+        Fault::status(503, "SlowDown"),
+        2,
+    );
+    proxy.inject(
+        Match::method("PUT").containing("/index/"),
+        Fault::DropResponse,
+        1,
+    );
+    proxy.inject(
+        Match::method("PUT").containing("/snapshots/"),
+        Fault::status(500, "InternalError"),
+        1,
+    );
+    proxy.inject(
+        Match::method("HEAD"),
+        Fault::Delay(Duration::from_millis(300)),
+        2,
+    );
+    proxy.inject(Match::method("GET"), Fault::status(503, "SlowDown"), 1);
+    let out = r.run(&["snapshot", db.to_str().expect("utf8")], Some(&proxy));
+    assert!(
+        out.status.success(),
+        "retryable faults end in a commit: {}",
+        stderr(&out)
+    );
+    assert!(
+        proxy.faults_fired() >= 5,
+        "the faults fired: {}",
+        proxy.faults_fired()
+    );
+    let out = r.run(&["check", "--read-data"], None);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let dest = r.path("restored.db");
+    r.ok(&["restore", "latest", dest.to_str().expect("utf8")]);
+    assert_eq!(rows(&dest), 3000);
+}
+
+#[test]
+fn reset_uploads_and_damaged_reads_never_commit_or_restore_wrong_bytes() {
+    let r = S3Repo::new();
+    let db = r.path("app.db");
+    make_db(&db, 3000);
+    let proxy = FaultProxy::start(&server().endpoint).expect("proxy");
+    proxy.inject(
+        Match::method("PUT").containing("/data/"),
+        Fault::ResetRequestBody { after: 1000 },
+        1,
+    );
+    let out = r.run(&["snapshot", db.to_str().expect("utf8")], Some(&proxy));
+    assert!(
+        out.status.success(),
+        "a reset upload is retried: {}",
+        stderr(&out)
+    );
+    proxy.clear();
+
+    for fault in [
+        Fault::TruncateBody { keep: 100 },
+        Fault::FlipResponseByte { at: 5000 },
+    ] {
+        proxy.clear();
+        proxy.inject_always(Match::method("GET").containing("/data/"), fault);
+        let dest = r.path("wrong.db");
+        let out = r.run(
+            &["restore", "latest", dest.to_str().expect("utf8")],
+            Some(&proxy),
+        );
+        assert!(
+            !out.status.success(),
+            "damaged reads fail the restore: {}",
+            stderr(&out)
+        );
+        assert!(!dest.exists(), "no file is written from damaged data");
+    }
+    proxy.clear();
+    let dest = r.path("right.db");
+    let out = r.run(
+        &["restore", "latest", dest.to_str().expect("utf8")],
+        Some(&proxy),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(integrity(&dest), "ok");
+    assert_eq!(rows(&dest), 3000);
+}
