@@ -12,6 +12,7 @@ command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
 dpkg -s libfuse3-dev >/dev/null 2>&1 || need_pkgs+=(libfuse3-dev)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v curl >/dev/null || need_pkgs+=(curl)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -32,4 +33,15 @@ cleanup() { if [ "$S3_STARTED" = 1 ]; then scripts/s3-server.sh stop || true; fi
 trap cleanup EXIT
 
 echo "== tests"
-cargo test --workspace --no-fail-fast "$@"
+LOG=$(mktemp)
+set +e
+cargo test --workspace --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (every test binary prints its own).
+passed=$(grep -E '^test result:' "$LOG" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -E '^test result:' "$LOG" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+rm -f "$LOG"
+echo "summary: ${passed:-0} passed, ${failed:-0} failed"
+if [ "${passed:-0}" -eq 0 ]; then echo "no test ran"; exit 1; fi
+exit "$status"

@@ -10,3 +10,4 @@ mod integrity;
 mod ops;
 mod s3;
 mod selectors;
+mod units;
