@@ -1,4 +1,9 @@
 //! All integration tests in one binary (see STYLE.md); helpers in util.rs.
+//! The end-to-end tests drive `<workspace>/target/debug/snapback`: build it
+//! first (`cargo build -p snapback-cli`; scripts/test.sh does).
 
+mod audit;
+mod bad_input;
 mod diff;
+mod e2e;
 mod util;
