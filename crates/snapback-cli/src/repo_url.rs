@@ -72,7 +72,21 @@ pub fn open_store(g: &Global, create: bool) -> anyhow::Result<Arc<dyn Store>> {
 
 pub fn open_repo(g: &Global) -> anyhow::Result<Repository> {
     let store = open_store(g, false)?;
-    Ok(Repository::open(store)?)
+    let repo = Repository::open(store)?;
+    // A remote repository keeps local copies of its manifests and indexes
+    // (immutable and verified by name on every read).
+    let remote = matches!(parse(repo_arg(g)?)?, RepoUrl::S3 { .. });
+    Ok(match metadata_cache_root() {
+        Some(dir) if remote => repo.with_cache_dir(dir),
+        _ => repo,
+    })
+}
+
+fn metadata_cache_root() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("snapback"))
 }
 
 #[cfg(test)]

@@ -55,16 +55,49 @@ pub struct PackEntry {
     pub raw_len: u32,
 }
 
+thread_local! {
+    // One compression and one decompression context per thread, reused:
+    // creating a zstd context per 4 KiB page costs more than compressing it.
+    static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match c.as_mut() {
+            Some((_, ctx)) => ctx.compress(raw),
+            None => zstd::bulk::compress(raw, level),
+        }
+    })
+}
+
+fn decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match d.as_mut() {
+            Some(ctx) => ctx.decompress(stored, capacity),
+            None => zstd::bulk::decompress(stored, capacity),
+        }
+    })
+}
+
 /// Compresses a blob and proves that the compressed form decompresses back to
 /// content with the same hash, so that a compressor fault is never committed.
 pub fn seal_blob(id: &Id, raw: &[u8], level: i32) -> Result<Vec<u8>> {
-    let stored = zstd::bulk::compress(raw, level).map_err(|e| {
+    let stored = compress(raw, level).map_err(|e| {
         Error::Verification(format!(
             "zstd compression of chunk {} failed: {e}",
             id.short()
         ))
     })?;
-    let back = zstd::bulk::decompress(&stored, raw.len()).map_err(|e| {
+    let back = decompress(&stored, raw.len()).map_err(|e| {
         Error::Verification(format!(
             "chunk {} does not decompress after compression: {e}",
             id.short()
@@ -81,7 +114,7 @@ pub fn seal_blob(id: &Id, raw: &[u8], level: i32) -> Result<Vec<u8>> {
 
 /// Decompresses a stored blob and checks it against its id and length.
 pub fn open_blob(entry_id: &Id, stored: &[u8], raw_len: u32, place: &str) -> Result<Vec<u8>> {
-    let raw = zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| {
+    let raw = decompress(stored, raw_len as usize).map_err(|e| {
         Error::corrupt(
             format!("blob {} in {place}", entry_id.short()),
             format!("does not decompress: {e}"),

@@ -51,7 +51,7 @@ impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             chunking: ChunkingParams::default(),
-            compression_level: 3,
+            compression_level: 1,
             pack_target_size: 16 << 20,
         }
     }
@@ -120,6 +120,10 @@ pub struct Repository {
     config: RepoConfig,
     index: RwLock<Option<Arc<MasterIndex>>>,
     manifests: Mutex<HashMap<Id, Arc<Manifest>>>,
+    /// Local copies of immutable, content-named objects (manifests and
+    /// indexes), so that a command against a remote store does not fetch
+    /// every one of them again.
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Repository {
@@ -176,7 +180,47 @@ impl Repository {
             config,
             index: RwLock::new(None),
             manifests: Mutex::new(HashMap::new()),
+            cache_dir: None,
         }
+    }
+
+    /// Keeps local copies of manifests and indexes under
+    /// `dir/<repo id>/`. Every copy is verified against its name (its
+    /// SHA-256) when it is read, so a damaged cache is never trusted.
+    pub fn with_cache_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Repository {
+        self.cache_dir = Some(dir.into().join(&self.config.repo_id));
+        self
+    }
+
+    /// Reads a content-named object, from the cache when it holds a copy
+    /// that hashes to the name; verifies the name either way.
+    fn get_immutable(&self, key: &str, prefix: &str) -> Result<Vec<u8>> {
+        let cached = self.cache_dir.as_ref().map(|d| d.join(key));
+        if let Some(p) = &cached {
+            if let Ok(b) = std::fs::read(p) {
+                if verify_name(key, prefix, &b).is_ok() {
+                    return Ok(b);
+                }
+                tracing::warn!(path = %p.display(), "ignoring a damaged cache entry");
+            }
+        }
+        let bytes = self.store.get(key)?;
+        verify_name(key, prefix, &bytes)?;
+        if let Some(p) = cached {
+            let write = || -> std::io::Result<()> {
+                if let Some(dir) = p.parent() {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+                }
+                let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&tmp, &bytes)?;
+                std::fs::rename(&tmp, &p)
+            };
+            if let Err(e) = write() {
+                tracing::debug!(path = %p.display(), error = %e, "cannot write the metadata cache");
+            }
+        }
+        Ok(bytes)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -214,8 +258,7 @@ impl Repository {
         keys.sort();
         let known: std::collections::HashSet<String> = idx.index_keys.iter().cloned().collect();
         for key in keys.into_iter().filter(|k| !known.contains(k)) {
-            let bytes = self.store.get(&key)?;
-            verify_name(&key, INDEX_PREFIX, &bytes)?;
+            let bytes = self.get_immutable(&key, INDEX_PREFIX)?;
             for p in decode_index(&bytes, &key)? {
                 idx.insert_pack(&p);
             }
@@ -263,8 +306,7 @@ impl Repository {
 
     pub fn load_manifest(&self, id: &Id) -> Result<Manifest> {
         let key = format!("{SNAPSHOT_PREFIX}{id}");
-        let bytes = self.store.get(&key)?;
-        verify_name(&key, SNAPSHOT_PREFIX, &bytes)?;
+        let bytes = self.get_immutable(&key, SNAPSHOT_PREFIX)?;
         Manifest::parse(&bytes, &key)
     }
 
