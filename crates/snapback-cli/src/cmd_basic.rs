@@ -291,6 +291,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
         &RestoreOptions {
             force: a.force,
             path,
+            lock_wait: std::time::Duration::from_secs(300),
         },
         &bar,
     );

@@ -210,7 +210,10 @@ impl Repository {
             let write = || -> std::io::Result<()> {
                 if let Some(dir) = p.parent() {
                     use std::os::unix::fs::DirBuilderExt;
-                    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)?;
                 }
                 let tmp = p.with_extension(format!("tmp{}", std::process::id()));
                 std::fs::write(&tmp, &bytes)?;
@@ -525,6 +528,39 @@ mod tests {
         assert!(r("cccc").is_err());
         assert!("zz".parse::<Selector>().is_err());
         assert!("@yesterday".parse::<Selector>().is_err());
+    }
+
+    #[test]
+    fn metadata_cache_is_used_and_verified() {
+        use snapback_storage::LocalStore;
+        let d = tempfile::tempdir().expect("tmp");
+        let store: Arc<dyn Store> =
+            Arc::new(LocalStore::create(d.path().join("repo")).expect("store"));
+        let repo = Repository::init(store.clone(), &InitOptions::default()).expect("init");
+        let f = d.path().join("f.txt");
+        std::fs::write(&f, b"hello").expect("write");
+        let r = repo
+            .snapshot(&[f], &crate::SnapshotOptions::default(), &crate::NoProgress)
+            .expect("snapshot");
+        let cached = Repository::open(store)
+            .expect("open")
+            .with_cache_dir(d.path().join("cache"));
+        let m = cached.load_manifest(&r.id).expect("load");
+        assert_eq!(m, r.manifest);
+        let copy = d
+            .path()
+            .join("cache")
+            .join(&cached.config().repo_id)
+            .join(format!("snapshots/{}", r.id));
+        assert!(copy.exists(), "the manifest was cached");
+        // A damaged cache entry is never trusted: the store's copy is used.
+        std::fs::write(&copy, b"{\"format_version\": 1}").expect("damage");
+        assert_eq!(cached.load_manifest(&r.id).expect("reload"), r.manifest);
+        assert_eq!(
+            Id::of(&std::fs::read(&copy).expect("read")),
+            r.id,
+            "the entry was rewritten"
+        );
     }
 
     #[test]

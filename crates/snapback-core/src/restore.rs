@@ -30,6 +30,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Restore only this file, or the files under this directory.
     pub path: Option<String>,
+    /// How long to wait for a prune's exclusive lock.
+    pub lock_wait: std::time::Duration,
 }
 
 /// One file to restore and where it goes.
@@ -138,6 +140,8 @@ impl Repository {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let items = plan(snap, dest, opts)?;
+        // A prune must not delete packs while they are being read.
+        let _lock = self.lock(crate::lock::LockKind::Shared, "restore", opts.lock_wait)?;
         if !opts.force {
             let existing: Vec<String> = items
                 .iter()
