@@ -207,3 +207,64 @@ fn unchanged_database_adds_no_pack_data() {
         "a one-row change adds under 16 KiB: {v}"
     );
 }
+
+#[test]
+fn unchanged_database_is_recognised_without_reading_it() {
+    let env = Env::new();
+    let db = env.path("bank.db");
+    create_bank(&db, true);
+    let snap = |env: &Env| -> serde_json::Value {
+        serde_json::from_str(&env.ok(&["--json", "snapshot", db.to_str().expect("utf8")]))
+            .expect("json")
+    };
+    // Written just now: the timestamps are too recent to trust, so the next
+    // snapshot reads the database again even though nothing changed.
+    snap(&env);
+    let v = snap(&env);
+    assert!(
+        v["bytes_read"].as_u64().expect("n") > 0,
+        "a racy fingerprint is not trusted: {v}"
+    );
+    // Once the files have settled, an unchanged database is not read at all.
+    std::thread::sleep(Duration::from_millis(2200));
+    let first = snap(&env);
+    assert!(first["bytes_read"].as_u64().expect("n") > 0);
+    let v = snap(&env);
+    assert_eq!(
+        v["bytes_read"], 0,
+        "unchanged and settled: reused unread: {v}"
+    );
+    assert_eq!(v["bytes_added"], 0);
+    // Any commit, even one that leaves the size alone, is seen.
+    let c = Connection::open(&db).expect("open");
+    c.execute("UPDATE accounts SET balance = balance + 5 WHERE id = 3", [])
+        .expect("update");
+    c.execute("UPDATE accounts SET balance = balance - 5 WHERE id = 4", [])
+        .expect("update");
+    let v = snap(&env);
+    assert!(
+        v["bytes_read"].as_u64().expect("n") > 0,
+        "a commit changes the fingerprint: {v}"
+    );
+    drop(c);
+    let id = v["id"].as_str().expect("id").to_string();
+    let dest = env.path("after.db");
+    env.ok(&["restore", &id, dest.to_str().expect("utf8")]);
+    let r = Connection::open(&dest).expect("open");
+    let b: i64 = r
+        .query_row("SELECT balance FROM accounts WHERE id = 3", [], |x| {
+            x.get(0)
+        })
+        .expect("row");
+    assert_eq!(b, START + 5, "the snapshot after the commit holds it");
+    // The reused snapshot records the same image as its parent.
+    let all = env.snapshots_json();
+    let sha = |id: &serde_json::Value| {
+        all.iter().find(|s| s["id"] == *id).expect("listed")["files"][0]["sha256"].clone()
+    };
+    assert_eq!(
+        sha(&first["id"]),
+        sha(&all[3]["id"]),
+        "parent and reused snapshot hold the same image"
+    );
+}

@@ -2,9 +2,12 @@
 //! databases written concurrently, and a real repository on disk.
 
 mod util;
+mod rel_util;
 
 mod bad_input;
 mod consistency;
+mod corruption;
+mod crash;
 mod files;
 mod integrity;
 mod ops;

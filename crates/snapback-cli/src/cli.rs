@@ -85,6 +85,8 @@ pub enum Command {
     Audit(crate::cmd_repair::AuditArgs),
     /// Revert a repair, by its id from `snapback audit`.
     Undo(crate::cmd_repair::UndoArgs),
+    /// Rebuild the index objects from the packs alone (after index damage).
+    RepairIndex(crate::cmd_reliability::RepairIndexArgs),
 }
 
 pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
@@ -110,6 +112,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Repair(a) => crate::cmd_repair::repair(g, a),
         Command::Audit(a) => crate::cmd_repair::audit(g, a),
         Command::Undo(a) => crate::cmd_repair::undo(g, a),
+        Command::RepairIndex(a) => crate::cmd_reliability::repair_index(g, a),
     }
 }
 

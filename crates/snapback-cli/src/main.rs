@@ -5,6 +5,7 @@ mod cli;
 mod cmd_basic;
 mod cmd_mount;
 mod cmd_ops;
+mod cmd_reliability;
 mod cmd_repair;
 mod config;
 mod output;

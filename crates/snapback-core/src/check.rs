@@ -244,9 +244,16 @@ impl Repository {
             let m = match r {
                 Ok(m) => m,
                 Err(e) => {
-                    probs.add(
-                        o.key.clone(),
-                        format!("unreadable manifest: {e}; this snapshot cannot be restored"),
+                    // The manifest is the only record of its files, so the
+                    // affected snapshot is named and its files cannot be.
+                    probs.affect(
+                        &o.key,
+                        || format!("unreadable manifest: {e}; this snapshot cannot be restored"),
+                        Affected {
+                            snapshot: o.key[SNAPSHOT_PREFIX.len()..].chars().take(8).collect(),
+                            time: "unknown".into(),
+                            file: "(every file of the snapshot: its manifest is unreadable)".into(),
+                        },
                     );
                     continue;
                 }

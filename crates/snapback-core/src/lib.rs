@@ -8,6 +8,7 @@ mod check;
 mod chunklist;
 mod config;
 mod error;
+mod fingerprint;
 mod forget;
 mod id;
 mod index;

@@ -86,6 +86,12 @@ pub struct SqliteFacts {
     pub change_counter: u32,
     /// When the read transaction was established.
     pub captured_at: String,
+    /// The database's and its WAL's file metadata, taken before the read
+    /// transaction began, recorded only when no write was recent enough to
+    /// hide behind timestamp granularity (see `fingerprint`). A later
+    /// snapshot that finds exactly these files reuses this image unread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::fingerprint::DbFingerprint>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -461,6 +461,15 @@ impl Repository {
         progress: &dyn Progress,
     ) -> Result<FileEntry> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot stat", e))?;
+        // Taken before the read transaction begins (see fingerprint.rs).
+        let fp = crate::fingerprint::take(path).map_err(|e| Error::io(path, "cannot stat", e))?;
+        let fp_taken = crate::fingerprint::now_ns();
+        if let Some(entry) = self.unchanged_since_parent(path, fp.as_ref(), sink, history) {
+            return Ok(FileEntry {
+                mode: mode_of(&meta),
+                ..entry
+            });
+        }
         let cap = Capture::begin(path, opts.busy_timeout)?;
         let page_size = cap.page_size;
         let chunk_size =
@@ -514,6 +523,7 @@ impl Repository {
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 .unwrap_or(0),
             captured_at: crate::time::format_rfc3339(cap.captured_at),
+            fingerprint: fp.filter(|f| crate::fingerprint::settled(f, fp_taken)),
         };
         let size = cap.size();
         cap.finish()?;
@@ -538,6 +548,43 @@ impl Repository {
             chunks,
             sqlite: Some(facts),
         })
+    }
+
+    /// The parent's entry for `path`, if the database is provably unchanged
+    /// since the parent captured it: same fingerprint, same chunking, and
+    /// its chunk list still indexed.
+    fn unchanged_since_parent(
+        &self,
+        path: &Path,
+        fp: Option<&crate::fingerprint::DbFingerprint>,
+        sink: &BlobSink,
+        history: &[Snapshot],
+    ) -> Option<FileEntry> {
+        let fp = fp?;
+        let path_s = path.to_string_lossy();
+        let (snap, prev) = history
+            .iter()
+            .rev()
+            .find_map(|s| s.file(&path_s).map(|f| (s, f)))?;
+        let facts = prev.sqlite.as_ref()?;
+        let page_size = facts.page_size as usize;
+        let same_chunking = prev.chunking
+            == (Chunking::Fixed {
+                size: (page_size * self.config().chunking.sqlite_pages_per_chunk as usize) as u32,
+            });
+        let indexed = prev.chunks.blob_ids().all(|id| sink.index.contains(id));
+        if facts.fingerprint.as_ref() != Some(fp) || !same_chunking || !indexed {
+            return None;
+        }
+        tracing::info!(path = %path_s, parent = %snap.id.short(), "database unchanged since the parent snapshot (same files, settled timestamps); reusing its image without reading it");
+        let mut e = prev.clone();
+        if let Some(f) = e.sqlite.as_mut() {
+            f.captured_at = crate::time::format_rfc3339(crate::time::now());
+        }
+        if let Ok(mut s) = sink.stats.lock() {
+            s.chunks += e.chunks.count;
+        }
+        Some(e)
     }
 
     fn capture_file(

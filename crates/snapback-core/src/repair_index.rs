@@ -1,0 +1,326 @@
+//! repair-index: rebuilds the index objects from the packs alone.
+//!
+//! Index objects are a cache of what the pack headers say (docs/format.md),
+//! so when one is lost or damaged the packs still hold everything needed to
+//! find every blob. This module reads, for every pack, only its 12-byte
+//! prefix and its header (two range reads; a pack is never downloaded
+//! whole), and plans a new set of index objects from them. Plan, then
+//! apply, under the **exclusive** lock:
+//!
+//! 1. the new index objects are written, each verified with put-then-stat
+//!    (`put_verified`), exactly as a snapshot writes its index;
+//! 2. only then are the old index objects that are not among the new ones
+//!    deleted.
+//!
+//! Each step is safe to interrupt: before 2, old and new indexes stand side
+//! by side and agree where both are readable. The new objects are encoded
+//! deterministically (packs by id, entries in header order), so running
+//! repair-index on a healthy repository writes and deletes nothing.
+//!
+//! A pack whose prefix or header cannot be read is reported and left out:
+//! its blobs stay unindexed, and `check` names the snapshots that need them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{encode_index, IndexedPack};
+use crate::lock::LockKind;
+use crate::pack::{parse_header, parse_prefix};
+use crate::repo::{pack_id_from_key, Repository, DATA_PREFIX, INDEX_PREFIX};
+use crate::snapshot::put_verified;
+
+/// At most this many blob entries per new index object (as prune writes).
+const ENTRIES_PER_INDEX: usize = 65_536;
+
+/// A pack that could not be indexed, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnreadablePack {
+    pub key: String,
+    pub problem: String,
+}
+
+/// What repair-index found and would do.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairIndexPlan {
+    /// Packs found under `data/`.
+    pub packs: usize,
+    /// Packs whose header was read and that go into the new index.
+    pub packs_indexed: usize,
+    /// Blob entries in the new index (a blob stored twice counts twice).
+    pub blobs: usize,
+    /// Packs left out: unreadable prefix or header, or a name that is not a
+    /// pack id.
+    pub unreadable_packs: Vec<UnreadablePack>,
+    /// Index objects present now.
+    pub old_index_objects: Vec<String>,
+    /// Index objects the repair writes (the ones that exist already with
+    /// the same content are not written again).
+    pub new_index_objects: Vec<String>,
+    /// Old index objects the repair deletes once the new ones are verified.
+    pub delete_index_objects: Vec<String>,
+    /// Bytes read from the store to build the plan (prefixes and headers).
+    pub bytes_read: u64,
+    #[serde(skip)]
+    encoded: Vec<(String, Vec<u8>)>,
+}
+
+impl RepairIndexPlan {
+    /// True when applying would change nothing.
+    pub fn is_noop(&self) -> bool {
+        self.delete_index_objects.is_empty()
+            && self
+                .new_index_objects
+                .iter()
+                .all(|k| self.old_index_objects.contains(k))
+    }
+}
+
+/// What repair-index did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairIndexReport {
+    pub index_objects_written: usize,
+    pub index_objects_deleted: usize,
+}
+
+impl Repository {
+    /// Reads every pack's prefix and header and plans the new index
+    /// objects. Takes no lock; `repair_index` plans again under the
+    /// exclusive lock.
+    pub fn plan_repair_index(&self) -> Result<RepairIndexPlan> {
+        let store = self.store();
+        let mut plan = RepairIndexPlan::default();
+        let mut found: BTreeMap<Id, IndexedPack> = BTreeMap::new();
+        let mut listing = store.list(DATA_PREFIX)?;
+        listing.sort_by(|a, b| a.key.cmp(&b.key));
+        plan.packs = listing.len();
+        for o in listing {
+            let Some(id) = pack_id_from_key(&o.key) else {
+                plan.unreadable_packs.push(UnreadablePack {
+                    key: o.key.clone(),
+                    problem: "not named like a pack".into(),
+                });
+                continue;
+            };
+            match self.read_pack_header(&o.key, o.size, &mut plan.bytes_read) {
+                Ok(entries) => {
+                    tracing::debug!(pack = %o.key, blobs = entries.len(), "pack header read");
+                    found.insert(
+                        id,
+                        IndexedPack {
+                            id,
+                            size: o.size,
+                            entries,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(pack = %o.key, error = %e, "pack left out of the index");
+                    plan.unreadable_packs.push(UnreadablePack {
+                        key: o.key.clone(),
+                        problem: e.to_string(),
+                    });
+                }
+            }
+        }
+        plan.packs_indexed = found.len();
+        plan.blobs = found.values().map(|p| p.entries.len()).sum();
+
+        let mut old: Vec<String> = store
+            .list(INDEX_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        old.sort();
+        plan.old_index_objects = old;
+
+        // Deterministic grouping, so that a healthy repository re-encodes to
+        // the same objects.
+        let mut group: Vec<IndexedPack> = Vec::new();
+        let mut n = 0usize;
+        let mut encoded = Vec::new();
+        let mut flush = |group: &mut Vec<IndexedPack>| -> Result<()> {
+            if group.is_empty() {
+                return Ok(());
+            }
+            let bytes = encode_index(group)?;
+            encoded.push((format!("{INDEX_PREFIX}{}", Id::of(&bytes)), bytes));
+            group.clear();
+            Ok(())
+        };
+        for p in found.into_values() {
+            n += p.entries.len();
+            group.push(p);
+            if n >= ENTRIES_PER_INDEX {
+                flush(&mut group)?;
+                n = 0;
+            }
+        }
+        flush(&mut group)?;
+        let new_keys: HashSet<&String> = encoded.iter().map(|(k, _)| k).collect();
+        plan.new_index_objects = encoded.iter().map(|(k, _)| k.clone()).collect();
+        plan.delete_index_objects = plan
+            .old_index_objects
+            .iter()
+            .filter(|k| !new_keys.contains(k))
+            .cloned()
+            .collect();
+        plan.encoded = encoded;
+        Ok(plan)
+    }
+
+    /// The entries of one pack, from its prefix and header alone.
+    fn read_pack_header(
+        &self,
+        key: &str,
+        size: u64,
+        bytes_read: &mut u64,
+    ) -> Result<Vec<crate::pack::PackEntry>> {
+        if size < 12 {
+            return Err(Error::corrupt(
+                key,
+                format!("pack is {size} bytes, shorter than a pack prefix"),
+            ));
+        }
+        let prefix = self.store().get_range(key, 0, 12)?;
+        *bytes_read += prefix.len() as u64;
+        let hlen = parse_prefix(&prefix, key)? as u64;
+        if 12 + hlen > size {
+            return Err(Error::corrupt(
+                key,
+                format!("pack header of {hlen} bytes does not fit in the pack's {size} bytes"),
+            ));
+        }
+        let header = self.store().get_range(key, 12, hlen)?;
+        *bytes_read += header.len() as u64;
+        parse_header(&header, size, key)
+    }
+
+    /// Rebuilds the index objects from the packs under the exclusive lock:
+    /// plans, then (unless `dry_run`) writes the new objects, verifies
+    /// them, and deletes the old ones.
+    pub fn repair_index(
+        &self,
+        lock_wait: Duration,
+        dry_run: bool,
+    ) -> Result<(RepairIndexPlan, RepairIndexReport)> {
+        let _lock = self.lock(LockKind::Exclusive, "repair-index", lock_wait)?;
+        let plan = self.plan_repair_index()?;
+        let mut report = RepairIndexReport::default();
+        if dry_run {
+            return Ok((plan, report));
+        }
+        let store = self.store().as_ref();
+        for (key, bytes) in &plan.encoded {
+            if plan.old_index_objects.contains(key) {
+                continue;
+            }
+            put_verified(store, key, bytes)?;
+            tracing::info!(index = %key, bytes = bytes.len(), "index object written");
+            report.index_objects_written += 1;
+        }
+        for key in &plan.delete_index_objects {
+            store.delete(key)?;
+            tracing::info!(index = %key, "old index object deleted");
+            report.index_objects_deleted += 1;
+        }
+        self.refresh_index_from_scratch()?;
+        Ok((plan, report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use snapback_storage::{LocalStore, Store};
+
+    use super::*;
+    use crate::pack::{seal_blob, BlobKind, PackBuilder};
+    use crate::repo::{pack_key, InitOptions};
+
+    fn repo() -> (tempfile::TempDir, Repository) {
+        let d = tempfile::tempdir().expect("tmp");
+        let s: Arc<dyn Store> = Arc::new(LocalStore::create(d.path().join("r")).expect("store"));
+        let r = Repository::init(s, &InitOptions::default()).expect("init");
+        (d, r)
+    }
+
+    fn put_pack(r: &Repository, blobs: &[&[u8]]) -> (Id, Vec<Id>) {
+        let mut b = PackBuilder::new();
+        let mut ids = vec![];
+        for raw in blobs {
+            let id = Id::of(raw);
+            b.add(
+                BlobKind::Data,
+                id,
+                &seal_blob(&id, raw, 3).expect("seal"),
+                raw.len() as u32,
+            );
+            ids.push(id);
+        }
+        let (bytes, id, _) = b.finish();
+        put_verified(r.store().as_ref(), &pack_key(&id), &bytes).expect("put");
+        (id, ids)
+    }
+
+    #[test]
+    fn rebuilds_every_blob_from_headers_and_is_idempotent() {
+        let (_d, r) = repo();
+        let (_, a) = put_pack(&r, &[b"one", b"two"]);
+        let (_, b) = put_pack(&r, &[b"three"]);
+        assert_eq!(r.refresh_index_from_scratch().expect("idx").blob_count(), 0);
+        let (plan, rep) = r
+            .repair_index(Duration::from_secs(1), false)
+            .expect("repair");
+        assert_eq!((plan.packs, plan.packs_indexed, plan.blobs), (2, 2, 3));
+        assert_eq!(rep.index_objects_written, 1);
+        let idx = r.index().expect("index");
+        for id in a.iter().chain(&b) {
+            assert!(idx.contains(id), "blob {id} is indexed again");
+            let raw = r.read_blob(&idx, id).expect("read");
+            assert_eq!(Id::of(&raw), *id);
+        }
+        // A second run on the now healthy repository changes nothing.
+        let (plan, rep) = r
+            .repair_index(Duration::from_secs(1), false)
+            .expect("again");
+        assert!(plan.is_noop(), "{plan:?}");
+        assert_eq!(
+            (rep.index_objects_written, rep.index_objects_deleted),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn damaged_index_is_replaced_and_unreadable_pack_is_reported() {
+        let (_d, r) = repo();
+        let (_, a) = put_pack(&r, &[b"alpha"]);
+        // A bogus index object and a pack with a damaged prefix.
+        r.store()
+            .put_if_absent("index/00", b"garbage")
+            .expect("put");
+        let mut bad = b"NOTAPACK".to_vec();
+        bad.extend_from_slice(&[9, 0, 0, 0, 1, 2, 3]);
+        r.store()
+            .put_if_absent(&pack_key(&Id::of(&bad)), &bad)
+            .expect("put");
+        let (dry, _) = r.repair_index(Duration::from_secs(1), true).expect("dry");
+        assert_eq!(dry.delete_index_objects, vec!["index/00".to_string()]);
+        assert!(
+            r.store().stat("index/00").expect("stat").is_some(),
+            "dry run"
+        );
+        let (plan, rep) = r
+            .repair_index(Duration::from_secs(1), false)
+            .expect("repair");
+        assert_eq!(plan.unreadable_packs.len(), 1, "{plan:?}");
+        assert!(plan.unreadable_packs[0].problem.contains("bad magic"));
+        assert_eq!(rep.index_objects_deleted, 1);
+        assert!(r.store().stat("index/00").expect("stat").is_none());
+        assert!(r.index().expect("index").contains(&a[0]));
+    }
+}

@@ -1,0 +1,527 @@
+//! Crash consistency: `snapshot`, `prune` (after `forget`), `repair --apply`
+//! and `undo` are killed with SIGKILL at random points, over and over.
+//! After every kill:
+//! - `check --read-data` passes;
+//! - every snapshot committed before the kill restores exactly (SHA-256 of
+//!   the restored file = the manifest's `sha256`);
+//! - the live database passes `PRAGMA integrity_check`;
+//! - a lock left by the killed process is stale (its pid is dead on this
+//!   host) and is passed over at once: an exclusive lock is taken with a
+//!   2-second wait;
+//! - the operation re-runs (or resumes) to completion, with the expected
+//!   result.
+//!
+//! Bounded by `SNAPBACK_CRASH_ITERATIONS` (kills per operation, default 3)
+//! and `SNAPBACK_CRASH_SECONDS` (time per operation, default 40).
+//! `SNAPBACK_CRASH_SEED` replays a run; `SNAPBACK_CRASH_REPORT=FILE`
+//! appends one JSON line per operation. `scripts/crash.sh` runs the long
+//! loops.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::rel_util::{
+    check_clean, committed, damage_rows, make_db, repair_script, restore_exactly, rows, Committed,
+};
+use crate::util::{integrity, stderr, stdout, Env};
+
+/// xorshift64*: reproducible from the seed that is printed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+struct Budget {
+    iterations: usize,
+    deadline: Instant,
+    seconds: u64,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn budget() -> Budget {
+    let seconds = env_u64("SNAPBACK_CRASH_SECONDS", 40);
+    Budget {
+        iterations: env_u64("SNAPBACK_CRASH_ITERATIONS", 3).clamp(1, 100_000) as usize,
+        deadline: Instant::now() + Duration::from_secs(seconds),
+        seconds,
+    }
+}
+
+fn rng(op: &str) -> Rng {
+    let seed = env_u64(
+        "SNAPBACK_CRASH_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    );
+    eprintln!("crash harness {op}: seed {seed} (SNAPBACK_CRASH_SEED={seed} replays it)");
+    Rng(seed | 1)
+}
+
+/// What happened to one operation's kills.
+#[derive(Debug, Default)]
+struct Tally {
+    op: &'static str,
+    iterations: usize,
+    /// Killed while the process was still running.
+    killed_mid_operation: usize,
+    /// The process had already exited (successfully) when the kill came.
+    completed_before_kill: usize,
+    /// Kills that left the killed process's lock object behind.
+    stale_locks_left: usize,
+    /// Snapshots restored and compared after kills.
+    restores_verified: usize,
+    /// Re-runs that finished the operation.
+    reruns_ok: usize,
+    /// Re-runs of `repair` that resumed a stored, interrupted run.
+    resumed: usize,
+    max_delay_ms: u64,
+    seconds: f64,
+}
+
+impl Tally {
+    fn report(&self) {
+        let line = format!(
+            "{{\"op\":\"{}\",\"iterations\":{},\"killed_mid_operation\":{},\"completed_before_kill\":{},\"stale_locks_left\":{},\"restores_verified\":{},\"reruns_ok\":{},\"resumed\":{},\"max_delay_ms\":{},\"seconds\":{:.1}}}",
+            self.op,
+            self.iterations,
+            self.killed_mid_operation,
+            self.completed_before_kill,
+            self.stale_locks_left,
+            self.restores_verified,
+            self.reruns_ok,
+            self.resumed,
+            self.max_delay_ms,
+            self.seconds
+        );
+        eprintln!("crash harness result: {line}");
+        if let Ok(path) = std::env::var("SNAPBACK_CRASH_REPORT") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+}
+
+/// Runs `args` to completion; returns its duration. Asserts success.
+fn timed_ok(env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> Duration {
+    let t = Instant::now();
+    let mut c = env.cmd(args);
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run");
+    assert!(
+        out.status.success(),
+        "snapback {args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    t.elapsed()
+}
+
+/// Starts `args`, sleeps `delay`, then SIGKILLs it unless it has exited.
+/// Returns (killed mid-operation, pid).
+fn run_and_kill(
+    env: &Env,
+    args: &[&str],
+    extra_env: &[(&str, &str)],
+    delay: Duration,
+) -> (bool, u32) {
+    let mut c = env.cmd(args);
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    let mut child: Child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    std::thread::sleep(delay);
+    let mid = match child.try_wait().expect("try_wait") {
+        Some(status) => {
+            let out = child.wait_with_output().expect("output");
+            assert!(
+                status.success(),
+                "snapback {args:?} finished before the kill, but failed: {}",
+                stderr(&out)
+            );
+            false
+        }
+        None => {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            true
+        }
+    };
+    (mid, pid)
+}
+
+/// The invariants after a kill (see the module comment).
+fn verify_after_kill(
+    env: &Env,
+    pid: u32,
+    before: &[Committed],
+    live: &Path,
+    tally: &mut Tally,
+    rng: &mut Rng,
+    ctx: &str,
+) {
+    // Locks the killed process left behind.
+    let left = crate::rel_util::objects(&env.repo(), "locks")
+        .iter()
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .is_some_and(|v| v["pid"].as_u64() == Some(pid as u64))
+        })
+        .count();
+    tally.stale_locks_left += left;
+    // Stale locks are passed over at once: an exclusive lock (which any
+    // live lock would block) is taken within 2 seconds.
+    let t = Instant::now();
+    let out = env.run(&["prune", "--dry-run", "--lock-wait", "2"]);
+    assert!(
+        out.status.success() && t.elapsed() < Duration::from_secs(10),
+        "{ctx}: the killed process's lock ({left} left) is detected as stale: {}",
+        stderr(&out)
+    );
+
+    check_clean(env, ctx);
+
+    let now = committed(env);
+    // Every snapshot committed before the kill is still there and restores
+    // exactly. Up to 8 are restored each time (all of them while there are
+    // at most 8: the newest 4 and 4 at random otherwise); `check
+    // --read-data` above has verified every blob of every snapshot.
+    let mut pick: Vec<&Committed> = before.iter().collect();
+    if pick.len() > 8 {
+        let newest: Vec<&Committed> = pick.split_off(pick.len() - 4);
+        let mut others = vec![];
+        for _ in 0..4 {
+            let i = rng.below(pick.len() as u64) as usize;
+            others.push(pick.swap_remove(i));
+        }
+        pick = newest.into_iter().chain(others).collect();
+    }
+    for s in before {
+        assert!(
+            now.iter().any(|n| n.id == s.id),
+            "{ctx}: snapshot {} committed before the kill is still there",
+            &s.id[..12]
+        );
+    }
+    for s in pick {
+        for p in restore_exactly(env, s, &format!("{}-{}", tally.op, tally.iterations)) {
+            if p.extension().is_some_and(|e| e == "db") {
+                assert_eq!(integrity(&p), "ok", "{ctx}: restored database");
+            }
+            let _ = std::fs::remove_file(&p);
+        }
+        tally.restores_verified += 1;
+    }
+    assert_eq!(integrity(live), "ok", "{ctx}: the live database is intact");
+}
+
+fn finish(mut tally: Tally, started: Instant, b: &Budget) {
+    tally.seconds = started.elapsed().as_secs_f64();
+    tally.report();
+    assert!(
+        tally.iterations >= 1,
+        "at least one kill ({} s budget)",
+        b.seconds
+    );
+    assert_eq!(
+        tally.reruns_ok, tally.iterations,
+        "every interrupted operation was finished by a re-run"
+    );
+}
+
+/// A random delay up to 1.3 × the operation's measured duration, so that
+/// most kills land part-way and some after completion.
+fn delay(rng: &mut Rng, measured: Duration, tally: &mut Tally) -> Duration {
+    let ms = rng.below((measured.as_millis() as u64 * 13 / 10).max(20));
+    tally.max_delay_ms = tally.max_delay_ms.max(ms);
+    Duration::from_millis(ms)
+}
+
+/// Keeps the loops' repositories small: at most `keep` snapshots (plus
+/// pre-repair ones, which retention keeps).
+fn trim(env: &Env, keep: usize) {
+    if committed(env).len() > keep + 1 {
+        env.ok(&[
+            "forget",
+            "--keep-last",
+            &keep.to_string(),
+            "--prune",
+            "--lock-wait",
+            "5",
+        ]);
+    }
+}
+
+#[test]
+fn crash_snapshot_killed_at_random_points() {
+    let b = budget();
+    let mut rng = rng("snapshot");
+    let started = Instant::now();
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 3000);
+    // A plain file too, so that a snapshot writes more than one pack.
+    let blob = env.path("blob.bin");
+    let data: Vec<u8> = (0..(12u32 << 20)).map(|_| rng.next() as u8).collect();
+    std::fs::write(&blob, &data).expect("write");
+    drop(data);
+    let (dbs, blobs) = (db.to_str().expect("utf8"), blob.to_str().expect("utf8"));
+    let measured = timed_ok(&env, &["snapshot", dbs, blobs], &[]);
+    let mut tally = Tally {
+        op: "snapshot",
+        ..Default::default()
+    };
+    while tally.iterations < b.iterations && Instant::now() < b.deadline {
+        let i = tally.iterations as u64;
+        damage_rows(&db, rng.next(), 60);
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&blob)
+                .expect("open");
+            let chunk: Vec<u8> = (0..(1u32 << 20)).map(|_| rng.next() as u8).collect();
+            f.write_all_at(&chunk, rng.below(11) << 20).expect("write");
+        }
+        let before = committed(&env);
+        let d = delay(&mut rng, measured, &mut tally);
+        let (mid, pid) = run_and_kill(&env, &["snapshot", dbs, blobs], &[], d);
+        if mid {
+            tally.killed_mid_operation += 1;
+        } else {
+            tally.completed_before_kill += 1;
+        }
+        tally.iterations += 1;
+        let ctx = format!("snapshot kill {i} at {d:?}");
+        verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
+        // Re-run: it commits, and the new snapshot holds the live rows.
+        let out = env.run(&["snapshot", dbs, blobs, "--lock-wait", "2"]);
+        assert!(out.status.success(), "{ctx}: re-run: {}", stderr(&out));
+        let id = stdout(&out).trim().to_string();
+        let now = committed(&env);
+        let s = now.iter().find(|s| s.id == id).expect("the new snapshot");
+        let p = restore_exactly(&env, s, &format!("rerun-{i}"));
+        assert_eq!(
+            rows(&p[0]),
+            rows(&db),
+            "{ctx}: re-run captured the live rows"
+        );
+        tally.reruns_ok += 1;
+        trim(&env, 4);
+    }
+    finish(tally, started, &b);
+}
+
+#[test]
+fn crash_prune_killed_at_random_points() {
+    let b = budget();
+    let mut rng = rng("prune");
+    let started = Instant::now();
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 4000);
+    let dbs = db.to_str().expect("utf8");
+    let mut tally = Tally {
+        op: "prune",
+        ..Default::default()
+    };
+    // Garbage for prune to remove and packs for it to repack: snapshots of
+    // a changing database, most of them then forgotten.
+    let make_garbage = |rng: &mut Rng| {
+        for _ in 0..3 {
+            damage_rows(&db, rng.next(), 400);
+            env.snapshot(&db);
+        }
+        env.ok(&["forget", "--keep-last", "2"]);
+    };
+    make_garbage(&mut rng);
+    let measured = timed_ok(&env, &["prune"], &[]);
+    while tally.iterations < b.iterations && Instant::now() < b.deadline {
+        let i = tally.iterations;
+        make_garbage(&mut rng);
+        let before = committed(&env);
+        let d = delay(&mut rng, measured, &mut tally);
+        let (mid, pid) = run_and_kill(&env, &["prune"], &[], d);
+        if mid {
+            tally.killed_mid_operation += 1;
+        } else {
+            tally.completed_before_kill += 1;
+        }
+        tally.iterations += 1;
+        let ctx = format!("prune kill {i} at {d:?}");
+        verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
+        let v: serde_json::Value =
+            serde_json::from_str(&env.ok(&["--json", "prune", "--lock-wait", "2"])).expect("json");
+        // After the re-run, a further prune finds nothing to delete.
+        let again: serde_json::Value =
+            serde_json::from_str(&env.ok(&["--json", "prune", "--dry-run", "--lock-wait", "2"]))
+                .expect("json");
+        assert_eq!(
+            again["plan"]["delete_packs"].as_array().map(Vec::len),
+            Some(0),
+            "{ctx}: the re-run finished the prune: {v} then {again}"
+        );
+        check_clean(&env, &ctx);
+        tally.reruns_ok += 1;
+        let _ = dbs;
+    }
+    finish(tally, started, &b);
+}
+
+#[test]
+fn crash_repair_killed_at_random_points() {
+    let b = budget();
+    let mut rng = rng("repair");
+    let started = Instant::now();
+    let env = Env::new();
+    let db = env.path("live.db");
+    make_db(&db, 1500);
+    let good = rows(&db);
+    let s0 = env.snapshot(&db);
+    let script = repair_script(&env, &s0, &db, "fix.toml");
+    let sc = script.to_str().expect("utf8");
+    // Small batches with a short pause between them, so that kills land
+    // between batches as well as inside the pre-repair snapshot.
+    let slow = [("SNAPBACK_REPAIR_BATCH_DELAY_MS", "3")];
+    damage_rows(&db, rng.next(), 200);
+    let measured = timed_ok(&env, &["repair", sc, "--apply", "--yes"], &slow);
+    assert_eq!(rows(&db), good);
+    let mut tally = Tally {
+        op: "repair",
+        ..Default::default()
+    };
+    while tally.iterations < b.iterations && Instant::now() < b.deadline {
+        let i = tally.iterations;
+        damage_rows(&db, rng.next(), 200);
+        let before = committed(&env);
+        let d = delay(&mut rng, measured, &mut tally);
+        let (mid, pid) = run_and_kill(&env, &["repair", sc, "--apply", "--yes"], &slow, d);
+        if mid {
+            tally.killed_mid_operation += 1;
+        } else {
+            tally.completed_before_kill += 1;
+        }
+        tally.iterations += 1;
+        let ctx = format!("repair kill {i} at {d:?}");
+        verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
+        let out = env.run(&["repair", sc, "--apply", "--yes", "--lock-wait", "5"]);
+        assert!(
+            out.status.success(),
+            "{ctx}: re-run: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        if stdout(&out).contains("RESUME") {
+            tally.resumed += 1;
+        }
+        assert_eq!(rows(&db), good, "{ctx}: the re-run repaired every row");
+        let out = env.run(&["audit", "verify"]);
+        assert!(out.status.success(), "{ctx}: {}", stdout(&out));
+        tally.reruns_ok += 1;
+    }
+    finish(tally, started, &b);
+}
+
+#[test]
+fn crash_undo_killed_at_random_points() {
+    let b = budget();
+    let mut rng = rng("undo");
+    let started = Instant::now();
+    let env = Env::new();
+    let db = env.path("live.db");
+    make_db(&db, 1500);
+    let s0 = env.snapshot(&db);
+    let script = repair_script(&env, &s0, &db, "fix.toml");
+    let sc = script.to_str().expect("utf8");
+    let slow = [("SNAPBACK_REPAIR_BATCH_DELAY_MS", "3")];
+    let last_repair = || -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&env.ok(&["--json", "audit"])).expect("json");
+        v.as_array()
+            .expect("entries")
+            .iter()
+            .rev()
+            .find(|e| e["entry"]["kind"] == "repair")
+            .and_then(|e| e["entry"]["repair_id"].as_str())
+            .expect("a repair")
+            .to_string()
+    };
+    damage_rows(&db, rng.next(), 200);
+    env.ok(&["repair", sc, "--apply", "--yes"]);
+    let measured = timed_ok(&env, &["undo", &last_repair(), "--yes"], &slow);
+    let mut tally = Tally {
+        op: "undo",
+        ..Default::default()
+    };
+    while tally.iterations < b.iterations && Instant::now() < b.deadline {
+        let i = tally.iterations;
+        damage_rows(&db, rng.next(), 200);
+        let damaged = rows(&db);
+        env.ok(&["repair", sc, "--apply", "--yes"]);
+        let id = last_repair();
+        let before = committed(&env);
+        let d = delay(&mut rng, measured, &mut tally);
+        let (mid, pid) = run_and_kill(&env, &["undo", &id, "--yes"], &slow, d);
+        if mid {
+            tally.killed_mid_operation += 1;
+        } else {
+            tally.completed_before_kill += 1;
+        }
+        tally.iterations += 1;
+        let ctx = format!("undo kill {i} at {d:?}");
+        verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
+        // Re-run: it resumes or starts the undo, or says it is done.
+        let out = env.run(&["undo", &id, "--yes", "--lock-wait", "5"]);
+        assert!(
+            out.status.success() || stderr(&out).contains("undone already"),
+            "{ctx}: re-run: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        if stderr(&out).contains("resuming") {
+            tally.resumed += 1;
+        }
+        assert_eq!(rows(&db), damaged, "{ctx}: the undo put every row back");
+        let out = env.run(&["audit", "verify"]);
+        assert!(out.status.success(), "{ctx}: {}", stdout(&out));
+        tally.reruns_ok += 1;
+    }
+    finish(tally, started, &b);
+}
