@@ -10,12 +10,15 @@ mod config;
 mod error;
 mod fingerprint;
 mod forget;
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 mod index;
 mod lock;
 mod manifest;
 mod pack;
 mod prune;
+mod repair_index;
 mod repo;
 mod restore;
 mod snapshot;
@@ -37,6 +40,7 @@ pub use manifest::{
 };
 pub use pack::BlobKind;
 pub use prune::{PrunePlan, PruneReport};
+pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};
 pub use repo::{pack_key, FileReader, InitOptions, Repository, Selector, Snapshot};
 pub use restore::{path_matches, RestoreItem, RestoreOptions, RestoreReport};
 pub use snapback_storage as storage;
