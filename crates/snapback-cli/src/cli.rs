@@ -101,7 +101,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Snapshots(a) => cmd_basic::snapshots(g, a),
         Command::Restore(a) => cmd_basic::restore(g, a),
         Command::Check(a) => cmd_basic::check(g, a),
-        Command::Mount(a) => crate::cmd_mount::mount(g, a),
+        Command::Mount(a) => crate::cmd_mount::mount(g, &cfg, a),
         Command::Umount(a) => crate::cmd_mount::umount(g, a),
         Command::Forget(a) => crate::cmd_ops::forget(g, &cfg, a),
         Command::Prune(a) => crate::cmd_ops::prune(g, a),

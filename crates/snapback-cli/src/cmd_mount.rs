@@ -27,12 +27,14 @@ pub struct MountArgs {
     /// In-memory chunk cache size (e.g. 256M, 1G).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub memory_cache_size: u64,
-    /// Keep fetched chunks in this directory too (re-verified when read).
+    /// Keep fetched chunks in this directory too, re-verified when read
+    /// (default: `[cache] dir` of snapback.toml, if set).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Size limit of --cache-dir (e.g. 10G).
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
-    pub cache_size: u64,
+    /// Size limit of the disk cache, e.g. 10G (default: `[cache] size` of
+    /// snapback.toml, else 1G).
+    #[arg(long, value_parser = parse_size)]
+    pub cache_size: Option<u64>,
     /// Seconds one read may take before it fails with EIO.
     #[arg(long, default_value_t = 30.0)]
     pub read_timeout: f64,
@@ -95,7 +97,7 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-pub fn mount(g: &Global, a: MountArgs) -> anyhow::Result<u8> {
+pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::Result<u8> {
     if a.daemon {
         return daemonize(g);
     }
@@ -127,7 +129,15 @@ pub fn mount(g: &Global, a: MountArgs) -> anyhow::Result<u8> {
     opts.allow_other = a.allow_other;
     opts.request_threads = a.request_threads.into();
     opts.vfs.mem_cache_bytes = a.memory_cache_size;
-    opts.vfs.disk_cache = a.cache_dir.map(|d| (absolute(&d), a.cache_size));
+    let cache_size = match (a.cache_size, cfg.cache.size.as_deref()) {
+        (Some(n), _) => n,
+        (None, Some(s)) => {
+            parse_size(s).map_err(|e| anyhow::anyhow!("[cache] size in the config file: {e}"))?
+        }
+        (None, None) => 1 << 30,
+    };
+    let cache_dir = a.cache_dir.or_else(|| cfg.cache.dir.clone());
+    opts.vfs.disk_cache = cache_dir.map(|d| (absolute(&d), cache_size));
     opts.vfs.read_timeout = seconds("read-timeout", a.read_timeout)?;
     opts.vfs.refresh_ttl = seconds("refresh-interval", a.refresh_interval)?;
     opts.vfs.readahead_max = a.readahead;

@@ -298,9 +298,16 @@ pub fn run(repo: Arc<Repository>, opts: MountOptions) -> Result<(), MountError> 
     };
     notify("STOPPING=1");
     tracing::info!(signal = sig, mountpoint = %mountpoint.display(), "unmounting");
-    if let Err(e) = unmount(&mountpoint, false) {
-        tracing::info!(error = %e, "busy; unmounting lazily");
-        unmount(&mountpoint, true)?;
+    if is_mount_point(&mountpoint) {
+        if let Err(e) = unmount(&mountpoint, false) {
+            tracing::info!(error = %e, "busy; unmounting lazily");
+            if let Err(e) = unmount(&mountpoint, true) {
+                // Unmounted meanwhile by someone else is fine.
+                if is_mount_point(&mountpoint) {
+                    return Err(e);
+                }
+            }
+        }
     }
     let until = Instant::now() + opts.unmount_grace;
     while !session.guard.is_finished() && Instant::now() < until {

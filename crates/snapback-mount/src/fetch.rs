@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use snapback_core::{Id, MasterIndex, Repository};
 
@@ -209,6 +209,7 @@ pub(crate) struct Fetcher {
     mem: MemCache,
     disk: Option<DiskCache>,
     inflight: Mutex<HashMap<Id, Arc<Slot>>>,
+    fresh: Mutex<Option<(Instant, Arc<MasterIndex>)>>,
     pub(crate) pool: Pool,
     pub(crate) stats: FetchStats,
 }
@@ -225,6 +226,7 @@ impl Fetcher {
             mem: Mutex::new(Lru::new(mem_bytes)),
             disk,
             inflight: Mutex::new(HashMap::new()),
+            fresh: Mutex::new(None),
             pool: Pool::new("snapback-fetch", threads, 1024),
             stats: FetchStats::default(),
         })
@@ -337,10 +339,19 @@ impl Fetcher {
                 return Ok(Arc::new(b));
             }
         }
-        let b = self
-            .repo
-            .read_blob(index, id)
-            .map_err(|e| VfsError::repo(format!("chunk {}", id.short()), e))?;
+        let b = match self.repo.read_blob(index, id) {
+            Err(snapback_core::Error::Store(e)) if e.is_not_found() => {
+                // The pack is gone: `prune` may have repacked the chunk
+                // since this file was opened. Look it up in a freshly
+                // loaded index (not the cached one, which keeps old
+                // locations) and try once more.
+                tracing::info!(chunk = %id.short(), error = %e, "pack not found; reloading the index");
+                let fresh = self.fresh_index()?;
+                self.repo.read_blob(&fresh, id)
+            }
+            other => other,
+        }
+        .map_err(|e| VfsError::repo(format!("chunk {}", id.short()), e))?;
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .fetched_bytes
@@ -349,6 +360,24 @@ impl Fetcher {
             d.put(id, &b);
         }
         Ok(Arc::new(b))
+    }
+
+    /// The whole index, loaded anew from the store (at most every 10 s).
+    fn fresh_index(&self) -> Result<Arc<MasterIndex>, VfsError> {
+        let mut g = self
+            .fresh
+            .lock()
+            .map_err(|_| VfsError::Internal("index lock poisoned".into()))?;
+        if let Some((at, idx)) = g.as_ref() {
+            if at.elapsed() < Duration::from_secs(10) {
+                return Ok(idx.clone());
+            }
+        }
+        let idx = Repository::open(self.repo.store().clone())
+            .and_then(|r| r.index())
+            .map_err(|e| VfsError::repo("the repository index", e))?;
+        *g = Some((Instant::now(), idx.clone()));
+        Ok(idx)
     }
 
     /// The chunks `ids`, in order, each verified; fetched in parallel. Fails

@@ -21,7 +21,7 @@ use fuser::{
 
 use crate::error::VfsError;
 use crate::fetch::Pool;
-use crate::vfs::{Attr, Kind, Vfs};
+use crate::vfs::{self, Attr, Kind, Vfs};
 
 /// The errno for an error: the one place where that is decided.
 pub fn errno(e: &VfsError) -> Errno {
@@ -80,20 +80,31 @@ fn log_err(op: &str, e: &VfsError) {
 
 pub struct SnapbackFs {
     vfs: Arc<Vfs>,
-    pool: Pool,
+    /// Opens and reads of snapshot files: these may wait for the backend.
+    data: Pool,
+    /// Lookups, attributes, listings and generated files: answered from
+    /// memory (or a snapshot list refresh), so that `ls` and the health
+    /// check stay quick while data reads wait for a slow backend.
+    meta: Pool,
 }
 
 impl SnapbackFs {
     pub fn new(vfs: Arc<Vfs>, request_threads: usize) -> SnapbackFs {
         SnapbackFs {
             vfs,
-            pool: Pool::new("snapback-req", request_threads, 0),
+            data: Pool::new("snapback-req", request_threads, 0),
+            meta: Pool::new("snapback-meta", 4, 0),
         }
     }
 
     fn run(&self, f: impl FnOnce(&Vfs) + Send + 'static) {
         let vfs = self.vfs.clone();
-        self.pool.spawn(move || f(&vfs));
+        self.data.spawn(move || f(&vfs));
+    }
+
+    fn run_meta(&self, f: impl FnOnce(&Vfs) + Send + 'static) {
+        let vfs = self.vfs.clone();
+        self.meta.spawn(move || f(&vfs));
     }
 }
 
@@ -107,8 +118,19 @@ impl Filesystem for SnapbackFs {
             reply.error(Errno::ENOENT);
             return;
         };
-        self.run(move |vfs| match vfs.lookup(parent.0, &name) {
+        self.run_meta(move |vfs| match vfs.lookup(parent.0, &name) {
             Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
+            Err(VfsError::NotFound) => {
+                // A negative entry (inode 0): the kernel caches the absence.
+                let ttl = vfs.negative_ttl(parent.0);
+                if ttl.is_zero() {
+                    reply.error(Errno::ENOENT)
+                } else {
+                    let mut a = file_attr(&vfs::negative_attr());
+                    a.ino = INodeNo(0);
+                    reply.entry(&ttl, &a, Generation(0))
+                }
+            }
             Err(e) => {
                 log_err("lookup", &e);
                 reply.error(errno(&e))
@@ -117,7 +139,7 @@ impl Filesystem for SnapbackFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.run(move |vfs| match vfs.getattr(ino.0) {
+        self.run_meta(move |vfs| match vfs.getattr(ino.0) {
             Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
             Err(e) => {
                 log_err("getattr", &e);
@@ -136,7 +158,7 @@ impl Filesystem for SnapbackFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY
             || flags.0 & (libc_flags::O_TRUNC | libc_flags::O_APPEND) != 0;
-        self.run(move |vfs| match vfs.open(ino.0, write) {
+        let job = move |vfs: &Vfs| match vfs.open(ino.0, write) {
             Ok(o) => {
                 let mut f = FopenFlags::empty();
                 if o.keep_cache {
@@ -151,7 +173,12 @@ impl Filesystem for SnapbackFs {
                 log_err("open", &e);
                 reply.error(errno(&e))
             }
-        });
+        };
+        if self.vfs.is_generated(ino.0) {
+            self.run_meta(job);
+        } else {
+            self.run(job);
+        }
     }
 
     fn read(
@@ -165,10 +192,15 @@ impl Filesystem for SnapbackFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.run(move |vfs| match vfs.read(fh.0, offset, size) {
+        let job = move |vfs: &Vfs| match vfs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
-        });
+        };
+        if self.vfs.is_memory_handle(fh.0) {
+            self.run_meta(job);
+        } else {
+            self.run(job);
+        }
     }
 
     fn release(
@@ -186,7 +218,7 @@ impl Filesystem for SnapbackFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.run(move |vfs| match vfs.opendir(ino.0) {
+        self.run_meta(move |vfs| match vfs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => {
                 log_err("opendir", &e);

@@ -740,6 +740,25 @@ impl Vfs {
         Ok(self.attr_of(ino, n))
     }
 
+    /// How long the kernel may remember that a name is absent from
+    /// directory `parent`: as long as the directory's own listing is cached.
+    /// SQLite looks for `-journal` and `-wal` files at every transaction;
+    /// without this, each of those lookups would come to us.
+    pub fn negative_ttl(&self, parent: u64) -> Duration {
+        let tree = self.tree();
+        match tree.nodes.get(&parent) {
+            Some(Node {
+                kind: NodeKind::Dir { dynamic: false, .. },
+                ..
+            }) => self.opts.immutable_ttl,
+            Some(Node {
+                kind: NodeKind::Dir { .. },
+                ..
+            }) => self.opts.refresh_ttl,
+            _ => Duration::ZERO,
+        }
+    }
+
     pub fn getattr(&self, ino: u64) -> Result<Entry, VfsError> {
         let mut tree = self.tree();
         if Self::is_dynamic(&tree, ino) {
@@ -829,6 +848,21 @@ impl Vfs {
             Handle::Dir(e) => Ok(e.iter().skip(offset as usize).cloned().collect()),
             _ => Err(VfsError::NotDir),
         }
+    }
+
+    /// Whether `ino` is generated content (a manifest or the status file),
+    /// served from memory.
+    pub fn is_generated(&self, ino: u64) -> bool {
+        matches!(
+            self.tree().nodes.get(&ino).map(|n| &n.kind),
+            Some(NodeKind::Bytes(_) | NodeKind::Status)
+        )
+    }
+
+    /// Whether reads of open file `fh` are served from memory.
+    pub fn is_memory_handle(&self, fh: u64) -> bool {
+        self.handle(fh)
+            .is_ok_and(|h| matches!(*h, Handle::Bytes(_) | Handle::Dir(_)))
     }
 
     /// Opens a file. `write` is whether write access was asked for.
@@ -1079,6 +1113,21 @@ impl Vfs {
     #[cfg(test)]
     fn clear_mem_cache(&self) {
         self.fetcher.clear_mem();
+    }
+}
+
+/// The attributes sent with a negative entry (the kernel uses only the
+/// inode number 0 and the TTL).
+pub fn negative_attr() -> Attr {
+    Attr {
+        ino: 0,
+        kind: Kind::File,
+        size: 0,
+        perm: 0,
+        nlink: 0,
+        mtime: SystemTime::UNIX_EPOCH,
+        uid: 0,
+        gid: 0,
     }
 }
 

@@ -637,3 +637,173 @@ fn systemd_notify_ready_then_watchdog_only_after_a_read_through_the_mount() {
     assert!(dog.is_some(), "no WATCHDOG=1 in {got:?}");
     assert!(ready < dog, "READY=1 comes first: {got:?}");
 }
+
+#[test]
+fn an_open_file_survives_a_prune_that_repacks_its_chunks() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 4000);
+    env.snapshot(&db);
+    // Rewrite most pages, so that after the first snapshot is forgotten its
+    // pack is mostly unused and prune repacks the pages still used.
+    let c = Connection::open(&db).expect("open");
+    c.execute(
+        "UPDATE items SET body = hex(randomblob(150)) WHERE id % 10 != 0",
+        [],
+    )
+    .expect("update");
+    drop(c);
+    let id2 = env.snapshot(&db);
+    let restored = env.path("restored.db");
+    env.restore(&id2, &db, &restored);
+    let m = env.mount(&[&id2]);
+    // Open now: the mount loads the chunk layout with the current index.
+    let f = std::fs::File::open(m.path(&db.to_string_lossy())).expect("open");
+    env.ok(&["forget", "--keep-last", "1"]);
+    let out = env.ok(&["--json", "prune"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("prune json");
+    let repacked = v["plan"]["repack_packs"]
+        .as_array()
+        .or_else(|| v["repack_packs"].as_array())
+        .map(|a| a.len())
+        .unwrap_or(0);
+    assert!(repacked > 0, "the test needs a repack: {out}");
+    let want = std::fs::read(&restored).expect("restored");
+    let mut got = vec![0u8; want.len()];
+    f.read_exact_at(&mut got, 0)
+        .expect("reads after the prune find the repacked chunks");
+    assert_eq!(&got[20..], &want[20..]);
+}
+
+/// The local S3 server of the test suite: the one scripts/test.sh started
+/// (SNAPBACK_TEST_S3_BUCKET and the AWS_* variables set), or one started here
+/// with scripts/s3-server.sh for the life of this test process.
+fn s3_server() -> Vec<(String, String)> {
+    static S: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let keys = [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "AWS_ENDPOINT_URL",
+            "SNAPBACK_TEST_S3_BUCKET",
+        ];
+        if std::env::var("SNAPBACK_TEST_S3_BUCKET").is_ok() {
+            return keys
+                .iter()
+                .map(|k| {
+                    let v = std::env::var(k).unwrap_or_else(|_| {
+                        panic!("{k} must be set along with SNAPBACK_TEST_S3_BUCKET")
+                    });
+                    (k.to_string(), v)
+                })
+                .collect();
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["start", "--watch-pid", &std::process::id().to_string()])
+            .output()
+            .expect("run scripts/s3-server.sh");
+        assert!(
+            out.status.success(),
+            "cannot start the local S3 server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.trim_matches(|c| c == '\'' || c == '"').to_string(),
+                )
+            })
+            .collect()
+    })
+    .clone()
+}
+
+#[test]
+fn mount_over_s3_serves_the_same_queries_as_a_restore() {
+    require_fuse();
+    let bin = snapback_bin();
+    let vars = s3_server();
+    let get = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{k} missing from the S3 server settings"))
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = format!(
+        "mount-{}",
+        dir.path()
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .replace('.', "")
+    );
+    let url = format!("s3://{}/{prefix}", get("SNAPBACK_TEST_S3_BUCKET"));
+    let cmd = || {
+        let mut c = Command::new(&bin);
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+        c.env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("SNAPBACK_REPO")
+            .args(["--repo", &url, "--s3-path-style", "-q"]);
+        c
+    };
+    let ok = |args: &[&str]| {
+        let o = cmd().args(args).output().expect("run snapback");
+        assert!(
+            o.status.success(),
+            "snapback {args:?} on S3 failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    ok(&["init"]);
+    let db = dir.path().join("s3.db");
+    make_db(&db, "wal", 3000);
+    let id = ok(&["snapshot", &db.to_string_lossy()]);
+    let restored = dir.path().join("restored.db");
+    ok(&[
+        "restore",
+        &id,
+        &restored.to_string_lossy(),
+        "--path",
+        &db.to_string_lossy(),
+    ]);
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir_all(&mp).expect("mkdir");
+    let mut c = cmd();
+    c.arg("mount")
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg(&mp);
+    let m = Mount::start(c, mp);
+    let mounted = m.path(&format!("latest/{}", db.to_string_lossy()));
+    let out = Command::new("sqlite3")
+        .arg(&mounted)
+        .arg("SELECT count(*) FROM items;")
+        .output()
+        .expect("sqlite3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3000\n");
+    assert_eq!(
+        workload(&open_ro(&mounted).expect("open over S3")),
+        workload(&open_ro(&restored).expect("open restored"))
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.path(".snapback-status.json")).expect("status"))
+            .expect("json");
+    assert!(status["chunk_fetches"].as_u64().expect("fetches") > 0);
+    assert_eq!(status["read_errors"], 0);
+    assert!(
+        status["repository"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("s3://")),
+        "{status}"
+    );
+}

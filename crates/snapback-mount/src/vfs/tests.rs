@@ -174,6 +174,18 @@ fn layout_shows_every_snapshot_by_time_and_by_path() {
     assert_eq!(f.attr.size, entry.size);
     assert_eq!(f.attr.perm as u32, entry.mode & 0o7777);
     assert_eq!(f.ttl, vfs.options().immutable_ttl);
+    // Absent names: remembered as long as their directory's listing.
+    let parent = vfs.resolve(&format!("snapshots/{dir}")).expect("dir");
+    assert_eq!(
+        vfs.negative_ttl(parent.attr.ino),
+        vfs.options().immutable_ttl
+    );
+    assert_eq!(vfs.negative_ttl(ROOT_INO), vfs.options().refresh_ttl);
+    assert_eq!(
+        vfs.negative_ttl(f.attr.ino),
+        Duration::ZERO,
+        "not a directory"
+    );
     let times = names(&vfs, &format!("by-path/{}", rel(&db)));
     assert_eq!(times, vec![format_rfc3339_secs(s1.time)]);
     let manifest = read_all(&vfs, &format!("snapshots/{dir}/{MANIFEST_NAME}")).expect("manifest");
@@ -440,4 +452,11 @@ fn status_file_reports_counters() {
     assert_eq!(e.ttl, Duration::ZERO);
     let o = vfs.open(e.attr.ino, false).expect("open");
     assert!(o.direct_io && !o.keep_cache);
+    // Generated files are served from memory (the adapter's metadata pool);
+    // snapshot files are not.
+    assert!(vfs.is_generated(e.attr.ino) && vfs.is_memory_handle(o.fh));
+    let f = vfs.resolve(&rel(&db)).expect("db");
+    assert!(!vfs.is_generated(f.attr.ino));
+    let fo = vfs.open(f.attr.ino, false).expect("open db");
+    assert!(!vfs.is_memory_handle(fo.fh));
 }
