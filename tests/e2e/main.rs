@@ -1,16 +1,19 @@
 //! End-to-end tests: the real `snapback` binary on real files, real SQLite
 //! databases written concurrently, and a real repository on disk.
 
-mod util;
 mod rel_util;
+mod util;
 
 mod bad_input;
 mod consistency;
 mod corruption;
 mod crash;
 mod files;
+mod fuzz_regressions;
+mod hostile;
 mod integrity;
 mod ops;
 mod s3;
+mod secrets;
 mod selectors;
 mod units;

@@ -103,6 +103,17 @@ pub fn apply_patch(
     let count =
         usize::try_from(count).map_err(|_| Error::corrupt(place, "chunk count too large"))?;
     let base_len = base.len();
+    // Every entry past the base comes from the patch, so a count beyond
+    // both is corrupt; refuse it before allocating for it.
+    if count > base_len.saturating_add(patch.len()) {
+        return Err(Error::corrupt(
+            place,
+            format!(
+                "chunk count {count} exceeds the base ({base_len}) and patch ({}) entries",
+                patch.len()
+            ),
+        ));
+    }
     base.truncate(count);
     let filler = ChunkRef {
         id: Id([0; 32]),
@@ -184,6 +195,15 @@ mod tests {
             apply_patch(v.clone(), &[], 9, "p").is_err(),
             "uncovered tail is corrupt"
         );
-        assert!(apply_patch(v, &[(20, r(1))], 9, "p").is_err());
+        assert!(apply_patch(v.clone(), &[(20, r(1))], 9, "p").is_err());
+    }
+
+    #[test]
+    fn huge_count_is_refused_without_allocating() {
+        // Found by fuzzing (fixtures/fuzz-regressions/chunklist): a count
+        // of 2^60 made apply_patch try to allocate for it and abort.
+        let v: Vec<_> = (0..3).map(r).collect();
+        let e = apply_patch(v, &[(0, r(9))], 1 << 60, "p").expect_err("corrupt");
+        assert!(e.to_string().contains("exceeds"), "{e}");
     }
 }

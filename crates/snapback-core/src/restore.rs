@@ -107,6 +107,7 @@ pub fn plan(snap: &Snapshot, dest: &Path, opts: &RestoreOptions) -> Result<Vec<R
                     }
                 }
             }
+            no_links_below(dest, &t)?;
             t
         };
         items.push(RestoreItem {
@@ -115,6 +116,28 @@ pub fn plan(snap: &Snapshot, dest: &Path, opts: &RestoreOptions) -> Result<Vec<R
         });
     }
     Ok(items)
+}
+
+/// Refuses a target below `dest` that passes through a symbolic link: the
+/// link could point outside the destination, and the restore would write
+/// there.
+fn no_links_below(dest: &Path, target: &Path) -> Result<()> {
+    let Ok(rel) = target.strip_prefix(dest) else {
+        return Ok(());
+    };
+    let mut p = dest.to_path_buf();
+    for c in rel.components() {
+        p.push(c);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::Invalid(format!(
+                "refusing to restore {}: {} is a symbolic link, which could lead outside the destination {}; remove it or choose another destination; nothing was written",
+                target.display(),
+                p.display(),
+                dest.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn snap_selects_one(snap: &Snapshot, opts: &RestoreOptions) -> bool {
