@@ -17,11 +17,12 @@ DB=$W/deploys.db
 
 declare -a STEPS TIMES
 ms() { date +%s%3N; }
-step() { # step NAME COMMAND...
+step() { # step NAME COMMAND...   (exit 3, "differences found", counts as done)
   local name=$1; shift
   echo "== $name"
-  local t0; t0=$(ms)
-  "$@"
+  local t0 rc=0; t0=$(ms)
+  "$@" || rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then echo "step failed with exit $rc: $name"; exit "$rc"; fi
   STEPS+=("$name"); TIMES+=($(( $(ms) - t0 )))
 }
 
@@ -58,7 +59,7 @@ sed -e "s|^snapshot = .*|snapshot = \"@$GOOD_TIME\"|" -e "s|^live = .*|live = \"
 step "5. repair: dry run" "$SB" repair "$W/repair.toml"
 step "6. repair: apply" "$SB" repair "$W/repair.toml" --apply --yes
 step "7. verify: the selection now matches" "$SB" repair "$W/repair.toml"
-REPAIR_ID=$("$SB" --json audit | python3 -c 'import json,sys; d=json.load(sys.stdin); d=d if isinstance(d,list) else d.get("entries",[]); print(d[-1]["id"])')
+REPAIR_ID=$("$SB" --json audit | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["entry"]["repair_id"])')
 step "8. audit trail verifies" "$SB" audit verify
 step "9. undo the repair (rehearsal)" "$SB" undo "$REPAIR_ID" --yes
 step "10. redo it" "$SB" repair "$W/repair.toml" --apply --yes
