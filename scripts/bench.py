@@ -1,0 +1,1052 @@
+#!/usr/bin/env python3
+"""snapback benchmark suite: snapback against restic, borg, sqldiff and
+sha256sum, in one run, on databases from the seeded generator.
+
+    scripts/bench.py suite [SIZES...] [--runs N] [--no-s3] [--no-mount] [--no-bench-diff]
+    scripts/bench.py scale [--sizes ...] [--manifests ...]
+    scripts/bench.py report RESULTS.json      # rewrite docs from a saved run
+
+Normally started by scripts/bench.sh (suite) and scripts/bench-scale.sh
+(scale), which install the peers and build the binaries first. Standard
+library only; the chart needs matplotlib (skipped with a note without it).
+
+Every timed command runs as a child process whose wall time, user+system CPU
+time and peak RSS are taken from wait4(2). Caches are handled by *warming*,
+the same way for every tool: right before a timed command, its input (the
+database and its WAL for a snapshot; the whole repository for a restore) is
+read once, so that every tool starts with its input in the page cache.
+Nothing drops the page cache (the machine is shared).
+
+Results go to bench-out/ (raw JSON per run) and the figures to
+docs/benchmarks.md (between markers, so hand-written sections survive) and
+docs/benchmarks.png.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench-out")
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+PNG = os.path.join(ROOT, "docs", "benchmarks.png")
+MiB = 1 << 20
+
+BIN_DIR = os.environ.get("SNAPBACK_BIN_DIR", os.path.join(ROOT, "target", "release"))
+SB = os.path.join(BIN_DIR, "snapback")
+DT = os.path.join(BIN_DIR, "snapback-devtools")
+PASSWORD = "bench-password-not-a-secret"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def now_utc():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Result:
+    def __init__(self, wall, cpu, maxrss_kib, rc, out, err):
+        self.wall, self.cpu, self.maxrss_kib, self.rc = wall, cpu, maxrss_kib, rc
+        self.out, self.err = out, err
+
+    def json(self):
+        return json.loads(self.out)
+
+
+def run(cmd, cwd=None, env=None, check=True, timeout=None):
+    """Runs cmd; returns wall, CPU (user+sys) and peak RSS from wait4."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=cwd, env=e, stdout=out, stderr=err,
+                             stdin=subprocess.DEVNULL)
+        if timeout is None:
+            _, status, ru = os.wait4(p.pid, 0)
+        else:
+            deadline = t0 + timeout
+            while True:
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.perf_counter() > deadline:
+                    p.kill()
+                    _, status, ru = os.wait4(p.pid, 0)
+                    break
+                time.sleep(0.2)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        r = Result(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, p.returncode,
+                   out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+    if check and r.rc != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {r.rc}:\n{r.err[-3000:]}")
+    return r
+
+
+def sh(cmd, **kw):
+    return run(cmd, **kw).out.strip()
+
+
+def warm(*paths):
+    """Reads files (or every file under a directory) once into the page cache."""
+    for p in paths:
+        if os.path.isdir(p):
+            for d, _, files in os.walk(p):
+                for f in files:
+                    warm(os.path.join(d, f))
+        elif os.path.isfile(p):
+            with open(p, "rb", buffering=0) as f:
+                while f.read(8 * MiB):
+                    pass
+
+
+def du(path):
+    """Bytes on disk of a directory, as `du -sb`."""
+    if not os.path.exists(path):
+        return 0
+    return int(sh(["du", "-sb", path]).split()[0])
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(8 * MiB)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---------------------------------------------------------------- machine
+
+def machine_info():
+    def first(cmd, default="?"):
+        try:
+            r = run(cmd, check=False)
+            s = (r.out or r.err).strip().splitlines()
+            return s[0] if s else default
+        except OSError:
+            return default
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    df = sh(["df", "-h", "--output=source,fstype,size,avail", ROOT]).splitlines()[-1].split()
+    dev = os.path.basename(df[0])
+    rota = "?"
+    try:
+        with open(f"/sys/block/{dev}/queue/rotational") as f:
+            rota = "virtual disk, kernel says rotational" if f.read().strip() == "1" else "non-rotational"
+    except OSError:
+        pass
+    commit = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    src = os.environ.get("SNAPBACK_BENCH_SOURCE", "")
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "disk": f"{df[0]} ({df[1]}, {rota}, {df[2]}, {df[3]} free)",
+        "kernel": platform.release(),
+        "versions": {
+            "snapback": first([SB, "--version"]) + f" (source: {src or 'working tree at ' + commit})",
+            "rustc": first(["rustc", "--version"]),
+            "restic": first(["restic", "version"]),
+            "borg": first(["borg", "--version"]),
+            "sqlite3": first(["sqlite3", "--version"])[:40],
+            "sqldiff": "sqlite3-tools " + first(["dpkg-query", "-W", "-f=${Version}", "sqlite3-tools"]),
+            "sha256sum": first(["sha256sum", "--version"]),
+            "s3s-fs": first(["s3s-fs", "--version"]),
+            "python": platform.python_version(),
+        },
+    }
+
+
+# ---------------------------------------------------------------- S3
+
+class S3:
+    """The local S3 server of scripts/s3-server.sh, for the request counts."""
+
+    def __init__(self):
+        r = run(["bash", os.path.join(ROOT, "scripts", "s3-server.sh"), "start",
+                 "--watch-pid", str(os.getpid())])
+        self.env = {}
+        for line in r.out.splitlines():
+            m = re.match(r"export (\w+)=(.*)", line)
+            if m:
+                self.env[m.group(1)] = m.group(2)
+        self.bucket = self.env["SNAPBACK_TEST_S3_BUCKET"]
+        self.pid = self.env["SNAPBACK_TEST_S3_PID"]
+        state = os.environ.get("SNAPBACK_S3_STATE_DIR",
+                               os.path.join(os.environ.get("TMPDIR", "/tmp"), "snapback-s3-server"))
+        self.data = None
+        try:
+            with open(os.path.join(state, f"{self.pid}.env")) as f:
+                for line in f:
+                    if line.startswith("DATA="):
+                        self.data = line.strip().split("=", 1)[1]
+        except OSError:
+            pass
+
+    def repo(self, prefix):
+        return [SB, "--repo", f"s3://{self.bucket}/{prefix}", "--s3-path-style"]
+
+    def remove(self, prefix):
+        if self.data:
+            shutil.rmtree(os.path.join(self.data, self.bucket, prefix), ignore_errors=True)
+
+    def stop(self):
+        run(["bash", os.path.join(ROOT, "scripts", "s3-server.sh"), "stop", self.pid], check=False)
+
+
+# ---------------------------------------------------------------- suite
+
+def base_db(size, seed=42):
+    """The generated database for a size, made once and kept in bench-out/db."""
+    d = os.path.join(OUT, "db")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, f"base-{size}-seed{seed}.db")
+    if not os.path.exists(path):
+        log(f"== generating a {size} MiB database (seed {seed})")
+        tmp = path + ".tmp"
+        for p in (tmp, tmp + "-wal", tmp + "-shm"):
+            if os.path.exists(p):
+                os.remove(p)
+        run([DT, "gen", tmp, "--size-mib", str(size), "--seed", str(seed)])
+        os.rename(tmp, path)
+    return path
+
+
+def checkpoint(db):
+    run(["sqlite3", db, "PRAGMA wal_checkpoint(TRUNCATE);"])
+
+
+# The steps of one run, as in ../shared/PEERS.md: a full snapshot, then 1% of
+# the deploys rows updated and a snapshot, then 0.1% and a snapshot.
+STEPS = [("full", None), ("inc1", (0.01, 8)), ("inc01", (0.001, 7))]
+TOOLS = ["snapback", "restic", "borg"]
+
+
+def one_run(size, r, s3, base):
+    w = os.path.join(OUT, "bench", f"s{size}", f"run{r}")
+    shutil.rmtree(w, ignore_errors=True)
+    os.makedirs(w)
+    db = os.path.join(w, "app.db")
+    shutil.copyfile(base, db)
+    repo = {t: os.path.join(w, f"{t}-repo") for t in TOOLS}
+    env_restic = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": repo["restic"],
+                  "RESTIC_CACHE_DIR": os.path.join(w, "restic-cache")}
+    env_borg = {"BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": os.path.join(w, "borg-base"),
+                "BORG_REPO": repo["borg"]}
+    run([SB, "--repo", repo["snapback"], "-q", "init"])
+    run(["restic", "init", "-q"], env=env_restic)
+    run(["borg", "init", "--encryption=repokey"], env=env_borg)
+    prefix = f"bench-{os.getpid()}-s{size}-r{r}"
+    if s3:
+        run(s3.repo(prefix) + ["-q", "init"], env=s3.env)
+    res = {"load_start": loadavg(), "steps": {}}
+    snap_ids = {}
+    for step, upd in STEPS:
+        st = {}
+        # An application keeps the database open: with an idle connection
+        # held, the updater's close does not checkpoint and delete the WAL,
+        # so snapback reads a live main file plus WAL, as in production.
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+             "c.execute('SELECT count(*) FROM sites').fetchall(); print('open', flush=True); sys.stdin.read()", db],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        holder.stdout.readline()
+        if upd:
+            run([DT, "update", db, "--fraction", str(upd[0]), "--seed", str(upd[1])])
+            wal = db + "-wal"
+            st["wal_bytes"] = os.path.getsize(wal) if os.path.exists(wal) else 0
+        # snapback reads the live database (main file + WAL) through SQLite.
+        warm(db, db + "-wal")
+        b0 = du(repo["snapback"])
+        t = run([SB, "--repo", repo["snapback"], "--json", "snapshot", db])
+        j = t.json()
+        snap_ids[step] = j["id"]
+        st["snapback"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
+                          "stored": du(repo["snapback"]) - b0, "bytes_added": j["bytes_added"],
+                          "new_chunks": j["new_chunks"], "chunks": j["chunks"]}
+        if s3:
+            warm(db, db + "-wal")
+            t = run(s3.repo(prefix) + ["--json", "snapshot", db], env=s3.env)
+            j = t.json()
+            st["snapback_s3"] = {"wall": t.wall, "cpu": t.cpu, "requests": j["requests"],
+                                 "bytes_added": j["bytes_added"]}
+        holder.stdin.close()
+        holder.wait()
+        # The peers copy a file: checkpoint first (untimed), as in PEERS.md.
+        checkpoint(db)
+        st["size"] = os.path.getsize(db)
+        warm(db)
+        t = run(["sha256sum", db])
+        st["sha256sum"] = {"wall": t.wall, "cpu": t.cpu}
+        warm(db)
+        b0 = du(repo["restic"])
+        t = run(["restic", "backup", "--json", "--host", "bench", db], env=env_restic)
+        summary = [json.loads(x) for x in t.out.splitlines() if '"summary"' in x]
+        st["restic"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
+                        "stored": du(repo["restic"]) - b0,
+                        "data_added": summary[-1].get("data_added") if summary else None}
+        warm(db)
+        b0 = du(repo["borg"])
+        t = run(["borg", "create", "--compression", "zstd,3", f"::{step}", db], env=env_borg)
+        st["borg"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
+                      "stored": du(repo["borg"]) - b0}
+        res["steps"][step] = st
+        log(f"   s{size} run{r} {step}: " + ", ".join(
+            f"{k} {st[k]['wall']:.2f}s" for k in ["snapback", "snapback_s3", "sha256sum", "restic", "borg"]
+            if k in st) + f"  (load {loadavg()})")
+
+    # Full restore of the last snapshot; each restored file is checked.
+    want = sha256_file(db)
+    rest = {}
+    for tool in TOOLS:
+        dest = os.path.join(w, f"restore-{tool}")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest)
+        warm(repo[tool])
+        if tool == "snapback":
+            t = run([SB, "--repo", repo[tool], "-q", "restore", "latest", os.path.join(dest, "app.db")])
+        elif tool == "restic":
+            t = run(["restic", "restore", "latest", "--target", dest], env=env_restic)
+        else:
+            t = run(["borg", "extract", "::inc01"], cwd=dest, env=env_borg)
+        got = [os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs if f == "app.db"]
+        ok = len(got) == 1 and sha256_file(got[0]) == want
+        rest[tool] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib, "identical": ok}
+        shutil.rmtree(dest, ignore_errors=True)
+    res["restore"] = rest
+    log(f"   s{size} run{r} restore: " + ", ".join(f"{k} {v['wall']:.2f}s" for k, v in rest.items()))
+
+    # snapback diff against sqldiff, on the same pair: the database of the
+    # full snapshot (a file) and the live database after both updates.
+    dd = {}
+    warm(base, db)
+    for name, cmd in [
+        ("sqldiff", ["sqldiff", db, base]),
+        ("snapback", [SB, "diff", "--snapshot-db", base, db, "--sql"]),
+        ("sqldiff_deploys", ["sqldiff", "--table", "deploys", db, base]),
+        ("snapback_deploys", [SB, "diff", "--snapshot-db", base, db, "--sql", "--table", "deploys"]),
+        ("snapback_repo", [SB, "--repo", repo["snapback"], "diff", snap_ids["full"], db, "--sql"]),
+    ]:
+        t = run(cmd, check=False)
+        n = sum(1 for line in t.out.splitlines() if line.rstrip().endswith(";"))
+        dd[name] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib, "rc": t.rc, "statements": n,
+                    "err": t.err[-500:] if t.rc not in (0, 3) else ""}
+    res["diff"] = dd
+    log(f"   s{size} run{r} diff: " + ", ".join(f"{k} {v['wall']:.2f}s/{v['statements']}" for k, v in dd.items()))
+    res["load_end"] = loadavg()
+    if s3:
+        s3.remove(prefix)
+    shutil.rmtree(w, ignore_errors=True)
+    return res
+
+
+def mount_bench(size, runs):
+    """A fixed query workload on the database inside `snapback mount` against
+    the same file on local disk (modelled on scripts/bench-mount.sh, on the
+    suite's own database and binary). `first` is the first run on a fresh
+    mount (chunks fetched from the repository, which is in the page cache);
+    `warm` is the median of the next runs. Local runs are all warm."""
+    base = base_db(size)
+    w = os.path.join(OUT, "bench", "mount")
+    mnt = os.path.join(w, "mnt")
+    shutil.rmtree(w, ignore_errors=True)
+    os.makedirs(mnt)
+    db, repo = os.path.join(w, "app.db"), os.path.join(w, "repo")
+    shutil.copyfile(base, db)
+    run([SB, "--repo", repo, "-q", "init"])
+    run([SB, "--repo", repo, "-q", "snapshot", db])
+    n = int(sh(["sqlite3", db, "SELECT max(id) FROM deploys"]))
+    import random
+    rnd = random.Random(42)
+    sql = {
+        "point": "".join(f"SELECT status FROM deploys WHERE id = {1 + rnd.randrange(n)};\n" for _ in range(2000)),
+        "range": f"SELECT count(*), sum(length(log)) FROM deploys WHERE id BETWEEN {n // 3} AND {n // 3 + 20000};\n",
+        "aggregate": "SELECT status, count(*) FROM deploys GROUP BY status;\n",
+    }
+    files = {}
+    for k, v in sql.items():
+        files[k] = os.path.join(w, f"{k}.sql")
+        with open(files[k], "w") as f:
+            f.write(v)
+
+    def q(path, k):
+        r = run(["sh", "-c", f'sqlite3 "$1" < "$2"', "sh", path, files[k]])
+        return r.wall, r.out
+    out = {"size": size, "load_start": loadavg(), "rows": {}, "workload": {
+        "point": "2,000 lookups by primary key (random, seed 42)",
+        "range": "a scan of 20,000 consecutive deploys rows, summing length(log) (reads overflow pages)",
+        "aggregate": "GROUP BY status over the deploys_status index (a covering-index scan)"}}
+    warm(db)
+    local = {k: [q(db, k) for _ in range(runs + 1)] for k in sql}
+    p = subprocess.Popen([SB, "--repo", repo, "-q", "mount", "latest", mnt],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        mdb = mnt + db
+        for _ in range(200):
+            if os.path.exists(mdb):
+                break
+            if p.poll() is not None:
+                raise RuntimeError(f"snapback mount exited {p.returncode}: {p.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the mount did not come up in 10 s")
+        for k in sql:
+            first = q(mdb, k)
+            rest = [q(mdb, k) for _ in range(runs)]
+            same = first[1] == local[k][0][1] and all(r[1] == first[1] for r in rest)
+            out["rows"][k] = {"local_warm": med([t for t, _ in local[k][1:]]),
+                              "mount_first": first[0], "mount_warm": med([t for t, _ in rest]),
+                              "same_results": same}
+        try:
+            with open(os.path.join(mnt, ".snapback-status.json")) as f:
+                out["status"] = json.load(f)
+        except (OSError, ValueError):
+            pass
+    finally:
+        run([SB, "umount", mnt], check=False)
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.terminate()
+            p.wait()
+    out["load_end"] = loadavg()
+    shutil.rmtree(w, ignore_errors=True)
+    return out
+
+
+def run_script(name, env, timeout):
+    path = os.path.join(ROOT, "scripts", name)
+    if not os.path.exists(path):
+        return {"available": False, "note": f"scripts/{name} does not exist"}
+    e = dict(env)
+    la = loadavg()
+    t = run(["bash", path], env=e, check=False, timeout=timeout, cwd=ROOT)
+    return {"available": t.rc == 0, "rc": t.rc, "wall": t.wall, "out": t.out[-6000:],
+            "err": t.err[-3000:], "load_start": la, "load_end": loadavg()}
+
+
+def suite(args):
+    os.makedirs(os.path.join(OUT, "bench"), exist_ok=True)
+    results = {"date": now_utc(), "runs": args.runs, "sizes": args.sizes,
+               "machine": machine_info(), "load_start": loadavg(), "per_size": {}}
+    t_start = time.time()
+    s3 = None
+    if not args.no_s3:
+        try:
+            s3 = S3()
+        except Exception as e:  # noqa: BLE001 - report and go on without S3
+            results["s3_error"] = str(e)
+            log(f"!! no local S3 server: {e}")
+    try:
+        for size in args.sizes:
+            base = base_db(size)
+            runs = []
+            for r in range(1, args.runs + 1):
+                log(f"== {size} MiB, run {r} of {args.runs} (load {loadavg()})")
+                runs.append(one_run(size, r, s3, base))
+            results["per_size"][str(size)] = {"runs": runs}
+    finally:
+        if s3:
+            s3.stop()
+    if not args.no_mount:
+        msize = args.mount_size or (1024 if 1024 in args.sizes else args.sizes[0])
+        log(f"== queries on a mounted snapshot ({msize} MiB)")
+        try:
+            results["mount"] = mount_bench(msize, max(args.runs, 3))
+        except Exception as e:  # noqa: BLE001 - reported in the doc
+            results["mount"] = {"error": str(e), "rows": {}}
+            log(f"!! mount benchmark failed: {e}")
+    if not args.no_bench_diff and os.environ.get("BENCH_SOURCE") == "worktree":
+        log("== scripts/bench-diff.sh")
+        results["bench_diff"] = run_script("bench-diff.sh", {}, 900)
+    results["load_end"] = loadavg()
+    results["duration_s"] = time.time() - t_start
+    path = os.path.join(OUT, "bench", f"results-{results['date'].replace(':', '')}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    log(f"== raw results: {path}")
+    report(results)
+
+
+# ---------------------------------------------------------------- summary
+
+def summarize(ps):
+    """Medians over runs for one size."""
+    runs = ps["runs"]
+    s = {}
+
+    def m(fn):
+        vals = []
+        for r in runs:
+            try:
+                vals.append(fn(r))
+            except (KeyError, TypeError):
+                pass
+        return med(vals)
+    for step, _ in STEPS:
+        for tool in TOOLS:
+            s[f"{step}.{tool}.wall"] = m(lambda r: r["steps"][step][tool]["wall"])
+            s[f"{step}.{tool}.cpu"] = m(lambda r: r["steps"][step][tool]["cpu"])
+            s[f"{step}.{tool}.stored"] = m(lambda r: r["steps"][step][tool]["stored"])
+            s[f"{step}.{tool}.rss"] = m(lambda r: r["steps"][step][tool]["rss_kib"])
+        s[f"{step}.sha256sum.wall"] = m(lambda r: r["steps"][step]["sha256sum"]["wall"])
+        s[f"{step}.size"] = m(lambda r: r["steps"][step]["size"])
+        s[f"{step}.wal"] = m(lambda r: r["steps"][step].get("wal_bytes"))
+        s[f"{step}.snapback.new_chunks"] = m(lambda r: r["steps"][step]["snapback"]["new_chunks"])
+        s[f"{step}.s3.wall"] = m(lambda r: r["steps"][step]["snapback_s3"]["wall"])
+        for k in ["put", "get", "head", "list", "delete", "bytes_sent", "bytes_received"]:
+            s[f"{step}.s3.{k}"] = m(lambda r: r["steps"][step]["snapback_s3"]["requests"][k])
+    for tool in TOOLS:
+        s[f"restore.{tool}.wall"] = m(lambda r: r["restore"][tool]["wall"])
+        s[f"restore.{tool}.rss"] = m(lambda r: r["restore"][tool]["rss_kib"])
+        s[f"restore.{tool}.identical"] = all(r["restore"][tool]["identical"] for r in runs)
+    for k in ["sqldiff", "snapback", "sqldiff_deploys", "snapback_deploys", "snapback_repo"]:
+        s[f"diff.{k}.wall"] = m(lambda r: r["diff"][k]["wall"] if r["diff"][k]["rc"] in (0, 3) else None)
+        s[f"diff.{k}.statements"] = m(lambda r: r["diff"][k]["statements"])
+        s[f"diff.{k}.rc"] = [r["diff"][k]["rc"] for r in runs]
+    s["sha.wall"] = med([r["steps"][st]["sha256sum"]["wall"] for r in runs for st, _ in STEPS])
+    s["loads"] = [(r["load_start"], r["load_end"]) for r in runs]
+    return s
+
+
+def fmt_s(x):
+    return "–" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.0f}")
+
+
+def fmt_b(x):
+    if x is None:
+        return "–"
+    if x >= 10 * MiB:
+        return f"{x / MiB:.0f} MiB"
+    if x >= MiB:
+        return f"{x / MiB:.1f} MiB"
+    return f"{x / 1024:.0f} KiB"
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def fmt_r(x):
+    return "–" if x is None else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
+
+
+def suite_markdown(res):
+    mi = res["machine"]
+    L = []
+    L.append(f"Run of **{res['date']}** (UTC): `scripts/bench.sh {' '.join(map(str, res['sizes']))}`"
+             f" with {res['runs']} run(s) per size, medians shown; the whole run took "
+             f"{res['duration_s'] / 60:.1f} min. Load average (1, 5, 15 min) at the start "
+             f"{res['load_start']}, at the end {res['load_end']}.")
+    L.append("")
+    L.append("### Machine and versions")
+    L.append("")
+    L.append(f"- {mi['nproc']} cores ({mi['cpu']}), {mi['memory']} memory, disk {mi['disk']}, Linux {mi['kernel']}.")
+    L.append("  The machine is shared with other engineers' builds and tests: absolute times are noisy,")
+    L.append("  the ratios (each measured within the same run, back to back on the same file) less so.")
+    for k, v in mi["versions"].items():
+        L.append(f"- {k}: `{v}`")
+    L.append("")
+    L.append("### Settings")
+    L.append("")
+    L.append("- Database: `snapback-devtools gen --size-mib N --seed 42` (WAL mode, 4 KiB pages; sites, "
+             "deploys with 3 indexes, events with 2 indexes). Each run copies it, takes a full snapshot, "
+             "updates 1% of the deploys rows (`update --fraction 0.01 --seed 8`) and snapshots, then "
+             "0.1% (`--fraction 0.001 --seed 7`) and snapshots, as in `../shared/PEERS.md`.")
+    L.append("- snapback: `snapback init` defaults (one 4 KiB page per chunk, zstd level 3, packs of "
+             "16 MiB, no encryption); `snapback --json snapshot DB` reads the *live* database and its WAL "
+             "through SQLite. Local repository in the same directory tree.")
+    L.append("- restic: `restic init` (repository v2) and `restic backup --host bench DB`, default "
+             "compression (`auto`), local repository, `RESTIC_PASSWORD` set (restic always encrypts).")
+    L.append("- borg: `borg init --encryption=repokey`, `borg create --compression zstd,3`.")
+    L.append("- The peers copy a file and cannot read a WAL, so the database is checkpointed "
+             "(`PRAGMA wal_checkpoint(TRUNCATE)`, untimed) after snapback's snapshot and before theirs; "
+             "`sha256sum` runs on that same checkpointed file.")
+    L.append("- Cache: nothing drops the page cache (the machine is shared). Every timed command starts "
+             "warm in the same way: its input (the database and WAL for a snapshot, the whole repository "
+             "for a restore) is read once right before it. Every tool writes to the same disk; snapback "
+             "fsyncs each object, restic and borg sync their files as well.")
+    L.append("- Bytes stored: growth of `du -sb REPO` across the snapshot, the same for every tool.")
+    L.append("- Restore: `snapback restore latest F` (verifies every chunk, reads the file back and "
+             "compares its SHA-256, fsyncs), `restic restore latest --target D`, `borg extract`. Every "
+             "restored file was compared with the source's SHA-256 (column *identical*).")
+    L.append("- S3: the same snapshots also go to the local S3 server (`scripts/s3-server.sh`, s3s-fs on "
+             "127.0.0.1) in a repository of their own; the request counts are snapback's own counters "
+             "(`requests` in `snapback --json snapshot`).")
+    L.append("- Times are wall-clock seconds from `wait4`; CPU is user+system of the process.")
+    L.append("")
+    sums = {}
+    for size in res["sizes"]:
+        ps = res["per_size"].get(str(size))
+        if not ps:
+            continue
+        s = sums[size] = summarize(ps)
+        size_mib = (s["full.size"] or 0) / MiB
+        L.append(f"### {size} MiB database ({size_mib:.0f} MiB file; load per run, start → end: "
+                 + "; ".join(f"{a} → {b}" for a, b in s["loads"]) + ")")
+        L.append("")
+        L.append("Ratios are snapback ÷ peer: below 1 means snapback took less time or stored less.")
+        L.append("")
+        L.append("| | snapback | restic | borg | snapback ÷ restic | snapback ÷ borg |")
+        L.append("|---|---|---|---|---|---|")
+
+        def row(label, key, f=fmt_s):
+            a, b, c = (s.get(key.format(t)) for t in TOOLS)
+            L.append(f"| {label} | {f(a)} | {f(b)} | {f(c)} | {fmt_r(ratio(a, b))} | {fmt_r(ratio(a, c))} |")
+        row("full snapshot, s", "full.{}.wall")
+        L.append("| full snapshot, MiB/s | " + " | ".join(
+            fmt_s(size_mib / s[f"full.{t}.wall"]) if s[f"full.{t}.wall"] else "–" for t in TOOLS)
+            + f" | {fmt_r(ratio(s['full.restic.wall'], s['full.snapback.wall']))}× restic's | "
+            f"{fmt_r(ratio(s['full.borg.wall'], s['full.snapback.wall']))}× borg's |")
+        row("full snapshot, stored", "full.{}.stored", fmt_b)
+        row("incremental after 1%, s", "inc1.{}.wall")
+        row("incremental after 1%, stored", "inc1.{}.stored", fmt_b)
+        row("incremental after 0.1%, s", "inc01.{}.wall")
+        row("incremental after 0.1%, stored", "inc01.{}.stored", fmt_b)
+        row("full restore, s", "restore.{}.wall")
+        row("peak RSS of the full snapshot, MiB", "full.{}.rss", lambda x: "–" if x is None else f"{x / 1024:.0f}")
+        row("CPU time of the full snapshot, s", "full.{}.cpu")
+        row("CPU time after 0.1%, s", "inc01.{}.cpu")
+        L.append("| restored file identical | " + " | ".join(
+            "yes" if s[f"restore.{t}.identical"] else "**no**" for t in TOOLS) + " | | |")
+        sha = s["sha.wall"]
+        L.append("")
+        L.append(f"`sha256sum` over the same file: {fmt_s(sha)} s ({size_mib / sha:.0f} MiB/s). "
+                 f"snapback's incremental snapshot after 0.1% took {fmt_r(ratio(s['inc01.snapback.wall'], sha))}× "
+                 f"as long as `sha256sum` ({size_mib / s['inc01.snapback.wall']:.0f} MiB/s of database); "
+                 f"after 1%, {fmt_r(ratio(s['inc1.snapback.wall'], sha))}×. The WAL held "
+                 f"{fmt_b(s['inc1.wal'])} after the 1% update and {fmt_b(s['inc01.wal'])} after the 0.1% one; "
+                 f"snapback stored {s['inc1.snapback.new_chunks']:.0f} and {s['inc01.snapback.new_chunks']:.0f} "
+                 "new chunks (pages).")
+        L.append("")
+        if s.get("full.s3.wall") is not None:
+            L.append("S3 (local s3s-fs), snapback only, per snapshot:")
+            L.append("")
+            L.append("| | time, s | PUT | GET | HEAD | LIST | DELETE | bytes uploaded | bytes downloaded |")
+            L.append("|---|---|---|---|---|---|---|---|---|")
+            for step, label in [("full", "full"), ("inc1", "after 1%"), ("inc01", "after 0.1%")]:
+                L.append(f"| {label} | {fmt_s(s[f'{step}.s3.wall'])} | " + " | ".join(
+                    "–" if s[f"{step}.s3.{k}"] is None else f"{s[f'{step}.s3.{k}']:.0f}"
+                    for k in ["put", "get", "head", "list", "delete"])
+                    + f" | {fmt_b(s[f'{step}.s3.bytes_sent'])} | {fmt_b(s[f'{step}.s3.bytes_received'])} |")
+            L.append("")
+        L.append("`snapback diff` against `sqldiff` on the same pair (the full snapshot's database file and "
+                 "the live database after both updates, both checkpointed; SQL that turns the live "
+                 "database into the snapshot's):")
+        L.append("")
+        L.append("| | sqldiff, s | snapback diff --sql, s | snapback ÷ sqldiff | statements (sqldiff / snapback) |")
+        L.append("|---|---|---|---|---|")
+        for lab, a, b in [("whole database", "sqldiff", "snapback"),
+                          ("`--table deploys`", "sqldiff_deploys", "snapback_deploys")]:
+            L.append(f"| {lab} | {fmt_s(s[f'diff.{a}.wall'])} | {fmt_s(s[f'diff.{b}.wall'])} | "
+                     f"{fmt_r(ratio(s[f'diff.{b}.wall'], s[f'diff.{a}.wall']))} | "
+                     f"{s[f'diff.{a}.statements']:.0f} / {s[f'diff.{b}.statements']:.0f} |")
+        L.append(f"| snapback diff from the repository (`diff SNAP LIVE --sql`) | | "
+                 f"{fmt_s(s['diff.snapback_repo.wall'])} | "
+                 f"{fmt_r(ratio(s['diff.snapback_repo.wall'], s['diff.sqldiff.wall']))} | "
+                 f"– / {s['diff.snapback_repo.statements']:.0f} |")
+        L.append("")
+    # The mount and the separate diff benchmark.
+    m = res.get("mount")
+    if m is not None:
+        L.append("### Queries on a mounted snapshot")
+        L.append("")
+        if m.get("rows"):
+            L.append(f"The {m['size']} MiB database, snapshotted into a local repository and mounted with "
+                     "`snapback mount latest MNT` (defaults: 256 MiB memory cache, no disk cache), against the "
+                     f"same file on local disk, queried with the `sqlite3` shell (load {m['load_start']} → "
+                     f"{m['load_end']}). The workload is modelled on `scripts/bench-mount.sh`, on this suite's "
+                     "database and binary: " + "; ".join(f"*{k}*: {v}" for k, v in m["workload"].items()) +
+                     ". *first* is the first run on the fresh mount; *warm* the median of the next runs; "
+                     "local runs are warm (the file was read once before). Every run's output was compared "
+                     "with the local result.")
+            L.append("")
+            L.append("| workload | local warm, s | mount first, s | mount warm, s | warm mount ÷ local | same results |")
+            L.append("|---|---|---|---|---|---|")
+            for w, v in m["rows"].items():
+                L.append(f"| {w} | {v['local_warm']:.3f} | {v['mount_first']:.3f} | {v['mount_warm']:.3f} | "
+                         f"{fmt_r(ratio(v['mount_warm'], v['local_warm']))} | {'yes' if v['same_results'] else '**no**'} |")
+        else:
+            L.append(f"Not measured: the mount benchmark failed: {m.get('error', '?')}")
+        L.append("")
+    bd = res.get("bench_diff")
+    if bd is not None and bd.get("available"):
+        L.append("### `scripts/bench-diff.sh` (1,000,000 rows, 1% changed; best of 3)")
+        L.append("")
+        L.append("```")
+        L.extend([x for x in bd["out"].splitlines() if not x.startswith("==")])
+        L.append("```")
+        L.append("")
+    L.extend(targets_markdown(res, sums))
+    return "\n".join(L), sums
+
+
+def targets_markdown(res, sums):
+    if not sums:
+        return []
+    size = 1024 if 1024 in sums else max(sums)
+    s = sums[size]
+    L = [f"### Targets ({size} MiB, ratios from this run)", ""]
+    L.append("| target | measured | met? |")
+    L.append("|---|---|---|")
+
+    def verdict(ok, miss):
+        return "**met**" if ok else f"**missed** ({miss})"
+    r = ratio(s["full.restic.wall"], s["full.snapback.wall"])
+    L.append(f"| full snapshot ≥ 2× restic's throughput | {fmt_r(r)}× | "
+             f"{verdict(r is not None and r >= 2, f'needs {fmt_r(2 / r) if r else chr(8211)}× faster')} |")
+    r = ratio(s["inc01.snapback.stored"], s["inc01.restic.stored"])
+    L.append(f"| after 0.1%: ≤ 1/10 of restic's stored bytes | 1/{fmt_r(1 / r) if r else '–'} "
+             f"({fmt_b(s['inc01.snapback.stored'])} vs {fmt_b(s['inc01.restic.stored'])}) | "
+             f"{verdict(r is not None and r <= 0.1, f'{fmt_r(r / 0.1) if r else chr(8211)}× over')} |")
+    r = ratio(s["inc01.snapback.wall"], s["inc01.restic.wall"])
+    L.append(f"| after 0.1%: ≤ 1/2 of restic's time | {fmt_r(r)} | "
+             f"{verdict(r is not None and r <= 0.5, f'{fmt_r(r / 0.5) if r else chr(8211)}× over')} |")
+    r = ratio(s["inc01.snapback.wall"], s["sha.wall"])
+    L.append(f"| incremental (0.1%) throughput within 2× of sha256sum | takes {fmt_r(r)}× sha256sum's time | "
+             f"{verdict(r is not None and r <= 2, f'{fmt_r(r / 2) if r else chr(8211)}× over')} |")
+    r = ratio(s["diff.snapback.wall"], s["diff.sqldiff.wall"])
+    L.append(f"| snapback diff no slower than sqldiff (whole database) | {fmt_r(r)}× sqldiff's time | "
+             f"{verdict(r is not None and r <= 1, f'{fmt_r(r) if r else chr(8211)}× slower')} |")
+    m = res.get("mount") or {}
+    if m.get("rows"):
+        worst = max(ratio(v["mount_warm"], v["local_warm"]) or 0 for v in m["rows"].values())
+        L.append(f"| warm mounted query within 1.5× of local disk | worst workload {fmt_r(worst)}× | "
+                 f"{verdict(worst <= 1.5, f'{fmt_r(worst / 1.5)}× over')} |")
+    else:
+        L.append("| warm mounted query within 1.5× of local disk | not measured | – |")
+    L.append("")
+    return L
+
+
+def chart(res, sums):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("!! matplotlib is missing (pip install matplotlib): no chart")
+        return False
+    sizes = [x for x in res["sizes"] if x in sums]
+    fig, axes = plt.subplots(len(sizes), 2, figsize=(14, 4.6 * len(sizes)), squeeze=False)
+    colors = {"snapback": "#1f77b4", "restic": "#ff7f0e", "borg": "#2ca02c", "sha256sum": "#7f7f7f"}
+    for row, size in enumerate(sizes):
+        s = sums[size]
+        ax = axes[row][0]
+        cats = [("full", "full snapshot"), ("inc1", "after 1%"), ("inc01", "after 0.1%"), ("restore", "full restore")]
+        tools = TOOLS + ["sha256sum"]
+        width = 0.2
+        for i, t in enumerate(tools):
+            vals = []
+            for c, _ in cats:
+                if t == "sha256sum":
+                    vals.append(s["sha.wall"] if c != "restore" else 0)
+                else:
+                    vals.append(s.get(f"{c}.{t}.wall") or 0)
+            xs = [k + (i - 1.5) * width for k in range(len(cats))]
+            bars = ax.bar(xs, vals, width, label=t, color=colors[t])
+            for b, v in zip(bars, vals):
+                if v:
+                    ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(cats)))
+        ax.set_xticklabels([c[1] for c in cats])
+        ax.set_ylabel("seconds (lower is better)")
+        ax.set_title(f"{size} MiB database: time (median of {res['runs']})")
+        ax.legend(fontsize=9)
+        ax = axes[row][1]
+        cats = [("full", "full snapshot"), ("inc1", "after 1%"), ("inc01", "after 0.1%")]
+        width = 0.26
+        for i, t in enumerate(TOOLS):
+            vals = [(s.get(f"{c}.{t}.stored") or 0) / MiB for c, _ in cats]
+            xs = [k + (i - 1) * width for k in range(len(cats))]
+            bars = ax.bar(xs, vals, width, label=t, color=colors[t])
+            for b, v in zip(bars, vals):
+                ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(cats)))
+        ax.set_xticklabels([c[1] for c in cats])
+        ax.set_ylabel("MiB added to the repository (log scale)")
+        ax.set_title(f"{size} MiB database: bytes stored per snapshot")
+        ax.legend(fontsize=9)
+    fig.suptitle(f"snapback vs restic 0.14 and borg 1.2 — run of {res['date']} on {res['machine']['nproc']} shared cores",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(PNG, dpi=100)
+    log(f"== chart: {PNG}")
+    return True
+
+
+# ---------------------------------------------------------------- docs
+
+HEAD = """# Benchmarks
+
+snapback against restic, borg, `sqldiff` and `sha256sum`, measured in one run on
+the project machine. Reproduce with `scripts/bench.sh` (the suite, about 15
+minutes for the default sizes 256 and 1024 MiB) and `scripts/bench-scale.sh`
+(scale figures). Everything below between `<!-- … -->` markers is written by
+those scripts; the rest is written by hand from the same runs.
+
+![snapback vs restic and borg](benchmarks.png)
+
+"""
+
+
+def replace_section(name, body):
+    text = open(DOC).read() if os.path.exists(DOC) else HEAD
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        _, post = rest.split(end, 1)
+        text = pre + block + post
+    else:
+        title = {"suite": "## The suite", "scale": "## Scale"}.get(name, f"## {name}")
+        text = text.rstrip() + f"\n\n{title}\n\n{block}\n"
+    with open(DOC, "w") as f:
+        f.write(text)
+    log(f"== wrote the {name} section of {DOC}")
+
+
+def report(res):
+    md, sums = suite_markdown(res)
+    print(md)
+    if not os.environ.get("BENCH_NO_DOC"):
+        replace_section("suite", md)
+        chart(res, sums)
+
+
+# ---------------------------------------------------------------- scale
+
+def timev(cmd, env=None, cwd=None):
+    """Runs cmd under /usr/bin/time -v; returns (wall s, peak RSS KiB, result)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        r = run(["/usr/bin/time", "-v", "-o", tf.name] + cmd, env=env, cwd=cwd)
+        text = open(tf.name).read()
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+    el = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text).group(1)
+    secs = 0.0
+    for part in el.split(":"):
+        secs = secs * 60 + float(part)
+    return {"wall": r.wall, "time_wall": secs, "rss_kib": rss}, r
+
+
+def shift_time(t, seconds):
+    """Moves an RFC 3339 UTC time (with any fraction) back by `seconds`."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", t)
+    base = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S") - datetime.timedelta(seconds=seconds)
+    return base.strftime("%Y-%m-%dT%H:%M:%S") + (m.group(2) or "") + "Z"
+
+
+def synth_manifests(repo, count):
+    """Adds count-1 manifests to a repository that holds one real snapshot:
+    copies of it, each 10 minutes older than the last, written as valid
+    objects (`snapshots/<sha256 of the bytes>`)."""
+    d = os.path.join(repo, "snapshots")
+    names = os.listdir(d)
+    assert len(names) == 1, names
+    real = json.load(open(os.path.join(d, names[0])))
+    for i in range(1, count):
+        m = json.loads(json.dumps(real))
+        m["time"] = shift_time(real["time"], 600 * i)
+        for f in m.get("files", []):
+            if f.get("sqlite") and f["sqlite"].get("captured_at"):
+                f["sqlite"]["captured_at"] = shift_time(f["sqlite"]["captured_at"], 600 * i)
+        b = json.dumps(m, indent=2).encode()
+        with open(os.path.join(d, hashlib.sha256(b).hexdigest()), "wb") as f:
+            f.write(b)
+
+
+def scale(args):
+    date = now_utc()
+    res = {"date": date, "machine": machine_info(), "load_start": loadavg(), "sizes": {}, "manifests": {}}
+    t_start = time.time()
+    for size in args.sizes:
+        base = base_db(size)
+        w = os.path.join(OUT, "scale", f"s{size}")
+        shutil.rmtree(w, ignore_errors=True)
+        os.makedirs(w)
+        db, repo = os.path.join(w, "app.db"), os.path.join(w, "repo")
+        shutil.copyfile(base, db)
+        run([SB, "--repo", repo, "-q", "init"])
+        out = {"load_start": loadavg()}
+        warm(db)
+        out["snapshot (full)"], _ = timev([SB, "--repo", repo, "-q", "snapshot", db])
+        run([DT, "update", db, "--fraction", "0.001", "--seed", "7"])
+        warm(db, db + "-wal")
+        out["snapshot (after 0.1%)"], _ = timev([SB, "--repo", repo, "-q", "snapshot", db])
+        warm(repo)
+        out["snapshots"], _ = timev([SB, "--repo", repo, "snapshots"])
+        out["check"], _ = timev([SB, "--repo", repo, "-q", "check"])
+        out["check --read-data"], _ = timev([SB, "--repo", repo, "-q", "check", "--read-data"])
+        run([SB, "--repo", repo, "-q", "forget", "--keep-last", "1"])
+        out["prune (after forget --keep-last 1)"], _ = timev([SB, "--repo", repo, "-q", "prune"])
+        out["repo_bytes"] = du(repo)
+        out["file_bytes"] = os.path.getsize(db)
+        out["load_end"] = loadavg()
+        res["sizes"][str(size)] = out
+        log(f"   scale s{size}: " + ", ".join(f"{k} {v['wall']:.2f}s/{v['rss_kib'] // 1024}MiB"
+                                               for k, v in out.items() if isinstance(v, dict)))
+        shutil.rmtree(w, ignore_errors=True)
+    small = base_db(args.manifest_db_mib)
+    for n in args.manifests:
+        w = os.path.join(OUT, "scale", f"m{n}")
+        shutil.rmtree(w, ignore_errors=True)
+        os.makedirs(w)
+        db, repo = os.path.join(w, "app.db"), os.path.join(w, "repo")
+        shutil.copyfile(small, db)
+        run([SB, "--repo", repo, "-q", "init"])
+        run([SB, "--repo", repo, "-q", "snapshot", db])
+        synth_manifests(repo, n)
+        out = {"load_start": loadavg()}
+        warm(repo)
+        out["snapshots"], r = timev([SB, "--repo", repo, "snapshots"])
+        out["snapshots --json"], r = timev([SB, "--repo", repo, "--json", "snapshots"])
+        out["listed"] = len(json.loads(r.out))
+        run([DT, "update", db, "--fraction", "0.001", "--seed", "7"])
+        out["snapshot (after 0.1%)"], _ = timev([SB, "--repo", repo, "-q", "snapshot", db])
+        out["restore latest"], _ = timev([SB, "--repo", repo, "-q", "restore", "latest", os.path.join(w, "r.db")])
+        out["check"], _ = timev([SB, "--repo", repo, "-q", "check"])
+        out["prune"], _ = timev([SB, "--repo", repo, "-q", "prune"])
+        out["manifest_bytes"] = du(os.path.join(repo, "snapshots"))
+        out["load_end"] = loadavg()
+        res["manifests"][str(n)] = out
+        log(f"   scale m{n}: " + ", ".join(f"{k} {v['wall']:.2f}s/{v['rss_kib'] // 1024}MiB"
+                                            for k, v in out.items() if isinstance(v, dict)))
+        shutil.rmtree(w, ignore_errors=True)
+    res["load_end"] = loadavg()
+    res["duration_s"] = time.time() - t_start
+    res["manifest_db_mib"] = args.manifest_db_mib
+    os.makedirs(os.path.join(OUT, "scale"), exist_ok=True)
+    path = os.path.join(OUT, "scale", f"scale-{date.replace(':', '')}.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    log(f"== raw results: {path}")
+    scale_report(res)
+
+
+def scale_markdown(res):
+    L = [f"Run of **{res['date']}** (UTC): `scripts/bench-scale.sh`, one run per point, "
+         f"{res['duration_s'] / 60:.1f} min; load average {res['load_start']} at the start, "
+         f"{res['load_end']} at the end. Wall time in seconds / peak RSS in MiB, from `/usr/bin/time -v`.", ""]
+    if res["sizes"]:
+        sizes = list(res["sizes"])
+        ops = [k for k, v in res["sizes"][sizes[0]].items() if isinstance(v, dict)]
+        L.append("As the database grows (a fresh repository per size: full snapshot, 0.1% update, "
+                 "incremental snapshot, then the listing, both checks, and `forget --keep-last 1` + `prune`, "
+                 "which repacks the full snapshot's replaced pages):")
+        L.append("")
+        L.append("| operation | " + " | ".join(f"{s} MiB" for s in sizes) + " | growth per size step |")
+        L.append("|---|" + "---|" * (len(sizes) + 1))
+        for op in ops:
+            cells = [f"{res['sizes'][s][op]['wall']:.2f} s / {res['sizes'][s][op]['rss_kib'] / 1024:.0f} MiB"
+                     for s in sizes]
+            steps = []
+            for a, b in zip(sizes, sizes[1:]):
+                ta, tb = res["sizes"][a][op]["wall"], res["sizes"][b][op]["wall"]
+                steps.append(f"{tb / ta:.1f}× time for {int(b) / int(a):.0f}× size")
+            L.append(f"| {op} | " + " | ".join(cells) + f" | {'; '.join(steps)} |")
+        L.append("| repository after prune | " + " | ".join(
+            fmt_b(res["sizes"][s]["repo_bytes"]) for s in sizes) + " | |")
+        L.append("| load average, start → end | " + " | ".join(
+            f"{res['sizes'][s]['load_start']} → {res['sizes'][s]['load_end']}" for s in sizes) + " | |")
+        L.append("")
+    if res["manifests"]:
+        ns = list(res["manifests"])
+        ops = [k for k, v in res["manifests"][ns[0]].items() if isinstance(v, dict)]
+        L.append(f"As the number of snapshots grows: one real snapshot of a {res['manifest_db_mib']} MiB "
+                 "database, plus synthetic manifests (copies of the real one, each 10 minutes older, "
+                 "written as valid `snapshots/<sha256>` objects), then a 0.1% update and a real snapshot, "
+                 "a restore of the latest, `check` and `prune`:")
+        L.append("")
+        L.append("| operation | " + " | ".join(f"{int(n):,} snapshots" for n in ns) + " | per extra snapshot (last step) |")
+        L.append("|---|" + "---|" * (len(ns) + 1))
+        for op in ops:
+            cells = [f"{res['manifests'][n][op]['wall']:.2f} s / {res['manifests'][n][op]['rss_kib'] / 1024:.0f} MiB"
+                     for n in ns]
+            per = ""
+            if len(ns) >= 2:
+                a, b = ns[-2], ns[-1]
+                d = res["manifests"][b][op]["wall"] - res["manifests"][a][op]["wall"]
+                per = f"{d / (int(b) - int(a)) * 1e3:.2f} ms"
+            L.append(f"| {op} | " + " | ".join(cells) + f" | {per} |")
+        L.append("| manifests on disk | " + " | ".join(
+            fmt_b(res["manifests"][n]["manifest_bytes"]) for n in ns) + " | |")
+        L.append("")
+    return "\n".join(L)
+
+
+def scale_report(res):
+    md = scale_markdown(res)
+    print(md)
+    if not os.environ.get("BENCH_NO_DOC"):
+        replace_section("scale", md)
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("suite")
+    a.add_argument("sizes", nargs="*", type=int, default=[256, 1024])
+    a.add_argument("--runs", type=int, default=3)
+    a.add_argument("--no-s3", action="store_true")
+    a.add_argument("--no-mount", action="store_true")
+    a.add_argument("--no-bench-diff", action="store_true")
+    a.add_argument("--mount-size", type=int, default=0)
+    b = sub.add_parser("scale")
+    b.add_argument("--sizes", nargs="*", type=int, default=[256, 1024])
+    b.add_argument("--manifests", nargs="*", type=int, default=[1, 100, 1000, 10000])
+    b.add_argument("--manifest-db-mib", type=int, default=16)
+    c = sub.add_parser("report")
+    c.add_argument("results")
+    args = ap.parse_args()
+    if args.cmd == "suite":
+        if not args.sizes:
+            args.sizes = [256, 1024]
+        suite(args)
+    elif args.cmd == "scale":
+        scale(args)
+    else:
+        res = json.load(open(args.results))
+        (scale_report if "manifests" in res else report)(res)
+
+
+if __name__ == "__main__":
+    main()
