@@ -44,6 +44,12 @@ pub struct MountArgs {
     /// Largest read-ahead window for sequential reads (0 disables it).
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub readahead: u64,
+    /// Read up to this many bytes of a pack at once to bring the chunks
+    /// that follow a needed one along (fewer requests, more bytes).
+    /// Default: 512K for S3 repositories, 64K for local ones; 0 reads one
+    /// chunk per request.
+    #[arg(long, value_parser = parse_size)]
+    pub fetch_window: Option<u64>,
     /// Threads fetching chunks from the repository.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub fetch_threads: u16,
@@ -107,10 +113,15 @@ pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::R
         _ => bail!("give MOUNTPOINT, or SNAP MOUNTPOINT"),
     };
     let mountpoint = absolute(std::path::Path::new(&mountpoint));
-    let repo_dir = match g.repo.as_deref().map(parse).transpose()? {
-        Some(RepoUrl::Local(p)) => Some(absolute(&p)),
+    let url = g.repo.as_deref().map(parse).transpose()?;
+    let repo_dir = match &url {
+        Some(RepoUrl::Local(p)) => Some(absolute(p)),
         _ => None,
     };
+    let fetch_window = a.fetch_window.unwrap_or(match url {
+        Some(RepoUrl::S3 { .. }) => 512 << 10,
+        _ => 64 << 10,
+    });
     // Refuse a bad mount point before touching the repository.
     snapback_mount::check_mountpoint(&mountpoint, repo_dir.as_deref())?;
     let repo = open_repo(g)?;
@@ -143,6 +154,7 @@ pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::R
     opts.vfs.readahead_max = a.readahead;
     opts.vfs.readahead_initial = opts.vfs.readahead_initial.min(a.readahead);
     opts.vfs.fetch_threads = a.fetch_threads.into();
+    opts.vfs.fetch_window = fetch_window;
     if !g.quiet && !g.json {
         eprintln!(
             "mounting at {} (Ctrl-C or `snapback umount {}` to unmount)",

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use snapback_core::{Id, MasterIndex, Repository};
+use snapback_core::{pack_key, BlobLocation, Id, MasterIndex, Repository};
 
 use crate::cache::{DiskCache, Lru, MemCache};
 use crate::error::VfsError;
@@ -197,7 +197,10 @@ impl Slot {
 pub struct FetchStats {
     pub mem_hits: AtomicU64,
     pub disk_hits: AtomicU64,
+    /// Backend requests for chunks (a grouped range read counts once).
     pub fetches: AtomicU64,
+    /// Chunks read from the backend.
+    pub chunks_fetched: AtomicU64,
     pub fetched_bytes: AtomicU64,
     pub fetch_errors: AtomicU64,
     pub timeouts: AtomicU64,
@@ -210,6 +213,8 @@ pub(crate) struct Fetcher {
     disk: Option<DiskCache>,
     inflight: Mutex<HashMap<Id, Arc<Slot>>>,
     fresh: Mutex<Option<(Instant, Arc<MasterIndex>)>>,
+    /// Largest span of a pack read at once for neighbouring chunks.
+    window: u64,
     pub(crate) pool: Pool,
     pub(crate) stats: FetchStats,
 }
@@ -220,6 +225,7 @@ impl Fetcher {
         mem_bytes: u64,
         disk: Option<DiskCache>,
         threads: usize,
+        window: u64,
     ) -> Arc<Fetcher> {
         Arc::new(Fetcher {
             repo,
@@ -227,6 +233,7 @@ impl Fetcher {
             disk,
             inflight: Mutex::new(HashMap::new()),
             fresh: Mutex::new(None),
+            window,
             pool: Pool::new("snapback-fetch", threads, 1024),
             stats: FetchStats::default(),
         })
@@ -262,48 +269,84 @@ impl Fetcher {
         }
     }
 
-    /// The slot for `id`, starting a fetch if none is in flight.
-    fn start(
+    /// Registers a slot for every chunk that is not in flight (and, among
+    /// `around`, not cached either), groups the new ones into range reads,
+    /// and queues one job per group. Returns the slot of every `wanted`
+    /// chunk; `around` chunks are read along when they share a range read.
+    fn start_all(
         self: &Arc<Self>,
         index: &Arc<MasterIndex>,
-        id: Id,
+        wanted: &[Id],
+        around: &[Id],
         demand: bool,
-    ) -> Option<Arc<Slot>> {
-        let Ok(mut inflight) = self.inflight.lock() else {
-            return None;
+    ) -> HashMap<Id, Arc<Slot>> {
+        let around: Vec<Id> = match self.mem.lock() {
+            Ok(m) => around
+                .iter()
+                .filter(|id| !m.contains(id))
+                .copied()
+                .collect(),
+            Err(_) => Vec::new(),
         };
-        if let Some(s) = inflight.get(&id) {
-            let s = s.clone();
-            drop(inflight);
-            if demand && !s.started.load(Ordering::Acquire) {
-                // Queued as read-ahead behind other work: also queue it as
-                // demand. Whichever job runs first does the fetch.
-                self.queue(index, id, s.clone(), true);
+        let mut slots = HashMap::new();
+        let mut fresh: Vec<(Id, Arc<Slot>)> = Vec::new();
+        let mut promote: Vec<(Id, Arc<Slot>)> = Vec::new();
+        {
+            let Ok(mut inflight) = self.inflight.lock() else {
+                return slots;
+            };
+            for id in wanted.iter().chain(&around) {
+                if slots.contains_key(id) {
+                    continue;
+                }
+                if let Some(s) = inflight.get(id) {
+                    if demand && !s.started.load(Ordering::Acquire) && wanted.contains(id) {
+                        promote.push((*id, s.clone()));
+                    }
+                    slots.insert(*id, s.clone());
+                    continue;
+                }
+                let s = Slot::new();
+                inflight.insert(*id, s.clone());
+                slots.insert(*id, s.clone());
+                fresh.push((*id, s));
             }
-            return Some(s);
         }
-        let s = Slot::new();
-        inflight.insert(id, s.clone());
-        drop(inflight);
-        if !self.queue(index, id, s.clone(), demand) {
-            if let Ok(mut inflight) = self.inflight.lock() {
-                inflight.remove(&id);
+        // Queued as read-ahead behind other work: also queue it as demand.
+        // Whichever job runs first does the fetch.
+        for m in promote {
+            self.queue(index, vec![m], true);
+        }
+        for group in group_by_pack(index, fresh, self.window) {
+            if !demand {
+                self.stats
+                    .prefetches
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
             }
-            return None;
+            if !self.queue(index, group.clone(), demand) {
+                // The background queue is full: forget these.
+                if let Ok(mut inflight) = self.inflight.lock() {
+                    for (id, s) in &group {
+                        if inflight.get(id).is_some_and(|x| Arc::ptr_eq(x, s)) {
+                            inflight.remove(id);
+                        }
+                        slots.remove(id);
+                    }
+                }
+            }
         }
-        Some(s)
+        slots
     }
 
     fn queue(
         self: &Arc<Self>,
         index: &Arc<MasterIndex>,
-        id: Id,
-        slot: Arc<Slot>,
+        group: Vec<(Id, Arc<Slot>)>,
         demand: bool,
     ) -> bool {
         let me = self.clone();
         let index = index.clone();
-        let job = move || me.run_fetch(&index, id, &slot);
+        let job = move || me.run_group(&index, group);
         if demand {
             self.pool.spawn(job);
             true
@@ -312,24 +355,94 @@ impl Fetcher {
         }
     }
 
-    fn run_fetch(&self, index: &MasterIndex, id: Id, slot: &Arc<Slot>) {
-        if slot.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let r = self.load(index, &id);
-        if let Ok(data) = &r {
-            if let Ok(mut m) = self.mem.lock() {
-                m.insert(id, data.clone(), data.len() as u64);
+    fn run_group(&self, index: &MasterIndex, group: Vec<(Id, Arc<Slot>)>) {
+        let group: Vec<(Id, Arc<Slot>)> = group
+            .into_iter()
+            .filter(|(_, s)| !s.started.swap(true, Ordering::AcqRel))
+            .collect();
+        let ids: Vec<Id> = group.iter().map(|(id, _)| *id).collect();
+        let results = match ids.as_slice() {
+            [] => return,
+            [one] => vec![self.load(index, one)],
+            _ => self.load_group(index, &ids),
+        };
+        for ((id, slot), r) in group.into_iter().zip(results) {
+            if let Ok(data) = &r {
+                if let Ok(mut m) = self.mem.lock() {
+                    m.insert(id, data.clone(), data.len() as u64);
+                }
+            } else {
+                self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
             }
-        } else {
-            self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut inflight) = self.inflight.lock() {
+                if inflight.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    inflight.remove(&id);
+                }
+            }
+            slot.fill(r);
         }
-        if let Ok(mut inflight) = self.inflight.lock() {
-            if inflight.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-                inflight.remove(&id);
+    }
+
+    /// Chunks that lie close together in one pack, with one range read.
+    /// Each is decompressed and verified on its own: one bad chunk fails
+    /// only itself. Any trouble with the range read falls back to reading
+    /// the chunks one by one.
+    fn load_group(&self, index: &MasterIndex, ids: &[Id]) -> Vec<SlotResult> {
+        let mut out: Vec<Option<SlotResult>> = vec![None; ids.len()];
+        if let Some(d) = &self.disk {
+            for (i, id) in ids.iter().enumerate() {
+                if let Some(b) = d.get(id) {
+                    self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                    out[i] = Some(Ok(Arc::new(b)));
+                }
             }
         }
-        slot.fill(r);
+        let need: Vec<(usize, BlobLocation)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| out[*i].is_none())
+            .filter_map(|(i, id)| index.get(id).map(|l| (i, *l)))
+            .collect();
+        let pack = need.first().map(|(_, l)| l.pack);
+        let complete = need.len() == out.iter().filter(|o| o.is_none()).count();
+        if let (Some(pack), true, true) = (pack, complete, need.len() > 1) {
+            let start = need.iter().map(|(_, l)| l.offset as u64).min().unwrap_or(0);
+            let end = need
+                .iter()
+                .map(|(_, l)| l.offset as u64 + l.stored_len as u64)
+                .max()
+                .unwrap_or(0);
+            let key = pack_key(&pack);
+            let same_pack = need.iter().all(|(_, l)| l.pack == pack);
+            match self.repo.store().get_range(&key, start, end - start) {
+                Ok(bytes) if same_pack && bytes.len() as u64 == end - start => {
+                    self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+                    for (i, l) in &need {
+                        let from = (l.offset as u64 - start) as usize;
+                        let stored = &bytes[from..from + l.stored_len as usize];
+                        let r = open_chunk(&ids[*i], stored, l.raw_len, &key);
+                        if let Ok(b) = &r {
+                            self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                            self.stats
+                                .fetched_bytes
+                                .fetch_add(b.len() as u64, Ordering::Relaxed);
+                            if let Some(d) = &self.disk {
+                                d.put(&ids[*i], b);
+                            }
+                        }
+                        out[*i] = Some(r);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(pack = %pack.short(), error = %e, "range read of a chunk group failed; reading the chunks one by one");
+                }
+            }
+        }
+        out.into_iter()
+            .zip(ids)
+            .map(|(r, id)| r.unwrap_or_else(|| self.load(index, id)))
+            .collect()
     }
 
     fn load(&self, index: &MasterIndex, id: &Id) -> SlotResult {
@@ -353,6 +466,7 @@ impl Fetcher {
         }
         .map_err(|e| VfsError::repo(format!("chunk {}", id.short()), e))?;
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
         self.stats
             .fetched_bytes
             .fetch_add(b.len() as u64, Ordering::Relaxed);
@@ -380,55 +494,128 @@ impl Fetcher {
         Ok(idx)
     }
 
-    /// The chunks `ids`, in order, each verified; fetched in parallel. Fails
-    /// as a whole if any chunk fails or the deadline passes.
+    /// The chunks `ids`, in order, each verified; fetched in parallel, and
+    /// with the `around` chunks (the ones after them in the file) where they
+    /// share a range read. Fails as a whole if any chunk fails or the
+    /// deadline passes.
     pub(crate) fn get_many(
         self: &Arc<Self>,
         index: &Arc<MasterIndex>,
         ids: &[Id],
+        around: &[Id],
         deadline: Instant,
     ) -> Result<Vec<Arc<Vec<u8>>>, VfsError> {
         let since = Instant::now();
-        let mut pending: Vec<Result<Arc<Vec<u8>>, Arc<Slot>>> = Vec::with_capacity(ids.len());
+        let mut out: Vec<Option<Arc<Vec<u8>>>> = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
         for id in ids {
-            if let Some(d) = self.mem_get(id) {
+            let d = self.mem_get(id);
+            if d.is_some() {
                 self.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
-                pending.push(Ok(d));
+            } else {
+                missing.push(*id);
+            }
+            out.push(d);
+        }
+        if missing.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        let slots = self.start_all(index, &missing, around, true);
+        let mut res = Vec::with_capacity(ids.len());
+        for (d, id) in out.into_iter().zip(ids) {
+            if let Some(d) = d {
+                res.push(d);
                 continue;
             }
-            match self.start(index, *id, true) {
-                Some(s) => pending.push(Err(s)),
-                None => return Err(VfsError::Internal("the fetch queue is unavailable".into())),
+            let slot = slots
+                .get(id)
+                .ok_or_else(|| VfsError::Internal("the fetch queue is unavailable".into()))?;
+            let what = || format!("chunk {}", id.short());
+            let r = slot.wait(deadline, &what, since);
+            if matches!(r, Err(VfsError::TimedOut { .. })) {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
             }
+            res.push(r?);
         }
-        let mut out = Vec::with_capacity(ids.len());
-        for (p, id) in pending.into_iter().zip(ids) {
-            match p {
-                Ok(d) => out.push(d),
-                Err(slot) => {
-                    let what = || format!("chunk {}", id.short());
-                    let r = slot.wait(deadline, &what, since);
-                    if matches!(r, Err(VfsError::TimedOut { .. })) {
-                        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    out.push(r?);
-                }
-            }
-        }
-        Ok(out)
+        Ok(res)
     }
 
     /// Starts background fetches of chunks that are not cached or in flight.
     pub(crate) fn prefetch(self: &Arc<Self>, index: &Arc<MasterIndex>, ids: &[Id]) {
-        for id in ids {
-            let cached = self.mem.lock().map(|m| m.contains(id)).unwrap_or(true);
-            if cached {
-                continue;
+        self.start_all(index, &[], ids, false);
+    }
+}
+
+/// Splits chunks (in file order) into groups that one range read of one
+/// pack can serve: same pack, increasing offsets, gaps under 64 KiB, the
+/// whole span within `window` bytes. With `window` 0, one chunk per group.
+fn group_by_pack(
+    index: &MasterIndex,
+    chunks: Vec<(Id, Arc<Slot>)>,
+    window: u64,
+) -> Vec<Vec<(Id, Arc<Slot>)>> {
+    const MAX_GAP: u64 = 64 << 10;
+    let mut groups: Vec<Vec<(Id, Arc<Slot>)>> = Vec::new();
+    let mut cur: Option<(Id, u64, u64)> = None; // pack, start, end
+    for (id, slot) in chunks {
+        let loc = index.get(&id).copied();
+        let extend = match (&cur, &loc) {
+            (Some((pack, start, end)), Some(l)) => {
+                let off = l.offset as u64;
+                let new_end = off + l.stored_len as u64;
+                window > 0
+                    && l.pack == *pack
+                    && off >= *end
+                    && off - end <= MAX_GAP
+                    && new_end - start <= window
             }
-            if self.start(index, *id, false).is_none() {
-                break;
+            _ => false,
+        };
+        match (extend, loc, groups.last_mut()) {
+            (true, Some(l), Some(g)) => {
+                g.push((id, slot));
+                if let Some(c) = cur.as_mut() {
+                    c.2 = l.offset as u64 + l.stored_len as u64;
+                }
             }
-            self.stats.prefetches.fetch_add(1, Ordering::Relaxed);
+            (_, l, _) => {
+                cur = l.map(|l| {
+                    (
+                        l.pack,
+                        l.offset as u64,
+                        l.offset as u64 + l.stored_len as u64,
+                    )
+                });
+                groups.push(vec![(id, slot)]);
+            }
         }
     }
+    groups
+}
+
+/// Decompresses one stored chunk and checks its length and hash.
+fn open_chunk(id: &Id, stored: &[u8], raw_len: u32, key: &str) -> SlotResult {
+    let what = format!("blob {} in {key}", id.short());
+    let corrupt = |detail: String| {
+        VfsError::repo(
+            format!("chunk {}", id.short()),
+            snapback_core::Error::corrupt(what.clone(), detail),
+        )
+    };
+    let raw = zstd::bulk::decompress(stored, raw_len as usize)
+        .map_err(|e| corrupt(format!("does not decompress: {e}")))?;
+    if raw.len() != raw_len as usize {
+        return Err(corrupt(format!(
+            "decompressed to {} bytes, expected {raw_len}",
+            raw.len()
+        )));
+    }
+    let got = Id::of(&raw);
+    if got != *id {
+        return Err(corrupt(format!(
+            "content hash is {}, not the blob's id",
+            got.short()
+        )));
+    }
+    Ok(Arc::new(raw))
 }

@@ -798,12 +798,85 @@ fn mount_over_s3_serves_the_same_queries_as_a_restore() {
     let status: serde_json::Value =
         serde_json::from_slice(&std::fs::read(m.path(".snapback-status.json")).expect("status"))
             .expect("json");
-    assert!(status["chunk_fetches"].as_u64().expect("fetches") > 0);
+    let requests = status["chunk_fetches"].as_u64().expect("fetches");
+    let chunks = status["chunks_fetched"].as_u64().expect("chunks");
+    assert!(requests > 0);
+    assert!(
+        chunks > requests,
+        "over S3, range reads bring neighbouring chunks along: {status}"
+    );
     assert_eq!(status["read_errors"], 0);
     assert!(
         status["repository"]
             .as_str()
             .is_some_and(|r| r.starts_with("s3://")),
         "{status}"
+    );
+}
+
+#[test]
+fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "wal", 100);
+    env.snapshot(&db);
+    let mp = env.path("mnt-daemon");
+    std::fs::create_dir_all(&mp).expect("mkdir");
+    /// Unmounts whatever is left, whatever happens.
+    struct Lazy(PathBuf);
+    impl Drop for Lazy {
+        fn drop(&mut self) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z", "-q", "--"])
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _guard = Lazy(mp.clone());
+    let started = Instant::now();
+    let out = env
+        .cmd()
+        .args(["mount", "--daemon", "latest"])
+        .arg(&mp)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "mount --daemon: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        snapback_mount::is_mount_point(&mp),
+        "mounted when --daemon returns"
+    );
+    let c = open_ro(&mp.join(db.to_string_lossy().trim_start_matches('/'))).expect("open");
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .expect("query");
+    assert_eq!(n, 100);
+    drop(c);
+    let out = env.run(&["umount", &mp.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!snapback_mount::is_mount_point(&mp));
+    // A mount that fails in the background reports its error.
+    let out = env
+        .cmd()
+        .args(["mount", "--daemon", "ffffffffff"])
+        .arg(&mp)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no snapshot id starts with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -428,13 +428,79 @@ fn cold_reads_fetch_only_the_chunks_they_need() {
     let e = vfs.resolve(&rel(&db)).expect("resolve");
     let o = vfs.open(e.attr.ino, false).expect("open");
     vfs.clear_mem_cache();
-    let before = vfs.fetch_stats().fetches.load(Ordering::Relaxed);
+    let before = vfs.fetch_stats().chunks_fetched.load(Ordering::Relaxed);
     vfs.read(o.fh, 8192, 8192).expect("two pages");
     assert_eq!(
-        vfs.fetch_stats().fetches.load(Ordering::Relaxed) - before,
+        vfs.fetch_stats().chunks_fetched.load(Ordering::Relaxed) - before,
         2,
         "two 4 KiB chunks for two pages"
     );
+}
+
+#[test]
+fn a_fetch_window_reads_neighbouring_chunks_in_one_request() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 5000);
+    let s = fx.snapshot(&[&db]);
+    let stored = fx.restored(&s, &db.to_string_lossy());
+    let vfs = fx.vfs(View::One(s), |o| {
+        o.readahead_max = 0;
+        o.fetch_window = 64 << 10;
+    });
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    vfs.clear_mem_cache();
+    let st = vfs.fetch_stats();
+    let (req0, chunks0) = (
+        st.fetches.load(Ordering::Relaxed),
+        st.chunks_fetched.load(Ordering::Relaxed),
+    );
+    let d = vfs.read(o.fh, 65536, 8192).expect("two pages");
+    assert_eq!(d, stored[65536..65536 + 8192]);
+    assert_eq!(
+        st.fetches.load(Ordering::Relaxed) - req0,
+        1,
+        "one range read"
+    );
+    let chunks = st.chunks_fetched.load(Ordering::Relaxed) - chunks0;
+    assert!(chunks > 2, "neighbours came along: {chunks}");
+    // The next pages are in memory now, and correct.
+    let hits = st.mem_hits.load(Ordering::Relaxed);
+    let d = vfs.read(o.fh, 65536 + 8192, 8192).expect("next pages");
+    assert_eq!(d, stored[65536 + 8192..65536 + 16384]);
+    assert_eq!(st.mem_hits.load(Ordering::Relaxed) - hits, 2);
+    assert_eq!(st.fetches.load(Ordering::Relaxed) - req0, 1);
+}
+
+#[test]
+fn a_damaged_chunk_in_a_grouped_read_fails_only_itself() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 3000);
+    let s = fx.snapshot(&[&db]);
+    let stored = fx.restored(&s, &db.to_string_lossy());
+    let vfs = fx.vfs(View::One(s), |o| {
+        o.readahead_max = 0;
+        o.fetch_window = 1 << 20;
+    });
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    corrupt_packs(&fx.path("repo"));
+    let mut eio = 0;
+    let mut ok = 0;
+    for off in (4096..stored.len() as u64).step_by(4096) {
+        match vfs.read(o.fh, off, 4096) {
+            Ok(d) => {
+                assert_eq!(d, stored[off as usize..off as usize + d.len()]);
+                ok += 1;
+            }
+            Err(e) => {
+                assert_eq!(errno(&e), fuser::Errno::EIO, "{e}");
+                eio += 1;
+            }
+        }
+    }
+    assert_eq!(eio, 1, "exactly the damaged chunk fails");
+    assert!(ok > 10);
 }
 
 #[test]
