@@ -261,6 +261,12 @@ impl Fetcher {
             .map(|d| d.corrupt_entries.load(Ordering::Relaxed))
     }
 
+    /// Fetches in flight (tests: wait for read-ahead to land).
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
     /// Drops every chunk from the memory cache (tests: force a cold read).
     #[cfg(test)]
     pub(crate) fn clear_mem(&self) {
@@ -366,14 +372,18 @@ impl Fetcher {
             [one] => vec![self.load(index, one)],
             _ => self.load_group(index, &ids),
         };
-        for ((id, slot), r) in group.into_iter().zip(results) {
-            if let Ok(data) = &r {
+        // Cache every chunk of the group before waking any reader, so that a
+        // reader moving on to the next chunk finds it in memory.
+        for ((id, _), r) in group.iter().zip(&results) {
+            if let Ok(data) = r {
                 if let Ok(mut m) = self.mem.lock() {
-                    m.insert(id, data.clone(), data.len() as u64);
+                    m.insert(*id, data.clone(), data.len() as u64);
                 }
             } else {
                 self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        for ((id, slot), r) in group.into_iter().zip(results) {
             if let Ok(mut inflight) = self.inflight.lock() {
                 if inflight.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                     inflight.remove(&id);

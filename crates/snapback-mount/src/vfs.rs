@@ -29,7 +29,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use snapback_core::time::format_rfc3339_secs;
-use snapback_core::{FileEntry, FileKind, FileReader, Id, Manifest, Repository, Snapshot};
+use snapback_core::{
+    DbChecksum, FileEntry, FileKind, FileReader, Id, Manifest, Repository, Snapshot,
+};
 
 use crate::cache::DiskCache;
 use crate::error::VfsError;
@@ -925,9 +927,26 @@ impl Vfs {
         let what2 = what.clone();
         let deadline = Instant::now() + self.opts.read_timeout;
         let r = run_with_deadline(&self.fetcher.pool, deadline, &what, move || {
-            repo.file_reader(node.entry())
-                .map(Arc::new)
-                .map_err(|e| VfsError::repo(what2, e))
+            let r = repo
+                .file_reader(node.entry())
+                .map_err(|e| VfsError::repo(what2.clone(), e))?;
+            // The chunk list must add up to the whole-file checksum the
+            // manifest recorded: this binds what we serve to what was
+            // captured, before a byte is read.
+            let mut sum = DbChecksum::default();
+            for (c, off) in r.chunks.iter().zip(&r.offsets) {
+                sum.add(*off, &c.id);
+            }
+            if sum.to_hex() != node.entry().db_checksum {
+                return Err(VfsError::repo(
+                    what2,
+                    snapback_core::Error::corrupt(
+                        format!("chunk list of {}", node.entry().path),
+                        "its checksum does not match the manifest's",
+                    ),
+                ));
+            }
+            Ok(Arc::new(r))
         });
         let r = match r {
             Ok(r) => r,
@@ -1131,6 +1150,19 @@ impl Vfs {
             e = self.lookup(e.attr.ino, c)?;
         }
         Ok(e)
+    }
+
+    /// Waits until no fetch is in flight (tests).
+    #[cfg(test)]
+    fn wait_idle(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.fetcher.in_flight() > 0 {
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     #[cfg(test)]
