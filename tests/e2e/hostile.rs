@@ -334,7 +334,7 @@ fn hostile_restore_scripts() {
         ("no actions", table("name = \"t\""), "has no `actions`"),
         ("snapshot = latest", table("name = \"t\"\nactions = [\"update_changed\"]").replace(&id, "latest"), "moves"),
         ("relative live path", table("name = \"t\"\nactions = [\"update_changed\"]").replace(&l.to_string(), "live.db"), "must be an absolute path"),
-        ("not TOML", "snapshot = [[[\n".to_string(), "invalid"),
+        ("not TOML", "snapshot = [[[\n".to_string(), "TOML parse error"),
     ];
     let mut t = vec![];
     for (i, (name, text, msg)) in cases.into_iter().enumerate() {
