@@ -152,3 +152,88 @@ fn snapshot_killed_midway_leaves_a_consistent_repository() {
     env.ok(&["snapshot", big.to_str().expect("utf8")]);
     assert!(env.run(&["check", "--read-data"]).status.success());
 }
+
+fn count_packs(repo: &std::path::Path) -> usize {
+    std::fs::read_dir(repo.join("data"))
+        .expect("data")
+        .map(|d| {
+            std::fs::read_dir(d.expect("d").path())
+                .expect("dir")
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn prune_refuses_when_used_data_is_unindexed_until_repair_index() {
+    let env = Env::new();
+    let a = env.path("a.bin");
+    let b = env.path("b.bin");
+    std::fs::write(&a, vec![1u8; 300_000]).expect("a");
+    env.snapshot(&a);
+    std::fs::write(
+        &b,
+        (0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+    )
+    .expect("b");
+    env.snapshot(&b);
+    // Lose the first snapshot's index object: its pack now looks unreferenced.
+    let mut idx: Vec<_> = std::fs::read_dir(env.repo().join("index"))
+        .expect("index")
+        .map(|e| e.expect("e").path())
+        .collect();
+    idx.sort_by_key(|p| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    });
+    std::fs::remove_file(&idx[0]).expect("rm");
+    let packs = count_packs(&env.repo());
+    let out = env.run(&["prune"]);
+    assert!(!out.status.success(), "prune must refuse: {}", stdout(&out));
+    assert!(
+        stderr(&out).contains("index"),
+        "it says why: {}",
+        stderr(&out)
+    );
+    assert_eq!(count_packs(&env.repo()), packs, "nothing was deleted");
+    env.ok(&["repair-index"]);
+    env.ok(&["prune"]);
+    let out = env.run(&["check", "--read-data"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let dest = env.path("a.out");
+    let id = env.snapshots_json()[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.ok(&["restore", &id, dest.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read(&dest).expect("read"), vec![1u8; 300_000]);
+}
+
+#[test]
+fn one_damaged_manifest_does_not_hide_the_others_but_blocks_prune() {
+    let env = Env::new();
+    let f = env.path("f.txt");
+    std::fs::write(&f, "one").expect("w");
+    let first = env.snapshot(&f);
+    std::fs::write(&f, "two").expect("w");
+    let second = env.snapshot(&f);
+    std::fs::write(env.repo().join("snapshots").join(&first), b"{ damaged").expect("damage");
+    let list = env.snapshots_json();
+    assert_eq!(list.len(), 1, "the intact snapshot is still listed");
+    assert_eq!(list[0]["id"], second.as_str());
+    let dest = env.path("out.txt");
+    env.ok(&["restore", "latest", dest.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read_to_string(&dest).expect("read"), "two");
+    let out = env.run(&["prune"]);
+    assert!(
+        !out.status.success(),
+        "prune refuses while a manifest is unreadable: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        env.run(&["check"]).status.code(),
+        Some(3),
+        "check names the damaged manifest"
+    );
+}

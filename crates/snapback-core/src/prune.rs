@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{decode_index, encode_index, IndexedPack, MasterIndex};
 use crate::lock::LockKind;
@@ -63,7 +63,7 @@ pub struct PruneReport {
 impl Repository {
     /// Every blob that some snapshot references (data and chunk lists).
     fn used_blobs(&self, index: &MasterIndex) -> Result<(usize, HashSet<Id>)> {
-        let snaps = self.snapshots()?;
+        let snaps = self.snapshots_strict()?;
         let mut used = HashSet::new();
         let mut lists_seen = HashSet::new();
         for s in &snaps {
@@ -103,6 +103,15 @@ impl Repository {
             old_index_keys.push(key);
         }
         let (snapshots, used) = self.used_blobs(&index)?;
+        // Packs that no index lists are deleted below. That is only safe when
+        // every blob a snapshot uses is indexed: after an index object is
+        // lost, its packs hold live data that only `repair-index` can find.
+        let unindexed = used.iter().filter(|b| !index.contains(b)).count();
+        if unindexed > 0 {
+            return Err(Error::Verification(format!(
+                "{unindexed} blob(s) that snapshots use are not in any index; nothing was deleted. Run `snapback repair-index` first, then `snapback check`."
+            )));
+        }
         let existing: HashMap<Id, u64> = self
             .store()
             .list(DATA_PREFIX)?
@@ -138,7 +147,13 @@ impl Repository {
             if kept.entries.is_empty() {
                 plan.delete_packs.push(pack_key(id));
                 plan.bytes_deleted += size;
-            } else if (live_bytes as f64) < REPACK_BELOW * (*size as f64) {
+            } else if kept.entries.len() < p.entries.len()
+                && (live_bytes as f64)
+                    < REPACK_BELOW
+                        * (p.entries.iter().map(|e| e.stored_len as u64).sum::<u64>() as f64)
+            {
+                // Only when blobs are dead, measured against blob bytes (a
+                // small pack's header would otherwise always look wasted).
                 plan.repack_packs.push(pack_key(id));
                 plan.bytes_repacked += live_bytes;
                 plan.bytes_deleted += size - live_bytes;
@@ -212,7 +227,7 @@ impl Repository {
             chunk.clear();
             Ok(())
         };
-        for p in new_index {
+        for p in new_index.iter().cloned() {
             n += p.entries.len();
             chunk.push(p);
             if n >= 65_536 {
@@ -227,8 +242,15 @@ impl Repository {
             }
         }
 
-        // 4. Packs.
-        for key in plan.delete_packs.iter().chain(&plan.repack_packs) {
+        // 4. Packs. A pack this prune just wrote is never deleted, even if
+        // a repack reproduced an existing pack byte for byte (same name).
+        let rewritten: HashSet<String> = new_index.iter().map(|p| pack_key(&p.id)).collect();
+        for key in plan
+            .delete_packs
+            .iter()
+            .chain(&plan.repack_packs)
+            .filter(|k| !rewritten.contains(*k))
+        {
             let size = store.stat(key)?.unwrap_or(0);
             store.delete(key)?;
             tracing::info!(pack = %key, bytes = size, "pack deleted");

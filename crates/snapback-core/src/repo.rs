@@ -275,6 +275,19 @@ impl Repository {
     /// Every committed snapshot, oldest first. Manifests are cached, so a
     /// second call reads only new ones.
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.load_snapshots(false)
+    }
+
+    /// Like `snapshots`, but a manifest that cannot be read is an error
+    /// instead of a warning. Prune uses it: treating a damaged manifest's
+    /// data as unreferenced would delete what a repair could still save.
+    pub fn snapshots_strict(&self) -> Result<Vec<Snapshot>> {
+        self.load_snapshots(true)
+    }
+
+    /// Every committed snapshot, oldest first. A damaged manifest is
+    /// skipped with a warning (`check` reports it), unless `strict`.
+    fn load_snapshots(&self, strict: bool) -> Result<Vec<Snapshot>> {
         let listing = self.store.list(SNAPSHOT_PREFIX)?;
         let mut out = Vec::with_capacity(listing.len());
         for o in listing {
@@ -291,7 +304,16 @@ impl Repository {
             let manifest = match cached {
                 Some(m) => m,
                 None => {
-                    let m = Arc::new(self.load_manifest(&id)?);
+                    let m = match self.load_manifest(&id) {
+                        Ok(m) => Arc::new(m),
+                        Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. }))
+                            if !strict =>
+                        {
+                            tracing::warn!(key = %o.key, error = %e, "skipping a snapshot whose manifest cannot be read; run `snapback check`");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     self.manifests
                         .lock()
                         .map_err(|_| poisoned())?
@@ -299,8 +321,11 @@ impl Repository {
                     m
                 }
             };
-            let time = crate::time::parse_rfc3339(&manifest.time)
-                .map_err(|e| Error::corrupt(o.key.clone(), e))?;
+            let time = match crate::time::parse_rfc3339(&manifest.time) {
+                Ok(t) => t,
+                Err(e) if strict => return Err(Error::corrupt(o.key.clone(), e)),
+                Err(_) => continue,
+            };
             out.push(Snapshot { id, time, manifest });
         }
         out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
