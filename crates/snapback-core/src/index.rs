@@ -57,6 +57,12 @@ pub fn encode_index(packs: &[IndexedPack]) -> Result<Vec<u8>> {
 }
 
 pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
+    if bytes.len() >= 8 && &bytes[..6] == b"SNBIDX" && bytes[6] > INDEX_MAGIC[6] {
+        return Err(Error::UnsupportedVersion {
+            found: bytes[6] as u32,
+            supported: INDEX_MAGIC[6] as u32,
+        });
+    }
     if bytes.len() < 8 || &bytes[..8] != INDEX_MAGIC {
         return Err(Error::corrupt(place, "not a snapback index (bad magic)"));
     }
@@ -233,5 +239,11 @@ mod tests {
         assert_ne!(decode_index(&bad, "i").ok(), Some(packs.clone()));
         assert!(decode_index(&bytes[..bytes.len() - 4], "i").is_err());
         assert!(decode_index(b"garbage!", "i").is_err());
+        let mut newer = bytes.clone();
+        newer[6] = 2;
+        assert!(matches!(
+            decode_index(&newer, "i"),
+            Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
     }
 }

@@ -193,6 +193,12 @@ impl PackBuilder {
 
 /// Parses the 12-byte prefix; returns the header length.
 pub fn parse_prefix(prefix: &[u8], place: &str) -> Result<u32> {
+    if prefix.len() >= 8 && &prefix[..7] == b"SNBPACK" && prefix[7] > PACK_MAGIC[7] {
+        return Err(Error::UnsupportedVersion {
+            found: prefix[7] as u32,
+            supported: PACK_MAGIC[7] as u32,
+        });
+    }
     if prefix.len() < 12 || &prefix[..8] != PACK_MAGIC {
         return Err(Error::corrupt(place, "not a snapback pack (bad magic)"));
     }
@@ -323,6 +329,10 @@ mod tests {
     #[test]
     fn bad_headers_are_rejected() {
         assert!(parse_prefix(b"NOTAPACK\x05\x00\x00\x00", "p").is_err());
+        assert!(matches!(
+            parse_prefix(b"SNBPACK\x02\x05\x00\x00\x00", "p"),
+            Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
         assert!(parse_header(&[1, 0, 0, 0], 100, "p").is_err());
         assert!(parse_header(&[0, 0, 0, 0], 16, "p").is_ok());
         assert!(parse_header(&[0, 0, 0, 0], 17, "p").is_err());
