@@ -379,12 +379,12 @@ fn apply_row(
     }
 }
 
+/// (table index, batch) -> the conflicts recorded with that batch, as
+/// (change index, conflict).
+type CommittedBatches = HashMap<(usize, usize), Vec<(usize, Conflict)>>;
+
 /// Batches of `run` already committed, with the conflicts they recorded.
-fn committed_batches(
-    conn: &Connection,
-    place: &str,
-    id: &str,
-) -> Result<HashMap<(usize, usize), Vec<(usize, Conflict)>>> {
+fn committed_batches(conn: &Connection, place: &str, id: &str) -> Result<CommittedBatches> {
     let err = |e| Error::sqlite(place, "cannot read the repair journal", e);
     let mut st = conn
         .prepare(&format!(

@@ -212,8 +212,7 @@ pub fn verify(store: &dyn Store) -> Result<VerifyReport> {
     let l = listing(store)?;
     let mut report = VerifyReport::default();
     let mut prev: Option<String> = None;
-    let mut expected = 1u64;
-    for (&seq, claim) in &l.claims {
+    for (expected, (&seq, claim)) in (1u64..).zip(l.claims.iter()) {
         let fail = |why: String| Some(format!("entry {seq} ({claim}): {why}"));
         if seq != expected {
             report.broken = Some(format!(
@@ -266,7 +265,6 @@ pub fn verify(store: &dyn Store) -> Result<VerifyReport> {
             break;
         }
         prev = Some(hash.clone());
-        expected += 1;
         report.entries.push(StoredEntry { key, hash, entry });
     }
     for (seq, keys) in &l.entries {
