@@ -6,4 +6,5 @@ mod audit;
 mod bad_input;
 mod diff;
 mod e2e;
+mod repair;
 mod util;
