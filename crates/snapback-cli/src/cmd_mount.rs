@@ -16,9 +16,9 @@ use crate::repo_url::{open_repo, parse, RepoUrl};
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// `[SNAP] MOUNTPOINT`: with SNAP (an id or unique prefix, 'latest', or
-    /// '@TIME'), that one snapshot at the root; without it, every snapshot
-    /// (MOUNTPOINT/snapshots, MOUNTPOINT/by-path, MOUNTPOINT/latest).
+    /// With SNAP (an id or unique prefix, 'latest', or '@TIME'): that
+    /// snapshot at the root. Without: every snapshot, under snapshots/,
+    /// by-path/ and latest.
     #[arg(value_name = "[SNAP] MOUNTPOINT", num_args = 1..=2, required = true)]
     pub args: Vec<String>,
     /// With SNAP: choose among snapshots holding this file or directory.
