@@ -31,8 +31,9 @@ use crate::schema::Key;
 use crate::script::{Action, LoadedScript};
 use crate::source::{live_path, open_live_rw, resolve_snapshot, sqlite_uri, SnapshotDb};
 
-/// The tag of the snapshot taken before every repair and undo.
-pub const PRE_REPAIR_TAG: &str = "pre-repair";
+/// The tag of the snapshot taken before every repair and undo; the core's
+/// retention (`forget`) keeps these until they are released.
+pub const PRE_REPAIR_TAG: &str = snapback_core::PRE_REPAIR_TAG;
 
 /// Row diffs kept per table for the human plan.
 pub const SAMPLE_ROWS: usize = 10;
