@@ -124,6 +124,8 @@ pub struct Repository {
     /// indexes), so that a command against a remote store does not fetch
     /// every one of them again.
     cache_dir: Option<std::path::PathBuf>,
+    /// Manifests skipped as damaged by the last listing, with the reason.
+    skipped: Mutex<HashMap<Id, String>>,
 }
 
 impl Repository {
@@ -181,6 +183,7 @@ impl Repository {
             index: RwLock::new(None),
             manifests: Mutex::new(HashMap::new()),
             cache_dir: None,
+            skipped: Mutex::new(HashMap::new()),
         }
     }
 
@@ -306,10 +309,14 @@ impl Repository {
                 None => {
                     let m = match self.load_manifest(&id) {
                         Ok(m) => Arc::new(m),
-                        Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. }))
-                            if !strict =>
-                        {
+                        // A damaged manifest is skipped (check names it); one
+                        // from a newer snapback is not: an upgrade is needed.
+                        Err(e @ Error::Corrupt { .. }) if !strict => {
                             tracing::warn!(key = %o.key, error = %e, "skipping a snapshot whose manifest cannot be read; run `snapback check`");
+                            self.skipped
+                                .lock()
+                                .map_err(|_| poisoned())?
+                                .insert(id, e.to_string());
                             continue;
                         }
                         Err(e) => return Err(e),
@@ -341,7 +348,21 @@ impl Repository {
     /// Resolves a selector among the snapshots that `filter` accepts.
     pub fn resolve(&self, sel: &Selector, filter: impl Fn(&Snapshot) -> bool) -> Result<Snapshot> {
         let all = self.snapshots()?;
-        resolve_in(&all, sel, filter)
+        let r = resolve_in(&all, sel, filter);
+        // An id that names a damaged manifest gets the damage, not "no such id".
+        if let (Err(_), Selector::Id(prefix)) = (&r, sel) {
+            let skipped = self.skipped.lock().map_err(|_| poisoned())?;
+            if let Some((id, why)) = skipped
+                .iter()
+                .find(|(id, _)| id.to_hex().starts_with(prefix.as_str()))
+            {
+                return Err(Error::corrupt(
+                    format!("snapshot {}", id.short()),
+                    why.clone(),
+                ));
+            }
+        }
+        r
     }
 
     /// Reads one blob: a range read from its pack, decompressed and verified.

@@ -81,7 +81,10 @@ pub fn snapback_bin() -> PathBuf {
         .and_then(Path::parent)
         .expect("workspace root")
         .to_path_buf();
-    let bin = ws.join("target/debug/snapback");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"));
+    let bin = target.join("debug/snapback");
     assert!(
         bin.is_file(),
         "{} is missing: build it first with `cargo build -p snapback-cli` (the project's test script does)",
