@@ -45,9 +45,9 @@ pub struct MountArgs {
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub readahead: u64,
     /// Read up to this many bytes of a pack at once to bring the chunks
-    /// that follow a needed one along (fewer requests, more bytes).
-    /// Default: 512K for S3 repositories, 64K for local ones; 0 reads one
-    /// chunk per request.
+    /// that follow a needed one along (fewer requests, more bytes): on every
+    /// read for S3 repositories (default 512K), on scans for local ones
+    /// (default 64K); 0 reads one chunk per request.
     #[arg(long, value_parser = parse_size)]
     pub fetch_window: Option<u64>,
     /// Threads fetching chunks from the repository.
@@ -118,10 +118,10 @@ pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::R
         Some(RepoUrl::Local(p)) => Some(absolute(p)),
         _ => None,
     };
-    let fetch_window = a.fetch_window.unwrap_or(match url {
-        Some(RepoUrl::S3 { .. }) => 512 << 10,
-        _ => 64 << 10,
-    });
+    let s3 = matches!(url, Some(RepoUrl::S3 { .. }));
+    let fetch_window = a
+        .fetch_window
+        .unwrap_or(if s3 { 512 << 10 } else { 64 << 10 });
     // Refuse a bad mount point before touching the repository.
     snapback_mount::check_mountpoint(&mountpoint, repo_dir.as_deref())?;
     let repo = open_repo(g)?;
@@ -155,6 +155,9 @@ pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::R
     opts.vfs.readahead_initial = opts.vfs.readahead_initial.min(a.readahead);
     opts.vfs.fetch_threads = a.fetch_threads.into();
     opts.vfs.fetch_window = fetch_window;
+    // Over S3 a request costs far more than its bytes: bring neighbours
+    // along on every read. Locally only on scans.
+    opts.vfs.fetch_window_always = s3;
     if !g.quiet && !g.json {
         eprintln!(
             "mounting at {} (Ctrl-C or `snapback umount {}` to unmount)",

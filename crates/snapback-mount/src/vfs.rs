@@ -67,8 +67,13 @@ pub struct VfsOptions {
     pub fetch_threads: usize,
     /// A fetch also reads the chunks that follow in the file when they lie
     /// within this many bytes of the same pack, in one range read (0: one
-    /// chunk per request). Worth it where requests are slow (S3).
+    /// chunk per request). It applies to reads that land a little after the
+    /// previous read of the same open file (a scan), or to every read with
+    /// `fetch_window_always`.
     pub fetch_window: u64,
+    /// Use the fetch window for random reads too: right where a request
+    /// costs far more than its bytes (S3).
+    pub fetch_window_always: bool,
     /// First read-ahead window, bytes.
     pub readahead_initial: u64,
     /// Largest read-ahead window, bytes (0 disables read-ahead).
@@ -88,6 +93,7 @@ impl Default for VfsOptions {
             immutable_ttl: Duration::from_secs(24 * 3600),
             fetch_threads: 8,
             fetch_window: 0,
+            fetch_window_always: false,
             readahead_initial: 128 << 10,
             readahead_max: 4 << 20,
             uid: 0,
@@ -1015,17 +1021,25 @@ impl Vfs {
             return Ok(Vec::new());
         };
         let ids: Vec<Id> = reader.chunks[first..=last].iter().map(|c| c.id).collect();
+        // A scan: this read starts at or a little after where the previous
+        // one ended. Random reads (B-tree descents of point lookups) would
+        // mostly waste what a window brings along.
+        let scanning = ra.lock().is_ok_and(|r| {
+            r.next != 0 && offset >= r.next && offset - r.next <= self.opts.fetch_window
+        });
         self.read_ahead(reader, ra, offset, end);
         // The chunks after the read, up to the fetch window, may come along
         // in the same range reads.
         let mut around = Vec::new();
-        let mut span = 0u64;
-        for c in reader.chunks.iter().skip(last + 1) {
-            span += c.len as u64;
-            if span > self.opts.fetch_window {
-                break;
+        if scanning || self.opts.fetch_window_always {
+            let mut span = 0u64;
+            for c in reader.chunks.iter().skip(last + 1) {
+                span += c.len as u64;
+                if span > self.opts.fetch_window {
+                    break;
+                }
+                around.push(c.id);
             }
-            around.push(c.id);
         }
         let deadline = Instant::now() + self.opts.read_timeout;
         let datas = self
@@ -1064,9 +1078,6 @@ impl Vfs {
     /// Sequential reads widen a prefetch window ahead of the reader (from
     /// `readahead_initial`, doubling up to `readahead_max`); a seek resets it.
     fn read_ahead(&self, reader: &Arc<FileReader>, ra: &Mutex<ReadAhead>, offset: u64, end: u64) {
-        if self.opts.readahead_max == 0 {
-            return;
-        }
         let Ok(mut ra) = ra.lock() else { return };
         if offset == ra.next && offset != 0 {
             ra.window = if ra.window == 0 {
@@ -1079,7 +1090,7 @@ impl Vfs {
             ra.prefetched_to = 0;
         }
         ra.next = end;
-        if ra.window == 0 {
+        if ra.window == 0 || self.opts.readahead_max == 0 {
             return;
         }
         let target = end.saturating_add(ra.window).min(reader.size());

@@ -443,6 +443,7 @@ fn a_fetch_window_reads_neighbouring_chunks_in_one_request() {
     let vfs = fx.vfs(View::One(s), |o| {
         o.readahead_max = 0;
         o.fetch_window = 64 << 10;
+        o.fetch_window_always = true;
     });
     let e = vfs.resolve(&rel(&db)).expect("resolve");
     let o = vfs.open(e.attr.ino, false).expect("open");
@@ -470,6 +471,35 @@ fn a_fetch_window_reads_neighbouring_chunks_in_one_request() {
 }
 
 #[test]
+fn without_always_the_fetch_window_serves_scans_not_random_reads() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 5000);
+    let s = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::One(s), |o| {
+        o.readahead_max = 0;
+        o.fetch_window = 64 << 10;
+    });
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    vfs.clear_mem_cache();
+    let st = vfs.fetch_stats();
+    let chunks = || st.chunks_fetched.load(Ordering::Relaxed);
+    // Far apart: one chunk each.
+    let c0 = chunks();
+    vfs.read(o.fh, 409600, 4096).expect("read");
+    vfs.read(o.fh, 8192, 4096).expect("read");
+    assert_eq!(chunks() - c0, 2, "random reads fetch only what they need");
+    // A little after the previous read: a scan, the window comes along.
+    let c1 = chunks();
+    vfs.read(o.fh, 8192 + 3 * 4096, 4096).expect("read");
+    assert!(
+        chunks() - c1 > 2,
+        "a scan brings neighbours: {}",
+        chunks() - c1
+    );
+}
+
+#[test]
 fn a_damaged_chunk_in_a_grouped_read_fails_only_itself() {
     let fx = Fixture::new();
     let db = fx.make_db("app.db", 3000);
@@ -478,6 +508,7 @@ fn a_damaged_chunk_in_a_grouped_read_fails_only_itself() {
     let vfs = fx.vfs(View::One(s), |o| {
         o.readahead_max = 0;
         o.fetch_window = 1 << 20;
+        o.fetch_window_always = true;
     });
     let e = vfs.resolve(&rel(&db)).expect("resolve");
     let o = vfs.open(e.attr.ino, false).expect("open");
