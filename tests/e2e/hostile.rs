@@ -423,11 +423,7 @@ fn hostile_restore_destinations() {
     let bad = put_manifest(&env, &m);
     let t = vec![row(
         "manifest with a relative file path",
-        &[
-            "restore",
-            &bad,
-            env.path("r.db").to_str().expect("utf8"),
-        ],
+        &["restore", &bad, env.path("r.db").to_str().expect("utf8")],
         1,
         "is malformed",
     )];

@@ -63,10 +63,6 @@ pub enum Command {
     Restore(cmd_basic::RestoreArgs),
     /// Verify the repository (structure; with --read-data, every byte).
     Check(cmd_basic::CheckArgs),
-    /// Mount snapshots as a read-only file system (FUSE).
-    Mount(crate::cmd_mount::MountArgs),
-    /// Unmount a snapback mount.
-    Umount(crate::cmd_mount::UmountArgs),
     /// Remove snapshots by a retention policy (per source path).
     Forget(crate::cmd_ops::ForgetArgs),
     /// Delete data no snapshot references; repack mostly-unused packs.
@@ -77,6 +73,10 @@ pub enum Command {
     Release(crate::cmd_ops::ReleaseArgs),
     /// Age of the newest snapshot per source and the last check, for monitoring.
     Status(crate::cmd_ops::StatusArgs),
+    /// Mount snapshots as a read-only file system (FUSE).
+    Mount(crate::cmd_mount::MountArgs),
+    /// Unmount a snapback mount.
+    Umount(crate::cmd_mount::UmountArgs),
     /// Compare rows of a snapshot's database with a live database.
     Diff(crate::cmd_repair::DiffArgs),
     /// Plan (dry run) or apply a restore script: repair selected rows.
@@ -101,13 +101,13 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Snapshots(a) => cmd_basic::snapshots(g, a),
         Command::Restore(a) => cmd_basic::restore(g, a),
         Command::Check(a) => cmd_basic::check(g, a),
-        Command::Mount(a) => crate::cmd_mount::mount(g, &cfg, a),
-        Command::Umount(a) => crate::cmd_mount::umount(g, a),
         Command::Forget(a) => crate::cmd_ops::forget(g, &cfg, a),
         Command::Prune(a) => crate::cmd_ops::prune(g, a),
         Command::Unlock(a) => crate::cmd_ops::unlock(g, a),
         Command::Release(a) => crate::cmd_ops::release(g, a),
         Command::Status(a) => crate::cmd_ops::status(g, &cfg, a),
+        Command::Mount(a) => crate::cmd_mount::mount(g, &cfg, a),
+        Command::Umount(a) => crate::cmd_mount::umount(g, a),
         Command::Diff(a) => crate::cmd_repair::diff(g, a),
         Command::Repair(a) => crate::cmd_repair::repair(g, a),
         Command::Audit(a) => crate::cmd_repair::audit(g, a),

@@ -122,7 +122,10 @@ fn every_action_guard_and_undo_round_trip() {
         "1, 2 updated; 3 re-inserted with its blob"
     );
     assert_eq!(after[2], "3|'c'|3.5|X'03'|'old'");
-    assert_eq!(after[3], before[2], "guarded row untouched (before has no row 3)");
+    assert_eq!(
+        after[3], before[2],
+        "guarded row untouched (before has no row 3)"
+    );
     assert!(after[3].contains("'renamed'"));
     assert_eq!(after[4], snap[4]);
     assert_eq!(after[5], before[5], "6 deleted, 7 kept");
