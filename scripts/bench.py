@@ -270,12 +270,17 @@ def one_run(size, r, s3, base):
     env_borg = {"BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": os.path.join(w, "borg-base"),
                 "BORG_REPO": repo["borg"]}
     run([SB, "--repo", repo["snapback"], "-q", "init"])
+    with open(os.path.join(repo["snapback"], "config")) as f:
+        cfg = json.load(f)
     run(["restic", "init", "-q"], env=env_restic)
     run(["borg", "init", "--encryption=repokey"], env=env_borg)
     prefix = f"bench-{os.getpid()}-s{size}-r{r}"
     if s3:
         run(s3.repo(prefix) + ["-q", "init"], env=s3.env)
-    res = {"load_start": loadavg(), "steps": {}}
+    res = {"load_start": loadavg(), "steps": {},
+           "snapback_config": {"compression_level": cfg.get("compression_level"),
+                               "sqlite_pages_per_chunk": cfg.get("chunking", {}).get("sqlite_pages_per_chunk"),
+                               "pack_target_size": cfg.get("pack_target_size")}}
     snap_ids = {}
     for step, upd in STEPS:
         st = {}
@@ -616,9 +621,14 @@ def suite_markdown(res):
              "deploys with 3 indexes, events with 2 indexes). Each run copies it, takes a full snapshot, "
              "updates 1% of the deploys rows (`update --fraction 0.01 --seed 8`) and snapshots, then "
              "0.1% (`--fraction 0.001 --seed 7`) and snapshots, as in `../shared/PEERS.md`.")
-    L.append("- snapback: `snapback init` defaults (one 4 KiB page per chunk, zstd level 1, packs of "
-             "16 MiB, no encryption); `snapback --json snapshot DB` reads the *live* database and its WAL "
-             "through SQLite. Local repository in the same directory tree.")
+    cfg = {}
+    for ps in res["per_size"].values():
+        cfg = ps["runs"][0].get("snapback_config") or cfg
+    L.append(f"- snapback: `snapback init` defaults, as read back from the repository's `config`: "
+             f"{cfg.get('sqlite_pages_per_chunk', '?')} page(s) per chunk, zstd level {cfg.get('compression_level', '?')}, "
+             f"packs of {(cfg.get('pack_target_size') or 0) >> 20} MiB, no encryption; `snapback --json snapshot DB` "
+             "reads the *live* database and its WAL through SQLite (an idle connection holds the database open, "
+             "as an application would, so the WAL is not removed when the updater closes). Local repository.")
     L.append("- restic: `restic init` (repository v2) and `restic backup --host bench DB`, default "
              "compression (`auto`), local repository, `RESTIC_PASSWORD` set (restic always encrypts).")
     L.append("- borg: `borg init --encryption=repokey`, `borg create --compression zstd,3`.")
