@@ -17,7 +17,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use snapback_core::fuzzing::{
-    apply_patch, decode_index, decode_part, decode_patch, encode_index, parse_header, parse_prefix,
+    apply_patch, decode_index, decode_part, decode_patch, encode_index, fixed_key_codec,
+    parse_header, parse_prefix, BlobCodec,
 };
 use snapback_core::storage::{ErrorKind, ObjectInfo, PutOutcome, Store, StoreError};
 use snapback_core::{Id, LockInfo, Manifest, RepoConfig};
@@ -88,7 +89,13 @@ pub fn index(data: &[u8]) {
 /// with a pack size taken from the input; entries are contiguous, inside
 /// the pack, and account for all of it.
 pub fn pack(data: &[u8]) {
-    let Ok(hlen) = parse_prefix(data, "fuzz") else {
+    // Both forms: a plain header, and a sealed one (encrypted repository).
+    pack_with(&BlobCodec::plain(1), data);
+    pack_with(&fixed_key_codec(), data);
+}
+
+fn pack_with(codec: &BlobCodec, data: &[u8]) {
+    let Ok(hlen) = parse_prefix(codec, data, "fuzz") else {
         return;
     };
     let hlen = hlen as usize;
@@ -100,7 +107,7 @@ pub fn pack(data: &[u8]) {
             .unwrap_or(0),
     ];
     for size in sizes {
-        if let Ok(entries) = parse_header(header, size, "fuzz") {
+        if let Ok(entries) = parse_header(codec, header, size, "fuzz") {
             let mut at = 12 + header.len() as u64;
             for e in &entries {
                 assert_eq!(e.offset as u64, at, "entries are back to back");

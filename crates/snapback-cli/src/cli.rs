@@ -40,6 +40,10 @@ pub struct Global {
     /// Use path-style S3 addressing (MinIO, Ceph, Garage and most local stores).
     #[arg(long, global = true)]
     pub s3_path_style: bool,
+    /// File whose first line is the passphrase of an encrypted repository
+    /// (else SNAPBACK_PASSWORD, else a prompt on the terminal).
+    #[arg(long, global = true, env = "SNAPBACK_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
     /// Config file (default: ./snapback.toml if it exists).
     #[arg(long, global = true, env = "SNAPBACK_CONFIG")]
     pub config: Option<PathBuf>,
@@ -87,6 +91,9 @@ pub enum Command {
     Undo(crate::cmd_repair::UndoArgs),
     /// Rebuild the index objects from the packs alone (after index damage).
     RepairIndex(crate::cmd_reliability::RepairIndexArgs),
+    /// Manage the passphrases of an encrypted repository.
+    #[command(subcommand)]
+    Key(crate::cmd_key::KeyCommand),
 }
 
 pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
@@ -113,6 +120,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Audit(a) => crate::cmd_repair::audit(g, a),
         Command::Undo(a) => crate::cmd_repair::undo(g, a),
         Command::RepairIndex(a) => crate::cmd_reliability::repair_index(g, a),
+        Command::Key(c) => crate::cmd_key::run(g, c),
     }
 }
 

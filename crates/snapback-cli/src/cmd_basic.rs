@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use snapback_core::{
-    path_matches, CheckOptions, ChunkingParams, InitOptions, Repository, RestoreOptions, Selector,
-    Snapshot, SnapshotOptions,
+    path_matches, CheckOptions, ChunkingParams, EncryptionOptions, InitOptions, Repository,
+    RestoreOptions, Selector, Snapshot, SnapshotOptions,
 };
 
 use crate::cli::{absolute, Global};
@@ -24,6 +24,12 @@ pub struct InitArgs {
     /// zstd compression level (1-19).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression_level: i32,
+    /// Encrypt the repository: a random master key, sealed by a passphrase
+    /// (--password-file, SNAPBACK_PASSWORD, or asked twice on the terminal).
+    #[arg(long)]
+    pub encrypt: bool,
+    #[command(flatten)]
+    pub kdf: crate::cmd_key::KdfArgs,
 }
 
 pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
@@ -34,19 +40,46 @@ pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
             ..Default::default()
         },
         compression_level: a.compression_level,
+        encryption: None,
         ..Default::default()
+    };
+    let opts = if a.encrypt {
+        let passphrase = crate::password::choose(
+            g.password_file.as_deref(),
+            crate::password::ENV,
+            "--password-file",
+        )?;
+        InitOptions {
+            encryption: Some(EncryptionOptions {
+                passphrase,
+                kdf: a.kdf.params(),
+            }),
+            ..opts
+        }
+    } else {
+        opts
     };
     let repo = Repository::init(store, &opts)?;
     if g.json {
-        print_json(
-            &json!({ "repository": repo.store().location(), "repo_id": repo.config().repo_id }),
-        )?;
+        print_json(&json!({
+            "repository": repo.store().location(),
+            "repo_id": repo.config().repo_id,
+            "encrypted": repo.is_encrypted(),
+        }))?;
     } else if !g.quiet {
         println!(
-            "created snapback repository {} at {}",
+            "created {}snapback repository {} at {}",
+            if repo.is_encrypted() {
+                "encrypted "
+            } else {
+                ""
+            },
             repo.config().repo_id,
             repo.store().location()
         );
+        if repo.is_encrypted() {
+            println!("keep the passphrase safe: without it (or another key added with `snapback key add`) the data cannot be read by anyone, including you");
+        }
     }
     Ok(exit::OK)
 }

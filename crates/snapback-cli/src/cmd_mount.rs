@@ -185,10 +185,20 @@ fn daemonize(g: &Global) -> anyhow::Result<u8> {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)
         .with_context(|| format!("cannot create {}", sock_path.display()))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    // The child has no terminal: a passphrase that would be asked for is
+    // asked for here and handed over in its environment (readable only by
+    // this user), never on its command line.
+    let mut pass_env = None;
+    if !crate::password::given(g) && crate::repo_url::is_encrypted(g)? {
+        pass_env = Some(crate::password::current(g)?);
+    }
     let mut child = {
         use std::os::unix::process::CommandExt;
-        Command::new(exe)
-            .args(&args)
+        let mut cmd = Command::new(exe);
+        if let Some(p) = &pass_env {
+            cmd.env(crate::password::ENV, p.as_str());
+        }
+        cmd.args(&args)
             .env("NOTIFY_SOCKET", &sock_path)
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")

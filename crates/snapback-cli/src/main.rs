@@ -3,12 +3,14 @@
 
 mod cli;
 mod cmd_basic;
+mod cmd_key;
 mod cmd_mount;
 mod cmd_ops;
 mod cmd_reliability;
 mod cmd_repair;
 mod config;
 mod output;
+mod password;
 mod repo_url;
 
 use std::process::ExitCode;

@@ -70,9 +70,22 @@ pub fn open_store(g: &Global, create: bool) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// True when the repository's config says it is encrypted.
+pub fn is_encrypted(g: &Global) -> anyhow::Result<bool> {
+    let store = open_store(g, false)?;
+    let bytes = store
+        .get(snapback_core::CONFIG_KEY)
+        .with_context(|| format!("cannot read the repository config at {}", store.location()))?;
+    Ok(snapback_core::RepoConfig::parse(&bytes)?
+        .encryption
+        .is_some())
+}
+
 pub fn open_repo(g: &Global) -> anyhow::Result<Repository> {
     let store = open_store(g, false)?;
-    let repo = Repository::open(store)?;
+    let repo = Repository::open_with_passphrase(store, || {
+        crate::password::current(g).map_err(|e| snapback_core::Error::Key(format!("{e:#}")))
+    })?;
     // A remote repository keeps local copies of its manifests and indexes
     // (immutable and verified by name on every read).
     let remote = matches!(parse(repo_arg(g)?)?, RepoUrl::S3 { .. });

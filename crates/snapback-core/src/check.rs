@@ -370,10 +370,12 @@ impl Repository {
         }
         // Find exactly which blobs are damaged: by the header if it parses,
         // else by the index's view of the pack.
-        let from_header = parse_prefix(bytes, &key).ok().and_then(|h| {
+        let from_header = parse_prefix(self.codec(), bytes, &key).ok().and_then(|h| {
             let h = h as usize;
             (bytes.len() >= 12 + h)
-                .then(|| parse_header(&bytes[12..12 + h], bytes.len() as u64, &key).ok())
+                .then(|| {
+                    parse_header(self.codec(), &bytes[12..12 + h], bytes.len() as u64, &key).ok()
+                })
                 .flatten()
         });
         let entries: Vec<_> = match from_header {
@@ -394,7 +396,7 @@ impl Repository {
             report.blobs_checked += 1;
             let end = off as usize + len as usize;
             let r = if end <= bytes.len() {
-                open_blob(&bid, &bytes[off as usize..end], raw, &key).map(|_| ())
+                open_blob(self.codec(), &bid, &bytes[off as usize..end], raw, &key).map(|_| ())
             } else {
                 Err(Error::corrupt(&key, "blob extends past the end"))
             };

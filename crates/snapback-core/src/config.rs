@@ -18,6 +18,9 @@ pub struct RepoConfig {
     pub compression_level: i32,
     /// Packs are closed when they reach this many stored bytes.
     pub pack_target_size: u64,
+    /// Present when the repository is encrypted (`init --encrypt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypto::EncryptionConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,6 +64,9 @@ impl RepoConfig {
         let c: RepoConfig =
             serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
         c.validate()?;
+        if let Some(e) = &c.encryption {
+            e.validate()?;
+        }
         Ok(c)
     }
 
@@ -107,6 +113,7 @@ mod tests {
             chunking: ChunkingParams::default(),
             compression_level: 3,
             pack_target_size: 16 << 20,
+            encryption: None,
         }
     }
 

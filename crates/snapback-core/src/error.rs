@@ -55,6 +55,11 @@ pub enum Error {
 
     #[error("{0}")]
     Locked(String),
+
+    /// The repository is encrypted and no passphrase was given, or none of
+    /// its keys opens with the one given.
+    #[error("{0}")]
+    Key(String),
 }
 
 impl Error {

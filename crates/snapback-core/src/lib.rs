@@ -7,6 +7,7 @@
 mod check;
 mod chunklist;
 mod config;
+mod crypto;
 mod error;
 mod fingerprint;
 mod forget;
@@ -28,6 +29,7 @@ pub mod time;
 pub use check::{Affected, CheckOptions, CheckRecord, CheckReport, Problem};
 pub use chunklist::ChunkRef;
 pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
+pub use crypto::{KdfParams, KeyInfo, Passphrase, KEYS_PREFIX, SEAL_OVERHEAD};
 pub use error::{Error, Result};
 pub use forget::{
     plan as plan_forget, Decision, ForgetPlan, GroupPlan, KeepPolicy, PRE_REPAIR_TAG,
@@ -38,10 +40,14 @@ pub use lock::{FoundLock, LockInfo, LockKind, RepoLock};
 pub use manifest::{
     ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
 };
+pub use pack::BlobCodec;
 pub use pack::BlobKind;
 pub use prune::{PrunePlan, PruneReport};
 pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};
-pub use repo::{pack_key, FileReader, InitOptions, Repository, Selector, Snapshot};
+pub use repo::{
+    pack_key, EncryptionOptions, FileReader, InitOptions, Repository, Selector, Snapshot,
+    CONFIG_KEY,
+};
 pub use restore::{path_matches, RestoreItem, RestoreOptions, RestoreReport};
 pub use snapback_storage as storage;
 pub use snapshot::{SnapshotOptions, SnapshotReport};

@@ -11,12 +11,21 @@
 //! ```
 //! A pack is named by the SHA-256 of all its bytes, so it can be verified
 //! without unpacking, and its header alone rebuilds its index entries.
+//!
+//! In an encrypted repository the header (count and entries) is sealed as
+//! one message (`hlen` is then its sealed length) and every blob is sealed
+//! on its own (see `crypto`), so one blob is still one range read.
 
+use std::sync::Arc;
+
+use crate::crypto::{Crypto, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
 pub const PACK_MAGIC: &[u8; 8] = b"SNBPACK\x01";
 const ENTRY_LEN: usize = 41;
+/// Associated data of a sealed pack header.
+const HEADER_AAD: &[u8] = b"snapback pack header";
 
 /// What a blob holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,52 +97,127 @@ fn decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Compresses a blob and proves that the compressed form decompresses back to
-/// content with the same hash, so that a compressor fault is never committed.
-pub fn seal_blob(id: &Id, raw: &[u8], level: i32) -> Result<Vec<u8>> {
-    let stored = compress(raw, level).map_err(|e| {
-        Error::Verification(format!(
-            "zstd compression of chunk {} failed: {e}",
-            id.short()
-        ))
-    })?;
-    let back = decompress(&stored, raw.len()).map_err(|e| {
-        Error::Verification(format!(
-            "chunk {} does not decompress after compression: {e}",
-            id.short()
-        ))
-    })?;
-    if back.len() != raw.len() || Id::of(&back) != *id {
-        return Err(Error::Verification(format!(
-            "chunk {} changed in compression (compressor fault); nothing was stored",
-            id.short()
-        )));
-    }
-    Ok(stored)
+/// How blobs are stored: zstd at a level, then (in an encrypted
+/// repository) sealed one by one; and how a chunk is named: SHA-256, or
+/// HMAC-SHA256 under the repository's id key when encrypted.
+#[derive(Debug, Clone)]
+pub struct BlobCodec {
+    level: i32,
+    crypto: Option<Arc<Crypto>>,
 }
 
-/// Decompresses a stored blob and checks it against its id and length.
-pub fn open_blob(entry_id: &Id, stored: &[u8], raw_len: u32, place: &str) -> Result<Vec<u8>> {
-    let raw = decompress(stored, raw_len as usize).map_err(|e| {
-        Error::corrupt(
-            format!("blob {} in {place}", entry_id.short()),
-            format!("does not decompress: {e}"),
-        )
-    })?;
-    if raw.len() != raw_len as usize {
-        return Err(Error::corrupt(
-            format!("blob {} in {place}", entry_id.short()),
-            format!("decompressed to {} bytes, expected {raw_len}", raw.len()),
-        ));
+impl BlobCodec {
+    /// An unencrypted repository's codec.
+    pub fn plain(level: i32) -> BlobCodec {
+        BlobCodec {
+            level,
+            crypto: None,
+        }
     }
-    let got = Id::of(&raw);
-    if got != *entry_id {
-        return Err(Error::corrupt(
-            format!("blob {} in {place}", entry_id.short()),
-            format!("content hash is {}, not the blob's id", got.short()),
-        ));
+
+    pub(crate) fn encrypted(level: i32, crypto: Arc<Crypto>) -> BlobCodec {
+        BlobCodec {
+            level,
+            crypto: Some(crypto),
+        }
     }
-    Ok(raw)
+
+    pub fn is_encrypted(&self) -> bool {
+        self.crypto.is_some()
+    }
+
+    /// The id of a blob with this content.
+    pub fn blob_id(&self, raw: &[u8]) -> Id {
+        match &self.crypto {
+            Some(c) => c.chunk_id(raw),
+            None => Id::of(raw),
+        }
+    }
+
+    /// Compresses (and seals) a blob, and proves that the stored form
+    /// decompresses back to content with the same id, so that a compressor
+    /// fault is never committed.
+    pub fn seal(&self, id: &Id, raw: &[u8]) -> Result<Vec<u8>> {
+        let stored = compress(raw, self.level).map_err(|e| {
+            Error::Verification(format!(
+                "zstd compression of chunk {} failed: {e}",
+                id.short()
+            ))
+        })?;
+        let back = decompress(&stored, raw.len()).map_err(|e| {
+            Error::Verification(format!(
+                "chunk {} does not decompress after compression: {e}",
+                id.short()
+            ))
+        })?;
+        if back.len() != raw.len() || self.blob_id(&back) != *id {
+            return Err(Error::Verification(format!(
+                "chunk {} changed in compression (compressor fault); nothing was stored",
+                id.short()
+            )));
+        }
+        match &self.crypto {
+            Some(c) => c.seal(&id.0, &stored),
+            None => Ok(stored),
+        }
+    }
+
+    /// Opens (authenticates), decompresses and checks a stored blob against
+    /// its id and length.
+    pub fn open(&self, id: &Id, stored: &[u8], raw_len: u32, place: &str) -> Result<Vec<u8>> {
+        let what = || format!("blob {} in {place}", id.short());
+        let opened;
+        let compressed = match &self.crypto {
+            Some(c) => {
+                opened = c
+                    .open(&id.0, stored)
+                    .map_err(|why| Error::corrupt(what(), why))?;
+                &opened[..]
+            }
+            None => stored,
+        };
+        let raw = decompress(compressed, raw_len as usize)
+            .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
+        if raw.len() != raw_len as usize {
+            return Err(Error::corrupt(
+                what(),
+                format!("decompressed to {} bytes, expected {raw_len}", raw.len()),
+            ));
+        }
+        let got = self.blob_id(&raw);
+        if got != *id {
+            return Err(Error::corrupt(
+                what(),
+                format!("content hash is {}, not the blob's id", got.short()),
+            ));
+        }
+        Ok(raw)
+    }
+
+    /// Bytes that sealing adds to a pack header.
+    fn header_overhead(&self) -> usize {
+        if self.crypto.is_some() {
+            SEAL_OVERHEAD
+        } else {
+            0
+        }
+    }
+}
+
+/// Compresses a blob with `codec` (see [`BlobCodec::seal`]).
+pub fn seal_blob(codec: &BlobCodec, id: &Id, raw: &[u8]) -> Result<Vec<u8>> {
+    codec.seal(id, raw)
+}
+
+/// Opens a stored blob with `codec` (see [`BlobCodec::open`]).
+pub fn open_blob(
+    codec: &BlobCodec,
+    entry_id: &Id,
+    stored: &[u8],
+    raw_len: u32,
+    place: &str,
+) -> Result<Vec<u8>> {
+    codec.open(entry_id, stored, raw_len, place)
 }
 
 /// Builds a pack in memory.
@@ -163,19 +247,18 @@ impl PackBuilder {
 
     /// Serializes the pack; returns its bytes, its id and its entries with
     /// their final offsets.
-    pub fn finish(self) -> (Vec<u8>, Id, Vec<PackEntry>) {
-        let hlen = 4 + self.entries.len() * ENTRY_LEN;
-        let mut out = Vec::with_capacity(12 + hlen + self.body.len());
-        out.extend_from_slice(PACK_MAGIC);
-        out.extend_from_slice(&(hlen as u32).to_le_bytes());
-        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+    pub fn finish(self, codec: &BlobCodec) -> Result<(Vec<u8>, Id, Vec<PackEntry>)> {
+        let plain_len = 4 + self.entries.len() * ENTRY_LEN;
+        let hlen = plain_len + codec.header_overhead();
+        let mut header = Vec::with_capacity(plain_len);
+        header.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         let mut offset = (12 + hlen) as u32;
         let mut entries = Vec::with_capacity(self.entries.len());
         for (kind, id, stored_len, raw_len) in &self.entries {
-            out.push(kind.code());
-            out.extend_from_slice(&id.0);
-            out.extend_from_slice(&stored_len.to_le_bytes());
-            out.extend_from_slice(&raw_len.to_le_bytes());
+            header.push(kind.code());
+            header.extend_from_slice(&id.0);
+            header.extend_from_slice(&stored_len.to_le_bytes());
+            header.extend_from_slice(&raw_len.to_le_bytes());
             entries.push(PackEntry {
                 kind: *kind,
                 id: *id,
@@ -185,14 +268,23 @@ impl PackBuilder {
             });
             offset += stored_len;
         }
+        let header = match &codec.crypto {
+            Some(c) => c.seal(HEADER_AAD, &header)?,
+            None => header,
+        };
+        debug_assert_eq!(header.len(), hlen);
+        let mut out = Vec::with_capacity(12 + hlen + self.body.len());
+        out.extend_from_slice(PACK_MAGIC);
+        out.extend_from_slice(&(hlen as u32).to_le_bytes());
+        out.extend_from_slice(&header);
         out.extend_from_slice(&self.body);
         let id = Id::of(&out);
-        (out, id, entries)
+        Ok((out, id, entries))
     }
 }
 
 /// Parses the 12-byte prefix; returns the header length.
-pub fn parse_prefix(prefix: &[u8], place: &str) -> Result<u32> {
+pub fn parse_prefix(codec: &BlobCodec, prefix: &[u8], place: &str) -> Result<u32> {
     if prefix.len() >= 8 && &prefix[..7] == b"SNBPACK" && prefix[7] > PACK_MAGIC[7] {
         return Err(Error::UnsupportedVersion {
             found: prefix[7] as u32,
@@ -203,7 +295,8 @@ pub fn parse_prefix(prefix: &[u8], place: &str) -> Result<u32> {
         return Err(Error::corrupt(place, "not a snapback pack (bad magic)"));
     }
     let hlen = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
-    if hlen < 4 || (hlen - 4) as usize % ENTRY_LEN != 0 {
+    let over = codec.header_overhead() as u32;
+    if hlen < 4 + over || !((hlen - 4 - over) as usize).is_multiple_of(ENTRY_LEN) {
         return Err(Error::corrupt(
             place,
             format!("pack header length {hlen} is invalid"),
@@ -214,7 +307,22 @@ pub fn parse_prefix(prefix: &[u8], place: &str) -> Result<u32> {
 
 /// Parses a pack header (the `hlen` bytes after the prefix) and checks every
 /// entry against the pack's size.
-pub fn parse_header(header: &[u8], pack_size: u64, place: &str) -> Result<Vec<PackEntry>> {
+pub fn parse_header(
+    codec: &BlobCodec,
+    sealed: &[u8],
+    pack_size: u64,
+    place: &str,
+) -> Result<Vec<PackEntry>> {
+    let opened;
+    let header = match &codec.crypto {
+        Some(c) => {
+            opened = c
+                .open(HEADER_AAD, sealed)
+                .map_err(|why| Error::corrupt(place, format!("pack header: {why}")))?;
+            &opened[..]
+        }
+        None => sealed,
+    };
     if header.len() < 4 {
         return Err(Error::corrupt(place, "pack header is truncated"));
     }
@@ -225,7 +333,7 @@ pub fn parse_header(header: &[u8], pack_size: u64, place: &str) -> Result<Vec<Pa
             "pack header length does not match its entry count",
         ));
     }
-    let mut offset = 12u64 + header.len() as u64;
+    let mut offset = 12u64 + sealed.len() as u64;
     let mut out = Vec::with_capacity(count);
     for e in header[4..].chunks_exact(ENTRY_LEN) {
         let kind = BlobKind::from_code(e[0])
@@ -261,7 +369,12 @@ pub fn parse_header(header: &[u8], pack_size: u64, place: &str) -> Result<Vec<Pa
 /// Parses a whole pack held in memory: checks its name, its header, and every
 /// blob (decompressed and hashed). Returns the entries.
 #[cfg(test)]
-pub fn verify_pack(bytes: &[u8], expected: &Id, place: &str) -> Result<Vec<PackEntry>> {
+pub fn verify_pack(
+    codec: &BlobCodec,
+    bytes: &[u8],
+    expected: &Id,
+    place: &str,
+) -> Result<Vec<PackEntry>> {
     let got = Id::of(bytes);
     if got != *expected {
         return Err(Error::corrupt(
@@ -269,14 +382,14 @@ pub fn verify_pack(bytes: &[u8], expected: &Id, place: &str) -> Result<Vec<PackE
             format!("pack content hashes to {}, not to its name", got.short()),
         ));
     }
-    let hlen = parse_prefix(bytes, place)? as usize;
+    let hlen = parse_prefix(codec, bytes, place)? as usize;
     if bytes.len() < 12 + hlen {
         return Err(Error::corrupt(place, "pack is shorter than its header"));
     }
-    let entries = parse_header(&bytes[12..12 + hlen], bytes.len() as u64, place)?;
+    let entries = parse_header(codec, &bytes[12..12 + hlen], bytes.len() as u64, place)?;
     for e in &entries {
         let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-        open_blob(&e.id, s, e.raw_len, place)?;
+        open_blob(codec, &e.id, s, e.raw_len, place)?;
     }
     Ok(entries)
 }
@@ -285,56 +398,105 @@ pub fn verify_pack(bytes: &[u8], expected: &Id, place: &str) -> Result<Vec<PackE
 mod tests {
     use super::*;
 
+    fn codecs() -> Vec<BlobCodec> {
+        let key = crate::crypto::MasterKey::generate().expect("key");
+        vec![
+            BlobCodec::plain(3),
+            BlobCodec::encrypted(3, Arc::new(Crypto::new(&key).expect("crypto"))),
+        ]
+    }
+
+    fn one_blob_pack(codec: &BlobCodec) -> (Vec<u8>, Id) {
+        let mut b = PackBuilder::new();
+        let raw = vec![7u8; 10000];
+        let id = codec.blob_id(&raw);
+        b.add(
+            BlobKind::Data,
+            id,
+            &seal_blob(codec, &id, &raw).expect("seal"),
+            raw.len() as u32,
+        );
+        let (bytes, pid, _) = b.finish(codec).expect("finish");
+        (bytes, pid)
+    }
+
     #[test]
     fn pack_roundtrip_and_verify() {
-        let mut b = PackBuilder::new();
-        let blobs: Vec<Vec<u8>> = vec![
-            b"hello".to_vec(),
-            vec![0u8; 4096],
-            (0..5000u32).map(|i| i as u8).collect(),
-        ];
-        for raw in &blobs {
-            let id = Id::of(raw);
-            let s = seal_blob(&id, raw, 3).expect("seal");
-            b.add(BlobKind::Data, id, &s, raw.len() as u32);
-        }
-        let (bytes, id, entries) = b.finish();
-        assert_eq!(verify_pack(&bytes, &id, "p").expect("verify"), entries);
-        for (e, raw) in entries.iter().zip(&blobs) {
-            let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-            assert_eq!(&open_blob(&e.id, s, e.raw_len, "p").expect("open"), raw);
+        for codec in codecs() {
+            let mut b = PackBuilder::new();
+            let blobs: Vec<Vec<u8>> = vec![
+                b"hello".to_vec(),
+                vec![0u8; 4096],
+                (0..5000u32).map(|i| i as u8).collect(),
+            ];
+            for raw in &blobs {
+                let id = codec.blob_id(raw);
+                let s = seal_blob(&codec, &id, raw).expect("seal");
+                b.add(BlobKind::Data, id, &s, raw.len() as u32);
+            }
+            let (bytes, id, entries) = b.finish(&codec).expect("finish");
+            assert_eq!(
+                verify_pack(&codec, &bytes, &id, "p").expect("verify"),
+                entries
+            );
+            for (e, raw) in entries.iter().zip(&blobs) {
+                let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
+                assert_eq!(
+                    &open_blob(&codec, &e.id, s, e.raw_len, "p").expect("open"),
+                    raw
+                );
+            }
+            // Encrypted: neither the content nor the plain ids appear.
+            if codec.is_encrypted() {
+                let plain_id = Id::of(b"hello");
+                assert!(!bytes.windows(32).any(|w| w == plain_id.0));
+                assert!(!bytes.windows(5).any(|w| w == b"hello"));
+                assert!(
+                    !bytes.windows(32).any(|w| w == entries[0].id.0),
+                    "the header is sealed"
+                );
+            }
         }
     }
 
     #[test]
     fn flipped_byte_is_detected() {
-        let mut b = PackBuilder::new();
-        let raw = vec![7u8; 10000];
-        let id = Id::of(&raw);
-        b.add(
-            BlobKind::Data,
-            id,
-            &seal_blob(&id, &raw, 3).expect("seal"),
-            raw.len() as u32,
-        );
-        let (mut bytes, pid, _) = b.finish();
-        let last = bytes.len() - 3;
-        bytes[last] ^= 0x40;
+        for codec in codecs() {
+            let (mut bytes, pid) = one_blob_pack(&codec);
+            let last = bytes.len() - 3;
+            bytes[last] ^= 0x40;
+            assert!(matches!(
+                verify_pack(&codec, &bytes, &pid, "p"),
+                Err(Error::Corrupt { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_pack_of_another_key_does_not_open() {
+        let c = codecs();
+        let (bytes, pid) = one_blob_pack(&c[1]);
+        let other = &codecs()[1];
         assert!(matches!(
-            verify_pack(&bytes, &pid, "p"),
+            verify_pack(other, &bytes, &pid, "p"),
             Err(Error::Corrupt { .. })
         ));
+        // Nor is an encrypted pack read as a plain one, or the reverse.
+        assert!(verify_pack(&c[0], &bytes, &pid, "p").is_err());
+        let (plain, ppid) = one_blob_pack(&c[0]);
+        assert!(verify_pack(&c[1], &plain, &ppid, "p").is_err());
     }
 
     #[test]
     fn bad_headers_are_rejected() {
-        assert!(parse_prefix(b"NOTAPACK\x05\x00\x00\x00", "p").is_err());
+        let c = BlobCodec::plain(3);
+        assert!(parse_prefix(&c, b"NOTAPACK\x05\x00\x00\x00", "p").is_err());
         assert!(matches!(
-            parse_prefix(b"SNBPACK\x02\x05\x00\x00\x00", "p"),
+            parse_prefix(&c, b"SNBPACK\x02\x05\x00\x00\x00", "p"),
             Err(Error::UnsupportedVersion { found: 2, .. })
         ));
-        assert!(parse_header(&[1, 0, 0, 0], 100, "p").is_err());
-        assert!(parse_header(&[0, 0, 0, 0], 16, "p").is_ok());
-        assert!(parse_header(&[0, 0, 0, 0], 17, "p").is_err());
+        assert!(parse_header(&c, &[1, 0, 0, 0], 100, "p").is_err());
+        assert!(parse_header(&c, &[0, 0, 0, 0], 16, "p").is_ok());
+        assert!(parse_header(&c, &[0, 0, 0, 0], 17, "p").is_err());
     }
 }

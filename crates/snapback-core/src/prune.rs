@@ -186,7 +186,7 @@ impl Repository {
                      out: &mut Vec<IndexedPack>,
                      report: &mut PruneReport|
          -> Result<()> {
-            let (bytes, id, entries) = b.finish();
+            let (bytes, id, entries) = b.finish(self.codec())?;
             put_verified(store, &pack_key(&id), &bytes)?;
             tracing::info!(pack = %id.short(), bytes = bytes.len(), blobs = entries.len(), "repacked pack stored");
             out.push(IndexedPack {
@@ -201,7 +201,7 @@ impl Repository {
             let key = pack_key(&p.id);
             for e in &p.entries {
                 let stored = store.get_range(&key, e.offset as u64, e.stored_len as u64)?;
-                open_blob(&e.id, &stored, e.raw_len, &key)?;
+                open_blob(self.codec(), &e.id, &stored, e.raw_len, &key)?;
                 builder.add(e.kind, e.id, &stored, e.raw_len);
                 if builder.size() as u64 >= self.config().pack_target_size {
                     flush(std::mem::take(&mut builder), &mut new_index, &mut report)?;

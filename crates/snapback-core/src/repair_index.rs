@@ -187,7 +187,7 @@ impl Repository {
         }
         let prefix = self.store().get_range(key, 0, 12)?;
         *bytes_read += prefix.len() as u64;
-        let hlen = parse_prefix(&prefix, key)? as u64;
+        let hlen = parse_prefix(self.codec(), &prefix, key)? as u64;
         if 12 + hlen > size {
             return Err(Error::corrupt(
                 key,
@@ -196,7 +196,7 @@ impl Repository {
         }
         let header = self.store().get_range(key, 12, hlen)?;
         *bytes_read += header.len() as u64;
-        parse_header(&header, size, key)
+        parse_header(self.codec(), &header, size, key)
     }
 
     /// Rebuilds the index objects from the packs under the exclusive lock:
@@ -243,9 +243,24 @@ mod tests {
     use crate::repo::{pack_key, InitOptions};
 
     fn repo() -> (tempfile::TempDir, Repository) {
+        repo_with(false)
+    }
+
+    fn repo_with(encrypted: bool) -> (tempfile::TempDir, Repository) {
         let d = tempfile::tempdir().expect("tmp");
         let s: Arc<dyn Store> = Arc::new(LocalStore::create(d.path().join("r")).expect("store"));
-        let r = Repository::init(s, &InitOptions::default()).expect("init");
+        let opts = InitOptions {
+            encryption: encrypted.then(|| crate::repo::EncryptionOptions {
+                passphrase: zeroize::Zeroizing::new("test passphrase".into()),
+                kdf: crate::crypto::KdfParams {
+                    memory_kib: 8 * 1024,
+                    iterations: 1,
+                    parallelism: 1,
+                },
+            }),
+            ..InitOptions::default()
+        };
+        let r = Repository::init(s, &opts).expect("init");
         (d, r)
     }
 
@@ -253,23 +268,29 @@ mod tests {
         let mut b = PackBuilder::new();
         let mut ids = vec![];
         for raw in blobs {
-            let id = Id::of(raw);
+            let id = r.codec().blob_id(raw);
             b.add(
                 BlobKind::Data,
                 id,
-                &seal_blob(&id, raw, 3).expect("seal"),
+                &seal_blob(r.codec(), &id, raw).expect("seal"),
                 raw.len() as u32,
             );
             ids.push(id);
         }
-        let (bytes, id, _) = b.finish();
+        let (bytes, id, _) = b.finish(r.codec()).expect("finish");
         put_verified(r.store().as_ref(), &pack_key(&id), &bytes).expect("put");
         (id, ids)
     }
 
     #[test]
     fn rebuilds_every_blob_from_headers_and_is_idempotent() {
-        let (_d, r) = repo();
+        for encrypted in [false, true] {
+            rebuilds(encrypted);
+        }
+    }
+
+    fn rebuilds(encrypted: bool) {
+        let (_d, r) = repo_with(encrypted);
         let (_, a) = put_pack(&r, &[b"one", b"two"]);
         let (_, b) = put_pack(&r, &[b"three"]);
         assert_eq!(r.refresh_index_from_scratch().expect("idx").blob_count(), 0);
@@ -282,7 +303,7 @@ mod tests {
         for id in a.iter().chain(&b) {
             assert!(idx.contains(id), "blob {id} is indexed again");
             let raw = r.read_blob(&idx, id).expect("read");
-            assert_eq!(Id::of(&raw), *id);
+            assert_eq!(r.codec().blob_id(&raw), *id);
         }
         // A second run on the now healthy repository changes nothing.
         let (plan, rep) = r

@@ -6,6 +6,7 @@
 //! data/<xx>/<pack id>        packs
 //! index/<index id>           index objects
 //! snapshots/<snapshot id>    manifests (JSON), the commit records
+//! keys/<key id>              key files (encrypted repositories only)
 //! ```
 
 use std::collections::HashMap;
@@ -16,11 +17,15 @@ use time::OffsetDateTime;
 
 use crate::chunklist::{self, ChunkRef};
 use crate::config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
+use crate::crypto::{
+    key_info, make_key_file, open_key_file, Crypto, CryptoStore, EncryptionConfig, KdfParams,
+    KeyInfo, MasterKey, Passphrase, KEYS_PREFIX,
+};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{decode_index, MasterIndex};
 use crate::manifest::{FileEntry, Manifest};
-use crate::pack::{open_blob, BlobKind};
+use crate::pack::{open_blob, BlobCodec, BlobKind};
 
 pub const CONFIG_KEY: &str = "config";
 pub const SNAPSHOT_PREFIX: &str = "snapshots/";
@@ -45,6 +50,24 @@ pub struct InitOptions {
     pub chunking: ChunkingParams,
     pub compression_level: i32,
     pub pack_target_size: u64,
+    /// Encrypt the repository (see `crypto`).
+    pub encryption: Option<EncryptionOptions>,
+}
+
+/// The first passphrase of an encrypted repository and its KDF cost.
+#[derive(Clone)]
+pub struct EncryptionOptions {
+    pub passphrase: Passphrase,
+    pub kdf: KdfParams,
+}
+
+impl std::fmt::Debug for EncryptionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionOptions")
+            .field("passphrase", &"<redacted>")
+            .field("kdf", &self.kdf)
+            .finish()
+    }
 }
 
 impl Default for InitOptions {
@@ -53,6 +76,7 @@ impl Default for InitOptions {
             chunking: ChunkingParams::default(),
             compression_level: 1,
             pack_target_size: 16 << 20,
+            encryption: None,
         }
     }
 }
@@ -126,6 +150,10 @@ pub struct Repository {
     cache_dir: Option<std::path::PathBuf>,
     /// Manifests skipped as damaged by the last listing, with the reason.
     skipped: Mutex<HashMap<Id, String>>,
+    codec: BlobCodec,
+    /// Encrypted repositories: the master key and the key file that opened it.
+    master: Option<Arc<MasterKey>>,
+    key_id: Option<Id>,
 }
 
 impl Repository {
@@ -138,18 +166,40 @@ impl Repository {
             chunking: opts.chunking.clone(),
             compression_level: opts.compression_level,
             pack_target_size: opts.pack_target_size,
+            encryption: opts
+                .encryption
+                .as_ref()
+                .map(|_| EncryptionConfig::current()),
         };
         config
             .validate()
             .map_err(|e| Error::Invalid(format!("invalid repository settings: {e}")))?;
+        if store.stat(CONFIG_KEY)?.is_some() {
+            return Err(Error::AlreadyInitialised {
+                location: store.location(),
+            });
+        }
+        // An encrypted repository gets its first key file before its
+        // config, so that a config never exists without a key.
+        let mut unlocked = None;
+        if let Some(e) = &opts.encryption {
+            let master = MasterKey::generate()?;
+            let kf = make_key_file(&master, &e.passphrase, &e.kdf, &config.repo_id)?;
+            let kid = Id::of(&kf);
+            crate::snapshot::put_verified(store.as_ref(), &format!("{KEYS_PREFIX}{kid}"), &kf)?;
+            unlocked = Some((master, kid));
+        }
         let bytes =
             serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
         match store.put_if_absent(CONFIG_KEY, &bytes)? {
             PutOutcome::Created => {}
             PutOutcome::AlreadyExists => {
+                if let Some((_, kid)) = &unlocked {
+                    store.delete(&format!("{KEYS_PREFIX}{kid}"))?;
+                }
                 return Err(Error::AlreadyInitialised {
                     location: store.location(),
-                })
+                });
             }
         }
         if store.stat(CONFIG_KEY)? != Some(bytes.len() as u64) {
@@ -158,11 +208,25 @@ impl Repository {
                 store.location()
             )));
         }
-        Ok(Repository::with_config(store, config))
+        Repository::with_config(store, config, unlocked)
     }
 
-    /// Opens an existing repository.
+    /// Opens an existing unencrypted repository. An encrypted one is an
+    /// error that asks for a passphrase: use `open_with_passphrase`.
     pub fn open(store: Arc<dyn Store>) -> Result<Repository> {
+        Repository::open_with_passphrase(store, || {
+            Err(Error::Key(
+                "the repository is encrypted: give its passphrase".into(),
+            ))
+        })
+    }
+
+    /// Opens an existing repository; `passphrase` is asked only if the
+    /// repository is encrypted. Every key file under `keys/` is tried.
+    pub fn open_with_passphrase(
+        store: Arc<dyn Store>,
+        passphrase: impl FnOnce() -> Result<Passphrase>,
+    ) -> Result<Repository> {
         let bytes = match store.get(CONFIG_KEY) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => {
@@ -173,18 +237,215 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let config = RepoConfig::parse(&bytes)?;
-        Ok(Repository::with_config(store, config))
+        let mut keys: Vec<String> = store
+            .list(KEYS_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        if config.encryption.is_none() {
+            if !keys.is_empty() {
+                return Err(Error::corrupt(
+                    "config",
+                    format!(
+                        "it says the repository at {} is not encrypted, but keys/ holds {} key file(s): the config was replaced. Refusing to write unencrypted data; restore the original config",
+                        store.location(),
+                        keys.len()
+                    ),
+                ));
+            }
+            return Repository::with_config(store, config, None);
+        }
+        if keys.is_empty() {
+            return Err(Error::corrupt(
+                "keys/",
+                format!(
+                    "the repository at {} is encrypted but has no key file: without one its data cannot be decrypted",
+                    store.location()
+                ),
+            ));
+        }
+        let pass = passphrase()?;
+        let mut damaged = Vec::new();
+        for key in &keys {
+            let kf = match store.get(key) {
+                Ok(b) => b,
+                Err(e) => {
+                    damaged.push(format!("{key}: {e}"));
+                    continue;
+                }
+            };
+            match open_key_file(&kf, key, &pass, &config.repo_id) {
+                Ok(Some(master)) => {
+                    let kid = key
+                        .strip_prefix(KEYS_PREFIX)
+                        .and_then(Id::from_hex)
+                        .unwrap_or_else(|| Id::of(&kf));
+                    tracing::debug!(key = %kid.short(), "repository key opened");
+                    return Repository::with_config(store, config, Some((master, kid)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "skipping an unreadable key file");
+                    damaged.push(e.to_string());
+                }
+            }
+        }
+        let mut msg = format!(
+            "the passphrase opens none of the {} key(s) of the encrypted repository at {}; check SNAPBACK_PASSWORD or --password-file",
+            keys.len(),
+            store.location()
+        );
+        if !damaged.is_empty() {
+            msg.push_str(&format!(
+                " ({} key file(s) could not be read: {})",
+                damaged.len(),
+                damaged.join("; ")
+            ));
+        }
+        Err(Error::Key(msg))
     }
 
-    fn with_config(store: Arc<dyn Store>, config: RepoConfig) -> Repository {
-        Repository {
+    fn with_config(
+        store: Arc<dyn Store>,
+        config: RepoConfig,
+        unlocked: Option<(MasterKey, Id)>,
+    ) -> Result<Repository> {
+        let level = config.compression_level;
+        let (store, codec, master, key_id) = match unlocked {
+            None => (store, BlobCodec::plain(level), None, None),
+            Some((master, kid)) => {
+                let crypto = Arc::new(Crypto::new(&master)?);
+                let store: Arc<dyn Store> = Arc::new(CryptoStore::new(store, crypto.clone()));
+                (
+                    store,
+                    BlobCodec::encrypted(level, crypto),
+                    Some(Arc::new(master)),
+                    Some(kid),
+                )
+            }
+        };
+        Ok(Repository {
             store,
             config,
             index: RwLock::new(None),
             manifests: Mutex::new(HashMap::new()),
             cache_dir: None,
             skipped: Mutex::new(HashMap::new()),
+            codec,
+            master,
+            key_id,
+        })
+    }
+
+    /// A second handle on the same repository (same store and keys) with
+    /// nothing loaded: for a reader that needs a fresh view of the index.
+    pub fn reopen(&self) -> Repository {
+        Repository {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            index: RwLock::new(None),
+            manifests: Mutex::new(HashMap::new()),
+            cache_dir: self.cache_dir.clone(),
+            skipped: Mutex::new(HashMap::new()),
+            codec: self.codec.clone(),
+            master: self.master.clone(),
+            key_id: self.key_id,
         }
+    }
+
+    /// How blobs are stored and chunks named in this repository.
+    pub fn codec(&self) -> &BlobCodec {
+        &self.codec
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.master.is_some()
+    }
+
+    fn require_encrypted(&self) -> Result<&MasterKey> {
+        self.master.as_deref().ok_or_else(|| {
+            Error::Invalid(
+                "this repository is not encrypted, so it has no keys (create an encrypted one with `snapback init --encrypt`)".into(),
+            )
+        })
+    }
+
+    /// The key files of an encrypted repository.
+    pub fn keys(&self) -> Result<Vec<KeyInfo>> {
+        self.require_encrypted()?;
+        let mut out = Vec::new();
+        for o in self.store.list(KEYS_PREFIX)? {
+            let Some(id) = o.key.strip_prefix(KEYS_PREFIX).and_then(Id::from_hex) else {
+                continue;
+            };
+            let bytes = self.store.get(&o.key)?;
+            out.push(key_info(&bytes, &o.key, id, Some(id) == self.key_id)?);
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Adds a passphrase: a new key file sealing the same master key.
+    pub fn add_key(&self, passphrase: &str, kdf: &KdfParams) -> Result<Id> {
+        let master = self.require_encrypted()?;
+        let kf = make_key_file(master, passphrase, kdf, &self.config.repo_id)?;
+        let kid = Id::of(&kf);
+        crate::snapshot::put_verified(self.store.as_ref(), &format!("{KEYS_PREFIX}{kid}"), &kf)?;
+        // Prove that the new key file opens with the passphrase before
+        // reporting success.
+        let back = self.store.get(&format!("{KEYS_PREFIX}{kid}"))?;
+        if open_key_file(&back, "new key", passphrase, &self.config.repo_id)?.is_none() {
+            return Err(Error::Verification(
+                "the new key file does not open with its passphrase; it was not kept".into(),
+            ));
+        }
+        Ok(kid)
+    }
+
+    /// Removes a key file by id or unique prefix. The key that opened the
+    /// repository and the last key are never removed.
+    pub fn remove_key(&self, prefix: &str) -> Result<Id> {
+        self.require_encrypted()?;
+        let prefix = prefix.trim().to_ascii_lowercase();
+        let keys = self.keys()?;
+        let m: Vec<&KeyInfo> = keys
+            .iter()
+            .filter(|k| !prefix.is_empty() && k.id.to_hex().starts_with(&prefix))
+            .collect();
+        let k = match m.as_slice() {
+            [k] => *k,
+            [] => {
+                return Err(Error::Selector(format!(
+                    "no key id starts with '{prefix}'; list them with `snapback key list`"
+                )))
+            }
+            _ => {
+                return Err(Error::Selector(format!(
+                    "key prefix '{prefix}' matches {} keys; give more digits",
+                    m.len()
+                )))
+            }
+        };
+        if k.current {
+            return Err(Error::Invalid(format!(
+                "key {} is the one this command opened the repository with; open it with another passphrase to remove this key",
+                k.id.short()
+            )));
+        }
+        if keys.len() < 2 {
+            return Err(Error::Invalid(
+                "refusing to remove the last key: the repository could never be opened again"
+                    .into(),
+            ));
+        }
+        let _lock = self.lock(
+            crate::lock::LockKind::Exclusive,
+            "key remove",
+            std::time::Duration::ZERO,
+        )?;
+        self.store.delete(&format!("{KEYS_PREFIX}{}", k.id))?;
+        Ok(k.id)
     }
 
     /// Keeps local copies of manifests and indexes under
@@ -207,7 +468,13 @@ impl Repository {
                 tracing::warn!(path = %p.display(), "ignoring a damaged cache entry");
             }
         }
-        let bytes = self.store.get(key)?;
+        let bytes = self.store.get(key).map_err(|e| {
+            if e.kind() == snapback_storage::ErrorKind::Corrupt {
+                Error::corrupt(key, e.to_string())
+            } else {
+                Error::from(e)
+            }
+        })?;
         verify_name(key, prefix, &bytes)?;
         if let Some(p) = cached {
             let write = || -> std::io::Result<()> {
@@ -377,7 +644,7 @@ impl Repository {
         let stored = self
             .store
             .get_range(&key, loc.offset as u64, loc.stored_len as u64)?;
-        open_blob(id, &stored, loc.raw_len, &key)
+        open_blob(&self.codec, id, &stored, loc.raw_len, &key)
     }
 
     /// The full chunk list of a file.

@@ -302,8 +302,13 @@ impl Repository {
                     let range = self.store().get_range(&key, start, end - start)?;
                     for (id, l) in &blobs[i..j] {
                         let a = (l.offset as u64 - start) as usize;
-                        let raw =
-                            open_blob(id, &range[a..a + l.stored_len as usize], l.raw_len, &key)?;
+                        let raw = open_blob(
+                            self.codec(),
+                            id,
+                            &range[a..a + l.stored_len as usize],
+                            l.raw_len,
+                            &key,
+                        )?;
                         let zero = raw.iter().all(|&b| b == 0);
                         for &o in offsets.get(id).into_iter().flatten() {
                             // The file was sized with set_len, so zeros are holes already.

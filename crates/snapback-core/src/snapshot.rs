@@ -25,7 +25,7 @@ use crate::index::{encode_index, IndexedPack, MasterIndex};
 use crate::manifest::{
     ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
 };
-use crate::pack::{seal_blob, BlobKind, PackBuilder};
+use crate::pack::{seal_blob, BlobCodec, BlobKind, PackBuilder};
 use crate::repo::{pack_key, Repository, Snapshot, SNAPSHOT_PREFIX};
 use crate::sqlite::{has_sqlite_header, journal_mode_of_header, Capture};
 use crate::Progress;
@@ -138,7 +138,7 @@ struct BlobSink<'a> {
     index: &'a MasterIndex,
     pending: HashSet<Id>,
     pack: PackBuilder,
-    level: i32,
+    codec: &'a BlobCodec,
     pack_target: usize,
     tx: Option<SyncSender<PackBuilder>>,
     stats: &'a Mutex<SnapshotStats>,
@@ -159,9 +159,9 @@ impl BlobSink<'_> {
     }
 
     fn add_raw(&mut self, kind: BlobKind, raw: &[u8]) -> Result<Id> {
-        let id = Id::of(raw);
+        let id = self.codec.blob_id(raw);
         if self.claim(&id) {
-            let stored = seal_blob(&id, raw, self.level)?;
+            let stored = seal_blob(self.codec, &id, raw)?;
             if let Ok(mut s) = self.stats.lock() {
                 s.bytes_new += raw.len() as u64;
             }
@@ -201,6 +201,7 @@ pub(crate) fn put_verified(store: &dyn Store, key: &str, bytes: &[u8]) -> Result
 
 fn upload_worker(
     store: &dyn Store,
+    codec: &BlobCodec,
     rx: &Mutex<Receiver<PackBuilder>>,
     done: &Mutex<Vec<IndexedPack>>,
     stats: &Mutex<SnapshotStats>,
@@ -211,7 +212,7 @@ fn upload_worker(
             .map_err(|_| Error::Invalid("upload queue poisoned".into()))?
             .recv();
         let Ok(pack) = next else { return Ok(()) };
-        let (bytes, id, entries) = pack.finish();
+        let (bytes, id, entries) = pack.finish(codec)?;
         let key = pack_key(&id);
         let outcome = put_verified(store, &key, &bytes)?;
         tracing::info!(pack = %id.short(), bytes = bytes.len(), blobs = entries.len(), created = (outcome == PutOutcome::Created), "pack stored");
@@ -265,15 +266,16 @@ impl Repository {
         let (tx, rx) = sync_channel::<PackBuilder>(2);
         let rx = Mutex::new(rx);
         let store: &dyn Store = self.store().as_ref();
+        let codec = self.codec();
         let files = std::thread::scope(|scope| -> Result<Vec<FileEntry>> {
             let workers: Vec<_> = (0..opts.upload_threads.max(1))
-                .map(|_| scope.spawn(|| upload_worker(store, &rx, &done, &stats)))
+                .map(|_| scope.spawn(|| upload_worker(store, codec, &rx, &done, &stats)))
                 .collect();
             let mut sink = BlobSink {
                 index: &index,
                 pending: HashSet::new(),
                 pack: PackBuilder::new(),
-                level: self.config().compression_level,
+                codec,
                 pack_target: self.config().pack_target_size as usize,
                 tx: Some(tx),
                 stats: &stats,
@@ -415,7 +417,7 @@ impl Repository {
     ) -> Result<()> {
         let ids: Vec<Id> = bounds
             .par_iter()
-            .map(|&(a, b)| Id::of(&data[a..b]))
+            .map(|&(a, b)| sink.codec.blob_id(&data[a..b]))
             .collect();
         let mut new = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -428,10 +430,10 @@ impl Repository {
                 new.push(i);
             }
         }
-        let level = sink.level;
+        let codec = sink.codec;
         let sealed: Vec<Result<Vec<u8>>> = new
             .par_iter()
-            .map(|&i| seal_blob(&ids[i], &data[bounds[i].0..bounds[i].1], level))
+            .map(|&i| seal_blob(codec, &ids[i], &data[bounds[i].0..bounds[i].1]))
             .collect();
         let mut s = sink
             .stats

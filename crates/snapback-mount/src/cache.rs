@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use snapback_core::Id;
+use snapback_core::{BlobCodec, Id};
 
 /// A least-recently-used map from chunk id to a value with a size, bounded
 /// by the sum of the sizes.
@@ -109,13 +109,26 @@ pub(crate) struct DiskCache {
     index: Mutex<Lru<()>>,
     tmp_counter: AtomicU64,
     pub(crate) corrupt_entries: AtomicU64,
+    /// Names chunks as the repository does (keyed when it is encrypted).
+    codec: BlobCodec,
 }
 
 impl DiskCache {
     /// Opens (creating) a cache directory and indexes what it already holds,
     /// oldest first by modification time.
-    pub(crate) fn open(dir: &Path, max_bytes: u64) -> std::io::Result<DiskCache> {
-        fs::create_dir_all(dir)?;
+    /// The directory is private (0700): in an encrypted repository the
+    /// cached chunks are decrypted content.
+    pub(crate) fn open(dir: &Path, max_bytes: u64, codec: BlobCodec) -> std::io::Result<DiskCache> {
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot make the disk cache directory private (0700)");
+            }
+        }
         let mut found: Vec<(std::time::SystemTime, Id, u64)> = Vec::new();
         for sub in fs::read_dir(dir)? {
             let sub = sub?;
@@ -140,6 +153,7 @@ impl DiskCache {
             index: Mutex::new(Lru::new(max_bytes)),
             tmp_counter: AtomicU64::new(0),
             corrupt_entries: AtomicU64::new(0),
+            codec,
         };
         for (_, id, len) in found {
             cache.track(id, len);
@@ -178,7 +192,7 @@ impl DiskCache {
                 return None;
             }
         };
-        if Id::of(&bytes) != *id {
+        if self.codec.blob_id(&bytes) != *id {
             tracing::warn!(chunk = %id.short(), path = %p.display(), "disk cache entry does not match its hash; deleting it and fetching again");
             self.corrupt_entries.fetch_add(1, Ordering::Relaxed);
             let _ = fs::remove_file(&p);
@@ -250,12 +264,12 @@ mod tests {
         let data = b"chunk data".to_vec();
         let cid = Id::of(&data);
         {
-            let c = DiskCache::open(dir.path(), 1 << 20).expect("open");
+            let c = DiskCache::open(dir.path(), 1 << 20, BlobCodec::plain(1)).expect("open");
             assert_eq!(c.get(&cid), None);
             c.put(&cid, &data);
             assert_eq!(c.get(&cid), Some(data.clone()));
         }
-        let c = DiskCache::open(dir.path(), 1 << 20).expect("reopen");
+        let c = DiskCache::open(dir.path(), 1 << 20, BlobCodec::plain(1)).expect("reopen");
         assert_eq!(c.get(&cid), Some(data.clone()), "indexed on reopen");
         // Damage the entry: it must be detected, removed and reported as a miss.
         let h = cid.to_hex();
@@ -269,7 +283,7 @@ mod tests {
     #[test]
     fn disk_cache_stays_within_its_budget() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = DiskCache::open(dir.path(), 25).expect("open");
+        let c = DiskCache::open(dir.path(), 25, BlobCodec::plain(1)).expect("open");
         let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
         for ch in &chunks {
             c.put(&Id::of(ch), ch);

@@ -430,7 +430,12 @@ impl Fetcher {
                     for (i, l) in &need {
                         let from = (l.offset as u64 - start) as usize;
                         let stored = &bytes[from..from + l.stored_len as usize];
-                        let r = open_chunk(&ids[*i], stored, l.raw_len, &key);
+                        let r = self
+                            .repo
+                            .codec()
+                            .open(&ids[*i], stored, l.raw_len, &key)
+                            .map(Arc::new)
+                            .map_err(|e| VfsError::repo(format!("chunk {}", ids[*i].short()), e));
                         if let Ok(b) = &r {
                             self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
                             self.stats
@@ -497,8 +502,10 @@ impl Fetcher {
                 return Ok(idx.clone());
             }
         }
-        let idx = Repository::open(self.repo.store().clone())
-            .and_then(|r| r.index())
+        let idx = self
+            .repo
+            .reopen()
+            .index()
             .map_err(|e| VfsError::repo("the repository index", e))?;
         *g = Some((Instant::now(), idx.clone()));
         Ok(idx)
@@ -601,31 +608,4 @@ fn group_by_pack(
         }
     }
     groups
-}
-
-/// Decompresses one stored chunk and checks its length and hash.
-fn open_chunk(id: &Id, stored: &[u8], raw_len: u32, key: &str) -> SlotResult {
-    let what = format!("blob {} in {key}", id.short());
-    let corrupt = |detail: String| {
-        VfsError::repo(
-            format!("chunk {}", id.short()),
-            snapback_core::Error::corrupt(what.clone(), detail),
-        )
-    };
-    let raw = zstd::bulk::decompress(stored, raw_len as usize)
-        .map_err(|e| corrupt(format!("does not decompress: {e}")))?;
-    if raw.len() != raw_len as usize {
-        return Err(corrupt(format!(
-            "decompressed to {} bytes, expected {raw_len}",
-            raw.len()
-        )));
-    }
-    let got = Id::of(&raw);
-    if got != *id {
-        return Err(corrupt(format!(
-            "content hash is {}, not the blob's id",
-            got.short()
-        )));
-    }
-    Ok(Arc::new(raw))
 }

@@ -552,12 +552,14 @@ impl Vfs {
     /// snapshots once; a failure here is an error (nothing to show).
     pub fn new(repo: Arc<Repository>, view: View, opts: VfsOptions) -> Result<Vfs, VfsError> {
         let disk = match &opts.disk_cache {
-            Some((dir, size)) => Some(DiskCache::open(dir, *size).map_err(|e| {
-                VfsError::Internal(format!(
-                    "cannot open the disk cache at {}: {e}",
-                    dir.display()
-                ))
-            })?),
+            Some((dir, size)) => Some(DiskCache::open(dir, *size, repo.codec().clone()).map_err(
+                |e| {
+                    VfsError::Internal(format!(
+                        "cannot open the disk cache at {}: {e}",
+                        dir.display()
+                    ))
+                },
+            )?),
             None => None,
         };
         let fetcher = Fetcher::new(
