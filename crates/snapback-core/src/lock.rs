@@ -131,6 +131,12 @@ impl Repository {
             let info = match self.store().get(&o.key) {
                 Ok(b) => serde_json::from_slice::<LockInfo>(&b).ok(),
                 Err(e) if e.is_not_found() => continue,
+                // A lock that does not authenticate (encrypted repository)
+                // is treated like one that does not parse: unusable, stale.
+                Err(e) if e.kind() == snapback_storage::ErrorKind::Corrupt => {
+                    tracing::warn!(key = %o.key, error = %e, "unreadable lock object; treating it as stale");
+                    None
+                }
                 Err(e) => return Err(e.into()),
             };
             let stale = info.as_ref().is_none_or(|i| is_stale(i, now));
