@@ -650,7 +650,7 @@ fn full_disk_locked_and_read_only_databases() {
             "repair: live database on a read-only file system",
             &["repair", &s, "--apply", "--yes"],
             1,
-            "cannot open the repair lock file",
+            "is read-only",
         ),
         row(
             "restore into a read-only file system",
