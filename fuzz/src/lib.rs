@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use snapback_core::fuzzing::{
-    apply_patch, decode_index, decode_part, decode_patch, encode_index, fixed_key_codec,
-    parse_header, parse_prefix, BlobCodec,
+    apply_patch, check_key_file, decode_index, decode_part, decode_patch, encode_index,
+    fixed_key_codec, open_sealed, parse_header, parse_prefix, seal, BlobCodec,
 };
 use snapback_core::storage::{ErrorKind, ObjectInfo, PutOutcome, Store, StoreError};
 use snapback_core::{Id, LockInfo, Manifest, RepoConfig};
@@ -33,6 +33,7 @@ pub const TARGETS: &[&str] = &[
     "lock",
     "audit",
     "restore_script",
+    "sealed",
 ];
 
 /// Runs the check of `target` on `data`.
@@ -46,8 +47,22 @@ pub fn run(target: &str, data: &[u8]) {
         "lock" => lock(data),
         "audit" => audit(data),
         "restore_script" => restore_script(data),
+        "sealed" => sealed(data),
         other => panic!("unknown fuzz target {other}"),
     }
+}
+
+/// `sealed`: the parsers of encrypted repositories: a key file (parsed and
+/// checked, without the KDF), and the sealed envelope of every encrypted
+/// object, which must refuse anything it did not seal (the input split at
+/// its first byte into associated data and message) and open what it did.
+pub fn sealed(data: &[u8]) {
+    let _ = check_key_file(data);
+    let split = data.first().map_or(0, |&n| (n as usize).min(data.len() - 1) + 1);
+    let (aad, msg) = data.split_at(split.min(data.len()));
+    assert!(open_sealed(aad, msg).is_err(), "forged a sealed message");
+    let s = seal(aad, msg).expect("seal");
+    assert_eq!(open_sealed(aad, &s).expect("open what was sealed"), msg);
 }
 
 /// `config`: RepoConfig::parse; what it accepts validates and round-trips.

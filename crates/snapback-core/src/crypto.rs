@@ -338,14 +338,15 @@ fn parse_key_file(bytes: &[u8], key: &str) -> Result<KeyFile> {
     Ok(kf)
 }
 
-/// Tries `pass` on one key file: `Ok(None)` when the passphrase is not the
-/// one of this key file.
-pub(crate) fn open_key_file(
-    bytes: &[u8],
-    key: &str,
-    pass: &str,
-    repo_id: &str,
-) -> Result<Option<MasterKey>> {
+/// A key file parsed and checked, ready for the KDF.
+pub(crate) struct CheckedKeyFile {
+    params: KdfParams,
+    salt: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+/// Parses a key file and checks every field, without running the KDF.
+pub(crate) fn check_key_file(bytes: &[u8], key: &str) -> Result<CheckedKeyFile> {
     let kf = parse_key_file(bytes, key)?;
     let params = KdfParams {
         memory_kib: kf.memory_kib,
@@ -360,6 +361,26 @@ pub(crate) fn open_key_file(
     if sealed.len() != SEAL_OVERHEAD + 64 || sealed[0] != SEAL_VERSION || salt.len() < 8 {
         return Err(Error::corrupt(key, "sealed master key has the wrong size"));
     }
+    Ok(CheckedKeyFile {
+        params,
+        salt,
+        sealed,
+    })
+}
+
+/// Tries `pass` on one key file: `Ok(None)` when the passphrase is not the
+/// one of this key file.
+pub(crate) fn open_key_file(
+    bytes: &[u8],
+    key: &str,
+    pass: &str,
+    repo_id: &str,
+) -> Result<Option<MasterKey>> {
+    let CheckedKeyFile {
+        params,
+        salt,
+        sealed,
+    } = check_key_file(bytes, key)?;
     let kek = derive_kek(pass, &salt, &params)?;
     let cipher = XChaCha20Poly1305::new_from_slice(&kek[..])
         .map_err(|_| Error::Invalid("invalid key length".into()))?;
