@@ -58,7 +58,9 @@ pub fn run(target: &str, data: &[u8]) {
 /// its first byte into associated data and message) and open what it did.
 pub fn sealed(data: &[u8]) {
     let _ = check_key_file(data);
-    let split = data.first().map_or(0, |&n| (n as usize).min(data.len() - 1) + 1);
+    let split = data
+        .first()
+        .map_or(0, |&n| (n as usize).min(data.len() - 1) + 1);
     let (aad, msg) = data.split_at(split.min(data.len()));
     assert!(open_sealed(aad, msg).is_err(), "forged a sealed message");
     let s = seal(aad, msg).expect("seal");
