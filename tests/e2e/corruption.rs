@@ -5,74 +5,18 @@
 //! `audit verify` names the first broken link; `repair-index` rebuilds lost
 //! or damaged index objects from the packs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::rel_util::{
-    check_clean, committed, damage_rows, make_db, no_temp_files, objects, repair_script,
-    restore_exactly, rows, Committed, Damage,
+    check_clean, damage_rows, diff_refused, largest, make_db, name, objects, repair_script,
+    restore_exactly, restore_refused, rows, two_snapshots_in, Committed, Damage,
 };
 use crate::util::{integrity, stderr, stdout, Env};
 
 /// A repository with two snapshots of one database: the first full, the
 /// second after 100 rows changed.
 fn two_snapshots() -> (Env, PathBuf, Committed, Committed) {
-    let env = Env::new();
-    let db = env.path("app.db");
-    make_db(&db, 3000);
-    env.snapshot(&db);
-    damage_rows(&db, 7, 100);
-    env.snapshot(&db);
-    let c = committed(&env);
-    assert_eq!(c.len(), 2);
-    (env, db, c[0].clone(), c[1].clone())
-}
-
-fn largest(files: Vec<PathBuf>) -> PathBuf {
-    files
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("an object")
-}
-
-fn name(p: &Path) -> String {
-    p.file_name().expect("name").to_string_lossy().into_owned()
-}
-
-/// Restore of `snap` fails, and writes nothing.
-fn restore_refused(env: &Env, snap: &str, what: &str) -> String {
-    let dest = env.path(&format!("out-{what}.db"));
-    let out = env.run(&["restore", snap, dest.to_str().expect("utf8")]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{what}: restore fails: {}",
-        stderr(&out)
-    );
-    assert!(!dest.exists(), "{what}: restore wrote nothing");
-    let left = no_temp_files(env.dir.path());
-    assert!(
-        left.is_empty(),
-        "{what}: no temporary file is left: {left:?}"
-    );
-    stderr(&out)
-}
-
-/// `diff` against the damaged snapshot fails (exit 1: neither "no
-/// differences" nor a list of differences built from damaged data).
-fn diff_refused(env: &Env, snap: &str, db: &Path, what: &str) {
-    let out = env.run(&["diff", snap, db.to_str().expect("utf8")]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{what}: diff fails: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(
-        stdout(&out).trim().is_empty(),
-        "{what}: diff printed no rows: {}",
-        stdout(&out)
-    );
+    two_snapshots_in(Env::new())
 }
 
 #[test]

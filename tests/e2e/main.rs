@@ -8,6 +8,7 @@ mod bad_input;
 mod consistency;
 mod corruption;
 mod crash;
+mod encryption;
 mod files;
 mod fuzz_regressions;
 mod hostile;

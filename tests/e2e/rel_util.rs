@@ -241,3 +241,64 @@ pub fn damage_rows(db: &Path, seed: u64, n: i64) {
     }
     tx.commit().expect("commit");
 }
+
+/// `env`'s repository with two snapshots of one database: the first full, the
+/// second after 100 rows changed.
+pub fn two_snapshots_in(env: Env) -> (Env, PathBuf, Committed, Committed) {
+    let db = env.path("app.db");
+    make_db(&db, 3000);
+    env.snapshot(&db);
+    damage_rows(&db, 7, 100);
+    env.snapshot(&db);
+    let c = committed(&env);
+    assert_eq!(c.len(), 2);
+    (env, db, c[0].clone(), c[1].clone())
+}
+
+pub fn largest(files: Vec<PathBuf>) -> PathBuf {
+    files
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("an object")
+}
+
+pub fn name(p: &Path) -> String {
+    p.file_name().expect("name").to_string_lossy().into_owned()
+}
+
+/// Restore of `snap` fails, and writes nothing.
+pub fn restore_refused(env: &Env, snap: &str, what: &str) -> String {
+    let dest = env.path(&format!("out-{what}.db"));
+    let out = env.run(&["restore", snap, dest.to_str().expect("utf8")]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: restore fails: {}",
+        stderr(&out)
+    );
+    assert!(!dest.exists(), "{what}: restore wrote nothing");
+    let left = no_temp_files(env.dir.path());
+    assert!(
+        left.is_empty(),
+        "{what}: no temporary file is left: {left:?}"
+    );
+    stderr(&out)
+}
+
+/// `diff` against the damaged snapshot fails (exit 1: neither "no
+/// differences" nor a list of differences built from damaged data).
+pub fn diff_refused(env: &Env, snap: &str, db: &Path, what: &str) {
+    let out = env.run(&["diff", snap, db.to_str().expect("utf8")]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: diff fails: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).trim().is_empty(),
+        "{what}: diff printed no rows: {}",
+        stdout(&out)
+    );
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use snapback_s3::testing::fault_proxy::{Fault, FaultProxy, Match};
 
-use crate::util::{bin, integrity, stderr, stdout};
+use crate::util::{bin, init_encrypted, integrity, stderr, stdout};
 
 struct S3Server {
     vars: Vec<(String, String)>,
@@ -75,13 +75,29 @@ fn server() -> &'static S3Server {
 }
 
 /// A repository under a fresh prefix of the test bucket.
-struct S3Repo {
+pub struct S3Repo {
     dir: tempfile::TempDir,
     url: String,
+    /// Environment variables for every command (the passphrase of an
+    /// encrypted repository).
+    vars: Vec<(String, String)>,
 }
 
 impl S3Repo {
     fn new() -> S3Repo {
+        S3Repo::init(&["init"], vec![])
+    }
+
+    /// An encrypted repository whose passphrase is `pass` (given to every
+    /// command in SNAPBACK_PASSWORD), with the cheapest KDF setting.
+    pub fn encrypted(pass: &str) -> S3Repo {
+        S3Repo::init(
+            &init_encrypted(),
+            vec![("SNAPBACK_PASSWORD".into(), pass.into())],
+        )
+    }
+
+    fn init(args: &[&str], vars: Vec<(String, String)>) -> S3Repo {
         let dir = tempfile::tempdir().expect("tmp");
         let name = dir
             .path()
@@ -92,24 +108,25 @@ impl S3Repo {
         let r = S3Repo {
             url: format!("s3://{}/e2e-{name}", server().bucket),
             dir,
+            vars,
         };
-        let out = r.run(&["init"], None);
+        let out = r.run(args, None);
         assert!(out.status.success(), "init on S3: {}", stderr(&out));
         r
     }
 
-    fn path(&self, rel: &str) -> std::path::PathBuf {
+    pub fn path(&self, rel: &str) -> std::path::PathBuf {
         self.dir.path().join(rel)
     }
 
     /// Runs snapback against the server, or through `proxy`.
-    fn run(&self, args: &[&str], proxy: Option<&FaultProxy>) -> Output {
+    pub fn run(&self, args: &[&str], proxy: Option<&FaultProxy>) -> Output {
         let s = server();
         let endpoint = proxy
             .map(|p| p.endpoint())
             .unwrap_or_else(|| s.endpoint.clone());
         let mut c = Command::new(bin());
-        for (k, v) in &s.vars {
+        for (k, v) in s.vars.iter().chain(&self.vars) {
             c.env(k, v);
         }
         c.env("AWS_ENDPOINT_URL", &endpoint)
@@ -126,7 +143,7 @@ impl S3Repo {
         c.output().expect("run snapback")
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args, None);
         assert!(out.status.success(), "snapback {args:?}: {}", stderr(&out));
         stdout(&out)

@@ -25,13 +25,30 @@ pub fn bin() -> PathBuf {
 /// A scratch directory with a repository in it.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Environment variables set for every command (e.g. the passphrase of
+    /// an encrypted repository). Passphrase variables of the test process
+    /// itself are never passed on.
+    pub vars: Vec<(String, String)>,
+}
+
+/// The variables that carry a passphrase to `snapback`.
+pub const PASSWORD_VARS: [&str; 3] = [
+    "SNAPBACK_PASSWORD",
+    "SNAPBACK_PASSWORD_FILE",
+    "SNAPBACK_NEW_PASSWORD",
+];
+
+/// The cheapest setting of the passphrase KDF, to keep the tests fast.
+pub const CHEAP_KDF: [&str; 4] = ["--kdf-memory", "8", "--kdf-iterations", "1"];
+
+/// `init` of an encrypted repository, with the cheapest KDF.
+pub fn init_encrypted() -> Vec<&'static str> {
+    [&["init", "--encrypt"][..], &CHEAP_KDF].concat()
 }
 
 impl Env {
     pub fn new() -> Env {
-        let e = Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
+        let e = Env::bare();
         let out = e.run(&["init"]);
         assert!(out.status.success(), "init failed: {}", stderr(&out));
         e
@@ -41,7 +58,18 @@ impl Env {
     pub fn bare() -> Env {
         Env {
             dir: tempfile::tempdir().expect("tempdir"),
+            vars: vec![],
         }
+    }
+
+    /// A scratch directory with an encrypted repository whose passphrase
+    /// is `pass` (given to every command in SNAPBACK_PASSWORD). The KDF is
+    /// at its cheapest setting, to keep the tests fast.
+    pub fn encrypted(pass: &str) -> Env {
+        let mut e = Env::bare();
+        e.vars.push(("SNAPBACK_PASSWORD".into(), pass.into()));
+        e.ok(&init_encrypted());
+        e
     }
 
     pub fn repo(&self) -> PathBuf {
@@ -58,6 +86,10 @@ impl Env {
             .arg(self.repo())
             .args(args)
             .env_remove("SNAPBACK_REPO");
+        for k in PASSWORD_VARS {
+            c.env_remove(k);
+        }
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         c
     }
 
