@@ -17,17 +17,23 @@
 //! deterministically (packs by id, entries in header order), so running
 //! repair-index on a healthy repository writes and deletes nothing.
 //!
-//! A pack whose prefix or header cannot be read is reported and left out:
-//! its blobs stay unindexed, and `check` names the snapshots that need them.
+//! A pack whose prefix or header cannot be read is reported. If a readable
+//! old index object lists that pack (with the same size), its entries are
+//! kept from there: the blobs themselves may be intact (in an encrypted
+//! repository one flipped bit makes the whole sealed header unreadable while
+//! every blob still authenticates), and each blob is verified on every read
+//! anyway. Dropping them would leave the pack unindexed, and `prune` would
+//! then delete data that can still be restored. A pack that no old index
+//! knows stays unindexed, and `check` names the snapshots that need it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::index::{encode_index, IndexedPack};
+use crate::index::{decode_index, encode_index, IndexedPack};
 use crate::lock::LockKind;
 use crate::pack::{parse_header, parse_prefix};
 use crate::repo::{pack_id_from_key, Repository, DATA_PREFIX, INDEX_PREFIX};
@@ -52,9 +58,11 @@ pub struct RepairIndexPlan {
     pub packs_indexed: usize,
     /// Blob entries in the new index (a blob stored twice counts twice).
     pub blobs: usize,
-    /// Packs left out: unreadable prefix or header, or a name that is not a
-    /// pack id.
+    /// Packs whose prefix or header is unreadable, or with a name that is
+    /// not a pack id.
     pub unreadable_packs: Vec<UnreadablePack>,
+    /// Of those, the packs whose entries are kept from an old index object.
+    pub packs_kept_from_old_index: usize,
     /// Index objects present now.
     pub old_index_objects: Vec<String>,
     /// Index objects the repair writes (the ones that exist already with
@@ -94,6 +102,31 @@ impl Repository {
         let store = self.store();
         let mut plan = RepairIndexPlan::default();
         let mut found: BTreeMap<Id, IndexedPack> = BTreeMap::new();
+        let mut old: Vec<String> = store
+            .list(INDEX_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        old.sort();
+        // What the readable old index objects say, for packs whose header
+        // turns out to be unreadable.
+        let mut known: HashMap<Id, (IndexedPack, String)> = HashMap::new();
+        for key in &old {
+            let r = store.get(key).map_err(Error::from).and_then(|b| {
+                if Id::of(&b).to_hex() != key[INDEX_PREFIX.len()..] {
+                    return Err(Error::corrupt(key, "content does not hash to its name"));
+                }
+                decode_index(&b, key)
+            });
+            match r {
+                Ok(packs) => {
+                    for p in packs {
+                        known.entry(p.id).or_insert_with(|| (p, key.clone()));
+                    }
+                }
+                Err(e) => tracing::warn!(index = %key, error = %e, "old index object unreadable"),
+            }
+        }
         let mut listing = store.list(DATA_PREFIX)?;
         listing.sort_by(|a, b| a.key.cmp(&b.key));
         plan.packs = listing.len();
@@ -118,23 +151,31 @@ impl Repository {
                     );
                 }
                 Err(e) => {
-                    tracing::warn!(pack = %o.key, error = %e, "pack left out of the index");
+                    let mut problem = e.to_string();
+                    match known.remove(&id) {
+                        Some((p, from)) if p.size == o.size => {
+                            tracing::warn!(pack = %o.key, error = %e, index = %from, "pack header unreadable; keeping its entries from the old index");
+                            problem.push_str(&format!(
+                                "; its {} blob entries are kept from {from} (each blob is still verified when read)",
+                                p.entries.len()
+                            ));
+                            plan.packs_kept_from_old_index += 1;
+                            found.insert(id, p);
+                        }
+                        _ => {
+                            tracing::warn!(pack = %o.key, error = %e, "pack left out of the index");
+                            problem.push_str("; no readable index lists it, so its blobs stay unindexed");
+                        }
+                    }
                     plan.unreadable_packs.push(UnreadablePack {
                         key: o.key.clone(),
-                        problem: e.to_string(),
+                        problem,
                     });
                 }
             }
         }
         plan.packs_indexed = found.len();
         plan.blobs = found.values().map(|p| p.entries.len()).sum();
-
-        let mut old: Vec<String> = store
-            .list(INDEX_PREFIX)?
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
-        old.sort();
         plan.old_index_objects = old;
 
         // Deterministic grouping, so that a healthy repository re-encodes to
@@ -343,5 +384,50 @@ mod tests {
         assert_eq!(rep.index_objects_deleted, 1);
         assert!(r.store().stat("index/00").expect("stat").is_none());
         assert!(r.index().expect("index").contains(&a[0]));
+    }
+
+    #[test]
+    fn an_unreadable_header_keeps_the_entries_of_the_old_index() {
+        for encrypted in [false, true] {
+            let (d, r) = repo_with(encrypted);
+            let (pid, ids) = put_pack(&r, &[b"one", b"two"]);
+            let (other, _) = put_pack(&r, &[b"three"]);
+            r.repair_index(Duration::from_secs(1), false)
+                .expect("index them");
+            // Damage the header of the first pack: the entry count (plain),
+            // any byte of the sealed header (encrypted). Its blobs are intact.
+            let path = d.path().join("r").join(pack_key(&pid));
+            let mut bytes = std::fs::read(&path).expect("read");
+            let at = if encrypted { 12 + 30 } else { 12 };
+            bytes[at] ^= 0x55;
+            std::fs::write(&path, &bytes).expect("write");
+            // A pack that no index lists and whose header is unreadable too.
+            let (lost, lost_ids) = put_pack(&r, &[b"four"]);
+            let lpath = d.path().join("r").join(pack_key(&lost));
+            let mut lb = std::fs::read(&lpath).expect("read");
+            lb[at] ^= 0x55;
+            std::fs::write(&lpath, &lb).expect("write");
+
+            let (plan, _) = r
+                .repair_index(Duration::from_secs(1), false)
+                .expect("repair");
+            assert_eq!(plan.unreadable_packs.len(), 2, "{plan:?}");
+            assert_eq!(plan.packs_kept_from_old_index, 1, "{plan:?}");
+            let kept = plan
+                .unreadable_packs
+                .iter()
+                .find(|u| u.key == pack_key(&pid))
+                .expect("reported");
+            assert!(kept.problem.contains("kept from"), "{}", kept.problem);
+            let idx = r.refresh_index_from_scratch().expect("index");
+            for id in &ids {
+                assert_eq!(
+                    r.codec().blob_id(&r.read_blob(&idx, id).expect("still readable")),
+                    *id
+                );
+            }
+            assert!(idx.packs().contains_key(&other));
+            assert!(!idx.contains(&lost_ids[0]), "no index knew it");
+        }
     }
 }
