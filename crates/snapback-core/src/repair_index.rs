@@ -164,7 +164,9 @@ impl Repository {
                         }
                         _ => {
                             tracing::warn!(pack = %o.key, error = %e, "pack left out of the index");
-                            problem.push_str("; no readable index lists it, so its blobs stay unindexed");
+                            problem.push_str(
+                                "; no readable index lists it, so its blobs stay unindexed",
+                            );
                         }
                     }
                     plan.unreadable_packs.push(UnreadablePack {
@@ -422,7 +424,8 @@ mod tests {
             let idx = r.refresh_index_from_scratch().expect("index");
             for id in &ids {
                 assert_eq!(
-                    r.codec().blob_id(&r.read_blob(&idx, id).expect("still readable")),
+                    r.codec()
+                        .blob_id(&r.read_blob(&idx, id).expect("still readable")),
                     *id
                 );
             }
