@@ -33,7 +33,6 @@ pub struct InitArgs {
 }
 
 pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
-    let store = open_store(g, true)?;
     let opts = InitOptions {
         chunking: ChunkingParams {
             sqlite_pages_per_chunk: a.sqlite_pages_per_chunk,
@@ -59,6 +58,8 @@ pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
     } else {
         opts
     };
+    // The passphrase first: a refused init leaves nothing behind.
+    let store = open_store(g, true)?;
     let repo = Repository::init(store, &opts)?;
     if g.json {
         print_json(&json!({
