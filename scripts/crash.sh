@@ -7,7 +7,8 @@
 #
 # Environment: SNAPBACK_CRASH_SECONDS (time bound per operation, default
 # 30 s per iteration), SNAPBACK_CRASH_SEED (replay a run; each test prints
-# its seed). One JSON line per operation goes to target/crash-report.jsonl.
+# its seed), SNAPBACK_CRASH_ENCRYPTED=1 (every loop on an encrypted
+# repository). One JSON line per operation goes to target/crash-report.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200}

@@ -14,7 +14,8 @@
 //! Bounded by `SNAPBACK_CRASH_ITERATIONS` (kills per operation, default 3)
 //! and `SNAPBACK_CRASH_SECONDS` (time per operation, default 40).
 //! `SNAPBACK_CRASH_SEED` replays a run; `SNAPBACK_CRASH_REPORT=FILE`
-//! appends one JSON line per operation. `scripts/crash.sh` runs the long
+//! appends one JSON line per operation. `SNAPBACK_CRASH_ENCRYPTED=1` runs
+//! every loop on an encrypted repository. `scripts/crash.sh` runs the long
 //! loops.
 
 use std::path::Path;
@@ -25,6 +26,19 @@ use crate::rel_util::{
     check_clean, committed, damage_rows, make_db, repair_script, restore_exactly, rows, Committed,
 };
 use crate::util::{integrity, stderr, stdout, Env};
+
+/// The repository of a crash loop: encrypted when SNAPBACK_CRASH_ENCRYPTED=1.
+fn crash_env() -> Env {
+    if encrypted() {
+        Env::encrypted("crash harness passphrase")
+    } else {
+        Env::new()
+    }
+}
+
+fn encrypted() -> bool {
+    std::env::var("SNAPBACK_CRASH_ENCRYPTED").is_ok_and(|v| v == "1")
+}
 
 /// xorshift64*: reproducible from the seed that is printed.
 struct Rng(u64);
@@ -103,8 +117,9 @@ struct Tally {
 impl Tally {
     fn report(&self) {
         let line = format!(
-            "{{\"op\":\"{}\",\"iterations\":{},\"killed_mid_operation\":{},\"completed_before_kill\":{},\"stale_locks_left\":{},\"restores_verified\":{},\"reruns_ok\":{},\"resumed\":{},\"max_delay_ms\":{},\"seconds\":{:.1}}}",
+            "{{\"op\":\"{}\",\"encrypted\":{},\"iterations\":{},\"killed_mid_operation\":{},\"completed_before_kill\":{},\"stale_locks_left\":{},\"restores_verified\":{},\"reruns_ok\":{},\"resumed\":{},\"max_delay_ms\":{},\"seconds\":{:.1}}}",
             self.op,
+            encrypted(),
             self.iterations,
             self.killed_mid_operation,
             self.completed_before_kill,
@@ -294,7 +309,7 @@ fn crash_snapshot_killed_at_random_points() {
     let b = budget();
     let mut rng = rng("snapshot");
     let started = Instant::now();
-    let env = Env::new();
+    let env = crash_env();
     let db = env.path("app.db");
     make_db(&db, 3000);
     // A plain file too, so that a snapshot writes more than one pack.
@@ -354,7 +369,7 @@ fn crash_prune_killed_at_random_points() {
     let b = budget();
     let mut rng = rng("prune");
     let started = Instant::now();
-    let env = Env::new();
+    let env = crash_env();
     let db = env.path("app.db");
     make_db(&db, 4000);
     let dbs = db.to_str().expect("utf8");
@@ -410,7 +425,7 @@ fn crash_repair_killed_at_random_points() {
     let b = budget();
     let mut rng = rng("repair");
     let started = Instant::now();
-    let env = Env::new();
+    let env = crash_env();
     let db = env.path("live.db");
     make_db(&db, 1500);
     let good = rows(&db);
@@ -464,7 +479,7 @@ fn crash_undo_killed_at_random_points() {
     let b = budget();
     let mut rng = rng("undo");
     let started = Instant::now();
-    let env = Env::new();
+    let env = crash_env();
     let db = env.path("live.db");
     make_db(&db, 1500);
     let s0 = env.snapshot(&db);
