@@ -576,6 +576,12 @@ impl Repository {
                 None => {
                     let m = match self.load_manifest(&id) {
                         Ok(m) => Arc::new(m),
+                        // Forgotten between the listing and the read (forget
+                        // takes no lock): the snapshot no longer exists.
+                        Err(Error::Store(e)) if e.is_not_found() => {
+                            tracing::debug!(key = %o.key, "snapshot removed while listing; skipped");
+                            continue;
+                        }
                         // A damaged manifest is skipped (check names it); one
                         // from a newer snapback is not: an upgrade is needed.
                         Err(e @ Error::Corrupt { .. }) if !strict => {
