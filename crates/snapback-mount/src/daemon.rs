@@ -287,14 +287,8 @@ pub fn run(repo: Arc<Repository>, opts: MountOptions) -> Result<(), MountError> 
     stop.store(true, Ordering::Release);
     let Some(sig) = signalled else {
         tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside; exiting");
-        return match session.join() {
-            Ok(()) => Ok(()),
-            Err(e) => Err(MountError::io(
-                &mountpoint,
-                "the FUSE session ended with an error",
-                e,
-            )),
-        };
+        leave(session);
+        return Ok(());
     };
     notify("STOPPING=1");
     tracing::info!(signal = sig, mountpoint = %mountpoint.display(), "unmounting");
@@ -328,13 +322,19 @@ pub fn run(repo: Arc<Repository>, opts: MountOptions) -> Result<(), MountError> 
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    if session.guard.is_finished() {
-        if let Err(e) = session.join() {
-            tracing::debug!(error = %e, "the FUSE session ended with an error");
-        }
-    }
-    // Otherwise the process exit closes /dev/fuse, which ends the session.
+    leave(session);
     Ok(())
+}
+
+/// Lets go of the session without dropping fuser's mount handle. That
+/// drop unmounts the mount point *by its path* whenever the connection
+/// still looks mounted, which it does for a while after an unmount; by
+/// then a new mount may sit at the same path (`snapback umount` and an
+/// immediate `snapback mount`), and it would be unmounted. The file system
+/// is already unmounted here, and the process exit closes /dev/fuse, which
+/// ends whatever is left of the session.
+fn leave(session: fuser::BackgroundSession) {
+    std::mem::forget(session);
 }
 
 fn health_loop(probe: &Path, every: Duration, timeout: Duration, stop: &AtomicBool) {

@@ -865,6 +865,26 @@ fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!snapback_mount::is_mount_point(&mp));
+    // Mounted again at once, twice: the old daemons, exiting after the
+    // umount, must not take the new mount with them (they did: fuser's
+    // mount handle unmounts its path on drop).
+    for round in 0..2 {
+        let out = env
+            .cmd()
+            .args(["mount", "--daemon", "latest"])
+            .arg(&mp)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "remount {round}");
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            snapback_mount::is_mount_point(&mp),
+            "round {round}: the new mount is still there 2 s later"
+        );
+        let out = env.run(&["umount", &mp.to_string_lossy()]);
+        assert!(out.status.success(), "umount {round}");
+    }
     // A mount that fails in the background reports its error.
     let out = env
         .cmd()
