@@ -630,6 +630,24 @@ fn keys_are_added_listed_and_removed_but_never_the_current_or_last() {
         "key add without a new passphrase",
     );
     assert_eq!(objects(&env.repo(), "keys").len(), 1);
+
+    // A damaged (or planted) key file: listed as damaged, does not stop the
+    // repository from opening, and can be removed.
+    let bogus = "0".repeat(64);
+    std::fs::write(env.repo().join("keys").join(&bogus), b"not a key file").expect("plant");
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "key", "list"])).expect("json");
+    let damaged: Vec<&serde_json::Value> = listed["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| !k["damaged"].is_null())
+        .collect();
+    assert_eq!(damaged.len(), 1, "{listed}");
+    assert_eq!(damaged[0]["id"], bogus.as_str());
+    let out = remove("00000000", PASS);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(keys(&env, PASS), vec![(a.clone(), true)]);
 }
 
 /// One way of tampering with an object: returns the object, what `check`
@@ -707,6 +725,17 @@ fn tampered_objects_fail_authentication_and_are_never_served() {
         );
         restore_refused(&env, &broken, what);
         diff_refused(&env, &broken, &db, what);
+        if what == "manifest" {
+            // Retention cannot count a snapshot it cannot read: forget
+            // refuses rather than keep the wrong ones.
+            let before = listing(&env.repo());
+            refused(
+                &env.run(&["forget", "--keep-last", "1"]),
+                &["forget refuses"],
+                "forget with an unreadable manifest",
+            );
+            assert_eq!(listing(&env.repo()), before, "forget removed nothing");
+        }
         if broken == second.id {
             restore_exactly(&env, &first, "intact");
         }
@@ -752,6 +781,23 @@ fn config_stripped_of_its_encryption_is_refused_and_nothing_is_written() {
     }
     assert_eq!(listing(&env.repo()), before, "nothing was written");
     assert!(!dest.exists());
+
+    // The keys deleted as well: the repository now looks unencrypted, but a
+    // job that gives a passphrase expects an encrypted one and refuses to
+    // write plaintext into it.
+    let keys_dir = env.repo().join("keys");
+    let keys_backup = env.path("keys-backup");
+    std::fs::rename(&keys_dir, &keys_backup).expect("move keys away");
+    let before = listing(&env.repo());
+    for args in [vec!["snapshot", dbs], vec!["snapshots"]] {
+        refused(
+            &env.run(&args),
+            &["a passphrase was given", "is not encrypted"],
+            &format!("config downgraded and keys deleted: {args:?}"),
+        );
+    }
+    assert_eq!(listing(&env.repo()), before, "no plaintext was written");
+    std::fs::rename(&keys_backup, &keys_dir).expect("keys back");
 
     // The original config makes it whole again.
     std::fs::write(&config, original).expect("write");

@@ -27,10 +27,10 @@ pub enum KeyCommand {
 #[derive(Debug, Args)]
 pub struct KdfArgs {
     /// Memory of the passphrase KDF (argon2id), in MiB.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=4096))]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=1024))]
     pub kdf_memory: u32,
     /// Passes of the passphrase KDF (argon2id).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub kdf_iterations: u32,
 }
 
@@ -59,6 +59,14 @@ pub struct KeyRemoveArgs {
     pub id: String,
 }
 
+/// Key files are not authenticated beyond their sealed master key: their
+/// text fields are printed without control characters (no terminal escapes).
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 pub fn run(g: &Global, c: KeyCommand) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
     match c {
@@ -73,17 +81,22 @@ pub fn run(g: &Global, c: KeyCommand) -> anyhow::Result<u8> {
                     "kdf_memory_kib": k.memory_kib,
                     "kdf_iterations": k.iterations,
                     "current": k.current,
+                    "damaged": k.damaged,
                 })).collect::<Vec<_>>() }))?;
             } else {
                 println!("{:<2}{:<10}{:<32}{:<20}USER", "", "ID", "CREATED", "HOST");
                 for k in &keys {
+                    if let Some(why) = &k.damaged {
+                        println!("{:<2}{:<10}DAMAGED: {}", "", k.id.short(), printable(why));
+                        continue;
+                    }
                     println!(
                         "{:<2}{:<10}{:<32}{:<20}{}",
                         if k.current { "*" } else { "" },
                         k.id.short(),
-                        k.created,
-                        k.host,
-                        k.user
+                        printable(&k.created),
+                        printable(&k.host),
+                        printable(&k.user)
                     );
                 }
             }

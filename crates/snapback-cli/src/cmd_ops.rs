@@ -85,7 +85,13 @@ fn policy_from_config(r: &crate::config::Retention) -> anyhow::Result<KeepPolicy
 pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
     let flags = policy_from_args(&a)?;
-    let snaps = repo.snapshots()?;
+    // Strict: a damaged manifest is a snapshot retention cannot see, so
+    // `--keep-last N` would count past it and remove good ones.
+    let snaps = repo.snapshots_strict().map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nforget refuses to apply a retention policy while a manifest is unreadable: it would count the wrong snapshots. Run `snapback check`, save what you need, then move the damaged manifest away"
+        )
+    })?;
     let released = repo.released()?;
     // Flags apply to every source; without flags, each configured source's
     // retention applies to its own snapshots.

@@ -37,8 +37,18 @@ pub fn read_file(path: &Path) -> anyhow::Result<Passphrase> {
 
 fn from_env(name: &str) -> anyhow::Result<Option<Passphrase>> {
     match std::env::var(name) {
-        Ok(v) if v.is_empty() => bail!("{name} is set but empty"),
-        Ok(v) => Ok(Some(Zeroizing::new(v))),
+        Ok(v) => {
+            let v = Zeroizing::new(v);
+            // As from a file: one trailing line ending is not part of it.
+            let t = v
+                .strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(&v);
+            if t.is_empty() {
+                bail!("{name} is set but empty");
+            }
+            Ok(Some(Zeroizing::new(t.to_string())))
+        }
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not valid UTF-8"),
     }

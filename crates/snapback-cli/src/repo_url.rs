@@ -86,6 +86,15 @@ pub fn open_repo(g: &Global) -> anyhow::Result<Repository> {
     let repo = Repository::open_with_passphrase(store, || {
         crate::password::current(g).map_err(|e| snapback_core::Error::Key(format!("{e:#}")))
     })?;
+    // A job that gives a passphrase expects an encrypted repository. If the
+    // config says otherwise, it may have been replaced (and keys/ deleted)
+    // to make this job write plaintext: refuse.
+    if crate::password::given(g) && !repo.is_encrypted() {
+        bail!(
+            "a passphrase was given (--password-file, SNAPBACK_PASSWORD_FILE or SNAPBACK_PASSWORD), but the repository at {} is not encrypted. If it was created with --encrypt, its config has been replaced: do not write to it, and restore the original config. If it is meant to be unencrypted, unset the passphrase",
+            repo.store().location()
+        );
+    }
     // A remote repository keeps local copies of its manifests and indexes
     // (immutable and verified by name on every read).
     let remote = matches!(parse(repo_arg(g)?)?, RepoUrl::S3 { .. });

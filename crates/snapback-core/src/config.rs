@@ -71,6 +71,16 @@ impl RepoConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        // The id names local cache directories: hex only.
+        if self.repo_id.is_empty()
+            || self.repo_id.len() > 64
+            || !self.repo_id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(Error::corrupt(
+                "config",
+                "repo_id must be 1 to 64 hexadecimal digits",
+            ));
+        }
         let ch = &self.chunking;
         if ch.sqlite_pages_per_chunk == 0 || ch.sqlite_pages_per_chunk > 1024 {
             return Err(Error::corrupt(
@@ -108,7 +118,7 @@ mod tests {
     fn sample() -> RepoConfig {
         RepoConfig {
             format_version: FORMAT_VERSION,
-            repo_id: "r".into(),
+            repo_id: "0123abcd".into(),
             created: "2026-01-01T00:00:00Z".into(),
             chunking: ChunkingParams::default(),
             compression_level: 3,

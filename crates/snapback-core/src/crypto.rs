@@ -41,6 +41,8 @@ pub const KEYS_PREFIX: &str = "keys/";
 /// The one name for the cipher suite, in the config and the key files.
 pub const ALGORITHM: &str = "xchacha20poly1305+hmac-sha256";
 const KEY_FILE_VERSION: u32 = 1;
+/// A key file is about 450 bytes; anything much larger is not one.
+pub(crate) const MAX_KEY_FILE_BYTES: u64 = 4096;
 
 /// A passphrase, wiped from memory when dropped.
 pub type Passphrase = Zeroizing<String>;
@@ -97,21 +99,24 @@ impl KdfParams {
     /// Refuses settings too weak to protect a passphrase, or so large that
     /// opening the repository would exhaust the machine.
     pub fn validate(&self) -> Result<()> {
-        if !(8 * 1024..=4 * 1024 * 1024).contains(&self.memory_kib) {
+        // Upper bounds too: a key file is read before the passphrase is
+        // known to be right, so a hostile one must not make every open
+        // allocate or compute without limit.
+        if !(8 * 1024..=1024 * 1024).contains(&self.memory_kib) {
             return Err(Error::Invalid(format!(
-                "KDF memory of {} KiB is out of range: use 8 to 4096 MiB",
+                "KDF memory of {} KiB is out of range: use 8 to 1024 MiB",
                 self.memory_kib
             )));
         }
-        if !(1..=64).contains(&self.iterations) {
+        if !(1..=16).contains(&self.iterations) {
             return Err(Error::Invalid(format!(
-                "KDF iterations {} out of range: use 1 to 64",
+                "KDF iterations {} out of range: use 1 to 16",
                 self.iterations
             )));
         }
-        if !(1..=16).contains(&self.parallelism) {
+        if !(1..=4).contains(&self.parallelism) {
             return Err(Error::Invalid(format!(
-                "KDF parallelism {} out of range: use 1 to 16",
+                "KDF parallelism {} out of range: use 1 to 4",
                 self.parallelism
             )));
         }
@@ -142,6 +147,8 @@ struct KeyFile {
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyInfo {
     pub id: Id,
+    /// Why the key file cannot be read, if it cannot.
+    pub damaged: Option<String>,
     pub created: String,
     pub host: String,
     pub user: String,
@@ -358,7 +365,7 @@ pub(crate) fn check_key_file(bytes: &[u8], key: &str) -> Result<CheckedKeyFile> 
         .map_err(|e| Error::corrupt(key, format!("bad KDF settings: {e}")))?;
     let salt = hex::decode(&kf.salt).map_err(|_| Error::corrupt(key, "salt is not hex"))?;
     let sealed = hex::decode(&kf.master).map_err(|_| Error::corrupt(key, "key is not hex"))?;
-    if sealed.len() != SEAL_OVERHEAD + 64 || sealed[0] != SEAL_VERSION || salt.len() < 8 {
+    if sealed.len() != SEAL_OVERHEAD + 64 || sealed[0] != SEAL_VERSION || salt.len() != 16 {
         return Err(Error::corrupt(key, "sealed master key has the wrong size"));
     }
     Ok(CheckedKeyFile {
@@ -409,6 +416,7 @@ pub(crate) fn key_info(bytes: &[u8], key: &str, id: Id, current: bool) -> Result
     let kf = parse_key_file(bytes, key)?;
     Ok(KeyInfo {
         id,
+        damaged: None,
         created: kf.created,
         host: kf.host,
         user: kf.user,
@@ -588,6 +596,21 @@ mod tests {
         }
         .validate()
         .is_err());
+        // Hostile KDF settings and salts are refused before any KDF runs.
+        let mut v: serde_json::Value = serde_json::from_slice(&kf).expect("json");
+        v["memory_kib"] = serde_json::json!(4 * 1024 * 1024);
+        let huge = serde_json::to_vec(&v).expect("json");
+        assert!(matches!(
+            check_key_file(&huge, "k"),
+            Err(Error::Corrupt { .. })
+        ));
+        let mut v: serde_json::Value = serde_json::from_slice(&kf).expect("json");
+        v["salt"] = serde_json::json!("00".repeat(4096));
+        let salty = serde_json::to_vec(&v).expect("json");
+        assert!(matches!(
+            check_key_file(&salty, "k"),
+            Err(Error::Corrupt { .. })
+        ));
         assert!(matches!(
             open_key_file(b"{\"version\": 9}", "keys/x", "p", "r"),
             Err(Error::UnsupportedVersion { found: 9, .. })

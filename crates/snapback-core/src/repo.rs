@@ -28,6 +28,9 @@ use crate::manifest::{FileEntry, Manifest};
 use crate::pack::{open_blob, BlobCodec, BlobKind};
 
 pub const CONFIG_KEY: &str = "config";
+/// At most this many key files are tried when a repository is opened (each
+/// costs a KDF run); a planted flood of them cannot stall every open.
+const MAX_KEY_FILES: usize = 32;
 pub const SNAPSHOT_PREFIX: &str = "snapshots/";
 pub const INDEX_PREFIX: &str = "index/";
 pub const DATA_PREFIX: &str = "data/";
@@ -267,7 +270,27 @@ impl Repository {
         }
         let pass = passphrase()?;
         let mut damaged = Vec::new();
-        for key in &keys {
+        if keys.len() > MAX_KEY_FILES {
+            tracing::warn!(
+                count = keys.len(),
+                "more key files than snapback tries; only the first {MAX_KEY_FILES} are tried"
+            );
+        }
+        for key in keys.iter().take(MAX_KEY_FILES) {
+            match store.stat(key) {
+                Ok(Some(n)) if n <= crate::crypto::MAX_KEY_FILE_BYTES => {}
+                Ok(n) => {
+                    damaged.push(format!(
+                        "{key}: {} bytes, more than a key file can be",
+                        n.unwrap_or(0)
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    damaged.push(format!("{key}: {e}"));
+                    continue;
+                }
+            }
             let kf = match store.get(key) {
                 Ok(b) => b,
                 Err(e) => {
@@ -379,8 +402,23 @@ impl Repository {
             let Some(id) = o.key.strip_prefix(KEYS_PREFIX).and_then(Id::from_hex) else {
                 continue;
             };
-            let bytes = self.store.get(&o.key)?;
-            out.push(key_info(&bytes, &o.key, id, Some(id) == self.key_id)?);
+            // A damaged key file is listed (so that it can be removed), not
+            // an error that hides the others.
+            let info = self
+                .store
+                .get(&o.key)
+                .map_err(Error::from)
+                .and_then(|b| key_info(&b, &o.key, id, Some(id) == self.key_id));
+            out.push(info.unwrap_or_else(|e| KeyInfo {
+                id,
+                created: String::new(),
+                host: String::new(),
+                user: String::new(),
+                memory_kib: 0,
+                iterations: 0,
+                current: false,
+                damaged: Some(e.to_string()),
+            }));
         }
         out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -396,6 +434,7 @@ impl Repository {
         // reporting success.
         let back = self.store.get(&format!("{KEYS_PREFIX}{kid}"))?;
         if open_key_file(&back, "new key", passphrase, &self.config.repo_id)?.is_none() {
+            self.store.delete(&format!("{KEYS_PREFIX}{kid}"))?;
             return Err(Error::Verification(
                 "the new key file does not open with its passphrase; it was not kept".into(),
             ));
@@ -407,6 +446,14 @@ impl Repository {
     /// repository and the last key are never removed.
     pub fn remove_key(&self, prefix: &str) -> Result<Id> {
         self.require_encrypted()?;
+        // Under the exclusive lock from the start: two removals at once
+        // (each opened with the key the other removes) must not both pass
+        // the "not the last key" check.
+        let _lock = self.lock(
+            crate::lock::LockKind::Exclusive,
+            "key remove",
+            std::time::Duration::ZERO,
+        )?;
         let prefix = prefix.trim().to_ascii_lowercase();
         let keys = self.keys()?;
         let m: Vec<&KeyInfo> = keys
@@ -439,11 +486,6 @@ impl Repository {
                     .into(),
             ));
         }
-        let _lock = self.lock(
-            crate::lock::LockKind::Exclusive,
-            "key remove",
-            std::time::Duration::ZERO,
-        )?;
         self.store.delete(&format!("{KEYS_PREFIX}{}", k.id))?;
         Ok(k.id)
     }

@@ -1,7 +1,8 @@
 //! Chunk caches: a bounded in-memory LRU and an optional on-disk cache.
 //!
-//! Chunks are named by their SHA-256, so a cache entry is either the right
-//! bytes or detectably wrong. The memory cache holds chunks that were
+//! Chunks are named by their id (SHA-256, or the keyed HMAC-SHA256 of an
+//! encrypted repository), so a cache entry is either the right bytes or
+//! detectably wrong. The memory cache holds chunks that were
 //! verified when they were fetched. The disk cache is re-verified on every
 //! read: an entry that no longer hashes to its name is deleted and counts as
 //! a miss, so a damaged cache costs a refetch, never wrong bytes.
@@ -126,6 +127,14 @@ impl DiskCache {
                 .mode(0o700)
                 .create(dir)?;
             if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+                if codec.is_encrypted() {
+                    // Decrypted chunks of an encrypted repository are not
+                    // written where others may read them.
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot make the disk cache directory private (0700), which an encrypted repository needs: {e}"),
+                    ));
+                }
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot make the disk cache directory private (0700)");
             }
         }
