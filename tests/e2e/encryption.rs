@@ -467,6 +467,14 @@ fn passphrase_sources_and_wrong_or_missing_passphrases_write_nothing() {
     );
     let mut bare = bare;
     bare.vars.push(("SNAPBACK_PASSWORD".into(), PASS.into()));
+    // A passphrase without --encrypt: refused, nothing created (every later
+    // command given it would refuse the unencrypted repository).
+    refused(
+        &bare.run(&["init"]),
+        &["a passphrase was given", "--encrypt"],
+        "init with a passphrase but without --encrypt",
+    );
+    assert!(listing(&bare.repo()).is_empty(), "nothing was created");
     bare.ok(&init_encrypted());
 }
 

@@ -33,6 +33,13 @@ pub struct InitArgs {
 }
 
 pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
+    if !a.encrypt && crate::password::given(g) {
+        // Every later command given this passphrase would refuse the
+        // unencrypted repository: say so now.
+        anyhow::bail!(
+            "a passphrase was given (--password-file, SNAPBACK_PASSWORD_FILE or SNAPBACK_PASSWORD) but not --encrypt: add --encrypt for an encrypted repository, or unset the passphrase for an unencrypted one; nothing was created"
+        );
+    }
     let opts = InitOptions {
         chunking: ChunkingParams {
             sqlite_pages_per_chunk: a.sqlite_pages_per_chunk,
