@@ -203,9 +203,12 @@ fn audited() -> (Env, PathBuf, Vec<PathBuf>) {
     (env, db, entries)
 }
 
+/// One way of damaging the audit log, given its entries.
+type DamageFn = Box<dyn Fn(&Env, &[PathBuf])>;
+
 #[test]
 fn damaged_audit_log_is_named_by_audit_verify() {
-    let mut cases: Vec<(String, Box<dyn Fn(&Env, &[PathBuf])>)> = vec![];
+    let mut cases: Vec<(String, DamageFn)> = vec![];
     for damage in Damage::ALL {
         cases.push((
             format!("entry 1 {damage:?}"),

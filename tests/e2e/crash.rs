@@ -104,6 +104,9 @@ struct Tally {
     completed_before_kill: usize,
     /// Kills that left the killed process's lock object behind.
     stale_locks_left: usize,
+    /// Lock objects already counted (encrypted runs, where a sealed lock's
+    /// pid cannot be read).
+    seen_locks: std::collections::HashSet<std::path::PathBuf>,
     /// Snapshots restored and compared after kills.
     restores_verified: usize,
     /// Re-runs that finished the operation.
@@ -210,14 +213,17 @@ fn verify_after_kill(
     rng: &mut Rng,
     ctx: &str,
 ) {
-    // Locks the killed process left behind.
+    // Locks the killed process left behind. Sealed lock objects (encrypted
+    // repository) cannot be read here; nothing else runs between kills, so
+    // every lock not seen after an earlier kill is the killed process's.
     let left = crate::rel_util::objects(&env.repo(), "locks")
         .iter()
         .filter(|p| {
-            std::fs::read_to_string(p)
-                .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .is_some_and(|v| v["pid"].as_u64() == Some(pid as u64))
+            (encrypted() && tally.seen_locks.insert(p.to_path_buf()))
+                || std::fs::read_to_string(p)
+                    .ok()
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                    .is_some_and(|v| v["pid"].as_u64() == Some(pid as u64))
         })
         .count();
     tally.stale_locks_left += left;
