@@ -476,7 +476,6 @@ fn crash_repair_killed_at_random_points() {
         let out = env.run(&["audit", "verify"]);
         assert!(out.status.success(), "{ctx}: {}", stdout(&out));
         tally.reruns_ok += 1;
-        trim_pre_repair(&env);
     }
     finish(tally, started, &b);
 }
@@ -582,6 +581,7 @@ fn crash_undo_killed_at_random_points() {
         let out = env.run(&["audit", "verify"]);
         assert!(out.status.success(), "{ctx}: {}", stdout(&out));
         tally.reruns_ok += 1;
+        trim_pre_repair(&env);
     }
     finish(tally, started, &b);
 }
