@@ -202,43 +202,12 @@ impl Crypto {
 
     /// Seals `msg`, bound to `aad`.
     pub fn seal(&self, aad: &[u8], msg: &[u8]) -> Result<Vec<u8>> {
-        let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce)?;
-        let ct = self
-            .aead
-            .encrypt(&XNonce::from(nonce), Payload { msg, aad })
-            .map_err(|_| Error::Invalid("encryption failed".into()))?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
-        out.push(SEAL_VERSION);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
-        Ok(out)
+        seal_with(&self.aead, aad, msg)
     }
 
     /// Opens a sealed message; `Err` says why it does not authenticate.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> std::result::Result<Vec<u8>, String> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err(format!(
-                "sealed data is {} bytes, shorter than its envelope",
-                sealed.len()
-            ));
-        }
-        if sealed[0] != SEAL_VERSION {
-            return Err(format!("unknown encryption envelope version {}", sealed[0]));
-        }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
-        self.aead
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: &sealed[1 + NONCE_LEN..],
-                    aad,
-                },
-            )
-            .map_err(|_| {
-                "authentication failed: the data was modified, or was not written with this repository's key".to_string()
-            })
+        open_with(&self.aead, aad, sealed)
     }
 
     /// The keyed id of a chunk: HMAC-SHA256 under the repository's id key.
@@ -249,6 +218,50 @@ impl Crypto {
         out.copy_from_slice(&m.finalize().into_bytes());
         Id(out)
     }
+}
+
+/// The sealed form (module comment) of `msg` under `aead`.
+fn seal_with(aead: &XChaCha20Poly1305, aad: &[u8], msg: &[u8]) -> Result<Vec<u8>> {
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let ct = aead
+        .encrypt(&XNonce::from(nonce), Payload { msg, aad })
+        .map_err(|_| Error::Invalid("encryption failed".into()))?;
+    let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
+    out.push(SEAL_VERSION);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+/// Opens a sealed form under `aead`; `Err` says why it does not
+/// authenticate.
+fn open_with(
+    aead: &XChaCha20Poly1305,
+    aad: &[u8],
+    sealed: &[u8],
+) -> std::result::Result<Vec<u8>, String> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(format!(
+            "sealed data is {} bytes, shorter than its envelope",
+            sealed.len()
+        ));
+    }
+    if sealed[0] != SEAL_VERSION {
+        return Err(format!("unknown encryption envelope version {}", sealed[0]));
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
+    aead.decrypt(
+        &XNonce::from(nonce),
+        Payload {
+            msg: &sealed[1 + NONCE_LEN..],
+            aad,
+        },
+    )
+    .map_err(|_| {
+        "authentication failed: the data was modified, or was not written with this repository's key".to_string()
+    })
 }
 
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
@@ -292,21 +305,7 @@ pub(crate) fn make_key_file(
     let kek = derive_kek(pass, &salt, params)?;
     let cipher = XChaCha20Poly1305::new_from_slice(&kek[..])
         .map_err(|_| Error::Invalid("invalid key length".into()))?;
-    let mut nonce = [0u8; NONCE_LEN];
-    fill_random(&mut nonce)?;
-    let aad = key_aad(repo_id);
-    let ct = cipher
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: &master.0[..],
-                aad: &aad,
-            },
-        )
-        .map_err(|_| Error::Invalid("encryption of the master key failed".into()))?;
-    let mut sealed = vec![SEAL_VERSION];
-    sealed.extend_from_slice(&nonce);
-    sealed.extend_from_slice(&ct);
+    let sealed = seal_with(&cipher, &key_aad(repo_id), &master.0[..])?;
     let kf = KeyFile {
         version: KEY_FILE_VERSION,
         kdf: "argon2id".into(),
@@ -391,16 +390,7 @@ pub(crate) fn open_key_file(
     let kek = derive_kek(pass, &salt, &params)?;
     let cipher = XChaCha20Poly1305::new_from_slice(&kek[..])
         .map_err(|_| Error::Invalid("invalid key length".into()))?;
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
-    let aad = key_aad(repo_id);
-    let Ok(plain) = cipher.decrypt(
-        &XNonce::from(nonce),
-        Payload {
-            msg: &sealed[1 + NONCE_LEN..],
-            aad: &aad,
-        },
-    ) else {
+    let Ok(plain) = open_with(&cipher, &key_aad(repo_id), &sealed) else {
         return Ok(None);
     };
     let plain = Zeroizing::new(plain);

@@ -112,12 +112,9 @@ impl Repository {
         // turns out to be unreadable.
         let mut known: HashMap<Id, (IndexedPack, String)> = HashMap::new();
         for key in &old {
-            let r = store.get(key).map_err(Error::from).and_then(|b| {
-                if Id::of(&b).to_hex() != key[INDEX_PREFIX.len()..] {
-                    return Err(Error::corrupt(key, "content does not hash to its name"));
-                }
-                decode_index(&b, key)
-            });
+            let r = self
+                .get_immutable(key, INDEX_PREFIX)
+                .and_then(|b| decode_index(&b, key));
             match r {
                 Ok(packs) => {
                     for p in packs {

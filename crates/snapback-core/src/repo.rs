@@ -500,7 +500,7 @@ impl Repository {
 
     /// Reads a content-named object, from the cache when it holds a copy
     /// that hashes to the name; verifies the name either way.
-    fn get_immutable(&self, key: &str, prefix: &str) -> Result<Vec<u8>> {
+    pub(crate) fn get_immutable(&self, key: &str, prefix: &str) -> Result<Vec<u8>> {
         let cached = self.cache_dir.as_ref().map(|d| d.join(key));
         if let Some(p) = &cached {
             if let Ok(b) = std::fs::read(p) {

@@ -834,14 +834,16 @@ fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
         }
     }
     let _guard = Lazy(mp.clone());
+    let daemon = |snap: &str| {
+        env.cmd()
+            .args(["mount", "--daemon", snap])
+            .arg(&mp)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
+    };
     let started = Instant::now();
-    let out = env
-        .cmd()
-        .args(["mount", "--daemon", "latest"])
-        .arg(&mp)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let out = daemon("latest");
     assert!(
         out.status.success(),
         "mount --daemon: {}",
@@ -869,13 +871,7 @@ fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
     // umount, must not take the new mount with them (they did: fuser's
     // mount handle unmounts its path on drop).
     for round in 0..2 {
-        let out = env
-            .cmd()
-            .args(["mount", "--daemon", "latest"])
-            .arg(&mp)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run");
+        let out = daemon("latest");
         assert!(out.status.success(), "remount {round}");
         std::thread::sleep(Duration::from_secs(2));
         assert!(
@@ -886,13 +882,7 @@ fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
         assert!(out.status.success(), "umount {round}");
     }
     // A mount that fails in the background reports its error.
-    let out = env
-        .cmd()
-        .args(["mount", "--daemon", "ffffffffff"])
-        .arg(&mp)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let out = daemon("ffffffffff");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no snapshot id starts with"),
