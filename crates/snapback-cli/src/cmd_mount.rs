@@ -63,6 +63,11 @@ pub struct MountArgs {
     /// without --daemon instead; see docs/systemd/snapback-mount.service).
     #[arg(long)]
     pub daemon: bool,
+    /// Append the mount's log to this file (created 0600) instead of
+    /// stderr. With --daemon, the log goes here, else to the journal when
+    /// run by systemd, else nowhere once the mount is running.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -105,7 +110,10 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
 
 pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::Result<u8> {
     if a.daemon {
-        return daemonize(g);
+        return daemonize(g, a.log_file.as_deref());
+    }
+    if let Some(f) = &a.log_file {
+        crate::output::log_to_file(f)?;
     }
     let (snap, mountpoint) = match a.args.as_slice() {
         [m] => (None, m.clone()),
@@ -173,7 +181,30 @@ pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::R
 /// Runs this same command without --daemon as a child in its own process
 /// group, and returns once the child reports READY=1 over a private
 /// notification socket (the same sd_notify protocol systemd uses).
-fn daemonize(g: &Global) -> anyhow::Result<u8> {
+/// Whether stderr is the systemd journal (`JOURNAL_STREAM` names its
+/// device and inode).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(js) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = js.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
+}
+
+/// Where the log of the background mount goes, and the child's stderr.
+/// Its stderr must outlive this process: a pipe to us breaks when we exit.
+/// With `--log-file` the log goes there and stderr (a pipe to us) carries
+/// only errors before it is ready; under systemd the child writes to the
+/// journal directly; otherwise its log reaches us until it is ready and is
+/// dropped after that (the writer ignores the broken pipe).
+fn daemonize(g: &Global, log_file: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    let journal = log_file.is_none() && stderr_is_journal();
     let exe = std::env::current_exe().context("cannot find the snapback executable")?;
     let args: Vec<std::ffi::OsString> = std::env::args_os()
         .skip(1)
@@ -204,7 +235,11 @@ fn daemonize(g: &Global) -> anyhow::Result<u8> {
             .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(if journal {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            })
             .process_group(0)
             .spawn()
             .context("cannot start the background mount")?
@@ -243,9 +278,13 @@ fn daemonize(g: &Global) -> anyhow::Result<u8> {
                 .lock()
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
+            let err = if journal {
+                "(its messages are in the journal)".to_string()
+            } else {
+                err.trim_end().to_string()
+            };
             break Err(anyhow::anyhow!(
-                "the background mount exited ({status}) before it was ready:\n{}",
-                err.trim_end()
+                "the background mount exited ({status}) before it was ready:\n{err}"
             ));
         }
         if Instant::now() > deadline {
@@ -258,8 +297,13 @@ fn daemonize(g: &Global) -> anyhow::Result<u8> {
     let _ = std::fs::remove_file(&sock_path);
     result?;
     if !g.quiet {
+        let log = match log_file {
+            Some(f) => format!("its log goes to {}", f.display()),
+            None if journal => "its log goes to the journal".to_string(),
+            None => "no log is kept (give --log-file FILE for one)".to_string(),
+        };
         eprintln!(
-            "mounted in the background (pid {}); unmount with `snapback umount MOUNTPOINT`",
+            "mounted in the background (pid {}); {log}; unmount with `snapback umount MOUNTPOINT`",
             child.id()
         );
     }

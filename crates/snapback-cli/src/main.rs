@@ -61,9 +61,14 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e}");
+            // Not eprintln!: it panics when stderr is gone (a background
+            // mount whose launcher has exited), and the exit code matters
+            // more than the message.
+            use std::io::Write;
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {e}");
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let _ = writeln!(err, "  caused by: {cause}");
             }
             ExitCode::from(exit::FAILURE)
         }

@@ -1,6 +1,8 @@
 //! Logging, progress bars and JSON output.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use snapback_core::Progress;
@@ -18,14 +20,72 @@ pub fn init_logging(g: &Global) {
             _ => LevelFilter::DEBUG,
         }
     };
+    // Never `log_internal_errors`: when a log write fails (a background
+    // mount whose launcher, reading its stderr, has exited), tracing-
+    // subscriber would report it with `eprintln!`, which panics on the same
+    // broken pipe and took the whole mount down.
     let b = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(LogWriter::make)
+        .log_internal_errors(false)
         .with_target(false);
     let _ = match g.log_format {
         LogFormat::Json => b.json().flatten_event(true).try_init(),
         LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
     };
+}
+
+/// Where log lines go: the file of `log_to_file` once it is set, else
+/// stderr. A failed write is dropped: a log that cannot be written must
+/// never stop the work it describes.
+static LOG_FILE: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+
+struct LogWriter;
+
+impl LogWriter {
+    fn make() -> LogWriter {
+        LogWriter
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = match LOG_FILE.get() {
+            Some(f) => match f.lock() {
+                Ok(mut f) => f.write_all(buf),
+                Err(_) => Ok(()),
+            },
+            None => std::io::stderr().write_all(buf),
+        };
+        // Dropped on error (see above); tell the caller it was taken.
+        drop(r);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the log to `path` from now on (appended; created readable and
+/// writable by this user only, since log lines name files and snapshots).
+pub fn log_to_file(path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot open the log file {}; give a writable path to --log-file",
+                path.display()
+            )
+        })?;
+    // Set once per process (one mount per process).
+    let _ = LOG_FILE.set(Mutex::new(f));
+    Ok(())
 }
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise (cron).

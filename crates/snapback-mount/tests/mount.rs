@@ -348,18 +348,7 @@ fn corrupted_pack_gives_eio_on_read_never_wrong_bytes() {
     let restored = env.path("restored.db");
     env.restore(&id, &db, &restored);
     let good = std::fs::read(&restored).expect("restored");
-    let mut packs = 0;
-    for sub in std::fs::read_dir(env.repo().join("data")).expect("data") {
-        for f in std::fs::read_dir(sub.expect("e").path()).expect("pack dir") {
-            let p = f.expect("e").path();
-            let mut b = std::fs::read(&p).expect("pack");
-            let i = b.len() / 3;
-            b[i] ^= 0xff;
-            std::fs::write(&p, b).expect("write");
-            packs += 1;
-        }
-    }
-    assert!(packs > 0);
+    damage_every_pack(&env.repo());
     let m = env.mount(&["latest"]);
     let p = m.path(&db.to_string_lossy());
     let f = match std::fs::File::open(&p) {
@@ -822,18 +811,7 @@ fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
     env.snapshot(&db);
     let mp = env.path("mnt-daemon");
     std::fs::create_dir_all(&mp).expect("mkdir");
-    /// Unmounts whatever is left, whatever happens.
-    struct Lazy(PathBuf);
-    impl Drop for Lazy {
-        fn drop(&mut self) {
-            let _ = Command::new("fusermount3")
-                .args(["-u", "-z", "-q", "--"])
-                .arg(&self.0)
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-    let _guard = Lazy(mp.clone());
+    let _guard = LazyUnmount(mp.clone());
     let daemon = |snap: &str| {
         env.cmd()
             .args(["mount", "--daemon", snap])
@@ -889,4 +867,93 @@ fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Flips a byte in every pack of the repository.
+fn damage_every_pack(repo: &Path) {
+    let mut packs = 0;
+    for sub in std::fs::read_dir(repo.join("data")).expect("data") {
+        for f in std::fs::read_dir(sub.expect("e").path()).expect("pack dir") {
+            let p = f.expect("e").path();
+            let mut b = std::fs::read(&p).expect("pack");
+            let i = b.len() / 3;
+            b[i] ^= 0xff;
+            std::fs::write(&p, b).expect("write");
+            packs += 1;
+        }
+    }
+    assert!(packs > 0);
+}
+
+/// Unmounts whatever is left at a path, whatever happens.
+struct LazyUnmount(PathBuf);
+
+impl Drop for LazyUnmount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z", "-q", "--"])
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn daemon_mount_survives_its_log_lines_after_the_launcher_exits() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 3000);
+    env.snapshot(&db);
+    damage_every_pack(&env.repo());
+    let log = env.path("mount.log");
+    for (round, with_log) in [(0, false), (1, true)] {
+        let mp = env.path(&format!("mnt-daemon-log{round}"));
+        std::fs::create_dir_all(&mp).expect("mkdir");
+        let _guard = LazyUnmount(mp.clone());
+        // Not -q: the warnings about the damaged chunks are logged.
+        let mut c = Command::new(&env.bin);
+        c.arg("--repo")
+            .arg(env.repo())
+            .args(["mount", "--daemon", "latest"])
+            .arg(&mp);
+        if with_log {
+            c.arg("--log-file").arg(&log);
+        }
+        let out = c.stdin(Stdio::null()).output().expect("run");
+        assert!(
+            out.status.success(),
+            "mount --daemon: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = mp.join(db.to_string_lossy().trim_start_matches('/'));
+        let mut eio = 0;
+        for _ in 0..3 {
+            match std::fs::read(&file) {
+                Ok(_) => panic!("every pack is damaged; the read cannot succeed"),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(EIO), "round {round}: {e}");
+                    eio += 1;
+                }
+            }
+        }
+        assert_eq!(eio, 3);
+        std::thread::sleep(Duration::from_millis(300));
+        let status: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(mp.join(".snapback-status.json"))
+                .expect("the mount still serves after logging its warnings"),
+        )
+        .expect("json");
+        assert!(status["read_errors"].as_u64() > Some(0), "{status}");
+        let out = env.run(&["umount", &mp.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(&log).expect("the log file");
+    assert!(text.contains("WARN"), "the warnings are in the log: {text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).expect("log").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the log is private");
 }
