@@ -252,7 +252,7 @@ def checkpoint(db):
     run(["sqlite3", db, "PRAGMA wal_checkpoint(TRUNCATE);"])
 
 
-# The steps of one run, as in ../shared/PEERS.md: a full snapshot, then 1% of
+# The steps of one run, the same for snapback and every peer: a full snapshot, then 1% of
 # the deploys rows updated and a snapshot, then 0.1% and a snapshot.
 STEPS = [("full", None), ("inc1", (0.01, 8)), ("inc01", (0.001, 7))]
 TOOLS = ["snapback", "restic", "borg"]
@@ -620,7 +620,7 @@ def suite_markdown(res):
     L.append("- Database: `snapback-devtools gen --size-mib N --seed 42` (WAL mode, 4 KiB pages; sites, "
              "deploys with 3 indexes, events with 2 indexes). Each run copies it, takes a full snapshot, "
              "updates 1% of the deploys rows (`update --fraction 0.01 --seed 8`) and snapshots, then "
-             "0.1% (`--fraction 0.001 --seed 7`) and snapshots, as in `../shared/PEERS.md`.")
+             "0.1% (`--fraction 0.001 --seed 7`) and snapshots: the same steps for snapback and every peer.")
     cfg = {}
     for ps in res["per_size"].values():
         cfg = ps["runs"][0].get("snapback_config") or cfg
