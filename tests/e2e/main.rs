@@ -11,6 +11,7 @@ mod crash;
 mod encryption;
 mod files;
 mod fuzz_regressions;
+mod heartbeat;
 mod hostile;
 mod integrity;
 mod ops;

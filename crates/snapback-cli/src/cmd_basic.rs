@@ -100,8 +100,9 @@ pub struct SnapshotArgs {
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Call this URL after the snapshot is committed, never on failure (a
-    /// dead man's switch such as healthchecks).
+    /// Call this URL (http:// or https://, GET, 5 s at most) after every
+    /// snapshot is committed, never on failure (a dead man's switch such as
+    /// healthchecks). If the call fails, the exit code is 5.
     #[arg(long)]
     pub heartbeat_url: Option<String>,
     /// Seconds to wait for a prune's exclusive lock.
@@ -110,6 +111,19 @@ pub struct SnapshotArgs {
 }
 
 pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8> {
+    // A mistyped --heartbeat-url is refused before anything is done; a bad
+    // one in the config must not stop the snapshots: it is reported after
+    // them, with the heartbeat's exit code.
+    let heartbeat: Option<Result<crate::heartbeat::Target, String>> =
+        match (&a.heartbeat_url, &cfg.heartbeat_url) {
+            (Some(u), _) => Some(Ok(crate::heartbeat::Target::parse(u)
+                .map_err(|e| crate::Usage(format!("--heartbeat-url: {e}")))?)),
+            (None, Some(u)) => Some(
+                crate::heartbeat::Target::parse(u)
+                    .map_err(|e| format!("heartbeat_url in the config: {e}")),
+            ),
+            (None, None) => None,
+        };
     let repo = open_repo(g)?;
     for t in &a.tags {
         if t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace) {
@@ -186,10 +200,19 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
     if failed > 0 {
         anyhow::bail!("{failed} snapshot(s) failed (see above); the heartbeat was not sent");
     }
-    if let Some(url) = a.heartbeat_url.as_deref().or(cfg.heartbeat_url.as_deref()) {
-        crate::cmd_ops::heartbeat(url)?;
+    let Some(target) = heartbeat else {
+        return Ok(exit::OK);
+    };
+    match target.and_then(|t| crate::heartbeat::send(&t)) {
+        Ok(()) => Ok(exit::OK),
+        Err(e) => {
+            eprintln!(
+                "error: the heartbeat failed, but the snapshot is committed (exit {}): {e}",
+                exit::HEARTBEAT_FAILED
+            );
+            Ok(exit::HEARTBEAT_FAILED)
+        }
     }
-    Ok(exit::OK)
 }
 
 fn request_json(r: snapback_storage::RequestStats) -> serde_json::Value {

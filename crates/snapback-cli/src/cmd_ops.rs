@@ -509,19 +509,3 @@ fn prometheus_text(
     );
     Ok(t)
 }
-
-/// Calls the heartbeat URL after a committed snapshot (never on failure).
-/// Uses curl, so that https works without a TLS stack in snapback.
-pub fn heartbeat(url: &str) -> anyhow::Result<()> {
-    let out = std::process::Command::new("curl")
-        .args(["-fsS", "-m", "10", "--retry", "3", "-o", "/dev/null", url])
-        .output()
-        .context("cannot run curl for --heartbeat-url (install curl)")?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "the heartbeat call failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}

@@ -9,6 +9,7 @@ mod cmd_ops;
 mod cmd_reliability;
 mod cmd_repair;
 mod config;
+mod heartbeat;
 mod output;
 mod password;
 mod repo_url;
@@ -27,7 +28,21 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `check` found damage, or `status` found a stale source.
     pub const PROBLEMS: u8 = 3;
+    /// `snapshot`: every snapshot is committed, but the heartbeat call failed.
+    pub const HEARTBEAT_FAILED: u8 = 5;
 }
+
+/// Bad usage found after parsing (a value clap cannot check): exit 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
 
 fn main() -> ExitCode {
     // `snapback … | head` closes stdout early: end quietly, as other Unix
@@ -70,7 +85,11 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 let _ = writeln!(err, "  caused by: {cause}");
             }
-            ExitCode::from(exit::FAILURE)
+            ExitCode::from(if e.downcast_ref::<Usage>().is_some() {
+                exit::USAGE
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }
