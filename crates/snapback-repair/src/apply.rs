@@ -254,7 +254,15 @@ fn key_where(t: &TableChanges, from: usize) -> String {
     t.key_columns
         .iter()
         .enumerate()
-        .map(|(i, k)| format!("{} IS ?{}", quote_ident(k), from + i))
+        .map(|(i, k)| match t.key_collations.get(i) {
+            Some(c) => format!(
+                "{} IS ?{} COLLATE {}",
+                quote_ident(k),
+                from + i,
+                c.sql_name()
+            ),
+            None => format!("{} IS ?{}", quote_ident(k), from + i),
+        })
         .collect::<Vec<_>>()
         .join(" AND ")
 }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::value::Value;
+use crate::value::{Collation, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +54,12 @@ pub struct TableChanges {
     pub table: String,
     /// Key columns (for a rowid key, the alias: rowid, _rowid_ or oid).
     pub key_columns: Vec<String>,
+    /// The collations that paired rows by those columns; rows are found
+    /// under them, so a key whose case was changed ('alice' for 'Alice'
+    /// under NOCASE) still finds its row. Empty in plans stored before
+    /// this was recorded: the columns' own collations are used then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_collations: Vec<Collation>,
     /// Live rows matching this predicate are never changed.
     #[serde(default)]
     pub guard: Option<String>,
@@ -91,6 +97,7 @@ impl ChangeSet {
                 .map(|t| TableChanges {
                     table: t.table.clone(),
                     key_columns: t.key_columns.clone(),
+                    key_collations: t.key_collations.clone(),
                     guard: None,
                     batch_size: t.batch_size,
                     changes: t.changes.iter().map(RowChange::inverse).collect(),

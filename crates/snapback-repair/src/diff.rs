@@ -79,7 +79,16 @@ pub enum DiffKind {
 #[derive(Debug, Clone, Serialize)]
 pub struct RowDiff {
     pub kind: DiffKind,
+    /// The row's key: the snapshot's, when the snapshot has the row.
     pub key: Vec<Value>,
+    /// For `Changed`: the live row's key, when its bytes differ from the
+    /// snapshot's (rows paired under a NOCASE or RTRIM key: 'Alice' in the
+    /// snapshot, 'alice' in live). `None` when the keys are the same bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_key: Option<Vec<Value>>,
+    /// For `Changed`: indexes into the key columns whose bytes differ.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub key_changed: Vec<usize>,
     /// The snapshot row's `data_columns` values, when it has the row.
     pub snapshot: Option<Vec<Value>>,
     /// The live row's `data_columns` values, when it has the row.
@@ -89,6 +98,13 @@ pub struct RowDiff {
     pub changed: Vec<usize>,
     /// The live row matched the guard predicate.
     pub guarded: bool,
+}
+
+impl RowDiff {
+    /// The key that finds the row in the live database as it is now.
+    pub fn live_key(&self) -> &[Value] {
+        self.live_key.as_deref().unwrap_or(&self.key)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -484,6 +500,7 @@ pub fn diff_table(
         }
     };
     let mut changed = Vec::new();
+    let mut key_changed = Vec::new();
     loop {
         let step = match (ra.get(), rb.get()) {
             (None, None) => break,
@@ -502,6 +519,8 @@ pub fn diff_table(
                             snapshot: Some(values(a, nk, nd).map_err(se)?),
                             live: None,
                             changed: vec![],
+                            live_key: None,
+                            key_changed: vec![],
                             guarded: false,
                         })?;
                         Step::A
@@ -518,6 +537,8 @@ pub fn diff_table(
                             snapshot: None,
                             live: Some(values(b, nk, nd).map_err(le)?),
                             changed: vec![],
+                            live_key: None,
+                            key_changed: vec![],
                             guarded: g,
                         })?;
                         Step::B
@@ -527,6 +548,16 @@ pub fn diff_table(
                         oa.check(t, a, &snap.place)?;
                         ob.check(t, b, &live.place)?;
                         changed.clear();
+                        key_changed.clear();
+                        // Paired under the key's collation ('Alice' NOCASE
+                        // 'alice'), but the bytes are what the row holds:
+                        // a key whose text changed is a changed row.
+                        for i in 0..nk {
+                            let (x, y) = (a.get_ref(i).map_err(se)?, b.get_ref(i).map_err(le)?);
+                            if !same_value(x, y) {
+                                key_changed.push(i);
+                            }
+                        }
                         for &i in &t.compare {
                             let (x, y) = (
                                 a.get_ref(nk + i).map_err(se)?,
@@ -536,7 +567,7 @@ pub fn diff_table(
                                 changed.push(i);
                             }
                         }
-                        if changed.is_empty() {
+                        if changed.is_empty() && key_changed.is_empty() {
                             counts.identical += 1;
                         } else {
                             let g = guarded(b)?;
@@ -548,6 +579,12 @@ pub fn diff_table(
                                 snapshot: Some(values(a, nk, nd).map_err(se)?),
                                 live: Some(values(b, nk, nd).map_err(le)?),
                                 changed: changed.clone(),
+                                live_key: if key_changed.is_empty() {
+                                    None
+                                } else {
+                                    Some(values(b, 0, nk).map_err(le)?)
+                                },
+                                key_changed: key_changed.clone(),
                                 guarded: g,
                             })?;
                         }
@@ -566,6 +603,8 @@ pub fn diff_table(
                     snapshot: None,
                     live: Some(values(b, nk, nd).map_err(le)?),
                     changed: vec![],
+                    live_key: None,
+                    key_changed: vec![],
                     guarded: g,
                 })?;
                 Step::B
@@ -585,16 +624,25 @@ pub fn diff_table(
 
 /// SQL that turns the live row into the snapshot row, like sqldiff's output.
 /// Inserts copy every data column; updates set the differing compared
-/// columns; deletes remove the row.
+/// columns (and key columns whose bytes differ); deletes remove the row.
+/// The row is found by its live key, compared under the collation that
+/// paired it, so the statement touches exactly the row that was compared.
 pub fn sql_for(t: &PreparedTable, d: &RowDiff) -> String {
     let table = quote_ident(&t.table);
     let key_where = || {
         t.key
             .columns
             .iter()
-            .zip(&d.key)
-            .map(|(c, v)| match v {
+            .zip(d.live_key())
+            .zip(&t.key.collations)
+            .map(|((c, v), coll)| match v {
                 Value::Null => format!("{} IS NULL", quote_ident(c)),
+                Value::Text(_) => format!(
+                    "{}={} COLLATE {}",
+                    quote_ident(c),
+                    v.sql_literal(),
+                    coll.sql_name()
+                ),
                 v => format!("{}={}", quote_ident(c), v.sql_literal()),
             })
             .collect::<Vec<_>>()
@@ -624,13 +672,16 @@ pub fn sql_for(t: &PreparedTable, d: &RowDiff) -> String {
         DiffKind::OnlyInLive => format!("DELETE FROM {table} WHERE {};", key_where()),
         DiffKind::Changed => {
             let snap = d.snapshot.as_deref().unwrap_or(&[]);
-            let sets: Vec<String> = d
-                .changed
-                .iter()
-                .filter_map(|&i| {
+            let keys = d.key_changed.iter().filter_map(|&i| {
+                d.key
+                    .get(i)
+                    .map(|v| format!("{}={}", quote_ident(&t.key.columns[i]), v.sql_literal()))
+            });
+            let sets: Vec<String> = keys
+                .chain(d.changed.iter().filter_map(|&i| {
                     snap.get(i)
                         .map(|v| format!("{}={}", quote_ident(&t.data_columns[i]), v.sql_literal()))
-                })
+                }))
                 .collect();
             format!(
                 "UPDATE {table} SET {} WHERE {};",

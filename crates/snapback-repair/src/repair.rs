@@ -313,6 +313,7 @@ impl RepairSession {
             let mut tc = TableChanges {
                 table: pt.table.clone(),
                 key_columns: pt.key.columns.clone(),
+                key_collations: pt.key.collations.clone(),
                 guard: ts.guard.clone(),
                 batch_size: ts.batch(),
                 changes: vec![],
@@ -352,24 +353,29 @@ impl RepairSession {
                     }
                     DiffKind::Changed if ts.has(Action::UpdateChanged) => {
                         counts.update += 1;
-                        let pick = |v: &Option<Vec<crate::value::Value>>| {
-                            v.as_ref().map(|v| {
-                                d.changed
-                                    .iter()
-                                    .filter_map(|&i| v.get(i).cloned())
-                                    .collect()
-                            })
-                        };
+                        // Key columns whose bytes differ (a NOCASE or
+                        // RTRIM key) are set back too, before the others.
+                        let pick =
+                            |key: &[crate::value::Value], v: &Option<Vec<crate::value::Value>>| {
+                                v.as_ref().map(|v| {
+                                    d.key_changed
+                                        .iter()
+                                        .filter_map(|&i| key.get(i).cloned())
+                                        .chain(d.changed.iter().filter_map(|&i| v.get(i).cloned()))
+                                        .collect()
+                                })
+                            };
                         tc.changes.push(RowChange {
                             op: Op::Update,
                             key: d.key.clone(),
                             columns: d
-                                .changed
+                                .key_changed
                                 .iter()
-                                .map(|&i| pt.data_columns[i].clone())
+                                .map(|&i| pt.key.columns[i].clone())
+                                .chain(d.changed.iter().map(|&i| pt.data_columns[i].clone()))
                                 .collect(),
-                            before: pick(&d.live),
-                            after: pick(&d.snapshot),
+                            before: pick(d.live_key(), &d.live),
+                            after: pick(&d.key, &d.snapshot),
                         });
                         "update"
                     }

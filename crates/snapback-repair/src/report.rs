@@ -26,17 +26,25 @@ pub fn row_json(t: &PreparedTable, d: &RowDiff) -> serde_json::Value {
         "key": obj(t.key.columns.iter(), &d.key),
         "guarded": d.guarded,
     });
+    if let Some(lk) = &d.live_key {
+        v["live_key"] = obj(t.key.columns.iter(), lk);
+    }
     if let (Some(s), Some(l)) = (&d.snapshot, &d.live) {
-        let changes: Vec<_> = d
-            .changed
-            .iter()
-            .map(|&i| {
+        let key_changes = d.key_changed.iter().map(|&i| {
+            json!({
+                "column": t.key.columns[i],
+                "snapshot": d.key.get(i),
+                "live": d.live_key().get(i),
+            })
+        });
+        let changes: Vec<_> = key_changes
+            .chain(d.changed.iter().map(|&i| {
                 json!({
                     "column": t.data_columns[i],
                     "snapshot": s.get(i),
                     "live": l.get(i),
                 })
-            })
+            }))
             .collect();
         v["changes"] = json!(changes);
     }
@@ -85,17 +93,22 @@ pub fn row_human(t: &PreparedTable, d: &RowDiff) -> String {
         DiffKind::Changed => {
             let s = d.snapshot.as_deref().unwrap_or(&[]);
             let l = d.live.as_deref().unwrap_or(&[]);
+            let part = |c: &str, a: Option<&Value>, b: Option<&Value>| {
+                format!(
+                    "{c}: {} -> {}",
+                    a.map(|v| v.display_short(40)).unwrap_or_default(),
+                    b.map(|v| v.display_short(40)).unwrap_or_default()
+                )
+            };
             let parts: Vec<String> = d
-                .changed
+                .key_changed
                 .iter()
-                .map(|&i| {
-                    format!(
-                        "{}: {} -> {}",
-                        t.data_columns[i],
-                        s.get(i).map(|v| v.display_short(40)).unwrap_or_default(),
-                        l.get(i).map(|v| v.display_short(40)).unwrap_or_default()
-                    )
-                })
+                .map(|&i| part(&t.key.columns[i], d.key.get(i), d.live_key().get(i)))
+                .chain(
+                    d.changed
+                        .iter()
+                        .map(|&i| part(&t.data_columns[i], s.get(i), l.get(i))),
+                )
                 .collect();
             format!("~ {k}{g}  {} (snapshot -> live)", parts.join(", "))
         }

@@ -77,12 +77,14 @@ fn nocase_primary_key_orders_and_pairs_like_sqlite() {
         "INSERT INTO t VALUES('Apple',1),('banana',2),('Cherry',4),('date',5);",
     );
     let (_, rows, c) = p.diff(&sel("t")).expect("diff");
-    // Paired case-insensitively, as the table's own key does.
+    // Paired case-insensitively, as the table's own key does (nothing is
+    // only in the snapshot), but a key spelled differently is a change.
     assert_eq!(
-        (c.identical, c.changed, c.only_in_live),
-        (2, 1, 1),
+        (c.identical, c.changed, c.only_in_snapshot, c.only_in_live),
+        (0, 3, 0, 1),
         "{rows:?}"
     );
+    assert_eq!(rows[2].changed, vec![0], "cherry's v differs too");
 }
 
 #[test]
@@ -199,4 +201,51 @@ fn applying_sql_output_converges_on_a_large_table() {
     let (_, rows, c) = diff_conns(&s, &l, &sel("t")).expect("diff again");
     assert_eq!(c.differences(), 0, "{:?}", rows.first());
     assert!(c.identical > 19000);
+}
+
+/// Rows are paired under the key's collation ('Alice' NOCASE 'alice'), but
+/// a key whose text changed is still a changed row, and the SQL sets it back.
+#[test]
+fn nocase_and_rtrim_key_text_changes_are_differences_and_sql_restores_them() {
+    let p = Pair::new(
+        "CREATE TABLE users(email TEXT COLLATE NOCASE PRIMARY KEY, v);
+         CREATE TABLE codes(code TEXT COLLATE RTRIM PRIMARY KEY, v);
+         CREATE TABLE idx(k TEXT NOT NULL, v); CREATE UNIQUE INDEX idx_k ON idx(k COLLATE NOCASE);",
+        "INSERT INTO users VALUES('Alice',1),('Bob',2),('carol',3);
+         INSERT INTO codes VALUES('x  ',1),('y',2);
+         INSERT INTO idx VALUES('Mixed',1);",
+        "INSERT INTO users VALUES('alice',1),('Bob',2),('CAROL',9);
+         INSERT INTO codes VALUES('x',1),('y',2);
+         INSERT INTO idx VALUES('mixed',1);",
+    );
+    for (table, changed) in [("users", 2), ("codes", 1), ("idx", 1)] {
+        let (t, rows, c) = p.diff(&sel(table)).expect("diff");
+        assert_eq!(c.changed, changed, "{table}: {rows:?}");
+        assert_eq!(c.differences(), changed, "{table}: paired, not missing");
+        let first = &rows[0];
+        assert_eq!(first.key_changed, vec![0], "{table}: the key bytes differ");
+        assert_ne!(first.live_key(), first.key.as_slice());
+        let sql: String = rows.iter().map(|d| sql_for(&t, d) + "\n").collect();
+        let (s, l) = p.conns();
+        l.execute_batch(&sql).expect("apply sql");
+        let (_, rows, c) = diff_conns(&s, &l, &sel(table)).expect("diff again");
+        assert_eq!(c.differences(), 0, "{table}: {rows:?}");
+    }
+    let l = Connection::open(&p.live).expect("live");
+    let got: Vec<String> = l
+        .prepare("SELECT email || v FROM users ORDER BY email")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(got, vec!["Alice1", "Bob2", "carol3"]);
+    let code: String = l
+        .query_row(
+            "SELECT '[' || code || ']' FROM codes WHERE v = 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("code");
+    assert_eq!(code, "[x  ]");
 }

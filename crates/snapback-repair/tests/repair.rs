@@ -286,3 +286,70 @@ fn a_second_session_cannot_take_the_lock() {
     )
     .expect("dry run");
 }
+
+/// A repair writes 'Alice' back where the live NOCASE key now says 'alice'
+/// (and 'x  ' where an RTRIM key was trimmed), verifies it, and undo puts
+/// the live spelling back.
+#[test]
+fn repair_writes_back_the_text_of_a_nocase_or_rtrim_key_and_undo_reverts_it() {
+    let e = env();
+    for (p, rows) in [
+        (
+            &e.snap,
+            "INSERT INTO users VALUES('Alice',1),('Bob',2); INSERT INTO codes VALUES('x  ',1);",
+        ),
+        (
+            &e.live,
+            "INSERT INTO users VALUES('alice',1),('Bob',2); INSERT INTO codes VALUES('x',1);",
+        ),
+    ] {
+        Connection::open(p)
+            .expect("open")
+            .execute_batch(&format!(
+                "CREATE TABLE users(email TEXT COLLATE NOCASE PRIMARY KEY, v);
+                 CREATE TABLE codes(code TEXT COLLATE RTRIM PRIMARY KEY, v) WITHOUT ROWID; {rows}"
+            ))
+            .expect("setup");
+    }
+    let keys = |p: &Path| -> Vec<String> {
+        let c = Connection::open(p).expect("open");
+        let mut st = c
+            .prepare("SELECT '[' || email || ']' FROM users UNION ALL SELECT '[' || code || ']' FROM codes")
+            .expect("prepare");
+        let v = st
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .expect("rows");
+        v
+    };
+    let before = keys(&e.live);
+    let body = "[[table]]\nname = \"users\"\nactions = [\"update_changed\"]\n[[table]]\nname = \"codes\"\nactions = [\"update_changed\"]\n";
+    let s = RepairSession::plan(
+        Some(&e.repo),
+        script(&e, body),
+        RepairOptions::default(),
+        true,
+    )
+    .expect("plan");
+    assert_eq!(
+        s.plan.tables[0].counts.update, 1,
+        "'alice' differs from 'Alice'"
+    );
+    assert_eq!(s.plan.tables[1].counts.update, 1, "'x' differs from 'x  '");
+    let o = s.apply(&e.repo, |_| {}).expect("apply").expect("changes");
+    assert_eq!((o.rows_changed, o.remaining_differences), (2, 0));
+    assert_eq!(keys(&e.live), vec!["[Alice]", "[Bob]", "[x  ]"]);
+    drop(s);
+    let entries = snapback_repair::audit_list(e.repo.store().as_ref()).expect("audit");
+    let u = undo(
+        &e.repo,
+        &entries[0].entry.repair_id,
+        false,
+        &RepairOptions::default(),
+        |_| {},
+    )
+    .expect("undo");
+    assert_eq!(u.rows_changed, 2);
+    assert_eq!(keys(&e.live), before);
+}
