@@ -10,6 +10,7 @@ mod corruption;
 mod crash;
 mod encryption;
 mod files;
+mod format_fixtures;
 mod fuzz_regressions;
 mod heartbeat;
 mod hostile;

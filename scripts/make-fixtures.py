@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Builds the format-compatibility fixtures: small repositories of today's
+repository format, written by today's `snapback` binary.
+
+    scripts/make-fixtures.py [--bin PATH] [--out DIR]
+
+    --bin   the snapback binary (default: $CARGO_TARGET_DIR/debug/snapback,
+            else target/debug/snapback)
+    --out   where to write (default: fixtures/repos/v<format_version>)
+
+It writes, under OUT:
+
+    plain/          an unencrypted repository
+    encrypted/      the same story in an encrypted repository (passphrase
+                    below, cheapest KDF so that tests stay fast)
+    damaged/        a copy of plain/ with one byte flipped in a pack and one
+                    index object deleted
+    expected.json   what the tests compare with: every snapshot (id, tags,
+                    paths) and the SHA-256 of each file it restores, and
+                    what `check --read-data` reports for each repository
+
+The story, the same in plain/ and encrypted/ (sources under SRC, a fixed
+path so that the manifests name the same paths every time):
+
+    A  app.db (WAL mode) + notes/ + settings.conf       --tag daily
+    B  a few rows updated, notes/a.txt appended          --tag hourly
+    C  rows updated and inserted, settings.conf changed  --tag hourly
+    D  a bad migration overwrites `status` in 10% rows   --tag hourly
+    forget --keep-last 2 --keep-tag daily --prune        (B is forgotten)
+    repair from C (update_changed on items.status)       (a pre-repair
+                                                          snapshot P and an
+                                                          audit entry)
+    E  after the repair, a new file notes/c.txt          --tag hourly
+    check --read-data                                    (a check record)
+
+Fixtures of a format version are written once and never regenerated: the
+script refuses an OUT that exists. When the format version changes, run it
+again with the new binary: it writes fixtures/repos/v<new version> next to
+the old ones, and the old ones must keep passing (docs/format.md,
+"Compatibility fixtures").
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+
+PASSPHRASE = "snapback fixture passphrase"
+SRC = "/tmp/snapback-fixture-src"
+ROWS = 2000
+CHEAP_KDF = ["--kdf-memory", "8", "--kdf-iterations", "1"]
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Repo:
+    def __init__(self, binary, path, passphrase=None):
+        self.binary = binary
+        self.path = path
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPBACK_")}
+        if passphrase is not None:
+            self.env["SNAPBACK_PASSWORD"] = passphrase
+
+    def run(self, *args, ok=True):
+        p = subprocess.run(
+            [self.binary, "--repo", self.path, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+        if ok and p.returncode != 0:
+            sys.exit(f"snapback {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+        return p
+
+    def json(self, *args, ok=True):
+        return json.loads(self.run("--json", *args, ok=ok).stdout)
+
+    def snapshot(self, paths, tag):
+        out = self.json("snapshot", "--tag", tag, *paths)
+        return out["id"]
+
+
+def db():
+    c = sqlite3.connect(os.path.join(SRC, "app.db"), isolation_level=None)
+    c.execute("PRAGMA busy_timeout = 10000")
+    return c
+
+
+def write(rel, text, mode="w"):
+    with open(os.path.join(SRC, rel), mode) as f:
+        f.write(text)
+
+
+def build_sources():
+    shutil.rmtree(SRC, ignore_errors=True)
+    os.makedirs(os.path.join(SRC, "notes"))
+    c = db()
+    c.execute("PRAGMA journal_mode = WAL")
+    c.execute(
+        """CREATE TABLE items(
+             id INTEGER PRIMARY KEY,
+             name TEXT NOT NULL,
+             status TEXT NOT NULL,
+             payload TEXT NOT NULL,
+             updated_at TEXT NOT NULL)"""
+    )
+    c.execute("CREATE INDEX items_status ON items(status)")
+    c.execute("BEGIN")
+    for i in range(1, ROWS + 1):
+        c.execute(
+            "INSERT INTO items VALUES (?, ?, ?, ?, ?)",
+            (i, f"item-{i:04}", ["new", "active", "done"][i % 3], f"payload {i} " * 10,
+             "2026-01-01T00:00:00Z"),
+        )
+    c.execute("COMMIT")
+    c.close()
+    write("notes/a.txt", "first note\n")
+    write("notes/b.txt", "second note\n" * 50)
+    write("settings.conf", "retention = 7\n")
+
+
+def paths():
+    return [os.path.join(SRC, p) for p in ("app.db", "notes", "settings.conf")]
+
+
+REPAIR_SCRIPT = """description = "fixture: put back items.status from snapshot C"
+snapshot = "{snap}"
+live = "{live}"
+
+[[table]]
+name = "items"
+columns = ["status"]
+actions = ["update_changed"]
+batch_size = 100
+"""
+
+
+def story(repo, work):
+    """Runs the story against `repo`; returns the ids by letter."""
+    build_sources()
+    ids = {}
+    ids["A"] = repo.snapshot(paths(), "daily")
+    c = db()
+    c.execute("UPDATE items SET status = 'active', updated_at = '2026-01-02T00:00:00Z' "
+              "WHERE id IN (5, 6, 7, 8, 9)")
+    c.close()
+    write("notes/a.txt", "appended in B\n", "a")
+    ids["B"] = repo.snapshot(paths(), "hourly")
+    c = db()
+    c.execute("BEGIN")
+    c.execute("UPDATE items SET payload = 'changed in C', updated_at = '2026-01-03T00:00:00Z' "
+              "WHERE id % 500 = 1")
+    for i in range(ROWS + 1, ROWS + 11):
+        c.execute("INSERT INTO items VALUES (?, ?, 'new', 'inserted in C', "
+                  "'2026-01-03T00:00:00Z')", (i, f"item-{i:04}"))
+    c.execute("COMMIT")
+    c.close()
+    write("settings.conf", "retention = 14\n")
+    ids["C"] = repo.snapshot(paths(), "hourly")
+    c = db()
+    c.execute("UPDATE items SET status = 'cancelled' WHERE id % 10 = 3")
+    c.close()
+    ids["D"] = repo.snapshot(paths(), "hourly")
+    forgot = repo.json("forget", "--keep-last", "2", "--keep-tag", "daily")
+    repo.run("prune")
+    script = os.path.join(work, "repair.toml")
+    with open(script, "w") as f:
+        f.write(REPAIR_SCRIPT.format(snap=ids["C"], live=os.path.join(SRC, "app.db")))
+    repo.run("repair", script, "--apply", "--yes")
+    audit = repo.json("audit")
+    write("notes/c.txt", "written after the repair\n")
+    before_e = objects(repo.path)
+    ids["E"] = repo.snapshot(paths(), "hourly")
+    new_in_e = sorted(objects(repo.path) - before_e)
+    check = repo.run("--json", "check", "--read-data")
+    if check.returncode != 0:
+        sys.exit(f"check of the fresh repository failed: {check.stdout} {check.stderr}")
+    return ids, forgot, audit, new_in_e
+
+
+def objects(repo):
+    out = set()
+    for root, _, files in os.walk(repo):
+        for f in files:
+            out.add(os.path.relpath(os.path.join(root, f), repo))
+    return out
+
+
+def expected_snapshots(repo, work, ids):
+    """Restores every snapshot; returns its entry for expected.json."""
+    letters = {v: k for k, v in ids.items()}
+    out = []
+    for s in repo.json("snapshots"):
+        dest = os.path.join(work, "restore-" + s["short_id"])
+        repo.run("restore", s["id"], dest + "/")
+        files = {}
+        for f in s["files"]:
+            restored = dest + f["path"]
+            got = sha256_file(restored)
+            if got != f["sha256"]:
+                sys.exit(f"{f['path']} of {s['short_id']} restores to {got}, "
+                         f"the manifest says {f['sha256']}")
+            files[f["path"]] = got
+        if "pre-repair" in s["tags"]:
+            letter = "P"
+        else:
+            letter = letters.get(s["id"])
+        if letter is None:
+            sys.exit(f"snapshot {s['id']} is not one the story took")
+        out.append({
+            "story": letter,
+            "id": s["id"],
+            "time": s["time"],
+            "tags": s["tags"],
+            "paths": s["paths"],
+            "files": files,
+        })
+    return out
+
+
+def has_patch(repo_path):
+    """Whether a manifest of an unencrypted repository refers to a chunk-list
+    patch (the fixtures must cover incremental chunk lists)."""
+    for name in os.listdir(os.path.join(repo_path, "snapshots")):
+        with open(os.path.join(repo_path, "snapshots", name)) as f:
+            m = json.load(f)
+        if any(f["chunks"]["patch"] for f in m["files"]):
+            return True
+    return False
+
+
+def make(binary, out, name, passphrase, work):
+    os.makedirs(work)
+    path = os.path.join(out, name)
+    repo = Repo(binary, path, passphrase)
+    init = ["init", "--encrypt", *CHEAP_KDF] if passphrase else ["init"]
+    repo.run(*init)
+    ids, forgot, audit, new_in_e = story(repo, work)
+    snaps = expected_snapshots(repo, work, ids)
+    if sorted(s["story"] for s in snaps) != ["A", "C", "D", "E", "P"]:
+        sys.exit(f"the story left {[s['story'] for s in snaps]}, forget said {forgot}")
+    if len(audit) != 1:
+        sys.exit(f"expected one audit entry, got {audit}")
+    entry = {
+        "encrypted": passphrase is not None,
+        "check": {"exit_code": 0, "problems": []},
+        "audit_entries": len(audit),
+        "snapshots": snaps,
+    }
+    return repo, entry, new_in_e
+
+
+def damage(binary, out, plain_entry, new_in_e, work):
+    """Copies plain/ to damaged/ with one byte flipped in the pack that
+    snapshot E wrote and the smallest other pack deleted; records what
+    `check --read-data` reports and which snapshots still restore."""
+    os.makedirs(work)
+    src = os.path.join(out, "plain")
+    dst = os.path.join(out, "damaged")
+    shutil.copytree(src, dst)
+    flipped = [o for o in new_in_e if o.startswith("data/")]
+    if len(flipped) != 1:
+        sys.exit(f"snapshot E wrote {flipped}, expected one pack")
+    flipped = flipped[0]
+    with open(os.path.join(dst, flipped), "r+b") as f:
+        data = f.read()
+        at = len(data) * 2 // 3
+        f.seek(at)
+        f.write(bytes([data[at] ^ 0x55]))
+    packs = sorted(
+        (os.path.getsize(os.path.join(dst, o)), o)
+        for o in objects(dst)
+        if o.startswith("data/") and o != flipped
+    )
+    deleted = packs[0][1]
+    os.remove(os.path.join(dst, deleted))
+    repo = Repo(binary, dst)
+    p = repo.run("--json", "check", "--read-data", ok=False)
+    if p.returncode != 3:
+        sys.exit(f"check of the damaged copy exited {p.returncode}: {p.stdout} {p.stderr}")
+    report = json.loads(p.stdout)
+    problems = [
+        {"object": x["object"], "affects": sorted({a["snapshot"] for a in x.get("affects", [])})}
+        for x in report["problems"]
+    ]
+    objs = {x["object"] for x in problems}
+    for o in (flipped, deleted):
+        if o not in objs:
+            sys.exit(f"check of the damaged copy does not name {o}: {report}")
+    affected = set()
+    for x in problems:
+        affected.update(x["affects"])
+    restores = {}
+    for s in plain_entry["snapshots"]:
+        dest = os.path.join(work, "restore-" + s["id"][:8])
+        r = repo.run("restore", s["id"], dest + "/", ok=False)
+        restores[s["id"]] = r.returncode == 0
+        if r.returncode == 0:
+            for path, sha in s["files"].items():
+                if sha256_file(dest + path) != sha:
+                    sys.exit(f"the damaged copy restored a wrong {path} of {s['id'][:8]}")
+        if restores[s["id"]] == (s["id"][:8] in affected):
+            sys.exit(f"restore of {s['id'][:8]} from the damaged copy "
+                     f"{'succeeded' if restores[s['id']] else 'failed'}; check said {problems}")
+    if all(restores.values()) or not any(restores.values()):
+        sys.exit(f"the damage should leave some snapshots whole and break others: {restores}")
+    return {
+        "copy_of": "plain",
+        "encrypted": False,
+        "damage": [
+            {"object": flipped, "how": f"byte {at} xor 0x55"},
+            {"object": deleted, "how": "deleted"},
+        ],
+        "check": {"exit_code": 3, "problems": problems},
+        "restores": restores,
+        "audit_entries": plain_entry["audit_entries"],
+        "snapshots": plain_entry["snapshots"],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    target = os.environ.get("CARGO_TARGET_DIR", "target")
+    ap.add_argument("--bin", default=os.path.join(target, "debug", "snapback"))
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    binary = os.path.abspath(args.bin)
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    with tempfile.TemporaryDirectory() as work:
+        probe = Repo(binary, os.path.join(work, "probe"))
+        probe.run("init")
+        with open(os.path.join(work, "probe", "config")) as f:
+            fmt = json.load(f)["format_version"]
+        out = args.out or os.path.join("fixtures", "repos", f"v{fmt}")
+        if os.path.exists(out):
+            sys.exit(f"{out} exists: fixtures of a format version are never regenerated "
+                     "(docs/format.md, Compatibility fixtures)")
+        os.makedirs(out)
+        repos = {}
+        plain, repos["plain"], new_in_e = make(binary, out, "plain", None,
+                                               os.path.join(work, "plain"))
+        if not has_patch(plain.path):
+            sys.exit("no snapshot of plain/ uses a chunk-list patch")
+        _, repos["encrypted"], _ = make(binary, out, "encrypted", PASSPHRASE,
+                                        os.path.join(work, "encrypted"))
+        repos["damaged"] = damage(binary, out, repos["plain"], new_in_e,
+                                  os.path.join(work, "damaged"))
+    expected = {
+        "format_version": fmt,
+        "written_by": version,
+        "written_by_commit": commit,
+        "passphrase": PASSPHRASE,
+        "source_root": SRC,
+        "repositories": repos,
+    }
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=1, sort_keys=True)
+        f.write("\n")
+    shutil.rmtree(SRC, ignore_errors=True)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
