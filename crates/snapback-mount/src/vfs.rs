@@ -714,11 +714,12 @@ impl Vfs {
             ),
             NodeKind::File(f) => {
                 let e = f.entry();
-                let perm = (e.mode & 0o7777) as u16;
+                // The source's bits, exactly: 0000 is a mode like any other
+                // (it was once taken for "unknown" and served as 0444).
                 (
                     Kind::File,
                     e.size,
-                    if perm == 0 { 0o444 } else { perm },
+                    (e.mode & 0o7777) as u16,
                     self.opts.immutable_ttl,
                 )
             }

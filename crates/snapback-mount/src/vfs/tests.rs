@@ -578,3 +578,32 @@ fn status_file_reports_counters() {
     let fo = vfs.open(f.attr.ino, false).expect("open db");
     assert!(!vfs.is_memory_handle(fo.fh));
 }
+
+#[test]
+fn file_permission_bits_are_the_sources_mode_0000_included() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    let modes = [0o000, 0o400, 0o600, 0o640, 0o755, 0o1644, 0o4750];
+    let files: Vec<PathBuf> = modes
+        .iter()
+        .map(|m| {
+            let p = fx.path(&format!("f{m:o}"));
+            std::fs::write(&p, format!("mode {m:o}")).expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*m)).expect("chmod");
+            p
+        })
+        .collect();
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let snap = fx.snapshot(&refs);
+    let vfs = fx.vfs(View::One(snap), |_| {});
+    for (m, p) in modes.iter().zip(&files) {
+        let e = vfs.resolve(&rel(p)).expect("resolve");
+        assert_eq!(
+            e.attr.perm,
+            *m as u16,
+            "{} is served {:o}",
+            p.display(),
+            e.attr.perm
+        );
+    }
+}
