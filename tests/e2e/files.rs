@@ -96,3 +96,38 @@ fn restore_single_file_with_path_filter() {
     ]);
     assert!(err.contains("no"), "{err}");
 }
+
+#[test]
+fn files_with_255_byte_names_restore() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    // NAME_MAX exactly for a plain file; for a SQLite database the longest
+    // name whose NAME-journal still fits (SQLite needs it to write).
+    let plain = "p".repeat(255);
+    let db = format!("{}.db", "d".repeat(255 - "-journal".len() - 3));
+    std::fs::write(src.join(&plain), b"the longest legal name").expect("write");
+    let c = rusqlite::Connection::open(src.join(&db)).expect("db");
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
+        .expect("sql");
+    drop(c);
+    std::fs::write(src.join("short"), b"short").expect("write");
+    let id = env.snapshot(&src);
+    let out = env.path("out");
+    env.ok(&["restore", &id, out.to_str().expect("utf8")]);
+    let restored = out.join(src.strip_prefix("/").expect("abs"));
+    for name in [&plain, &db, &"short".to_string()] {
+        assert_eq!(
+            std::fs::read(src.join(name)).expect("src"),
+            std::fs::read(restored.join(name))
+                .unwrap_or_else(|e| panic!("{}-byte name restored: {e}", name.len())),
+        );
+    }
+    // Over an existing copy too (--force), where the side files are looked for.
+    env.ok(&["restore", &id, out.to_str().expect("utf8"), "--force"]);
+    let n: i64 = rusqlite::Connection::open(restored.join(&db))
+        .expect("open")
+        .query_row("SELECT x FROM t", [], |r| r.get(0))
+        .expect("query");
+    assert_eq!(n, 42);
+}

@@ -153,6 +153,24 @@ fn snap_selects_one(snap: &Snapshot, opts: &RestoreOptions) -> bool {
         == 1
 }
 
+/// The longest file name Linux file systems take, in bytes.
+const NAME_MAX: usize = 255;
+
+/// The temporary file beside `name`: `.NAME.snapback-PID.tmp`, with NAME
+/// cut so that the whole fits NAME_MAX (a legal 255-byte name plus the
+/// prefix and suffix did not, and the restore failed).
+fn temp_name(name: &std::ffi::OsStr, pid: u32) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let suffix = format!(".snapback-{pid}.tmp");
+    let keep = NAME_MAX - 1 - suffix.len();
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(NAME_MAX);
+    out.push(b'.');
+    out.extend_from_slice(&bytes[..bytes.len().min(keep)]);
+    out.extend_from_slice(suffix.as_bytes());
+    std::ffi::OsString::from_vec(out)
+}
+
 impl Repository {
     /// Restores the files of a snapshot under `dest`.
     pub fn restore(
@@ -209,17 +227,20 @@ impl Repository {
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(dir, "cannot create the destination directory", e))?;
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "file".into());
-        let tmp = dir.join(format!(".{name}.snapback-{}.tmp", std::process::id()));
+        let name = dest.file_name().unwrap_or(std::ffi::OsStr::new("file"));
+        let tmp = dir.join(temp_name(name, std::process::id()));
         let r = self.write_verified(file, &tmp, progress).and_then(|()| {
             if file.kind == FileKind::Sqlite {
                 // A stale WAL or journal beside the new file would be applied
                 // to it by SQLite: remove them with the file they belonged to.
                 for suffix in ["-wal", "-shm", "-journal"] {
-                    let side = PathBuf::from(format!("{}{suffix}", dest.display()));
+                    if name.len() + suffix.len() > NAME_MAX {
+                        // Such a name cannot exist, so neither can the file.
+                        continue;
+                    }
+                    let mut side = dest.as_os_str().to_os_string();
+                    side.push(suffix);
+                    let side = PathBuf::from(side);
                     match std::fs::remove_file(&side) {
                         Ok(()) => tracing::warn!(path = %side.display(), "removed the old SQLite side file of the overwritten database"),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -365,6 +386,21 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_names_fit_name_max_for_the_longest_legal_names() {
+        use std::os::unix::ffi::OsStrExt;
+        let long = "é".repeat(127) + "x"; // 255 bytes
+        assert_eq!(long.len(), NAME_MAX);
+        for name in [long.as_str(), "app.db", ""] {
+            let t = temp_name(std::ffi::OsStr::new(name), u32::MAX);
+            assert!(t.as_bytes().len() <= NAME_MAX, "{t:?}");
+            assert!(t.as_bytes().starts_with(b"."), "{t:?}");
+            assert!(t.as_bytes().ends_with(b".tmp"), "{t:?}");
+        }
+        let short = temp_name(std::ffi::OsStr::new("app.db"), 7);
+        assert_eq!(short, std::ffi::OsStr::new(".app.db.snapback-7.tmp"));
+    }
 
     #[test]
     fn path_matching() {
