@@ -10,8 +10,8 @@ use clap::Args;
 use serde_json::json;
 use snapback_repair::{audit_verify, ApplyOptions, LoadedScript, RepairOptions, RepairSession};
 use snapback_repair::{
-    compare_table_sets, diff_table, live_path, open_live_readonly, prepare_table, resolve_snapshot,
-    row_human, row_json, sql_for, DiffCounts, Side, SnapshotDb, TableSelection,
+    check_pairing, compare_table_sets, diff_table, live_path, open_live_readonly, prepare_table,
+    resolve_snapshot, row_human, row_json, sql_for, DiffCounts, Side, SnapshotDb, TableSelection,
 };
 
 use crate::cli::{absolute, Global};
@@ -91,11 +91,15 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         place: live.display().to_string(),
     };
 
-    let (tables, table_diffs) = if a.tables.is_empty() {
+    let whole = a.tables.is_empty();
+    let (tables, table_diffs) = if whole {
         compare_table_sets(&sside, &lside)?
     } else {
         (a.tables.clone(), vec![])
     };
+    // Tables that could not be compared, and why. One bad table does not
+    // stop the others; it makes the exit code INCOMPLETE.
+    let mut skipped: Vec<(String, String)> = Vec::new();
     let mut prepared = Vec::new();
     for t in &tables {
         let sel = TableSelection {
@@ -106,7 +110,15 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
             where_live: a.where_.clone(),
             guard: None,
         };
-        prepared.push(prepare_table(&sside, &lside, &sel)?);
+        match prepare_table(&sside, &lside, &sel) {
+            Ok(p) => prepared.push(p),
+            // A table the operator named, with a bad key, column or
+            // predicate: bad input, stop before any output.
+            Err(e) if !whole && !matches!(e, snapback_repair::Error::NoKey(_)) => {
+                return Err(e.into())
+            }
+            Err(e) => skipped.push((t.clone(), e.to_string())),
+        }
     }
 
     let stdout = std::io::stdout();
@@ -126,80 +138,163 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
             writeln!(out, "schema: table {}: {}", d.table, d.what)?;
         }
     }
-    for t in &prepared {
-        if !g.json && !a.sql {
-            writeln!(
-                out,
-                "table {}: rows paired by {}; comparing {}",
-                t.table,
-                t.key.describe(),
-                t.compare_columns().collect::<Vec<_>>().join(", ")
-            )?;
-        }
-        for d in &t.schema_diffs {
-            schema_count += 1;
-            if g.json {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({"type": "schema", "table": d.table, "what": d.what})
-                )?;
-            } else if a.sql {
-                writeln!(out, "-- schema: table {}: {}", d.table, d.what)?;
-            } else {
-                writeln!(out, "  schema: {}", d.what)?;
-            }
-        }
-        let counts = diff_table(&sside, &lside, t, |d| {
-            let r = if g.json {
-                writeln!(out, "{}", row_json(t, &d))
-            } else if a.sql {
-                writeln!(out, "{}", sql_for(t, &d))
-            } else {
-                writeln!(out, "  {}", row_human(t, &d))
-            };
-            r.map_err(|e| snapback_repair::Error::io("<stdout>", "cannot write the output", e))
-        })?;
+    let report_skip = |out: &mut BufWriter<_>, table: &str, reason: &str| -> anyhow::Result<()> {
+        eprintln!("warning: table {table} was not compared: {reason}");
         if g.json {
             writeln!(
                 out,
                 "{}",
-                json!({"type": "table", "table": t.table, "key": t.key, "compared": t.compare_columns().collect::<Vec<_>>(), "counts": counts})
+                json!({"type": "skipped", "table": table, "reason": reason})
             )?;
-        } else if !a.sql {
-            writeln!(
-                out,
-                "  {} changed, {} only in snapshot, {} only in live, {} identical",
-                counts.changed, counts.only_in_snapshot, counts.only_in_live, counts.identical
-            )?;
+        } else if a.sql {
+            writeln!(out, "-- skipped: table {table}: not compared")?;
         }
-        total.changed += counts.changed;
-        total.only_in_snapshot += counts.only_in_snapshot;
-        total.only_in_live += counts.only_in_live;
-        total.identical += counts.identical;
+        Ok(())
+    };
+    for (t, reason) in &skipped {
+        report_skip(&mut out, t, reason)?;
+    }
+    let mut compared = 0usize;
+    for t in &prepared {
+        // One read transaction per table: the pairing check and the diff
+        // read the same data.
+        lconn
+            .execute_batch("BEGIN")
+            .context("cannot start a read transaction on the live database")?;
+        let result = diff_one(g, &a, &mut out, &sside, &lside, t, &mut schema_count);
+        let _ = lconn.execute_batch("COMMIT");
+        match result {
+            Ok(counts) => {
+                compared += 1;
+                total.changed += counts.changed;
+                total.only_in_snapshot += counts.only_in_snapshot;
+                total.only_in_live += counts.only_in_live;
+                total.identical += counts.identical;
+            }
+            Err(DiffOneError::Pairing(reason)) => {
+                report_skip(&mut out, &t.table, &reason)?;
+                skipped.push((t.table.clone(), reason));
+            }
+            Err(DiffOneError::Fatal(e)) => return Err(e),
+        }
     }
     if g.json {
+        let skipped_json: Vec<_> = skipped
+            .iter()
+            .map(|(t, r)| json!({"table": t, "reason": r}))
+            .collect();
         writeln!(
             out,
             "{}",
-            json!({"type": "summary", "snapshot": sdb.snapshot_id().map(|i| i.to_hex()), "snapshot_db": sdb.db_path, "live": live, "tables": prepared.len(), "schema_differences": schema_count, "counts": total})
+            json!({"type": "summary", "snapshot": sdb.snapshot_id().map(|i| i.to_hex()), "snapshot_db": sdb.db_path, "live": live, "tables": compared, "skipped": skipped_json, "schema_differences": schema_count, "counts": total})
         )?;
     }
     out.flush()?;
     drop(out);
     if !g.json && !a.sql && !g.quiet {
         eprintln!(
-            "{} table(s): {} row difference(s), {} schema difference(s)",
-            prepared.len(),
+            "{} table(s): {} row difference(s), {} schema difference(s){}",
+            compared,
             total.differences(),
-            schema_count
+            schema_count,
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} table(s) NOT compared (see the warnings above)",
+                    skipped.len()
+                )
+            }
         );
     }
-    Ok(if total.differences() + schema_count > 0 {
+    Ok(if !skipped.is_empty() {
+        exit::INCOMPLETE
+    } else if total.differences() + schema_count > 0 {
         exit::PROBLEMS
     } else {
         exit::OK
     })
+}
+
+enum DiffOneError {
+    /// The key does not pair rows soundly on a side: nothing was printed
+    /// for the table.
+    Pairing(String),
+    Fatal(anyhow::Error),
+}
+
+/// Diffs one table into `out`, after proving its pairing sound (so that
+/// nothing is printed for a table whose key turns out to be unusable).
+fn diff_one(
+    g: &Global,
+    a: &DiffArgs,
+    out: &mut impl Write,
+    sside: &Side<'_>,
+    lside: &Side<'_>,
+    t: &snapback_repair::PreparedTable,
+    schema_count: &mut u64,
+) -> Result<DiffCounts, DiffOneError> {
+    let fatal = |e: std::io::Error| DiffOneError::Fatal(e.into());
+    match check_pairing(sside, lside, t) {
+        Ok(()) => {}
+        Err(e @ snapback_repair::Error::NoKey(_)) => {
+            return Err(DiffOneError::Pairing(e.to_string()))
+        }
+        Err(e) => return Err(DiffOneError::Fatal(e.into())),
+    }
+    if !g.json && !a.sql {
+        writeln!(
+            out,
+            "table {}: rows paired by {}; comparing {}",
+            t.table,
+            t.key.describe(),
+            t.compare_columns().collect::<Vec<_>>().join(", ")
+        )
+        .map_err(fatal)?;
+    }
+    for d in &t.schema_diffs {
+        *schema_count += 1;
+        let r = if g.json {
+            writeln!(
+                out,
+                "{}",
+                json!({"type": "schema", "table": d.table, "what": d.what})
+            )
+        } else if a.sql {
+            writeln!(out, "-- schema: table {}: {}", d.table, d.what)
+        } else {
+            writeln!(out, "  schema: {}", d.what)
+        };
+        r.map_err(fatal)?;
+    }
+    let counts = diff_table(sside, lside, t, |d| {
+        let r = if g.json {
+            writeln!(out, "{}", row_json(t, &d))
+        } else if a.sql {
+            writeln!(out, "{}", sql_for(t, &d))
+        } else {
+            writeln!(out, "  {}", row_human(t, &d))
+        };
+        r.map_err(|e| snapback_repair::Error::io("<stdout>", "cannot write the output", e))
+    })
+    .map_err(|e| DiffOneError::Fatal(e.into()))?;
+    let r = if g.json {
+        writeln!(
+            out,
+            "{}",
+            json!({"type": "table", "table": t.table, "key": t.key, "compared": t.compare_columns().collect::<Vec<_>>(), "counts": counts})
+        )
+    } else if !a.sql {
+        writeln!(
+            out,
+            "  {} changed, {} only in snapshot, {} only in live, {} identical",
+            counts.changed, counts.only_in_snapshot, counts.only_in_live, counts.identical
+        )
+    } else {
+        Ok(())
+    };
+    r.map_err(fatal)?;
+    Ok(counts)
 }
 
 #[derive(Debug, Args)]

@@ -28,6 +28,10 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `check` found damage, or `status` found a stale source.
     pub const PROBLEMS: u8 = 3;
+    /// The command ran, but part of what it was asked could not be done
+    /// (`diff`: a table could not be compared); the parts are named on
+    /// stderr and in `--json`.
+    pub const INCOMPLETE: u8 = 4;
     /// `snapshot`: every snapshot is committed, but the heartbeat call failed.
     pub const HEARTBEAT_FAILED: u8 = 5;
 }

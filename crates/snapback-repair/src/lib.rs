@@ -35,8 +35,8 @@ pub use audit::{
 };
 pub use changes::{ChangeSet, Conflict, Op, RowChange, TableChanges, TableCounts};
 pub use diff::{
-    compare_table_sets, diff_table, prepare_table, sql_for, DiffCounts, DiffKind, PreparedTable,
-    RowDiff, SchemaDiff, Side, TableSelection,
+    check_pairing, compare_table_sets, diff_table, prepare_table, sql_for, DiffCounts, DiffKind,
+    PreparedTable, RowDiff, SchemaDiff, Side, TableSelection,
 };
 pub use error::{is_busy, Error, Result};
 pub use repair::{

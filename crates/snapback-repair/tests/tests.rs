@@ -5,6 +5,7 @@
 mod audit;
 mod bad_input;
 mod diff;
+mod diff_cli;
 mod e2e;
 mod repair;
 mod util;

@@ -1,0 +1,125 @@
+//! `snapback diff` through the real binary: what it prints, what it skips
+//! and its exit codes. The snapshot side is given with --snapshot-db.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::util::{snapback, Out};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+pub struct Dbs {
+    pub dir: tempfile::TempDir,
+    pub snap: PathBuf,
+    pub live: PathBuf,
+}
+
+/// Two databases: `schema` and `snap_sql` in the snapshot; `schema` and
+/// `live_sql` in the live one.
+pub fn dbs(schema: &str, snap_sql: &str, live_sql: &str) -> Dbs {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = dir.path().join("snap.db");
+    let live = dir.path().join("live.db");
+    for (p, sql) in [(&snap, snap_sql), (&live, live_sql)] {
+        let c = Connection::open(p).expect("open");
+        c.execute_batch(schema).expect("schema");
+        c.execute_batch(sql).expect("data");
+    }
+    Dbs { dir, snap, live }
+}
+
+impl Dbs {
+    pub fn diff(&self, extra: &[&str]) -> Out {
+        let repo = self.dir.path().join("no-repo");
+        let snap = self.snap.to_string_lossy().into_owned();
+        let live = self.live.to_string_lossy().into_owned();
+        let mut args: Vec<&str> = vec![];
+        let json = extra.contains(&"--json");
+        if json {
+            args.push("--json");
+        }
+        args.extend(["diff", "--snapshot-db", &snap, &live]);
+        args.extend(extra.iter().filter(|a| **a != "--json"));
+        snapback(&repo, &args, &[], LIMIT)
+    }
+}
+
+pub fn json_lines(o: &Out) -> Vec<serde_json::Value> {
+    o.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Runs `sql` in the real sqlite3 shell against `db`.
+pub fn sqlite3_shell(db: &Path, sql: &[u8]) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sqlite3")
+        .arg(db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 shell is needed (apt-get install sqlite3)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(sql)
+        .expect("write sql");
+    let out = child.wait_with_output().expect("sqlite3");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "sqlite3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn diff_sql_prints_nothing_for_a_table_with_null_keys_and_goes_on_with_the_others() {
+    let d = dbs(
+        "CREATE TABLE u2(email TEXT PRIMARY KEY, v); CREATE TABLE zz(id INTEGER PRIMARY KEY, v);",
+        "INSERT INTO u2 VALUES(NULL,'n1'),(NULL,'n2'); INSERT INTO zz VALUES(1,'a');",
+        "INSERT INTO u2 VALUES(NULL,'zz'),(NULL,'zz'); INSERT INTO zz VALUES(1,'b');",
+    );
+    let o = d.diff(&["--sql"]);
+    assert_eq!(o.code, 4, "a table not compared: incomplete {o:?}");
+    assert!(!o.stdout.contains("UPDATE \"u2\""), "{o:?}");
+    assert!(
+        o.stdout.contains("UPDATE \"zz\" SET \"v\"='a'"),
+        "the other table goes on: {o:?}"
+    );
+    assert!(
+        o.stderr.contains("table u2 was not compared") && o.stderr.contains("more than one row"),
+        "{o:?}"
+    );
+    // Applying the output changes only the table that was compared.
+    sqlite3_shell(&d.live, o.stdout.as_bytes());
+    let c = Connection::open(&d.live).expect("live");
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM u2 WHERE v = 'zz'", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 2, "u2 untouched");
+
+    let o = d.diff(&["--json"]);
+    assert_eq!(o.code, 4, "{o:?}");
+    let lines = json_lines(&o);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["table"] != "u2" || l["type"] == "skipped"),
+        "{o:?}"
+    );
+    let sum = lines.last().expect("summary");
+    assert_eq!(sum["type"], "summary");
+    assert_eq!(sum["skipped"][0]["table"], "u2", "{sum}");
+    assert!(sum["skipped"][0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("more than one row")));
+
+    let o = d.diff(&["--table", "u2"]);
+    assert_eq!(o.code, 4, "a named table that cannot be paired: {o:?}");
+    assert!(!o.stdout.contains("~"), "{o:?}");
+}
