@@ -92,8 +92,59 @@ pub struct CheckRecord {
 
 pub const CHECK_PREFIX: &str = "checks/";
 
+/// How many records of each kind of check are kept.
+const CHECK_RECORDS_KEPT: usize = 100;
+
+/// The newest record of each kind of check. A structural check never
+/// stands in for a `--read-data` one (it cannot see a flipped bit), so each
+/// kind keeps its own state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LastChecks {
+    pub structure: Option<CheckRecord>,
+    pub read_data: Option<CheckRecord>,
+}
+
+impl LastChecks {
+    /// The newer of the two, whatever its kind.
+    pub fn newest(&self) -> Option<&CheckRecord> {
+        match (&self.structure, &self.read_data) {
+            (Some(a), Some(b)) => Some(if b.time > a.time { b } else { a }),
+            (a, b) => a.as_ref().or(b.as_ref()),
+        }
+    }
+
+    /// True when the newest check of either kind found problems.
+    pub fn failed(&self) -> bool {
+        [&self.structure, &self.read_data]
+            .iter()
+            .any(|c| c.as_ref().is_some_and(|c| !c.ok))
+    }
+}
+
+fn kind_suffix(read_data: bool) -> &'static str {
+    if read_data {
+        "-read-data"
+    } else {
+        "-structure"
+    }
+}
+
+/// The kind a record's key names: `Some(read_data)`, or `None` for records
+/// written before keys carried their kind.
+fn kind_of_key(key: &str) -> Option<bool> {
+    if key.ends_with("-read-data") {
+        Some(true)
+    } else if key.ends_with("-structure") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 impl Repository {
-    /// Stores the outcome of a check under `checks/<time>`.
+    /// Stores the outcome of a check under `checks/<time>-<kind>`, and keeps
+    /// the newest records of each kind (so that hourly structural checks
+    /// never push a weekly read-data failure out).
     pub fn record_check(&self, report: &CheckReport, read_data: bool) -> Result<()> {
         let now = crate::time::now();
         let rec = CheckRecord {
@@ -104,25 +155,34 @@ impl Repository {
             snapshots: report.snapshots,
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
-        let key = format!("{CHECK_PREFIX}{:020}", now.unix_timestamp_nanos().max(0));
+        let key = format!(
+            "{CHECK_PREFIX}{:020}{}",
+            now.unix_timestamp_nanos().max(0),
+            kind_suffix(read_data)
+        );
         crate::snapshot::put_verified(self.store().as_ref(), &key, &bytes)?;
-        // Keep the last 100 records.
         let mut keys: Vec<String> = self
             .store()
             .list(CHECK_PREFIX)?
             .into_iter()
             .map(|o| o.key)
+            .filter(|k| kind_of_key(k) == Some(read_data))
             .collect();
         keys.sort();
-        let excess = keys.len().saturating_sub(100);
+        let excess = keys.len().saturating_sub(CHECK_RECORDS_KEPT);
         for k in &keys[..excess] {
             self.store().delete(k)?;
         }
         Ok(())
     }
 
-    /// The newest check record, if any.
+    /// The newest check record, of either kind, if any.
     pub fn last_check(&self) -> Result<Option<CheckRecord>> {
+        Ok(self.last_checks()?.newest().cloned())
+    }
+
+    /// The newest record of each kind of check.
+    pub fn last_checks(&self) -> Result<LastChecks> {
         let mut keys: Vec<String> = self
             .store()
             .list(CHECK_PREFIX)?
@@ -130,15 +190,39 @@ impl Repository {
             .map(|o| o.key)
             .collect();
         keys.sort();
-        match keys.last() {
-            None => Ok(None),
-            Some(k) => {
-                let b = self.store().get(k)?;
-                serde_json::from_slice(&b)
-                    .map(Some)
-                    .map_err(|e| Error::corrupt(k.clone(), e.to_string()))
+        let mut out = LastChecks::default();
+        for k in keys.iter().rev() {
+            if out.structure.is_some() && out.read_data.is_some() {
+                break;
+            }
+            let have = |rd: bool| {
+                if rd {
+                    out.read_data.is_some()
+                } else {
+                    out.structure.is_some()
+                }
+            };
+            if kind_of_key(k).is_some_and(have) {
+                continue;
+            }
+            let b = match self.store().get(k) {
+                Ok(b) => b,
+                // Trimmed by a concurrent check between list and read.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let rec: CheckRecord =
+                serde_json::from_slice(&b).map_err(|e| Error::corrupt(k.clone(), e.to_string()))?;
+            let slot = if rec.read_data {
+                &mut out.read_data
+            } else {
+                &mut out.structure
+            };
+            if slot.is_none() {
+                *slot = Some(rec);
             }
         }
+        Ok(out)
     }
 
     pub fn check(&self, opts: &CheckOptions, progress: &dyn Progress) -> Result<CheckReport> {

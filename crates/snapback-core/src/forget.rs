@@ -1,15 +1,26 @@
 //! Retention: which snapshots to keep, as a plan that can be printed before
 //! anything is removed.
 //!
-//! Snapshots are grouped by their source paths; the policy applies to each
-//! group on its own. Within a group, newest first:
+//! Snapshots are grouped by their host and their source paths (as restic
+//! does by default): two hosts that snapshot the same path are two groups,
+//! and each keeps its own. A policy applies to each group on its own.
+//! Within a group, newest first:
 //! - `last N` keeps the N newest;
 //! - `hourly/daily/weekly/monthly/yearly N` keep the newest snapshot of each
 //!   of the N newest hours/days/ISO weeks/months/years (UTC) that have one;
-//! - `within D` keeps every snapshot taken within D of the group's newest;
+//! - `within D` keeps every snapshot taken within D of the group's newest
+//!   snapshot that is not dated in the future;
 //! - `tags` keeps every snapshot carrying one of the tags;
 //! - a snapshot tagged `pre-repair` is always kept until it is released
-//!   (`snapback release SNAP`).
+//!   (`snapback release SNAP`);
+//! - a snapshot dated in the future (more than [`FUTURE_TOLERANCE`] ahead of
+//!   now: its host's clock was ahead) is always kept and never counted, so it
+//!   cannot take the place of the really newest ones.
+//!
+//! Several policies can cover one snapshot (a snapshot of `[dir, b.db]` is
+//! covered by the policy of `dir` and by that of `b.db`): it is removed only
+//! when every policy that covers it allows it. A scope without a policy (a
+//! configured source without retention) keeps everything it covers.
 //!
 //! A plan that would remove every snapshot of a group is refused unless the
 //! caller allows it, so a mistyped tag or rule never empties a repository.
@@ -26,6 +37,15 @@ use crate::repo::{Repository, Snapshot};
 
 pub const PRE_REPAIR_TAG: &str = "pre-repair";
 pub const RELEASE_PREFIX: &str = "releases/";
+
+/// How far ahead of this host's clock a snapshot's time may be before it is
+/// treated as dated in the future (a clock that was ahead when it was taken).
+pub const FUTURE_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// True when `t` is more than [`FUTURE_TOLERANCE`] ahead of `now`.
+pub fn is_future(t: OffsetDateTime, now: OffsetDateTime) -> bool {
+    t - now > time::Duration::try_from(FUTURE_TOLERANCE).unwrap_or(time::Duration::ZERO)
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct KeepPolicy {
@@ -52,6 +72,18 @@ impl KeepPolicy {
     }
 }
 
+/// One policy and the snapshots it covers.
+#[derive(Debug, Clone)]
+pub struct PolicyScope {
+    /// Named in the reasons ("/srv/b.db: last"); `None` when one policy
+    /// covers every snapshot (the `--keep-*` flags).
+    pub source: Option<String>,
+    /// `None`: no retention is configured; every snapshot covered is kept.
+    pub policy: Option<KeepPolicy>,
+    /// The snapshots it covers.
+    pub covers: HashSet<Id>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     pub id: String,
@@ -63,6 +95,7 @@ pub struct Decision {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupPlan {
+    pub host: String,
     pub paths: Vec<String>,
     pub keep: Vec<Decision>,
     pub remove: Vec<Decision>,
@@ -93,8 +126,64 @@ fn bucket(t: OffsetDateTime, rule: &str) -> String {
     }
 }
 
-/// Plans which snapshots to keep. `released` lists pre-repair snapshots the
-/// operator released.
+/// The reasons `policy` keeps each of `list` (newest first, none of them
+/// dated in the future).
+fn keep_reasons(list: &[&Snapshot], policy: &KeepPolicy) -> Vec<Vec<String>> {
+    let mut reasons: Vec<Vec<String>> = vec![vec![]; list.len()];
+    if let Some(n) = policy.last {
+        for r in reasons.iter_mut().take(n as usize) {
+            r.push("last".into());
+        }
+    }
+    for (rule, n) in [
+        ("hourly", policy.hourly),
+        ("daily", policy.daily),
+        ("weekly", policy.weekly),
+        ("monthly", policy.monthly),
+        ("yearly", policy.yearly),
+    ] {
+        let Some(n) = n else { continue };
+        let mut seen = 0u32;
+        let mut last_bucket: Option<String> = None;
+        for (i, s) in list.iter().enumerate() {
+            if seen >= n {
+                break;
+            }
+            let b = bucket(s.time, rule);
+            if last_bucket.as_ref() != Some(&b) {
+                reasons[i].push(format!("{rule} {b}"));
+                last_bucket = Some(b);
+                seen += 1;
+            }
+        }
+    }
+    if let (Some(d), Some(newest)) = (policy.within, list.first()) {
+        let d = time::Duration::try_from(d).unwrap_or(time::Duration::MAX);
+        for (i, s) in list.iter().enumerate() {
+            if newest.time - s.time <= d {
+                reasons[i].push("within".into());
+            }
+        }
+    }
+    for (i, s) in list.iter().enumerate() {
+        for t in &s.manifest.tags {
+            if policy.tags.contains(t) {
+                reasons[i].push(format!("tag {t}"));
+            }
+        }
+    }
+    reasons
+}
+
+/// The retention group of a snapshot: its host and its sorted paths.
+pub fn group_key(s: &Snapshot) -> (String, Vec<String>) {
+    let mut paths = s.manifest.paths.clone();
+    paths.sort();
+    (s.manifest.host.clone(), paths)
+}
+
+/// Plans which snapshots to keep under one policy that covers them all.
+/// `released` lists pre-repair snapshots the operator released.
 pub fn plan(
     snaps: &[Snapshot],
     policy: &KeepPolicy,
@@ -102,77 +191,114 @@ pub fn plan(
     allow_empty: bool,
 ) -> Result<ForgetPlan> {
     if policy.is_empty() {
-        return Err(Error::Invalid(
-            "no keep rule given: say what to keep (--keep-last, --keep-daily, --keep-within, --keep-tag, …); nothing was removed".into(),
-        ));
+        return Err(no_rule());
     }
-    let mut groups: BTreeMap<Vec<String>, Vec<&Snapshot>> = BTreeMap::new();
-    for s in snaps {
-        let mut key = s.manifest.paths.clone();
-        key.sort();
-        groups.entry(key).or_default().push(s);
+    let scope = PolicyScope {
+        source: None,
+        policy: Some(policy.clone()),
+        covers: snaps.iter().map(|s| s.id).collect(),
+    };
+    plan_scoped(snaps, &[scope], released, allow_empty, crate::time::now())
+}
+
+fn no_rule() -> Error {
+    Error::Invalid(
+        "no keep rule given: say what to keep (--keep-last, --keep-daily, --keep-within, --keep-tag, …); nothing was removed".into(),
+    )
+}
+
+/// Plans which snapshots to keep when several policies may cover one
+/// snapshot: it is removed only when every scope that covers it allows it.
+/// Snapshots no scope covers are left alone and not listed. `now` decides
+/// which snapshots are dated in the future.
+pub fn plan_scoped(
+    snaps: &[Snapshot],
+    scopes: &[PolicyScope],
+    released: &HashSet<Id>,
+    allow_empty: bool,
+    now: OffsetDateTime,
+) -> Result<ForgetPlan> {
+    if let Some(s) = scopes
+        .iter()
+        .find(|s| s.policy.as_ref().is_some_and(KeepPolicy::is_empty))
+    {
+        return Err(match &s.source {
+            Some(src) => Error::Invalid(format!(
+                "the retention of {src} has no keep rule (keep_last, keep_daily, keep_within, keep_tag, …); nothing was removed"
+            )),
+            None => no_rule(),
+        });
+    }
+    let covered: Vec<&Snapshot> = snaps
+        .iter()
+        .filter(|s| scopes.iter().any(|sc| sc.covers.contains(&s.id)))
+        .collect();
+    let mut groups: BTreeMap<(String, Vec<String>), Vec<&Snapshot>> = BTreeMap::new();
+    for s in covered {
+        groups.entry(group_key(s)).or_default().push(s);
     }
     let mut out = Vec::new();
-    for (paths, mut list) in groups {
+    for ((host, paths), mut list) in groups {
         list.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
-        let newest = list[0].time;
-        let mut reasons: Vec<Vec<String>> = vec![vec![]; list.len()];
-        if let Some(n) = policy.last {
-            for r in reasons.iter_mut().take(n as usize) {
-                r.push("last".into());
-            }
-        }
-        for (rule, n) in [
-            ("hourly", policy.hourly),
-            ("daily", policy.daily),
-            ("weekly", policy.weekly),
-            ("monthly", policy.monthly),
-            ("yearly", policy.yearly),
-        ] {
-            let Some(n) = n else { continue };
-            let mut seen = 0u32;
-            let mut last_bucket: Option<String> = None;
-            for (i, s) in list.iter().enumerate() {
-                if seen >= n {
-                    break;
-                }
-                let b = bucket(s.time, rule);
-                if last_bucket.as_ref() != Some(&b) {
-                    reasons[i].push(format!("{rule} {b}"));
-                    last_bucket = Some(b);
-                    seen += 1;
+        let mut reasons: BTreeMap<Id, Vec<String>> =
+            list.iter().map(|s| (s.id, Vec::new())).collect();
+        let mut add = |id: Id, r: String| {
+            if let Some(v) = reasons.get_mut(&id) {
+                if !v.contains(&r) {
+                    v.push(r);
                 }
             }
-        }
-        if let Some(d) = policy.within {
-            let d = time::Duration::try_from(d).unwrap_or(time::Duration::MAX);
-            for (i, s) in list.iter().enumerate() {
-                if newest - s.time <= d {
-                    reasons[i].push("within".into());
-                }
+        };
+        for s in &list {
+            if is_future(s.time, now) {
+                add(s.id, "dated in the future (clock ahead?)".into());
+            }
+            if s.manifest.tags.iter().any(|t| t == PRE_REPAIR_TAG) && !released.contains(&s.id) {
+                add(s.id, "pre-repair (not released)".into());
             }
         }
-        for (i, s) in list.iter().enumerate() {
-            for t in &s.manifest.tags {
-                if policy.tags.contains(t) {
-                    reasons[i].push(format!("tag {t}"));
+        for sc in scopes {
+            let mine: Vec<&Snapshot> = list
+                .iter()
+                .filter(|s| sc.covers.contains(&s.id))
+                .copied()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let label = |r: &str| match &sc.source {
+                Some(src) => format!("{src}: {r}"),
+                None => r.to_string(),
+            };
+            let Some(policy) = &sc.policy else {
+                for s in &mine {
+                    add(s.id, label("no retention policy"));
                 }
-                if t == PRE_REPAIR_TAG && !released.contains(&s.id) {
-                    reasons[i].push("pre-repair (not released)".into());
+                continue;
+            };
+            let counted: Vec<&Snapshot> = mine
+                .iter()
+                .filter(|s| !is_future(s.time, now))
+                .copied()
+                .collect();
+            for (s, rs) in counted.iter().zip(keep_reasons(&counted, policy)) {
+                for r in rs {
+                    add(s.id, label(&r));
                 }
             }
         }
         let mut g = GroupPlan {
+            host: host.clone(),
             paths: paths.clone(),
             keep: vec![],
             remove: vec![],
         };
-        for (s, r) in list.iter().zip(reasons) {
+        for s in &list {
             let d = Decision {
                 id: s.id.to_hex(),
                 short_id: s.id.short(),
                 time: s.manifest.time.clone(),
-                reasons: r,
+                reasons: reasons.remove(&s.id).unwrap_or_default(),
             };
             if d.reasons.is_empty() {
                 g.remove.push(d);
@@ -182,7 +308,7 @@ pub fn plan(
         }
         if g.keep.is_empty() && !allow_empty {
             return Err(Error::Invalid(format!(
-                "this policy would remove all {} snapshot(s) of {}; nothing was removed. Check the rules and tags, or pass --allow-empty if that is really meant.",
+                "this policy would remove all {} snapshot(s) of {} on host {host}; nothing was removed. Check the rules and tags, or pass --allow-empty if that is really meant.",
                 g.remove.len(),
                 paths.join(" ")
             )));
@@ -233,19 +359,156 @@ mod tests {
     use std::sync::Arc;
 
     fn snap(n: u8, t: &str, tags: &[&str]) -> Snapshot {
+        snap_of(n, t, tags, "h", &["/db"])
+    }
+
+    fn snap_of(n: u8, t: &str, tags: &[&str], host: &str, paths: &[&str]) -> Snapshot {
         Snapshot {
             id: Id([n; 32]),
             time: crate::time::parse_rfc3339(t).expect("time"),
             manifest: Arc::new(Manifest {
                 format_version: 1,
                 time: t.into(),
-                host: "h".into(),
+                host: host.into(),
                 tags: tags.iter().map(|s| s.to_string()).collect(),
-                paths: vec!["/db".into()],
+                paths: paths.iter().map(|s| s.to_string()).collect(),
                 files: vec![],
                 stats: Default::default(),
             }),
         }
+    }
+
+    fn last(n: u32) -> KeepPolicy {
+        KeepPolicy {
+            last: Some(n),
+            ..Default::default()
+        }
+    }
+
+    fn scope(
+        source: &str,
+        policy: Option<KeepPolicy>,
+        snaps: &[Snapshot],
+        path: &str,
+    ) -> PolicyScope {
+        PolicyScope {
+            source: Some(source.into()),
+            policy,
+            covers: snaps
+                .iter()
+                .filter(|s| s.manifest.paths.iter().any(|p| p == path))
+                .map(|s| s.id)
+                .collect(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        crate::time::parse_rfc3339("2026-03-01T00:00:00Z").expect("now")
+    }
+
+    #[test]
+    fn a_snapshot_covered_by_two_policies_is_removed_only_when_both_allow_it() {
+        // Six snapshots of [dir, b.db] together, two of dir alone.
+        let mut snaps: Vec<Snapshot> = (1..=6)
+            .map(|i| {
+                snap_of(
+                    i,
+                    &format!("2026-01-0{i}T10:00:00Z"),
+                    &[],
+                    "h",
+                    &["/dir", "/b.db"],
+                )
+            })
+            .collect();
+        snaps.push(snap_of(7, "2026-01-07T10:00:00Z", &[], "h", &["/dir"]));
+        snaps.push(snap_of(8, "2026-01-08T10:00:00Z", &[], "h", &["/dir"]));
+        let scopes = vec![
+            scope("/dir", Some(last(1)), &snaps, "/dir"),
+            scope("/b.db", Some(last(50)), &snaps, "/b.db"),
+        ];
+        let p = plan_scoped(&snaps, &scopes, &HashSet::new(), false, now()).expect("plan");
+        assert_eq!(
+            p.groups.len(),
+            2,
+            "one group per path set, each listed once"
+        );
+        assert_eq!(
+            kept(&p),
+            vec![1, 2, 3, 4, 5, 6, 8],
+            "b.db's keep_last 50 keeps every snapshot holding it"
+        );
+        let both = p.groups.iter().find(|g| g.paths.len() == 2).expect("group");
+        assert!(both.remove.is_empty());
+        assert!(
+            both.keep[0].reasons.iter().any(|r| r == "/b.db: last"),
+            "{:?}",
+            both.keep[0]
+        );
+        assert!(
+            both.keep[0].reasons.iter().any(|r| r == "/dir: last"),
+            "{:?}",
+            both.keep[0]
+        );
+        // A source without retention keeps what it covers.
+        let scopes = vec![
+            scope("/dir", Some(last(1)), &snaps, "/dir"),
+            scope("/b.db", None, &snaps, "/b.db"),
+        ];
+        let p = plan_scoped(&snaps, &scopes, &HashSet::new(), false, now()).expect("plan");
+        assert_eq!(kept(&p), vec![1, 2, 3, 4, 5, 6, 8]);
+    }
+
+    #[test]
+    fn retention_groups_by_host_and_path() {
+        let snaps: Vec<Snapshot> = (1..=6)
+            .map(|i| {
+                let host = if i % 2 == 0 { "a" } else { "b" };
+                snap_of(i, &format!("2026-01-0{i}T10:00:00Z"), &[], host, &["/db"])
+            })
+            .collect();
+        let p = plan(&snaps, &last(2), &HashSet::new(), false).expect("plan");
+        assert_eq!(p.groups.len(), 2);
+        assert_eq!(kept(&p), vec![3, 4, 5, 6], "the two newest of each host");
+    }
+
+    #[test]
+    fn a_snapshot_dated_in_the_future_neither_counts_nor_moves_keep_within() {
+        let snaps = vec![
+            snap(1, "2026-02-28T23:00:00Z", &[]),
+            snap(2, "2026-02-28T23:50:00Z", &[]),
+            // Taken with a clock an hour ahead.
+            snap(3, "2026-03-01T00:40:00Z", &[]),
+        ];
+        let scopes = [PolicyScope {
+            source: None,
+            policy: Some(KeepPolicy {
+                within: Some(Duration::from_secs(30 * 60)),
+                ..Default::default()
+            }),
+            covers: snaps.iter().map(|s| s.id).collect(),
+        }];
+        let p = plan_scoped(&snaps, &scopes, &HashSet::new(), false, now()).expect("plan");
+        assert_eq!(
+            kept(&p),
+            vec![2, 3],
+            "the really newest is kept; the future one is kept and flagged"
+        );
+        let f = p.groups[0]
+            .keep
+            .iter()
+            .find(|d| d.short_id == Id([3; 32]).short())
+            .expect("future");
+        assert!(f.reasons[0].contains("future"), "{:?}", f.reasons);
+        let scopes = [PolicyScope {
+            policy: Some(last(1)),
+            ..scopes[0].clone()
+        }];
+        let p = plan_scoped(&snaps, &scopes, &HashSet::new(), false, now()).expect("plan");
+        assert_eq!(
+            kept(&p),
+            vec![2, 3],
+            "keep_last 1 keeps the newest real one"
+        );
     }
 
     fn kept(p: &ForgetPlan) -> Vec<u8> {

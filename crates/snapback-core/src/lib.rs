@@ -26,13 +26,14 @@ mod snapshot;
 pub mod sqlite;
 pub mod time;
 
-pub use check::{Affected, CheckOptions, CheckRecord, CheckReport, Problem};
+pub use check::{Affected, CheckOptions, CheckRecord, CheckReport, LastChecks, Problem};
 pub use chunklist::ChunkRef;
 pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
 pub use crypto::{KdfParams, KeyInfo, Passphrase, KEYS_PREFIX, SEAL_OVERHEAD};
 pub use error::{Error, Result};
 pub use forget::{
-    plan as plan_forget, Decision, ForgetPlan, GroupPlan, KeepPolicy, PRE_REPAIR_TAG,
+    group_key, is_future, plan as plan_forget, plan_scoped, Decision, ForgetPlan, GroupPlan,
+    KeepPolicy, PolicyScope, FUTURE_TOLERANCE, PRE_REPAIR_TAG,
 };
 pub use id::{DbChecksum, Id};
 pub use index::{BlobLocation, MasterIndex};

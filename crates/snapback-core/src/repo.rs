@@ -790,16 +790,46 @@ pub(crate) fn resolve_in(
 ) -> Result<Snapshot> {
     let cands: Vec<&Snapshot> = all.iter().filter(|s| filter(s)).collect();
     match sel {
-        Selector::Latest => cands
-            .last()
+        // The newest snapshot not dated in the future: one taken with a
+        // clock that was ahead is older than its time says, so it never
+        // stands for "latest" while a real one exists (select it by id).
+        Selector::Latest => {
+            let now = crate::time::now();
+            let real = cands
+                .iter()
+                .rev()
+                .find(|s| !crate::forget::is_future(s.time, now));
+            if let Some(skipped) = cands.last().filter(|l| real.is_some_and(|r| r.id != l.id)) {
+                tracing::warn!(
+                    "'latest' skips snapshot {} dated in the future ({}; its host's clock was ahead); select it by id if it is the one you mean",
+                    skipped.id.short(),
+                    skipped.manifest.time
+                );
+            }
+            real.or(cands.last())
+                .map(|s| (*s).clone())
+                .ok_or_else(|| Error::Selector("there are no snapshots (for this selection) yet; take one with `snapback snapshot PATH`".into()))
+        }
+        Selector::At(t) => cands
+            .iter()
+            .rev()
+            .find(|s| s.time <= *t)
             .map(|s| (*s).clone())
-            .ok_or_else(|| Error::Selector("there are no snapshots (for this selection) yet; take one with `snapback snapshot PATH`".into())),
-        Selector::At(t) => cands.iter().rev().find(|s| s.time <= *t).map(|s| (*s).clone()).ok_or_else(|| {
-            let first = cands.first().map(|s| format!("; the oldest is {}", s.describe())).unwrap_or_default();
-            Error::Selector(format!("no snapshot was taken at or before {}{first}", crate::time::format_rfc3339(*t)))
-        }),
+            .ok_or_else(|| {
+                let first = cands
+                    .first()
+                    .map(|s| format!("; the oldest is {}", s.describe()))
+                    .unwrap_or_default();
+                Error::Selector(format!(
+                    "no snapshot was taken at or before {}{first}",
+                    crate::time::format_rfc3339(*t)
+                ))
+            }),
         Selector::Id(prefix) => {
-            let m: Vec<&&Snapshot> = cands.iter().filter(|s| s.id.to_hex().starts_with(prefix.as_str())).collect();
+            let m: Vec<&&Snapshot> = cands
+                .iter()
+                .filter(|s| s.id.to_hex().starts_with(prefix.as_str()))
+                .collect();
             match m.len() {
                 1 => Ok((*m[0]).clone()),
                 0 => Err(Error::Selector(format!("no snapshot id starts with '{prefix}'; list them with `snapback snapshots`"))),
