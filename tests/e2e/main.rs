@@ -16,6 +16,7 @@ mod heartbeat;
 mod hostile;
 mod integrity;
 mod ops;
+mod retention;
 mod s3;
 mod secrets;
 mod selectors;

@@ -216,7 +216,7 @@ fn status_reports_age_check_results_and_prometheus() {
     let prom = env.ok(&["status", "--prometheus"]);
     for m in [
         "snapback_last_snapshot_timestamp_seconds{source=",
-        "snapback_last_check_success 1",
+        "snapback_last_check_success{kind=\"structure\"} 1",
         "snapback_repository_size_bytes",
         "snapback_last_snapshot_added_bytes",
     ] {

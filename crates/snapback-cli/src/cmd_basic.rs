@@ -126,8 +126,18 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
         };
     let repo = open_repo(g)?;
     for t in &a.tags {
-        if t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace) {
-            anyhow::bail!("invalid tag '{t}': tags are non-empty and have no commas or spaces");
+        crate::config::validate_tag(t)?;
+    }
+    if a.paths.is_empty() {
+        for s in &cfg.sources {
+            for t in &s.tags {
+                crate::config::validate_tag(t).with_context(|| {
+                    format!(
+                        "in the config, tags of source {}; nothing was snapshotted",
+                        s.path.display()
+                    )
+                })?;
+            }
         }
     }
     let jobs: Vec<(Vec<PathBuf>, Vec<String>)> = if !a.paths.is_empty() {
@@ -238,6 +248,7 @@ pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
         "id": s.id.to_hex(),
         "short_id": s.id.short(),
         "time": m.time,
+        "future": snapback_core::is_future(s.time, snapback_core::time::now()),
         "host": m.host,
         "tags": m.tags,
         "paths": m.paths,
@@ -252,10 +263,13 @@ pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
 
 pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
-    let path = a
-        .path
-        .as_ref()
-        .map(|p| absolute(p).to_string_lossy().into_owned());
+    // Snapshots store canonical paths: match the same (a link, `..` or a
+    // trailing slash must not hide them).
+    let path = a.path.as_ref().map(|p| {
+        crate::config::canonical_path(p)
+            .to_string_lossy()
+            .into_owned()
+    });
     let list: Vec<Snapshot> = repo
         .snapshots()?
         .into_iter()
@@ -269,22 +283,46 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
                 .is_none_or(|t| s.manifest.tags.iter().any(|x| x == t))
         })
         .collect();
+    let now = snapback_core::time::now();
+    if !g.quiet {
+        for s in list
+            .iter()
+            .filter(|s| snapback_core::is_future(s.time, now))
+        {
+            eprintln!(
+                "warning: snapshot {} from host {} is dated {}, ahead of this host's clock (that host's clock was ahead when it was taken); `latest` and retention do not count it as the newest. Check the clock (NTP) of {}",
+                s.id.short(),
+                s.manifest.host,
+                s.manifest.time,
+                s.manifest.host
+            );
+        }
+    }
     if g.json {
         print_json(&serde_json::Value::Array(
             list.iter().map(snapshot_json).collect(),
         ))?;
         return Ok(exit::OK);
     }
+    // The time in full: pasted back as `@TIME`, it selects this snapshot.
     println!(
-        "{:<10} {:<21} {:<12} {:<12} {:>10} {:>10}  paths",
+        "{:<10} {:<32} {:<12} {:<12} {:>10} {:>10}  paths",
         "id", "time", "host", "tags", "size", "added"
     );
     for s in &list {
         let m = &s.manifest;
         println!(
-            "{:<10} {:<21} {:<12} {:<12} {:>10} {:>10}  {}",
+            "{:<10} {:<32} {:<12} {:<12} {:>10} {:>10}  {}",
             s.id.short(),
-            snapback_core::time::format_rfc3339_secs(s.time),
+            format!(
+                "{}{}",
+                snapback_core::time::format_rfc3339(s.time),
+                if snapback_core::is_future(s.time, now) {
+                    " (future)"
+                } else {
+                    ""
+                }
+            ),
             m.host,
             m.tags.join(","),
             human_bytes(m.logical_size()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use snapback_core::{plan_forget, KeepPolicy, Repository, Selector};
+use snapback_core::{plan_forget, plan_scoped, KeepPolicy, PolicyScope, Repository, Selector};
 
 use crate::cli::Global;
 use crate::config::{parse_duration, Config};
@@ -93,53 +93,72 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         )
     })?;
     let released = repo.released()?;
-    // Flags apply to every source; without flags, each configured source's
-    // retention applies to its own snapshots.
-    let mut plans = vec![];
-    if !flags.is_empty() {
-        plans.push(plan_forget(&snaps, &flags, &released, a.allow_empty)?);
+    // Flags apply to every snapshot; without flags, each configured source's
+    // retention covers the snapshots that hold it, and a snapshot that holds
+    // several sources is removed only when every one of their policies
+    // allows it: one plan, each group listed once.
+    let plan = if !flags.is_empty() {
+        plan_forget(&snaps, &flags, &released, a.allow_empty)?
     } else if !cfg.sources.is_empty() {
+        let mut scopes = vec![];
         for s in &cfg.sources {
-            let p = s.path.to_string_lossy();
-            let mine: Vec<_> = snaps
-                .iter()
-                .filter(|x| x.manifest.paths.iter().any(|q| *q == p))
-                .cloned()
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let pol = policy_from_config(&s.retention)?;
-            plans.push(
-                plan_forget(&mine, &pol, &released, a.allow_empty)
-                    .with_context(|| format!("retention of {p}"))?,
-            );
-        }
-    } else {
-        plan_forget(&snaps, &flags, &released, a.allow_empty)?;
-    }
-    if g.json {
-        print_json(&serde_json::to_value(&plans)?)?;
-    } else {
-        for p in &plans {
-            for grp in &p.groups {
-                println!(
-                    "{}: keep {}, remove {}",
-                    grp.paths.join(" "),
-                    grp.keep.len(),
-                    grp.remove.len()
+            let p = s.path.to_string_lossy().into_owned();
+            let policy = match &s.retention {
+                Some(r) => {
+                    let pol = policy_from_config(r).with_context(|| {
+                        format!("invalid retention of {p} in the config file; nothing was removed")
+                    })?;
+                    (!pol.is_empty()).then_some(pol)
+                }
+                None => None,
+            };
+            if policy.is_none() {
+                tracing::warn!(
+                    "source {p} has no retention policy in the config ([source.retention] with keep_last, keep_daily, …): its snapshots are all kept"
                 );
-                for d in &grp.keep {
-                    println!(
-                        "  keep   {} {}  ({})",
-                        d.short_id,
-                        d.time,
-                        d.reasons.join(", ")
-                    );
-                }
-                for d in &grp.remove {
-                    println!("  remove {} {}", d.short_id, d.time);
-                }
+            }
+            let covers = snaps
+                .iter()
+                .filter(|x| x.manifest.paths.contains(&p))
+                .map(|x| x.id)
+                .collect();
+            scopes.push(PolicyScope {
+                source: Some(p),
+                policy,
+                covers,
+            });
+        }
+        plan_scoped(
+            &snaps,
+            &scopes,
+            &released,
+            a.allow_empty,
+            snapback_core::time::now(),
+        )?
+    } else {
+        plan_forget(&snaps, &flags, &released, a.allow_empty)?
+    };
+    if g.json {
+        print_json(&serde_json::to_value(&plan)?)?;
+    } else {
+        for grp in &plan.groups {
+            println!(
+                "{} on {}: keep {}, remove {}",
+                grp.paths.join(" "),
+                grp.host,
+                grp.keep.len(),
+                grp.remove.len()
+            );
+            for d in &grp.keep {
+                println!(
+                    "  keep   {} {}  ({})",
+                    d.short_id,
+                    d.time,
+                    d.reasons.join(", ")
+                );
+            }
+            for d in &grp.remove {
+                println!("  remove {} {}", d.short_id, d.time);
             }
         }
     }
@@ -149,7 +168,7 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         }
         return Ok(exit::OK);
     }
-    let mut removed = 0;
+    let removed;
     {
         // Forget holds a shared lock: it only removes manifests, which a
         // concurrent snapshot never reads as a parent it depends on (a
@@ -159,9 +178,7 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
             "forget",
             Duration::from_secs(a.lock_wait),
         )?;
-        for p in &plans {
-            removed += repo.apply_forget(p)?;
-        }
+        removed = repo.apply_forget(&plan)?;
     }
     if !g.quiet {
         eprintln!("removed {removed} snapshot(s)");
@@ -281,15 +298,36 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, serde::Serialize)]
+struct FutureSnapshot {
+    id: String,
+    time: String,
+    /// How far its time is ahead of this host's clock.
+    ahead_seconds: i64,
+}
+
+#[derive(Debug, serde::Serialize)]
 struct SourceStatus {
     source: String,
+    /// The host that took the snapshots; `None` for a configured source
+    /// that no host has snapshotted.
+    host: Option<String>,
+    /// Listed in the config (or no config lists sources): judged by
+    /// `--max-age` and in the exit code. Others are listed only.
+    monitored: bool,
+    /// The newest snapshot that is not dated in the future.
     last_snapshot: Option<String>,
     last_snapshot_time: Option<String>,
+    /// Never negative: a snapshot up to a minute ahead counts as taken now.
     age_seconds: Option<i64>,
     size: u64,
     bytes_added: u64,
     duration_ms: u64,
     stale: bool,
+    /// Snapshots dated ahead of this host's clock (the taking host's clock
+    /// was ahead): suspicious, reported, and never counted as the newest.
+    future_snapshots: Vec<FutureSnapshot>,
+    /// ok, STALE, FUTURE, never, or unmonitored.
+    state: String,
 }
 
 fn prom_escape(s: &str) -> String {
@@ -298,34 +336,67 @@ fn prom_escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// "1h02m03s", "4m05s", "-" for none.
+fn human_age(secs: Option<i64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(a) if a >= 3600 => format!("{}h{:02}m{:02}s", a / 3600, a % 3600 / 60, a % 60),
+        Some(a) => format!("{}m{:02}s", a / 60, a % 60),
+    }
+}
+
 pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
+    let max_age =
+        match (&a.max_age, &cfg.max_age) {
+            (Some(m), _) => Some(parse_duration(m)?),
+            (None, Some(m)) => Some(parse_duration(m).context(
+                "invalid max_age in the config file (give --max-age, or fix the config)",
+            )?),
+            (None, None) => None,
+        };
     let repo = open_repo(g)?;
-    let max_age = a
-        .max_age
-        .as_deref()
-        .or(cfg.max_age.as_deref())
-        .map(parse_duration)
-        .transpose()?;
     let now = snapback_core::time::now();
     let snaps = repo.snapshots()?;
-    let mut by_source: BTreeMap<String, Option<&snapback_core::Snapshot>> = BTreeMap::new();
-    for s in &cfg.sources {
-        by_source.insert(s.path.to_string_lossy().into_owned(), None);
-    }
+    // One row per source path and host: each host's newest is judged on its
+    // own, so a host that stopped snapshotting is noticed.
+    type Row<'a> = (
+        Option<&'a snapback_core::Snapshot>,
+        Vec<&'a snapback_core::Snapshot>,
+    );
+    let mut by_source: BTreeMap<(String, Option<String>), Row> = BTreeMap::new();
     for s in &snaps {
         for p in &s.manifest.paths {
-            by_source.insert(p.clone(), Some(s)); // oldest first, so the newest wins
+            let row = by_source
+                .entry((p.clone(), Some(s.manifest.host.clone())))
+                .or_default();
+            if snapback_core::is_future(s.time, now) {
+                row.1.push(s);
+            } else {
+                row.0 = Some(s); // oldest first, so the newest wins
+            }
+        }
+    }
+    let configured: Vec<String> = cfg
+        .sources
+        .iter()
+        .map(|s| s.path.to_string_lossy().into_owned())
+        .collect();
+    for c in &configured {
+        if !by_source.keys().any(|(p, _)| p == c) {
+            by_source.insert((c.clone(), None), (None, vec![]));
         }
     }
     let mut rows = vec![];
-    for (source, snap) in &by_source {
-        let age_exact = snap.map(|s| now - s.time);
-        let age = age_exact.map(|a| a.whole_seconds());
-        let stale = match (max_age, age_exact) {
-            (Some(m), Some(a)) => a.whole_milliseconds() > m.as_millis() as i128,
-            (Some(_), None) => true,
-            _ => false,
-        };
+    for ((source, host), (snap, future)) in &by_source {
+        let monitored = configured.is_empty() || configured.contains(source);
+        let age_ms = snap.map(|s| (now - s.time).whole_milliseconds().max(0));
+        let age = age_ms.map(|a| (a / 1000) as i64);
+        let stale = monitored
+            && match (max_age, age_ms) {
+                (Some(m), Some(a)) => a > m.as_millis() as i128,
+                (Some(_), None) => true,
+                _ => false,
+            };
         let size = snap
             .map(|s| {
                 s.manifest
@@ -336,8 +407,21 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                     .sum()
             })
             .unwrap_or(0);
+        let state = if !monitored {
+            "unmonitored"
+        } else if !future.is_empty() {
+            "FUTURE"
+        } else if stale {
+            "STALE"
+        } else if snap.is_none() {
+            "never"
+        } else {
+            "ok"
+        };
         rows.push(SourceStatus {
             source: source.clone(),
+            host: host.clone(),
+            monitored,
             last_snapshot: snap.map(|s| s.id.to_hex()),
             last_snapshot_time: snap.map(|s| s.manifest.time.clone()),
             age_seconds: age,
@@ -345,14 +429,40 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
             bytes_added: snap.map(|s| s.manifest.stats.bytes_added).unwrap_or(0),
             duration_ms: snap.map(|s| s.manifest.stats.duration_ms).unwrap_or(0),
             stale,
+            future_snapshots: future
+                .iter()
+                .map(|s| FutureSnapshot {
+                    id: s.id.to_hex(),
+                    time: s.manifest.time.clone(),
+                    ahead_seconds: (s.time - now).whole_seconds(),
+                })
+                .collect(),
+            state: state.into(),
         });
     }
-    let check = repo.last_check()?;
-    let check_failed = check.as_ref().is_some_and(|c| !c.ok);
-    let problem = rows.iter().any(|r| r.stale) || check_failed;
+    let checks = repo.last_checks()?;
+    let problem = rows
+        .iter()
+        .any(|r| r.monitored && (r.stale || !r.future_snapshots.is_empty()))
+        || checks.failed();
+    if !g.quiet {
+        for r in &rows {
+            for f in &r.future_snapshots {
+                eprintln!(
+                    "warning: snapshot {} of {} from host {} is dated {}, {} ahead of this host's clock: that host's clock was ahead when it was taken. It is not counted as the newest; check the clock (NTP) of {}",
+                    &f.id[..8],
+                    r.source,
+                    r.host.as_deref().unwrap_or("?"),
+                    f.time,
+                    human_age(Some(f.ahead_seconds)),
+                    r.host.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
 
     if let Some(target) = &a.prometheus {
-        let text = prometheus_text(&repo, &rows, check.as_ref(), snaps.len())?;
+        let text = prometheus_text(&repo, &rows, &checks, snaps.len())?;
         if target == "-" {
             print!("{text}");
         } else {
@@ -366,69 +476,101 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot move {} into place", path.display()))?;
         }
     } else if g.json {
-        print_json(&json!({ "sources": rows, "last_check": check, "ok": !problem }))?;
+        print_json(&json!({
+            "sources": rows,
+            "last_check": checks.newest(),
+            "checks": checks,
+            "ok": !problem,
+        }))?;
     } else {
         println!(
-            "{:<40} {:<10} {:<21} {:>9} {:>10}  state",
-            "source", "snapshot", "time", "age", "size"
+            "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10}  state",
+            "source", "host", "snapshot", "time", "age", "size"
         );
         for r in &rows {
             println!(
-                "{:<40} {:<10} {:<21} {:>9} {:>10}  {}",
+                "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10}  {}",
                 r.source,
+                r.host.as_deref().unwrap_or("-"),
                 r.last_snapshot.as_deref().map(|s| &s[..8]).unwrap_or("-"),
-                r.last_snapshot_time
-                    .as_deref()
-                    .map(|t| t
-                        .split('.')
-                        .next()
-                        .unwrap_or(t)
-                        .trim_end_matches('Z')
-                        .to_string()
-                        + "Z")
-                    .unwrap_or_else(|| "never".into()),
-                r.age_seconds
-                    .map(|a| format!("{}m{}s", a / 60, a % 60))
-                    .unwrap_or_else(|| "-".into()),
+                r.last_snapshot_time.as_deref().unwrap_or("never"),
+                human_age(r.age_seconds),
                 human_bytes(r.size),
-                if r.stale { "STALE" } else { "ok" }
+                r.state
             );
         }
-        match &check {
-            Some(c) => println!(
-                "last check: {} at {} ({}{})",
-                if c.ok { "ok" } else { "FAILED" },
-                c.time,
-                if c.read_data { "read-data, " } else { "" },
-                format_args!("{} problem(s)", c.problems)
+        for (name, c, hint) in [
+            (
+                "structure",
+                &checks.structure,
+                "run `snapback check` from cron",
             ),
-            None => println!("last check: never (run `snapback check` from cron)"),
+            (
+                "read-data",
+                &checks.read_data,
+                "run `snapback check --read-data` weekly",
+            ),
+        ] {
+            match c {
+                Some(c) => println!(
+                    "last check ({name}): {} at {} ({} problem(s))",
+                    if c.ok { "ok" } else { "FAILED" },
+                    c.time,
+                    c.problems
+                ),
+                None => println!("last check ({name}): never ({hint})"),
+            }
         }
     }
     Ok(if problem { exit::PROBLEMS } else { exit::OK })
 }
 
+/// A sample value in the Prometheus text format (+Inf, not Rust's "inf").
+fn prom_value(v: f64) -> String {
+    if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
 fn prometheus_text(
     repo: &Repository,
     rows: &[SourceStatus],
-    check: Option<&snapback_core::CheckRecord>,
+    checks: &snapback_core::LastChecks,
     snapshots: usize,
 ) -> anyhow::Result<String> {
     let mut t = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
         t.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
         for (labels, v) in samples {
-            t.push_str(&format!("{name}{labels} {v}\n"));
+            t.push_str(&format!("{name}{labels} {}\n", prom_value(v)));
         }
     };
+    // Only the monitored sources: a one-off snapshot of another path must
+    // not feed an age alert forever.
     let per = |f: &dyn Fn(&SourceStatus) -> Option<f64>| -> Vec<(String, f64)> {
         rows.iter()
-            .filter_map(|r| f(r).map(|v| (format!("{{source=\"{}\"}}", prom_escape(&r.source)), v)))
+            .filter(|r| r.monitored)
+            .filter_map(|r| {
+                f(r).map(|v| {
+                    (
+                        format!(
+                            "{{source=\"{}\",host=\"{}\"}}",
+                            prom_escape(&r.source),
+                            prom_escape(r.host.as_deref().unwrap_or(""))
+                        ),
+                        v,
+                    )
+                })
+            })
             .collect()
     };
     metric(
         "snapback_last_snapshot_timestamp_seconds",
-        "Unix time of the newest committed snapshot of the source.",
+        "Unix time of the newest committed snapshot of the source from the host (not counting snapshots dated in the future).",
         "gauge",
         per(&|r| {
             r.last_snapshot_time
@@ -439,9 +581,9 @@ fn prometheus_text(
     );
     metric(
         "snapback_last_snapshot_age_seconds",
-        "Age of the newest committed snapshot of the source.",
+        "Age of the newest committed snapshot of the source from the host; +Inf when it was never snapshotted.",
         "gauge",
-        per(&|r| r.age_seconds.map(|a| a as f64)),
+        per(&|r| Some(r.age_seconds.map(|a| a as f64).unwrap_or(f64::INFINITY))),
     );
     metric(
         "snapback_last_snapshot_duration_seconds",
@@ -467,27 +609,64 @@ fn prometheus_text(
     );
     metric(
         "snapback_source_stale",
-        "1 when the newest snapshot is older than --max-age.",
+        "1 when the newest snapshot is older than --max-age (or there is none).",
         "gauge",
         per(&|r| Some(if r.stale { 1.0 } else { 0.0 })),
     );
-    if let Some(c) = check {
-        let ts = snapback_core::time::parse_rfc3339(&c.time)
-            .map(|t| t.unix_timestamp() as f64)
-            .unwrap_or(0.0);
-        metric(
-            "snapback_last_check_timestamp_seconds",
-            "Unix time of the last check.",
-            "gauge",
-            vec![(String::new(), ts)],
-        );
-        metric(
-            "snapback_last_check_success",
-            "1 when the last check found no problem.",
-            "gauge",
-            vec![(String::new(), if c.ok { 1.0 } else { 0.0 })],
-        );
-    }
+    metric(
+        "snapback_source_never_snapshotted",
+        "1 when no host has snapshotted this configured source.",
+        "gauge",
+        per(&|r| {
+            Some(
+                if r.last_snapshot.is_none() && r.future_snapshots.is_empty() {
+                    1.0
+                } else {
+                    0.0
+                },
+            )
+        }),
+    );
+    metric(
+        "snapback_future_snapshots",
+        "Snapshots of the source from the host dated ahead of this host's clock (a clock that was ahead).",
+        "gauge",
+        per(&|r| Some(r.future_snapshots.len() as f64)),
+    );
+    let kinds = [
+        ("structure", &checks.structure),
+        ("read-data", &checks.read_data),
+    ];
+    metric(
+        "snapback_last_check_timestamp_seconds",
+        "Unix time of the newest check of each kind (structure, read-data).",
+        "gauge",
+        kinds
+            .iter()
+            .filter_map(|(k, c)| {
+                c.as_ref().map(|c| {
+                    (
+                        format!("{{kind=\"{k}\"}}"),
+                        snapback_core::time::parse_rfc3339(&c.time)
+                            .map(|t| t.unix_timestamp() as f64)
+                            .unwrap_or(0.0),
+                    )
+                })
+            })
+            .collect(),
+    );
+    metric(
+        "snapback_last_check_success",
+        "1 when the newest check of this kind (structure, read-data) found no problem.",
+        "gauge",
+        kinds
+            .iter()
+            .filter_map(|(k, c)| {
+                c.as_ref()
+                    .map(|c| (format!("{{kind=\"{k}\"}}"), if c.ok { 1.0 } else { 0.0 }))
+            })
+            .collect(),
+    );
     let size: u64 = repo
         .store()
         .list("data/")?

@@ -36,8 +36,10 @@ pub struct SourceConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// `None` when the source has no `[source.retention]` table: `forget`
+    /// keeps its snapshots (and says so).
     #[serde(default)]
-    pub retention: Retention,
+    pub retention: Option<Retention>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -71,7 +73,8 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
     let cfg: Config =
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
-    for s in &cfg.sources {
+    let mut cfg = cfg;
+    for s in &mut cfg.sources {
         if !s.path.is_absolute() {
             anyhow::bail!(
                 "invalid config file {}: source path {} must be absolute",
@@ -79,15 +82,72 @@ pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
                 s.path.display()
             );
         }
-        if let Some(w) = &s.retention.keep_within {
-            parse_duration(w)
-                .with_context(|| format!("invalid keep_within for {}", s.path.display()))?;
+        // Snapshots store the canonical path (links resolved, no `.`, `..`
+        // or trailing slash); match against the same, or retention and
+        // monitoring would never find this source's snapshots.
+        let canon = canonical_path(&s.path);
+        if canon.as_os_str() != s.path.as_os_str() {
+            tracing::warn!(
+                "config file {}: source path {} is not canonical; it is used as {} (write that in the config to silence this warning)",
+                path.display(),
+                s.path.display(),
+                canon.display()
+            );
+            s.path = canon;
         }
-    }
-    if let Some(a) = &cfg.max_age {
-        parse_duration(a).context("invalid max_age in the config file")?;
+        // Only `snapshot` uses tags: a bad one is refused there, as on the
+        // command line; `max_age` and `keep_within` are checked by the
+        // commands that use them, so a typo never stops a snapshot.
     }
     Ok(cfg)
+}
+
+/// The path as snapshots store it: absolute, symbolic links resolved, no
+/// `.`/`..` components and no trailing slash (what `snapshot` records, via
+/// `std::fs::canonicalize`). A path that does not exist (yet) keeps its
+/// missing tail, normalized lexically, under its longest existing ancestor,
+/// resolved.
+pub fn canonical_path(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if let Ok(c) = std::fs::canonicalize(&abs) {
+        return c;
+    }
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    let mut tail = Vec::new();
+    let mut head = out.clone();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(&head) {
+            let mut r = c;
+            for t in tail.iter().rev() {
+                r.push(t);
+            }
+            return r;
+        }
+        match (head.file_name().map(|n| n.to_os_string()), head.parent()) {
+            (Some(n), Some(parent)) => {
+                tail.push(n);
+                head = parent.to_path_buf();
+            }
+            _ => return out,
+        }
+    }
+}
+
+/// Tags as `snapshot --tag` and the config accept them.
+pub fn validate_tag(t: &str) -> anyhow::Result<()> {
+    if t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace) {
+        anyhow::bail!("invalid tag '{t}': tags are non-empty and have no commas or spaces");
+    }
+    Ok(())
 }
 
 /// "90s", "15m", "2h", "7d", "2w", or combinations like "1d12h".
@@ -162,7 +222,10 @@ keep_within = "2d"
         let c = load(Some(&p)).expect("load");
         assert_eq!(c.repo.as_deref(), Some("/var/backups/snapback"));
         assert_eq!(c.sources.len(), 1);
-        assert_eq!(c.sources[0].retention.keep_daily, Some(7));
+        assert_eq!(
+            c.sources[0].retention.as_ref().and_then(|r| r.keep_daily),
+            Some(7)
+        );
         std::fs::write(&p, "repo = \"/x\"\nrepository = \"/typo\"\n").expect("write");
         let e = load(Some(&p)).expect_err("unknown key");
         assert!(format!("{e:#}").contains("repository"), "{e:#}");
