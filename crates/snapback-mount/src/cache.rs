@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,29 +121,19 @@ impl DiskCache {
     /// The directory is private (0700): in an encrypted repository the
     /// cached chunks are decrypted content.
     pub(crate) fn open(dir: &Path, max_bytes: u64, codec: BlobCodec) -> std::io::Result<DiskCache> {
-        {
-            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-            if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
-                if codec.is_encrypted() {
-                    // Decrypted chunks of an encrypted repository are not
-                    // written where others may read them.
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("cannot make the disk cache directory private (0700), which an encrypted repository needs: {e}"),
-                    ));
-                }
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot make the disk cache directory private (0700)");
-            }
-        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let private = make_private(dir, codec.is_encrypted())?;
         let mut found: Vec<(std::time::SystemTime, Id, u64)> = Vec::new();
         for sub in fs::read_dir(dir)? {
             let sub = sub?;
             if !sub.file_type()?.is_dir() {
                 continue;
+            }
+            if private {
+                fs::set_permissions(sub.path(), fs::Permissions::from_mode(0o700))?;
             }
             for f in fs::read_dir(sub.path())? {
                 let f = f?;
@@ -153,6 +144,10 @@ impl DiskCache {
                     continue;
                 };
                 let m = f.metadata()?;
+                if private && m.permissions().mode() & 0o077 != 0 {
+                    // An entry of an older version (0644): make it private.
+                    fs::set_permissions(f.path(), fs::Permissions::from_mode(0o600))?;
+                }
                 found.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), id, m.len()));
             }
         }
@@ -223,8 +218,17 @@ impl DiskCache {
         let Some(parent) = p.parent() else { return };
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = parent.join(format!(".tmp-{}-{n}", std::process::id()));
-        let res = fs::create_dir_all(parent)
-            .and_then(|_| fs::File::create(&tmp))
+        let res = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .and_then(|_| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+            })
             .and_then(|mut f| f.write_all(bytes))
             .and_then(|_| fs::rename(&tmp, &p));
         match res {
@@ -239,6 +243,50 @@ impl DiskCache {
     pub(crate) fn bytes(&self) -> u64 {
         self.index.lock().map(|i| i.bytes()).unwrap_or(0)
     }
+}
+
+/// The effective user of this process (the owner of /proc/self).
+fn current_uid() -> Option<u32> {
+    fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Makes the cache directory private: owned by this user, mode 0700.
+/// Returns whether it is (then entries are kept 0600 in 0700 directories).
+/// For an encrypted repository, whose cached chunks are decrypted content,
+/// a directory that cannot be made private is an error: another user who
+/// owns it could read them, whatever its mode (the owner can always chmod).
+fn make_private(dir: &Path, encrypted: bool) -> std::io::Result<bool> {
+    let refuse = |why: String| -> std::io::Result<bool> {
+        if encrypted {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{why}; the cache of an encrypted repository holds decrypted data, so it must be private: use a directory of your own (or let the mount create one)"),
+            ))
+        } else {
+            tracing::warn!(dir = %dir.display(), "{why}");
+            Ok(false)
+        }
+    };
+    let meta = fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return refuse("the disk cache path is not a directory".into());
+    }
+    match current_uid() {
+        Some(uid) if uid == meta.uid() => {}
+        Some(uid) => {
+            return refuse(format!(
+                "the disk cache directory is owned by uid {}, not by the mounting user (uid {uid})",
+                meta.uid()
+            ))
+        }
+        None => return refuse("cannot tell which user this process runs as (/proc/self)".into()),
+    }
+    if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+        return refuse(format!(
+            "cannot make the disk cache directory private (0700): {e}"
+        ));
+    }
+    Ok(true)
 }
 
 /// The in-memory chunk cache shared by all files of a mount.
@@ -287,6 +335,56 @@ mod tests {
         assert_eq!(c.get(&cid), None);
         assert!(!p.exists(), "a damaged entry is deleted");
         assert_eq!(c.corrupt_entries.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn private_cache_entries_are_0600_in_0700_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("cache");
+        let data = b"secret page".to_vec();
+        let cid = Id::of(&data);
+        let c = DiskCache::open(&root, 1 << 20, BlobCodec::plain(1)).expect("open");
+        c.put(&cid, &data);
+        let h = cid.to_hex();
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join(&h[..2])), 0o700);
+        assert_eq!(mode(&root.join(&h[..2]).join(&h)), 0o600);
+        // Entries left open by an older version are made private on open.
+        fs::set_permissions(root.join(&h[..2]), fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(
+            root.join(&h[..2]).join(&h),
+            fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        drop(c);
+        let c = DiskCache::open(&root, 1 << 20, BlobCodec::plain(1)).expect("reopen");
+        assert_eq!(mode(&root.join(&h[..2])), 0o700);
+        assert_eq!(mode(&root.join(&h[..2]).join(&h)), 0o600);
+        assert_eq!(c.get(&cid), Some(data));
+    }
+
+    #[test]
+    fn a_cache_dir_owned_by_another_user_is_refused_when_encrypted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = if current_uid() == Some(0) { 65534 } else { 0 };
+        let status = std::process::Command::new("chown")
+            .arg(other.to_string())
+            .arg(dir.path())
+            .status();
+        if current_uid() == Some(0) {
+            assert!(status.is_ok_and(|s| s.success()), "root can chown");
+        } else {
+            // Not root: find a directory owned by someone else instead.
+            return assert!(make_private(Path::new("/"), true).is_err());
+        }
+        let e = make_private(dir.path(), true).expect_err("owned by another user");
+        assert!(e.to_string().contains("not by the mounting user"), "{e}");
+        assert_eq!(
+            make_private(dir.path(), false).ok(),
+            Some(false),
+            "a warning only"
+        );
     }
 
     #[test]

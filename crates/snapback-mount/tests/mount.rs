@@ -957,3 +957,92 @@ fn daemon_mount_survives_its_log_lines_after_the_launcher_exits() {
     let mode = std::fs::metadata(&log).expect("log").permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the log is private");
 }
+
+#[test]
+fn encrypted_mount_refuses_a_cache_dir_of_another_user_and_keeps_entries_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_fuse();
+    let bin = snapback_bin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let cmd = || {
+        let mut c = Command::new(&bin);
+        c.env("SNAPBACK_PASSWORD", "correct horse")
+            .arg("--repo")
+            .arg(&repo)
+            .arg("-q");
+        c
+    };
+    let o = cmd()
+        .args([
+            "init",
+            "--encrypt",
+            "--kdf-memory",
+            "8",
+            "--kdf-iterations",
+            "1",
+        ])
+        .output()
+        .expect("init");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let db = dir.path().join("secret.db");
+    make_db(&db, "delete", 200);
+    let o = cmd().arg("snapshot").arg(&db).output().expect("snapshot");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let me = std::fs::metadata("/proc/self").expect("uid").uid();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir_all(&mp).expect("mkdir");
+    if me == 0 {
+        // A cache directory chmod 0700 but owned by another user.
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        let ok = Command::new("chown")
+            .arg("65534")
+            .arg(&theirs)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "chown");
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let o = cmd()
+            .args(["mount", "latest", "--cache-dir"])
+            .arg(&theirs)
+            .arg(&mp)
+            .stdin(Stdio::null())
+            .output()
+            .expect("mount");
+        assert!(!o.status.success(), "a cache owned by uid 65534 is refused");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("not by the mounting user"), "{err}");
+        assert!(!snapback_mount::is_mount_point(&mp));
+        assert_eq!(
+            std::fs::read_dir(&theirs).expect("ls").count(),
+            0,
+            "nothing written"
+        );
+    }
+    let cache = dir.path().join("cache");
+    let mut c = cmd();
+    c.args(["mount", "latest", "--cache-dir"])
+        .arg(&cache)
+        .arg(&mp);
+    let m = Mount::start(c, mp);
+    let n: i64 = open_ro(&m.path(&db.to_string_lossy()))
+        .expect("open")
+        .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .expect("query");
+    assert_eq!(n, 200);
+    drop(m);
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700);
+    let mut entries = 0;
+    for sub in std::fs::read_dir(&cache).expect("cache") {
+        let sub = sub.expect("e").path();
+        assert_eq!(mode(&sub), 0o700, "{}", sub.display());
+        for f in std::fs::read_dir(&sub).expect("sub") {
+            let f = f.expect("e").path();
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+            entries += 1;
+        }
+    }
+    assert!(entries > 0, "the read filled the disk cache");
+}
