@@ -28,7 +28,9 @@ pub struct Global {
     /// More log output (-v: info, -vv: debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Only errors.
+    /// Print nothing on success: no results (snapshot ids, summaries,
+    /// plans) unless --json or the command exists to print them (snapshots,
+    /// status, diff, …); warnings and errors are still printed. For cron.
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// Log format on stderr.

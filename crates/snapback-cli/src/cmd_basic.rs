@@ -203,7 +203,7 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
                 "duration_ms": s.duration_ms,
                 "requests": request_json(repo.store().request_stats()),
             }))?;
-        } else {
+        } else if !g.quiet {
             println!("{}", r.id);
         }
     }

@@ -140,7 +140,8 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
     };
     if g.json {
         print_json(&serde_json::to_value(&plan)?)?;
-    } else {
+    } else if !g.quiet || a.dry_run {
+        // A dry run exists to show its plan; -q hides the plan of a real run.
         for grp in &plan.groups {
             println!(
                 "{} on {}: keep {}, remove {}",
@@ -251,18 +252,27 @@ pub fn unlock(g: &Global, a: UnlockArgs) -> anyhow::Result<u8> {
     if g.json {
         print_json(&json!({ "removed": removed, "remaining": before.len() - removed.len() }))?;
     } else {
-        for l in &removed {
-            println!(
-                "removed {} ({})",
-                l.key,
-                if l.stale { "stale" } else { "forced" }
-            );
+        // The removed locks are the result (hidden by -q); a kept one is a
+        // warning, always printed.
+        if !g.quiet {
+            for l in &removed {
+                println!(
+                    "removed {} ({}): {}",
+                    l.key,
+                    if l.stale { "stale" } else { "forced" },
+                    l.describe()
+                );
+            }
         }
         for l in before
             .iter()
             .filter(|l| !removed.iter().any(|r| r.key == l.key))
         {
-            println!("kept {}: held by a live process ({:?}); use --force only if you are sure it is gone", l.key, l.info.as_ref().map(|i| (&i.command, i.pid, &i.host)));
+            eprintln!(
+                "warning: kept {}: {}, a live process; use --force only if you are sure it is gone",
+                l.key,
+                l.describe()
+            );
         }
     }
     Ok(exit::OK)

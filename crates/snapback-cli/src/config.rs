@@ -150,34 +150,71 @@ pub fn validate_tag(t: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// "90s", "15m", "2h", "7d", "2w", or combinations like "1d12h".
+/// Parses a duration such as `30m`, `12h`, `7d` or `1d12h` (units s, m, h,
+/// d, w, y). A bad one is a usage error (exit 2) whose message lists the
+/// units: months have no fixed length, so `1mo` is refused with a hint.
 pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    const UNITS: &str = "s (seconds), m (minutes), h (hours), d (days), w (weeks), y (365 days)";
+    let bad = |why: String| crate::Usage(format!("invalid duration '{s}': {why}"));
+    let t = s.trim();
     let mut total = 0u64;
-    let mut num = String::new();
-    let mut any = false;
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad(format!(
+            "write it like 30m, 12h, 7d or 1d12h; units: {UNITS}"
+        ))
+        .into());
+    }
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let (num, after) = rest.split_at(digits);
+        let letters = after.len() - after.trim_start_matches(|c: char| c.is_alphabetic()).len();
+        let (unit, after) = after.split_at(letters);
+        if num.is_empty() {
+            let what = if unit.is_empty() {
+                after
+                    .chars()
+                    .next()
+                    .map(|c| format!("'{c}'"))
+                    .unwrap_or_default()
+            } else {
+                format!("'{unit}'")
+            };
+            return Err(bad(format!(
+                "expected a whole number before {what}; write it like 30m, 12h, 7d or 1d12h"
+            ))
+            .into());
         }
         let n: u64 = num
             .parse()
-            .with_context(|| format!("invalid duration '{s}': expected a number before '{c}'"))?;
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 604_800,
-            'y' => 31_536_000,
-            _ => anyhow::bail!("invalid duration '{s}': unknown unit '{c}' (use s, m, h, d, w, y)"),
+            .map_err(|_| bad("the number is too large".into()))?;
+        let secs = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 604_800,
+            "y" => 31_536_000,
+            "" if !after.is_empty() => {
+                return Err(bad(format!(
+                    "unexpected '{}' after {num}: use whole numbers, each with a unit (90m, not 1.5h); units: {UNITS}",
+                    after.chars().next().unwrap_or(' ')
+                ))
+                .into());
+            }
+            "" => {
+                return Err(bad(format!("'{num}' has no unit; units: {UNITS}")).into());
+            }
+            u if u.eq_ignore_ascii_case("mo") || u.to_ascii_lowercase().starts_with("month") => {
+                return Err(bad(format!(
+                    "months have no fixed length: use days (30d) or weeks (4w); units: {UNITS}"
+                ))
+                .into());
+            }
+            u => return Err(bad(format!("unknown unit '{u}'; units: {UNITS}")).into()),
         };
-        total = total.saturating_add(n.saturating_mul(unit));
-        num.clear();
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        anyhow::bail!("invalid duration '{s}': write it like 30m, 12h, 7d or 1d12h");
+        total = total.saturating_add(n.saturating_mul(secs));
+        rest = after;
     }
     Ok(std::time::Duration::from_secs(total))
 }
@@ -191,9 +228,30 @@ mod tests {
         assert_eq!(parse_duration("90s").expect("s").as_secs(), 90);
         assert_eq!(parse_duration("1d12h").expect("dh").as_secs(), 129_600);
         assert_eq!(parse_duration("2w").expect("w").as_secs(), 1_209_600);
-        for bad in ["", "12", "5x", "h", "-1d"] {
+        for bad in ["", "12", "5x", "h", "-1d", "1d 2h", "1.5h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn invalid_duration_is_a_usage_error_that_names_the_units() {
+        for bad in ["1mo", "2months", "5x", "12", "h"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(e.downcast_ref::<crate::Usage>().is_some(), "{bad}: exit 2");
+            let msg = e.to_string();
+            assert!(!msg.contains("expected a number before 'o'"), "{msg}");
+            if bad != "h" {
+                assert!(
+                    msg.contains("d (days)"),
+                    "{bad}: the units are named: {msg}"
+                );
+            }
+        }
+        let msg = parse_duration("1mo").expect_err("mo").to_string();
+        assert!(
+            msg.contains("months have no fixed length") && msg.contains("30d"),
+            "{msg}"
+        );
     }
 
     #[test]

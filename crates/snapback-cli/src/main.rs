@@ -89,7 +89,7 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 let _ = writeln!(err, "  caused by: {cause}");
             }
-            ExitCode::from(if e.downcast_ref::<Usage>().is_some() {
+            ExitCode::from(if e.chain().any(|c| c.is::<Usage>()) {
                 exit::USAGE
             } else {
                 exit::FAILURE

@@ -11,8 +11,10 @@ use tracing::level_filters::LevelFilter;
 use crate::cli::{Global, LogFormat};
 
 pub fn init_logging(g: &Global) {
+    // -q silences results and progress, never warnings: cron mails what is
+    // printed, and a warning is worth a mail.
     let level = if g.quiet {
-        LevelFilter::ERROR
+        LevelFilter::WARN
     } else {
         match g.verbose {
             0 => LevelFilter::WARN,

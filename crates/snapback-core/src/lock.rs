@@ -53,14 +53,24 @@ pub struct FoundLock {
     pub stale: bool,
 }
 
+impl std::fmt::Display for LockKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LockKind::Shared => "shared",
+            LockKind::Exclusive => "exclusive",
+        })
+    }
+}
+
 impl FoundLock {
-    fn describe(&self) -> String {
+    /// "exclusive lock held by prune (pid 7 on host) since 2026-…Z", for
+    /// people: the kind in words, everything else as stored.
+    pub fn describe(&self) -> String {
         match &self.info {
             Some(i) => format!(
-                "{:?} lock held by {} (pid {} on {}) since {}",
+                "{} lock held by {} (pid {} on {}) since {}",
                 i.kind, i.command, i.pid, i.host, i.time
-            )
-            .to_lowercase(),
+            ),
             None => format!("unreadable lock object {}", self.key),
         }
     }
