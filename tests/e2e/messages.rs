@@ -62,3 +62,115 @@ fn lock_message_keeps_its_timestamp_and_unlock_prints_plain_text() {
         "no Rust debug form: {text}"
     );
 }
+
+#[test]
+fn missing_source_names_its_os_error_once() {
+    let env = Env::new();
+    let err = env.fails(&["snapshot", "/no/such/file"]);
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    assert!(err.contains("/no/such/file"), "{err}");
+}
+
+#[test]
+fn s3_url_with_credentials_is_refused_without_repeating_the_secret() {
+    let out = std::process::Command::new(crate::util::bin())
+        .args([
+            "--repo",
+            "s3://AKIAEXAMPLE:wJalr/XUtnFEMI@bucket1/p",
+            "snapshots",
+        ])
+        .output()
+        .expect("run");
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("credentials"), "{err}");
+    assert!(
+        !err.contains("wJalr") && !err.contains("AKIAEXAMPLE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn whitespace_only_passphrase_is_refused_at_init_and_key_add() {
+    let env = Env::bare();
+    let pw = env.path("pw");
+    std::fs::write(&pw, "   \n").expect("write");
+    let mut init = crate::util::init_encrypted();
+    init.extend(["--password-file", pw.to_str().expect("utf8")]);
+    let err = env.fails(&init);
+    assert!(err.contains("only whitespace"), "{err}");
+    assert!(!env.repo().join("config").exists(), "nothing was created");
+    let mut env = Env::encrypted("a real passphrase");
+    env.vars
+        .push(("SNAPBACK_NEW_PASSWORD".into(), "  \t ".into()));
+    let mut add = vec!["key", "add"];
+    add.extend(crate::util::CHEAP_KDF);
+    let err = env.fails(&add);
+    assert!(err.contains("only whitespace"), "{err}");
+}
+
+fn data_bytes(repo: &std::path::Path) -> u64 {
+    let mut n = 0;
+    for d in std::fs::read_dir(repo.join("data")).expect("data") {
+        for f in std::fs::read_dir(d.expect("ent").path()).expect("dir") {
+            n += f.expect("ent").metadata().expect("stat").len();
+        }
+    }
+    n
+}
+
+#[test]
+fn prune_reports_freed_bytes_apart_from_repacked_ones() {
+    let env = Env::new();
+    let f = env.path("f");
+    // Incompressible bytes; the second version keeps the first quarter.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    };
+    let first = rnd(4 << 20);
+    std::fs::write(&f, &first).expect("write");
+    env.snapshot(&f);
+    let mut second = first[..1 << 20].to_vec();
+    second.extend(rnd(3 << 20));
+    std::fs::write(&f, &second).expect("write");
+    env.snapshot(&f);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let before = data_bytes(&env.repo());
+    let out = env.ok(&["--json", "prune"]);
+    let after = data_bytes(&env.repo());
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let r = &v["report"];
+    assert!(
+        r["packs_written"].as_u64().expect("n") > 0,
+        "a repack happened: {v}"
+    );
+    let deleted = r["bytes_deleted"].as_u64().expect("deleted");
+    let written = r["bytes_written"].as_u64().expect("written");
+    let freed = r["bytes_freed"].as_u64().expect("freed");
+    assert_eq!(
+        freed,
+        before - after,
+        "freed is what the repository shrank by: {v}"
+    );
+    assert_eq!(deleted - written, freed, "{v}");
+    assert!(written > 0 && deleted > freed, "{v}");
+    let out = env.run(&["forget", "--keep-last", "1", "--prune"]);
+    assert!(stderr(&out).contains("freed"), "{}", stderr(&out));
+    assert_eq!(
+        env.ok(&[
+            "restore",
+            "latest",
+            env.path("back").to_str().expect("utf8")
+        ]),
+        ""
+    );
+    assert_eq!(std::fs::read(env.path("back")).expect("read"), second);
+}

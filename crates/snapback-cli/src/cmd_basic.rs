@@ -181,7 +181,7 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
                         .collect::<Vec<_>>()
                         .join(" ")
                 ));
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::output::error_lines(&e).join(": "));
                 failed += 1;
                 continue;
             }

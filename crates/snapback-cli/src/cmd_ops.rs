@@ -227,9 +227,11 @@ pub fn prune(g: &Global, a: PruneArgs) -> anyhow::Result<u8> {
             eprintln!("dry run: nothing was deleted");
         } else {
             eprintln!(
-                "deleted {} pack(s), wrote {}, freed {}",
+                "deleted {} pack(s) ({}), wrote {} repacked pack(s) ({}): freed {}",
                 report.packs_deleted,
+                human_bytes(report.bytes_deleted),
                 report.packs_written,
+                human_bytes(report.bytes_written),
                 human_bytes(report.bytes_freed)
             );
         }

@@ -85,9 +85,13 @@ fn main() -> ExitCode {
             // more than the message.
             use std::io::Write;
             let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "error: {e}");
-            for cause in e.chain().skip(1) {
-                let _ = writeln!(err, "  caused by: {cause}");
+            let lines = output::error_lines(&e);
+            for (i, line) in lines.iter().enumerate() {
+                let _ = if i == 0 {
+                    writeln!(err, "error: {line}")
+                } else {
+                    writeln!(err, "  caused by: {line}")
+                };
             }
             ExitCode::from(if e.chain().any(|c| c.is::<Usage>()) {
                 exit::USAGE

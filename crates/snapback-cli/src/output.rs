@@ -10,6 +10,20 @@ use tracing::level_filters::LevelFilter;
 
 use crate::cli::{Global, LogFormat};
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = io.to_string();
+        let e = anyhow::Error::new(snapback_core::Error::io("/x", "cannot read", io))
+            .context("snapshot failed");
+        let lines = super::error_lines(&e);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines.join(": ").matches(&text).count(), 1, "{lines:?}");
+    }
+}
+
 pub fn init_logging(g: &Global) {
     // -q silences results and progress, never warnings: cron mails what is
     // printed, and a warning is worth a mail.
@@ -146,6 +160,22 @@ pub fn chose(g: &Global, snap: &snapback_core::Snapshot) {
             snapback_core::time::format_rfc3339(snap.time)
         );
     }
+}
+
+/// The messages of an error and its causes, each said once. Library errors
+/// that print their source in their own message (`"{path}: {message}:
+/// {source}"`) also return it as their `source()`: a cause whose text a
+/// message already printed holds is not printed again.
+pub fn error_lines(e: &anyhow::Error) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.last().is_some_and(|prev| prev.contains(&text)) {
+            continue;
+        }
+        out.push(text);
+    }
+    out
 }
 
 pub fn human_bytes(n: u64) -> String {

@@ -86,6 +86,16 @@ pub fn current(g: &Global) -> anyhow::Result<Passphrase> {
 /// A passphrase being chosen (init --encrypt, key add): from the given
 /// file or variable, or asked twice on the terminal.
 pub fn choose(file: Option<&Path>, env: &str, flag: &str) -> anyhow::Result<Passphrase> {
+    let p = choose_any(file, env, flag)?;
+    // Spaces only (a blank line of a file, a variable set to " "): almost
+    // always a mistake, and a passphrase nobody could guess wrong.
+    if p.trim().is_empty() {
+        bail!("the new passphrase is only whitespace: choose a real one (a long random one for unattended jobs); nothing was changed");
+    }
+    Ok(p)
+}
+
+fn choose_any(file: Option<&Path>, env: &str, flag: &str) -> anyhow::Result<Passphrase> {
     if let Some(p) = file {
         return read_file(p);
     }

@@ -57,6 +57,12 @@ pub struct PrunePlan {
 pub struct PruneReport {
     pub packs_deleted: usize,
     pub packs_written: usize,
+    /// Bytes of the packs deleted (repacked ones included).
+    pub bytes_deleted: u64,
+    /// Bytes of the new packs that repacking wrote.
+    pub bytes_written: u64,
+    /// What the repository shrank by: deleted minus written. The blobs a
+    /// repack moved are still stored, so they are not freed.
     pub bytes_freed: u64,
 }
 
@@ -195,6 +201,7 @@ impl Repository {
                 entries,
             });
             report.packs_written += 1;
+            report.bytes_written += bytes.len() as u64;
             Ok(())
         };
         for p in &plan.repack {
@@ -255,8 +262,9 @@ impl Repository {
             store.delete(key)?;
             tracing::info!(pack = %key, bytes = size, "pack deleted");
             report.packs_deleted += 1;
-            report.bytes_freed += size;
+            report.bytes_deleted += size;
         }
+        report.bytes_freed = report.bytes_deleted.saturating_sub(report.bytes_written);
         self.refresh_index_from_scratch()?;
         Ok((plan, report))
     }

@@ -200,11 +200,18 @@ fn scale(per_mib: Duration, bytes: u64) -> Duration {
 /// Splits `s3://BUCKET/PREFIX` into the bucket and the prefix (without
 /// leading or trailing `/`; empty when the URL names only the bucket).
 pub fn parse_s3_url(url: &str) -> Result<(String, String), StoreError> {
+    // Never repeat credentials put in the URL (s3://KEY:SECRET@bucket/p;
+    // an AWS secret may hold '/', so everything before the last '@' goes:
+    // '@' is valid in neither a bucket name nor a prefix).
+    let shown = match url.rfind('@') {
+        Some(i) => format!("s3://<credentials removed>@{}", &url[i + 1..]),
+        None => url.to_string(),
+    };
     let bad = |why: &str| {
         Err(StoreError::new(
             ErrorKind::Other,
             "",
-            format!("invalid S3 repository URL '{url}': {why}; expected s3://BUCKET or s3://BUCKET/PREFIX"),
+            format!("invalid S3 repository URL '{shown}': {why}; expected s3://BUCKET or s3://BUCKET/PREFIX"),
         ))
     };
     let Some(rest) = url.strip_prefix("s3://") else {
@@ -258,6 +265,23 @@ pub(crate) fn redact_userinfo(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_url_with_credentials_is_refused_without_repeating_them() {
+        for url in [
+            "s3://AKIAKEY:s3cr3tValue@bucket/p",
+            "s3://s3cr3tValue@bucket",
+            "s3://AKIAKEY:s3cr3tValue@bucket:9000/p/q",
+            "s3://AKIAKEY:s3cr/3tValue@bucket/p",
+        ] {
+            let msg = parse_s3_url(url).expect_err(url).to_string();
+            assert!(
+                !msg.contains("s3cr3tValue") && !msg.contains("AKIAKEY"),
+                "{msg}"
+            );
+            assert!(msg.contains("credentials"), "{msg}");
+        }
+    }
 
     #[test]
     fn s3_urls_parse() {
