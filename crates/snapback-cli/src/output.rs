@@ -10,20 +10,6 @@ use tracing::level_filters::LevelFilter;
 
 use crate::cli::{Global, LogFormat};
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn each_cause_is_printed_once() {
-        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
-        let text = io.to_string();
-        let e = anyhow::Error::new(snapback_core::Error::io("/x", "cannot read", io))
-            .context("snapshot failed");
-        let lines = super::error_lines(&e);
-        assert_eq!(lines.len(), 2, "{lines:?}");
-        assert_eq!(lines.join(": ").matches(&text).count(), 1, "{lines:?}");
-    }
-}
-
 pub fn init_logging(g: &Global) {
     // -q silences results and progress, never warnings: cron mails what is
     // printed, and a warning is worth a mail.
@@ -180,4 +166,18 @@ pub fn error_lines(e: &anyhow::Error) -> Vec<String> {
 
 pub fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = io.to_string();
+        let e = anyhow::Error::new(snapback_core::Error::io("/x", "cannot read", io))
+            .context("snapshot failed");
+        let lines = super::error_lines(&e);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines.join(": ").matches(&text).count(), 1, "{lines:?}");
+    }
 }
