@@ -665,12 +665,16 @@ pub fn sql_for(t: &PreparedTable, d: &RowDiff) -> String {
             .zip(&t.key.collations)
             .map(|((c, v), coll)| match v {
                 Value::Null => format!("{} IS NULL", quote_ident(c)),
-                Value::Text(_) => format!(
-                    "{}={} COLLATE {}",
-                    quote_ident(c),
-                    v.sql_literal(),
-                    coll.sql_name()
-                ),
+                Value::Text(_) => {
+                    // COLLATE binds tighter than ||: keep pieces together.
+                    let lit = v.sql_literal();
+                    let lit = if lit.contains("||") {
+                        format!("({lit})")
+                    } else {
+                        lit
+                    };
+                    format!("{}={lit} COLLATE {}", quote_ident(c), coll.sql_name())
+                }
                 v => format!("{}={}", quote_ident(c), v.sql_literal()),
             })
             .collect::<Vec<_>>()

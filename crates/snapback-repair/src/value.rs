@@ -84,36 +84,77 @@ impl Value {
         }
     }
 
-    /// A SQL literal for this value, for `--sql` output. Text that is not
-    /// UTF-8 or holds NUL is written as `CAST(X'..' AS TEXT)`.
+    /// A SQL literal for this value, for `--sql` output, that reads back
+    /// the same in every SQL client: control characters (CR, LF, NUL, ESC,
+    /// C1 controls, U+2028/U+2029, BOM) never appear raw inside quotes but
+    /// as `char(..)` pieces (`'one'||char(13,10)||'two'`; char() makes
+    /// text in the database's own encoding); text that is not UTF-8 is
+    /// written as `CAST(X'..' AS TEXT)`.
     pub fn sql_literal(&self) -> String {
         match self {
             Value::Null => "NULL".into(),
             Value::Integer(i) => i.to_string(),
             Value::Real(r) => real_literal(*r),
             Value::Text(t) => match std::str::from_utf8(t) {
-                Ok(s) if !s.contains('\0') => format!("'{}'", s.replace('\'', "''")),
-                _ => format!("CAST(X'{}' AS TEXT)", hex::encode_upper(t)),
+                Ok(s) => text_literal(s),
+                Err(_) => format!("CAST(X'{}' AS TEXT)", hex::encode_upper(t)),
             },
             Value::Blob(b) => format!("X'{}'", hex::encode_upper(b)),
         }
     }
 
-    /// A short human rendering, for the terminal table.
+    /// A short human rendering, for the terminal: the SQL literal, so that
+    /// ESC, CR, BEL, newlines and the like are shown as `char(..)` pieces,
+    /// never sent raw to the terminal.
     pub fn display_short(&self, max: usize) -> String {
-        let s = match self {
-            Value::Text(t) => match std::str::from_utf8(t) {
-                Ok(s) => format!("'{}'", s.replace('\'', "''")),
-                Err(_) => self.sql_literal(),
-            },
-            _ => self.sql_literal(),
-        };
+        let s = self.sql_literal();
         if s.chars().count() > max {
             let cut: String = s.chars().take(max.saturating_sub(1)).collect();
             format!("{cut}…")
         } else {
             s
         }
+    }
+}
+
+/// Characters that a SQL client may translate, drop or act on when they
+/// appear raw in a script (a shell drops the CR of CR LF; a terminal acts
+/// on ESC; some readers end a line at U+2028 or drop a BOM).
+fn needs_char_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
+}
+
+/// `'..'` pieces for printable runs and `char(..)` pieces for the rest,
+/// joined with `||`; `''` for the empty string.
+fn text_literal(s: &str) -> String {
+    let mut pieces: Vec<String> = Vec::new();
+    let mut run = String::new();
+    let mut codes: Vec<String> = Vec::new();
+    for c in s.chars() {
+        if needs_char_escape(c) {
+            if !run.is_empty() {
+                pieces.push(format!("'{}'", run.replace('\'', "''")));
+                run.clear();
+            }
+            codes.push((c as u32).to_string());
+        } else {
+            if !codes.is_empty() {
+                pieces.push(format!("char({})", codes.join(",")));
+                codes.clear();
+            }
+            run.push(c);
+        }
+    }
+    if !run.is_empty() {
+        pieces.push(format!("'{}'", run.replace('\'', "''")));
+    }
+    if !codes.is_empty() {
+        pieces.push(format!("char({})", codes.join(",")));
+    }
+    if pieces.is_empty() {
+        "''".into()
+    } else {
+        pieces.join("||")
     }
 }
 
@@ -397,5 +438,11 @@ mod tests {
         assert_eq!(Value::Text(b"it's".to_vec()).sql_literal(), "'it''s'");
         assert_eq!(Value::Blob(vec![0xab]).sql_literal(), "X'AB'");
         assert_eq!(Value::Text(vec![0xff]).sql_literal(), "CAST(X'FF' AS TEXT)");
+        assert_eq!(Value::Text(vec![]).sql_literal(), "''");
+        assert_eq!(
+            Value::Text(b"one\r\ntwo's\x1b".to_vec()).sql_literal(),
+            "'one'||char(13,10)||'two''s'||char(27)"
+        );
+        assert_eq!(Value::Text(b"\0".to_vec()).sql_literal(), "char(0)");
     }
 }

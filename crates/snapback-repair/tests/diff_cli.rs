@@ -123,3 +123,97 @@ fn diff_sql_prints_nothing_for_a_table_with_null_keys_and_goes_on_with_the_other
     assert_eq!(o.code, 4, "a named table that cannot be paired: {o:?}");
     assert!(!o.stdout.contains("~"), "{o:?}");
 }
+
+/// Every row of `table` (columns k, v) as hex and storage class of each.
+pub fn exact_rows(db: &Path, table: &str) -> Vec<(String, String, String)> {
+    let c = Connection::open(db).expect("open");
+    let mut st = c
+        .prepare(&format!(
+            "SELECT typeof(k) || ':' || hex(k), hex(v), typeof(v) FROM \"{table}\" ORDER BY k"
+        ))
+        .expect("prepare");
+    let v = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .expect("rows");
+    v
+}
+
+const AWKWARD: &[&[u8]] = &[
+    b"line one\r\nline two\r\n",
+    b"lone\rcr",
+    b"nul\0inside",
+    b"\x1b[31mred\x1b[0m\x07",
+    b"tab\there",
+    b"it's \"quoted\" -- not a comment; /* nor this */",
+    b"",
+    "sep\u{2028}para\u{2029}bom\u{feff}c1\u{85}".as_bytes(),
+    b"\xff\xfe not utf-8 \xc3",
+    b"trailing newline\n",
+];
+
+/// `diff --sql` piped into the real sqlite3 shell gives back every byte of
+/// text holding CR LF, NUL, ESC, BEL, U+2028, a BOM or invalid UTF-8, in
+/// values and in keys; the terminal diff never prints those raw.
+#[test]
+fn diff_sql_survives_the_sqlite3_shell_byte_for_byte_with_control_characters() {
+    let d = dbs("CREATE TABLE t(k TEXT PRIMARY KEY, v TEXT);", "", "");
+    {
+        let s = Connection::open(&d.snap).expect("snap");
+        let l = Connection::open(&d.live).expect("live");
+        for (i, v) in AWKWARD.iter().enumerate() {
+            let ins = "INSERT INTO t VALUES(CAST(?1 AS TEXT), CAST(?2 AS TEXT))";
+            // The value as text, and as a key (only in the snapshot: inserted).
+            s.execute(
+                ins,
+                rusqlite::params![format!("v{i}").into_bytes(), v.to_vec()],
+            )
+            .expect("snap value");
+            s.execute(ins, rusqlite::params![v.to_vec(), b"as key".to_vec()])
+                .expect("snap key");
+            l.execute(
+                ins,
+                rusqlite::params![format!("v{i}").into_bytes(), b"damaged".to_vec()],
+            )
+            .expect("live value");
+        }
+        // A live-only row keyed by awkward text: deleted by the script.
+        l.execute(
+            "INSERT INTO t VALUES(CAST(?1 AS TEXT), 'extra')",
+            rusqlite::params![b"del\r\n\x1b\xff".to_vec()],
+        )
+        .expect("extra");
+    }
+    let o = d.diff(&["--sql"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    for bad in ['\r', '\0', '\x1b', '\x07', '\u{2028}', '\u{feff}'] {
+        assert!(!o.stdout.contains(bad), "raw {bad:?} in the SQL: {o:?}");
+    }
+    assert_eq!(o.stdout.lines().count(), 2 * AWKWARD.len() + 1, "{o:?}");
+    sqlite3_shell(&d.live, o.stdout.as_bytes());
+    assert_eq!(exact_rows(&d.live, "t"), exact_rows(&d.snap, "t"));
+    assert_eq!(d.diff(&[]).code, 0, "the diff now finds nothing");
+
+    // The terminal rendering escapes them too.
+    Connection::open(&d.live)
+        .expect("live")
+        .execute_batch("UPDATE t SET v = 'x'")
+        .expect("damage");
+    let o = d.diff(&[]);
+    assert_eq!(o.code, 3, "{o:?}");
+    for bad in ['\r', '\0', '\x1b', '\x07', '\u{2028}', '\u{feff}'] {
+        assert!(
+            !o.stdout.contains(bad),
+            "raw {bad:?} on the terminal: {o:?}"
+        );
+    }
+    assert!(
+        o.stdout.contains("'line one'||char(13,10)||'line two'"),
+        "{o:?}"
+    );
+    assert!(
+        o.stdout.lines().all(|l| !l.starts_with("line two")),
+        "{o:?}"
+    );
+}
