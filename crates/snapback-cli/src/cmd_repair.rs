@@ -331,6 +331,9 @@ fn repair_options(lock_wait: u64, max_wait: u64, keep_all_rows: bool) -> RepairO
             max_wait: Duration::from_secs(max_wait),
             force: false,
             batch_delay: batch_delay(),
+            exit_after_batches: std::env::var("SNAPBACK_REPAIR_EXIT_AFTER_BATCHES")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         },
         lock_wait: Duration::from_secs(lock_wait),
         keep_all_rows,

@@ -204,6 +204,11 @@ pub struct ApplyOptions {
     pub force: bool,
     /// A pause after each batch: a testing knob (SNAPBACK_REPAIR_BATCH_DELAY_MS).
     pub batch_delay: Duration,
+    /// A testing knob (SNAPBACK_REPAIR_EXIT_AFTER_BATCHES): after this many
+    /// batches committed by this process, the process exits at once with
+    /// code 137, as if it had been killed (nothing after the commit runs).
+    /// Makes kill-and-resume tests deterministic.
+    pub exit_after_batches: Option<u64>,
 }
 
 impl Default for ApplyOptions {
@@ -212,6 +217,7 @@ impl Default for ApplyOptions {
             max_wait: Duration::from_secs(300),
             force: false,
             batch_delay: Duration::ZERO,
+            exit_after_batches: None,
         }
     }
 }
@@ -297,6 +303,26 @@ fn read_row(
         Ok((v, r.get::<_, i64>(cols.len())? != 0))
     })
     .optional()
+}
+
+/// The live row's current values of `cols` (`None` when there is no row
+/// with the key), without a guard.
+pub(crate) fn read_values(
+    conn: &Connection,
+    table: &str,
+    key: &crate::schema::Key,
+    cols: &[String],
+    key_values: &[Value],
+) -> rusqlite::Result<Option<Vec<Value>>> {
+    let t = TableChanges {
+        table: table.to_string(),
+        key_columns: key.columns.clone(),
+        key_collations: key.collations.clone(),
+        guard: None,
+        batch_size: 1,
+        changes: vec![],
+    };
+    Ok(read_row(conn, &t, cols, key_values)?.map(|(v, _)| v))
 }
 
 fn same_row(a: &[Value], b: &[Value]) -> bool {
@@ -484,6 +510,13 @@ pub fn apply_changes(
                 .conflicts
                 .extend(conflicts.into_iter().map(|(ci, cf)| (ti, ci, cf)));
             progress(n, total);
+            if opts.exit_after_batches == Some(report.batches_applied) {
+                tracing::warn!(
+                    batches = report.batches_applied,
+                    "SNAPBACK_REPAIR_EXIT_AFTER_BATCHES: exiting as if killed"
+                );
+                std::process::exit(137);
+            }
             if !opts.batch_delay.is_zero() {
                 std::thread::sleep(opts.batch_delay);
             }

@@ -19,15 +19,15 @@ use serde::Serialize;
 use snapback_core::{Id, NoProgress, Repository, SnapshotOptions};
 
 use crate::apply::{
-    apply_changes, check_expected, ensure_journal, finish_run, insert_run, unfinished_runs,
-    ApplyOptions, ApplyReport, RunRecord, JOURNAL_TABLE,
+    apply_changes, check_expected, ensure_journal, finish_run, insert_run, read_values,
+    unfinished_runs, ApplyOptions, ApplyReport, RunRecord, JOURNAL_TABLE,
 };
 use crate::audit::{self, AuditEntry, SqlStepRecord};
 use crate::changes::{ChangeSet, Conflict, Op, RowChange, TableChanges, TableCounts};
 use crate::diff::{diff_table, prepare_table, DiffKind, PreparedTable, SchemaDiff, Side};
 use crate::error::{is_busy, Error, Result};
 use crate::report::row_json;
-use crate::schema::Key;
+use crate::schema::{table_info, Key};
 use crate::script::{Action, LoadedScript};
 use crate::source::{live_path, open_live_rw, resolve_snapshot, sqlite_uri, SnapshotDb};
 
@@ -319,6 +319,24 @@ impl RepairSession {
                 changes: vec![],
             };
             let keep_all = opts.keep_all_rows;
+            let whole_row: Vec<String> = table_info(&lconn, &lside.place, &pt.table)?
+                .map(|ti| {
+                    ti.stored_columns()
+                        .filter(|c| {
+                            !pt.key
+                                .columns
+                                .iter()
+                                .any(|k| k.eq_ignore_ascii_case(&c.name))
+                        })
+                        .map(|c| c.name.clone())
+                        .collect()
+                })
+                .unwrap_or_else(|| pt.data_columns.clone());
+            // One read transaction per table: the diff and the whole rows
+            // read for deletions see the same state of the live database.
+            lconn
+                .execute_batch("BEGIN")
+                .map_err(|e| Error::sqlite(&lside.place, "cannot start a read transaction", e))?;
             diff_table(&sside, &lside, pt, |d| {
                 let action = match d.kind {
                     DiffKind::OnlyInSnapshot if ts.has(Action::InsertMissing) => {
@@ -338,11 +356,30 @@ impl RepairSession {
                     }
                     DiffKind::OnlyInLive if ts.has(Action::DeleteExtra) => {
                         counts.delete += 1;
+                        // A deleted row is recorded whole (every stored
+                        // column of the live table, also those that only
+                        // live has), so that undo brings it back exactly.
+                        let before = if whole_row == pt.data_columns {
+                            d.live.clone()
+                        } else {
+                            let v = read_values(&lconn, &pt.table, &pt.key, &whole_row, &d.key)
+                                .map_err(|e| {
+                                    Error::sqlite(&lside.place, "cannot read a row to delete", e)
+                                })?;
+                            Some(v.ok_or_else(|| {
+                                Error::Input(format!(
+                                    "{}: table {}: the row with key {} vanished while it was being read; nothing was written, plan again",
+                                    lside.place,
+                                    pt.table,
+                                    key_string(&d.key)
+                                ))
+                            })?)
+                        };
                         tc.changes.push(RowChange {
                             op: Op::Delete,
                             key: d.key.clone(),
-                            columns: pt.data_columns.clone(),
-                            before: d.live.clone(),
+                            columns: whole_row.clone(),
+                            before,
                             after: None,
                         });
                         "delete"
@@ -391,6 +428,9 @@ impl RepairSession {
                 }
                 Ok(())
             })?;
+            lconn
+                .execute_batch("COMMIT")
+                .map_err(|e| Error::sqlite(&lside.place, "cannot end a read transaction", e))?;
             changes.tables.push(tc);
             plan_tables.push(TablePlan {
                 table: pt.table.clone(),

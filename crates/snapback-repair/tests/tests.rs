@@ -1,4 +1,5 @@
-//! All integration tests in one binary (see STYLE.md); helpers in util.rs.
+//! All integration tests in one binary (see STYLE.md); helpers in util.rs
+//! and lab.rs.
 //! The end-to-end tests drive `<workspace>/target/debug/snapback`: build it
 //! first (`cargo build -p snapback-cli`; scripts/test.sh does).
 
@@ -7,5 +8,7 @@ mod bad_input;
 mod diff;
 mod diff_cli;
 mod e2e;
+mod lab;
 mod repair;
 mod util;
+mod values;
