@@ -6,6 +6,7 @@ mod util;
 
 mod bad_input;
 mod consistency;
+mod conventions;
 mod corruption;
 mod crash;
 mod encryption;

@@ -32,10 +32,25 @@ pub struct Env {
 }
 
 /// The variables that carry a passphrase to `snapback`.
-pub const PASSWORD_VARS: [&str; 3] = [
+pub const PASSWORD_VARS: [&str; 4] = [
     "SNAPBACK_PASSWORD",
     "SNAPBACK_PASSWORD_FILE",
     "SNAPBACK_NEW_PASSWORD",
+    "SNAPBACK_PASSWORD_COMMAND",
+];
+
+/// Variables of the test process that would change what `snapback` does
+/// (which config it reads, where a passphrase comes from, what it logs):
+/// never passed on. A test sets what it needs in `Env::vars`.
+pub const ISOLATED_VARS: [&str; 8] = [
+    "SNAPBACK_PASSWORD",
+    "SNAPBACK_PASSWORD_FILE",
+    "SNAPBACK_NEW_PASSWORD",
+    "SNAPBACK_PASSWORD_COMMAND",
+    "SNAPBACK_CONFIG",
+    "SNAPBACK_LOG",
+    "RUST_LOG",
+    "NO_COLOR",
 ];
 
 /// The cheapest setting of the passphrase KDF, to keep the tests fast.
@@ -85,8 +100,10 @@ impl Env {
         c.arg("--repo")
             .arg(self.repo())
             .args(args)
-            .env_remove("SNAPBACK_REPO");
-        for k in PASSWORD_VARS {
+            .env_remove("SNAPBACK_REPO")
+            // No config of the user running the tests (~/.config/snapback).
+            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"));
+        for k in ISOLATED_VARS {
             c.env_remove(k);
         }
         c.envs(self.vars.iter().map(|(k, v)| (k, v)));

@@ -9,7 +9,12 @@ use crate::cmd_basic;
 /// Frequent, deduplicated, verified snapshots of live SQLite databases (and
 /// plain files) into a local or S3 repository; restore, check, and more.
 #[derive(Debug, Parser)]
-#[command(name = "snapback", version, propagate_version = true)]
+#[command(
+    name = "snapback",
+    version,
+    long_version = crate::cmd_meta::long_version(),
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -96,9 +101,19 @@ pub enum Command {
     /// Manage the passphrases of an encrypted repository.
     #[command(subcommand)]
     Key(crate::cmd_key::KeyCommand),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions(crate::cmd_meta::CompletionsArgs),
+    /// Print the man page (roff) on stdout.
+    Man,
 }
 
 pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
+    // About snapback itself: no config, no repository.
+    match cli.command {
+        Command::Completions(a) => return crate::cmd_meta::completions(a),
+        Command::Man => return crate::cmd_meta::man(),
+        _ => {}
+    }
     let cfg = crate::config::load(cli.global.config.as_deref())?;
     if cli.global.repo.is_none() {
         cli.global.repo = cfg.repo.clone();
@@ -123,6 +138,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Undo(a) => crate::cmd_repair::undo(g, a),
         Command::RepairIndex(a) => crate::cmd_reliability::repair_index(g, a),
         Command::Key(c) => crate::cmd_key::run(g, c),
+        Command::Completions(_) | Command::Man => Ok(crate::exit::OK),
     }
 }
 

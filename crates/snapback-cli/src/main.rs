@@ -4,6 +4,7 @@
 mod cli;
 mod cmd_basic;
 mod cmd_key;
+mod cmd_meta;
 mod cmd_mount;
 mod cmd_ops;
 mod cmd_reliability;
