@@ -10,8 +10,9 @@ use clap::Args;
 use serde_json::json;
 use snapback_repair::{audit_verify, ApplyOptions, LoadedScript, RepairOptions, RepairSession};
 use snapback_repair::{
-    check_pairing, compare_table_sets, diff_table, live_path, open_live_readonly, prepare_table,
-    resolve_snapshot, row_human, row_json, sql_for, DiffCounts, Side, SnapshotDb, TableSelection,
+    check_pairing, compare_table_sets, compare_virtual_tables, diff_table, live_path,
+    open_live_readonly, prepare_table, resolve_snapshot, row_human, row_json, sql_for,
+    virtual_table_comparable, DiffCounts, Side, SnapshotDb, TableSelection,
 };
 
 use crate::cli::{absolute, Global};
@@ -92,14 +93,26 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     };
 
     let whole = a.tables.is_empty();
-    let (tables, table_diffs) = if whole {
-        compare_table_sets(&sside, &lside)?
-    } else {
-        (a.tables.clone(), vec![])
-    };
     // Tables that could not be compared, and why. One bad table does not
     // stop the others; it makes the exit code INCOMPLETE.
     let mut skipped: Vec<(String, String)> = Vec::new();
+    let (tables, table_diffs) = if whole {
+        let (mut tables, mut diffs) = compare_table_sets(&sside, &lside)?;
+        // Virtual tables: FTS and R*Tree rows are compared through their
+        // own SELECT; the others are reported, never silently passed over.
+        let (vtabs, vdiffs) = compare_virtual_tables(&sside, &lside)?;
+        diffs.extend(vdiffs);
+        for vt in vtabs {
+            match virtual_table_comparable(&vt) {
+                Ok(()) => tables.push(vt.name),
+                Err(why) => skipped.push((vt.name, why)),
+            }
+        }
+        tables.sort();
+        (tables, diffs)
+    } else {
+        (a.tables.clone(), vec![])
+    };
     let mut prepared = Vec::new();
     for t in &tables {
         let sel = TableSelection {

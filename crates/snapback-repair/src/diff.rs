@@ -61,6 +61,10 @@ pub struct PreparedTable {
     pub where_live: Option<String>,
     pub guard: Option<String>,
     pub schema_diffs: Vec<SchemaDiff>,
+    /// For a virtual table (FTS, R*Tree): its module. Such tables are
+    /// compared, never repaired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_module: Option<String>,
     #[serde(skip)]
     snap_sql: String,
     #[serde(skip)]
@@ -178,6 +182,53 @@ pub fn compare_table_sets(
     Ok((common, diffs))
 }
 
+/// Virtual tables on each side: those present on both (to compare, or to
+/// skip when [`virtual_table_comparable`] says they cannot be), and schema
+/// differences (a virtual table on one side only, or a changed definition).
+///
+/// [`virtual_table_comparable`]: crate::schema::virtual_table_comparable
+pub fn compare_virtual_tables(
+    snap: &Side<'_>,
+    live: &Side<'_>,
+) -> Result<(Vec<crate::schema::VirtualTable>, Vec<SchemaDiff>)> {
+    let a = crate::schema::list_virtual_tables(snap.conn, &snap.place)?;
+    let b = crate::schema::list_virtual_tables(live.conn, &live.place)?;
+    let mut common = Vec::new();
+    let mut diffs = Vec::new();
+    for t in &a {
+        match b.iter().find(|x| x.name.eq_ignore_ascii_case(&t.name)) {
+            None => diffs.push(SchemaDiff {
+                table: t.name.clone(),
+                what: format!("virtual table ({}) exists only in the snapshot", t.module),
+            }),
+            Some(l) => {
+                if l.sql != t.sql {
+                    diffs.push(SchemaDiff {
+                        table: t.name.clone(),
+                        what: format!(
+                            "virtual table definition differs: {:?} in the snapshot, {:?} in the live database",
+                            t.sql, l.sql
+                        ),
+                    });
+                }
+                common.push(l.clone());
+            }
+        }
+    }
+    for t in &b {
+        if !a.iter().any(|x| x.name.eq_ignore_ascii_case(&t.name)) {
+            diffs.push(SchemaDiff {
+                table: t.name.clone(),
+                what: format!(
+                    "virtual table ({}) exists only in the live database",
+                    t.module
+                ),
+            });
+        }
+    }
+    Ok((common, diffs))
+}
+
 /// Resolves a selection against both schemas: checks the table, key,
 /// columns and predicates (preparing each), and builds the two queries.
 /// Nothing is read from the tables yet.
@@ -209,7 +260,10 @@ pub fn prepare_table(
         )));
     }
     if !key.is_rowid() {
-        for k in &key.columns {
+        let fts_rowid = |k: &str| {
+            key.source == crate::schema::KeySource::VirtualId && k.eq_ignore_ascii_case("rowid")
+        };
+        for k in key.columns.iter().filter(|k| !fts_rowid(k)) {
             find_column(&st, k, &snap.place).map_err(|_| {
                 Error::Input(format!(
                     "key column {k:?} of table {} is missing in the snapshot ({}); the schemas differ, so give a key that both have with --key",
@@ -375,6 +429,7 @@ pub fn prepare_table(
         where_live: sel.where_live.clone(),
         guard: sel.guard.clone(),
         schema_diffs,
+        virtual_module: lt.virtual_module.clone(),
         snap_sql,
         live_sql,
         snap_key_sql,

@@ -35,8 +35,8 @@ pub use audit::{
 };
 pub use changes::{ChangeSet, Conflict, Op, RowChange, TableChanges, TableCounts};
 pub use diff::{
-    check_pairing, compare_table_sets, diff_table, prepare_table, sql_for, DiffCounts, DiffKind,
-    PreparedTable, RowDiff, SchemaDiff, Side, TableSelection,
+    check_pairing, compare_table_sets, compare_virtual_tables, diff_table, prepare_table, sql_for,
+    DiffCounts, DiffKind, PreparedTable, RowDiff, SchemaDiff, Side, TableSelection,
 };
 pub use error::{is_busy, Error, Result};
 pub use repair::{
@@ -44,7 +44,9 @@ pub use repair::{
     RepairSession, ResumeInfo, TablePlan, UndoOutcome, PRE_REPAIR_TAG, SAMPLE_ROWS,
 };
 pub use report::{key_text, row_human, row_json};
-pub use schema::{quote_ident, Key, KeySource, JOURNAL_TABLES};
+pub use schema::{
+    quote_ident, virtual_table_comparable, Key, KeySource, VirtualTable, JOURNAL_TABLES,
+};
 pub use script::{Action, LoadedScript, Script, SqlStep, TableScript, DEFAULT_BATCH_SIZE};
 pub use source::{
     live_path, open_live_readonly, open_live_rw, resolve_snapshot, sqlite_uri, SnapshotDb,

@@ -270,6 +270,12 @@ impl RepairSession {
         let mut tables = Vec::new();
         for ts in &s.tables {
             let pt = prepare_table(&sside, &lside, &ts.selection())?;
+            if let Some(m) = &pt.virtual_module {
+                return Err(Error::Input(format!(
+                    "table {} is a virtual table ({m}): `snapback diff` compares its rows, but repair writes ordinary tables only; repair the table its content comes from, or rebuild the index (for FTS: INSERT INTO {}({}) VALUES('rebuild')); nothing was written",
+                    pt.table, pt.table, pt.table
+                )));
+            }
             let blockers = pt.repair_blockers();
             if !blockers.is_empty() {
                 return Err(Error::Input(format!(

@@ -35,6 +35,91 @@ pub struct TableInfo {
     pub name: String,
     pub columns: Vec<Column>,
     pub without_rowid: bool,
+    /// For a virtual table whose rows can be compared (see
+    /// [`virtual_table_comparable`]): its module, lower case.
+    pub virtual_module: Option<String>,
+}
+
+/// A virtual table as the schema declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VirtualTable {
+    pub name: String,
+    /// The module, lower case (`fts5`, `rtree`, ...).
+    pub module: String,
+    /// Its `CREATE VIRTUAL TABLE` statement.
+    pub sql: String,
+}
+
+/// The module named by a `CREATE VIRTUAL TABLE ... USING module(...)`.
+fn module_of(sql: &str) -> String {
+    let upper = sql.to_ascii_uppercase();
+    let Some(at) = upper.find(" USING ") else {
+        return String::new();
+    };
+    sql[at + 7..]
+        .trim_start()
+        .split(|c: char| c == '(' || c.is_whitespace())
+        .next()
+        .unwrap_or("")
+        .trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']' || c == '\'')
+        .to_ascii_lowercase()
+}
+
+/// Virtual tables of the `main` schema, in name order. Read from
+/// sqlite_schema, so that a table whose module this build lacks is still
+/// listed.
+pub fn list_virtual_tables(conn: &Connection, place: &str) -> Result<Vec<VirtualTable>> {
+    let mut st = conn
+        .prepare(
+            "SELECT name, sql FROM main.sqlite_schema WHERE type = 'table' \
+             AND sql LIKE 'CREATE VIRTUAL TABLE%' ORDER BY name",
+        )
+        .map_err(sq(place, "cannot list virtual tables"))?;
+    let v = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(sq(place, "cannot list virtual tables"))?;
+    Ok(v.into_iter()
+        .map(|(name, sql)| VirtualTable {
+            module: module_of(&sql),
+            name,
+            sql,
+        })
+        .collect())
+}
+
+/// Whether the rows of a virtual table can be compared soundly, through
+/// its own SELECT paired by rowid; `Err(reason)` when they cannot.
+///
+/// FTS3/4/5 tables keep each document's column values and its rowid (the
+/// document id, which VACUUM keeps); R*Tree tables keep each entry's id and
+/// coordinates. Their shadow tables are not compared: the index b-trees
+/// they hold depend on the order of inserts and merges, so equal content
+/// can differ there. Contentless FTS tables keep no values, and other
+/// modules may read rows from outside the database: those are reported,
+/// never compared.
+pub fn virtual_table_comparable(vt: &VirtualTable) -> std::result::Result<(), String> {
+    let compact: String = vt
+        .sql
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    match vt.module.as_str() {
+        "fts3" | "fts4" | "fts5"
+            if compact.contains("content=''") || compact.contains("content=\"\"") =>
+        {
+            Err(format!(
+                "contentless {} table: it keeps no column values to compare (compare the table its text came from)",
+                vt.module
+            ))
+        }
+        "fts3" | "fts4" | "fts5" | "rtree" | "rtree_i32" => Ok(()),
+        "" => Err("virtual table without a module name".into()),
+        m => Err(format!(
+            "virtual table of module {m}: its rows may come from outside the database, so they are not compared row by row (only FTS3/4/5 and R*Tree tables are)"
+        )),
+    }
 }
 
 impl TableInfo {
@@ -62,6 +147,9 @@ pub enum KeySource {
     Declared,
     /// The rowid: the last resort. Rowids are not stable across VACUUM.
     Rowid,
+    /// A virtual table's own id: an FTS table's rowid (the document id) or
+    /// an R*Tree's id column. Both are stored values, kept by VACUUM.
+    VirtualId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,6 +172,7 @@ impl Key {
             KeySource::PrimaryKey => format!("primary key ({cols})"),
             KeySource::UniqueIndex(i) => format!("unique index {i} ({cols})"),
             KeySource::Declared => format!("declared key ({cols})"),
+            KeySource::VirtualId => format!("the virtual table's id ({cols})"),
             KeySource::Rowid => "rowid: the table has no primary key or NOT NULL unique index; rowids are not stable keys (VACUUM may renumber them), so give a key with --key if the table has one".to_string(),
         }
     }
@@ -127,7 +216,20 @@ pub fn table_info(conn: &Connection, place: &str, table: &str) -> Result<Option<
     let Some((name, kind, wr)) = row else {
         return Ok(None);
     };
-    if kind != "table" {
+    let mut virtual_module = None;
+    if kind == "virtual" {
+        let vt = list_virtual_tables(conn, place)?
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "{place}: virtual table {name} is not in the schema"
+                ))
+            })?;
+        virtual_table_comparable(&vt)
+            .map_err(|why| Error::Input(format!("{place}: {name}: {why}")))?;
+        virtual_module = Some(vt.module);
+    } else if kind != "table" {
         return Err(Error::Input(format!(
             "{place}: {name} is a {kind}, not an ordinary table; only ordinary tables can be compared and repaired"
         )));
@@ -154,6 +256,7 @@ pub fn table_info(conn: &Connection, place: &str, table: &str) -> Result<Option<
         name,
         columns,
         without_rowid: wr != 0,
+        virtual_module,
     }))
 }
 
@@ -249,6 +352,20 @@ pub fn choose_key(
             collations: vec![Collation::Binary; names.len()],
             columns: names,
             source: KeySource::Declared,
+        });
+    }
+    if let Some(module) = &t.virtual_module {
+        // An R*Tree's first column is its id (the rowid); FTS tables have
+        // the rowid, which no FTS column may be named.
+        let id = match module.as_str() {
+            "rtree" | "rtree_i32" => t.columns.first().map(|c| c.name.clone()),
+            _ => Some("rowid".to_string()),
+        }
+        .ok_or_else(|| Error::NoKey(format!("{place}: virtual table {} has no columns", t.name)))?;
+        return Ok(Key {
+            columns: vec![id],
+            collations: vec![Collation::Binary],
+            source: KeySource::VirtualId,
         });
     }
     let mut pk: Vec<&crate::schema::Column> = t.columns.iter().filter(|c| c.pk > 0).collect();

@@ -217,3 +217,101 @@ fn diff_sql_survives_the_sqlite3_shell_byte_for_byte_with_control_characters() {
         "{o:?}"
     );
 }
+
+/// FTS5 and R*Tree rows are compared through the tables' own SELECT, by
+/// their ids; virtual tables dropped or created are schema differences; a
+/// contentless FTS table is reported as not compared, and the exit code
+/// never says the databases match while something was skipped.
+#[test]
+fn whole_database_diff_reports_virtual_tables_compares_fts5_and_rtree_rows_and_never_claims_a_match(
+) {
+    let schema = "CREATE VIRTUAL TABLE docs USING fts5(title, body);
+         CREATE VIRTUAL TABLE boxes USING rtree(id, minx, maxx);
+         CREATE VIRTUAL TABLE gone USING fts5(x);
+         CREATE TABLE plain(id INTEGER PRIMARY KEY, v);";
+    let rows = "INSERT INTO docs(rowid, title, body) VALUES(5,'a','b'),(7,'c','d');
+         INSERT INTO boxes VALUES(1,0.5,1.5),(2,1,2);
+         INSERT INTO plain VALUES(1,'x');";
+    let d = dbs(schema, rows, rows);
+    Connection::open(&d.live)
+        .expect("live")
+        .execute_batch(
+            "DELETE FROM docs WHERE rowid = 7; UPDATE docs SET body = 'B' WHERE rowid = 5;
+             DELETE FROM boxes WHERE id = 2; DROP TABLE gone;
+             CREATE VIRTUAL TABLE added USING rtree(id, a, b);",
+        )
+        .expect("damage");
+    let o = d.diff(&["--json"]);
+    assert_eq!(o.code, 3, "differences, nothing skipped: {o:?}");
+    let lines = json_lines(&o);
+    let schema_of = |t: &str| {
+        lines.iter().any(|l| {
+            l["type"] == "schema"
+                && l["table"] == t
+                && l["what"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("virtual table"))
+        })
+    };
+    assert!(schema_of("gone") && schema_of("added"), "{o:?}");
+    let counts = |t: &str| {
+        lines
+            .iter()
+            .find(|l| l["type"] == "table" && l["table"] == t)
+            .map(|l| l["counts"].clone())
+            .unwrap_or_else(|| panic!("no summary of {t}: {o:?}"))
+    };
+    assert_eq!(
+        (
+            counts("docs")["changed"].as_u64(),
+            counts("docs")["only_in_snapshot"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(counts("boxes")["only_in_snapshot"].as_u64(), Some(1));
+    let sum = lines.last().expect("summary");
+    assert_eq!(sum["schema_differences"], 2, "{sum}");
+
+    // The SQL puts the rows back; the FTS index stays consistent.
+    let o = d.diff(&["--sql"]);
+    assert!(
+        o.stdout
+            .contains("INSERT INTO \"docs\"(\"rowid\",\"title\",\"body\") VALUES(7,'c','d');"),
+        "{o:?}"
+    );
+    sqlite3_shell(&d.live, o.stdout.as_bytes());
+    let c = Connection::open(&d.live).expect("live");
+    c.execute_batch("INSERT INTO docs(docs) VALUES('integrity-check');")
+        .expect("fts5 index consistent");
+    let hit: i64 = c
+        .query_row("SELECT rowid FROM docs WHERE docs MATCH 'd'", [], |r| {
+            r.get(0)
+        })
+        .expect("match");
+    assert_eq!(hit, 7);
+    drop(c);
+    let o = d.diff(&[]);
+    assert_eq!(o.code, 3, "only the schema differences remain: {o:?}");
+    assert!(
+        o.stderr
+            .contains("0 row difference(s), 2 schema difference(s)"),
+        "{o:?}"
+    );
+
+    // Same schema, same rows, but a contentless FTS table: not a match.
+    let d = dbs(
+        "CREATE VIRTUAL TABLE idx USING fts5(x, content=''); CREATE TABLE plain(id INTEGER PRIMARY KEY);",
+        "INSERT INTO idx(rowid, x) VALUES(1, 'one');",
+        "",
+    );
+    let o = d.diff(&[]);
+    assert_eq!(o.code, 4, "skipped, so not 0: {o:?}");
+    assert!(
+        o.stderr
+            .contains("table idx was not compared: contentless fts5"),
+        "{o:?}"
+    );
+    let o = d.diff(&["--json"]);
+    let sum = json_lines(&o).pop().expect("summary");
+    assert_eq!(sum["skipped"][0]["table"], "idx", "{sum}");
+}

@@ -353,3 +353,28 @@ fn repair_writes_back_the_text_of_a_nocase_or_rtrim_key_and_undo_reverts_it() {
     assert_eq!(u.rows_changed, 2);
     assert_eq!(keys(&e.live), before);
 }
+
+#[test]
+fn repair_refuses_a_virtual_table_before_writing_anything() {
+    let e = env();
+    for p in [&e.snap, &e.live] {
+        Connection::open(p)
+            .expect("open")
+            .execute_batch("CREATE VIRTUAL TABLE docs USING fts5(body);")
+            .expect("fts5");
+    }
+    Connection::open(&e.snap)
+        .expect("snap")
+        .execute_batch("INSERT INTO docs(rowid, body) VALUES(1, 'lost');")
+        .expect("row");
+    let body = "[[table]]\nname = \"docs\"\nactions = [\"insert_missing\"]\n";
+    let err = RepairSession::plan(
+        Some(&e.repo),
+        script(&e, body),
+        RepairOptions::default(),
+        true,
+    )
+    .err()
+    .expect("a virtual table is refused");
+    assert!(err.to_string().contains("virtual table (fts5)"), "{err}");
+}
