@@ -476,3 +476,34 @@ fn an_invalid_max_age_in_the_config_stops_only_status() {
     );
     assert_eq!(env.snapshots_json().len(), before);
 }
+
+#[test]
+fn the_time_snapshots_prints_selects_that_snapshot_when_pasted_back() {
+    let env = Env::new();
+    let f = env.path("f");
+    let mut ids = vec![];
+    for i in 0..3 {
+        std::fs::write(&f, format!("v{i}")).expect("write");
+        ids.push(env.snapshot(&f));
+    }
+    let table = env.ok(&["snapshots"]);
+    for id in &ids {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&id[..8]))
+            .unwrap_or_else(|| panic!("{id} in {table}"));
+        let time = line.split_whitespace().nth(1).expect("time column");
+        let out = env.run(&[
+            "restore",
+            &format!("@{time}"),
+            env.path("r").to_str().expect("utf8"),
+            "--force",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("using snapshot {}", &id[..8])),
+            "@{time} selects {id}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -316,7 +316,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
             s.id.short(),
             format!(
                 "{}{}",
-                snapback_core::time::format_rfc3339(s.time),
+                snapback_core::time::format_rfc3339_nanos(s.time),
                 if snapback_core::is_future(s.time, now) {
                     " (future)"
                 } else {

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
-use snapback_core::time::format_rfc3339_secs;
+use snapback_core::time::{format_rfc3339_nanos, strip_fraction};
 use snapback_core::{
     DbChecksum, FileEntry, FileKind, FileReader, Id, Manifest, Repository, Snapshot,
 };
@@ -348,9 +348,27 @@ fn file_mtime(f: &FileEntry, fallback: SystemTime) -> SystemTime {
         .unwrap_or(fallback)
 }
 
-/// The name of a snapshot's directory under `snapshots/`.
+/// The name of a snapshot's directory under `snapshots/`: its time in full
+/// (so that `@TIME` with it selects this snapshot) and its short id.
 pub fn snapshot_dir_name(s: &Snapshot) -> String {
-    format!("{}_{}", format_rfc3339_secs(s.time), s.id.short())
+    format!("{}_{}", format_rfc3339_nanos(s.time), s.id.short())
+}
+
+/// True for a name in the older, seconds-only form of the mount's time
+/// names: `2026-02-02T17:17:00Z`, optionally with `_<8 hex>`.
+fn is_legacy_time_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let time_ok = b.len() >= 20
+        && b[19] == b'Z'
+        && b[..19].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        });
+    time_ok
+        && (b.len() == 20
+            || (b.len() == 29 && b[20] == b'_' && b[21..].iter().all(u8::is_ascii_hexdigit)))
 }
 
 /// The `.snapback-manifest.json` of a snapshot: its id and manifest, and
@@ -466,7 +484,7 @@ fn by_path_entry(b: &mut Builder<'_>, bypath: u64, s: &Snapshot, idx: usize, f: 
             }
         }
     }
-    let time = format_rfc3339_secs(s.time);
+    let time = format_rfc3339_nanos(s.time);
     let node = Node {
         parent,
         mtime: file_mtime(f, t),
@@ -757,9 +775,35 @@ impl Vfs {
         let NodeKind::Dir { children, .. } = &p.kind else {
             return Err(VfsError::NotDir);
         };
-        let ino = *children.get(name).ok_or(VfsError::NotFound)?;
+        let ino = match children.get(name) {
+            Some(i) => *i,
+            None => Self::legacy_child(&tree, children, name).ok_or(VfsError::NotFound)?,
+        };
         let n = tree.nodes.get(&ino).ok_or(VfsError::Stale(ino))?;
         Ok(self.attr_of(ino, n))
+    }
+
+    /// Names of the older, seconds-only form still resolve (scripts and
+    /// notes written before names carried the full time), without being
+    /// listed: `…T17:17:00Z_9f2c4e1a` under `snapshots/`, and under
+    /// `by-path` `…T17:17:00Z` (the first snapshot of that second) or
+    /// `…T17:17:00Z_<short id>`.
+    fn legacy_child(tree: &Tree, children: &BTreeMap<String, u64>, name: &str) -> Option<u64> {
+        if !is_legacy_time_name(name) {
+            return None;
+        }
+        children.iter().find_map(|(child, ino)| {
+            let old = strip_fraction(child)?;
+            if old == name {
+                return Some(*ino);
+            }
+            match tree.nodes.get(ino).map(|n| &n.kind) {
+                Some(NodeKind::File(f)) if format!("{old}_{}", f.snap.short()) == name => {
+                    Some(*ino)
+                }
+                _ => None,
+            }
+        })
     }
 
     /// How long the kernel may remember that a name is absent from

@@ -160,7 +160,7 @@ fn layout_shows_every_snapshot_by_time_and_by_path() {
     let dir = snapshot_dir_name(&s1);
     assert_eq!(names(&vfs, "snapshots"), vec![dir.clone()]);
     assert!(dir.ends_with(&format!("_{}", s1.id.short())), "{dir}");
-    assert!(!dir.contains('.'), "seconds precision: {dir}");
+    assert!(dir.contains('.'), "full precision: {dir}");
     let latest = vfs.resolve("latest").expect("latest");
     assert_eq!(latest.attr.kind, Kind::Symlink);
     assert_eq!(
@@ -187,7 +187,7 @@ fn layout_shows_every_snapshot_by_time_and_by_path() {
         "not a directory"
     );
     let times = names(&vfs, &format!("by-path/{}", rel(&db)));
-    assert_eq!(times, vec![format_rfc3339_secs(s1.time)]);
+    assert_eq!(times, vec![format_rfc3339_nanos(s1.time)]);
     let manifest = read_all(&vfs, &format!("snapshots/{dir}/{MANIFEST_NAME}")).expect("manifest");
     let v: serde_json::Value = serde_json::from_slice(&manifest).expect("json");
     assert_eq!(v["id"], s1.id.to_hex());
@@ -199,6 +199,41 @@ fn layout_shows_every_snapshot_by_time_and_by_path() {
         v["mount_notes"]["served_as_rollback_journal"][0],
         db.to_string_lossy().as_ref()
     );
+}
+
+#[test]
+fn mount_names_select_their_snapshot_when_pasted_back_and_old_names_resolve() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 100);
+    let s1 = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::All, |_| {});
+    let dir = snapshot_dir_name(&s1);
+    let time = dir.split('_').next().expect("time part");
+    // Pasted back as @TIME, the name's time selects this very snapshot.
+    let sel: snapback_core::Selector = format!("@{time}").parse().expect("selector");
+    assert_eq!(sel, snapback_core::Selector::At(s1.time), "{time}");
+    let by_path = names(&vfs, &format!("by-path/{}", rel(&db)));
+    assert_eq!(by_path, vec![time.to_string()]);
+    // The older seconds-only names still resolve, without being listed.
+    let secs = snapback_core::time::format_rfc3339_secs(s1.time);
+    let old_dir = format!("{secs}_{}", s1.id.short());
+    let a = vfs
+        .resolve(&format!("snapshots/{old_dir}"))
+        .expect("old dir name");
+    let b = vfs
+        .resolve(&format!("snapshots/{dir}"))
+        .expect("new dir name");
+    assert_eq!(a.attr.ino, b.attr.ino);
+    let a = vfs
+        .resolve(&format!("by-path/{}/{secs}", rel(&db)))
+        .expect("old by-path name");
+    let b = vfs
+        .resolve(&format!("by-path/{}/{time}", rel(&db)))
+        .expect("new by-path name");
+    assert_eq!(a.attr.ino, b.attr.ino);
+    assert!(vfs
+        .resolve(&format!("by-path/{}/{secs}-journal", rel(&db)))
+        .is_err());
 }
 
 #[test]
