@@ -349,3 +349,106 @@ fn reset_uploads_and_damaged_reads_never_commit_or_restore_wrong_bytes() {
     assert_eq!(integrity(&dest), "ok");
     assert_eq!(rows(&dest), 3000);
 }
+
+/// Runs snapback against the test server with `url`, the server's variables
+/// minus `remove`, plus `add`.
+fn run_s3(
+    url: &str,
+    endpoint: &str,
+    remove: &[&str],
+    add: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
+    let s = server();
+    let mut c = Command::new(bin());
+    for (k, v) in &s.vars {
+        if !remove.contains(&k.as_str()) {
+            c.env(k, v);
+        }
+    }
+    for k in remove {
+        c.env_remove(k);
+    }
+    c.envs(add.iter().copied())
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env_remove("SNAPBACK_REPO")
+        .args(["--repo", url, "--s3-endpoint", endpoint, "--s3-path-style"])
+        .args(args);
+    c.output().expect("run snapback")
+}
+
+/// No raw SDK dump (Debug forms of the error structs) in a message.
+fn assert_clean(err: &str) {
+    for dump in ["DispatchFailure {", "Some(", "ConnectorError {", "source: "] {
+        assert!(!err.contains(dump), "raw SDK dump ({dump}): {err}");
+    }
+}
+
+#[test]
+fn s3_missing_bucket_missing_credentials_and_dead_endpoint_give_clean_errors() {
+    let s = server();
+    let tmp = tempfile::tempdir().expect("tmp");
+    // A missing bucket: `init` would not help, so it is not suggested.
+    let out = run_s3(
+        "s3://no-such-bucket-e2e/p",
+        &s.endpoint,
+        &[],
+        &[],
+        &["snapshots"],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(!err.contains("Create one with `snapback init`"), "{err}");
+    assert!(
+        err.contains("no-such-bucket-e2e") && err.contains("create the bucket"),
+        "{err}"
+    );
+    assert_clean(&err);
+
+    // No credentials anywhere: said so, at once, not retried.
+    let home = tmp.path().to_str().expect("utf8");
+    let t = std::time::Instant::now();
+    let url = format!("s3://{}/nocreds", s.bucket);
+    let out = run_s3(
+        &url,
+        &s.endpoint,
+        &[
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+        ],
+        &[
+            ("HOME", home),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+        &["snapshots"],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("no AWS credentials found"), "{err}");
+    assert!(
+        !err.contains("retrying") && !err.contains("failed to reach"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "not retried: {:?}",
+        t.elapsed()
+    );
+
+    // A dead endpoint: retried (it may come back), then one clean error.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let out = run_s3(&url, &endpoint, &[], &[], &["snapshots"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    let last = err
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect::<Vec<_>>();
+    assert_eq!(last.len(), 1, "{err}");
+    assert_clean(&err);
+}

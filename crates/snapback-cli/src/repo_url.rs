@@ -83,9 +83,13 @@ pub fn is_encrypted(g: &Global) -> anyhow::Result<bool> {
 
 pub fn open_repo(g: &Global) -> anyhow::Result<Repository> {
     let store = open_store(g, false)?;
-    let repo = Repository::open_with_passphrase(store, || {
+    let repo = match Repository::open_with_passphrase(store, || {
         crate::password::current(g).map_err(|e| snapback_core::Error::Key(format!("{e:#}")))
-    })?;
+    }) {
+        Ok(r) => r,
+        Err(e @ snapback_core::Error::NotARepository { .. }) => return Err(no_repository(g, e)),
+        Err(e) => return Err(e.into()),
+    };
     // A job that gives a passphrase expects an encrypted repository. If the
     // config says otherwise, it may have been replaced (and keys/ deleted)
     // to make this job write plaintext: refuse.
@@ -102,6 +106,28 @@ pub fn open_repo(g: &Global) -> anyhow::Result<Repository> {
         Some(dir) if remote => repo.with_cache_dir(dir),
         _ => repo,
     })
+}
+
+/// No config object. On S3, "create one with `snapback init`" is only
+/// right when the bucket exists (init does not create buckets): ask.
+fn no_repository(g: &Global, e: snapback_core::Error) -> anyhow::Error {
+    let Some(url) = g.repo.as_deref() else {
+        return e.into();
+    };
+    if !matches!(parse(url), Ok(RepoUrl::S3 { .. })) {
+        return e.into();
+    }
+    let probe = snapback_s3::S3Config::from_url(url).and_then(|mut cfg| {
+        cfg.endpoint = g.s3_endpoint.clone();
+        cfg.path_style = g.s3_path_style;
+        snapback_s3::S3Store::open(cfg)?.check_bucket()
+    });
+    match probe {
+        Ok(()) => e.into(),
+        Err(b) => anyhow::Error::new(b).context(format!(
+            "no snapback repository at {url}, and its bucket cannot be used (`snapback init` does not create buckets: create the bucket first, or fix --repo / --s3-endpoint)"
+        )),
+    }
 }
 
 fn metadata_cache_root() -> Option<std::path::PathBuf> {

@@ -13,8 +13,9 @@
 
 use std::fmt;
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::RequestId;
 use snapback_storage::{ErrorKind, StoreError};
 
@@ -107,7 +108,12 @@ pub(crate) fn classify<E>(what: &str, err: &SdkError<E, HttpResponse>) -> Fail
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let detail = DisplayErrorContext(err).to_string();
+    // One clean line: the Display of each cause, each once. Not
+    // DisplayErrorContext, which ends with the Debug dump of the whole error.
+    let detail = clean_detail(err as &(dyn std::error::Error + 'static));
+    if let Some(f) = credentials_failure(what, err as &(dyn std::error::Error + 'static)) {
+        return f;
+    }
     let mut fail = match err {
         SdkError::ConstructionFailure(_) => Fail::new(
             ErrorKind::Other,
@@ -142,11 +148,59 @@ where
             f.status = status;
             f
         }
-        SdkError::ServiceError(_) => service_error(what, err),
+        // The answer's status, code and message are the whole story.
+        SdkError::ServiceError(_) => return service_error(what, err),
         _ => Fail::new(ErrorKind::Other, format!("S3 {what} failed: {detail}")),
     };
     fail.source = Some(Cause(detail));
     fail
+}
+
+/// The messages of an error and its causes on one line, each said once
+/// (a cause whose text its parent already printed is left out), with the
+/// line breaks of multi-line messages folded.
+pub(crate) fn clean_detail(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let text = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Credentials that cannot be loaded are not a network failure: say so,
+/// and do not retry what no retry can cure.
+fn credentials_failure(what: &str, err: &(dyn std::error::Error + 'static)) -> Option<Fail> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            let f = match c {
+                CredentialsError::CredentialsNotLoaded(_) => Fail::permanent(
+                    ErrorKind::PermissionDenied,
+                    format!("S3 {what}: no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (a profile in ~/.aws), or run where an instance or container role provides them"),
+                ),
+                CredentialsError::ProviderTimedOut(_) => Fail::new(
+                    ErrorKind::Transient,
+                    format!("S3 {what}: the AWS credential provider timed out: {}", clean_detail(c)),
+                ),
+                _ => Fail::permanent(
+                    ErrorKind::PermissionDenied,
+                    format!("S3 {what}: the AWS credentials cannot be loaded: {}", clean_detail(c)),
+                ),
+            };
+            return Some(f);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 fn service_error<E>(what: &str, err: &SdkError<E, HttpResponse>) -> Fail

@@ -959,7 +959,7 @@ fn body_error(e: &(dyn std::error::Error + 'static)) -> Fail {
         ErrorKind::Transient,
         format!(
             "S3 GET: the response body broke off: {}",
-            aws_sdk_s3::error::DisplayErrorContext(e)
+            crate::errors::clean_detail(e)
         ),
     )
 }
