@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -540,25 +540,95 @@ struct RefreshState {
     snapshots: usize,
 }
 
+/// The snapshot list and the tree built from it, shared with the thread
+/// that refreshes it in the background.
+struct Listing {
+    view: View,
+    fetcher: Arc<Fetcher>,
+    tree: RwLock<Arc<Tree>>,
+    inodes: Mutex<Inodes>,
+    state: Mutex<RefreshState>,
+    /// A refresh is running (in the background or in `Vfs::refresh`).
+    running: AtomicBool,
+    started: SystemTime,
+    stats: Arc<VfsStats>,
+}
+
+/// How long an access that starts a refresh waits for it before it answers
+/// from the previous list: a quick backend shows new snapshots at once, a
+/// stalled one holds nobody up.
+const REFRESH_WAIT: Duration = Duration::from_millis(250);
+
 /// The virtual filesystem.
 pub struct Vfs {
     view: View,
     opts: VfsOptions,
     fetcher: Arc<Fetcher>,
-    tree: RwLock<Arc<Tree>>,
-    inodes: Mutex<Inodes>,
-    refresh: Mutex<RefreshState>,
-    refresh_running: Mutex<()>,
+    listing: Arc<Listing>,
     readers: Mutex<HashMap<(Id, usize), Arc<FileReader>>>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    started: SystemTime,
-    pub stats: VfsStats,
+    pub stats: Arc<VfsStats>,
 }
 
 impl std::fmt::Debug for Vfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vfs").field("view", &self.view).finish()
+    }
+}
+
+impl Listing {
+    /// Lists the snapshots (and loads new index objects) and rebuilds the
+    /// tree. Existing paths keep their inode numbers.
+    fn refresh(&self) -> Result<(), VfsError> {
+        let snaps = match &self.view {
+            View::One(s) => {
+                self.fetcher
+                    .repo()
+                    .refresh_index()
+                    .map_err(|e| VfsError::repo("the repository index", e))?;
+                vec![s.clone()]
+            }
+            View::All => {
+                let repo = self.fetcher.repo();
+                let r = repo.refresh_index().and_then(|_| repo.snapshots());
+                match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.stats.refresh_errors.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut st) = self.state.lock() {
+                            st.at = Instant::now();
+                            st.last_error = Some(e.to_string());
+                        }
+                        return Err(VfsError::repo("the snapshot list", e));
+                    }
+                }
+            }
+        };
+        let tree = {
+            let mut inos = self
+                .inodes
+                .lock()
+                .map_err(|_| VfsError::Internal("inode table lock poisoned".into()))?;
+            build(&self.view, &snaps, &mut inos, self.started)
+        };
+        if let Ok(mut t) = self.tree.write() {
+            *t = Arc::new(tree);
+        }
+        self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut st) = self.state.lock() {
+            st.at = Instant::now();
+            st.last_error = None;
+            st.snapshots = snaps.len();
+        }
+        Ok(())
+    }
+
+    fn stale(&self, ttl: Duration) -> bool {
+        self.state
+            .lock()
+            .map(|st| st.at.elapsed() >= ttl)
+            .unwrap_or(false)
     }
 }
 
@@ -587,26 +657,34 @@ impl Vfs {
             opts.fetch_threads,
             opts.fetch_window,
         );
-        let vfs = Vfs {
-            view,
-            opts,
-            fetcher,
+        let started = SystemTime::now();
+        let stats = Arc::new(VfsStats::default());
+        let listing = Arc::new(Listing {
+            view: view.clone(),
+            fetcher: fetcher.clone(),
             tree: RwLock::new(Arc::new(Tree::default())),
             inodes: Mutex::new(Inodes {
                 by_key: HashMap::new(),
                 next: ROOT_INO + 1,
             }),
-            refresh: Mutex::new(RefreshState {
+            state: Mutex::new(RefreshState {
                 at: Instant::now(),
                 last_error: None,
                 snapshots: 0,
             }),
-            refresh_running: Mutex::new(()),
+            running: AtomicBool::new(false),
+            started,
+            stats: stats.clone(),
+        });
+        let vfs = Vfs {
+            view,
+            opts,
+            fetcher,
+            listing,
             readers: Mutex::new(HashMap::new()),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            started: SystemTime::now(),
-            stats: VfsStats::default(),
+            stats,
         };
         vfs.refresh()?;
         Ok(vfs)
@@ -625,80 +703,57 @@ impl Vfs {
     }
 
     /// Lists the snapshots (and loads new index objects) and rebuilds the
-    /// tree. Existing paths keep their inode numbers.
+    /// tree, now, in this thread. Existing paths keep their inode numbers.
     pub fn refresh(&self) -> Result<(), VfsError> {
-        let snaps = match &self.view {
-            View::One(s) => {
-                self.repo()
-                    .refresh_index()
-                    .map_err(|e| VfsError::repo("the repository index", e))?;
-                vec![s.clone()]
-            }
-            View::All => {
-                let r = self
-                    .repo()
-                    .refresh_index()
-                    .and_then(|_| self.repo().snapshots());
-                match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.stats.refresh_errors.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut st) = self.refresh.lock() {
-                            st.at = Instant::now();
-                            st.last_error = Some(e.to_string());
-                        }
-                        return Err(VfsError::repo("the snapshot list", e));
-                    }
-                }
-            }
-        };
-        let tree = {
-            let mut inos = self
-                .inodes
-                .lock()
-                .map_err(|_| VfsError::Internal("inode table lock poisoned".into()))?;
-            build(&self.view, &snaps, &mut inos, self.started)
-        };
-        if let Ok(mut t) = self.tree.write() {
-            *t = Arc::new(tree);
-        }
-        self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut st) = self.refresh.lock() {
-            st.at = Instant::now();
-            st.last_error = None;
-            st.snapshots = snaps.len();
-        }
-        Ok(())
+        self.listing.refresh()
     }
 
-    /// Refreshes if the snapshot list is older than the TTL. Only one
-    /// refresh runs at a time; others answer from the current tree.
+    /// Refreshes if the snapshot list is older than the TTL: in the
+    /// background, waiting for it at most `REFRESH_WAIT`; meanwhile every
+    /// access (this one after the wait) is answered from the previous list.
+    /// Only one refresh runs at a time. (It ran in the thread of the access
+    /// that found the list stale, so with the backend frozen that `ls`
+    /// hung for the whole retry budget of the S3 LIST, 5 minutes.)
     fn ensure_fresh(&self) {
         if matches!(self.view, View::One(_)) {
             return;
         }
-        let stale = |s: &Self| {
-            s.refresh
-                .lock()
-                .map(|st| st.at.elapsed() >= s.opts.refresh_ttl)
-                .unwrap_or(false)
-        };
-        if !stale(self) {
+        let l = &self.listing;
+        if !l.stale(self.opts.refresh_ttl) {
             return;
         }
-        let Ok(_running) = self.refresh_running.try_lock() else {
-            return;
-        };
-        if !stale(self) {
+        if l.running.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Err(e) = self.refresh() {
-            tracing::warn!(error = %e, "cannot refresh the snapshot list; showing the previous one");
+        if !l.stale(self.opts.refresh_ttl) {
+            l.running.store(false, Ordering::Release);
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let bg = l.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapback-refresh".into())
+            .spawn(move || {
+                if let Err(e) = bg.refresh() {
+                    tracing::warn!(error = %e, "cannot refresh the snapshot list; showing the previous one");
+                }
+                bg.running.store(false, Ordering::Release);
+                let _ = tx.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = rx.recv_timeout(REFRESH_WAIT);
+            }
+            Err(e) => {
+                l.running.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "cannot start the snapshot-list refresh");
+            }
         }
     }
 
     fn tree(&self) -> Arc<Tree> {
-        self.tree
+        self.listing
+            .tree
             .read()
             .map(|t| t.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
@@ -1157,7 +1212,8 @@ impl Vfs {
     /// The content of `.snapback-status.json`.
     pub fn status_json(&self) -> Vec<u8> {
         let (age, err, n) = self
-            .refresh
+            .listing
+            .state
             .lock()
             .map(|s| (s.at.elapsed().as_secs(), s.last_error.clone(), s.snapshots))
             .unwrap_or((0, Some("lock poisoned".into()), 0));
@@ -1196,7 +1252,7 @@ impl Vfs {
             View::One(s) => format!("snapshot {}", s.id.short()),
             View::All => format!(
                 "{} snapshot(s)",
-                self.refresh.lock().map(|s| s.snapshots).unwrap_or(0)
+                self.listing.state.lock().map(|s| s.snapshots).unwrap_or(0)
             ),
         }
     }

@@ -15,6 +15,7 @@ use crate::fuse::errno;
 struct SlowStore {
     inner: LocalStore,
     slow: Arc<AtomicBool>,
+    slow_list: Arc<AtomicBool>,
 }
 
 impl Store for SlowStore {
@@ -37,6 +38,9 @@ impl Store for SlowStore {
         self.inner.stat(key)
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        if self.slow_list.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(2));
+        }
         self.inner.list(prefix)
     }
     fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -48,6 +52,7 @@ struct Fixture {
     dir: tempfile::TempDir,
     repo: Arc<Repository>,
     slow: Arc<AtomicBool>,
+    slow_list: Arc<AtomicBool>,
 }
 
 impl Fixture {
@@ -57,12 +62,19 @@ impl Fixture {
         let store = LocalStore::create(&root).expect("store");
         Repository::init(Arc::new(store), &InitOptions::default()).expect("init");
         let slow = Arc::new(AtomicBool::new(false));
+        let slow_list = Arc::new(AtomicBool::new(false));
         let store = SlowStore {
             inner: LocalStore::open(&root).expect("open"),
             slow: slow.clone(),
+            slow_list: slow_list.clone(),
         };
         let repo = Arc::new(Repository::open(Arc::new(store)).expect("open repo"));
-        Fixture { dir, repo, slow }
+        Fixture {
+            dir,
+            repo,
+            slow,
+            slow_list,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -280,6 +292,43 @@ fn new_snapshots_appear_after_the_ttl_and_inodes_stay_stable() {
         format!("snapshots/{}", snapshot_dir_name(&s2))
     );
     assert_eq!(names(&vfs, &format!("by-path/{}", rel(&db))).len(), 2);
+}
+
+#[test]
+fn a_listing_that_starts_a_refresh_is_served_the_previous_list_while_it_runs() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 10);
+    let s1 = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::All, |o| o.refresh_ttl = Duration::from_millis(100));
+    fx.make_db("app.db", 10);
+    fx.snapshot(&[&db]);
+    // The backend stalls: every LIST takes 2 s (a refresh makes two).
+    fx.slow_list.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(150));
+    let t = Instant::now();
+    assert_eq!(
+        names(&vfs, "snapshots"),
+        vec![snapshot_dir_name(&s1)],
+        "the previous list"
+    );
+    assert!(names(&vfs, "").contains(&"latest".to_string()));
+    let root = vfs.getattr(ROOT_INO).expect("getattr");
+    assert_eq!(root.attr.kind, Kind::Dir);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "answered while the refresh runs, in {:?}",
+        t.elapsed()
+    );
+    // The refresh finishes in the background, and the next access shows it.
+    fx.slow_list.store(false, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while names(&vfs, "snapshots").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the background refresh never landed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
