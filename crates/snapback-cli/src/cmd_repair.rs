@@ -373,6 +373,42 @@ fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longest text (in bytes) or blob (in hex digits) shown in the dry run's
+/// sample rows; `--json` prints values whole.
+const SAMPLE_TEXT: usize = 80;
+
+/// Shortens long strings in a sample row: text to its first `max` bytes
+/// (on a character boundary), a `{"blob": hex}` to its first `max` hex
+/// digits, each with the full length in bytes, e.g. `"abc…" (878000 bytes)`.
+fn truncate_json(v: serde_json::Value, max: usize) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        J::String(s) if s.len() > max => {
+            let mut cut = max;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            J::String(format!("{}… ({} bytes)", &s[..cut], s.len()))
+        }
+        J::Object(m) if m.len() == 1 && m.contains_key("blob") => {
+            let hex = m["blob"].as_str().unwrap_or_default();
+            if hex.len() > max {
+                let cut = max & !1;
+                serde_json::json!({"blob": format!("{}… ({} bytes)", &hex[..cut], hex.len() / 2)})
+            } else {
+                J::Object(m)
+            }
+        }
+        J::Object(m) => J::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, truncate_json(v, max)))
+                .collect(),
+        ),
+        J::Array(a) => J::Array(a.into_iter().map(|v| truncate_json(v, max)).collect()),
+        other => other,
+    }
+}
+
 fn print_plan(s: &RepairSession) {
     let p = &s.plan;
     println!(
@@ -421,11 +457,29 @@ fn print_plan(s: &RepairSession) {
             "    update {}, insert {}, delete {}, guard-skipped {}, not selected {}",
             c.update, c.insert, c.delete, c.guard_skipped, c.not_selected
         );
+        if c.blocked > 0 {
+            println!(
+                "    BLOCKED {}: a UNIQUE index of the live database refuses these planned changes; --apply leaves them alone and reports them:",
+                c.blocked
+            );
+            for b in t.blocked.iter().take(snapback_repair::SAMPLE_ROWS) {
+                println!(
+                    "      {:?} key {}: {}",
+                    b.op,
+                    truncate_json(
+                        serde_json::to_value(&b.key).unwrap_or_default(),
+                        SAMPLE_TEXT
+                    ),
+                    b.reason
+                );
+            }
+        }
         for r in t.rows.iter().take(snapback_repair::SAMPLE_ROWS) {
+            let row = serde_json::json!({"key": r["key"], "changes": r.get("changes"), "snapshot": r.get("snapshot"), "live": r.get("live")});
             println!(
                 "    {:<12} {}",
                 r["action"].as_str().unwrap_or(""),
-                serde_json::json!({"key": r["key"], "changes": r.get("changes"), "snapshot": r.get("snapshot"), "live": r.get("live")})
+                truncate_json(row, SAMPLE_TEXT)
             );
         }
         let shown = t.rows.len().min(snapback_repair::SAMPLE_ROWS) as u64;

@@ -325,6 +325,133 @@ pub(crate) fn read_values(
     Ok(read_row(conn, &t, cols, key_values)?.map(|(v, _)| v))
 }
 
+/// For the dry run: the planned inserts and updates of `t` that a UNIQUE
+/// index of the live database would refuse now, because another live row
+/// (one the plan does not delete) holds the same values. Indexes on
+/// expressions and partial indexes are not checked here; `--apply` leaves
+/// any row a constraint refuses alone and reports it.
+pub(crate) fn unique_conflicts(
+    conn: &Connection,
+    place: &str,
+    t: &TableChanges,
+) -> Result<Vec<Conflict>> {
+    let err = |e| Error::sqlite(place, "cannot read the live database's indexes", e);
+    let mut st = conn
+        .prepare("SELECT name FROM pragma_index_list(?1, 'main') WHERE \"unique\" AND NOT partial")
+        .map_err(err)?;
+    let names: Vec<String> = st
+        .query_map(params![t.table], |r| r.get(0))
+        .and_then(|r| r.collect())
+        .map_err(err)?;
+    let mut indexes: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for n in names {
+        let mut st = conn
+            .prepare(
+                "SELECT name, coll FROM pragma_index_xinfo(?1, 'main') WHERE key ORDER BY seqno",
+            )
+            .map_err(err)?;
+        let cols: Vec<(Option<String>, String)> = st
+            .query_map(params![n], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|r| r.collect())
+            .map_err(err)?;
+        if cols.iter().all(|(c, _)| c.is_some()) {
+            let cols = cols
+                .into_iter()
+                .filter_map(|(c, k)| c.map(|c| (c, k)))
+                .collect();
+            indexes.push((n, cols));
+        }
+    }
+    if indexes.is_empty() {
+        return Ok(vec![]);
+    }
+    let deleted: Vec<&Vec<Value>> = t
+        .changes
+        .iter()
+        .filter(|c| c.op == Op::Delete)
+        .map(|c| &c.key)
+        .collect();
+    let keys_sel: Vec<String> = t.key_columns.iter().map(|k| quote_ident(k)).collect();
+    let mut out = Vec::new();
+    'change: for c in t.changes.iter().filter(|c| c.op != Op::Delete) {
+        for (name, cols) in &indexes {
+            let touched = cols
+                .iter()
+                .any(|(col, _)| c.columns.iter().any(|x| x.eq_ignore_ascii_case(col)));
+            if c.op == Op::Update && !touched {
+                continue;
+            }
+            let mut vals = Vec::with_capacity(cols.len());
+            for (col, _) in cols {
+                let v = if let Some(i) = t
+                    .key_columns
+                    .iter()
+                    .position(|k| k.eq_ignore_ascii_case(col))
+                {
+                    c.key.get(i).cloned()
+                } else if let Some(i) = c.columns.iter().position(|k| k.eq_ignore_ascii_case(col)) {
+                    c.after.as_ref().and_then(|a| a.get(i).cloned())
+                } else if c.op == Op::Update {
+                    read_row(conn, t, std::slice::from_ref(col), &c.key)
+                        .map_err(err)?
+                        .and_then(|(v, _)| v.into_iter().next())
+                } else {
+                    None
+                };
+                match v {
+                    Some(v) if v != Value::Null => vals.push(v),
+                    // NULLs never collide in a UNIQUE index; an omitted
+                    // column takes its default, which is not checked here.
+                    _ => continue 'change,
+                }
+            }
+            let cond: Vec<String> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, (col, coll))| {
+                    format!(
+                        "{} = ?{} COLLATE {}",
+                        quote_ident(col),
+                        i + 1,
+                        quote_ident(coll)
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "SELECT {} FROM main.{} WHERE {} LIMIT 5",
+                keys_sel.join(", "),
+                quote_ident(&t.table),
+                cond.join(" AND ")
+            );
+            let mut st = conn.prepare_cached(&sql).map_err(err)?;
+            let n = t.key_columns.len();
+            let found: Vec<Vec<Value>> = st
+                .query_map(params_from_iter(vals.iter()), |r| {
+                    (0..n).map(|i| r.get_ref(i).map(Value::from_ref)).collect()
+                })
+                .and_then(|r| r.collect())
+                .map_err(err)?;
+            if let Some(other) = found
+                .iter()
+                .find(|k| !same_row(k, &c.key) && !deleted.iter().any(|d| same_row(d, k)))
+            {
+                out.push(Conflict {
+                    table: t.table.clone(),
+                    key: c.key.clone(),
+                    op: c.op,
+                    reason: format!(
+                        "UNIQUE index {name} ({}) refuses it: the live row with key {} holds the same value(s); --apply will leave this row alone",
+                        cols.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", "),
+                        serde_json::to_string(other).unwrap_or_default()
+                    ),
+                });
+                continue 'change;
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn same_row(a: &[Value], b: &[Value]) -> bool {
     a.len() == b.len()
         && a.iter()
@@ -358,6 +485,13 @@ fn apply_row(
                     ));
                 }
             }
+            if current.is_some() {
+                // Forced over a row that exists now: set its columns, by
+                // its key. (INSERT OR REPLACE would also delete any other
+                // row that shares a UNIQUE value with this one.)
+                update_row(conn, t, c)?;
+                return Ok(None);
+            }
             let cols: Vec<String> = t
                 .key_columns
                 .iter()
@@ -365,9 +499,8 @@ fn apply_row(
                 .map(|c| quote_ident(c))
                 .collect();
             let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-            let verb = if force { "INSERT OR REPLACE" } else { "INSERT" };
             let sql = format!(
-                "{verb} INTO main.{table}({}) VALUES({})",
+                "INSERT INTO main.{table}({}) VALUES({})",
                 cols.join(", "),
                 marks.join(", ")
             );
@@ -393,22 +526,66 @@ fn apply_row(
                 conn.prepare_cached(&sql)?
                     .execute(params_from_iter(c.key.iter()))?;
             } else {
-                let n = c.columns.len();
-                let sets: Vec<String> = c
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| format!("{} = ?{}", quote_ident(col), i + 1))
-                    .collect();
-                let sql = format!(
-                    "UPDATE main.{table} SET {} WHERE {}",
-                    sets.join(", "),
-                    key_where(t, n + 1)
-                );
-                let vals: Vec<&Value> = c.after.iter().flatten().chain(c.key.iter()).collect();
-                conn.prepare_cached(&sql)?.execute(params_from_iter(vals))?;
+                update_row(conn, t, c)?;
             }
             Ok(None)
+        }
+    }
+}
+
+/// Sets the row's `columns` to `after`, by its key.
+fn update_row(conn: &Connection, t: &TableChanges, c: &RowChange) -> rusqlite::Result<()> {
+    let n = c.columns.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let sets: Vec<String> = c
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, col)| format!("{} = ?{}", quote_ident(col), i + 1))
+        .collect();
+    let sql = format!(
+        "UPDATE main.{} SET {} WHERE {}",
+        quote_ident(&t.table),
+        sets.join(", "),
+        key_where(t, n + 1)
+    );
+    let vals: Vec<&Value> = c.after.iter().flatten().chain(c.key.iter()).collect();
+    conn.prepare_cached(&sql)?.execute(params_from_iter(vals))?;
+    Ok(())
+}
+
+/// True for SQLITE_CONSTRAINT and its extended codes (UNIQUE, NOT NULL,
+/// CHECK, FOREIGN KEY, a trigger's RAISE).
+pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+}
+
+/// `apply_row` inside a savepoint: a row that a constraint of the live
+/// database refuses (e.g. a UNIQUE value that the application has given to
+/// another row since) is rolled back alone and reported as left alone; it
+/// never fails the batch.
+fn apply_row_guarded(
+    conn: &Connection,
+    t: &TableChanges,
+    c: &RowChange,
+    force: bool,
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SAVEPOINT snapback_row")?.execute([])?;
+    match apply_row(conn, t, c, force) {
+        Err(e) if is_constraint(&e) => {
+            conn.prepare_cached("ROLLBACK TO snapback_row")?
+                .execute([])?;
+            conn.prepare_cached("RELEASE snapback_row")?.execute([])?;
+            Ok(Some(format!(
+                "a constraint of the live database refuses it: {e}"
+            )))
+        }
+        Err(e) => Err(e),
+        Ok(r) => {
+            conn.prepare_cached("RELEASE snapback_row")?.execute([])?;
+            Ok(r)
         }
     }
 }
@@ -540,7 +717,7 @@ fn apply_batch(
     let mut applied = 0u64;
     let mut conflicts = Vec::new();
     for (i, c) in chunk.iter().enumerate() {
-        match apply_row(&tx, t, c, force)? {
+        match apply_row_guarded(&tx, t, c, force)? {
             None => applied += 1,
             Some(reason) => conflicts.push((
                 bi * bs + i,

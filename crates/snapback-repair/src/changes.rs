@@ -131,4 +131,9 @@ pub struct TableCounts {
     /// Rows that changed between planning and applying (left alone).
     #[serde(default)]
     pub conflicts: u64,
+    /// Planned changes that a UNIQUE index of the live database refuses at
+    /// planning time (another live row holds the value); --apply leaves
+    /// them alone unless that changed meanwhile.
+    #[serde(default)]
+    pub blocked: u64,
 }

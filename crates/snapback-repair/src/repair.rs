@@ -20,7 +20,7 @@ use snapback_core::{Id, NoProgress, Repository, SnapshotOptions};
 
 use crate::apply::{
     apply_changes, check_expected, ensure_journal, finish_run, insert_run, read_values,
-    unfinished_runs, ApplyOptions, ApplyReport, RunRecord, JOURNAL_TABLE,
+    unfinished_runs, unique_conflicts, ApplyOptions, ApplyReport, RunRecord, JOURNAL_TABLE,
 };
 use crate::audit::{self, AuditEntry, SqlStepRecord};
 use crate::changes::{ChangeSet, Conflict, Op, RowChange, TableChanges, TableCounts};
@@ -96,6 +96,9 @@ pub struct TablePlan {
     pub guard: Option<String>,
     pub counts: TableCounts,
     pub schema_diffs: Vec<SchemaDiff>,
+    /// Planned changes that a UNIQUE index of the live database refuses
+    /// now (see `TableCounts::blocked`), and why.
+    pub blocked: Vec<Conflict>,
     /// Row differences as JSON objects (see `row_json`), each with an
     /// `"action"`: insert, update, delete, guard_skip or not_selected. All
     /// of them when the plan was made with `keep_all_rows`, else the first
@@ -143,6 +146,7 @@ impl Plan {
             t.delete += p.counts.delete;
             t.guard_skipped += p.counts.guard_skipped;
             t.not_selected += p.counts.not_selected;
+            t.blocked += p.counts.blocked;
         }
         t
     }
@@ -310,6 +314,7 @@ impl RepairSession {
 
         let mut plan_tables = Vec::new();
         let mut changes = ChangeSet::default();
+        let mut all_blocked = Vec::new();
         for (ts, pt) in s.tables.iter().zip(&tables) {
             let mut counts = TableCounts {
                 table: pt.table.clone(),
@@ -434,9 +439,20 @@ impl RepairSession {
                 }
                 Ok(())
             })?;
+            // Deletes first, then updates, then inserts (each in key
+            // order): a row re-created under another key frees its UNIQUE
+            // values before the snapshot's row is inserted.
+            tc.changes.sort_by_key(|c| match c.op {
+                Op::Delete => 0,
+                Op::Update => 1,
+                Op::Insert => 2,
+            });
+            let blocked = unique_conflicts(&lconn, &lside.place, &tc)?;
             lconn
                 .execute_batch("COMMIT")
                 .map_err(|e| Error::sqlite(&lside.place, "cannot end a read transaction", e))?;
+            counts.blocked = blocked.len() as u64;
+            all_blocked.push(blocked);
             changes.tables.push(tc);
             plan_tables.push(TablePlan {
                 table: pt.table.clone(),
@@ -446,6 +462,7 @@ impl RepairSession {
                 guard: ts.guard.clone(),
                 counts,
                 schema_diffs: pt.schema_diffs.clone(),
+                blocked: all_blocked.pop().unwrap_or_default(),
                 rows,
             });
         }
@@ -793,18 +810,57 @@ fn check_sql_steps(
     attach_snapshot(conn, place, sdb)?;
     let mut err = None;
     for (i, s) in script.script.sql.iter().enumerate() {
-        if let Err(e) = conn.prepare(&s.statement) {
-            err = Some(Error::Input(format!(
-                "SQL step {} ({:?}) is not valid SQL here: {e}; nothing was written",
-                i + 1,
-                s.statement
-            )));
-            break;
+        match writes_snapshot(conn, &s.statement) {
+            Err(e) => {
+                err = Some(Error::Input(format!(
+                    "SQL step {} ({:?}) is not valid SQL here: {e}; nothing was written",
+                    i + 1,
+                    s.statement
+                )));
+                break;
+            }
+            Ok(true) => {
+                err = Some(Error::Input(format!(
+                    "SQL step {} ({:?}) writes to the schema `snapshot`, the snapshot's database, which is attached read-only: it would fail at --apply. Write to the live database's tables (schema `main`, e.g. `UPDATE main.t SET ... FROM snapshot.t`); nothing was written",
+                    i + 1,
+                    s.statement
+                )));
+                break;
+            }
+            Ok(false) => {}
         }
     }
     conn.execute_batch("DETACH DATABASE snapshot")
         .map_err(|e| Error::sqlite(place, "cannot detach the snapshot", e))?;
     err.map_or(Ok(()), Err)
+}
+
+/// Whether `statement` (one statement; trailing ones are an error) would
+/// open a write transaction on the attached schema `snapshot`: its
+/// bytecode has a `Transaction` on that database with the write flag, or an
+/// `OpenWrite` cursor on it.
+fn writes_snapshot(conn: &Connection, statement: &str) -> rusqlite::Result<bool> {
+    let idx: i64 = conn.query_row(
+        "SELECT seq FROM pragma_database_list WHERE name = 'snapshot'",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut st = conn.prepare(&format!("EXPLAIN {statement}"))?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (op, p1, p2, p3) = row?;
+        if (op == "Transaction" && p1 == idx && p2 != 0) || (op == "OpenWrite" && p3 == idx) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn attach_snapshot(conn: &Connection, place: &str, sdb: &SnapshotDb) -> Result<()> {

@@ -12,3 +12,4 @@ mod lab;
 mod repair;
 mod util;
 mod values;
+mod wedge;

@@ -1,0 +1,100 @@
+//! Failed batches and SQL steps must not wedge later repairs: what the dry
+//! run can find it reports, a row a constraint refuses is left alone, and
+//! a failed run is auditable, undoable and can be abandoned.
+
+use crate::lab::{dump, ok, Lab};
+
+/// `u` with a UNIQUE email; after the snapshot, rows 2-4 are deleted and
+/// the application re-creates row 3 under id 99 with the same email.
+fn recreated_lab() -> (Lab, String) {
+    let lab = Lab::new(|c| {
+        c.execute_batch(
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE, v);
+             INSERT INTO u VALUES(1,'a@x',1),(2,'b@x',2),(3,'c@x',3),(4,'d@x',4),(5,'e@x',5);",
+        )
+        .expect("schema");
+    });
+    let snap = lab.snapshot();
+    lab.exec("DELETE FROM u WHERE id IN (2, 3, 4); INSERT INTO u VALUES(99, 'c@x', 33);");
+    (lab, snap)
+}
+
+const INSERT_MISSING: &str =
+    "[[table]]\nname = \"u\"\nactions = [\"insert_missing\"]\nbatch_size = 1\n";
+
+#[test]
+fn a_unique_conflict_is_found_by_the_dry_run_and_left_alone_without_wedging() {
+    let (lab, snap) = recreated_lab();
+    let s = lab.script("fix.toml", &snap, INSERT_MISSING);
+    let s = s.to_str().expect("utf8");
+    let o = lab.run(&["repair", s], &[]);
+    ok(&o);
+    assert!(
+        o.stdout.contains("BLOCKED 1") && o.stdout.contains("key [3]"),
+        "{o:?}"
+    );
+    let o = lab.run(&["--json", "repair", s], &[]);
+    let plan: serde_json::Value = serde_json::from_str(&o.stdout).expect("json plan");
+    assert_eq!(plan["tables"][0]["counts"]["blocked"], 1, "{plan}");
+    let o = lab.run(&["repair", s, "--apply", "--yes"], &[]);
+    ok(&o);
+    assert!(
+        o.stdout.contains("left alone: u key [3]") && o.stdout.contains("UNIQUE"),
+        "{o:?}"
+    );
+    let ids: Vec<_> = dump(&lab.live, "u")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(ids.len(), 5, "rows 2 and 4 inserted, 3 left alone: {ids:?}");
+    // Nothing is left unfinished: another script runs.
+    let other = lab.script(
+        "other.toml",
+        &snap,
+        "[[table]]\nname = \"u\"\nactions = [\"update_changed\"]\n",
+    );
+    ok(&lab.run(
+        &["repair", other.to_str().expect("utf8"), "--apply", "--yes"],
+        &[],
+    ));
+}
+
+#[test]
+fn deletes_run_before_inserts_so_a_recreated_row_frees_its_unique_value() {
+    let (lab, snap) = recreated_lab();
+    let s = lab.script(
+        "fix.toml",
+        &snap,
+        "[[table]]\nname = \"u\"\nactions = [\"insert_missing\", \"delete_extra\"]\nbatch_size = 1\n",
+    );
+    let s = s.to_str().expect("utf8");
+    let o = lab.run(&["repair", s], &[]);
+    ok(&o);
+    assert!(!o.stdout.contains("BLOCKED"), "{o:?}");
+    let o = lab.run(&["repair", s, "--apply", "--yes"], &[]);
+    ok(&o);
+    assert!(o.stdout.contains("conflicts 0"), "{o:?}");
+    assert_eq!(dump(&lab.live, "u").len(), 5);
+}
+
+#[test]
+fn a_sql_step_writing_the_attached_snapshot_is_refused_by_the_dry_run() {
+    let (lab, snap) = recreated_lab();
+    let s = lab.script(
+        "fix.toml",
+        &snap,
+        "[[sql]]\nstatement = \"UPDATE snapshot.u SET v = 0\"\n",
+    );
+    let o = lab.run(&["repair", s.to_str().expect("utf8")], &[]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("writes to the schema `snapshot`"),
+        "{o:?}"
+    );
+    let fine = lab.script(
+        "fine.toml",
+        &snap,
+        "[[sql]]\nstatement = \"UPDATE main.u SET v = (SELECT v FROM snapshot.u s WHERE s.id = u.id) WHERE id = 1\"\n",
+    );
+    ok(&lab.run(&["repair", fine.to_str().expect("utf8")], &[]));
+}
