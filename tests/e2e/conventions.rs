@@ -12,7 +12,8 @@ fn bare(dir: &std::path::Path) -> Command {
     let mut c = Command::new(bin());
     c.current_dir(dir)
         .env("XDG_CONFIG_HOME", dir.join("xdg"))
-        .env("HOME", dir.join("home"));
+        .env("HOME", dir.join("home"))
+        .env_remove("SNAPBACK_REPO");
     for k in crate::util::ISOLATED_VARS {
         c.env_remove(k);
     }
@@ -128,5 +129,136 @@ fn version_names_the_commit_the_format_and_the_bundled_sqlite() {
     assert_eq!(
         stdout(&out),
         format!("snapback {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+fn config_json(c: &mut Command) -> serde_json::Value {
+    let out = c.args(["--json", "config"]).output().expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn config_is_searched_in_cwd_then_xdg_then_home_and_config_says_which() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = d.path();
+    let cwd_file = p.join("snapback.toml");
+    let xdg_file = p.join("xdg/snapback/snapback.toml");
+    let home_file = p.join("home/.config/snapback/snapback.toml");
+    // Nothing anywhere: none found, and the places searched are listed.
+    let v = config_json(&mut bare(p));
+    if std::path::Path::new("/etc/snapback/snapback.toml").exists() {
+        assert_eq!(v["found_by"], "system", "{v}");
+    } else {
+        assert_eq!(v["found"], false, "{v}");
+        assert_eq!(v["path"], serde_json::Value::Null, "{v}");
+        let searched: Vec<&str> = v["searched"]
+            .as_array()
+            .expect("searched")
+            .iter()
+            .map(|s| s.as_str().expect("str"))
+            .collect();
+        assert_eq!(
+            searched,
+            [
+                cwd_file.to_str().expect("utf8"),
+                xdg_file.to_str().expect("utf8"),
+                "/etc/snapback/snapback.toml"
+            ]
+        );
+        let out = bare(p).arg("config").output().expect("run");
+        assert!(
+            stdout(&out).starts_with("no config file"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    // ~/.config when XDG_CONFIG_HOME is not set.
+    std::fs::create_dir_all(home_file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&home_file, "repo = \"/from/home\"\n").expect("write");
+    let v = config_json(bare(p).env_remove("XDG_CONFIG_HOME"));
+    assert_eq!(v["found_by"], "user", "{v}");
+    assert_eq!(v["path"], home_file.to_str().expect("utf8"));
+    assert_eq!(v["repo"], "/from/home");
+    // XDG_CONFIG_HOME, when set, instead of ~/.config.
+    std::fs::create_dir_all(xdg_file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&xdg_file, "repo = \"/from/xdg\"\n").expect("write");
+    let v = config_json(&mut bare(p));
+    assert_eq!(v["path"], xdg_file.to_str().expect("utf8"), "{v}");
+    // ./snapback.toml before the user's config.
+    std::fs::write(&cwd_file, "repo = \"/from/cwd\"\n").expect("write");
+    let v = config_json(&mut bare(p));
+    assert_eq!(v["found_by"], "current_dir", "{v}");
+    assert_eq!(v["repo"], "/from/cwd");
+    let out = bare(p).arg("config").output().expect("run");
+    let text = stdout(&out);
+    assert!(text.starts_with(cwd_file.to_str().expect("utf8")), "{text}");
+    assert!(text.contains("found by: ./snapback.toml"), "{text}");
+    // SNAPBACK_CONFIG before all of them, and --config before it.
+    let named = p.join("named.toml");
+    std::fs::write(&named, "repo = \"/from/env\"\n").expect("write");
+    let v = config_json(bare(p).env("SNAPBACK_CONFIG", &named));
+    assert_eq!(v["found_by"], "env", "{v}");
+    assert_eq!(v["repo"], "/from/env");
+    let v = config_json(
+        bare(p)
+            .env("SNAPBACK_CONFIG", &named)
+            .arg("--config")
+            .arg(&xdg_file),
+    );
+    assert_eq!(v["found_by"], "flag", "{v}");
+    assert_eq!(v["repo"], "/from/xdg");
+    // A named file must exist; an empty SNAPBACK_CONFIG is refused.
+    let out = bare(p)
+        .env("SNAPBACK_CONFIG", p.join("missing.toml"))
+        .arg("config")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+    let out = bare(p)
+        .env("SNAPBACK_CONFIG", "")
+        .arg("config")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("SNAPBACK_CONFIG is set but empty"));
+}
+
+#[test]
+fn config_found_in_xdg_config_home_gives_commands_their_repository() {
+    let e = crate::util::Env::new();
+    let xdg = e.path("xdg");
+    std::fs::create_dir_all(xdg.join("snapback")).expect("mkdir");
+    std::fs::write(
+        xdg.join("snapback/snapback.toml"),
+        format!("repo = {:?}\n", e.repo().to_str().expect("utf8")),
+    )
+    .expect("write");
+    let db = e.path("a.txt");
+    std::fs::write(&db, b"hello").expect("write");
+    let id = e.snapshot(&db);
+    // No --repo, no SNAPBACK_REPO: the repository comes from the config.
+    let out = bare(e.dir.path())
+        .env("XDG_CONFIG_HOME", &xdg)
+        .args(["--json", "snapshots"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let listed = v[0]["id"].as_str().expect("id");
+    assert!(!id.is_empty() && listed.starts_with(&id), "{id} vs {v}");
+    // An invalid config is an error naming the file, for every command.
+    std::fs::write(xdg.join("snapback/snapback.toml"), "repository = 1\n").expect("write");
+    let out = bare(e.dir.path())
+        .env("XDG_CONFIG_HOME", &xdg)
+        .arg("snapshots")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("xdg/snapback/snapback.toml"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -51,8 +51,10 @@ pub struct Global {
     /// (else SNAPBACK_PASSWORD, else a prompt on the terminal).
     #[arg(long, global = true, env = "SNAPBACK_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
-    /// Config file (default: ./snapback.toml if it exists).
-    #[arg(long, global = true, env = "SNAPBACK_CONFIG")]
+    /// Config file (else SNAPBACK_CONFIG, else the first that exists of
+    /// ./snapback.toml, $XDG_CONFIG_HOME/snapback/snapback.toml and
+    /// /etc/snapback/snapback.toml; `snapback config` says which).
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -105,6 +107,8 @@ pub enum Command {
     Completions(crate::cmd_meta::CompletionsArgs),
     /// Print the man page (roff) on stdout.
     Man,
+    /// Say which config file is used and how it was found.
+    Config,
 }
 
 pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
@@ -112,6 +116,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Completions(a) => return crate::cmd_meta::completions(a),
         Command::Man => return crate::cmd_meta::man(),
+        Command::Config => return crate::cmd_meta::config(&cli.global),
         _ => {}
     }
     let cfg = crate::config::load(cli.global.config.as_deref())?;
@@ -138,7 +143,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Undo(a) => crate::cmd_repair::undo(g, a),
         Command::RepairIndex(a) => crate::cmd_reliability::repair_index(g, a),
         Command::Key(c) => crate::cmd_key::run(g, c),
-        Command::Completions(_) | Command::Man => Ok(crate::exit::OK),
+        Command::Completions(_) | Command::Man | Command::Config => Ok(crate::exit::OK),
     }
 }
 

@@ -71,3 +71,53 @@ pub fn man() -> anyhow::Result<u8> {
         .map_err(|e| anyhow::Error::new(e).context("cannot render the man page"))?;
     emit(&buf)
 }
+
+/// `snapback config`: which config file is used and how it was found (or
+/// that there is none, and where it was looked for). The file is read and
+/// checked: a config that would stop other commands fails here too.
+pub fn config(g: &crate::cli::Global) -> anyhow::Result<u8> {
+    let located = crate::config::locate(g.config.as_deref())?;
+    let cfg = match &located.found {
+        Some((path, by)) => Some(crate::config::load_file(path, *by)?),
+        None => None,
+    };
+    if g.json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            found: bool,
+            path: Option<&'a std::path::Path>,
+            found_by: Option<crate::config::FoundBy>,
+            searched: &'a [std::path::PathBuf],
+            repo: Option<&'a str>,
+            sources: usize,
+        }
+        let out = Out {
+            found: located.found.is_some(),
+            path: located.found.as_ref().map(|(p, _)| p.as_path()),
+            found_by: located.found.as_ref().map(|(_, b)| *b),
+            searched: &located.searched,
+            repo: cfg.as_ref().and_then(|c| c.repo.as_deref()),
+            sources: cfg.as_ref().map_or(0, |c| c.sources.len()),
+        };
+        let mut s = serde_json::to_string_pretty(&out)?;
+        s.push('\n');
+        return emit(s.as_bytes());
+    }
+    let text = match (&located.found, &cfg) {
+        (Some((path, by)), Some(c)) => format!(
+            "{}\n  found by: {}\n  repo: {}\n  sources: {}\n",
+            path.display(),
+            by.describe(),
+            c.repo.as_deref().unwrap_or("(not set)"),
+            c.sources.len()
+        ),
+        _ => {
+            let mut t = String::from("no config file: none of these exists:\n");
+            for p in &located.searched {
+                t.push_str(&format!("  {}\n", p.display()));
+            }
+            t
+        }
+    };
+    emit(text.as_bytes())
+}

@@ -1,6 +1,9 @@
 //! `snapback.toml`: the repository, the sources with their tags and
-//! retention, the cache, the heartbeat. Found with `--config`,
-//! `SNAPBACK_CONFIG`, or `./snapback.toml`. Flags override it.
+//! retention, the cache, the heartbeat. Found at `--config`,
+//! `SNAPBACK_CONFIG`, `./snapback.toml`,
+//! `$XDG_CONFIG_HOME/snapback/snapback.toml` (default `~/.config`), then
+//! `/etc/snapback/snapback.toml`: the first that is given or exists. Flags
+//! override it.
 
 use std::path::{Path, PathBuf};
 
@@ -56,21 +59,120 @@ pub struct Retention {
     pub keep_tag: Vec<String>,
 }
 
-/// Loads the config file: the explicit path (which must exist), else
-/// `./snapback.toml` if present, else an empty config.
-pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let p = PathBuf::from("snapback.toml");
-            if !p.exists() {
-                return Ok(Config::default());
-            }
-            p
+/// The system-wide config file, the last place searched.
+pub const SYSTEM_PATH: &str = "/etc/snapback/snapback.toml";
+
+/// The variable naming the config file (as `--config`).
+pub const ENV: &str = "SNAPBACK_CONFIG";
+
+/// How the config file in use was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    /// `--config FILE`.
+    Flag,
+    /// `SNAPBACK_CONFIG`.
+    Env,
+    /// `./snapback.toml`.
+    CurrentDir,
+    /// `$XDG_CONFIG_HOME/snapback/snapback.toml` (default `~/.config`).
+    User,
+    /// `/etc/snapback/snapback.toml`.
+    System,
+}
+
+impl FoundBy {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FoundBy::Flag => "--config",
+            FoundBy::Env => "SNAPBACK_CONFIG",
+            FoundBy::CurrentDir => "./snapback.toml in the current directory",
+            FoundBy::User => "the user's config ($XDG_CONFIG_HOME/snapback/snapback.toml)",
+            FoundBy::System => "the system-wide config (/etc/snapback/snapback.toml)",
         }
-    };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    }
+}
+
+/// Where the config comes from: the file and how it was found (None: no
+/// file was given and none of the searched ones exists), and the places
+/// searched, in order.
+#[derive(Debug)]
+pub struct Located {
+    pub found: Option<(PathBuf, FoundBy)>,
+    pub searched: Vec<PathBuf>,
+}
+
+/// Finds the config file. `--config` and `SNAPBACK_CONFIG` name a file that
+/// must exist; the other places are used when they exist.
+pub fn locate(explicit: Option<&Path>) -> anyhow::Result<Located> {
+    locate_in(explicit, |k| std::env::var_os(k), Path::new(SYSTEM_PATH))
+}
+
+fn locate_in(
+    explicit: Option<&Path>,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    system: &Path,
+) -> anyhow::Result<Located> {
+    if let Some(p) = explicit {
+        return Ok(Located {
+            found: Some((crate::cli::absolute(p), FoundBy::Flag)),
+            searched: vec![],
+        });
+    }
+    if let Some(v) = var(ENV) {
+        if v.is_empty() {
+            anyhow::bail!("{ENV} is set but empty: unset it, or set it to the config file to use");
+        }
+        return Ok(Located {
+            found: Some((crate::cli::absolute(Path::new(&v)), FoundBy::Env)),
+            searched: vec![],
+        });
+    }
+    // The XDG base directory rules: a relative XDG_CONFIG_HOME is ignored.
+    let user_dir = var("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            var("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".config"))
+        });
+    let mut candidates = vec![(
+        crate::cli::absolute(Path::new("snapback.toml")),
+        FoundBy::CurrentDir,
+    )];
+    if let Some(d) = user_dir {
+        candidates.push((d.join("snapback").join("snapback.toml"), FoundBy::User));
+    }
+    candidates.push((system.to_path_buf(), FoundBy::System));
+    let searched = candidates.iter().map(|(p, _)| p.clone()).collect();
+    // Anything that exists counts, even if it cannot be read: a config
+    // that is there but skipped would silently change what is backed up.
+    let found = candidates
+        .into_iter()
+        .find(|(p, _)| std::fs::symlink_metadata(p).is_ok());
+    Ok(Located { found, searched })
+}
+
+/// Loads the config file found by `locate` (an empty config when there is
+/// none).
+pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    match locate(explicit)?.found {
+        Some((path, by)) => load_file(&path, by),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Reads and checks one config file.
+pub fn load_file(path: &Path, by: FoundBy) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the config file {} (found as {}); fix it, or give --config FILE (--config /dev/null for none)",
+            path.display(),
+            by.describe()
+        )
+    })?;
     let cfg: Config =
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
     let mut cfg = cfg;
@@ -288,6 +390,74 @@ keep_within = "2d"
         let e = load(Some(&p)).expect_err("unknown key");
         assert!(format!("{e:#}").contains("repository"), "{e:#}");
         let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn config_search_order_ends_at_the_system_wide_file() {
+        let d = tempfile_dir().join("search");
+        let _ = std::fs::remove_dir_all(&d);
+        let xdg = d.join("xdg");
+        let home = d.join("home");
+        let system = d.join("etc/snapback/snapback.toml");
+        let user = xdg.join("snapback/snapback.toml");
+        let home_user = home.join(".config/snapback/snapback.toml");
+        for f in [&system, &user, &home_user] {
+            std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+            std::fs::write(f, "").expect("write");
+        }
+        // The tests run in the crate's directory, which has no snapback.toml.
+        assert!(!Path::new("snapback.toml").exists());
+        let vars = |pairs: Vec<(&'static str, PathBuf)>| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.clone().into_os_string())
+            }
+        };
+        let found = |l: Located| l.found.expect("found");
+        let l = locate_in(
+            None,
+            vars(vec![
+                ("XDG_CONFIG_HOME", xdg.clone()),
+                ("HOME", home.clone()),
+            ]),
+            &system,
+        )
+        .expect("locate");
+        assert_eq!(l.searched.len(), 3);
+        assert_eq!(found(l), (user.clone(), FoundBy::User));
+        // No XDG_CONFIG_HOME (or a relative one): ~/.config.
+        for x in [None, Some(PathBuf::from("relative/xdg"))] {
+            let mut v = vec![("HOME", home.clone())];
+            if let Some(x) = x {
+                v.push(("XDG_CONFIG_HOME", x));
+            }
+            let l = locate_in(None, vars(v), &system).expect("locate");
+            assert_eq!(found(l), (home_user.clone(), FoundBy::User));
+        }
+        std::fs::remove_file(&user).expect("rm");
+        let l =
+            locate_in(None, vars(vec![("XDG_CONFIG_HOME", xdg.clone())]), &system).expect("locate");
+        assert_eq!(found(l), (system.clone(), FoundBy::System));
+        std::fs::remove_file(&system).expect("rm");
+        let l =
+            locate_in(None, vars(vec![("XDG_CONFIG_HOME", xdg.clone())]), &system).expect("locate");
+        assert!(l.found.is_none());
+        assert_eq!(l.searched.last(), Some(&system));
+        // SNAPBACK_CONFIG names a file that need not be searched for; empty
+        // is refused; --config wins over it.
+        let named = d.join("named.toml");
+        let l = locate_in(None, vars(vec![(ENV, named.clone())]), &system).expect("env");
+        assert_eq!(found(l), (named.clone(), FoundBy::Env));
+        let e = locate_in(None, vars(vec![(ENV, PathBuf::new())]), &system).expect_err("empty");
+        assert!(
+            e.to_string().contains("SNAPBACK_CONFIG is set but empty"),
+            "{e}"
+        );
+        let l = locate_in(Some(&user), vars(vec![(ENV, named)]), &system).expect("flag");
+        assert_eq!(found(l), (user, FoundBy::Flag));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     fn tempfile_dir() -> PathBuf {
