@@ -371,6 +371,23 @@ fn non_canonical_config_paths_match_their_snapshots() {
         "a header and two snapshots: {}",
         stdout(&out)
     );
+    let dest = env.path("restored.db");
+    let out = run_cfg(
+        &cfg,
+        &[
+            "restore",
+            "latest",
+            dest.to_str().expect("utf8"),
+            "--path",
+            &sources[0],
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restore --path through the link: {}",
+        stderr(&out)
+    );
+    assert_eq!(crate::util::integrity(&dest), "ok");
     let out = run_cfg(&cfg, &["forget"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(

@@ -376,10 +376,12 @@ pub fn resolve(
 
 pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
-    let path = a
-        .path
-        .as_ref()
-        .map(|p| absolute(p).to_string_lossy().into_owned());
+    // Canonical, as snapshots store paths (a link or `..` must match).
+    let path = a.path.as_ref().map(|p| {
+        crate::config::canonical_path(p)
+            .to_string_lossy()
+            .into_owned()
+    });
     let snap = resolve(g, &repo, &a.snap, path.as_deref())?;
     let bar = Bar::new(g);
     let dest = if a.dest.to_string_lossy().ends_with('/') {

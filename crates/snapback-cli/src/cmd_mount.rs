@@ -136,10 +136,11 @@ pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::R
     let view = match snap {
         None => View::All,
         Some(sel) => {
-            let path = a
-                .path
-                .as_ref()
-                .map(|p| absolute(p).to_string_lossy().into_owned());
+            let path = a.path.as_ref().map(|p| {
+                crate::config::canonical_path(p)
+                    .to_string_lossy()
+                    .into_owned()
+            });
             View::One(crate::cmd_basic::resolve(g, &repo, &sel, path.as_deref())?)
         }
     };
