@@ -12,6 +12,7 @@ command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
 dpkg -s libfuse3-dev >/dev/null 2>&1 || need_pkgs+=(libfuse3-dev)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v curl >/dev/null || need_pkgs+=(curl)
+command -v faketime >/dev/null || need_pkgs+=(faketime)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"

@@ -282,6 +282,7 @@ impl Store for MemStore {
             .map(|(k, v)| ObjectInfo {
                 key: k.clone(),
                 size: v.len() as u64,
+                modified: None,
             })
             .collect())
     }

@@ -295,6 +295,10 @@ fn delay(rng: &mut Rng, measured: Duration, tally: &mut Tally) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// Prune without its window for young packs: nothing else runs in these
+/// loops, and the garbage they make is seconds old.
+const PRUNE_NOW: [&str; 3] = ["prune", "--min-pack-age", "0s"];
+
 /// Keeps the loops' repositories small: at most `keep` snapshots (plus
 /// pre-repair ones, which retention keeps).
 fn trim(env: &Env, keep: usize) {
@@ -304,6 +308,8 @@ fn trim(env: &Env, keep: usize) {
             "--keep-last",
             &keep.to_string(),
             "--prune",
+            "--min-pack-age",
+            "0s",
             "--lock-wait",
             "5",
         ]);
@@ -393,13 +399,13 @@ fn crash_prune_killed_at_random_points() {
         env.ok(&["forget", "--keep-last", "2"]);
     };
     make_garbage(&mut rng);
-    let measured = timed_ok(&env, &["prune"], &[]);
+    let measured = timed_ok(&env, &PRUNE_NOW, &[]);
     while tally.iterations < b.iterations && Instant::now() < b.deadline {
         let i = tally.iterations;
         make_garbage(&mut rng);
         let before = committed(&env);
         let d = delay(&mut rng, measured, &mut tally);
-        let (mid, pid) = run_and_kill(&env, &["prune"], &[], d);
+        let (mid, pid) = run_and_kill(&env, &PRUNE_NOW, &[], d);
         if mid {
             tally.killed_mid_operation += 1;
         } else {
@@ -408,12 +414,26 @@ fn crash_prune_killed_at_random_points() {
         tally.iterations += 1;
         let ctx = format!("prune kill {i} at {d:?}");
         verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
-        let v: serde_json::Value =
-            serde_json::from_str(&env.ok(&["--json", "prune", "--lock-wait", "2"])).expect("json");
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&[
+            "--json",
+            "prune",
+            "--min-pack-age",
+            "0s",
+            "--lock-wait",
+            "2",
+        ]))
+        .expect("json");
         // After the re-run, a further prune finds nothing to delete.
-        let again: serde_json::Value =
-            serde_json::from_str(&env.ok(&["--json", "prune", "--dry-run", "--lock-wait", "2"]))
-                .expect("json");
+        let again: serde_json::Value = serde_json::from_str(&env.ok(&[
+            "--json",
+            "prune",
+            "--dry-run",
+            "--min-pack-age",
+            "0s",
+            "--lock-wait",
+            "2",
+        ]))
+        .expect("json");
         assert_eq!(
             again["plan"]["delete_packs"].as_array().map(Vec::len),
             Some(0),
@@ -509,6 +529,8 @@ fn trim_pre_repair(env: &Env) {
         "--keep-tag",
         "source",
         "--prune",
+        "--min-pack-age",
+        "0s",
         "--lock-wait",
         "5",
     ]);

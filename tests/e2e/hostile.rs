@@ -673,15 +673,7 @@ fn full_disk_locked_and_read_only_databases() {
     let out = full.run(&["init"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let big = full.path("big.bin");
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let data: Vec<u8> = (0..(4u32 << 20))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = crate::util::random_bytes(4 << 20, 0x9E37_79B9_7F4A_7C15);
     std::fs::write(&big, &data).expect("write");
     let fdb = full.path("f.db");
     make_db(&fdb, 10);

@@ -98,15 +98,7 @@ fn snapshot_killed_midway_leaves_a_consistent_repository() {
     let first = env.snapshot(&db);
     // A large file keeps a snapshot busy long enough to be killed part-way.
     let big = env.path("big.bin");
-    let mut x: u64 = 88172645463325252;
-    let data: Vec<u8> = (0..(192usize << 20))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = crate::util::random_bytes(192 << 20, 88172645463325252);
     std::fs::write(&big, &data).expect("write");
     drop(data);
     let mut killed_midway = 0;

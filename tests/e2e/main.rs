@@ -18,6 +18,7 @@ mod hostile;
 mod integrity;
 mod messages;
 mod ops;
+mod prune_race;
 mod quiet;
 mod retention;
 mod s3;

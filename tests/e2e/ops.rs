@@ -75,7 +75,14 @@ fn forget_dry_run_refusal_and_prune() {
     assert!(err.contains("no keep rule"), "{err}");
 
     let before = repo_bytes(&env);
-    env.ok(&["forget", "--keep-last", "2", "--prune"]);
+    env.ok(&[
+        "forget",
+        "--keep-last",
+        "2",
+        "--prune",
+        "--min-pack-age",
+        "0s",
+    ]);
     let after = repo_bytes(&env);
     assert_eq!(env.snapshots_json().len(), 2);
     assert!(after < before, "prune freed space: {before} -> {after}");
@@ -91,7 +98,8 @@ fn forget_dry_run_refusal_and_prune() {
         assert_eq!(crate::util::integrity(&dest), "ok");
     }
     // Prune again: nothing left to do.
-    let v: serde_json::Value = serde_json::from_str(&env.ok(&["--json", "prune"])).expect("json");
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "prune", "--min-pack-age", "0s"])).expect("json");
     assert_eq!(v["report"]["packs_deleted"], 0, "{v}");
 }
 

@@ -418,10 +418,7 @@ fn s3_missing_bucket_missing_credentials_and_dead_endpoint_give_clean_errors() {
             "AWS_PROFILE",
             "AWS_SESSION_TOKEN",
         ],
-        &[
-            ("HOME", home),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
+        &[("HOME", home), ("AWS_EC2_METADATA_DISABLED", "true")],
         &["snapshots"],
     );
     let err = stderr(&out);

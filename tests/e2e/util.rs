@@ -153,6 +153,20 @@ impl Env {
     }
 }
 
+/// `len` pseudo-random bytes (xorshift64, reproducible from `seed`), which
+/// neither compress nor deduplicate.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

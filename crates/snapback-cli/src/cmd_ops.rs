@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use snapback_core::{plan_forget, plan_scoped, KeepPolicy, PolicyScope, Repository, Selector};
+use snapback_core::{
+    plan_forget, plan_scoped, KeepPolicy, PolicyScope, PruneOptions, Repository, Selector,
+};
 
 use crate::cli::Global;
 use crate::config::{parse_duration, Config};
@@ -48,6 +50,9 @@ pub struct ForgetArgs {
     /// Prune afterwards.
     #[arg(long)]
     pub prune: bool,
+    /// With --prune: prune's --min-pack-age.
+    #[arg(long, default_value = DEFAULT_MIN_PACK_AGE_ARG, value_name = "DURATION", requires = "prune")]
+    pub min_pack_age: String,
     /// Allow a policy that removes every snapshot of a source.
     #[arg(long)]
     pub allow_empty: bool,
@@ -190,6 +195,7 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
             PruneArgs {
                 dry_run: false,
                 lock_wait: a.lock_wait,
+                min_pack_age: a.min_pack_age.clone(),
             },
         );
     }
@@ -204,11 +210,24 @@ pub struct PruneArgs {
     /// Seconds to wait for the exclusive repository lock.
     #[arg(long, default_value_t = 300)]
     pub lock_wait: u64,
+    /// Never delete or repack a pack the store wrote less than DURATION ago
+    /// (a snapshot still running, paused, or on a host with a wrong clock
+    /// may be writing it). Lower it only when no snapshot can be running.
+    #[arg(long, default_value = DEFAULT_MIN_PACK_AGE_ARG, value_name = "DURATION")]
+    pub min_pack_age: String,
 }
 
+/// `DEFAULT_MIN_PACK_AGE`, as the flag writes it.
+const DEFAULT_MIN_PACK_AGE_ARG: &str = "24h";
+
 pub fn prune(g: &Global, a: PruneArgs) -> anyhow::Result<u8> {
+    let min_pack_age = parse_duration(&a.min_pack_age).context("invalid --min-pack-age")?;
     let repo = open_repo(g)?;
-    let (plan, report) = repo.prune(Duration::from_secs(a.lock_wait), a.dry_run)?;
+    let (plan, report) = repo.prune(&PruneOptions {
+        lock_wait: Duration::from_secs(a.lock_wait),
+        dry_run: a.dry_run,
+        min_pack_age,
+    })?;
     if g.json {
         print_json(&json!({ "plan": plan, "report": report, "dry_run": a.dry_run }))?;
     } else if !g.quiet {
@@ -223,6 +242,14 @@ pub fn prune(g: &Global, a: PruneArgs) -> anyhow::Result<u8> {
             human_bytes(plan.bytes_repacked),
             human_bytes(plan.bytes_kept)
         );
+        if plan.young_packs > 0 {
+            eprintln!(
+                "kept {} pack(s) ({}) written less than {} ago, whether referenced or not (--min-pack-age)",
+                plan.young_packs,
+                human_bytes(plan.bytes_young),
+                a.min_pack_age
+            );
+        }
         if a.dry_run {
             eprintln!("dry run: nothing was deleted");
         } else {

@@ -43,7 +43,7 @@ pub use manifest::{
 };
 pub use pack::BlobCodec;
 pub use pack::BlobKind;
-pub use prune::{PrunePlan, PruneReport};
+pub use prune::{PruneOptions, PrunePlan, PruneReport, DEFAULT_MIN_PACK_AGE};
 pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};
 pub use repo::{
     pack_key, EncryptionOptions, FileReader, InitOptions, Repository, Selector, Snapshot,

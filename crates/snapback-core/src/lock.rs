@@ -9,9 +9,17 @@
 //! conflicting processes can never both proceed.
 //!
 //! A held lock is refreshed every `REFRESH` by writing a new lock object and
-//! removing the old one. A lock is **stale** when its time is older than
-//! `STALE_AFTER` (its process stopped refreshing it), or when it was taken on
-//! this host by a process that no longer exists.
+//! removing the old one. Whether a lock is **stale** (its process is gone):
+//! - taken on this host (same host name, since this host's last boot): its
+//!   pid decides, whatever the lock's age. A live process keeps its lock even
+//!   when it has not refreshed it for hours: a stopped (Ctrl-Z, SIGSTOP),
+//!   paused or frozen process resumes and goes on writing. A dead pid, or a
+//!   lock written before this host booted (the pid is someone else's now),
+//!   is stale at once;
+//! - taken on another host: when its time is older than `STALE_AFTER` (its
+//!   process stopped refreshing it). Clocks and pauses on other hosts cannot
+//!   be seen from here, so prune does not rest on this alone: it keeps young
+//!   packs (see prune.rs), and a snapshot checks its packs before it commits.
 
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -86,11 +94,36 @@ fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// When this host booted (Linux: `btime` in /proc/stat).
+fn boot_time() -> Option<time::OffsetDateTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs: i64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    time::OffsetDateTime::from_unix_timestamp(secs).ok()
+}
+
 pub fn is_stale(info: &LockInfo, now: time::OffsetDateTime) -> bool {
-    let age_stale = crate::time::parse_rfc3339(&info.time)
-        .map(|t| (now - t) > time::Duration::try_from(STALE_AFTER).unwrap_or(time::Duration::MAX))
-        .unwrap_or(true);
-    age_stale || (info.host == this_host() && !pid_alive(info.pid))
+    let written = crate::time::parse_rfc3339(&info.time);
+    let stale_after = time::Duration::try_from(STALE_AFTER).unwrap_or(time::Duration::MAX);
+    if info.host == this_host() {
+        if !pid_alive(info.pid) {
+            return true;
+        }
+        // A live pid holds its lock, however old, unless the lock is from
+        // before this host's last boot: its process died with that boot and
+        // the pid was given to another one since. (The slack keeps a writer
+        // whose clock is somewhat behind, or a host that just booted, from
+        // looking like that.)
+        return match (written, boot_time()) {
+            (Ok(t), Some(boot)) => t + stale_after < boot,
+            _ => false,
+        };
+    }
+    written.map(|t| (now - t) > stale_after).unwrap_or(true)
 }
 
 /// A held lock; released when dropped.
@@ -326,5 +359,43 @@ mod tests {
             ..dead
         };
         assert!(is_stale(&old, crate::time::now()), "an old lock is stale");
+    }
+
+    #[test]
+    fn live_pid_on_this_host_is_never_stale_however_old() {
+        let now = crate::time::now();
+        // As old as it can be on this host: written when it booted.
+        let boot = boot_time().expect("/proc/stat has btime");
+        let mine = LockInfo {
+            kind: LockKind::Shared,
+            host: this_host(),
+            pid: std::process::id(),
+            time: crate::time::format_rfc3339(boot),
+            command: "snapshot".into(),
+        };
+        assert!(
+            !is_stale(&mine, now),
+            "a stopped snapshot on this host keeps its lock"
+        );
+        assert!(
+            !is_stale(&mine, now + time::Duration::days(2)),
+            "a prune whose clock is ahead does not make it stale"
+        );
+        let before_boot = LockInfo {
+            time: "2000-01-01T00:00:00Z".into(),
+            ..mine.clone()
+        };
+        assert!(
+            is_stale(&before_boot, now),
+            "a lock from before this host booted belongs to a process that is gone"
+        );
+        let elsewhere = LockInfo {
+            host: format!("{}-other", this_host()),
+            ..mine
+        };
+        assert!(
+            is_stale(&elsewhere, now),
+            "another host's lock goes stale by age"
+        );
     }
 }

@@ -6,6 +6,17 @@
 //! snapshot that starts after prune reloads the indexes, which no longer
 //! list deleted packs, and so stores those blobs anew.
 //!
+//! The lock alone is not enough: a lock from another host goes stale by its
+//! age, and that host may only be paused (a frozen VM or container) or have
+//! a slow clock. So prune never deletes or repacks a pack younger than
+//! `min_pack_age` (default [`DEFAULT_MIN_PACK_AGE`], 24 h): a running
+//! snapshot's packs are unreferenced until its manifest is written. A pack's
+//! age is measured from the time the *store* records for it (file mtime,
+//! S3 `LastModified`), so the clock of the host that wrote it does not
+//! matter; only the skew between prune's clock and the store's, which must
+//! stay well below the window. And a snapshot checks, right before it
+//! writes its manifest, that every pack it references still exists.
+//!
 //! Order of writes, each step safe to interrupt:
 //! 1. repack: the used blobs of mostly-unused packs are range-read (verified)
 //!    and written to new packs (verified);
@@ -33,6 +44,31 @@ use crate::snapshot::put_verified;
 /// Repack a pack when less than this fraction of its bytes is used.
 const REPACK_BELOW: f64 = 0.5;
 
+/// Packs younger than this are never deleted or repacked (kopia keeps
+/// unreferenced blobs for 24 h as well): longer than any snapshot can run,
+/// or be paused, without anyone noticing.
+pub const DEFAULT_MIN_PACK_AGE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// How long to wait for the exclusive lock.
+    pub lock_wait: Duration,
+    /// Plan only; delete nothing.
+    pub dry_run: bool,
+    /// Packs the store wrote less than this long ago are kept as they are.
+    pub min_pack_age: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            lock_wait: Duration::from_secs(300),
+            dry_run: false,
+            min_pack_age: DEFAULT_MIN_PACK_AGE,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PrunePlan {
     pub snapshots: usize,
@@ -45,6 +81,12 @@ pub struct PrunePlan {
     pub bytes_deleted: u64,
     pub bytes_repacked: u64,
     pub bytes_kept: u64,
+    /// Packs kept whole because the store wrote them less than
+    /// `min_pack_age` ago (a snapshot may still be writing them).
+    pub young_packs: usize,
+    pub bytes_young: u64,
+    /// The window, in seconds.
+    pub min_pack_age_secs: u64,
     #[serde(skip)]
     old_index_keys: Vec<String>,
     #[serde(skip)]
@@ -89,7 +131,7 @@ impl Repository {
     }
 
     /// Plans a prune. Takes no lock; `prune` re-plans under the exclusive lock.
-    pub fn plan_prune(&self) -> Result<PrunePlan> {
+    pub fn plan_prune(&self, min_pack_age: Duration) -> Result<PrunePlan> {
         let mut index = MasterIndex::default();
         let mut old_index_keys = Vec::new();
         let mut packs: HashMap<Id, IndexedPack> = HashMap::new();
@@ -118,20 +160,40 @@ impl Repository {
                 "{unindexed} blob(s) that snapshots use are not in any index; nothing was deleted. Run `snapback repair-index` first, then `snapback check`."
             )));
         }
-        let existing: HashMap<Id, u64> = self
+        let now = std::time::SystemTime::now();
+        let existing: HashMap<Id, (u64, bool)> = self
             .store()
             .list(DATA_PREFIX)?
             .into_iter()
-            .filter_map(|o| pack_id_from_key(&o.key).map(|id| (id, o.size)))
+            .filter_map(|o| {
+                // Young when the store wrote it within the window, or when
+                // the store cannot say when (or says: in the future).
+                let young = o
+                    .modified
+                    .is_none_or(|m| now.duration_since(m).map_or(true, |age| age < min_pack_age));
+                pack_id_from_key(&o.key).map(|id| (id, (o.size, young)))
+            })
             .collect();
         let mut plan = PrunePlan {
             snapshots,
             used_blobs: used.len(),
             packs_total: existing.len(),
+            min_pack_age_secs: min_pack_age.as_secs(),
             old_index_keys,
             ..Default::default()
         };
-        for (id, size) in &existing {
+        for (id, &(size, young)) in &existing {
+            if young {
+                // Kept exactly as it is, every index entry included: a
+                // running snapshot's blobs are in it, unreferenced so far.
+                plan.young_packs += 1;
+                plan.bytes_young += size;
+                plan.bytes_kept += size;
+                if let Some(p) = packs.get(id) {
+                    plan.keep.push(p.clone());
+                }
+                continue;
+            }
             let Some(p) = packs.get(id) else {
                 plan.delete_packs.push(pack_key(id));
                 plan.bytes_deleted += size;
@@ -176,10 +238,10 @@ impl Repository {
 
     /// Prunes under the exclusive lock: plans again (so the plan matches the
     /// repository as locked), then applies.
-    pub fn prune(&self, lock_wait: Duration, dry_run: bool) -> Result<(PrunePlan, PruneReport)> {
-        let _lock = self.lock(LockKind::Exclusive, "prune", lock_wait)?;
-        let plan = self.plan_prune()?;
-        if dry_run {
+    pub fn prune(&self, opts: &PruneOptions) -> Result<(PrunePlan, PruneReport)> {
+        let _lock = self.lock(LockKind::Exclusive, "prune", opts.lock_wait)?;
+        let plan = self.plan_prune(opts.min_pack_age)?;
+        if opts.dry_run {
             return Ok((plan, PruneReport::default()));
         }
         let store = self.store().as_ref();

@@ -3,8 +3,13 @@
 //! The order of writes is the commit protocol:
 //! 1. packs (each verified: its chunks were decompressed and re-hashed before
 //!    sealing; each upload is confirmed present with its size);
-//! 2. one index object for the new packs, likewise confirmed;
-//! 3. the manifest, last. Until it exists, nothing refers to the new data,
+//! 2. a last look: every blob the snapshot references, new or reused from
+//!    earlier snapshots, is in the repository's current index or in a pack
+//!    it just wrote, in a pack that exists (a prune that took this
+//!    snapshot's lock for stale could have deleted one; then nothing is
+//!    committed and the error says so);
+//! 3. one index object for the new packs, confirmed like the packs;
+//! 4. the manifest, last. Until it exists, nothing refers to the new data,
 //!    and a crash leaves only unreferenced packs that `prune` removes.
 
 use std::collections::HashSet;
@@ -137,6 +142,10 @@ fn walk(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 struct BlobSink<'a> {
     index: &'a MasterIndex,
     pending: HashSet<Id>,
+    /// Every blob the manifest will reference, new or already stored.
+    referenced: HashSet<Id>,
+    /// Snapshots whose database images are reused whole (unchanged files).
+    reused_from: HashSet<Id>,
     pack: PackBuilder,
     codec: &'a BlobCodec,
     pack_target: usize,
@@ -147,6 +156,7 @@ struct BlobSink<'a> {
 impl BlobSink<'_> {
     /// True if the blob is neither in the repository nor already queued.
     fn claim(&mut self, id: &Id) -> bool {
+        self.referenced.insert(*id);
         !self.index.contains(id) && self.pending.insert(*id)
     }
 
@@ -267,13 +277,16 @@ impl Repository {
         let rx = Mutex::new(rx);
         let store: &dyn Store = self.store().as_ref();
         let codec = self.codec();
-        let files = std::thread::scope(|scope| -> Result<Vec<FileEntry>> {
+        type Referenced = (HashSet<Id>, HashSet<Id>);
+        let files = std::thread::scope(|scope| -> Result<(Vec<FileEntry>, Referenced)> {
             let workers: Vec<_> = (0..opts.upload_threads.max(1))
                 .map(|_| scope.spawn(|| upload_worker(store, codec, &rx, &done, &stats)))
                 .collect();
             let mut sink = BlobSink {
                 index: &index,
                 pending: HashSet::new(),
+                referenced: HashSet::new(),
+                reused_from: HashSet::new(),
                 pack: PackBuilder::new(),
                 codec,
                 pack_target: self.config().pack_target_size as usize,
@@ -300,6 +313,10 @@ impl Repository {
             if result.is_ok() {
                 result = sink.flush();
             }
+            let refs: Referenced = (
+                std::mem::take(&mut sink.referenced),
+                std::mem::take(&mut sink.reused_from),
+            );
             drop(sink.tx.take());
             drop(sink);
             for w in workers {
@@ -310,8 +327,9 @@ impl Repository {
                     result = r;
                 }
             }
-            result.map(|()| files)
+            result.map(|()| (files, refs))
         })?;
+        let (files, (referenced, reused_from)) = files;
 
         // Index for the new packs, then the manifest.
         let packs = done
@@ -320,6 +338,10 @@ impl Repository {
         let mut stats = stats
             .into_inner()
             .map_err(|_| Error::Invalid("stats poisoned".into()))?;
+        // Before the index too: a failed snapshot leaves only unindexed
+        // packs, which `check` notes and prune removes, never an index entry
+        // for a pack that is gone.
+        self.verify_referenced(&referenced, &reused_from, &packs)?;
         if !packs.is_empty() {
             let bytes = encode_index(&packs)?;
             let key = format!("index/{}", Id::of(&bytes));
@@ -373,6 +395,7 @@ impl Repository {
         if let Some(base_ids) = parent {
             match self.base_list(sink.index, &base_ids, path) {
                 Ok(base) => {
+                    sink.referenced.extend(base_ids.iter().copied());
                     let patch = chunklist::diff(&base, refs);
                     if patch.len() * 44 <= base.len() * 36 / 8 {
                         let patch_id =
@@ -466,7 +489,12 @@ impl Repository {
         // Taken before the read transaction begins (see fingerprint.rs).
         let fp = crate::fingerprint::take(path).map_err(|e| Error::io(path, "cannot stat", e))?;
         let fp_taken = crate::fingerprint::now_ns();
-        if let Some(entry) = self.unchanged_since_parent(path, fp.as_ref(), sink, history) {
+        if let Some((parent, entry)) = self.unchanged_since_parent(path, fp.as_ref(), sink, history)
+        {
+            // Its data blobs are the parent's: they exist while the parent
+            // does, which `verify_referenced` checks before committing.
+            sink.referenced.extend(entry.chunks.blob_ids().copied());
+            sink.reused_from.insert(parent);
             return Ok(FileEntry {
                 mode: mode_of(&meta),
                 ..entry
@@ -561,7 +589,7 @@ impl Repository {
         fp: Option<&crate::fingerprint::DbFingerprint>,
         sink: &BlobSink,
         history: &[Snapshot],
-    ) -> Option<FileEntry> {
+    ) -> Option<(Id, FileEntry)> {
         let fp = fp?;
         let path_s = path.to_string_lossy();
         let (snap, prev) = history
@@ -586,7 +614,92 @@ impl Repository {
         if let Ok(mut s) = sink.stats.lock() {
             s.chunks += e.chunks.count;
         }
-        Some(e)
+        Some((snap.id, e))
+    }
+
+    /// The last look before the index and manifest are written: every
+    /// referenced blob is in the repository's current index (read again from
+    /// the store, so a prune that rewrote the indexes meanwhile is seen) or
+    /// in a pack this snapshot wrote, in a pack that
+    /// exists; every snapshot whose unchanged database image is reused still
+    /// exists (its blobs are kept by prune for as long as it does). A prune
+    /// can only have run meanwhile if it took this snapshot's lock for stale
+    /// (a lock from a paused host, or a clock far off).
+    fn verify_referenced(
+        &self,
+        referenced: &HashSet<Id>,
+        reused_from: &HashSet<Id>,
+        new_packs: &[IndexedPack],
+    ) -> Result<()> {
+        let fresh = self.refresh_index_from_scratch()?;
+        let new: std::collections::HashMap<Id, Id> = new_packs
+            .iter()
+            .flat_map(|p| p.entries.iter().map(|e| (e.id, p.id)))
+            .collect();
+        let present: HashSet<Id> = self
+            .store()
+            .list(crate::repo::DATA_PREFIX)?
+            .iter()
+            .filter_map(|o| crate::repo::pack_id_from_key(&o.key))
+            .collect();
+        let mut unindexed = 0usize;
+        let mut missing: Vec<Id> = Vec::new();
+        for id in referenced {
+            match fresh
+                .get(id)
+                .map(|l| l.pack)
+                .or_else(|| new.get(id).copied())
+            {
+                None => unindexed += 1,
+                Some(pack) if !present.contains(&pack) => missing.push(pack),
+                Some(_) => {}
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        let gone: Vec<&Id> = reused_from
+            .iter()
+            .filter(|p| {
+                !self
+                    .store()
+                    .stat(&format!("{SNAPSHOT_PREFIX}{p}"))
+                    .is_ok_and(|s| s.is_some())
+            })
+            .collect();
+        if unindexed == 0 && missing.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let mut what = Vec::new();
+        if !missing.is_empty() {
+            what.push(format!(
+                "{} pack(s) it references are missing ({})",
+                missing.len(),
+                missing
+                    .iter()
+                    .take(3)
+                    .map(pack_key)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if unindexed > 0 {
+            what.push(format!(
+                "{unindexed} blob(s) it references are missing (in no index)"
+            ));
+        }
+        if !gone.is_empty() {
+            what.push(format!(
+                "snapshot(s) {} whose unchanged database images it reuses were removed",
+                gone.iter()
+                    .map(|g| g.short())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Err(Error::Verification(format!(
+            "{} while the snapshot ran (a prune that took its lock for stale: a paused process, or a host clock far off?). Take the snapshot again; its data will be stored anew.",
+            what.join("; ")
+        )))
     }
 
     fn capture_file(

@@ -649,7 +649,7 @@ fn an_open_file_survives_a_prune_that_repacks_its_chunks() {
     // Open now: the mount loads the chunk layout with the current index.
     let f = std::fs::File::open(m.path(&db.to_string_lossy())).expect("open");
     env.ok(&["forget", "--keep-last", "1"]);
-    let out = env.ok(&["--json", "prune"]);
+    let out = env.ok(&["--json", "prune", "--min-pack-age", "0s"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("prune json");
     let repacked = v["plan"]["repack_packs"]
         .as_array()

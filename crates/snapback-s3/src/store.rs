@@ -878,6 +878,9 @@ impl Inner {
                 out.push(ObjectInfo {
                     key: rel.to_string(),
                     size: obj.size().unwrap_or(0).max(0) as u64,
+                    modified: obj
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                 });
             }
             match page.next_continuation_token() {

@@ -100,12 +100,25 @@ fn listing(s: &dyn Store) {
     ] {
         s.put_if_absent(k, k.as_bytes()).expect("put");
     }
-    let mut keys: Vec<_> = s
-        .list("conformance/list/")
-        .expect("list")
-        .into_iter()
-        .map(|o| (o.key, o.size))
-        .collect();
+    let listed = s.list("conformance/list/").expect("list");
+    // Prune's safety window for young packs rests on this time, so it must
+    // be the store's record of the write (checked loosely: within a day).
+    let now = std::time::SystemTime::now();
+    for o in &listed {
+        let m = o
+            .modified
+            .unwrap_or_else(|| panic!("list gives no time of writing for {}", o.key));
+        let skew = now
+            .duration_since(m)
+            .or_else(|e| Ok::<_, ()>(e.duration()))
+            .unwrap_or_default();
+        assert!(
+            skew < std::time::Duration::from_secs(86_400),
+            "{}: listed as written {skew:?} away from now",
+            o.key
+        );
+    }
+    let mut keys: Vec<_> = listed.into_iter().map(|o| (o.key, o.size)).collect();
     keys.sort();
     assert_eq!(
         keys,

@@ -33,6 +33,10 @@ pub enum PutOutcome {
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// When the store wrote the object, by the store's own clock (the file's
+    /// mtime; S3's `LastModified`), never by the writer's. `None` where the
+    /// backend does not say.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Counters of requests and bytes, by kind, for cost reporting.
@@ -61,7 +65,8 @@ pub struct RequestStats {
 /// - `get` and `get_range` return exactly the stored bytes or an error; a
 ///   short read is an error, never a truncated `Ok`.
 /// - `list` returns every object whose key starts with `prefix`, in no
-///   particular order, with its size. Objects still being written are not
+///   particular order, with its size and, where the backend records one,
+///   the time the store wrote it. Objects still being written are not
 ///   listed.
 /// - `delete` is idempotent: deleting a missing key is `Ok`.
 pub trait Store: Send + Sync + std::fmt::Debug {

@@ -236,12 +236,16 @@ impl Store for LocalStore {
                         stack.push((ent.path(), key));
                     }
                 } else if ft.is_file() && key.starts_with(prefix) {
-                    let size = match ent.metadata() {
-                        Ok(m) => m.len(),
+                    let (size, modified) = match ent.metadata() {
+                        Ok(m) => (m.len(), m.modified().ok()),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                         Err(e) => return Err(StoreError::from_io(&key, "cannot stat", e)),
                     };
-                    out.push(ObjectInfo { key, size });
+                    out.push(ObjectInfo {
+                        key,
+                        size,
+                        modified,
+                    });
                 }
             }
         }
