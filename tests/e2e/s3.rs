@@ -121,6 +121,11 @@ impl S3Repo {
 
     /// Runs snapback against the server, or through `proxy`.
     pub fn run(&self, args: &[&str], proxy: Option<&FaultProxy>) -> Output {
+        self.cmd(args, proxy).output().expect("run snapback")
+    }
+
+    /// The command of `run`, not started.
+    pub fn cmd(&self, args: &[&str], proxy: Option<&FaultProxy>) -> Command {
         let s = server();
         let endpoint = proxy
             .map(|p| p.endpoint())
@@ -140,7 +145,7 @@ impl S3Repo {
                 "--s3-path-style",
             ])
             .args(args);
-        c.output().expect("run snapback")
+        c
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
@@ -448,4 +453,122 @@ fn s3_missing_bucket_missing_credentials_and_dead_endpoint_give_clean_errors() {
         .collect::<Vec<_>>();
     assert_eq!(last.len(), 1, "{err}");
     assert_clean(&err);
+}
+
+/// A `snapback mount` over S3 through a proxy, with systemd's notification
+/// socket and watchdog; dropping it unmounts and ends the process.
+struct NotifiedMount {
+    child: std::process::Child,
+    mp: std::path::PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+}
+
+impl NotifiedMount {
+    fn start(r: &S3Repo, proxy: &FaultProxy, watchdog: Duration, extra: &[&str]) -> NotifiedMount {
+        let mp = r.path("mnt");
+        std::fs::create_dir_all(&mp).expect("mkdir");
+        let sock_path = r.path("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut args = vec!["-q", "mount"];
+        args.extend_from_slice(extra);
+        let mp_s = mp.to_string_lossy().into_owned();
+        args.push(&mp_s);
+        let child = r
+            .cmd(&args, Some(proxy))
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mount");
+        let mut m = NotifiedMount { child, mp, sock };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !m.recv().iter().any(|l| l.starts_with("READY=1")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no READY=1 within 30 s"
+            );
+            if let Ok(Some(st)) = m.child.try_wait() {
+                panic!("the mount exited ({st}) before it was ready");
+            }
+        }
+        m
+    }
+
+    /// The notifications of the next 200 ms, one entry per line.
+    fn recv(&mut self) -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        match self.sock.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+}
+
+impl Drop for NotifiedMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z", "-q", "--"])
+            .arg(&self.mp)
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watchdog_pings_and_listings_go_on_while_s3_is_frozen() {
+    let r = S3Repo::new();
+    let db = r.path("app.db");
+    make_db(&db, 500);
+    r.ok(&["-q", "snapshot", db.to_str().expect("utf8")]);
+    let proxy = FaultProxy::start(&server().endpoint).expect("proxy");
+    // A health read every second (WatchdogSec=3), a list refresh due at
+    // every access after one second.
+    let mut m = NotifiedMount::start(
+        &r,
+        &proxy,
+        Duration::from_secs(3),
+        &["--refresh-interval", "1"],
+    );
+    let ls = |m: &NotifiedMount| {
+        let t = std::time::Instant::now();
+        let n = std::fs::read_dir(&m.mp).expect("ls").count();
+        (n, t.elapsed())
+    };
+    let (before, _) = ls(&m);
+    // S3 freezes: every request is held for 25 s before it is answered.
+    proxy.inject_always(Match::any(), Fault::Delay(Duration::from_secs(25)));
+    let frozen = std::time::Instant::now();
+    let mut pings = 0;
+    let mut slowest = Duration::ZERO;
+    while frozen.elapsed() < Duration::from_secs(8) {
+        pings += m.recv().iter().filter(|l| *l == "WATCHDOG=1").count();
+        let (n, took) = ls(&m);
+        assert_eq!(n, before, "the previous list is served");
+        slowest = slowest.max(took);
+    }
+    proxy.clear();
+    assert!(
+        slowest < Duration::from_secs(2),
+        "ls answered while the refresh waits for S3; the slowest took {slowest:?}"
+    );
+    assert!(
+        pings >= 4,
+        "the mount is healthy while S3 is frozen: {pings} WATCHDOG=1 in 8 s (one a second expected)"
+    );
+    assert!(!proxy.seen().is_empty(), "the refresh did go to S3");
 }
