@@ -55,18 +55,31 @@ pub struct DiffArgs {
     pub busy_timeout: u64,
 }
 
+/// Bad usage found after parsing: exit 2 (see docs/scripting.md).
+fn usage(msg: &str) -> anyhow::Error {
+    crate::Usage(msg.to_string()).into()
+}
+
 pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     let (snap_sel, live_arg) = match (&a.snapshot_db, a.args.as_slice()) {
         (Some(_), [live]) => (None, live.clone()),
         (None, [snap, live]) => (Some(snap.clone()), live.clone()),
-        (Some(_), _) => bail!("with --snapshot-db, give only LIVE_DB"),
-        (None, _) => bail!("give SNAP and LIVE_DB (or --snapshot-db FILE and LIVE_DB)"),
+        (Some(_), _) => return Err(usage("with --snapshot-db, give only LIVE_DB")),
+        (None, _) => {
+            return Err(usage(
+                "give SNAP and LIVE_DB (or --snapshot-db FILE and LIVE_DB); SNAP is a snapshot id, 'latest' or @TIME",
+            ))
+        }
     };
     if a.sql && g.json {
-        bail!("--sql and --json are two different outputs; choose one");
+        return Err(usage(
+            "--sql and --json are two different outputs; choose one",
+        ));
     }
     if a.tables.is_empty() && (!a.key.is_empty() || a.columns.is_some()) {
-        bail!("--key and --columns need --table: they name columns of one table");
+        return Err(usage(
+            "--key and --columns need --table: they name columns of one table",
+        ));
     }
     let live = live_path(&absolute(std::path::Path::new(&live_arg)))?;
     let busy = Duration::from_secs(a.busy_timeout);

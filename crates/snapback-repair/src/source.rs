@@ -121,13 +121,21 @@ impl SnapshotDb {
 /// Absolute path of a live database, with symlinks resolved (snapshots
 /// record canonical paths). Errors when it does not exist.
 pub fn live_path(path: &Path) -> Result<PathBuf> {
-    std::fs::canonicalize(path).map_err(|e| {
+    let p = std::fs::canonicalize(path).map_err(|e| {
         Error::io(
             path,
             "the live database does not exist or cannot be reached (nothing was written)",
             e,
         )
-    })
+    })?;
+    if p.is_dir() {
+        return Err(Error::Input(format!(
+            "{}: is a directory, not a database file; give the live database file itself (for example {}/app.db); nothing was read or written",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(p)
 }
 
 /// Finds the snapshot for `selector` and the database file in it: `path`

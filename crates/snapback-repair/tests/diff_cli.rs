@@ -315,3 +315,26 @@ fn whole_database_diff_reports_virtual_tables_compares_fts5_and_rtree_rows_and_n
     let sum = json_lines(&o).pop().expect("summary");
     assert_eq!(sum["skipped"][0]["table"], "idx", "{sum}");
 }
+
+/// `diff` without SNAP, or with --sql and --json, is bad usage (exit 2); a
+/// directory given as LIVE is named as a directory, not "disk I/O error".
+#[test]
+fn diff_without_snap_is_bad_usage_and_a_directory_as_live_is_named_as_such() {
+    let d = dbs("CREATE TABLE t(id INTEGER PRIMARY KEY);", "", "");
+    let repo = d.dir.path().join("no-repo");
+    let live = d.live.to_string_lossy().into_owned();
+    let o = snapback(&repo, &["diff", &live], &[], LIMIT);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("give SNAP and LIVE_DB"), "{o:?}");
+    let o = d.diff(&["--sql", "--json"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    let dir = d.dir.path().to_string_lossy().into_owned();
+    let snap = d.snap.to_string_lossy().into_owned();
+    let o = snapback(&repo, &["diff", "--snapshot-db", &snap, &dir], &[], LIMIT);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("is a directory, not a database file"),
+        "{o:?}"
+    );
+    assert!(!o.stderr.contains("disk I/O"), "{o:?}");
+}
