@@ -113,6 +113,9 @@ struct Tally {
     reruns_ok: usize,
     /// Re-runs of `repair` that resumed a stored, interrupted run.
     resumed: usize,
+    /// Stopped snapshots that failed loudly after a prune deleted their
+    /// data (the stop-and-prune loop).
+    refused: usize,
     max_delay_ms: u64,
     seconds: f64,
 }
@@ -120,7 +123,7 @@ struct Tally {
 impl Tally {
     fn report(&self) {
         let line = format!(
-            "{{\"op\":\"{}\",\"encrypted\":{},\"iterations\":{},\"killed_mid_operation\":{},\"completed_before_kill\":{},\"stale_locks_left\":{},\"restores_verified\":{},\"reruns_ok\":{},\"resumed\":{},\"max_delay_ms\":{},\"seconds\":{:.1}}}",
+            "{{\"op\":\"{}\",\"encrypted\":{},\"iterations\":{},\"killed_mid_operation\":{},\"completed_before_kill\":{},\"stale_locks_left\":{},\"restores_verified\":{},\"reruns_ok\":{},\"resumed\":{},\"refused\":{},\"max_delay_ms\":{},\"seconds\":{:.1}}}",
             self.op,
             encrypted(),
             self.iterations,
@@ -130,6 +133,7 @@ impl Tally {
             self.restores_verified,
             self.reruns_ok,
             self.resumed,
+            self.refused,
             self.max_delay_ms,
             self.seconds
         );
@@ -604,6 +608,113 @@ fn crash_undo_killed_at_random_points() {
         assert!(out.status.success(), "{ctx}: {}", stdout(&out));
         tally.reruns_ok += 1;
         trim_pre_repair(&env);
+    }
+    finish(tally, started, &b);
+}
+
+/// Issue 17, item 1: the snapshot is stopped (SIGSTOP) at a random point, a
+/// prune runs with a shifted clock, and the snapshot continues. Each round
+/// picks one prune at random: 16 minutes ahead with the lock in place (a
+/// live pid's lock is never stale: the prune must wait); the lock gone (as
+/// another host's lock that went stale) and a prune at the right time (the
+/// window keeps the young packs); the lock gone and a prune 25 hours ahead
+/// (past the window: packs are deleted). The invariant: a snapshot that
+/// exits 0 restores exactly; one that does not exits 1 and says that
+/// nothing was committed; `check --read-data` passes either way.
+#[test]
+fn crash_snapshot_stopped_while_prune_runs_with_a_shifted_clock() {
+    use crate::prune_race::{faked, signal};
+    let b = budget();
+    let mut rng = rng("stop-prune");
+    let started = Instant::now();
+    let env = crash_env();
+    let db = env.path("app.db");
+    crate::rel_util::make_db(&db, 3000);
+    let blob = env.path("blob.bin");
+    let (dbs, blobs) = (db.to_str().expect("utf8"), blob.to_str().expect("utf8"));
+    let fresh_blob = |rng: &mut Rng| {
+        std::fs::write(&blob, crate::util::random_bytes(24 << 20, rng.next())).expect("write")
+    };
+    fresh_blob(&mut rng);
+    let measured = timed_ok(&env, &["snapshot", dbs, blobs], &[]);
+    let mut tally = Tally {
+        op: "stop-prune",
+        ..Default::default()
+    };
+    while tally.iterations < b.iterations && Instant::now() < b.deadline {
+        let i = tally.iterations;
+        crate::rel_util::damage_rows(&db, rng.next(), 200);
+        fresh_blob(&mut rng);
+        let before = committed(&env);
+        let d = delay(&mut rng, measured, &mut tally);
+        let child = env
+            .cmd(&["snapshot", dbs, blobs])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(d);
+        let mut child = child;
+        let running = child.try_wait().expect("try_wait").is_none();
+        if running {
+            signal(child.id(), "STOP");
+            tally.killed_mid_operation += 1;
+        } else {
+            tally.completed_before_kill += 1;
+        }
+        let kind = rng.below(3);
+        let ctx = format!("stop-prune {i}: stopped at {d:?}, prune kind {kind}");
+        if kind > 0 {
+            for l in crate::rel_util::objects(&env.repo(), "locks") {
+                let _ = std::fs::remove_file(l);
+            }
+        }
+        let (offset, window) = match kind {
+            0 => ("+16m", "24h"),
+            1 => ("", "24h"),
+            _ => ("+25h", "24h"),
+        };
+        let p = faked(
+            &env,
+            offset,
+            &["prune", "--min-pack-age", window, "--lock-wait", "1"],
+        )
+        .output()
+        .expect("prune");
+        if running {
+            signal(child.id(), "CONT");
+        }
+        let out = child.wait_with_output().expect("wait");
+        if kind == 0 && !p.status.success() {
+            assert!(stderr(&p).contains("locked"), "{ctx}: {}", stderr(&p));
+        } else {
+            assert!(p.status.success(), "{ctx}: prune runs: {}", stderr(&p));
+        }
+        let now = committed(&env);
+        if out.status.success() {
+            let new: Vec<&Committed> = now
+                .iter()
+                .filter(|n| !before.iter().any(|b| b.id == n.id))
+                .collect();
+            assert_eq!(new.len(), 1, "{ctx}: exit 0 committed one snapshot");
+            restore_exactly(&env, new[0], &format!("stop-{i}"));
+            tally.restores_verified += 1;
+        } else {
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{ctx}: {err}");
+            assert!(err.contains("nothing was committed"), "{ctx}: {err}");
+            assert_eq!(now.len(), before.len(), "{ctx}: nothing committed");
+            tally.refused += 1;
+        }
+        tally.iterations += 1;
+        check_clean(&env, &ctx);
+        // The latest committed snapshot still restores after every prune.
+        if let Some(last) = now.last() {
+            restore_exactly(&env, last, &format!("stop-last-{i}"));
+        }
+        tally.reruns_ok += 1;
+        trim(&env, 3);
     }
     finish(tally, started, &b);
 }
