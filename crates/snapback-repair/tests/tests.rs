@@ -7,6 +7,7 @@ mod audit;
 mod bad_input;
 mod diff;
 mod diff_cli;
+mod diff_roundtrip;
 mod e2e;
 mod lab;
 mod repair;
