@@ -358,7 +358,10 @@ mod tests {
 
     #[test]
     fn config_file_parses_and_rejects_unknown_keys() {
-        let d = tempfile_dir();
+        // A directory of its own: removing the shared one raced with the
+        // search-order test running beside it.
+        let d = tempfile_dir().join("parse");
+        std::fs::create_dir_all(&d).expect("mkdir");
         let p = d.join("snapback.toml");
         std::fs::write(
             &p,
