@@ -131,3 +131,36 @@ fn files_with_255_byte_names_restore() {
         .expect("query");
     assert_eq!(n, 42);
 }
+
+#[test]
+fn non_utf8_file_names_are_refused_never_merged() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let ff = src.join(std::ffi::OsStr::from_bytes(b"a\xff"));
+    let fe = src.join(std::ffi::OsStr::from_bytes(b"a\xfe"));
+    std::fs::write(&ff, b"first").expect("write");
+    std::fs::write(&fe, b"second").expect("write");
+    std::fs::write(src.join("ok"), b"fine").expect("write");
+    let out = env.run(&["snapshot", src.to_str().expect("utf8")]);
+    let err = crate::util::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "refused: {err}");
+    assert!(
+        err.contains("not valid UTF-8") && err.contains("nothing was committed"),
+        "the error names the problem: {err}"
+    );
+    assert!(
+        err.contains(r"a\xfe") || err.contains(r"a\xff"),
+        "and the file, by its bytes: {err}"
+    );
+    assert!(
+        env.snapshots_json().is_empty(),
+        "no snapshot that would merge the two files"
+    );
+    // Without the offending names, the directory snapshots.
+    std::fs::remove_file(&ff).expect("rm");
+    std::fs::remove_file(&fe).expect("rm");
+    env.snapshot(&src);
+    assert_eq!(env.snapshots_json().len(), 1);
+}

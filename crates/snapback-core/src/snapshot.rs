@@ -122,6 +122,21 @@ fn walk(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, "cannot stat", e))?;
     let ft = meta.file_type();
     if ft.is_file() {
+        if p.to_str().is_none() {
+            // Manifests hold paths as UTF-8 text: a lossy conversion would
+            // give two such files one name, and restore would write one
+            // over the other. Refuse before anything is written.
+            use std::os::unix::ffi::OsStrExt;
+            return Err(Error::Input {
+                path: p.into(),
+                message: format!(
+                    "its name is not valid UTF-8 (bytes: {}), and snapback stores names as UTF-8; rename it (e.g. `convmv` or `mv`), or snapshot the other files without it",
+                    p.as_os_str()
+                        .as_bytes()
+                        .escape_ascii()
+                ),
+            });
+        }
         out.push(p.to_path_buf());
     } else if ft.is_dir() {
         let mut ents: Vec<_> = std::fs::read_dir(p)
