@@ -207,11 +207,20 @@ pub struct FetchStats {
     pub prefetches: AtomicU64,
 }
 
+/// How long a chunk that just failed is answered with EIO at once. The
+/// kernel re-issues a failed read at once (a read-ahead read, then the
+/// single page): each new read used to wait for the whole `--read-timeout`
+/// again and to start a new fetch, with a new cycle of S3 retries.
+const FAILURE_MEMORY: Duration = Duration::from_secs(2);
+
 pub(crate) struct Fetcher {
     repo: Arc<Repository>,
     mem: MemCache,
     disk: Option<DiskCache>,
     inflight: Mutex<HashMap<Id, Arc<Slot>>>,
+    /// Chunks whose fetch failed or whose reader timed out, and when: a
+    /// read that needs one within `FAILURE_MEMORY` fails at once.
+    failed: Mutex<HashMap<Id, (Instant, String)>>,
     fresh: Mutex<Option<(Instant, Arc<MasterIndex>)>>,
     /// Largest span of a pack read at once for neighbouring chunks.
     window: u64,
@@ -232,6 +241,7 @@ impl Fetcher {
             mem: Mutex::new(Lru::new(mem_bytes)),
             disk,
             inflight: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             fresh: Mutex::new(None),
             window,
             pool: Pool::new("snapback-fetch", threads, 1024),
@@ -381,6 +391,9 @@ impl Fetcher {
                 }
             } else {
                 self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = r {
+                    self.remember_failure(*id, e.to_string());
+                }
             }
         }
         for ((id, slot), r) in group.into_iter().zip(results) {
@@ -449,8 +462,21 @@ impl Fetcher {
                     }
                 }
                 Ok(_) => {}
+                Err(e) if !e.is_not_found() => {
+                    // The store gave up after its own retries: reading the
+                    // chunks one by one would start a new cycle of retries
+                    // for each (about 117 GETs for one read against a
+                    // server answering SlowDown). Fail them all now.
+                    let err = VfsError::repo(
+                        format!("chunks of pack {}", pack.short()),
+                        snapback_core::Error::Store(e),
+                    );
+                    for (i, _) in &need {
+                        out[*i] = Some(Err(err.clone()));
+                    }
+                }
                 Err(e) => {
-                    tracing::debug!(pack = %pack.short(), error = %e, "range read of a chunk group failed; reading the chunks one by one");
+                    tracing::debug!(pack = %pack.short(), error = %e, "pack not found for a chunk group; reading the chunks one by one (the index is reloaded)");
                 }
             }
         }
@@ -537,6 +563,9 @@ impl Fetcher {
         if missing.is_empty() {
             return Ok(out.into_iter().flatten().collect());
         }
+        if let Some(e) = self.recent_failure(&missing) {
+            return Err(e);
+        }
         let slots = self.start_all(index, &missing, around, true);
         let mut res = Vec::with_capacity(ids.len());
         for (d, id) in out.into_iter().zip(ids) {
@@ -549,12 +578,36 @@ impl Fetcher {
                 .ok_or_else(|| VfsError::Internal("the fetch queue is unavailable".into()))?;
             let what = || format!("chunk {}", id.short());
             let r = slot.wait(deadline, &what, since);
-            if matches!(r, Err(VfsError::TimedOut { .. })) {
+            if let Err(e @ VfsError::TimedOut { .. }) = &r {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.remember_failure(*id, e.to_string());
             }
             res.push(r?);
         }
         Ok(res)
+    }
+
+    fn remember_failure(&self, id: Id, why: String) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.retain(|_, (at, _)| at.elapsed() < FAILURE_MEMORY);
+            f.insert(id, (Instant::now(), why));
+        }
+    }
+
+    /// The error of a chunk of `ids` that failed less than `FAILURE_MEMORY`
+    /// ago, if any.
+    fn recent_failure(&self, ids: &[Id]) -> Option<VfsError> {
+        let f = self.failed.lock().ok()?;
+        ids.iter().find_map(|id| {
+            let (at, why) = f.get(id)?;
+            (at.elapsed() < FAILURE_MEMORY).then(|| {
+                VfsError::Internal(format!(
+                    "chunk {} failed {:.1} s ago ({why}); not fetched again yet",
+                    id.short(),
+                    at.elapsed().as_secs_f64()
+                ))
+            })
+        })
     }
 
     /// Starts background fetches of chunks that are not cached or in flight.

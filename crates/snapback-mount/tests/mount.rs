@@ -94,7 +94,10 @@ impl Env {
 
     /// Takes a snapshot and returns its id.
     fn snapshot(&self, p: &Path) -> String {
-        self.ok(&["snapshot", &p.to_string_lossy()])
+        // --json: with -q alone, snapshot prints no id.
+        let out = self.ok(&["--json", "snapshot", &p.to_string_lossy()]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("snapshot json");
+        v["id"].as_str().expect("id").to_string()
     }
 
     fn restore(&self, snap: &str, file: &Path, dest: &Path) {
@@ -756,7 +759,11 @@ fn mount_over_s3_serves_the_same_queries_as_a_restore() {
     ok(&["init"]);
     let db = dir.path().join("s3.db");
     make_db(&db, "wal", 3000);
-    let id = ok(&["snapshot", &db.to_string_lossy()]);
+    let id = ok(&["--json", "snapshot", &db.to_string_lossy()]);
+    let id = serde_json::from_str::<serde_json::Value>(&id).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let restored = dir.path().join("restored.db");
     ok(&[
         "restore",

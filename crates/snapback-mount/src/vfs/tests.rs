@@ -16,6 +16,9 @@ struct SlowStore {
     inner: LocalStore,
     slow: Arc<AtomicBool>,
     slow_list: Arc<AtomicBool>,
+    /// Every ranged read of a pack fails (the store gave up), counted.
+    fail_ranges: Arc<AtomicBool>,
+    range_reads: Arc<AtomicU64>,
 }
 
 impl Store for SlowStore {
@@ -31,6 +34,14 @@ impl Store for SlowStore {
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         if self.slow.load(Ordering::Relaxed) && key.starts_with("data/") {
             std::thread::sleep(Duration::from_secs(6));
+        }
+        if self.fail_ranges.load(Ordering::Relaxed) && key.starts_with("data/") {
+            self.range_reads.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::new(
+                snapback_core::storage::ErrorKind::Transient,
+                key,
+                "503 SlowDown, retries exhausted",
+            ));
         }
         self.inner.get_range(key, offset, len)
     }
@@ -53,6 +64,8 @@ struct Fixture {
     repo: Arc<Repository>,
     slow: Arc<AtomicBool>,
     slow_list: Arc<AtomicBool>,
+    fail_ranges: Arc<AtomicBool>,
+    range_reads: Arc<AtomicU64>,
 }
 
 impl Fixture {
@@ -63,10 +76,14 @@ impl Fixture {
         Repository::init(Arc::new(store), &InitOptions::default()).expect("init");
         let slow = Arc::new(AtomicBool::new(false));
         let slow_list = Arc::new(AtomicBool::new(false));
+        let fail_ranges = Arc::new(AtomicBool::new(false));
+        let range_reads = Arc::new(AtomicU64::new(0));
         let store = SlowStore {
             inner: LocalStore::open(&root).expect("open"),
             slow: slow.clone(),
             slow_list: slow_list.clone(),
+            fail_ranges: fail_ranges.clone(),
+            range_reads: range_reads.clone(),
         };
         let repo = Arc::new(Repository::open(Arc::new(store)).expect("open repo"));
         Fixture {
@@ -74,6 +91,8 @@ impl Fixture {
             repo,
             slow,
             slow_list,
+            fail_ranges,
+            range_reads,
         }
     }
 
@@ -689,5 +708,62 @@ fn file_permission_bits_are_the_sources_mode_0000_included() {
             p.display(),
             e.attr.perm
         );
+    }
+}
+
+#[test]
+fn a_failed_read_fails_again_at_once_and_starts_no_new_retry_cycles() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 3000);
+    let s = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::One(s), |o| {
+        o.read_timeout = Duration::from_secs(1);
+        o.readahead_max = 0;
+        o.fetch_window = 512 << 10;
+        o.fetch_window_always = true;
+    });
+    let e = vfs.resolve(&rel(&db)).expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    // The store gives up on every range read: one request for the group of
+    // chunks of a read, not one more per chunk.
+    fx.fail_ranges.store(true, Ordering::Relaxed);
+    let err = vfs.read(o.fh, 0, 128 << 10).expect_err("the store fails");
+    assert_eq!(errno(&err), fuser::Errno::EIO);
+    let requests = fx.range_reads.load(Ordering::Relaxed);
+    assert!(requests <= 2, "{requests} range reads for one failing read");
+    assert!(vfs.fetch_stats().fetch_errors.load(Ordering::Relaxed) > 0);
+    // The kernel re-issues the failed read at once: EIO again, no request.
+    let t = Instant::now();
+    let again = vfs.read(o.fh, 0, 4096).expect_err("fails again");
+    assert_eq!(errno(&again), fuser::Errno::EIO);
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(fx.range_reads.load(Ordering::Relaxed), requests);
+    fx.fail_ranges.store(false, Ordering::Relaxed);
+    // A timed-out read, re-issued, does not wait a second deadline.
+    std::thread::sleep(Duration::from_millis(2100));
+    fx.slow.store(true, Ordering::Relaxed);
+    let t = Instant::now();
+    let slow = vfs.read(o.fh, 0, 4096).expect_err("times out");
+    assert_eq!(errno(&slow), fuser::Errno::EIO);
+    let first = t.elapsed();
+    assert!(first < Duration::from_secs(3), "{first:?}");
+    let t = Instant::now();
+    vfs.read(o.fh, 0, 4096).expect_err("re-issued");
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    fx.slow.store(false, Ordering::Relaxed);
+    // After the failure memory, reads are tried again and succeed.
+    std::thread::sleep(Duration::from_millis(2100));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while vfs.read(o.fh, 0, 4096).is_err() {
+        assert!(Instant::now() < deadline, "reads never recovered");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
