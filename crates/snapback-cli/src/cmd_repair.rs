@@ -326,7 +326,18 @@ fn diff_one(
 #[derive(Debug, Args)]
 pub struct RepairArgs {
     /// The restore script (TOML; see docs/restore-scripts.md).
-    pub script: PathBuf,
+    #[arg(required_unless_present = "abandon")]
+    pub script: Option<PathBuf>,
+    /// Close the unfinished (killed or failed) repair or undo RUN without
+    /// finishing it: its committed changes stay and are recorded in the
+    /// audit log (kind `abandon`; `snapback undo RUN` reverts them), and
+    /// other scripts can run again. The live database comes from SCRIPT,
+    /// --live, or RUN's audit entry.
+    #[arg(long, value_name = "RUN", conflicts_with = "apply")]
+    pub abandon: Option<String>,
+    /// With --abandon: the live database the run is recorded in.
+    #[arg(long, value_name = "DB", requires = "abandon")]
+    pub live: Option<PathBuf>,
     /// Make the changes. Without it, only the plan is printed (dry run).
     #[arg(long)]
     pub apply: bool,
@@ -368,13 +379,15 @@ fn repair_options(lock_wait: u64, max_wait: u64, keep_all_rows: bool) -> RepairO
 }
 
 /// Asks on the terminal; without one, `--yes` is required.
-fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
+/// `what` names the command for the message without a terminal, e.g.
+/// "repair --apply" or "undo".
+fn confirm(yes: bool, what: &str, question: &str) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        bail!("--apply changes the live database: there is no terminal to confirm on, so add --yes; nothing was written");
+        bail!("{what} changes the live database: there is no terminal to confirm on, so add --yes; nothing was written");
     }
     eprint!("{question} Type 'yes' to go on: ");
     std::io::stderr().flush()?;
@@ -509,8 +522,46 @@ fn print_plan(s: &RepairSession) {
     }
 }
 
+fn abandon(g: &Global, a: &RepairArgs, run: &str) -> anyhow::Result<u8> {
+    let repo = open_repo(g)?;
+    let live = match (&a.script, &a.live) {
+        (_, Some(l)) => absolute(l),
+        (Some(s), None) => LoadedScript::load(&absolute(s))?.script.live,
+        (None, None) => PathBuf::from(
+            snapback_repair::find_entry(&repo, run)
+                .context("give the live database with --live DB (the run has no audit entry to take it from)")?
+                .entry
+                .live,
+        ),
+    };
+    let opts = repair_options(a.lock_wait, a.max_wait, false);
+    let o = snapback_repair::abandon(&repo, &live, run, &opts)?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&o)?);
+    } else {
+        println!(
+            "{} {} abandoned: the {} row change(s) it committed stay in {}",
+            o.kind,
+            o.repair_id,
+            o.rows_kept,
+            live.display()
+        );
+        println!("  audit entry: {}", o.audit_key);
+        if o.rows_kept > 0 {
+            println!("  to revert them: snapback undo {}", o.repair_id);
+        }
+    }
+    Ok(exit::OK)
+}
+
 pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
-    let script = LoadedScript::load(&absolute(&a.script))?;
+    if let Some(run) = &a.abandon {
+        return abandon(g, &a, run);
+    }
+    let Some(script_path) = &a.script else {
+        bail!("give the restore script SCRIPT");
+    };
+    let script = LoadedScript::load(&absolute(script_path))?;
     let repo = if script.script.snapshot.is_some() || a.apply {
         Some(open_repo(g)?)
     } else {
@@ -545,6 +596,7 @@ pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
     let n = session.plan.changes.len();
     confirm(
         a.yes,
+        "repair --apply",
         &format!("Apply {n} row change(s) to {}?", session.live.display()),
     )?;
     let repo = repo.context("a repository is needed for --apply")?;
@@ -674,6 +726,26 @@ pub fn audit(g: &Global, a: AuditArgs) -> anyhow::Result<u8> {
             let x = &e.entry;
             let sum =
                 |f: fn(&snapback_repair::TableCounts) -> u64| x.counts.iter().map(f).sum::<u64>();
+            let note = format!(
+                "{}{}{}",
+                x.undoes
+                    .as_deref()
+                    .map(|u| format!(" (undoes {u})"))
+                    .unwrap_or_default(),
+                if x.sql_steps.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (sql steps changed {} row(s))",
+                        x.sql_steps.iter().map(|q| q.rows_changed).sum::<u64>()
+                    )
+                },
+                if x.failed.is_some() {
+                    " FAILED (see --json audit)"
+                } else {
+                    ""
+                }
+            );
             println!(
                 "{:<5} {:<21} {:<7} {:<17} {:<20} {:>8} {:>8} {:>8}  {}{}",
                 x.seq,
@@ -685,10 +757,7 @@ pub fn audit(g: &Global, a: AuditArgs) -> anyhow::Result<u8> {
                 sum(|c| c.insert),
                 sum(|c| c.delete),
                 x.live,
-                x.undoes
-                    .as_deref()
-                    .map(|u| format!(" (undoes {u})"))
-                    .unwrap_or_default()
+                note
             );
         }
     }
@@ -720,6 +789,7 @@ pub fn undo(g: &Global, a: UndoArgs) -> anyhow::Result<u8> {
     let target = snapback_repair::find_entry(&repo, &a.repair_id)?;
     confirm(
         a.yes,
+        "undo",
         &format!(
             "Revert {} row change(s) of repair {} in {}?",
             target.entry.changes.len(),

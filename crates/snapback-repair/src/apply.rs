@@ -77,7 +77,8 @@ fn journal_exists(conn: &Connection, place: &str) -> Result<bool> {
     .map_err(|e| Error::sqlite(place, "cannot read the schema", e))
 }
 
-/// Unfinished runs (state `applying`), oldest first.
+/// Unfinished runs (state `applying`: running or killed; `failed`: stopped
+/// by an error, recorded in the audit log), oldest first.
 pub fn unfinished_runs(conn: &Connection, place: &str) -> Result<Vec<RunRecord>> {
     if !journal_exists(conn, place)? {
         return Ok(vec![]);
@@ -86,7 +87,7 @@ pub fn unfinished_runs(conn: &Connection, place: &str) -> Result<Vec<RunRecord>>
     let mut st = conn
         .prepare(&format!(
             "SELECT repair_id, kind, script_sha256, changes, pre_snapshot, source_snapshot, started_at
-             FROM {RUNS_TABLE} WHERE state = 'applying' ORDER BY started_at"
+             FROM {RUNS_TABLE} WHERE state IN ('applying', 'failed') ORDER BY started_at"
         ))
         .map_err(err)?;
     let rows = st
@@ -107,7 +108,7 @@ pub fn unfinished_runs(conn: &Connection, place: &str) -> Result<Vec<RunRecord>>
     for (id, kind, sha, changes, pre, src, started) in rows {
         let changes: ChangeSet = serde_json::from_str(&changes).map_err(|e| {
             Error::Input(format!(
-                "{place}: the stored change set of repair {id} is unreadable ({e}); mark it abandoned with: UPDATE {RUNS_TABLE} SET state = 'abandoned' WHERE repair_id = '{id}'"
+                "{place}: the stored change set of repair {id} is unreadable ({e}); close the run with `snapback repair --abandon {id} --live {place}`"
             ))
         })?;
         out.push(RunRecord {
@@ -145,6 +146,25 @@ pub fn insert_run(conn: &Connection, place: &str, run: &RunRecord) -> Result<()>
         )
     })
     .map_err(|e| err_busy(place, "cannot record the repair in the journal", e))?;
+    Ok(())
+}
+
+/// Sets a run's state: `failed` (stays unfinished: the same script resumes
+/// it) or `abandoned` (closed; its committed changes stay).
+pub fn mark_run(
+    conn: &Connection,
+    place: &str,
+    id: &str,
+    state: &str,
+    audit_key: Option<&str>,
+) -> Result<()> {
+    with_busy_retry(place, Duration::from_secs(600), || {
+        conn.execute(
+            &format!("UPDATE {RUNS_TABLE} SET state = ?2, finished_at = ?3, audit_key = coalesce(?4, audit_key) WHERE repair_id = ?1"),
+            params![id, state, now(), audit_key],
+        )
+    })
+    .map_err(|e| err_busy(place, "cannot record the repair's state in the journal", e))?;
     Ok(())
 }
 
@@ -592,10 +612,14 @@ fn apply_row_guarded(
 
 /// (table index, batch) -> the conflicts recorded with that batch, as
 /// (change index, conflict).
-type CommittedBatches = HashMap<(usize, usize), Vec<(usize, Conflict)>>;
+pub(crate) type CommittedBatches = HashMap<(usize, usize), Vec<(usize, Conflict)>>;
 
 /// Batches of `run` already committed, with the conflicts they recorded.
-fn committed_batches(conn: &Connection, place: &str, id: &str) -> Result<CommittedBatches> {
+pub(crate) fn committed_batches(
+    conn: &Connection,
+    place: &str,
+    id: &str,
+) -> Result<CommittedBatches> {
     let err = |e| Error::sqlite(place, "cannot read the repair journal", e);
     let mut st = conn
         .prepare(&format!(

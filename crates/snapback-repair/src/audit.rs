@@ -33,7 +33,8 @@ pub struct AuditEntry {
     pub time: String,
     pub user: String,
     pub host: String,
-    /// "repair" or "undo".
+    /// "repair", "undo", or "abandon" (a run closed unfinished with
+    /// `repair --abandon`; `changes` holds what it had committed).
     pub kind: String,
     pub repair_id: String,
     /// For an undo: the repair it reverts.
@@ -63,6 +64,11 @@ pub struct AuditEntry {
     /// conflicts aside); 0 when the repair verified.
     pub remaining_differences: u64,
     pub snapback_version: String,
+    /// Set when the run stopped on an error: the error. `changes` then holds
+    /// what the run had committed (undo reverts it); the run stays
+    /// unfinished until the same script resumes it or it is abandoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -50,6 +50,11 @@ pub enum Error {
 
     #[error("{0}")]
     Conflict(String),
+
+    /// A repair stopped on an error after it had started writing; what it
+    /// committed is recorded, and the message says how to go on.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 impl Error {

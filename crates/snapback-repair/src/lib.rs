@@ -40,8 +40,8 @@ pub use diff::{
 };
 pub use error::{is_busy, Error, Result};
 pub use repair::{
-    find_entry, lock_path, take_lock, undo, Outcome, Plan, RepairLock, RepairOptions,
-    RepairSession, ResumeInfo, TablePlan, UndoOutcome, PRE_REPAIR_TAG, SAMPLE_ROWS,
+    abandon, find_entry, lock_path, take_lock, undo, AbandonOutcome, Outcome, Plan, RepairLock,
+    RepairOptions, RepairSession, ResumeInfo, TablePlan, UndoOutcome, PRE_REPAIR_TAG, SAMPLE_ROWS,
 };
 pub use report::{key_text, row_human, row_json};
 pub use schema::{

@@ -298,16 +298,22 @@ impl RepairSession {
                 resume = Some(r.clone());
             } else {
                 return Err(Error::Input(format!(
-                    "{}: an unfinished {} {} (started {}) is recorded in this database; finish it first by running the same {} again{}; nothing was written",
-                    lside.place,
-                    r.kind,
-                    r.repair_id,
-                    r.started_at,
-                    if r.kind == "undo" { "undo" } else { "script" },
-                    r.script_sha256
-                        .as_deref()
-                        .map(|h| format!(" (script sha256 {h})"))
-                        .unwrap_or_default()
+                    "{place}: an unfinished {kind} {id} (started {started}) is recorded in this database, so no other repair runs until it is closed; nothing was written. Either finish it: {finish}; or close it with `snapback repair --abandon {id} --live {place}` (the changes it committed stay, are recorded in the audit log, and `snapback undo {id}` reverts them)",
+                    place = lside.place,
+                    kind = r.kind,
+                    id = r.repair_id,
+                    started = r.started_at,
+                    finish = if r.kind == "undo" {
+                        format!(
+                            "run `snapback undo {}` again",
+                            r.script_sha256.as_deref().and_then(|m| m.strip_prefix("undo:")).unwrap_or("?")
+                        )
+                    } else {
+                        format!(
+                            "run the script it was started with again (sha256 {})",
+                            r.script_sha256.as_deref().unwrap_or("?")
+                        )
+                    }
                 )));
             }
         }
@@ -583,7 +589,31 @@ impl RepairSession {
             }
         };
         let changes = &self.plan.changes;
-        let report = apply_changes(
+        let stopped = |conn: &Connection, e: Error| {
+            let steps: Vec<String> = self
+                .script
+                .script
+                .sql
+                .iter()
+                .map(|q| q.statement.clone())
+                .collect();
+            let entry = AuditEntry {
+                script_path: Some(self.script.path.display().to_string()),
+                script: Some(self.script.text.clone()),
+                script_sha256: Some(self.script.sha256.clone()),
+                source_snapshot: self.plan.source_snapshot.clone(),
+                source_db: self.plan.source_db.clone(),
+                ..unfinished_entry(
+                    "repair",
+                    &repair_id,
+                    &place,
+                    pre.clone(),
+                    Some(e.to_string()),
+                )
+            };
+            record_stopped(repo, conn, &place, &repair_id, changes, &steps, entry, e)
+        };
+        let report = match apply_changes(
             &mut conn,
             &self.live,
             &repair_id,
@@ -592,7 +622,10 @@ impl RepairSession {
             |n, total| {
                 tracing::info!(batch = n, of = total, "batch committed");
             },
-        )?;
+        ) {
+            Ok(r) => r,
+            Err(e) => return Err(stopped(&conn, e)),
+        };
         progress(&format!(
             "applied {} row change(s) in {} batch(es){}",
             report.rows_changed,
@@ -606,7 +639,13 @@ impl RepairSession {
                 String::new()
             }
         ));
-        let sql_steps = self.run_sql_steps(&mut conn, &repair_id)?;
+        let sql_steps = match self.run_sql_steps(&mut conn, &repair_id) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = conn.execute_batch("DETACH DATABASE snapshot");
+                return Err(stopped(&conn, e));
+            }
+        };
 
         // Diff again: what the enabled actions cover should be gone.
         let (remaining, remaining_sample) = self.verify(&conn, &report)?;
@@ -638,6 +677,7 @@ impl RepairSession {
             sql_steps: sql_steps.clone(),
             remaining_differences: remaining,
             snapback_version: env!("CARGO_PKG_VERSION").into(),
+            failed: None,
         };
         let stored = append_once(repo, entry)?;
         finish_run(&conn, &place, &repair_id, &stored.key)?;
@@ -738,7 +778,7 @@ impl RepairSession {
                     Err(e) => {
                         return Err(Error::sqlite(
                             &place,
-                            format!("SQL step {} failed and was rolled back (the row changes before it are committed and recorded; fix the step and run the script again to resume)", i + 1),
+                            format!("SQL step {} failed and was rolled back (the row changes and SQL steps before it are committed and recorded)", i + 1),
                             e,
                         ))
                     }
@@ -902,23 +942,311 @@ fn append_once(repo: &Repository, entry: AuditEntry) -> Result<audit::StoredEntr
     if let Some(b) = &v.broken {
         tracing::warn!(problem = %b, "the audit chain is broken; appending anyway (run `snapback audit verify`)");
     }
-    if let Some(e) = v
-        .entries
-        .into_iter()
-        .find(|e| e.entry.repair_id == entry.repair_id && e.entry.kind == entry.kind)
-    {
-        return Ok(e);
+    // A failed attempt is appended each time (each is a separate event);
+    // the final entry of a run only once.
+    if entry.failed.is_none() {
+        if let Some(e) = v.entries.into_iter().find(|e| {
+            e.entry.repair_id == entry.repair_id
+                && e.entry.kind == entry.kind
+                && e.entry.failed.is_none()
+        }) {
+            return Ok(e);
+        }
     }
     audit::append(store, entry)
+}
+
+/// An audit entry for a run that ends unfinished (stopped by an error, or
+/// abandoned); `changes`, `counts` and the rest are filled in by
+/// `record_committed`.
+fn unfinished_entry(
+    kind: &str,
+    id: &str,
+    place: &str,
+    pre: Option<String>,
+    failed: Option<String>,
+) -> AuditEntry {
+    AuditEntry {
+        seq: 0,
+        prev: None,
+        time: now(),
+        user: audit::os_user(),
+        host: audit::host(),
+        kind: kind.into(),
+        repair_id: id.into(),
+        undoes: None,
+        live: place.into(),
+        script_path: None,
+        script: None,
+        script_sha256: None,
+        source_snapshot: None,
+        source_db: None,
+        pre_repair_snapshot: pre,
+        counts: vec![],
+        changes: ChangeSet::default(),
+        conflicts: vec![],
+        sql_steps: vec![],
+        remaining_differences: 0,
+        snapback_version: env!("CARGO_PKG_VERSION").into(),
+        failed,
+    }
+}
+
+/// Fills `entry` with what run `id` has committed, from the journal: the
+/// committed batches' changes (minus the rows left alone), their
+/// conflicts, the SQL steps that ran, per-table counts, and as remaining
+/// differences the planned changes not made.
+fn record_committed(
+    conn: &Connection,
+    place: &str,
+    id: &str,
+    changes: &ChangeSet,
+    statements: &[String],
+    entry: &mut AuditEntry,
+) -> Result<()> {
+    let done = crate::apply::committed_batches(conn, place, id)?;
+    let mut applied = ChangeSet::default();
+    let mut conflicts = Vec::new();
+    let mut counts = Vec::new();
+    for (ti, t) in changes.tables.iter().enumerate() {
+        let bs = t.batch_size.max(1);
+        let mut tc = TableChanges {
+            changes: vec![],
+            ..t.clone()
+        };
+        let mut c = TableCounts {
+            table: t.table.clone(),
+            ..Default::default()
+        };
+        for (bi, chunk) in t.changes.chunks(bs).enumerate() {
+            let Some(left) = done.get(&(ti, bi)) else {
+                continue;
+            };
+            for (i, ch) in chunk.iter().enumerate() {
+                if let Some((_, cf)) = left.iter().find(|(ci, _)| *ci == bi * bs + i) {
+                    conflicts.push(cf.clone());
+                    c.conflicts += 1;
+                    continue;
+                }
+                match ch.op {
+                    Op::Insert => c.insert += 1,
+                    Op::Update => c.update += 1,
+                    Op::Delete => c.delete += 1,
+                }
+                tc.changes.push(ch.clone());
+            }
+        }
+        counts.push(c);
+        applied.tables.push(tc);
+    }
+    let mut sql = Vec::new();
+    for (i, st) in statements.iter().enumerate() {
+        let n: Option<i64> = conn
+            .query_row(
+                &format!(
+                    "SELECT applied FROM {JOURNAL_TABLE} WHERE repair_id = ?1 AND table_index = ?2"
+                ),
+                params![id, 1_000_000 + i as i64],
+                |r| r.get(0),
+            )
+            .ok();
+        match n {
+            Some(n) => sql.push(SqlStepRecord {
+                statement: st.clone(),
+                rows_changed: n as u64,
+            }),
+            None => break,
+        }
+    }
+    entry.remaining_differences =
+        (changes.len() as u64).saturating_sub(applied.len() as u64 + conflicts.len() as u64);
+    entry.changes = applied;
+    entry.conflicts = conflicts;
+    entry.counts = counts;
+    entry.sql_steps = sql;
+    Ok(())
+}
+
+/// A run stopped by `e` after it had started: records what it committed in
+/// an audit entry (`failed` set), marks the run `failed` (still unfinished:
+/// the same script resumes it), and returns an error that says what was
+/// done and how to go on.
+#[allow(clippy::too_many_arguments)]
+fn record_stopped(
+    repo: &Repository,
+    conn: &Connection,
+    place: &str,
+    id: &str,
+    changes: &ChangeSet,
+    statements: &[String],
+    mut entry: AuditEntry,
+    e: Error,
+) -> Error {
+    let recorded =
+        record_committed(conn, place, id, changes, statements, &mut entry).and_then(|()| {
+            let n = entry.changes.len();
+            audit::append(repo.store().as_ref(), entry).map(|s| (n, s.key))
+        });
+    let (what, key) = match recorded {
+        Ok((n, key)) => (
+            format!("{n} row change(s) it committed before the failure are recorded in audit entry {key}, and `snapback undo {id}` reverts them"),
+            Some(key),
+        ),
+        Err(e2) => (
+            format!("the changes it committed are recorded in the live database's journal, but the audit entry could not be written ({e2}); `snapback repair --abandon {id} --live {place}` records them"),
+            None,
+        ),
+    };
+    if let Err(e3) = crate::apply::mark_run(conn, place, id, "failed", key.as_deref()) {
+        tracing::warn!(error = %e3, "cannot mark the run failed");
+    }
+    Error::Stopped(format!(
+        "{e}\nrepair {id} stopped: {what}. To go on: fix the cause and run the same script again (it resumes from where it stopped), or close the run with `snapback repair --abandon {id} --live {place}` (its committed changes stay) and run a corrected script"
+    ))
+}
+
+/// What `abandon` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AbandonOutcome {
+    pub repair_id: String,
+    pub kind: String,
+    /// Row changes the run had committed; they stay in the database.
+    pub rows_kept: u64,
+    pub audit_key: String,
+}
+
+/// Closes an unfinished run (killed, or stopped by an error) of `live`
+/// without finishing it: records what it committed in an audit entry of
+/// kind `abandon` (so that `undo` can revert it) and marks it abandoned,
+/// so that other scripts can run. Changes no row of the user's tables.
+pub fn abandon(
+    repo: &Repository,
+    live: &Path,
+    id: &str,
+    opts: &RepairOptions,
+) -> Result<AbandonOutcome> {
+    let live = live_path(live)?;
+    let _lock = take_lock(&live, opts.lock_wait)?;
+    let conn = open_live_rw(&live, opts.busy_timeout)?;
+    let place = live.display().to_string();
+    let runs = unfinished_runs(&conn, &place)?;
+    let m: Vec<&RunRecord> = runs
+        .iter()
+        .filter(|r| r.repair_id.starts_with(id))
+        .collect();
+    let run = match m.as_slice() {
+        [r] => *r,
+        [] => {
+            return Err(Error::Input(format!(
+                "{place}: no unfinished repair or undo with id {id:?} is recorded in this database{}; nothing was changed",
+                if runs.is_empty() {
+                    " (there is none)".to_string()
+                } else {
+                    format!(
+                        " (unfinished: {})",
+                        runs.iter().map(|r| r.repair_id.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                }
+            )))
+        }
+        _ => {
+            return Err(Error::Input(format!(
+                "run id prefix {id:?} is ambiguous; give more of it"
+            )))
+        }
+    };
+    let stored = abandon_run(repo, &conn, &place, run)?;
+    Ok(AbandonOutcome {
+        repair_id: run.repair_id.clone(),
+        kind: run.kind.clone(),
+        rows_kept: stored.entry.changes.len() as u64,
+        audit_key: stored.key,
+    })
+}
+
+/// `abandon` with the lock held and the run found.
+fn abandon_run(
+    repo: &Repository,
+    conn: &Connection,
+    place: &str,
+    run: &RunRecord,
+) -> Result<audit::StoredEntry> {
+    // SQL statements are not stored with the run: take them from the last
+    // audit entry of this run, if there is one.
+    let prev = audit::list(repo.store().as_ref())?
+        .into_iter()
+        .rev()
+        .find(|e| e.entry.repair_id == run.repair_id);
+    let statements: Vec<String> = prev
+        .as_ref()
+        .map(|p| {
+            p.entry
+                .script
+                .as_deref()
+                .and_then(|t| {
+                    crate::script::LoadedScript::parse(
+                        Path::new(&p.entry.script_path.clone().unwrap_or_default()),
+                        t.to_string(),
+                    )
+                    .ok()
+                })
+                .map(|s| s.script.sql.into_iter().map(|q| q.statement).collect())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let mut entry = AuditEntry {
+        undoes: None,
+        script_sha256: run.script_sha256.clone(),
+        source_snapshot: run.source_snapshot.clone(),
+        ..unfinished_entry(
+            "abandon",
+            &run.repair_id,
+            place,
+            run.pre_snapshot.clone(),
+            None,
+        )
+    };
+    if let Some(p) = &prev {
+        entry.script_path = p.entry.script_path.clone();
+        entry.script = p.entry.script.clone();
+        entry.source_db = p.entry.source_db.clone();
+        entry.undoes = p.entry.undoes.clone();
+    }
+    if run.kind == "undo" {
+        entry.undoes = run
+            .script_sha256
+            .as_deref()
+            .and_then(|m| m.strip_prefix("undo:"))
+            .map(str::to_string);
+    }
+    record_committed(
+        conn,
+        place,
+        &run.repair_id,
+        &run.changes,
+        &statements,
+        &mut entry,
+    )?;
+    let stored = append_once(repo, entry)?;
+    crate::apply::mark_run(conn, place, &run.repair_id, "abandoned", Some(&stored.key))?;
+    Ok(stored)
 }
 
 /// Finds the audit entry of a repair by id or unique prefix.
 pub fn find_entry(repo: &Repository, id: &str) -> Result<audit::StoredEntry> {
     let entries = audit::list(repo.store().as_ref())?;
-    let m: Vec<_> = entries
-        .iter()
-        .filter(|e| e.entry.repair_id.starts_with(id))
-        .collect();
+    // A run can have several entries (failed attempts, then the final
+    // entry or an abandon): the latest one holds all it committed.
+    let mut m: Vec<&audit::StoredEntry> = Vec::new();
+    for e in entries.iter().filter(|e| e.entry.repair_id.starts_with(id)) {
+        match m
+            .iter_mut()
+            .find(|x| x.entry.repair_id == e.entry.repair_id)
+        {
+            Some(x) => *x = e,
+            None => m.push(e),
+        }
+    }
     match m.len() {
         0 => Err(Error::Input(format!(
             "no repair with id {id:?} in the audit log; list them with `snapback audit`"
@@ -950,7 +1278,7 @@ pub fn undo(
     mut progress: impl FnMut(&str),
 ) -> Result<UndoOutcome> {
     let target = find_entry(repo, id)?;
-    let t = &target.entry;
+    let mut t = target.entry;
     let all = audit::list(repo.store().as_ref())?;
     if let Some(prev) = all
         .iter()
@@ -981,10 +1309,18 @@ pub fn undo(
     for r in unfinished {
         if r.kind == "undo" && r.script_sha256.as_deref() == Some(marker.as_str()) {
             resume = Some(r);
+        } else if r.repair_id == t.repair_id {
+            // Undoing a run that stopped unfinished: close it first, from
+            // what its journal says it committed.
+            progress(&format!(
+                "repair {} is unfinished; abandoning it so that its committed changes can be reverted",
+                r.repair_id
+            ));
+            t = abandon_run(repo, &conn, &place, &r)?.entry;
         } else {
             return Err(Error::Input(format!(
-                "{place}: an unfinished {} {} is recorded in this database; finish it first; nothing was written",
-                r.kind, r.repair_id
+                "{place}: an unfinished {} {} is recorded in this database; finish it (run the same script or undo again) or close it with `snapback repair --abandon {} --live {place}`; nothing was written",
+                r.kind, r.repair_id, r.repair_id
             )));
         }
     }
@@ -1072,6 +1408,7 @@ pub fn undo(
         sql_steps: vec![],
         remaining_differences: conflicts.len() as u64,
         snapback_version: env!("CARGO_PKG_VERSION").into(),
+        failed: None,
     };
     let stored = append_once(repo, entry)?;
     finish_run(&conn, &place, &undo_id, &stored.key)?;

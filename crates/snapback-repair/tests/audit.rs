@@ -28,6 +28,7 @@ fn entry(id: &str) -> AuditEntry {
         sql_steps: vec![],
         remaining_differences: 0,
         snapback_version: "test".into(),
+        failed: None,
     }
 }
 

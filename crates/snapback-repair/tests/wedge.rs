@@ -98,3 +98,118 @@ fn a_sql_step_writing_the_attached_snapshot_is_refused_by_the_dry_run() {
     );
     ok(&lab.run(&["repair", fine.to_str().expect("utf8")], &[]));
 }
+
+/// Rows of `u` repaired in batches of 1, then a SQL step that fails at
+/// apply (an integer overflow the dry run cannot see).
+fn failing_step(lab: &Lab, snap: &str) -> std::path::PathBuf {
+    lab.script(
+        "fail.toml",
+        snap,
+        "[[table]]\nname = \"u\"\nactions = [\"update_changed\"]\nbatch_size = 1\n[[sql]]\nstatement = \"UPDATE u SET v = abs(-9223372036854775808) WHERE id = 1\"\n",
+    )
+}
+
+/// `values_lab`, then the failing script applied: it stops at the SQL
+/// step. Returns the lab, the snapshot, the damaged rows and the script.
+fn failed_run() -> (Lab, String, Vec<Vec<crate::lab::Exact>>, std::path::PathBuf) {
+    let (lab, snap) = values_lab();
+    let damaged = dump(&lab.live, "u");
+    let s = failing_step(&lab, &snap);
+    let o = lab.run(
+        &["repair", s.to_str().expect("utf8"), "--apply", "--yes"],
+        &[],
+    );
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("integer overflow"), "{o:?}");
+    (lab, snap, damaged, s)
+}
+
+fn values_lab() -> (Lab, String) {
+    let lab = Lab::new(|c| {
+        c.execute_batch(
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, v); INSERT INTO u VALUES(1,1),(2,2),(3,3);",
+        )
+        .expect("schema");
+    });
+    let snap = lab.snapshot();
+    lab.exec("UPDATE u SET v = 0;");
+    (lab, snap)
+}
+
+#[test]
+fn a_failed_sql_step_is_audited_and_abandon_unwedges_later_repairs() {
+    let (lab, snap, damaged, _) = failed_run();
+    let a = lab.audit();
+    assert_eq!(a.len(), 1, "the failed run is audited");
+    let id = a[0]["entry"]["repair_id"].as_str().expect("id").to_string();
+    assert!(a[0]["entry"]["failed"].is_string(), "{:?}", a[0]);
+    assert_eq!(
+        a[0]["entry"]["changes"]["tables"][0]["changes"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    // The advice given works: another script is refused with it ...
+    let other = lab.script(
+        "other.toml",
+        &snap,
+        "[[table]]\nname = \"u\"\nactions = [\"update_changed\"]\n",
+    );
+    let other = other.to_str().expect("utf8");
+    let o = lab.run(&["repair", other], &[]);
+    assert_eq!(o.code, 1, "{o:?}");
+    let advice = format!("snapback repair --abandon {id} --live {}", lab.live_str());
+    assert!(o.stderr.contains(&advice), "{o:?}");
+    // ... and abandoning closes the run, with an audit entry.
+    let o = lab.run(&["repair", "--abandon", &id, "--live", lab.live_str()], &[]);
+    ok(&o);
+    assert!(o.stdout.contains("3 row change(s)"), "{o:?}");
+    let a = lab.audit();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[1]["entry"]["kind"], "abandon");
+    assert_eq!(a[1]["entry"]["repair_id"], id.as_str());
+    ok(&lab.run(&["repair", other], &[]));
+    // Undo reverts what the abandoned run committed.
+    ok(&lab.run(&["undo", &id, "--yes"], &[]));
+    assert!(
+        dump(&lab.live, "u") == damaged,
+        "{:?}",
+        dump(&lab.live, "u")
+    );
+}
+
+#[test]
+fn undo_of_a_failed_run_reverts_what_it_committed() {
+    let (lab, _, damaged, s) = failed_run();
+    let id = lab.last_id();
+    let o = lab.run(&["undo", &id, "--yes"], &[]);
+    ok(&o);
+    assert!(
+        dump(&lab.live, "u") == damaged,
+        "{:?}",
+        dump(&lab.live, "u")
+    );
+    // Nothing is left unfinished.
+    ok(&lab.run(&["repair", s.to_str().expect("utf8")], &[]));
+}
+
+#[test]
+fn undo_without_a_terminal_asks_for_yes_not_apply() {
+    let (lab, snap) = values_lab();
+    let s = lab.script(
+        "fix.toml",
+        &snap,
+        "[[table]]\nname = \"u\"\nactions = [\"update_changed\"]\n",
+    );
+    ok(&lab.run(
+        &["repair", s.to_str().expect("utf8"), "--apply", "--yes"],
+        &[],
+    ));
+    let o = lab.run(&["undo", &lab.last_id()], &[]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("undo changes the live database") && o.stderr.contains("--yes"),
+        "{o:?}"
+    );
+    assert!(!o.stderr.contains("--apply"), "{o:?}");
+}
