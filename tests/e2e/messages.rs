@@ -174,3 +174,51 @@ fn prune_reports_freed_bytes_apart_from_repacked_ones() {
     );
     assert_eq!(std::fs::read(env.path("back")).expect("read"), second);
 }
+
+#[test]
+fn selector_messages_name_what_a_snapshot_holds() {
+    let env = Env::new();
+    let dir = env.path("dir");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for i in 0..13 {
+        std::fs::write(dir.join(format!("f{i:02}")), format!("{i}")).expect("write");
+    }
+    let id = env.snapshot(&dir);
+    // The "it holds:" list stops at 10 and says how many more.
+    let err = env.fails(&[
+        "restore",
+        &id[..8],
+        env.path("out").to_str().expect("utf8"),
+        "--path",
+        "/nowhere",
+    ]);
+    assert!(err.contains("f09") && !err.contains("f10"), "{err}");
+    assert!(err.contains("… and 3 more"), "{err}");
+
+    // An id that exists but does not hold the database asked for.
+    let a = env.path("a.db");
+    let b = env.path("b.db");
+    for p in [&a, &b] {
+        let c = rusqlite::Connection::open(p).expect("open");
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .expect("schema");
+    }
+    let ida = env.snapshot(&a);
+    env.snapshot(&b);
+    let err = env.fails(&["diff", &ida[..8], b.to_str().expect("utf8")]);
+    assert!(
+        err.contains("exists but does not hold the file") && err.contains("a.db"),
+        "{err}"
+    );
+    assert!(!err.contains("no snapshot id starts with"), "{err}");
+
+    // Prefixes of fewer than 4 hex digits are refused, as documented.
+    let out = env.run(&["restore", &id[..3], env.path("o2").to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("at least 4 hex digits"),
+        "{}",
+        stderr(&out)
+    );
+    env.ok(&["restore", &id[..4], env.path("o3").to_str().expect("utf8")]);
+}

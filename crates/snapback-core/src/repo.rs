@@ -107,6 +107,30 @@ impl Snapshot {
     }
 }
 
+/// The fewest hex digits an id prefix may have (snapshots and keys).
+pub const MIN_ID_PREFIX: usize = 4;
+
+/// How many file paths a message lists before "… and N more".
+const LISTED_FILES: usize = 10;
+
+/// "a, b, c … and 12 more": the paths a snapshot holds, for messages.
+pub fn holds_list(snap: &Snapshot) -> String {
+    let files = &snap.manifest.files;
+    let mut out = files
+        .iter()
+        .take(LISTED_FILES)
+        .map(|f| f.path.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if files.len() > LISTED_FILES {
+        out.push_str(&format!(" … and {} more", files.len() - LISTED_FILES));
+    }
+    if files.is_empty() {
+        out.push_str("no files");
+    }
+    out
+}
+
 /// Which snapshot a command means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
@@ -132,6 +156,13 @@ impl std::str::FromStr for Selector {
         }
         let lower = s.to_ascii_lowercase();
         if !lower.is_empty() && lower.len() <= 64 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // As documented: a prefix of at least 4 hex digits (fewer would
+            // match by luck, and mean another snapshot tomorrow).
+            if lower.len() < MIN_ID_PREFIX {
+                return Err(Error::Selector(format!(
+                    "snapshot id prefix '{s}' is too short: give at least {MIN_ID_PREFIX} hex digits (the short ids of `snapback snapshots` have 8)"
+                )));
+            }
             return Ok(Selector::Id(lower));
         }
         Err(Error::Selector(format!(
@@ -455,6 +486,11 @@ impl Repository {
             std::time::Duration::ZERO,
         )?;
         let prefix = prefix.trim().to_ascii_lowercase();
+        if prefix.len() < MIN_ID_PREFIX {
+            return Err(Error::Selector(format!(
+                "key id prefix '{prefix}' is too short: give at least {MIN_ID_PREFIX} hex digits (see `snapback key list`)"
+            )));
+        }
         let keys = self.keys()?;
         let m: Vec<&KeyInfo> = keys
             .iter()
@@ -663,7 +699,22 @@ impl Repository {
     /// Resolves a selector among the snapshots that `filter` accepts.
     pub fn resolve(&self, sel: &Selector, filter: impl Fn(&Snapshot) -> bool) -> Result<Snapshot> {
         let all = self.snapshots()?;
-        let r = resolve_in(&all, sel, filter);
+        let r = resolve_in(&all, sel, &filter);
+        // An id that exists but was filtered out (it does not hold the file
+        // asked for): say that, and what it holds, not "no such id".
+        if let (Err(_), Selector::Id(prefix)) = (&r, sel) {
+            let named: Vec<&Snapshot> = all
+                .iter()
+                .filter(|s| s.id.to_hex().starts_with(prefix.as_str()))
+                .collect();
+            if let [one] = named[..] {
+                return Err(Error::Selector(format!(
+                    "snapshot {} exists but does not hold the file asked for; it holds: {}",
+                    one.describe(),
+                    holds_list(one)
+                )));
+            }
+        }
         // An id that names a damaged manifest gets the damage, not "no such id".
         if let (Err(_), Selector::Id(prefix)) = (&r, sel) {
             let skipped = self.skipped.lock().map_err(|_| poisoned())?;
@@ -890,6 +941,18 @@ mod tests {
                 stats: Default::default(),
             }),
         }
+    }
+
+    #[test]
+    fn id_prefixes_need_four_hex_digits() {
+        for short in ["a", "ab", "abc"] {
+            let e = short.parse::<Selector>().expect_err(short).to_string();
+            assert!(e.contains("at least 4 hex digits"), "{e}");
+        }
+        assert_eq!(
+            "abcd".parse::<Selector>().expect("4"),
+            Selector::Id("abcd".into())
+        );
     }
 
     #[test]

@@ -70,18 +70,11 @@ pub fn plan(snap: &Snapshot, dest: &Path, opts: &RestoreOptions) -> Result<Vec<R
         })
         .collect();
     if files.is_empty() {
-        let avail: Vec<&str> = snap
-            .manifest
-            .files
-            .iter()
-            .take(10)
-            .map(|f| f.path.as_str())
-            .collect();
         return Err(Error::Selector(format!(
             "snapshot {} has no file matching {}; it holds: {}",
             snap.describe(),
             opts.path.as_deref().unwrap_or("(any)"),
-            avail.join(", ")
+            crate::repo::holds_list(snap)
         )));
     }
     let dest_is_dir = dest.is_dir() || dest.to_string_lossy().ends_with('/');
