@@ -144,7 +144,7 @@ fn prune_reports_freed_bytes_apart_from_repacked_ones() {
     env.snapshot(&f);
     env.ok(&["forget", "--keep-last", "1"]);
     let before = data_bytes(&env.repo());
-    let out = env.ok(&["--json", "prune"]);
+    let out = env.ok(&["--json", "prune", "--min-pack-age", "0s"]);
     let after = data_bytes(&env.repo());
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let r = &v["report"];
@@ -162,7 +162,14 @@ fn prune_reports_freed_bytes_apart_from_repacked_ones() {
     );
     assert_eq!(deleted - written, freed, "{v}");
     assert!(written > 0 && deleted > freed, "{v}");
-    let out = env.run(&["forget", "--keep-last", "1", "--prune"]);
+    let out = env.run(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--min-pack-age",
+        "0s",
+    ]);
     assert!(stderr(&out).contains("freed"), "{}", stderr(&out));
     assert_eq!(
         env.ok(&[

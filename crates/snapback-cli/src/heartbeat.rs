@@ -186,10 +186,7 @@ pub fn send(target: &Target) -> Result<(), String> {
     });
     match rx.recv_timeout(TOTAL + Duration::from_millis(200)) {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "no answer from {target} within {} s",
-            TOTAL.as_secs()
-        )),
+        Err(_) => Err(format!("{target}: no answer within {} s", TOTAL.as_secs())),
     }
 }
 
