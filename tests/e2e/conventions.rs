@@ -262,3 +262,72 @@ fn config_found_in_xdg_config_home_gives_commands_their_repository() {
         stderr(&out)
     );
 }
+
+#[test]
+fn password_command_first_line_opens_the_repository_and_failures_are_clear() {
+    let pass = "correct horse 'battery' staple";
+    let e = crate::util::Env::bare();
+    let secret = e.path("secret file.txt");
+    std::fs::write(&secret, format!("{pass}\nsecond line is not used\n")).expect("write");
+    let cmd_arg = format!("cat '{}'", secret.display());
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut c = e.cmd(args);
+        c.envs(vars.iter().copied());
+        c.output().expect("run")
+    };
+    // init --encrypt takes it from the command too.
+    let mut init = vec!["--password-command", cmd_arg.as_str()];
+    init.extend(crate::util::init_encrypted());
+    let out = run(&init, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let f = e.path("a.txt");
+    std::fs::write(&f, b"data").expect("write");
+    let fs = f.to_str().expect("utf8");
+    let out = run(
+        &["-vv", "--password-command", &cmd_arg, "snapshot", fs],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("horse"), "passphrase logged");
+    // The variable works as the flag; the passphrase itself opens the same.
+    let out = run(&["snapshots"], &[("SNAPBACK_PASSWORD_COMMAND", &cmd_arg)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["snapshots"], &[("SNAPBACK_PASSWORD", pass)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A wrong passphrase from the command is refused.
+    let out = run(&["--password-command", "echo wrong", "snapshots"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // A failing command, one that prints nothing, and one that does not
+    // exist: exit 1, saying so, naming only the program.
+    for (cmd, says) in [
+        ("false --secret-arg", "the password command false failed"),
+        ("true --secret-arg", "printed no passphrase"),
+        (
+            "/nonexistent/pw --secret-arg",
+            "cannot run the password command",
+        ),
+        ("echo 'unclosed", "is not closed"),
+    ] {
+        let out = run(&["--password-command", cmd, "snapshots"], &[]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{cmd}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("--secret-arg"), "{}", stderr(&out));
+    }
+    // With --password-file as well: bad usage.
+    let out = run(
+        &[
+            "--password-file",
+            secret.to_str().expect("utf8"),
+            "--password-command",
+            &cmd_arg,
+            "snapshots",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}

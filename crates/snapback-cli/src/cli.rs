@@ -51,6 +51,17 @@ pub struct Global {
     /// (else SNAPBACK_PASSWORD, else a prompt on the terminal).
     #[arg(long, global = true, env = "SNAPBACK_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
+    /// Command that prints the passphrase on its first line of stdout (split
+    /// into words as a shell would, quotes included, but run without a
+    /// shell). Not with --password-file.
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPBACK_PASSWORD_COMMAND",
+        value_name = "CMD",
+        conflicts_with = "password_file"
+    )]
+    pub password_command: Option<String>,
     /// Config file (else SNAPBACK_CONFIG, else the first that exists of
     /// ./snapback.toml, $XDG_CONFIG_HOME/snapback/snapback.toml and
     /// /etc/snapback/snapback.toml; `snapback config` says which).

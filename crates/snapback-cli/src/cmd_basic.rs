@@ -37,7 +37,7 @@ pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
         // Every later command given this passphrase would refuse the
         // unencrypted repository: say so now.
         anyhow::bail!(
-            "a passphrase was given (--password-file, SNAPBACK_PASSWORD_FILE or SNAPBACK_PASSWORD) but not --encrypt: add --encrypt for an encrypted repository, or unset the passphrase for an unencrypted one; nothing was created"
+            "a passphrase was given (--password-file, --password-command, SNAPBACK_PASSWORD_FILE, SNAPBACK_PASSWORD_COMMAND or SNAPBACK_PASSWORD) but not --encrypt: add --encrypt for an encrypted repository, or unset the passphrase for an unencrypted one; nothing was created"
         );
     }
     let opts = InitOptions {
@@ -50,11 +50,7 @@ pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
         ..Default::default()
     };
     let opts = if a.encrypt {
-        let passphrase = crate::password::choose(
-            g.password_file.as_deref(),
-            crate::password::ENV,
-            "--password-file",
-        )?;
+        let passphrase = crate::password::choose_initial(g)?;
         InitOptions {
             encryption: Some(EncryptionOptions {
                 passphrase,
