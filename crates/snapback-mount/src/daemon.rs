@@ -134,7 +134,20 @@ fn unescape_mountinfo(s: &str) -> String {
 /// Unmounts a snapback mount with `fusermount3 -u` (`-z`: lazily, even with
 /// files still open), falling back to `umount`.
 pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), MountError> {
-    let mut errors = Vec::new();
+    if !is_mount_point(mountpoint) {
+        return Err(MountError::Unmount {
+            mountpoint: mountpoint.to_path_buf(),
+            message: "nothing is mounted there".into(),
+        });
+    }
+    let mut errors: Vec<String> = Vec::new();
+    // Each tool names itself ("fusermount3: failed to unmount …"): keep one
+    // name per message, not "fusermount3: fusermount3: …".
+    let mut note = |tool: &str, text: String| {
+        let text = text.trim();
+        let text = text.strip_prefix(&format!("{tool}: ")).unwrap_or(text);
+        errors.push(format!("{tool}: {text}"));
+    };
     let mut fm = Command::new("fusermount3");
     fm.arg("-u");
     if lazy {
@@ -143,11 +156,11 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), MountError> {
     fm.arg("--").arg(mountpoint);
     match fm.output() {
         Ok(o) if o.status.success() => return Ok(()),
-        Ok(o) => errors.push(format!(
-            "fusermount3: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => errors.push(format!("fusermount3: {e}")),
+        Ok(o) => note(
+            "fusermount3",
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ),
+        Err(e) => note("fusermount3", e.to_string()),
     }
     let mut um = Command::new("umount");
     if lazy {
@@ -156,21 +169,19 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), MountError> {
     um.arg("--").arg(mountpoint);
     match um.output() {
         Ok(o) if o.status.success() => return Ok(()),
-        Ok(o) => errors.push(format!(
-            "umount: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => errors.push(format!("umount: {e}")),
+        Ok(o) => note("umount", String::from_utf8_lossy(&o.stderr).into_owned()),
+        Err(e) => note("umount", e.to_string()),
     }
+    let busy = errors.iter().any(|e| e.contains("busy"));
     Err(MountError::Unmount {
         mountpoint: mountpoint.to_path_buf(),
         message: format!(
             "{}{}",
             errors.join("; "),
-            if lazy {
-                ""
+            if busy && !lazy {
+                " (files are still open there: close them, or use --lazy to detach now)"
             } else {
-                " (if files are still open there, close them or use --lazy)"
+                ""
             }
         ),
     })
@@ -364,6 +375,17 @@ fn health_loop(probe: &Path, every: Duration, timeout: Duration, stop: &AtomicBo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unmounting_what_is_not_mounted_says_so_once_without_suggesting_lazy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = unmount(dir.path(), false)
+            .expect_err("not mounted")
+            .to_string();
+        assert!(e.contains("nothing is mounted there"), "{e}");
+        assert!(!e.contains("--lazy"), "{e}");
+        assert_eq!(e.matches("cannot unmount").count(), 1, "{e}");
+    }
 
     #[test]
     fn mountinfo_escapes_are_decoded() {
