@@ -106,3 +106,26 @@ fn malformed_selectors_and_urls() {
         .expect("run");
     assert!(stderr(&out).contains("--repo"), "{}", stderr(&out));
 }
+
+#[test]
+fn mistyped_s3_url_creates_no_local_repository() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for bad in ["s3:/bucket1/p", "s3:bucket1/p"] {
+        let out = std::process::Command::new(crate::util::bin())
+            .args(["--repo", bad, "--s3-endpoint", "http://127.0.0.1:9", "init"])
+            .current_dir(dir.path())
+            .env_remove("SNAPBACK_REPO")
+            .output()
+            .expect("run");
+        let err = crate::util::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{bad} is refused: {err}");
+        assert!(
+            err.contains("s3://bucket1/p"),
+            "{bad}: shows the right form: {err}"
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).expect("ls").next().is_none(),
+            "{bad}: nothing was created in the working directory"
+        );
+    }
+}

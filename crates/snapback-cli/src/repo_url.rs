@@ -20,6 +20,14 @@ pub fn parse(url: &str) -> anyhow::Result<RepoUrl> {
     if url.is_empty() {
         bail!("the repository URL is empty; give --repo PATH, --repo file:///PATH or --repo s3://BUCKET/PREFIX");
     }
+    // `s3:/b/p`, `s3:b/p`, `S3://b/p`: an S3 URL mistyped, never a local
+    // directory named `s3:` (that would silently ignore --s3-endpoint).
+    if url.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("s3:")) && !url.starts_with("s3://") {
+        let rest = url[3..].trim_start_matches('/');
+        bail!(
+            "invalid repository URL '{url}': an S3 repository is written s3://BUCKET/PREFIX (two slashes, lowercase s3), e.g. s3://{rest}; for a local directory whose name starts with 's3:', write ./{url}"
+        );
+    }
     if url.starts_with("s3://") {
         let (bucket, prefix) = snapback_s3::parse_s3_url(url)?;
         return Ok(RepoUrl::S3 { bucket, prefix });
@@ -140,6 +148,30 @@ fn metadata_cache_root() -> Option<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mistyped_s3_urls_are_refused_not_taken_as_local_paths() {
+        for bad in [
+            "s3:/bucket1/p",
+            "s3:bucket1/p",
+            "S3://bucket1/p",
+            "s3:///bucket1/p",
+        ] {
+            let e = parse(bad).expect_err(bad).to_string();
+            if bad == "s3:///bucket1/p" {
+                // Two slashes then an empty bucket: the S3 parser refuses it.
+                continue;
+            }
+            assert!(
+                e.contains("s3://BUCKET/PREFIX") && e.contains("s3://bucket1/p"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            parse("./s3:odd").expect("an explicit local path"),
+            RepoUrl::Local("./s3:odd".into())
+        );
+    }
 
     #[test]
     fn urls() {
