@@ -229,3 +229,25 @@ fn selector_messages_name_what_a_snapshot_holds() {
     );
     env.ok(&["restore", &id[..4], env.path("o3").to_str().expect("utf8")]);
 }
+
+#[test]
+fn mounting_over_a_non_empty_directory_warns() {
+    let env = Env::bare();
+    let mp = env.path("mp");
+    std::fs::create_dir(&mp).expect("mkdir");
+    std::fs::write(mp.join("precious"), "x").expect("write");
+    // An empty directory, not a repository: the warning comes before the
+    // repository is opened, and the mount then fails (no FUSE needed).
+    std::fs::create_dir(env.repo()).expect("mkdir");
+    let out = env.run(&["mount", mp.to_str().expect("utf8")]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is not empty") && err.contains("hidden"),
+        "{err}"
+    );
+    let empty = env.path("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let err = stderr(&env.run(&["mount", empty.to_str().expect("utf8")]));
+    assert!(!err.contains("is not empty"), "{err}");
+}

@@ -132,6 +132,14 @@ pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::R
         .unwrap_or(if s3 { 512 << 10 } else { 64 << 10 });
     // Refuse a bad mount point before touching the repository.
     snapback_mount::check_mountpoint(&mountpoint, repo_dir.as_deref())?;
+    // Mounting over files hides them until the unmount: allowed (as mount(8)
+    // does), but never in silence.
+    if std::fs::read_dir(&mountpoint).is_ok_and(|mut d| d.next().is_some()) {
+        eprintln!(
+            "warning: {} is not empty: its files are hidden while the snapshots are mounted over them (they come back after `snapback umount`)",
+            mountpoint.display()
+        );
+    }
     let repo = open_repo(g)?;
     let view = match snap {
         None => View::All,
