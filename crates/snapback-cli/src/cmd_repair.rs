@@ -326,7 +326,7 @@ fn diff_one(
 #[derive(Debug, Args)]
 pub struct RepairArgs {
     /// The restore script (TOML; see docs/restore-scripts.md).
-    #[arg(required_unless_present = "abandon")]
+    #[arg(required_unless_present_any = ["abandon", "plan"])]
     pub script: Option<PathBuf>,
     /// Close the unfinished (killed or failed) repair or undo RUN without
     /// finishing it: its committed changes stay and are recorded in the
@@ -335,6 +335,14 @@ pub struct RepairArgs {
     /// --live, or RUN's audit entry.
     #[arg(long, value_name = "RUN", conflicts_with = "apply")]
     pub abandon: Option<String>,
+    /// Dry run: also write the plan (the script's text and the exact change
+    /// set) to FILE, for review and for `--apply --plan FILE`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["apply", "plan"])]
+    pub plan_out: Option<PathBuf>,
+    /// With --apply: apply exactly the change set of this reviewed plan
+    /// (from --plan-out); refused when a row it changes moved since.
+    #[arg(long, value_name = "FILE", requires = "apply")]
+    pub plan: Option<PathBuf>,
     /// With --abandon: the live database the run is recorded in.
     #[arg(long, value_name = "DB", requires = "abandon")]
     pub live: Option<PathBuf>,
@@ -558,17 +566,87 @@ pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
     if let Some(run) = &a.abandon {
         return abandon(g, &a, run);
     }
-    let Some(script_path) = &a.script else {
-        bail!("give the restore script SCRIPT");
+    let reviewed: Option<serde_json::Value> = match &a.plan {
+        None => None,
+        Some(f) => {
+            let text = std::fs::read_to_string(absolute(f))
+                .with_context(|| format!("cannot read the plan {}", f.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a plan written by --plan-out", f.display()))?;
+            if v["format"] != "snapback-repair-plan" {
+                bail!("{} is not a plan written by --plan-out", f.display());
+            }
+            Some(v)
+        }
     };
-    let script = LoadedScript::load(&absolute(script_path))?;
+    let script = match (&a.script, &reviewed) {
+        (_, Some(v)) => {
+            let text = v["script"]
+                .as_str()
+                .context("the plan holds no script text")?;
+            let path = PathBuf::from(v["script_path"].as_str().unwrap_or("plan"));
+            let s = LoadedScript::parse(&path, text.to_string())?;
+            if let Some(p) = &a.script {
+                let given = LoadedScript::load(&absolute(p))?;
+                if given.sha256 != s.sha256 {
+                    bail!("the plan was made from another version of {} (sha256 {} in the plan, {} now); nothing was written", p.display(), &s.sha256[..16], &given.sha256[..16]);
+                }
+            }
+            s
+        }
+        (Some(p), None) => LoadedScript::load(&absolute(p))?,
+        (None, None) => bail!("give the restore script SCRIPT"),
+    };
     let repo = if script.script.snapshot.is_some() || a.apply {
         Some(open_repo(g)?)
     } else {
         g.repo.as_ref().map(|_| open_repo(g)).transpose()?
     };
     let opts = repair_options(a.lock_wait, a.max_wait, g.json);
-    let session = RepairSession::plan(repo.as_ref(), script, opts, a.apply)?;
+    let mut session = RepairSession::plan(repo.as_ref(), script, opts, a.apply)?;
+    if let Some(v) = &reviewed {
+        let fresh: Vec<snapback_repair::TableCounts> = session
+            .plan
+            .tables
+            .iter()
+            .map(|t| t.counts.clone())
+            .collect();
+        let changes: snapback_repair::ChangeSet = serde_json::from_value(v["changes"].clone())
+            .context("the plan's change set is unreadable")?;
+        session.pin(changes)?;
+        let planned: Vec<snapback_repair::TableCounts> =
+            serde_json::from_value(v["counts"].clone()).unwrap_or_default();
+        for (f, p) in fresh.iter().zip(&planned) {
+            if (f.insert, f.update, f.delete) != (p.insert, p.update, p.delete) && !g.quiet {
+                eprintln!(
+                    "note: table {}: the live database now differs from the reviewed plan (a new dry run would insert {}, update {}, delete {}; the plan: insert {}, update {}, delete {}); applying exactly the plan",
+                    f.table, f.insert, f.update, f.delete, p.insert, p.update, p.delete
+                );
+            }
+        }
+    }
+    if let Some(f) = &a.plan_out {
+        let v = json!({
+            "format": "snapback-repair-plan",
+            "version": 1,
+            "script_path": session.script.path,
+            "script": session.script.text,
+            "script_sha256": session.script.sha256,
+            "live": session.live,
+            "source_snapshot": session.plan.source_snapshot,
+            "counts": session.plan.tables.iter().map(|t| &t.counts).collect::<Vec<_>>(),
+            "changes": session.plan.changes,
+        });
+        std::fs::write(absolute(f), serde_json::to_vec_pretty(&v)?)
+            .with_context(|| format!("cannot write the plan {}", f.display()))?;
+        if !g.quiet {
+            eprintln!(
+                "plan written to {}: apply exactly it with `snapback repair --apply --plan {}`",
+                f.display(),
+                f.display()
+            );
+        }
+    }
     if g.json && !a.apply {
         println!("{}", serde_json::to_string_pretty(&session.plan)?);
         return Ok(exit::OK);

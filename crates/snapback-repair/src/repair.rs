@@ -536,6 +536,43 @@ impl RepairSession {
         })
     }
 
+    /// Pins a reviewed change set (from `repair --plan-out`): checks, in
+    /// the live database, that every row it changes is still as the plan
+    /// saw it (no row to insert exists, every row to update or delete has
+    /// its planned values); then the session applies exactly that change
+    /// set. Returns the rows that moved, and pins nothing, when some did.
+    /// A run being resumed keeps its own stored change set.
+    pub fn pin(&mut self, reviewed: ChangeSet) -> Result<Vec<Conflict>> {
+        if self.plan.resume.is_some() {
+            return Ok(vec![]);
+        }
+        let conn = open_live_rw(&self.live, self.opts.busy_timeout)?;
+        let place = self.live.display().to_string();
+        let moved = check_expected(&conn, &place, &reviewed)?;
+        if !moved.is_empty() {
+            return Err(Error::Conflict(format!(
+                "{place}: the live database moved beyond the reviewed plan: {} planned row(s) are no longer as the plan saw them, e.g. {} key {}: {}; nothing was written. Make a new plan (repair SCRIPT --plan-out FILE) and review it",
+                moved.len(),
+                moved[0].table,
+                key_string(&moved[0].key),
+                moved[0].reason
+            )));
+        }
+        for p in &mut self.plan.tables {
+            let t = reviewed.tables.iter().find(|t| t.table == p.table);
+            let n = |op| {
+                t.map_or(0, |t| {
+                    t.changes.iter().filter(|c| c.op == op).count() as u64
+                })
+            };
+            p.counts.insert = n(Op::Insert);
+            p.counts.update = n(Op::Update);
+            p.counts.delete = n(Op::Delete);
+        }
+        self.plan.changes = reviewed;
+        Ok(moved)
+    }
+
     /// True when applying would change nothing.
     pub fn is_noop(&self) -> bool {
         self.plan.resume.is_none() && self.plan.changes.is_empty() && self.plan.sql_steps.is_empty()

@@ -213,3 +213,44 @@ fn undo_without_a_terminal_asks_for_yes_not_apply() {
     );
     assert!(!o.stderr.contains("--apply"), "{o:?}");
 }
+
+#[test]
+fn apply_with_a_reviewed_plan_does_exactly_that_plan_and_refuses_if_live_moved() {
+    let lab = Lab::new(|c| {
+        c.execute_batch("CREATE TABLE u(id INTEGER PRIMARY KEY, v); INSERT INTO u VALUES(1,1);")
+            .expect("schema");
+    });
+    let snap = lab.snapshot();
+    lab.exec("INSERT INTO u VALUES(2, 2), (3, 3);");
+    let s = lab.script(
+        "fix.toml",
+        &snap,
+        "[[table]]\nname = \"u\"\nactions = [\"delete_extra\"]\n",
+    );
+    let s = s.to_str().expect("utf8");
+    let plan = lab.dir.path().join("plan.json");
+    let plan = plan.to_str().expect("utf8");
+    let o = lab.run(&["repair", s, "--plan-out", plan], &[]);
+    ok(&o);
+    assert!(o.stdout.contains("delete 2"), "{o:?}");
+    // The application writes a row that a new plan would delete too.
+    lab.exec("INSERT INTO u VALUES(4, 4);");
+    let o = lab.run(&["repair", "--apply", "--yes", "--plan", plan], &[]);
+    // Exit 3: the row written since the plan is a difference it leaves.
+    assert_eq!(o.code, 3, "{o:?}");
+    assert!(
+        o.stdout.contains("deleted 2") && o.stdout.contains("NOT VERIFIED: 1"),
+        "{o:?}"
+    );
+    assert!(o.stderr.contains("differs from the reviewed plan"), "{o:?}");
+    assert_eq!(dump(&lab.live, "u").len(), 2, "rows 1 and 4 remain");
+    // A plan whose rows moved is refused.
+    lab.exec("INSERT INTO u VALUES(5, 5);");
+    let o = lab.run(&["repair", s, "--plan-out", plan], &[]);
+    ok(&o);
+    lab.exec("UPDATE u SET v = 50 WHERE id = 5;");
+    let o = lab.run(&["repair", "--apply", "--yes", "--plan", plan], &[]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("moved beyond the reviewed plan"), "{o:?}");
+    assert_eq!(dump(&lab.live, "u").len(), 3, "nothing written");
+}
