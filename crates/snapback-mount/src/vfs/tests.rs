@@ -767,3 +767,12 @@ fn a_failed_read_fails_again_at_once_and_starts_no_new_retry_cycles() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn read_failure_warnings_are_rate_limited() {
+    let l = RateLimit::default();
+    let allowed: Vec<Option<u64>> = (0..100).map(|_| l.allow()).collect();
+    assert_eq!(allowed.iter().filter(|a| a.is_some()).count(), 5);
+    assert_eq!(allowed[0], Some(0));
+    assert!(allowed[5..].iter().all(Option::is_none));
+}
