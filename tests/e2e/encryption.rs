@@ -995,3 +995,19 @@ fn diff_and_repair_on_an_encrypted_repository() {
         .ok(&["audit", "verify"])
         .contains("1 entries, chain intact"));
 }
+
+#[test]
+fn an_empty_snapback_password_file_is_a_clear_usage_error() {
+    let out = Command::new(crate::util::bin())
+        .env("SNAPBACK_PASSWORD_FILE", "")
+        .args(["--repo", "/nonexistent-repo", "snapshots"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SNAPBACK_PASSWORD_FILE is set but empty"),
+        "{err}"
+    );
+    assert!(!err.contains("--password-file <"), "{err}");
+}

@@ -65,6 +65,16 @@ fn main() -> ExitCode {
         }
         default_hook(info);
     }));
+    // clap would say "a value is required for '--password-file'", naming
+    // a flag the user never gave.
+    if std::env::var_os("SNAPBACK_PASSWORD_FILE").is_some_and(|v| v.is_empty()) {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: SNAPBACK_PASSWORD_FILE is set but empty: set it to the file holding the passphrase, or unset it (`unset SNAPBACK_PASSWORD_FILE`)"
+        );
+        return ExitCode::from(exit::USAGE);
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
