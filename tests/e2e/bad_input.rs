@@ -57,7 +57,9 @@ fn init_twice_is_refused() {
 }
 
 #[test]
-fn ambiguous_prefix_is_a_clear_error() {
+fn a_prefix_shorter_than_four_digits_is_refused_even_when_it_matches() {
+    // A prefix must have 4 hex digits (as the docs say); a 4-digit prefix
+    // shared by two snapshots is the core's unit test (repo.rs, "ambiguous").
     let env = Env::new();
     let f = env.path("f");
     // 17 snapshots must share a first hex digit somewhere (pigeonhole).
@@ -75,7 +77,10 @@ fn ambiguous_prefix_is_a_clear_error() {
         &digit.to_string(),
         env.path("out").to_str().expect("utf8"),
     ]);
-    assert!(err.contains("ambiguous"), "{err}");
+    assert!(
+        err.contains("too short") && err.contains("at least 4"),
+        "{err}"
+    );
     assert!(!env.path("out").exists());
 }
 
