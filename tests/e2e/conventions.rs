@@ -331,3 +331,69 @@ fn password_command_first_line_opens_the_repository_and_failures_are_clear() {
         stderr(&out)
     );
 }
+
+#[test]
+fn snapback_log_and_rust_log_filter_the_log_and_flags_still_work() {
+    let e = crate::util::Env::new();
+    let f = e.path("a.txt");
+    std::fs::write(&f, b"data").expect("write");
+    let fs = f.to_str().expect("utf8");
+    let log = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut c = e.cmd(args);
+        c.envs(vars.iter().copied());
+        let out = c.output().expect("run");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    assert!(!log(&["snapshot", fs], &[]).contains("INFO"));
+    assert!(log(&["snapshot", fs], &[("SNAPBACK_LOG", "info")]).contains("INFO"));
+    assert!(log(&["snapshot", fs], &[("RUST_LOG", "info")]).contains("INFO"));
+    // SNAPBACK_LOG wins over RUST_LOG; -v raises it, -q lowers it.
+    let both = [("SNAPBACK_LOG", "error"), ("RUST_LOG", "info")];
+    assert!(!log(&["snapshot", fs], &both).contains("INFO"));
+    assert!(log(&["-v", "snapshot", fs], &both).contains("INFO"));
+    assert!(!log(&["-q", "snapshot", fs], &[("SNAPBACK_LOG", "info")]).contains("INFO"));
+    // A target of another crate only: snapback's own info stays hidden.
+    assert!(!log(&["snapshot", fs], &[("SNAPBACK_LOG", "hyper=debug")]).contains("INFO"));
+    // A value that cannot be parsed is said and ignored.
+    let s = log(&["snapshot", fs], &[("SNAPBACK_LOG", "=nonsense=")]);
+    assert!(s.contains("SNAPBACK_LOG is ignored"), "{s}");
+}
+
+#[test]
+fn no_color_turns_off_colours_on_a_terminal() {
+    let e = crate::util::Env::new();
+    let f = e.path("a.txt");
+    std::fs::write(&f, b"data").expect("write");
+    // `script` gives the command a terminal, where colours would be used.
+    let run = |no_color: bool| {
+        let line = format!(
+            "{} --repo {} -v snapshot {}",
+            bin().display(),
+            e.repo().display(),
+            f.display()
+        );
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"])
+            .env("XDG_CONFIG_HOME", e.path("xdg"));
+        for k in crate::util::ISOLATED_VARS {
+            c.env_remove(k);
+        }
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let out = c.output().expect("script");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let sgr = |s: &str| s.contains("\u{1b}[") && s.contains("INFO");
+    let coloured = run(false);
+    assert!(coloured.contains("INFO"), "{coloured:?}");
+    assert!(
+        sgr(&coloured) && coloured.contains("m"),
+        "colours on a terminal: {coloured:?}"
+    );
+    let plain = run(true);
+    assert!(plain.contains("INFO"), "{plain:?}");
+    assert!(!plain.contains("\u{1b}[3"), "NO_COLOR: {plain:?}");
+}

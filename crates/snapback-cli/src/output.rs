@@ -26,15 +26,70 @@ pub fn init_logging(g: &Global) {
     // mount whose launcher, reading its stderr, has exited), tracing-
     // subscriber would report it with `eprintln!`, which panics on the same
     // broken pipe and took the whole mount down.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = log_filter(g, level);
     let b = tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(LogWriter::make)
         .log_internal_errors(false)
         .with_target(false);
     let _ = match g.log_format {
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => b
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .try_init(),
+        LogFormat::Text => b
+            .with_ansi(std::io::stderr().is_terminal() && !no_color())
+            .finish()
+            .with(filter)
+            .try_init(),
     };
+}
+
+/// NO_COLOR (https://no-color.org): set and not empty turns colours off.
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// The log filter: SNAPBACK_LOG, else RUST_LOG (`debug`,
+/// `snapback_s3=debug,warn`, …: targets and levels), else the level of
+/// -v/-q. -v raises the default level of the variable's filter, -q lowers
+/// it to warnings; targets it names keep their level. A value that cannot
+/// be parsed is ignored, with a warning.
+fn log_filter(g: &Global, level: LevelFilter) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::Targets;
+    let from_env = ["SNAPBACK_LOG", "RUST_LOG"].into_iter().find_map(|k| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (k, v))
+    });
+    let Some((name, value)) = from_env else {
+        return Targets::new().with_default(level);
+    };
+    match value.trim().parse::<Targets>() {
+        Ok(t) => {
+            let default = t.default_level().unwrap_or(LevelFilter::WARN);
+            let default = if g.quiet {
+                LevelFilter::WARN
+            } else if g.verbose > 0 {
+                default.max(level)
+            } else {
+                default
+            };
+            t.with_default(default)
+        }
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: {name} is ignored: {e} (write a level such as debug, or targets such as snapback_s3=debug,warn)"
+            );
+            Targets::new().with_default(level)
+        }
+    }
 }
 
 /// Where log lines go: the file of `log_to_file` once it is set, else
