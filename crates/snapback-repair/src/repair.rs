@@ -495,17 +495,7 @@ impl RepairSession {
         if let Some(r) = &resume {
             // The stored change set is what will be applied: show its counts.
             changes = r.changes.clone();
-            for p in &mut plan_tables {
-                let stored = changes.tables.iter().find(|t| t.table == p.table);
-                let n = |op| {
-                    stored.map_or(0, |t| {
-                        t.changes.iter().filter(|c| c.op == op).count() as u64
-                    })
-                };
-                p.counts.insert = n(Op::Insert);
-                p.counts.update = n(Op::Update);
-                p.counts.delete = n(Op::Delete);
-            }
+            count_from(&mut plan_tables, &changes);
         }
         let plan = Plan {
             script: script.path.display().to_string(),
@@ -558,17 +548,7 @@ impl RepairSession {
                 moved[0].reason
             )));
         }
-        for p in &mut self.plan.tables {
-            let t = reviewed.tables.iter().find(|t| t.table == p.table);
-            let n = |op| {
-                t.map_or(0, |t| {
-                    t.changes.iter().filter(|c| c.op == op).count() as u64
-                })
-            };
-            p.counts.insert = n(Op::Insert);
-            p.counts.update = n(Op::Update);
-            p.counts.delete = n(Op::Delete);
-        }
+        count_from(&mut self.plan.tables, &reviewed);
         self.plan.changes = reviewed;
         Ok(moved)
     }
@@ -1457,4 +1437,21 @@ pub fn undo(
         conflicts,
         audit_key: stored.key,
     })
+}
+
+/// Sets each table's insert/update/delete counts to those of the change set
+/// that will be applied (a stored run's, or a reviewed plan's), so the plan
+/// shows what really happens.
+fn count_from(tables: &mut [TablePlan], changes: &ChangeSet) {
+    for p in tables {
+        let stored = changes.tables.iter().find(|t| t.table == p.table);
+        let n = |op| {
+            stored.map_or(0, |t| {
+                t.changes.iter().filter(|c| c.op == op).count() as u64
+            })
+        };
+        p.counts.insert = n(Op::Insert);
+        p.counts.update = n(Op::Update);
+        p.counts.delete = n(Op::Delete);
+    }
 }

@@ -1,37 +1,19 @@
 //! `snapback diff` through the real binary: what it prints, what it skips
 //! and its exit codes. The snapshot side is given with --snapshot-db.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::util::{snapback, Out};
+use crate::util::{snapback, Out, Pair};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-pub struct Dbs {
-    pub dir: tempfile::TempDir,
-    pub snap: PathBuf,
-    pub live: PathBuf,
-}
-
-/// Two databases: `schema` and `snap_sql` in the snapshot; `schema` and
-/// `live_sql` in the live one.
-pub fn dbs(schema: &str, snap_sql: &str, live_sql: &str) -> Dbs {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let snap = dir.path().join("snap.db");
-    let live = dir.path().join("live.db");
-    for (p, sql) in [(&snap, snap_sql), (&live, live_sql)] {
-        let c = Connection::open(p).expect("open");
-        c.execute_batch(schema).expect("schema");
-        c.execute_batch(sql).expect("data");
-    }
-    Dbs { dir, snap, live }
-}
-
-impl Dbs {
-    pub fn diff(&self, extra: &[&str]) -> Out {
+/// The diff of two databases, the snapshot side given with --snapshot-db.
+impl Pair {
+    /// `snapback diff` of the pair through the real binary.
+    pub fn cli_diff(&self, extra: &[&str]) -> Out {
         let repo = self.dir.path().join("no-repo");
         let snap = self.snap.to_string_lossy().into_owned();
         let live = self.live.to_string_lossy().into_owned();
@@ -79,12 +61,12 @@ pub fn sqlite3_shell(db: &Path, sql: &[u8]) {
 
 #[test]
 fn diff_sql_prints_nothing_for_a_table_with_null_keys_and_goes_on_with_the_others() {
-    let d = dbs(
+    let d = Pair::new(
         "CREATE TABLE u2(email TEXT PRIMARY KEY, v); CREATE TABLE zz(id INTEGER PRIMARY KEY, v);",
         "INSERT INTO u2 VALUES(NULL,'n1'),(NULL,'n2'); INSERT INTO zz VALUES(1,'a');",
         "INSERT INTO u2 VALUES(NULL,'zz'),(NULL,'zz'); INSERT INTO zz VALUES(1,'b');",
     );
-    let o = d.diff(&["--sql"]);
+    let o = d.cli_diff(&["--sql"]);
     assert_eq!(o.code, 4, "a table not compared: incomplete {o:?}");
     assert!(!o.stdout.contains("UPDATE \"u2\""), "{o:?}");
     assert!(
@@ -103,7 +85,7 @@ fn diff_sql_prints_nothing_for_a_table_with_null_keys_and_goes_on_with_the_other
         .expect("count");
     assert_eq!(n, 2, "u2 untouched");
 
-    let o = d.diff(&["--json"]);
+    let o = d.cli_diff(&["--json"]);
     assert_eq!(o.code, 4, "{o:?}");
     let lines = json_lines(&o);
     assert!(
@@ -119,7 +101,7 @@ fn diff_sql_prints_nothing_for_a_table_with_null_keys_and_goes_on_with_the_other
         .as_str()
         .is_some_and(|r| r.contains("more than one row")));
 
-    let o = d.diff(&["--table", "u2"]);
+    let o = d.cli_diff(&["--table", "u2"]);
     assert_eq!(o.code, 4, "a named table that cannot be paired: {o:?}");
     assert!(!o.stdout.contains("~"), "{o:?}");
 }
@@ -158,7 +140,7 @@ const AWKWARD: &[&[u8]] = &[
 /// values and in keys; the terminal diff never prints those raw.
 #[test]
 fn diff_sql_survives_the_sqlite3_shell_byte_for_byte_with_control_characters() {
-    let d = dbs("CREATE TABLE t(k TEXT PRIMARY KEY, v TEXT);", "", "");
+    let d = Pair::new("CREATE TABLE t(k TEXT PRIMARY KEY, v TEXT);", "", "");
     {
         let s = Connection::open(&d.snap).expect("snap");
         let l = Connection::open(&d.live).expect("live");
@@ -185,7 +167,7 @@ fn diff_sql_survives_the_sqlite3_shell_byte_for_byte_with_control_characters() {
         )
         .expect("extra");
     }
-    let o = d.diff(&["--sql"]);
+    let o = d.cli_diff(&["--sql"]);
     assert_eq!(o.code, 3, "{o:?}");
     for bad in ['\r', '\0', '\x1b', '\x07', '\u{2028}', '\u{feff}'] {
         assert!(!o.stdout.contains(bad), "raw {bad:?} in the SQL: {o:?}");
@@ -193,14 +175,14 @@ fn diff_sql_survives_the_sqlite3_shell_byte_for_byte_with_control_characters() {
     assert_eq!(o.stdout.lines().count(), 2 * AWKWARD.len() + 1, "{o:?}");
     sqlite3_shell(&d.live, o.stdout.as_bytes());
     assert_eq!(exact_rows(&d.live, "t"), exact_rows(&d.snap, "t"));
-    assert_eq!(d.diff(&[]).code, 0, "the diff now finds nothing");
+    assert_eq!(d.cli_diff(&[]).code, 0, "the diff now finds nothing");
 
     // The terminal rendering escapes them too.
     Connection::open(&d.live)
         .expect("live")
         .execute_batch("UPDATE t SET v = 'x'")
         .expect("damage");
-    let o = d.diff(&[]);
+    let o = d.cli_diff(&[]);
     assert_eq!(o.code, 3, "{o:?}");
     for bad in ['\r', '\0', '\x1b', '\x07', '\u{2028}', '\u{feff}'] {
         assert!(
@@ -232,7 +214,7 @@ fn whole_database_diff_reports_virtual_tables_compares_fts5_and_rtree_rows_and_n
     let rows = "INSERT INTO docs(rowid, title, body) VALUES(5,'a','b'),(7,'c','d');
          INSERT INTO boxes VALUES(1,0.5,1.5),(2,1,2);
          INSERT INTO plain VALUES(1,'x');";
-    let d = dbs(schema, rows, rows);
+    let d = Pair::new(schema, rows, rows);
     Connection::open(&d.live)
         .expect("live")
         .execute_batch(
@@ -241,7 +223,7 @@ fn whole_database_diff_reports_virtual_tables_compares_fts5_and_rtree_rows_and_n
              CREATE VIRTUAL TABLE added USING rtree(id, a, b);",
         )
         .expect("damage");
-    let o = d.diff(&["--json"]);
+    let o = d.cli_diff(&["--json"]);
     assert_eq!(o.code, 3, "differences, nothing skipped: {o:?}");
     let lines = json_lines(&o);
     let schema_of = |t: &str| {
@@ -273,7 +255,7 @@ fn whole_database_diff_reports_virtual_tables_compares_fts5_and_rtree_rows_and_n
     assert_eq!(sum["schema_differences"], 2, "{sum}");
 
     // The SQL puts the rows back; the FTS index stays consistent.
-    let o = d.diff(&["--sql"]);
+    let o = d.cli_diff(&["--sql"]);
     assert!(
         o.stdout
             .contains("INSERT INTO \"docs\"(\"rowid\",\"title\",\"body\") VALUES(7,'c','d');"),
@@ -290,7 +272,7 @@ fn whole_database_diff_reports_virtual_tables_compares_fts5_and_rtree_rows_and_n
         .expect("match");
     assert_eq!(hit, 7);
     drop(c);
-    let o = d.diff(&[]);
+    let o = d.cli_diff(&[]);
     assert_eq!(o.code, 3, "only the schema differences remain: {o:?}");
     assert!(
         o.stderr
@@ -299,19 +281,19 @@ fn whole_database_diff_reports_virtual_tables_compares_fts5_and_rtree_rows_and_n
     );
 
     // Same schema, same rows, but a contentless FTS table: not a match.
-    let d = dbs(
+    let d = Pair::new(
         "CREATE VIRTUAL TABLE idx USING fts5(x, content=''); CREATE TABLE plain(id INTEGER PRIMARY KEY);",
         "INSERT INTO idx(rowid, x) VALUES(1, 'one');",
         "",
     );
-    let o = d.diff(&[]);
+    let o = d.cli_diff(&[]);
     assert_eq!(o.code, 4, "skipped, so not 0: {o:?}");
     assert!(
         o.stderr
             .contains("table idx was not compared: contentless fts5"),
         "{o:?}"
     );
-    let o = d.diff(&["--json"]);
+    let o = d.cli_diff(&["--json"]);
     let sum = json_lines(&o).pop().expect("summary");
     assert_eq!(sum["skipped"][0]["table"], "idx", "{sum}");
 }
@@ -320,13 +302,13 @@ fn whole_database_diff_reports_virtual_tables_compares_fts5_and_rtree_rows_and_n
 /// directory given as LIVE is named as a directory, not "disk I/O error".
 #[test]
 fn diff_without_snap_is_bad_usage_and_a_directory_as_live_is_named_as_such() {
-    let d = dbs("CREATE TABLE t(id INTEGER PRIMARY KEY);", "", "");
+    let d = Pair::new("CREATE TABLE t(id INTEGER PRIMARY KEY);", "", "");
     let repo = d.dir.path().join("no-repo");
     let live = d.live.to_string_lossy().into_owned();
     let o = snapback(&repo, &["diff", &live], &[], LIMIT);
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("give SNAP and LIVE_DB"), "{o:?}");
-    let o = d.diff(&["--sql", "--json"]);
+    let o = d.cli_diff(&["--sql", "--json"]);
     assert_eq!(o.code, 2, "{o:?}");
     let dir = d.dir.path().to_string_lossy().into_owned();
     let snap = d.snap.to_string_lossy().into_owned();

@@ -9,8 +9,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use snapback_repair::{same_value, Value};
 
-use crate::diff_cli::{dbs, json_lines, sqlite3_shell};
+use crate::diff_cli::{json_lines, sqlite3_shell};
 use crate::lab::{dump, Exact, Rng};
+use crate::util::Pair;
 
 const CASES: u64 = 12;
 const ROWS: i64 = 40;
@@ -116,7 +117,7 @@ fn row_of(rows: &[Vec<Exact>], k: i64) -> Option<Vec<Exact>> {
 fn diff_json_and_sql_give_back_every_kind_of_value_exactly() {
     for case in 0..CASES {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (case + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
-        let d = dbs("CREATE TABLE t(k INTEGER PRIMARY KEY, a, b, c);", "", "");
+        let d = Pair::new("CREATE TABLE t(k INTEGER PRIMARY KEY, a, b, c);", "", "");
         {
             let s = Connection::open(&d.snap).expect("snap");
             let l = Connection::open(&d.live).expect("live");
@@ -142,7 +143,7 @@ fn diff_json_and_sql_give_back_every_kind_of_value_exactly() {
         let snap_rows = dump(&d.snap, "t");
         let live_rows = dump(&d.live, "t");
 
-        let o = d.diff(&["--json"]);
+        let o = d.cli_diff(&["--json"]);
         assert_eq!(o.code, 3, "case {case}: {o:?}");
         let mut reported = 0;
         for l in json_lines(&o).iter().filter(|l| l["type"] == "row") {
@@ -167,7 +168,7 @@ fn diff_json_and_sql_give_back_every_kind_of_value_exactly() {
         }
         assert!(reported >= 5, "case {case}: the extra live rows at least");
 
-        let o = d.diff(&["--sql"]);
+        let o = d.cli_diff(&["--sql"]);
         assert_eq!(o.code, 3, "case {case}: {o:?}");
         sqlite3_shell(&d.live, o.stdout.as_bytes());
         let after = dump(&d.live, "t");
@@ -176,7 +177,7 @@ fn diff_json_and_sql_give_back_every_kind_of_value_exactly() {
             "case {case}: the sqlite3 shell applied:\n{}",
             o.stdout
         );
-        assert_eq!(d.diff(&[]).code, 0, "case {case}");
+        assert_eq!(d.cli_diff(&[]).code, 0, "case {case}");
     }
 }
 
