@@ -27,18 +27,12 @@ fn invalid_durations_exit_2_and_name_the_units() {
 #[test]
 fn lock_message_keeps_its_timestamp_and_unlock_prints_plain_text() {
     let env = Env::new();
-    let host = String::from_utf8(
-        std::process::Command::new("hostname")
-            .output()
-            .expect("hostname")
-            .stdout,
-    )
-    .expect("utf8");
+    let host = crate::util::hostname();
     let locks = env.repo().join("locks");
     std::fs::create_dir_all(&locks).expect("mkdir");
     let live = format!(
         r#"{{"kind":"exclusive","host":"{}","pid":{},"time":"2099-01-01T00:00:00Z","command":"prune"}}"#,
-        host.trim(),
+        host,
         std::process::id()
     );
     std::fs::write(locks.join("00000000000000000002-live"), live).expect("write");

@@ -155,19 +155,13 @@ fn snapshot_and_prune_loop_concurrently_without_losing_data() {
 #[test]
 fn stale_locks_are_detected_and_unlock_removes_only_them() {
     let env = Env::new();
-    let host = String::from_utf8(
-        std::process::Command::new("hostname")
-            .output()
-            .expect("hostname")
-            .stdout,
-    )
-    .expect("utf8");
+    let host = crate::util::hostname();
     let locks = env.repo().join("locks");
     std::fs::create_dir_all(&locks).expect("mkdir");
     // An exclusive lock of a process on this host that no longer exists.
     let dead = format!(
         r#"{{"kind":"exclusive","host":"{}","pid":999999999,"time":"2026-01-01T00:00:00Z","command":"prune"}}"#,
-        host.trim()
+        host
     );
     std::fs::write(locks.join("00000000000000000001-dead"), dead).expect("write");
     let f = env.path("f");
@@ -176,7 +170,7 @@ fn stale_locks_are_detected_and_unlock_removes_only_them() {
     // A live exclusive lock (this test process) blocks a snapshot, with a clear message.
     let live = format!(
         r#"{{"kind":"exclusive","host":"{}","pid":{},"time":"{}","command":"prune"}}"#,
-        host.trim(),
+        host,
         std::process::id(),
         "2099-01-01T00:00:00Z"
     );

@@ -201,3 +201,13 @@ pub fn flip_byte_in_largest_pack(repo: &Path) -> PathBuf {
     std::fs::write(&p, b).expect("write");
     p
 }
+
+/// This host's name as `hostname` prints it, trimmed (what snapback writes
+/// into the locks it takes here).
+pub fn hostname() -> String {
+    let out = Command::new("hostname").output().expect("hostname");
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
+}
