@@ -52,6 +52,16 @@ fn server(mode: Mode) -> (String, Arc<Mutex<Vec<String>>>) {
     (base, seen)
 }
 
+/// `snapshot F --heartbeat-url URL`.
+fn snapshot_pinging(env: &Env, f: &std::path::Path, url: &str) -> std::process::Output {
+    env.run(&[
+        "snapshot",
+        f.to_str().expect("utf8"),
+        "--heartbeat-url",
+        url,
+    ])
+}
+
 fn committed(env: &Env) -> usize {
     env.snapshots_json().len()
 }
@@ -92,12 +102,7 @@ fn failed_heartbeat_after_commit_exits_5_not_1() {
     let f = env.path("f");
     std::fs::write(&f, "x").expect("write");
     let url = format!("{base}/ping/secret-token");
-    let out = env.run(&[
-        "snapshot",
-        f.to_str().expect("utf8"),
-        "--heartbeat-url",
-        &url,
-    ]);
+    let out = snapshot_pinging(&env, &f, &url);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(
@@ -119,12 +124,7 @@ fn failed_heartbeat_after_commit_exits_5_not_1() {
     let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}/ping", dead.local_addr().expect("addr"));
     drop(dead);
-    let out = env.run(&[
-        "snapshot",
-        f.to_str().expect("utf8"),
-        "--heartbeat-url",
-        &url,
-    ]);
+    let out = snapshot_pinging(&env, &f, &url);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert_eq!(committed(&env), 2);
 }
@@ -140,12 +140,7 @@ fn hanging_heartbeat_server_is_abandoned_within_seconds() {
         base.replace("http://", "https://") + "/ping",
     ] {
         let t = Instant::now();
-        let out = env.run(&[
-            "snapshot",
-            f.to_str().expect("utf8"),
-            "--heartbeat-url",
-            &url,
-        ]);
+        let out = snapshot_pinging(&env, &f, &url);
         let took = t.elapsed();
         assert_eq!(out.status.code(), Some(5), "{url}: {}", stderr(&out));
         assert!(
@@ -172,12 +167,7 @@ fn https_heartbeat_to_a_plain_http_server_fails_cleanly() {
     let f = env.path("f");
     std::fs::write(&f, "x").expect("write");
     let url = base.replace("http://", "https://") + "/ping";
-    let out = env.run(&[
-        "snapshot",
-        f.to_str().expect("utf8"),
-        "--heartbeat-url",
-        &url,
-    ]);
+    let out = snapshot_pinging(&env, &f, &url);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert_eq!(err.lines().count(), 1, "one clean line: {err}");
