@@ -14,11 +14,13 @@ use crate::chunklist;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{decode_index, MasterIndex};
+use crate::layout::{
+    check_key, check_kind_of_key, pack_id_from_key, pack_key, CHECK_PREFIX, DATA_PREFIX,
+    INDEX_PREFIX, SNAPSHOT_PREFIX,
+};
 use crate::manifest::Manifest;
 use crate::pack::{open_blob, parse_header, parse_prefix};
-use crate::repo::{
-    pack_id_from_key, pack_key, Repository, DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX,
-};
+use crate::repo::Repository;
 use crate::Progress;
 
 #[derive(Debug, Clone, Default)]
@@ -90,8 +92,6 @@ pub struct CheckRecord {
     pub snapshots: u64,
 }
 
-pub const CHECK_PREFIX: &str = "checks/";
-
 /// How many records of each kind of check are kept.
 const CHECK_RECORDS_KEPT: usize = 100;
 
@@ -121,26 +121,6 @@ impl LastChecks {
     }
 }
 
-fn kind_suffix(read_data: bool) -> &'static str {
-    if read_data {
-        "-read-data"
-    } else {
-        "-structure"
-    }
-}
-
-/// The kind a record's key names: `Some(read_data)`, or `None` for records
-/// written before keys carried their kind.
-fn kind_of_key(key: &str) -> Option<bool> {
-    if key.ends_with("-read-data") {
-        Some(true)
-    } else if key.ends_with("-structure") {
-        Some(false)
-    } else {
-        None
-    }
-}
-
 impl Repository {
     /// Stores the outcome of a check under `checks/<time>-<kind>`, and keeps
     /// the newest records of each kind (so that hourly structural checks
@@ -155,18 +135,14 @@ impl Repository {
             snapshots: report.snapshots,
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
-        let key = format!(
-            "{CHECK_PREFIX}{:020}{}",
-            now.unix_timestamp_nanos().max(0),
-            kind_suffix(read_data)
-        );
-        crate::snapshot::put_verified(self.store().as_ref(), &key, &bytes)?;
+        let key = check_key(now.unix_timestamp_nanos(), read_data);
+        crate::object::put_verified(self.store().as_ref(), &key, &bytes)?;
         let mut keys: Vec<String> = self
             .store()
             .list(CHECK_PREFIX)?
             .into_iter()
             .map(|o| o.key)
-            .filter(|k| kind_of_key(k) == Some(read_data))
+            .filter(|k| check_kind_of_key(k) == Some(read_data))
             .collect();
         keys.sort();
         let excess = keys.len().saturating_sub(CHECK_RECORDS_KEPT);
@@ -202,7 +178,7 @@ impl Repository {
                     out.structure.is_some()
                 }
             };
-            if kind_of_key(k).is_some_and(have) {
+            if check_kind_of_key(k).is_some_and(have) {
                 continue;
             }
             let b = match self.store().get(k) {

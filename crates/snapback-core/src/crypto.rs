@@ -28,6 +28,8 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::layout::{CONFIG_KEY, DATA_PREFIX, KEYS_PREFIX};
+use crate::object::fill_random;
 
 /// Version byte of the sealed form.
 const SEAL_VERSION: u8 = 1;
@@ -37,7 +39,6 @@ const TAG_LEN: usize = 16;
 pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 
 /// Where the key files are.
-pub const KEYS_PREFIX: &str = "keys/";
 /// The one name for the cipher suite, in the config and the key files.
 pub const ALGORITHM: &str = "xchacha20poly1305+hmac-sha256";
 const KEY_FILE_VERSION: u32 = 1;
@@ -264,14 +265,6 @@ fn open_with(
     })
 }
 
-pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
-    getrandom::fill(buf).map_err(|e| {
-        Error::Invalid(format!(
-            "the operating system's random number generator failed: {e}"
-        ))
-    })
-}
-
 fn key_aad(repo_id: &str) -> Vec<u8> {
     format!("snapback key file v1 {repo_id}").into_bytes()
 }
@@ -420,9 +413,7 @@ pub(crate) fn key_info(bytes: &[u8], key: &str, id: Id, current: bool) -> Result
 /// (sealed by their passphrases) and packs (whose blobs and header are
 /// sealed one by one, so that range reads still work).
 pub(crate) fn stored_plain(key: &str) -> bool {
-    key == crate::repo::CONFIG_KEY
-        || key.starts_with(KEYS_PREFIX)
-        || key.starts_with(crate::repo::DATA_PREFIX)
+    key == CONFIG_KEY || key.starts_with(KEYS_PREFIX) || key.starts_with(DATA_PREFIX)
 }
 
 /// The store as the repository sees it when encrypted: every object other

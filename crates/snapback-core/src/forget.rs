@@ -33,10 +33,10 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::layout::{release_id_from_key, release_key, RELEASE_PREFIX, SNAPSHOT_PREFIX};
 use crate::repo::{Repository, Snapshot};
 
 pub const PRE_REPAIR_TAG: &str = "pre-repair";
-pub const RELEASE_PREFIX: &str = "releases/";
 
 /// How far ahead of this host's clock a snapshot's time may be before it is
 /// treated as dated in the future (a clock that was ahead when it was taken).
@@ -325,17 +325,13 @@ impl Repository {
             .store()
             .list(RELEASE_PREFIX)?
             .into_iter()
-            .filter_map(|o| o.key.strip_prefix(RELEASE_PREFIX).and_then(Id::from_hex))
+            .filter_map(|o| release_id_from_key(&o.key))
             .collect())
     }
 
     /// Lets retention remove a pre-repair snapshot.
     pub fn release(&self, id: &Id) -> Result<()> {
-        crate::snapshot::put_verified(
-            self.store().as_ref(),
-            &format!("{RELEASE_PREFIX}{id}"),
-            b"released\n",
-        )?;
+        crate::object::put_verified(self.store().as_ref(), &release_key(id), b"released\n")?;
         Ok(())
     }
 
@@ -343,8 +339,7 @@ impl Repository {
     pub fn apply_forget(&self, plan: &ForgetPlan) -> Result<usize> {
         let mut n = 0;
         for d in plan.removals() {
-            self.store()
-                .delete(&format!("{}{}", crate::repo::SNAPSHOT_PREFIX, d.id))?;
+            self.store().delete(&format!("{SNAPSHOT_PREFIX}{}", d.id))?;
             tracing::info!(snapshot = %d.id, time = %d.time, "snapshot forgotten");
             n += 1;
         }

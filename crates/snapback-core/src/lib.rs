@@ -15,8 +15,10 @@ mod forget;
 pub mod fuzzing;
 mod id;
 mod index;
+pub mod layout;
 mod lock;
 mod manifest;
+pub mod object;
 mod pack;
 mod prune;
 mod repair_index;
@@ -29,7 +31,7 @@ pub mod time;
 pub use check::{Affected, CheckOptions, CheckRecord, CheckReport, LastChecks, Problem};
 pub use chunklist::ChunkRef;
 pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
-pub use crypto::{KdfParams, KeyInfo, Passphrase, KEYS_PREFIX, SEAL_OVERHEAD};
+pub use crypto::{KdfParams, KeyInfo, Passphrase, SEAL_OVERHEAD};
 pub use error::{Error, Result};
 pub use forget::{
     group_key, is_future, plan as plan_forget, plan_scoped, Decision, ForgetPlan, GroupPlan,
@@ -37,6 +39,7 @@ pub use forget::{
 };
 pub use id::{DbChecksum, Id};
 pub use index::{BlobLocation, MasterIndex};
+pub use layout::{pack_key, CONFIG_KEY, KEYS_PREFIX};
 pub use lock::{FoundLock, LockInfo, LockKind, RepoLock};
 pub use manifest::{
     ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
@@ -45,10 +48,7 @@ pub use pack::BlobCodec;
 pub use pack::BlobKind;
 pub use prune::{PruneOptions, PrunePlan, PruneReport, DEFAULT_MIN_PACK_AGE};
 pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};
-pub use repo::{
-    pack_key, EncryptionOptions, FileReader, InitOptions, Repository, Selector, Snapshot,
-    CONFIG_KEY,
-};
+pub use repo::{EncryptionOptions, FileReader, InitOptions, Repository, Selector, Snapshot};
 pub use restore::{path_matches, RestoreItem, RestoreOptions, RestoreReport};
 pub use snapback_storage as storage;
 pub use snapshot::{SnapshotOptions, SnapshotReport};

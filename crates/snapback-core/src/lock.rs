@@ -30,9 +30,10 @@ use serde::{Deserialize, Serialize};
 use snapback_storage::Store;
 
 use crate::error::{Error, Result};
-use crate::repo::{random_hex, Repository};
+use crate::layout::{lock_key, LOCK_PREFIX};
+use crate::object::{put_verified, random_hex};
+use crate::repo::Repository;
 
-pub const LOCK_PREFIX: &str = "locks/";
 pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
 const REFRESH: Duration = Duration::from_secs(2 * 60);
 
@@ -155,13 +156,9 @@ impl Drop for RepoLock {
 }
 
 fn write_lock(store: &dyn Store, info: &LockInfo) -> Result<String> {
-    let key = format!(
-        "{LOCK_PREFIX}{:020}-{}",
-        crate::time::now().unix_timestamp_nanos().max(0),
-        random_hex(6)
-    );
+    let key = lock_key(crate::time::now().unix_timestamp_nanos(), &random_hex(6)?);
     let bytes = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::snapshot::put_verified(store, &key, &bytes)?;
+    put_verified(store, &key, &bytes)?;
     Ok(key)
 }
 
@@ -230,8 +227,13 @@ impl Repository {
                     wait.as_secs()
                 )));
             }
-            let jitter =
-                Duration::from_millis(u64::from_str_radix(&random_hex(2), 16).unwrap_or(0) % 100);
+            let jitter = Duration::from_millis(
+                random_hex(2)
+                    .ok()
+                    .and_then(|h| u64::from_str_radix(&h, 16).ok())
+                    .unwrap_or(0)
+                    % 100,
+            );
             std::thread::sleep(
                 (delay + jitter)
                     .min(wait.saturating_sub(started.elapsed()))

@@ -36,10 +36,11 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{decode_index, encode_index, IndexedPack, MasterIndex};
+use crate::layout::{index_key, pack_id_from_key, pack_key, DATA_PREFIX, INDEX_PREFIX};
 use crate::lock::LockKind;
+use crate::object::put_verified;
 use crate::pack::{open_blob, PackBuilder, PackEntry};
-use crate::repo::{pack_id_from_key, pack_key, Repository, DATA_PREFIX, INDEX_PREFIX};
-use crate::snapshot::put_verified;
+use crate::repo::Repository;
 
 /// Repack a pack when less than this fraction of its bytes is used.
 const REPACK_BELOW: f64 = 0.5;
@@ -290,7 +291,7 @@ impl Repository {
                 return Ok(());
             }
             let bytes = encode_index(chunk)?;
-            let key = format!("{INDEX_PREFIX}{}", Id::of(&bytes));
+            let key = index_key(&Id::of(&bytes));
             put_verified(store, &key, &bytes)?;
             written.insert(key);
             chunk.clear();

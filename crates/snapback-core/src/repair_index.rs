@@ -34,10 +34,11 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{decode_index, encode_index, IndexedPack};
+use crate::layout::{index_key, pack_id_from_key, DATA_PREFIX, INDEX_PREFIX};
 use crate::lock::LockKind;
+use crate::object::put_verified;
 use crate::pack::{parse_header, parse_prefix};
-use crate::repo::{pack_id_from_key, Repository, DATA_PREFIX, INDEX_PREFIX};
-use crate::snapshot::put_verified;
+use crate::repo::Repository;
 
 /// At most this many blob entries per new index object (as prune writes).
 const ENTRIES_PER_INDEX: usize = 65_536;
@@ -187,7 +188,7 @@ impl Repository {
                 return Ok(());
             }
             let bytes = encode_index(group)?;
-            encoded.push((format!("{INDEX_PREFIX}{}", Id::of(&bytes)), bytes));
+            encoded.push((index_key(&Id::of(&bytes)), bytes));
             group.clear();
             Ok(())
         };
@@ -279,8 +280,9 @@ mod tests {
     use snapback_storage::{LocalStore, Store};
 
     use super::*;
+    use crate::layout::pack_key;
     use crate::pack::{seal_blob, BlobKind, PackBuilder};
-    use crate::repo::{pack_key, InitOptions};
+    use crate::repo::InitOptions;
 
     fn repo() -> (tempfile::TempDir, Repository) {
         repo_with(false)

@@ -1,13 +1,6 @@
 //! The repository: the store plus the format's rules for reading it.
 //!
-//! Layout of keys:
-//! ```text
-//! config                     RepoConfig (JSON), written once
-//! data/<xx>/<pack id>        packs
-//! index/<index id>           index objects
-//! snapshots/<snapshot id>    manifests (JSON), the commit records
-//! keys/<key id>              key files (encrypted repositories only)
-//! ```
+//! The key layout is in `layout`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,33 +12,22 @@ use crate::chunklist::{self, ChunkRef};
 use crate::config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
 use crate::crypto::{
     key_info, make_key_file, open_key_file, Crypto, CryptoStore, EncryptionConfig, KdfParams,
-    KeyInfo, MasterKey, Passphrase, KEYS_PREFIX,
+    KeyInfo, MasterKey, Passphrase,
 };
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{decode_index, MasterIndex};
+use crate::layout::{
+    key_file_id_from_key, key_file_key, pack_key, snapshot_id_from_key, snapshot_key, CONFIG_KEY,
+    INDEX_PREFIX, KEYS_PREFIX, SNAPSHOT_PREFIX,
+};
 use crate::manifest::{FileEntry, Manifest};
+use crate::object::{get_named, put_verified, random_hex, verify_name};
 use crate::pack::{open_blob, BlobCodec, BlobKind};
 
-pub const CONFIG_KEY: &str = "config";
 /// At most this many key files are tried when a repository is opened (each
 /// costs a KDF run); a planted flood of them cannot stall every open.
 const MAX_KEY_FILES: usize = 32;
-pub const SNAPSHOT_PREFIX: &str = "snapshots/";
-pub const INDEX_PREFIX: &str = "index/";
-pub const DATA_PREFIX: &str = "data/";
-
-pub fn pack_key(id: &Id) -> String {
-    let h = id.to_hex();
-    format!("data/{}/{}", &h[..2], h)
-}
-
-pub fn pack_id_from_key(key: &str) -> Option<Id> {
-    let rest = key.strip_prefix(DATA_PREFIX)?;
-    let (dir, name) = rest.split_once('/')?;
-    let id = Id::from_hex(name)?;
-    (dir == &name[..2]).then_some(id)
-}
 
 /// Options for `init`.
 #[derive(Debug, Clone)]
@@ -195,7 +177,7 @@ impl Repository {
     pub fn init(store: Arc<dyn Store>, opts: &InitOptions) -> Result<Repository> {
         let config = RepoConfig {
             format_version: FORMAT_VERSION,
-            repo_id: random_hex(16),
+            repo_id: random_hex(16)?,
             created: crate::time::format_rfc3339(crate::time::now()),
             chunking: opts.chunking.clone(),
             compression_level: opts.compression_level,
@@ -220,7 +202,7 @@ impl Repository {
             let master = MasterKey::generate()?;
             let kf = make_key_file(&master, &e.passphrase, &e.kdf, &config.repo_id)?;
             let kid = Id::of(&kf);
-            crate::snapshot::put_verified(store.as_ref(), &format!("{KEYS_PREFIX}{kid}"), &kf)?;
+            put_verified(store.as_ref(), &key_file_key(&kid), &kf)?;
             unlocked = Some((master, kid));
         }
         let bytes =
@@ -229,7 +211,7 @@ impl Repository {
             PutOutcome::Created => {}
             PutOutcome::AlreadyExists => {
                 if let Some((_, kid)) = &unlocked {
-                    store.delete(&format!("{KEYS_PREFIX}{kid}"))?;
+                    store.delete(&key_file_key(kid))?;
                 }
                 return Err(Error::AlreadyInitialised {
                     location: store.location(),
@@ -331,10 +313,7 @@ impl Repository {
             };
             match open_key_file(&kf, key, &pass, &config.repo_id) {
                 Ok(Some(master)) => {
-                    let kid = key
-                        .strip_prefix(KEYS_PREFIX)
-                        .and_then(Id::from_hex)
-                        .unwrap_or_else(|| Id::of(&kf));
+                    let kid = key_file_id_from_key(key).unwrap_or_else(|| Id::of(&kf));
                     tracing::debug!(key = %kid.short(), "repository key opened");
                     return Repository::with_config(store, config, Some((master, kid)));
                 }
@@ -430,7 +409,7 @@ impl Repository {
         self.require_encrypted()?;
         let mut out = Vec::new();
         for o in self.store.list(KEYS_PREFIX)? {
-            let Some(id) = o.key.strip_prefix(KEYS_PREFIX).and_then(Id::from_hex) else {
+            let Some(id) = key_file_id_from_key(&o.key) else {
                 continue;
             };
             // A damaged key file is listed (so that it can be removed), not
@@ -460,12 +439,12 @@ impl Repository {
         let master = self.require_encrypted()?;
         let kf = make_key_file(master, passphrase, kdf, &self.config.repo_id)?;
         let kid = Id::of(&kf);
-        crate::snapshot::put_verified(self.store.as_ref(), &format!("{KEYS_PREFIX}{kid}"), &kf)?;
+        put_verified(self.store.as_ref(), &key_file_key(&kid), &kf)?;
         // Prove that the new key file opens with the passphrase before
         // reporting success.
-        let back = self.store.get(&format!("{KEYS_PREFIX}{kid}"))?;
+        let back = self.store.get(&key_file_key(&kid))?;
         if open_key_file(&back, "new key", passphrase, &self.config.repo_id)?.is_none() {
-            self.store.delete(&format!("{KEYS_PREFIX}{kid}"))?;
+            self.store.delete(&key_file_key(&kid))?;
             return Err(Error::Verification(
                 "the new key file does not open with its passphrase; it was not kept".into(),
             ));
@@ -522,7 +501,7 @@ impl Repository {
                     .into(),
             ));
         }
-        self.store.delete(&format!("{KEYS_PREFIX}{}", k.id))?;
+        self.store.delete(&key_file_key(&k.id))?;
         Ok(k.id)
     }
 
@@ -546,14 +525,7 @@ impl Repository {
                 tracing::warn!(path = %p.display(), "ignoring a damaged cache entry");
             }
         }
-        let bytes = self.store.get(key).map_err(|e| {
-            if e.kind() == snapback_storage::ErrorKind::Corrupt {
-                Error::corrupt(key, e.to_string())
-            } else {
-                Error::from(e)
-            }
-        })?;
-        verify_name(key, prefix, &bytes)?;
+        let bytes = get_named(self.store.as_ref(), key, prefix)?;
         if let Some(p) = cached {
             let write = || -> std::io::Result<()> {
                 if let Some(dir) = p.parent() {
@@ -639,7 +611,7 @@ impl Repository {
         let listing = self.store.list(SNAPSHOT_PREFIX)?;
         let mut out = Vec::with_capacity(listing.len());
         for o in listing {
-            let Some(id) = o.key.strip_prefix(SNAPSHOT_PREFIX).and_then(Id::from_hex) else {
+            let Some(id) = snapshot_id_from_key(&o.key) else {
                 tracing::warn!(key = %o.key, "ignoring an object that is not named like a snapshot");
                 continue;
             };
@@ -691,7 +663,7 @@ impl Repository {
     }
 
     pub fn load_manifest(&self, id: &Id) -> Result<Manifest> {
-        let key = format!("{SNAPSHOT_PREFIX}{id}");
+        let key = snapshot_key(id);
         let bytes = self.get_immutable(&key, SNAPSHOT_PREFIX)?;
         Manifest::parse(&bytes, &key)
     }
@@ -893,32 +865,8 @@ pub(crate) fn resolve_in(
     }
 }
 
-fn verify_name(key: &str, prefix: &str, bytes: &[u8]) -> Result<()> {
-    let name = &key[prefix.len()..];
-    let got = Id::of(bytes);
-    if got.to_hex() != name {
-        return Err(Error::corrupt(
-            key,
-            format!("content hashes to {}, not to its name", got.short()),
-        ));
-    }
-    Ok(())
-}
-
 fn poisoned() -> Error {
     Error::Invalid("internal lock poisoned by an earlier panic".into())
-}
-
-pub(crate) fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        if f.read_exact(&mut b).is_ok() {
-            return hex::encode(b);
-        }
-    }
-    let t = crate::time::now().unix_timestamp_nanos();
-    Id::of(format!("{t}-{}", std::process::id()).as_bytes()).to_hex()[..n * 2].to_string()
 }
 
 #[cfg(test)]
@@ -1015,13 +963,6 @@ mod tests {
             r.id,
             "the entry was rewritten"
         );
-    }
-
-    #[test]
-    fn pack_keys_roundtrip() {
-        let id = Id::of(b"x");
-        assert_eq!(pack_id_from_key(&pack_key(&id)), Some(id));
-        assert_eq!(pack_id_from_key("data/zz/abc"), None);
     }
 
     #[test]

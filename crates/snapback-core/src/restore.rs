@@ -18,9 +18,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::layout::pack_key;
 use crate::manifest::{FileEntry, FileKind};
 use crate::pack::open_blob;
-use crate::repo::{pack_key, Repository, Snapshot};
+use crate::repo::{Repository, Snapshot};
 use crate::snapshot::checksum_of;
 use crate::Progress;
 

@@ -27,11 +27,13 @@ use crate::config::FORMAT_VERSION;
 use crate::error::{Error, Result};
 use crate::id::{DbChecksum, Id};
 use crate::index::{encode_index, IndexedPack, MasterIndex};
+use crate::layout::{index_key, pack_id_from_key, pack_key, snapshot_key, DATA_PREFIX};
 use crate::manifest::{
     ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
 };
+use crate::object::put_verified;
 use crate::pack::{seal_blob, BlobCodec, BlobKind, PackBuilder};
-use crate::repo::{pack_key, Repository, Snapshot, SNAPSHOT_PREFIX};
+use crate::repo::{Repository, Snapshot};
 use crate::sqlite::{has_sqlite_header, journal_mode_of_header, Capture};
 use crate::Progress;
 
@@ -209,21 +211,6 @@ impl BlobSink<'_> {
     }
 }
 
-/// Stores an object and proves that it is there with the expected size.
-pub(crate) fn put_verified(store: &dyn Store, key: &str, bytes: &[u8]) -> Result<PutOutcome> {
-    let outcome = store.put_if_absent(key, bytes)?;
-    match store.stat(key)? {
-        Some(n) if n == bytes.len() as u64 => Ok(outcome),
-        Some(n) => Err(Error::Verification(format!(
-            "object {key} is {n} bytes in the store, but {} were written; the store did not keep the data intact",
-            bytes.len()
-        ))),
-        None => Err(Error::Verification(format!(
-            "object {key} is missing right after the store confirmed the write; the store lost or never stored it, so nothing was committed"
-        ))),
-    }
-}
-
 fn upload_worker(
     store: &dyn Store,
     codec: &BlobCodec,
@@ -359,7 +346,7 @@ impl Repository {
         self.verify_referenced(&referenced, &reused_from, &packs)?;
         if !packs.is_empty() {
             let bytes = encode_index(&packs)?;
-            let key = format!("index/{}", Id::of(&bytes));
+            let key = index_key(&Id::of(&bytes));
             if put_verified(store, &key, &bytes)? == PutOutcome::Created {
                 stats.bytes_added += bytes.len() as u64;
                 stats.objects_written += 1;
@@ -378,7 +365,7 @@ impl Repository {
         };
         let bytes = manifest.encode()?;
         let id = Id::of(&bytes);
-        put_verified(store, &format!("{SNAPSHOT_PREFIX}{id}"), &bytes)?;
+        put_verified(store, &snapshot_key(&id), &bytes)?;
         tracing::info!(
             snapshot = %id,
             paths = ?manifest.paths,
@@ -653,9 +640,9 @@ impl Repository {
             .collect();
         let present: HashSet<Id> = self
             .store()
-            .list(crate::repo::DATA_PREFIX)?
+            .list(DATA_PREFIX)?
             .iter()
-            .filter_map(|o| crate::repo::pack_id_from_key(&o.key))
+            .filter_map(|o| pack_id_from_key(&o.key))
             .collect();
         let mut unindexed = 0usize;
         let mut missing: Vec<Id> = Vec::new();
@@ -677,7 +664,7 @@ impl Repository {
             .filter(|p| {
                 !self
                     .store()
-                    .stat(&format!("{SNAPSHOT_PREFIX}{p}"))
+                    .stat(&snapshot_key(p))
                     .is_ok_and(|s| s.is_some())
             })
             .collect();

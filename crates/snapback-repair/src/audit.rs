@@ -1,6 +1,8 @@
 //! The audit trail: an append-only, hash-chained log in the repository.
 //!
-//! Layout (objects are only ever created, with `put_if_absent`):
+//! Layout (keys from `snapback_core::layout`; objects are only ever
+//! created, with the core's verified put: put-if-absent, then the size
+//! checked):
 //! ```text
 //! audit/<seq, 10 digits>-<sha256 of the entry>   the entry (JSON)
 //! audit/<seq, 10 digits>                          the claim: that sha256
@@ -21,7 +23,9 @@ use crate::changes::{ChangeSet, Conflict, TableCounts};
 use crate::error::{Error, Result};
 use crate::script::sha256_hex;
 
-pub const AUDIT_PREFIX: &str = "audit/";
+pub use snapback_core::layout::AUDIT_PREFIX;
+use snapback_core::layout::{audit_claim_key, audit_entry_key, parse_audit_key};
+use snapback_core::object::put_verified;
 
 /// One audit entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,31 +89,6 @@ pub struct StoredEntry {
     pub entry: AuditEntry,
 }
 
-fn parse_key(key: &str) -> Option<(u64, Option<&str>)> {
-    let rest = key.strip_prefix(AUDIT_PREFIX)?;
-    let (seq, hash) = match rest.split_once('-') {
-        Some((s, h)) => (s, Some(h)),
-        None => (rest, None),
-    };
-    if seq.len() != 10 || !seq.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if let Some(h) = hash {
-        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-    }
-    Some((seq.parse().ok()?, hash))
-}
-
-fn entry_key(seq: u64, hash: &str) -> String {
-    format!("{AUDIT_PREFIX}{seq:010}-{hash}")
-}
-
-fn claim_key(seq: u64) -> String {
-    format!("{AUDIT_PREFIX}{seq:010}")
-}
-
 struct Listing {
     claims: BTreeMap<u64, String>,
     entries: BTreeMap<u64, Vec<String>>,
@@ -122,7 +101,7 @@ fn listing(store: &dyn Store) -> Result<Listing> {
         .list(AUDIT_PREFIX)
         .map_err(snapback_core::Error::from)?
     {
-        match parse_key(&o.key) {
+        match parse_audit_key(&o.key) {
             Some((seq, Some(_))) => entries.entry(seq).or_default().push(o.key),
             Some((seq, None)) => {
                 claims.insert(seq, o.key);
@@ -145,8 +124,8 @@ fn tail(store: &dyn Store) -> Result<(Option<String>, u64)> {
     match l.claims.keys().next_back() {
         None => Ok((None, 1)),
         Some(&seq) => {
-            let h = String::from_utf8(get(store, &claim_key(seq))?)
-                .map_err(|_| Error::Audit(format!("claim {} is not text", claim_key(seq))))?;
+            let h = String::from_utf8(get(store, &audit_claim_key(seq))?)
+                .map_err(|_| Error::Audit(format!("claim {} is not text", audit_claim_key(seq))))?;
             Ok((Some(h.trim().to_string()), seq + 1))
         }
     }
@@ -162,21 +141,16 @@ pub fn append(store: &dyn Store, mut entry: AuditEntry) -> Result<StoredEntry> {
         let bytes = serde_json::to_vec_pretty(&entry)
             .map_err(|e| Error::Audit(format!("cannot encode an entry: {e}")))?;
         let hash = sha256_hex(&bytes);
-        let key = entry_key(seq, &hash);
-        store
-            .put_if_absent(&key, &bytes)
-            .map_err(snapback_core::Error::from)?;
-        match store
-            .put_if_absent(&claim_key(seq), hash.as_bytes())
-            .map_err(snapback_core::Error::from)?
-        {
+        let key = audit_entry_key(seq, &hash);
+        put_verified(store, &key, &bytes)?;
+        match put_verified(store, &audit_claim_key(seq), hash.as_bytes())? {
             PutOutcome::Created => {
                 tracing::info!(key = %key, "audit entry appended");
                 return Ok(StoredEntry { key, hash, entry });
             }
             PutOutcome::AlreadyExists => {
                 // Lost the race for this number: our entry is unclaimed.
-                let winner = get(store, &claim_key(seq))?;
+                let winner = get(store, &audit_claim_key(seq))?;
                 if winner == hash.as_bytes() {
                     return Ok(StoredEntry { key, hash, entry });
                 }
@@ -237,7 +211,7 @@ pub fn verify(store: &dyn Store) -> Result<VerifyReport> {
                 break;
             }
         };
-        let key = entry_key(seq, &hash);
+        let key = audit_entry_key(seq, &hash);
         let bytes = match get(store, &key) {
             Ok(b) => b,
             Err(e) => {

@@ -139,3 +139,56 @@ fn concurrent_appends_form_one_chain() {
     assert_eq!(r.entries.len(), 32);
     assert!(r.unclaimed.is_empty(), "{:?}", r.unclaimed);
 }
+
+/// A real local store that confirms every write but keeps none under
+/// `audit/`: a store losing data.
+#[derive(Debug)]
+struct LosesAuditWrites(LocalStore);
+
+impl Store for LosesAuditWrites {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn put_if_absent(
+        &self,
+        key: &str,
+        data: &[u8],
+    ) -> Result<snapback_core::storage::PutOutcome, snapback_core::storage::StoreError> {
+        if key.starts_with("audit/") {
+            return Ok(snapback_core::storage::PutOutcome::Created);
+        }
+        self.0.put_if_absent(key, data)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, snapback_core::storage::StoreError> {
+        self.0.get(key)
+    }
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, snapback_core::storage::StoreError> {
+        self.0.get_range(key, offset, len)
+    }
+    fn stat(&self, key: &str) -> Result<Option<u64>, snapback_core::storage::StoreError> {
+        self.0.stat(key)
+    }
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<snapback_core::storage::ObjectInfo>, snapback_core::storage::StoreError> {
+        self.0.list(prefix)
+    }
+    fn delete(&self, key: &str) -> Result<(), snapback_core::storage::StoreError> {
+        self.0.delete(key)
+    }
+}
+
+#[test]
+fn audit_append_fails_when_the_store_loses_the_entry() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = LosesAuditWrites(LocalStore::create(d.path().join("repo")).expect("store"));
+    let e = audit_append(&s, entry("lost")).expect_err("a lost entry is not appended");
+    assert!(e.to_string().contains("missing right after"), "{e}");
+    assert!(audit_list(&s).expect("list").is_empty());
+}
