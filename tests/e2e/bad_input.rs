@@ -1,6 +1,6 @@
 //! Bad input gets a clear message and a non-zero exit, and writes nothing.
 
-use crate::util::{stderr, Env};
+use snapback_testkit::{stderr, Env};
 
 #[test]
 fn missing_path_is_a_clear_error() {
@@ -44,7 +44,7 @@ fn uninitialised_repository_is_a_clear_error() {
     let out = env.run(&["snapshots"]);
     assert!(!out.status.success());
     // A repository directory that does not exist at all.
-    let out = crate::util::Env::bare().run(&["check"]);
+    let out = snapback_testkit::Env::bare().run(&["check"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("repo"), "{}", stderr(&out));
 }
@@ -94,7 +94,7 @@ fn malformed_selectors_and_urls() {
             "{sel}: {err}"
         );
     }
-    let out = std::process::Command::new(crate::util::bin())
+    let out = std::process::Command::new(snapback_testkit::bin())
         .args(["--repo", "ftp://x/y", "snapshots"])
         .output()
         .expect("run");
@@ -104,7 +104,7 @@ fn malformed_selectors_and_urls() {
         "{}",
         stderr(&out)
     );
-    let out = std::process::Command::new(crate::util::bin())
+    let out = std::process::Command::new(snapback_testkit::bin())
         .args(["snapshots"])
         .env_remove("SNAPBACK_REPO")
         .output()
@@ -116,13 +116,13 @@ fn malformed_selectors_and_urls() {
 fn mistyped_s3_url_creates_no_local_repository() {
     let dir = tempfile::tempdir().expect("tmp");
     for bad in ["s3:/bucket1/p", "s3:bucket1/p"] {
-        let out = std::process::Command::new(crate::util::bin())
+        let out = std::process::Command::new(snapback_testkit::bin())
             .args(["--repo", bad, "--s3-endpoint", "http://127.0.0.1:9", "init"])
             .current_dir(dir.path())
             .env_remove("SNAPBACK_REPO")
             .output()
             .expect("run");
-        let err = crate::util::stderr(&out);
+        let err = snapback_testkit::stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{bad} is refused: {err}");
         assert!(
             err.contains("s3://bucket1/p"),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::util::{integrity, Env};
+use snapback_testkit::{integrity, Env};
 
 const ACCOUNTS: i64 = 200;
 const START: i64 = 1_000;
@@ -163,7 +163,7 @@ fn run(wal: bool) {
     assert!(
         out.status.success(),
         "check --read-data passes: {}",
-        crate::util::stderr(&out)
+        snapback_testkit::stderr(&out)
     );
 }
 

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::util::{bin, stderr, stdout};
+use snapback_testkit::{bin, stderr, stdout};
 
 /// The binary in an empty directory, with none of the caller's config,
 /// passphrase or log variables.
@@ -14,7 +14,7 @@ fn bare(dir: &std::path::Path) -> Command {
         .env("XDG_CONFIG_HOME", dir.join("xdg"))
         .env("HOME", dir.join("home"))
         .env_remove("SNAPBACK_REPO");
-    for k in crate::util::ISOLATED_VARS {
+    for k in snapback_testkit::ISOLATED_VARS {
         c.env_remove(k);
     }
     c
@@ -227,7 +227,7 @@ fn config_is_searched_in_cwd_then_xdg_then_home_and_config_says_which() {
 
 #[test]
 fn config_found_in_xdg_config_home_gives_commands_their_repository() {
-    let e = crate::util::Env::new();
+    let e = snapback_testkit::Env::new();
     let xdg = e.path("xdg");
     std::fs::create_dir_all(xdg.join("snapback")).expect("mkdir");
     std::fs::write(
@@ -266,7 +266,7 @@ fn config_found_in_xdg_config_home_gives_commands_their_repository() {
 #[test]
 fn password_command_first_line_opens_the_repository_and_failures_are_clear() {
     let pass = "correct horse 'battery' staple";
-    let e = crate::util::Env::bare();
+    let e = snapback_testkit::Env::bare();
     let secret = e.path("secret file.txt");
     std::fs::write(&secret, format!("{pass}\nsecond line is not used\n")).expect("write");
     let cmd_arg = format!("cat '{}'", secret.display());
@@ -277,7 +277,7 @@ fn password_command_first_line_opens_the_repository_and_failures_are_clear() {
     };
     // init --encrypt takes it from the command too.
     let mut init = vec!["--password-command", cmd_arg.as_str()];
-    init.extend(crate::util::init_encrypted());
+    init.extend(snapback_testkit::init_encrypted());
     let out = run(&init, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let f = e.path("a.txt");
@@ -334,7 +334,7 @@ fn password_command_first_line_opens_the_repository_and_failures_are_clear() {
 
 #[test]
 fn snapback_log_and_rust_log_filter_the_log_and_flags_still_work() {
-    let e = crate::util::Env::new();
+    let e = snapback_testkit::Env::new();
     let f = e.path("a.txt");
     std::fs::write(&f, b"data").expect("write");
     let fs = f.to_str().expect("utf8");
@@ -362,7 +362,7 @@ fn snapback_log_and_rust_log_filter_the_log_and_flags_still_work() {
 
 #[test]
 fn no_color_turns_off_colours_on_a_terminal() {
-    let e = crate::util::Env::new();
+    let e = snapback_testkit::Env::new();
     let f = e.path("a.txt");
     std::fs::write(&f, b"data").expect("write");
     // `script` gives the command a terminal, where colours would be used.
@@ -376,7 +376,7 @@ fn no_color_turns_off_colours_on_a_terminal() {
         let mut c = Command::new("script");
         c.args(["-qec", &line, "/dev/null"])
             .env("XDG_CONFIG_HOME", e.path("xdg"));
-        for k in crate::util::ISOLATED_VARS {
+        for k in snapback_testkit::ISOLATED_VARS {
             c.env_remove(k);
         }
         if no_color {

@@ -11,7 +11,7 @@ use crate::rel_util::{
     check_clean, damage_rows, diff_refused, largest, make_db, name, objects, repair_script,
     restore_exactly, restore_refused, rows, two_snapshots_in, Committed, Damage,
 };
-use crate::util::{integrity, stderr, stdout, Env};
+use snapback_testkit::{integrity, stderr, stdout, Env};
 
 /// A repository with two snapshots of one database: the first full, the
 /// second after 100 rows changed.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::rel_util::{
     check_clean, committed, damage_rows, make_db, repair_script, restore_exactly, rows, Committed,
 };
-use crate::util::{integrity, stderr, stdout, Env};
+use snapback_testkit::{integrity, stderr, stdout, Env, Rng};
 
 /// The repository of a crash loop: encrypted when SNAPBACK_CRASH_ENCRYPTED=1.
 fn crash_env() -> Env {
@@ -38,25 +38,6 @@ fn crash_env() -> Env {
 
 fn encrypted() -> bool {
     std::env::var("SNAPBACK_CRASH_ENCRYPTED").is_ok_and(|v| v == "1")
-}
-
-/// xorshift64*: reproducible from the seed that is printed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
 }
 
 struct Budget {
@@ -633,7 +614,7 @@ fn crash_snapshot_stopped_while_prune_runs_with_a_shifted_clock() {
     let blob = env.path("blob.bin");
     let (dbs, blobs) = (db.to_str().expect("utf8"), blob.to_str().expect("utf8"));
     let fresh_blob = |rng: &mut Rng| {
-        std::fs::write(&blob, crate::util::random_bytes(24 << 20, rng.next())).expect("write")
+        std::fs::write(&blob, snapback_testkit::random_bytes(24 << 20, rng.next())).expect("write")
     };
     fresh_blob(&mut rng);
     let measured = timed_ok(&env, &["snapshot", dbs, blobs], &[]);

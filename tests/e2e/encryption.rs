@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,8 @@ use crate::rel_util::{
     repair_script, restore_exactly, restore_refused, rows, two_snapshots_in, Committed,
 };
 use crate::s3::S3Repo;
-use crate::util::{init_encrypted, integrity, stderr, stdout, Env, CHEAP_KDF, PASSWORD_VARS};
+use snapback_testkit::mount::{is_mounted, require_fuse, Mount};
+use snapback_testkit::{init_encrypted, integrity, stderr, stdout, Env, CHEAP_KDF, PASSWORD_VARS};
 
 /// The passphrase of the repositories here.
 const PASS: &str = "correct-horse-7f3a9c-battery";
@@ -813,47 +814,6 @@ fn config_stripped_of_its_encryption_is_refused_and_nothing_is_written() {
     restore_exactly(&env, &committed(&env)[0], "restored-config");
 }
 
-/// Fails, as the mount tests (crates/snapback-mount/tests) do, when FUSE
-/// is not available: this test mounts for real.
-fn require_fuse() {
-    let fusermount = Command::new("fusermount3").arg("-V").output();
-    assert!(
-        Path::new("/dev/fuse").exists() && fusermount.is_ok_and(|o| o.status.success()),
-        "a real mount needs /dev/fuse and fusermount3 (apt-get install -y fuse3)"
-    );
-}
-
-/// True when `p` is a mount point (in /proc/self/mountinfo).
-fn is_mounted(p: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines().any(|l| l.split(' ').nth(4) == Some(utf8(p)))
-}
-
-/// A mount point, unmounted (lazily) on drop, with the foreground mount
-/// process, if any, reaped.
-struct Mounted {
-    mp: PathBuf,
-    child: Option<Child>,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z", "-q", "--"])
-            .arg(&self.mp)
-            .stderr(Stdio::null())
-            .status();
-        if let Some(c) = &mut self.child {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn mount_serves_the_decrypted_snapshot_in_the_foreground_and_as_a_daemon() {
     require_fuse();
@@ -868,29 +828,7 @@ fn mount_serves_the_decrypted_snapshot_in_the_foreground_and_as_a_daemon() {
 
     let mp = env.path("mnt");
     std::fs::create_dir_all(&mp).expect("mkdir");
-    let child = env
-        .cmd(&["mount", "latest", utf8(&mp)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mount");
-    let mut m = Mounted {
-        mp: mp.clone(),
-        child: Some(child),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !is_mounted(&mp) {
-        if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().expect("wait")) {
-            let mut err = String::new();
-            if let Some(mut e) = m.child.as_mut().and_then(|c| c.stderr.take()) {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            panic!("snapback mount exited ({status}) before mounting: {err}");
-        }
-        assert!(Instant::now() < deadline, "not mounted within 20 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let m = Mount::start(env.cmd(&["mount", "latest", utf8(&mp)]), mp.clone());
     let file = inside(&mp);
     assert_eq!(rows(&file), expected, "rusqlite reads the snapshot's rows");
     assert_eq!(integrity(&file), "ok");
@@ -907,10 +845,7 @@ fn mount_serves_the_decrypted_snapshot_in_the_foreground_and_as_a_daemon() {
 
     let mp = env.path("mnt-daemon");
     std::fs::create_dir_all(&mp).expect("mkdir");
-    let _guard = Mounted {
-        mp: mp.clone(),
-        child: None,
-    };
+    let _guard = Mount::guard(mp.clone());
     let started = Instant::now();
     let out = run(env.cmd(&["mount", "--daemon", "latest", utf8(&mp)]));
     assert!(out.status.success(), "mount --daemon: {}", stderr(&out));
@@ -998,7 +933,7 @@ fn diff_and_repair_on_an_encrypted_repository() {
 
 #[test]
 fn an_empty_snapback_password_file_is_a_clear_usage_error() {
-    let out = Command::new(crate::util::bin())
+    let out = Command::new(snapback_testkit::bin())
         .env("SNAPBACK_PASSWORD_FILE", "")
         .args(["--repo", "/nonexistent-repo", "snapshots"])
         .output()

@@ -2,19 +2,7 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
-use crate::util::Env;
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
+use snapback_testkit::{random_bytes, Env};
 
 #[test]
 fn plain_files_roundtrip() {
@@ -23,7 +11,7 @@ fn plain_files_roundtrip() {
     std::fs::create_dir_all(src.join("sub/deeper")).expect("mkdir");
     std::fs::write(src.join("empty"), b"").expect("empty");
     std::fs::write(src.join("small.txt"), b"hello, world\n").expect("small");
-    let big = pseudo_random(24 << 20, 7);
+    let big = random_bytes(24 << 20, 7);
     std::fs::write(src.join("sub/large.bin"), &big).expect("large");
     let mut sparse = std::fs::File::create(src.join("sub/deeper/sparse")).expect("sparse");
     sparse.seek(SeekFrom::Start(40 << 20)).expect("seek");
@@ -144,7 +132,7 @@ fn non_utf8_file_names_are_refused_never_merged() {
     std::fs::write(&fe, b"second").expect("write");
     std::fs::write(src.join("ok"), b"fine").expect("write");
     let out = env.run(&["snapshot", src.to_str().expect("utf8")]);
-    let err = crate::util::stderr(&out);
+    let err = snapback_testkit::stderr(&out);
     assert_eq!(out.status.code(), Some(1), "refused: {err}");
     assert!(
         err.contains("not valid UTF-8") && err.contains("nothing was committed"),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::rel_util::sha256_file;
-use crate::util::{integrity, stderr, stdout, Env};
+use snapback_testkit::{integrity, stderr, stdout, Env};
 
 /// The format versions that have fixtures; v1 must be among them.
 fn versions() -> Vec<PathBuf> {

@@ -2,55 +2,11 @@
 //! URL's token is on no command line), bounded in time, with its own exit
 //! code when it fails after the snapshot is committed.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{stderr, Env};
+use snapback_testkit::heartbeat::{dead_url, Endpoint, Mode};
 
-/// What the local server does with each request.
-#[derive(Clone, Copy)]
-enum Mode {
-    /// Answers with this status.
-    Answer(u16),
-    /// Accepts the connection, reads, and never answers.
-    Hang,
-}
-
-/// An HTTP server on 127.0.0.1; returns its base URL and the request heads
-/// it received.
-fn server(mode: Mode) -> (String, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let base = format!("http://{}", l.local_addr().expect("addr"));
-    let seen = Arc::new(Mutex::new(vec![]));
-    let s2 = seen.clone();
-    std::thread::spawn(move || {
-        let mut held = vec![];
-        for s in l.incoming().take(20) {
-            let Ok(mut s) = s else { continue };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).unwrap_or(0);
-            s2.lock()
-                .expect("lock")
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            match mode {
-                Mode::Answer(code) => {
-                    let _ = s.write_all(
-                        format!(
-                            "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK"
-                        )
-                        .as_bytes(),
-                    );
-                }
-                // Kept open: the client must give up by itself.
-                Mode::Hang => held.push(s),
-            }
-        }
-    });
-    (base, seen)
-}
+use snapback_testkit::{stderr, Env};
 
 /// `snapshot F --heartbeat-url URL`.
 fn snapshot_pinging(env: &Env, f: &std::path::Path, url: &str) -> std::process::Output {
@@ -69,10 +25,10 @@ fn committed(env: &Env) -> usize {
 #[test]
 fn heartbeat_is_sent_in_process_without_curl_on_path() {
     let env = Env::new();
-    let (base, seen) = server(Mode::Answer(200));
+    let hb = Endpoint::start(Mode::Answer(200));
     let f = env.path("f");
     std::fs::write(&f, "x").expect("write");
-    let url = format!("{base}/ping/tok-123?rid=7");
+    let url = hb.url("/ping/tok-123?rid=7");
     // No PATH at all: a shell-out to curl could not run.
     let out = env
         .cmd(&[
@@ -85,7 +41,7 @@ fn heartbeat_is_sent_in_process_without_curl_on_path() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let seen = seen.lock().expect("lock");
+    let seen = hb.requests();
     assert_eq!(seen.len(), 1, "one call");
     assert!(
         seen[0].starts_with("GET /ping/tok-123?rid=7 HTTP/1.1\r\n"),
@@ -98,10 +54,10 @@ fn heartbeat_is_sent_in_process_without_curl_on_path() {
 #[test]
 fn failed_heartbeat_after_commit_exits_5_not_1() {
     let env = Env::new();
-    let (base, seen) = server(Mode::Answer(500));
+    let hb = Endpoint::start(Mode::Answer(500));
     let f = env.path("f");
     std::fs::write(&f, "x").expect("write");
-    let url = format!("{base}/ping/secret-token");
+    let url = hb.url("/ping/secret-token");
     let out = snapshot_pinging(&env, &f, &url);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");
@@ -114,16 +70,10 @@ fn failed_heartbeat_after_commit_exits_5_not_1() {
         "the token is not printed: {err}"
     );
     assert_eq!(committed(&env), 1, "the snapshot is committed");
-    assert_eq!(
-        seen.lock().expect("lock").len(),
-        3,
-        "a 5xx is retried, 3 calls in all"
-    );
+    assert_eq!(hb.hits(), 3, "a 5xx is retried, 3 calls in all");
 
     // A refused connection too: exit 5, not 1.
-    let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/ping", dead.local_addr().expect("addr"));
-    drop(dead);
+    let url = dead_url("/ping");
     let out = snapshot_pinging(&env, &f, &url);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert_eq!(committed(&env), 2);
@@ -132,12 +82,12 @@ fn failed_heartbeat_after_commit_exits_5_not_1() {
 #[test]
 fn hanging_heartbeat_server_is_abandoned_within_seconds() {
     let env = Env::new();
-    let (base, seen) = server(Mode::Hang);
+    let hb = Endpoint::start(Mode::Hang);
     let f = env.path("f");
     std::fs::write(&f, "x").expect("write");
     for url in [
-        format!("{base}/ping"),
-        base.replace("http://", "https://") + "/ping",
+        hb.url("/ping"),
+        hb.base().replace("http://", "https://") + "/ping",
     ] {
         let t = Instant::now();
         let out = snapshot_pinging(&env, &f, &url);
@@ -154,19 +104,16 @@ fn hanging_heartbeat_server_is_abandoned_within_seconds() {
         );
     }
     assert_eq!(committed(&env), 2);
-    assert!(
-        !seen.lock().expect("lock").is_empty(),
-        "the server was reached"
-    );
+    assert!(hb.hits() > 0, "the server was reached");
 }
 
 #[test]
 fn https_heartbeat_to_a_plain_http_server_fails_cleanly() {
     let env = Env::new();
-    let (base, _seen) = server(Mode::Answer(200));
+    let hb = Endpoint::start(Mode::Answer(200));
     let f = env.path("f");
     std::fs::write(&f, "x").expect("write");
-    let url = base.replace("http://", "https://") + "/ping";
+    let url = hb.base().replace("http://", "https://") + "/ping";
     let out = snapshot_pinging(&env, &f, &url);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::rel_util::{make_db, objects, rows};
-use crate::util::{bin, stderr, stdout, Env};
+use snapback_testkit::{bin, stderr, stdout, Env};
 
 /// One bad input.
 struct Row {
@@ -682,7 +682,7 @@ fn full_disk_locked_and_read_only_databases() {
     let out = full.run(&["init"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let big = full.path("big.bin");
-    let data = crate::util::random_bytes(4 << 20, 0x9E37_79B9_7F4A_7C15);
+    let data = snapback_testkit::random_bytes(4 << 20, 0x9E37_79B9_7F4A_7C15);
     std::fs::write(&big, &data).expect("write");
     let fdb = full.path("f.db");
     make_db(&fdb, 10);

@@ -4,20 +4,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::util::{flip_byte_in_largest_pack, integrity, stderr, stdout, Env};
-
-fn make_db(path: &std::path::Path, rows: i64) {
-    let c = rusqlite::Connection::open(path).expect("open");
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);")
-        .expect("schema");
-    let tx = c.unchecked_transaction().expect("tx");
-    for i in 0..rows {
-        let v: Vec<u8> = (0..200).map(|j| ((i * 31 + j) % 253) as u8).collect();
-        tx.execute("INSERT INTO t(id, v) VALUES (?1, ?2)", (i, v))
-            .expect("insert");
-    }
-    tx.commit().expect("commit");
-}
+use snapback_testkit::db::make_db;
+use snapback_testkit::{flip_byte_in_largest_pack, integrity, stderr, stdout, Env};
 
 #[test]
 fn flipped_byte_in_pack_is_named_by_check_and_refused_by_restore() {
@@ -98,7 +86,7 @@ fn snapshot_killed_midway_leaves_a_consistent_repository() {
     let first = env.snapshot(&db);
     // A large file keeps a snapshot busy long enough to be killed part-way.
     let big = env.path("big.bin");
-    let data = crate::util::random_bytes(192 << 20, 88172645463325252);
+    let data = snapback_testkit::random_bytes(192 << 20, 88172645463325252);
     std::fs::write(&big, &data).expect("write");
     drop(data);
     let mut killed_midway = 0;

@@ -1,7 +1,7 @@
 //! Messages an operator reads: plain words, the right exit code, each cause
 //! once, and no secret repeated.
 
-use crate::util::{stderr, stdout, Env};
+use snapback_testkit::{stderr, stdout, Env};
 
 #[test]
 fn invalid_durations_exit_2_and_name_the_units() {
@@ -27,7 +27,7 @@ fn invalid_durations_exit_2_and_name_the_units() {
 #[test]
 fn lock_message_keeps_its_timestamp_and_unlock_prints_plain_text() {
     let env = Env::new();
-    let host = crate::util::hostname();
+    let host = snapback_testkit::hostname();
     let locks = env.repo().join("locks");
     std::fs::create_dir_all(&locks).expect("mkdir");
     let live = format!(
@@ -67,7 +67,7 @@ fn missing_source_names_its_os_error_once() {
 
 #[test]
 fn s3_url_with_credentials_is_refused_without_repeating_the_secret() {
-    let out = std::process::Command::new(crate::util::bin())
+    let out = std::process::Command::new(snapback_testkit::bin())
         .args([
             "--repo",
             "s3://AKIAEXAMPLE:wJalr/XUtnFEMI@bucket1/p",
@@ -89,7 +89,7 @@ fn whitespace_only_passphrase_is_refused_at_init_and_key_add() {
     let env = Env::bare();
     let pw = env.path("pw");
     std::fs::write(&pw, "   \n").expect("write");
-    let mut init = crate::util::init_encrypted();
+    let mut init = snapback_testkit::init_encrypted();
     init.extend(["--password-file", pw.to_str().expect("utf8")]);
     let err = env.fails(&init);
     assert!(err.contains("only whitespace"), "{err}");
@@ -98,7 +98,7 @@ fn whitespace_only_passphrase_is_refused_at_init_and_key_add() {
     env.vars
         .push(("SNAPBACK_NEW_PASSWORD".into(), "  \t ".into()));
     let mut add = vec!["key", "add"];
-    add.extend(crate::util::CHEAP_KDF);
+    add.extend(snapback_testkit::CHEAP_KDF);
     let err = env.fails(&add);
     assert!(err.contains("only whitespace"), "{err}");
 }

@@ -1,13 +1,11 @@
 //! Operations: retention, prune (also concurrently with snapshots), locks,
 //! status and monitoring, the heartbeat, and the config file.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::util::{stderr, stdout, Env};
+use snapback_testkit::{stderr, stdout, Env};
 
 fn write_rows(db: &std::path::Path, from: i64, n: i64) {
     let c = rusqlite::Connection::open(db).expect("open");
@@ -95,7 +93,7 @@ fn forget_dry_run_refusal_and_prune() {
             s["id"].as_str().expect("id"),
             dest.to_str().expect("utf8"),
         ]);
-        assert_eq!(crate::util::integrity(&dest), "ok");
+        assert_eq!(snapback_testkit::integrity(&dest), "ok");
     }
     // Prune again: nothing left to do.
     let v: serde_json::Value =
@@ -148,14 +146,14 @@ fn snapshot_and_prune_loop_concurrently_without_losing_data() {
             s["id"].as_str().expect("id"),
             dest.to_str().expect("utf8"),
         ]);
-        assert_eq!(crate::util::integrity(&dest), "ok");
+        assert_eq!(snapback_testkit::integrity(&dest), "ok");
     }
 }
 
 #[test]
 fn stale_locks_are_detected_and_unlock_removes_only_them() {
     let env = Env::new();
-    let host = crate::util::hostname();
+    let host = snapback_testkit::hostname();
     let locks = env.repo().join("locks");
     std::fs::create_dir_all(&locks).expect("mkdir");
     // An exclusive lock of a process on this host that no longer exists.
@@ -231,7 +229,7 @@ fn status_reports_age_check_results_and_prometheus() {
         .contains("# TYPE snapback_snapshots gauge"));
 
     // A failed check makes status fail.
-    crate::util::flip_byte_in_largest_pack(&env.repo());
+    snapback_testkit::flip_byte_in_largest_pack(&env.repo());
     assert_eq!(env.run(&["check", "--read-data"]).status.code(), Some(3));
     let out = env.run(&["--json", "status"]);
     assert_eq!(out.status.code(), Some(3));
@@ -239,30 +237,11 @@ fn status_reports_age_check_results_and_prometheus() {
     assert_eq!(v["last_check"]["ok"], false);
 }
 
-/// A one-request-at-a-time HTTP server on 127.0.0.1 that counts requests.
-fn heartbeat_server() -> (String, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/ping", l.local_addr().expect("addr"));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().take(20) {
-            let Ok(mut s) = s else { continue };
-            let mut buf = [0u8; 1024];
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.read(&mut buf);
-            h.fetch_add(1, Ordering::SeqCst);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK");
-        }
-    });
-    (url, hits)
-}
-
 #[test]
 fn heartbeat_is_called_only_after_a_committed_snapshot() {
     let env = Env::new();
-    let (url, hits) = heartbeat_server();
+    let hb = snapback_testkit::heartbeat::Endpoint::ok();
+    let url = hb.url("/ping");
     let f = env.path("f");
     std::fs::write(&f, "x").expect("write");
     env.ok(&[
@@ -271,14 +250,10 @@ fn heartbeat_is_called_only_after_a_committed_snapshot() {
         "--heartbeat-url",
         &url,
     ]);
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(hb.hits(), 1);
     env.fails(&["snapshot", "/no/such/file", "--heartbeat-url", &url]);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "a failed snapshot never calls the heartbeat"
-    );
+    assert_eq!(hb.hits(), 1, "a failed snapshot never calls the heartbeat");
 }
 
 #[test]
@@ -300,7 +275,7 @@ fn config_file_names_repository_sources_and_retention() {
     )
     .expect("write");
     let run = |args: &[&str]| {
-        std::process::Command::new(crate::util::bin())
+        std::process::Command::new(snapback_testkit::bin())
             .args(["--config", cfg.to_str().expect("utf8")])
             .args(args)
             .env_remove("SNAPBACK_REPO")

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::rel_util::{check_clean, committed, objects, restore_exactly};
-use crate::util::{bin, random_bytes, stderr, Env};
+use snapback_testkit::{bin, random_bytes, stderr, Env};
 
 /// Files of random bytes, `n` × `mb` MiB, in a fresh directory `name`.
 pub fn random_files(env: &Env, name: &str, n: usize, mb: usize, seed: u64) -> PathBuf {
@@ -36,7 +36,7 @@ pub fn faked(env: &Env, offset: &str, args: &[&str]) -> Command {
         .arg("--repo")
         .arg(env.repo());
     c.args(args).env_remove("SNAPBACK_REPO");
-    for k in crate::util::PASSWORD_VARS {
+    for k in snapback_testkit::PASSWORD_VARS {
         c.env_remove(k);
     }
     c.envs(env.vars.iter().map(|(k, v)| (k, v)));

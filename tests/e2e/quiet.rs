@@ -4,7 +4,7 @@
 
 use std::process::{Output, Stdio};
 
-use crate::util::{stderr, stdout, Env};
+use snapback_testkit::{stderr, stdout, Env};
 
 /// Runs like cron: stdin, stdout and stderr are not terminals.
 fn cron(env: &Env, cfg: &std::path::Path, args: &[&str]) -> Output {
@@ -74,7 +74,7 @@ fn cron_jobs_with_q_print_nothing_on_success_and_speak_on_failure() {
     );
 
     // Failures speak.
-    crate::util::flip_byte_in_largest_pack(&env.repo());
+    snapback_testkit::flip_byte_in_largest_pack(&env.repo());
     let out = cron(&env, &cfg, &["check", "--read-data"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(
@@ -85,7 +85,7 @@ fn cron_jobs_with_q_print_nothing_on_success_and_speak_on_failure() {
     let out = cron(&env, &cfg, &["snapshot"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("error"), "{}", stderr(&out));
-    let out = std::process::Command::new(crate::util::bin())
+    let out = std::process::Command::new(snapback_testkit::bin())
         .args(["-q", "--repo"])
         .arg(env.path("no-repo"))
         .args(["forget", "--keep-last", "1", "--prune"])

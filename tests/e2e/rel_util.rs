@@ -4,48 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::util::{stderr, stdout, Env};
-
-/// A WAL-mode database with `t(id INTEGER PRIMARY KEY, v TEXT)` and `rows`
-/// rows of about 300 bytes.
-pub fn make_db(path: &Path, rows: i64) {
-    let c = rusqlite::Connection::open(path).expect("open");
-    c.busy_timeout(Duration::from_secs(10)).expect("busy");
-    c.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
-    )
-    .expect("schema");
-    let tx = c.unchecked_transaction().expect("tx");
-    for i in 0..rows {
-        tx.execute(
-            "INSERT OR REPLACE INTO t(id, v) VALUES (?1, ?2)",
-            (i, row_value(i, 0)),
-        )
-        .expect("insert");
-    }
-    tx.commit().expect("commit");
-}
-
-pub fn row_value(i: i64, gen: u64) -> String {
-    format!(
-        "row {i} gen {gen} {}",
-        "abcdefghij".repeat(28 + (i % 7) as usize)
-    )
-}
-
-/// Every row of `t`, in key order.
-pub fn rows(path: &Path) -> Vec<(i64, String)> {
-    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open");
-    c.busy_timeout(Duration::from_secs(10)).expect("busy");
-    let mut st = c
-        .prepare("SELECT id, v FROM t ORDER BY id")
-        .expect("prepare");
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .collect::<rusqlite::Result<_>>()
-        .expect("rows")
-}
+pub use snapback_testkit::db::{make_db, rows};
+use snapback_testkit::{stderr, stdout, Env};
 
 /// The SHA-256 of a file, as hex.
 pub fn sha256_file(path: &Path) -> String {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::util::{stderr, stdout, Env};
+use snapback_testkit::{stderr, stdout, Env};
 
 /// Writes a config file naming the repository and `sources` (TOML bodies of
 /// `[[source]]` tables); returns its path.
@@ -17,7 +17,7 @@ fn config(env: &Env, body: &str) -> PathBuf {
 
 /// Runs snapback with `--config cfg`.
 fn run_cfg(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(crate::util::bin())
+    Command::new(snapback_testkit::bin())
         .args(["--config", cfg.to_str().expect("utf8")])
         .args(args)
         .env_remove("SNAPBACK_REPO")
@@ -221,7 +221,7 @@ fn a_snapshot_dated_in_the_future_never_wins_or_masks_staleness() {
     // Taken with a clock an hour ahead (before an NTP correction).
     let out = Command::new("faketime")
         .args(["-f", "+1h"])
-        .arg(crate::util::bin())
+        .arg(snapback_testkit::bin())
         .args(["--repo", env.repo().to_str().expect("utf8"), "snapshot"])
         .arg(&f)
         .env_remove("SNAPBACK_REPO")
@@ -295,7 +295,7 @@ fn a_structural_check_does_not_clear_a_failed_read_data_check() {
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&f, data).expect("write");
     env.snapshot(&f);
-    crate::util::flip_byte_in_largest_pack(&env.repo());
+    snapback_testkit::flip_byte_in_largest_pack(&env.repo());
     assert_eq!(env.run(&["check", "--read-data"]).status.code(), Some(3));
     let out = env.run(&["check"]);
     assert_eq!(
@@ -387,7 +387,7 @@ fn non_canonical_config_paths_match_their_snapshots() {
         "restore --path through the link: {}",
         stderr(&out)
     );
-    assert_eq!(crate::util::integrity(&dest), "ok");
+    assert_eq!(snapback_testkit::integrity(&dest), "ok");
     let out = run_cfg(&cfg, &["forget"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(

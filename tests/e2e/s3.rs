@@ -4,75 +4,14 @@
 //! success: here a proxy lies, drops, resets and truncates, and every
 //! snapshot either commits with all of its data present or fails loudly.
 
-use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use snapback_s3::testing::fault_proxy::{Fault, FaultProxy, Match};
 
-use crate::util::{bin, init_encrypted, integrity, stderr, stdout};
-
-struct S3Server {
-    vars: Vec<(String, String)>,
-    endpoint: String,
-    bucket: String,
-}
-
-/// The server from the environment (scripts/test.sh starts one), or one
-/// started here for this test process.
-fn server() -> &'static S3Server {
-    static S: OnceLock<S3Server> = OnceLock::new();
-    S.get_or_init(|| {
-        let mut vars: Vec<(String, String)> = vec![];
-        if std::env::var("SNAPBACK_TEST_S3_BUCKET").is_err() {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .args(["start", "--watch-pid", &std::process::id().to_string()])
-                .output()
-                .expect("run scripts/s3-server.sh");
-            assert!(
-                out.status.success(),
-                "cannot start the local S3 server: {}",
-                stderr(&out)
-            );
-            for line in stdout(&out).lines() {
-                if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-                    vars.push((
-                        k.to_string(),
-                        v.trim_matches(|c| c == '\'' || c == '"').to_string(),
-                    ));
-                }
-            }
-        } else {
-            for k in [
-                "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY",
-                "AWS_REGION",
-                "AWS_ENDPOINT_URL",
-                "SNAPBACK_TEST_S3_BUCKET",
-            ] {
-                vars.push((
-                    k.to_string(),
-                    std::env::var(k)
-                        .unwrap_or_else(|_| panic!("{k} must be set with SNAPBACK_TEST_S3_BUCKET")),
-                ));
-            }
-        }
-        let get = |k: &str| {
-            vars.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| panic!("{k} missing"))
-        };
-        S3Server {
-            endpoint: get("AWS_ENDPOINT_URL"),
-            bucket: get("SNAPBACK_TEST_S3_BUCKET"),
-            vars,
-        }
-    })
-}
+use snapback_testkit::db::{count, make_db};
+use snapback_testkit::s3::server;
+use snapback_testkit::{bin, init_encrypted, integrity, stderr, stdout};
 
 /// A repository under a fresh prefix of the test bucket.
 pub struct S3Repo {
@@ -131,7 +70,7 @@ impl S3Repo {
             .map(|p| p.endpoint())
             .unwrap_or_else(|| s.endpoint.clone());
         let mut c = Command::new(bin());
-        for (k, v) in s.vars.iter().chain(&self.vars) {
+        for (k, v) in s.vars().iter().chain(&self.vars) {
             c.env(k, v);
         }
         c.env("AWS_ENDPOINT_URL", &endpoint)
@@ -153,29 +92,6 @@ impl S3Repo {
         assert!(out.status.success(), "snapback {args:?}: {}", stderr(&out));
         stdout(&out)
     }
-}
-
-fn make_db(path: &Path, rows: i64) {
-    let c = rusqlite::Connection::open(path).expect("open");
-    c.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT);",
-    )
-    .expect("schema");
-    let tx = c.unchecked_transaction().expect("tx");
-    for i in 0..rows {
-        tx.execute(
-            "INSERT OR REPLACE INTO t(id, v) VALUES (?1, ?2)",
-            (i, format!("row {i} {}", "x".repeat((i % 200) as usize))),
-        )
-        .expect("insert");
-    }
-    tx.commit().expect("commit");
-}
-
-fn rows(path: &Path) -> i64 {
-    let c = rusqlite::Connection::open(path).expect("open");
-    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .expect("count")
 }
 
 #[test]
@@ -215,7 +131,7 @@ fn s3_snapshot_restore_check_and_request_costs() {
     let dest = r.path("restored.db");
     r.ok(&["restore", "latest", dest.to_str().expect("utf8")]);
     assert_eq!(integrity(&dest), "ok");
-    assert_eq!(rows(&dest), 4000);
+    assert_eq!(count(&dest, "t"), 4000);
     let c = rusqlite::Connection::open(&dest).expect("open");
     let v: String = c
         .query_row("SELECT v FROM t WHERE id = 17", [], |r| r.get(0))
@@ -304,7 +220,7 @@ fn transient_faults_still_commit_all_data() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let dest = r.path("restored.db");
     r.ok(&["restore", "latest", dest.to_str().expect("utf8")]);
-    assert_eq!(rows(&dest), 3000);
+    assert_eq!(count(&dest, "t"), 3000);
 }
 
 #[test]
@@ -352,7 +268,7 @@ fn reset_uploads_and_damaged_reads_never_commit_or_restore_wrong_bytes() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(integrity(&dest), "ok");
-    assert_eq!(rows(&dest), 3000);
+    assert_eq!(count(&dest, "t"), 3000);
 }
 
 /// Runs snapback against the test server with `url`, the server's variables
@@ -366,7 +282,7 @@ fn run_s3(
 ) -> Output {
     let s = server();
     let mut c = Command::new(bin());
-    for (k, v) in &s.vars {
+    for (k, v) in &s.vars() {
         if !remove.contains(&k.as_str()) {
             c.env(k, v);
         }

@@ -3,17 +3,12 @@
 //! debug level with JSON logs never prints the secret access key or the
 //! heartbeat URL's token.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use crate::rel_util::{damage_rows, make_db, objects};
-use crate::util::{bin, stderr, stdout, Env};
+use snapback_testkit::{bin, stderr, stdout, Env};
 
 fn modes(root: &Path) -> Vec<(String, u32, bool)> {
     fn walk(p: &Path, out: &mut Vec<(String, u32, bool)>) {
@@ -74,92 +69,19 @@ fn local_repository_is_private_after_snapshot_and_prune() {
     assert!(!objects(&env.repo(), "data").is_empty());
 }
 
-/// A heartbeat endpoint on 127.0.0.1 that counts calls.
-fn heartbeat_server(token: &str) -> (String, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!(
-        "http://127.0.0.1:{}/ping/{token}",
-        l.local_addr().expect("addr").port()
-    );
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().take(10) {
-            let Ok(mut s) = s else { continue };
-            let mut buf = [0u8; 2048];
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.read(&mut buf);
-            h.fetch_add(1, Ordering::SeqCst);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK");
-        }
-    });
-    (url, hits)
-}
-
-/// The S3 settings: from the environment (scripts/test.sh starts a server)
-/// or a server started for this test.
-fn s3_vars() -> Vec<(String, String)> {
-    let keys = [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_REGION",
-        "AWS_ENDPOINT_URL",
-        "SNAPBACK_TEST_S3_BUCKET",
-    ];
-    if std::env::var("SNAPBACK_TEST_S3_BUCKET").is_ok() {
-        let mut v: Vec<(String, String)> = keys
-            .iter()
-            .map(|k| {
-                (
-                    k.to_string(),
-                    std::env::var(k).unwrap_or_else(|_| panic!("{k} with the bucket")),
-                )
-            })
-            .collect();
-        v.push(("AWS_EC2_METADATA_DISABLED".into(), "true".into()));
-        return v;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(["start", "--watch-pid", &std::process::id().to_string()])
-        .output()
-        .expect("run scripts/s3-server.sh");
-    assert!(
-        out.status.success(),
-        "cannot start the local S3 server: {}",
-        stderr(&out)
-    );
-    stdout(&out)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ").and_then(|l| l.split_once('=')))
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                v.trim_matches(|c| c == '\'' || c == '"').to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn s3_session_at_debug_level_never_prints_secrets() {
-    let vars = s3_vars();
-    let get = |k: &str| {
-        vars.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("{k} missing"))
-    };
-    let secret = get("AWS_SECRET_ACCESS_KEY");
+    let server = snapback_testkit::s3::server();
+    let vars = server.vars();
+    let secret = server.secret_key.clone();
     assert!(secret.len() >= 8, "a real secret to look for");
     let token = "hb-token-5f2c9e7a1d3b";
-    let (hb, hits) = heartbeat_server(token);
+    let endpoint = snapback_testkit::heartbeat::Endpoint::ok();
+    let hb = endpoint.url(&format!("/ping/{token}"));
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!(
         "s3://{}/secrets-{}",
-        get("SNAPBACK_TEST_S3_BUCKET"),
+        server.bucket,
         dir.path()
             .file_name()
             .expect("name")
@@ -184,7 +106,7 @@ fn s3_session_at_debug_level_never_prints_secrets() {
                 "--repo",
                 &url,
                 "--s3-endpoint",
-                &get("AWS_ENDPOINT_URL"),
+                &server.endpoint,
                 "--s3-path-style",
             ])
             .args(args)
@@ -215,7 +137,7 @@ fn s3_session_at_debug_level_never_prints_secrets() {
     all.push_str(&stdout(&out));
     all.push_str(&stderr(&out));
 
-    assert_eq!(hits.load(Ordering::SeqCst), 2, "the heartbeat was called");
+    assert_eq!(endpoint.hits(), 2, "the heartbeat was called");
     assert!(
         all.lines().filter(|l| l.starts_with('{')).count() > 20,
         "JSON debug logs were produced: {} bytes",

@@ -1,7 +1,7 @@
 //! Snapshot selectors: ids, prefixes, latest, and @TIME around exact
 //! snapshot times.
 
-use crate::util::Env;
+use snapback_testkit::Env;
 
 #[test]
 fn at_time_selects_the_newest_snapshot_at_or_before() {
@@ -27,9 +27,9 @@ fn at_time_selects_the_newest_snapshot_at_or_before() {
         assert!(
             out.status.success(),
             "restore {sel}: {}",
-            crate::util::stderr(&out)
+            snapback_testkit::stderr(&out)
         );
-        let said = crate::util::stderr(&out);
+        let said = snapback_testkit::stderr(&out);
         assert!(
             said.contains("using snapshot"),
             "the chosen snapshot is named: {said}"

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::{bin, stderr, Env};
+use snapback_testkit::{bin, stderr, Env};
 
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {

@@ -3,75 +3,47 @@
 //! databases in it.
 //!
 //! Needs: fuse3 (fusermount3) and /dev/fuse, the sqlite3 shell, and the
-//! binary built first (`cargo build -p snapback-cli`); it is looked up in
-//! `$CARGO_TARGET_DIR/debug` or `<workspace>/target/debug`. Every mount is
-//! undone by a guard (`fusermount3 -u -z`), and every wait is bounded.
+//! binary built first (`cargo build --workspace --bins`); the test kit
+//! (crates/snapback-testkit) finds it. Every mount is undone by a guard
+//! (`fusermount3 -u -z`), and every wait is bounded.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
+use snapback_testkit::mount::{require_fuse, Mount};
 
 const EIO: i32 = 5;
 const EROFS: i32 = 30;
 
-fn snapback_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let bin = target.join("debug/snapback");
-    assert!(
-        bin.exists(),
-        "the snapback binary is missing at {}: build it first with `cargo build -p snapback-cli`",
-        bin.display()
-    );
-    bin
-}
-
-fn require_fuse() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: these tests mount for real"
-    );
-    let ok = Command::new("fusermount3")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(ok, "fusermount3 is missing: apt-get install -y fuse3");
-}
-
+/// A scratch directory with a repository, whose commands run quiet.
 struct Env {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
+    kit: snapback_testkit::Env,
 }
 
 impl Env {
     fn new() -> Env {
         require_fuse();
-        let bin = snapback_bin();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let env = Env { dir, bin };
-        env.ok(&["init"]);
-        env
+        Env {
+            kit: snapback_testkit::Env::new(),
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
+        self.kit.path(p)
     }
 
     fn repo(&self) -> PathBuf {
-        self.path("repo")
+        self.kit.repo()
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("--repo").arg(self.repo()).arg("-q");
-        c
+        self.kit.cmd(&["-q"])
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -120,73 +92,6 @@ impl Env {
 }
 
 static MOUNTS: AtomicU64 = AtomicU64::new(0);
-
-/// A running `snapback mount`; dropping it unmounts (lazily) and reaps it.
-struct Mount {
-    child: Child,
-    mp: PathBuf,
-}
-
-impl Mount {
-    fn start(mut c: Command, mp: PathBuf) -> Mount {
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn snapback mount");
-        let mut m = Mount { child, mp };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !snapback_mount::is_mount_point(&m.mp) {
-            if let Ok(Some(status)) = m.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = m.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                panic!("snapback mount exited ({status}) before mounting: {err}");
-            }
-            assert!(Instant::now() < deadline, "not mounted within 20 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        m
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mp.join(rel.trim_start_matches('/'))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the mount process to exit; None if it did not in time.
-    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z", "-q", "--"])
-            .arg(&self.mp)
-            .stderr(Stdio::null())
-            .status();
-        if self.wait_exit(Duration::from_secs(10)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// A database with a keyed table, an index and some text, in the given
 /// journal mode.
@@ -667,66 +572,10 @@ fn an_open_file_survives_a_prune_that_repacks_its_chunks() {
     assert_eq!(&got[20..], &want[20..]);
 }
 
-/// The local S3 server of the test suite: the one scripts/test.sh started
-/// (SNAPBACK_TEST_S3_BUCKET and the AWS_* variables set), or one started here
-/// with scripts/s3-server.sh for the life of this test process.
-fn s3_server() -> Vec<(String, String)> {
-    static S: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-    S.get_or_init(|| {
-        let keys = [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_REGION",
-            "AWS_ENDPOINT_URL",
-            "SNAPBACK_TEST_S3_BUCKET",
-        ];
-        if std::env::var("SNAPBACK_TEST_S3_BUCKET").is_ok() {
-            return keys
-                .iter()
-                .map(|k| {
-                    let v = std::env::var(k).unwrap_or_else(|_| {
-                        panic!("{k} must be set along with SNAPBACK_TEST_S3_BUCKET")
-                    });
-                    (k.to_string(), v)
-                })
-                .collect();
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .args(["start", "--watch-pid", &std::process::id().to_string()])
-            .output()
-            .expect("run scripts/s3-server.sh");
-        assert!(
-            out.status.success(),
-            "cannot start the local S3 server: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    v.trim_matches(|c| c == '\'' || c == '"').to_string(),
-                )
-            })
-            .collect()
-    })
-    .clone()
-}
-
 #[test]
 fn mount_over_s3_serves_the_same_queries_as_a_restore() {
     require_fuse();
-    let bin = snapback_bin();
-    let vars = s3_server();
-    let get = |k: &str| {
-        vars.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("{k} missing from the S3 server settings"))
-    };
+    let server = snapback_testkit::s3::server();
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = format!(
         "mount-{}",
@@ -736,15 +585,12 @@ fn mount_over_s3_serves_the_same_queries_as_a_restore() {
             .to_string_lossy()
             .replace('.', "")
     );
-    let url = format!("s3://{}/{prefix}", get("SNAPBACK_TEST_S3_BUCKET"));
+    let url = format!("s3://{}/{prefix}", server.bucket);
     let cmd = || {
-        let mut c = Command::new(&bin);
-        for (k, v) in &vars {
-            c.env(k, v);
-        }
-        c.env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("SNAPBACK_REPO")
-            .args(["--repo", &url, "--s3-path-style", "-q"]);
+        let mut c = snapback_testkit::command(Path::new(&url));
+        c.envs(server.vars())
+            .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
+            .args(["--s3-path-style", "-q"]);
         c
     };
     let ok = |args: &[&str]| {
@@ -818,7 +664,7 @@ fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
     env.snapshot(&db);
     let mp = env.path("mnt-daemon");
     std::fs::create_dir_all(&mp).expect("mkdir");
-    let _guard = LazyUnmount(mp.clone());
+    let _guard = Mount::guard(mp.clone());
     let daemon = |snap: &str| {
         env.cmd()
             .args(["mount", "--daemon", snap])
@@ -892,19 +738,6 @@ fn damage_every_pack(repo: &Path) {
     assert!(packs > 0);
 }
 
-/// Unmounts whatever is left at a path, whatever happens.
-struct LazyUnmount(PathBuf);
-
-impl Drop for LazyUnmount {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z", "-q", "--"])
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 #[test]
 fn daemon_mount_survives_its_log_lines_after_the_launcher_exits() {
     let env = Env::new();
@@ -916,13 +749,10 @@ fn daemon_mount_survives_its_log_lines_after_the_launcher_exits() {
     for (round, with_log) in [(0, false), (1, true)] {
         let mp = env.path(&format!("mnt-daemon-log{round}"));
         std::fs::create_dir_all(&mp).expect("mkdir");
-        let _guard = LazyUnmount(mp.clone());
+        let _guard = Mount::guard(mp.clone());
         // Not -q: the warnings about the damaged chunks are logged.
-        let mut c = Command::new(&env.bin);
-        c.arg("--repo")
-            .arg(env.repo())
-            .args(["mount", "--daemon", "latest"])
-            .arg(&mp);
+        let mut c = env.kit.cmd(&["mount", "--daemon", "latest"]);
+        c.arg(&mp);
         if with_log {
             c.arg("--log-file").arg(&log);
         }
@@ -969,26 +799,15 @@ fn daemon_mount_survives_its_log_lines_after_the_launcher_exits() {
 fn encrypted_mount_refuses_a_cache_dir_of_another_user_and_keeps_entries_private() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     require_fuse();
-    let bin = snapback_bin();
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");
     let cmd = || {
-        let mut c = Command::new(&bin);
-        c.env("SNAPBACK_PASSWORD", "correct horse")
-            .arg("--repo")
-            .arg(&repo)
-            .arg("-q");
+        let mut c = snapback_testkit::command(&repo);
+        c.env("SNAPBACK_PASSWORD", "correct horse").arg("-q");
         c
     };
     let o = cmd()
-        .args([
-            "init",
-            "--encrypt",
-            "--kdf-memory",
-            "8",
-            "--kdf-iterations",
-            "1",
-        ])
+        .args(snapback_testkit::init_encrypted())
         .output()
         .expect("init");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -11,6 +11,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
 use crate::util::{snapback, Out};
+pub use snapback_testkit::Rng;
 
 pub const LIMIT: Duration = Duration::from_secs(120);
 
@@ -126,24 +127,5 @@ impl Lab {
             .last()
             .and_then(|e| e["entry"]["repair_id"].as_str().map(str::to_string))
             .expect("an audit entry")
-    }
-}
-
-/// A deterministic xorshift generator, for tests that need many values.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A double uniformly in [-1e6, 1e6): most need 16 or 17 digits.
-    pub fn double(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2e6 - 1e6
     }
 }

@@ -1,7 +1,8 @@
 //! All integration tests in one binary (see STYLE.md); helpers in util.rs
 //! and lab.rs.
-//! The end-to-end tests drive `<workspace>/target/debug/snapback`: build it
-//! first (`cargo build -p snapback-cli`; scripts/test.sh does).
+//! The end-to-end tests drive the `snapback` binary of this build, found by
+//! the test kit (crates/snapback-testkit): build it first
+//! (`cargo build --workspace --bins`; scripts/test.sh does).
 
 mod audit;
 mod bad_input;
