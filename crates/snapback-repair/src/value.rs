@@ -124,12 +124,24 @@ fn needs_char_escape(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
 }
 
-/// `'..'` pieces for printable runs and `char(..)` pieces for the rest,
-/// joined with `||`; `''` for the empty string.
+/// The most arguments one `char(..)` piece takes: SQLite refuses a call
+/// with more than SQLITE_MAX_FUNCTION_ARG (127 before SQLite 3.48, so in
+/// the sqlite3 shell of many systems).
+const CHAR_ARGS: usize = 100;
+
+/// `'..'` pieces for printable runs and `char(..)` pieces (of at most
+/// CHAR_ARGS codes) for the rest, joined with `||` as a balanced tree
+/// (`join_balanced`); `''` for the empty string.
 fn text_literal(s: &str) -> String {
     let mut pieces: Vec<String> = Vec::new();
     let mut run = String::new();
     let mut codes: Vec<String> = Vec::new();
+    let char_piece = |codes: &mut Vec<String>, pieces: &mut Vec<String>| {
+        for chunk in codes.chunks(CHAR_ARGS) {
+            pieces.push(format!("char({})", chunk.join(",")));
+        }
+        codes.clear();
+    };
     for c in s.chars() {
         if needs_char_escape(c) {
             if !run.is_empty() {
@@ -138,24 +150,33 @@ fn text_literal(s: &str) -> String {
             }
             codes.push((c as u32).to_string());
         } else {
-            if !codes.is_empty() {
-                pieces.push(format!("char({})", codes.join(",")));
-                codes.clear();
-            }
+            char_piece(&mut codes, &mut pieces);
             run.push(c);
         }
     }
     if !run.is_empty() {
         pieces.push(format!("'{}'", run.replace('\'', "''")));
     }
-    if !codes.is_empty() {
-        pieces.push(format!("char({})", codes.join(",")));
-    }
+    char_piece(&mut codes, &mut pieces);
     if pieces.is_empty() {
         "''".into()
     } else {
-        pieces.join("||")
+        join_balanced(&pieces)
     }
+}
+
+/// `pieces` joined with `||`, parenthesized as a balanced tree: a plain
+/// chain `a||b||c||..` is an expression as deep as it is long, and SQLite
+/// refuses one deeper than SQLITE_MAX_EXPR_DEPTH (1000), which text that
+/// alternates printable and control characters reaches at 500 lines.
+/// Balanced, the depth grows with the logarithm of the number of pieces.
+fn join_balanced(pieces: &[String]) -> String {
+    const CHAIN: usize = 8;
+    if pieces.len() <= CHAIN {
+        return pieces.join("||");
+    }
+    let (a, b) = pieces.split_at(pieces.len() / 2);
+    format!("({})||({})", join_balanced(a), join_balanced(b))
 }
 
 fn real_literal(r: f64) -> String {
@@ -496,5 +517,39 @@ mod tests {
             "'one'||char(13,10)||'two''s'||char(27)"
         );
         assert_eq!(Value::Text(b"\0".to_vec()).sql_literal(), "char(0)");
+    }
+
+    /// What `diff --sql` prints for a value must run in SQLite whatever the
+    /// text: thousands of control characters in a row (char() takes at
+    /// most 127 arguments in older shells) and thousands of lines (a chain
+    /// of `||` deeper than 1000 is refused).
+    #[test]
+    fn sql_literal_of_long_control_runs_and_many_lines_reads_back_in_sqlite() {
+        let c = rusqlite::Connection::open_in_memory().expect("db");
+        for text in [
+            vec![0u8; 3371],
+            b"\x1b\r\n".repeat(1000),
+            b"line\r\n".repeat(5000),
+            b"'\x07".repeat(3000),
+        ] {
+            let lit = Value::Text(text.clone()).sql_literal();
+            // The bundled library takes 1000 arguments; shells before
+            // SQLite 3.48 take 127.
+            let most = lit
+                .split("char(")
+                .skip(1)
+                .map(|p| p.split(')').next().map_or(0, |a| a.split(',').count()))
+                .max();
+            assert!(most <= Some(CHAR_ARGS), "{most:?} arguments to char()");
+            let back: Vec<u8> = c
+                .query_row(&format!("SELECT CAST({lit} AS BLOB)"), [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{e}: {}", &lit[..lit.len().min(200)]));
+            assert!(
+                back == text,
+                "{} bytes read back as {}",
+                text.len(),
+                back.len()
+            );
+        }
     }
 }

@@ -200,6 +200,41 @@ fn diff_sql_survives_the_sqlite3_shell_byte_for_byte_with_control_characters() {
     );
 }
 
+/// Text with thousands of control characters in a row, or thousands of
+/// lines, once made `diff --sql` print a `char(..)` of thousands of
+/// arguments (the sqlite3 shell takes 127) or a `||` chain deeper than
+/// SQLite's limit of 1000; the shell refused the script. Found by the
+/// property test (every_path.rs).
+#[test]
+fn diff_sql_of_long_control_runs_and_many_lines_runs_in_the_sqlite3_shell() {
+    let d = Pair::new("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);", "", "");
+    let texts: [Vec<u8>; 3] = [
+        vec![0u8; 3371],
+        b"\x1b\x07".repeat(2000),
+        b"line\r\n".repeat(3000),
+    ];
+    {
+        let s = Connection::open(&d.snap).expect("snap");
+        let l = Connection::open(&d.live).expect("live");
+        for (k, t) in texts.iter().enumerate() {
+            s.execute(
+                "INSERT INTO t VALUES(?1, CAST(?2 AS TEXT))",
+                rusqlite::params![k as i64, t],
+            )
+            .expect("snap");
+            // One row changed in live (an UPDATE), the others missing (INSERTs).
+            if k == 0 {
+                l.execute("INSERT INTO t VALUES(0, 'damaged')", [])
+                    .expect("live");
+            }
+        }
+    }
+    let o = d.cli_diff(&["--sql"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    sqlite3_shell(&d.live, o.stdout.as_bytes());
+    assert_eq!(exact_rows(&d.live, "t"), exact_rows(&d.snap, "t"));
+}
+
 /// FTS5 and R*Tree rows are compared through the tables' own SELECT, by
 /// their ids; virtual tables dropped or created are schema differences; a
 /// contentless FTS table is reported as not compared, and the exit code

@@ -10,6 +10,7 @@ mod diff;
 mod diff_cli;
 mod diff_roundtrip;
 mod e2e;
+mod every_path;
 mod lab;
 mod repair;
 mod util;
