@@ -288,6 +288,109 @@ fn a_snapshot_dated_in_the_future_never_wins_or_masks_staleness() {
     assert_eq!(v["sources"][0]["stale"], true, "{v}");
 }
 
+/// Once this host's clock has passed a snapshot taken with a clock an hour
+/// ahead, it is no longer "in the future"; the store's clock (the manifest
+/// file's mtime, which libfaketime does not shift) still shows it was taken
+/// before the snapshot that followed it.
+#[test]
+fn a_snapshot_dated_ahead_of_its_successor_never_wins_latest_retention_or_status() {
+    let env = Env::new();
+    let f = env.path("f");
+    std::fs::write(&f, "old").expect("write");
+    let r1 = env.snapshot(&f);
+    std::fs::write(&f, "ahead").expect("write");
+    let out = crate::prune_race::faked(&env, "+1h", &["snapshot", f.to_str().expect("utf8")])
+        .output()
+        .expect("faketime (apt-get install faketime)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ahead = stdout(&out).trim().to_string();
+    std::fs::write(&f, "newest").expect("write");
+    let r2 = env.snapshot(&f);
+    // An hour and a half later (by this host's clock), nothing is in the
+    // future any more.
+    let later = |args: &[&str]| {
+        crate::prune_race::faked(&env, "+90m", args)
+            .output()
+            .expect("faketime")
+    };
+
+    let out = later(&["--json", "snapshots"]);
+    let js: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let flagged: Vec<&serde_json::Value> = js
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|s| !s["clock_ahead"].is_null())
+        .collect();
+    assert_eq!(flagged.len(), 1, "{js}");
+    assert_eq!(flagged[0]["id"], ahead.as_str(), "{js}");
+    assert_eq!(flagged[0]["future"], false, "{js}");
+    assert_eq!(flagged[0]["clock_ahead"]["kind"], "of_store", "{js}");
+    assert!(
+        stderr(&out).contains(&ahead[..8]) && stderr(&out).contains("after the store wrote it"),
+        "snapshots warns: {}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&later(&["snapshots"])).contains("(clock ahead)"),
+        "the table marks it"
+    );
+
+    // latest is the snapshot really taken last: its data, and it says so.
+    let dest = env.path("latest");
+    let out = later(&["restore", "latest", dest.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&dest).expect("restored"), "newest");
+    assert!(
+        stderr(&out).contains(&r2[..8]) && stderr(&out).contains(&ahead[..8]),
+        "names the one chosen and the one skipped: {}",
+        stderr(&out)
+    );
+
+    // status: judged by the really newest (90 minutes old), never by the
+    // one whose time says 30 minutes.
+    let out = later(&["--json", "status", "--max-age", "45m"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(3), "stale: {v}");
+    let row = &v["sources"][0];
+    assert_eq!(row["last_snapshot"], r2.as_str(), "{v}");
+    assert_eq!(row["stale"], true, "{v}");
+    assert!(row["age_seconds"].as_i64().expect("age") >= 89 * 60, "{v}");
+    assert_eq!(
+        row["clock_ahead_snapshots"][0]["id"],
+        ahead.as_str(),
+        "status reports it: {v}"
+    );
+    let out = later(&["status", "--max-age", "2h"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&ahead[..8]), "{}", stderr(&out));
+
+    // check reports it and stays a check of damage (exit 0).
+    let out = later(&["--json", "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["clock_ahead"][0]["snapshot"], ahead.as_str(), "{v}");
+
+    // Retention counts it where the store put it: keep-last 1 keeps the
+    // really newest alone; keep-within 30m is measured from it.
+    let out = later(&["--json", "forget", "--keep-last", "1", "--dry-run"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let keep: Vec<&str> = plan["groups"][0]["keep"]
+        .as_array()
+        .expect("keep")
+        .iter()
+        .map(|d| d["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(keep, vec![r2.as_str()], "{plan}");
+    let out = later(&["forget", "--keep-within", "30m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = ids(&env);
+    assert!(
+        left.contains(&r2) && left.contains(&r1) && left.contains(&ahead),
+        "all three were taken within seconds: {left:?}"
+    );
+}
+
 #[test]
 fn a_structural_check_does_not_clear_a_failed_read_data_check() {
     let env = Env::new();

@@ -238,13 +238,15 @@ pub struct SnapshotsArgs {
     pub tag: Option<String>,
 }
 
-pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+pub fn snapshot_json(s: &Snapshot, dating: &snapback_core::Dating) -> serde_json::Value {
     let m = &s.manifest;
     json!({
         "id": s.id.to_hex(),
         "short_id": s.id.short(),
         "time": m.time,
         "future": snapback_core::is_future(s.time, snapback_core::time::now()),
+        "clock_ahead": dating.ahead(&s.id),
+        "written": s.written.map(snapback_core::time::format_rfc3339),
         "host": m.host,
         "tags": m.tags,
         "paths": m.paths,
@@ -266,8 +268,10 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
             .to_string_lossy()
             .into_owned()
     });
-    let list: Vec<Snapshot> = repo
-        .snapshots()?
+    let all = repo.snapshots()?;
+    // Dated over every snapshot: a successor may be outside the filter.
+    let dating = snapback_core::Dating::of(&all);
+    let list: Vec<Snapshot> = all
         .into_iter()
         .filter(|s| {
             path.as_deref()
@@ -293,10 +297,22 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
                 s.manifest.host
             );
         }
+        for s in &list {
+            if let Some(a) = dating.ahead(&s.id) {
+                eprintln!(
+                    "warning: snapshot {} from host {} is {}; `latest`, retention and `status` place it at {}. Check the clock (NTP) of {}",
+                    s.id.short(),
+                    s.manifest.host,
+                    a.describe(),
+                    snapback_core::time::format_rfc3339(dating.trusted(s)),
+                    s.manifest.host
+                );
+            }
+        }
     }
     if g.json {
         print_json(&serde_json::Value::Array(
-            list.iter().map(snapshot_json).collect(),
+            list.iter().map(|s| snapshot_json(s, &dating)).collect(),
         ))?;
         return Ok(exit::OK);
     }
@@ -315,6 +331,8 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
                 snapback_core::time::format_rfc3339_nanos(s.time),
                 if snapback_core::is_future(s.time, now) {
                     " (future)"
+                } else if dating.ahead(&s.id).is_some() {
+                    " (clock ahead)"
                 } else {
                     ""
                 }
@@ -458,6 +476,17 @@ pub fn check(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
                 } else {
                     format!("{} PROBLEM(S)", r.problems.len())
                 }
+            );
+        }
+        for c in &r.clock_ahead {
+            // A warning, not damage: the exit code stays that of the check.
+            eprintln!(
+                "warning: snapshot {} from host {} ({}) is {}; `latest`, retention and `status` place it at {}",
+                &c.snapshot[..8.min(c.snapshot.len())],
+                c.host,
+                c.time,
+                c.why.describe(),
+                c.trusted_time
             );
         }
         if r.unindexed_packs > 0 && !g.quiet {

@@ -345,6 +345,15 @@ struct FutureSnapshot {
 }
 
 #[derive(Debug, serde::Serialize)]
+struct ClockAheadSnapshot {
+    id: String,
+    time: String,
+    /// Where `status`, `latest` and retention place it.
+    trusted_time: String,
+    why: snapback_core::Ahead,
+}
+
+#[derive(Debug, serde::Serialize)]
 struct SourceStatus {
     source: String,
     /// The host that took the snapshots; `None` for a configured source
@@ -365,6 +374,9 @@ struct SourceStatus {
     /// Snapshots dated ahead of this host's clock (the taking host's clock
     /// was ahead): suspicious, reported, and never counted as the newest.
     future_snapshots: Vec<FutureSnapshot>,
+    /// Snapshots dated ahead of the store's clock or of a snapshot written
+    /// after them: reported, and judged at their trusted time.
+    clock_ahead_snapshots: Vec<ClockAheadSnapshot>,
     /// ok, STALE, FUTURE, never, or unmonitored.
     state: String,
 }
@@ -403,6 +415,10 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
         Vec<&'a snapback_core::Snapshot>,
     );
     let mut by_source: BTreeMap<(String, Option<String>), Row> = BTreeMap::new();
+    // The newest of a row is the newest by trusted time (see `Dating`): a
+    // snapshot dated ahead of the store's clock or of its successor never
+    // passes for the newest, nor makes a stale source look fresh.
+    let dating = snapback_core::Dating::of(&snaps);
     for s in &snaps {
         for p in &s.manifest.paths {
             let row = by_source
@@ -410,8 +426,8 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                 .or_default();
             if snapback_core::is_future(s.time, now) {
                 row.1.push(s);
-            } else {
-                row.0 = Some(s); // oldest first, so the newest wins
+            } else if row.0.is_none_or(|n| dating.cmp(s, n).is_gt()) {
+                row.0 = Some(s);
             }
         }
     }
@@ -428,7 +444,7 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
     let mut rows = vec![];
     for ((source, host), (snap, future)) in &by_source {
         let monitored = configured.is_empty() || configured.contains(source);
-        let age_ms = snap.map(|s| (now - s.time).whole_milliseconds().max(0));
+        let age_ms = snap.map(|s| (now - dating.trusted(s)).whole_milliseconds().max(0));
         let age = age_ms.map(|a| (a / 1000) as i64);
         let stale = monitored
             && match (max_age, age_ms) {
@@ -476,6 +492,21 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                     ahead_seconds: (s.time - now).whole_seconds(),
                 })
                 .collect(),
+            clock_ahead_snapshots: snaps
+                .iter()
+                .filter(|s| {
+                    s.manifest.host.as_str() == host.as_deref().unwrap_or("")
+                        && s.manifest.paths.contains(source)
+                })
+                .filter_map(|s| {
+                    dating.ahead(&s.id).map(|a| ClockAheadSnapshot {
+                        id: s.id.to_hex(),
+                        time: s.manifest.time.clone(),
+                        trusted_time: snapback_core::time::format_rfc3339(dating.trusted(s)),
+                        why: a.clone(),
+                    })
+                })
+                .collect(),
             state: state.into(),
         });
     }
@@ -494,6 +525,17 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                     r.host.as_deref().unwrap_or("?"),
                     f.time,
                     human_age(Some(f.ahead_seconds)),
+                    r.host.as_deref().unwrap_or("?")
+                );
+            }
+            for c in &r.clock_ahead_snapshots {
+                eprintln!(
+                    "warning: snapshot {} of {} from host {} is {}; it is judged as taken at {}. Check the clock (NTP) of {}",
+                    &c.id[..8],
+                    r.source,
+                    r.host.as_deref().unwrap_or("?"),
+                    c.why.describe(),
+                    c.trusted_time,
                     r.host.as_deref().unwrap_or("?")
                 );
             }
@@ -671,6 +713,12 @@ fn prometheus_text(
         "Snapshots of the source from the host dated ahead of this host's clock (a clock that was ahead).",
         "gauge",
         per(&|r| Some(r.future_snapshots.len() as f64)),
+    );
+    metric(
+        "snapback_clock_ahead_snapshots",
+        "Snapshots of the source from the host dated ahead of the store's clock when it wrote them, or of a snapshot written after them.",
+        "gauge",
+        per(&|r| Some(r.clock_ahead_snapshots.len() as f64)),
     );
     let kinds = [
         ("structure", &checks.structure),

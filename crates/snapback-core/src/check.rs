@@ -56,6 +56,21 @@ pub struct CheckReport {
     /// an error, `prune` removes them.
     pub unindexed_packs: u64,
     pub problems: Vec<Problem>,
+    /// Snapshots whose time is ahead of this host's clock, of the store's
+    /// clock when it wrote them, or of a snapshot written after them (see
+    /// `Dating`): not damage, but a clock to fix.
+    pub clock_ahead: Vec<ClockAhead>,
+}
+
+/// A snapshot whose time is not trusted, for `check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClockAhead {
+    pub snapshot: String,
+    pub time: String,
+    pub host: String,
+    /// Where `latest`, retention and `status` place it.
+    pub trusted_time: String,
+    pub why: crate::dating::Ahead,
 }
 
 impl CheckReport {
@@ -406,6 +421,23 @@ impl Repository {
                 object,
                 problem,
                 affects: affects.into_iter().collect(),
+            })
+            .collect();
+        // Times ahead of a clock: the listing skips damaged manifests, which
+        // are reported above.
+        let snaps = self.snapshots()?;
+        let dating = crate::dating::Dating::of(&snaps);
+        let now = crate::time::now();
+        report.clock_ahead = snaps
+            .iter()
+            .filter_map(|s| {
+                dating.ahead_at(s, now).map(|why| ClockAhead {
+                    snapshot: s.id.to_hex(),
+                    time: s.manifest.time.clone(),
+                    host: s.manifest.host.clone(),
+                    trusted_time: crate::time::format_rfc3339(dating.trusted(s)),
+                    why,
+                })
             })
             .collect();
         Ok(report)

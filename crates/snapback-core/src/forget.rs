@@ -10,6 +10,9 @@
 //!   of the N newest hours/days/ISO weeks/months/years (UTC) that have one;
 //! - `within D` keeps every snapshot taken within D of the group's newest
 //!   snapshot that is not dated in the future;
+//! - every rule orders and measures by trusted time (`dating`): a snapshot
+//!   dated ahead of the store's clock, or of a snapshot written after it,
+//!   counts at the store's time, so it never takes the place of the newest;
 //! - `tags` keeps every snapshot carrying one of the tags;
 //! - a snapshot tagged `pre-repair` is always kept until it is released
 //!   (`snapback release SNAP`);
@@ -127,8 +130,8 @@ fn bucket(t: OffsetDateTime, rule: &str) -> String {
 }
 
 /// The reasons `policy` keeps each of `list` (newest first, none of them
-/// dated in the future).
-fn keep_reasons(list: &[&Snapshot], policy: &KeepPolicy) -> Vec<Vec<String>> {
+/// dated in the future), each with its trusted time (see `dating`).
+fn keep_reasons(list: &[(&Snapshot, OffsetDateTime)], policy: &KeepPolicy) -> Vec<Vec<String>> {
     let mut reasons: Vec<Vec<String>> = vec![vec![]; list.len()];
     if let Some(n) = policy.last {
         for r in reasons.iter_mut().take(n as usize) {
@@ -145,11 +148,11 @@ fn keep_reasons(list: &[&Snapshot], policy: &KeepPolicy) -> Vec<Vec<String>> {
         let Some(n) = n else { continue };
         let mut seen = 0u32;
         let mut last_bucket: Option<String> = None;
-        for (i, s) in list.iter().enumerate() {
+        for (i, (_, t)) in list.iter().enumerate() {
             if seen >= n {
                 break;
             }
-            let b = bucket(s.time, rule);
+            let b = bucket(*t, rule);
             if last_bucket.as_ref() != Some(&b) {
                 reasons[i].push(format!("{rule} {b}"));
                 last_bucket = Some(b);
@@ -159,13 +162,13 @@ fn keep_reasons(list: &[&Snapshot], policy: &KeepPolicy) -> Vec<Vec<String>> {
     }
     if let (Some(d), Some(newest)) = (policy.within, list.first()) {
         let d = time::Duration::try_from(d).unwrap_or(time::Duration::MAX);
-        for (i, s) in list.iter().enumerate() {
-            if newest.time - s.time <= d {
+        for (i, (_, t)) in list.iter().enumerate() {
+            if newest.1 - *t <= d {
                 reasons[i].push("within".into());
             }
         }
     }
-    for (i, s) in list.iter().enumerate() {
+    for (i, (s, _)) in list.iter().enumerate() {
         for t in &s.manifest.tags {
             if policy.tags.contains(t) {
                 reasons[i].push(format!("tag {t}"));
@@ -237,9 +240,12 @@ pub fn plan_scoped(
     for s in covered {
         groups.entry(group_key(s)).or_default().push(s);
     }
+    // Ordered and counted by trusted time: a snapshot dated ahead of the
+    // store's clock, or of its successor, never passes for a newer one.
+    let dating = crate::dating::Dating::of(snaps);
     let mut out = Vec::new();
     for ((host, paths), mut list) in groups {
-        list.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+        list.sort_by(|a, b| dating.cmp(b, a));
         let mut reasons: BTreeMap<Id, Vec<String>> =
             list.iter().map(|s| (s.id, Vec::new())).collect();
         let mut add = |id: Id, r: String| {
@@ -276,12 +282,12 @@ pub fn plan_scoped(
                 }
                 continue;
             };
-            let counted: Vec<&Snapshot> = mine
+            let counted: Vec<(&Snapshot, OffsetDateTime)> = mine
                 .iter()
                 .filter(|s| !is_future(s.time, now))
-                .copied()
+                .map(|s| (*s, dating.trusted(s)))
                 .collect();
-            for (s, rs) in counted.iter().zip(keep_reasons(&counted, policy)) {
+            for ((s, _), rs) in counted.iter().zip(keep_reasons(&counted, policy)) {
                 for r in rs {
                     add(s.id, label(&r));
                 }
@@ -361,6 +367,7 @@ mod tests {
         Snapshot {
             id: Id([n; 32]),
             time: crate::time::parse_rfc3339(t).expect("time"),
+            written: None,
             manifest: Arc::new(Manifest {
                 format_version: 1,
                 time: t.into(),

@@ -8,6 +8,7 @@ mod check;
 mod chunklist;
 mod config;
 mod crypto;
+mod dating;
 mod error;
 mod fingerprint;
 mod forget;
@@ -28,10 +29,13 @@ mod snapshot;
 pub mod sqlite;
 pub mod time;
 
-pub use check::{Affected, CheckOptions, CheckRecord, CheckReport, LastChecks, Problem};
+pub use check::{
+    Affected, CheckOptions, CheckRecord, CheckReport, ClockAhead, LastChecks, Problem,
+};
 pub use chunklist::ChunkRef;
 pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
 pub use crypto::{KdfParams, KeyInfo, Passphrase, SEAL_OVERHEAD};
+pub use dating::{Ahead, Dating};
 pub use error::{Error, Result};
 pub use forget::{
     group_key, is_future, plan as plan_forget, plan_scoped, Decision, ForgetPlan, GroupPlan,

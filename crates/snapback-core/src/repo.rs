@@ -70,7 +70,11 @@ impl Default for InitOptions {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub id: Id,
+    /// The manifest's time: the writer's clock when the capture began.
     pub time: OffsetDateTime,
+    /// When the store wrote the manifest, by the store's own clock (see
+    /// `dating`); `None` where the store does not say.
+    pub written: Option<OffsetDateTime>,
     pub manifest: Arc<Manifest>,
 }
 
@@ -656,7 +660,13 @@ impl Repository {
                 Err(e) if strict => return Err(Error::corrupt(o.key.clone(), e)),
                 Err(_) => continue,
             };
-            out.push(Snapshot { id, time, manifest });
+            let written = o.modified.and_then(crate::time::from_system);
+            out.push(Snapshot {
+                id,
+                time,
+                written,
+                manifest,
+            });
         }
         out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -818,36 +828,45 @@ pub(crate) fn resolve_in(
         // stands for "latest" while a real one exists (select it by id).
         Selector::Latest => {
             let now = crate::time::now();
-            let real = cands
+            let dating = crate::dating::Dating::of(all);
+            let real = dating.newest(cands.iter().copied(), now);
+            for skipped in cands
                 .iter()
-                .rev()
-                .find(|s| !crate::forget::is_future(s.time, now));
-            if let Some(skipped) = cands.last().filter(|l| real.is_some_and(|r| r.id != l.id)) {
+                .filter(|s| real.is_some_and(|r| r.id != s.id && s.time > r.time))
+            {
+                let why = match dating.ahead(&skipped.id) {
+                    Some(a) => a.describe(),
+                    None => "dated in the future: its host's clock was ahead".into(),
+                };
                 tracing::warn!(
-                    "'latest' skips snapshot {} dated in the future ({}; its host's clock was ahead); select it by id if it is the one you mean",
+                    "'latest' skips snapshot {} ({}; {why}); select it by id if it is the one you mean",
                     skipped.id.short(),
                     skipped.manifest.time
                 );
             }
-            real.or(cands.last())
-                .map(|s| (*s).clone())
+            real.cloned()
                 .ok_or_else(|| Error::Selector("there are no snapshots (for this selection) yet; take one with `snapback snapshot PATH`".into()))
         }
-        Selector::At(t) => cands
-            .iter()
-            .rev()
-            .find(|s| s.time <= *t)
-            .map(|s| (*s).clone())
-            .ok_or_else(|| {
-                let first = cands
-                    .first()
-                    .map(|s| format!("; the oldest is {}", s.describe()))
-                    .unwrap_or_default();
-                Error::Selector(format!(
-                    "no snapshot was taken at or before {}{first}",
-                    crate::time::format_rfc3339(*t)
-                ))
-            }),
+        // By trusted time: a snapshot dated ahead of the store's clock holds
+        // what was committed before the store wrote it, not before its time.
+        Selector::At(t) => {
+            let dating = crate::dating::Dating::of(all);
+            cands
+                .iter()
+                .filter(|s| dating.trusted(s) <= *t)
+                .max_by(|a, b| dating.cmp(a, b))
+                .map(|s| (*s).clone())
+                .ok_or_else(|| {
+                    let first = cands
+                        .first()
+                        .map(|s| format!("; the oldest is {}", s.describe()))
+                        .unwrap_or_default();
+                    Error::Selector(format!(
+                        "no snapshot was taken at or before {}{first}",
+                        crate::time::format_rfc3339(*t)
+                    ))
+                })
+        }
         Selector::Id(prefix) => {
             let m: Vec<&&Snapshot> = cands
                 .iter()
@@ -879,6 +898,7 @@ mod tests {
         Snapshot {
             id: Id(id),
             time: crate::time::parse_rfc3339(t).expect("time"),
+            written: None,
             manifest: Arc::new(Manifest {
                 format_version: 1,
                 time: t.into(),

@@ -451,7 +451,10 @@ fn build(view: &View, snaps: &[Snapshot], inos: &mut Inodes, now: SystemTime) ->
                     by_path_entry(&mut b, bypath, s, idx, f);
                 }
             }
-            if let Some(s) = snaps.last() {
+            // What `latest` means everywhere: not a snapshot dated ahead of
+            // this host's clock, the store's, or its successor's.
+            let dating = snapback_core::Dating::of(snaps);
+            if let Some(s) = dating.newest(snaps, snapback_core::time::now()) {
                 b.add(
                     ROOT_INO,
                     "latest",
