@@ -235,6 +235,84 @@ fn diff_sql_of_long_control_runs_and_many_lines_runs_in_the_sqlite3_shell() {
     assert_eq!(exact_rows(&d.live, "t"), exact_rows(&d.snap, "t"));
 }
 
+/// The sqlite3 shell of SQLite 3.40 reads the shortest decimal of about
+/// 1 double in 4000 one unit off (15.64771424004, 5e+125), and almost any
+/// decimal below 1e-289 wrong; `diff --sql` printed REALs in that form.
+/// Found by the property test (every_path.rs, PROPTEST_RNG_SEED=7).
+#[test]
+fn diff_sql_reals_read_back_bit_for_bit_in_the_sqlite3_shell() {
+    let d = Pair::new("CREATE TABLE t(k INTEGER PRIMARY KEY, v);", "", "");
+    let mut rng = crate::lab::Rng::new(0x3_40_1);
+    let mut reals: Vec<f64> = vec![
+        15.64771424004,
+        -165.93957245,
+        1.164e-10,
+        5e125,
+        -4e126,
+        2.046167482828009e-308,
+        8.068260470757224e-295,
+        1e-289,
+        5e-324,
+        -5e-324,
+        f64::MIN_POSITIVE,
+        f64::MAX,
+        0.1,
+        -0.0,
+    ];
+    while reals.len() < 6000 {
+        let r = match reals.len() % 3 {
+            0 => f64::from_bits(rng.next()),
+            // subnormals and tiny normals
+            1 => f64::from_bits(rng.next() >> 10 | (rng.next() & 1) << 63),
+            // short decimals of any size
+            _ => format!(
+                "{}.{}e{}",
+                rng.below(1000),
+                rng.below(100_000),
+                rng.below(600) as i64 - 310
+            )
+            .parse()
+            .expect("a decimal"),
+        };
+        if r.is_finite() {
+            reals.push(r);
+        }
+    }
+    {
+        let s = Connection::open(&d.snap).expect("snap");
+        let l = Connection::open(&d.live).expect("live");
+        s.execute_batch("BEGIN").expect("begin");
+        for (k, r) in reals.iter().enumerate() {
+            s.execute(
+                "INSERT INTO t VALUES(?1, ?2)",
+                rusqlite::params![k as i64, r],
+            )
+            .expect("snap");
+            // Every other row changed in live (an UPDATE), the rest missing.
+            if k % 2 == 0 {
+                l.execute("INSERT INTO t VALUES(?1, 'damaged')", [k as i64])
+                    .expect("live");
+            }
+        }
+        s.execute_batch("COMMIT").expect("commit");
+    }
+    let o = d.cli_diff(&["--sql"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    sqlite3_shell(&d.live, o.stdout.as_bytes());
+    let (snap, live) = (
+        crate::lab::dump(&d.snap, "t"),
+        crate::lab::dump(&d.live, "t"),
+    );
+    let off: Vec<_> = snap.iter().zip(&live).filter(|(a, b)| a != b).collect();
+    assert!(
+        off.is_empty() && snap.len() == live.len(),
+        "{} of {} REALs read back otherwise, e.g. {:?}",
+        off.len(),
+        snap.len(),
+        off.first()
+    );
+}
+
 /// FTS5 and R*Tree rows are compared through the tables' own SELECT, by
 /// their ids; virtual tables dropped or created are schema differences; a
 /// contentless FTS table is reported as not compared, and the exit code
