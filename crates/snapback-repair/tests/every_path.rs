@@ -190,19 +190,17 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }
 
-/// Repairs `t` with every action from `snap`; returns the repair id if the
-/// repair changed anything.
+/// Runs the repair `script` (`--apply --yes`, with `env`); `path` names
+/// the step in a failure.
 fn repair(
     lab: &Lab,
     script: &Path,
-    changes: usize,
     path: &str,
     env: &[(&str, &str)],
     code: i32,
-) -> Result<Option<String>, TestCaseError> {
+) -> Result<(), TestCaseError> {
     let o = lab.run(&["repair", s(script), "--apply", "--yes"], env);
-    exited(path, &o, code)?;
-    Ok((changes > 0 && code == 0).then(|| lab.last_id()))
+    exited(path, &o, code)
 }
 
 fn every_path(case: Case) -> Result<(), TestCaseError> {
@@ -247,24 +245,23 @@ fn every_path(case: Case) -> Result<(), TestCaseError> {
             "[[table]]\nname = \"t\"\nactions = [\"insert_missing\", \"update_changed\", \"delete_extra\"]\nbatch_size = {BATCH}\n"
         ),
     );
-    let id = repair(&lab, &script, changes.len(), "repair --apply", &[], 0)?;
+    repair(&lab, &script, "repair --apply", &[], 0)?;
     same_rows("repair --apply", &dump(&lab.live, "t"), &orig)?;
-    let Some(id) = id else {
-        return Ok(()); // nothing to repair, so nothing to undo
-    };
-    exited("undo", &lab.run(&["undo", &id, "--yes"], &[]), 0)?;
+    if changes.is_empty() {
+        return Ok(()); // nothing was repaired, so there is nothing to undo
+    }
+    exited("undo", &lab.undo_newest(&[]), 0)?;
     same_rows("undo", &dump(&lab.live, "t"), &damaged)?;
 
     // Killed after its first batch, then resumed.
     repair(
         &lab,
         &script,
-        changes.len(),
         "repair killed after batch 1",
         &[("SNAPBACK_REPAIR_EXIT_AFTER_BATCHES", "1")],
         137,
     )?;
-    let id = repair(&lab, &script, changes.len(), "repair resumed", &[], 0)?.expect("a repair id");
+    repair(&lab, &script, "repair resumed", &[], 0)?;
     same_rows("repair killed and resumed", &dump(&lab.live, "t"), &orig)?;
 
     // The application writes to a value the repair wrote; undo --force
@@ -277,11 +274,7 @@ fn every_path(case: Case) -> Result<(), TestCaseError> {
             "UPDATE t SET {col} = 'the app wrote this' WHERE k = {k}"
         ));
     }
-    exited(
-        "undo --force",
-        &lab.run(&["undo", &id, "--yes", "--force"], &[]),
-        0,
-    )?;
+    exited("undo --force", &lab.undo_newest(&["--force"]), 0)?;
     same_rows("undo --force", &dump(&lab.live, "t"), &damaged)
 }
 

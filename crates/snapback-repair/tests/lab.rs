@@ -164,6 +164,15 @@ impl Lab {
         serde_json::from_str(&o.stdout).expect("audit json")
     }
 
+    /// `undo` of the newest repair in the audit log (`--yes`, then
+    /// `flags`).
+    pub fn undo_newest(&self, flags: &[&str]) -> Out {
+        let id = self.last_id();
+        let mut args = vec!["undo", id.as_str(), "--yes"];
+        args.extend(flags);
+        self.run(&args, &[])
+    }
+
     /// The repair id of the last audit entry.
     pub fn last_id(&self) -> String {
         self.audit()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use snapback_core::storage::LocalStore;
 use snapback_core::{InitOptions, Repository};
-use snapback_repair::{undo, LoadedScript, Op, RepairOptions, RepairSession};
+use snapback_repair::{undo, LoadedScript, Op, RepairOptions, RepairSession, UndoOutcome};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -64,6 +64,19 @@ fn script(e: &Env, body: &str) -> LoadedScript {
     let p = e.dir.path().join("s.toml");
     std::fs::write(&p, &text).expect("write");
     LoadedScript::load(&p).expect("script")
+}
+
+/// Undoes the newest repair in the audit log (not forced, default options).
+fn undo_newest(e: &Env) -> snapback_repair::Result<UndoOutcome> {
+    let entries = snapback_repair::audit_list(e.repo.store().as_ref()).expect("audit");
+    let newest = entries.last().expect("an audit entry");
+    undo(
+        &e.repo,
+        &newest.entry.repair_id,
+        false,
+        &RepairOptions::default(),
+        |_| {},
+    )
 }
 
 fn dump(p: &Path) -> Vec<String> {
@@ -143,14 +156,7 @@ fn every_action_guard_and_undo_round_trip() {
         assert!(ops.contains(&op), "{ops:?}");
     }
 
-    let u = undo(
-        &e.repo,
-        &entries[0].entry.repair_id,
-        false,
-        &RepairOptions::default(),
-        |_| {},
-    )
-    .expect("undo");
+    let u = undo_newest(&e).expect("undo");
     assert_eq!(u.rows_changed, 4);
     assert_eq!(
         dump(&e.live),
@@ -206,8 +212,7 @@ statement = "UPDATE counters SET n = (SELECT n FROM snapshot.counters WHERE name
     // The snapshot was attached read-only: its database is unchanged.
     assert_eq!(dump(&e.snap).last().map(String::as_str), Some("5"));
     drop(s);
-    let id = o.repair_id;
-    let err = undo(&e.repo, &id, false, &RepairOptions::default(), |_| {}).expect_err("refused");
+    let err = undo_newest(&e).expect_err("refused");
     assert!(err.to_string().contains("SQL steps"), "{err}");
 
     // An invalid step is refused before anything is written.
@@ -341,15 +346,7 @@ fn repair_writes_back_the_text_of_a_nocase_or_rtrim_key_and_undo_reverts_it() {
     assert_eq!((o.rows_changed, o.remaining_differences), (2, 0));
     assert_eq!(keys(&e.live), vec!["[Alice]", "[Bob]", "[x  ]"]);
     drop(s);
-    let entries = snapback_repair::audit_list(e.repo.store().as_ref()).expect("audit");
-    let u = undo(
-        &e.repo,
-        &entries[0].entry.repair_id,
-        false,
-        &RepairOptions::default(),
-        |_| {},
-    )
-    .expect("undo");
+    let u = undo_newest(&e).expect("undo");
     assert_eq!(u.rows_changed, 2);
     assert_eq!(keys(&e.live), before);
 }

@@ -30,23 +30,22 @@ fn doubles_lab() -> (Lab, String, Vec<Vec<crate::lab::Exact>>) {
 
 const BODY: &str = "[[table]]\nname = \"t\"\nactions = [\"update_changed\"]\nbatch_size = 250\n";
 
-/// Repairs `t` from `snap` with BODY; returns the repair id.
-fn repair(lab: &Lab, snap: &str) -> String {
+/// Repairs `t` from `snap` with BODY.
+fn repair(lab: &Lab, snap: &str) {
     let s = lab.script("fix.toml", snap, BODY);
     ok(&lab.run(
         &["repair", s.to_str().expect("utf8"), "--apply", "--yes"],
         &[],
     ));
-    lab.last_id()
 }
 
 #[test]
 fn undo_after_repair_of_random_doubles_is_exact_and_not_refused() {
     let (lab, snap, orig) = doubles_lab();
     let damaged = dump(&lab.live, "t");
-    let id = repair(&lab, &snap);
+    repair(&lab, &snap);
     assert!(dump(&lab.live, "t") == orig, "the repair is exact");
-    let o = lab.run(&["undo", &id, "--yes"], &[]);
+    let o = lab.undo_newest(&[]);
     ok(&o);
     assert!(!o.stdout.contains("left alone"), "{o:?}");
     assert!(
@@ -59,8 +58,8 @@ fn undo_after_repair_of_random_doubles_is_exact_and_not_refused() {
 fn undo_force_writes_reals_bit_for_bit() {
     let (lab, snap, _) = doubles_lab();
     let damaged = dump(&lab.live, "t");
-    let id = repair(&lab, &snap);
-    ok(&lab.run(&["undo", &id, "--yes", "--force"], &[]));
+    repair(&lab, &snap);
+    ok(&lab.undo_newest(&["--force"]));
     let now = dump(&lab.live, "t");
     let off: Vec<_> = now.iter().zip(&damaged).filter(|(a, b)| a != b).collect();
     assert!(
@@ -151,8 +150,7 @@ fn undo_of_delete_extra_restores_the_whole_row_with_live_only_columns() {
         serde_json::json!(["a", "b", "d", "e"]),
         "{ch}"
     );
-    let id = lab.last_id();
-    ok(&lab.run(&["undo", &id, "--yes"], &[]));
+    ok(&lab.undo_newest(&[]));
     assert!(
         dump(&lab.live, "t") == before,
         "undo re-inserts the deleted row with every column: {:?}",

@@ -181,9 +181,7 @@ fn a_failed_sql_step_is_audited_and_abandon_unwedges_later_repairs() {
 #[test]
 fn undo_of_a_failed_run_reverts_what_it_committed() {
     let (lab, _, damaged, s) = failed_run();
-    let id = lab.last_id();
-    let o = lab.run(&["undo", &id, "--yes"], &[]);
-    ok(&o);
+    ok(&lab.undo_newest(&[]));
     assert!(
         dump(&lab.live, "u") == damaged,
         "{:?}",
