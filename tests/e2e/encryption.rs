@@ -664,6 +664,71 @@ fn keys_are_added_listed_and_removed_but_never_the_current_or_last() {
 /// (None when every blob is still intact).
 type Tamper = fn(&Env, &Committed, &Committed) -> (PathBuf, String, Option<String>);
 
+/// The repository id of an encrypted repository (its config is plaintext).
+fn repo_id(env: &Env) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.repo().join("config")).expect("config"))
+            .expect("json");
+    v["repo_id"].as_str().expect("repo_id").to_string()
+}
+
+#[test]
+fn a_key_file_copied_from_another_repository_is_marked_foreign_and_named_on_open() {
+    let a = Env::encrypted(PASS);
+    let b = Env::encrypted(OTHER);
+    let (ida, idb) = (repo_id(&a), repo_id(&b));
+    let copied = std::fs::read_dir(b.repo().join("keys"))
+        .expect("keys")
+        .next()
+        .expect("a key")
+        .expect("entry");
+    std::fs::copy(
+        copied.path(),
+        a.repo().join("keys").join(copied.file_name()),
+    )
+    .expect("copy");
+    let kid = copied.file_name().to_string_lossy().into_owned();
+
+    // key list (opened with this repository's own key) marks the copy.
+    let out = run(with_passphrase(a.cmd(&["--json", "key", "list"]), PASS));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let foreign: Vec<&serde_json::Value> = v["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| !k["foreign"].is_null())
+        .collect();
+    assert_eq!(foreign.len(), 1, "{v}");
+    assert_eq!(foreign[0]["id"], kid.as_str(), "{v}");
+    assert_eq!(foreign[0]["foreign"], idb.as_str(), "{v}");
+    let text = stdout(&run(with_passphrase(a.cmd(&["key", "list"]), PASS)));
+    assert!(
+        text.contains("foreign: belongs to another repository"),
+        "{text}"
+    );
+
+    // Its passphrase gets the reason, not "wrong passphrase".
+    let out = run(with_passphrase(a.cmd(&["snapshots"]), OTHER));
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!("this key belongs to repository {idb}, not {ida}")),
+        "{}",
+        stderr(&out)
+    );
+    // A passphrase of no key is still just wrong.
+    let out = run(with_passphrase(a.cmd(&["snapshots"]), WRONG));
+    assert!(
+        !out.status.success() && !stderr(&out).contains("belongs to repository"),
+        "{}",
+        stderr(&out)
+    );
+    // The copy goes away like any key; the repository's own still opens it.
+    let out = run(with_passphrase(a.cmd(&["key", "remove", &kid[..8]]), PASS));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(keys(&a, PASS).len(), 1);
+}
+
 #[test]
 fn tampered_objects_fail_authentication_and_are_never_served() {
     let cases: [(&str, Tamper); 4] = [

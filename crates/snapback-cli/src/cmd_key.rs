@@ -82,6 +82,7 @@ pub fn run(g: &Global, c: KeyCommand) -> anyhow::Result<u8> {
                     "kdf_iterations": k.iterations,
                     "current": k.current,
                     "damaged": k.damaged,
+                    "foreign": k.foreign,
                 })).collect::<Vec<_>>() }))?;
             } else {
                 println!("{:<2}{:<10}{:<32}{:<20}USER", "", "ID", "CREATED", "HOST");
@@ -98,6 +99,14 @@ pub fn run(g: &Global, c: KeyCommand) -> anyhow::Result<u8> {
                         printable(&k.host),
                         printable(&k.user)
                     );
+                    if let Some(other) = &k.foreign {
+                        println!(
+                            "{:<12}foreign: belongs to another repository ({}); it cannot open this one. Remove it with `snapback key remove {}`",
+                            "",
+                            printable(other),
+                            k.id.short()
+                        );
+                    }
                 }
             }
         }

@@ -142,6 +142,13 @@ struct KeyFile {
     user: String,
     /// Hex: the sealed master key.
     master: String,
+    /// The id of the repository this key file was made for (the sealed
+    /// master key is bound to it as associated data, so a copy in another
+    /// repository never opens). Absent in key files made before it was
+    /// recorded; they open as before, but a copy of one cannot be told
+    /// from a key of this repository without its passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    repo_id: Option<String>,
 }
 
 /// What `key list` shows of a key file.
@@ -157,6 +164,9 @@ pub struct KeyInfo {
     pub iterations: u32,
     /// The key that opened this repository.
     pub current: bool,
+    /// The other repository's id when the key file says it was made for
+    /// another repository (copied from there): it never opens this one.
+    pub foreign: Option<String>,
 }
 
 /// The master key, wiped from memory when dropped.
@@ -312,6 +322,7 @@ pub(crate) fn make_key_file(
             .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_default(),
         master: hex::encode(sealed),
+        repo_id: Some(repo_id.to_string()),
     };
     serde_json::to_vec_pretty(&kf).map_err(|e| Error::Invalid(e.to_string()))
 }
@@ -334,6 +345,11 @@ fn parse_key_file(bytes: &[u8], key: &str) -> Result<KeyFile> {
     if kf.kdf != "argon2id" {
         return Err(Error::corrupt(key, format!("unknown KDF '{}'", kf.kdf)));
     }
+    if let Some(r) = &kf.repo_id {
+        if r.is_empty() || r.len() > 64 || !r.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::corrupt(key, "repo_id is not a repository id (hex)"));
+        }
+    }
     Ok(kf)
 }
 
@@ -342,6 +358,8 @@ pub(crate) struct CheckedKeyFile {
     params: KdfParams,
     salt: Vec<u8>,
     sealed: Vec<u8>,
+    /// The repository it says it was made for, if it says.
+    pub(crate) repo_id: Option<String>,
 }
 
 /// Parses a key file and checks every field, without running the KDF.
@@ -364,6 +382,7 @@ pub(crate) fn check_key_file(bytes: &[u8], key: &str) -> Result<CheckedKeyFile> 
         params,
         salt,
         sealed,
+        repo_id: kf.repo_id,
     })
 }
 
@@ -379,6 +398,7 @@ pub(crate) fn open_key_file(
         params,
         salt,
         sealed,
+        ..
     } = check_key_file(bytes, key)?;
     let kek = derive_kek(pass, &salt, &params)?;
     let cipher = XChaCha20Poly1305::new_from_slice(&kek[..])
@@ -395,9 +415,17 @@ pub(crate) fn open_key_file(
     Ok(Some(MasterKey(m)))
 }
 
-pub(crate) fn key_info(bytes: &[u8], key: &str, id: Id, current: bool) -> Result<KeyInfo> {
+/// What `key list` shows of a key file of the repository `repo_id`.
+pub(crate) fn key_info(
+    bytes: &[u8],
+    key: &str,
+    id: Id,
+    current: bool,
+    repo_id: &str,
+) -> Result<KeyInfo> {
     let kf = parse_key_file(bytes, key)?;
     Ok(KeyInfo {
+        foreign: kf.repo_id.filter(|r| r != repo_id),
         id,
         damaged: None,
         created: kf.created,
@@ -556,21 +584,28 @@ mod tests {
             iterations: 1,
             parallelism: 1,
         };
-        let kf = make_key_file(&m, "correct horse", &p, "repo1").expect("make");
+        let kf = make_key_file(&m, "correct horse", &p, "aaaa1111").expect("make");
         let text = String::from_utf8(kf.clone()).expect("utf8");
         assert!(!text.contains("correct horse"));
-        let got = open_key_file(&kf, "keys/x", "correct horse", "repo1")
+        let got = open_key_file(&kf, "keys/x", "correct horse", "aaaa1111")
             .expect("open")
             .expect("right passphrase");
         assert_eq!(&got.0[..], &m.0[..]);
-        assert!(open_key_file(&kf, "keys/x", "wrong", "repo1")
+        assert!(open_key_file(&kf, "keys/x", "wrong", "aaaa1111")
             .expect("parse")
             .is_none());
-        // Bound to its repository.
-        assert!(open_key_file(&kf, "keys/x", "correct horse", "repo2")
+        // Bound to its repository, and says which it is.
+        assert!(open_key_file(&kf, "keys/x", "correct horse", "bbbb2222")
             .expect("parse")
             .is_none());
-        assert!(make_key_file(&m, "", &p, "repo1").is_err());
+        assert_eq!(
+            check_key_file(&kf, "keys/x")
+                .expect("check")
+                .repo_id
+                .as_deref(),
+            Some("aaaa1111")
+        );
+        assert!(make_key_file(&m, "", &p, "aaaa1111").is_err());
         assert!(KdfParams {
             memory_kib: 1024,
             ..p

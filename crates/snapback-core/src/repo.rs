@@ -287,6 +287,8 @@ impl Repository {
         }
         let pass = passphrase()?;
         let mut damaged = Vec::new();
+        // Key files that say they were made for another repository.
+        let mut foreign: Vec<(String, Vec<u8>, String)> = Vec::new();
         if keys.len() > MAX_KEY_FILES {
             tracing::warn!(
                 count = keys.len(),
@@ -321,11 +323,29 @@ impl Repository {
                     tracing::debug!(key = %kid.short(), "repository key opened");
                     return Repository::with_config(store, config, Some((master, kid)));
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Ok(Some(other)) = crate::crypto::check_key_file(&kf, key)
+                        .map(|c| c.repo_id.filter(|r| *r != config.repo_id))
+                    {
+                        foreign.push((key.clone(), kf, other));
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(key = %key, error = %e, "skipping an unreadable key file");
                     damaged.push(e.to_string());
                 }
+            }
+        }
+        // A key file copied from another repository never opens this one
+        // (its master key is bound to that repository's id): when the
+        // passphrase opens it as a key of the repository it names, say so
+        // instead of "wrong passphrase".
+        for (key, kf, other) in &foreign {
+            if open_key_file(kf, key, &pass, other)?.is_some() {
+                return Err(Error::Key(format!(
+                    "this key belongs to repository {other}, not {}: {key} was copied from another repository, and the passphrase opens it only there. Use the passphrase of a key of this repository (`snapback key list` shows its keys; `snapback key remove` removes the copy)",
+                    config.repo_id
+                )));
             }
         }
         let mut msg = format!(
@@ -418,11 +438,15 @@ impl Repository {
             };
             // A damaged key file is listed (so that it can be removed), not
             // an error that hides the others.
-            let info = self
-                .store
-                .get(&o.key)
-                .map_err(Error::from)
-                .and_then(|b| key_info(&b, &o.key, id, Some(id) == self.key_id));
+            let info = self.store.get(&o.key).map_err(Error::from).and_then(|b| {
+                key_info(
+                    &b,
+                    &o.key,
+                    id,
+                    Some(id) == self.key_id,
+                    &self.config.repo_id,
+                )
+            });
             out.push(info.unwrap_or_else(|e| KeyInfo {
                 id,
                 created: String::new(),
@@ -431,6 +455,7 @@ impl Repository {
                 memory_kib: 0,
                 iterations: 0,
                 current: false,
+                foreign: None,
                 damaged: Some(e.to_string()),
             }));
         }
