@@ -20,6 +20,7 @@ mod messages;
 mod ops;
 mod prune_race;
 mod quiet;
+mod read_only;
 mod retention;
 mod s3;
 mod secrets;

@@ -488,3 +488,63 @@ fn watchdog_pings_and_listings_go_on_while_s3_is_frozen() {
     );
     assert!(!proxy.seen().is_empty(), "the refresh did go to S3");
 }
+
+/// A read-only key (AccessDenied on every write): restore and check go on
+/// without a lock, with one warning; a snapshot fails clearly.
+#[test]
+fn s3_read_only_key_restores_and_checks_without_a_lock() {
+    let r = S3Repo::new();
+    let db = r.path("app.db");
+    make_db(&db, 1000);
+    let db_s = db.to_str().expect("utf8");
+    r.ok(&["snapshot", db_s]);
+    let proxy = FaultProxy::start(&server().endpoint).expect("proxy");
+    for m in ["PUT", "POST", "DELETE"] {
+        proxy.inject_always(Match::method(m), Fault::status(403, "AccessDenied"));
+    }
+    let dest = r.path("restored.db");
+    let out = r.run(
+        &["restore", "latest", dest.to_str().expect("utf8")],
+        Some(&proxy),
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "restore with a read-only key: {err}");
+    assert_eq!(
+        err.matches("cannot be written").count(),
+        1,
+        "one warning: {err}"
+    );
+    assert!(err.contains("without a lock"), "{err}");
+    assert_eq!(count(&dest, "t"), 1000);
+    assert_eq!(integrity(&dest), "ok");
+    let out = r.run(&["--json", "check"], Some(&proxy));
+    assert!(
+        out.status.success(),
+        "check with a read-only key: {}",
+        stderr(&out)
+    );
+    let rep: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(rep["lock"], "read_only", "{rep}");
+    let out = r.run(&["check", "--no-lock"], Some(&proxy));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("cannot be written"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = r.run(&["snapshot", db_s], Some(&proxy));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot be written") && err.contains("nothing was committed"),
+        "{err}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&r.ok(&["--json", "snapshots"])).expect("json");
+    assert_eq!(
+        list.as_array().expect("arr").len(),
+        1,
+        "no snapshot was added"
+    );
+}

@@ -236,6 +236,9 @@ pub struct SnapshotsArgs {
     /// Only snapshots with this tag.
     #[arg(long)]
     pub tag: Option<String>,
+    /// Accepted as on every reading command; listing never takes a lock.
+    #[arg(long)]
+    pub no_lock: bool,
 }
 
 pub fn snapshot_json(s: &Snapshot, dating: &snapback_core::Dating) -> serde_json::Value {
@@ -363,6 +366,16 @@ pub struct RestoreArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// Take no repository lock (as restic's --no-lock): for a repository
+    /// that cannot be written. Nothing then stops a prune from deleting
+    /// data while it is read (the restore would fail, never write wrong
+    /// data). Without it, a read-only repository is read without a lock
+    /// after one warning.
+    #[arg(long)]
+    pub no_lock: bool,
+    /// Seconds to wait for a prune's exclusive lock.
+    #[arg(long, default_value_t = 300)]
+    pub lock_wait: u64,
 }
 
 /// Resolves a selector, restricted to snapshots holding `path` if given, and
@@ -409,14 +422,18 @@ pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
         &RestoreOptions {
             force: a.force,
             path,
-            lock_wait: std::time::Duration::from_secs(300),
+            lock_wait: std::time::Duration::from_secs(a.lock_wait),
+            no_lock: a.no_lock,
         },
         &bar,
     );
     bar.finish();
     let r = r.context("restore failed")?;
     if g.json {
-        print_json(&json!({ "snapshot": snap.id.to_hex(), "files": r.files, "bytes": r.bytes }))?;
+        print_json(&json!({
+            "snapshot": snap.id.to_hex(), "files": r.files, "bytes": r.bytes,
+            "lock": r.lock.as_str(),
+        }))?;
     } else if !g.quiet {
         eprintln!("restored {} file(s), {}", r.files, human_bytes(r.bytes));
     }
@@ -428,6 +445,16 @@ pub struct CheckArgs {
     /// Read, decompress and hash every blob of every pack.
     #[arg(long)]
     pub read_data: bool,
+    /// Take no repository lock (as restic's --no-lock), and record no
+    /// result for `status`: for a repository that cannot be written. A
+    /// prune at the same time could then make packs look missing. Without
+    /// it, a read-only repository is checked without a lock after one
+    /// warning.
+    #[arg(long)]
+    pub no_lock: bool,
+    /// Seconds to wait for a prune's exclusive lock.
+    #[arg(long, default_value_t = 300)]
+    pub lock_wait: u64,
 }
 
 pub fn check(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
@@ -435,17 +462,26 @@ pub fn check(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
     let bar = Bar::new(g);
     let r = repo.check(
         &CheckOptions {
-            lock_wait: std::time::Duration::from_secs(300),
+            lock_wait: std::time::Duration::from_secs(a.lock_wait),
             read_data: a.read_data,
+            no_lock: a.no_lock,
         },
         &bar,
     );
     bar.finish();
     let r = r?;
     // Kept for `status`; a failure to record is reported but does not hide
-    // the check's own result.
-    if let Err(e) = repo.record_check(&r, a.read_data) {
-        eprintln!("warning: could not record the check result for `status`: {e}");
+    // the check's own result. Not tried where no lock could be written (the
+    // repository is read-only: the warning said so) or none was wanted.
+    match r.lock {
+        snapback_core::LockState::Held => {
+            if let Err(e) = repo.record_check(&r, a.read_data) {
+                eprintln!("warning: could not record the check result for `status`: {e}");
+            }
+        }
+        snapback_core::LockState::ReadOnly | snapback_core::LockState::Skipped => {
+            tracing::info!("the check result is not recorded for `status` (no lock: the repository is read-only or --no-lock was given)");
+        }
     }
     if g.json {
         print_json(&serde_json::to_value(&r)?)?;

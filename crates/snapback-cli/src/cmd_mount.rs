@@ -68,6 +68,10 @@ pub struct MountArgs {
     /// run by systemd, else nowhere once the mount is running.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Accepted as on every reading command; the mount takes no repository
+    /// lock (it works from a read-only repository).
+    #[arg(long)]
+    pub no_lock: bool,
 }
 
 #[derive(Debug, Args)]

@@ -53,6 +53,10 @@ pub struct DiffArgs {
     /// How long to wait for a writer's lock on the live database.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub busy_timeout: u64,
+    /// Accepted as on every reading command; `diff` takes no repository
+    /// lock (it works from a read-only repository).
+    #[arg(long)]
+    pub no_lock: bool,
 }
 
 /// Bad usage found after parsing: exit 2 (see docs/scripting.md).

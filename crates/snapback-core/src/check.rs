@@ -27,6 +27,8 @@ use crate::Progress;
 pub struct CheckOptions {
     pub read_data: bool,
     pub lock_wait: std::time::Duration,
+    /// Take no repository lock (`--no-lock`; see `Repository::read_lock`).
+    pub no_lock: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,6 +62,8 @@ pub struct CheckReport {
     /// clock when it wrote them, or of a snapshot written after them (see
     /// `Dating`): not damage, but a clock to fix.
     pub clock_ahead: Vec<ClockAhead>,
+    /// Whether the check held a lock (see `Repository::read_lock`).
+    pub lock: crate::lock::LockState,
 }
 
 /// A snapshot whose time is not trusted, for `check`.
@@ -217,9 +221,12 @@ impl Repository {
     }
 
     pub fn check(&self, opts: &CheckOptions, progress: &dyn Progress) -> Result<CheckReport> {
-        let _lock = self.lock(crate::lock::LockKind::Shared, "check", opts.lock_wait)?;
+        let lock = self.read_lock("check", opts.lock_wait, opts.no_lock)?;
         let store = self.store();
-        let mut report = CheckReport::default();
+        let mut report = CheckReport {
+            lock: lock.state,
+            ..Default::default()
+        };
         let mut probs = Problems::default();
 
         // Packs that exist.

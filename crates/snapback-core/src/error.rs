@@ -56,6 +56,16 @@ pub enum Error {
     #[error("{0}")]
     Locked(String),
 
+    /// A command that writes found the repository read-only (its lock
+    /// could not be written).
+    #[error("the repository {location} cannot be written ({source}); `{command}` writes to it, so nothing was done. Reading commands (restore, check, snapshots, diff, mount) work from a read-only repository; to {command}, make it writable (remount the disk read-write, fix the permissions, or use a key that may write)")]
+    ReadOnlyRepository {
+        location: String,
+        command: String,
+        #[source]
+        source: StoreError,
+    },
+
     /// The repository is encrypted and no passphrase was given, or none of
     /// its keys opens with the one given.
     #[error("{0}")]

@@ -44,7 +44,7 @@ pub use forget::{
 pub use id::{DbChecksum, Id};
 pub use index::{BlobLocation, MasterIndex};
 pub use layout::{pack_key, CONFIG_KEY, KEYS_PREFIX};
-pub use lock::{FoundLock, LockInfo, LockKind, RepoLock};
+pub use lock::{FoundLock, LockInfo, LockKind, LockState, ReadLock, RepoLock};
 pub use manifest::{
     ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
 };

@@ -127,6 +127,38 @@ pub fn is_stale(info: &LockInfo, now: time::OffsetDateTime) -> bool {
     written.map(|t| (now - t) > stale_after).unwrap_or(true)
 }
 
+/// How a reading command is protected against a concurrent prune.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockState {
+    /// It holds a shared lock.
+    #[default]
+    Held,
+    /// `--no-lock`: no lock was written and none was looked at.
+    Skipped,
+    /// The repository cannot be written: no lock was written (a warning
+    /// said so); a prune's lock seen at the start was waited for.
+    ReadOnly,
+}
+
+impl LockState {
+    /// As in `--json`: "held", "skipped" (`--no-lock`), "read_only".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockState::Held => "held",
+            LockState::Skipped => "skipped",
+            LockState::ReadOnly => "read_only",
+        }
+    }
+}
+
+/// The lock of a reading command: held, or (see [`LockState`]) not.
+#[derive(Debug)]
+pub struct ReadLock {
+    _held: Option<RepoLock>,
+    pub state: LockState,
+}
+
 /// A held lock; released when dropped.
 pub struct RepoLock {
     store: Arc<dyn Store>,
@@ -190,11 +222,66 @@ impl Repository {
         Ok(out)
     }
 
-    /// Takes a lock, waiting up to `wait` for conflicting locks to go.
+    /// Takes a lock, waiting up to `wait` for conflicting locks to go. For
+    /// commands that write: a repository that cannot be written (read-only
+    /// file system, no write permission, a read-only S3 key) is refused with
+    /// [`Error::ReadOnlyRepository`] before anything is done.
     pub fn lock(&self, kind: LockKind, command: &str, wait: Duration) -> Result<RepoLock> {
+        match self.acquire(kind, command, wait, false)? {
+            (Some(lock), _) => Ok(lock),
+            (None, _) => Err(Error::Invalid(format!(
+                "{command}: no lock was taken (internal error); nothing was done"
+            ))),
+        }
+    }
+
+    /// The lock of a command that only reads (restore, check): a shared
+    /// lock, so that no prune deletes data while it is read. With `no_lock`
+    /// (`--no-lock`) none is written and none is looked at. Where the lock
+    /// cannot be written because the repository is read-only (EROFS,
+    /// EACCES/EPERM, S3 AccessDenied), the command goes on without one,
+    /// after waiting as usual for a prune's lock that it can see, and one
+    /// warning says so.
+    pub fn read_lock(&self, command: &str, wait: Duration, no_lock: bool) -> Result<ReadLock> {
+        if no_lock {
+            tracing::info!(command, "--no-lock: no repository lock is taken");
+            return Ok(ReadLock {
+                _held: None,
+                state: LockState::Skipped,
+            });
+        }
+        let (held, refused) = self.acquire(LockKind::Shared, command, wait, true)?;
+        if let Some(e) = refused {
+            tracing::warn!(
+                "the repository {} cannot be written ({e}), so `{command}` goes on without a lock: a prune run at the same time, from where the repository can be written, could delete data while it is read (`{command}` would then fail or report missing data, never give wrong data). --no-lock skips the attempt",
+                self.store().location()
+            );
+        }
+        Ok(ReadLock {
+            state: if held.is_some() {
+                LockState::Held
+            } else {
+                LockState::ReadOnly
+            },
+            _held: held,
+        })
+    }
+
+    /// The lock loop. With `read_only_ok`, a lock that cannot be written
+    /// because the store refuses writes is not an error: the loop goes on
+    /// looking (without writing) for conflicting locks, and returns no lock
+    /// and the refusal.
+    fn acquire(
+        &self,
+        kind: LockKind,
+        command: &str,
+        wait: Duration,
+        read_only_ok: bool,
+    ) -> Result<(Option<RepoLock>, Option<snapback_storage::StoreError>)> {
         let store = self.store().clone();
         let started = Instant::now();
         let mut delay = Duration::from_millis(50);
+        let mut refused: Option<snapback_storage::StoreError> = None;
         loop {
             let info = LockInfo {
                 kind,
@@ -203,11 +290,29 @@ impl Repository {
                 time: crate::time::format_rfc3339(crate::time::now()),
                 command: command.to_string(),
             };
-            let mine = write_lock(store.as_ref(), &info)?;
+            let mine = if refused.is_some() {
+                None
+            } else {
+                match write_lock(store.as_ref(), &info) {
+                    Ok(k) => Some(k),
+                    Err(Error::Store(e)) if e.kind().refuses_writes() => {
+                        if !read_only_ok {
+                            return Err(Error::ReadOnlyRepository {
+                                location: store.location(),
+                                command: command.to_string(),
+                                source: e,
+                            });
+                        }
+                        refused = Some(e);
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             let conflicts: Vec<FoundLock> = self
                 .locks()?
                 .into_iter()
-                .filter(|l| l.key != mine && !l.stale)
+                .filter(|l| Some(&l.key) != mine.as_ref() && !l.stale)
                 .filter(|l| {
                     kind == LockKind::Exclusive
                         || l.info
@@ -216,15 +321,27 @@ impl Repository {
                 })
                 .collect();
             if conflicts.is_empty() {
-                tracing::debug!(lock = %mine, ?kind, "lock acquired");
-                return Ok(self.hold(mine, info));
+                return Ok(match mine {
+                    Some(mine) => {
+                        tracing::debug!(lock = %mine, ?kind, "lock acquired");
+                        (Some(self.hold(mine, info)), None)
+                    }
+                    None => (None, refused),
+                });
             }
-            store.delete(&mine)?;
+            if let Some(mine) = &mine {
+                store.delete(mine)?;
+            }
             if started.elapsed() >= wait {
                 return Err(Error::Locked(format!(
-                    "the repository is locked: {}. Waited {} s. Wait for it to finish; if that process is gone, `snapback unlock` removes stale locks (and `snapback unlock --force` any lock).",
+                    "the repository is locked: {}. Waited {} s. Wait for it to finish; if that process is gone, `snapback unlock` removes stale locks (and `snapback unlock --force` any lock){}.",
                     conflicts.iter().map(FoundLock::describe).collect::<Vec<_>>().join("; "),
-                    wait.as_secs()
+                    wait.as_secs(),
+                    if refused.is_some() {
+                        "; on a repository that cannot be written, --no-lock reads it anyway"
+                    } else {
+                        ""
+                    }
                 )));
             }
             let jitter = Duration::from_millis(

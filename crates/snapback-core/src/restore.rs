@@ -33,6 +33,8 @@ pub struct RestoreOptions {
     pub path: Option<String>,
     /// How long to wait for a prune's exclusive lock.
     pub lock_wait: std::time::Duration,
+    /// Take no repository lock (`--no-lock`; see `Repository::read_lock`).
+    pub no_lock: bool,
 }
 
 /// One file to restore and where it goes.
@@ -46,6 +48,8 @@ pub struct RestoreItem {
 pub struct RestoreReport {
     pub files: u64,
     pub bytes: u64,
+    /// Whether the restore held a lock (see `Repository::read_lock`).
+    pub lock: crate::lock::LockState,
 }
 
 /// True when `file` is `path` or lies under the directory `path`.
@@ -175,8 +179,9 @@ impl Repository {
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
         let items = plan(snap, dest, opts)?;
-        // A prune must not delete packs while they are being read.
-        let _lock = self.lock(crate::lock::LockKind::Shared, "restore", opts.lock_wait)?;
+        // A prune must not delete packs while they are being read; a
+        // read-only repository is read without a lock (one warning).
+        let lock = self.read_lock("restore", opts.lock_wait, opts.no_lock)?;
         if !opts.force {
             let existing: Vec<String> = items
                 .iter()
@@ -191,7 +196,10 @@ impl Repository {
             }
         }
         progress.set_total(items.iter().map(|i| i.file.size).sum());
-        let mut report = RestoreReport::default();
+        let mut report = RestoreReport {
+            lock: lock.state,
+            ..Default::default()
+        };
         for item in &items {
             progress.set_message(&item.file.path);
             self.restore_file(&item.file, &item.dest, opts.force, progress)?;

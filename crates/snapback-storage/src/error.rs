@@ -11,8 +11,12 @@ pub enum ErrorKind {
     AlreadyExists,
     /// The key breaks the key rules.
     InvalidKey,
-    /// Credentials or permissions refuse the operation.
+    /// Credentials or permissions refuse the operation (EACCES, EPERM, an
+    /// S3 403 such as a read-only key's AccessDenied on PUT).
     PermissionDenied,
+    /// The store is on a read-only file system (EROFS: a read-only mount,
+    /// a write-protected backup disk).
+    ReadOnly,
     /// A failure that may go away on retry: timeouts, 5xx, throttling,
     /// dropped connections, interrupted I/O.
     Transient,
@@ -28,6 +32,13 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorKind::Transient | ErrorKind::Corrupt)
+    }
+
+    /// True when the store refuses the operation because this process may
+    /// not write there ([`ErrorKind::ReadOnly`], [`ErrorKind::PermissionDenied`]).
+    /// Reading commands go on without the lock they could not write.
+    pub fn refuses_writes(self) -> bool {
+        matches!(self, ErrorKind::ReadOnly | ErrorKind::PermissionDenied)
     }
 }
 
@@ -64,6 +75,7 @@ impl StoreError {
             K::NotFound => ErrorKind::NotFound,
             K::AlreadyExists => ErrorKind::AlreadyExists,
             K::PermissionDenied => ErrorKind::PermissionDenied,
+            K::ReadOnlyFilesystem => ErrorKind::ReadOnly,
             K::Interrupted | K::TimedOut | K::WouldBlock => ErrorKind::Transient,
             K::StorageFull | K::QuotaExceeded => ErrorKind::NoSpace,
             K::UnexpectedEof => ErrorKind::Corrupt,
@@ -92,5 +104,36 @@ impl fmt::Display for StoreError {
         } else {
             write!(f, "object '{}': {}", self.key, self.message)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_file_system_and_permission_denied_refuse_writes() {
+        // Linux errno values: EROFS 30, EACCES 13, EPERM 1.
+        let erofs = StoreError::from_io(
+            "locks/x",
+            "cannot write object",
+            std::io::Error::from_raw_os_error(30),
+        );
+        assert_eq!(erofs.kind(), ErrorKind::ReadOnly, "{erofs}");
+        for errno in [13, 1] {
+            let e = StoreError::from_io(
+                "locks/x",
+                "cannot write object",
+                std::io::Error::from_raw_os_error(errno),
+            );
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+            assert!(e.kind().refuses_writes());
+        }
+        assert!(erofs.kind().refuses_writes());
+        assert!(!ErrorKind::NoSpace.refuses_writes() && !ErrorKind::Other.refuses_writes());
+        assert!(
+            !ErrorKind::ReadOnly.is_retryable(),
+            "retrying a read-only disk cannot help"
+        );
     }
 }
