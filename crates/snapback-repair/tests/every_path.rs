@@ -4,7 +4,8 @@
 //! extremes) through every path of the real binary, each of which must
 //! give back exactly the values it was given: snapshot and restore (byte
 //! for byte, and value for value), `diff --json` (decoded back),
-//! `diff --sql` (run by the sqlite3 shell), `repair --apply`, `undo`, a
+//! `diff --sql` (run by the sqlite3 shell), `repair --apply` (and what
+//! `--json audit` says it changed), `undo`, a
 //! repair killed after its first batch and resumed, and `undo --force`.
 //! Values are compared by storage class and bits (lab.rs's `Exact`).
 //!
@@ -186,6 +187,56 @@ pub fn check_diff_sql(o: &Out, db: &Path, want: &Rows) -> Result<(), TestCaseErr
     )
 }
 
+/// The newest audit entry (`--json audit`) records exactly the rows the
+/// repair changed, each value as it was (`before`, the damaged rows) and as
+/// the repair wrote it (`after`, the snapshot's rows).
+fn check_audit(
+    lab: &Lab,
+    snap: &Rows,
+    damaged: &Rows,
+    want: &BTreeSet<i64>,
+) -> Result<(), TestCaseError> {
+    const P: &str = "--json audit";
+    let a = lab.audit();
+    let Some(e) = a.last() else {
+        return fail(P, "no audit entry");
+    };
+    let mut seen = BTreeSet::new();
+    for ch in e["entry"]["changes"]["tables"][0]["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let Some(k) = ch["key"][0].as_i64() else {
+            return fail(P, format!("no integer key: {ch}"));
+        };
+        seen.insert(k);
+        let cols: Vec<usize> = ch["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| COLS.iter().position(|n| c.as_str() == Some(n)))
+            .collect();
+        for (side, rows) in [("before", damaged), ("after", snap)] {
+            let Some(vals) = ch.get(side).and_then(|v| v.as_array()) else {
+                continue;
+            };
+            let got: Option<Vec<Exact>> = vals.iter().map(decode).collect();
+            let held = row(rows, k).map(|r| cols.iter().map(|i| r[*i].clone()).collect::<Vec<_>>());
+            if got.is_none() || got != held || vals.len() != cols.len() {
+                return fail(
+                    P,
+                    format!("{side} of row {k} is {got:?}, the row held {held:?}: {ch}"),
+                );
+            }
+        }
+    }
+    if &seen != want {
+        return fail(P, format!("changes of rows {seen:?}, differing {want:?}"));
+    }
+    Ok(())
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }
@@ -250,6 +301,7 @@ fn every_path(case: Case) -> Result<(), TestCaseError> {
     if changes.is_empty() {
         return Ok(()); // nothing was repaired, so there is nothing to undo
     }
+    check_audit(&lab, &orig, &damaged, &changes)?;
     exited("undo", &lab.undo_newest(&[]), 0)?;
     same_rows("undo", &dump(&lab.live, "t"), &damaged)?;
 
