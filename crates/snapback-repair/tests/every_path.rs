@@ -6,7 +6,8 @@
 //! for byte, and value for value), `diff --json` (decoded back),
 //! `diff --sql` (run by the sqlite3 shell), `repair --apply` (and what
 //! `--json audit` says it changed), `undo`, a
-//! repair killed after its first batch and resumed, and `undo --force`.
+//! repair killed after its first batch and resumed, `undo --force`, and
+//! a plan written with `--plan-out` and applied with `--apply --plan`.
 //! Values are compared by storage class and bits (lab.rs's `Exact`).
 //!
 //! 24 cases by default (a few seconds); PROPTEST_CASES=N runs more and
@@ -327,7 +328,18 @@ fn every_path(case: Case) -> Result<(), TestCaseError> {
         ));
     }
     exited("undo --force", &lab.undo_newest(&["--force"]), 0)?;
-    same_rows("undo --force", &dump(&lab.live, "t"), &damaged)
+    same_rows("undo --force", &dump(&lab.live, "t"), &damaged)?;
+
+    // A reviewed plan written to a file, then applied exactly.
+    let plan = lab.dir.path().join("plan.json");
+    let o = lab.run(&["repair", s(&script), "--plan-out", s(&plan)], &[]);
+    exited("repair --plan-out", &o, 0)?;
+    let o = lab.run(
+        &["repair", s(&script), "--apply", "--plan", s(&plan), "--yes"],
+        &[],
+    );
+    exited("repair --apply --plan", &o, 0)?;
+    same_rows("repair --apply --plan", &dump(&lab.live, "t"), &orig)
 }
 
 #[test]
