@@ -152,3 +152,70 @@ fn non_utf8_file_names_are_refused_never_merged() {
     env.snapshot(&src);
     assert_eq!(env.snapshots_json().len(), 1);
 }
+
+/// Format 1 keeps regular files only: an empty directory, a directory's own
+/// mode and hard links are not kept, and `snapshot` says so in one warning;
+/// every name of a hard-linked file still restores with its exact content.
+#[test]
+fn snapshot_warns_of_empty_dirs_dir_modes_and_hardlinks_and_linked_files_restore_exactly() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let src = env.path("tree");
+    std::fs::create_dir_all(src.join("empty")).expect("mkdir");
+    std::fs::create_dir_all(src.join("shared")).expect("mkdir");
+    std::fs::create_dir_all(src.join("readonly")).expect("mkdir");
+    std::fs::write(src.join("shared/x"), b"x").expect("write");
+    std::fs::write(src.join("readonly/y"), b"y").expect("write");
+    std::fs::set_permissions(src.join("shared"), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod");
+    std::fs::set_permissions(src.join("readonly"), std::fs::Permissions::from_mode(0o555))
+        .expect("chmod");
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let data = random_bytes(300_000, 11);
+    std::fs::write(src.join("a"), &data).expect("write");
+    std::fs::hard_link(src.join("a"), src.join("b")).expect("link");
+    std::fs::hard_link(src.join("a"), src.join("c")).expect("link");
+
+    let out = env.run(&["snapshot", src.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", snapback_testkit::stderr(&out));
+    let err = snapback_testkit::stderr(&out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("not preserved in format 1"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one warning line: {err}");
+    for want in [
+        "1 empty directory",
+        "2 directories with a mode other than 0755 (0555, 1777",
+        "1 hard-linked file(s) with 3 names",
+    ] {
+        assert!(lines[0].contains(want), "{want:?} in {}", lines[0]);
+    }
+    let id = snapback_testkit::stdout(&out).trim().to_string();
+
+    let dest = env.path("out");
+    env.ok(&["restore", &id, dest.to_str().expect("utf8")]);
+    let restored = dest.join(src.strip_prefix("/").expect("abs"));
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            std::fs::read(restored.join(name)).expect("restored"),
+            data,
+            "{name} restores exactly"
+        );
+    }
+    assert_eq!(std::fs::read(restored.join("shared/x")).expect("x"), b"x");
+
+    // A plain tree (0755 directories, no links, nothing empty) gets no warning.
+    let plain = env.path("plain");
+    std::fs::create_dir_all(plain.join("sub")).expect("mkdir");
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(plain.join("sub"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(plain.join("sub/f"), b"f").expect("write");
+    let out = env.run(&["snapshot", plain.to_str().expect("utf8")]);
+    assert!(
+        !snapback_testkit::stderr(&out).contains("not preserved"),
+        "{}",
+        snapback_testkit::stderr(&out)
+    );
+}

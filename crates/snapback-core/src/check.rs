@@ -31,11 +31,30 @@ pub struct CheckOptions {
     pub no_lock: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Affected {
     pub snapshot: String,
     pub time: String,
     pub file: String,
+}
+
+/// Oldest first by full-precision time (snapshots of one second in the
+/// order they were taken, not by id), then by id and file.
+impl Ord for Affected {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        let t = |a: &Affected| crate::time::parse_rfc3339(&a.time).ok();
+        t(self)
+            .cmp(&t(o))
+            .then_with(|| self.snapshot.cmp(&o.snapshot))
+            .then_with(|| self.file.cmp(&o.file))
+            .then_with(|| self.time.cmp(&o.time))
+    }
+}
+
+impl PartialOrd for Affected {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -526,5 +545,27 @@ fn blob_problem(
             l.pack.short()
         )),
         Some(_) => bad.get(id).cloned(),
+    }
+}
+
+#[cfg(test)]
+mod affected_order_tests {
+    use super::Affected;
+
+    #[test]
+    fn affected_snapshots_of_one_second_are_listed_by_full_time_not_by_id() {
+        let a = |snapshot: &str, time: &str| Affected {
+            snapshot: snapshot.into(),
+            time: time.into(),
+            file: "/db".into(),
+        };
+        let mut v = vec![
+            a("00000000", "2026-03-01T10:00:00.9Z"),
+            a("ffffffff", "2026-03-01T10:00:00Z"),
+            a("88888888", "2026-03-01T10:00:00.1Z"),
+        ];
+        v.sort();
+        let ids: Vec<&str> = v.iter().map(|x| x.snapshot.as_str()).collect();
+        assert_eq!(ids, vec!["ffffffff", "88888888", "00000000"]);
     }
 }

@@ -12,7 +12,7 @@
 //! 4. the manifest, last. Until it exists, nothing refers to the new data,
 //!    and a crash leaves only unreferenced packs that `prune` removes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
@@ -78,6 +78,7 @@ struct Source {
 fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>)> {
     let mut roots = Vec::new();
     let mut files = Vec::new();
+    let mut lost = NotPreserved::default();
     for p in paths {
         let abs = std::fs::canonicalize(p).map_err(|e| {
             Error::io(
@@ -87,10 +88,11 @@ fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>)> {
             )
         })?;
         roots.push(abs.to_string_lossy().into_owned());
-        walk(&abs, &mut files)?;
+        walk(&abs, &mut files, &mut lost)?;
     }
     files.sort();
     files.dedup();
+    lost.warn(&files);
     let mut sources = Vec::new();
     for f in &files {
         let sqlite = has_sqlite_header(f).map_err(|e| Error::io(f, "cannot read", e))?;
@@ -120,7 +122,73 @@ fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>)> {
     Ok((roots, sources))
 }
 
-fn walk(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// What format 1 does not keep of a directory tree: its manifests list
+/// regular files only, each with its own content and mode.
+#[derive(Debug, Default)]
+struct NotPreserved {
+    /// Directories with no regular file anywhere below them.
+    empty_dirs: usize,
+    /// Directories whose permission bits are not 0755 (restore and the
+    /// mount give every directory 0755).
+    dir_modes: Vec<u32>,
+}
+
+impl NotPreserved {
+    /// One warning line for what the snapshot of `files` will not keep,
+    /// hard links included (each name is stored, and restores, as its own
+    /// file).
+    fn warn(&self, files: &[PathBuf]) {
+        use std::os::unix::fs::MetadataExt;
+        let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
+        for f in files {
+            if let Ok(m) = std::fs::symlink_metadata(f) {
+                if m.nlink() > 1 {
+                    *inodes.entry((m.dev(), m.ino())).or_default() += 1;
+                }
+            }
+        }
+        let linked: Vec<usize> = inodes.into_values().filter(|&n| n > 1).collect();
+        let mut parts = Vec::new();
+        if self.empty_dirs > 0 {
+            parts.push(format!(
+                "{} empty director{}",
+                self.empty_dirs,
+                if self.empty_dirs == 1 { "y" } else { "ies" }
+            ));
+        }
+        if !self.dir_modes.is_empty() {
+            let mut modes: Vec<String> =
+                self.dir_modes.iter().map(|m| format!("{m:04o}")).collect();
+            modes.sort();
+            modes.dedup();
+            parts.push(format!(
+                "{} director{} with a mode other than 0755 ({}; they restore as 0755)",
+                self.dir_modes.len(),
+                if self.dir_modes.len() == 1 {
+                    "y"
+                } else {
+                    "ies"
+                },
+                modes.join(", ")
+            ));
+        }
+        if !linked.is_empty() {
+            parts.push(format!(
+                "{} hard-linked file(s) with {} names (each name restores as a separate file with the same content)",
+                linked.len(),
+                linked.iter().sum::<usize>()
+            ));
+        }
+        if !parts.is_empty() {
+            tracing::warn!(
+                "not preserved in format 1: {}; every regular file's content and mode is captured",
+                parts.join(", ")
+            );
+        }
+    }
+}
+
+fn walk(p: &Path, out: &mut Vec<PathBuf>, lost: &mut NotPreserved) -> Result<()> {
     let meta = std::fs::symlink_metadata(p).map_err(|e| Error::io(p, "cannot stat", e))?;
     let ft = meta.file_type();
     if ft.is_file() {
@@ -146,8 +214,19 @@ fn walk(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             .collect::<std::io::Result<_>>()
             .map_err(|e| Error::io(p, "cannot list directory", e))?;
         ents.sort_by_key(|e| e.file_name());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode != 0o755 {
+            lost.dir_modes.push(mode);
+        }
+        let before = out.len();
         for e in ents {
-            walk(&e.path(), out)?;
+            walk(&e.path(), out, lost)?;
+        }
+        // No regular file anywhere below: restore cannot recreate it (each
+        // directory of a tree of empty ones counts).
+        if out.len() == before {
+            lost.empty_dirs += 1;
         }
     } else {
         tracing::warn!(path = %p.display(), "skipping: not a regular file or directory (symlinks, sockets and devices are not captured)");

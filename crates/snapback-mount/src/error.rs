@@ -40,6 +40,11 @@ pub enum VfsError {
         source: std::sync::Arc<snapback_core::Error>,
     },
 
+    /// A read of a snapshot whose manifest is gone (forgotten, then its
+    /// data pruned, while it was mounted): not damage.
+    #[error("snapshot {snapshot} was forgotten/pruned while mounted: its data is gone from the repository (not damage; `snapback snapshots` lists what is left)")]
+    SnapshotGone { snapshot: String },
+
     #[error("{0}")]
     Internal(String),
 }
@@ -54,10 +59,26 @@ impl VfsError {
 
     /// True for errors that mean "the data could not be served": the caller
     /// sees EIO.
+    /// True when the data the error is about is missing from the store
+    /// (a pack not found, a chunk in no index), as after a prune.
+    pub fn is_missing_data(&self) -> bool {
+        match self {
+            VfsError::Repo { source, .. } => match &**source {
+                snapback_core::Error::Store(e) => e.is_not_found(),
+                snapback_core::Error::Corrupt { .. } => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     pub fn is_io(&self) -> bool {
         matches!(
             self,
-            VfsError::TimedOut { .. } | VfsError::Repo { .. } | VfsError::Internal(_)
+            VfsError::TimedOut { .. }
+                | VfsError::Repo { .. }
+                | VfsError::SnapshotGone { .. }
+                | VfsError::Internal(_)
         )
     }
 }

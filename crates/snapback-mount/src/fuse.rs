@@ -33,7 +33,10 @@ pub fn errno(e: &VfsError) -> Errno {
         VfsError::ReadOnly => Errno::EROFS,
         VfsError::Stale(_) => Errno::ESTALE,
         VfsError::BadHandle(_) => Errno::EBADF,
-        VfsError::TimedOut { .. } | VfsError::Repo { .. } | VfsError::Internal(_) => Errno::EIO,
+        VfsError::TimedOut { .. }
+        | VfsError::Repo { .. }
+        | VfsError::SnapshotGone { .. }
+        | VfsError::Internal(_) => Errno::EIO,
     }
 }
 

@@ -1094,7 +1094,7 @@ impl Vfs {
             Ok(r) => r,
             Err(e) => {
                 self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+                return Err(self.gone_or(f, e));
             }
         };
         if let Ok(mut m) = self.readers.lock() {
@@ -1144,6 +1144,25 @@ impl Vfs {
         r
     }
 
+    /// `e`, or "forgotten/pruned while mounted" when the data is missing
+    /// because the snapshot's manifest is gone too: a snapshot forgotten
+    /// and pruned under the mount, not a damaged repository.
+    fn gone_or(&self, node: &FileNode, e: VfsError) -> VfsError {
+        if !e.is_missing_data() {
+            return e;
+        }
+        match self
+            .repo()
+            .store()
+            .stat(&snapback_core::layout::snapshot_key(&node.snap))
+        {
+            Ok(None) => VfsError::SnapshotGone {
+                snapshot: node.snap.short(),
+            },
+            _ => e,
+        }
+    }
+
     fn read_file(
         &self,
         node: &FileNode,
@@ -1190,7 +1209,7 @@ impl Vfs {
                     what: format!("{} at offset {offset}", node.entry().path),
                     secs,
                 },
-                other => other,
+                other => self.gone_or(node, other),
             })?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (k, d) in datas.iter().enumerate() {

@@ -776,3 +776,118 @@ fn read_failure_warnings_are_rate_limited() {
     assert_eq!(allowed[0], Some(0));
     assert!(allowed[5..].iter().all(Option::is_none));
 }
+
+#[test]
+fn a_read_of_a_snapshot_forgotten_and_pruned_while_mounted_says_so_not_corrupt() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 3000);
+    let s = fx.snapshot(&[&db]);
+    let size = s.file(&db.to_string_lossy()).expect("file").size;
+    let vfs = fx.vfs(View::All, |o| o.readahead_max = 0);
+    let dir = snapshot_dir_name(&s);
+    let e = vfs
+        .resolve(&format!("snapshots/{dir}/{}", rel(&db)))
+        .expect("resolve");
+    let o = vfs.open(e.attr.ino, false).expect("open");
+    assert_eq!(vfs.read(o.fh, 0, 4096).expect("read before").len(), 4096);
+
+    // forget, then prune at once (no minimum pack age).
+    let snaps = fx.repo.snapshots().expect("list");
+    let plan = snapback_core::plan_forget(
+        &snaps,
+        &snapback_core::KeepPolicy {
+            tags: vec!["none-has-this-tag".into()],
+            ..Default::default()
+        },
+        &std::collections::HashSet::new(),
+        true,
+    )
+    .expect("plan");
+    assert_eq!(fx.repo.apply_forget(&plan).expect("forget"), 1);
+    let (_, report) = fx
+        .repo
+        .prune(&snapback_core::PruneOptions {
+            min_pack_age: Duration::ZERO,
+            ..Default::default()
+        })
+        .expect("prune");
+    assert!(report.packs_deleted > 0, "{report:?}");
+
+    let err = vfs
+        .read(o.fh, size - 4096, 4096)
+        .expect_err("its data is gone");
+    assert_eq!(errno(&err), fuser::Errno::EIO, "{err}");
+    assert!(
+        matches!(&err, VfsError::SnapshotGone { snapshot } if *snapshot == s.id.short()),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("forgotten/pruned while mounted")
+            && !err.to_string().contains("corrupt"),
+        "{err}"
+    );
+}
+
+/// Rewrites the manifest of `id` in the unencrypted repository at `root`
+/// with `time` and `tags`; returns the new id.
+fn rewrite_manifest(root: &Path, id: &Id, time: &str, tags: &[String]) -> Id {
+    let dir = root.join("snapshots");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(id.to_hex())).expect("manifest"))
+            .expect("json");
+    v["time"] = time.into();
+    v["tags"] = tags.into();
+    let bytes = serde_json::to_vec_pretty(&v).expect("encode");
+    let new = Id::of(&bytes);
+    std::fs::write(dir.join(new.to_hex()), bytes).expect("write");
+    if new != *id {
+        std::fs::remove_file(dir.join(id.to_hex())).expect("remove");
+    }
+    new
+}
+
+#[test]
+fn snapshots_taken_in_the_same_second_are_listed_by_full_time_not_by_id() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 10);
+    let a = fx.snapshot(&[&db]);
+    let b = fx.snapshot(&[&db]);
+    let root = fx.path("repo");
+    let first = rewrite_manifest(&root, &a.id, "2026-03-01T10:00:00.1Z", &[]);
+    // The later one gets an id below the earlier one's, so that an order by
+    // id would put it first.
+    let later = (0..256)
+        .map(|i| {
+            let cur = fx
+                .repo
+                .snapshots()
+                .expect("list")
+                .into_iter()
+                .find(|s| s.id != first)
+                .expect("the other");
+            rewrite_manifest(&root, &cur.id, "2026-03-01T10:00:00.9Z", &[format!("t{i}")])
+        })
+        .find(|id| id.to_hex() < first.to_hex())
+        .expect("an id below the first's");
+    let _ = b;
+    let listed: Vec<Id> = fx
+        .repo
+        .snapshots()
+        .expect("list")
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, vec![first, later], "oldest first, by full time");
+    let vfs = fx.vfs(View::All, |_| {});
+    let dirs = names(&vfs, "snapshots");
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    assert!(
+        dirs[0].contains(&first.short()) && dirs[1].contains(&later.short()),
+        "the mount's folders sort by time: {dirs:?}"
+    );
+    let latest = vfs.readlink(vfs.resolve("latest").expect("latest").attr.ino);
+    assert!(
+        latest.expect("link").contains(&later.short()),
+        "latest is the later one"
+    );
+}
