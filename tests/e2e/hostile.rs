@@ -446,7 +446,7 @@ fn newer_format_versions_are_refused_clearly() {
     let cfg = env.repo().join("config");
     let mut c: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&cfg).expect("read")).expect("json");
-    c["format_version"] = 2.into();
+    c["format_version"] = 3.into();
     c["new_setting"] = true.into();
     std::fs::write(&cfg, serde_json::to_vec_pretty(&c).expect("json")).expect("write");
     let dest = env.path("v.db");
@@ -455,13 +455,13 @@ fn newer_format_versions_are_refused_clearly() {
         &live,
         vec![
             row(
-                "config format_version 2",
+                "config format_version 3",
                 &["snapshots"],
                 1,
-                "format version 2",
+                "format version 3",
             ),
             row(
-                "config format_version 2 (restore)",
+                "config format_version 3 (restore)",
                 &["restore", &id, dest.to_str().expect("utf8")],
                 1,
                 "Upgrade snapback",
@@ -472,17 +472,17 @@ fn newer_format_versions_are_refused_clearly() {
     // A manifest from a newer snapback.
     let (env, live, id) = setup();
     let mut m = manifest_of(&env, &id);
-    m["format_version"] = 2.into();
+    m["format_version"] = 3.into();
     put_manifest(&env, &m);
     let dest = env.path("v.db");
     run_rows(
         &env,
         &live,
         vec![row(
-            "manifest format_version 2",
+            "manifest format_version 3",
             &["restore", &id, dest.to_str().expect("utf8")],
             1,
-            "format version 2",
+            "format version 3",
         )],
     );
 

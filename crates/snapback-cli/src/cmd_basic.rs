@@ -28,6 +28,11 @@ pub struct InitArgs {
     /// (--password-file, SNAPBACK_PASSWORD, or asked twice on the terminal).
     #[arg(long)]
     pub encrypt: bool,
+    /// Repository format version: 2 (the default) lets snapshots of a WAL
+    /// database read only the pages written since the last capture; 1 can
+    /// still be opened by older snapback releases (docs/format.md).
+    #[arg(long, default_value_t = snapback_core::FORMAT_VERSION, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub format_version: u32,
     #[command(flatten)]
     pub kdf: crate::cmd_key::KdfArgs,
 }
@@ -47,6 +52,7 @@ pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
         },
         compression_level: a.compression_level,
         encryption: None,
+        format_version: a.format_version,
         ..Default::default()
     };
     let opts = if a.encrypt {
@@ -69,6 +75,7 @@ pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
             "repository": repo.store().location(),
             "repo_id": repo.config().repo_id,
             "encrypted": repo.is_encrypted(),
+            "format_version": repo.config().format_version,
         }))?;
     } else if !g.quiet {
         println!(
@@ -162,6 +169,7 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
         let opts = SnapshotOptions {
             tags,
             lock_wait: std::time::Duration::from_secs(a.lock_wait),
+            state_dir: crate::repo_url::capture_state_root(),
             ..Default::default()
         };
         let r = repo.snapshot(&paths, &opts, &bar);
@@ -256,7 +264,8 @@ pub fn snapshot_json(s: &Snapshot, dating: &snapback_core::Dating) -> serde_json
         "logical_size": m.logical_size(),
         "bytes_added": m.stats.bytes_added,
         "files": m.files.iter().map(|f| json!({
-            "path": f.path, "kind": f.kind, "size": f.size, "sha256": f.sha256.to_hex(),
+            "path": f.path, "kind": f.kind, "size": f.size, "sha256": f.sha256.map(|h| h.to_hex()),
+            "db_checksum": f.db_checksum,
             "sqlite": f.sqlite,
         })).collect::<Vec<_>>(),
     })

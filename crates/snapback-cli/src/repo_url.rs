@@ -138,6 +138,20 @@ fn no_repository(g: &Global, e: snapback_core::Error) -> anyhow::Error {
     }
 }
 
+/// Where local capture state lives (what the previous capture of each
+/// database knew, so the next reads only what changed):
+/// `$XDG_STATE_HOME/snapback` (an absolute one), else
+/// `~/.local/state/snapback`.
+pub fn capture_state_root() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+        })?;
+    Some(base.join("snapback"))
+}
+
 fn metadata_cache_root() -> Option<std::path::PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(std::path::PathBuf::from)

@@ -2,8 +2,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The repository format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest repository format version this build reads and writes; new
+/// repositories get it. A repository keeps the version it was created with
+/// (docs/format.md, "Format version 2"): into a format-1 repository this
+/// build writes only format-1 objects.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this build still reads and writes.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
+
+/// The optional parts of format 2 that this build understands. A repository
+/// whose `features` names any other is refused: a feature this build does
+/// not know may change what the data means.
+pub const KNOWN_FEATURES: &[&str] = &[];
 
 /// The `config` object: written once by `init`, never changed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,6 +32,9 @@ pub struct RepoConfig {
     /// Present when the repository is encrypted (`init --encrypt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<crate::crypto::EncryptionConfig>,
+    /// Optional parts of format 2 that the repository uses (none yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,13 +78,35 @@ impl RepoConfig {
         let c: RepoConfig =
             serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
         c.validate()?;
+        if let Some(f) = c
+            .features
+            .iter()
+            .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
+        {
+            return Err(Error::UnsupportedFeature { feature: f.clone() });
+        }
         if let Some(e) = &c.encryption {
             e.validate()?;
         }
         Ok(c)
     }
 
+    /// True when the repository is format 2 or newer: manifests may omit the
+    /// whole-file SHA-256, so captures may read only what changed.
+    pub fn allows_partial_reads(&self) -> bool {
+        self.format_version >= 2
+    }
+
     pub fn validate(&self) -> Result<()> {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.format_version) {
+            return Err(Error::corrupt(
+                "config",
+                format!("format_version must be {OLDEST_FORMAT_VERSION}..={FORMAT_VERSION}"),
+            ));
+        }
+        if !self.features.is_empty() && self.format_version < 2 {
+            return Err(Error::corrupt("config", "format 1 has no features"));
+        }
         // The id names local cache directories: hex only.
         if self.repo_id.is_empty()
             || self.repo_id.len() > 64
@@ -124,6 +160,7 @@ mod tests {
             compression_level: 3,
             pack_target_size: 16 << 20,
             encryption: None,
+            features: vec![],
         }
     }
 
@@ -145,6 +182,29 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("Upgrade snapback"));
+    }
+
+    #[test]
+    fn unknown_features_are_refused_by_name() {
+        let mut c = sample();
+        c.features = vec!["zstd-dict".into()];
+        let b = serde_json::to_vec(&c).expect("ser");
+        let e = RepoConfig::parse(&b).expect_err("unknown feature");
+        assert!(
+            matches!(&e, Error::UnsupportedFeature { feature } if feature == "zstd-dict"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("Upgrade snapback"), "{e}");
+    }
+
+    #[test]
+    fn both_format_versions_parse() {
+        for v in [1, 2] {
+            let mut c = sample();
+            c.format_version = v;
+            let b = serde_json::to_vec(&c).expect("ser");
+            assert_eq!(RepoConfig::parse(&b).expect("parse").format_version, v);
+        }
     }
 
     #[test]

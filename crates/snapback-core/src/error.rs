@@ -22,6 +22,9 @@ pub enum Error {
     #[error("the repository uses format version {found}, but this snapback understands up to version {supported}. Upgrade snapback; nothing was changed.")]
     UnsupportedVersion { found: u32, supported: u32 },
 
+    #[error("the repository uses the format feature {feature:?}, which this snapback does not know. Upgrade snapback; nothing was changed.")]
+    UnsupportedFeature { feature: String },
+
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: String, detail: String },
 

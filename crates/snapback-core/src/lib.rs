@@ -4,11 +4,15 @@
 //! the mount and the repair engine build on. It knows nothing of the CLI.
 //! The public surface is the `pub use` block below.
 
+mod capture_state;
 mod check;
 mod chunklist;
 mod config;
 mod crypto;
 mod dating;
+mod delta;
+#[cfg(test)]
+mod delta_snapshot_tests;
 mod error;
 mod fingerprint;
 mod forget;
@@ -28,12 +32,13 @@ mod restore;
 mod snapshot;
 pub mod sqlite;
 pub mod time;
+mod wal;
 
 pub use check::{
     Affected, CheckOptions, CheckRecord, CheckReport, ClockAhead, LastChecks, Problem,
 };
 pub use chunklist::ChunkRef;
-pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION};
+pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use crypto::{KdfParams, KeyInfo, Passphrase, SEAL_OVERHEAD};
 pub use dating::{Ahead, Dating};
 pub use error::{Error, Result};
@@ -46,7 +51,8 @@ pub use index::{BlobLocation, MasterIndex};
 pub use layout::{pack_key, CONFIG_KEY, KEYS_PREFIX};
 pub use lock::{FoundLock, LockInfo, LockKind, LockState, ReadLock, RepoLock};
 pub use manifest::{
-    ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
+    CaptureMethod, ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats,
+    SqliteFacts,
 };
 pub use pack::BlobCodec;
 pub use pack::BlobKind;

@@ -50,8 +50,11 @@ pub struct FileEntry {
     pub mode: u32,
     /// Modification time of the source (RFC 3339), informational.
     pub mtime: Option<String>,
-    /// SHA-256 of the whole captured content.
-    pub sha256: Id,
+    /// SHA-256 of the whole captured content. Always present in format 1;
+    /// in format 2, absent when the capture read only what changed (the
+    /// chunk ids and `db_checksum` prove the image then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Id>,
     /// Sum of per-chunk terms (see `DbChecksum`), hex.
     pub db_checksum: String,
     pub chunking: Chunking,
@@ -92,6 +95,23 @@ pub struct SqliteFacts {
     /// snapshot that finds exactly these files reuses this image unread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<crate::fingerprint::DbFingerprint>,
+    /// How the image was taken (absent in manifests written before this
+    /// field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureMethod>,
+}
+
+/// How a database image was captured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum CaptureMethod {
+    /// Only the pages written since the previous capture (found from the
+    /// WAL's frame headers) were read.
+    WalDelta { pages_read: u64 },
+    /// Every page was read; `reason` says why no delta was possible.
+    FullScan { reason: String },
+    /// The fingerprint proved the database unchanged: nothing was read.
+    Unchanged,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -106,6 +126,13 @@ pub struct SnapshotStats {
     pub chunks: u64,
     pub new_chunks: u64,
     pub duration_ms: u64,
+    /// Databases captured by WAL delta (reading only the changed pages).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wal_delta_files: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Manifest {
@@ -129,7 +156,9 @@ impl Manifest {
         for f in &m.files {
             let parts_ok = f.chunks.base.len() as u64
                 <= f.chunks.count.div_ceil(crate::chunklist::PART_LEN as u64) + 1;
-            if !parts_ok || !f.path.starts_with('/') {
+            // Format 1 proves every file by its whole-file hash.
+            let hash_ok = m.format_version >= 2 || f.sha256.is_some();
+            if !parts_ok || !hash_ok || !f.path.starts_with('/') {
                 return Err(Error::corrupt(
                     place,
                     format!("file entry {} is malformed", f.path),

@@ -37,6 +37,9 @@ pub struct InitOptions {
     pub pack_target_size: u64,
     /// Encrypt the repository (see `crypto`).
     pub encryption: Option<EncryptionOptions>,
+    /// The repository's format version (`FORMAT_VERSION` by default; 1 for
+    /// repositories older releases must open).
+    pub format_version: u32,
 }
 
 /// The first passphrase of an encrypted repository and its KDF cost.
@@ -62,6 +65,7 @@ impl Default for InitOptions {
             compression_level: 1,
             pack_target_size: 16 << 20,
             encryption: None,
+            format_version: FORMAT_VERSION,
         }
     }
 }
@@ -180,7 +184,7 @@ impl Repository {
     /// Creates a new repository in an empty store.
     pub fn init(store: Arc<dyn Store>, opts: &InitOptions) -> Result<Repository> {
         let config = RepoConfig {
-            format_version: FORMAT_VERSION,
+            format_version: opts.format_version,
             repo_id: random_hex(16)?,
             created: crate::time::format_rfc3339(crate::time::now()),
             chunking: opts.chunking.clone(),
@@ -190,6 +194,7 @@ impl Repository {
                 .encryption
                 .as_ref()
                 .map(|_| EncryptionConfig::current()),
+            features: vec![],
         };
         config
             .validate()

@@ -349,27 +349,34 @@ impl Repository {
         out.sync_all()
             .map_err(|e| Error::io(tmp, "fsync failed", e))?;
 
-        // Read back what is on disk and prove it is the captured content.
-        let mut h = Sha256::new();
+        // Read back what is on disk and prove it is the captured content:
+        // by the whole-file SHA-256 where the manifest has one, else chunk
+        // by chunk against the chunk list (whose checksum was proven above).
         let mut f = File::open(tmp).map_err(|e| Error::io(tmp, "cannot reopen", e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| Error::io(tmp, "read-back failed", e))?;
-            if n == 0 {
-                break;
+        match &file.sha256 {
+            Some(want) => {
+                let mut h = Sha256::new();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f
+                        .read(&mut buf)
+                        .map_err(|e| Error::io(tmp, "read-back failed", e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                let got = Id(h.finalize().into());
+                if got != *want {
+                    return Err(Error::Verification(format!(
+                        "restored content of {} hashes to {}, but the snapshot recorded {}; nothing was put in place",
+                        file.path,
+                        got.short(),
+                        want.short()
+                    )));
+                }
             }
-            h.update(&buf[..n]);
-        }
-        let got = Id(h.finalize().into());
-        if got != file.sha256 {
-            return Err(Error::Verification(format!(
-                "restored content of {} hashes to {}, but the snapshot recorded {}; nothing was put in place",
-                file.path,
-                got.short(),
-                file.sha256.short()
-            )));
+            None => read_back_chunks(self.codec(), &mut f, &chunks, tmp, &file.path)?,
         }
         let perm = std::fs::Permissions::from_mode(file.mode & 0o7777);
         std::fs::set_permissions(tmp, perm)
@@ -383,6 +390,40 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// Reads `f` from the start and proves that it is exactly `chunks`: every
+/// chunk's content hashes to its id, and nothing follows the last one.
+fn read_back_chunks(
+    codec: &crate::pack::BlobCodec,
+    f: &mut File,
+    chunks: &[crate::chunklist::ChunkRef],
+    tmp: &Path,
+    path: &str,
+) -> Result<()> {
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut buf = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        buf.resize(c.len as usize, 0);
+        r.read_exact(&mut buf)
+            .map_err(|e| Error::io(tmp, "read-back failed", e))?;
+        if codec.blob_id(&buf) != c.id {
+            return Err(Error::Verification(format!(
+                "restored content of {path} differs from the snapshot at chunk {i} (it does not hash to {}); nothing was put in place",
+                c.id.short()
+            )));
+        }
+    }
+    let mut rest = [0u8; 1];
+    if r.read(&mut rest)
+        .map_err(|e| Error::io(tmp, "read-back failed", e))?
+        != 0
+    {
+        return Err(Error::Verification(format!(
+            "restored file of {path} is longer than the snapshot's content; nothing was put in place"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,14 +22,15 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use snapback_storage::{PutOutcome, Store};
 
+use crate::capture_state::{self, CaptureState, StateLock, StatePaths};
 use crate::chunklist::{self, ChunkRef, PART_LEN};
-use crate::config::FORMAT_VERSION;
 use crate::error::{Error, Result};
 use crate::id::{DbChecksum, Id};
 use crate::index::{encode_index, IndexedPack, MasterIndex};
 use crate::layout::{index_key, pack_id_from_key, pack_key, snapshot_key, DATA_PREFIX};
 use crate::manifest::{
-    ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats, SqliteFacts,
+    CaptureMethod, ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats,
+    SqliteFacts,
 };
 use crate::object::put_verified;
 use crate::pack::{seal_blob, BlobCodec, BlobKind, PackBuilder};
@@ -46,6 +47,11 @@ pub struct SnapshotOptions {
     pub upload_threads: usize,
     /// How long to wait for an exclusive lock (a prune) to go.
     pub lock_wait: Duration,
+    /// Where the local capture state lives (`$XDG_STATE_HOME/snapback`):
+    /// with it, a database in a format-2 repository is captured by reading
+    /// only the pages written since its previous capture (`delta`). `None`:
+    /// every capture is a full scan.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for SnapshotOptions {
@@ -55,6 +61,7 @@ impl Default for SnapshotOptions {
             busy_timeout: Duration::from_secs(30),
             upload_threads: 4,
             lock_wait: Duration::from_secs(300),
+            state_dir: None,
         }
     }
 }
@@ -247,6 +254,25 @@ struct BlobSink<'a> {
     pack_target: usize,
     tx: Option<SyncSender<PackBuilder>>,
     stats: &'a Mutex<SnapshotStats>,
+    /// Capture states to save once the manifest is committed (each with
+    /// its lock, held until then).
+    states: Vec<PendingState>,
+}
+
+/// What a delta capture of one database starts from.
+struct DeltaInput<'a> {
+    path: &'a Path,
+    path_s: &'a str,
+    meta: &'a std::fs::Metadata,
+    fingerprint: Option<crate::fingerprint::DbFingerprint>,
+    state: &'a CaptureState,
+    changed: &'a crate::delta::Changed,
+}
+
+struct PendingState {
+    paths: StatePaths,
+    state: CaptureState,
+    _lock: StateLock,
 }
 
 impl BlobSink<'_> {
@@ -359,6 +385,7 @@ impl Repository {
         let store: &dyn Store = self.store().as_ref();
         let codec = self.codec();
         type Referenced = (HashSet<Id>, HashSet<Id>);
+        let mut pending: Vec<PendingState> = Vec::new();
         let files = std::thread::scope(|scope| -> Result<(Vec<FileEntry>, Referenced)> {
             let workers: Vec<_> = (0..opts.upload_threads.max(1))
                 .map(|_| scope.spawn(|| upload_worker(store, codec, &rx, &done, &stats)))
@@ -373,6 +400,7 @@ impl Repository {
                 pack_target: self.config().pack_target_size as usize,
                 tx: Some(tx),
                 stats: &stats,
+                states: Vec::new(),
             };
             let mut files = Vec::new();
             let mut result = Ok(());
@@ -398,6 +426,7 @@ impl Repository {
                 std::mem::take(&mut sink.referenced),
                 std::mem::take(&mut sink.reused_from),
             );
+            pending = std::mem::take(&mut sink.states);
             drop(sink.tx.take());
             drop(sink);
             for w in workers {
@@ -434,7 +463,9 @@ impl Repository {
         stats.files = files.len() as u64;
         stats.duration_ms = started.elapsed().as_millis() as u64;
         let manifest = Manifest {
-            format_version: FORMAT_VERSION,
+            // A repository keeps its format: a format-1 one gets format-1
+            // manifests, which its older readers understand.
+            format_version: self.config().format_version,
             time: crate::time::format_rfc3339(time),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             tags: opts.tags.clone(),
@@ -445,6 +476,14 @@ impl Repository {
         let bytes = manifest.encode()?;
         let id = Id::of(&bytes);
         put_verified(store, &snapshot_key(&id), &bytes)?;
+        // The snapshot is committed; the states only help the next capture
+        // (a lost one costs a full scan, never a wrong image).
+        for mut p in pending {
+            p.state.manifest = id;
+            if let Err(e) = capture_state::save(&p.paths, &p.state) {
+                tracing::warn!(path = %p.state.path, error = %e, "cannot save the local capture state; the next capture of this database will read all of it");
+            }
+        }
         tracing::info!(
             snapshot = %id,
             paths = ?manifest.paths,
@@ -581,8 +620,63 @@ impl Repository {
                 ..entry
             });
         }
+        let path_s = path.to_string_lossy().into_owned();
+        // What a delta needs, known before the read transaction begins.
+        let mut lock = None;
+        let prior = self.prior_capture(&path_s, opts, sink, history, &mut lock);
+        let before = crate::delta::before(path);
         let cap = Capture::begin(path, opts.busy_timeout)?;
         let page_size = cap.page_size;
+        let same_file = crate::delta::before(path);
+        let (prior, before) = if (same_file.dev, same_file.ino) != (before.dev, before.ino) {
+            (
+                Err("the database file was replaced while the capture began".to_string()),
+                None,
+            )
+        } else {
+            (prior, Some(before))
+        };
+        let delta = prior.and_then(|(state, base)| {
+            let b = before.as_ref().ok_or("the database file was replaced")?;
+            let c = crate::delta::changed_pages(path, b, &state, page_size, cap.page_count)?;
+            let limit = (cap.page_count / 4).max(256);
+            if c.pages.len() as u64 > limit {
+                return Err(format!(
+                    "{} of {} pages changed since the previous capture (more than a quarter: a full scan reads them faster)",
+                    c.pages.len(),
+                    cap.page_count
+                ));
+            }
+            Ok((state, base, c))
+        });
+        let (reason, delta) = match delta {
+            Ok(d) => (None, Some(d)),
+            Err(r) => (Some(r), None),
+        };
+        if let Some((state, base, changed)) = delta {
+            let fp = fp.filter(|f| crate::fingerprint::settled(f, fp_taken));
+            let entry = self.capture_delta(
+                DeltaInput {
+                    path,
+                    path_s: &path_s,
+                    meta: &meta,
+                    fingerprint: fp,
+                    state: &state,
+                    changed: &changed,
+                },
+                &cap,
+                sink,
+                history,
+                base,
+            )?;
+            cap.finish()?;
+            if let (Some(pos), Some(l), Some(b)) = (changed.position, lock, before.as_ref()) {
+                self.queue_state(sink, &path_s, b, page_size, pos, &entry, l);
+            }
+            return Ok(entry);
+        }
+        let reason = reason.unwrap_or_default();
+        tracing::info!(path = %path_s, reason = %reason, "capturing the database by a full scan");
         let chunk_size =
             page_size as usize * self.config().chunking.sqlite_pages_per_chunk as usize;
         let pages_per_batch = ((8 << 20) / page_size as usize).max(1);
@@ -635,16 +729,19 @@ impl Repository {
                 .unwrap_or(0),
             captured_at: crate::time::format_rfc3339(cap.captured_at),
             fingerprint: fp.filter(|f| crate::fingerprint::settled(f, fp_taken)),
+            capture: Some(CaptureMethod::FullScan { reason }),
         };
         let size = cap.size();
+        let position = before
+            .as_ref()
+            .and_then(|b| crate::delta::position_of_full_scan(path, b, page_size));
         cap.finish()?;
-        let path_s = path.to_string_lossy().into_owned();
         let chunking = Chunking::Fixed {
             size: chunk_size as u32,
         };
         let chunks = self.store_chunk_list(sink, &path_s, chunking, &refs, history)?;
-        Ok(FileEntry {
-            path: path_s,
+        let entry = FileEntry {
+            path: path_s.clone(),
             kind: FileKind::Sqlite,
             size,
             mode: mode_of(&meta),
@@ -653,8 +750,204 @@ impl Repository {
                 .ok()
                 .and_then(crate::time::from_system)
                 .map(crate::time::format_rfc3339),
-            sha256: Id(sha),
+            sha256: Some(Id(sha)),
             db_checksum: checksum_of(&refs).to_hex(),
+            chunking,
+            chunks,
+            sqlite: Some(facts),
+        };
+        if chunk_size == page_size as usize {
+            if let (Some(pos), Some(l), Some(b)) = (position, lock, before.as_ref()) {
+                self.queue_state(sink, &path_s, b, page_size, pos, &entry, l);
+            }
+        }
+        Ok(entry)
+    }
+
+    /// The previous capture of this database, if a delta can start from it:
+    /// its local state (locked in `lock` for this capture) and the chunk
+    /// list of the image it produced. Otherwise why not.
+    fn prior_capture(
+        &self,
+        path_s: &str,
+        opts: &SnapshotOptions,
+        sink: &BlobSink,
+        history: &[Snapshot],
+        lock: &mut Option<(StatePaths, StateLock)>,
+    ) -> std::result::Result<(CaptureState, Vec<ChunkRef>), String> {
+        if !self.config().allows_partial_reads() {
+            return Err("the repository is format 1, whose manifests need a whole-file SHA-256 (`snapback init` makes format 2)".into());
+        }
+        if self.config().chunking.sqlite_pages_per_chunk != 1 {
+            return Err("the repository cuts databases into chunks of several pages".into());
+        }
+        let Some(dir) = &opts.state_dir else {
+            return Err("no local state directory".into());
+        };
+        let sp = capture_state::paths(dir, &self.config().repo_id, path_s);
+        match capture_state::try_lock(&sp) {
+            Ok(Some(l)) => *lock = Some((sp.clone(), l)),
+            Ok(None) => {
+                return Err(
+                    "another capture of this database into this repository is running".into(),
+                )
+            }
+            Err(e) => return Err(format!("the local capture state cannot be locked ({e})")),
+        }
+        let state = capture_state::load(&sp)?;
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        if state.repo_id != self.config().repo_id || state.path != path_s {
+            return Err("the local capture state belongs to another database".into());
+        }
+        if state.host != host {
+            return Err(format!(
+                "the previous capture was made on another host ({})",
+                state.host
+            ));
+        }
+        let Some(snap) = history.iter().find(|s| s.id == state.manifest) else {
+            return Err(format!(
+                "the previous capture's snapshot {} is no longer in the repository",
+                state.manifest.short()
+            ));
+        };
+        let Some(entry) = snap.file(path_s) else {
+            return Err("the previous capture's snapshot does not hold this database".into());
+        };
+        let matches = entry.kind == FileKind::Sqlite
+            && entry.chunking
+                == (Chunking::Fixed {
+                    size: state.page_size,
+                })
+            && entry.db_checksum == state.db_checksum
+            && entry.chunks.count == state.page_count;
+        if !matches {
+            return Err(
+                "the previous capture's snapshot does not match the local capture state".into(),
+            );
+        }
+        let list = self
+            .chunk_list(sink.index, entry)
+            .map_err(|e| format!("the previous capture's chunk list cannot be read ({e})"))?;
+        if list.len() as u64 != state.page_count || list.iter().any(|c| !sink.index.contains(&c.id))
+        {
+            return Err("blobs of the previous capture are missing from the index".into());
+        }
+        Ok((state, list))
+    }
+
+    /// Queues the capture state of `entry` to be saved after the commit.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_state(
+        &self,
+        sink: &mut BlobSink,
+        path_s: &str,
+        before: &crate::delta::Before,
+        page_size: u32,
+        pos: crate::delta::Position,
+        entry: &FileEntry,
+        lock: (StatePaths, StateLock),
+    ) {
+        let (paths, l) = lock;
+        sink.states.push(PendingState {
+            paths,
+            state: CaptureState {
+                version: capture_state::new_state_version(),
+                repo_id: self.config().repo_id.clone(),
+                path: path_s.to_string(),
+                host: gethostname::gethostname().to_string_lossy().into_owned(),
+                pid: std::process::id(),
+                dev: before.dev,
+                ino: before.ino,
+                page_size,
+                wal_salts: hex::encode(pos.salts),
+                frame: pos.frame,
+                frame_cksum: pos.cksum,
+                manifest: Id([0; 32]),
+                page_count: entry.chunks.count,
+                db_checksum: entry.db_checksum.clone(),
+            },
+            _lock: l,
+        });
+    }
+
+    /// A WAL-delta capture inside `cap`'s read transaction: reads the
+    /// changed pages only and builds the new chunk list and `db_checksum`
+    /// from the previous capture's.
+    fn capture_delta(
+        &self,
+        input: DeltaInput,
+        cap: &Capture,
+        sink: &mut BlobSink,
+        history: &[Snapshot],
+        base: Vec<ChunkRef>,
+    ) -> Result<FileEntry> {
+        let DeltaInput {
+            path,
+            path_s,
+            meta,
+            fingerprint,
+            state,
+            changed,
+        } = input;
+        let ps = cap.page_size as usize;
+        let mut header = Vec::new();
+        let mut new_refs: Vec<ChunkRef> = Vec::with_capacity(changed.pages.len());
+        cap.read_listed(&changed.pages, (8 << 20) / ps, |group, buf| {
+            if group.first() == Some(&1) && header.is_empty() {
+                header = buf[..100.min(buf.len())].to_vec();
+            }
+            let bounds: Vec<(usize, usize)> =
+                (0..group.len()).map(|i| (i * ps, (i + 1) * ps)).collect();
+            self.ingest(sink, &buf, &bounds, &mut new_refs)
+        })?;
+        let old_sum = DbChecksum::from_hex(&state.db_checksum).ok_or_else(|| {
+            Error::corrupt(
+                format!("snapshot {}", state.manifest.short()),
+                "its db_checksum is not hex",
+            )
+        })?;
+        let (list, sum) = apply_delta(base, old_sum, changed, &new_refs, cap.page_count, ps as u64)
+            .map_err(|m| Error::Input {
+                path: path.into(),
+                message: m,
+            })?;
+        // The unchanged entries are the previous capture's blobs.
+        sink.referenced.extend(list.iter().map(|c| c.id));
+        if let Ok(mut s) = sink.stats.lock() {
+            s.chunks += list.len() as u64 - new_refs.len() as u64;
+            s.wal_delta_files += 1;
+        }
+        let chunking = Chunking::Fixed { size: ps as u32 };
+        let chunks = self.store_chunk_list(sink, path_s, chunking, &list, history)?;
+        tracing::info!(path = %path_s, pages_read = changed.pages.len(), pages = cap.page_count, "captured the database by WAL delta (only the pages written since the previous capture)");
+        let facts = SqliteFacts {
+            page_size: cap.page_size,
+            page_count: cap.page_count,
+            journal_mode: journal_mode_of_header(&header).to_string(),
+            schema_hash: cap.schema_hash()?,
+            change_counter: header
+                .get(24..28)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0),
+            captured_at: crate::time::format_rfc3339(cap.captured_at),
+            fingerprint,
+            capture: Some(CaptureMethod::WalDelta {
+                pages_read: changed.pages.len() as u64,
+            }),
+        };
+        Ok(FileEntry {
+            path: path_s.to_string(),
+            kind: FileKind::Sqlite,
+            size: cap.size(),
+            mode: mode_of(meta),
+            mtime: meta
+                .modified()
+                .ok()
+                .and_then(crate::time::from_system)
+                .map(crate::time::format_rfc3339),
+            sha256: None,
+            db_checksum: sum.to_hex(),
             chunking,
             chunks,
             sqlite: Some(facts),
@@ -691,6 +984,7 @@ impl Repository {
         let mut e = prev.clone();
         if let Some(f) = e.sqlite.as_mut() {
             f.captured_at = crate::time::format_rfc3339(crate::time::now());
+            f.capture = Some(CaptureMethod::Unchanged);
         }
         if let Ok(mut s) = sink.stats.lock() {
             s.chunks += e.chunks.count;
@@ -838,13 +1132,59 @@ impl Repository {
                 .ok()
                 .and_then(crate::time::from_system)
                 .map(crate::time::format_rfc3339),
-            sha256: Id(whole.finalize().into()),
+            sha256: Some(Id(whole.finalize().into())),
             db_checksum: checksum_of(&refs).to_hex(),
             chunking: Chunking::Cdc,
             chunks,
             sqlite: None,
         })
     }
+}
+
+/// The new chunk list and checksum: `base` (whose checksum is `old_sum`)
+/// cut to `changed.keep` entries and extended to `page_count`, with the
+/// changed pages (`new_refs`, in `changed.pages` order) in their places.
+/// The checksum is updated per changed entry, without the rest of the list.
+pub(crate) fn apply_delta(
+    mut base: Vec<ChunkRef>,
+    mut sum: DbChecksum,
+    changed: &crate::delta::Changed,
+    new_refs: &[ChunkRef],
+    page_count: u64,
+    page_size: u64,
+) -> std::result::Result<(Vec<ChunkRef>, DbChecksum), String> {
+    if new_refs.len() != changed.pages.len() {
+        return Err("read a different number of pages than listed".into());
+    }
+    let keep = changed.keep.min(base.len() as u64) as usize;
+    for (i, c) in base.iter().enumerate().skip(keep) {
+        sum.remove(i as u64 * page_size, &c.id);
+    }
+    base.truncate(keep);
+    let filler = ChunkRef {
+        id: Id([0; 32]),
+        len: 0,
+    };
+    let count = usize::try_from(page_count).map_err(|_| "page count too large".to_string())?;
+    base.resize(count, filler);
+    let mut covered = keep;
+    for (&p, r) in changed.pages.iter().zip(new_refs) {
+        let i = (p - 1) as usize;
+        let off = i as u64 * page_size;
+        if i < keep {
+            sum.remove(off, &base[i].id);
+        } else if i == covered {
+            covered += 1;
+        } else {
+            return Err(format!("page {p} past the reusable part is out of order"));
+        }
+        sum.add(off, &r.id);
+        base[i] = *r;
+    }
+    if covered != count.max(keep) {
+        return Err("pages past the reusable part of the previous capture were not read".into());
+    }
+    Ok((base, sum))
 }
 
 pub(crate) fn checksum_of(refs: &[ChunkRef]) -> DbChecksum {

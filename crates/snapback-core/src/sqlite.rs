@@ -166,6 +166,66 @@ impl Capture {
         Ok(())
     }
 
+    /// Reads the listed pages (1-based, each at most the page count) of this
+    /// transaction, handing them to `sink` in order, concatenated, up to
+    /// `pages_per_call` at a time.
+    pub fn read_listed(
+        &self,
+        pages: &[u64],
+        pages_per_call: usize,
+        mut sink: impl FnMut(&[u64], Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let err = |message: &str, source| Error::Sqlite {
+            path: self.path.clone(),
+            message: message.into(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
+            .map_err(|e| {
+                err(
+                    "cannot read pages (is SQLITE_ENABLE_DBPAGE_VTAB compiled in?)",
+                    e,
+                )
+            })?;
+        let ps = self.page_size as usize;
+        for group in pages.chunks(pages_per_call.max(1)) {
+            let mut buf = Vec::with_capacity(group.len() * ps);
+            for &pgno in group {
+                if pgno == 0 || pgno > self.page_count {
+                    return Err(Error::Input {
+                        path: self.path.clone(),
+                        message: format!(
+                            "page {pgno} is outside the database ({} pages)",
+                            self.page_count
+                        ),
+                    });
+                }
+                let got = stmt
+                    .query_row([pgno as i64], |r| {
+                        let d = r.get_ref(0)?;
+                        let b = d.as_blob().map_err(rusqlite::Error::from)?;
+                        if b.len() == ps {
+                            buf.extend_from_slice(b);
+                            Ok(true)
+                        } else {
+                            Ok(false)
+                        }
+                    })
+                    .map_err(|e| err("page read failed", e))?;
+                if !got {
+                    return Err(Error::Input {
+                        path: self.path.clone(),
+                        message: format!("page {pgno} is not {ps} bytes"),
+                    });
+                }
+            }
+            sink(group, buf)?;
+        }
+        Ok(())
+    }
+
     /// SHA-256 over the schema table's rows, in name order.
     pub fn schema_hash(&self) -> Result<Id> {
         let err = |source| Error::Sqlite {

@@ -42,7 +42,8 @@ pub fn init_encrypted() -> Vec<&'static str> {
 
 /// `snapback --repo REPO`, with none of [`ISOLATED_VARS`] and no config of
 /// the user running the tests (`XDG_CONFIG_HOME` points beside the
-/// repository, where nothing is).
+/// repository, where nothing is); capture state (what WAL-delta snapshots
+/// start from) goes beside the repository too, not to ~/.local/state.
 pub fn command(repo: &Path) -> Command {
     let mut c = Command::new(bin());
     c.arg("--repo").arg(repo);
@@ -50,6 +51,7 @@ pub fn command(repo: &Path) -> Command {
         c.env_remove(k);
     }
     c.env("XDG_CONFIG_HOME", repo.with_file_name("xdg"));
+    c.env("XDG_STATE_HOME", repo.with_file_name("xdg-state"));
     c
 }
 
