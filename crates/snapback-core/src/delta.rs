@@ -37,32 +37,19 @@ pub struct Before {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
-    /// Header bytes 18 and 19 are both 2.
-    pub wal_mode: bool,
 }
 
-/// Reads the wal-index header and the database file's identity.
+/// Reads the wal-index header and the database file's identity. Never
+/// opens the database file itself: closing a descriptor of a file drops
+/// every POSIX lock this process holds on it, SQLite's included (see
+/// `wal::read_index_header` for the `-shm` file).
 pub fn before(db: &Path) -> Before {
     let meta = std::fs::metadata(db).ok();
-    let mut hdr = [0u8; 20];
-    let wal_mode = File::open(db)
-        .and_then(|f| {
-            use std::os::unix::fs::FileExt;
-            f.read_exact_at(&mut hdr, 0)
-        })
-        .is_ok()
-        && hdr[18] == 2
-        && hdr[19] == 2;
     Before {
-        index: if wal_mode {
-            wal::read_index_header(db).ok().flatten()
-        } else {
-            None
-        },
+        index: wal::read_index_header(db).ok().flatten(),
         dev: meta.as_ref().map(|m| m.dev()).unwrap_or(0),
         ino: meta.as_ref().map(|m| m.ino()).unwrap_or(0),
         size: meta.as_ref().map(|m| m.size()).unwrap_or(0),
-        wal_mode,
     }
 }
 
@@ -120,11 +107,12 @@ fn salts_unchanged(f: &File, h: &WalHeader) -> Result<(), String> {
 pub fn changed_pages(
     db: &Path,
     before: &Before,
+    wal_mode: bool,
     state: &CaptureState,
     page_size: u32,
     page_count: u64,
 ) -> Result<Changed, String> {
-    if !before.wal_mode {
+    if !wal_mode {
         return Err(
             "the database is in rollback-journal mode (no WAL to read changes from)".into(),
         );
@@ -141,7 +129,7 @@ pub fn changed_pages(
             state.page_size
         ));
     }
-    if before.size % page_size as u64 != 0 {
+    if !before.size.is_multiple_of(page_size as u64) {
         return Err("the database file is not a whole number of pages".into());
     }
     let index = before
@@ -248,8 +236,13 @@ pub fn changed_pages(
 
 /// The position a full scan's image is known to include: the wal-index's
 /// `mxFrame` read before the read transaction began, if the WAL agrees.
-pub fn position_of_full_scan(db: &Path, before: &Before, page_size: u32) -> Option<Position> {
-    if !before.wal_mode {
+pub fn position_of_full_scan(
+    db: &Path,
+    before: &Before,
+    wal_mode: bool,
+    page_size: u32,
+) -> Option<Position> {
+    if !wal_mode {
         return None;
     }
     let index = before.index?;
@@ -347,19 +340,19 @@ mod tests {
     /// One capture the way `snapshot` takes it, with both a delta (when the
     /// state allows one) and a full scan in the same read transaction.
     /// Returns the full list, the delta's outcome, and the next state.
-    fn capture_both(
-        db: &Path,
-        prior: Option<&(CaptureState, Vec<ChunkRef>)>,
-    ) -> (
+    type Prior = (CaptureState, Vec<ChunkRef>);
+    type Both = (
         Vec<ChunkRef>,
         Option<Result<Vec<ChunkRef>, String>>,
-        Option<(CaptureState, Vec<ChunkRef>)>,
-    ) {
+        Option<Prior>,
+    );
+
+    fn capture_both(db: &Path, prior: Option<&Prior>) -> Both {
         let b = before(db);
         let cap = Capture::begin(db, Duration::from_secs(10)).expect("begin");
         let mut delta_pos = None;
         let delta = prior.map(|(state, base)| {
-            let c = changed_pages(db, &b, state, cap.page_size, cap.page_count)?;
+            let c = changed_pages(db, &b, true, state, cap.page_size, cap.page_count)?;
             let mut refs = Vec::new();
             let ps = cap.page_size as usize;
             cap.read_listed(&c.pages, 100, |_, buf| {
@@ -383,7 +376,7 @@ mod tests {
         let full = full_list(&cap);
         let pos = match (&delta, delta_pos) {
             (Some(Ok(_)), Some(p)) => p,
-            _ => position_of_full_scan(db, &b, cap.page_size),
+            _ => position_of_full_scan(db, &b, true, cap.page_size),
         };
         let next = pos.map(|p| (state_of(&b, p, cap.page_size, &full), full.clone()));
         cap.finish().expect("finish");
@@ -572,23 +565,27 @@ mod tests {
         c.execute("INSERT INTO t VALUES (1)", []).expect("insert");
         let b = before(&db);
         let cap = Capture::begin(&db, Duration::from_secs(5)).expect("begin");
-        let ok = changed_pages(&db, &b, &state, cap.page_size, cap.page_count).expect("delta");
+        let ok =
+            changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count).expect("delta");
         assert!(ok.pages.len() < base.len() + 1);
         let mut far = state.clone();
         far.frame += 50;
-        let e = changed_pages(&db, &b, &far, cap.page_size, cap.page_count).expect_err("past end");
+        let e = changed_pages(&db, &b, true, &far, cap.page_size, cap.page_count)
+            .expect_err("past end");
         assert!(e.contains("fewer commits") || e.contains("shorter"), "{e}");
         let mut wrong = state.clone();
         wrong.frame_cksum[0] ^= 1;
-        let e = changed_pages(&db, &b, &wrong, cap.page_size, cap.page_count).expect_err("cksum");
+        let e =
+            changed_pages(&db, &b, true, &wrong, cap.page_size, cap.page_count).expect_err("cksum");
         assert!(e.contains("no longer carries"), "{e}");
         let mut moved = state.clone();
         moved.ino ^= 1;
-        let e = changed_pages(&db, &b, &moved, cap.page_size, cap.page_count).expect_err("ino");
+        let e =
+            changed_pages(&db, &b, true, &moved, cap.page_size, cap.page_count).expect_err("ino");
         assert!(e.contains("replaced"), "{e}");
         let mut ps = state.clone();
         ps.page_size = 1024;
-        let e = changed_pages(&db, &b, &ps, cap.page_size, cap.page_count).expect_err("ps");
+        let e = changed_pages(&db, &b, true, &ps, cap.page_size, cap.page_count).expect_err("ps");
         assert!(e.contains("page size"), "{e}");
         cap.finish().expect("finish");
     }
@@ -612,7 +609,7 @@ mod tests {
         c.execute("INSERT INTO t VALUES (1)", []).expect("insert");
         let b = before(&db);
         let cap = Capture::begin(&db, Duration::from_secs(5)).expect("begin");
-        let e = changed_pages(&db, &b, &state, cap.page_size, cap.page_count)
+        let e = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count)
             .expect_err("a page in no frame");
         assert!(e.contains("in no WAL frame"), "{e}");
         cap.finish().expect("finish");

@@ -77,7 +77,7 @@ impl Fx {
         };
         let r = self
             .repo
-            .snapshot(&[self.db.clone()], &opts, &NoProgress)
+            .snapshot(std::slice::from_ref(&self.db), &opts, &NoProgress)
             .expect("snapshot");
         (r.id, r.manifest.files[0].clone(), r.manifest.format_version)
     }
@@ -299,4 +299,47 @@ fn a_format_1_repository_keeps_full_scans_and_format_1_manifests() {
         !fx.state_dir().join("capture").exists(),
         "no capture state for a format-1 repository"
     );
+}
+
+#[test]
+fn reading_the_wal_index_never_releases_a_read_transactions_locks() {
+    // Closing any descriptor of a file drops every POSIX lock the process
+    // holds on it. A capture reads the -shm file while its own read
+    // transaction (or another connection of the process) holds WAL locks
+    // there; those locks must survive, or a checkpoint could reset the
+    // WAL under the reader.
+    let d = tempfile::tempdir().expect("tmp");
+    let db = d.path().join("app.db");
+    let w = Connection::open(&db).expect("open");
+    w.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(v); INSERT INTO t VALUES (randomblob(5000));",
+    )
+    .expect("setup");
+    let cap = crate::sqlite::Capture::begin(&db, Duration::from_secs(5)).expect("begin");
+    w.execute("INSERT INTO t VALUES (randomblob(5000))", [])
+        .expect("a commit after the reader began");
+    for _ in 0..3 {
+        let b = crate::delta::before(&db);
+        assert!(b.index.is_some(), "the wal-index header is read");
+        let _ = crate::delta::position_of_full_scan(&db, &b, true, cap.page_size);
+    }
+    // The checkpoint runs in another process: within one process SQLite
+    // sees its own connections' locks without asking the kernel.
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("PRAGMA wal_checkpoint(TRUNCATE);")
+        .output()
+        .expect("run the sqlite3 shell");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let busy: i64 = text
+        .split('|')
+        .next()
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or_else(|| panic!("sqlite3 printed {text:?}"));
+    assert_eq!(
+        busy, 1,
+        "the reader still holds its read mark, so a TRUNCATE checkpoint cannot complete"
+    );
+    cap.finish().expect("finish");
 }

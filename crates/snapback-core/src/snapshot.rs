@@ -624,21 +624,39 @@ impl Repository {
         // What a delta needs, known before the read transaction begins.
         let mut lock = None;
         let prior = self.prior_capture(&path_s, opts, sink, history, &mut lock);
-        let before = crate::delta::before(path);
+        // Only where a delta or a new state is possible (the lock is held):
+        // reading the -shm file is harmless, but needless elsewhere.
+        let before = lock.as_ref().map(|_| crate::delta::before(path));
         let cap = Capture::begin(path, opts.busy_timeout)?;
         let page_size = cap.page_size;
-        let same_file = crate::delta::before(path);
-        let (prior, before) = if (same_file.dev, same_file.ino) != (before.dev, before.ino) {
+        // The file is only stat'ed here, never opened: closing a descriptor
+        // of it would drop the read transaction's POSIX locks.
+        let same_file = std::fs::metadata(path).ok().map(|m| {
             (
+                std::os::unix::fs::MetadataExt::dev(&m),
+                std::os::unix::fs::MetadataExt::ino(&m),
+            )
+        });
+        let (prior, before) = match before {
+            Some(b) if same_file == Some((b.dev, b.ino)) => (prior, Some(b)),
+            Some(_) => (
                 Err("the database file was replaced while the capture began".to_string()),
                 None,
-            )
-        } else {
-            (prior, Some(before))
+            ),
+            None => (prior, None),
         };
+        // The journal mode of this transaction's image (header bytes 18/19).
+        let mut wal_mode = false;
+        if before.is_some() {
+            cap.read_listed(&[1], 1, |_, page1| {
+                wal_mode = journal_mode_of_header(&page1) == "wal";
+                Ok(())
+            })?;
+        }
         let delta = prior.and_then(|(state, base)| {
             let b = before.as_ref().ok_or("the database file was replaced")?;
-            let c = crate::delta::changed_pages(path, b, &state, page_size, cap.page_count)?;
+            let c =
+                crate::delta::changed_pages(path, b, wal_mode, &state, page_size, cap.page_count)?;
             let limit = (cap.page_count / 4).max(256);
             if c.pages.len() as u64 > limit {
                 return Err(format!(
@@ -732,9 +750,10 @@ impl Repository {
             capture: Some(CaptureMethod::FullScan { reason }),
         };
         let size = cap.size();
+        let wal_mode = journal_mode_of_header(&header) == "wal";
         let position = before
             .as_ref()
-            .and_then(|b| crate::delta::position_of_full_scan(path, b, page_size));
+            .and_then(|b| crate::delta::position_of_full_scan(path, b, wal_mode, page_size));
         cap.finish()?;
         let chunking = Chunking::Fixed {
             size: chunk_size as u32,

@@ -233,15 +233,55 @@ pub struct IndexHeader {
     pub salts: Salts,
 }
 
+/// The `-shm` files this process opened, by device and inode, kept open
+/// until it exits. SQLite holds its WAL locks as POSIX locks on the `-shm`
+/// file, and closing *any* descriptor of a file drops every POSIX lock the
+/// process holds on it: a `-shm` opened and closed here while a connection
+/// of this process (a capture's read transaction, a repair's writer) uses
+/// the database would silently release that connection's locks.
+static SHM_FILES: std::sync::Mutex<Vec<OpenShm>> = std::sync::Mutex::new(Vec::new());
+
+/// An open `-shm` file and its (device, inode).
+type OpenShm = ((u64, u64), std::sync::Arc<File>);
+
+fn shm_file(db: &Path) -> std::io::Result<Option<std::sync::Arc<File>>> {
+    use std::os::unix::fs::MetadataExt;
+    let p = shm_path(db);
+    let m = match std::fs::metadata(&p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let key = (m.dev(), m.ino());
+    let mut open = SHM_FILES
+        .lock()
+        .map_err(|_| std::io::Error::other("shm table poisoned"))?;
+    if let Some((_, f)) = open.iter().find(|(k, _)| *k == key) {
+        return Ok(Some(f.clone()));
+    }
+    let f = match File::open(&p) {
+        Ok(f) => std::sync::Arc::new(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Replaced between the stat and the open: do not keep it under the
+    // old key (it stays open all the same).
+    let m2 = f.metadata()?;
+    if (m2.dev(), m2.ino()) == key {
+        open.push((key, f.clone()));
+    } else {
+        open.push(((m2.dev(), m2.ino()), f.clone()));
+    }
+    Ok(Some(f))
+}
+
 /// Reads the wal-index header: its two copies must be equal and its
 /// checksum (native byte order) valid; a writer may be updating it, so a
 /// torn read is retried a few times. `None` when there is no `-shm` file or
 /// no stable, valid header.
 pub fn read_index_header(db: &Path) -> std::io::Result<Option<IndexHeader>> {
-    let f = match File::open(shm_path(db)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(f) = shm_file(db)? else {
+        return Ok(None);
     };
     for _ in 0..100 {
         let mut h = [0u8; 96];
