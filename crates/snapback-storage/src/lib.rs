@@ -12,6 +12,8 @@ mod local;
 mod retry;
 
 pub mod conformance;
+#[cfg(any(test, feature = "fault"))]
+pub mod fault;
 
 pub use error::{ErrorKind, StoreError};
 pub use local::LocalStore;
