@@ -459,6 +459,11 @@ impl Repository {
                 stats.bytes_added += bytes.len() as u64;
                 stats.objects_written += 1;
             }
+            // This repository's cached index learns the new packs before
+            // the manifest names them, so that a restore, check or mount
+            // in the same process finds them (before, it reported them
+            // "not in any index" until it was reopened).
+            self.refresh_index()?;
         }
         stats.files = files.len() as u64;
         stats.duration_ms = started.elapsed().as_millis() as u64;

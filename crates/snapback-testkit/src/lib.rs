@@ -11,6 +11,9 @@
 //! - [`mount`]: real FUSE mounts behind a guard that always unmounts.
 //! - [`heartbeat`]: an HTTP endpoint on 127.0.0.1 that records its pings.
 //! - [`data`]: seeded bytes and numbers, the same on every run.
+//! - [`fault`]: the fault-injecting store (`snapback_storage::fault`):
+//!   fail the Nth put/get/list/delete, return truncated or flipped bytes,
+//!   drop puts, delay.
 //!
 //! Every helper panics with a message saying what is missing or what went
 //! wrong: a test that cannot set itself up fails, it never skips.
@@ -23,6 +26,8 @@ pub mod mount;
 pub mod s3;
 
 mod binary;
+
+pub use snapback_storage::fault;
 
 pub use binary::{bin, workspace};
 pub use cli::{
