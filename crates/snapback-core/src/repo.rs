@@ -16,7 +16,7 @@ use crate::crypto::{
 };
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::index::{decode_index, MasterIndex};
+use crate::index::{decode_index, IndexedPack, MasterIndex};
 use crate::layout::{
     key_file_id_from_key, key_file_key, pack_key, snapshot_id_from_key, snapshot_key, CONFIG_KEY,
     INDEX_PREFIX, KEYS_PREFIX, SNAPSHOT_PREFIX,
@@ -624,6 +624,28 @@ impl Repository {
         let idx = Arc::new(idx);
         *guard = Some(idx.clone());
         Ok(idx)
+    }
+
+    /// Adds the packs of the index object `key`, which this repository has
+    /// just written, to its cached index (no request: the packs are known),
+    /// so that a restore, check or mount in the same process finds them.
+    pub(crate) fn learn_index(&self, key: &str, packs: &[IndexedPack]) -> Result<()> {
+        let mut guard = self.index.write().map_err(|_| poisoned())?;
+        // Not loaded yet: the first use loads every index object, this one
+        // too.
+        let Some(cur) = guard.as_deref() else {
+            return Ok(());
+        };
+        if cur.index_keys.iter().any(|k| k == key) {
+            return Ok(());
+        }
+        let mut idx = cur.clone();
+        for p in packs {
+            idx.insert_pack(p);
+        }
+        idx.index_keys.push(key.to_string());
+        *guard = Some(Arc::new(idx));
+        Ok(())
     }
 
     /// Every committed snapshot, oldest first. Manifests are cached, so a

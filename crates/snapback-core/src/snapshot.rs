@@ -463,7 +463,7 @@ impl Repository {
             // the manifest names them, so that a restore, check or mount
             // in the same process finds them (before, it reported them
             // "not in any index" until it was reopened).
-            self.refresh_index()?;
+            self.learn_index(&key, &packs)?;
         }
         stats.files = files.len() as u64;
         stats.duration_ms = started.elapsed().as_millis() as u64;

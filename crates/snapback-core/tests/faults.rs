@@ -24,7 +24,7 @@ struct Lab {
 impl Lab {
     fn new() -> Lab {
         let dir = tempfile::tempdir().expect("tempdir");
-        let local = LocalStore::create(&dir.path().join("repo")).expect("store");
+        let local = LocalStore::create(dir.path().join("repo")).expect("store");
         let store = Arc::new(FaultStore::new(local));
         let repo = Repository::init(store.clone(), &InitOptions::default()).expect("init");
         let db = dir.path().join("app.db");

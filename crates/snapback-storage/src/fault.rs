@@ -335,7 +335,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, FaultStore<LocalStore>) {
         let d = tempfile::tempdir().expect("tempdir");
-        let s = FaultStore::new(LocalStore::create(&d.path().join("s")).expect("store"));
+        let s = FaultStore::new(LocalStore::create(d.path().join("s")).expect("store"));
         (d, s)
     }
 
