@@ -4,6 +4,7 @@
 mod rel_util;
 mod util;
 
+mod bad_files;
 mod bad_input;
 mod consistency;
 mod conventions;

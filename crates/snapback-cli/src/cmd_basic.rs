@@ -111,6 +111,11 @@ pub struct SnapshotArgs {
     /// Seconds to wait for a prune's exclusive lock.
     #[arg(long, default_value_t = 300)]
     pub lock_wait: u64,
+    /// Seconds to wait, per database, for another process's lock on it (a
+    /// writer, BEGIN EXCLUSIVE); the wait is logged. A database still
+    /// locked then is left out of this snapshot (exit 6).
+    #[arg(long, value_name = "SECONDS", default_value_t = snapback_core::DEFAULT_BUSY_TIMEOUT.as_secs())]
+    pub busy_timeout: u64,
 }
 
 pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8> {
@@ -164,32 +169,52 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
         );
     };
     let mut failed = 0;
+    let mut partial = 0;
     for (paths, tags) in jobs {
         let bar = Bar::new(g);
         let opts = SnapshotOptions {
             tags,
             lock_wait: std::time::Duration::from_secs(a.lock_wait),
             state_dir: crate::repo_url::capture_state_root(),
+            busy_timeout: std::time::Duration::from_secs(a.busy_timeout),
             ..Default::default()
         };
         let r = repo.snapshot(&paths, &opts, &bar);
         bar.finish();
+        let what = paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
         let r = match r {
             Ok(r) => r,
+            Err(snapback_core::Error::NothingCaptured { failed: files }) => {
+                eprintln!("error: snapshot of {what} failed; no file could be snapshotted, so nothing was committed:");
+                for f in &files {
+                    eprintln!("  {}: {}", f.path, f.reason);
+                }
+                failed += 1;
+                continue;
+            }
             Err(e) => {
-                let e = anyhow::Error::new(e).context(format!(
-                    "snapshot of {} failed; nothing was committed",
-                    paths
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
+                let e = anyhow::Error::new(e)
+                    .context(format!("snapshot of {what} failed; nothing was committed"));
                 eprintln!("error: {}", crate::output::error_lines(&e).join(": "));
                 failed += 1;
                 continue;
             }
         };
+        if !r.failed.is_empty() {
+            partial += 1;
+            eprintln!(
+                "error: snapshot {} of {what} is committed without {} file(s) that could not be snapshotted:",
+                r.id.short(),
+                r.failed.len()
+            );
+            for f in &r.failed {
+                eprintln!("  {}: {}", f.path, f.reason);
+            }
+        }
         let s = &r.manifest.stats;
         if g.json {
             print_json(&json!({
@@ -206,6 +231,7 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
                 "new_chunks": s.new_chunks,
                 "duration_ms": s.duration_ms,
                 "requests": request_json(repo.store().request_stats()),
+                "failed": r.failed,
             }))?;
         } else if !g.quiet {
             println!("{}", r.id);
@@ -213,6 +239,13 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
     }
     if failed > 0 {
         anyhow::bail!("{failed} snapshot(s) failed (see above); the heartbeat was not sent");
+    }
+    if partial > 0 {
+        eprintln!(
+            "error: {partial} snapshot(s) committed without some files (see above; exit {}); the heartbeat was not sent",
+            exit::PARTIAL
+        );
+        return Ok(exit::PARTIAL);
     }
     let Some(target) = heartbeat else {
         return Ok(exit::OK);

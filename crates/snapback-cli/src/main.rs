@@ -35,6 +35,9 @@ pub mod exit {
     pub const INCOMPLETE: u8 = 4;
     /// `snapshot`: every snapshot is committed, but the heartbeat call failed.
     pub const HEARTBEAT_FAILED: u8 = 5;
+    /// `snapshot`: committed, but without some files that could not be
+    /// snapshotted (each named on stderr and in `--json` `failed`).
+    pub const PARTIAL: u8 = 6;
 }
 
 /// Bad usage found after parsing (a value clap cannot check): exit 2.

@@ -50,8 +50,24 @@ pub enum Error {
     #[error("{path}: {message}")]
     Input { path: PathBuf, message: String },
 
+    /// A database that cannot be captured as it is, said in plain words
+    /// (locked, a hot journal, not a database).
+    #[error("{path}: {message}")]
+    Source {
+        path: PathBuf,
+        problem: crate::sqlite::SourceProblem,
+        message: String,
+    },
+
     #[error("{0}")]
     Invalid(String),
+
+    /// Every file of a snapshot failed (each named, with why); nothing
+    /// was committed.
+    #[error("no file could be snapshotted, so nothing was committed: {}", failed.iter().map(|f| format!("{}: {}", f.path, f.reason)).collect::<Vec<_>>().join("; "))]
+    NothingCaptured {
+        failed: Vec<crate::snapshot::FailedFile>,
+    },
 
     #[error("{0}")]
     Verification(String),

@@ -61,7 +61,8 @@ pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};
 pub use repo::{EncryptionOptions, FileReader, InitOptions, Repository, Selector, Snapshot};
 pub use restore::{path_matches, RestoreItem, RestoreOptions, RestoreReport};
 pub use snapback_storage as storage;
-pub use snapshot::{SnapshotOptions, SnapshotReport};
+pub use snapshot::{FailedFile, SnapshotOptions, SnapshotReport, DEFAULT_BUSY_TIMEOUT};
+pub use sqlite::SourceProblem;
 
 /// Progress of long work, for a progress bar. Every method has a no-op
 /// default.

@@ -35,13 +35,15 @@ use crate::manifest::{
 use crate::object::put_verified;
 use crate::pack::{seal_blob, BlobCodec, BlobKind, PackBuilder};
 use crate::repo::{Repository, Snapshot};
-use crate::sqlite::{has_sqlite_header, journal_mode_of_header, Capture};
+use crate::sqlite::{has_sqlite_header, journal_mode_of_header, Capture, SourceProblem};
 use crate::Progress;
 
 #[derive(Debug, Clone)]
 pub struct SnapshotOptions {
     pub tags: Vec<String>,
-    /// How long to wait for a writer's exclusive lock on a database.
+    /// How long to wait for another process's lock on a database (a
+    /// writer, `BEGIN EXCLUSIVE`), per database; the wait is logged. A
+    /// database still locked then is left out (see `SnapshotReport::failed`).
     pub busy_timeout: Duration,
     /// Uploads in flight at once.
     pub upload_threads: usize,
@@ -58,7 +60,7 @@ impl Default for SnapshotOptions {
     fn default() -> Self {
         SnapshotOptions {
             tags: vec![],
-            busy_timeout: Duration::from_secs(30),
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
             upload_threads: 4,
             lock_wait: Duration::from_secs(300),
             state_dir: None,
@@ -66,10 +68,50 @@ impl Default for SnapshotOptions {
     }
 }
 
+/// The default of `SnapshotOptions::busy_timeout` (`--busy-timeout`).
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct SnapshotReport {
     pub id: Id,
     pub manifest: Manifest,
+    /// Files that could not be snapshotted, and why; the snapshot holds
+    /// every other file. Empty when it holds them all.
+    pub failed: Vec<FailedFile>,
+}
+
+/// A file a snapshot left out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedFile {
+    pub path: String,
+    pub problem: SourceProblem,
+    /// Why, in plain words, and what to do.
+    pub reason: String,
+}
+
+impl FailedFile {
+    /// The file an error is about, when the error is about that one file
+    /// (it cannot be read or captured) rather than the repository.
+    fn from_error(path: &Path, e: &Error) -> Option<FailedFile> {
+        let (problem, reason) = match e {
+            Error::Source {
+                problem, message, ..
+            } => (*problem, message.clone()),
+            Error::Sqlite {
+                message, source, ..
+            } => (SourceProblem::Unreadable, format!("{message}: {source}")),
+            Error::Io {
+                message, source, ..
+            } => (SourceProblem::Unreadable, format!("{message}: {source}")),
+            Error::Input { message, .. } => (SourceProblem::Unreadable, message.clone()),
+            _ => return None,
+        };
+        Some(FailedFile {
+            path: path.to_string_lossy().into_owned(),
+            problem,
+            reason,
+        })
+    }
 }
 
 /// A file to capture.
@@ -82,7 +124,9 @@ struct Source {
 /// Expands the given paths into the files to capture. Directories are taken
 /// recursively. A SQLite database is recognised by its header; its `-wal`,
 /// `-shm` and `-journal` files are never captured as files of their own.
-fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>)> {
+/// A file that cannot even be read for its header is returned in the third
+/// list, not captured.
+fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>, Vec<FailedFile>)> {
     let mut roots = Vec::new();
     let mut files = Vec::new();
     let mut lost = NotPreserved::default();
@@ -101,12 +145,19 @@ fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>)> {
     files.dedup();
     lost.warn(&files);
     let mut sources = Vec::new();
+    let mut failed = Vec::new();
     for f in &files {
-        let sqlite = has_sqlite_header(f).map_err(|e| Error::io(f, "cannot read", e))?;
-        sources.push(Source {
-            path: f.clone(),
-            sqlite,
-        });
+        match has_sqlite_header(f) {
+            Ok(sqlite) => sources.push(Source {
+                path: f.clone(),
+                sqlite,
+            }),
+            Err(e) => failed.push(FailedFile {
+                path: f.to_string_lossy().into_owned(),
+                problem: SourceProblem::Unreadable,
+                reason: format!("cannot be read: {e}"),
+            }),
+        }
     }
     let dbs: HashSet<PathBuf> = sources
         .iter()
@@ -126,7 +177,7 @@ fn collect_sources(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<Source>)> {
         }
         true
     });
-    Ok((roots, sources))
+    Ok((roots, sources, failed))
 }
 
 /// What format 1 does not keep of a directory tree: its manifests list
@@ -365,7 +416,7 @@ impl Repository {
                 "nothing to snapshot: give at least one path".into(),
             ));
         }
-        let (roots, sources) = collect_sources(paths)?;
+        let (roots, sources, mut failed) = collect_sources(paths)?;
         let _lock = self.lock(crate::lock::LockKind::Shared, "snapshot", opts.lock_wait)?;
         // Read the indexes after the lock is held, so that a prune that just
         // finished is seen and nothing it deleted is taken as present.
@@ -413,10 +464,20 @@ impl Repository {
                 };
                 match r {
                     Ok(f) => files.push(f),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+                    // One bad file (locked, a hot journal, not a database,
+                    // unreadable) does not stop the others; an error of the
+                    // repository or the pipeline does. Blobs it queued
+                    // before failing end up unreferenced, for prune.
+                    Err(e) => match FailedFile::from_error(&s.path, &e) {
+                        Some(f) => {
+                            tracing::info!(path = %s.path.display(), reason = %f.reason, "not snapshotted");
+                            failed.push(f);
+                        }
+                        None => {
+                            result = Err(e);
+                            break;
+                        }
+                    },
                 }
             }
             if result.is_ok() {
@@ -440,6 +501,9 @@ impl Repository {
             result.map(|()| (files, refs))
         })?;
         let (files, (referenced, reused_from)) = files;
+        if files.is_empty() && !failed.is_empty() {
+            return Err(Error::NothingCaptured { failed });
+        }
 
         // Index for the new packs, then the manifest.
         let packs = done
@@ -499,7 +563,11 @@ impl Repository {
             duration_ms = manifest.stats.duration_ms,
             "snapshot committed"
         );
-        Ok(SnapshotReport { id, manifest })
+        Ok(SnapshotReport {
+            id,
+            manifest,
+            failed,
+        })
     }
 
     /// Turns a chunk list into a `ChunkListRef`, as a patch on the parent's

@@ -43,6 +43,72 @@ pub fn journal_mode_of_header(page1: &[u8]) -> &'static str {
     }
 }
 
+/// How long SQLite's busy handler waits at a time before `Capture::begin`
+/// looks at its own deadline again.
+const BUSY_SLICE: Duration = Duration::from_millis(200);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Why a database could not be captured, for the snapshot's list of the
+/// files it left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceProblem {
+    /// Another process held a lock on it for longer than the busy timeout.
+    Locked,
+    /// A hot journal (left by a writer that died mid-transaction) must be
+    /// rolled back first, which a read-only reader may not do.
+    HotJournal,
+    /// It starts with the SQLite header, but is not a valid database.
+    NotADatabase,
+    /// It could not be read (vanished, no permission, an I/O error).
+    Unreadable,
+}
+
+/// The SQLite errors that say something plain about the file: `Err(e)` back
+/// for the others.
+fn classify(path: &Path, busy: Duration, e: rusqlite::Error) -> Result<Error, rusqlite::Error> {
+    use rusqlite::ErrorCode as C;
+    let (problem, message) = match e.sqlite_error_code() {
+        Some(C::DatabaseBusy | C::DatabaseLocked) => (
+            SourceProblem::Locked,
+            format!(
+                "is locked by another process (a write transaction, or BEGIN EXCLUSIVE) and stayed locked for the {} s this snapshot waits (--busy-timeout); not snapshotted this time, the next snapshot tries again",
+                busy.as_secs()
+            ),
+        ),
+        Some(C::ReadOnly) => {
+            let journal = PathBuf::from(format!("{}-journal", path.display()));
+            if !journal.exists() {
+                return Err(e);
+            }
+            (
+                SourceProblem::HotJournal,
+                format!(
+                    "has a hot journal ({}): a writer was killed mid-transaction, and the transaction must be rolled back before the database can be read; snapback opens databases read-only and never does it. Let the application open the database, or run `sqlite3 {} 'PRAGMA quick_check'`, which rolls it back; the next snapshot then takes it",
+                    journal.display(),
+                    path.display()
+                ),
+            )
+        }
+        Some(C::NotADatabase | C::DatabaseCorrupt) => (
+            SourceProblem::NotADatabase,
+            format!("is not a valid SQLite database: it starts with the SQLite header, but SQLite refuses it ({e})"),
+        ),
+        _ => return Err(e),
+    };
+    Ok(Error::Source {
+        path: path.to_path_buf(),
+        problem,
+        message,
+    })
+}
+
 /// An open read transaction on a database.
 pub struct Capture {
     conn: Connection,
@@ -54,7 +120,10 @@ pub struct Capture {
 
 impl Capture {
     /// Opens `path` read-only and establishes a read transaction. Waits up to
-    /// `busy` for a writer that holds an exclusive lock.
+    /// `busy` for another process's lock (a writer, `BEGIN EXCLUSIVE`),
+    /// saying in the log what it waits for. A database that cannot be
+    /// captured as it is gives [`Error::Source`], in plain words: locked,
+    /// a hot journal to roll back, not a database.
     pub fn begin(path: &Path, busy: Duration) -> Result<Capture> {
         let err = |message: &str, source| Error::Sqlite {
             path: path.to_path_buf(),
@@ -65,16 +134,43 @@ impl Capture {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| err("has a SQLite header but cannot be opened as a database", e))?;
-        conn.busy_timeout(busy)
+        .map_err(|e| {
+            classify(path, busy, e).unwrap_or_else(|e| {
+                err("has a SQLite header but cannot be opened as a database", e)
+            })
+        })?;
+        // SQLite's own busy handler waits in silence: wait in slices, and
+        // say once what for.
+        conn.busy_timeout(BUSY_SLICE.min(busy))
             .map_err(|e| err("cannot set a busy timeout", e))?;
-        conn.execute_batch("BEGIN")
-            .map_err(|e| err("cannot begin a read transaction", e))?;
-        // The first read establishes the transaction's snapshot.
-        let page_count: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-            .and_then(|()| conn.query_row("PRAGMA page_count", [], |r| r.get(0)))
-            .map_err(|e| err("is not a readable SQLite database (it has the SQLite header, but SQLite refuses it)", e))?;
+        let started = std::time::Instant::now();
+        let mut said = false;
+        let page_count: i64 = loop {
+            // The first read establishes the transaction's snapshot.
+            let r = conn
+                .execute_batch("BEGIN")
+                .and_then(|()| conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())))
+                .and_then(|()| conn.query_row("PRAGMA page_count", [], |r| r.get(0)));
+            match r {
+                Ok(n) => break n,
+                Err(e) if is_busy(&e) && started.elapsed() < busy => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    if !said {
+                        tracing::warn!(
+                            "{} is locked by another process (a write transaction, or BEGIN EXCLUSIVE); waiting up to {} s for it",
+                            path.display(),
+                            busy.as_secs()
+                        );
+                        said = true;
+                    }
+                }
+                Err(e) => {
+                    return Err(classify(path, busy, e).unwrap_or_else(|e| {
+                        err("is not a readable SQLite database (it has the SQLite header, but SQLite refuses it)", e)
+                    }))
+                }
+            }
+        };
         let captured_at = crate::time::now();
         let page_size: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
