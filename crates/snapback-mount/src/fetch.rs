@@ -220,7 +220,7 @@ pub(crate) struct Fetcher {
     inflight: Mutex<HashMap<Id, Arc<Slot>>>,
     /// Chunks whose fetch failed or whose reader timed out, and when: a
     /// read that needs one within `FAILURE_MEMORY` fails at once.
-    failed: Mutex<HashMap<Id, (Instant, String)>>,
+    failed: Mutex<HashMap<Id, (Instant, VfsError)>>,
     fresh: Mutex<Option<(Instant, Arc<MasterIndex>)>>,
     /// Largest span of a pack read at once for neighbouring chunks.
     window: u64,
@@ -392,7 +392,7 @@ impl Fetcher {
             } else {
                 self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = r {
-                    self.remember_failure(*id, e.to_string());
+                    self.remember_failure(*id, e.clone());
                 }
             }
         }
@@ -580,14 +580,14 @@ impl Fetcher {
             let r = slot.wait(deadline, &what, since);
             if let Err(e @ VfsError::TimedOut { .. }) = &r {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                self.remember_failure(*id, e.to_string());
+                self.remember_failure(*id, e.clone());
             }
             res.push(r?);
         }
         Ok(res)
     }
 
-    fn remember_failure(&self, id: Id, why: String) {
+    fn remember_failure(&self, id: Id, why: VfsError) {
         if let Ok(mut f) = self.failed.lock() {
             f.retain(|_, (at, _)| at.elapsed() < FAILURE_MEMORY);
             f.insert(id, (Instant::now(), why));
@@ -601,6 +601,11 @@ impl Fetcher {
         ids.iter().find_map(|id| {
             let (at, why) = f.get(id)?;
             (at.elapsed() < FAILURE_MEMORY).then(|| {
+                // Missing data stays what it is, so that the reader can
+                // still tell a pruned snapshot from damage.
+                if why.is_missing_data() {
+                    return why.clone();
+                }
                 VfsError::Internal(format!(
                     "chunk {} failed {:.1} s ago ({why}); not fetched again yet",
                     id.short(),

@@ -872,3 +872,42 @@ fn encrypted_mount_refuses_a_cache_dir_of_another_user_and_keeps_entries_private
     }
     assert!(entries > 0, "the read filled the disk cache");
 }
+
+#[test]
+fn a_read_of_a_snapshot_forgotten_and_pruned_while_mounted_is_logged_as_such_with_eio() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, "delete", 20_000);
+    let id = env.snapshot(&db);
+    let log = env.path("mount.log");
+    let m = env.mount(&[
+        "--readahead",
+        "0",
+        "--log-file",
+        &log.to_string_lossy(),
+        &id,
+    ]);
+    let f = std::fs::File::open(m.path(&db.to_string_lossy())).expect("open");
+    let size = f.metadata().expect("stat").len();
+    let mut page = vec![0u8; 4096];
+    f.read_exact_at(&mut page, 0)
+        .expect("read before the forget");
+
+    env.ok(&["forget", "--keep-tag", "none-has-this-tag", "--allow-empty"]);
+    env.ok(&["prune", "--min-pack-age", "0s"]);
+    let err = f
+        .read_exact_at(&mut page, size - 4096)
+        .expect_err("its data is gone");
+    assert_eq!(err.raw_os_error(), Some(EIO), "{err}");
+    drop(f);
+    drop(m);
+    let text = std::fs::read_to_string(&log).expect("the log file");
+    assert!(
+        text.contains(&format!(
+            "snapshot {} was forgotten/pruned while mounted",
+            &id[..8]
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("corrupt"), "not reported as damage: {text}");
+}
