@@ -104,8 +104,9 @@ pub struct SnapshotArgs {
     #[arg(long = "tag")]
     pub tags: Vec<String>,
     /// Call this URL (http:// or https://, GET, 5 s at most) after every
-    /// snapshot is committed, never on failure (a dead man's switch such as
-    /// healthchecks). If the call fails, the exit code is 5.
+    /// snapshot is committed, never on failure nor when files were left out
+    /// (exit 6) (a dead man's switch such as healthchecks). If the call
+    /// fails, the exit code is 5.
     #[arg(long)]
     pub heartbeat_url: Option<String>,
     /// Seconds to wait for a prune's exclusive lock.
