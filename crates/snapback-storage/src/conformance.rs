@@ -9,13 +9,22 @@ use crate::{ErrorKind, PutOutcome, Store};
 /// Runs every check. The store must be empty, or at least hold nothing under
 /// the `conformance/` prefix.
 pub fn run_all(store: &dyn Store) {
+    run_all_sized(store, 20 << 20);
+}
+
+/// [`run_all`] with the large-object check at `large` bytes (at least
+/// 2 MiB) instead of 20 MiB: for a wrapper whose own work per byte is slow in
+/// an unoptimised test build (the encrypting store), while the backends
+/// below it run the full size.
+pub fn run_all_sized(store: &dyn Store, large: usize) {
+    let large = large.max(2 << 20);
     put_get_roundtrip(store);
     put_if_absent_never_replaces(store);
     missing_objects(store);
     ranges(store);
     listing(store);
     delete_is_idempotent(store);
-    empty_and_large_objects(store);
+    empty_and_large_objects(store, large);
     invalid_keys(store);
 }
 
@@ -162,25 +171,26 @@ fn delete_is_idempotent(s: &dyn Store) {
     assert_eq!(s.get(key).expect("get"), b"y");
 }
 
-fn empty_and_large_objects(s: &dyn Store) {
+fn empty_and_large_objects(s: &dyn Store, large: usize) {
     s.put_if_absent("conformance/size/empty", b"")
         .expect("put empty");
     assert_eq!(s.get("conformance/size/empty").expect("get"), b"");
     assert_eq!(s.stat("conformance/size/empty").expect("stat"), Some(0));
-    let big: Vec<u8> = (0..(20u32 << 20))
+    let big: Vec<u8> = (0..large as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     s.put_if_absent("conformance/size/big", &big)
-        .expect("put 20 MiB");
+        .expect("put a large object");
     assert_eq!(
         s.stat("conformance/size/big").expect("stat"),
         Some(big.len() as u64)
     );
     assert!(
         s.get("conformance/size/big").expect("get") == big,
-        "a 20 MiB object round-trips"
+        "a {large}-byte object round-trips"
     );
-    let off = 15 << 20;
+    // A 1 MiB range three quarters in (15 MiB in of 20 MiB).
+    let off = (large - (1 << 20)) / 4 * 3 + (1 << 18);
     assert!(
         s.get_range("conformance/size/big", off as u64, 1 << 20)
             .expect("range")

@@ -169,6 +169,13 @@ mod tests {
     }
 
     #[test]
+    fn retry_store_passes_conformance() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let local = crate::LocalStore::create(d.path().join("s")).expect("store");
+        crate::conformance::run_all(&RetryStore::new(local, fast()));
+    }
+
+    #[test]
     fn transient_errors_are_retried_until_success() {
         let s = RetryStore::new(
             Flaky {
