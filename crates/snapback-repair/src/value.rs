@@ -1,10 +1,16 @@
-//! SQLite values, compared with SQLite's own semantics.
+//! SQLite values: ordered with SQLite's own semantics, compared exactly.
 //!
-//! Ordering follows SQLite's: NULL < INTEGER and REAL (compared as numbers,
-//! so `1 = 1.0`) < TEXT (by collation) < BLOB (memcmp). The merge join of the
-//! diff depends on this matching `ORDER BY ... COLLATE <same collation>`
-//! exactly; the diff also checks, row by row, that each side really arrives
-//! in this order, and stops with an error if it does not.
+//! Ordering (`cmp_values`, used to pair keys) follows SQLite's: NULL <
+//! INTEGER and REAL (compared as numbers, so `1 = 1.0`) < TEXT (by
+//! collation) < BLOB (memcmp). The merge join of the diff depends on this
+//! matching `ORDER BY ... COLLATE <same collation>` exactly; the diff also
+//! checks, row by row, that each side really arrives in this order, and
+//! stops with an error if it does not.
+//!
+//! Equality of stored values (`same_value`, and `Value`'s `==`) is stricter:
+//! the same storage class and the same bits. A recovery tool must give back
+//! exactly what the snapshot held, so INTEGER 1 and REAL 1.0, REAL 0.0 and
+//! -0.0, 'a' and 'A' under NOCASE are different values to diff and repair.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -14,8 +20,9 @@ use rusqlite::ToSql;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An owned SQLite value. Text is kept as bytes: SQLite does not enforce
-/// UTF-8, and a repair must write back exactly what it read.
-#[derive(Clone, PartialEq)]
+/// UTF-8, and a repair must write back exactly what it read. `==` is
+/// `same_value`: storage class and bits.
+#[derive(Clone)]
 pub enum Value {
     Null,
     Integer(i64),
@@ -418,11 +425,27 @@ pub fn cmp_values(a: ValueRef<'_>, b: ValueRef<'_>, coll: Collation) -> Ordering
     }
 }
 
-/// Whether two stored values are the same value: same storage class (with
-/// INTEGER and REAL compared as numbers, so 1 equals 1.0) and the same
-/// bytes. This is SQLite's `IS` on two columns without collation.
+/// Whether two stored values are exactly the same value: the same storage
+/// class (`typeof`) and the same bits. INTEGER 1 is not REAL 1.0, REAL -0.0
+/// is not 0.0, TEXT and BLOB compare by bytes whatever the column's
+/// collation. Stricter than SQLite's `IS` (and sqldiff), on purpose: what a
+/// diff calls identical, a repair would not give back, so a migration that
+/// turned 1 into 1.0 must be a difference. The one definition of value
+/// equality of diff, plan, apply, undo and resume.
 pub fn same_value(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
-    cmp_values(a, b, Collation::Binary) == Ordering::Equal
+    match (a, b) {
+        (ValueRef::Null, ValueRef::Null) => true,
+        (ValueRef::Integer(x), ValueRef::Integer(y)) => x == y,
+        (ValueRef::Real(x), ValueRef::Real(y)) => x.to_bits() == y.to_bits(),
+        (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => x == y,
+        _ => false,
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        same_value(self.as_ref(), other.as_ref())
+    }
 }
 
 #[cfg(test)]
@@ -430,10 +453,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn integers_and_reals_compare_as_numbers() {
-        assert!(same_value(ValueRef::Integer(1), ValueRef::Real(1.0)));
-        assert!(!same_value(ValueRef::Integer(1), ValueRef::Real(1.5)));
-        assert!(same_value(ValueRef::Real(0.0), ValueRef::Real(-0.0)));
+    fn integers_and_reals_order_as_numbers() {
+        let eq = |a, b| cmp_values(a, b, Collation::Binary) == Ordering::Equal;
+        assert!(eq(ValueRef::Integer(1), ValueRef::Real(1.0)));
+        assert!(!eq(ValueRef::Integer(1), ValueRef::Real(1.5)));
+        assert!(eq(ValueRef::Real(0.0), ValueRef::Real(-0.0)));
         // 2^53 + 1 is not representable as f64: SQLite keeps them apart.
         let big = (1i64 << 53) + 1;
         assert_eq!(
@@ -446,6 +470,20 @@ mod tests {
         );
         assert_eq!(int_float_cmp(i64::MAX, 9.3e18), Ordering::Less);
         assert_eq!(int_float_cmp(i64::MIN, -9.3e18), Ordering::Greater);
+    }
+
+    #[test]
+    fn same_value_is_storage_class_and_bits() {
+        assert!(!same_value(ValueRef::Integer(1), ValueRef::Real(1.0)));
+        assert!(!same_value(ValueRef::Real(0.0), ValueRef::Real(-0.0)));
+        assert!(same_value(ValueRef::Real(-0.0), ValueRef::Real(-0.0)));
+        assert!(same_value(ValueRef::Real(1.5), ValueRef::Real(1.5)));
+        assert!(!same_value(ValueRef::Text(b"a"), ValueRef::Text(b"A")));
+        assert!(!same_value(ValueRef::Text(b"a "), ValueRef::Text(b"a")));
+        assert!(same_value(ValueRef::Null, ValueRef::Null));
+        assert!(!same_value(ValueRef::Null, ValueRef::Integer(0)));
+        assert!(Value::Real(-0.0) != Value::Real(0.0));
+        assert!(Value::Integer(1) != Value::Real(1.0));
     }
 
     #[test]

@@ -27,15 +27,60 @@ fn reports_only_in_each_side_and_column_changes() {
 }
 
 #[test]
-fn integer_and_real_are_equal_but_text_is_not_a_number() {
+fn diff_reports_integer_one_changed_to_real_one() {
+    // A column without affinity keeps the storage class: 1 and 1.0 are
+    // equal to SQLite's `=`, but a repair must give back what was there.
     let p = Pair::new(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, x);",
-        "INSERT INTO t VALUES(1, 1.0),(2, 1),(3, NULL),(4, x'01');",
-        "INSERT INTO t VALUES(1, 1),(2, '1'),(3, NULL),(4, x'01');",
+        "INSERT INTO t VALUES(1, 1.0),(2, 1),(3, NULL),(4, x'01'),(5, 7);",
+        "INSERT INTO t VALUES(1, 1),(2, '1'),(3, NULL),(4, x'01'),(5, 7);",
     );
     let (_, rows, c) = p.diff(&sel("t")).expect("diff");
-    assert_eq!(c.changed, 1, "{rows:?}");
-    assert_eq!(rows[0].key, vec![Value::Integer(2)]);
+    assert_eq!((c.changed, c.identical), (2, 3), "{rows:?}");
+    assert_eq!(rows[0].key, vec![Value::Integer(1)]);
+    assert_eq!(rows[0].snapshot, Some(vec![Value::Real(1.0)]));
+    assert_eq!(rows[0].live, Some(vec![Value::Integer(1)]));
+    assert_eq!(rows[1].key, vec![Value::Integer(2)]);
+}
+
+#[test]
+fn diff_reports_negative_zero_changed_to_zero() {
+    let p = Pair::new(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, x);",
+        "INSERT INTO t VALUES(1, -0.0),(2, 0.0),(3, -0.0);",
+        "INSERT INTO t VALUES(1, 0.0),(2, 0.0),(3, -0.0);",
+    );
+    let (_, rows, c) = p.diff(&sel("t")).expect("diff");
+    assert_eq!((c.changed, c.identical), (1, 2), "{rows:?}");
+    assert_eq!(rows[0].key, vec![Value::Integer(1)]);
+    match rows[0].snapshot.as_deref() {
+        Some([Value::Real(r)]) => assert!(r.is_sign_negative(), "{r:?}"),
+        other => panic!("snapshot side {other:?}"),
+    }
+}
+
+#[test]
+fn diff_compares_text_values_by_bytes_whatever_their_collation() {
+    let p = Pair::new(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n TEXT COLLATE NOCASE, r TEXT COLLATE RTRIM);",
+        "INSERT INTO t VALUES(1, 'Alice', 'x'),(2, 'bob', 'y  '),(3, 'same', 'same');",
+        "INSERT INTO t VALUES(1, 'alice', 'x'),(2, 'bob', 'y'),(3, 'same', 'same');",
+    );
+    let (_, rows, c) = p.diff(&sel("t")).expect("diff");
+    assert_eq!((c.changed, c.identical), (2, 1), "{rows:?}");
+    assert_eq!(rows[0].changed, vec![0]);
+    assert_eq!(rows[1].changed, vec![1]);
+}
+
+#[test]
+fn text_is_not_a_number() {
+    let p = Pair::new(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, x);",
+        "INSERT INTO t VALUES(1, 1),(2, 'x'),(3, x'31');",
+        "INSERT INTO t VALUES(1, '1'),(2, x'78'),(3, '1');",
+    );
+    let (_, _, c) = p.diff(&sel("t")).expect("diff");
+    assert_eq!((c.changed, c.identical), (3, 0));
 }
 
 #[test]
@@ -49,8 +94,16 @@ fn nulls_blobs_in_keys_and_mixed_type_keys_pair_in_sqlite_order() {
     );
     let (t, rows, c) = p.diff(&sel("t")).expect("diff");
     assert!(matches!(t.key.source, KeySource::UniqueIndex(_)));
-    assert_eq!(c.identical, 3, "1 pairs with 1.0: {rows:?}");
-    assert_eq!((c.changed, c.only_in_snapshot, c.only_in_live), (1, 1, 1));
+    // 1 pairs with 1.0 (SQLite's order), but its bytes changed: the key is
+    // reported as changed, so that a repair writes back the REAL.
+    assert_eq!(c.identical, 2, "{rows:?}");
+    assert_eq!((c.changed, c.only_in_snapshot, c.only_in_live), (2, 1, 1));
+    let k = rows
+        .iter()
+        .find(|r| r.kind == DiffKind::Changed && !r.key_changed.is_empty())
+        .expect("the key 1 -> 1.0 is a changed row");
+    assert_eq!(k.key, vec![Value::Integer(1)]);
+    assert_eq!(k.live_key, Some(vec![Value::Real(1.0)]));
 }
 
 #[test]

@@ -69,13 +69,15 @@ fn row(rows: &Rows, k: i64) -> Option<&[Exact]> {
         .map(|r| &r[2..])
 }
 
-/// Whether SQLite (and so the diff) considers two values the same.
+/// Whether two values are the same to diff and repair: storage class and
+/// bits (1 is not 1.0, 0.0 is not -0.0), decided here independently of
+/// the crate's own `same_value`.
 fn same(a: &Exact, b: &Exact) -> bool {
-    snapback_repair::same_value(a.as_ref(), b.as_ref())
+    a == b
 }
 
-/// The keys whose rows differ as SQLite compares values (1 = 1.0, 0.0 =
-/// -0.0), or exist on one side only: what diff must report.
+/// The keys whose rows differ in any value (by storage class and bits), or
+/// exist on one side only: what diff must report.
 fn differing(snap: &Rows, live: &Rows) -> BTreeSet<i64> {
     let keys = |rows: &Rows| -> BTreeSet<i64> {
         rows.iter()

@@ -406,9 +406,8 @@ pub const TABLE: &str = "CREATE TABLE t(k INTEGER PRIMARY KEY, a, b, c);";
 pub enum Damage {
     Keep,
     Delete,
-    /// Column `.0` gets `.1` (when SQLite does not consider it equal to
-    /// the old value: 1 and 1.0, or 0.0 and -0.0, are the same value to
-    /// SQLite and to the diff, so such a change is left out).
+    /// Column `.0` gets `.1` (when it is not exactly the old value; 1 to
+    /// 1.0 and 0.0 to -0.0 are changes, which diff and repair must see).
     Change(usize, snapback_repair::Value),
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use snapback_core::storage::LocalStore;
 use snapback_core::{InitOptions, Repository};
-use snapback_repair::{undo, LoadedScript, Op, RepairOptions, RepairSession, UndoOutcome};
+use snapback_repair::{undo, LoadedScript, Op, RepairOptions, RepairSession, UndoOutcome, Value};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -349,6 +349,63 @@ fn repair_writes_back_the_text_of_a_nocase_or_rtrim_key_and_undo_reverts_it() {
     let u = undo_newest(&e).expect("undo");
     assert_eq!(u.rows_changed, 2);
     assert_eq!(keys(&e.live), before);
+}
+
+/// Plans `body` (default options, dry run allowed) against `e`.
+fn plan(e: &Env, body: &str) -> RepairSession {
+    RepairSession::plan(
+        Some(&e.repo),
+        script(e, body),
+        RepairOptions::default(),
+        true,
+    )
+    .expect("plan")
+}
+
+#[test]
+fn repair_restores_negative_zero_bit_for_bit() {
+    // Columns without affinity keep the storage class and the sign of a
+    // zero: REAL -0.0, REAL 1.0 and INTEGER 1 are three values to restore.
+    let e = env();
+    for (p, rows) in [
+        (&e.snap, "INSERT INTO m VALUES(1, -0.0, 1.0), (2, 5, 'a');"),
+        (&e.live, "INSERT INTO m VALUES(1, 0.0, 1), (2, 5, 'a');"),
+    ] {
+        Connection::open(p)
+            .expect("open")
+            .execute_batch(&format!(
+                "CREATE TABLE m(id INTEGER PRIMARY KEY, z, one); {rows}"
+            ))
+            .expect("setup");
+    }
+    // Value's == is storage class and bits.
+    let row1 = |p: &Path| -> Vec<Value> {
+        Connection::open(p)
+            .expect("open")
+            .query_row("SELECT z, one FROM m WHERE id = 1", [], |r| {
+                Ok(vec![
+                    Value::from_ref(r.get_ref(0)?),
+                    Value::from_ref(r.get_ref(1)?),
+                ])
+            })
+            .expect("row 1")
+    };
+    let before = row1(&e.live);
+    let s = plan(
+        &e,
+        "[[table]]\nname = \"m\"\nactions = [\"update_changed\"]\n",
+    );
+    assert_eq!(s.plan.tables[0].counts.update, 1, "row 1 differs");
+    let o = s.apply(&e.repo, |_| {}).expect("apply").expect("changes");
+    assert_eq!((o.rows_changed, o.remaining_differences), (1, 0));
+    let after = row1(&e.live);
+    assert_eq!(after, vec![Value::Real(-0.0), Value::Real(1.0)]);
+    assert!(matches!(after[0], Value::Real(z) if z.is_sign_negative()));
+    drop(s);
+    let u = undo_newest(&e).expect("undo");
+    assert_eq!(u.rows_changed, 1);
+    assert_eq!(row1(&e.live), before, "undo gives back 0.0 and INTEGER 1");
+    assert_eq!(before, vec![Value::Real(0.0), Value::Integer(1)]);
 }
 
 #[test]
