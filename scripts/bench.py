@@ -894,7 +894,8 @@ def replace_section(name, body):
         _, post = rest.split(end, 1)
         text = pre + block + post
     else:
-        title = {"suite": "## The suite", "scale": "## Scale"}.get(name, f"## {name}")
+        title = {"suite": "## The suite", "scale": "## Scale",
+                 "capture": "## Capture cost"}.get(name, f"## {name}")
         text = text.rstrip() + f"\n\n{title}\n\n{block}\n"
     with open(DOC, "w") as f:
         f.write(text)
@@ -1078,6 +1079,102 @@ def scale_report(res):
 
 # ---------------------------------------------------------------- main
 
+# ---------------------------------------------------------------- capture cost
+
+def capture(args):
+    """Capture cost (issue 18): a full snapshot of the generated database,
+    then one changed row, then 0.1% of the deploys rows, each followed by a
+    snapshot, with the database held open by an idle connection as an
+    application would (so that its WAL lives on between snapshots). Reports
+    each snapshot's time, its capture method (manifest `sqlite.capture`) and
+    its ratio to the full snapshot; medians over --runs."""
+    size = args.size
+    base = base_db(size)
+    runs = []
+    for r in range(args.runs):
+        w = os.path.join(OUT, "capture", f"s{size}", f"run{r}")
+        shutil.rmtree(w, ignore_errors=True)
+        os.makedirs(w)
+        db = os.path.join(w, "app.db")
+        shutil.copyfile(base, db)
+        repo = os.path.join(w, "repo")
+        env = {"XDG_STATE_HOME": os.path.join(w, "state"), "XDG_CACHE_HOME": os.path.join(w, "cache")}
+        run([SB, "--repo", repo, "-q", "init"], env=env)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+             "c.execute('SELECT count(*) FROM sites').fetchall(); print('open', flush=True); sys.stdin.read()", db],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        holder.stdout.readline()
+        one_row = ["sqlite3", db, "UPDATE deploys SET updated_at = updated_at + 1 WHERE id = 1;"]
+        # The application has written before (its WAL has a generation of
+        # its own), as it would have before its first backup.
+        run(one_row)
+        steps = {}
+        for step, change in [("full", None), ("one_row", one_row),
+                             ("rows_0.1pct", [DT, "update", db, "--fraction", "0.001", "--seed", "7"])]:
+            if change:
+                run(change)
+            warm(db, db + "-wal")
+            t = run([SB, "--repo", repo, "--json", "snapshot", db], env=env)
+            j = t.json()
+            snap = [s for s in run([SB, "--repo", repo, "--json", "snapshots"], env=env).json() if s["id"] == j["id"]][0]
+            cap = (snap["files"][0].get("sqlite") or {}).get("capture") or {}
+            steps[step] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
+                           "method": cap.get("method"), "reason": cap.get("reason"),
+                           "pages_read": cap.get("pages_read"), "chunks": j.get("chunks"),
+                           "bytes_added": j.get("bytes_added")}
+            log(f"   capture s{size} run{r} {step}: {t.wall:.3f}s {cap.get('method')}"
+                + (f" ({cap.get('pages_read')} pages)" if cap.get("pages_read") is not None else "")
+                + (f" [{cap.get('reason')}]" if cap.get("reason") else ""))
+        holder.stdin.close()
+        holder.wait()
+        # Every snapshot restores to the live database's content.
+        dest = os.path.join(w, "restored.db")
+        run([SB, "--repo", repo, "-q", "restore", "latest", dest], env=env)
+        same = run(["sqlite3", dest, "PRAGMA integrity_check;"]).out.strip() == "ok"
+        steps["restore_ok"] = same
+        runs.append(steps)
+        shutil.rmtree(w, ignore_errors=True)
+    res = {"date": now_utc(), "size_mib": size, "runs": runs, "machine": machine_info(),
+           "source": os.environ.get("SNAPBACK_BENCH_SOURCE", "")}
+    os.makedirs(os.path.join(OUT, "capture"), exist_ok=True)
+    with open(os.path.join(OUT, "capture", f"capture-{size}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    md = capture_markdown(res)
+    print(md)
+    if not os.environ.get("BENCH_NO_DOC"):
+        replace_section("capture", md)
+
+
+def capture_markdown(res):
+    full = med([r["full"]["wall"] for r in res["runs"]])
+    rows = []
+    targets = {"one_row": 0.02, "rows_0.1pct": 0.10}
+    for step, label in [("full", "full snapshot"), ("one_row", "after one changed row"),
+                        ("rows_0.1pct", "after 0.1% of the deploys rows")]:
+        walls = [r[step]["wall"] for r in res["runs"]]
+        cpus = [r[step]["cpu"] for r in res["runs"]]
+        methods = sorted({str(r[step]["method"]) for r in res["runs"]})
+        pages = [r[step]["pages_read"] for r in res["runs"] if r[step]["pages_read"] is not None]
+        ratio = med(walls) / full if full else float("nan")
+        tgt = targets.get(step)
+        rows.append(f"| {label} | {med(walls):.3f} s | {med(cpus):.3f} s | {', '.join(methods)}"
+                    f" | {int(med(pages)) if pages else '-'} | {ratio:.1%}"
+                    f" | {'-' if tgt is None else ('met' if ratio <= tgt else 'missed') + f' (<= {tgt:.0%})'} |")
+    ok = all(r["restore_ok"] for r in res["runs"])
+    return "\n".join([
+        f"Run of {res['date']}, {res['size_mib']} MiB generated database (`snapback-devtools gen --seed 42`),"
+        f" release build ({res['source'] or 'working tree'}), {len(res['runs'])} run(s), medians;"
+        " the database is held open by an idle connection, as an application holds it.",
+        "",
+        "| snapshot | wall | CPU | capture | pages read | of a full snapshot | target (issue 18) |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"The latest snapshot of every run restores to a database that passes integrity_check: {'yes' if ok else 'NO'}.",
+    ])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1096,6 +1193,9 @@ def main():
     m.add_argument("results")
     m.add_argument("--size", type=int, default=1024)
     m.add_argument("--runs", type=int, default=5)
+    k = sub.add_parser("capture", help="capture cost: full snapshot, then one row, then 0.1%% of rows")
+    k.add_argument("--size", type=int, default=1024)
+    k.add_argument("--runs", type=int, default=3)
     c = sub.add_parser("report")
     c.add_argument("results")
     args = ap.parse_args()
@@ -1105,6 +1205,8 @@ def main():
         suite(args)
     elif args.cmd == "scale":
         scale(args)
+    elif args.cmd == "capture":
+        capture(args)
     elif args.cmd == "mount":
         res = json.load(open(args.results))
         res["mount"] = mount_bench(args.size, args.runs)

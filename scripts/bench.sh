@@ -22,20 +22,25 @@ cd "$(dirname "$0")/.."
 
 bench_setup() {
   local need=()
-  command -v restic >/dev/null || need+=(restic)
-  command -v borg >/dev/null || need+=(borgbackup)
   command -v sqlite3 >/dev/null || need+=(sqlite3)
-  command -v sqldiff >/dev/null || need+=(sqlite3-tools)
-  [ -x /usr/bin/time ] || need+=(time)
-  command -v fusermount3 >/dev/null || need+=(fuse3)
+  # BENCH_PEERS=0: a benchmark of snapback alone (bench-capture.sh).
+  if [ "${BENCH_PEERS:-1}" != 0 ]; then
+    command -v restic >/dev/null || need+=(restic)
+    command -v borg >/dev/null || need+=(borgbackup)
+    command -v sqldiff >/dev/null || need+=(sqlite3-tools)
+    [ -x /usr/bin/time ] || need+=(time)
+    command -v fusermount3 >/dev/null || need+=(fuse3)
+  fi
   if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   fi
-  python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib >&2 ||
-    echo "!! matplotlib could not be installed: no chart" >&2
+  if [ "${BENCH_PEERS:-1}" != 0 ]; then
+    python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib >&2 ||
+      echo "!! matplotlib could not be installed: no chart" >&2
+  fi
 
   case "${BENCH_SOURCE:-head}" in
     head)

@@ -343,3 +343,35 @@ fn reading_the_wal_index_never_releases_a_read_transactions_locks() {
     );
     cap.finish().expect("finish");
 }
+
+#[test]
+fn the_current_index_is_read_again_whole_when_an_index_object_is_gone() {
+    let fx = Fx::new(2);
+    fx.snap();
+    fx.grow(50);
+    fx.snap();
+    let all = fx.repo.current_index().expect("index").blob_count();
+    let keys: Vec<String> = fx
+        .repo
+        .store()
+        .list("index/")
+        .expect("list")
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(keys.len() >= 2, "two snapshots wrote two index objects");
+    assert_eq!(
+        fx.repo.current_index().expect("index").blob_count(),
+        all,
+        "nothing changed"
+    );
+    fx.repo
+        .store()
+        .delete(&keys[0])
+        .expect("delete an index object");
+    let now = fx.repo.current_index().expect("index").blob_count();
+    assert!(
+        now < all,
+        "blobs of the deleted index object are no longer indexed ({now} of {all})"
+    );
+}

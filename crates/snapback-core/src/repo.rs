@@ -602,6 +602,29 @@ impl Repository {
         self.refresh_index()
     }
 
+    /// The repository's index as it is now. Index objects are named by the
+    /// hash of their content, so while every object the loaded index was
+    /// read from is still listed, only new ones need reading; when one is
+    /// gone (a prune rewrote the indexes), every object is read again.
+    pub fn current_index(&self) -> Result<Arc<MasterIndex>> {
+        let listed: std::collections::HashSet<String> = self
+            .store
+            .list(INDEX_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let unchanged = self
+            .index
+            .read()
+            .map_err(|_| poisoned())?
+            .as_ref()
+            .is_some_and(|i| i.index_keys.iter().all(|k| listed.contains(k)));
+        if !unchanged {
+            *self.index.write().map_err(|_| poisoned())? = None;
+        }
+        self.refresh_index()
+    }
+
     /// Loads index objects that appeared since the last load.
     pub fn refresh_index(&self) -> Result<Arc<MasterIndex>> {
         let mut guard = self.index.write().map_err(|_| poisoned())?;
@@ -808,7 +831,7 @@ impl Repository {
         Ok(out)
     }
 
-    fn read_list_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
+    pub(crate) fn read_list_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
         if let Some(loc) = index.get(id) {
             if loc.kind != BlobKind::ChunkList {
                 return Err(Error::corrupt(

@@ -308,6 +308,9 @@ struct BlobSink<'a> {
     /// Capture states to save once the manifest is committed (each with
     /// its lock, held until then).
     states: Vec<PendingState>,
+    /// Base chunk lists already read (by their part ids), so that a delta's
+    /// base is not read twice.
+    bases: Vec<(Vec<Id>, Vec<ChunkRef>)>,
 }
 
 /// What a delta capture of one database starts from.
@@ -452,6 +455,7 @@ impl Repository {
                 tx: Some(tx),
                 stats: &stats,
                 states: Vec::new(),
+                bases: Vec::new(),
             };
             let mut files = Vec::new();
             let mut result = Ok(());
@@ -586,7 +590,16 @@ impl Repository {
                 .map(|f| f.chunks.base.clone())
         });
         if let Some(base_ids) = parent {
-            match self.base_list(sink.index, &base_ids, path) {
+            let known = sink
+                .bases
+                .iter()
+                .find(|(ids, _)| *ids == base_ids)
+                .map(|(_, b)| b.clone());
+            let base = match known {
+                Some(b) => Ok(b),
+                None => self.base_list(sink.index, &base_ids, path),
+            };
+            match base {
                 Ok(base) => {
                     sink.referenced.extend(base_ids.iter().copied());
                     let patch = chunklist::diff(&base, refs);
@@ -863,7 +876,7 @@ impl Repository {
         &self,
         path_s: &str,
         opts: &SnapshotOptions,
-        sink: &BlobSink,
+        sink: &mut BlobSink,
         history: &[Snapshot],
         lock: &mut Option<(StatePaths, StateLock)>,
     ) -> std::result::Result<(CaptureState, Vec<ChunkRef>), String> {
@@ -918,9 +931,23 @@ impl Repository {
                 "the previous capture's snapshot does not match the local capture state".into(),
             );
         }
-        let list = self
-            .chunk_list(sink.index, entry)
-            .map_err(|e| format!("the previous capture's chunk list cannot be read ({e})"))?;
+        let unreadable =
+            |e: Error| format!("the previous capture's chunk list cannot be read ({e})");
+        let base = self
+            .base_list(sink.index, &entry.chunks.base, path_s)
+            .map_err(unreadable)?;
+        let place = format!("chunk list of {path_s}");
+        let patch = match &entry.chunks.patch {
+            Some(p) => chunklist::decode_patch(
+                &self.read_list_blob(sink.index, p).map_err(unreadable)?,
+                &place,
+            )
+            .map_err(unreadable)?,
+            None => vec![],
+        };
+        let list = chunklist::apply_patch(base.clone(), &patch, entry.chunks.count, &place)
+            .map_err(unreadable)?;
+        sink.bases.push((entry.chunks.base.clone(), base));
         if list.len() as u64 != state.page_count || list.iter().any(|c| !sink.index.contains(&c.id))
         {
             return Err("blobs of the previous capture are missing from the index".into());
@@ -1085,8 +1112,9 @@ impl Repository {
     }
 
     /// The last look before the index and manifest are written: every
-    /// referenced blob is in the repository's current index (read again from
-    /// the store, so a prune that rewrote the indexes meanwhile is seen) or
+    /// referenced blob is in the repository's current index (listed again,
+    /// and read again whole when an index object it was loaded from is gone,
+    /// so a prune that rewrote the indexes meanwhile is seen) or
     /// in a pack this snapshot wrote, in a pack that
     /// exists; every snapshot whose unchanged database image is reused still
     /// exists (its blobs are kept by prune for as long as it does). A prune
@@ -1098,7 +1126,7 @@ impl Repository {
         reused_from: &HashSet<Id>,
         new_packs: &[IndexedPack],
     ) -> Result<()> {
-        let fresh = self.refresh_index_from_scratch()?;
+        let fresh = self.current_index()?;
         let new: std::collections::HashMap<Id, Id> = new_packs
             .iter()
             .flat_map(|p| p.entries.iter().map(|e| (e.id, p.id)))
