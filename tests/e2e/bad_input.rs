@@ -35,7 +35,7 @@ fn uninitialised_repository_is_a_clear_error() {
     let f = env.path("f");
     std::fs::write(&f, "x").expect("write");
     let out = env.run(&["snapshot", f.to_str().expect("utf8")]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(10), "no repository: exit 10");
     let err = stderr(&out);
     assert!(
         err.contains("snapback init"),

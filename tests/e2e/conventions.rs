@@ -296,7 +296,7 @@ fn password_command_first_line_opens_the_repository_and_failures_are_clear() {
     assert!(out.status.success(), "{}", stderr(&out));
     // A wrong passphrase from the command is refused.
     let out = run(&["--password-command", "echo wrong", "snapshots"], &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(12), "{}", stderr(&out));
     // A failing command, one that prints nothing, and one that does not
     // exist: exit 1, saying so, naming only the program.
     for (cmd, says) in [

@@ -191,10 +191,15 @@ fn run(mut c: Command) -> Output {
 
 /// Asserts exit 1 with every one of `needles` in stderr.
 fn refused(out: &Output, needles: &[&str], what: &str) {
+    refused_with(out, 1, needles, what)
+}
+
+/// Asserts exit `code` with every one of `needles` in stderr.
+fn refused_with(out: &Output, code: i32, needles: &[&str], what: &str) {
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "{what}: exits 1: {}{}",
+        Some(code),
+        "{what}: exits {code}: {}{}",
         stdout(out),
         stderr(out)
     );
@@ -433,15 +438,17 @@ fn passphrase_sources_and_wrong_or_missing_passphrases_write_nothing() {
     for args in &commands {
         let mut c = with_passphrase(env.cmd(args), WRONG);
         c.env("SNAPBACK_NEW_PASSWORD", OTHER);
-        refused(
+        refused_with(
             &run(c),
+            12,
             &["the passphrase opens none of the 1 key(s)"],
             &format!("wrong passphrase: {args:?}"),
         );
         let mut with_file = vec!["--password-file", utf8(&wrong_file)];
         with_file.extend(args);
-        refused(
+        refused_with(
             &run(no_passphrase(env.cmd(&with_file))),
+            12,
             &["opens none"],
             &format!("wrong passphrase file: {args:?}"),
         );
@@ -618,8 +625,9 @@ fn keys_are_added_listed_and_removed_but_never_the_current_or_last() {
     let out = remove(&b[..8], PASS);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(keys(&env, PASS), vec![(a.clone(), true)]);
-    refused(
+    refused_with(
         &run(with_passphrase(env.cmd(&["snapshots"]), OTHER)),
+        12,
         &["the passphrase opens none of the 1 key(s)"],
         "the removed passphrase",
     );
@@ -710,7 +718,12 @@ fn a_key_file_copied_from_another_repository_is_marked_foreign_and_named_on_open
 
     // Its passphrase gets the reason, not "wrong passphrase".
     let out = run(with_passphrase(a.cmd(&["snapshots"]), OTHER));
-    assert!(!out.status.success(), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(12),
+        "it opens none of this repository's keys: {}",
+        stderr(&out)
+    );
     assert!(
         stderr(&out).contains(&format!("this key belongs to repository {idb}, not {ida}")),
         "{}",

@@ -211,7 +211,7 @@ fn hostile_urls_selectors_and_sql_identifiers() {
             ..row(
                 "no repository at the path",
                 &["--repo", "no/such/repo", "snapshots"],
-                1,
+                10,
                 "no/such/repo",
             )
         },
@@ -600,7 +600,7 @@ fn full_disk_locked_and_read_only_databases() {
                     "--busy-timeout",
                     "1",
                 ],
-                1,
+                11,
                 "locked",
             )
         },
@@ -609,7 +609,7 @@ fn full_disk_locked_and_read_only_databases() {
             ..row(
                 "repair: live database under an EXCLUSIVE lock",
                 &["repair", &s, "--apply", "--yes", "--max-wait", "2"],
-                1,
+                11,
                 "locked",
             )
         },

@@ -11,6 +11,7 @@ mod conventions;
 mod corruption;
 mod crash;
 mod encryption;
+mod exit_codes;
 mod files;
 mod format_fixtures;
 mod fuzz_regressions;

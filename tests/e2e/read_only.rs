@@ -415,7 +415,7 @@ fn a_prune_lock_on_a_read_only_repository_is_waited_for_and_no_lock_reads_anyway
         ],
     );
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(11), "a held lock: {err}");
     assert!(
         err.contains("locked") && err.contains("prune") && err.contains("--no-lock"),
         "the error names the lock and the way out: {err}"

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use serde_json::json;
 use snapback_core::{
     path_matches, CheckOptions, ChunkingParams, EncryptionOptions, InitOptions, Repository,
     RestoreOptions, Selector, Snapshot, SnapshotOptions,
@@ -71,12 +70,12 @@ pub fn init(g: &Global, a: InitArgs) -> anyhow::Result<u8> {
     let store = open_store(g, true)?;
     let repo = Repository::init(store, &opts)?;
     if g.json {
-        print_json(&json!({
-            "repository": repo.store().location(),
-            "repo_id": repo.config().repo_id,
-            "encrypted": repo.is_encrypted(),
-            "format_version": repo.config().format_version,
-        }))?;
+        print_json(&crate::json::Init {
+            repository: repo.store().location(),
+            repo_id: repo.config().repo_id.clone(),
+            encrypted: repo.is_encrypted(),
+            format_version: repo.config().format_version,
+        })?;
     } else if !g.quiet {
         println!(
             "created {}snapback repository {} at {}",
@@ -169,7 +168,11 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
             "nothing to snapshot: give PATH arguments, or list sources in snapback.toml (--config)"
         );
     };
-    let mut failed = 0;
+    // Under --json, one document for the whole run, printed once every
+    // source is done (docs/scripting.md).
+    let one_job = jobs.len() == 1;
+    let mut committed = Vec::new();
+    let mut failed: Vec<(Vec<PathBuf>, anyhow::Error)> = Vec::new();
     let mut partial = 0;
     for (paths, tags) in jobs {
         let bar = Bar::new(g);
@@ -189,19 +192,24 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
             .join(" ");
         let r = match r {
             Ok(r) => r,
-            Err(snapback_core::Error::NothingCaptured { failed: files }) => {
+            Err(e @ snapback_core::Error::NothingCaptured { .. }) => {
                 eprintln!("error: snapshot of {what} failed; no file could be snapshotted, so nothing was committed:");
-                for f in &files {
-                    eprintln!("  {}: {}", f.path, f.reason);
+                if let snapback_core::Error::NothingCaptured { failed: files } = &e {
+                    for f in files {
+                        eprintln!("  {}: {}", f.path, f.reason);
+                    }
                 }
-                failed += 1;
+                failed.push((paths, anyhow::Error::new(e)));
                 continue;
             }
             Err(e) => {
                 let e = anyhow::Error::new(e)
                     .context(format!("snapshot of {what} failed; nothing was committed"));
+                if one_job {
+                    return Err(e);
+                }
                 eprintln!("error: {}", crate::output::error_lines(&e).join(": "));
-                failed += 1;
+                failed.push((paths, e));
                 continue;
             }
         };
@@ -216,30 +224,53 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
                 eprintln!("  {}: {}", f.path, f.reason);
             }
         }
-        let s = &r.manifest.stats;
-        if g.json {
-            print_json(&json!({
-                "id": r.id.to_hex(),
-                "short_id": r.id.short(),
-                "time": r.manifest.time,
-                "paths": r.manifest.paths,
-                "files": s.files,
-                "bytes_read": s.bytes_read,
-                "bytes_new": s.bytes_new,
-                "bytes_added": s.bytes_added,
-                "objects_written": s.objects_written + 1,
-                "chunks": s.chunks,
-                "new_chunks": s.new_chunks,
-                "duration_ms": s.duration_ms,
-                "requests": request_json(repo.store().request_stats()),
-                "failed": r.failed,
-            }))?;
-        } else if !g.quiet {
+        if !g.json && !g.quiet {
             println!("{}", r.id);
         }
+        // The store's request counts so far, as each snapshot reported
+        // them when it printed its own document.
+        committed.push((r, repo.store().request_stats()));
     }
-    if failed > 0 {
-        anyhow::bail!("{failed} snapshot(s) failed (see above); the heartbeat was not sent");
+    if g.json {
+        if one_job {
+            if let Some((r, req)) = committed.first() {
+                print_json(&crate::json::Committed::new(r, req.clone()))?;
+            }
+        } else {
+            print_json(&crate::json::SnapshotRun {
+                snapshots: committed
+                    .iter()
+                    .map(|(r, req)| crate::json::Committed::new(r, req.clone()))
+                    .collect(),
+                failed: failed
+                    .iter()
+                    .map(|(paths, e)| crate::json::FailedSource {
+                        paths: paths.iter().map(|p| p.display().to_string()).collect(),
+                        error: crate::output::error_object(e),
+                    })
+                    .collect(),
+            })?;
+        }
+    }
+    if let Some((_, first)) = failed.first() {
+        // Exit 11 only when every failure was a held lock (waiting and
+        // running again would do it); else the kind of the first other one.
+        let kinds: Vec<_> = failed
+            .iter()
+            .map(|(_, e)| crate::output::error_kind(e))
+            .collect();
+        let kind = kinds
+            .iter()
+            .copied()
+            .find(|k| *k != snapback_core::Kind::Locked)
+            .unwrap_or_else(|| crate::output::error_kind(first));
+        return Err(anyhow::Error::new(crate::Kinded(
+            kind,
+            format!(
+                "{} snapshot(s) failed (see above); the heartbeat was not sent",
+                failed.len()
+            ),
+        )));
     }
     if partial > 0 {
         eprintln!(
@@ -263,13 +294,6 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
     }
 }
 
-fn request_json(r: snapback_storage::RequestStats) -> serde_json::Value {
-    json!({
-        "put": r.puts, "get": r.gets, "head": r.heads, "list": r.lists, "delete": r.deletes,
-        "bytes_sent": r.bytes_sent, "bytes_received": r.bytes_received,
-    })
-}
-
 #[derive(Debug, Args)]
 pub struct SnapshotsArgs {
     /// Only snapshots holding this file, or files under this directory.
@@ -281,28 +305,6 @@ pub struct SnapshotsArgs {
     /// Accepted as on every reading command; listing never takes a lock.
     #[arg(long)]
     pub no_lock: bool,
-}
-
-pub fn snapshot_json(s: &Snapshot, dating: &snapback_core::Dating) -> serde_json::Value {
-    let m = &s.manifest;
-    json!({
-        "id": s.id.to_hex(),
-        "short_id": s.id.short(),
-        "time": m.time,
-        "future": snapback_core::is_future(s.time, snapback_core::time::now()),
-        "clock_ahead": dating.ahead(&s.id),
-        "written": s.written.map(snapback_core::time::format_rfc3339),
-        "host": m.host,
-        "tags": m.tags,
-        "paths": m.paths,
-        "logical_size": m.logical_size(),
-        "bytes_added": m.stats.bytes_added,
-        "files": m.files.iter().map(|f| json!({
-            "path": f.path, "kind": f.kind, "size": f.size, "sha256": f.sha256.map(|h| h.to_hex()),
-            "db_checksum": f.db_checksum,
-            "sqlite": f.sqlite,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
@@ -357,9 +359,12 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
         }
     }
     if g.json {
-        print_json(&serde_json::Value::Array(
-            list.iter().map(|s| snapshot_json(s, &dating)).collect(),
-        ))?;
+        print_json(
+            &list
+                .iter()
+                .map(|s| crate::json::Listed::new(s, &dating))
+                .collect::<Vec<_>>(),
+        )?;
         return Ok(exit::OK);
     }
     // The time in full: pasted back as `@TIME`, it selects this snapshot.
@@ -473,10 +478,12 @@ pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     bar.finish();
     let r = r.context("restore failed")?;
     if g.json {
-        print_json(&json!({
-            "snapshot": snap.id.to_hex(), "files": r.files, "bytes": r.bytes,
-            "lock": r.lock.as_str(),
-        }))?;
+        print_json(&crate::json::Restored {
+            snapshot: snap.id,
+            files: r.files,
+            bytes: r.bytes,
+            lock: r.lock.as_str(),
+        })?;
     } else if !g.quiet {
         eprintln!("restored {} file(s), {}", r.files, human_bytes(r.bytes));
     }
@@ -527,7 +534,7 @@ pub fn check(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
         }
     }
     if g.json {
-        print_json(&serde_json::to_value(&r)?)?;
+        print_json(&r)?;
     } else {
         for p in &r.problems {
             println!("PROBLEM {}: {}", p.object, p.problem);

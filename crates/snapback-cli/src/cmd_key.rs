@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 use snapback_core::KdfParams;
 
 use crate::cli::Global;
@@ -73,17 +72,9 @@ pub fn run(g: &Global, c: KeyCommand) -> anyhow::Result<u8> {
         KeyCommand::List => {
             let keys = repo.keys()?;
             if g.json {
-                print_json(&json!({ "keys": keys.iter().map(|k| json!({
-                    "id": k.id.to_hex(),
-                    "created": k.created,
-                    "host": k.host,
-                    "user": k.user,
-                    "kdf_memory_kib": k.memory_kib,
-                    "kdf_iterations": k.iterations,
-                    "current": k.current,
-                    "damaged": k.damaged,
-                    "foreign": k.foreign,
-                })).collect::<Vec<_>>() }))?;
+                print_json(&crate::json::Keys {
+                    keys: keys.iter().map(Into::into).collect(),
+                })?;
             } else {
                 println!("{:<2}{:<10}{:<32}{:<20}USER", "", "ID", "CREATED", "HOST");
                 for k in &keys {
@@ -118,7 +109,7 @@ pub fn run(g: &Global, c: KeyCommand) -> anyhow::Result<u8> {
             )?;
             let id = repo.add_key(&pass, &a.kdf.params())?;
             if g.json {
-                print_json(&json!({ "added": id.to_hex() }))?;
+                print_json(&crate::json::KeyAdded { added: id })?;
             } else if !g.quiet {
                 println!("added key {}", id.short());
             }
@@ -126,7 +117,7 @@ pub fn run(g: &Global, c: KeyCommand) -> anyhow::Result<u8> {
         KeyCommand::Remove(a) => {
             let id = repo.remove_key(&a.id)?;
             if g.json {
-                print_json(&json!({ "removed": id.to_hex() }))?;
+                print_json(&crate::json::KeyRemoved { removed: id })?;
             } else if !g.quiet {
                 println!("removed key {}", id.short());
             }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use serde_json::json;
 use snapback_core::{
-    plan_forget, plan_scoped, KeepPolicy, PolicyScope, PruneOptions, Repository, Selector,
+    plan_forget, plan_scoped, KeepPolicy, PolicyScope, PruneOptions, PrunePlan, PruneReport,
+    Repository, Selector,
 };
 
 use crate::cli::Global;
@@ -143,8 +143,12 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
     } else {
         plan_forget(&snaps, &flags, &released, a.allow_empty)?
     };
+    // --json: one document, printed once the run is done (with --prune,
+    // the prune's report is in it too).
     if g.json {
-        print_json(&serde_json::to_value(&plan)?)?;
+        if a.dry_run {
+            print_json(&plan)?;
+        }
     } else if !g.quiet || a.dry_run {
         // A dry run exists to show its plan; -q hides the plan of a real run.
         for grp in &plan.groups {
@@ -186,18 +190,33 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         )?;
         removed = repo.apply_forget(&plan)?;
     }
-    if !g.quiet {
+    if !g.quiet && !g.json {
         eprintln!("removed {removed} snapshot(s)");
     }
-    if a.prune {
-        return prune(
-            g,
-            PruneArgs {
+    let pruned = if a.prune {
+        let p = PruneArgs {
+            dry_run: false,
+            lock_wait: a.lock_wait,
+            min_pack_age: a.min_pack_age.clone(),
+        };
+        let (plan, report) = run_prune(g, &p)?;
+        if !g.json {
+            print_prune(g, &p, &plan, &report);
+        }
+        Some((plan, report))
+    } else {
+        None
+    };
+    if g.json {
+        print_json(&crate::json::Forgotten {
+            plan: &plan,
+            removed,
+            prune: pruned.as_ref().map(|(plan, report)| crate::json::Pruned {
+                plan,
+                report,
                 dry_run: false,
-                lock_wait: a.lock_wait,
-                min_pack_age: a.min_pack_age.clone(),
-            },
-        );
+            }),
+        })?;
     }
     Ok(exit::OK)
 }
@@ -221,16 +240,32 @@ pub struct PruneArgs {
 const DEFAULT_MIN_PACK_AGE_ARG: &str = "24h";
 
 pub fn prune(g: &Global, a: PruneArgs) -> anyhow::Result<u8> {
+    let (plan, report) = run_prune(g, &a)?;
+    if g.json {
+        print_json(&crate::json::Pruned {
+            plan: &plan,
+            report: &report,
+            dry_run: a.dry_run,
+        })?;
+    } else {
+        print_prune(g, &a, &plan, &report);
+    }
+    Ok(exit::OK)
+}
+
+fn run_prune(g: &Global, a: &PruneArgs) -> anyhow::Result<(PrunePlan, PruneReport)> {
     let min_pack_age = parse_duration(&a.min_pack_age).context("invalid --min-pack-age")?;
     let repo = open_repo(g)?;
-    let (plan, report) = repo.prune(&PruneOptions {
+    Ok(repo.prune(&PruneOptions {
         lock_wait: Duration::from_secs(a.lock_wait),
         dry_run: a.dry_run,
         min_pack_age,
-    })?;
-    if g.json {
-        print_json(&json!({ "plan": plan, "report": report, "dry_run": a.dry_run }))?;
-    } else if !g.quiet {
+    })?)
+}
+
+/// Prune's summary, on stderr, unless quiet.
+fn print_prune(g: &Global, a: &PruneArgs, plan: &PrunePlan, report: &PruneReport) {
+    if !g.quiet {
         eprintln!(
             "{} snapshot(s) reference {} blob(s); {} pack(s): delete {}, repack {} ({} to free, {} to move, {} kept)",
             plan.snapshots,
@@ -263,7 +298,6 @@ pub fn prune(g: &Global, a: PruneArgs) -> anyhow::Result<u8> {
             );
         }
     }
-    Ok(exit::OK)
 }
 
 #[derive(Debug, Args)]
@@ -279,7 +313,10 @@ pub fn unlock(g: &Global, a: UnlockArgs) -> anyhow::Result<u8> {
     let before = repo.locks()?;
     let removed = repo.unlock(a.force)?;
     if g.json {
-        print_json(&json!({ "removed": removed, "remaining": before.len() - removed.len() }))?;
+        print_json(&crate::json::Unlocked {
+            removed: &removed,
+            remaining: before.len() - removed.len(),
+        })?;
     } else {
         // The removed locks are the result (hidden by -q); a kept one is a
         // warning, always printed.
@@ -557,12 +594,12 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot move {} into place", path.display()))?;
         }
     } else if g.json {
-        print_json(&json!({
-            "sources": rows,
-            "last_check": checks.newest(),
-            "checks": checks,
-            "ok": !problem,
-        }))?;
+        print_json(&crate::json::Status {
+            ok: !problem,
+            sources: &rows,
+            checks: &checks,
+            last_check: checks.newest(),
+        })?;
     } else {
         println!(
             "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10}  state",

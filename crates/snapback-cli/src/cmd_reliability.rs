@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::json;
 
 use crate::cli::Global;
 use crate::exit;
@@ -28,7 +27,11 @@ pub fn repair_index(g: &Global, a: RepairIndexArgs) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
     let (plan, report) = repo.repair_index(Duration::from_secs(a.lock_wait), a.dry_run)?;
     if g.json {
-        print_json(&json!({ "plan": plan, "report": report, "dry_run": a.dry_run }))?;
+        print_json(&crate::json::IndexRepaired {
+            plan: &plan,
+            report: &report,
+            dry_run: a.dry_run,
+        })?;
     } else {
         for u in &plan.unreadable_packs {
             println!("UNREADABLE {}: {}", u.key, u.problem);

@@ -11,6 +11,7 @@ mod cmd_reliability;
 mod cmd_repair;
 mod config;
 mod heartbeat;
+mod json;
 mod output;
 mod password;
 mod repo_url;
@@ -38,6 +39,28 @@ pub mod exit {
     /// `snapshot`: committed, but without some files that could not be
     /// snapshotted (each named on stderr and in `--json` `failed`).
     pub const PARTIAL: u8 = 6;
+    /// No repository at the location given (restic's 10).
+    pub const NO_REPOSITORY: u8 = 10;
+    /// The repository (or the live database) is locked by someone else
+    /// (restic's 11).
+    pub const LOCKED: u8 = 11;
+    /// The passphrase opens none of the repository's keys (restic's 12).
+    pub const WRONG_PASSPHRASE: u8 = 12;
+    /// stdout was closed early (`snapback … | head`), as a shell reports
+    /// SIGPIPE.
+    pub const CLOSED_PIPE: u8 = 141;
+
+    /// The exit code of a failure of this kind.
+    pub fn of(kind: snapback_core::Kind) -> u8 {
+        use snapback_core::Kind;
+        match kind {
+            Kind::Usage => USAGE,
+            Kind::NoRepository => NO_REPOSITORY,
+            Kind::Locked => LOCKED,
+            Kind::WrongPassphrase => WRONG_PASSPHRASE,
+            Kind::BadInput | Kind::Damaged | Kind::Io | Kind::Internal => FAILURE,
+        }
+    }
 }
 
 /// Bad usage found after parsing (a value clap cannot check): exit 2.
@@ -52,6 +75,21 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// A message, as anyhow context, that also says what kind of failure the
+/// error it wraps is, when the CLI knows better than the cause: a bucket
+/// that cannot be used where a repository was expected is no repository
+/// (exit 10), not the store error it caused.
+#[derive(Debug)]
+pub struct Kinded(pub snapback_core::Kind, pub String);
+
+impl std::fmt::Display for Kinded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Kinded {}
+
 fn main() -> ExitCode {
     // `snapback … | head` closes stdout early: end quietly, as other Unix
     // tools do, instead of reporting a panic.
@@ -64,7 +102,7 @@ fn main() -> ExitCode {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
         if msg.contains("Broken pipe") {
-            std::process::exit(141);
+            std::process::exit(exit::CLOSED_PIPE.into());
         }
         default_hook(info);
     }));
@@ -81,37 +119,34 @@ fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::from(exit::OK);
+            }
             let _ = e.print();
-            return ExitCode::from(code);
+            // clap could not parse the line, so `--json` is looked for by
+            // hand: a script that asked for JSON gets its error object.
+            let json = std::env::args()
+                .take_while(|a| a != "--")
+                .any(|a| a == "--json");
+            if json {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or("");
+                let message = first.strip_prefix("error: ").unwrap_or(first).to_string();
+                output::print_error_json(json::ErrorObject {
+                    kind: snapback_core::Kind::Usage.name(),
+                    message,
+                    causes: Vec::new(),
+                    exit_code: exit::USAGE,
+                });
+            }
+            return ExitCode::from(exit::USAGE);
         }
     };
     output::init_logging(&cli.global);
+    let json = cli.global.json;
     match cli::run(cli) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            // Not eprintln!: it panics when stderr is gone (a background
-            // mount whose launcher has exited), and the exit code matters
-            // more than the message.
-            use std::io::Write;
-            let mut err = std::io::stderr().lock();
-            let lines = output::error_lines(&e);
-            for (i, line) in lines.iter().enumerate() {
-                let _ = if i == 0 {
-                    writeln!(err, "error: {line}")
-                } else {
-                    writeln!(err, "  caused by: {line}")
-                };
-            }
-            ExitCode::from(if e.chain().any(|c| c.is::<Usage>()) {
-                exit::USAGE
-            } else {
-                exit::FAILURE
-            })
-        }
+        Err(e) => ExitCode::from(output::report_error(&e, json)),
     }
 }

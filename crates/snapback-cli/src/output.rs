@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use snapback_core::Progress;
+use snapback_core::{Kind, Progress};
 use tracing::level_filters::LevelFilter;
 
 use crate::cli::{Global, LogFormat};
@@ -187,7 +187,7 @@ impl Progress for Bar {
     }
 }
 
-pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -203,20 +203,97 @@ pub fn chose(g: &Global, snap: &snapback_core::Snapshot) {
     }
 }
 
-/// The messages of an error and its causes, each said once. Library errors
-/// that print their source in their own message (`"{path}: {message}:
-/// {source}"`) also return it as their `source()`: a cause whose text a
-/// message already printed holds is not printed again.
+/// The messages of an error and its causes, outermost first. Each cause is
+/// said once because no library error both prints its source in its
+/// message and returns it as `source()` (see snapback-core's error module).
 pub fn error_lines(e: &anyhow::Error) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.last().is_some_and(|prev| prev.contains(&text)) {
-            continue;
-        }
-        out.push(text);
+    e.chain().map(|c| c.to_string()).collect()
+}
+
+/// What kind of failure an error is: the kind of the outermost typed error
+/// in its chain (a usage error anywhere wins, then a kind the CLI gave
+/// with [`crate::Kinded`]). Errors the CLI raises itself
+/// (a config it cannot use, a passphrase file that is not a file, …) are
+/// bad input.
+pub fn error_kind(e: &anyhow::Error) -> Kind {
+    if e.chain().any(|c| c.is::<crate::Usage>()) {
+        return Kind::Usage;
     }
-    out
+    if let Some(k) = e.downcast_ref::<crate::Kinded>() {
+        return k.0;
+    }
+    for c in e.chain() {
+        if let Some(x) = c.downcast_ref::<snapback_core::Error>() {
+            return x.kind();
+        }
+        if let Some(x) = c.downcast_ref::<snapback_repair::Error>() {
+            return x.kind();
+        }
+        if let Some(x) = c.downcast_ref::<snapback_mount::MountError>() {
+            return x.kind();
+        }
+        if let Some(x) = c.downcast_ref::<snapback_storage::StoreError>() {
+            return Kind::of_store(x);
+        }
+        if let Some(x) = c.downcast_ref::<rusqlite::Error>() {
+            return Kind::of_sqlite(x);
+        }
+        if c.is::<std::io::Error>() {
+            return Kind::Io;
+        }
+        if c.is::<serde_json::Error>() {
+            return Kind::Internal;
+        }
+    }
+    Kind::BadInput
+}
+
+/// An error under `--json`, on stderr (one line): `{"error": {"kind",
+/// "message", "causes", "exit_code"}}` (docs/scripting.md).
+pub fn print_error_json(error: crate::json::ErrorObject) {
+    if let Ok(line) = serde_json::to_string(&crate::json::ErrorDoc { error }) {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+/// The JSON error object of an error.
+pub fn error_object(e: &anyhow::Error) -> crate::json::ErrorObject {
+    let kind = error_kind(e);
+    let mut causes = error_lines(e);
+    let message = if causes.is_empty() {
+        String::new()
+    } else {
+        causes.remove(0)
+    };
+    crate::json::ErrorObject {
+        kind: kind.name(),
+        message,
+        causes,
+        exit_code: crate::exit::of(kind),
+    }
+}
+
+/// Prints a failed command's error on stderr (`error: …`, then one
+/// `caused by: …` line per cause; under `--json` also the JSON error
+/// object) and returns its exit code.
+pub fn report_error(e: &anyhow::Error, json: bool) -> u8 {
+    // Not eprintln!: it panics when stderr is gone (a background mount
+    // whose launcher has exited), and the exit code matters more than the
+    // message.
+    {
+        let mut err = std::io::stderr().lock();
+        for (i, line) in error_lines(e).iter().enumerate() {
+            let _ = if i == 0 {
+                writeln!(err, "error: {line}")
+            } else {
+                writeln!(err, "  caused by: {line}")
+            };
+        }
+    }
+    if json {
+        print_error_json(error_object(e));
+    }
+    crate::exit::of(error_kind(e))
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -225,6 +302,8 @@ pub fn human_bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use snapback_core::Kind;
+
     #[test]
     fn each_cause_is_printed_once() {
         let io = std::io::Error::from(std::io::ErrorKind::NotFound);
@@ -234,5 +313,21 @@ mod tests {
         let lines = super::error_lines(&e);
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines.join(": ").matches(&text).count(), 1, "{lines:?}");
+    }
+
+    #[test]
+    fn error_kind_is_that_of_the_outermost_typed_error() {
+        let e = anyhow::Error::new(snapback_core::Error::Locked("held".into())).context("snapshot");
+        assert_eq!(super::error_kind(&e), Kind::Locked);
+        let e = anyhow::Error::new(snapback_repair::Error::Core(
+            snapback_core::Error::WrongPassphrase("no".into()),
+        ));
+        assert_eq!(super::error_kind(&e), Kind::WrongPassphrase);
+        let e = anyhow::Error::new(crate::Usage("bad".into())).context("x");
+        assert_eq!(super::error_kind(&e), Kind::Usage);
+        assert_eq!(super::error_kind(&anyhow::anyhow!("plain")), Kind::BadInput);
+        assert_eq!(crate::exit::of(Kind::NoRepository), 10);
+        assert_eq!(crate::exit::of(Kind::Locked), 11);
+        assert_eq!(crate::exit::of(Kind::WrongPassphrase), 12);
     }
 }

@@ -60,7 +60,16 @@ pub fn open_store(g: &Global, create: bool) -> anyhow::Result<Arc<dyn Store>> {
             } else {
                 LocalStore::open(&p)
             };
-            let s = s.with_context(|| format!("cannot open the repository at {}", p.display()))?;
+            let s = match s {
+                // No directory is no repository (exit 10), as no config is.
+                Err(e) if e.is_not_found() && !create => {
+                    return Err(snapback_core::Error::NotARepository {
+                        location: p.display().to_string(),
+                    }
+                    .into())
+                }
+                s => s.with_context(|| format!("cannot open the repository at {}", p.display()))?,
+            };
             Ok(Arc::new(s))
         }
         RepoUrl::S3 { .. } => {
@@ -132,8 +141,11 @@ fn no_repository(g: &Global, e: snapback_core::Error) -> anyhow::Error {
     });
     match probe {
         Ok(()) => e.into(),
-        Err(b) => anyhow::Error::new(b).context(format!(
-            "no snapback repository at {url}, and its bucket cannot be used (`snapback init` does not create buckets: create the bucket first, or fix --repo / --s3-endpoint)"
+        Err(b) => anyhow::Error::new(b).context(crate::Kinded(
+            snapback_core::Kind::NoRepository,
+            format!(
+                "no snapback repository at {url}, and its bucket cannot be used (`snapback init` does not create buckets: create the bucket first, or fix --repo / --s3-endpoint)"
+            ),
         )),
     }
 }

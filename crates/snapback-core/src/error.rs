@@ -3,6 +3,14 @@
 //! The rules: every error says what went wrong, with which object, file or
 //! snapshot, and where an operator can do something about it, what to do.
 //! Nothing here is printed with a backtrace; the CLI prints the cause chain.
+//!
+//! Each cause is said once: a variant whose message includes a lower-level
+//! error (`"{path}: {message}: {cause}"`) keeps it in a field named `cause`,
+//! not as its `source()`, so that neither a log line (which shows only the
+//! message) nor the CLI's cause chain (which shows every `source()`) loses
+//! or repeats it.
+//!
+//! Every error has a [`Kind`], which the CLI turns into its exit code.
 
 use std::path::PathBuf;
 
@@ -31,20 +39,18 @@ pub enum Error {
     #[error("{0}")]
     Selector(String),
 
-    #[error("{path}: {message}: {source}")]
+    #[error("{path}: {message}: {cause}")]
     Io {
         path: PathBuf,
         message: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
-    #[error("{path}: {message}: {source}")]
+    #[error("{path}: {message}: {cause}")]
     Sqlite {
         path: PathBuf,
         message: String,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
 
     #[error("{path}: {message}")]
@@ -77,30 +83,136 @@ pub enum Error {
 
     /// A command that writes found the repository read-only (its lock
     /// could not be written).
-    #[error("the repository {location} cannot be written ({source}); `{command}` writes to it, so nothing was done. Reading commands (restore, check, snapshots, diff, mount) work from a read-only repository; to {command}, make it writable (remount the disk read-write, fix the permissions, or use a key that may write)")]
+    #[error("the repository {location} cannot be written ({cause}); `{command}` writes to it, so nothing was done. Reading commands (restore, check, snapshots, diff, mount) work from a read-only repository; to {command}, make it writable (remount the disk read-write, fix the permissions, or use a key that may write)")]
     ReadOnlyRepository {
         location: String,
         command: String,
-        #[source]
-        source: StoreError,
+        cause: StoreError,
     },
 
-    /// The repository is encrypted and no passphrase was given, or none of
-    /// its keys opens with the one given.
+    /// The repository is encrypted and no passphrase could be had (none
+    /// given, no terminal to ask on, a password command that failed).
     #[error("{0}")]
     Key(String),
+
+    /// The repository is encrypted and none of its keys opens with the
+    /// passphrase given.
+    #[error("{0}")]
+    WrongPassphrase(String),
+}
+
+/// What kind of failure an error is: it decides the CLI's exit code
+/// (docs/scripting.md) and is the `kind` of its `--json` error object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A flag or value the command cannot take (the CLI's usage errors).
+    Usage,
+    /// Input that cannot be used: a path that is not a database, a
+    /// selector that matches nothing, an invalid setting, no passphrase.
+    BadInput,
+    /// No repository at the location given.
+    NoRepository,
+    /// The repository, or the live database, is locked by someone else.
+    Locked,
+    /// None of the repository's keys opens with the passphrase given.
+    WrongPassphrase,
+    /// Stored data is damaged or missing (a failed verification).
+    Damaged,
+    /// Reading or writing failed: a file, the store, the network.
+    Io,
+    /// A bug or a broken invariant of snapback itself.
+    Internal,
+}
+
+impl Kind {
+    /// The kind of a store error.
+    pub fn of_store(e: &StoreError) -> Kind {
+        use snapback_storage::ErrorKind as S;
+        match e.kind() {
+            S::NotFound | S::Corrupt => Kind::Damaged,
+            S::InvalidKey | S::AlreadyExists => Kind::Internal,
+            S::PermissionDenied | S::ReadOnly | S::Transient | S::NoSpace | S::Other => Kind::Io,
+        }
+    }
+
+    /// The kind of a SQLite error on a database snapback reads or writes.
+    pub fn of_sqlite(e: &rusqlite::Error) -> Kind {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => Kind::Locked,
+            Some(C::NotADatabase) => Kind::BadInput,
+            Some(C::DatabaseCorrupt) => Kind::Damaged,
+            None => Kind::BadInput,
+            Some(_) => Kind::Io,
+        }
+    }
+
+    /// The name used in `--json` error objects and in docs/scripting.md.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Usage => "usage",
+            Kind::BadInput => "bad_input",
+            Kind::NoRepository => "no_repository",
+            Kind::Locked => "locked",
+            Kind::WrongPassphrase => "wrong_passphrase",
+            Kind::Damaged => "damaged",
+            Kind::Io => "io",
+            Kind::Internal => "internal",
+        }
+    }
 }
 
 impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::Store(e) => Kind::of_store(e),
+            Error::NotARepository { .. } => Kind::NoRepository,
+            Error::AlreadyInitialised { .. }
+            | Error::UnsupportedVersion { .. }
+            | Error::UnsupportedFeature { .. }
+            | Error::Selector(_)
+            | Error::Input { .. }
+            | Error::Invalid(_)
+            | Error::Key(_) => Kind::BadInput,
+            Error::Corrupt { .. } | Error::Verification(_) => Kind::Damaged,
+            Error::Io { .. } => Kind::Io,
+            Error::Sqlite { cause, .. } => Kind::of_sqlite(cause),
+            Error::Locked(_) => Kind::Locked,
+            Error::Source { problem, .. } => match problem {
+                crate::sqlite::SourceProblem::Locked => Kind::Locked,
+                crate::sqlite::SourceProblem::HotJournal
+                | crate::sqlite::SourceProblem::NotADatabase => Kind::BadInput,
+                crate::sqlite::SourceProblem::Unreadable => Kind::Io,
+            },
+            // Each file failed for its own reason: the kind of all of them
+            // when they agree (every one locked: run again later).
+            Error::NothingCaptured { failed } => {
+                let kind = |f: &crate::snapshot::FailedFile| match f.problem {
+                    crate::sqlite::SourceProblem::Locked => Kind::Locked,
+                    crate::sqlite::SourceProblem::Unreadable => Kind::Io,
+                    _ => Kind::BadInput,
+                };
+                match failed.first().map(kind) {
+                    Some(k) if failed.iter().all(|f| kind(f) == k) => k,
+                    _ => Kind::BadInput,
+                }
+            }
+            Error::ReadOnlyRepository { .. } => Kind::Io,
+            Error::WrongPassphrase(_) => Kind::WrongPassphrase,
+        }
+    }
+
     pub fn io(
         path: impl Into<PathBuf>,
         message: impl Into<String>,
-        source: std::io::Error,
+        cause: std::io::Error,
     ) -> Error {
         Error::Io {
             path: path.into(),
             message: message.into(),
-            source,
+            cause,
         }
     }
 
@@ -113,3 +225,32 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn errors_with_a_cause_say_it_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let text = io.to_string();
+        let e = Error::io("/srv/a.db", "cannot read", io);
+        assert!(
+            e.to_string().contains(&text),
+            "the message says the cause: {e}"
+        );
+        assert!(e.source().is_none(), "and the chain does not repeat it");
+        let sq = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let e = Error::Sqlite {
+            path: "/srv/a.db".into(),
+            message: "cannot open".into(),
+            cause: sq,
+        };
+        assert!(e.source().is_none());
+        assert_eq!(e.kind(), Kind::Locked, "a busy database is a held lock");
+    }
+}

@@ -41,7 +41,7 @@ pub use chunklist::ChunkRef;
 pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use crypto::{KdfParams, KeyInfo, Passphrase, SEAL_OVERHEAD};
 pub use dating::{Ahead, Dating};
-pub use error::{Error, Result};
+pub use error::{Error, Kind, Result};
 pub use forget::{
     group_key, is_future, plan as plan_forget, plan_scoped, Decision, ForgetPlan, GroupPlan,
     KeepPolicy, PolicyScope, FUTURE_TOLERANCE, PRE_REPAIR_TAG,

@@ -300,7 +300,7 @@ impl Repository {
                             return Err(Error::ReadOnlyRepository {
                                 location: store.location(),
                                 command: command.to_string(),
-                                source: e,
+                                cause: e,
                             });
                         }
                         refused = Some(e);

@@ -347,7 +347,7 @@ impl Repository {
         // instead of "wrong passphrase".
         for (key, kf, other) in &foreign {
             if open_key_file(kf, key, &pass, other)?.is_some() {
-                return Err(Error::Key(format!(
+                return Err(Error::WrongPassphrase(format!(
                     "this key belongs to repository {other}, not {}: {key} was copied from another repository, and the passphrase opens it only there. Use the passphrase of a key of this repository (`snapback key list` shows its keys; `snapback key remove` removes the copy)",
                     config.repo_id
                 )));
@@ -365,7 +365,7 @@ impl Repository {
                 damaged.join("; ")
             ));
         }
-        Err(Error::Key(msg))
+        Err(Error::WrongPassphrase(msg))
     }
 
     fn with_config(

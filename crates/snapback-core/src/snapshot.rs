@@ -97,12 +97,12 @@ impl FailedFile {
             Error::Source {
                 problem, message, ..
             } => (*problem, message.clone()),
-            Error::Sqlite {
-                message, source, ..
-            } => (SourceProblem::Unreadable, format!("{message}: {source}")),
-            Error::Io {
-                message, source, ..
-            } => (SourceProblem::Unreadable, format!("{message}: {source}")),
+            Error::Sqlite { message, cause, .. } => {
+                (SourceProblem::Unreadable, format!("{message}: {cause}"))
+            }
+            Error::Io { message, cause, .. } => {
+                (SourceProblem::Unreadable, format!("{message}: {cause}"))
+            }
             Error::Input { message, .. } => (SourceProblem::Unreadable, message.clone()),
             _ => return None,
         };

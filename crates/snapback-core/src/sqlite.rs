@@ -125,10 +125,10 @@ impl Capture {
     /// captured as it is gives [`Error::Source`], in plain words: locked,
     /// a hot journal to roll back, not a database.
     pub fn begin(path: &Path, busy: Duration) -> Result<Capture> {
-        let err = |message: &str, source| Error::Sqlite {
+        let err = |message: &str, cause| Error::Sqlite {
             path: path.to_path_buf(),
             message: message.into(),
-            source,
+            cause,
         };
         let conn = Connection::open_with_flags(
             path,
@@ -203,10 +203,10 @@ impl Capture {
         pages_per_call: usize,
         mut sink: impl FnMut(Vec<u8>) -> Result<()>,
     ) -> Result<()> {
-        let err = |message: &str, source| Error::Sqlite {
+        let err = |message: &str, cause| Error::Sqlite {
             path: self.path.clone(),
             message: message.into(),
-            source,
+            cause,
         };
         let mut stmt = self
             .conn
@@ -271,10 +271,10 @@ impl Capture {
         pages_per_call: usize,
         mut sink: impl FnMut(&[u64], Vec<u8>) -> Result<()>,
     ) -> Result<()> {
-        let err = |message: &str, source| Error::Sqlite {
+        let err = |message: &str, cause| Error::Sqlite {
             path: self.path.clone(),
             message: message.into(),
-            source,
+            cause,
         };
         let mut stmt = self
             .conn
@@ -324,10 +324,10 @@ impl Capture {
 
     /// SHA-256 over the schema table's rows, in name order.
     pub fn schema_hash(&self) -> Result<Id> {
-        let err = |source| Error::Sqlite {
+        let err = |cause| Error::Sqlite {
             path: self.path.clone(),
             message: "cannot read the schema".into(),
-            source,
+            cause,
         };
         let mut stmt = self
             .conn
@@ -352,7 +352,7 @@ impl Capture {
             .map_err(|e| Error::Sqlite {
                 path: self.path.clone(),
                 message: "cannot end the read transaction".into(),
-                source: e,
+                cause: e,
             })
     }
 }
@@ -360,10 +360,10 @@ impl Capture {
 /// Runs `PRAGMA integrity_check` on a database file (read-only); returns the
 /// problems it reports (empty when it passes).
 pub fn integrity_check(path: &Path) -> Result<Vec<String>> {
-    let err = |source| Error::Sqlite {
+    let err = |cause| Error::Sqlite {
         path: path.into(),
         message: "integrity check failed to run".into(),
-        source,
+        cause,
     };
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
     let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(err)?;

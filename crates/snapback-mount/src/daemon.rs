@@ -266,7 +266,7 @@ pub fn run(repo: Arc<Repository>, opts: MountOptions) -> Result<(), MountError> 
     }
     let session = fuser::spawn_mount(fs, &mountpoint, &config).map_err(|e| MountError::Mount {
         mountpoint: mountpoint.clone(),
-        source: e,
+        cause: e,
     })?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     let conn = fuse_connection(&mountpoint, opts.health_timeout);

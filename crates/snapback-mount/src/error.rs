@@ -33,11 +33,12 @@ pub enum VfsError {
     #[error("reading {what} timed out after {secs:.1}s")]
     TimedOut { what: String, secs: f64 },
 
-    #[error("reading {what} failed: {source}")]
+    /// The message says the cause; it is not also the `source()` (each
+    /// cause is said once).
+    #[error("reading {what} failed: {cause}")]
     Repo {
         what: String,
-        #[source]
-        source: std::sync::Arc<snapback_core::Error>,
+        cause: std::sync::Arc<snapback_core::Error>,
     },
 
     /// A read of a snapshot whose manifest is gone (forgotten, then its
@@ -53,17 +54,15 @@ impl VfsError {
     pub(crate) fn repo(what: impl Into<String>, e: snapback_core::Error) -> VfsError {
         VfsError::Repo {
             what: what.into(),
-            source: std::sync::Arc::new(e),
+            cause: std::sync::Arc::new(e),
         }
     }
 
-    /// True for errors that mean "the data could not be served": the caller
-    /// sees EIO.
     /// True when the data the error is about is missing from the store
     /// (a pack not found, a chunk in no index), as after a prune.
     pub fn is_missing_data(&self) -> bool {
         match self {
-            VfsError::Repo { source, .. } => match &**source {
+            VfsError::Repo { cause, .. } => match &**cause {
                 snapback_core::Error::Store(e) => e.is_not_found(),
                 snapback_core::Error::Corrupt { .. } => true,
                 _ => false,
@@ -72,6 +71,8 @@ impl VfsError {
         }
     }
 
+    /// True for errors that mean "the data could not be served": the caller
+    /// sees EIO.
     pub fn is_io(&self) -> bool {
         matches!(
             self,
@@ -86,12 +87,11 @@ impl VfsError {
 /// Errors of setting up and running a mount.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("{path}: {message}: {source}")]
+    #[error("{path}: {message}: {cause}")]
     Io {
         path: PathBuf,
         message: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("refusing to mount at {mountpoint}: {reason}")]
@@ -100,11 +100,10 @@ pub enum MountError {
     #[error(transparent)]
     Repo(#[from] snapback_core::Error),
 
-    #[error("cannot mount at {mountpoint}: {source}. Check that fuse3 is installed (fusermount3), that /dev/fuse exists, and that the mount point is an empty directory that is not already mounted.")]
+    #[error("cannot mount at {mountpoint}: {cause}. Check that fuse3 is installed (fusermount3), that /dev/fuse exists, and that the mount point is an empty directory that is not already mounted.")]
     Mount {
         mountpoint: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("cannot unmount {mountpoint}: {message}")]
@@ -118,12 +117,24 @@ impl MountError {
     pub(crate) fn io(
         path: impl Into<PathBuf>,
         message: impl Into<String>,
-        source: std::io::Error,
+        cause: std::io::Error,
     ) -> MountError {
         MountError::Io {
             path: path.into(),
             message: message.into(),
-            source,
+            cause,
+        }
+    }
+
+    /// What kind of failure this is (it decides the CLI's exit code).
+    pub fn kind(&self) -> snapback_core::Kind {
+        use snapback_core::Kind;
+        match self {
+            MountError::Io { .. } | MountError::Mount { .. } | MountError::Unmount { .. } => {
+                Kind::Io
+            }
+            MountError::BadMountpoint { .. } => Kind::BadInput,
+            MountError::Repo(e) => e.kind(),
         }
     }
 }

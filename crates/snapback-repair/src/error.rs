@@ -7,25 +7,27 @@
 
 use std::path::PathBuf;
 
+use snapback_core::Kind;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Core(#[from] snapback_core::Error),
 
-    #[error("{path}: {message}: {source}")]
+    /// The message says the cause; it is not also the `source()` (see
+    /// snapback-core's error module: each cause is said once).
+    #[error("{path}: {message}: {cause}")]
     Sqlite {
         path: PathBuf,
         message: String,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
 
-    #[error("{path}: {message}: {source}")]
+    #[error("{path}: {message}: {cause}")]
     Io {
         path: PathBuf,
         message: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// Bad input found before anything was written.
@@ -58,27 +60,42 @@ pub enum Error {
 }
 
 impl Error {
+    /// What kind of failure this is (it decides the CLI's exit code).
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::Core(e) => e.kind(),
+            Error::Sqlite { cause, .. } => Kind::of_sqlite(cause),
+            Error::Io { .. } => Kind::Io,
+            Error::Input(_) | Error::Script { .. } | Error::NoKey(_) | Error::Conflict(_) => {
+                Kind::BadInput
+            }
+            Error::Busy { .. } | Error::Locked { .. } => Kind::Locked,
+            Error::Audit(_) => Kind::Damaged,
+            Error::Stopped(_) => Kind::Io,
+        }
+    }
+
     pub fn sqlite(
         path: impl Into<PathBuf>,
         message: impl Into<String>,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     ) -> Error {
         Error::Sqlite {
             path: path.into(),
             message: message.into(),
-            source,
+            cause,
         }
     }
 
     pub fn io(
         path: impl Into<PathBuf>,
         message: impl Into<String>,
-        source: std::io::Error,
+        cause: std::io::Error,
     ) -> Error {
         Error::Io {
             path: path.into(),
             message: message.into(),
-            source,
+            cause,
         }
     }
 }

@@ -11,8 +11,6 @@
 //!   help ([`Fail::retry`]): a range past the end of an object is `Corrupt`
 //!   for the caller but asking again will not change the answer.
 
-use std::fmt;
-
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -30,7 +28,6 @@ pub(crate) struct Fail {
     pub status: Option<u16>,
     /// The S3 error code, when the server sent one.
     pub code: Option<String>,
-    pub source: Option<Cause>,
 }
 
 impl Fail {
@@ -41,7 +38,6 @@ impl Fail {
             retry: kind.is_retryable(),
             status: None,
             code: None,
-            source: None,
         }
     }
 
@@ -53,12 +49,11 @@ impl Fail {
         }
     }
 
+    /// The message already holds the causes' text (see [`classify`]): it
+    /// is not attached again as a `source()`, which the CLI would print a
+    /// second time.
     pub fn into_store_error(self, key: &str, suffix: &str) -> StoreError {
-        let e = StoreError::new(self.kind, key, format!("{}{suffix}", self.message));
-        match self.source {
-            Some(c) => e.with_source(c),
-            None => e,
-        }
+        StoreError::new(self.kind, key, format!("{}{suffix}", self.message))
     }
 
     pub fn is_status(&self, status: u16) -> bool {
@@ -69,23 +64,6 @@ impl Fail {
         self.code.as_deref() == Some(code)
     }
 }
-
-/// The underlying error, kept as the `source` of a [`StoreError`].
-pub(crate) struct Cause(String);
-
-impl fmt::Debug for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Cause {}
 
 /// Error codes that mean "slow down or try again".
 const TRANSIENT_CODES: &[&str] = &[
@@ -114,7 +92,7 @@ where
     if let Some(f) = credentials_failure(what, err as &(dyn std::error::Error + 'static)) {
         return f;
     }
-    let mut fail = match err {
+    let fail = match err {
         SdkError::ConstructionFailure(_) => Fail::new(
             ErrorKind::Other,
             format!("S3 {what} request could not be built: {detail}"),
@@ -152,7 +130,6 @@ where
         SdkError::ServiceError(_) => return service_error(what, err),
         _ => Fail::new(ErrorKind::Other, format!("S3 {what} failed: {detail}")),
     };
-    fail.source = Some(Cause(detail));
     fail
 }
 

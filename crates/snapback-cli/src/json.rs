@@ -1,0 +1,278 @@
+//! The `--json` documents: one `Serialize` type per document, so that each
+//! shape is written once, here, and matches docs/scripting.md.
+
+use serde::Serialize;
+use snapback_core::{
+    Ahead, CheckRecord, Dating, FailedFile, FileKind, ForgetPlan, FoundLock, Id, KeyInfo,
+    LastChecks, PrunePlan, PruneReport, RepairIndexPlan, RepairIndexReport, Snapshot,
+    SnapshotReport, SqliteFacts,
+};
+use snapback_storage::RequestStats;
+
+/// `init --json`.
+#[derive(Serialize)]
+pub struct Init {
+    pub repository: String,
+    pub repo_id: String,
+    pub encrypted: bool,
+    pub format_version: u32,
+}
+
+/// The store requests of a command (filled in by the S3 backend).
+#[derive(Serialize)]
+pub struct Requests {
+    pub put: u64,
+    pub get: u64,
+    pub head: u64,
+    pub list: u64,
+    pub delete: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl From<RequestStats> for Requests {
+    fn from(r: RequestStats) -> Requests {
+        Requests {
+            put: r.puts,
+            get: r.gets,
+            head: r.heads,
+            list: r.lists,
+            delete: r.deletes,
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+        }
+    }
+}
+
+/// One committed snapshot, as `snapshot --json` reports it.
+#[derive(Serialize)]
+pub struct Committed<'a> {
+    pub id: Id,
+    pub short_id: String,
+    pub time: &'a str,
+    pub paths: &'a [String],
+    pub files: u64,
+    pub bytes_read: u64,
+    pub bytes_new: u64,
+    pub bytes_added: u64,
+    pub objects_written: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub duration_ms: u64,
+    pub requests: Requests,
+    /// Files the snapshot left out (exit 6); empty when it holds them all.
+    pub failed: &'a [FailedFile],
+}
+
+impl<'a> Committed<'a> {
+    pub fn new(r: &'a SnapshotReport, requests: RequestStats) -> Committed<'a> {
+        let s = &r.manifest.stats;
+        Committed {
+            id: r.id,
+            short_id: r.id.short(),
+            time: &r.manifest.time,
+            paths: &r.manifest.paths,
+            files: s.files,
+            bytes_read: s.bytes_read,
+            bytes_new: s.bytes_new,
+            bytes_added: s.bytes_added,
+            // The manifest is written after the stats are taken.
+            objects_written: s.objects_written + 1,
+            chunks: s.chunks,
+            new_chunks: s.new_chunks,
+            duration_ms: s.duration_ms,
+            requests: requests.into(),
+            failed: &r.failed,
+        }
+    }
+}
+
+/// `snapshot --json` of the config's sources (one snapshot per source):
+/// one document for them all.
+#[derive(Serialize)]
+pub struct SnapshotRun<'a> {
+    pub snapshots: Vec<Committed<'a>>,
+    pub failed: Vec<FailedSource>,
+}
+
+/// A source whose snapshot failed (nothing of it was committed).
+#[derive(Serialize)]
+pub struct FailedSource {
+    pub paths: Vec<String>,
+    pub error: ErrorObject,
+}
+
+/// An error: the `error` member of the object printed on stderr under
+/// `--json`, and of a failed source in `snapshot --json`.
+#[derive(Serialize)]
+pub struct ErrorObject {
+    pub kind: &'static str,
+    pub message: String,
+    pub causes: Vec<String>,
+    pub exit_code: u8,
+}
+
+/// `{"error": {...}}`, on stderr.
+#[derive(Serialize)]
+pub struct ErrorDoc {
+    pub error: ErrorObject,
+}
+
+/// One snapshot in `snapshots --json`.
+#[derive(Serialize)]
+pub struct Listed<'a> {
+    pub id: Id,
+    pub short_id: String,
+    pub time: &'a str,
+    pub future: bool,
+    pub clock_ahead: Option<&'a Ahead>,
+    pub written: Option<String>,
+    pub host: &'a str,
+    pub tags: &'a [String],
+    pub paths: &'a [String],
+    pub logical_size: u64,
+    pub bytes_added: u64,
+    pub files: Vec<ListedFile<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct ListedFile<'a> {
+    pub path: &'a str,
+    pub kind: FileKind,
+    pub size: u64,
+    pub sha256: Option<Id>,
+    pub db_checksum: &'a str,
+    pub sqlite: &'a Option<SqliteFacts>,
+}
+
+impl<'a> Listed<'a> {
+    pub fn new(s: &'a Snapshot, dating: &'a Dating) -> Listed<'a> {
+        let m = &s.manifest;
+        let now = snapback_core::time::now();
+        Listed {
+            id: s.id,
+            short_id: s.id.short(),
+            time: &m.time,
+            future: snapback_core::is_future(s.time, now),
+            clock_ahead: dating.ahead(&s.id),
+            written: s.written.map(snapback_core::time::format_rfc3339),
+            host: &m.host,
+            tags: &m.tags,
+            paths: &m.paths,
+            logical_size: m.logical_size(),
+            bytes_added: m.stats.bytes_added,
+            files: m
+                .files
+                .iter()
+                .map(|f| ListedFile {
+                    path: &f.path,
+                    kind: f.kind,
+                    size: f.size,
+                    sha256: f.sha256,
+                    db_checksum: &f.db_checksum,
+                    sqlite: &f.sqlite,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `restore --json`.
+#[derive(Serialize)]
+pub struct Restored {
+    pub snapshot: Id,
+    pub files: u64,
+    pub bytes: u64,
+    pub lock: &'static str,
+}
+
+/// `prune --json`, and the `prune` member of `forget --prune --json`.
+#[derive(Serialize)]
+pub struct Pruned<'a> {
+    pub plan: &'a PrunePlan,
+    pub report: &'a PruneReport,
+    pub dry_run: bool,
+}
+
+/// `forget --json` (not a dry run): the plan applied, the number of
+/// snapshots removed, and with `--prune` the prune's plan and report, in
+/// one document.
+#[derive(Serialize)]
+pub struct Forgotten<'a> {
+    #[serde(flatten)]
+    pub plan: &'a ForgetPlan,
+    pub removed: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<Pruned<'a>>,
+}
+
+/// `repair-index --json`.
+#[derive(Serialize)]
+pub struct IndexRepaired<'a> {
+    pub plan: &'a RepairIndexPlan,
+    pub report: &'a RepairIndexReport,
+    pub dry_run: bool,
+}
+
+/// `unlock --json`.
+#[derive(Serialize)]
+pub struct Unlocked<'a> {
+    pub removed: &'a [FoundLock],
+    pub remaining: usize,
+}
+
+/// `status --json`; `R` is a row of the status table.
+#[derive(Serialize)]
+pub struct Status<'a, R: Serialize> {
+    pub ok: bool,
+    pub sources: &'a [R],
+    pub checks: &'a LastChecks,
+    pub last_check: Option<&'a CheckRecord>,
+}
+
+/// `key list --json`.
+#[derive(Serialize)]
+pub struct Keys<'a> {
+    pub keys: Vec<Key<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct Key<'a> {
+    pub id: Id,
+    pub created: &'a str,
+    pub host: &'a str,
+    pub user: &'a str,
+    pub kdf_memory_kib: u32,
+    pub kdf_iterations: u32,
+    pub current: bool,
+    pub damaged: &'a Option<String>,
+    pub foreign: &'a Option<String>,
+}
+
+impl<'a> From<&'a KeyInfo> for Key<'a> {
+    fn from(k: &'a KeyInfo) -> Key<'a> {
+        Key {
+            id: k.id,
+            created: &k.created,
+            host: &k.host,
+            user: &k.user,
+            kdf_memory_kib: k.memory_kib,
+            kdf_iterations: k.iterations,
+            current: k.current,
+            damaged: &k.damaged,
+            foreign: &k.foreign,
+        }
+    }
+}
+
+/// `key add --json`.
+#[derive(Serialize)]
+pub struct KeyAdded {
+    pub added: Id,
+}
+
+/// `key remove --json`.
+#[derive(Serialize)]
+pub struct KeyRemoved {
+    pub removed: Id,
+}
