@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use crate::util::{hostname, stderr, stdout, Env};
+use snapback_testkit::{hostname, stderr, stdout, Env};
 
 /// The one JSON error object on stderr (the line that parses as JSON).
 fn error_object(out: &Output) -> serde_json::Value {
