@@ -2,71 +2,26 @@
 //! SQLite databases, snapshots through the core API.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
-use snapback_core::storage::{LocalStore, ObjectInfo, PutOutcome, Store, StoreError};
+use snapback_core::storage::fault::{Fault, FaultStore, Op};
+use snapback_core::storage::LocalStore;
 use snapback_core::{InitOptions, NoProgress, SnapshotOptions};
 
 use super::*;
 use crate::fuse::errno;
 
-/// A store that can be made slow, to test deadlines.
-#[derive(Debug)]
-struct SlowStore {
-    inner: LocalStore,
-    slow: Arc<AtomicBool>,
-    slow_list: Arc<AtomicBool>,
-    /// Every ranged read of a pack fails (the store gave up), counted.
-    fail_ranges: Arc<AtomicBool>,
-    range_reads: Arc<AtomicU64>,
-}
-
-impl Store for SlowStore {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.inner.put_if_absent(key, data)
-    }
-    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        if self.slow.load(Ordering::Relaxed) && key.starts_with("data/") {
-            std::thread::sleep(Duration::from_secs(6));
-        }
-        if self.fail_ranges.load(Ordering::Relaxed) && key.starts_with("data/") {
-            self.range_reads.fetch_add(1, Ordering::Relaxed);
-            return Err(StoreError::new(
-                snapback_core::storage::ErrorKind::Transient,
-                key,
-                "503 SlowDown, retries exhausted",
-            ));
-        }
-        self.inner.get_range(key, offset, len)
-    }
-    fn stat(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.stat(key)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        if self.slow_list.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_secs(2));
-        }
-        self.inner.list(prefix)
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key)
-    }
-}
-
 struct Fixture {
     dir: tempfile::TempDir,
     repo: Arc<Repository>,
-    slow: Arc<AtomicBool>,
-    slow_list: Arc<AtomicBool>,
-    fail_ranges: Arc<AtomicBool>,
-    range_reads: Arc<AtomicU64>,
+    /// The repository's store: faults (slow reads, failed ranges) are set
+    /// on it while the tests run.
+    store: Arc<FaultStore<LocalStore>>,
 }
+
+/// The deadline tests' slow pack read.
+const SLOW_READ: Duration = Duration::from_secs(6);
+/// The deadline tests' slow listing.
+const SLOW_LIST: Duration = Duration::from_secs(2);
 
 impl Fixture {
     fn new() -> Fixture {
@@ -74,26 +29,9 @@ impl Fixture {
         let root = dir.path().join("repo");
         let store = LocalStore::create(&root).expect("store");
         Repository::init(Arc::new(store), &InitOptions::default()).expect("init");
-        let slow = Arc::new(AtomicBool::new(false));
-        let slow_list = Arc::new(AtomicBool::new(false));
-        let fail_ranges = Arc::new(AtomicBool::new(false));
-        let range_reads = Arc::new(AtomicU64::new(0));
-        let store = SlowStore {
-            inner: LocalStore::open(&root).expect("open"),
-            slow: slow.clone(),
-            slow_list: slow_list.clone(),
-            fail_ranges: fail_ranges.clone(),
-            range_reads: range_reads.clone(),
-        };
-        let repo = Arc::new(Repository::open(Arc::new(store)).expect("open repo"));
-        Fixture {
-            dir,
-            repo,
-            slow,
-            slow_list,
-            fail_ranges,
-            range_reads,
-        }
+        let store = Arc::new(FaultStore::new(LocalStore::open(&root).expect("open")));
+        let repo = Arc::new(Repository::open(store.clone()).expect("open repo"));
+        Fixture { dir, repo, store }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -322,7 +260,7 @@ fn a_listing_that_starts_a_refresh_is_served_the_previous_list_while_it_runs() {
     fx.make_db("app.db", 10);
     fx.snapshot(&[&db]);
     // The backend stalls: every LIST takes 2 s (a refresh makes two).
-    fx.slow_list.store(true, Ordering::Relaxed);
+    fx.store.add(Fault::delay(Op::List, SLOW_LIST));
     std::thread::sleep(Duration::from_millis(150));
     let t = Instant::now();
     assert_eq!(
@@ -339,7 +277,7 @@ fn a_listing_that_starts_a_refresh_is_served_the_previous_list_while_it_runs() {
         t.elapsed()
     );
     // The refresh finishes in the background, and the next access shows it.
-    fx.slow_list.store(false, Ordering::Relaxed);
+    fx.store.clear();
     let deadline = Instant::now() + Duration::from_secs(15);
     while names(&vfs, "snapshots").len() < 2 {
         assert!(
@@ -430,7 +368,8 @@ fn slow_backend_times_out_with_eio_and_stalls_no_cached_reader() {
     let e = vfs.resolve(&rel(&db)).expect("resolve");
     let o = vfs.open(e.attr.ino, false).expect("open");
     let head = vfs.read(o.fh, 0, 4096).expect("cached first page");
-    fx.slow.store(true, Ordering::Relaxed);
+    fx.store
+        .add(Fault::delay(Op::GetRange, SLOW_READ).prefix("data/"));
     let started = Instant::now();
     let v2 = vfs.clone();
     let slow_reader = std::thread::spawn(move || v2.read(o.fh, 65536, 4096));
@@ -726,10 +665,12 @@ fn a_failed_read_fails_again_at_once_and_starts_no_new_retry_cycles() {
     let o = vfs.open(e.attr.ino, false).expect("open");
     // The store gives up on every range read: one request for the group of
     // chunks of a read, not one more per chunk.
-    fx.fail_ranges.store(true, Ordering::Relaxed);
+    fx.store.add(
+        Fault::fail(Op::GetRange, snapback_core::storage::ErrorKind::Transient).prefix("data/"),
+    );
     let err = vfs.read(o.fh, 0, 128 << 10).expect_err("the store fails");
     assert_eq!(errno(&err), fuser::Errno::EIO);
-    let requests = fx.range_reads.load(Ordering::Relaxed);
+    let requests = fx.store.injected();
     assert!(requests <= 2, "{requests} range reads for one failing read");
     assert!(vfs.fetch_stats().fetch_errors.load(Ordering::Relaxed) > 0);
     // The kernel re-issues the failed read at once: EIO again, no request.
@@ -741,11 +682,12 @@ fn a_failed_read_fails_again_at_once_and_starts_no_new_retry_cycles() {
         "{:?}",
         t.elapsed()
     );
-    assert_eq!(fx.range_reads.load(Ordering::Relaxed), requests);
-    fx.fail_ranges.store(false, Ordering::Relaxed);
+    assert_eq!(fx.store.injected(), requests);
+    fx.store.clear();
     // A timed-out read, re-issued, does not wait a second deadline.
     std::thread::sleep(Duration::from_millis(2100));
-    fx.slow.store(true, Ordering::Relaxed);
+    fx.store
+        .add(Fault::delay(Op::GetRange, SLOW_READ).prefix("data/"));
     let t = Instant::now();
     let slow = vfs.read(o.fh, 0, 4096).expect_err("times out");
     assert_eq!(errno(&slow), fuser::Errno::EIO);
@@ -758,7 +700,7 @@ fn a_failed_read_fails_again_at_once_and_starts_no_new_retry_cycles() {
         "{:?}",
         t.elapsed()
     );
-    fx.slow.store(false, Ordering::Relaxed);
+    fx.store.clear();
     // After the failure memory, reads are tried again and succeed.
     std::thread::sleep(Duration::from_millis(2100));
     let deadline = Instant::now() + Duration::from_secs(15);
