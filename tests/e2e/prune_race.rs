@@ -190,8 +190,59 @@ fn snapshot_fails_loudly_when_prune_deleted_a_pack_it_reused() {
     let old = random_files(&env, "old", 1, 2, 4);
     let first = env.snapshot(&old);
     // The first snapshot's packs are two days old, as the store records it.
-    let old_packs = objects(&env.repo(), "data");
-    for p in &old_packs {
+    let old_packs = packs_two_days_old(&env);
+    // The second snapshot holds the same file (reused from the index) and
+    // new data; it is stopped after its first new pack.
+    let src = random_files(&env, "src", 2, 18, 5);
+    std::fs::copy(old.join("f0"), src.join("a-reused")).expect("copy");
+    let snap = start_and_stop_after_a_pack(&env, "", &src, old_packs.len());
+    forget_and_prune_behind_its_lock(&env, &first, &old_packs);
+    refused_and_nothing_committed(&env, resume(snap), "a pack it reused was deleted");
+}
+
+/// The window after the last check and before the manifest: a snapshot
+/// paused there (a test hook holds it) while a prune that took its lock for
+/// stale deletes a pack it reuses must still fail, remove its manifest and
+/// say so, never exit 0.
+#[test]
+fn snapshot_paused_after_its_last_check_fails_when_prune_deleted_a_pack_it_reused() {
+    let env = Env::new();
+    let old = random_files(&env, "old", 1, 2, 6);
+    let first = env.snapshot(&old);
+    let old_packs = packs_two_days_old(&env);
+    let src = random_files(&env, "src", 1, 1, 7);
+    std::fs::copy(old.join("f0"), src.join("a-reused")).expect("copy");
+    let indexes = objects(&env.repo(), "index").len();
+    let child = env
+        .cmd(&["snapshot", src.to_str().expect("utf8")])
+        .env("SNAPBACK_TEST_DELAY_BEFORE_MANIFEST_MS", "8000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn snapshot");
+    // Its index is written after the last check, right before the pause.
+    let t = Instant::now();
+    while objects(&env.repo(), "index").len() <= indexes {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the snapshot wrote no index within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    forget_and_prune_behind_its_lock(&env, &first, &old_packs);
+    let out = child.wait_with_output().expect("wait snapshot");
+    refused_and_nothing_committed(
+        &env,
+        out,
+        "a pack it reused was deleted after its last check",
+    );
+}
+
+/// Makes the packs in the repository two days old, as the store records it.
+fn packs_two_days_old(env: &Env) -> Vec<PathBuf> {
+    let packs = objects(&env.repo(), "data");
+    for p in &packs {
         let st = Command::new("touch")
             .args(["-d", "2 days ago"])
             .arg(p)
@@ -199,17 +250,22 @@ fn snapshot_fails_loudly_when_prune_deleted_a_pack_it_reused() {
             .expect("touch");
         assert!(st.success());
     }
-    // The second snapshot holds the same file (reused from the index) and
-    // new data; it is stopped after its first new pack.
-    let src = random_files(&env, "src", 2, 18, 5);
-    std::fs::copy(old.join("f0"), src.join("a-reused")).expect("copy");
-    let snap = start_and_stop_after_a_pack(&env, "", &src, old_packs.len());
+    packs
+}
+
+/// A prune that took the running snapshot's lock for stale (its lock is
+/// removed), after `first`, the only committed snapshot, was forgotten:
+/// `old_packs` go.
+fn forget_and_prune_behind_its_lock(env: &Env, first: &str, old_packs: &[PathBuf]) {
     for l in objects(&env.repo(), "locks") {
         std::fs::remove_file(l).expect("rm lock");
     }
-    // The first snapshot is forgotten meanwhile (as `forget` removes it).
     let manifest = objects(&env.repo(), "snapshots");
-    assert_eq!(manifest.len(), 1);
+    assert_eq!(
+        manifest.len(),
+        1,
+        "the running snapshot has no manifest yet"
+    );
     assert!(manifest[0].to_string_lossy().contains(&first[..8]));
     std::fs::remove_file(&manifest[0]).expect("forget");
     env.ok(&["prune", "--lock-wait", "2"]);
@@ -217,5 +273,4 @@ fn snapshot_fails_loudly_when_prune_deleted_a_pack_it_reused() {
         old_packs.iter().all(|p| !p.exists()),
         "the old unreferenced packs are pruned"
     );
-    refused_and_nothing_committed(&env, resume(snap), "a pack it reused was deleted");
 }

@@ -519,7 +519,7 @@ impl Repository {
         // Before the index too: a failed snapshot leaves only unindexed
         // packs, which `check` notes and prune removes, never an index entry
         // for a pack that is gone.
-        self.verify_referenced(&referenced, &reused_from, &packs)?;
+        let needed = self.verify_referenced(&referenced, &reused_from, &packs)?;
         if !packs.is_empty() {
             let bytes = encode_index(&packs)?;
             let key = index_key(&Id::of(&bytes));
@@ -548,7 +548,18 @@ impl Repository {
         };
         let bytes = manifest.encode()?;
         let id = Id::of(&bytes);
+        pause_for_tests("SNAPBACK_TEST_DELAY_BEFORE_MANIFEST_MS");
         put_verified(store, &snapshot_key(&id), &bytes)?;
+        // Checked once more now that the manifest protects its packs from
+        // any prune that lists snapshots from here on: a snapshot paused
+        // between the check above and this write (a prune that took its
+        // lock for stale meanwhile) must not report success.
+        if let Err(e) = self.verify_still_present(&needed, &reused_from) {
+            if let Err(d) = store.delete(&snapshot_key(&id)) {
+                tracing::error!(snapshot = %id, error = %d, "cannot remove the manifest of a snapshot that lost its data; remove it with `snapback forget`");
+            }
+            return Err(e);
+        }
         // The snapshot is committed; the states only help the next capture
         // (a lost one costs a full scan, never a wrong image).
         for mut p in pending {
@@ -1125,7 +1136,7 @@ impl Repository {
         referenced: &HashSet<Id>,
         reused_from: &HashSet<Id>,
         new_packs: &[IndexedPack],
-    ) -> Result<()> {
+    ) -> Result<HashSet<Id>> {
         let fresh = self.current_index()?;
         let new: std::collections::HashMap<Id, Id> = new_packs
             .iter()
@@ -1139,6 +1150,7 @@ impl Repository {
             .collect();
         let mut unindexed = 0usize;
         let mut missing: Vec<Id> = Vec::new();
+        let mut needed: HashSet<Id> = HashSet::new();
         for id in referenced {
             match fresh
                 .get(id)
@@ -1147,56 +1159,102 @@ impl Repository {
             {
                 None => unindexed += 1,
                 Some(pack) if !present.contains(&pack) => missing.push(pack),
-                Some(_) => {}
+                Some(pack) => {
+                    needed.insert(pack);
+                }
             }
         }
-        missing.sort();
-        missing.dedup();
-        let gone: Vec<&Id> = reused_from
+        let gone = self.removed_snapshots(reused_from);
+        if unindexed == 0 && missing.is_empty() && gone.is_empty() {
+            return Ok(needed);
+        }
+        Err(lost_while_running(&missing, unindexed, &gone))
+    }
+
+    /// The check after the manifest is written: every pack the first check
+    /// found is still there, and so is every snapshot whose image is reused.
+    fn verify_still_present(&self, packs: &HashSet<Id>, reused_from: &HashSet<Id>) -> Result<()> {
+        let present: HashSet<Id> = self
+            .store()
+            .list(DATA_PREFIX)?
             .iter()
+            .filter_map(|o| pack_id_from_key(&o.key))
+            .collect();
+        let missing: Vec<Id> = packs
+            .iter()
+            .filter(|p| !present.contains(p))
+            .copied()
+            .collect();
+        let gone = self.removed_snapshots(reused_from);
+        if missing.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        Err(lost_while_running(&missing, 0, &gone))
+    }
+
+    /// The snapshots of `ids` whose manifests no longer exist.
+    fn removed_snapshots(&self, ids: &HashSet<Id>) -> Vec<Id> {
+        ids.iter()
             .filter(|p| {
                 !self
                     .store()
                     .stat(&snapshot_key(p))
                     .is_ok_and(|s| s.is_some())
             })
-            .collect();
-        if unindexed == 0 && missing.is_empty() && gone.is_empty() {
-            return Ok(());
-        }
-        let mut what = Vec::new();
-        if !missing.is_empty() {
-            what.push(format!(
-                "{} pack(s) it references are missing ({})",
-                missing.len(),
-                missing
-                    .iter()
-                    .take(3)
-                    .map(pack_key)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if unindexed > 0 {
-            what.push(format!(
-                "{unindexed} blob(s) it references are missing (in no index)"
-            ));
-        }
-        if !gone.is_empty() {
-            what.push(format!(
-                "snapshot(s) {} whose unchanged database images it reuses were removed",
-                gone.iter()
-                    .map(|g| g.short())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        Err(Error::Verification(format!(
-            "{} while the snapshot ran (a prune that took its lock for stale: a paused process, or a host clock far off?). Take the snapshot again; its data will be stored anew.",
-            what.join("; ")
-        )))
+            .copied()
+            .collect()
     }
+}
 
+/// A test hook: sleeps for the milliseconds the variable `name` gives, so
+/// that a test can run another command in a window that is otherwise too
+/// short to hit (tests/e2e/prune_race.rs). Unset, it costs one lookup.
+fn pause_for_tests(name: &str) {
+    if let Some(ms) = std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()) {
+        tracing::warn!(variable = name, ms, "test hook: pausing");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// The error of a snapshot whose data a prune removed while it ran.
+fn lost_while_running(missing: &[Id], unindexed: usize, gone: &[Id]) -> Error {
+    let mut missing = missing.to_vec();
+    missing.sort();
+    missing.dedup();
+    let mut what = Vec::new();
+    if !missing.is_empty() {
+        what.push(format!(
+            "{} pack(s) it references are missing ({})",
+            missing.len(),
+            missing
+                .iter()
+                .take(3)
+                .map(pack_key)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if unindexed > 0 {
+        what.push(format!(
+            "{unindexed} blob(s) it references are missing (in no index)"
+        ));
+    }
+    if !gone.is_empty() {
+        what.push(format!(
+            "snapshot(s) {} whose unchanged database images it reuses were removed",
+            gone.iter()
+                .map(|g| g.short())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Error::Verification(format!(
+        "{} while the snapshot ran (a prune that took its lock for stale: a paused process, or a host clock far off?). Take the snapshot again; its data will be stored anew.",
+        what.join("; ")
+    ))
+}
+
+impl Repository {
     fn capture_file(
         &self,
         path: &Path,
