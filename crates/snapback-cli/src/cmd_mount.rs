@@ -210,6 +210,28 @@ fn stderr_is_journal() -> bool {
     }
 }
 
+/// The socket the background mount says READY=1 on: in a fresh private
+/// directory (0700, a random name, created by tempfile), so no other local
+/// user can guess its name, create it first or send to it. (It was
+/// /tmp/snapback-mount-PID.sock.)
+fn ready_socket() -> anyhow::Result<(
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::os::unix::net::UnixDatagram,
+)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("snapback-mount-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .context("cannot create a private temporary directory for the mount's readiness socket (check TMPDIR)")?;
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok((dir, path, sock))
+}
+
 /// Where the log of the background mount goes, and the child's stderr.
 /// Its stderr must outlive this process: a pipe to us breaks when we exit.
 /// With `--log-file` the log goes there and stderr (a pipe to us) carries
@@ -223,12 +245,8 @@ fn daemonize(g: &Global, log_file: Option<&std::path::Path>) -> anyhow::Result<u
         .skip(1)
         .filter(|a| a != "--daemon")
         .collect();
-    let dir = std::env::temp_dir();
-    let sock_path = dir.join(format!("snapback-mount-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&sock_path);
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)
-        .with_context(|| format!("cannot create {}", sock_path.display()))?;
-    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    // Kept until this function returns (the directory is removed then).
+    let (_sock_dir, sock_path, sock) = ready_socket()?;
     // The child has no terminal: a passphrase that would be asked for is
     // asked for here and handed over in its environment (readable only by
     // this user), never on its command line.
@@ -345,5 +363,41 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+}
+
+#[cfg(test)]
+mod ready_socket_tests {
+    #[test]
+    fn mount_readiness_socket_is_in_a_private_directory() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let (dir, path, sock) = super::ready_socket().expect("socket");
+        let meta = std::fs::metadata(dir.path()).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700, "private");
+        assert_eq!(meta.uid(), nix_uid(), "owned by this user");
+        assert!(path.starts_with(dir.path()));
+        let name = dir.path().to_string_lossy().into_owned();
+        assert!(
+            !name.contains(&std::process::id().to_string()),
+            "not named after the pid: {name}"
+        );
+        let (other, _, _) = super::ready_socket().expect("socket");
+        assert_ne!(other.path(), dir.path(), "a new directory each time");
+        // It works: a datagram sent to it arrives.
+        let tx = std::os::unix::net::UnixDatagram::unbound().expect("unbound");
+        tx.send_to(b"READY=1", &path).expect("send");
+        let mut buf = [0u8; 16];
+        let n = sock.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"READY=1");
+        let gone = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!gone.exists(), "removed when done");
+    }
+
+    fn nix_uid() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        // The uid of a file this process just created.
+        let f = tempfile::NamedTempFile::new().expect("tempfile");
+        f.as_file().metadata().expect("stat").uid()
     }
 }
