@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use snapback_core::{
-    path_matches, CheckOptions, ChunkingParams, EncryptionOptions, InitOptions, Repository,
-    RestoreOptions, Selector, Snapshot, SnapshotOptions,
+    CheckOptions, ChunkingParams, EncryptionOptions, InitOptions, Repository, RestoreOptions,
+    Selector, Snapshot, SnapshotOptions,
 };
 
 use crate::cli::{absolute, Global};
@@ -321,10 +321,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
     let dating = snapback_core::Dating::of(&all);
     let list: Vec<Snapshot> = all
         .into_iter()
-        .filter(|s| {
-            path.as_deref()
-                .is_none_or(|p| s.manifest.files.iter().any(|f| path_matches(&f.path, p)))
-        })
+        .filter(|s| path.as_deref().is_none_or(|p| s.holds(p)))
         .filter(|s| {
             a.tag
                 .as_deref()
@@ -442,9 +439,7 @@ pub fn resolve(
     } else {
         path
     };
-    let snap = repo.resolve(&sel, |s| {
-        narrow.is_none_or(|p| s.manifest.files.iter().any(|f| path_matches(&f.path, p)))
-    })?;
+    let snap = repo.resolve_for_path(&sel, narrow, &[])?;
     chose(g, &snap);
     Ok(snap)
 }

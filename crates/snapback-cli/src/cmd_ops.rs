@@ -353,7 +353,7 @@ pub struct ReleaseArgs {
 pub fn release(g: &Global, a: ReleaseArgs) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
     let sel: Selector = a.snap.parse()?;
-    let snap = repo.resolve(&sel, |_| true)?;
+    let snap = repo.resolve_for_path(&sel, None, &[])?;
     chose(g, &snap);
     repo.release(&snap.id)?;
     if !g.quiet {
@@ -791,13 +791,7 @@ fn prometheus_text(
             })
             .collect(),
     );
-    let size: u64 = repo
-        .store()
-        .list("data/")?
-        .iter()
-        .chain(repo.store().list("index/")?.iter())
-        .map(|o| o.size)
-        .sum();
+    let size = repo.stored_bytes()?;
     metric(
         "snapback_repository_size_bytes",
         "Bytes of packs and indexes in the repository.",

@@ -90,12 +90,9 @@ pub fn open_store(g: &Global, create: bool) -> anyhow::Result<Arc<dyn Store>> {
 /// True when the repository's config says it is encrypted.
 pub fn is_encrypted(g: &Global) -> anyhow::Result<bool> {
     let store = open_store(g, false)?;
-    let bytes = store
-        .get(snapback_core::CONFIG_KEY)
+    let config = Repository::read_config(store.as_ref())
         .with_context(|| format!("cannot read the repository config at {}", store.location()))?;
-    Ok(snapback_core::RepoConfig::parse(&bytes)?
-        .encryption
-        .is_some())
+    Ok(config.encryption.is_some())
 }
 
 pub fn open_repo(g: &Global) -> anyhow::Result<Repository> {

@@ -29,9 +29,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::forget::{group_key, is_future, FUTURE_TOLERANCE};
 use crate::id::Id;
-use crate::repo::Snapshot;
+use crate::selector::{group_key, Snapshot};
+use crate::time::{is_future, FUTURE_TOLERANCE};
 
 /// Why a snapshot's time is not trusted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

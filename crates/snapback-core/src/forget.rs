@@ -37,18 +37,11 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::layout::{release_id_from_key, release_key, RELEASE_PREFIX, SNAPSHOT_PREFIX};
-use crate::repo::{Repository, Snapshot};
+use crate::repo::Repository;
+use crate::selector::{group_key, Snapshot};
+use crate::time::is_future;
 
 pub const PRE_REPAIR_TAG: &str = "pre-repair";
-
-/// How far ahead of this host's clock a snapshot's time may be before it is
-/// treated as dated in the future (a clock that was ahead when it was taken).
-pub const FUTURE_TOLERANCE: Duration = Duration::from_secs(60);
-
-/// True when `t` is more than [`FUTURE_TOLERANCE`] ahead of `now`.
-pub fn is_future(t: OffsetDateTime, now: OffsetDateTime) -> bool {
-    t - now > time::Duration::try_from(FUTURE_TOLERANCE).unwrap_or(time::Duration::ZERO)
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct KeepPolicy {
@@ -176,13 +169,6 @@ fn keep_reasons(list: &[(&Snapshot, OffsetDateTime)], policy: &KeepPolicy) -> Ve
         }
     }
     reasons
-}
-
-/// The retention group of a snapshot: its host and its sorted paths.
-pub fn group_key(s: &Snapshot) -> (String, Vec<String>) {
-    let mut paths = s.manifest.paths.clone();
-    paths.sort();
-    (s.manifest.host.clone(), paths)
 }
 
 /// Plans which snapshots to keep under one policy that covers them all.

@@ -20,15 +20,19 @@ mod forget;
 pub mod fuzzing;
 mod id;
 mod index;
+mod keys;
 pub mod layout;
 mod lock;
 mod manifest;
 pub mod object;
 mod pack;
 mod prune;
+mod read;
 mod repair_index;
 mod repo;
+mod resolve;
 mod restore;
+mod selector;
 mod snapshot;
 pub mod sqlite;
 pub mod time;
@@ -43,8 +47,8 @@ pub use crypto::{KdfParams, KeyInfo, Passphrase, SEAL_OVERHEAD};
 pub use dating::{Ahead, Dating};
 pub use error::{Error, Kind, Result};
 pub use forget::{
-    group_key, is_future, plan as plan_forget, plan_scoped, Decision, ForgetPlan, GroupPlan,
-    KeepPolicy, PolicyScope, FUTURE_TOLERANCE, PRE_REPAIR_TAG,
+    plan as plan_forget, plan_scoped, Decision, ForgetPlan, GroupPlan, KeepPolicy, PolicyScope,
+    PRE_REPAIR_TAG,
 };
 pub use id::{DbChecksum, Id};
 pub use index::{BlobLocation, MasterIndex};
@@ -57,12 +61,15 @@ pub use manifest::{
 pub use pack::BlobCodec;
 pub use pack::BlobKind;
 pub use prune::{PruneOptions, PrunePlan, PruneReport, DEFAULT_MIN_PACK_AGE};
+pub use read::FileReader;
 pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};
-pub use repo::{EncryptionOptions, FileReader, InitOptions, Repository, Selector, Snapshot};
-pub use restore::{path_matches, RestoreItem, RestoreOptions, RestoreReport};
+pub use repo::{EncryptionOptions, InitOptions, Repository};
+pub use restore::{RestoreItem, RestoreOptions, RestoreReport};
+pub use selector::{group_key, path_matches, Selector, Snapshot};
 pub use snapback_storage as storage;
 pub use snapshot::{FailedFile, SnapshotOptions, SnapshotReport, DEFAULT_BUSY_TIMEOUT};
 pub use sqlite::SourceProblem;
+pub use time::{is_future, FUTURE_TOLERANCE};
 
 /// Progress of long work, for a progress bar. Every method has a no-op
 /// default.

@@ -21,7 +21,8 @@ use crate::id::Id;
 use crate::layout::pack_key;
 use crate::manifest::{FileEntry, FileKind};
 use crate::pack::open_blob;
-use crate::repo::{Repository, Snapshot};
+use crate::repo::Repository;
+use crate::selector::{path_matches, Snapshot};
 use crate::snapshot::checksum_of;
 use crate::Progress;
 
@@ -52,14 +53,6 @@ pub struct RestoreReport {
     pub lock: crate::lock::LockState,
 }
 
-/// True when `file` is `path` or lies under the directory `path`.
-pub fn path_matches(file: &str, path: &str) -> bool {
-    let p = path.trim_end_matches('/');
-    file == p
-        || (file.starts_with(p) && file.as_bytes().get(p.len()) == Some(&b'/'))
-        || p.is_empty()
-}
-
 /// Maps the selected files to destinations. A single selected file restores
 /// to DEST itself, unless DEST is an existing directory or ends with '/';
 /// otherwise every file goes to DEST/<its absolute source path>.
@@ -79,7 +72,7 @@ pub fn plan(snap: &Snapshot, dest: &Path, opts: &RestoreOptions) -> Result<Vec<R
             "snapshot {} has no file matching {}; it holds: {}",
             snap.describe(),
             opts.path.as_deref().unwrap_or("(any)"),
-            crate::repo::holds_list(snap)
+            crate::selector::holds_list(snap)
         )));
     }
     let dest_is_dir = dest.is_dir() || dest.to_string_lossy().ends_with('/');

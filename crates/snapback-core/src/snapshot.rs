@@ -34,7 +34,8 @@ use crate::manifest::{
 };
 use crate::object::put_verified;
 use crate::pack::{seal_blob, BlobCodec, BlobKind, PackBuilder};
-use crate::repo::{Repository, Snapshot};
+use crate::repo::Repository;
+use crate::selector::Snapshot;
 use crate::sqlite::{has_sqlite_header, journal_mode_of_header, Capture, SourceProblem};
 use crate::Progress;
 

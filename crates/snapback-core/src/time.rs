@@ -1,5 +1,7 @@
 //! Time stamps: RFC 3339 in UTC everywhere.
 
+use std::time::Duration;
+
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -59,6 +61,15 @@ pub fn parse_rfc3339(s: &str) -> Result<OffsetDateTime, String> {
 
 pub fn from_system(t: std::time::SystemTime) -> Option<OffsetDateTime> {
     Some(OffsetDateTime::from(t))
+}
+
+/// How far ahead of this host's clock a snapshot's time may be before it is
+/// treated as dated in the future (a clock that was ahead when it was taken).
+pub const FUTURE_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// True when `t` is more than [`FUTURE_TOLERANCE`] ahead of `now`.
+pub fn is_future(t: OffsetDateTime, now: OffsetDateTime) -> bool {
+    t - now > time::Duration::try_from(FUTURE_TOLERANCE).unwrap_or(time::Duration::ZERO)
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ pub fn resolve_snapshot(
             .then(|| live_str.clone())
     });
     let snap = match &want {
-        Some(p) => repo.resolve(&sel, |s| !skipped(s) && s.file(p).is_some()).map_err(|e| {
+        Some(p) => repo.resolve_for_path(&sel, Some(p), skip_tags).map_err(|e| {
             Error::Input(format!("{e} (looking only at snapshots that hold {p})"))
         })?,
         None => repo.resolve(&sel, |s| !skipped(s) && sqlite_files(s).len() == 1).map_err(|e| {

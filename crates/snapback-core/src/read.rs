@@ -1,0 +1,495 @@
+//! Reading a repository: the metadata cache, the master index, the
+//! snapshot listing, selectors resolved against it, blobs, chunk lists and
+//! random access to a file.
+
+use std::sync::Arc;
+
+use crate::chunklist::{self, ChunkRef};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{decode_index, IndexedPack, MasterIndex};
+use crate::layout::{
+    pack_key, snapshot_id_from_key, snapshot_key, DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX,
+};
+use crate::manifest::{FileEntry, Manifest};
+use crate::object::{get_named, verify_name};
+use crate::pack::{open_blob, BlobKind};
+use crate::repo::{poisoned, Repository};
+use crate::resolve::resolve_in;
+use crate::selector::{holds_list, Selector, Snapshot};
+
+impl Repository {
+    /// Keeps local copies of manifests and indexes under
+    /// `dir/<repo id>/`. Every copy is verified against its name (its
+    /// SHA-256) when it is read, so a damaged cache is never trusted.
+    pub fn with_cache_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Repository {
+        self.cache_dir = Some(dir.into().join(&self.config.repo_id));
+        self
+    }
+
+    /// Reads a content-named object, from the cache when it holds a copy
+    /// that hashes to the name; verifies the name either way.
+    pub(crate) fn get_immutable(&self, key: &str, prefix: &str) -> Result<Vec<u8>> {
+        let cached = self.cache_dir.as_ref().map(|d| d.join(key));
+        if let Some(p) = &cached {
+            if let Ok(b) = std::fs::read(p) {
+                if verify_name(key, prefix, &b).is_ok() {
+                    return Ok(b);
+                }
+                tracing::warn!(path = %p.display(), "ignoring a damaged cache entry");
+            }
+        }
+        let bytes = get_named(self.store.as_ref(), key, prefix)?;
+        if let Some(p) = cached {
+            let write = || -> std::io::Result<()> {
+                if let Some(dir) = p.parent() {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)?;
+                }
+                let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&tmp, &bytes)?;
+                std::fs::rename(&tmp, &p)
+            };
+            if let Err(e) = write() {
+                tracing::debug!(path = %p.display(), error = %e, "cannot write the metadata cache");
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// The master index, loaded on first use.
+    pub fn index(&self) -> Result<Arc<MasterIndex>> {
+        if let Some(i) = self.index.read().map_err(|_| poisoned())?.as_ref() {
+            return Ok(i.clone());
+        }
+        self.refresh_index()
+    }
+
+    /// Forgets the loaded index and reads every index object again.
+    pub fn refresh_index_from_scratch(&self) -> Result<Arc<MasterIndex>> {
+        *self.index.write().map_err(|_| poisoned())? = None;
+        self.refresh_index()
+    }
+
+    /// The repository's index as it is now. Index objects are named by the
+    /// hash of their content, so while every object the loaded index was
+    /// read from is still listed, only new ones need reading; when one is
+    /// gone (a prune rewrote the indexes), every object is read again.
+    pub fn current_index(&self) -> Result<Arc<MasterIndex>> {
+        let listed: std::collections::HashSet<String> = self
+            .store
+            .list(INDEX_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let unchanged = self
+            .index
+            .read()
+            .map_err(|_| poisoned())?
+            .as_ref()
+            .is_some_and(|i| i.index_keys.iter().all(|k| listed.contains(k)));
+        if !unchanged {
+            *self.index.write().map_err(|_| poisoned())? = None;
+        }
+        self.refresh_index()
+    }
+
+    /// Loads index objects that appeared since the last load.
+    pub fn refresh_index(&self) -> Result<Arc<MasterIndex>> {
+        let mut guard = self.index.write().map_err(|_| poisoned())?;
+        let mut idx = guard.as_deref().cloned().unwrap_or_default();
+        let mut keys: Vec<String> = self
+            .store
+            .list(INDEX_PREFIX)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        let known: std::collections::HashSet<String> = idx.index_keys.iter().cloned().collect();
+        for key in keys.into_iter().filter(|k| !known.contains(k)) {
+            let bytes = self.get_immutable(&key, INDEX_PREFIX)?;
+            for p in decode_index(&bytes, &key)? {
+                idx.insert_pack(&p);
+            }
+            idx.index_keys.push(key);
+        }
+        let idx = Arc::new(idx);
+        *guard = Some(idx.clone());
+        Ok(idx)
+    }
+
+    /// Adds the packs of the index object `key`, which this repository has
+    /// just written, to its cached index (no request: the packs are known),
+    /// so that a restore, check or mount in the same process finds them.
+    pub(crate) fn learn_index(&self, key: &str, packs: &[IndexedPack]) -> Result<()> {
+        let mut guard = self.index.write().map_err(|_| poisoned())?;
+        // Not loaded yet: the first use loads every index object, this one
+        // too.
+        let Some(cur) = guard.as_deref() else {
+            return Ok(());
+        };
+        if cur.index_keys.iter().any(|k| k == key) {
+            return Ok(());
+        }
+        let mut idx = cur.clone();
+        for p in packs {
+            idx.insert_pack(p);
+        }
+        idx.index_keys.push(key.to_string());
+        *guard = Some(Arc::new(idx));
+        Ok(())
+    }
+
+    /// Every committed snapshot, oldest first. Manifests are cached, so a
+    /// second call reads only new ones.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.load_snapshots(false)
+    }
+
+    /// Like `snapshots`, but a manifest that cannot be read is an error
+    /// instead of a warning. Prune uses it: treating a damaged manifest's
+    /// data as unreferenced would delete what a repair could still save.
+    pub fn snapshots_strict(&self) -> Result<Vec<Snapshot>> {
+        self.load_snapshots(true)
+    }
+
+    /// Every committed snapshot, oldest first. A damaged manifest is
+    /// skipped with a warning (`check` reports it), unless `strict`.
+    fn load_snapshots(&self, strict: bool) -> Result<Vec<Snapshot>> {
+        let listing = self.store.list(SNAPSHOT_PREFIX)?;
+        let mut out = Vec::with_capacity(listing.len());
+        for o in listing {
+            let Some(id) = snapshot_id_from_key(&o.key) else {
+                tracing::warn!(key = %o.key, "ignoring an object that is not named like a snapshot");
+                continue;
+            };
+            let cached = self
+                .manifests
+                .lock()
+                .map_err(|_| poisoned())?
+                .get(&id)
+                .cloned();
+            let manifest = match cached {
+                Some(m) => m,
+                None => {
+                    let m = match self.load_manifest(&id) {
+                        Ok(m) => Arc::new(m),
+                        // Forgotten between the listing and the read (forget
+                        // takes no lock): the snapshot no longer exists.
+                        Err(Error::Store(e)) if e.is_not_found() => {
+                            tracing::debug!(key = %o.key, "snapshot removed while listing; skipped");
+                            continue;
+                        }
+                        // A damaged manifest is skipped (check names it); one
+                        // from a newer snapback is not: an upgrade is needed.
+                        Err(e @ Error::Corrupt { .. }) if !strict => {
+                            tracing::warn!(key = %o.key, error = %e, "skipping a snapshot whose manifest cannot be read; run `snapback check`");
+                            self.skipped
+                                .lock()
+                                .map_err(|_| poisoned())?
+                                .insert(id, e.to_string());
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    self.manifests
+                        .lock()
+                        .map_err(|_| poisoned())?
+                        .insert(id, m.clone());
+                    m
+                }
+            };
+            let time = match crate::time::parse_rfc3339(&manifest.time) {
+                Ok(t) => t,
+                Err(e) if strict => return Err(Error::corrupt(o.key.clone(), e)),
+                Err(_) => continue,
+            };
+            let written = o.modified.and_then(crate::time::from_system);
+            out.push(Snapshot {
+                id,
+                time,
+                written,
+                manifest,
+            });
+        }
+        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    pub fn load_manifest(&self, id: &Id) -> Result<Manifest> {
+        let key = snapshot_key(id);
+        let bytes = self.get_immutable(&key, SNAPSHOT_PREFIX)?;
+        Manifest::parse(&bytes, &key)
+    }
+
+    /// Resolves a selector among the snapshots that `filter` accepts.
+    pub fn resolve(&self, sel: &Selector, filter: impl Fn(&Snapshot) -> bool) -> Result<Snapshot> {
+        let all = self.snapshots()?;
+        let r = resolve_in(&all, sel, &filter);
+        // An id that exists but was filtered out (it does not hold the file
+        // asked for): say that, and what it holds, not "no such id".
+        if let (Err(_), Selector::Id(prefix)) = (&r, sel) {
+            let named: Vec<&Snapshot> = all
+                .iter()
+                .filter(|s| s.id.to_hex().starts_with(prefix.as_str()))
+                .collect();
+            if let [one] = named[..] {
+                return Err(Error::Selector(format!(
+                    "snapshot {} exists but does not hold the file asked for; it holds: {}",
+                    one.describe(),
+                    holds_list(one)
+                )));
+            }
+        }
+        // An id that names a damaged manifest gets the damage, not "no such id".
+        if let (Err(_), Selector::Id(prefix)) = (&r, sel) {
+            let skipped = self.skipped.lock().map_err(|_| poisoned())?;
+            if let Some((id, why)) = skipped
+                .iter()
+                .find(|(id, _)| id.to_hex().starts_with(prefix.as_str()))
+            {
+                return Err(Error::corrupt(
+                    format!("snapshot {}", id.short()),
+                    why.clone(),
+                ));
+            }
+        }
+        r
+    }
+
+    /// Bytes of packs and indexes in the repository, as the store lists them.
+    pub fn stored_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for prefix in [DATA_PREFIX, INDEX_PREFIX] {
+            total += self.store.list(prefix)?.iter().map(|o| o.size).sum::<u64>();
+        }
+        Ok(total)
+    }
+
+    /// Resolves a selector for a path: among the snapshots that hold `path`
+    /// (a file, or files under a directory) when it is given, and that carry
+    /// none of `skip_tags`. An id that names a snapshot without the path is
+    /// an error that says what that snapshot holds. The CLI and the repair
+    /// engine both resolve through this.
+    pub fn resolve_for_path(
+        &self,
+        sel: &Selector,
+        path: Option<&str>,
+        skip_tags: &[&str],
+    ) -> Result<Snapshot> {
+        self.resolve(sel, |s| {
+            path.is_none_or(|p| s.holds(p))
+                && !s
+                    .manifest
+                    .tags
+                    .iter()
+                    .any(|t| skip_tags.contains(&t.as_str()))
+        })
+    }
+
+    /// Reads one blob: a range read from its pack, decompressed and verified.
+    pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
+        let loc = index.get(id).ok_or_else(|| {
+            Error::corrupt(
+                format!("blob {}", id.short()),
+                "is not in any index (run `snapback check`)",
+            )
+        })?;
+        let key = pack_key(&loc.pack);
+        let stored = self
+            .store
+            .get_range(&key, loc.offset as u64, loc.stored_len as u64)?;
+        open_blob(&self.codec, id, &stored, loc.raw_len, &key)
+    }
+
+    /// The full chunk list of a file.
+    pub fn chunk_list(&self, index: &MasterIndex, file: &FileEntry) -> Result<Vec<ChunkRef>> {
+        let base = self.base_list(index, &file.chunks.base, &file.path)?;
+        let place = format!("chunk list of {}", file.path);
+        let patch = match &file.chunks.patch {
+            Some(p) => chunklist::decode_patch(&self.read_list_blob(index, p)?, &place)?,
+            None => vec![],
+        };
+        chunklist::apply_patch(base, &patch, file.chunks.count, &place)
+    }
+
+    pub(crate) fn base_list(
+        &self,
+        index: &MasterIndex,
+        parts: &[Id],
+        path: &str,
+    ) -> Result<Vec<ChunkRef>> {
+        let place = format!("chunk list of {path}");
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend(chunklist::decode_part(
+                &self.read_list_blob(index, p)?,
+                &place,
+            )?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn read_list_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
+        if let Some(loc) = index.get(id) {
+            if loc.kind != BlobKind::ChunkList {
+                return Err(Error::corrupt(
+                    format!("blob {}", id.short()),
+                    "is not a chunk list",
+                ));
+            }
+        }
+        self.read_blob(index, id)
+    }
+
+    /// Random access to one file of a snapshot.
+    pub fn file_reader(&self, file: &FileEntry) -> Result<FileReader> {
+        let index = self.index()?;
+        let chunks = self.chunk_list(&index, file)?;
+        let mut offsets = Vec::with_capacity(chunks.len() + 1);
+        let mut off = 0u64;
+        for c in &chunks {
+            offsets.push(off);
+            off += c.len as u64;
+        }
+        if off != file.size {
+            return Err(Error::corrupt(
+                format!("chunk list of {}", file.path),
+                format!("chunks add up to {off} bytes, the file has {}", file.size),
+            ));
+        }
+        offsets.push(off);
+        Ok(FileReader {
+            chunks,
+            offsets,
+            index,
+        })
+    }
+}
+
+/// The chunk layout of one file, for reads at any offset.
+#[derive(Debug, Clone)]
+pub struct FileReader {
+    pub chunks: Vec<ChunkRef>,
+    /// offsets[i] is where chunk i starts; the last element is the size.
+    pub offsets: Vec<u64>,
+    pub index: Arc<MasterIndex>,
+}
+
+impl FileReader {
+    pub fn size(&self) -> u64 {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+
+    /// The chunk that holds byte `offset`, if any.
+    pub fn chunk_at(&self, offset: u64) -> Option<usize> {
+        if offset >= self.size() {
+            return None;
+        }
+        Some(self.offsets.partition_point(|&o| o <= offset) - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::InitOptions;
+    use snapback_storage::Store;
+
+    #[test]
+    fn metadata_cache_is_used_and_verified() {
+        use snapback_storage::LocalStore;
+        let d = tempfile::tempdir().expect("tmp");
+        let store: Arc<dyn Store> =
+            Arc::new(LocalStore::create(d.path().join("repo")).expect("store"));
+        let repo = Repository::init(store.clone(), &InitOptions::default()).expect("init");
+        let f = d.path().join("f.txt");
+        std::fs::write(&f, b"hello").expect("write");
+        let r = repo
+            .snapshot(&[f], &crate::SnapshotOptions::default(), &crate::NoProgress)
+            .expect("snapshot");
+        let cached = Repository::open(store)
+            .expect("open")
+            .with_cache_dir(d.path().join("cache"));
+        let m = cached.load_manifest(&r.id).expect("load");
+        assert_eq!(m, r.manifest);
+        let copy = d
+            .path()
+            .join("cache")
+            .join(&cached.config().repo_id)
+            .join(format!("snapshots/{}", r.id));
+        assert!(copy.exists(), "the manifest was cached");
+        // A damaged cache entry is never trusted: the store's copy is used.
+        std::fs::write(&copy, b"{\"format_version\": 1}").expect("damage");
+        assert_eq!(cached.load_manifest(&r.id).expect("reload"), r.manifest);
+        assert_eq!(
+            Id::of(&std::fs::read(&copy).expect("read")),
+            r.id,
+            "the entry was rewritten"
+        );
+    }
+
+    #[test]
+    fn file_reader_locates_chunks() {
+        let r = FileReader {
+            chunks: vec![],
+            offsets: vec![0, 10, 25, 30],
+            index: Arc::new(MasterIndex::default()),
+        };
+        assert_eq!(r.chunk_at(0), Some(0));
+        assert_eq!(r.chunk_at(9), Some(0));
+        assert_eq!(r.chunk_at(10), Some(1));
+        assert_eq!(r.chunk_at(29), Some(2));
+        assert_eq!(r.chunk_at(30), None);
+    }
+
+    #[test]
+    fn resolve_for_path_narrows_to_snapshots_holding_the_path_without_skipped_tags() {
+        use snapback_storage::LocalStore;
+        let d = tempfile::tempdir().expect("tmp");
+        let store: Arc<dyn Store> =
+            Arc::new(LocalStore::create(d.path().join("repo")).expect("store"));
+        let repo = Repository::init(store, &InitOptions::default()).expect("init");
+        let dir = d.path().join("src");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let (a, b) = (dir.join("a.txt"), dir.join("b.txt"));
+        std::fs::write(&a, b"a").expect("write");
+        std::fs::write(&b, b"b").expect("write");
+        let opts = crate::SnapshotOptions::default();
+        let sa = repo
+            .snapshot(&[a.clone()], &opts, &crate::NoProgress)
+            .expect("a");
+        let sb = repo
+            .snapshot(&[b.clone()], &opts, &crate::NoProgress)
+            .expect("b");
+        let tagged = crate::SnapshotOptions {
+            tags: vec!["pre-repair".into()],
+            ..Default::default()
+        };
+        let sa2 = repo
+            .snapshot(&[a.clone()], &tagged, &crate::NoProgress)
+            .expect("a2");
+        let pa = repo.snapshots().expect("list")[0].manifest.files[0]
+            .path
+            .clone();
+        let latest = Selector::Latest;
+        let got = |path: Option<&str>, skip: &[&str]| {
+            repo.resolve_for_path(&latest, path, skip)
+                .expect("resolve")
+                .id
+        };
+        assert_eq!(got(None, &[]), sa2.id);
+        assert_eq!(got(Some(&pa), &[]), sa2.id);
+        assert_eq!(got(Some(&pa), &["pre-repair"]), sa.id);
+        let parent = std::path::Path::new(&pa).parent().expect("parent");
+        assert_eq!(got(parent.to_str(), &["pre-repair"]), sb.id, "a directory");
+        let by_id = Selector::Id(sb.id.to_hex()[..8].to_string());
+        let e = repo
+            .resolve_for_path(&by_id, Some(&pa), &[])
+            .expect_err("b does not hold a");
+        assert!(e.to_string().contains("exists but does not hold"), "{e}");
+    }
+}
