@@ -17,8 +17,8 @@ fn src_dir(krate: &str) -> PathBuf {
         .join("src")
 }
 
-/// Every `.rs` file under `dir`, with its module path relative to it
-/// (`repo`, `vfs/tests`, …).
+/// Every non-test `.rs` file under `dir`, with its module path relative
+/// to it (`repo`, `vfs/fetch`, …).
 fn sources(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
@@ -27,7 +27,11 @@ fn sources(dir: &Path) -> Vec<(String, String)> {
             let p = e.expect("dir entry").path();
             if p.is_dir() {
                 todo.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
+            } else if p.extension().is_some_and(|x| x == "rs")
+                // Test modules in files of their own (`tests.rs`,
+                // `x_tests.rs`) are test code.
+                && !p.file_stem().is_some_and(|s| s.to_string_lossy().ends_with("tests"))
+            {
                 let rel = p
                     .strip_prefix(dir)
                     .expect("under src")
