@@ -61,7 +61,7 @@ pub enum Error {
     #[error("{path}: {message}")]
     Source {
         path: PathBuf,
-        problem: crate::sqlite::SourceProblem,
+        problem: SourceProblem,
         message: String,
     },
 
@@ -71,9 +71,7 @@ pub enum Error {
     /// Every file of a snapshot failed (each named, with why); nothing
     /// was committed.
     #[error("no file could be snapshotted, so nothing was committed: {}", failed.iter().map(|f| format!("{}: {}", f.path, f.reason)).collect::<Vec<_>>().join("; "))]
-    NothingCaptured {
-        failed: Vec<crate::snapshot::FailedFile>,
-    },
+    NothingCaptured { failed: Vec<FailedFile> },
 
     #[error("{0}")]
     Verification(String),
@@ -181,17 +179,16 @@ impl Error {
             Error::Sqlite { cause, .. } => Kind::of_sqlite(cause),
             Error::Locked(_) => Kind::Locked,
             Error::Source { problem, .. } => match problem {
-                crate::sqlite::SourceProblem::Locked => Kind::Locked,
-                crate::sqlite::SourceProblem::HotJournal
-                | crate::sqlite::SourceProblem::NotADatabase => Kind::BadInput,
-                crate::sqlite::SourceProblem::Unreadable => Kind::Io,
+                SourceProblem::Locked => Kind::Locked,
+                SourceProblem::HotJournal | SourceProblem::NotADatabase => Kind::BadInput,
+                SourceProblem::Unreadable => Kind::Io,
             },
             // Each file failed for its own reason: the kind of all of them
             // when they agree (every one locked: run again later).
             Error::NothingCaptured { failed } => {
-                let kind = |f: &crate::snapshot::FailedFile| match f.problem {
-                    crate::sqlite::SourceProblem::Locked => Kind::Locked,
-                    crate::sqlite::SourceProblem::Unreadable => Kind::Io,
+                let kind = |f: &FailedFile| match f.problem {
+                    SourceProblem::Locked => Kind::Locked,
+                    SourceProblem::Unreadable => Kind::Io,
                     _ => Kind::BadInput,
                 };
                 match failed.first().map(kind) {
@@ -225,6 +222,31 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a database could not be captured, for the snapshot's list of the
+/// files it left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceProblem {
+    /// Another process held a lock on it for longer than the busy timeout.
+    Locked,
+    /// A hot journal (left by a writer that died mid-transaction) must be
+    /// rolled back first, which a read-only reader may not do.
+    HotJournal,
+    /// It starts with the SQLite header, but is not a valid database.
+    NotADatabase,
+    /// It could not be read (vanished, no permission, an I/O error).
+    Unreadable,
+}
+
+/// A file a snapshot left out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedFile {
+    pub path: String,
+    pub problem: SourceProblem,
+    /// Why, in plain words, and what to do.
+    pub reason: String,
+}
 
 #[cfg(test)]
 mod tests {

@@ -45,7 +45,7 @@ pub use chunklist::ChunkRef;
 pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 pub use crypto::{KdfParams, KeyInfo, Passphrase, SEAL_OVERHEAD};
 pub use dating::{Ahead, Dating};
-pub use error::{Error, Kind, Result};
+pub use error::{Error, FailedFile, Kind, Result, SourceProblem};
 pub use forget::{
     plan as plan_forget, plan_scoped, Decision, ForgetPlan, GroupPlan, KeepPolicy, PolicyScope,
     PRE_REPAIR_TAG,
@@ -67,8 +67,7 @@ pub use repo::{EncryptionOptions, InitOptions, Repository};
 pub use restore::{RestoreItem, RestoreOptions, RestoreReport};
 pub use selector::{group_key, path_matches, Selector, Snapshot};
 pub use snapback_storage as storage;
-pub use snapshot::{FailedFile, SnapshotOptions, SnapshotReport, DEFAULT_BUSY_TIMEOUT};
-pub use sqlite::SourceProblem;
+pub use snapshot::{SnapshotOptions, SnapshotReport, DEFAULT_BUSY_TIMEOUT};
 pub use time::{is_future, FUTURE_TOLERANCE};
 
 /// Progress of long work, for a progress bar. Every method has a no-op

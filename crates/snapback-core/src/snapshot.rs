@@ -24,7 +24,7 @@ use snapback_storage::{PutOutcome, Store};
 
 use crate::capture_state::{self, CaptureState, StateLock, StatePaths};
 use crate::chunklist::{self, ChunkRef, PART_LEN};
-use crate::error::{Error, Result};
+use crate::error::{Error, FailedFile, Result, SourceProblem};
 use crate::id::{DbChecksum, Id};
 use crate::index::{encode_index, IndexedPack, MasterIndex};
 use crate::layout::{index_key, pack_id_from_key, pack_key, snapshot_key, DATA_PREFIX};
@@ -36,7 +36,7 @@ use crate::object::put_verified;
 use crate::pack::{seal_blob, BlobCodec, BlobKind, PackBuilder};
 use crate::repo::Repository;
 use crate::selector::Snapshot;
-use crate::sqlite::{has_sqlite_header, journal_mode_of_header, Capture, SourceProblem};
+use crate::sqlite::{has_sqlite_header, journal_mode_of_header, Capture};
 use crate::Progress;
 
 #[derive(Debug, Clone)]
@@ -79,15 +79,6 @@ pub struct SnapshotReport {
     /// Files that could not be snapshotted, and why; the snapshot holds
     /// every other file. Empty when it holds them all.
     pub failed: Vec<FailedFile>,
-}
-
-/// A file a snapshot left out.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct FailedFile {
-    pub path: String,
-    pub problem: SourceProblem,
-    /// Why, in plain words, and what to do.
-    pub reason: String,
 }
 
 impl FailedFile {

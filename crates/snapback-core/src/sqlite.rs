@@ -14,7 +14,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SourceProblem};
 use crate::id::Id;
 
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -52,22 +52,6 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     )
-}
-
-/// Why a database could not be captured, for the snapshot's list of the
-/// files it left out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceProblem {
-    /// Another process held a lock on it for longer than the busy timeout.
-    Locked,
-    /// A hot journal (left by a writer that died mid-transaction) must be
-    /// rolled back first, which a read-only reader may not do.
-    HotJournal,
-    /// It starts with the SQLite header, but is not a valid database.
-    NotADatabase,
-    /// It could not be read (vanished, no permission, an I/O error).
-    Unreadable,
 }
 
 /// The SQLite errors that say something plain about the file: `Err(e)` back
