@@ -375,3 +375,168 @@ fn the_current_index_is_read_again_whole_when_an_index_object_is_gone() {
         "blobs of the deleted index object are no longer indexed ({now} of {all})"
     );
 }
+
+/// Takes the next capture, and asserts that its image is byte for byte a
+/// full scan's of the same content, whichever way it was captured.
+/// Returns the capture and why it fell back (`None`: it was a delta).
+fn never_stale(fx: &Fx, what: &str) -> (FileEntry, Option<String>) {
+    let (_, f) = fx.snap();
+    let (_, full, _) = fx.snap_with(None);
+    assert_eq!(
+        fx.restored(&f, "next.db"),
+        fx.restored(&full, "full.db"),
+        "{what}: the capture's image is the database's"
+    );
+    let why = (!is_delta(&f)).then(|| reason(&f));
+    (f, why)
+}
+
+/// Two captures, the second a delta: a state the next capture can use.
+fn established(fx: &Fx) {
+    fx.touch();
+    fx.snap();
+    fx.touch();
+    let (_, f) = fx.snap();
+    assert!(is_delta(&f), "the state is established: {:?}", f.sqlite);
+}
+
+/// The application opens the database again and changes one row.
+fn reopen_and_touch(fx: &mut Fx) {
+    fx.w = Connection::open(&fx.db).expect("reopen");
+    fx.w.execute_batch("PRAGMA wal_autocheckpoint=0")
+        .expect("wal");
+    fx.touch();
+}
+
+#[test]
+fn writes_in_rollback_mode_between_two_wal_captures_are_never_missed() {
+    let mut fx = Fx::new(2);
+    established(&fx);
+    // The application leaves WAL mode (its WAL is checkpointed and
+    // removed), writes straight into the database file, where no WAL frame
+    // records it, and comes back to WAL mode for one small write.
+    fx.w = Connection::open_in_memory().expect("close the writer");
+    {
+        let c = Connection::open(&fx.db).expect("open");
+        c.execute_batch("PRAGMA journal_mode=DELETE;")
+            .expect("rollback");
+        c.execute("UPDATE t SET v = randomblob(900) WHERE id % 7 = 0", [])
+            .expect("update in rollback mode");
+        c.execute_batch("PRAGMA journal_mode=WAL;")
+            .expect("wal again");
+    }
+    reopen_and_touch(&mut fx);
+    let (_, why) = never_stale(&fx, "rollback-mode writes");
+    let why = why.expect("no delta can see writes made in rollback mode");
+    assert!(
+        why.contains("restarted") || why.contains("no valid header"),
+        "{why}"
+    );
+    // The next capture can be a delta again, and a right one.
+    fx.touch();
+    let (_, why) = never_stale(&fx, "after the switch");
+    assert_eq!(why, None, "a delta works again");
+}
+
+#[test]
+fn a_page_size_change_between_captures_is_never_a_stale_delta() {
+    let mut fx = Fx::new(2);
+    established(&fx);
+    // In WAL mode VACUUM keeps the page size: the application leaves WAL
+    // mode to change it.
+    fx.w = Connection::open_in_memory().expect("close the writer");
+    {
+        let c = Connection::open(&fx.db).expect("open");
+        c.execute_batch(
+            "PRAGMA journal_mode=DELETE; PRAGMA page_size=1024; VACUUM; PRAGMA journal_mode=WAL;",
+        )
+        .expect("new page size");
+        let ps: u32 = c
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .expect("page size");
+        assert_eq!(ps, 1024);
+    }
+    reopen_and_touch(&mut fx);
+    let (_, why) = never_stale(&fx, "page size changed");
+    let why = why.expect("a new page size is never a delta");
+    assert!(why.contains("page size"), "{why}");
+}
+
+#[test]
+fn closing_the_last_connection_and_reopening_is_never_a_stale_delta() {
+    let mut fx = Fx::new(2);
+    established(&fx);
+    // The last connection closes (checkpoint, WAL and -shm removed); a
+    // short-lived one writes and closes the same way; then the application
+    // opens it again and writes one row: a new WAL, new salts.
+    fx.w = Connection::open_in_memory().expect("close the writer");
+    for _ in 0..2 {
+        let c = Connection::open(&fx.db).expect("open");
+        c.execute("UPDATE t SET v = randomblob(900) WHERE id % 5 = 0", [])
+            .expect("update");
+    }
+    assert!(
+        !crate::wal::wal_path(&fx.db).exists(),
+        "the WAL was removed"
+    );
+    reopen_and_touch(&mut fx);
+    let (_, why) = never_stale(&fx, "WAL removed and created again");
+    assert!(why
+        .expect("a new WAL is never a delta")
+        .contains("restarted"));
+}
+
+#[test]
+fn a_capture_without_a_shm_file_is_a_full_scan_and_keeps_the_old_state() {
+    let mut fx = Fx::new(2);
+    fx.touch();
+    fx.snap();
+    fx.touch();
+    fx.snap();
+    let sp = fx.state_paths();
+    let kept = std::fs::read(&sp.file).expect("state");
+    // No application has the database open: no -shm, no wal-index.
+    fx.w = Connection::open_in_memory().expect("close the writer");
+    assert!(!crate::wal::shm_path(&fx.db).exists());
+    let (_, why) = never_stale(&fx, "no -shm");
+    assert!(why.expect("no wal-index, no delta").contains("wal-index"));
+    assert_eq!(
+        std::fs::read(&sp.file).expect("state"),
+        kept,
+        "a capture that knows no WAL position leaves the state as it was"
+    );
+    // The application comes back: its new WAL is not the saved one.
+    reopen_and_touch(&mut fx);
+    let (_, why) = never_stale(&fx, "reopened after the full scan");
+    assert!(why.expect("new salts").contains("restarted"));
+}
+
+#[test]
+fn a_state_older_than_the_last_snapshot_still_gives_a_right_delta() {
+    // A crash after the manifest was written but before its state was:
+    // the state left behind is the previous capture's, still true.
+    let fx = Fx::new(2);
+    fx.touch();
+    fx.snap();
+    fx.touch();
+    fx.snap();
+    let sp = fx.state_paths();
+    let older = std::fs::read(&sp.file).expect("state");
+    fx.touch();
+    // About 45 pages of new rows (200 rows of 900 bytes).
+    fx.grow(200);
+    let (_, f) = fx.snap();
+    assert!(is_delta(&f));
+    std::fs::write(&sp.file, &older).expect("put the older state back");
+    fx.touch();
+    let (f, why) = never_stale(&fx, "older state");
+    assert_eq!(why, None, "the older position is still a valid start");
+    let read = match f.sqlite.and_then(|s| s.capture) {
+        Some(CaptureMethod::WalDelta { pages_read }) => pages_read,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        read >= 40,
+        "it re-reads what the lost state would have skipped ({read} pages)"
+    );
+}
