@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs what the tests need first (Debian
-# packages, the local S3 server), so it works on a fresh machine with only
-# the Rust toolchain.
+# Runs the whole test suite, after `cargo fmt --check` and `cargo clippy
+# -D warnings`. Installs what the tests need first (Debian packages, the
+# local S3 server), so it works on a fresh machine with only rustup (the
+# toolchain of rust-toolchain.toml, rustfmt and clippy come with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,13 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
+
+# rust-toolchain.toml pins the toolchain with rustfmt and clippy; rustup
+# installs it (components included) on a machine that does not have it.
+echo "== format (cargo fmt --check)"
+cargo fmt --all --check
+echo "== lints (cargo clippy, warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== building"
 cargo build --workspace --bins --quiet

@@ -559,7 +559,7 @@ mod affected_order_tests {
             time: time.into(),
             file: "/db".into(),
         };
-        let mut v = vec![
+        let mut v = [
             a("00000000", "2026-03-01T10:00:00.9Z"),
             a("ffffffff", "2026-03-01T10:00:00Z"),
             a("88888888", "2026-03-01T10:00:00.1Z"),
