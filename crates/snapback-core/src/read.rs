@@ -460,17 +460,17 @@ mod tests {
         std::fs::write(&b, b"b").expect("write");
         let opts = crate::SnapshotOptions::default();
         let sa = repo
-            .snapshot(&[a.clone()], &opts, &crate::NoProgress)
+            .snapshot(std::slice::from_ref(&a), &opts, &crate::NoProgress)
             .expect("a");
         let sb = repo
-            .snapshot(&[b.clone()], &opts, &crate::NoProgress)
+            .snapshot(std::slice::from_ref(&b), &opts, &crate::NoProgress)
             .expect("b");
         let tagged = crate::SnapshotOptions {
             tags: vec!["pre-repair".into()],
             ..Default::default()
         };
         let sa2 = repo
-            .snapshot(&[a.clone()], &tagged, &crate::NoProgress)
+            .snapshot(std::slice::from_ref(&a), &tagged, &crate::NoProgress)
             .expect("a2");
         let pa = repo.snapshots().expect("list")[0].manifest.files[0]
             .path
