@@ -10,8 +10,9 @@ DEMO_DIR=${DEMO_DIR:-$PWD/demo-out}
 
 echo "== building snapback (release)"
 cargo build --release -q -p snapback-cli -p snapback-devtools
-SB=$PWD/target/release/snapback
-DT=$PWD/target/release/snapback-devtools
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+SB=$TARGET/release/snapback
+DT=$TARGET/release/snapback-devtools
 
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
