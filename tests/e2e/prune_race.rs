@@ -60,21 +60,29 @@ pub fn start_and_stop_after_a_pack(
     dir: &Path,
     packs_before: usize,
 ) -> Child {
-    let child = faked(env, offset, &["snapshot", dir.to_str().expect("utf8")])
+    let cmd = faked(env, offset, &["snapshot", dir.to_str().expect("utf8")]);
+    let child = spawn_until_written(env, cmd, "data", packs_before);
+    signal(child.id(), "STOP");
+    child
+}
+
+/// Starts the snapshot `cmd` and returns once the repository holds more
+/// than `before` objects under `prefix` (at most 2 minutes).
+fn spawn_until_written(env: &Env, mut cmd: Command, prefix: &str, before: usize) -> Child {
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn snapshot");
     let t = Instant::now();
-    while objects(&env.repo(), "data").len() <= packs_before {
+    while objects(&env.repo(), prefix).len() <= before {
         assert!(
             t.elapsed() < Duration::from_secs(120),
-            "the snapshot wrote no pack within 2 minutes"
+            "the snapshot wrote nothing under {prefix} within 2 minutes"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    signal(child.id(), "STOP");
     child
 }
 
@@ -213,23 +221,10 @@ fn snapshot_paused_after_its_last_check_fails_when_prune_deleted_a_pack_it_reuse
     let src = random_files(&env, "src", 1, 1, 7);
     std::fs::copy(old.join("f0"), src.join("a-reused")).expect("copy");
     let indexes = objects(&env.repo(), "index").len();
-    let child = env
-        .cmd(&["snapshot", src.to_str().expect("utf8")])
-        .env("SNAPBACK_TEST_DELAY_BEFORE_MANIFEST_MS", "8000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn snapshot");
+    let mut cmd = env.cmd(&["snapshot", src.to_str().expect("utf8")]);
+    cmd.env("SNAPBACK_TEST_DELAY_BEFORE_MANIFEST_MS", "8000");
     // Its index is written after the last check, right before the pause.
-    let t = Instant::now();
-    while objects(&env.repo(), "index").len() <= indexes {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "the snapshot wrote no index within 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let child = spawn_until_written(&env, cmd, "index", indexes);
     forget_and_prune_behind_its_lock(&env, &first, &old_packs);
     let out = child.wait_with_output().expect("wait snapshot");
     refused_and_nothing_committed(

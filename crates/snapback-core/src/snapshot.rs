@@ -1134,12 +1134,7 @@ impl Repository {
             .iter()
             .flat_map(|p| p.entries.iter().map(|e| (e.id, p.id)))
             .collect();
-        let present: HashSet<Id> = self
-            .store()
-            .list(DATA_PREFIX)?
-            .iter()
-            .filter_map(|o| pack_id_from_key(&o.key))
-            .collect();
+        let present = self.present_packs()?;
         let mut unindexed = 0usize;
         let mut missing: Vec<Id> = Vec::new();
         let mut needed: HashSet<Id> = HashSet::new();
@@ -1166,12 +1161,7 @@ impl Repository {
     /// The check after the manifest is written: every pack the first check
     /// found is still there, and so is every snapshot whose image is reused.
     fn verify_still_present(&self, packs: &HashSet<Id>, reused_from: &HashSet<Id>) -> Result<()> {
-        let present: HashSet<Id> = self
-            .store()
-            .list(DATA_PREFIX)?
-            .iter()
-            .filter_map(|o| pack_id_from_key(&o.key))
-            .collect();
+        let present = self.present_packs()?;
         let missing: Vec<Id> = packs
             .iter()
             .filter(|p| !present.contains(p))
@@ -1182,6 +1172,16 @@ impl Repository {
             return Ok(());
         }
         Err(lost_while_running(&missing, 0, &gone))
+    }
+
+    /// The packs the store holds now (one LIST of data/).
+    fn present_packs(&self) -> Result<HashSet<Id>> {
+        Ok(self
+            .store()
+            .list(DATA_PREFIX)?
+            .iter()
+            .filter_map(|o| pack_id_from_key(&o.key))
+            .collect())
     }
 
     /// The snapshots of `ids` whose manifests no longer exist.

@@ -102,6 +102,15 @@ pub struct Capture {
     pub captured_at: time::OffsetDateTime,
 }
 
+/// The error of a SQLite call on the database at `path`.
+fn sqlite_error(path: &Path, message: &str, cause: rusqlite::Error) -> Error {
+    Error::Sqlite {
+        path: path.to_path_buf(),
+        message: message.into(),
+        cause,
+    }
+}
+
 impl Capture {
     /// Opens `path` read-only and establishes a read transaction. Waits up to
     /// `busy` for another process's lock (a writer, `BEGIN EXCLUSIVE`),
@@ -109,11 +118,7 @@ impl Capture {
     /// captured as it is gives [`Error::Source`], in plain words: locked,
     /// a hot journal to roll back, not a database.
     pub fn begin(path: &Path, busy: Duration) -> Result<Capture> {
-        let err = |message: &str, cause| Error::Sqlite {
-            path: path.to_path_buf(),
-            message: message.into(),
-            cause,
-        };
+        let err = |message: &str, cause| sqlite_error(path, message, cause);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -187,11 +192,7 @@ impl Capture {
         pages_per_call: usize,
         mut sink: impl FnMut(Vec<u8>) -> Result<()>,
     ) -> Result<()> {
-        let err = |message: &str, cause| Error::Sqlite {
-            path: self.path.clone(),
-            message: message.into(),
-            cause,
-        };
+        let err = |message: &str, cause| sqlite_error(&self.path, message, cause);
         let mut stmt = self
             .conn
             .prepare("SELECT pgno, data FROM sqlite_dbpage")
@@ -255,11 +256,7 @@ impl Capture {
         pages_per_call: usize,
         mut sink: impl FnMut(&[u64], Vec<u8>) -> Result<()>,
     ) -> Result<()> {
-        let err = |message: &str, cause| Error::Sqlite {
-            path: self.path.clone(),
-            message: message.into(),
-            cause,
-        };
+        let err = |message: &str, cause| sqlite_error(&self.path, message, cause);
         let mut stmt = self
             .conn
             .prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
