@@ -31,8 +31,8 @@ pub struct S3Config {
     pub credentials: Option<S3Credentials>,
     /// Timeouts; see [`Timeouts`].
     pub timeouts: Timeouts,
-    /// Retries of one request (the store retries internally; do not wrap it
-    /// in another retrying layer with many attempts).
+    /// Retries of one request (the store's own retry loop; the SDK's
+    /// retries are off).
     pub retry: RetryPolicy,
     /// Objects larger than this use a multipart upload.
     pub multipart_threshold: usize,

@@ -29,8 +29,8 @@ use crate::errors::{classify, Fail};
 /// threads may call it at once. Do not call it from inside an async task
 /// (use `spawn_blocking`): blocking inside a runtime panics.
 ///
-/// It retries by itself (see [`S3Config::retry`]); wrapping it in
-/// `snapback_storage::RetryStore` multiplies the attempts.
+/// It retries by itself, in one loop of its own (see [`S3Config::retry`]);
+/// the SDK's retries are off.
 #[derive(Clone)]
 pub struct S3Store {
     inner: Arc<Inner>,

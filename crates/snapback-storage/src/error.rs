@@ -1,6 +1,6 @@
 use std::fmt;
 
-/// What kind of failure a [`StoreError`] is. The retry layer reads
+/// What kind of failure a [`StoreError`] is. A retry loop (the S3 store's) reads
 /// [`ErrorKind::is_retryable`]; everything above decides on the kind, never
 /// on message text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ pub mod fault;
 
 pub use error::{ErrorKind, StoreError};
 pub use local::LocalStore;
-pub use retry::{RetryPolicy, RetryStore};
+pub use retry::RetryPolicy;
 
 /// Result of [`Store::put_if_absent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
