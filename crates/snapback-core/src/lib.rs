@@ -37,6 +37,7 @@ mod snapshot;
 pub mod sqlite;
 pub mod time;
 mod wal;
+pub mod watch_status;
 
 pub use check::{
     Affected, CheckOptions, CheckRecord, CheckReport, ClockAhead, LastChecks, Problem,
