@@ -85,11 +85,11 @@ impl FoundLock {
     }
 }
 
-fn this_host() -> String {
+pub(crate) fn this_host() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     // Linux: a live process has a /proc entry (zombies included, which is
     // the conservative answer).
     std::path::Path::new(&format!("/proc/{pid}")).exists()

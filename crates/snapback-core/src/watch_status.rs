@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
+use crate::lock::{pid_alive, this_host};
 
 /// The version of the file's layout; files of another version are skipped.
 pub const WATCH_STATUS_VERSION: u32 = 1;
@@ -324,15 +325,6 @@ fn read_one(p: &Path) -> std::result::Result<WatchStatus, String> {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn this_host() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // Linux: a live process has a /proc entry.
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 mod rfc3339 {
