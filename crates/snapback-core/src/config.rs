@@ -14,7 +14,11 @@ pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The optional parts of format 2 that this build understands. A repository
 /// whose `features` names any other is refused: a feature this build does
 /// not know may change what the data means.
-pub const KNOWN_FEATURES: &[&str] = &[];
+pub const KNOWN_FEATURES: &[&str] = &[TIMELINE_FEATURE];
+
+/// The feature of a repository that holds timeline segments (`timeline/`):
+/// set when the first segment is written.
+pub const TIMELINE_FEATURE: &str = "timeline";
 
 /// The `config` object: written once by `init`, never changed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,7 +36,8 @@ pub struct RepoConfig {
     /// Present when the repository is encrypted (`init --encrypt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<crate::crypto::EncryptionConfig>,
-    /// Optional parts of format 2 that the repository uses (none yet).
+    /// Optional parts of format 2 that the repository uses (see
+    /// `KNOWN_FEATURES`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
 }
@@ -187,7 +192,7 @@ mod tests {
     #[test]
     fn unknown_features_are_refused_by_name() {
         let mut c = sample();
-        c.features = vec!["zstd-dict".into()];
+        c.features = vec!["timeline".into(), "zstd-dict".into()];
         let b = serde_json::to_vec(&c).expect("ser");
         let e = RepoConfig::parse(&b).expect_err("unknown feature");
         assert!(

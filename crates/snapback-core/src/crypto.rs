@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::layout::{CONFIG_KEY, DATA_PREFIX, KEYS_PREFIX};
+use crate::layout::{CONFIG_KEY, CONFIG_NEXT_KEY, DATA_PREFIX, KEYS_PREFIX};
 use crate::object::fill_random;
 
 /// Version byte of the sealed form.
@@ -437,11 +437,15 @@ pub(crate) fn key_info(
     })
 }
 
-/// True for the objects that stay plaintext: the config, the key files
+/// True for the objects that stay plaintext: the config (and the next one
+/// being installed, read before any key is opened), the key files
 /// (sealed by their passphrases) and packs (whose blobs and header are
 /// sealed one by one, so that range reads still work).
 pub(crate) fn stored_plain(key: &str) -> bool {
-    key == CONFIG_KEY || key.starts_with(KEYS_PREFIX) || key.starts_with(DATA_PREFIX)
+    key == CONFIG_KEY
+        || key == CONFIG_NEXT_KEY
+        || key.starts_with(KEYS_PREFIX)
+        || key.starts_with(DATA_PREFIX)
 }
 
 /// The store as the repository sees it when encrypted: every object other

@@ -114,13 +114,22 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
     Ok(packs)
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-    place: &'a str,
+/// Reads the little-endian fields of a binary object, each read checked
+/// against its end (index objects, timeline segments).
+pub(crate) struct Reader<'a> {
+    pub(crate) b: &'a [u8],
+    pub(crate) pos: usize,
+    pub(crate) place: &'a str,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    pub(crate) fn new(b: &'a [u8], place: &'a str) -> Reader<'a> {
+        Reader { b, pos: 0, place }
+    }
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.b.len() - self.pos
+    }
     fn take(&mut self, n: usize) -> Result<&[u8]> {
         if self.pos + n > self.b.len() {
             return Err(Error::corrupt(self.place, "truncated"));
@@ -129,19 +138,31 @@ impl Reader<'_> {
         self.pos += n;
         Ok(s)
     }
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&[u8]> {
+        self.take(n)
+    }
     fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Result<u32> {
+    pub(crate) fn u16(&mut self) -> Result<u16> {
+        let s = self.take(2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]))
+    }
+    pub(crate) fn u128(&mut self) -> Result<u128> {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(self.take(16)?);
+        Ok(u128::from_le_bytes(a))
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32> {
         let s = self.take(4)?;
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
-    fn u64(&mut self) -> Result<u64> {
+    pub(crate) fn u64(&mut self) -> Result<u64> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
-    fn arr(&mut self) -> Result<[u8; 32]> {
+    pub(crate) fn arr(&mut self) -> Result<[u8; 32]> {
         let mut a = [0u8; 32];
         a.copy_from_slice(self.take(32)?);
         Ok(a)

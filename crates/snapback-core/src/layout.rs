@@ -1,10 +1,14 @@
 //! The repository's key layout: every object key is spelled here, once.
 //!
 //! ```text
-//! config                                 RepoConfig (JSON), written once
+//! config                                 RepoConfig (JSON), written by init;
+//!                                        replaced only to add a feature
+//! config.next                            the config being installed (see
+//!                                        `Repository::ensure_feature`)
 //! data/<xx>/<pack id>                    packs (xx: the first two hex digits)
 //! index/<index id>                       index objects
 //! snapshots/<snapshot id>                manifests (JSON), the commit records
+//! timeline/<segment id>                  timeline segments (format 2)
 //! keys/<key id>                          key files (encrypted repositories only)
 //! locks/<ns, 20 digits>-<random>         locks (JSON)
 //! checks/<ns, 20 digits>-<kind>          check records (JSON); kind is
@@ -20,6 +24,8 @@
 use crate::id::Id;
 
 pub const CONFIG_KEY: &str = "config";
+pub const CONFIG_NEXT_KEY: &str = "config.next";
+pub const TIMELINE_PREFIX: &str = "timeline/";
 pub const DATA_PREFIX: &str = "data/";
 pub const INDEX_PREFIX: &str = "index/";
 pub const SNAPSHOT_PREFIX: &str = "snapshots/";
@@ -56,6 +62,16 @@ pub fn snapshot_key(id: &Id) -> String {
 /// The snapshot a `snapshots/` key names, if it is named like one.
 pub fn snapshot_id_from_key(key: &str) -> Option<Id> {
     key.strip_prefix(SNAPSHOT_PREFIX).and_then(Id::from_hex)
+}
+
+/// `timeline/<id>`.
+pub fn timeline_key(id: &Id) -> String {
+    format!("{TIMELINE_PREFIX}{id}")
+}
+
+/// The segment a `timeline/` key names, if it is named like one.
+pub fn timeline_id_from_key(key: &str) -> Option<Id> {
+    key.strip_prefix(TIMELINE_PREFIX).and_then(Id::from_hex)
 }
 
 /// `keys/<id>`.
@@ -160,6 +176,8 @@ mod tests {
         assert_eq!(index_key(&id), format!("index/{h}"));
         assert_eq!(snapshot_key(&id), format!("snapshots/{h}"));
         assert_eq!(snapshot_id_from_key(&snapshot_key(&id)), Some(id));
+        assert_eq!(timeline_key(&id), format!("timeline/{h}"));
+        assert_eq!(timeline_id_from_key(&timeline_key(&id)), Some(id));
         assert_eq!(key_file_key(&id), format!("keys/{h}"));
         assert_eq!(key_file_id_from_key(&key_file_key(&id)), Some(id));
         assert_eq!(release_key(&id), format!("releases/{h}"));

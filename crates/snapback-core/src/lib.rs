@@ -32,10 +32,14 @@ mod repair_index;
 mod repo;
 mod resolve;
 mod restore;
+mod segment;
 mod selector;
 mod snapshot;
 pub mod sqlite;
 pub mod time;
+mod timeline;
+#[cfg(test)]
+mod timeline_tests;
 mod wal;
 pub mod watch_status;
 
@@ -43,7 +47,9 @@ pub use check::{
     Affected, CheckOptions, CheckRecord, CheckReport, ClockAhead, LastChecks, Problem,
 };
 pub use chunklist::ChunkRef;
-pub use config::{ChunkingParams, RepoConfig, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
+pub use config::{
+    ChunkingParams, RepoConfig, FORMAT_VERSION, OLDEST_FORMAT_VERSION, TIMELINE_FEATURE,
+};
 pub use crypto::{KdfParams, KeyInfo, Passphrase, SEAL_OVERHEAD};
 pub use dating::{Ahead, Dating};
 pub use error::{Error, FailedFile, Kind, Result, SourceProblem};
@@ -66,6 +72,7 @@ pub use read::FileReader;
 pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};
 pub use repo::{EncryptionOptions, InitOptions, Repository};
 pub use restore::{RestoreItem, RestoreOptions, RestoreReport};
+pub use segment::{Point, Segment};
 pub use selector::{group_key, path_matches, Selector, Snapshot};
 pub use snapback_storage as storage;
 pub use snapshot::{SnapshotOptions, SnapshotReport, DEFAULT_BUSY_TIMEOUT};

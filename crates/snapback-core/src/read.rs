@@ -260,6 +260,16 @@ impl Repository {
         r
     }
 
+    /// The packs the store holds now (one LIST of data/).
+    pub(crate) fn present_packs(&self) -> Result<std::collections::HashSet<Id>> {
+        Ok(self
+            .store()
+            .list(DATA_PREFIX)?
+            .iter()
+            .filter_map(|o| crate::layout::pack_id_from_key(&o.key))
+            .collect())
+    }
+
     /// Bytes of packs and indexes in the repository, as the store lists them.
     pub fn stored_bytes(&self) -> Result<u64> {
         let mut total = 0;

@@ -18,10 +18,11 @@ use crate::crypto::{
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::MasterIndex;
-use crate::layout::{key_file_id_from_key, key_file_key, CONFIG_KEY, KEYS_PREFIX};
+use crate::layout::{key_file_id_from_key, key_file_key, CONFIG_KEY, CONFIG_NEXT_KEY, KEYS_PREFIX};
 use crate::manifest::Manifest;
 use crate::object::{put_verified, random_hex};
 use crate::pack::BlobCodec;
+use crate::segment::Segment;
 
 /// At most this many key files are tried when a repository is opened (each
 /// costs a KDF run); a planted flood of them cannot stall every open.
@@ -81,6 +82,11 @@ pub struct Repository {
     pub(crate) cache_dir: Option<std::path::PathBuf>,
     /// Manifests skipped as damaged by the last listing, with the reason.
     pub(crate) skipped: Mutex<HashMap<Id, String>>,
+    /// Timeline segments read so far (they are immutable, like manifests).
+    pub(crate) segments: Mutex<HashMap<Id, Arc<Segment>>>,
+    /// Features this handle added to the config (`ensure_feature`) since
+    /// it was opened.
+    pub(crate) added_features: Mutex<Vec<String>>,
     pub(crate) codec: BlobCodec,
     /// Encrypted repositories: the master key and the key file that opened it.
     pub(crate) master: Option<Arc<MasterKey>>,
@@ -106,7 +112,9 @@ impl Repository {
         config
             .validate()
             .map_err(|e| Error::Invalid(format!("invalid repository settings: {e}")))?;
-        if store.stat(CONFIG_KEY)?.is_some() {
+        // A config being installed (`ensure_feature` interrupted) is a
+        // repository too.
+        if store.stat(CONFIG_KEY)?.is_some() || store.stat(CONFIG_NEXT_KEY)?.is_some() {
             return Err(Error::AlreadyInitialised {
                 location: store.location(),
             });
@@ -268,18 +276,118 @@ impl Repository {
 
     /// Reads and parses the config of the repository in `store`, without
     /// opening it (no passphrase needed: the config is stored plain). No
-    /// config is `Error::NotARepository`.
+    /// config is `Error::NotARepository`. A config whose replacement was
+    /// interrupted (only `config.next` exists) is finished here: the next
+    /// one is installed where the store can be written, and used either way.
     pub fn read_config(store: &dyn Store) -> Result<RepoConfig> {
         let bytes = match store.get(CONFIG_KEY) {
             Ok(b) => b,
-            Err(e) if e.is_not_found() => {
-                return Err(Error::NotARepository {
-                    location: store.location(),
-                })
-            }
+            Err(e) if e.is_not_found() => match store.get(CONFIG_NEXT_KEY) {
+                Ok(next) => {
+                    let config = RepoConfig::parse(&next)?;
+                    match store.put_if_absent(CONFIG_KEY, &next) {
+                        Ok(PutOutcome::Created) => {
+                            tracing::info!("finished installing the repository config that an interrupted feature change left in {CONFIG_NEXT_KEY}");
+                        }
+                        // Installed meanwhile by its writer: read that one.
+                        Ok(PutOutcome::AlreadyExists) => {
+                            return RepoConfig::parse(&store.get(CONFIG_KEY)?)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot install {CONFIG_NEXT_KEY} as the config (read-only?); using it as it is");
+                        }
+                    }
+                    return Ok(config);
+                }
+                Err(n) if n.is_not_found() => {
+                    return Err(Error::NotARepository {
+                        location: store.location(),
+                    })
+                }
+                Err(n) => return Err(n.into()),
+            },
             Err(e) => return Err(e.into()),
         };
         RepoConfig::parse(&bytes)
+    }
+
+    /// True when the repository's config lists `feature`, as stored or
+    /// as this handle added it.
+    pub fn has_feature(&self, feature: &str) -> Result<bool> {
+        Ok(self.config.features.iter().any(|f| f == feature)
+            || self
+                .added_features
+                .lock()
+                .map_err(|_| poisoned())?
+                .iter()
+                .any(|f| f == feature))
+    }
+
+    /// Makes the stored config list `feature` (format 2 only), so that a
+    /// reader that does not know it refuses the repository before it reads
+    /// what the feature adds. Called before the first object of that
+    /// feature is written.
+    ///
+    /// The config is replaced in steps that leave a readable repository
+    /// after a crash at any point: the new config is stored as
+    /// `config.next` (verified), `config` deleted, the new one stored as
+    /// `config` (put-if-absent, verified), `config.next` deleted. A crash
+    /// between the delete and the put leaves only `config.next`, which
+    /// `read_config` installs. Nothing else changes.
+    pub(crate) fn ensure_feature(&self, feature: &str) -> Result<()> {
+        if self.has_feature(feature)? {
+            return Ok(());
+        }
+        if self.config.format_version < 2 {
+            return Err(Error::Invalid(format!(
+                "the repository is format version 1, which has no format feature {feature:?}: upgrade the repository to format 2 (a repository that `snapback init` creates now is format 2)"
+            )));
+        }
+        let store = self.store.as_ref();
+        let current = Repository::read_config(store)?;
+        if current.repo_id != self.config.repo_id {
+            return Err(Error::Invalid(format!(
+                "the config of {} now names repository {}, not {}, which was opened; nothing was changed",
+                store.location(),
+                current.repo_id,
+                self.config.repo_id
+            )));
+        }
+        if !current.features.iter().any(|f| f == feature) {
+            let mut next = current.clone();
+            next.features.push(feature.to_string());
+            next.features.sort();
+            let bytes =
+                serde_json::to_vec_pretty(&next).map_err(|e| Error::Invalid(e.to_string()))?;
+            // A leftover of an earlier interrupted change (the config
+            // exists, so it was installed): it would block this one.
+            store.delete(CONFIG_NEXT_KEY)?;
+            put_verified(store, CONFIG_NEXT_KEY, &bytes)?;
+            store.delete(CONFIG_KEY)?;
+            if store.put_if_absent(CONFIG_KEY, &bytes)? == PutOutcome::AlreadyExists {
+                // Another writer (or a reader finishing the change)
+                // installed a config meanwhile: it must list the feature.
+                let got = Repository::read_config(store)?;
+                if !got.features.iter().any(|f| f == feature) {
+                    return Err(Error::Verification(format!(
+                        "another process replaced the config of {} while the feature {feature:?} was being added; run the command again",
+                        store.location()
+                    )));
+                }
+            } else if store.stat(CONFIG_KEY)? != Some(bytes.len() as u64) {
+                return Err(Error::Verification(format!(
+                    "the repository config at {} was not stored intact while adding the feature {feature:?}; {CONFIG_NEXT_KEY} holds it, and the next open installs it",
+                    store.location()
+                )));
+            }
+            store.delete(CONFIG_NEXT_KEY)?;
+            tracing::info!(feature, "the repository config now lists the feature");
+        }
+        self.added_features
+            .lock()
+            .map_err(|_| poisoned())?
+            .push(feature.to_string());
+        Ok(())
     }
 
     fn with_config(
@@ -308,6 +416,8 @@ impl Repository {
             manifests: Mutex::new(HashMap::new()),
             cache_dir: None,
             skipped: Mutex::new(HashMap::new()),
+            segments: Mutex::new(HashMap::new()),
+            added_features: Mutex::new(Vec::new()),
             codec,
             master,
             key_id,
@@ -324,6 +434,13 @@ impl Repository {
             manifests: Mutex::new(HashMap::new()),
             cache_dir: self.cache_dir.clone(),
             skipped: Mutex::new(HashMap::new()),
+            segments: Mutex::new(HashMap::new()),
+            added_features: Mutex::new(
+                self.added_features
+                    .lock()
+                    .map(|f| f.clone())
+                    .unwrap_or_default(),
+            ),
             codec: self.codec.clone(),
             master: self.master.clone(),
             key_id: self.key_id,

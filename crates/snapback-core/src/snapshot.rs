@@ -27,7 +27,7 @@ use crate::chunklist::{self, ChunkRef, PART_LEN};
 use crate::error::{Error, FailedFile, Result, SourceProblem};
 use crate::id::{DbChecksum, Id};
 use crate::index::{encode_index, IndexedPack, MasterIndex};
-use crate::layout::{index_key, pack_id_from_key, pack_key, snapshot_key, DATA_PREFIX};
+use crate::layout::{index_key, pack_key, snapshot_key};
 use crate::manifest::{
     CaptureMethod, ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats,
     SqliteFacts,
@@ -1172,16 +1172,6 @@ impl Repository {
             return Ok(());
         }
         Err(lost_while_running(&missing, 0, &gone))
-    }
-
-    /// The packs the store holds now (one LIST of data/).
-    fn present_packs(&self) -> Result<HashSet<Id>> {
-        Ok(self
-            .store()
-            .list(DATA_PREFIX)?
-            .iter()
-            .filter_map(|o| pack_id_from_key(&o.key))
-            .collect())
     }
 
     /// The snapshots of `ids` whose manifests no longer exist.

@@ -311,6 +311,8 @@ fn object_keys_are_spelled_only_in_the_layout_module() {
         "data/",
         "index/",
         "snapshots/",
+        "timeline/",
+        "config.next",
         "keys/",
         "locks/",
         "checks/",

@@ -1,0 +1,313 @@
+//! Continuous capture, the repository side: committing timeline segments
+//! (batches of points of one database over a base manifest), listing them,
+//! and the image of a database at a point.
+//!
+//! A segment is committed as a manifest is: its packs and their index are
+//! stored first (by the caller, as a snapshot stores them), then the
+//! segment object, last, under `timeline/<SHA-256 of its plaintext>`. A
+//! segment that exists is committed. Before writing it, `commit_segment`
+//! proves that every point replays: the base holds the database with that
+//! page size, every blob is indexed in a pack that exists, and each point's
+//! replayed chunk list gives its `db_checksum`. The encoding is in
+//! `segment`; docs/format.md ("Timeline segments") is the design.
+
+use std::sync::Arc;
+
+use crate::chunklist::ChunkRef;
+use crate::config::TIMELINE_FEATURE;
+use crate::error::{Error, Result};
+use crate::id::{DbChecksum, Id};
+use crate::index::{encode_index, IndexedPack, MasterIndex};
+use crate::layout::{index_key, pack_key, timeline_id_from_key, timeline_key, TIMELINE_PREFIX};
+use crate::manifest::{Chunking, FileEntry, FileKind, Manifest};
+use crate::object::put_verified;
+use crate::pack::{seal_blob, BlobKind, PackBuilder};
+use crate::repo::{poisoned, Repository};
+use crate::segment::{replay, Segment};
+
+impl Repository {
+    /// Stores pages as data blobs and returns their ids, in order: the new
+    /// ones (those no index holds yet) are sealed (compressed, checked by
+    /// decompressing again), packed, each pack stored and verified, then
+    /// one index object for them. What a segment's points name must be
+    /// stored this way (or by a snapshot) before `commit_segment`.
+    pub fn store_pages(&self, pages: &[&[u8]]) -> Result<Vec<Id>> {
+        let index = self.index()?;
+        let ids: Vec<Id> = pages.iter().map(|p| self.codec.blob_id(p)).collect();
+        let store = self.store.as_ref();
+        let mut packs = Vec::new();
+        let mut pack = PackBuilder::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut flush = |pack: PackBuilder| -> Result<()> {
+            let (bytes, id, entries) = pack.finish(&self.codec)?;
+            put_verified(store, &pack_key(&id), &bytes)?;
+            packs.push(IndexedPack {
+                id,
+                size: bytes.len() as u64,
+                entries,
+            });
+            Ok(())
+        };
+        for (raw, id) in pages.iter().zip(&ids) {
+            if index.contains(id) || !seen.insert(*id) {
+                continue;
+            }
+            let len = u32::try_from(raw.len())
+                .map_err(|_| Error::Invalid(format!("a page of {} bytes", raw.len())))?;
+            pack.add(BlobKind::Data, *id, &seal_blob(&self.codec, id, raw)?, len);
+            if pack.size() as u64 >= self.config.pack_target_size {
+                flush(std::mem::take(&mut pack))?;
+            }
+        }
+        if !pack.is_empty() {
+            flush(pack)?;
+        }
+        if !packs.is_empty() {
+            let bytes = encode_index(&packs)?;
+            let key = index_key(&Id::of(&bytes));
+            put_verified(store, &key, &bytes)?;
+            self.learn_index(&key, &packs)?;
+        }
+        Ok(ids)
+    }
+
+    /// Commits a timeline segment and returns its id. The caller has
+    /// stored the packs holding every blob the points name, and their
+    /// index, first. Refused, with nothing written, when the repository is
+    /// format 1, the base manifest is absent or does not hold `path` as a
+    /// database of that page size, the points are not in strictly
+    /// increasing time order after the base's time, a blob is in no index
+    /// (or not a data blob of one page, or its pack is gone), or a point's
+    /// replayed chunk list does not give its `db_checksum`. The first
+    /// segment of a repository adds the feature "timeline" to its config.
+    pub fn commit_segment(&self, seg: &Segment) -> Result<Id> {
+        let refuse = |why: String| {
+            Err(Error::Invalid(format!(
+                "timeline segment of {} over {} refused, nothing was written: {why}",
+                seg.path,
+                seg.base.short()
+            )))
+        };
+        if !self.config.allows_partial_reads() {
+            return refuse(
+                "the repository is format version 1, which has no timeline segments: upgrade the repository to format 2 (a repository that `snapback init` creates now is format 2)"
+                    .into(),
+            );
+        }
+        if let Err(e) = seg.validate("the segment") {
+            return refuse(e.to_string());
+        }
+        let base = match self.load_manifest(&seg.base) {
+            Ok(m) => m,
+            Err(Error::Store(e)) if e.is_not_found() => {
+                return refuse(format!(
+                    "its base manifest {} is not in the repository",
+                    seg.base
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let file = match base_file(&base, seg) {
+            Ok(f) => f,
+            Err(why) => return refuse(why),
+        };
+        let base_time = crate::time::parse_rfc3339(&base.time)
+            .map_err(|e| Error::corrupt(format!("snapshot {}", seg.base.short()), e))?;
+        if seg.points[0].time <= base_time {
+            return refuse(format!(
+                "its first point ({}) is not after its base's time ({})",
+                crate::time::format_rfc3339_nanos(seg.points[0].time),
+                base.time
+            ));
+        }
+        // The last look, as a snapshot's: every blob in the repository's
+        // current index, in a pack that exists now.
+        let index = self.current_index()?;
+        let packs = self.present_packs()?;
+        for (k, p) in seg.points.iter().enumerate() {
+            for (i, id) in &p.changes {
+                let why = match index.get(id) {
+                    None => "is in no index (store its pack and index first)",
+                    Some(l) if l.kind != BlobKind::Data => "is not a data blob",
+                    Some(l) if l.raw_len != seg.page_size => "is not one page long",
+                    Some(l) if !packs.contains(&l.pack) => "is in a pack that is gone",
+                    Some(_) => continue,
+                };
+                return refuse(format!(
+                    "blob {} of point {k} (page index {i}) {why}",
+                    id.short()
+                ));
+            }
+        }
+        let list = self.base_chunk_list(&index, file, seg)?;
+        if let Err(e) = replay(
+            list,
+            seg.page_size,
+            &seg.points,
+            seg.points.len() - 1,
+            "its points",
+        ) {
+            return refuse(e.to_string());
+        }
+        let bytes = seg.encode()?;
+        let id = Id::of(&bytes);
+        let key = timeline_key(&id);
+        // Decoded again and compared before it is stored, as an index is.
+        if Segment::decode(&bytes, &key)? != *seg {
+            return Err(Error::Verification(format!(
+                "timeline segment {} does not decode to what was encoded; nothing was written",
+                id.short()
+            )));
+        }
+        self.ensure_feature(TIMELINE_FEATURE)?;
+        put_verified(self.store.as_ref(), &key, &bytes)?;
+        self.segments
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(id, Arc::new(seg.clone()));
+        tracing::debug!(segment = %id.short(), points = seg.points.len(), path = %seg.path, "timeline segment committed");
+        Ok(id)
+    }
+
+    /// Every committed timeline segment, oldest first (by its first
+    /// point's time). A segment that cannot be read is skipped with a
+    /// warning (`check` reports it).
+    pub fn segments(&self) -> Result<Vec<(Id, Arc<Segment>)>> {
+        self.load_segments(false)
+    }
+
+    /// Like `segments`, but a segment that cannot be read is an error:
+    /// prune must not treat a damaged segment's blobs as unreferenced.
+    pub fn segments_strict(&self) -> Result<Vec<(Id, Arc<Segment>)>> {
+        self.load_segments(true)
+    }
+
+    fn load_segments(&self, strict: bool) -> Result<Vec<(Id, Arc<Segment>)>> {
+        let mut out = Vec::new();
+        for o in self.store.list(TIMELINE_PREFIX)? {
+            let Some(id) = timeline_id_from_key(&o.key) else {
+                tracing::warn!(key = %o.key, "ignoring an object that is not named like a timeline segment");
+                continue;
+            };
+            match self.segment(&id) {
+                Ok(s) => out.push((id, s)),
+                // Forgotten between the listing and the read.
+                Err(Error::Store(e)) if e.is_not_found() => continue,
+                Err(e @ Error::Corrupt { .. }) if !strict => {
+                    tracing::warn!(key = %o.key, error = %e, "skipping a timeline segment that cannot be read; run `snapback check`");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| {
+            a.1.points[0]
+                .time
+                .cmp(&b.1.points[0].time)
+                .then(a.0.cmp(&b.0))
+        });
+        Ok(out)
+    }
+
+    /// One segment, read and verified against its name (cached).
+    pub fn segment(&self, id: &Id) -> Result<Arc<Segment>> {
+        if let Some(s) = self.segments.lock().map_err(|_| poisoned())?.get(id) {
+            return Ok(s.clone());
+        }
+        let key = timeline_key(id);
+        let bytes = self.get_immutable(&key, TIMELINE_PREFIX)?;
+        let seg = Arc::new(Segment::decode(&bytes, &key)?);
+        self.segments
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(*id, seg.clone());
+        Ok(seg)
+    }
+
+    /// The chunk list of the database at point `k` of segment `id`: the
+    /// base's list with the changes of points 0..=k applied, checked
+    /// against every point's `db_checksum` on the way (a mismatch is
+    /// damage, never a wrong image).
+    pub fn point_chunk_list(
+        &self,
+        index: &MasterIndex,
+        id: &Id,
+        seg: &Segment,
+        k: usize,
+    ) -> Result<Vec<ChunkRef>> {
+        let place = format!("timeline segment {}", id.short());
+        if k >= seg.points.len() {
+            return Err(Error::Selector(format!(
+                "{place} has {} points; there is no point {k}",
+                seg.points.len()
+            )));
+        }
+        let base = self.load_manifest(&seg.base).map_err(|e| match e {
+            Error::Store(s) if s.is_not_found() => Error::corrupt(
+                &place,
+                format!("its base manifest {} is gone", seg.base.short()),
+            ),
+            e => e,
+        })?;
+        let file = base_file(&base, seg).map_err(|why| Error::corrupt(&place, why))?;
+        let list = self.base_chunk_list(index, file, seg)?;
+        replay(list, seg.page_size, &seg.points, k, &place)
+    }
+
+    /// The base's chunk list of the segment's database, checked against
+    /// the base's `db_checksum` and page size.
+    fn base_chunk_list(
+        &self,
+        index: &MasterIndex,
+        file: &FileEntry,
+        seg: &Segment,
+    ) -> Result<Vec<ChunkRef>> {
+        let list = self.chunk_list(index, file)?;
+        let place = format!("chunk list of {} in {}", file.path, seg.base.short());
+        let mut sum = DbChecksum::default();
+        for (i, c) in list.iter().enumerate() {
+            if c.len != seg.page_size {
+                return Err(Error::corrupt(
+                    &place,
+                    format!("chunk {i} is {} bytes, not one page", c.len),
+                ));
+            }
+            sum.add(i as u64 * seg.page_size as u64, &c.id);
+        }
+        if DbChecksum::from_hex(&file.db_checksum) != Some(sum) {
+            return Err(Error::corrupt(
+                &place,
+                "the chunk list does not give the manifest's db_checksum",
+            ));
+        }
+        Ok(list)
+    }
+}
+
+/// The base's entry for the segment's database, or why it cannot serve.
+fn base_file<'a>(base: &'a Manifest, seg: &Segment) -> std::result::Result<&'a FileEntry, String> {
+    let short = seg.base.short();
+    let file = base
+        .files
+        .iter()
+        .find(|f| f.path == seg.path)
+        .ok_or_else(|| format!("its base manifest {short} does not hold {}", seg.path))?;
+    let page_size = file.sqlite.as_ref().map(|s| s.page_size);
+    if file.kind != FileKind::Sqlite
+        || page_size != Some(seg.page_size)
+        || file.chunking
+            != (Chunking::Fixed {
+                size: seg.page_size,
+            })
+    {
+        return Err(format!(
+            "its base manifest {short} holds {} {}, not as a database of {}-byte pages cut one page per chunk",
+            seg.path,
+            match page_size {
+                Some(n) => format!("with {n}-byte pages"),
+                None => "as a plain file".into(),
+            },
+            seg.page_size
+        ));
+    }
+    Ok(file)
+}

@@ -1,0 +1,346 @@
+//! Timeline segments on real repositories: points made from a real
+//! SQLite database as a writer changes it, committed over a real snapshot,
+//! and every way `commit_segment` must refuse one (nothing written).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use snapback_storage::{LocalStore, Store};
+
+use crate::id::{DbChecksum, Id};
+use crate::layout::{timeline_key, CONFIG_KEY, CONFIG_NEXT_KEY, TIMELINE_PREFIX};
+use crate::repo::{InitOptions, Repository};
+use crate::segment::{Point, Segment};
+use crate::snapshot::SnapshotOptions;
+use crate::{Error, NoProgress};
+
+pub(crate) struct Fx {
+    pub dir: tempfile::TempDir,
+    pub repo: Repository,
+    pub db: PathBuf,
+    pub w: Connection,
+}
+
+pub(crate) fn init_opts(format_version: u32, encrypted: bool) -> InitOptions {
+    InitOptions {
+        format_version,
+        encryption: encrypted.then(|| crate::repo::EncryptionOptions {
+            passphrase: zeroize::Zeroizing::new("test passphrase".into()),
+            kdf: crate::crypto::KdfParams {
+                memory_kib: 8 * 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+        }),
+        ..InitOptions::default()
+    }
+}
+
+impl Fx {
+    pub fn new(opts: &InitOptions) -> Fx {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store: Arc<dyn Store> =
+            Arc::new(LocalStore::create(dir.path().join("repo")).expect("store"));
+        let repo = Repository::init(store, opts).expect("init");
+        let db = dir.path().join("app.db");
+        let w = Connection::open(&db).expect("open");
+        w.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
+        )
+        .expect("schema");
+        let fx = Fx { dir, repo, db, w };
+        fx.insert(40);
+        fx
+    }
+
+    pub fn insert(&self, n: u32) {
+        for _ in 0..n {
+            self.w
+                .execute("INSERT INTO t(v) VALUES (randomblob(700))", [])
+                .expect("insert");
+        }
+    }
+
+    pub fn update(&self, id: i64) {
+        self.w
+            .execute("UPDATE t SET v = randomblob(700) WHERE id = ?1", [id])
+            .expect("update");
+    }
+
+    /// What SQLite has now, byte for byte (the WAL checkpointed into the
+    /// file, which is then read).
+    pub fn image(&self) -> Vec<u8> {
+        self.w
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+        std::fs::read(&self.db).expect("read db")
+    }
+
+    /// A full snapshot of the database: the base manifest.
+    pub fn base(&self) -> Id {
+        let opts = SnapshotOptions {
+            state_dir: None,
+            ..Default::default()
+        };
+        self.repo
+            .snapshot(std::slice::from_ref(&self.db), &opts, &NoProgress)
+            .expect("snapshot")
+            .id
+    }
+
+    pub fn path(&self) -> String {
+        self.db.to_str().expect("utf-8 path").to_string()
+    }
+}
+
+pub(crate) fn pages(image: &[u8]) -> Vec<&[u8]> {
+    image.chunks(4096).collect()
+}
+
+pub(crate) fn checksum_of(repo: &Repository, image: &[u8]) -> DbChecksum {
+    let mut s = DbChecksum::default();
+    for (i, p) in pages(image).into_iter().enumerate() {
+        s.add(i as u64 * 4096, &repo.codec().blob_id(p));
+    }
+    s
+}
+
+/// The point that turns `prev` into `now`: its changed pages stored, their
+/// ids listed.
+pub(crate) fn point(repo: &Repository, prev: &[u8], now: &[u8]) -> Point {
+    let (old, new) = (pages(prev), pages(now));
+    let changed: Vec<(u64, &[u8])> = new
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| old.get(*i) != Some(*p))
+        .map(|(i, p)| (i as u64, *p))
+        .collect();
+    let raws: Vec<&[u8]> = changed.iter().map(|(_, p)| *p).collect();
+    let ids = repo.store_pages(&raws).expect("store pages");
+    // Strictly after every earlier time, at nanosecond precision.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    Point {
+        time: crate::time::now(),
+        page_count: new.len() as u64,
+        db_checksum: checksum_of(repo, now),
+        changes: changed.iter().map(|(i, _)| *i).zip(ids).collect(),
+    }
+}
+
+/// A base snapshot and a segment of three points: an update, growth, and
+/// another update; with the image SQLite had at each point.
+pub(crate) fn three_points(fx: &Fx) -> (Segment, Vec<Vec<u8>>) {
+    let mut images = vec![fx.image()];
+    let base = fx.base();
+    let mut points = Vec::new();
+    let steps: [&dyn Fn(&Fx); 3] = [&|f| f.update(3), &|f| f.insert(30), &|f| f.update(1)];
+    for step in steps {
+        step(fx);
+        let now = fx.image();
+        let prev = images.last().expect("prev");
+        points.push(point(&fx.repo, prev, &now));
+        images.push(now);
+    }
+    let seg = Segment {
+        path: fx.path(),
+        base,
+        page_size: 4096,
+        points,
+    };
+    (seg, images)
+}
+
+fn listed(repo: &Repository, prefix: &str) -> usize {
+    repo.store().list(prefix).expect("list").len()
+}
+
+fn image_at(repo: &Repository, id: &Id, seg: &Segment, k: usize) -> Vec<u8> {
+    let index = repo.index().expect("index");
+    let list = repo.point_chunk_list(&index, id, seg, k).expect("replay");
+    let mut out = Vec::new();
+    for c in list {
+        out.extend(repo.read_blob(&index, &c.id).expect("blob"));
+    }
+    out
+}
+
+#[test]
+fn committed_segments_list_and_replay_to_what_sqlite_had() {
+    for encrypted in [false, true] {
+        let fx = Fx::new(&init_opts(2, encrypted));
+        let (seg, images) = three_points(&fx);
+        assert!(!fx.repo.has_feature("timeline").expect("features"));
+        let id = fx.repo.commit_segment(&seg).expect("commit");
+        let listed = fx.repo.segments().expect("segments");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, id);
+        assert_eq!(*listed[0].1, seg);
+        for k in 0..3 {
+            assert!(
+                image_at(&fx.repo, &id, &seg, k) == images[k + 1],
+                "point {k} is what SQLite had"
+            );
+        }
+        // The config lists the feature, and a new handle reads the segment
+        // from the store (sealed in an encrypted repository).
+        let store = fx.repo.store().clone();
+        let config = Repository::read_config(store.as_ref()).expect("config");
+        assert_eq!(config.features, vec!["timeline".to_string()]);
+        let raw = LocalStore::open(fx.dir.path().join("repo")).expect("raw store");
+        let stored = raw.get(&timeline_key(&id)).expect("stored");
+        assert_eq!(
+            stored.starts_with(b"SNBSEG"),
+            !encrypted,
+            "sealed whole when encrypted"
+        );
+        let again = fx.repo.reopen();
+        assert_eq!(*again.segment(&id).expect("read"), seg);
+        // A second segment does not touch the config again.
+        let before = raw.get(CONFIG_KEY).expect("config bytes");
+        fx.update(5);
+        let mut next = seg.clone();
+        let now = fx.image();
+        next.points = vec![point(&fx.repo, &images[0], &now)];
+        fx.repo.commit_segment(&next).expect("second segment");
+        assert_eq!(raw.get(CONFIG_KEY).expect("config bytes"), before);
+        assert_eq!(fx.repo.segments().expect("segments").len(), 2);
+    }
+}
+
+/// Asserts that `seg` is refused with a message containing `why`, and that
+/// nothing was written: no segment, the config as it was.
+fn refused(fx: &Fx, seg: &Segment, why: &str) {
+    let config = fx.repo.store().get(CONFIG_KEY).expect("config");
+    let e = fx.repo.commit_segment(seg).expect_err(why);
+    assert!(
+        e.to_string().contains(why) && e.to_string().contains("nothing was written"),
+        "{why}: {e}"
+    );
+    assert_eq!(e.kind(), crate::Kind::BadInput, "{e}");
+    assert_eq!(
+        listed(&fx.repo, TIMELINE_PREFIX),
+        0,
+        "{why}: nothing written"
+    );
+    assert_eq!(
+        fx.repo.store().get(CONFIG_KEY).expect("config"),
+        config,
+        "{why}: config unchanged"
+    );
+}
+
+#[test]
+fn commit_segment_refuses_what_would_not_replay_and_writes_nothing() {
+    let fx = Fx::new(&init_opts(2, false));
+    let (seg, _) = three_points(&fx);
+
+    let mut absent = seg.clone();
+    absent.base = Id::of(b"no such manifest");
+    refused(&fx, &absent, "is not in the repository");
+
+    let mut other_path = seg.clone();
+    other_path.path = "/srv/other.db".into();
+    refused(&fx, &other_path, "does not hold /srv/other.db");
+
+    let mut page_size = seg.clone();
+    page_size.page_size = 8192;
+    refused(&fx, &page_size, "not as a database of 8192-byte pages");
+
+    let mut order = seg.clone();
+    order.points.swap(0, 1);
+    refused(&fx, &order, "strictly increasing time order");
+
+    let mut early = seg.clone();
+    early.points[0].time = time::OffsetDateTime::UNIX_EPOCH;
+    refused(&fx, &early, "is not after its base's time");
+
+    let mut unindexed = seg.clone();
+    unindexed.points[1].changes[0].1 = Id::of(b"a page never stored");
+    refused(&fx, &unindexed, "is in no index");
+
+    let mut checksum = seg.clone();
+    checksum.points[2].db_checksum.0 ^= 1;
+    refused(&fx, &checksum, "gives the checksum");
+
+    // A change dropped: the replayed list differs from what the point says.
+    let mut dropped = seg.clone();
+    dropped.points[0].changes.remove(0);
+    refused(&fx, &dropped, "gives the checksum");
+
+    let mut empty = seg.clone();
+    empty.points.clear();
+    refused(&fx, &empty, "holds no point");
+
+    // The intact segment still commits after all of that.
+    fx.repo.commit_segment(&seg).expect("commit");
+}
+
+#[test]
+fn a_format_1_repository_refuses_segments_and_says_to_upgrade() {
+    let fx = Fx::new(&init_opts(1, false));
+    let (seg, _) = three_points(&fx);
+    refused(&fx, &seg, "upgrade the repository");
+}
+
+#[test]
+fn a_damaged_segment_is_detected_on_read() {
+    let fx = Fx::new(&init_opts(2, false));
+    let (seg, _) = three_points(&fx);
+    let id = fx.repo.commit_segment(&seg).expect("commit");
+    let file = fx.dir.path().join("repo").join(timeline_key(&id));
+    let mut bytes = std::fs::read(&file).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("damage");
+    let fresh = fx.repo.reopen();
+    let e = fresh.segment(&id).expect_err("damaged");
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("not to its name"), "{e}");
+    assert!(
+        fresh.segments().expect("listing skips it").is_empty(),
+        "skipped with a warning"
+    );
+    assert!(
+        fresh.segments_strict().is_err(),
+        "strict listing refuses it"
+    );
+}
+
+#[test]
+fn an_interrupted_feature_change_is_finished_by_the_next_open() {
+    let fx = Fx::new(&init_opts(2, false));
+    let store = fx.repo.store().clone();
+    let mut next = Repository::read_config(store.as_ref()).expect("config");
+    next.features = vec!["timeline".into()];
+    let bytes = serde_json::to_vec_pretty(&next).expect("json");
+    // A crash after `config` was deleted and before it was stored again.
+    crate::object::put_verified(store.as_ref(), CONFIG_NEXT_KEY, &bytes).expect("next");
+    store.delete(CONFIG_KEY).expect("delete");
+    let opened = Repository::open(store.clone()).expect("open finishes it");
+    assert_eq!(opened.config().features, vec!["timeline".to_string()]);
+    assert_eq!(store.get(CONFIG_KEY).expect("installed"), bytes);
+    // init never takes a half-installed repository for an empty store.
+    store.delete(CONFIG_KEY).expect("delete");
+    let e = Repository::init(store.clone(), &init_opts(2, false)).expect_err("exists");
+    assert!(matches!(e, Error::AlreadyInitialised { .. }), "{e}");
+    // The leftover `config.next` does not block the next feature change.
+    store
+        .put_if_absent(CONFIG_KEY, &bytes)
+        .expect("config back");
+    let fx2 = Fx::new(&init_opts(2, false));
+    let (seg, _) = three_points(&fx2);
+    fx2.repo
+        .store()
+        .put_if_absent(CONFIG_NEXT_KEY, b"{}")
+        .expect("stale next");
+    fx2.repo
+        .commit_segment(&seg)
+        .expect("commit over a stale config.next");
+    assert!(fx2
+        .repo
+        .store()
+        .get(CONFIG_NEXT_KEY)
+        .is_err_and(|e| e.is_not_found()));
+}
