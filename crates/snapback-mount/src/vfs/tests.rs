@@ -2,9 +2,11 @@
 //! SQLite databases, snapshots through the core API.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use snapback_core::storage::fault::{Fault, FaultStore, Op};
 use snapback_core::storage::LocalStore;
+use snapback_core::time::format_rfc3339_nanos;
 use snapback_core::{InitOptions, NoProgress, SnapshotOptions};
 
 use super::*;
