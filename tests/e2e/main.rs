@@ -19,6 +19,7 @@ mod heartbeat;
 mod hostile;
 mod integrity;
 mod messages;
+mod monitoring;
 mod ops;
 mod prune_race;
 mod quiet;

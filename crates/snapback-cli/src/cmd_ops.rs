@@ -367,6 +367,11 @@ pub struct StatusArgs {
     /// Exit 3 when a source's newest snapshot is older than this (e.g. 30m).
     #[arg(long)]
     pub max_age: Option<String>,
+    /// Exit 3 when a source's RPO (the age of its newest durable point:
+    /// a snapshot, or a point of `snapback watch`) is past this (e.g. 30s).
+    /// Overrides each source's `max_rpo` in the config file.
+    #[arg(long, value_name = "DURATION")]
+    pub max_rpo: Option<String>,
     /// Print the Prometheus text format; with a FILE, write it there
     /// atomically (for node_exporter's textfile collector).
     #[arg(long, num_args = 0..=1, default_missing_value = "-")]
@@ -414,7 +419,19 @@ struct SourceStatus {
     /// Snapshots dated ahead of the store's clock or of a snapshot written
     /// after them: reported, and judged at their trusted time.
     clock_ahead_snapshots: Vec<ClockAheadSnapshot>,
-    /// ok, STALE, FUTURE, never, or unmonitored.
+    /// Seconds since the newest durable point of the source (the newest
+    /// snapshot or timeline point, by trusted time); null when none.
+    rpo_seconds: Option<f64>,
+    /// That point's time.
+    newest_point_time: Option<String>,
+    /// The RPO bound applied (`--max-rpo`, else the source's `max_rpo`).
+    max_rpo_seconds: Option<f64>,
+    /// The RPO is past the bound (or there is no point at all).
+    rpo_exceeded: bool,
+    /// What the watcher of this source on this host reports; null when no
+    /// watcher has run for it here.
+    watch: Option<crate::status_watch::WatchRow>,
+    /// ok, STALE, FUTURE, RPO, WATCH, never, or unmonitored.
     state: String,
 }
 
@@ -425,7 +442,7 @@ fn prom_escape(s: &str) -> String {
 }
 
 /// "1h02m03s", "4m05s", "-" for none.
-fn human_age(secs: Option<i64>) -> String {
+pub(crate) fn human_age(secs: Option<i64>) -> String {
     match secs {
         None => "-".into(),
         Some(a) if a >= 3600 => format!("{}h{:02}m{:02}s", a / 3600, a % 3600 / 60, a % 60),
@@ -442,9 +459,23 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
             )?),
             (None, None) => None,
         };
+    let flag_rpo = a.max_rpo.as_deref().map(parse_duration).transpose()?;
+    let mut source_rpo = BTreeMap::new();
+    for src in &cfg.sources {
+        if let Some(m) = &src.max_rpo {
+            let d = parse_duration(m).with_context(|| {
+                format!(
+                    "invalid max_rpo of source {} in the config file (give --max-rpo, or fix the config)",
+                    src.path.display()
+                )
+            })?;
+            source_rpo.insert(src.path.to_string_lossy().into_owned(), d);
+        }
+    }
     let repo = open_repo(g)?;
     let now = snapback_core::time::now();
     let snaps = repo.snapshots()?;
+    let mut watchers = crate::status_watch::rows(&repo.config().repo_id, now)?;
     // One row per source path and host: each host's newest is judged on its
     // own, so a host that stopped snapshotting is noticed.
     type Row<'a> = (
@@ -473,6 +504,11 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
         .iter()
         .map(|s| s.path.to_string_lossy().into_owned())
         .collect();
+    for w in &watchers {
+        by_source
+            .entry((w.report.path.clone(), Some(w.report.host.clone())))
+            .or_default();
+    }
     for c in &configured {
         if !by_source.keys().any(|(p, _)| p == c) {
             by_source.insert((c.clone(), None), (None, vec![]));
@@ -499,12 +535,32 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                     .sum()
             })
             .unwrap_or(0);
+        let newest_point = snap.map(|s| dating.trusted(s));
+        let rpo = newest_point.map(|t| (now - t).as_seconds_f64().max(0.0));
+        let max_rpo = flag_rpo.or_else(|| source_rpo.get(source).copied());
+        let rpo_exceeded = monitored
+            && match (max_rpo, rpo) {
+                (Some(m), Some(r)) => r > m.as_secs_f64(),
+                (Some(_), None) => true,
+                _ => false,
+            };
+        let watch = host.as_ref().and_then(|h| {
+            watchers
+                .iter()
+                .position(|w| &w.report.path == source && &w.report.host == h)
+                .map(|i| watchers.swap_remove(i))
+        });
+        let watch_problem = watch.as_ref().is_some_and(|w| !w.problems.is_empty());
         let state = if !monitored {
             "unmonitored"
         } else if !future.is_empty() {
             "FUTURE"
         } else if stale {
             "STALE"
+        } else if rpo_exceeded {
+            "RPO"
+        } else if watch_problem {
+            "WATCH"
         } else if snap.is_none() {
             "never"
         } else {
@@ -544,14 +600,22 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                     })
                 })
                 .collect(),
+            rpo_seconds: rpo,
+            newest_point_time: newest_point.map(snapback_core::time::format_rfc3339),
+            max_rpo_seconds: max_rpo.map(|m| m.as_secs_f64()),
+            rpo_exceeded,
+            watch,
             state: state.into(),
         });
     }
     let checks = repo.last_checks()?;
-    let problem = rows
-        .iter()
-        .any(|r| r.monitored && (r.stale || !r.future_snapshots.is_empty()))
-        || checks.failed();
+    let problem = rows.iter().any(|r| {
+        r.monitored
+            && (r.stale
+                || r.rpo_exceeded
+                || !r.future_snapshots.is_empty()
+                || r.watch.as_ref().is_some_and(|w| !w.problems.is_empty()))
+    }) || checks.failed();
     if !g.quiet {
         for r in &rows {
             for f in &r.future_snapshots {
@@ -564,6 +628,11 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                     human_age(Some(f.ahead_seconds)),
                     r.host.as_deref().unwrap_or("?")
                 );
+            }
+            if let Some(w) = &r.watch {
+                for p in w.problems.iter().chain(&w.warnings) {
+                    eprintln!("warning: {}: {p}", r.source);
+                }
             }
             for c in &r.clock_ahead_snapshots {
                 eprintln!(
@@ -602,20 +671,26 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
         })?;
     } else {
         println!(
-            "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10}  state",
-            "source", "host", "snapshot", "time", "age", "size"
+            "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10} {:>10}  state",
+            "source", "host", "snapshot", "time", "age", "size", "rpo"
         );
         for r in &rows {
             println!(
-                "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10}  {}",
+                "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10} {:>10}  {}",
                 r.source,
                 r.host.as_deref().unwrap_or("-"),
                 r.last_snapshot.as_deref().map(|s| &s[..8]).unwrap_or("-"),
                 r.last_snapshot_time.as_deref().unwrap_or("never"),
                 human_age(r.age_seconds),
                 human_bytes(r.size),
+                human_rpo(r.rpo_seconds),
                 r.state
             );
+        }
+        for r in &rows {
+            if let Some(w) = &r.watch {
+                println!("watch {}: {}", r.source, crate::status_watch::summary(w));
+            }
         }
         for (name, c, hint) in [
             (
@@ -643,6 +718,15 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
     Ok(if problem { exit::PROBLEMS } else { exit::OK })
 }
 
+/// "0.4s", "12.0s", then as [`human_age`]; "-" for none.
+fn human_rpo(secs: Option<f64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(s) if s < 60.0 => format!("{s:.1}s"),
+        Some(s) => human_age(Some(s as i64)),
+    }
+}
+
 /// A sample value in the Prometheus text format (+Inf, not Rust's "inf").
 fn prom_value(v: f64) -> String {
     if v == f64::INFINITY {
@@ -668,15 +752,16 @@ fn prometheus_text(
         }
     };
     // Only the monitored sources: a one-off snapshot of another path must
-    // not feed an age alert forever.
-    let per = |f: &dyn Fn(&SourceStatus) -> Option<f64>| -> Vec<(String, f64)> {
+    // not feed an age alert forever. The snapshot metrics are labelled
+    // {source,host}, the RPO and the watchers' {path,host}.
+    let labelled = |key: &str, f: &dyn Fn(&SourceStatus) -> Option<f64>| -> Vec<(String, f64)> {
         rows.iter()
             .filter(|r| r.monitored)
             .filter_map(|r| {
                 f(r).map(|v| {
                     (
                         format!(
-                            "{{source=\"{}\",host=\"{}\"}}",
+                            "{{{key}=\"{}\",host=\"{}\"}}",
                             prom_escape(&r.source),
                             prom_escape(r.host.as_deref().unwrap_or(""))
                         ),
@@ -686,6 +771,8 @@ fn prometheus_text(
             })
             .collect()
     };
+    let per = |f: &dyn Fn(&SourceStatus) -> Option<f64>| labelled("source", f);
+    let per_path = |f: &dyn Fn(&SourceStatus) -> Option<f64>| labelled("path", f);
     metric(
         "snapback_last_snapshot_timestamp_seconds",
         "Unix time of the newest committed snapshot of the source from the host (not counting snapshots dated in the future).",
@@ -756,6 +843,70 @@ fn prometheus_text(
         "Snapshots of the source from the host dated ahead of the store's clock when it wrote them, or of a snapshot written after them.",
         "gauge",
         per(&|r| Some(r.clock_ahead_snapshots.len() as f64)),
+    );
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    metric(
+        "snapback_rpo_seconds",
+        "Age of the newest durable point of the source (a snapshot or a timeline point) from the host; +Inf when there is none.",
+        "gauge",
+        per_path(&|r| Some(r.rpo_seconds.unwrap_or(f64::INFINITY))),
+    );
+    metric(
+        "snapback_watch_up",
+        "1 when the watcher of the source on this host is running, 0 when it stopped or died (only sources a watcher has run for).",
+        "gauge",
+        per_path(&|r| r.watch.as_ref().map(|w| flag(w.running == Some(true)))),
+    );
+    metric(
+        "snapback_watch_last_tick_timestamp_seconds",
+        "Unix time when the watcher's last tick ended.",
+        "gauge",
+        per_path(&|r| {
+            r.watch
+                .as_ref()
+                .and_then(|w| w.report.last_tick)
+                .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+        }),
+    );
+    metric(
+        "snapback_watch_falling_behind",
+        "1 when the watcher's last tick is older than three intervals (at least 10 s).",
+        "gauge",
+        per_path(&|r| r.watch.as_ref().map(|w| flag(w.falling_behind))),
+    );
+    metric(
+        "snapback_watch_upload_failing",
+        "1 when the watcher's last upload failed and none succeeded since.",
+        "gauge",
+        per_path(&|r| r.watch.as_ref().map(|w| flag(w.upload_failing))),
+    );
+    metric(
+        "snapback_watch_fallbacks",
+        "Ticks that fell back to a full scan since the watcher started.",
+        "gauge",
+        per_path(&|r| r.watch.as_ref().map(|w| w.report.fallbacks as f64)),
+    );
+    metric(
+        "snapback_watch_pending_points",
+        "Points taken but not yet durable in the repository.",
+        "gauge",
+        per_path(&|r| r.watch.as_ref().map(|w| w.report.pending_points as f64)),
+    );
+    metric(
+        "snapback_watch_spool_bytes",
+        "Bytes in the watcher's local spool, waiting for the repository.",
+        "gauge",
+        per_path(&|r| r.watch.as_ref().map(|w| w.report.spool_bytes as f64)),
+    );
+    metric(
+        "snapback_verify_live_mismatch",
+        "1 when the last verify-live of the source found pages that differ from the captured image (only sources verified).",
+        "gauge",
+        per_path(&|r| {
+            r.watch
+                .as_ref()
+                .and_then(|w| w.report.last_verify.as_ref().map(|_| flag(w.verify_mismatch)))
+        }),
     );
     let kinds = [
         ("structure", &checks.structure),

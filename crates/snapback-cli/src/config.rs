@@ -43,6 +43,9 @@ pub struct SourceConfig {
     /// keeps its snapshots (and says so).
     #[serde(default)]
     pub retention: Option<Retention>,
+    /// `status --max-rpo` for this source when the flag is not given,
+    /// e.g. "30s".
+    pub max_rpo: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

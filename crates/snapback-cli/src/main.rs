@@ -15,6 +15,7 @@ mod json;
 mod output;
 mod password;
 mod repo_url;
+mod status_watch;
 
 use std::process::ExitCode;
 

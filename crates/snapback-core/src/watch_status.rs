@@ -84,8 +84,10 @@ pub struct WatchStatus {
     /// The last comparison of the live database with its captured image.
     #[serde(default)]
     pub last_verify: Option<VerifyRecord>,
-    /// Set when the watcher stopped on its own (a signal, an error): when
-    /// and why. A watcher killed with SIGKILL leaves it unset.
+    /// Set when the watcher stopped because it could not go on (an error,
+    /// a full spool): when and why; `status` reports it as a problem. A
+    /// watcher stopped on request (SIGTERM, SIGINT) removes its report
+    /// instead ([`remove`]); one killed with SIGKILL leaves it as it was.
     #[serde(default)]
     pub stopped: Option<Event>,
 }
