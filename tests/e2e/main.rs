@@ -10,6 +10,7 @@ mod consistency;
 mod conventions;
 mod corruption;
 mod crash;
+mod delta_restore;
 mod encryption;
 mod exit_codes;
 mod files;

@@ -411,6 +411,14 @@ pub struct RestoreArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// DEST is an existing copy of the file (a damaged or older database):
+    /// read it once, write only the pages (chunks) that differ, extend or
+    /// truncate it, and prove the result equals the snapshot. Writes into
+    /// DEST in place: if interrupted, DEST is partly restored, and running
+    /// the same command again finishes it. A DEST that does not exist is
+    /// restored whole. Not for a database an application has open.
+    #[arg(long, conflicts_with = "force")]
+    pub delta: bool,
     /// Take no repository lock (as restic's --no-lock): for a repository
     /// that cannot be written. Nothing then stops a prune from deleting
     /// data while it is read (the restore would fail, never write wrong
@@ -467,6 +475,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
             path,
             lock_wait: std::time::Duration::from_secs(a.lock_wait),
             no_lock: a.no_lock,
+            delta: a.delta,
         },
         &bar,
     );
@@ -478,9 +487,28 @@ pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
             files: r.files,
             bytes: r.bytes,
             lock: r.lock.as_str(),
+            delta: r.delta.as_ref().map(crate::json::DeltaRestored::from),
         })?;
     } else if !g.quiet {
-        eprintln!("restored {} file(s), {}", r.files, human_bytes(r.bytes));
+        match &r.delta {
+            Some(d) if d.dest_existed => {
+                let (unit, compared, written) = match (d.pages_compared, d.pages_written) {
+                    (Some(c), Some(w)) => ("pages", c, w),
+                    _ => ("chunks", d.chunks_compared, d.chunks_written),
+                };
+                eprintln!(
+                    "restored {} by delta: compared {compared} {unit}, wrote {written} {unit} ({}); proven equal to the snapshot",
+                    dest.display(),
+                    human_bytes(d.bytes_written)
+                );
+            }
+            Some(_) => eprintln!(
+                "{} did not exist: restored it whole, {}",
+                dest.display(),
+                human_bytes(r.bytes)
+            ),
+            None => eprintln!("restored {} file(s), {}", r.files, human_bytes(r.bytes)),
+        }
     }
     Ok(exit::OK)
 }

@@ -184,6 +184,33 @@ pub struct Restored {
     pub files: u64,
     pub bytes: u64,
     pub lock: &'static str,
+    /// With `--delta` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaRestored>,
+}
+
+/// The `delta` member of `restore --delta --json`.
+#[derive(Serialize)]
+pub struct DeltaRestored {
+    pub dest_existed: bool,
+    pub pages_compared: Option<u64>,
+    pub pages_written: Option<u64>,
+    pub chunks_compared: u64,
+    pub chunks_written: u64,
+    pub bytes_written: u64,
+}
+
+impl From<&snapback_core::DeltaReport> for DeltaRestored {
+    fn from(d: &snapback_core::DeltaReport) -> Self {
+        DeltaRestored {
+            dest_existed: d.dest_existed,
+            pages_compared: d.pages_compared,
+            pages_written: d.pages_written,
+            chunks_compared: d.chunks_compared,
+            chunks_written: d.chunks_written,
+            bytes_written: d.bytes_written,
+        }
+    }
 }
 
 /// `prune --json`, and the `prune` member of `forget --prune --json`.

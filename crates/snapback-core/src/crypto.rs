@@ -548,6 +548,9 @@ impl Store for CryptoStore {
     fn request_stats(&self) -> RequestStats {
         self.inner.request_stats()
     }
+    fn read_parallelism(&self) -> usize {
+        self.inner.read_parallelism()
+    }
 }
 
 #[cfg(test)]

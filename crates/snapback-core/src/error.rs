@@ -97,6 +97,11 @@ pub enum Error {
     /// passphrase given.
     #[error("{0}")]
     WrongPassphrase(String),
+
+    /// `restore --delta` failed after it began writing into DEST: DEST is
+    /// partly restored. The kind is the cause's.
+    #[error("{cause}; {} is now partly restored: run the same command again to finish it (it rewrites only what still differs)", dest.display())]
+    PartlyRestored { dest: PathBuf, cause: Box<Error> },
 }
 
 /// What kind of failure an error is: it decides the CLI's exit code
@@ -198,6 +203,7 @@ impl Error {
             }
             Error::ReadOnlyRepository { .. } => Kind::Io,
             Error::WrongPassphrase(_) => Kind::WrongPassphrase,
+            Error::PartlyRestored { cause, .. } => cause.kind(),
         }
     }
 

@@ -71,7 +71,9 @@ pub use prune::{PruneOptions, PrunePlan, PruneReport, DEFAULT_MIN_PACK_AGE};
 pub use read::FileReader;
 pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};
 pub use repo::{EncryptionOptions, InitOptions, Repository};
-pub use restore::{RestoreItem, RestoreOptions, RestoreReport};
+pub use restore::{
+    remove_sqlite_side_files, DeltaReport, RestoreItem, RestoreOptions, RestoreReport,
+};
 pub use segment::{Point, Segment};
 pub use selector::{group_key, path_matches, Selector, Snapshot};
 pub use snapback_storage as storage;

@@ -3,21 +3,30 @@
 //! Plan, then apply: the plan maps every selected file to its destination
 //! and is checked whole (no destination may exist without `force`) before a
 //! byte is written. Each file is written to a temporary file beside its
-//! destination, every chunk verified against its hash, the whole file
-//! verified against the manifest's SHA-256 and checksum, fsync'd, and only
+//! destination, window by window in file order: the blobs of a window are
+//! range-read from their packs in parallel, each verified against its id,
+//! and while one window is written and hashed the next is fetched. The
+//! hashes of what was written prove the file (the manifest's checksum, and
+//! its SHA-256 where it has one) with no read-back; it is fsync'd, and only
 //! then renamed into place.
+//!
+//! `--delta` (`restore_delta`) writes into an existing DEST instead: it
+//! reads DEST once, window by window, hashes each chunk's range at the
+//! snapshot's offsets, fetches and writes only the chunks that differ, and
+//! proves the result the same way.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use crate::chunklist::ChunkRef;
 use crate::error::{Error, Result};
-use crate::id::Id;
+use crate::id::{DbChecksum, Id};
+use crate::index::{BlobLocation, MasterIndex};
 use crate::layout::pack_key;
 use crate::manifest::{FileEntry, FileKind};
 use crate::pack::open_blob;
@@ -36,6 +45,9 @@ pub struct RestoreOptions {
     pub lock_wait: std::time::Duration,
     /// Take no repository lock (`--no-lock`; see `Repository::read_lock`).
     pub no_lock: bool,
+    /// Restore one file into an existing copy of it, writing only the
+    /// chunks that differ (`--delta`; see `Repository::restore_delta`).
+    pub delta: bool,
 }
 
 /// One file to restore and where it goes.
@@ -51,6 +63,8 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Whether the restore held a lock (see `Repository::read_lock`).
     pub lock: crate::lock::LockState,
+    /// What a `--delta` restore compared and wrote.
+    pub delta: Option<DeltaReport>,
 }
 
 /// Maps the selected files to destinations. A single selected file restores
@@ -171,11 +185,22 @@ impl Repository {
         opts: &RestoreOptions,
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
+        if opts.delta {
+            delta_dest_ok(dest)?;
+        }
         let items = plan(snap, dest, opts)?;
+        if opts.delta && items.len() != 1 {
+            return Err(Error::Invalid(format!(
+                "--delta restores one file into an existing copy of it, but snapshot {} holds {} files{}: choose one with --path; nothing was written",
+                snap.describe(),
+                items.len(),
+                opts.path.as_deref().map(|p| format!(" under {p}")).unwrap_or_default()
+            )));
+        }
         // A prune must not delete packs while they are being read; a
         // read-only repository is read without a lock (one warning).
         let lock = self.read_lock("restore", opts.lock_wait, opts.no_lock)?;
-        if !opts.force {
+        if !opts.force && !opts.delta {
             let existing: Vec<String> = items
                 .iter()
                 .filter(|i| i.dest.exists())
@@ -183,7 +208,7 @@ impl Repository {
                 .collect();
             if !existing.is_empty() {
                 return Err(Error::Invalid(format!(
-                    "refusing to overwrite existing file(s) without --force: {}; nothing was written",
+                    "refusing to overwrite existing file(s) without --force: {}; nothing was written (--delta rewrites only what differs)",
                     existing.join(", ")
                 )));
             }
@@ -195,14 +220,20 @@ impl Repository {
         };
         for item in &items {
             progress.set_message(&item.file.path);
-            self.restore_file(&item.file, &item.dest, opts.force, progress)?;
+            if opts.delta {
+                report.delta = Some(self.restore_delta(&item.file, &item.dest, progress)?);
+            } else {
+                self.restore_file(&item.file, &item.dest, opts.force, progress)?;
+            }
             report.files += 1;
             report.bytes += item.file.size;
         }
         Ok(report)
     }
 
-    /// Restores one file to exactly `dest`, verified, atomically.
+    /// Restores one file to exactly `dest`, verified, atomically: written
+    /// to a temporary file beside it, proven while written, fsync'd, then
+    /// renamed into place.
     pub fn restore_file(
         &self,
         file: &FileEntry,
@@ -216,6 +247,16 @@ impl Repository {
                 dest.display()
             )));
         }
+        self.restore_new(file, dest, progress).map(|_| ())
+    }
+
+    /// `restore_file` without the existence check.
+    fn restore_new(
+        &self,
+        file: &FileEntry,
+        dest: &Path,
+        progress: &dyn Progress,
+    ) -> Result<WriteStats> {
         let dir = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -224,197 +265,695 @@ impl Repository {
             .map_err(|e| Error::io(dir, "cannot create the destination directory", e))?;
         let name = dest.file_name().unwrap_or(std::ffi::OsStr::new("file"));
         let tmp = dir.join(temp_name(name, std::process::id()));
-        let r = self.write_verified(file, &tmp, progress).and_then(|()| {
+        let r = (|| -> Result<WriteStats> {
+            let out = OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| Error::io(&tmp, "cannot create the temporary file", e))?;
+            let index = self.index()?;
+            let chunks = self.proven_chunks(&index, file)?;
+            let stats = self.write_image(
+                &index,
+                file,
+                &chunks,
+                Target {
+                    out: &out,
+                    at: &tmp,
+                    base: Base::Empty,
+                },
+                &|| Ok(()),
+                progress,
+            )?;
+            set_metadata(&out, file, &tmp)?;
             if file.kind == FileKind::Sqlite {
                 // A stale WAL or journal beside the new file would be applied
                 // to it by SQLite: remove them with the file they belonged to.
-                for suffix in ["-wal", "-shm", "-journal"] {
-                    if name.len() + suffix.len() > NAME_MAX {
-                        // Such a name cannot exist, so neither can the file.
-                        continue;
-                    }
-                    let mut side = dest.as_os_str().to_os_string();
-                    side.push(suffix);
-                    let side = PathBuf::from(side);
-                    match std::fs::remove_file(&side) {
-                        Ok(()) => tracing::warn!(path = %side.display(), "removed the old SQLite side file of the overwritten database"),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(Error::io(&side, "cannot remove the old side file", e)),
-                    }
-                }
+                remove_sqlite_side_files(dest)?;
             }
-            std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, "cannot move the restored file into place", e))?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "cannot fsync", e))
-        });
+            std::fs::rename(&tmp, dest)
+                .map_err(|e| Error::io(dest, "cannot move the restored file into place", e))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io(dir, "cannot fsync", e))?;
+            Ok(stats)
+        })();
         if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        r?;
+        let stats = r?;
         tracing::info!(path = %file.path, dest = %dest.display(), bytes = file.size, "file restored");
-        Ok(())
+        Ok(stats)
     }
 
-    fn write_verified(&self, file: &FileEntry, tmp: &Path, progress: &dyn Progress) -> Result<()> {
+    /// `restore --delta`: makes the existing file `dest` the snapshot's
+    /// content of `file` in place, reading it once and writing only the
+    /// chunks that differ, then extending or truncating it; proven while
+    /// it runs (see `write_image`) and fsync'd before it returns. A `dest`
+    /// that does not exist is restored whole. Refused, with nothing
+    /// changed, for a directory, a file that is not a regular file, and a
+    /// SQLite database with another page size. Interrupted, `dest` is
+    /// partly restored; running it again finishes it.
+    pub fn restore_delta(
+        &self,
+        file: &FileEntry,
+        dest: &Path,
+        progress: &dyn Progress,
+    ) -> Result<DeltaReport> {
+        let unit = match (&file.sqlite, file.kind) {
+            (Some(s), FileKind::Sqlite) => Some(s.page_size as u64),
+            _ => None,
+        };
+        let meta = match std::fs::metadata(dest) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(dest = %dest.display(), "--delta: the destination does not exist; restoring it whole");
+                let s = self.restore_new(file, dest, progress)?;
+                return Ok(DeltaReport::new(s, unit, false));
+            }
+            Err(e) => return Err(Error::io(dest, "cannot read the destination", e)),
+        };
+        if meta.is_dir() {
+            return Err(delta_dir_error(dest));
+        }
+        if !meta.is_file() {
+            return Err(Error::Invalid(format!(
+                "{} is not a regular file; --delta restores into an existing copy of the file; nothing was written",
+                dest.display()
+            )));
+        }
+        let out = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dest)
+            .map_err(|e| Error::io(dest, "cannot open the destination for writing", e))?;
+        if let (Some(want), Some(have)) = (unit, sqlite_page_size(&out, dest)?) {
+            if want != have {
+                return Err(Error::Invalid(format!(
+                    "{} is a SQLite database with {have}-byte pages, but the snapshot's {} has {want}-byte pages: it is not a copy of that database, and --delta would rewrite all of it; nothing was written. To replace it whole, restore without --delta and with --force (the old file is replaced atomically), or choose another destination",
+                    dest.display(),
+                    file.path
+                )));
+            }
+        }
         let index = self.index()?;
-        let chunks = self.chunk_list(&index, file)?;
-        let sum = checksum_of(&chunks);
-        if sum.to_hex() != file.db_checksum {
+        let chunks = self.proven_chunks(&index, file)?;
+        let began = std::cell::Cell::new(false);
+        let prepare = || {
+            began.set(true);
+            if file.kind == FileKind::Sqlite {
+                // Before the first write: a stale WAL or journal must never
+                // be applied to restored pages.
+                remove_sqlite_side_files(dest)?;
+            }
+            Ok(())
+        };
+        let stats = self
+            .write_image(
+                &index,
+                file,
+                &chunks,
+                Target {
+                    out: &out,
+                    at: dest,
+                    base: Base::Existing { len: meta.len() },
+                },
+                &prepare,
+                progress,
+            )
+            .and_then(|s| set_metadata(&out, file, dest).map(|()| s))
+            .map_err(|e| match began.get() {
+                true => Error::PartlyRestored {
+                    dest: dest.to_path_buf(),
+                    cause: Box::new(e),
+                },
+                false => e,
+            })?;
+        tracing::info!(path = %file.path, dest = %dest.display(), written = stats.bytes_written, "file restored by delta");
+        Ok(DeltaReport::new(stats, unit, true))
+    }
+
+    /// A file's chunk list, proven against the manifest: its `db_checksum`
+    /// must be the list's, and its chunks must add up to the file's size.
+    /// Every restore (full, `--delta`, in place) starts from this.
+    pub fn proven_chunks(&self, index: &MasterIndex, file: &FileEntry) -> Result<Vec<ChunkRef>> {
+        let chunks = self.chunk_list(index, file)?;
+        if checksum_of(&chunks).to_hex() != file.db_checksum {
             return Err(Error::corrupt(
                 format!("chunk list of {}", file.path),
                 "its checksum does not match the manifest's; refusing to restore",
             ));
         }
-        let out = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(tmp)
-            .map_err(|e| Error::io(tmp, "cannot create the temporary file", e))?;
-        out.set_len(file.size)
-            .map_err(|e| Error::io(tmp, "cannot size the file", e))?;
-
-        // Where each chunk goes, grouped by pack, so that neighbouring blobs
-        // are fetched with one range read.
-        let mut offsets: HashMap<Id, Vec<u64>> = HashMap::new();
-        let mut off = 0u64;
-        for c in &chunks {
-            offsets.entry(c.id).or_default().push(off);
-            off += c.len as u64;
+        let total: u64 = chunks.iter().map(|c| c.len as u64).sum();
+        if total != file.size {
+            return Err(Error::corrupt(
+                format!("chunk list of {}", file.path),
+                format!(
+                    "chunks add up to {total} bytes, the file has {}; refusing to restore",
+                    file.size
+                ),
+            ));
         }
-        let mut by_pack: HashMap<Id, Vec<(Id, crate::index::BlobLocation)>> = HashMap::new();
-        for id in offsets.keys() {
-            let loc = index.get(id).ok_or_else(|| {
-                Error::corrupt(
-                    format!("chunk {} of {}", id.short(), file.path),
-                    "is not in any index; the data is missing",
-                )
-            })?;
+        Ok(chunks)
+    }
+
+    /// Fetches the blobs `ids` (each once, whatever the order): grouped by
+    /// pack, neighbours coalesced into one range read, up to
+    /// `Store::read_parallelism` reads at once. Every blob is opened and
+    /// checked against its id before `sink` sees it; the first error stops
+    /// the fetch and is returned.
+    pub fn fetch_blobs(
+        &self,
+        index: &MasterIndex,
+        ids: &[Id],
+        place: &str,
+        sink: &(dyn Fn(&Id, &[u8]) -> Result<()> + Sync),
+    ) -> Result<()> {
+        let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
+        for id in ids {
+            let loc = index.get(id).ok_or_else(|| missing_chunk(id, place))?;
             by_pack.entry(loc.pack).or_default().push((*id, *loc));
         }
-        let packs: Vec<_> = by_pack.into_iter().collect();
-        packs
-            .par_iter()
-            .try_for_each(|(pack, blobs)| -> Result<()> {
-                let mut blobs = blobs.clone();
-                blobs.sort_by_key(|(_, l)| l.offset);
-                let key = pack_key(pack);
-                let mut i = 0;
-                while i < blobs.len() {
-                    // Coalesce blobs that are close together, up to 16 MiB a read.
-                    let start = blobs[i].1.offset as u64;
-                    let mut end = start + blobs[i].1.stored_len as u64;
-                    let mut j = i + 1;
-                    while j < blobs.len() {
-                        let l = &blobs[j].1;
-                        if (l.offset as u64) > end + (256 << 10)
-                            || (l.offset as u64 + l.stored_len as u64) - start > (16 << 20)
-                        {
-                            break;
-                        }
-                        end = end.max(l.offset as u64 + l.stored_len as u64);
-                        j += 1;
-                    }
-                    let range = self.store().get_range(&key, start, end - start)?;
-                    for (id, l) in &blobs[i..j] {
-                        let a = (l.offset as u64 - start) as usize;
-                        let raw = open_blob(
-                            self.codec(),
-                            id,
-                            &range[a..a + l.stored_len as usize],
-                            l.raw_len,
-                            &key,
-                        )?;
-                        let zero = raw.iter().all(|&b| b == 0);
-                        for &o in offsets.get(id).into_iter().flatten() {
-                            // The file was sized with set_len, so zeros are holes already.
-                            if !zero {
-                                out.write_all_at(&raw, o)
-                                    .map_err(|e| Error::io(tmp, "write failed", e))?;
-                            }
-                            progress.inc(raw.len() as u64);
-                        }
-                    }
-                    i = j;
-                }
-                Ok(())
-            })?;
-        out.sync_all()
-            .map_err(|e| Error::io(tmp, "fsync failed", e))?;
-
-        // Read back what is on disk and prove it is the captured content:
-        // by the whole-file SHA-256 where the manifest has one, else chunk
-        // by chunk against the chunk list (whose checksum was proven above).
-        let mut f = File::open(tmp).map_err(|e| Error::io(tmp, "cannot reopen", e))?;
-        match &file.sha256 {
-            Some(want) => {
-                let mut h = Sha256::new();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f
-                        .read(&mut buf)
-                        .map_err(|e| Error::io(tmp, "read-back failed", e))?;
-                    if n == 0 {
+        let mut reads: Vec<RangeRead> = Vec::new();
+        for (pack, mut blobs) in by_pack {
+            blobs.sort_by_key(|(_, l)| l.offset);
+            let mut i = 0;
+            while i < blobs.len() {
+                let start = blobs[i].1.offset as u64;
+                let mut end = start + blobs[i].1.stored_len as u64;
+                let mut j = i + 1;
+                while j < blobs.len() {
+                    let l = &blobs[j].1;
+                    let (o, e) = (l.offset as u64, l.offset as u64 + l.stored_len as u64);
+                    if o > end + MAX_GAP || e - start > MAX_RANGE {
                         break;
                     }
-                    h.update(&buf[..n]);
+                    end = end.max(e);
+                    j += 1;
                 }
-                let got = Id(h.finalize().into());
-                if got != *want {
-                    return Err(Error::Verification(format!(
-                        "restored content of {} hashes to {}, but the snapshot recorded {}; nothing was put in place",
-                        file.path,
-                        got.short(),
-                        want.short()
-                    )));
+                reads.push(RangeRead {
+                    key: pack_key(&pack),
+                    start,
+                    end,
+                    blobs: blobs[i..j].to_vec(),
+                });
+                i = j;
+            }
+        }
+        // Pack by pack, front to back: the order the packs were written in.
+        reads.sort_by(|a, b| a.key.cmp(&b.key).then(a.start.cmp(&b.start)));
+        run_parallel(&reads, self.store().read_parallelism(), |r| {
+            let range = self.store().get_range(&r.key, r.start, r.end - r.start)?;
+            for (id, l) in &r.blobs {
+                let a = (l.offset as u64 - r.start) as usize;
+                let raw = open_blob(
+                    self.codec(),
+                    id,
+                    &range[a..a + l.stored_len as usize],
+                    l.raw_len,
+                    &r.key,
+                )?;
+                sink(id, &raw)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes the snapshot's content of `file` (`chunks`, proven by
+    /// `proven_chunks`) into `out` window by window, and proves what it
+    /// wrote: every chunk that lands in the file was hashed on the way (a
+    /// fetched blob against its id, a chunk already in DEST by reading it),
+    /// those hashes folded at their offsets give the manifest's
+    /// `db_checksum`, and the bytes in order give its `sha256` where it has
+    /// one. `prepare` runs after every check and before the first change.
+    /// `base` says what `out` holds: nothing (a new file), or an
+    /// existing DEST of some length whose chunks are compared and kept
+    /// where they already match (`--delta`). Fsyncs before it returns; an
+    /// error means the content of `out` is not proven.
+    fn write_image(
+        &self,
+        index: &MasterIndex,
+        file: &FileEntry,
+        chunks: &[ChunkRef],
+        target: Target<'_>,
+        prepare: &dyn Fn() -> Result<()>,
+        progress: &dyn Progress,
+    ) -> Result<WriteStats> {
+        let Target { out, at, base } = target;
+        let codec = self.codec();
+        let mut zero_ids: HashMap<u32, Id> = HashMap::new();
+        for c in chunks {
+            zero_ids
+                .entry(c.len)
+                .or_insert_with(|| codec.blob_id(&vec![0u8; c.len as usize]));
+        }
+        let is_zero = |c: &ChunkRef| zero_ids.get(&c.len) == Some(&c.id);
+        // Every chunk that may have to be fetched is indexed, before a byte
+        // of `out` changes.
+        let place = format!("chunk list of {}", file.path);
+        for c in chunks.iter().filter(|c| !is_zero(c)) {
+            if index.get(&c.id).is_none() {
+                return Err(missing_chunk(&c.id, &place));
+            }
+        }
+        let old_len = match base {
+            Base::Empty => 0,
+            Base::Existing { len } => len,
+        };
+        if file.size > old_len {
+            reserve(out, old_len, file.size, at)?;
+        }
+        prepare()?;
+        if file.size > old_len {
+            out.set_len(file.size)
+                .map_err(|e| Error::io(at, "cannot size the file", e))?;
+        }
+        let mut stats = WriteStats::default();
+        let mut sum = DbChecksum::default();
+        let want_sha = file.sha256.is_some();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Window>(1);
+        let sha = std::thread::scope(|s| -> Result<Option<Id>> {
+            // The writer: writes each window's runs and hashes its bytes in
+            // order while the next window is fetched.
+            let writer = s.spawn(move || -> Result<Option<Id>> {
+                let mut h = want_sha.then(Sha256::new);
+                for w in rx {
+                    for &(a, b) in &w.runs {
+                        out.write_all_at(&w.buf[a..b], w.start + a as u64)
+                            .map_err(|e| Error::io(at, "write failed", e))?;
+                    }
+                    if let Some(h) = h.as_mut() {
+                        h.update(&w.buf);
+                    }
+                    progress.inc(w.buf.len() as u64);
+                }
+                Ok(h.map(|h| Id(h.finalize().into())))
+            });
+            let fed = (|| -> Result<()> {
+                let mut i = 0;
+                let mut start = 0u64;
+                while i < chunks.len() {
+                    let mut j = i;
+                    let mut len = 0u64;
+                    while j < chunks.len() && (j == i || len + chunks[j].len as u64 <= WINDOW) {
+                        len += chunks[j].len as u64;
+                        j += 1;
+                    }
+                    let w = self.fill_window(
+                        index,
+                        file,
+                        &chunks[i..j],
+                        start,
+                        out,
+                        at,
+                        old_len,
+                        &is_zero,
+                        &mut sum,
+                        &mut stats,
+                    )?;
+                    if tx.send(w).is_err() {
+                        // The writer stopped: its error is returned below.
+                        return Ok(());
+                    }
+                    i = j;
+                    start += len;
+                }
+                Ok(())
+            })();
+            drop(tx);
+            let written = writer
+                .join()
+                .map_err(|_| Error::Invalid("the restore's writer thread panicked".into()))?;
+            fed?;
+            written
+        })?;
+        if old_len > file.size {
+            out.set_len(file.size)
+                .map_err(|e| Error::io(at, "cannot truncate the file", e))?;
+        }
+        out.sync_all()
+            .map_err(|e| Error::io(at, "fsync failed", e))?;
+        if sum.to_hex() != file.db_checksum {
+            return Err(Error::Verification(format!(
+                "the chunks written to {} do not add up to the snapshot's checksum of {}",
+                at.display(),
+                file.path
+            )));
+        }
+        if let (Some(want), Some(got)) = (&file.sha256, sha) {
+            if got != *want {
+                return Err(Error::Verification(format!(
+                    "the content written to {} hashes to {}, but the snapshot recorded {} for {}",
+                    at.display(),
+                    got.short(),
+                    want.short(),
+                    file.path
+                )));
+            }
+        }
+        Ok(stats)
+    }
+
+    /// One window of `write_image`: its final bytes, the runs of them to
+    /// write, and every chunk's verified hash folded into `sum`.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_window(
+        &self,
+        index: &MasterIndex,
+        file: &FileEntry,
+        chunks: &[ChunkRef],
+        start: u64,
+        out: &File,
+        at: &Path,
+        old_len: u64,
+        is_zero: &(dyn Fn(&ChunkRef) -> bool + Sync),
+        sum: &mut DbChecksum,
+        stats: &mut WriteStats,
+    ) -> Result<Window> {
+        let len: u64 = chunks.iter().map(|c| c.len as u64).sum();
+        let mut buf = vec![0u8; len as usize];
+        let mut offs = Vec::with_capacity(chunks.len());
+        let mut o = 0usize;
+        for c in chunks {
+            offs.push(o);
+            o += c.len as usize;
+        }
+        // What each chunk needs: None = already right (its hash, read from
+        // DEST or a zero chunk, is the list's), Some(false) = zeros to write,
+        // Some(true) = to fetch and write.
+        let have = old_len.saturating_sub(start).min(len) as usize;
+        if have > 0 {
+            out.read_exact_at(&mut buf[..have], start)
+                .map_err(|e| Error::io(at, "cannot read the destination", e))?;
+            for (c, &o) in chunks.iter().zip(&offs) {
+                if o + c.len as usize <= have {
+                    stats.compared_chunks += 1;
+                    stats.compared_bytes += c.len as u64;
                 }
             }
-            None => read_back_chunks(self.codec(), &mut f, &chunks, tmp, &file.path)?,
         }
-        let perm = std::fs::Permissions::from_mode(file.mode & 0o7777);
-        std::fs::set_permissions(tmp, perm)
-            .map_err(|e| Error::io(tmp, "cannot set permissions", e))?;
-        if let Some(m) = file
-            .mtime
-            .as_deref()
-            .and_then(|t| crate::time::parse_rfc3339(t).ok())
-        {
-            let _ = out.set_modified(m.into());
+        let codec = self.codec();
+        let need: Vec<Option<bool>> = chunks
+            .par_iter()
+            .zip(offs.par_iter())
+            .map(|(c, &o)| {
+                let end = o + c.len as usize;
+                if end <= have {
+                    if codec.blob_id(&buf[o..end]) == c.id {
+                        return None;
+                    }
+                } else if o >= have && is_zero(c) {
+                    // Past DEST's old end: the file was extended with zeros.
+                    return None;
+                }
+                Some(!is_zero(c))
+            })
+            .collect();
+        // Zero chunks to write: clear what DEST had there.
+        for ((c, &o), n) in chunks.iter().zip(&offs).zip(&need) {
+            if *n == Some(false) {
+                buf[o..o + c.len as usize].fill(0);
+            }
         }
-        Ok(())
+        // Fetch the rest, each blob once, into every place it goes.
+        let mut places: HashMap<Id, Vec<usize>> = HashMap::new();
+        for (k, n) in need.iter().enumerate() {
+            if *n == Some(true) {
+                places.entry(chunks[k].id).or_default().push(k);
+            }
+        }
+        let ids: Vec<Id> = places.keys().copied().collect();
+        let place = format!("chunk list of {}", file.path);
+        let filled = std::sync::Mutex::new((buf, 0usize));
+        self.fetch_blobs(index, &ids, &place, &|id, raw| {
+            let ks = places.get(id).map(Vec::as_slice).unwrap_or_default();
+            let mut g = filled.lock().map_err(|_| crate::repo::poisoned())?;
+            for &k in ks {
+                if raw.len() != chunks[k].len as usize {
+                    return Err(Error::corrupt(
+                        format!("chunk {} of {}", id.short(), file.path),
+                        format!(
+                            "is {} bytes, the chunk list says {}",
+                            raw.len(),
+                            chunks[k].len
+                        ),
+                    ));
+                }
+                g.0[offs[k]..offs[k] + raw.len()].copy_from_slice(raw);
+                g.1 += 1;
+            }
+            Ok(())
+        })?;
+        let (buf, got) = filled.into_inner().map_err(|_| crate::repo::poisoned())?;
+        let fetched: usize = places.values().map(Vec::len).sum();
+        if got != fetched {
+            return Err(Error::Verification(format!(
+                "{} of {fetched} chunks of {} were not delivered by the repository; nothing is proven",
+                fetched - got,
+                file.path
+            )));
+        }
+        // Every chunk is now verified where it lies: a fetched blob against
+        // its id, a kept chunk by the hash just computed, a zero chunk by
+        // construction. Fold them at their offsets, and note the runs to
+        // write (fetched chunks, and zeros over DEST's old bytes).
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for ((c, &o), n) in chunks.iter().zip(&offs).zip(&need) {
+            sum.add(start + o as u64, &c.id);
+            if n.is_some() {
+                let e = o + c.len as usize;
+                stats.written_chunks += 1;
+                stats.bytes_written += c.len as u64;
+                match runs.last_mut() {
+                    Some(r) if r.1 == o && e - r.0 <= MAX_RANGE as usize => r.1 = e,
+                    _ => runs.push((o, e)),
+                }
+            }
+        }
+        Ok(Window { start, buf, runs })
     }
 }
 
-/// Reads `f` from the start and proves that it is exactly `chunks`: every
-/// chunk's content hashes to its id, and nothing follows the last one.
-fn read_back_chunks(
-    codec: &crate::pack::BlobCodec,
-    f: &mut File,
-    chunks: &[crate::chunklist::ChunkRef],
-    tmp: &Path,
-    path: &str,
-) -> Result<()> {
-    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-    let mut buf = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        buf.resize(c.len as usize, 0);
-        r.read_exact(&mut buf)
-            .map_err(|e| Error::io(tmp, "read-back failed", e))?;
-        if codec.blob_id(&buf) != c.id {
-            return Err(Error::Verification(format!(
-                "restored content of {path} differs from the snapshot at chunk {i} (it does not hash to {}); nothing was put in place",
-                c.id.short()
-            )));
+/// Bytes of file content handled per step of a restore (read from DEST,
+/// fetched, written, hashed): memory stays a few windows, whatever the size
+/// of the file.
+const WINDOW: u64 = 32 << 20;
+/// The longest range read of one pack: neighbouring blobs are fetched
+/// together up to this many bytes.
+const MAX_RANGE: u64 = 4 << 20;
+/// Blobs this close together are fetched in one read, with what lies
+/// between.
+const MAX_GAP: u64 = 256 << 10;
+
+/// The file a restore writes: its handle, its path (for messages) and
+/// what it holds before.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    out: &'a File,
+    at: &'a Path,
+    base: Base,
+}
+
+/// What a file being written holds before the restore writes it.
+#[derive(Debug, Clone, Copy)]
+enum Base {
+    /// A new, empty file.
+    Empty,
+    /// An existing DEST of `len` bytes (`--delta`).
+    Existing { len: u64 },
+}
+
+/// What `write_image` compared and wrote.
+#[derive(Debug, Clone, Copy, Default)]
+struct WriteStats {
+    compared_chunks: u64,
+    compared_bytes: u64,
+    written_chunks: u64,
+    bytes_written: u64,
+}
+
+/// What a `--delta` restore compared and wrote. Pages are counted for a
+/// database (its chunks are whole pages), chunks for every file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeltaReport {
+    /// Whether DEST existed (else it was restored whole).
+    pub dest_existed: bool,
+    pub chunks_compared: u64,
+    pub chunks_written: u64,
+    pub pages_compared: Option<u64>,
+    pub pages_written: Option<u64>,
+    pub bytes_written: u64,
+}
+
+impl DeltaReport {
+    fn new(s: WriteStats, page_size: Option<u64>, dest_existed: bool) -> DeltaReport {
+        DeltaReport {
+            dest_existed,
+            chunks_compared: s.compared_chunks,
+            chunks_written: s.written_chunks,
+            pages_compared: page_size.map(|p| s.compared_bytes / p),
+            pages_written: page_size.map(|p| s.bytes_written.div_ceil(p)),
+            bytes_written: s.bytes_written,
         }
     }
-    let mut rest = [0u8; 1];
-    if r.read(&mut rest)
-        .map_err(|e| Error::io(tmp, "read-back failed", e))?
-        != 0
+}
+
+/// `--delta` writes into one existing file: a directory is refused.
+fn delta_dest_ok(dest: &Path) -> Result<()> {
+    if dest.is_dir() || dest.to_string_lossy().ends_with('/') {
+        return Err(delta_dir_error(dest));
+    }
+    Ok(())
+}
+
+fn delta_dir_error(dest: &Path) -> Error {
+    Error::Invalid(format!(
+        "{} is a directory; --delta restores into an existing copy of one file: give that file's path (or restore without --delta to restore under the directory); nothing was written",
+        dest.display()
+    ))
+}
+
+/// The page size of the SQLite database `f`, or `None` when it does not
+/// start with a SQLite header (too short, damaged, another kind of file).
+fn sqlite_page_size(f: &File, at: &Path) -> Result<Option<u64>> {
+    let mut h = [0u8; 18];
+    match f.read_exact_at(&mut h, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::io(at, "cannot read the destination", e)),
+    }
+    if &h[..16] != b"SQLite format 3\0" {
+        return Ok(None);
+    }
+    Ok(match u16::from_be_bytes([h[16], h[17]]) {
+        1 => Some(65536),
+        n if n >= 512 && n.is_power_of_two() => Some(n as u64),
+        _ => None,
+    })
+}
+
+/// One window's final bytes, from file offset `start`, and the byte runs
+/// of it to write.
+struct Window {
+    start: u64,
+    buf: Vec<u8>,
+    runs: Vec<(usize, usize)>,
+}
+
+/// One range read of a pack and the blobs it holds.
+struct RangeRead {
+    key: String,
+    start: u64,
+    end: u64,
+    blobs: Vec<(Id, BlobLocation)>,
+}
+
+fn missing_chunk(id: &Id, place: &str) -> Error {
+    Error::corrupt(
+        format!("chunk {} of {place}", id.short()),
+        "is not in any index; the data is missing (run `snapback check`)",
+    )
+}
+
+/// Runs `f` on every job, `width` at a time, on threads of their own (a
+/// range read waits on the store, not on a core); the first error stops
+/// the rest.
+fn run_parallel<T: Sync>(
+    jobs: &[T],
+    width: usize,
+    f: impl Fn(&T) -> Result<()> + Sync,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let width = width.clamp(1, jobs.len().max(1));
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..width)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
+                        if let Err(e) = f(job) {
+                            stop.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut first = Ok(());
+        for w in workers {
+            let r = w
+                .join()
+                .map_err(|_| Error::Invalid("a restore reader thread panicked".into()))
+                .and_then(|r| r);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+}
+
+/// Reserves the blocks from `from` to `to` without changing the file
+/// (its size included), so that a full disk fails here, before anything is
+/// written, and the file is laid out in one piece. Where the file system
+/// cannot reserve space, nothing is reserved.
+fn reserve(out: &File, from: u64, to: u64, at: &Path) -> Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    match fallocate(out, FallocateFlags::KEEP_SIZE, from, to - from) {
+        Err(e) if e == rustix::io::Errno::NOSPC => Err(Error::io(
+            at,
+            format!(
+                "not enough space for the restored file ({} more bytes are needed); free some space or restore elsewhere; nothing was written",
+                to - from
+            ),
+            std::io::Error::from(e),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the `-wal`, `-shm` and `-journal` files beside the database
+/// `dest`: SQLite would apply a stale WAL or journal to the restored file.
+/// Every restore of a database (full, `--delta`, in place) shares it.
+pub fn remove_sqlite_side_files(dest: &Path) -> Result<()> {
+    let name_len = dest.file_name().map_or(0, |n| n.len());
+    for suffix in ["-wal", "-shm", "-journal"] {
+        if name_len + suffix.len() > NAME_MAX {
+            // Such a name cannot exist, so neither can the file.
+            continue;
+        }
+        let mut side = dest.as_os_str().to_os_string();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        match std::fs::remove_file(&side) {
+            Ok(()) => {
+                tracing::warn!(path = %side.display(), "removed the old SQLite side file of the overwritten database")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&side, "cannot remove the old side file", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Sets the mode and modification time the snapshot recorded for `file`.
+fn set_metadata(out: &File, file: &FileEntry, at: &Path) -> Result<()> {
+    let perm = std::fs::Permissions::from_mode(file.mode & 0o7777);
+    out.set_permissions(perm)
+        .map_err(|e| Error::io(at, "cannot set permissions", e))?;
+    if let Some(m) = file
+        .mtime
+        .as_deref()
+        .and_then(|t| crate::time::parse_rfc3339(t).ok())
     {
-        return Err(Error::Verification(format!(
-            "restored file of {path} is longer than the snapshot's content; nothing was put in place"
-        )));
+        let _ = out.set_modified(m.into());
     }
     Ok(())
 }

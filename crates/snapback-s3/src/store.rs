@@ -110,6 +110,9 @@ fn sha256_b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
 }
 
+/// How many GETs a restore runs at once (see `Store::read_parallelism`).
+const S3_READ_PARALLELISM: usize = 8;
+
 /// The most parts a multipart upload may have.
 const MAX_PARTS: usize = 10_000;
 
@@ -1006,6 +1009,12 @@ impl Store for S3Store {
 
     fn request_stats(&self) -> RequestStats {
         self.inner.stats.snapshot()
+    }
+
+    /// Range GETs wait on the network, not on a core: 8 at once keep a
+    /// link busy without flooding the server.
+    fn read_parallelism(&self) -> usize {
+        S3_READ_PARALLELISM
     }
 }
 

@@ -326,6 +326,9 @@ impl<S: Store> Store for FaultStore<S> {
     fn request_stats(&self) -> RequestStats {
         self.inner.request_stats()
     }
+    fn read_parallelism(&self) -> usize {
+        self.inner.read_parallelism()
+    }
 }
 
 #[cfg(test)]

@@ -97,6 +97,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn request_stats(&self) -> RequestStats {
         RequestStats::default()
     }
+
+    /// How many reads at once suit this backend: restore runs this many
+    /// range reads in parallel. A local disk gains nothing past the cores;
+    /// a network store hides each request's latency behind the others.
+    fn read_parallelism(&self) -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
 }
 
 /// Checks a key against the contract on [`Store`].
@@ -152,6 +159,9 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
     }
     fn request_stats(&self) -> RequestStats {
         (**self).request_stats()
+    }
+    fn read_parallelism(&self) -> usize {
+        (**self).read_parallelism()
     }
 }
 
