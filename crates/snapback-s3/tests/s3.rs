@@ -556,3 +556,80 @@ fn multipart_completion_without_conditional_support_completes_plainly() {
     assert_eq!(proxy.faults_fired(), 1);
     assert!(s.get("big").expect("get") == data);
 }
+
+// ---- the proxy as a request counter (the benchmarks use it) ----
+
+/// A log sink the test can read back.
+#[derive(Clone, Default)]
+struct SharedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn proxy_counts_requests_by_kind_and_logs_each_answer() {
+    let (proxy, s) = proxied("counting", |_| {});
+    let log = SharedLog::default();
+    proxy.log_to(Box::new(log.clone()));
+    let data = pattern(30_000, 7);
+    s.put_if_absent("a", &data).expect("put a");
+    s.put_if_absent("b", b"bee").expect("put b");
+    assert_eq!(s.get("a").expect("get"), data);
+    assert_eq!(s.stat("b").expect("stat"), Some(3));
+    assert_eq!(s.list("").expect("list").len(), 2);
+    s.delete("b").expect("delete");
+
+    let st = s.request_stats();
+    let counts = proxy.counts();
+    let n = |k: &str| counts.get(k).copied().unwrap_or(0) as u64;
+    assert_eq!(
+        (n("PUT"), n("GET"), n("HEAD"), n("LIST"), n("DELETE")),
+        (st.puts, st.gets, st.heads, st.lists, st.deletes),
+        "proxy {counts:?} against the store's own {st:?}"
+    );
+    assert!(
+        n("PUT") >= 2 && n("LIST") >= 1 && n("DELETE") >= 1,
+        "{counts:?}"
+    );
+
+    let text = String::from_utf8(log.0.lock().expect("log").clone()).expect("utf-8 log");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        proxy.seen().len(),
+        "one line per answered request:\n{text}"
+    );
+    let put_a = lines
+        .iter()
+        .find(|l| l.contains("\"kind\":\"PUT\"") && l.contains("/a?"))
+        .unwrap_or_else(|| panic!("no PUT of a in\n{text}"));
+    assert!(put_a.contains("\"status\":200"), "{put_a}");
+    assert!(
+        put_a.contains(&format!("\"sent\":{}", data.len())),
+        "{put_a}"
+    );
+    let get_a = lines
+        .iter()
+        .find(|l| l.contains("\"kind\":\"GET\""))
+        .unwrap_or_else(|| panic!("no GET in\n{text}"));
+    assert!(
+        get_a.contains(&format!("\"received\":{}", data.len())),
+        "{get_a}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("{\"t\":") && l.ends_with('}')),
+        "{text}"
+    );
+}

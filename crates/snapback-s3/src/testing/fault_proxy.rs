@@ -18,15 +18,22 @@
 //! // point the store's endpoint at proxy.endpoint() ...
 //! ```
 //!
+//! It also counts: [`FaultProxy::counts`] gives the requests seen by kind
+//! ([`request_kind`]: PUT, POST, GET, LIST, HEAD, DELETE), and
+//! [`FaultProxy::log_to`] writes one JSON line per answered request (time,
+//! method, target, status, bytes each way), which is how the benchmarks
+//! count what a tool asks of S3 (`snapback-devtools s3-proxy`).
+//!
 //! Used by `crates/snapback-s3/tests` and, through the `fault-proxy`
 //! feature, by end-to-end tests elsewhere.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Longest a socket read or write may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -150,10 +157,27 @@ pub struct Seen {
     pub fault: Option<Fault>,
 }
 
+/// The kind of an S3 request, from its method and path-style target
+/// (`/bucket/key?query`, as the local server is addressed): `LIST` for a GET
+/// of the bucket itself (ListObjects, ListObjectsV2, ListMultipartUploads) or
+/// with a `list-type=` query; `GET`, `PUT` (objects and parts, copies
+/// included), `POST` (multipart create and complete, DeleteObjects),
+/// `HEAD`, `DELETE`; any other method as itself.
+pub fn request_kind<'a>(method: &'a str, target: &str) -> &'a str {
+    let path = target.split('?').next().unwrap_or("");
+    let bucket_only = !path.trim_matches('/').contains('/');
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    match method {
+        "GET" if bucket_only || query.contains("list-type=") => "LIST",
+        other => other,
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
+    log: Mutex<Option<Box<dyn Write + Send>>>,
     stop: AtomicBool,
 }
 
@@ -255,6 +279,27 @@ impl FaultProxy {
             .iter()
             .filter(|s| s.fault.is_some())
             .count()
+    }
+
+    /// The requests seen so far by kind ([`request_kind`]).
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for s in lock(&self.shared.seen).iter() {
+            *counts
+                .entry(request_kind(&s.method, &s.target).to_string())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// From now on, writes one JSON line per answered request to `out`,
+    /// flushed, once the server has answered and before the answer goes to
+    /// the client (a client that has its answer finds its line): `{"t": unix seconds,
+    /// "ms": time in the proxy, "kind", "method", "target", "status",
+    /// "sent": request body bytes, "received": response body bytes,
+    /// "fault": true if a fault was applied}`.
+    pub fn log_to(&self, out: Box<dyn Write + Send>) {
+        *lock(&self.shared.log) = Some(out);
     }
 }
 
@@ -464,7 +509,18 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
             fault: fault.clone(),
         });
 
+        let started = Instant::now();
         let body_len = head.content_length().unwrap_or(0);
+        // A client that asks whether to send its body (Go's S3 SDK does for
+        // large uploads) would otherwise wait its timeout (1 s) per upload.
+        if head
+            .get("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+            && !matches!(&fault, Some(Fault::Status { .. }))
+        {
+            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            writer.flush()?;
+        }
         if let Some(Fault::ResetRequestBody { after }) = &fault {
             let mut buf = vec![0u8; (*after).min(body_len)];
             let _ = reader.read_exact(&mut buf);
@@ -482,6 +538,16 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
 
         match &fault {
             Some(Fault::Status { status, code }) => {
+                log_answer(
+                    shared,
+                    &method,
+                    &target,
+                    *status,
+                    body.len(),
+                    0,
+                    true,
+                    started,
+                );
                 writer.write_all(&error_response(*status, code))?;
                 continue;
             }
@@ -552,6 +618,22 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
             }
             _ => {}
         }
+        let status = resp_head
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        log_answer(
+            shared,
+            &method,
+            &target,
+            status,
+            body.len(),
+            resp_body.len(),
+            fault.is_some(),
+            started,
+        );
         if no_body {
             writer.write_all(&resp_head.encode(&["connection"], &[]))?;
         } else {
@@ -561,6 +643,58 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
             writer.write_all(&resp_body)?;
         }
         writer.flush()?;
+    }
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One line of the request log, if [`FaultProxy::log_to`] set one.
+#[allow(clippy::too_many_arguments)]
+fn log_answer(
+    shared: &Shared,
+    method: &str,
+    target: &str,
+    status: u16,
+    sent: usize,
+    received: usize,
+    fault: bool,
+    started: Instant,
+) {
+    let mut log = lock(&shared.log);
+    let Some(out) = log.as_mut() else {
+        return;
+    };
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let line = format!(
+        "{{\"t\":{t:.6},\"ms\":{:.3},\"kind\":{},\"method\":{},\"target\":{},\"status\":{status},\"sent\":{sent},\"received\":{received},\"fault\":{fault}}}\n",
+        started.elapsed().as_secs_f64() * 1000.0,
+        json_str(request_kind(method, target)),
+        json_str(method),
+        json_str(target),
+    );
+    // A log that cannot be written is dropped; the proxy goes on proxying.
+    if out
+        .write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        *log = None;
     }
 }
 
@@ -644,6 +778,24 @@ mod tests {
         let h = Match::method("PUT").with_header("If-None-Match");
         assert!(h.matches("PUT", "/b/k", &[("if-none-match".into(), "*".into())]));
         assert!(!h.matches("PUT", "/b/k", &[]));
+    }
+
+    #[test]
+    fn request_kinds_of_path_style_targets() {
+        assert_eq!(request_kind("GET", "/b?list-type=2&prefix=x%2F"), "LIST");
+        assert_eq!(request_kind("GET", "/b/?uploads"), "LIST");
+        assert_eq!(request_kind("GET", "/b"), "LIST");
+        assert_eq!(request_kind("GET", "/b/data/ab/cd"), "GET");
+        assert_eq!(request_kind("GET", "/b/k?partNumber=1"), "GET");
+        assert_eq!(request_kind("PUT", "/b/k?partNumber=2&uploadId=u"), "PUT");
+        assert_eq!(request_kind("POST", "/b?delete"), "POST");
+        assert_eq!(request_kind("HEAD", "/b/k"), "HEAD");
+        assert_eq!(request_kind("DELETE", "/b/k"), "DELETE");
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
     }
 
     #[test]
