@@ -29,4 +29,5 @@ mod retention;
 mod s3;
 mod secrets;
 mod selectors;
+mod timeline_kit;
 mod units;

@@ -261,3 +261,63 @@ fn status_lists_a_watcher_of_another_repository_nowhere() {
     assert_eq!(code, Some(0), "another repository's watcher: {v}");
     assert!(row(&v, &path)["watch"].is_null());
 }
+
+#[test]
+fn status_measures_rpo_from_the_newest_timeline_point() {
+    let env = Env::new();
+    let db = crate::timeline_kit::Db::new(&env, "app.db");
+    let image = db.image();
+    let base = crate::timeline_kit::base(&env, &db);
+    // The base is older than the point by at least this.
+    std::thread::sleep(Duration::from_millis(1500));
+    let repo = crate::timeline_kit::open_repo(&env);
+    let (seg, _) = crate::timeline_kit::segment(&repo, &db, base, image, 2);
+    repo.commit_segment(&seg).expect("commit");
+    let (code, v) = status_json(&env, &[]);
+    assert_eq!(code, Some(0), "{v}");
+    let r = row(&v, &db.name());
+    assert_eq!(
+        r["newest_point_time"],
+        snapback_core::time::format_rfc3339(seg.points[1].time),
+        "the newest point, not the base: {r}"
+    );
+    assert_eq!(
+        r["last_snapshot"],
+        base.to_hex(),
+        "the newest snapshot is the base"
+    );
+    assert_eq!(r["rpo_basis"], "point");
+    let rpo = r["rpo_seconds"].as_f64().expect("rpo");
+    let age = r["age_seconds"].as_i64().expect("age") as f64;
+    assert!(
+        rpo + 0.5 <= age,
+        "rpo {rpo} from the point, age {age} from the base"
+    );
+}
+
+#[test]
+fn idle_database_with_a_healthy_watcher_has_the_rpo_of_its_last_tick() {
+    let env = Env::new();
+    let path = snapshotted_file(&env);
+    let newest = env.snapshots_json()[0]["time"]
+        .as_str()
+        .map(|t| snapback_core::time::parse_rfc3339(t).expect("time"))
+        .expect("time");
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut s = healthy(&env, &path);
+    s.durable = Some(PointRef {
+        time: newest,
+        id: "the snapshot".into(),
+    });
+    watch_status::save(&watch_dir(&env), &s).expect("save");
+    let (code, v) = status_json(&env, &["--max-rpo", "1s"]);
+    assert_eq!(code, Some(0), "nothing changed since the point: {v}");
+    let r = row(&v, &path);
+    assert_eq!(r["rpo_basis"], "watcher", "{r}");
+    // Points pending: the RPO is the durable point's age again.
+    s.pending_points = 1;
+    watch_status::save(&watch_dir(&env), &s).expect("save");
+    let (code, v) = status_json(&env, &["--max-rpo", "1s"]);
+    assert_eq!(code, Some(3), "a pending point is not durable: {v}");
+    assert_eq!(row(&v, &path)["rpo_basis"], "point");
+}

@@ -422,7 +422,12 @@ struct SourceStatus {
     /// Seconds since the newest durable point of the source (the newest
     /// snapshot or timeline point, by trusted time); null when none.
     rpo_seconds: Option<f64>,
-    /// That point's time.
+    /// What the RPO is measured from: "point" (the newest durable point)
+    /// or "watcher" (the last tick of a healthy watcher that has nothing
+    /// pending, i.e. found no change newer than that point); null with no
+    /// point.
+    rpo_basis: Option<&'static str>,
+    /// The newest durable point's time.
     newest_point_time: Option<String>,
     /// The RPO bound applied (`--max-rpo`, else the source's `max_rpo`).
     max_rpo_seconds: Option<f64>,
@@ -487,6 +492,26 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
     // snapshot dated ahead of the store's clock or of its successor never
     // passes for the newest, nor makes a stale source look fresh.
     let dating = snapback_core::Dating::of(&snaps);
+    // The newest point of each timeline segment, per database path and the
+    // host of its base (points dated in the future are not counted).
+    let mut newest_points: BTreeMap<(String, String), snapback_core::time::Timestamp> =
+        BTreeMap::new();
+    let hosts: BTreeMap<_, _> = snaps.iter().map(|s| (s.id, &s.manifest.host)).collect();
+    for (_, seg) in repo.segments()? {
+        let (Some(host), Some(last)) = (
+            hosts.get(&seg.base),
+            seg.points
+                .iter()
+                .rev()
+                .find(|p| !snapback_core::is_future(p.time, now)),
+        ) else {
+            continue;
+        };
+        let e = newest_points
+            .entry((seg.path.clone(), (*host).clone()))
+            .or_insert(last.time);
+        *e = (*e).max(last.time);
+    }
     for s in &snaps {
         for p in &s.manifest.paths {
             let row = by_source
@@ -504,6 +529,11 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
         .iter()
         .map(|s| s.path.to_string_lossy().into_owned())
         .collect();
+    for (path, host) in newest_points.keys() {
+        by_source
+            .entry((path.clone(), Some(host.clone())))
+            .or_default();
+    }
     for w in &watchers {
         by_source
             .entry((w.report.path.clone(), Some(w.report.host.clone())))
@@ -535,8 +565,17 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                     .sum()
             })
             .unwrap_or(0);
-        let newest_point = snap.map(|s| dating.trusted(s));
-        let rpo = newest_point.map(|t| (now - t).as_seconds_f64().max(0.0));
+        let segment_point = host
+            .as_ref()
+            .and_then(|h| newest_points.get(&(source.clone(), h.clone())).copied());
+        let newest_point = snap.map(|s| dating.trusted(s)).max(segment_point);
+        let watch = host.as_ref().and_then(|h| {
+            watchers
+                .iter()
+                .position(|w| &w.report.path == source && &w.report.host == h)
+                .map(|i| watchers.swap_remove(i))
+        });
+        let (rpo, rpo_basis) = rpo_of(newest_point, watch.as_ref(), now);
         let max_rpo = flag_rpo.or_else(|| source_rpo.get(source).copied());
         let rpo_exceeded = monitored
             && match (max_rpo, rpo) {
@@ -544,12 +583,6 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                 (Some(_), None) => true,
                 _ => false,
             };
-        let watch = host.as_ref().and_then(|h| {
-            watchers
-                .iter()
-                .position(|w| &w.report.path == source && &w.report.host == h)
-                .map(|i| watchers.swap_remove(i))
-        });
         let watch_problem = watch.as_ref().is_some_and(|w| !w.problems.is_empty());
         let state = if !monitored {
             "unmonitored"
@@ -601,6 +634,7 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                 })
                 .collect(),
             rpo_seconds: rpo,
+            rpo_basis,
             newest_point_time: newest_point.map(snapback_core::time::format_rfc3339),
             max_rpo_seconds: max_rpo.map(|m| m.as_secs_f64()),
             rpo_exceeded,
@@ -716,6 +750,36 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(if problem { exit::PROBLEMS } else { exit::OK })
+}
+
+/// The RPO at `now` and what it is measured from. The age of the newest
+/// durable point, or, when a healthy watcher of this host (running, not
+/// falling behind, no upload failing) has nothing pending and the
+/// repository holds the point it reported durable, the age of its last
+/// tick: that tick found nothing newer to capture, so an idle database
+/// does not look like a growing RPO.
+fn rpo_of(
+    newest: Option<snapback_core::time::Timestamp>,
+    watch: Option<&crate::status_watch::WatchRow>,
+    now: snapback_core::time::Timestamp,
+) -> (Option<f64>, Option<&'static str>) {
+    let Some(newest) = newest else {
+        return (None, None);
+    };
+    let age = |t: snapback_core::time::Timestamp| (now - t).as_seconds_f64().max(0.0);
+    let confirmed = watch.and_then(|w| {
+        let r = &w.report;
+        let healthy = w.running == Some(true)
+            && !w.falling_behind
+            && !w.upload_failing
+            && r.pending_points == 0;
+        let held = r.durable.as_ref().is_some_and(|d| d.time <= newest);
+        r.last_tick.filter(|t| healthy && held && *t > newest)
+    });
+    match confirmed {
+        Some(t) => (Some(age(t)), Some("watcher")),
+        None => (Some(age(newest)), Some("point")),
+    }
 }
 
 /// "0.4s", "12.0s", then as [`human_age`]; "-" for none.

@@ -104,11 +104,7 @@ impl Vfs {
     /// listed: `…T17:17:00Z_9f2c4e1a` under `snapshots/`, and under
     /// `by-path` `…T17:17:00Z` (the first snapshot of that second) or
     /// `…T17:17:00Z_<short id>`.
-    fn legacy_child(
-        tree: &Tree,
-        children: &BTreeMap<String, u64>,
-        name: &str,
-    ) -> Option<u64> {
+    fn legacy_child(tree: &Tree, children: &BTreeMap<String, u64>, name: &str) -> Option<u64> {
         if !is_legacy_time_name(name) {
             return None;
         }

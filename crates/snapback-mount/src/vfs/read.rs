@@ -303,13 +303,7 @@ impl Vfs {
 
     /// Sequential reads widen a prefetch window ahead of the reader (from
     /// `readahead_initial`, doubling up to `readahead_max`); a seek resets it.
-    fn read_ahead(
-        &self,
-        reader: &Arc<FileReader>,
-        ra: &Mutex<ReadAhead>,
-        offset: u64,
-        end: u64,
-    ) {
+    fn read_ahead(&self, reader: &Arc<FileReader>, ra: &Mutex<ReadAhead>, offset: u64, end: u64) {
         let Ok(mut ra) = ra.lock() else { return };
         if offset == ra.next && offset != 0 {
             ra.window = if ra.window == 0 {
