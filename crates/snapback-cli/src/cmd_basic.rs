@@ -426,9 +426,23 @@ pub struct RestoreArgs {
     /// after one warning.
     #[arg(long)]
     pub no_lock: bool,
-    /// Seconds to wait for a prune's exclusive lock.
-    #[arg(long, default_value_t = 300)]
-    pub lock_wait: u64,
+    /// How long to wait for a prune's exclusive lock (300s), and with
+    /// --in-place also for the live database's write lock (10s): a
+    /// duration (10s, 2m) or a number of seconds.
+    #[arg(long, value_name = "DURATION")]
+    pub lock_wait: Option<String>,
+    /// Restore into the live database DEST, open by its application:
+    /// write only the pages that differ, through SQLite, in one
+    /// transaction, after a pre-restore snapshot (the undo point). A dry
+    /// run unless --apply.
+    #[arg(long, conflicts_with_all = ["delta", "force"])]
+    pub in_place: bool,
+    /// With --in-place: write the pages (asks on a terminal).
+    #[arg(long, requires = "in_place")]
+    pub apply: bool,
+    /// With --in-place --apply: do not ask (needed without a terminal).
+    #[arg(long, requires = "apply")]
+    pub yes: bool,
 }
 
 /// Resolves a selector, restricted to snapshots holding `path` if given, and
@@ -453,6 +467,11 @@ pub fn resolve(
 }
 
 pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
+    if a.in_place {
+        return crate::cmd_inplace::restore_in_place(g, a);
+    }
+    let lock_wait =
+        crate::cmd_inplace::lock_wait(a.lock_wait.as_deref(), std::time::Duration::from_secs(300))?;
     let repo = open_repo(g)?;
     // Canonical, as snapshots store paths (a link or `..` must match).
     let path = a.path.as_ref().map(|p| {
@@ -473,7 +492,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
         &RestoreOptions {
             force: a.force,
             path,
-            lock_wait: std::time::Duration::from_secs(a.lock_wait),
+            lock_wait,
             no_lock: a.no_lock,
             delta: a.delta,
         },

@@ -393,7 +393,7 @@ fn repair_options(lock_wait: u64, max_wait: u64, keep_all_rows: bool) -> RepairO
 /// Asks on the terminal; without one, `--yes` is required.
 /// `what` names the command for the message without a terminal, e.g.
 /// "repair --apply" or "undo".
-fn confirm(yes: bool, what: &str, question: &str) -> anyhow::Result<()> {
+pub(crate) fn confirm(yes: bool, what: &str, question: &str) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if yes {
         return Ok(());

@@ -152,6 +152,18 @@ pub fn diff(base: &[ChunkRef], new: &[ChunkRef]) -> Vec<(u64, ChunkRef)> {
         .collect()
 }
 
+/// The checksum of a chunk list: the sum of one term per chunk, of its
+/// offset and id (see `DbChecksum`).
+pub(crate) fn checksum_of(refs: &[ChunkRef]) -> crate::id::DbChecksum {
+    let mut c = crate::id::DbChecksum::default();
+    let mut off = 0u64;
+    for r in refs {
+        c.add(off, &r.id);
+        off += r.len as u64;
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

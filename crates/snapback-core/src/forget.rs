@@ -14,8 +14,9 @@
 //!   dated ahead of the store's clock, or of a snapshot written after it,
 //!   counts at the store's time, so it never takes the place of the newest;
 //! - `tags` keeps every snapshot carrying one of the tags;
-//! - a snapshot tagged `pre-repair` is always kept until it is released
-//!   (`snapback release SNAP`);
+//! - a snapshot tagged `pre-repair` or `pre-restore` (the undo points of
+//!   `repair --apply` and of `restore --in-place`) is always kept until it
+//!   is released (`snapback release SNAP`);
 //! - a snapshot dated in the future (more than [`FUTURE_TOLERANCE`] ahead of
 //!   now: its host's clock was ahead) is always kept and never counted, so it
 //!   cannot take the place of the really newest ones.
@@ -42,6 +43,9 @@ use crate::selector::{group_key, Snapshot};
 use crate::time::is_future;
 
 pub const PRE_REPAIR_TAG: &str = "pre-repair";
+/// The tag of the snapshot `restore --in-place` takes of the live database
+/// before it writes: kept by retention like `pre-repair`.
+pub const PRE_RESTORE_TAG: &str = "pre-restore";
 
 #[derive(Debug, Clone, Default)]
 pub struct KeepPolicy {
@@ -245,8 +249,10 @@ pub fn plan_scoped(
             if is_future(s.time, now) {
                 add(s.id, "dated in the future (clock ahead?)".into());
             }
-            if s.manifest.tags.iter().any(|t| t == PRE_REPAIR_TAG) && !released.contains(&s.id) {
-                add(s.id, "pre-repair (not released)".into());
+            for tag in [PRE_REPAIR_TAG, PRE_RESTORE_TAG] {
+                if s.manifest.tags.iter().any(|t| t == tag) && !released.contains(&s.id) {
+                    add(s.id, format!("{tag} (not released)"));
+                }
             }
         }
         for sc in scopes {
@@ -636,6 +642,27 @@ mod tests {
         )
         .expect("plan");
         assert_eq!(kept(&p), vec![7]);
+    }
+
+    #[test]
+    fn pre_restore_is_kept_until_released_like_pre_repair() {
+        let mut s = series();
+        s.push(snap(8, "2026-01-05T09:00:00Z", &[PRE_RESTORE_TAG]));
+        let last1 = KeepPolicy {
+            last: Some(1),
+            ..Default::default()
+        };
+        let p = plan(&s, &last1, &HashSet::new(), false).expect("plan");
+        assert_eq!(kept(&p), vec![6, 7, 8]);
+        let why: Vec<&Decision> = p.groups.iter().flat_map(|g| &g.keep).collect();
+        assert!(
+            why.iter()
+                .any(|d| d.reasons.iter().any(|r| r == "pre-restore (not released)")),
+            "{why:?}"
+        );
+        let released: HashSet<Id> = [Id([8; 32])].into();
+        let p = plan(&s, &last1, &released, false).expect("plan");
+        assert_eq!(kept(&p), vec![6, 7]);
     }
 
     #[test]

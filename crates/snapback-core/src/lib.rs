@@ -32,6 +32,9 @@ mod repair_index;
 mod repo;
 mod resolve;
 mod restore;
+mod restore_inplace;
+#[cfg(test)]
+mod restore_inplace_tests;
 mod segment;
 mod selector;
 mod snapshot;
@@ -55,7 +58,7 @@ pub use dating::{Ahead, Dating};
 pub use error::{Error, FailedFile, Kind, Result, SourceProblem};
 pub use forget::{
     plan as plan_forget, plan_scoped, Decision, ForgetPlan, GroupPlan, KeepPolicy, PolicyScope,
-    PRE_REPAIR_TAG,
+    PRE_REPAIR_TAG, PRE_RESTORE_TAG,
 };
 pub use id::{DbChecksum, Id};
 pub use index::{BlobLocation, MasterIndex};
@@ -74,6 +77,7 @@ pub use repo::{EncryptionOptions, InitOptions, Repository};
 pub use restore::{
     remove_sqlite_side_files, DeltaReport, RestoreItem, RestoreOptions, RestoreReport,
 };
+pub use restore_inplace::{check_live_path, choose_file, InPlaceOptions, InPlaceReport};
 pub use segment::{Point, Segment};
 pub use selector::{group_key, path_matches, Selector, Snapshot};
 pub use snapback_storage as storage;

@@ -1347,15 +1347,7 @@ pub(crate) fn apply_delta(
     Ok((base, sum))
 }
 
-pub(crate) fn checksum_of(refs: &[ChunkRef]) -> DbChecksum {
-    let mut c = DbChecksum::default();
-    let mut off = 0u64;
-    for r in refs {
-        c.add(off, &r.id);
-        off += r.len as u64;
-    }
-    c
-}
+pub(crate) use crate::chunklist::checksum_of;
 
 fn mode_of(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;

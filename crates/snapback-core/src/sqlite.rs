@@ -111,6 +111,93 @@ fn sqlite_error(path: &Path, message: &str, cause: rusqlite::Error) -> Error {
     }
 }
 
+/// Streams every page of the database `schema` of `conn`, in order, to
+/// `sink`, `pages_per_call` pages at a time, checking that pages come in
+/// order, whole, and `page_count` of them (the capture and the in-place
+/// restore read through this).
+fn read_all_pages(
+    conn: &Connection,
+    path: &Path,
+    schema: &str,
+    page_size: u32,
+    page_count: u64,
+    pages_per_call: usize,
+    mut sink: impl FnMut(Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let err = |message: &str, cause| sqlite_error(path, message, cause);
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT pgno, data FROM sqlite_dbpage('{schema}')"))
+        .map_err(|e| {
+            err(
+                "cannot read pages (is SQLITE_ENABLE_DBPAGE_VTAB compiled in?)",
+                e,
+            )
+        })?;
+    let mut rows = stmt.query([]).map_err(|e| err("cannot read pages", e))?;
+    let ps = page_size as usize;
+    let cap = pages_per_call.max(1) * ps;
+    let mut buf = Vec::with_capacity(cap);
+    let mut expect: i64 = 1;
+    while let Some(row) = rows.next().map_err(|e| err("page read failed", e))? {
+        let pgno: i64 = row.get(0).map_err(|e| err("page read failed", e))?;
+        if pgno != expect {
+            return Err(Error::Input {
+                path: path.to_path_buf(),
+                message: format!("page {pgno} came out of order (expected {expect})"),
+            });
+        }
+        let data = row.get_ref(1).map_err(|e| err("page read failed", e))?;
+        let data = data
+            .as_blob()
+            .map_err(|e| err("page read failed", rusqlite::Error::from(e)))?;
+        if data.len() != ps {
+            return Err(Error::Input {
+                path: path.to_path_buf(),
+                message: format!("page {pgno} has {} bytes, not {ps}", data.len()),
+            });
+        }
+        buf.extend_from_slice(data);
+        expect += 1;
+        if buf.len() >= cap {
+            sink(std::mem::replace(&mut buf, Vec::with_capacity(cap)))?;
+        }
+    }
+    if (expect - 1) as u64 != page_count {
+        return Err(Error::Input {
+            path: path.to_path_buf(),
+            message: format!(
+                "read {} pages but the database has {page_count}",
+                expect - 1
+            ),
+        });
+    }
+    if !buf.is_empty() {
+        sink(buf)?;
+    }
+    Ok(())
+}
+
+/// SHA-256 over the rows of the schema table of the database `schema`, in
+/// name order.
+fn schema_hash_of(conn: &Connection, path: &Path, schema: &str) -> Result<Id> {
+    let err = |cause| sqlite_error(path, "cannot read the schema", cause);
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT type, name, tbl_name, coalesce(sql, '') FROM \"{schema}\".sqlite_schema ORDER BY type, name"
+        ))
+        .map_err(err)?;
+    let mut rows = stmt.query([]).map_err(err)?;
+    let mut h = Sha256::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        for i in 0..4 {
+            let s: String = r.get(i).map_err(err)?;
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+    }
+    Ok(Id(h.finalize().into()))
+}
+
 impl Capture {
     /// Opens `path` read-only and establishes a read transaction. Waits up to
     /// `busy` for another process's lock (a writer, `BEGIN EXCLUSIVE`),
@@ -190,61 +277,17 @@ impl Capture {
     pub fn read_pages(
         &self,
         pages_per_call: usize,
-        mut sink: impl FnMut(Vec<u8>) -> Result<()>,
+        sink: impl FnMut(Vec<u8>) -> Result<()>,
     ) -> Result<()> {
-        let err = |message: &str, cause| sqlite_error(&self.path, message, cause);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT pgno, data FROM sqlite_dbpage")
-            .map_err(|e| {
-                err(
-                    "cannot read pages (is SQLITE_ENABLE_DBPAGE_VTAB compiled in?)",
-                    e,
-                )
-            })?;
-        let mut rows = stmt.query([]).map_err(|e| err("cannot read pages", e))?;
-        let ps = self.page_size as usize;
-        let cap = pages_per_call.max(1) * ps;
-        let mut buf = Vec::with_capacity(cap);
-        let mut expect: i64 = 1;
-        while let Some(row) = rows.next().map_err(|e| err("page read failed", e))? {
-            let pgno: i64 = row.get(0).map_err(|e| err("page read failed", e))?;
-            if pgno != expect {
-                return Err(Error::Input {
-                    path: self.path.clone(),
-                    message: format!("page {pgno} came out of order (expected {expect})"),
-                });
-            }
-            let data = row.get_ref(1).map_err(|e| err("page read failed", e))?;
-            let data = data
-                .as_blob()
-                .map_err(|e| err("page read failed", rusqlite::Error::from(e)))?;
-            if data.len() != ps {
-                return Err(Error::Input {
-                    path: self.path.clone(),
-                    message: format!("page {pgno} has {} bytes, not {ps}", data.len()),
-                });
-            }
-            buf.extend_from_slice(data);
-            expect += 1;
-            if buf.len() >= cap {
-                sink(std::mem::replace(&mut buf, Vec::with_capacity(cap)))?;
-            }
-        }
-        if (expect - 1) as u64 != self.page_count {
-            return Err(Error::Input {
-                path: self.path.clone(),
-                message: format!(
-                    "read {} pages but the database has {}",
-                    expect - 1,
-                    self.page_count
-                ),
-            });
-        }
-        if !buf.is_empty() {
-            sink(buf)?;
-        }
-        Ok(())
+        read_all_pages(
+            &self.conn,
+            &self.path,
+            "main",
+            self.page_size,
+            self.page_count,
+            pages_per_call,
+            sink,
+        )
     }
 
     /// Reads the listed pages (1-based, each at most the page count) of this
@@ -305,25 +348,7 @@ impl Capture {
 
     /// SHA-256 over the schema table's rows, in name order.
     pub fn schema_hash(&self) -> Result<Id> {
-        let err = |cause| Error::Sqlite {
-            path: self.path.clone(),
-            message: "cannot read the schema".into(),
-            cause,
-        };
-        let mut stmt = self
-            .conn
-            .prepare("SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema ORDER BY type, name")
-            .map_err(err)?;
-        let mut rows = stmt.query([]).map_err(err)?;
-        let mut h = Sha256::new();
-        while let Some(r) = rows.next().map_err(err)? {
-            for i in 0..4 {
-                let s: String = r.get(i).map_err(err)?;
-                h.update((s.len() as u64).to_le_bytes());
-                h.update(s.as_bytes());
-            }
-        }
-        Ok(Id(h.finalize().into()))
+        schema_hash_of(&self.conn, &self.path, "main")
     }
 
     /// Ends the read transaction.
@@ -335,6 +360,218 @@ impl Capture {
                 message: "cannot end the read transaction".into(),
                 cause: e,
             })
+    }
+}
+
+/// The schema name under which [`PageWriter`] attaches the live database.
+const LIVE: &str = "live";
+/// Writes a page, or with a NULL page cuts the database before it. One
+/// statement for both, prepared before the first page is written: a
+/// statement prepared after page 1 (the schema) was written would make
+/// SQLite look at a schema that is half restored.
+const WRITE_PAGE: &str = "INSERT INTO sqlite_dbpage(pgno, data, schema) VALUES(?1, ?2, 'live')";
+const READ_PAGE: &str = "SELECT data FROM sqlite_dbpage('live') WHERE pgno = ?1";
+
+/// One write transaction on a live database, whose pages are read and
+/// written through SQLite's `sqlite_dbpage` table, so that the pager
+/// journals them (rollback journal or WAL, whichever the database uses)
+/// and every other connection sees the old database or the new one.
+///
+/// The database is attached to an in-memory connection: statements on
+/// `sqlite_dbpage` belong to the in-memory schema, so writing the live
+/// database's page 1 (its schema) never makes SQLite reparse a schema that
+/// is half written, and the statements are prepared once.
+pub struct PageWriter {
+    conn: Connection,
+    path: PathBuf,
+    pub page_size: u32,
+    pub page_count: u64,
+    /// The live page 1 as this transaction sees it.
+    pub page1: Vec<u8>,
+}
+
+impl PageWriter {
+    /// Opens `path` for writing and begins a write transaction
+    /// (`BEGIN IMMEDIATE`), waiting at most `lock_wait` for another
+    /// connection's write lock: `Error::Locked` then, with nothing written.
+    pub fn begin(path: &Path, lock_wait: Duration) -> Result<PageWriter> {
+        let err = |message: &str, cause| sqlite_error(path, message, cause);
+        let conn = Connection::open_in_memory()
+            .map_err(|e| err("cannot open an in-memory SQLite connection", e))?;
+        // A defensive connection may not write sqlite_dbpage: ours is not,
+        // and must not be.
+        use rusqlite::config::DbConfig;
+        let defensive = conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, false)
+            .map_err(|e| err("cannot configure the connection", e))?;
+        if defensive {
+            return Err(Error::Invalid(format!(
+                "{}: this SQLite build keeps SQLITE_DBCONFIG_DEFENSIVE on, which forbids writing pages through sqlite_dbpage; an in-place restore is not possible with it, and nothing was written. Restore to a new file with `snapback restore SNAP NEW_FILE` instead",
+                path.display()
+            )));
+        }
+        let uri = format!(
+            "file:{}?mode=rw",
+            path.to_string_lossy()
+                .replace('%', "%25")
+                .replace('?', "%3f")
+                .replace('#', "%23")
+        );
+        conn.execute("ATTACH DATABASE ?1 AS live", [&uri])
+            .map_err(|e| err("cannot open the live database for writing", e))?;
+        conn.execute_batch("PRAGMA writable_schema = ON")
+            .map_err(|e| err("cannot configure the connection", e))?;
+        conn.busy_timeout(lock_wait)
+            .map_err(|e| err("cannot set a busy timeout", e))?;
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            if is_busy(&e) {
+                return Err(Error::Locked(format!(
+                    "{}: cannot lock: another connection held the database's write lock (a write transaction, or BEGIN EXCLUSIVE) for the whole --lock-wait of {} s; nothing was written. Run again when the writer is done, or with a longer --lock-wait",
+                    path.display(),
+                    lock_wait.as_secs_f64()
+                )));
+            }
+            return Err(err("cannot begin a write transaction", e));
+        }
+        let read_meta = || -> rusqlite::Result<(i64, i64)> {
+            let ps = conn.query_row("PRAGMA live.page_size", [], |r| r.get(0))?;
+            let pc = conn.query_row("PRAGMA live.page_count", [], |r| r.get(0))?;
+            Ok((ps, pc))
+        };
+        let (ps, pc) = read_meta().map_err(|e| err("cannot read the live database", e))?;
+        let page_size = u32::try_from(ps)
+            .ok()
+            .filter(|p| p.is_power_of_two() && (512..=65536).contains(p))
+            .ok_or_else(|| Error::Input {
+                path: path.into(),
+                message: format!("invalid page size {ps}"),
+            })?;
+        let mut w = PageWriter {
+            conn,
+            path: path.to_path_buf(),
+            page_size,
+            page_count: pc.max(0) as u64,
+            page1: Vec::new(),
+        };
+        w.conn
+            .prepare_cached(WRITE_PAGE)
+            .map_err(|e| err("cannot prepare to write pages", e))?;
+        w.page1 = w.read_page(1)?;
+        Ok(w)
+    }
+
+    /// Streams every page, in order (see [`Capture::read_pages`]).
+    pub fn read_pages(
+        &self,
+        pages_per_call: usize,
+        sink: impl FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        read_all_pages(
+            &self.conn,
+            &self.path,
+            LIVE,
+            self.page_size,
+            self.page_count,
+            pages_per_call,
+            sink,
+        )
+    }
+
+    /// Page `pgno` as this transaction sees it (its own writes included).
+    pub fn read_page(&self, pgno: u64) -> Result<Vec<u8>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(READ_PAGE)
+            .map_err(|e| sqlite_error(&self.path, "cannot read pages", e))?;
+        let data: Vec<u8> = stmt
+            .query_row([pgno as i64], |r| r.get(0))
+            .map_err(|e| sqlite_error(&self.path, &format!("cannot read page {pgno}"), e))?;
+        if data.len() != self.page_size as usize {
+            return Err(Error::Input {
+                path: self.path.clone(),
+                message: format!("page {pgno} is not {} bytes", self.page_size),
+            });
+        }
+        Ok(data)
+    }
+
+    /// SHA-256 over the live schema table's rows (as [`Capture::schema_hash`]).
+    /// Read it before writing any page.
+    pub fn schema_hash(&self) -> Result<Id> {
+        schema_hash_of(&self.conn, &self.path, LIVE)
+    }
+
+    /// Writes page `pgno` (past the end extends the database).
+    pub fn write_page(&self, pgno: u64, data: &[u8]) -> Result<()> {
+        if data.len() != self.page_size as usize {
+            return Err(Error::Invalid(format!(
+                "page {pgno} to write has {} bytes, not {}",
+                data.len(),
+                self.page_size
+            )));
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(WRITE_PAGE)
+            .map_err(|e| sqlite_error(&self.path, "cannot write pages", e))?;
+        stmt.execute(rusqlite::params![pgno as i64, data])
+            .map_err(|e| self.write_error(pgno, e))?;
+        Ok(())
+    }
+
+    /// Cuts the database to `pages` pages, at COMMIT. Call it after the
+    /// last `write_page`: a page written after it cancels the cut.
+    pub fn truncate(&self, pages: u64) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(WRITE_PAGE)
+            .map_err(|e| sqlite_error(&self.path, "cannot truncate", e))?;
+        stmt.execute(rusqlite::params![(pages + 1) as i64, rusqlite::types::Null])
+            .map_err(|e| self.write_error(pages + 1, e))?;
+        Ok(())
+    }
+
+    fn write_error(&self, pgno: u64, e: rusqlite::Error) -> Error {
+        let text = e.to_string();
+        if text.contains("read-only")
+            && !matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly))
+        {
+            return Error::Invalid(format!(
+                "{}: SQLite refused to write page {pgno} through sqlite_dbpage (SQLITE_DBCONFIG_DEFENSIVE is on); nothing was written",
+                self.path.display()
+            ));
+        }
+        sqlite_error(&self.path, &format!("cannot write page {pgno}"), e)
+    }
+
+    /// Commits, waiting up to the busy timeout for readers where the
+    /// journal mode needs it (a rollback journal waits for readers to
+    /// finish). On failure the transaction is rolled back: nothing written.
+    pub fn commit(self) -> Result<()> {
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                if is_busy(&e) {
+                    return Err(Error::Locked(format!(
+                        "{}: cannot commit: readers kept the database busy for the whole --lock-wait; the transaction was rolled back and nothing was written. Run again, or with a longer --lock-wait",
+                        self.path.display()
+                    )));
+                }
+                Err(sqlite_error(
+                    &self.path,
+                    "cannot commit; the transaction was rolled back and nothing was written",
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// Ends the transaction without writing anything.
+    pub fn rollback(self) -> Result<()> {
+        self.conn
+            .execute_batch("ROLLBACK")
+            .map_err(|e| sqlite_error(&self.path, "cannot roll back", e))
     }
 }
 

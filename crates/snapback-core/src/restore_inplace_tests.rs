@@ -1,0 +1,284 @@
+//! In-place restore through `Repository::restore_in_place`, on real
+//! databases in both journal modes, with other connections open.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use snapback_storage::{LocalStore, Store};
+
+use crate::error::Kind;
+use crate::repo::{InitOptions, Repository};
+use crate::restore_inplace::{InPlaceOptions, PAGER_OWNED};
+use crate::selector::Snapshot;
+use crate::snapshot::SnapshotOptions;
+use crate::NoProgress;
+
+struct Fx {
+    _dir: tempfile::TempDir,
+    repo: Repository,
+    db: PathBuf,
+}
+
+fn fx(mode: &str) -> Fx {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store: Arc<dyn Store> =
+        Arc::new(LocalStore::create(dir.path().join("repo")).expect("store"));
+    let repo = Repository::init(store, &InitOptions::default()).expect("init");
+    let db = dir.path().join("app.db");
+    let c = Connection::open(&db).expect("open");
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode={mode};
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (VALUES(1) UNION ALL SELECT i+1 FROM n WHERE i<400)
+         INSERT INTO t SELECT i, printf('row %d %s', i, hex(randomblob(40))) FROM n;"
+    ))
+    .expect("schema");
+    Fx {
+        _dir: dir,
+        repo,
+        db,
+    }
+}
+
+fn opts() -> InPlaceOptions {
+    InPlaceOptions {
+        path: None,
+        lock_wait: Duration::from_secs(5),
+        no_lock: false,
+        snapshot: SnapshotOptions::default(),
+    }
+}
+
+impl Fx {
+    fn snap(&self) -> Snapshot {
+        let r = self
+            .repo
+            .snapshot(
+                std::slice::from_ref(&self.db),
+                &SnapshotOptions::default(),
+                &NoProgress,
+            )
+            .expect("snapshot");
+        self.repo
+            .snapshots()
+            .expect("list")
+            .into_iter()
+            .find(|s| s.id == r.id)
+            .expect("listed")
+    }
+
+    fn live(&self) -> String {
+        self.db.to_string_lossy().into_owned()
+    }
+
+    fn snapshot_by_id(&self, id: &crate::id::Id) -> Snapshot {
+        self.repo
+            .snapshots()
+            .expect("list")
+            .into_iter()
+            .find(|s| s.id == *id)
+            .expect("listed")
+    }
+}
+
+/// Every page of a database, as SQLite has it (a WAL's frames included),
+/// with page 1's pager-owned header bytes zeroed.
+fn pages(db: &Path) -> Vec<Vec<u8>> {
+    let c = Connection::open(db).expect("open");
+    let mut st = c
+        .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
+        .expect("prepare");
+    let mut v: Vec<Vec<u8>> = st
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    for r in PAGER_OWNED {
+        for i in r {
+            v[0][i] = 0;
+        }
+    }
+    v
+}
+
+fn content(db: &Path) -> Vec<(i64, String)> {
+    let c = Connection::open(db).expect("open");
+    let mut st = c
+        .prepare("SELECT id, v FROM t ORDER BY id")
+        .expect("prepare");
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows")
+}
+
+fn integrity(db: &Path) {
+    assert!(crate::sqlite::integrity_check(db)
+        .expect("check")
+        .is_empty());
+}
+
+#[test]
+fn in_place_restore_gives_back_the_snapshot_image_in_both_journal_modes_and_undoes() {
+    for mode in ["wal", "delete"] {
+        for change in ["update", "grow", "shrink", "schema"] {
+            let f = fx(mode);
+            let s = f.snap();
+            let want_pages = pages(&f.db);
+            let want_rows = content(&f.db);
+            let app = Connection::open(&f.db).expect("app");
+            let sql = match change {
+                "update" => "UPDATE t SET v = 'damaged' WHERE id % 7 = 0",
+                "grow" => "WITH RECURSIVE n(i) AS (VALUES(1000) UNION ALL SELECT i+1 FROM n WHERE i<1600) INSERT INTO t SELECT i, hex(randomblob(100)) FROM n",
+                "shrink" => "DELETE FROM t WHERE id > 50; VACUUM",
+                _ => "CREATE TABLE extra(x); INSERT INTO extra VALUES(1); UPDATE t SET v = 'x' WHERE id = 3",
+            };
+            app.execute_batch(sql).expect("change");
+            let before_pages = pages(&f.db);
+            let before_rows = content(&f.db);
+            assert_ne!(before_pages, want_pages, "{mode} {change}");
+
+            let plan = f.repo.plan_in_place(&s, &f.db, &opts()).expect("plan");
+            assert!(!plan.applied);
+            assert!(plan.pages_changed() > 0, "{mode} {change}: {plan:?}");
+            assert_eq!(plan.snapshot_pages, want_pages.len() as u64);
+            assert_eq!(plan.live_pages, before_pages.len() as u64);
+            assert_eq!(pages(&f.db), before_pages, "a dry run writes nothing");
+
+            let rep = f
+                .repo
+                .restore_in_place(&s, &f.db, &opts(), &|_| {})
+                .unwrap_or_else(|e| panic!("{mode} {change}: restore: {e}"));
+            assert!(rep.applied, "{mode} {change}");
+            assert_eq!(
+                pages(&f.db),
+                want_pages,
+                "{mode} {change}: the snapshot's image"
+            );
+            integrity(&f.db);
+            // The application's connection sees the restored database.
+            let seen: Vec<(i64, String)> = {
+                let mut st = app
+                    .prepare("SELECT id, v FROM t ORDER BY id")
+                    .expect("prepare");
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .expect("query")
+                    .collect::<rusqlite::Result<_>>()
+                    .expect("rows")
+            };
+            assert_eq!(seen, want_rows, "{mode} {change}");
+            if change == "schema" {
+                let e = app.execute("INSERT INTO extra VALUES(2)", []);
+                assert!(e.is_err(), "the application's schema cache was refreshed");
+            }
+
+            let pre = f.snapshot_by_id(&rep.pre_restore_snapshot.expect("pre"));
+            assert!(pre.manifest.tags.iter().any(|t| t == "pre-restore"));
+            let undo = f
+                .repo
+                .restore_in_place(&pre, &f.db, &opts(), &|_| {})
+                .unwrap_or_else(|e| panic!("{mode} {change}: undo: {e}"));
+            assert!(undo.applied);
+            assert_eq!(
+                pages(&f.db),
+                before_pages,
+                "{mode} {change}: undone exactly"
+            );
+            assert_eq!(content(&f.db), before_rows);
+            integrity(&f.db);
+        }
+    }
+}
+
+#[test]
+fn nothing_to_change_writes_nothing() {
+    let f = fx("wal");
+    let s = f.snap();
+    let plan = f.repo.plan_in_place(&s, &f.db, &opts()).expect("plan");
+    assert_eq!(plan.pages_changed(), 0, "{plan:?}");
+    let rep = f
+        .repo
+        .restore_in_place(&s, &f.db, &opts(), &|_| {})
+        .expect("restore");
+    assert!(!rep.applied);
+}
+
+#[test]
+fn a_held_write_lock_is_refused_after_lock_wait_with_nothing_written() {
+    let f = fx("wal");
+    let s = f.snap();
+    let app = Connection::open(&f.db).expect("app");
+    app.execute_batch("UPDATE t SET v = 'changed' WHERE id < 10")
+        .expect("change");
+    let before = pages(&f.db);
+    app.execute_batch("BEGIN IMMEDIATE")
+        .expect("hold the write lock");
+    let mut o = opts();
+    o.lock_wait = Duration::from_millis(300);
+    let e = f
+        .repo
+        .restore_in_place(&s, &f.db, &o, &|_| {})
+        .expect_err("locked");
+    assert_eq!(e.kind(), Kind::Locked, "{e}");
+    assert!(e.to_string().contains("cannot lock"), "{e}");
+    app.execute_batch("ROLLBACK").expect("release");
+    assert_eq!(pages(&f.db), before);
+}
+
+#[test]
+fn page_size_and_journal_mode_differences_are_refused() {
+    let f = fx("wal");
+    let s = f.snap();
+    let c = Connection::open(&f.db).expect("open");
+    c.execute_batch("PRAGMA journal_mode=DELETE").expect("mode");
+    drop(c);
+    let before = pages(&f.db);
+    let e = f
+        .repo
+        .restore_in_place(&s, &f.db, &opts(), &|_| {})
+        .expect_err("mode");
+    assert!(e.to_string().contains("journal mode differs"), "{e}");
+    assert_eq!(pages(&f.db), before);
+
+    let c = Connection::open(&f.db).expect("open");
+    c.execute_batch("PRAGMA page_size=8192; VACUUM; PRAGMA journal_mode=WAL")
+        .expect("page size");
+    drop(c);
+    let before = pages(&f.db);
+    let e = f
+        .repo
+        .plan_in_place(&s, &f.db, &opts())
+        .expect_err("page size");
+    assert!(e.to_string().contains("page size differs"), "{e}");
+    let e = f
+        .repo
+        .restore_in_place(&s, &f.db, &opts(), &|_| {})
+        .expect_err("page size");
+    assert!(e.to_string().contains("page size differs"), "{e}");
+    assert_eq!(pages(&f.db), before);
+}
+
+#[test]
+fn another_database_of_the_snapshot_is_not_taken_silently() {
+    let f = fx("wal");
+    let s = f.snap();
+    let other = f.db.with_file_name("other.db");
+    std::fs::copy(&f.db, &other).expect("copy");
+    let e = f
+        .repo
+        .plan_in_place(&s, &other, &opts())
+        .expect_err("another database");
+    assert!(e.to_string().contains("--path"), "{e}");
+    let mut o = opts();
+    o.path = Some(f.live());
+    f.repo
+        .plan_in_place(&s, &other, &o)
+        .expect("named with --path");
+    let e = f
+        .repo
+        .plan_in_place(&s, f.db.parent().expect("dir"), &opts())
+        .expect_err("a directory");
+    assert!(e.to_string().contains("is a directory"), "{e}");
+}
