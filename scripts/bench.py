@@ -1492,6 +1492,11 @@ def has_watch():
     return run([SB, "watch", "--help"], check=False).rc == 0
 
 
+def has_upload_interval():
+    r = run([SB, "watch", "--help"], check=False)
+    return r.rc == 0 and "--upload-interval" in r.out
+
+
 def watch_run(name, spec, base, s3, args, w):
     """One tool on one database: start the capture, wait for its first
     restorable point, run the writer, let the last changes land, stop it
@@ -1545,8 +1550,8 @@ def watch_run(name, spec, base, s3, args, w):
             cmd = repo + ["-q", "snapshot", db]
         else:
             cmd = repo + ["watch", db]
-            if where == "s3" and every != 10:
-                cmd += ["--upload-interval", f"{every}s"]
+            if where == "s3" and has_upload_interval():
+                cmd += ["--upload-interval", f"{every:g}s"]
         point_re = rpo_re = r"/(snapshots|timeline)/[0-9a-f]{64}$"
 
         def restore(at, dest):
@@ -1655,6 +1660,18 @@ def watch_bench(args):
         where = "local" if "local" in parts else "s3"
         interval = [float(p) for p in parts[1:] if re.fullmatch(r"[0-9.]+", p)]
         specs.append({"tool": tool, "where": where, "interval": interval[0] if interval else (1 if tool == "litestream" or where == "local" else 10)})
+    batching = has_watch() and not args.no_watch and has_upload_interval()
+    if not batching:
+        # Every point is uploaded as it is taken (no --upload-interval, or
+        # the snapshot loop): one snapback run on S3, at one tick.
+        kept, seen_s3 = [], False
+        for sp in specs:
+            if sp["tool"] == "snapback" and sp["where"] == "s3":
+                if seen_s3:
+                    continue
+                seen_s3, sp = True, dict(sp, interval=1)
+            kept.append(sp)
+        specs = kept
     dbs = [("bench", base_db(args.size))]
     if args.json_size:
         dbs.append(("json", compressible_db(args.json_size)))
@@ -1662,7 +1679,8 @@ def watch_bench(args):
     t0 = time.time()
     res = {"date": now_utc(), "machine": machine_info(), "source": os.environ.get("SNAPBACK_BENCH_SOURCE", ""),
            "litestream": sh([LITESTREAM, "version"]), "rate": args.rate, "seconds": args.seconds,
-           "watch_on_main": (not args.no_watch) and has_watch(), "load_start": loadavg(), "dbs": {}}
+           "watch_on_main": (not args.no_watch) and has_watch(), "upload_interval": has_upload_interval(),
+           "load_start": loadavg(), "dbs": {}}
     try:
         for dbname, base in dbs:
             runs = []
@@ -1695,6 +1713,10 @@ def watch_markdown(res):
         out.append("")
         out.append("**`snapback watch` was not available: the snapback rows are `snapback snapshot` run every second** "
                    "(one process per snapshot, started by the harness; CPU summed over them).")
+    elif not res.get("upload_interval"):
+        out.append("")
+        out.append("`snapback watch` has no `--upload-interval` yet: every point is uploaded as it is taken "
+                   "(one tick), so the snapback S3 row is at Litestream's default RPO (sync-interval 1 s).")
     for dbname, d in res["dbs"].items():
         what = ("the bench database (`snapback-devtools gen --seed 42`)" if dbname == "bench"
                 else "JSON documents that compress well (`bench.py`'s generator)")
@@ -1716,7 +1738,48 @@ def watch_markdown(res):
                        + f" | {f(r['cpu_s']['total'])} | {f(r['cpu_s']['while_writing'])} | "
                        f"{f(r['rpo_s']['median'], '{:.1f}')} / {f(r['rpo_s']['p95'], '{:.1f}')} / {f(r['rpo_s']['max'], '{:.1f}')} | "
                        f"{rs(rl)} | {rs(rm)} |")
+        out += watch_targets(d["runs"])
     return "\n".join(out)
+
+
+def watch_targets(runs):
+    """Issue 18's targets, snapback against Litestream at the same RPO (the
+    Litestream run whose sync-interval is snapback's upload interval)."""
+    def verdict(ok):
+        return "met" if ok else "**missed**"
+    lines = ["", "| target (issue 18) | snapback | Litestream | ratio | |", "|---|---|---|---|---|"]
+    lit = {r["interval_s"]: r for r in runs if r["tool"] == "litestream"}
+    for sb in [r for r in runs if r["tool"] == "snapback"]:
+        if sb["where"] == "local":
+            m = sb["rpo_s"]["max"]
+            lines.append(f"| {sb['name']}: RPO at most one tick locally (max of samples) | {m:.2f} s | | | "
+                         f"{verdict(m is not None and m <= 1.0 + 0.05)} (p95 {sb['rpo_s']['p95']:.2f} s) |")
+            continue
+        ls = lit.get(sb["interval_s"]) or lit.get(1.0) or (next(iter(lit.values())) if lit else None)
+        p95 = sb["rpo_s"]["p95"]
+        lines.append(f"| {sb['name']}: RPO at most the upload interval ({sb['interval_s']:g} s) on S3 (p95 / max) | "
+                     f"{p95:.2f} / {sb['rpo_s']['max']:.2f} s | | | {verdict(p95 is not None and p95 <= sb['interval_s'] + 0.05)} |")
+        if not ls:
+            continue
+        vs = f"{sb['name']} against {ls['name']}"
+        a, b = sb["stored_bytes"], ls["stored_bytes"]
+        lines.append(f"| {vs}: at most half its bytes stored | {fmt_b(a)} | {fmt_b(b)} | {a / b:.2f} | {verdict(a <= b / 2)} |")
+        qa, qb = sb["requests"], ls["requests"]
+        wa, wb = qa["PUT"] + qa["POST"], qb["PUT"] + qb["POST"]
+        lines.append(f"| {vs}: no more PUTs (PUT + POST, start to stop) | {wa} | {wb} | {wa / max(wb, 1):.2f} | {verdict(wa <= wb)} |")
+        ticks = max(1.0, sb["writing_s"] / 1.0)
+        la, lb = sb["requests_while_writing"]["LIST"], ls["requests_while_writing"]["LIST"]
+        lines.append(f"| {vs}: no LIST request per tick (LISTs while writing, per 1 s tick) | {la} ({la / ticks:.2f}/tick) | "
+                     f"{lb} ({lb / ticks:.2f}/tick) | | {verdict(la / ticks < 0.5)} |")
+        ca, cb = sb["cpu_s"]["total"], ls["cpu_s"]["total"]
+        if ca is not None and cb:
+            lines.append(f"| {vs}: no more CPU (capturing process, start to stop) | {ca:.2f} s | {cb:.2f} s | {ca / cb:.2f} | {verdict(ca <= cb)} |")
+        for label in ("latest", "middle"):
+            ta, tb = sb["restore"][label]["wall_s"], ls["restore"][label]["wall_s"]
+            ok = sb["restore"][label]["check"].get("ok")
+            lines.append(f"| {vs}: restore of the {label} point in at most half its time | {ta:.2f} s | {tb:.2f} s | "
+                         f"{ta / tb:.2f} | {verdict(ta <= tb / 2 and ok)}{'' if ok else ' (restored content wrong)'} |")
+    return lines
 
 
 def main():
