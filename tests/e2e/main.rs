@@ -31,3 +31,4 @@ mod secrets;
 mod selectors;
 mod timeline_kit;
 mod units;
+mod watch;

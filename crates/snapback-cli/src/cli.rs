@@ -81,6 +81,9 @@ pub enum Command {
     Init(cmd_basic::InitArgs),
     /// Take a snapshot of files, directories and SQLite databases.
     Snapshot(cmd_basic::SnapshotArgs),
+    /// Take a point of SQLite databases every tick they changed (a
+    /// long-running process; systemd Type=notify).
+    Watch(crate::cmd_watch::WatchArgs),
     /// List snapshots.
     Snapshots(cmd_basic::SnapshotsArgs),
     /// Restore files from a snapshot.
@@ -138,6 +141,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Init(a) => cmd_basic::init(g, a),
         Command::Snapshot(a) => cmd_basic::snapshot(g, &cfg, a),
+        Command::Watch(a) => crate::cmd_watch::watch(g, &cfg, a),
         Command::Snapshots(a) => cmd_basic::snapshots(g, a),
         Command::Restore(a) => cmd_basic::restore(g, a),
         Command::Check(a) => cmd_basic::check(g, a),

@@ -259,7 +259,8 @@ pub fn validate_tag(t: &str) -> anyhow::Result<()> {
 /// d, w, y). A bad one is a usage error (exit 2) whose message lists the
 /// units: months have no fixed length, so `1mo` is refused with a hint.
 pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
-    const UNITS: &str = "s (seconds), m (minutes), h (hours), d (days), w (weeks), y (365 days)";
+    const UNITS: &str =
+        "ms (milliseconds), s (seconds), m (minutes), h (hours), d (days), w (weeks), y (365 days)";
     let bad = |why: String| crate::Usage(format!("invalid duration '{s}': {why}"));
     let t = s.trim();
     let mut total = 0u64;
@@ -293,13 +294,14 @@ pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
         let n: u64 = num
             .parse()
             .map_err(|_| bad("the number is too large".into()))?;
-        let secs = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            "w" => 604_800,
-            "y" => 31_536_000,
+        let ms: u64 = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
             "" if !after.is_empty() => {
                 return Err(bad(format!(
                     "unexpected '{}' after {num}: use whole numbers, each with a unit (90m, not 1.5h); units: {UNITS}",
@@ -318,10 +320,10 @@ pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
             }
             u => return Err(bad(format!("unknown unit '{u}'; units: {UNITS}")).into()),
         };
-        total = total.saturating_add(n.saturating_mul(secs));
+        total = total.saturating_add(n.saturating_mul(ms));
         rest = after;
     }
-    Ok(std::time::Duration::from_secs(total))
+    Ok(std::time::Duration::from_millis(total))
 }
 
 #[cfg(test)]
@@ -331,6 +333,8 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90s").expect("s").as_secs(), 90);
+        assert_eq!(parse_duration("250ms").expect("ms").as_millis(), 250);
+        assert_eq!(parse_duration("1s500ms").expect("s ms").as_millis(), 1500);
         assert_eq!(parse_duration("1d12h").expect("dh").as_secs(), 129_600);
         assert_eq!(parse_duration("2w").expect("w").as_secs(), 1_209_600);
         for bad in ["", "12", "5x", "h", "-1d", "1d 2h", "1.5h"] {

@@ -10,6 +10,7 @@ mod cmd_mount;
 mod cmd_ops;
 mod cmd_reliability;
 mod cmd_repair;
+mod cmd_watch;
 mod config;
 mod heartbeat;
 mod json;

@@ -44,6 +44,15 @@ pub struct CaptureState {
     pub manifest: Id,
     pub page_count: u64,
     pub db_checksum: String,
+    /// The pinned session of `snapback watch` that wrote the state (see
+    /// `watch`): a capture of the same session may continue across a WAL
+    /// restart. Absent for every other capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The WAL header's checkpoint sequence number of `wal_salts`'s
+    /// generation, when it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_ckpt: Option<u32>,
 }
 
 impl CaptureState {
@@ -174,6 +183,8 @@ mod tests {
             manifest: Id([7; 32]),
             page_count: 10,
             db_checksum: "0".into(),
+            session: None,
+            wal_ckpt: None,
         }
     }
 

@@ -61,6 +61,9 @@ pub struct Position {
     pub frame: u32,
     /// The chain checksum stored in that frame (zeros for frame 0).
     pub cksum: Cksum,
+    /// The WAL header's checkpoint sequence number of that generation,
+    /// when the WAL header was read.
+    pub ckpt: Option<u32>,
 }
 
 /// The pages a delta capture must read.
@@ -101,6 +104,26 @@ fn salts_unchanged(f: &File, h: &WalHeader) -> Result<(), String> {
     }
 }
 
+/// True when the WAL generation of `hdr` follows the state's directly,
+/// with only empty generations between: SQLite's restart adds 1 to the
+/// first salt and to the checkpoint sequence number each time (`k` times in
+/// all), and a restart that drops frames needs every frame copied into the
+/// database, which a pin at mark 0 forbids (see `watch`). Trusted only for
+/// a state of the same pinned session (the caller's `continuation`), whose
+/// captured position was then the end of its generation.
+///
+/// A state at frame 0 of a WAL that had no header yet (a new WAL, whose
+/// first writer picks random salts) is followed directly by the first
+/// generation the WAL file has: checkpoint sequence number 0.
+fn restarted_right_after(state: &CaptureState, saved: Salts, hdr: &WalHeader) -> bool {
+    let Some(ckpt) = state.wal_ckpt else {
+        return state.frame == 0 && hdr.checkpoint_seq == 0;
+    };
+    let k = hdr.checkpoint_seq.wrapping_sub(ckpt);
+    let salt1 = |s: &Salts| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+    (1..1 << 16).contains(&k) && salt1(&hdr.salts) == salt1(&saved).wrapping_add(k)
+}
+
 /// The pages written since the state's position, read inside the caller's
 /// read transaction (`page_size`, `page_count` come from it), or why they
 /// cannot be known.
@@ -111,6 +134,7 @@ pub fn changed_pages(
     state: &CaptureState,
     page_size: u32,
     page_count: u64,
+    continuation: bool,
 ) -> Result<Changed, String> {
     if !wal_mode {
         return Err(
@@ -144,47 +168,55 @@ pub fn changed_pages(
     let saved = state
         .salts()
         .ok_or("the local capture state is damaged (bad salts)")?;
-    if hdr.salts != saved {
-        return Err("the WAL restarted since the previous capture (its salts changed)".into());
-    }
     if index.salts != hdr.salts {
         return Err(
             "the wal-index and the WAL header disagree (a WAL restart is in progress)".into(),
         );
     }
-    if index.mx_frame < state.frame {
-        return Err("the WAL holds fewer commits than at the previous capture".into());
-    }
-    let seed = if state.frame == 0 {
-        hdr.cksum
-    } else {
-        match wal::stored_frame(&f, &hdr, state.frame) {
-            Ok(Some((fr, salts)))
-                if salts == hdr.salts && fr.cksum == state.frame_cksum && fr.is_commit() =>
-            {
-                state.frame_cksum
-            }
-            Ok(Some(_)) => return Err(
-                "the WAL frame at the previous capture's position no longer carries its checksum"
-                    .into(),
-            ),
-            Ok(None) => {
-                return Err(
-                    "the WAL is shorter than the previous capture's position (it was truncated)"
-                        .into(),
-                )
-            }
-            Err(e) => return Err(format!("the -wal file cannot be read ({e})")),
+    // Where the frames since the previous capture begin: after its frame in
+    // the same generation, or (a continuation) from the start of the
+    // generation that directly followed it.
+    let (from, seed) = if hdr.salts != saved {
+        if !(continuation && restarted_right_after(state, saved, &hdr)) {
+            return Err("the WAL restarted since the previous capture (its salts changed)".into());
         }
+        (0, hdr.cksum)
+    } else {
+        if index.mx_frame < state.frame {
+            return Err("the WAL holds fewer commits than at the previous capture".into());
+        }
+        let seed = if state.frame == 0 {
+            hdr.cksum
+        } else {
+            match wal::stored_frame(&f, &hdr, state.frame) {
+                Ok(Some((fr, salts)))
+                    if salts == hdr.salts && fr.cksum == state.frame_cksum && fr.is_commit() =>
+                {
+                    state.frame_cksum
+                }
+                Ok(Some(_)) => return Err(
+                    "the WAL frame at the previous capture's position no longer carries its checksum"
+                        .into(),
+                ),
+                Ok(None) => {
+                    return Err(
+                        "the WAL is shorter than the previous capture's position (it was truncated)"
+                            .into(),
+                    )
+                }
+                Err(e) => return Err(format!("the -wal file cannot be read ({e})")),
+            }
+        };
+        (state.frame, seed)
     };
-    let mut frames = wal::walk(&f, &hdr, state.frame, seed)
+    let mut frames = wal::walk(&f, &hdr, from, seed)
         .map_err(|e| format!("the -wal file cannot be read ({e})"))?;
     salts_unchanged(&f, &hdr)?;
     // Only committed frames count; a transaction being written is not in
     // any reader's view.
     let last_commit = frames.iter().rposition(|fr| fr.is_commit());
     frames.truncate(last_commit.map_or(0, |i| i + 1));
-    let end = frames.last().map_or(state.frame, |fr| fr.index);
+    let end = frames.last().map_or(from, |fr| fr.index);
     if end < index.mx_frame {
         return Err("the WAL's valid frames end before the wal-index's last commit".into());
     }
@@ -211,11 +243,12 @@ pub fn changed_pages(
     }
     pages.insert(1);
     let pages: Vec<u64> = pages.into_iter().filter(|&p| p <= page_count).collect();
-    let position = if index.mx_frame == state.frame {
+    let position = if index.mx_frame == from {
         Some(Position {
             salts: hdr.salts,
-            frame: state.frame,
-            cksum: state.frame_cksum,
+            frame: from,
+            cksum: if from == 0 { [0, 0] } else { state.frame_cksum },
+            ckpt: Some(hdr.checkpoint_seq),
         })
     } else {
         frames
@@ -225,6 +258,7 @@ pub fn changed_pages(
                 salts: hdr.salts,
                 frame: fr.index,
                 cksum: fr.cksum,
+                ckpt: Some(hdr.checkpoint_seq),
             })
     };
     Ok(Changed {
@@ -253,6 +287,7 @@ pub fn position_of_full_scan(
         salts: index.salts,
         frame: 0,
         cksum: [0, 0],
+        ckpt: None,
     };
     let Ok((f, hdr)) = open_wal(db) else {
         // No WAL header yet (a new or truncated WAL): the next writer
@@ -265,13 +300,17 @@ pub fn position_of_full_scan(
         return (index.mx_frame == 0).then_some(start);
     }
     let pos = if index.mx_frame == 0 {
-        start
+        Position {
+            ckpt: Some(hdr.checkpoint_seq),
+            ..start
+        }
     } else {
         match wal::stored_frame(&f, &hdr, index.mx_frame) {
             Ok(Some((fr, salts))) if salts == hdr.salts && fr.is_commit() => Position {
                 salts,
                 frame: fr.index,
                 cksum: fr.cksum,
+                ckpt: Some(hdr.checkpoint_seq),
             },
             _ => return None,
         }
@@ -334,6 +373,8 @@ mod tests {
             manifest: Id([0; 32]),
             page_count: list.len() as u64,
             db_checksum: checksum_of(list).to_hex(),
+            session: None,
+            wal_ckpt: pos.ckpt,
         }
     }
 
@@ -352,7 +393,7 @@ mod tests {
         let cap = Capture::begin(db, Duration::from_secs(10)).expect("begin");
         let mut delta_pos = None;
         let delta = prior.map(|(state, base)| {
-            let c = changed_pages(db, &b, true, state, cap.page_size, cap.page_count)?;
+            let c = changed_pages(db, &b, true, state, cap.page_size, cap.page_count, false)?;
             let mut refs = Vec::new();
             let ps = cap.page_size as usize;
             cap.read_listed(&c.pages, 100, |_, buf| {
@@ -565,29 +606,109 @@ mod tests {
         c.execute("INSERT INTO t VALUES (1)", []).expect("insert");
         let b = before(&db);
         let cap = Capture::begin(&db, Duration::from_secs(5)).expect("begin");
-        let ok =
-            changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count).expect("delta");
+        let ok = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count, false)
+            .expect("delta");
         assert!(ok.pages.len() < base.len() + 1);
         let mut far = state.clone();
         far.frame += 50;
-        let e = changed_pages(&db, &b, true, &far, cap.page_size, cap.page_count)
+        let e = changed_pages(&db, &b, true, &far, cap.page_size, cap.page_count, false)
             .expect_err("past end");
         assert!(e.contains("fewer commits") || e.contains("shorter"), "{e}");
         let mut wrong = state.clone();
         wrong.frame_cksum[0] ^= 1;
-        let e =
-            changed_pages(&db, &b, true, &wrong, cap.page_size, cap.page_count).expect_err("cksum");
+        let e = changed_pages(&db, &b, true, &wrong, cap.page_size, cap.page_count, false)
+            .expect_err("cksum");
         assert!(e.contains("no longer carries"), "{e}");
         let mut moved = state.clone();
         moved.ino ^= 1;
-        let e =
-            changed_pages(&db, &b, true, &moved, cap.page_size, cap.page_count).expect_err("ino");
+        let e = changed_pages(&db, &b, true, &moved, cap.page_size, cap.page_count, false)
+            .expect_err("ino");
         assert!(e.contains("replaced"), "{e}");
         let mut ps = state.clone();
         ps.page_size = 1024;
-        let e = changed_pages(&db, &b, true, &ps, cap.page_size, cap.page_count).expect_err("ps");
+        let e = changed_pages(&db, &b, true, &ps, cap.page_size, cap.page_count, false)
+            .expect_err("ps");
         assert!(e.contains("page size"), "{e}");
         cap.finish().expect("finish");
+    }
+
+    /// The watcher's case: a pin held from before capture A, handed over to
+    /// a pin that began at mark 0 (the WAL wholly checkpointed); the
+    /// application's TRUNCATE checkpoints then restart the WAL, and the
+    /// next capture continues from the new generation's first frame.
+    #[test]
+    fn a_pinned_session_continues_across_a_wal_restart_with_the_full_scans_chunk_list() {
+        let d = tempfile::tempdir().expect("tmp");
+        let db = d.path().join("app.db");
+        let c = writer(&db);
+        c.execute_batch(
+            "PRAGMA wal_autocheckpoint=0; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
+        )
+        .expect("setup");
+        for i in 0..50 {
+            c.execute("INSERT INTO t(v) VALUES (randomblob(?1))", [100 + i * 37])
+                .expect("insert");
+        }
+        let pin1 = crate::watch::Pin::begin(&db, Duration::from_secs(1))
+            .expect("pin")
+            .expect("wal");
+        let (_, _, next) = capture_both(&db, None);
+        let (mut state, base) = next.expect("a position");
+        state.session = Some("s".into());
+        assert!(state.wal_ckpt.is_some());
+        c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+            .expect("ckpt");
+        let pin2 = crate::watch::Pin::begin(&db, Duration::from_secs(1))
+            .expect("pin")
+            .expect("wal");
+        drop(pin1);
+        c.busy_timeout(Duration::from_millis(100)).expect("busy");
+        for _ in 0..2 {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .expect("ckpt");
+        }
+        c.execute("UPDATE t SET v = randomblob(300) WHERE id % 7 = 0", [])
+            .expect("update");
+        c.execute("INSERT INTO t(v) VALUES (randomblob(20000))", [])
+            .expect("grow");
+        let now = crate::wal::read_index_header(&db)
+            .expect("shm")
+            .expect("hdr");
+        assert_ne!(
+            now.salts,
+            state.salts().expect("salts"),
+            "the WAL restarted"
+        );
+        let b = before(&db);
+        let cap = Capture::begin(&db, Duration::from_secs(5)).expect("begin");
+        let e = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count, false)
+            .expect_err("no continuation outside a session");
+        assert!(e.contains("restarted"), "{e}");
+        let ch = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count, true)
+            .expect("a continuation");
+        let ps = cap.page_size as usize;
+        let mut refs = Vec::new();
+        cap.read_listed(&ch.pages, 100, |_, buf| {
+            refs.extend(buf.chunks(ps).map(|p| ChunkRef {
+                id: Id::of(p),
+                len: ps as u32,
+            }));
+            Ok(())
+        })
+        .expect("read");
+        let old = crate::id::DbChecksum::from_hex(&state.db_checksum).expect("hex");
+        let (list, _) =
+            apply_delta(base, old, &ch, &refs, cap.page_count, ps as u64).expect("apply");
+        assert!(
+            list == full_list(&cap),
+            "the continued delta is the full scan"
+        );
+        assert!(
+            ch.pages.len() < list.len(),
+            "only the changed pages were read"
+        );
+        cap.finish().expect("finish");
+        drop(pin2);
     }
 
     #[test]
@@ -609,7 +730,7 @@ mod tests {
         c.execute("INSERT INTO t VALUES (1)", []).expect("insert");
         let b = before(&db);
         let cap = Capture::begin(&db, Duration::from_secs(5)).expect("begin");
-        let e = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count)
+        let e = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count, false)
             .expect_err("a page in no frame");
         assert!(e.contains("in no WAL frame"), "{e}");
         cap.finish().expect("finish");

@@ -44,6 +44,7 @@ mod timeline;
 #[cfg(test)]
 mod timeline_tests;
 mod wal;
+pub mod watch;
 pub mod watch_status;
 
 pub use check::{

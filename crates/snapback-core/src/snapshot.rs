@@ -55,6 +55,18 @@ pub struct SnapshotOptions {
     /// only the pages written since its previous capture (`delta`). `None`:
     /// every capture is a full scan.
     pub state_dir: Option<PathBuf>,
+    /// Set by `snapback watch` only: the id of a session in which the caller
+    /// has held a read transaction on each database continuously, handed
+    /// over before every capture (`watch::Pin`). A capture whose state was
+    /// written in the same session may continue across a WAL restart
+    /// instead of falling back to a full scan (docs/watch.md).
+    pub pin_session: Option<String>,
+    /// The manifest's `time` is the moment its one database's read
+    /// transaction began (`sqlite.captured_at`) rather than the moment the
+    /// command began: `@T` then never selects an image that holds a
+    /// transaction committed after T. Set by `snapback watch`, whose points
+    /// each hold one database.
+    pub time_from_capture: bool,
 }
 
 impl Default for SnapshotOptions {
@@ -65,6 +77,8 @@ impl Default for SnapshotOptions {
             upload_threads: 4,
             lock_wait: Duration::from_secs(300),
             state_dir: None,
+            pin_session: None,
+            time_from_capture: false,
         }
     }
 }
@@ -531,7 +545,14 @@ impl Repository {
             // A repository keeps its format: a format-1 one gets format-1
             // manifests, which its older readers understand.
             format_version: self.config().format_version,
-            time: crate::time::format_rfc3339(time),
+            time: match (opts.time_from_capture, files.as_slice()) {
+                (true, [f]) => f
+                    .sqlite
+                    .as_ref()
+                    .map(|s| s.captured_at.clone())
+                    .unwrap_or_else(|| crate::time::format_rfc3339(time)),
+                _ => crate::time::format_rfc3339(time),
+            },
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             tags: opts.tags.clone(),
             paths: roots,
@@ -744,8 +765,16 @@ impl Repository {
         }
         let delta = prior.and_then(|(state, base)| {
             let b = before.as_ref().ok_or("the database file was replaced")?;
-            let c =
-                crate::delta::changed_pages(path, b, wal_mode, &state, page_size, cap.page_count)?;
+            let continuation = opts.pin_session.is_some() && state.session == opts.pin_session;
+            let c = crate::delta::changed_pages(
+                path,
+                b,
+                wal_mode,
+                &state,
+                page_size,
+                cap.page_count,
+                continuation,
+            )?;
             let limit = (cap.page_count / 4).max(256);
             if c.pages.len() as u64 > limit {
                 return Err(format!(
@@ -777,9 +806,8 @@ impl Repository {
                 base,
             )?;
             cap.finish()?;
-            if let (Some(pos), Some(l), Some(b)) = (changed.position, lock, before.as_ref()) {
-                self.queue_state(sink, &path_s, b, page_size, pos, &entry, l);
-            }
+            let at = (changed.position, lock, before.as_ref());
+            self.queue_state(sink, &path_s, at, page_size, &entry, &opts.pin_session);
             return Ok(entry);
         }
         let reason = reason.unwrap_or_default();
@@ -865,9 +893,8 @@ impl Repository {
             sqlite: Some(facts),
         };
         if chunk_size == page_size as usize {
-            if let (Some(pos), Some(l), Some(b)) = (position, lock, before.as_ref()) {
-                self.queue_state(sink, &path_s, b, page_size, pos, &entry, l);
-            }
+            let at = (position, lock, before.as_ref());
+            self.queue_state(sink, &path_s, at, page_size, &entry, &opts.pin_session);
         }
         Ok(entry)
     }
@@ -959,18 +986,22 @@ impl Repository {
     }
 
     /// Queues the capture state of `entry` to be saved after the commit.
-    #[allow(clippy::too_many_arguments)]
     fn queue_state(
         &self,
         sink: &mut BlobSink,
         path_s: &str,
-        before: &crate::delta::Before,
+        at: (
+            Option<crate::delta::Position>,
+            Option<(StatePaths, StateLock)>,
+            Option<&crate::delta::Before>,
+        ),
         page_size: u32,
-        pos: crate::delta::Position,
         entry: &FileEntry,
-        lock: (StatePaths, StateLock),
+        session: &Option<String>,
     ) {
-        let (paths, l) = lock;
+        let (Some(pos), Some((paths, l)), Some(before)) = at else {
+            return;
+        };
         sink.states.push(PendingState {
             paths,
             state: CaptureState {
@@ -988,6 +1019,8 @@ impl Repository {
                 manifest: Id([0; 32]),
                 page_count: entry.chunks.count,
                 db_checksum: entry.db_checksum.clone(),
+                session: session.clone(),
+                wal_ckpt: pos.ckpt,
             },
             _lock: l,
         });

@@ -19,16 +19,47 @@ use crate::id::Id;
 
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
+/// Database files whose header was read here, by device and inode, kept
+/// open until the process exits. SQLite holds its locks on a database file
+/// as POSIX locks, and closing *any* descriptor of a file drops every POSIX
+/// lock the process holds on it: a header read that closed its descriptor
+/// would silently release the read transaction another connection of this
+/// process holds on the same database (the watcher's pin; see `watch`), and
+/// a last writer elsewhere could then delete the WAL under it. Files that
+/// are not databases are closed as usual.
+static DB_FILES: std::sync::Mutex<Vec<((u64, u64), std::fs::File)>> =
+    std::sync::Mutex::new(Vec::new());
+
 /// True when the file starts with the SQLite header string.
 pub fn has_sqlite_header(path: &Path) -> std::io::Result<bool> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    let key = (m.dev(), m.ino());
+    let mut open = DB_FILES
+        .lock()
+        .map_err(|_| std::io::Error::other("database file table poisoned"))?;
+    if let Some((_, f)) = open.iter().find(|(k, _)| *k == key) {
+        return header_is_sqlite(f);
+    }
+    let f = std::fs::File::open(path)?;
+    let m = f.metadata()?;
+    let is_db = header_is_sqlite(&f)?;
+    if is_db {
+        open.push(((m.dev(), m.ino()), f));
+    }
+    Ok(is_db)
+}
+
+fn header_is_sqlite(f: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
     let mut b = [0u8; 16];
     let mut n = 0;
     while n < 16 {
-        match f.read(&mut b[n..])? {
-            0 => break,
-            k => n += k,
+        match f.read_at(&mut b[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(n == 16 && &b == SQLITE_MAGIC)
