@@ -904,7 +904,7 @@ def replace_section(name, body):
         text = pre + block + post
     else:
         title = {"suite": "## The suite", "scale": "## Scale",
-                 "capture": "## Capture cost",
+                 "capture": "## Capture cost", "restore": "## Restore",
                  "watch": "## Continuous capture against Litestream"}.get(name, f"## {name}")
         text = text.rstrip() + f"\n\n{title}\n\n{block}\n"
     with open(DOC, "w") as f:
@@ -1782,6 +1782,140 @@ def watch_targets(runs):
     return lines
 
 
+# ---------------------------------------------------------------- restore
+
+def damage_pages(path, fraction, seed, page=4096):
+    """Overwrites `fraction` of the file's pages (at least one, never page 1's
+    header alone) with random bytes; returns how many."""
+    rnd = random.Random(seed)
+    n = os.path.getsize(path) // page
+    k = max(1, int(n * fraction))
+    pages = rnd.sample(range(n), k)
+    with open(path, "r+b") as f:
+        for p in pages:
+            f.seek(p * page)
+            f.write(rnd.randbytes(page))
+    return k
+
+
+def restore_bench(args):
+    """Restore (issue 13): per size, a full snapshot and one after a 1%
+    update (local repository, the local S3 server, restic), then a full
+    restore of the latest from each, and `restore --delta` into a copy with
+    1% and 0.1% of its pages overwritten. One run; every restored file is
+    compared with the source's SHA-256."""
+    out = {"date": now_utc(), "machine": machine_info(), "load_start": loadavg(), "sizes": {}}
+    s3 = None
+    try:
+        s3 = S3()
+    except Exception as e:  # noqa: BLE001 - report and go on without S3
+        out["s3_error"] = str(e)
+        log(f"!! no local S3 server: {e}")
+    try:
+        for size in args.sizes:
+            base = base_db(size)
+            w = os.path.join(OUT, "restore", f"s{size}")
+            shutil.rmtree(w, ignore_errors=True)
+            os.makedirs(w)
+            db = os.path.join(w, "app.db")
+            shutil.copyfile(base, db)
+            repo = os.path.join(w, "repo")
+            env_restic = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": os.path.join(w, "restic-repo"),
+                          "RESTIC_CACHE_DIR": os.path.join(w, "restic-cache")}
+            prefix = f"bench-restore-{os.getpid()}-s{size}"
+            run([SB, "--repo", repo, "-q", "init"])
+            run(["restic", "init", "-q"], env=env_restic)
+            if s3:
+                run(s3.repo(prefix) + ["-q", "init"], env=s3.env)
+            for upd in (None, (0.01, 8)):
+                if upd:
+                    run([DT, "update", db, "--fraction", str(upd[0]), "--seed", str(upd[1])])
+                run([SB, "--repo", repo, "-q", "snapshot", db])
+                if s3:
+                    run(s3.repo(prefix) + ["-q", "snapshot", db], env=s3.env)
+                checkpoint(db)
+                run(["restic", "backup", "-q", "--host", "bench", db], env=env_restic)
+            want = sha256_file(db)
+            r = {"file_bytes": os.path.getsize(db)}
+
+            def timed(name, cmd, dest, env=None, warm_paths=()):
+                warm(*warm_paths)
+                t = run(cmd, env=env)
+                got = [os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs if f == "app.db"] \
+                    if os.path.isdir(dest) else [dest]
+                r[name] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
+                           "identical": len(got) == 1 and sha256_file(got[0]) == want}
+                log(f"   restore s{size} {name}: {t.wall:.2f}s (rss {t.maxrss_kib >> 10} MiB)"
+                    f"{'' if r[name]['identical'] else ' NOT IDENTICAL'}  (load {loadavg()})")
+                return t
+            dest = os.path.join(w, "restored.db")
+            timed("snapback", [SB, "--repo", repo, "-q", "restore", "latest", dest], dest, warm_paths=(repo,))
+            rdest = os.path.join(w, "restic-out")
+            timed("restic", ["restic", "restore", "latest", "--target", rdest], rdest, env=env_restic,
+                  warm_paths=(env_restic["RESTIC_REPOSITORY"],))
+            shutil.rmtree(rdest, ignore_errors=True)
+            if s3:
+                sdest = os.path.join(w, "restored-s3.db")
+                timed("snapback_s3", s3.repo(prefix) + ["-q", "restore", "latest", sdest], sdest, env=s3.env,
+                      warm_paths=(s3.data,) if s3.data else ())
+                os.remove(sdest)
+            for name, frac, seed in (("delta_1pct", 0.01, 1), ("delta_01pct", 0.001, 2)):
+                pages = damage_pages(dest, frac, seed)
+                t = timed(name, [SB, "--repo", repo, "--json", "restore", "latest", dest, "--delta"], dest,
+                          warm_paths=(repo, dest))
+                d = t.json().get("delta", {})
+                r[name].update({"damaged_pages": pages, "pages_written": d.get("pages_written"),
+                                "pages_compared": d.get("pages_compared")})
+            out["sizes"][str(size)] = r
+            if s3:
+                s3.remove(prefix)
+            shutil.rmtree(w, ignore_errors=True)
+    finally:
+        if s3:
+            s3.stop()
+    out["load_end"] = loadavg()
+    path = os.path.join(OUT, "restore", f"results-{out['date'].replace(':', '')}.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    log(f"== raw results: {path}")
+    md = restore_markdown(out)
+    print(md)
+    if not os.environ.get("BENCH_NO_DOC"):
+        replace_section("restore", md)
+
+
+def restore_markdown(res):
+    mi = res["machine"]
+    L = [f"Run of **{res['date']}** (UTC): `scripts/bench-restore.sh {' '.join(res['sizes'])}`, one run; "
+         f"load average at the start {res['load_start']}, at the end {res['load_end']}; "
+         f"{mi['nproc']} cores ({mi['cpu']}), disk {mi['disk']}.",
+         "",
+         "Per size: a full snapshot, 1% of the deploys rows updated and a second snapshot, in a local "
+         "repository, on the local S3 server (s3s-fs on 127.0.0.1) and with restic (after a checkpoint); "
+         "then a full restore of the latest from each (`snapback restore latest F`, which verifies every "
+         "chunk as it writes it and proves the file from those hashes, no read-back; `restic restore`), "
+         "and `snapback restore latest F --delta` into the restored file after 1% and 0.1% of its pages "
+         "were overwritten with random bytes. Every command starts with its input read once (warm cache); "
+         "every restored file was compared with the source's SHA-256.",
+         "",
+         "| | full, local | restic | ÷ restic (target ≤ 0.5) | full, S3 | S3 ÷ local (target ≤ 1.5) "
+         "| --delta after 1% | ÷ full (target ≤ 0.15) | --delta after 0.1% | ÷ full | peak RSS: full / S3 / delta, MiB | identical |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size, r in res["sizes"].items():
+        g = lambda k, f="wall": (r.get(k) or {}).get(f)  # noqa: E731
+        full = g("snapback")
+        d1, d01 = g("delta_1pct"), g("delta_01pct")
+        rss = " / ".join("–" if g(k, "rss_kib") is None else f"{g(k, 'rss_kib') / 1024:.0f}"
+                         for k in ("snapback", "snapback_s3", "delta_1pct"))
+        ident = all(v.get("identical") for v in r.values() if isinstance(v, dict))
+        L.append(f"| {size} MiB ({r['file_bytes'] / MiB:.0f} MiB file), s | {fmt_s(full)} | {fmt_s(g('restic'))} | "
+                 f"{fmt_r(ratio(full, g('restic')))} | {fmt_s(g('snapback_s3'))} | {fmt_r(ratio(g('snapback_s3'), full))} | "
+                 f"{fmt_s(d1)} ({g('delta_1pct', 'pages_written')} pages written) | {fmt_r(ratio(d1, full))} | "
+                 f"{fmt_s(d01)} ({g('delta_01pct', 'pages_written')} pages) | {fmt_r(ratio(d01, full))} | {rss} | "
+                 f"{'yes' if ident else '**no**'} |")
+    return "\n".join(L) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1818,6 +1952,8 @@ def main():
     wr.add_argument("--rate", type=float, default=20.0)
     wr.add_argument("--seconds", type=int, default=60)
     wr.add_argument("--seed", type=int, default=11)
+    q = sub.add_parser("restore", help="full restore (local, S3, restic) and --delta after damage")
+    q.add_argument("sizes", nargs="*", type=int, default=[1024, 4096])
     c = sub.add_parser("report")
     c.add_argument("results")
     args = ap.parse_args()
@@ -1829,6 +1965,8 @@ def main():
         scale(args)
     elif args.cmd == "capture":
         capture(args)
+    elif args.cmd == "restore":
+        restore_bench(args)
     elif args.cmd == "watch":
         watch_bench(args)
     elif args.cmd == "writer":
