@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::chunklist::ChunkRef;
@@ -533,23 +533,41 @@ impl Repository {
         let mut stats = WriteStats::default();
         let mut sum = DbChecksum::default();
         let want_sha = file.sha256.is_some();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Window>(1);
+        use std::sync::mpsc::{channel, sync_channel};
+        let (tx, rx) = sync_channel::<Arc<Window>>(1);
+        let (hash_tx, hash_rx) = sync_channel::<Arc<Window>>(1);
+        // Windows' buffers come back for the next ones, from whichever of
+        // the writer and the hasher is done with them last.
+        let (back_tx, back_rx) = channel::<Vec<u8>>();
+        let recycle = |w: Arc<Window>, back: &std::sync::mpsc::Sender<Vec<u8>>| {
+            if let Ok(w) = Arc::try_unwrap(w) {
+                let _ = back.send(w.buf);
+            }
+        };
         let sha = std::thread::scope(|s| -> Result<Option<Id>> {
-            // The writer: writes each window's runs and hashes its bytes in
-            // order while the next window is fetched.
-            let writer = s.spawn(move || -> Result<Option<Id>> {
-                let mut h = want_sha.then(Sha256::new);
+            // The writer writes each window's runs while the hasher hashes
+            // its bytes in order and the next window is fetched.
+            let back = back_tx.clone();
+            let writer = s.spawn(move || -> Result<()> {
                 for w in rx {
                     for &(a, b) in &w.runs {
                         out.write_all_at(&w.buf[a..b], w.start + a as u64)
                             .map_err(|e| Error::io(at, "write failed", e))?;
                     }
+                    progress.inc(w.buf.len() as u64);
+                    recycle(w, &back);
+                }
+                Ok(())
+            });
+            let hasher = s.spawn(move || -> Option<Id> {
+                let mut h = want_sha.then(Sha256::new);
+                for w in hash_rx {
                     if let Some(h) = h.as_mut() {
                         h.update(&w.buf);
                     }
-                    progress.inc(w.buf.len() as u64);
+                    recycle(w, &back_tx);
                 }
-                Ok(h.map(|h| Id(h.finalize().into())))
+                h.map(|h| Id(h.finalize().into()))
             });
             let fed = (|| -> Result<()> {
                 let mut i = 0;
@@ -562,6 +580,7 @@ impl Repository {
                         j += 1;
                     }
                     let w = self.fill_window(
+                        back_rx.try_recv().unwrap_or_default(),
                         index,
                         file,
                         &chunks[i..j],
@@ -573,6 +592,10 @@ impl Repository {
                         &mut sum,
                         &mut stats,
                     )?;
+                    let w = Arc::new(w);
+                    if want_sha && hash_tx.send(w.clone()).is_err() {
+                        return Err(Error::Invalid("the restore's hasher thread stopped".into()));
+                    }
                     if tx.send(w).is_err() {
                         // The writer stopped: its error is returned below.
                         return Ok(());
@@ -583,11 +606,13 @@ impl Repository {
                 Ok(())
             })();
             drop(tx);
-            let written = writer
-                .join()
-                .map_err(|_| Error::Invalid("the restore's writer thread panicked".into()))?;
+            drop(hash_tx);
+            let panicked = |_| Error::Invalid("a thread of the restore panicked".into());
+            let written = writer.join().map_err(panicked);
+            let sha = hasher.join().map_err(panicked)?;
+            written??;
             fed?;
-            written
+            Ok(sha)
         })?;
         if old_len > file.size {
             out.set_len(file.size)
@@ -621,6 +646,7 @@ impl Repository {
     #[allow(clippy::too_many_arguments)]
     fn fill_window(
         &self,
+        mut buf: Vec<u8>,
         index: &MasterIndex,
         file: &FileEntry,
         chunks: &[ChunkRef],
@@ -633,7 +659,8 @@ impl Repository {
         stats: &mut WriteStats,
     ) -> Result<Window> {
         let len: u64 = chunks.iter().map(|c| c.len as u64).sum();
-        let mut buf = vec![0u8; len as usize];
+        buf.clear();
+        buf.resize(len as usize, 0);
         let mut offs = Vec::with_capacity(chunks.len());
         let mut o = 0usize;
         for c in chunks {
@@ -655,22 +682,26 @@ impl Repository {
             }
         }
         let codec = self.codec();
-        let need: Vec<Option<bool>> = chunks
-            .par_iter()
-            .zip(offs.par_iter())
-            .map(|(c, &o)| {
-                let end = o + c.len as usize;
-                if end <= have {
-                    if codec.blob_id(&buf[o..end]) == c.id {
-                        return None;
-                    }
-                } else if o >= have && is_zero(c) {
-                    // Past DEST's old end: the file was extended with zeros.
+        let judge = |k: usize| -> Option<bool> {
+            let (c, o) = (&chunks[k], offs[k]);
+            let end = o + c.len as usize;
+            if end <= have {
+                if codec.blob_id(&buf[o..end]) == c.id {
                     return None;
                 }
-                Some(!is_zero(c))
-            })
-            .collect();
+            } else if o >= have && is_zero(c) {
+                // Past DEST's old end: the file was extended with zeros.
+                return None;
+            }
+            Some(!is_zero(c))
+        };
+        // Hashing DEST's chunks is the work of a --delta: on every core.
+        // Without DEST there is nothing to hash.
+        let need: Vec<Option<bool>> = if have == 0 {
+            (0..chunks.len()).map(judge).collect()
+        } else {
+            par_map(chunks.len(), &judge)
+        };
         // Zero chunks to write: clear what DEST had there.
         for ((c, &o), n) in chunks.iter().zip(&offs).zip(&need) {
             if *n == Some(false) {
@@ -855,6 +886,26 @@ fn missing_chunk(id: &Id, place: &str) -> Error {
         format!("chunk {} of {place}", id.short()),
         "is not in any index; the data is missing (run `snapback check`)",
     )
+}
+
+/// `(0..n).map(f)`, on every core in scoped threads (no pool that spins
+/// while the range readers want the cores).
+fn par_map<T: Send>(n: usize, f: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+    let width = std::thread::available_parallelism().map_or(2, |w| w.get());
+    let part = n.div_ceil(width.max(1)).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..n)
+            .step_by(part)
+            .map(|a| s.spawn(move || (a..(a + part).min(n)).map(f).collect::<Vec<T>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            })
+            .collect()
+    })
 }
 
 /// Runs `f` on every job, `width` at a time, on threads of their own (a
