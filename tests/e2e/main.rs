@@ -29,6 +29,7 @@ mod retention;
 mod s3;
 mod secrets;
 mod selectors;
+mod timeline;
 mod timeline_kit;
 mod units;
 mod watch;

@@ -305,6 +305,10 @@ pub struct SnapshotsArgs {
     /// Accepted as on every reading command; listing never takes a lock.
     #[arg(long)]
     pub no_lock: bool,
+    /// Also list timeline points (named SEGMENT/INDEX), each as a snapshot
+    /// of its base's paths, host and tags.
+    #[arg(long)]
+    pub points: bool,
 }
 
 pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
@@ -316,7 +320,11 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
             .to_string_lossy()
             .into_owned()
     });
-    let all = repo.snapshots()?;
+    let all = if a.points {
+        repo.snapshots_and_points()?
+    } else {
+        repo.snapshots()?
+    };
     // Dated over every snapshot: a successor may be outside the filter.
     let dating = snapback_core::Dating::of(&all);
     let list: Vec<Snapshot> = all
@@ -336,7 +344,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
         {
             eprintln!(
                 "warning: snapshot {} from host {} is dated {}, ahead of this host's clock (that host's clock was ahead when it was taken); `latest` and retention do not count it as the newest. Check the clock (NTP) of {}",
-                s.id.short(),
+                s.name(),
                 s.manifest.host,
                 s.manifest.time,
                 s.manifest.host
@@ -346,7 +354,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
             if let Some(a) = dating.ahead(&s.id) {
                 eprintln!(
                     "warning: snapshot {} from host {} is {}; `latest`, retention and `status` place it at {}. Check the clock (NTP) of {}",
-                    s.id.short(),
+                    s.name(),
                     s.manifest.host,
                     a.describe(),
                     snapback_core::time::format_rfc3339(dating.trusted(s)),
@@ -359,7 +367,13 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
         print_json(
             &list
                 .iter()
-                .map(|s| crate::json::Listed::new(s, &dating))
+                .map(|s| {
+                    let changed = s.point.and_then(|p| {
+                        let seg = repo.segment(&p.segment).ok()?;
+                        seg.points.get(p.index).map(|x| x.changes.len())
+                    });
+                    crate::json::Listed::new(s, &dating, changed)
+                })
                 .collect::<Vec<_>>(),
         )?;
         return Ok(exit::OK);
@@ -373,7 +387,7 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
         let m = &s.manifest;
         println!(
             "{:<10} {:<32} {:<12} {:<12} {:>10} {:>10}  {}",
-            s.id.short(),
+            s.name(),
             format!(
                 "{}{}",
                 snapback_core::time::format_rfc3339_nanos(s.time),
@@ -393,7 +407,12 @@ pub fn snapshots(g: &Global, a: SnapshotsArgs) -> anyhow::Result<u8> {
         );
     }
     if !g.quiet {
-        eprintln!("{} snapshot(s)", list.len());
+        let points = list.iter().filter(|s| s.point.is_some()).count();
+        if a.points {
+            eprintln!("{} snapshot(s), {points} point(s)", list.len() - points);
+        } else {
+            eprintln!("{} snapshot(s)", list.len());
+        }
     }
     Ok(exit::OK)
 }
@@ -456,7 +475,7 @@ pub fn resolve(
     let sel: Selector = sel.parse()?;
     // An explicit id means that snapshot; a path narrows 'latest' and '@TIME'
     // to the snapshots that hold it.
-    let narrow = if matches!(sel, Selector::Id(_)) {
+    let narrow = if matches!(sel, Selector::Id(_) | Selector::Point { .. }) {
         None
     } else {
         path
@@ -502,7 +521,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     let r = r.context("restore failed")?;
     if g.json {
         print_json(&crate::json::Restored {
-            snapshot: snap.id,
+            snapshot: snap.selector(),
             files: r.files,
             bytes: r.bytes,
             lock: r.lock.as_str(),

@@ -354,6 +354,13 @@ pub fn release(g: &Global, a: ReleaseArgs) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
     let sel: Selector = a.snap.parse()?;
     let snap = repo.resolve_for_path(&sel, None, &[])?;
+    if snap.point.is_some() {
+        return Err(snapback_core::Error::Selector(format!(
+            "{} is a timeline point, not a pre-repair snapshot; give the id of the pre-repair snapshot to release (`snapback snapshots --tag pre-repair`)",
+            snap.describe()
+        ))
+        .into());
+    }
     chose(g, &snap);
     repo.release(&snap.id)?;
     if !g.quiet {

@@ -121,7 +121,8 @@ pub struct ErrorDoc {
 /// One snapshot in `snapshots --json`.
 #[derive(Serialize)]
 pub struct Listed<'a> {
-    pub id: Id,
+    /// A manifest's full id, or a point's `SEGMENT/INDEX`: what selects it.
+    pub id: String,
     pub short_id: String,
     pub time: &'a str,
     pub future: bool,
@@ -133,6 +134,20 @@ pub struct Listed<'a> {
     pub logical_size: u64,
     pub bytes_added: u64,
     pub files: Vec<ListedFile<'a>>,
+    /// Only on a timeline point (`snapshots --points`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point: Option<ListedPoint>,
+}
+
+/// Where a listed point is, and what restoring it replays.
+#[derive(Serialize)]
+pub struct ListedPoint {
+    pub segment: Id,
+    pub index: usize,
+    /// The manifest whose image the point's changes apply to.
+    pub base: Id,
+    /// Pages the point changed since the previous one.
+    pub pages_changed: usize,
 }
 
 #[derive(Serialize)]
@@ -146,12 +161,13 @@ pub struct ListedFile<'a> {
 }
 
 impl<'a> Listed<'a> {
-    pub fn new(s: &'a Snapshot, dating: &'a Dating) -> Listed<'a> {
+    /// `pages_changed`: for a point, how many pages it changed.
+    pub fn new(s: &'a Snapshot, dating: &'a Dating, pages_changed: Option<usize>) -> Listed<'a> {
         let m = &s.manifest;
         let now = snapback_core::time::now();
         Listed {
-            id: s.id,
-            short_id: s.id.short(),
+            id: s.selector(),
+            short_id: s.name(),
             time: &m.time,
             future: snapback_core::is_future(s.time, now),
             clock_ahead: dating.ahead(&s.id),
@@ -173,6 +189,12 @@ impl<'a> Listed<'a> {
                     sqlite: &f.sqlite,
                 })
                 .collect(),
+            point: s.point.map(|p| ListedPoint {
+                segment: p.segment,
+                index: p.index,
+                base: p.base,
+                pages_changed: pages_changed.unwrap_or(0),
+            }),
         }
     }
 }
@@ -180,7 +202,8 @@ impl<'a> Listed<'a> {
 /// `restore --json`.
 #[derive(Serialize)]
 pub struct Restored {
-    pub snapshot: Id,
+    /// The full id of the snapshot restored, or the point's `SEGMENT/INDEX`.
+    pub snapshot: String,
     pub files: u64,
     pub bytes: u64,
     pub lock: &'static str,

@@ -196,8 +196,13 @@ pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
 pub fn chose(g: &Global, snap: &snapback_core::Snapshot) {
     if !g.quiet {
         eprintln!(
-            "using snapshot {} taken {}",
-            snap.id.short(),
+            "using {} {} taken {}",
+            if snap.point.is_some() {
+                "point"
+            } else {
+                "snapshot"
+            },
+            snap.name(),
             snapback_core::time::format_rfc3339(snap.time)
         );
     }

@@ -241,6 +241,7 @@ mod tests {
                 files: vec![],
                 stats: Default::default(),
             }),
+            point: None,
         }
     }
 

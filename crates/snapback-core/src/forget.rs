@@ -369,6 +369,7 @@ mod tests {
                 files: vec![],
                 stats: Default::default(),
             }),
+            point: None,
         }
     }
 

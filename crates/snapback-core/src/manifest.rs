@@ -60,6 +60,19 @@ pub struct FileEntry {
     pub chunking: Chunking,
     pub chunks: ChunkListRef,
     pub sqlite: Option<SqliteFacts>,
+    /// Set (never stored) on the database's entry in the view of a
+    /// timeline point: its chunk list is `chunks` (the base's) with the
+    /// point's changes replayed over it (see `segment::replay`).
+    #[serde(skip)]
+    pub point: Option<PointSource>,
+}
+
+/// Which point of which timeline segment a file entry shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointSource {
+    pub segment: Id,
+    /// The point's position in its segment, from 0.
+    pub index: usize,
 }
 
 /// Where a file's chunk list is: `base` parts (up to `chunklist::PART_LEN`

@@ -9,14 +9,19 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{decode_index, IndexedPack, MasterIndex};
 use crate::layout::{
-    pack_key, snapshot_id_from_key, snapshot_key, DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX,
+    pack_key, snapshot_id_from_key, snapshot_key, timeline_id_from_key, timeline_key, DATA_PREFIX,
+    INDEX_PREFIX, SNAPSHOT_PREFIX, TIMELINE_PREFIX,
 };
 use crate::manifest::{FileEntry, Manifest};
 use crate::object::{get_named, verify_name};
 use crate::pack::{open_blob, BlobKind};
 use crate::repo::{poisoned, Repository};
 use crate::resolve::resolve_in;
+use crate::segment::{replay, Segment};
 use crate::selector::{holds_list, Selector, Snapshot};
+
+/// A segment, its id, and when the store wrote it.
+type ListedSegment = (Id, Arc<Segment>, Option<time::OffsetDateTime>);
 
 impl Repository {
     /// Keeps local copies of manifests and indexes under
@@ -213,10 +218,120 @@ impl Repository {
                 time,
                 written,
                 manifest,
+                point: None,
             });
         }
         out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    /// Every committed timeline segment, oldest first (by its first
+    /// point's time). A segment that cannot be read is skipped with a
+    /// warning (`check` reports it).
+    pub fn segments(&self) -> Result<Vec<(Id, Arc<Segment>)>> {
+        Ok(self
+            .load_segments(false)?
+            .into_iter()
+            .map(|(id, s, _)| (id, s))
+            .collect())
+    }
+
+    /// Like `segments`, but a segment that cannot be read is an error:
+    /// prune must not treat a damaged segment's blobs as unreferenced.
+    pub fn segments_strict(&self) -> Result<Vec<(Id, Arc<Segment>)>> {
+        Ok(self
+            .load_segments(true)?
+            .into_iter()
+            .map(|(id, s, _)| (id, s))
+            .collect())
+    }
+
+    /// The segments with the time the store wrote each. A format-1
+    /// repository has none (whatever `timeline/` holds).
+    fn load_segments(&self, strict: bool) -> Result<Vec<ListedSegment>> {
+        let mut out = Vec::new();
+        if !self.config.allows_partial_reads() {
+            return Ok(out);
+        }
+        for o in self.store.list(TIMELINE_PREFIX)? {
+            let Some(id) = timeline_id_from_key(&o.key) else {
+                tracing::warn!(key = %o.key, "ignoring an object that is not named like a timeline segment");
+                continue;
+            };
+            match self.segment(&id) {
+                Ok(s) => out.push((id, s, o.modified.and_then(crate::time::from_system))),
+                // Forgotten between the listing and the read.
+                Err(Error::Store(e)) if e.is_not_found() => continue,
+                Err(e @ Error::Corrupt { .. }) if !strict => {
+                    tracing::warn!(key = %o.key, error = %e, "skipping a timeline segment that cannot be read; run `snapback check`");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| {
+            a.1.points[0]
+                .time
+                .cmp(&b.1.points[0].time)
+                .then(a.0.cmp(&b.0))
+        });
+        Ok(out)
+    }
+
+    /// One segment, read and verified against its name (cached).
+    pub fn segment(&self, id: &Id) -> Result<Arc<Segment>> {
+        if let Some(s) = self.segments.lock().map_err(|_| poisoned())?.get(id) {
+            return Ok(s.clone());
+        }
+        let key = timeline_key(id);
+        let bytes = self.get_immutable(&key, TIMELINE_PREFIX)?;
+        let seg = Arc::new(Segment::decode(&bytes, &key)?);
+        self.segments
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(*id, seg.clone());
+        Ok(seg)
+    }
+
+    /// Every timeline point, oldest first, each seen as a snapshot of its
+    /// base (see `Snapshot::point_of`). A segment whose base manifest is
+    /// not among the snapshots is left out with a warning (`check`
+    /// reports it).
+    pub fn points(&self) -> Result<Vec<Snapshot>> {
+        let manifests = self.snapshots()?;
+        self.points_over(&manifests)
+    }
+
+    fn points_over(&self, manifests: &[Snapshot]) -> Result<Vec<Snapshot>> {
+        let bases: std::collections::HashMap<Id, &Snapshot> =
+            manifests.iter().map(|s| (s.id, s)).collect();
+        let mut out = Vec::new();
+        for (id, seg, written) in self.load_segments(false)? {
+            let Some(base) = bases.get(&seg.base) else {
+                tracing::warn!(segment = %id.short(), base = %seg.base.short(), "leaving out the points of a timeline segment whose base snapshot is gone; run `snapback check`");
+                continue;
+            };
+            for k in 0..seg.points.len() {
+                match Snapshot::point_of(base, id, &seg, k, written) {
+                    Some(p) => out.push(p),
+                    None => {
+                        tracing::warn!(segment = %id.short(), path = %seg.path, "leaving out the points of a timeline segment whose base does not hold its database; run `snapback check`");
+                        break;
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Every committed snapshot and every timeline point, oldest first:
+    /// what `latest`, `@TIME` and a point's name resolve among.
+    pub fn snapshots_and_points(&self) -> Result<Vec<Snapshot>> {
+        let mut all = self.snapshots()?;
+        let points = self.points_over(&all)?;
+        all.extend(points);
+        all.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok(all)
     }
 
     pub fn load_manifest(&self, id: &Id) -> Result<Manifest> {
@@ -225,9 +340,10 @@ impl Repository {
         Manifest::parse(&bytes, &key)
     }
 
-    /// Resolves a selector among the snapshots that `filter` accepts.
+    /// Resolves a selector among the snapshots and timeline points that
+    /// `filter` accepts.
     pub fn resolve(&self, sel: &Selector, filter: impl Fn(&Snapshot) -> bool) -> Result<Snapshot> {
-        let all = self.snapshots()?;
+        let all = self.snapshots_and_points()?;
         let r = resolve_in(&all, sel, &filter);
         // An id that exists but was filtered out (it does not hold the file
         // asked for): say that, and what it holds, not "no such id".
@@ -315,7 +431,9 @@ impl Repository {
         open_blob(&self.codec, id, &stored, loc.raw_len, &key)
     }
 
-    /// The full chunk list of a file.
+    /// The full chunk list of a file; of a point's database (`file.point`),
+    /// the base's list with the point's changes replayed, every point's
+    /// checksum checked on the way.
     pub fn chunk_list(&self, index: &MasterIndex, file: &FileEntry) -> Result<Vec<ChunkRef>> {
         let base = self.base_list(index, &file.chunks.base, &file.path)?;
         let place = format!("chunk list of {}", file.path);
@@ -323,7 +441,18 @@ impl Repository {
             Some(p) => chunklist::decode_patch(&self.read_list_blob(index, p)?, &place)?,
             None => vec![],
         };
-        chunklist::apply_patch(base, &patch, file.chunks.count, &place)
+        let list = chunklist::apply_patch(base, &patch, file.chunks.count, &place)?;
+        let Some(p) = &file.point else {
+            return Ok(list);
+        };
+        let seg = self.segment(&p.segment)?;
+        replay(
+            list,
+            seg.page_size,
+            &seg.points,
+            p.index,
+            &format!("timeline segment {}", p.segment.short()),
+        )
     }
 
     pub(crate) fn base_list(

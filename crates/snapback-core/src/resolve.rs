@@ -1,5 +1,6 @@
-//! How a selector resolves among snapshots: `latest` and `@TIME` by
-//! trusted time (see `dating`), an id by unique prefix.
+//! How a selector resolves among snapshots and timeline points: `latest`
+//! and `@TIME` by trusted time (see `dating`) over both, an id by unique
+//! prefix among manifests, a point by its segment's id prefix and index.
 
 use crate::error::{Error, Result};
 use crate::selector::{Selector, Snapshot};
@@ -55,10 +56,45 @@ pub(crate) fn resolve_in(
                     ))
                 })
         }
+        Selector::Point { segment, index } => {
+            let named = |s: &&&Snapshot| {
+                s.point
+                    .is_some_and(|p| p.segment.to_hex().starts_with(segment.as_str()))
+            };
+            let segs: std::collections::BTreeSet<_> = cands
+                .iter()
+                .filter(named)
+                .filter_map(|s| s.point.map(|p| p.segment))
+                .collect();
+            if segs.len() > 1 {
+                return Err(Error::Selector(format!(
+                    "segment prefix '{segment}' is ambiguous: it matches {} timeline segments ({}); give more digits",
+                    segs.len(),
+                    segs.iter().take(5).map(|s| s.short()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            let in_seg: Vec<&&Snapshot> = cands.iter().filter(named).collect();
+            if in_seg.is_empty() {
+                return Err(Error::Selector(format!(
+                    "no timeline segment id starts with '{segment}'; list points with `snapback snapshots --points`"
+                )));
+            }
+            in_seg
+                .iter()
+                .find(|s| s.point.is_some_and(|p| p.index == *index))
+                .map(|s| (**s).clone())
+                .ok_or_else(|| {
+                    Error::Selector(format!(
+                        "timeline segment {segment} has points 0 to {}; there is no point {index}",
+                        in_seg.len() - 1
+                    ))
+                })
+        }
         Selector::Id(prefix) => {
+            // Ids name manifests; a point is named SEGMENT/INDEX.
             let m: Vec<&&Snapshot> = cands
                 .iter()
-                .filter(|s| s.id.to_hex().starts_with(prefix.as_str()))
+                .filter(|s| s.point.is_none() && s.id.to_hex().starts_with(prefix.as_str()))
                 .collect();
             match m.len() {
                 1 => Ok((*m[0]).clone()),
@@ -95,6 +131,7 @@ mod tests {
                 files: vec![],
                 stats: Default::default(),
             }),
+            point: None,
         }
     }
 

@@ -891,6 +891,7 @@ impl Repository {
             chunking,
             chunks,
             sqlite: Some(facts),
+            point: None,
         };
         if chunk_size == page_size as usize {
             let at = (position, lock, before.as_ref());
@@ -1106,6 +1107,7 @@ impl Repository {
             chunking,
             chunks,
             sqlite: Some(facts),
+            point: None,
         })
     }
 
@@ -1330,6 +1332,7 @@ impl Repository {
             chunking: Chunking::Cdc,
             chunks,
             sqlite: None,
+            point: None,
         })
     }
 }

@@ -18,7 +18,7 @@ use crate::config::TIMELINE_FEATURE;
 use crate::error::{Error, Result};
 use crate::id::{DbChecksum, Id};
 use crate::index::{encode_index, IndexedPack, MasterIndex};
-use crate::layout::{index_key, pack_key, timeline_id_from_key, timeline_key, TIMELINE_PREFIX};
+use crate::layout::{index_key, pack_key, timeline_key};
 use crate::manifest::{Chunking, FileEntry, FileKind, Manifest};
 use crate::object::put_verified;
 use crate::pack::{seal_blob, BlobKind, PackBuilder};
@@ -69,6 +69,47 @@ impl Repository {
             self.learn_index(&key, &packs)?;
         }
         Ok(ids)
+    }
+
+    /// The point that turns the database image `prev` into `now` (whole
+    /// images, `page_size`-byte pages), taken at `time`: the pages that
+    /// differ (or are new) are stored with `store_pages`, and the point
+    /// lists them with the checksum of `now`. For a capture that read
+    /// every page anyway (a full scan), and for tests.
+    pub fn point_between_images(
+        &self,
+        prev: &[u8],
+        now: &[u8],
+        page_size: u32,
+        time: time::OffsetDateTime,
+    ) -> Result<crate::segment::Point> {
+        let ps = page_size as usize;
+        if ps == 0 || !prev.len().is_multiple_of(ps) || !now.len().is_multiple_of(ps) {
+            return Err(Error::Invalid(format!(
+                "database images of {} and {} bytes are not whole {page_size}-byte pages",
+                prev.len(),
+                now.len()
+            )));
+        }
+        let old: Vec<&[u8]> = prev.chunks(ps).collect();
+        let changed: Vec<(u64, &[u8])> = now
+            .chunks(ps)
+            .enumerate()
+            .filter(|(i, p)| old.get(*i) != Some(p))
+            .map(|(i, p)| (i as u64, p))
+            .collect();
+        let raws: Vec<&[u8]> = changed.iter().map(|(_, p)| *p).collect();
+        let ids = self.store_pages(&raws)?;
+        let mut sum = DbChecksum::default();
+        for (i, p) in now.chunks(ps).enumerate() {
+            sum.add(i as u64 * ps as u64, &self.codec.blob_id(p));
+        }
+        Ok(crate::segment::Point {
+            time,
+            page_count: (now.len() / ps) as u64,
+            db_checksum: sum,
+            changes: changed.iter().map(|(i, _)| *i).zip(ids).collect(),
+        })
     }
 
     /// Commits a timeline segment and returns its id. The caller has
@@ -167,60 +208,6 @@ impl Repository {
             .insert(id, Arc::new(seg.clone()));
         tracing::debug!(segment = %id.short(), points = seg.points.len(), path = %seg.path, "timeline segment committed");
         Ok(id)
-    }
-
-    /// Every committed timeline segment, oldest first (by its first
-    /// point's time). A segment that cannot be read is skipped with a
-    /// warning (`check` reports it).
-    pub fn segments(&self) -> Result<Vec<(Id, Arc<Segment>)>> {
-        self.load_segments(false)
-    }
-
-    /// Like `segments`, but a segment that cannot be read is an error:
-    /// prune must not treat a damaged segment's blobs as unreferenced.
-    pub fn segments_strict(&self) -> Result<Vec<(Id, Arc<Segment>)>> {
-        self.load_segments(true)
-    }
-
-    fn load_segments(&self, strict: bool) -> Result<Vec<(Id, Arc<Segment>)>> {
-        let mut out = Vec::new();
-        for o in self.store.list(TIMELINE_PREFIX)? {
-            let Some(id) = timeline_id_from_key(&o.key) else {
-                tracing::warn!(key = %o.key, "ignoring an object that is not named like a timeline segment");
-                continue;
-            };
-            match self.segment(&id) {
-                Ok(s) => out.push((id, s)),
-                // Forgotten between the listing and the read.
-                Err(Error::Store(e)) if e.is_not_found() => continue,
-                Err(e @ Error::Corrupt { .. }) if !strict => {
-                    tracing::warn!(key = %o.key, error = %e, "skipping a timeline segment that cannot be read; run `snapback check`");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by(|a, b| {
-            a.1.points[0]
-                .time
-                .cmp(&b.1.points[0].time)
-                .then(a.0.cmp(&b.0))
-        });
-        Ok(out)
-    }
-
-    /// One segment, read and verified against its name (cached).
-    pub fn segment(&self, id: &Id) -> Result<Arc<Segment>> {
-        if let Some(s) = self.segments.lock().map_err(|_| poisoned())?.get(id) {
-            return Ok(s.clone());
-        }
-        let key = timeline_key(id);
-        let bytes = self.get_immutable(&key, TIMELINE_PREFIX)?;
-        let seg = Arc::new(Segment::decode(&bytes, &key)?);
-        self.segments
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert(*id, seg.clone());
-        Ok(seg)
     }
 
     /// The chunk list of the database at point `k` of segment `id`: the

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use snapback_storage::{LocalStore, Store};
 
-use crate::id::{DbChecksum, Id};
+use crate::id::Id;
 use crate::layout::{timeline_key, CONFIG_KEY, CONFIG_NEXT_KEY, TIMELINE_PREFIX};
 use crate::repo::{InitOptions, Repository};
 use crate::segment::{Point, Segment};
@@ -95,38 +95,12 @@ impl Fx {
     }
 }
 
-pub(crate) fn pages(image: &[u8]) -> Vec<&[u8]> {
-    image.chunks(4096).collect()
-}
-
-pub(crate) fn checksum_of(repo: &Repository, image: &[u8]) -> DbChecksum {
-    let mut s = DbChecksum::default();
-    for (i, p) in pages(image).into_iter().enumerate() {
-        s.add(i as u64 * 4096, &repo.codec().blob_id(p));
-    }
-    s
-}
-
-/// The point that turns `prev` into `now`: its changed pages stored, their
-/// ids listed.
+/// The point that turns `prev` into `now`, strictly after every earlier
+/// time.
 pub(crate) fn point(repo: &Repository, prev: &[u8], now: &[u8]) -> Point {
-    let (old, new) = (pages(prev), pages(now));
-    let changed: Vec<(u64, &[u8])> = new
-        .iter()
-        .enumerate()
-        .filter(|(i, p)| old.get(*i) != Some(*p))
-        .map(|(i, p)| (i as u64, *p))
-        .collect();
-    let raws: Vec<&[u8]> = changed.iter().map(|(_, p)| *p).collect();
-    let ids = repo.store_pages(&raws).expect("store pages");
-    // Strictly after every earlier time, at nanosecond precision.
     std::thread::sleep(std::time::Duration::from_millis(2));
-    Point {
-        time: crate::time::now(),
-        page_count: new.len() as u64,
-        db_checksum: checksum_of(repo, now),
-        changes: changed.iter().map(|(i, _)| *i).zip(ids).collect(),
-    }
+    repo.point_between_images(prev, now, 4096, crate::time::now())
+        .expect("point")
 }
 
 /// A base snapshot and a segment of three points: an update, growth, and
@@ -343,4 +317,92 @@ fn an_interrupted_feature_change_is_finished_by_the_next_open() {
         .store()
         .get(CONFIG_NEXT_KEY)
         .is_err_and(|e| e.is_not_found()));
+}
+
+#[test]
+fn points_resolve_by_time_name_and_latest_and_restore_what_sqlite_had() {
+    let fx = Fx::new(&init_opts(2, false));
+    let (seg, images) = three_points(&fx);
+    let id = fx.repo.commit_segment(&seg).expect("commit");
+    let all = fx.repo.snapshots_and_points().expect("list");
+    assert_eq!(all.len(), 4, "the base and three points");
+    assert_eq!(fx.repo.snapshots().expect("manifests").len(), 1);
+    let restore = |sel: &str, name: &str| -> (Vec<u8>, crate::Snapshot) {
+        let snap = fx
+            .repo
+            .resolve(&sel.parse().expect("selector"), |_| true)
+            .expect(sel);
+        let dest = fx.dir.path().join(name);
+        let f = snap.file(&fx.path()).expect("the database").clone();
+        fx.repo
+            .restore_file(&f, &dest, false, &NoProgress)
+            .expect("restore");
+        (std::fs::read(&dest).expect("read"), snap)
+    };
+    for k in 0..3 {
+        let name = format!("{}/{k}", &id.to_hex()[..8]);
+        let (got, snap) = restore(&name, &format!("by-name-{k}"));
+        assert!(
+            got == images[k + 1],
+            "point {name} restores what SQLite had"
+        );
+        assert_eq!(snap.name(), name);
+        assert_eq!(snap.point.expect("a point").base, seg.base);
+        // @T at the point's time selects it; a nanosecond before, the one
+        // before it (the base, for the first).
+        let t = seg.points[k].time;
+        let at = format!("@{}", crate::time::format_rfc3339(t));
+        assert!(restore(&at, &format!("at-{k}")).0 == images[k + 1], "{at}");
+        let before = format!(
+            "@{}",
+            crate::time::format_rfc3339(t - time::Duration::nanoseconds(1))
+        );
+        assert!(
+            restore(&before, &format!("before-{k}")).0 == images[k],
+            "{before}"
+        );
+    }
+    assert!(
+        restore("latest", "latest").0 == images[3],
+        "latest is the newest point"
+    );
+    // The base's id still names the base; a point is never selected by an id.
+    let (got, snap) = restore(&seg.base.to_hex()[..8], "base");
+    assert!(got == images[0] && snap.point.is_none());
+    let e = fx
+        .repo
+        .resolve(
+            &format!("{}/3", &id.to_hex()[..8]).parse().expect("sel"),
+            |_| true,
+        )
+        .expect_err("no point 3");
+    assert!(e.to_string().contains("there is no point 3"), "{e}");
+}
+
+#[test]
+fn a_point_whose_replay_does_not_give_its_checksum_restores_nothing() {
+    let fx = Fx::new(&init_opts(2, false));
+    let (seg, _) = three_points(&fx);
+    let id = fx.repo.commit_segment(&seg).expect("commit");
+    let snap = fx
+        .repo
+        .resolve(
+            &format!("{}/1", &id.to_hex()[..8]).parse().expect("sel"),
+            |_| true,
+        )
+        .expect("point");
+    // The view of point 1 with the changes of point 0 only: what a replay
+    // that skipped a point would give.
+    let mut f = snap.file(&fx.path()).expect("db").clone();
+    f.point = Some(crate::manifest::PointSource {
+        segment: id,
+        index: 0,
+    });
+    let dest = fx.dir.path().join("wrong");
+    let e = fx
+        .repo
+        .restore_file(&f, &dest, false, &NoProgress)
+        .expect_err("checksum");
+    assert_eq!(e.kind(), crate::Kind::Damaged, "{e}");
+    assert!(!dest.exists(), "no file left behind");
 }

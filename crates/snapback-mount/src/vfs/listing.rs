@@ -50,7 +50,11 @@ impl Listing {
             }
             View::All => {
                 let repo = self.fetcher.repo();
-                let r = repo.refresh_index().and_then(|_| repo.snapshots());
+                // Timeline points too: each shows as a snapshot of its own,
+                // and `latest` may be one, with no remount.
+                let r = repo
+                    .refresh_index()
+                    .and_then(|_| repo.snapshots_and_points());
                 match r {
                     Ok(s) => s,
                     Err(e) => {

@@ -835,3 +835,71 @@ fn snapshots_taken_in_the_same_second_are_listed_by_full_time_not_by_id() {
         "latest is the later one"
     );
 }
+
+/// What SQLite has in `db` now, byte for byte (its WAL checkpointed).
+fn db_image(db: &Path) -> Vec<u8> {
+    let c = rusqlite::Connection::open(db).expect("open db");
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .expect("checkpoint");
+    std::fs::read(db).expect("read db")
+}
+
+#[test]
+fn timeline_points_appear_without_a_remount_and_latest_follows_them() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 200);
+    let before = db_image(&db);
+    let s1 = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::All, |o| o.refresh_ttl = Duration::from_millis(200));
+    assert_eq!(names(&vfs, "snapshots").len(), 1);
+    // A writer changes the database; a point of it is committed.
+    fx.make_db("app.db", 50);
+    let now = db_image(&db);
+    let point = fx
+        .repo
+        .point_between_images(&before, &now, 4096, snapback_core::time::now())
+        .expect("point");
+    let seg = snapback_core::Segment {
+        path: db.to_string_lossy().into_owned(),
+        base: s1.id,
+        page_size: 4096,
+        points: vec![point],
+    };
+    let seg_id = fx.repo.commit_segment(&seg).expect("commit");
+    std::thread::sleep(Duration::from_millis(300));
+    let dirs = names(&vfs, "snapshots");
+    assert_eq!(dirs.len(), 2, "the point shows: {dirs:?}");
+    let point_dir = format!(
+        "{}_{}-0",
+        format_rfc3339_nanos(seg.points[0].time),
+        seg_id.short()
+    );
+    assert!(dirs.contains(&point_dir), "{dirs:?}");
+    let latest = vfs.resolve("latest").expect("latest");
+    assert_eq!(
+        vfs.readlink(latest.attr.ino).expect("readlink"),
+        format!("snapshots/{point_dir}"),
+        "latest is the newest point"
+    );
+    let served =
+        read_all(&vfs, &format!("snapshots/{point_dir}/{}", rel(&db))).expect("read the point");
+    assert_eq!(served.len(), now.len());
+    let differ: Vec<usize> = (0..now.len()).filter(|&i| served[i] != now[i]).collect();
+    assert_eq!(
+        differ,
+        vec![18, 19],
+        "the point's image, served as rollback"
+    );
+    let old = read_all(
+        &vfs,
+        &format!("snapshots/{}/{}", snapshot_dir_name(&s1), rel(&db)),
+    )
+    .expect("read the base");
+    assert_eq!(old.len(), before.len(), "the base is still the base");
+    let manifest =
+        read_all(&vfs, &format!("snapshots/{point_dir}/{MANIFEST_NAME}")).expect("manifest");
+    let v: serde_json::Value = serde_json::from_slice(&manifest).expect("json");
+    assert_eq!(v["point"]["name"], format!("{}/0", seg_id.short()));
+    assert_eq!(v["point"]["base"], s1.id.to_hex());
+    assert_eq!(names(&vfs, &format!("by-path/{}", rel(&db))).len(), 2);
+}

@@ -213,9 +213,14 @@ fn file_mtime(f: &FileEntry, fallback: SystemTime) -> SystemTime {
 }
 
 /// The name of a snapshot's directory under `snapshots/`: its time in full
-/// (so that `@TIME` with it selects this snapshot) and its short id.
+/// (so that `@TIME` with it selects this snapshot) and its short id; for a
+/// timeline point, its name with `-` for `/` (`<segment>-<index>`).
 pub fn snapshot_dir_name(s: &Snapshot) -> String {
-    format!("{}_{}", format_rfc3339_nanos(s.time), s.id.short())
+    format!(
+        "{}_{}",
+        format_rfc3339_nanos(s.time),
+        s.name().replace('/', "-")
+    )
 }
 
 /// True for a name in the older, seconds-only form of the mount's time
@@ -252,6 +257,14 @@ fn manifest_json(s: &Snapshot) -> Vec<u8> {
         "short_id": s.id.short(),
         "manifest": &*s.manifest,
     });
+    if let Some(p) = &s.point {
+        v["point"] = json!({
+            "name": p.name(),
+            "segment": p.segment.to_hex(),
+            "index": p.index,
+            "base": p.base.to_hex(),
+        });
+    }
     if !patched.is_empty() {
         v["mount_notes"] = json!({
             "served_as_rollback_journal": patched,
