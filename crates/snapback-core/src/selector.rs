@@ -206,11 +206,12 @@ impl std::str::FromStr for Selector {
                 .map_err(|e| Error::Selector(format!("invalid snapshot selector '@{t}': {e}")));
         }
         let lower = s.to_ascii_lowercase();
-        if let Some((seg, k)) = lower.split_once('/') {
-            let hex =
-                !seg.is_empty() && seg.len() <= 64 && seg.bytes().all(|b| b.is_ascii_hexdigit());
+        let hex =
+            |t: &str| !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_hexdigit());
+        // Hex digits, a slash: a point (anything else is no selector).
+        if let Some((seg, k)) = lower.split_once('/').filter(|(seg, _)| hex(seg)) {
             return match k.parse::<usize>() {
-                Ok(index) if hex && seg.len() >= MIN_ID_PREFIX && k.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(index) if seg.len() >= MIN_ID_PREFIX && k.bytes().all(|b| b.is_ascii_digit()) => {
                     Ok(Selector::Point {
                         segment: seg.to_string(),
                         index,
