@@ -252,7 +252,6 @@ fn tick(
         state_dir: state_dir.cloned(),
         busy_timeout: Duration::from_secs(a.busy_timeout),
         pin_session: pinned.then(|| w.session.clone()),
-        time_from_capture: true,
         ..Default::default()
     };
     match repo.snapshot(std::slice::from_ref(&w.path), &opts, &NoProgress) {

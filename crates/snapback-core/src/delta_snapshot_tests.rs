@@ -540,3 +540,52 @@ fn a_state_older_than_the_last_snapshot_still_gives_a_right_delta() {
         "it re-reads what the lost state would have skipped ({read} pages)"
     );
 }
+
+/// A snapshot that waits for a writer (here a rollback-mode database under
+/// BEGIN EXCLUSIVE, so the reader must wait for the commit) holds that
+/// writer's transaction; its manifest's time must not be before that commit,
+/// or `@T` between the two would select an image holding a transaction
+/// committed after T.
+#[test]
+fn manifest_time_is_never_before_a_transaction_its_image_holds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store: Arc<dyn Store> =
+        Arc::new(LocalStore::create(dir.path().join("repo")).expect("store"));
+    let repo = Repository::init(store, &InitOptions::default()).expect("init");
+    let db = dir.path().join("app.db");
+    let w = Connection::open(&db).expect("open");
+    w.execute_batch("CREATE TABLE t(v TEXT); INSERT INTO t VALUES ('early');")
+        .expect("schema");
+    w.execute_batch("BEGIN EXCLUSIVE; INSERT INTO t VALUES ('late');")
+        .expect("hold the write lock");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        let before_commit = crate::time::now();
+        w.execute_batch("COMMIT").expect("commit");
+        before_commit
+    });
+    let opts = SnapshotOptions {
+        busy_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let r = repo
+        .snapshot(std::slice::from_ref(&db), &opts, &NoProgress)
+        .expect("snapshot");
+    let before_commit = writer.join().expect("writer");
+    let f = &r.manifest.files[0];
+    let dest = dir.path().join("restored.db");
+    repo.restore_file(f, &dest, true, &NoProgress)
+        .expect("restore");
+    let rows: i64 = Connection::open(&dest)
+        .expect("open restored")
+        .query_row("SELECT count(*) FROM t WHERE v = 'late'", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 1, "the snapshot waited for the commit and holds it");
+    let time = crate::time::parse_rfc3339(&r.manifest.time).expect("time");
+    assert!(
+        time >= before_commit,
+        "manifest time {} is before the commit of a transaction its image holds ({})",
+        r.manifest.time,
+        crate::time::format_rfc3339(before_commit)
+    );
+}

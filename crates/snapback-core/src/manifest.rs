@@ -13,8 +13,9 @@ use crate::id::Id;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub format_version: u32,
-    /// When the capture began (RFC 3339, UTC). Every file's content includes
-    /// every transaction committed before this instant.
+    /// RFC 3339, UTC: nothing in any image was written after this instant
+    /// (the newest read transaction's start; the end of the capture when
+    /// plain files are held). See `snapshot::image_time`.
     pub time: String,
     pub host: String,
     #[serde(default)]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use snapback_storage::{PutOutcome, Store};
+use time::OffsetDateTime;
 
 use crate::capture_state::{self, CaptureState, StateLock, StatePaths};
 use crate::chunklist::{self, ChunkRef, PART_LEN};
@@ -61,12 +62,6 @@ pub struct SnapshotOptions {
     /// written in the same session may continue across a WAL restart
     /// instead of falling back to a full scan (docs/watch.md).
     pub pin_session: Option<String>,
-    /// The manifest's `time` is the moment its one database's read
-    /// transaction began (`sqlite.captured_at`) rather than the moment the
-    /// command began: `@T` then never selects an image that holds a
-    /// transaction committed after T. Set by `snapback watch`, whose points
-    /// each hold one database.
-    pub time_from_capture: bool,
 }
 
 impl Default for SnapshotOptions {
@@ -78,7 +73,6 @@ impl Default for SnapshotOptions {
             lock_wait: Duration::from_secs(300),
             state_dir: None,
             pin_session: None,
-            time_from_capture: false,
         }
     }
 }
@@ -409,6 +403,27 @@ fn upload_worker(
     }
 }
 
+/// The manifest's `time`: an instant after which nothing in any image was
+/// written, so that `@T` never selects an image holding a transaction
+/// committed after T. For databases that is the moment the newest read
+/// transaction began (`sqlite.captured_at`); a plain file has no
+/// transaction, so a snapshot holding one takes the end of the capture.
+/// `none` is used for a snapshot without files.
+fn image_time(files: &[FileEntry], none: OffsetDateTime) -> OffsetDateTime {
+    let mut newest: Option<OffsetDateTime> = None;
+    for f in files {
+        let at = f
+            .sqlite
+            .as_ref()
+            .and_then(|s| crate::time::parse_rfc3339(&s.captured_at).ok());
+        match at {
+            Some(t) => newest = Some(newest.map_or(t, |n| n.max(t))),
+            None => return crate::time::now(),
+        }
+    }
+    newest.unwrap_or(none)
+}
+
 impl Repository {
     /// Takes a snapshot of `paths` and commits it. Returns only after the
     /// manifest is stored and verified.
@@ -419,6 +434,8 @@ impl Repository {
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
         let started = Instant::now();
+        // Only for a snapshot with no file; otherwise the manifest's time
+        // comes from its images (`image_time`).
         let time = crate::time::now();
         if paths.is_empty() {
             return Err(Error::Invalid(
@@ -545,14 +562,7 @@ impl Repository {
             // A repository keeps its format: a format-1 one gets format-1
             // manifests, which its older readers understand.
             format_version: self.config().format_version,
-            time: match (opts.time_from_capture, files.as_slice()) {
-                (true, [f]) => f
-                    .sqlite
-                    .as_ref()
-                    .map(|s| s.captured_at.clone())
-                    .unwrap_or_else(|| crate::time::format_rfc3339(time)),
-                _ => crate::time::format_rfc3339(time),
-            },
+            time: crate::time::format_rfc3339(image_time(&files, time)),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             tags: opts.tags.clone(),
             paths: roots,
