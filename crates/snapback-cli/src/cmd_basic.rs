@@ -1,6 +1,7 @@
 //! init, snapshot, snapshots, restore, check.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -108,15 +109,20 @@ pub struct SnapshotArgs {
     /// fails, the exit code is 5.
     #[arg(long)]
     pub heartbeat_url: Option<String>,
-    /// Seconds to wait for a prune's exclusive lock.
-    #[arg(long, default_value_t = 300)]
-    pub lock_wait: u64,
-    /// Seconds to wait, per database, for another process's lock on it (a
-    /// writer, BEGIN EXCLUSIVE); the wait is logged. A database still
-    /// locked then is left out of this snapshot (exit 6).
-    #[arg(long, value_name = "SECONDS", default_value_t = snapback_core::DEFAULT_BUSY_TIMEOUT.as_secs())]
-    pub busy_timeout: u64,
+    /// How long to wait for a prune's exclusive lock (a duration, or
+    /// seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub lock_wait: Duration,
+    /// How long to wait, per database, for another process's lock on it (a
+    /// writer, BEGIN EXCLUSIVE; a duration, or seconds); the wait is logged.
+    /// A database still locked then is left out of this snapshot (exit 6).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_BUSY_TIMEOUT_ARG, value_parser = crate::duration::parse_seconds_or_duration)]
+    pub busy_timeout: Duration,
 }
+
+/// `snapshot --busy-timeout`'s default: the core's `DEFAULT_BUSY_TIMEOUT`,
+/// in seconds (a test keeps them equal).
+pub(crate) const DEFAULT_BUSY_TIMEOUT_ARG: &str = "10";
 
 pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8> {
     // A mistyped --heartbeat-url is refused before anything is done; a bad
@@ -178,9 +184,9 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
         let bar = Bar::new(g);
         let opts = SnapshotOptions {
             tags,
-            lock_wait: std::time::Duration::from_secs(a.lock_wait),
+            lock_wait: a.lock_wait,
             state_dir: crate::repo_url::capture_state_root(),
-            busy_timeout: std::time::Duration::from_secs(a.busy_timeout),
+            busy_timeout: a.busy_timeout,
             ..Default::default()
         };
         let r = repo.snapshot(&paths, &opts, &bar);
@@ -448,8 +454,8 @@ pub struct RestoreArgs {
     /// How long to wait for a prune's exclusive lock (300s), and with
     /// --in-place also for the live database's write lock (10s): a
     /// duration (10s, 2m) or a number of seconds.
-    #[arg(long, value_name = "DURATION")]
-    pub lock_wait: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub lock_wait: Option<Duration>,
     /// Restore into the live database DEST, open by its application:
     /// write only the pages that differ, through SQLite, in one
     /// transaction, after a pre-restore snapshot (the undo point). A dry
@@ -489,8 +495,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     if a.in_place {
         return crate::cmd_inplace::restore_in_place(g, a);
     }
-    let lock_wait =
-        crate::cmd_inplace::lock_wait(a.lock_wait.as_deref(), std::time::Duration::from_secs(300))?;
+    let lock_wait = a.lock_wait.unwrap_or(Duration::from_secs(300));
     let repo = open_repo(g)?;
     // Canonical, as snapshots store paths (a link or `..` must match).
     let path = a.path.as_ref().map(|p| {
@@ -563,9 +568,10 @@ pub struct CheckArgs {
     /// warning.
     #[arg(long)]
     pub no_lock: bool,
-    /// Seconds to wait for a prune's exclusive lock.
-    #[arg(long, default_value_t = 300)]
-    pub lock_wait: u64,
+    /// How long to wait for a prune's exclusive lock (a duration, or
+    /// seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub lock_wait: Duration,
 }
 
 pub fn check(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
@@ -573,7 +579,7 @@ pub fn check(g: &Global, a: CheckArgs) -> anyhow::Result<u8> {
     let bar = Bar::new(g);
     let r = repo.check(
         &CheckOptions {
-            lock_wait: std::time::Duration::from_secs(a.lock_wait),
+            lock_wait: a.lock_wait,
             read_data: a.read_data,
             no_lock: a.no_lock,
         },

@@ -76,21 +76,6 @@ fn undo_command(g: &Global, pre: &str, live: &Path, file: &str) -> String {
     w.join(" ")
 }
 
-/// Parses --lock-wait: a duration (10s, 2m) or a number of seconds.
-pub fn lock_wait(arg: Option<&str>, default: Duration) -> anyhow::Result<Duration> {
-    match arg {
-        None => Ok(default),
-        Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            Ok(Duration::from_secs(s.parse().map_err(|_| {
-                crate::Usage(format!(
-                    "invalid --lock-wait '{s}': the number is too large"
-                ))
-            })?))
-        }
-        Some(s) => crate::config::parse_duration(s).context("invalid --lock-wait"),
-    }
-}
-
 pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     let live = crate::config::canonical_path(&a.dest);
     let path = a.path.as_ref().map(|p| {
@@ -98,7 +83,7 @@ pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
             .to_string_lossy()
             .into_owned()
     });
-    let wait = lock_wait(a.lock_wait.as_deref(), DEFAULT_LOCK_WAIT)?;
+    let wait = a.lock_wait.unwrap_or(DEFAULT_LOCK_WAIT);
     let repo = open_repo(g)?;
     let sel: Selector = a.snap.parse()?;
     // 'latest' and '@TIME' choose among the snapshots that hold the
@@ -272,10 +257,19 @@ mod tests {
 
     #[test]
     fn lock_wait_takes_durations_and_plain_seconds() {
-        let d = Duration::from_secs(10);
-        assert_eq!(lock_wait(None, d).expect("default"), d);
-        assert_eq!(lock_wait(Some("3"), d).expect("secs").as_secs(), 3);
-        assert_eq!(lock_wait(Some("2m"), d).expect("dur").as_secs(), 120);
-        assert!(lock_wait(Some("soon"), d).is_err());
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["snapback", "restore", "latest", "/tmp/x.db"];
+            args.extend_from_slice(extra);
+            crate::cli::Cli::try_parse_from(args).map(|c| match c.command {
+                crate::cli::Command::Restore(a) => a.lock_wait,
+                _ => panic!("not restore"),
+            })
+        };
+        let wait = |extra: &[&str]| parse(extra).expect("parses");
+        assert_eq!(wait(&[]), None, "absent: each mode's own default");
+        assert_eq!(wait(&["--lock-wait", "3"]), Some(Duration::from_secs(3)));
+        assert_eq!(wait(&["--lock-wait", "2m"]), Some(Duration::from_secs(120)));
+        assert!(parse(&["--lock-wait", "soon"]).is_err());
     }
 }

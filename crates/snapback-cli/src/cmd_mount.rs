@@ -35,12 +35,14 @@ pub struct MountArgs {
     /// snapback.toml, else 1G).
     #[arg(long, value_parser = parse_size)]
     pub cache_size: Option<u64>,
-    /// Seconds one read may take before it fails with EIO.
-    #[arg(long, default_value_t = 30.0)]
-    pub read_timeout: f64,
-    /// Seconds between looks for new snapshots (on directory access).
-    #[arg(long, default_value_t = 5.0)]
-    pub refresh_interval: f64,
+    /// How long one read may take before it fails with EIO (a duration,
+    /// or seconds).
+    #[arg(long, value_name = "DURATION", default_value = "30", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub read_timeout: Duration,
+    /// How long between looks for new snapshots, on directory access (a
+    /// duration, or seconds).
+    #[arg(long, value_name = "DURATION", default_value = "5", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub refresh_interval: Duration,
     /// Largest read-ahead window for sequential reads (0 disables it).
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub readahead: u64,
@@ -105,11 +107,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
-fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if !(v.is_finite() && v > 0.0 && v < 1e7) {
-        bail!("--{name} must be a positive number of seconds, not {v}");
+fn positive(name: &str, v: Duration) -> anyhow::Result<Duration> {
+    if v.is_zero() || v.as_secs() >= 10_000_000 {
+        return Err(crate::Usage(format!(
+            "--{name} must be more than 0 and less than 10000000s, not {v:?}"
+        ))
+        .into());
     }
-    Ok(Duration::from_secs_f64(v))
+    Ok(v)
 }
 
 pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::Result<u8> {
@@ -170,8 +175,8 @@ pub fn mount(g: &Global, cfg: &crate::config::Config, a: MountArgs) -> anyhow::R
     };
     let cache_dir = a.cache_dir.or_else(|| cfg.cache.dir.clone());
     opts.vfs.disk_cache = cache_dir.map(|d| (absolute(&d), cache_size));
-    opts.vfs.read_timeout = seconds("read-timeout", a.read_timeout)?;
-    opts.vfs.refresh_ttl = seconds("refresh-interval", a.refresh_interval)?;
+    opts.vfs.read_timeout = positive("read-timeout", a.read_timeout)?;
+    opts.vfs.refresh_ttl = positive("refresh-interval", a.refresh_interval)?;
     opts.vfs.readahead_max = a.readahead;
     opts.vfs.readahead_initial = opts.vfs.readahead_initial.min(a.readahead);
     opts.vfs.fetch_threads = a.fetch_threads.into();

@@ -13,7 +13,8 @@ use snapback_core::{
 };
 
 use crate::cli::Global;
-use crate::config::{parse_duration, Config};
+use crate::config::Config;
+use crate::duration::parse_duration;
 use crate::exit;
 use crate::output::{chose, human_bytes, print_json};
 use crate::repo_url::open_repo;
@@ -56,9 +57,9 @@ pub struct ForgetArgs {
     /// Allow a policy that removes every snapshot of a source.
     #[arg(long)]
     pub allow_empty: bool,
-    /// Seconds to wait for the repository lock.
-    #[arg(long, default_value_t = 300)]
-    pub lock_wait: u64,
+    /// How long to wait for the repository lock (a duration, or seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub lock_wait: Duration,
 }
 
 fn policy_from_args(a: &ForgetArgs) -> anyhow::Result<KeepPolicy> {
@@ -183,11 +184,7 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         // Forget holds a shared lock: it only removes manifests, which a
         // concurrent snapshot never reads as a parent it depends on (a
         // missing parent only means a full chunk list is written).
-        let _lock = repo.lock(
-            snapback_core::LockKind::Shared,
-            "forget",
-            Duration::from_secs(a.lock_wait),
-        )?;
+        let _lock = repo.lock(snapback_core::LockKind::Shared, "forget", a.lock_wait)?;
         removed = repo.apply_forget(&plan)?;
     }
     if !g.quiet && !g.json {
@@ -226,9 +223,10 @@ pub struct PruneArgs {
     /// Show what would be deleted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Seconds to wait for the exclusive repository lock.
-    #[arg(long, default_value_t = 300)]
-    pub lock_wait: u64,
+    /// How long to wait for the exclusive repository lock (a duration, or
+    /// seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub lock_wait: Duration,
     /// Never delete or repack a pack the store wrote less than DURATION ago
     /// (a snapshot still running, paused, or on a host with a wrong clock
     /// may be writing it). Lower it only when no snapshot can be running.
@@ -257,7 +255,7 @@ fn run_prune(g: &Global, a: &PruneArgs) -> anyhow::Result<(PrunePlan, PruneRepor
     let min_pack_age = parse_duration(&a.min_pack_age).context("invalid --min-pack-age")?;
     let repo = open_repo(g)?;
     Ok(repo.prune(&PruneOptions {
-        lock_wait: Duration::from_secs(a.lock_wait),
+        lock_wait: a.lock_wait,
         dry_run: a.dry_run,
         min_pack_age,
     })?)

@@ -15,9 +15,10 @@ pub struct RepairIndexArgs {
     /// Show what would be written and deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Seconds to wait for the exclusive repository lock.
-    #[arg(long, default_value_t = 300)]
-    pub lock_wait: u64,
+    /// How long to wait for the exclusive repository lock (a duration, or
+    /// seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub lock_wait: Duration,
 }
 
 /// Exit 0 when every pack was indexed; 3 when some pack's header could not
@@ -25,7 +26,7 @@ pub struct RepairIndexArgs {
 /// snapshots need them).
 pub fn repair_index(g: &Global, a: RepairIndexArgs) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
-    let (plan, report) = repo.repair_index(Duration::from_secs(a.lock_wait), a.dry_run)?;
+    let (plan, report) = repo.repair_index(a.lock_wait, a.dry_run)?;
     if g.json {
         print_json(&crate::json::IndexRepaired {
             plan: &plan,

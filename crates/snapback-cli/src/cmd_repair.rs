@@ -51,8 +51,8 @@ pub struct DiffArgs {
     #[arg(long)]
     pub sql: bool,
     /// How long to wait for a writer's lock on the live database.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub busy_timeout: u64,
+    #[arg(long, value_name = "DURATION", default_value = "30", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub busy_timeout: Duration,
     /// Accepted as on every reading command; `diff` takes no repository
     /// lock (it works from a read-only repository).
     #[arg(long)]
@@ -86,7 +86,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         ));
     }
     let live = live_path(&absolute(std::path::Path::new(&live_arg)))?;
-    let busy = Duration::from_secs(a.busy_timeout);
+    let busy = a.busy_timeout;
     let sdb = match (&a.snapshot_db, snap_sel) {
         (Some(f), _) => SnapshotDb::from_file(&absolute(f))?,
         (None, Some(sel)) => {
@@ -358,12 +358,12 @@ pub struct RepairArgs {
     pub yes: bool,
     /// Wait this long for another repair of the same database to finish
     /// (default: fail at once).
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
-    pub lock_wait: u64,
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub lock_wait: Duration,
     /// Give up when the live database stays busy this long (the repair can
     /// be resumed by running it again).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    pub max_wait: u64,
+    #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub max_wait: Duration,
 }
 
 fn batch_delay() -> Duration {
@@ -374,17 +374,17 @@ fn batch_delay() -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-fn repair_options(lock_wait: u64, max_wait: u64, keep_all_rows: bool) -> RepairOptions {
+fn repair_options(lock_wait: Duration, max_wait: Duration, keep_all_rows: bool) -> RepairOptions {
     RepairOptions {
         apply: ApplyOptions {
-            max_wait: Duration::from_secs(max_wait),
+            max_wait,
             force: false,
             batch_delay: batch_delay(),
             exit_after_batches: std::env::var("SNAPBACK_REPAIR_EXIT_AFTER_BATCHES")
                 .ok()
                 .and_then(|v| v.parse().ok()),
         },
-        lock_wait: Duration::from_secs(lock_wait),
+        lock_wait,
         keep_all_rows,
         ..Default::default()
     }
@@ -860,10 +860,10 @@ pub struct UndoArgs {
     /// Do not ask for confirmation (needed without a terminal).
     #[arg(long)]
     pub yes: bool,
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
-    pub lock_wait: u64,
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    pub max_wait: u64,
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub lock_wait: Duration,
+    #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub max_wait: Duration,
 }
 
 pub fn undo(g: &Global, a: UndoArgs) -> anyhow::Result<u8> {

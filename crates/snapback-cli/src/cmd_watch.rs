@@ -13,7 +13,8 @@ use snapback_core::{CaptureMethod, NoProgress, Repository, SnapshotOptions, Snap
 use snapback_mount::notify;
 
 use crate::cli::{absolute, Global};
-use crate::config::{parse_duration, Config};
+use crate::config::Config;
+use crate::duration::parse_duration;
 use crate::exit;
 use crate::repo_url::open_repo;
 
@@ -28,14 +29,15 @@ pub struct WatchArgs {
     /// Tag every point (repeatable; added to the config source's tags).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Seconds to wait for a prune's exclusive lock, per point.
-    #[arg(long, default_value_t = 300)]
-    pub lock_wait: u64,
-    /// Seconds to wait, per point, for another process's lock on a database
-    /// in rollback-journal mode (a writer, BEGIN EXCLUSIVE); in WAL mode no
-    /// writer is ever waited for.
-    #[arg(long, value_name = "SECONDS", default_value_t = snapback_core::DEFAULT_BUSY_TIMEOUT.as_secs())]
-    pub busy_timeout: u64,
+    /// How long to wait for a prune's exclusive lock, per point (a
+    /// duration, or seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
+    pub lock_wait: Duration,
+    /// How long to wait, per point, for another process's lock on a
+    /// database in rollback-journal mode (a writer, BEGIN EXCLUSIVE; a
+    /// duration, or seconds); in WAL mode no writer is ever waited for.
+    #[arg(long, value_name = "DURATION", default_value = crate::cmd_basic::DEFAULT_BUSY_TIMEOUT_ARG, value_parser = crate::duration::parse_seconds_or_duration)]
+    pub busy_timeout: Duration,
 }
 
 /// How long a pin may wait to begin (only a WAL recovery or restart in
@@ -248,9 +250,9 @@ fn tick(
     }
     let opts = SnapshotOptions {
         tags: w.tags.clone(),
-        lock_wait: Duration::from_secs(a.lock_wait),
+        lock_wait: a.lock_wait,
         state_dir: state_dir.cloned(),
-        busy_timeout: Duration::from_secs(a.busy_timeout),
+        busy_timeout: a.busy_timeout,
         pin_session: pinned.then(|| w.session.clone()),
         ..Default::default()
     };

@@ -12,6 +12,7 @@ mod cmd_reliability;
 mod cmd_repair;
 mod cmd_watch;
 mod config;
+mod duration;
 mod heartbeat;
 mod json;
 mod output;
