@@ -25,6 +25,36 @@ fn invalid_durations_exit_2_and_name_the_units() {
 }
 
 #[test]
+fn every_duration_flag_takes_the_one_syntax_and_refuses_months_and_years() {
+    let env = Env::new();
+    // Flags that took seconds take a duration, and still a bare number.
+    for wait in ["2s", "1m30s", "0.5", "3"] {
+        let out = env.run(&["check", "--lock-wait", wait]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "--lock-wait {wait}: {}",
+            stderr(&out)
+        );
+    }
+    for args in [
+        &["check", "--lock-wait", "1y"][..],
+        &["forget", "--keep-within", "2years"][..],
+        &["status", "--max-age", "1M"][..],
+        &["prune", "--min-pack-age", "1month"][..],
+        &["mount", "--read-timeout", "1mo", "/nonexistent"][..],
+    ] {
+        let out = env.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("have no fixed length") && err.contains("use days (30d, 365d)"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn lock_message_keeps_its_timestamp_and_unlock_prints_plain_text() {
     let env = Env::new();
     let host = snapback_testkit::hostname();

@@ -568,7 +568,7 @@ fn an_invalid_max_age_in_the_config_stops_only_status() {
     let cfg = config(
         &env,
         &format!(
-            "max_age = \"20 minutes\"\n[[source]]\npath = \"{}\"\n",
+            "max_age = \"1 month\"\n[[source]]\npath = \"{}\"\n",
             a.display()
         ),
     );
