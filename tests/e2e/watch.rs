@@ -462,7 +462,7 @@ fn watch_refuses_what_is_not_a_database_and_bad_intervals() {
     let db = env.path("a.db");
     create_bank(&db);
     let out = env.run_bounded(
-        &["watch", db.to_str().expect("utf8"), "--interval", "1.5s"],
+        &["watch", db.to_str().expect("utf8"), "--interval", "1.5"],
         Duration::from_secs(30),
     );
     assert_eq!(out.code, 2, "{out:?}");
