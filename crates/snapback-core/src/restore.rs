@@ -758,7 +758,7 @@ impl Repository {
                 stats.written_chunks += 1;
                 stats.bytes_written += c.len as u64;
                 match runs.last_mut() {
-                    Some(r) if r.1 == o && e - r.0 <= MAX_RANGE as usize => r.1 = e,
+                    Some(r) if r.1 == o => r.1 = e,
                     _ => runs.push((o, e)),
                 }
             }
@@ -772,8 +772,10 @@ impl Repository {
 /// of the file.
 const WINDOW: u64 = 32 << 20;
 /// The longest range read of one pack: neighbouring blobs are fetched
-/// together up to this many bytes.
-const MAX_RANGE: u64 = 4 << 20;
+/// together up to this many bytes. Small enough that a window's blobs
+/// (about a third of it, compressed) make enough reads to keep
+/// `Store::read_parallelism` GETs in flight on S3.
+const MAX_RANGE: u64 = 1 << 20;
 /// Blobs this close together are fetched in one read, with what lies
 /// between.
 const MAX_GAP: u64 = 256 << 10;
