@@ -376,6 +376,31 @@ fn the_current_index_is_read_again_whole_when_an_index_object_is_gone() {
     );
 }
 
+#[test]
+fn refreshing_an_index_with_no_new_object_reuses_the_loaded_one() {
+    let fx = Fx::new(2);
+    fx.snap();
+    let first = fx.repo.refresh_index().expect("index");
+    let again = fx.repo.current_index().expect("index");
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "no index object is new: the loaded index is returned, not a copy"
+    );
+    fx.grow(50);
+    fx.snap();
+    let after = fx.repo.refresh_index().expect("index");
+    assert!(
+        after.blob_count() > first.blob_count(),
+        "a new index object is read ({} then {})",
+        first.blob_count(),
+        after.blob_count()
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        &after,
+        &fx.repo.refresh_index().expect("index")
+    ));
+}
+
 /// Takes the next capture, and asserts that its image is byte for byte a
 /// full scan's of the same content, whichever way it was captured.
 /// Returns the capture and why it fell back (`None`: it was a delta).

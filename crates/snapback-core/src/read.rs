@@ -103,9 +103,10 @@ impl Repository {
     }
 
     /// Loads index objects that appeared since the last load.
+    /// When none appeared, the loaded index is returned as it is: copying it
+    /// (one entry per blob) is what every snapshot would otherwise pay twice.
     pub fn refresh_index(&self) -> Result<Arc<MasterIndex>> {
         let mut guard = self.index.write().map_err(|_| poisoned())?;
-        let mut idx = guard.as_deref().cloned().unwrap_or_default();
         let mut keys: Vec<String> = self
             .store
             .list(INDEX_PREFIX)?
@@ -113,8 +114,21 @@ impl Repository {
             .map(|o| o.key)
             .collect();
         keys.sort();
-        let known: std::collections::HashSet<String> = idx.index_keys.iter().cloned().collect();
-        for key in keys.into_iter().filter(|k| !known.contains(k)) {
+        let new: Vec<String> = match guard.as_deref() {
+            Some(cur) => {
+                let known: std::collections::HashSet<&str> =
+                    cur.index_keys.iter().map(String::as_str).collect();
+                keys.into_iter()
+                    .filter(|k| !known.contains(k.as_str()))
+                    .collect()
+            }
+            None => keys,
+        };
+        if let (Some(cur), true) = (guard.as_ref(), new.is_empty()) {
+            return Ok(Arc::clone(cur));
+        }
+        let mut idx = guard.as_deref().cloned().unwrap_or_default();
+        for key in new {
             let bytes = self.get_immutable(&key, INDEX_PREFIX)?;
             for p in decode_index(&bytes, &key)? {
                 idx.insert_pack(&p);
