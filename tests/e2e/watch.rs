@@ -470,3 +470,28 @@ fn watch_refuses_what_is_not_a_database_and_bad_intervals() {
     let out = env.run_bounded(&["watch"], Duration::from_secs(30));
     assert_eq!(out.code, 2, "no paths and no config: {out:?}");
 }
+
+#[test]
+fn watch_reports_its_durable_point_to_status_and_removes_the_report_on_sigterm() {
+    let env = Env::new();
+    let db = env.path("bank.db");
+    create_bank(&db);
+    let child = start_watch(&env, &db);
+    wait_for_point_with(&env, 0, Duration::from_secs(30));
+    let newest = points(&env).last().expect("a point").0.clone();
+    // The report is written at the end of each tick.
+    std::thread::sleep(Duration::from_millis(600));
+    let s: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "status"])).expect("status json");
+    let src = &s["sources"][0];
+    assert_eq!(src["watch"]["running"], true, "{s}");
+    assert_eq!(src["watch"]["durable"]["id"], newest.as_str(), "{s}");
+    assert_eq!(src["rpo_basis"], "watcher", "{s}");
+    stop_watch(child);
+    let s: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "status"])).expect("status json");
+    assert!(
+        s["sources"][0]["watch"].is_null(),
+        "a watcher stopped on request leaves no report: {s}"
+    );
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use snapback_core::watch::{new_session, Pin, Signature};
+use snapback_core::watch_status::{self, Event, PointRef, WatchStatus};
 use snapback_core::{CaptureMethod, NoProgress, Repository, SnapshotOptions, SnapshotReport};
 use snapback_mount::notify;
 
@@ -61,6 +62,8 @@ struct Watched {
     last_point: Option<(String, String)>,
     /// When the newest failure was logged, and its message.
     failing: Option<(Instant, String)>,
+    /// The report `snapback status` reads.
+    status: WatchStatus,
 }
 
 enum Outcome {
@@ -95,6 +98,9 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         )
         .into());
     };
+    let repo = open_repo(g)?;
+    let state_dir = crate::repo_url::capture_state_root();
+    let status_dir = state_dir.as_deref().map(watch_status::dir);
     let mut watched = Vec::new();
     for (path, tags) in sources {
         for t in &tags {
@@ -115,7 +121,6 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             continue;
         }
         watched.push(Watched {
-            path,
             tags,
             pin: None,
             wal_mode: true,
@@ -124,10 +129,17 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             points: 0,
             last_point: None,
             failing: None,
+            // Every point is durable when it is taken: the upload interval
+            // is the tick.
+            status: WatchStatus::new(
+                &repo.config().repo_id,
+                &path.to_string_lossy(),
+                interval,
+                interval,
+            ),
+            path,
         });
     }
-    let repo = open_repo(g)?;
-    let state_dir = crate::repo_url::capture_state_root();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
@@ -154,6 +166,10 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
                 Err(e) => {
                     all_ok = false;
                     let msg = crate::output::error_lines(&e).join(": ");
+                    w.status.last_upload_error = Some(Event {
+                        time: snapback_core::time::now(),
+                        message: msg.clone(),
+                    });
                     let again = w
                         .failing
                         .as_ref()
@@ -166,6 +182,14 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             }
         }
         first = false;
+        for w in &mut watched {
+            w.status.last_tick = Some(snapback_core::time::now());
+            if let Some(dir) = &status_dir {
+                if let Err(e) = watch_status::save(dir, &w.status) {
+                    tracing::warn!(path = %w.path.display(), error = %e, "cannot write the watch status that `snapback status` reads");
+                }
+            }
+        }
         if all_ok {
             if !ready {
                 notify("READY=1");
@@ -197,6 +221,12 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         }
     }
     notify("STOPPING=1");
+    // Stopped on request: no report is left for `status` to call stale.
+    if let Some(dir) = &status_dir {
+        for w in &watched {
+            let _ = watch_status::remove(dir, &w.status.repo_id, &w.status.path);
+        }
+    }
     tracing::info!(
         points = watched.iter().map(|w| w.points).sum::<u64>(),
         "stopped by a signal; every point reported is committed"
@@ -293,7 +323,19 @@ fn report_point(g: &Global, w: &mut Watched, r: &SnapshotReport) -> anyhow::Resu
         .and_then(|s| s.capture.as_ref());
     if let (Some(CaptureMethod::FullScan { reason }), true) = (method, w.points > 1) {
         tracing::warn!(path = %w.path.display(), reason = %reason, "the point was taken by a full scan (read every page)");
+        w.status.fallbacks += 1;
+        w.status.last_fallback = Some(Event {
+            time: snapback_core::time::now(),
+            message: reason.clone(),
+        });
     }
+    // Reported only now: the snapshot is committed and verified.
+    let now = snapback_core::time::now();
+    w.status.durable = Some(PointRef {
+        time: snapback_core::time::parse_rfc3339(&r.manifest.time).unwrap_or(now),
+        id: r.id.to_string(),
+    });
+    w.status.last_upload = Some(now);
     let (name, pages_read) = match method {
         Some(CaptureMethod::WalDelta { pages_read }) => ("wal-delta", Some(*pages_read)),
         Some(CaptureMethod::FullScan { .. }) => ("full-scan", None),
