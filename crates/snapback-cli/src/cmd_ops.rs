@@ -144,6 +144,9 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
     } else {
         plan_forget(&snaps, &flags, &released, a.allow_empty)?
     };
+    // A manifest that timeline points are replayed from stays while they do.
+    let mut plan = plan;
+    repo.keep_timeline_bases(&mut plan)?;
     // --json: one document, printed once the run is done (with --prune,
     // the prune's report is in it too).
     if g.json {

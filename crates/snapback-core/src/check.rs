@@ -16,11 +16,12 @@ use crate::id::Id;
 use crate::index::{decode_index, MasterIndex};
 use crate::layout::{
     check_key, check_kind_of_key, pack_id_from_key, pack_key, CHECK_PREFIX, DATA_PREFIX,
-    INDEX_PREFIX, SNAPSHOT_PREFIX,
+    INDEX_PREFIX, SNAPSHOT_PREFIX, TIMELINE_PREFIX,
 };
 use crate::manifest::Manifest;
 use crate::pack::{open_blob, parse_header, parse_prefix};
 use crate::repo::Repository;
+use crate::segment::Segment;
 use crate::Progress;
 
 #[derive(Debug, Clone, Default)]
@@ -76,6 +77,9 @@ pub struct CheckReport {
     /// Packs that no index references (left by an interrupted snapshot); not
     /// an error, `prune` removes them.
     pub unindexed_packs: u64,
+    /// Timeline segments checked, and the points they hold.
+    pub segments: u64,
+    pub points: u64,
     pub problems: Vec<Problem>,
     /// Snapshots whose time is ahead of this host's clock, of the store's
     /// clock when it wrote them, or of a snapshot written after them (see
@@ -335,6 +339,7 @@ impl Repository {
             }
         }
         let mut list_cache: HashMap<Id, std::result::Result<Vec<u8>, String>> = HashMap::new();
+        let mut manifests: HashMap<Id, Manifest> = HashMap::new();
         for o in store.list(SNAPSHOT_PREFIX)? {
             let r = store.get(&o.key).map_err(Error::from).and_then(|b| {
                 if Id::of(&b).to_hex() != o.key[SNAPSHOT_PREFIX.len()..] {
@@ -360,6 +365,9 @@ impl Repository {
                 }
             };
             report.snapshots += 1;
+            if let Some(id) = crate::layout::snapshot_id_from_key(&o.key) {
+                manifests.insert(id, m.clone());
+            }
             let short = o.key[SNAPSHOT_PREFIX.len()..]
                 .chars()
                 .take(8)
@@ -440,6 +448,14 @@ impl Repository {
                 }
             }
         }
+        self.check_segments(
+            &manifests,
+            &index,
+            &missing_packs,
+            &bad_blobs,
+            &mut probs,
+            &mut report,
+        )?;
         report.problems = probs
             .map
             .into_iter()
@@ -467,6 +483,120 @@ impl Repository {
             })
             .collect();
         Ok(report)
+    }
+
+    /// Every timeline segment: readable (named by its content, decodes),
+    /// its base manifest present and holding its database, every page it
+    /// names indexed in a pack that exists (and, after `--read-data`,
+    /// intact), and every point replaying to its checksum. Each problem
+    /// names the points it affects.
+    fn check_segments(
+        &self,
+        manifests: &HashMap<Id, Manifest>,
+        index: &MasterIndex,
+        missing_packs: &HashSet<Id>,
+        bad_blobs: &HashMap<Id, String>,
+        probs: &mut Problems,
+        report: &mut CheckReport,
+    ) -> Result<()> {
+        if !self.config().allows_partial_reads() {
+            return Ok(());
+        }
+        for o in self.store().list(TIMELINE_PREFIX)? {
+            let short: String = o.key[TIMELINE_PREFIX.len()..].chars().take(8).collect();
+            let r = self.store().get(&o.key).map_err(Error::from).and_then(|b| {
+                if Id::of(&b).to_hex() != o.key[TIMELINE_PREFIX.len()..] {
+                    return Err(Error::corrupt(&o.key, "content does not hash to its name"));
+                }
+                Segment::decode(&b, &o.key)
+            });
+            let seg = match r {
+                Ok(s) => s,
+                Err(e) => {
+                    probs.affect(
+                        &o.key,
+                        || {
+                            format!(
+                                "unreadable timeline segment: {e}; its points cannot be restored"
+                            )
+                        },
+                        Affected {
+                            snapshot: format!("{short}/*"),
+                            time: "unknown".into(),
+                            file: "(every point of the segment: it is unreadable)".into(),
+                        },
+                    );
+                    continue;
+                }
+            };
+            report.segments += 1;
+            report.points += seg.points.len() as u64;
+            let aff = |k: usize| Affected {
+                snapshot: format!("{short}/{k}"),
+                time: crate::time::format_rfc3339(seg.points[k].time),
+                file: seg.path.clone(),
+            };
+            let all = |probs: &mut Problems, why: String| {
+                for k in 0..seg.points.len() {
+                    probs.affect(&o.key, || why.clone(), aff(k));
+                }
+            };
+            let Some(base) = manifests.get(&seg.base) else {
+                all(
+                    probs,
+                    format!(
+                        "its base snapshot {} is missing or unreadable; its points cannot be restored",
+                        seg.base.short()
+                    ),
+                );
+                continue;
+            };
+            let Some(file) = base.files.iter().find(|f| f.path == seg.path) else {
+                all(
+                    probs,
+                    format!(
+                        "its base snapshot {} does not hold {}",
+                        seg.base.short(),
+                        seg.path
+                    ),
+                );
+                continue;
+            };
+            // Point k needs its own pages and those of every point before it.
+            let mut first_bad: Option<usize> = None;
+            let mut seen = HashSet::new();
+            for (k, p) in seg.points.iter().enumerate() {
+                for (_, id) in &p.changes {
+                    if !seen.insert(*id) {
+                        continue;
+                    }
+                    report.blobs_checked += 1;
+                    if let Some(why) = blob_problem(id, index, missing_packs, bad_blobs) {
+                        let obj = match index.get(id) {
+                            Some(l) => pack_key(&l.pack),
+                            None => format!("blob {id}"),
+                        };
+                        for later in k..seg.points.len() {
+                            probs.affect(&obj, || why.clone(), aff(later));
+                        }
+                        first_bad = Some(first_bad.map_or(k, |f| f.min(k)));
+                    }
+                }
+            }
+            if first_bad == Some(0) {
+                continue;
+            }
+            // Replay the points that have all their pages (the base's own
+            // chunk list is checked with its manifest).
+            let upto = first_bad.map_or(seg.points.len(), |k| k) - 1;
+            let replayed = self.chunk_list(index, file).and_then(|list| {
+                crate::segment::replay(list, seg.page_size, &seg.points, upto, &o.key)
+            });
+            if let Err(e) = replayed {
+                all(probs, format!("its points do not replay: {e}"));
+            }
+        }
+        Ok(())
     }
 
     fn verify_pack_bytes(

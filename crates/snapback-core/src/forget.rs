@@ -333,8 +333,40 @@ impl Repository {
         Ok(())
     }
 
+    /// Keeps every manifest of the plan's removals that a timeline segment
+    /// names as its base (its points replay from it), with the reason
+    /// "base of timeline points". Forget never leaves a segment without
+    /// its base; the base goes once its segments are gone.
+    pub fn keep_timeline_bases(&self, plan: &mut ForgetPlan) -> Result<()> {
+        let mut bases: std::collections::HashMap<String, usize> = Default::default();
+        for (_, seg) in self.segments_strict()? {
+            *bases.entry(seg.base.to_hex()).or_default() += seg.points.len();
+        }
+        if bases.is_empty() {
+            return Ok(());
+        }
+        for g in &mut plan.groups {
+            let (keep, remove): (Vec<Decision>, Vec<Decision>) = std::mem::take(&mut g.remove)
+                .into_iter()
+                .partition(|d| bases.contains_key(&d.id));
+            g.remove = remove;
+            for mut d in keep {
+                d.reasons.push(format!(
+                    "base of timeline points ({} point(s) replay from it)",
+                    bases[&d.id]
+                ));
+                g.keep.push(d);
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the manifests the plan removes. The data stays until prune.
+    /// A manifest that a timeline segment names as its base is kept (see
+    /// `keep_timeline_bases`), even when the plan was made without it.
     pub fn apply_forget(&self, plan: &ForgetPlan) -> Result<usize> {
+        let mut plan = plan.clone();
+        self.keep_timeline_bases(&mut plan)?;
         let mut n = 0;
         for d in plan.removals() {
             self.store().delete(&format!("{SNAPSHOT_PREFIX}{}", d.id))?;

@@ -128,6 +128,13 @@ impl Repository {
                 }
             }
         }
+        // The pages timeline points changed (their bases are manifests,
+        // counted above; forget keeps a base while a segment names it).
+        for (_, seg) in self.segments_strict()? {
+            for p in &seg.points {
+                used.extend(p.changes.iter().map(|(_, id)| *id));
+            }
+        }
         Ok((snaps.len(), used))
     }
 

@@ -406,3 +406,130 @@ fn a_point_whose_replay_does_not_give_its_checksum_restores_nothing() {
     assert_eq!(e.kind(), crate::Kind::Damaged, "{e}");
     assert!(!dest.exists(), "no file left behind");
 }
+
+fn restore_point(fx: &Fx, seg_id: &Id, k: usize, name: &str) -> crate::Result<Vec<u8>> {
+    let sel = format!("{}/{k}", &seg_id.to_hex()[..8]);
+    let snap = fx.repo.resolve(&sel.parse()?, |_| true)?;
+    let dest = fx.dir.path().join(name);
+    let f = snap.file(&fx.path()).expect("the database").clone();
+    fx.repo.restore_file(&f, &dest, false, &NoProgress)?;
+    Ok(std::fs::read(&dest).expect("read"))
+}
+
+#[test]
+fn forget_keeps_a_base_that_points_replay_from_and_prune_keeps_their_pages() {
+    let fx = Fx::new(&init_opts(2, false));
+    let (seg, images) = three_points(&fx);
+    let id = fx.repo.commit_segment(&seg).expect("commit");
+    // A newer full snapshot: `--keep-last 1` alone would remove the base.
+    fx.update(9);
+    fx.base();
+    let snaps = fx.repo.snapshots_strict().expect("list");
+    let policy = crate::KeepPolicy {
+        last: Some(1),
+        ..Default::default()
+    };
+    let mut plan = crate::plan_forget(&snaps, &policy, &Default::default(), false).expect("plan");
+    assert_eq!(
+        plan.removals().count(),
+        1,
+        "the plan alone removes the base"
+    );
+    let unguarded = plan.clone();
+    fx.repo.keep_timeline_bases(&mut plan).expect("guard");
+    assert_eq!(plan.removals().count(), 0);
+    let kept = plan.groups[0]
+        .keep
+        .iter()
+        .find(|d| d.id == seg.base.to_hex())
+        .expect("the base is kept");
+    assert!(
+        kept.reasons
+            .iter()
+            .any(|r| r.contains("base of timeline points")),
+        "{:?}",
+        kept.reasons
+    );
+    // apply_forget guards too, given a plan made without the guard.
+    assert_eq!(fx.repo.apply_forget(&unguarded).expect("forget"), 0);
+    assert!(fx.repo.load_manifest(&seg.base).is_ok(), "the base stays");
+    // Prune with no grace period: the pages only points name are live.
+    let (plan, _) = fx
+        .repo
+        .prune(&crate::PruneOptions {
+            lock_wait: std::time::Duration::from_secs(5),
+            dry_run: false,
+            min_pack_age: std::time::Duration::ZERO,
+        })
+        .expect("prune");
+    assert!(plan.used_blobs > 0);
+    let fresh = Fx {
+        repo: fx.repo.reopen(),
+        ..fx
+    };
+    for k in 0..3 {
+        let got = restore_point(&fresh, &id, k, &format!("after-prune-{k}")).expect("restore");
+        assert!(got == images[k + 1], "point {k} survives forget and prune");
+    }
+}
+
+#[test]
+fn check_verifies_segments_and_names_the_points_a_lost_page_affects() {
+    let fx = Fx::new(&init_opts(2, false));
+    let (seg, _) = three_points(&fx);
+    let id = fx.repo.commit_segment(&seg).expect("commit");
+    let opts = crate::CheckOptions {
+        read_data: true,
+        ..Default::default()
+    };
+    let report = fx.repo.check(&opts, &NoProgress).expect("check");
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!((report.segments, report.points), (1, 3));
+    // Lose the pack of a page that point 1 changed.
+    let index = fx.repo.index().expect("index");
+    let page = seg.points[1].changes[0].1;
+    let pack = index.get(&page).expect("indexed").pack;
+    let file = fx
+        .dir
+        .path()
+        .join("repo")
+        .join(crate::layout::pack_key(&pack));
+    std::fs::remove_file(&file).expect("lose the pack");
+    let report = fx.repo.reopen().check(&opts, &NoProgress).expect("check");
+    let short = &id.to_hex()[..8];
+    let affected: Vec<String> = report
+        .problems
+        .iter()
+        .flat_map(|p| p.affects.iter().map(|a| a.snapshot.clone()))
+        .collect();
+    assert!(
+        affected.contains(&format!("{short}/1")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        affected.contains(&format!("{short}/2")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        !affected.contains(&format!("{short}/0")),
+        "{:?}",
+        report.problems
+    );
+    // A damaged segment object is reported as such.
+    let seg_file = fx.dir.path().join("repo").join(timeline_key(&id));
+    let mut bytes = std::fs::read(&seg_file).expect("read");
+    bytes[10] ^= 1;
+    std::fs::write(&seg_file, &bytes).expect("damage");
+    let report = fx.repo.reopen().check(&opts, &NoProgress).expect("check");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.object == timeline_key(&id)
+                && p.problem.contains("unreadable timeline segment")),
+        "{:?}",
+        report.problems
+    );
+}
