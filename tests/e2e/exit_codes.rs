@@ -193,3 +193,23 @@ fn forget_prune_json_prints_one_document() {
     assert_eq!(doc["prune"]["dry_run"], false, "{doc}");
     assert_eq!(env.snapshots_json().len(), 1);
 }
+
+#[test]
+fn no_repository_given_exits_2_and_names_the_three_ways() {
+    let env = Env::new();
+    let mut c = std::process::Command::new(snapback_testkit::bin());
+    for k in snapback_testkit::ISOLATED_VARS {
+        c.env_remove(k);
+    }
+    c.env_remove("SNAPBACK_REPO")
+        .env("XDG_CONFIG_HOME", env.path("no-config"))
+        .env("XDG_STATE_HOME", env.path("state"))
+        .current_dir(env.dir.path())
+        .arg("snapshots");
+    let out = c.output().expect("run snapback");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for way in ["--repo", "SNAPBACK_REPO", "repo = ", "config file"] {
+        assert!(err.contains(way), "names {way}: {err}");
+    }
+}

@@ -45,9 +45,12 @@ pub fn parse(url: &str) -> anyhow::Result<RepoUrl> {
 }
 
 fn repo_arg(g: &Global) -> anyhow::Result<&str> {
-    g.repo.as_deref().context(
-        "no repository given: use --repo PATH (or s3://BUCKET/PREFIX), or set SNAPBACK_REPO",
-    )
+    g.repo.as_deref().ok_or_else(|| {
+        crate::Usage(
+            "no repository given: give it in one of three ways: --repo PATH (or s3://BUCKET/PREFIX), the SNAPBACK_REPO environment variable, or `repo = \"PATH\"` in the config file (`snapback config` shows which config file is read)".into(),
+        )
+        .into()
+    })
 }
 
 /// Opens the store behind `--repo`. `create` makes a missing local directory.
