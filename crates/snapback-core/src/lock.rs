@@ -34,8 +34,20 @@ use crate::layout::{lock_key, LOCK_PREFIX};
 use crate::object::{put_verified, random_hex};
 use crate::repo::Repository;
 
+// The lock-age policy, in one place. A holder rewrites its lock every
+// `REFRESH`; a lock of another host counts as stale once it is older than
+// `STALE_AFTER`, i.e. after about seven refreshes in a row were missed (a
+// slow store, a loaded host and a clock a few minutes off all fit inside
+// it, so a live holder is not taken for dead). Not configurable: both sides
+// of a repository must agree on it, and nothing has needed another value.
+// Locks of this host are judged by their pid, not by age (module docs).
+
+/// A lock of another host older than this is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
+/// How often a held lock is rewritten.
 const REFRESH: Duration = Duration::from_secs(2 * 60);
+// A holder must get several refreshes in before its lock could look stale.
+const _: () = assert!(REFRESH.as_secs() * 4 <= STALE_AFTER.as_secs());
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
