@@ -32,4 +32,5 @@ mod selectors;
 mod timeline;
 mod timeline_kit;
 mod units;
+mod verify_live;
 mod watch;

@@ -114,6 +114,9 @@ pub enum Command {
     Undo(crate::cmd_repair::UndoArgs),
     /// Rebuild the index objects from the packs alone (after index damage).
     RepairIndex(crate::cmd_reliability::RepairIndexArgs),
+    /// Compare a live database page by page with what the next WAL-delta
+    /// capture of it would give (one read transaction, throttled).
+    VerifyLive(crate::cmd_reliability::VerifyLiveArgs),
     /// Manage the passphrases of an encrypted repository.
     #[command(subcommand)]
     Key(crate::cmd_key::KeyCommand),
@@ -157,6 +160,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Audit(a) => crate::cmd_repair::audit(g, a),
         Command::Undo(a) => crate::cmd_repair::undo(g, a),
         Command::RepairIndex(a) => crate::cmd_reliability::repair_index(g, a),
+        Command::VerifyLive(a) => crate::cmd_reliability::verify_live(g, a),
         Command::Key(c) => crate::cmd_key::run(g, c),
         Command::Completions(_) | Command::Man | Command::Config => Ok(crate::exit::OK),
     }

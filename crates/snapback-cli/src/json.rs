@@ -280,6 +280,16 @@ pub struct Status<'a, R: Serialize> {
     pub last_check: Option<&'a CheckRecord>,
 }
 
+/// `verify-live --json`.
+#[derive(Serialize)]
+pub struct VerifyLive<'a> {
+    /// "ok" or "mismatch".
+    pub result: &'static str,
+    pub mismatch_count: u64,
+    #[serde(flatten)]
+    pub report: &'a snapback_core::VerifyLiveReport,
+}
+
 /// `key list --json`.
 #[derive(Serialize)]
 pub struct Keys<'a> {

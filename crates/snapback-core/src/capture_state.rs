@@ -56,6 +56,16 @@ pub struct CaptureState {
 }
 
 impl CaptureState {
+    /// The `db_checksum` of the captured image.
+    pub fn checksum(&self) -> Result<crate::id::DbChecksum> {
+        crate::id::DbChecksum::from_hex(&self.db_checksum).ok_or_else(|| {
+            Error::corrupt(
+                format!("snapshot {}", self.manifest.short()),
+                "its db_checksum is not hex",
+            )
+        })
+    }
+
     pub fn salts(&self) -> Option<crate::wal::Salts> {
         let mut s = [0u8; 8];
         hex::decode_to_slice(&self.wal_salts, &mut s).ok()?;
@@ -76,6 +86,13 @@ pub fn paths(state_dir: &Path, repo_id: &str, db_path: &str) -> StatePaths {
     StatePaths {
         file: dir.join(format!("{name}.json")),
         lock: dir.join(format!("{name}.lock")),
+    }
+}
+
+impl StatePaths {
+    /// The mark left by [`invalidate`]: why the state was dropped.
+    pub fn dropped_mark(&self) -> PathBuf {
+        self.file.with_extension("dropped")
     }
 }
 
@@ -111,7 +128,13 @@ pub fn load(p: &StatePaths) -> std::result::Result<CaptureState, String> {
     let bytes = match std::fs::read(&p.file) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err("no local capture state (the first capture of this database into this repository from here)".into())
+            if let Ok(why) = std::fs::read_to_string(p.dropped_mark()) {
+                return Err(format!(
+                    "the local capture state was dropped: {}",
+                    why.trim_end()
+                ));
+            }
+            return Err("no local capture state (the first capture of this database into this repository from here)".into());
         }
         Err(e) => return Err(format!("the local capture state cannot be read ({e})")),
     };
@@ -151,12 +174,40 @@ pub fn save(p: &StatePaths, s: &CaptureState) -> Result<()> {
         f.write_all(&bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &p.file)?;
+        match std::fs::remove_file(p.dropped_mark()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         File::open(dir)?.sync_all()
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(&p.file, "cannot write the capture state", e)
     })
+}
+
+/// Drops the saved state durably, leaving a mark that says why: the next
+/// capture finds no state (and says this reason) and takes a full scan;
+/// the state it then saves removes the mark. Used when the state is known
+/// to be wrong (verify-live found the image it describes differs from the
+/// database).
+pub fn invalidate(p: &StatePaths, why: &str) -> Result<()> {
+    let dir = p
+        .file
+        .parent()
+        .ok_or_else(|| Error::Invalid("capture state path has no directory".into()))?;
+    let mark = p.dropped_mark();
+    let drop_it = || -> std::io::Result<()> {
+        let mut f = File::create(&mark)?;
+        f.write_all(why.as_bytes())?;
+        f.sync_all()?;
+        match std::fs::remove_file(&p.file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        File::open(dir)?.sync_all()
+    };
+    drop_it().map_err(|e| Error::io(&p.file, "cannot drop the capture state", e))
 }
 
 pub fn new_state_version() -> u32 {
@@ -204,6 +255,19 @@ mod tests {
         flipped[20] ^= 1;
         std::fs::write(&p.file, &flipped).expect("flip");
         assert!(load(&p).expect_err("flipped").contains("damaged"));
+    }
+
+    #[test]
+    fn invalidated_state_is_not_loaded_and_says_why_until_saved_again() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = paths(d.path(), "ab", "/x.db");
+        save(&p, &sample()).expect("save");
+        invalidate(&p, "verify-live found 1 page differing").expect("invalidate");
+        let why = load(&p).expect_err("dropped");
+        assert!(why.contains("dropped: verify-live found 1 page"), "{why}");
+        save(&p, &sample()).expect("save again");
+        assert_eq!(load(&p).expect("load"), sample());
+        assert!(!p.dropped_mark().exists(), "the mark goes with a new state");
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod time;
 mod timeline;
 #[cfg(test)]
 mod timeline_tests;
+mod verify_live;
 mod wal;
 pub mod watch;
 pub mod watch_status;
@@ -84,6 +85,7 @@ pub use selector::{group_key, path_matches, Selector, Snapshot};
 pub use snapback_storage as storage;
 pub use snapshot::{SnapshotOptions, SnapshotReport, DEFAULT_BUSY_TIMEOUT};
 pub use time::{is_future, FUTURE_TOLERANCE};
+pub use verify_live::{VerifyLiveOptions, VerifyLiveReport, DEFAULT_VERIFY_RATE};
 
 /// Progress of long work, for a progress bar. Every method has a no-op
 /// default.

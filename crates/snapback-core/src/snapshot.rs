@@ -941,6 +941,23 @@ impl Repository {
             Err(e) => return Err(format!("the local capture state cannot be locked ({e})")),
         }
         let state = capture_state::load(&sp)?;
+        let (parts, base, list) = self.image_of_state(sink.index, &state, path_s, history)?;
+        sink.bases.push((parts, base));
+        Ok((state, list))
+    }
+
+    /// The chunk list of the image a capture state describes (with the
+    /// base list it patches, and that base's part ids), if the state is
+    /// this host's, for this database, and matches its snapshot in the
+    /// repository; otherwise why not.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn image_of_state(
+        &self,
+        index: &crate::index::MasterIndex,
+        state: &CaptureState,
+        path_s: &str,
+        history: &[Snapshot],
+    ) -> std::result::Result<(Vec<Id>, Vec<ChunkRef>, Vec<ChunkRef>), String> {
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         if state.repo_id != self.config().repo_id || state.path != path_s {
             return Err("the local capture state belongs to another database".into());
@@ -975,25 +992,22 @@ impl Repository {
         let unreadable =
             |e: Error| format!("the previous capture's chunk list cannot be read ({e})");
         let base = self
-            .base_list(sink.index, &entry.chunks.base, path_s)
+            .base_list(index, &entry.chunks.base, path_s)
             .map_err(unreadable)?;
         let place = format!("chunk list of {path_s}");
         let patch = match &entry.chunks.patch {
-            Some(p) => chunklist::decode_patch(
-                &self.read_list_blob(sink.index, p).map_err(unreadable)?,
-                &place,
-            )
-            .map_err(unreadable)?,
+            Some(p) => {
+                chunklist::decode_patch(&self.read_list_blob(index, p).map_err(unreadable)?, &place)
+                    .map_err(unreadable)?
+            }
             None => vec![],
         };
         let list = chunklist::apply_patch(base.clone(), &patch, entry.chunks.count, &place)
             .map_err(unreadable)?;
-        sink.bases.push((entry.chunks.base.clone(), base));
-        if list.len() as u64 != state.page_count || list.iter().any(|c| !sink.index.contains(&c.id))
-        {
+        if list.len() as u64 != state.page_count || list.iter().any(|c| !index.contains(&c.id)) {
             return Err("blobs of the previous capture are missing from the index".into());
         }
-        Ok((state, list))
+        Ok((entry.chunks.base.clone(), base, list))
     }
 
     /// Queues the capture state of `entry` to be saved after the commit.
@@ -1067,12 +1081,7 @@ impl Repository {
                 (0..group.len()).map(|i| (i * ps, (i + 1) * ps)).collect();
             self.ingest(sink, &buf, &bounds, &mut new_refs)
         })?;
-        let old_sum = DbChecksum::from_hex(&state.db_checksum).ok_or_else(|| {
-            Error::corrupt(
-                format!("snapshot {}", state.manifest.short()),
-                "its db_checksum is not hex",
-            )
-        })?;
+        let old_sum = state.checksum()?;
         let (list, sum) = apply_delta(base, old_sum, changed, &new_refs, cap.page_count, ps as u64)
             .map_err(|m| Error::Input {
                 path: path.into(),
