@@ -112,6 +112,7 @@ pub fn verify_live(g: &Global, a: VerifyLiveArgs) -> anyhow::Result<u8> {
         state_dir,
         rate: (a.rate * (1u64 << 20) as f64) as u64,
         busy_timeout: Duration::from_secs(a.busy_timeout),
+        pin_session: None,
     };
     let r = repo.verify_live(&crate::cli::absolute(&a.path), &opts)?;
     if g.json {

@@ -35,6 +35,10 @@ pub struct VerifyLiveOptions {
     pub rate: u64,
     /// How long to wait for a lock on the database.
     pub busy_timeout: Duration,
+    /// The watcher's pinned session (`SnapshotOptions::pin_session`), when
+    /// the watcher calls this: a state of the same session may continue
+    /// across a WAL restart, as its next capture would. `None` otherwise.
+    pub pin_session: Option<String>,
 }
 
 /// What `verify_live` found.
@@ -136,6 +140,7 @@ impl Repository {
             &state,
             cap.page_size,
             cap.page_count,
+            opts.pin_session.is_some() && state.session == opts.pin_session,
         )
         .map_err(|why| {
             nothing_to_verify(
