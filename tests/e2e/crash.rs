@@ -1,5 +1,6 @@
-//! Crash consistency: `snapshot`, `prune` (after `forget`), `repair --apply`
-//! and `undo` are killed with SIGKILL at random points, over and over.
+//! Crash consistency: `snapshot`, `prune` (after `forget`), `repair --apply`,
+//! `undo` and `restore --in-place --apply` are killed with SIGKILL at random
+//! points, over and over.
 //! After every kill:
 //! - `check --read-data` passes;
 //! - every snapshot committed before the kill restores exactly (SHA-256 of
@@ -485,12 +486,12 @@ fn crash_repair_killed_at_random_points() {
     finish(tally, started, &b);
 }
 
-/// Keeps the undo loop's repository from growing without bound: each
-/// iteration adds two pre-repair snapshots (kept by retention until
-/// released), and every check and listing after a kill walks them all.
-/// Releases all but the newest two, then keeps the newest four and the
-/// repair's source snapshot (tag `source`).
-fn trim_pre_repair(env: &Env) {
+/// Keeps the undo and in-place loops' repositories from growing without
+/// bound: each iteration adds undo points (`pre-repair` or `pre-restore`
+/// snapshots, kept by retention until released), and every check and
+/// listing after a kill walks them all. Releases all but the newest two,
+/// then keeps the newest four and the source snapshot (tag `source`).
+fn trim_undo_points(env: &Env, tag: &str) {
     let snaps = env.snapshots_json();
     if snaps.len() <= 8 {
         return;
@@ -500,7 +501,7 @@ fn trim_pre_repair(env: &Env) {
         .filter(|s| {
             s["tags"]
                 .as_array()
-                .is_some_and(|t| t.iter().any(|t| t == "pre-repair"))
+                .is_some_and(|t| t.iter().any(|t| t == tag))
         })
         .filter_map(|s| s["id"].as_str().map(str::to_string))
         .collect();
@@ -588,7 +589,7 @@ fn crash_undo_killed_at_random_points() {
         let out = env.run(&["audit", "verify"]);
         assert!(out.status.success(), "{ctx}: {}", stdout(&out));
         tally.reruns_ok += 1;
-        trim_pre_repair(&env);
+        trim_undo_points(&env, "pre-repair");
     }
     finish(tally, started, &b);
 }
@@ -602,6 +603,80 @@ fn crash_undo_killed_at_random_points() {
 /// (past the window: packs are deleted). The invariant: a snapshot that
 /// exits 0 restores exactly; one that does not exits 1 and says that
 /// nothing was committed; `check --read-data` passes either way.
+/// `restore --in-place --apply` killed at random points: in its
+/// pre-restore snapshot, in its write transaction, after it. After every
+/// kill the live database is whole and is either the damaged one or the
+/// snapshot's (never a mix), and a re-run restores it.
+#[test]
+fn crash_restore_in_place_killed_at_random_points() {
+    let b = budget();
+    let mut rng = rng("restore-in-place");
+    let started = Instant::now();
+    let env = crash_env();
+    let db = env.path("live.db");
+    make_db(&db, 1500);
+    let good = rows(&db);
+    let s0 = env
+        .ok(&["snapshot", db.to_str().expect("utf8"), "--tag", "source"])
+        .trim()
+        .to_string();
+    let live = db.to_str().expect("utf8");
+    let args = [
+        "restore",
+        s0.as_str(),
+        live,
+        "--in-place",
+        "--apply",
+        "--yes",
+    ];
+    // A pause inside the write transaction, with every page written, so
+    // that kills land there as well as in the pre-restore snapshot.
+    let slow = [("SNAPBACK_TEST_DELAY_BEFORE_COMMIT_MS", "200")];
+    damage_rows(&db, rng.next(), 200);
+    let measured = timed_ok(&env, &args, &slow);
+    assert_eq!(rows(&db), good);
+    let mut tally = Tally {
+        op: "restore-in-place",
+        ..Default::default()
+    };
+    while tally.iterations < b.iterations && Instant::now() < b.deadline {
+        let i = tally.iterations;
+        damage_rows(&db, rng.next(), 200);
+        let damaged = rows(&db);
+        let before = committed(&env);
+        let d = delay(&mut rng, measured, &mut tally);
+        let (mid, pid) = run_and_kill(&env, &args, &slow, d);
+        if mid {
+            tally.killed_mid_operation += 1;
+        } else {
+            tally.completed_before_kill += 1;
+        }
+        tally.iterations += 1;
+        let ctx = format!("restore --in-place kill {i} at {d:?}");
+        // The first connection rolls back what the killed transaction
+        // wrote (a hot journal, or WAL frames without a commit).
+        let now = rows(&db);
+        assert!(
+            now == damaged || now == good,
+            "{ctx}: the live database is the old one or the restored one, never a mix"
+        );
+        verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
+        let mut rerun = args.to_vec();
+        rerun.extend(["--lock-wait", "5s"]);
+        let out = env.run(&rerun);
+        assert!(
+            out.status.success(),
+            "{ctx}: re-run: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert_eq!(rows(&db), good, "{ctx}: the re-run restored every row");
+        tally.reruns_ok += 1;
+        trim_undo_points(&env, "pre-restore");
+    }
+    finish(tally, started, &b);
+}
+
 #[test]
 fn crash_snapshot_stopped_while_prune_runs_with_a_shifted_clock() {
     use crate::prune_race::{faked, signal};

@@ -18,6 +18,7 @@ mod format_fixtures;
 mod fuzz_regressions;
 mod heartbeat;
 mod hostile;
+mod inplace;
 mod integrity;
 mod messages;
 mod monitoring;

@@ -33,7 +33,7 @@ fn running_as_root() -> bool {
 /// `sh -c SCRIPT` inside a private mount namespace in which `ro` is bind
 /// mounted read-only onto itself. The script gets the command as "$@".
 /// Two minutes at most.
-fn in_read_only_namespace(ro: &Path, script: &str, cmd: &Command) -> Command {
+pub(crate) fn in_read_only_namespace(ro: &Path, script: &str, cmd: &Command) -> Command {
     let mut c = Command::new("timeout");
     c.args(["120", "unshare"]);
     // A non-root user may mount in a user namespace of its own.
@@ -54,7 +54,7 @@ fn in_read_only_namespace(ro: &Path, script: &str, cmd: &Command) -> Command {
 }
 
 /// Fails, saying why, unless a read-only bind mount can be made here.
-fn require_read_only_mounts(env: &Env) {
+pub(crate) fn require_read_only_mounts(env: &Env) {
     let probe = env.path("probe");
     std::fs::create_dir_all(&probe).expect("mkdir");
     let mut touch = Command::new("touch");

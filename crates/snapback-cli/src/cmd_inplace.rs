@@ -92,7 +92,7 @@ pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     // first. An id means that snapshot.
     let live_s = live.to_string_lossy().into_owned();
     let want = path.clone().unwrap_or_else(|| live_s.clone());
-    let is_id = matches!(sel, Selector::Id(_));
+    let is_id = matches!(sel, Selector::Id(_) | Selector::Point { .. });
     let (narrow, skip): (Option<&str>, &[&str]) = if is_id {
         (None, &[])
     } else {
@@ -127,6 +127,11 @@ pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
             ..Default::default()
         },
     };
+    if a.apply {
+        // Before the dry run's read: a WAL database in a read-only
+        // directory does not even open for reading.
+        snapback_core::check_writable(&live)?;
+    }
     let plan = repo.plan_in_place(&snap, &live, &opts)?;
     if !a.apply {
         if g.json {

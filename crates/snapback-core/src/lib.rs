@@ -79,7 +79,9 @@ pub use repo::{EncryptionOptions, InitOptions, Repository};
 pub use restore::{
     remove_sqlite_side_files, DeltaReport, RestoreItem, RestoreOptions, RestoreReport,
 };
-pub use restore_inplace::{check_live_path, choose_file, InPlaceOptions, InPlaceReport};
+pub use restore_inplace::{
+    check_live_path, check_writable, choose_file, InPlaceOptions, InPlaceReport,
+};
 pub use segment::{Point, Segment};
 pub use selector::{group_key, path_matches, Selector, Snapshot};
 pub use snapback_storage as storage;

@@ -204,7 +204,7 @@ pub fn check_live_path(live: &Path) -> Result<()> {
 /// Refuses a live database that cannot be written: the file (open for
 /// writing, without changing it) and its directory (where SQLite creates
 /// its journal, or the -wal and -shm files).
-fn check_writable(live: &Path) -> Result<()> {
+pub fn check_writable(live: &Path) -> Result<()> {
     let ro = |what: &str, e: std::io::Error| {
         Error::Invalid(format!(
             "{} cannot be written ({what}: {e}); an in-place restore writes into it through SQLite, so nothing was written. Make it writable for this user, or restore to a new file with `snapback restore SNAP NEW_FILE`",
@@ -468,6 +468,9 @@ impl Repository {
         };
         let applied = !cmp.chunks.is_empty() || cmp.removed > 0;
         if applied {
+            // A test hook: the crash tests kill the restore here, inside
+            // the write transaction, with every page written.
+            crate::snapshot::pause_for_tests("SNAPBACK_TEST_DELAY_BEFORE_COMMIT_MS");
             w.commit()?;
             tracing::info!(live = %live.display(), snapshot = %snap.id.short(), pages = cmp.rewritten + cmp.added, removed = cmp.removed, "restored in place");
         } else {

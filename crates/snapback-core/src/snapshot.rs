@@ -1245,7 +1245,7 @@ impl Repository {
 /// A test hook: sleeps for the milliseconds the variable `name` gives, so
 /// that a test can run another command in a window that is otherwise too
 /// short to hit (tests/e2e/prune_race.rs). Unset, it costs one lookup.
-fn pause_for_tests(name: &str) {
+pub(crate) fn pause_for_tests(name: &str) {
     if let Some(ms) = std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()) {
         tracing::warn!(variable = name, ms, "test hook: pausing");
         std::thread::sleep(std::time::Duration::from_millis(ms));
