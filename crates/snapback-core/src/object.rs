@@ -62,7 +62,7 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
 }
 
 /// `n` random bytes as hex: repository ids, lock names.
-pub(crate) fn random_hex(n: usize) -> Result<String> {
+pub fn random_hex(n: usize) -> Result<String> {
     let mut b = vec![0u8; n];
     fill_random(&mut b)?;
     Ok(hex::encode(b))

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
-use snapback_core::{Id, NoProgress, Repository, SnapshotOptions};
+use snapback_core::{NoProgress, Repository, SnapshotOptions};
 
 use crate::apply::ApplyOptions;
 use crate::audit::SqlStepRecord;
@@ -171,17 +171,10 @@ pub struct RepairSession {
     opts: RepairOptions,
 }
 
-fn random_id() -> String {
-    let mut b = [0u8; 8];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok();
-    if !ok {
-        let t = snapback_core::time::now().unix_timestamp_nanos();
-        let h = Id::of(format!("{t}-{}", std::process::id()).as_bytes());
-        b.copy_from_slice(&h.0[..8]);
-    }
-    hex::encode(b)
+/// A repair run's id: 8 random bytes from the operating system (the same
+/// source as the core's repository and lock ids), as hex.
+fn random_id() -> Result<String> {
+    Ok(snapback_core::object::random_hex(8)?)
 }
 
 fn now() -> String {

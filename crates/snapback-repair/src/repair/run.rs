@@ -49,7 +49,7 @@ impl RepairSession {
                 let pre = pre_repair_snapshot(repo, &self.live)?;
                 progress(&format!("pre-repair snapshot {pre}"));
                 ensure_journal(&conn, &place)?;
-                let id = random_id();
+                let id = random_id()?;
                 insert_run(
                     &conn,
                     &place,

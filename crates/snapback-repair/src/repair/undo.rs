@@ -108,7 +108,7 @@ pub fn undo(
             progress("taking a pre-repair snapshot of the live database");
             let pre = pre_repair_snapshot(repo, &live)?;
             ensure_journal(&conn, &place)?;
-            let id = random_id();
+            let id = random_id()?;
             insert_run(
                 &conn,
                 &place,
