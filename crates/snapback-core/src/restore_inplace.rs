@@ -397,6 +397,25 @@ impl Repository {
         })
     }
 
+    /// Begins a read transaction on `live` and refuses what the snapshot's
+    /// image cannot be written into (page size, journal mode, another
+    /// database); the transaction and the live page 1.
+    fn begin_compatible(
+        &self,
+        t: &Target,
+        live: &Path,
+        lock_wait: Duration,
+    ) -> Result<(Capture, Vec<u8>)> {
+        let cap = Capture::begin(live, lock_wait)?;
+        let mut live_page1 = Vec::new();
+        cap.read_listed(&[1], 1, |_, b| {
+            live_page1 = b;
+            Ok(())
+        })?;
+        self.check_compatible(t, live, cap.page_size, &live_page1)?;
+        Ok((cap, live_page1))
+    }
+
     /// The dry run of an in-place restore: what would change.
     pub fn plan_in_place(
         &self,
@@ -409,13 +428,7 @@ impl Repository {
         let lock = self.read_lock("restore", opts.lock_wait, opts.no_lock)?;
         let index = self.index()?;
         let t = self.target(&index, snap, file)?;
-        let cap = Capture::begin(live, opts.lock_wait)?;
-        let mut live_page1 = Vec::new();
-        cap.read_listed(&[1], 1, |_, b| {
-            live_page1 = b;
-            Ok(())
-        })?;
-        self.check_compatible(&t, live, cap.page_size, &live_page1)?;
+        let (cap, live_page1) = self.begin_compatible(&t, live, opts.lock_wait)?;
         let cmp = self.compare(&t, cap.page_count, &live_page1, None, &|n, sink| {
             cap.read_pages(n, sink)
         })?;
@@ -444,13 +457,7 @@ impl Repository {
         {
             // The refusals that need no write lock, before anything is
             // written anywhere.
-            let cap = Capture::begin(live, opts.lock_wait)?;
-            let mut live_page1 = Vec::new();
-            cap.read_listed(&[1], 1, |_, b| {
-                live_page1 = b;
-                Ok(())
-            })?;
-            self.check_compatible(&t, live, cap.page_size, &live_page1)?;
+            let (cap, _) = self.begin_compatible(&t, live, opts.lock_wait)?;
             cap.finish()?;
         }
         progress("taking a pre-restore snapshot of the live database");
