@@ -326,7 +326,7 @@ mod tests {
     use super::*;
     use crate::chunklist::ChunkRef;
     use crate::id::Id;
-    use crate::snapshot::{apply_delta, checksum_of};
+    use crate::snapshot::{checksum_of, delta_image};
     use crate::sqlite::Capture;
     use std::time::Duration;
 
@@ -394,18 +394,9 @@ mod tests {
         let mut delta_pos = None;
         let delta = prior.map(|(state, base)| {
             let c = changed_pages(db, &b, true, state, cap.page_size, cap.page_count, false)?;
-            let mut refs = Vec::new();
-            let ps = cap.page_size as usize;
-            cap.read_listed(&c.pages, 100, |_, buf| {
-                refs.extend(buf.chunks(ps).map(|p| ChunkRef {
-                    id: Id::of(p),
-                    len: ps as u32,
-                }));
-                Ok(())
-            })
-            .expect("read listed");
             let old = crate::id::DbChecksum::from_hex(&state.db_checksum).expect("hex");
-            let (list, sum) = apply_delta(base.clone(), old, &c, &refs, cap.page_count, ps as u64)?;
+            let (list, sum) =
+                delta_image(&cap, &c, base.clone(), old, Id::of).expect("read listed")?;
             assert_eq!(
                 sum,
                 checksum_of(&list),
@@ -686,19 +677,10 @@ mod tests {
         assert!(e.contains("restarted"), "{e}");
         let ch = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count, true)
             .expect("a continuation");
-        let ps = cap.page_size as usize;
-        let mut refs = Vec::new();
-        cap.read_listed(&ch.pages, 100, |_, buf| {
-            refs.extend(buf.chunks(ps).map(|p| ChunkRef {
-                id: Id::of(p),
-                len: ps as u32,
-            }));
-            Ok(())
-        })
-        .expect("read");
         let old = crate::id::DbChecksum::from_hex(&state.db_checksum).expect("hex");
-        let (list, _) =
-            apply_delta(base, old, &ch, &refs, cap.page_count, ps as u64).expect("apply");
+        let (list, _) = delta_image(&cap, &ch, base, old, Id::of)
+            .expect("read")
+            .expect("apply");
         assert!(
             list == full_list(&cap),
             "the continued delta is the full scan"

@@ -1360,6 +1360,36 @@ impl Repository {
 /// cut to `changed.keep` entries and extended to `page_count`, with the
 /// changed pages (`new_refs`, in `changed.pages` order) in their places.
 /// The checksum is updated per changed entry, without the rest of the list.
+/// The image a WAL-delta capture gives, storing nothing: the `changed`
+/// pages read from `cap` (named by `id_of`, the repository's blob id)
+/// applied over `base` with `old`, the base's checksum. The outer error is
+/// the read's; the inner one says why the delta does not apply.
+pub(crate) fn delta_image(
+    cap: &Capture,
+    changed: &crate::delta::Changed,
+    base: Vec<ChunkRef>,
+    old: DbChecksum,
+    id_of: impl Fn(&[u8]) -> Id,
+) -> Result<std::result::Result<(Vec<ChunkRef>, DbChecksum), String>> {
+    let ps = cap.page_size as usize;
+    let mut new_refs = Vec::with_capacity(changed.pages.len());
+    cap.read_listed(&changed.pages, ((8 << 20) / ps).max(1), |_, buf| {
+        new_refs.extend(buf.chunks(ps).map(|p| ChunkRef {
+            id: id_of(p),
+            len: ps as u32,
+        }));
+        Ok(())
+    })?;
+    Ok(apply_delta(
+        base,
+        old,
+        changed,
+        &new_refs,
+        cap.page_count,
+        ps as u64,
+    ))
+}
+
 pub(crate) fn apply_delta(
     mut base: Vec<ChunkRef>,
     mut sum: DbChecksum,

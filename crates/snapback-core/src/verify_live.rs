@@ -149,23 +149,10 @@ impl Repository {
             )
         })?;
         // The delta's image, as `snapshot` builds it.
-        let mut new_refs = Vec::with_capacity(changed.pages.len());
-        cap.read_listed(&changed.pages, (8 << 20) / ps, |_, buf| {
-            new_refs.extend(buf.chunks(ps).map(|p| crate::chunklist::ChunkRef {
-                id: self.codec().blob_id(p),
-                len: ps as u32,
-            }));
-            Ok(())
-        })?;
         let old_sum = state.checksum()?;
-        let (list, _) = crate::snapshot::apply_delta(
-            base,
-            old_sum,
-            &changed,
-            &new_refs,
-            cap.page_count,
-            ps as u64,
-        )
+        let (list, _) = crate::snapshot::delta_image(&cap, &changed, base, old_sum, |p| {
+            self.codec().blob_id(p)
+        })?
         .map_err(|why| nothing_to_verify(&path, &why))?;
         // The full scan, throttled, compared as it goes.
         let batch = (1usize << 20) / ps;
