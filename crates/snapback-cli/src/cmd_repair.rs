@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::json;
 use snapback_repair::{audit_verify, ApplyOptions, LoadedScript, RepairOptions, RepairSession};
 use snapback_repair::{
     check_pairing, compare_table_sets, compare_virtual_tables, diff_table, live_path,
@@ -17,6 +16,7 @@ use snapback_repair::{
 
 use crate::cli::{absolute, Global};
 use crate::exit;
+use crate::json as doc;
 use crate::output::chose;
 use crate::repo_url::open_repo;
 
@@ -157,11 +157,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     let mut schema_count = table_diffs.len() as u64;
     for d in &table_diffs {
         if g.json {
-            writeln!(
-                out,
-                "{}",
-                json!({"type": "schema", "table": d.table, "what": d.what})
-            )?;
+            writeln!(out, "{}", serde_json::to_string(&doc::DiffSchema::new(d))?)?;
         } else if a.sql {
             writeln!(out, "-- schema: table {}: {}", d.table, d.what)?;
         } else {
@@ -174,7 +170,11 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
             writeln!(
                 out,
                 "{}",
-                json!({"type": "skipped", "table": table, "reason": reason})
+                serde_json::to_string(&doc::DiffSkipped {
+                    reason,
+                    table,
+                    type_: "skipped"
+                })?
             )?;
         } else if a.sql {
             writeln!(out, "-- skipped: table {table}: not compared")?;
@@ -209,15 +209,20 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         }
     }
     if g.json {
-        let skipped_json: Vec<_> = skipped
-            .iter()
-            .map(|(t, r)| json!({"table": t, "reason": r}))
-            .collect();
-        writeln!(
-            out,
-            "{}",
-            json!({"type": "summary", "snapshot": sdb.snapshot_id().map(|i| i.to_hex()), "snapshot_db": sdb.db_path, "live": live, "tables": compared, "skipped": skipped_json, "schema_differences": schema_count, "counts": total})
-        )?;
+        let summary = doc::DiffSummary {
+            counts: &total,
+            live: &live,
+            schema_differences: schema_count,
+            skipped: skipped
+                .iter()
+                .map(|(table, reason)| doc::SkippedTable { reason, table })
+                .collect(),
+            snapshot: sdb.snapshot_id().map(|i| i.to_hex()),
+            snapshot_db: &sdb.db_path,
+            tables: compared,
+            type_: "summary",
+        };
+        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
     }
     out.flush()?;
     drop(out);
@@ -288,7 +293,8 @@ fn diff_one(
             writeln!(
                 out,
                 "{}",
-                json!({"type": "schema", "table": d.table, "what": d.what})
+                serde_json::to_string(&doc::DiffSchema::new(d))
+                    .map_err(|e| DiffOneError::Fatal(e.into()))?
             )
         } else if a.sql {
             writeln!(out, "-- schema: table {}: {}", d.table, d.what)
@@ -312,7 +318,14 @@ fn diff_one(
         writeln!(
             out,
             "{}",
-            json!({"type": "table", "table": t.table, "key": t.key, "compared": t.compare_columns().collect::<Vec<_>>(), "counts": counts})
+            serde_json::to_string(&doc::DiffTable {
+                compared: t.compare_columns().collect(),
+                counts: &counts,
+                key: &t.key,
+                table: &t.table,
+                type_: "table",
+            })
+            .map_err(|e| DiffOneError::Fatal(e.into()))?
         )
     } else if !a.sql {
         writeln!(
@@ -432,7 +445,11 @@ fn truncate_json(v: serde_json::Value, max: usize) -> serde_json::Value {
             let hex = m["blob"].as_str().unwrap_or_default();
             if hex.len() > max {
                 let cut = max & !1;
-                serde_json::json!({"blob": format!("{}… ({} bytes)", &hex[..cut], hex.len() / 2)})
+                let short = format!("{}… ({} bytes)", &hex[..cut], hex.len() / 2);
+                J::Object(serde_json::Map::from_iter([(
+                    "blob".to_string(),
+                    J::String(short),
+                )]))
             } else {
                 J::Object(m)
             }
@@ -513,7 +530,13 @@ fn print_plan(s: &RepairSession) {
             }
         }
         for r in t.rows.iter().take(snapback_repair::SAMPLE_ROWS) {
-            let row = serde_json::json!({"key": r["key"], "changes": r.get("changes"), "snapshot": r.get("snapshot"), "live": r.get("live")});
+            let row = serde_json::to_value(doc::SampleRow {
+                changes: r.get("changes"),
+                key: &r["key"],
+                live: r.get("live"),
+                snapshot: r.get("snapshot"),
+            })
+            .unwrap_or_default();
             println!(
                 "    {:<12} {}",
                 r["action"].as_str().unwrap_or(""),
@@ -577,7 +600,7 @@ pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot read the plan {}", f.display()))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a plan written by --plan-out", f.display()))?;
-            if v["format"] != "snapback-repair-plan" {
+            if v["format"] != doc::PlanFile::FORMAT {
                 bail!("{} is not a plan written by --plan-out", f.display());
             }
             Some(v)
@@ -630,17 +653,7 @@ pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
         }
     }
     if let Some(f) = &a.plan_out {
-        let v = json!({
-            "format": "snapback-repair-plan",
-            "version": 1,
-            "script_path": session.script.path,
-            "script": session.script.text,
-            "script_sha256": session.script.sha256,
-            "live": session.live,
-            "source_snapshot": session.plan.source_snapshot,
-            "counts": session.plan.tables.iter().map(|t| &t.counts).collect::<Vec<_>>(),
-            "changes": session.plan.changes,
-        });
+        let v = doc::PlanFile::new(&session);
         std::fs::write(absolute(f), serde_json::to_vec_pretty(&v)?)
             .with_context(|| format!("cannot write the plan {}", f.display()))?;
         if !g.quiet {
@@ -668,7 +681,11 @@ pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
         if g.json {
             println!(
                 "{}",
-                json!({"plan": session.plan, "outcome": null, "message": "nothing to repair"})
+                serde_json::to_string(&doc::RepairNoop {
+                    message: "nothing to repair",
+                    outcome: None,
+                    plan: &session.plan,
+                })?
             );
         } else if !g.quiet {
             eprintln!("nothing to repair: the selection already matches the snapshot");
@@ -694,7 +711,10 @@ pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
     if g.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"plan": session.plan, "outcome": o}))?
+            serde_json::to_string_pretty(&doc::RepairApplied {
+                outcome: &o,
+                plan: &session.plan,
+            })?
         );
     } else {
         println!(
@@ -764,12 +784,12 @@ pub fn audit(g: &Global, a: AuditArgs) -> anyhow::Result<u8> {
         if g.json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&json!({
-                    "ok": report.broken.is_none(),
-                    "entries": report.entries.len(),
-                    "broken": report.broken,
-                    "unclaimed": report.unclaimed,
-                }))?
+                serde_json::to_string_pretty(&doc::AuditVerified {
+                    broken: &report.broken,
+                    entries: report.entries.len(),
+                    ok: report.broken.is_none(),
+                    unclaimed: &report.unclaimed,
+                })?
             );
         } else {
             for u in &report.unclaimed {
@@ -793,11 +813,7 @@ pub fn audit(g: &Global, a: AuditArgs) -> anyhow::Result<u8> {
         });
     }
     if g.json {
-        let v: Vec<_> = report
-            .entries
-            .iter()
-            .map(|e| json!({"key": e.key, "sha256": e.hash, "entry": e.entry}))
-            .collect();
+        let v: Vec<doc::AuditListed> = report.entries.iter().map(Into::into).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(

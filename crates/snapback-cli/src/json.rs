@@ -336,3 +336,176 @@ pub struct KeyAdded {
 pub struct KeyRemoved {
     pub removed: Id,
 }
+
+// The documents of diff, repair, audit and undo (docs/repair.md,
+// docs/scripting.md). They were first built with `json!()`, and serde_json
+// is built without `preserve_order`, so every object in them printed its
+// keys sorted, at every depth; scripts parse them as they are. To keep them
+// byte for byte: each struct below declares its fields in alphabetical
+// order of their names, and a member that holds a library type is written
+// through `sorted`, which sorts its keys at every depth as `json!()` did.
+// (Documents printed straight from a library type, such as the dry run's
+// plan, `undo` and `repair --abandon`, keep that type's field order.)
+
+/// Writes `v` as a `serde_json::Value` writes it: each object's keys sorted.
+fn sorted<T: Serialize, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(v)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
+}
+
+/// `diff --json`: a schema difference (one line).
+#[derive(Serialize)]
+pub struct DiffSchema<'a> {
+    pub table: &'a str,
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    pub what: &'a str,
+}
+
+impl<'a> DiffSchema<'a> {
+    pub fn new(d: &'a snapback_repair::SchemaDiff) -> Self {
+        DiffSchema {
+            table: &d.table,
+            type_: "schema",
+            what: &d.what,
+        }
+    }
+}
+
+/// `diff --json`: a table that was not compared (one line).
+#[derive(Serialize)]
+pub struct DiffSkipped<'a> {
+    pub reason: &'a str,
+    pub table: &'a str,
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+}
+
+/// A table of the summary's `skipped` list.
+#[derive(Serialize)]
+pub struct SkippedTable<'a> {
+    pub reason: &'a str,
+    pub table: &'a str,
+}
+
+/// `diff --json`: one table's summary (one line, after its rows).
+#[derive(Serialize)]
+pub struct DiffTable<'a> {
+    pub compared: Vec<&'a str>,
+    #[serde(serialize_with = "sorted")]
+    pub counts: &'a snapback_repair::DiffCounts,
+    #[serde(serialize_with = "sorted")]
+    pub key: &'a snapback_repair::Key,
+    pub table: &'a str,
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+}
+
+/// `diff --json`: the last line.
+#[derive(Serialize)]
+pub struct DiffSummary<'a> {
+    #[serde(serialize_with = "sorted")]
+    pub counts: &'a snapback_repair::DiffCounts,
+    pub live: &'a std::path::Path,
+    pub schema_differences: u64,
+    pub skipped: Vec<SkippedTable<'a>>,
+    pub snapshot: Option<String>,
+    pub snapshot_db: &'a Option<String>,
+    pub tables: usize,
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+}
+
+/// The plan file of `repair --plan-out`, read back by `--apply --plan`.
+#[derive(Serialize)]
+pub struct PlanFile<'a> {
+    #[serde(serialize_with = "sorted")]
+    pub changes: &'a snapback_repair::ChangeSet,
+    #[serde(serialize_with = "sorted")]
+    pub counts: Vec<&'a snapback_repair::TableCounts>,
+    pub format: &'static str,
+    pub live: &'a std::path::Path,
+    pub script: &'a str,
+    pub script_path: &'a std::path::Path,
+    pub script_sha256: &'a str,
+    pub source_snapshot: &'a Option<String>,
+    pub version: u32,
+}
+
+impl<'a> PlanFile<'a> {
+    /// The `format` member, which `--apply --plan` checks.
+    pub const FORMAT: &'static str = "snapback-repair-plan";
+
+    pub fn new(s: &'a snapback_repair::RepairSession) -> Self {
+        PlanFile {
+            changes: &s.plan.changes,
+            counts: s.plan.tables.iter().map(|t| &t.counts).collect(),
+            format: Self::FORMAT,
+            live: &s.live,
+            script: &s.script.text,
+            script_path: &s.script.path,
+            script_sha256: &s.script.sha256,
+            source_snapshot: &s.plan.source_snapshot,
+            version: 1,
+        }
+    }
+}
+
+/// `repair --apply --json` when there is nothing to change.
+#[derive(Serialize)]
+pub struct RepairNoop<'a> {
+    pub message: &'static str,
+    /// Always null: nothing was applied.
+    pub outcome: Option<()>,
+    #[serde(serialize_with = "sorted")]
+    pub plan: &'a snapback_repair::Plan,
+}
+
+/// `repair --apply --json`: the plan and what applying it did.
+#[derive(Serialize)]
+pub struct RepairApplied<'a> {
+    #[serde(serialize_with = "sorted")]
+    pub outcome: &'a snapback_repair::Outcome,
+    #[serde(serialize_with = "sorted")]
+    pub plan: &'a snapback_repair::Plan,
+}
+
+/// `audit verify --json`.
+#[derive(Serialize)]
+pub struct AuditVerified<'a> {
+    #[serde(serialize_with = "sorted")]
+    pub broken: &'a Option<String>,
+    pub entries: usize,
+    pub ok: bool,
+    #[serde(serialize_with = "sorted")]
+    pub unclaimed: &'a [String],
+}
+
+/// One entry of `audit --json` (an array of them).
+#[derive(Serialize)]
+pub struct AuditListed<'a> {
+    #[serde(serialize_with = "sorted")]
+    pub entry: &'a snapback_repair::AuditEntry,
+    pub key: &'a str,
+    pub sha256: &'a str,
+}
+
+impl<'a> From<&'a snapback_repair::StoredEntry> for AuditListed<'a> {
+    fn from(e: &'a snapback_repair::StoredEntry) -> Self {
+        AuditListed {
+            entry: &e.entry,
+            key: &e.key,
+            sha256: &e.hash,
+        }
+    }
+}
+
+/// A sample row of the dry run's terminal output (shortened there).
+#[derive(Serialize)]
+pub struct SampleRow<'a> {
+    pub changes: Option<&'a serde_json::Value>,
+    pub key: &'a serde_json::Value,
+    pub live: Option<&'a serde_json::Value>,
+    pub snapshot: Option<&'a serde_json::Value>,
+}
