@@ -35,6 +35,8 @@ mod restore;
 mod restore_inplace;
 #[cfg(test)]
 mod restore_inplace_tests;
+#[cfg(test)]
+mod restore_tests;
 mod segment;
 mod selector;
 mod snapshot;

@@ -97,6 +97,20 @@ fn decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Decompresses a zstd frame into exactly `out` (the frame must fill it).
+fn decompress_into(stored: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match d.as_mut() {
+            Some(ctx) => ctx.decompress_to_buffer(stored, out),
+            None => zstd::bulk::Decompressor::new()?.decompress_to_buffer(stored, out),
+        }
+    })
+}
+
 /// How blobs are stored: zstd at a level, then (in an encrypted
 /// repository) sealed one by one; and how a chunk is named: SHA-256, or
 /// HMAC-SHA256 under the repository's id key when encrypted.
@@ -162,21 +176,54 @@ impl BlobCodec {
         }
     }
 
+    /// The compressed form of a stored blob: itself, or opened
+    /// (authenticated) in an encrypted repository.
+    fn unseal<'a>(
+        &self,
+        id: &Id,
+        stored: &'a [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<std::borrow::Cow<'a, [u8]>> {
+        Ok(match &self.crypto {
+            Some(c) => std::borrow::Cow::Owned(
+                c.open(&id.0, stored)
+                    .map_err(|why| Error::corrupt(what(), why))?,
+            ),
+            None => std::borrow::Cow::Borrowed(stored),
+        })
+    }
+
+    /// `open` into `out`, which is the blob's place (its length is the
+    /// blob's raw length): no allocation and no copy, and the hash checked
+    /// against `id` is that of the bytes where they lie. On an error, `out`
+    /// holds nothing proven.
+    pub fn open_into(&self, id: &Id, stored: &[u8], out: &mut [u8], place: &str) -> Result<()> {
+        let what = || format!("blob {} in {place}", id.short());
+        let compressed = self.unseal(id, stored, &what)?;
+        let n = decompress_into(&compressed, out)
+            .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
+        if n != out.len() {
+            return Err(Error::corrupt(
+                what(),
+                format!("decompressed to {n} bytes, expected {}", out.len()),
+            ));
+        }
+        let got = self.blob_id(out);
+        if got != *id {
+            return Err(Error::corrupt(
+                what(),
+                format!("content hash is {}, not the blob's id", got.short()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Opens (authenticates), decompresses and checks a stored blob against
     /// its id and length.
     pub fn open(&self, id: &Id, stored: &[u8], raw_len: u32, place: &str) -> Result<Vec<u8>> {
         let what = || format!("blob {} in {place}", id.short());
-        let opened;
-        let compressed = match &self.crypto {
-            Some(c) => {
-                opened = c
-                    .open(&id.0, stored)
-                    .map_err(|why| Error::corrupt(what(), why))?;
-                &opened[..]
-            }
-            None => stored,
-        };
-        let raw = decompress(compressed, raw_len as usize)
+        let compressed = self.unseal(id, stored, &what)?;
+        let raw = decompress(&compressed, raw_len as usize)
             .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
         if raw.len() != raw_len as usize {
             return Err(Error::corrupt(

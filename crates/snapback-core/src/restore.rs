@@ -4,11 +4,13 @@
 //! and is checked whole (no destination may exist without `force`) before a
 //! byte is written. Each file is written to a temporary file beside its
 //! destination, window by window in file order: the blobs of a window are
-//! range-read from their packs in parallel, each verified against its id,
-//! and while one window is written and hashed the next is fetched. The
-//! hashes of what was written prove the file (the manifest's checksum, and
-//! its SHA-256 where it has one) with no read-back; it is fsync'd, and only
-//! then renamed into place.
+//! range-read from their packs in parallel, each decompressed into its
+//! place in the window and verified there against its id (on the reader
+//! threads), and while one window is written the next is fetched. The
+//! hashes of what was written, folded at their offsets, prove the file
+//! against the manifest's checksum with no read-back (the whole-file
+//! SHA-256 would prove nothing more and is not recomputed); it is fsync'd,
+//! and only then renamed into place.
 //!
 //! `--delta` (`restore_delta`) writes into an existing DEST instead: it
 //! reads DEST once, window by window, hashes each chunk's range at the
@@ -19,9 +21,6 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
-
-use sha2::{Digest, Sha256};
 
 use crate::chunklist::ChunkRef;
 use crate::error::{Error, Result};
@@ -431,42 +430,10 @@ impl Repository {
         place: &str,
         sink: &(dyn Fn(&Id, &[u8]) -> Result<()> + Sync),
     ) -> Result<()> {
-        let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
-        for id in ids {
-            let loc = index.get(id).ok_or_else(|| missing_chunk(id, place))?;
-            by_pack.entry(loc.pack).or_default().push((*id, *loc));
-        }
-        let mut reads: Vec<RangeRead> = Vec::new();
-        for (pack, mut blobs) in by_pack {
-            blobs.sort_by_key(|(_, l)| l.offset);
-            let mut i = 0;
-            while i < blobs.len() {
-                let start = blobs[i].1.offset as u64;
-                let mut end = start + blobs[i].1.stored_len as u64;
-                let mut j = i + 1;
-                while j < blobs.len() {
-                    let l = &blobs[j].1;
-                    let (o, e) = (l.offset as u64, l.offset as u64 + l.stored_len as u64);
-                    if o > end + MAX_GAP || e - start > MAX_RANGE {
-                        break;
-                    }
-                    end = end.max(e);
-                    j += 1;
-                }
-                reads.push(RangeRead {
-                    key: pack_key(&pack),
-                    start,
-                    end,
-                    blobs: blobs[i..j].to_vec(),
-                });
-                i = j;
-            }
-        }
-        // Pack by pack, front to back: the order the packs were written in.
-        reads.sort_by(|a, b| a.key.cmp(&b.key).then(a.start.cmp(&b.start)));
+        let reads = plan_reads(index, ids.iter().map(|id| (*id, ())), place)?;
         run_parallel(&reads, self.store().read_parallelism(), |r| {
             let range = self.store().get_range(&r.key, r.start, r.end - r.start)?;
-            for (id, l) in &r.blobs {
+            for (id, l, ()) in &r.blobs {
                 let a = (l.offset as u64 - r.start) as usize;
                 let raw = open_blob(
                     self.codec(),
@@ -481,13 +448,52 @@ impl Repository {
         })
     }
 
+    /// Fetches blobs straight into their places: each `(id, place)` is
+    /// opened into `place` (whose length must be the blob's) and checked
+    /// against its id where it lies, with the reads planned and run as in
+    /// `fetch_blobs`. Decompression and hashing run on the reader threads,
+    /// so on every core of a local store.
+    fn fetch_into(
+        &self,
+        index: &MasterIndex,
+        wants: Vec<(Id, &mut [u8])>,
+        place: &str,
+    ) -> Result<()> {
+        let reads: Vec<std::sync::Mutex<RangeRead<&mut [u8]>>> = plan_reads(index, wants, place)?
+            .into_iter()
+            .map(std::sync::Mutex::new)
+            .collect();
+        run_parallel(&reads, self.store().read_parallelism(), |r| {
+            let mut r = r.lock().map_err(|_| crate::repo::poisoned())?;
+            let r = &mut *r;
+            let range = self.store().get_range(&r.key, r.start, r.end - r.start)?;
+            for (id, l, out) in r.blobs.iter_mut() {
+                if l.raw_len as usize != out.len() {
+                    return Err(Error::corrupt(
+                        format!("chunk {} of {place}", id.short()),
+                        format!(
+                            "is {} bytes in the index, the chunk list says {}",
+                            l.raw_len,
+                            out.len()
+                        ),
+                    ));
+                }
+                let a = (l.offset as u64 - r.start) as usize;
+                let stored = range.get(a..a + l.stored_len as usize).ok_or_else(|| {
+                    Error::corrupt(&r.key, "the range read is shorter than asked")
+                })?;
+                self.codec().open_into(id, stored, out, &r.key)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Writes the snapshot's content of `file` (`chunks`, proven by
     /// `proven_chunks`) into `out` window by window, and proves what it
     /// wrote: every chunk that lands in the file was hashed on the way (a
     /// fetched blob against its id, a chunk already in DEST by reading it),
-    /// those hashes folded at their offsets give the manifest's
-    /// `db_checksum`, and the bytes in order give its `sha256` where it has
-    /// one. `prepare` runs after every check and before the first change.
+    /// and those hashes folded at their offsets give the manifest's
+    /// `db_checksum`. `prepare` runs after every check and before the first change.
     /// `base` says what `out` holds: nothing (a new file), or an
     /// existing DEST of some length whose chunks are compared and kept
     /// where they already match (`--delta`). Fsyncs before it returns; an
@@ -532,22 +538,15 @@ impl Repository {
         }
         let mut stats = WriteStats::default();
         let mut sum = DbChecksum::default();
-        let want_sha = file.sha256.is_some();
         use std::sync::mpsc::{channel, sync_channel};
-        let (tx, rx) = sync_channel::<Arc<Window>>(1);
-        let (hash_tx, hash_rx) = sync_channel::<Arc<Window>>(1);
-        // Windows' buffers come back for the next ones, from whichever of
-        // the writer and the hasher is done with them last.
+        let (tx, rx) = sync_channel::<Window>(1);
+        // Windows' buffers come back from the writer for the next ones: at
+        // most three are ever allocated (one filled, one queued, one
+        // written).
         let (back_tx, back_rx) = channel::<Vec<u8>>();
-        let recycle = |w: Arc<Window>, back: &std::sync::mpsc::Sender<Vec<u8>>| {
-            if let Ok(w) = Arc::try_unwrap(w) {
-                let _ = back.send(w.buf);
-            }
-        };
-        let sha = std::thread::scope(|s| -> Result<Option<Id>> {
-            // The writer writes each window's runs while the hasher hashes
-            // its bytes in order and the next window is fetched.
-            let back = back_tx.clone();
+        std::thread::scope(|s| -> Result<()> {
+            // The writer writes each window's runs while the next window is
+            // fetched.
             let writer = s.spawn(move || -> Result<()> {
                 for w in rx {
                     for &(a, b) in &w.runs {
@@ -555,19 +554,9 @@ impl Repository {
                             .map_err(|e| Error::io(at, "write failed", e))?;
                     }
                     progress.inc(w.buf.len() as u64);
-                    recycle(w, &back);
+                    let _ = back_tx.send(w.buf);
                 }
                 Ok(())
-            });
-            let hasher = s.spawn(move || -> Option<Id> {
-                let mut h = want_sha.then(Sha256::new);
-                for w in hash_rx {
-                    if let Some(h) = h.as_mut() {
-                        h.update(&w.buf);
-                    }
-                    recycle(w, &back_tx);
-                }
-                h.map(|h| Id(h.finalize().into()))
             });
             let fed = (|| -> Result<()> {
                 let mut i = 0;
@@ -592,10 +581,6 @@ impl Repository {
                         &mut sum,
                         &mut stats,
                     )?;
-                    let w = Arc::new(w);
-                    if want_sha && hash_tx.send(w.clone()).is_err() {
-                        return Err(Error::Invalid("the restore's hasher thread stopped".into()));
-                    }
                     if tx.send(w).is_err() {
                         // The writer stopped: its error is returned below.
                         return Ok(());
@@ -606,13 +591,11 @@ impl Repository {
                 Ok(())
             })();
             drop(tx);
-            drop(hash_tx);
-            let panicked = |_| Error::Invalid("a thread of the restore panicked".into());
-            let written = writer.join().map_err(panicked);
-            let sha = hasher.join().map_err(panicked)?;
+            let written = writer
+                .join()
+                .map_err(|_| Error::Invalid("the restore's writer thread panicked".into()));
             written??;
-            fed?;
-            Ok(sha)
+            fed
         })?;
         if old_len > file.size {
             out.set_len(file.size)
@@ -626,17 +609,6 @@ impl Repository {
                 at.display(),
                 file.path
             )));
-        }
-        if let (Some(want), Some(got)) = (&file.sha256, sha) {
-            if got != *want {
-                return Err(Error::Verification(format!(
-                    "the content written to {} hashes to {}, but the snapshot recorded {} for {}",
-                    at.display(),
-                    got.short(),
-                    want.short(),
-                    file.path
-                )));
-            }
         }
         Ok(stats)
     }
@@ -659,7 +631,9 @@ impl Repository {
         stats: &mut WriteStats,
     ) -> Result<Window> {
         let len: u64 = chunks.iter().map(|c| c.len as u64).sum();
-        buf.clear();
+        // A recycled buffer is not cleared: every byte of it that is
+        // written or hashed below is first read from DEST, filled with
+        // zeros or fetched.
         buf.resize(len as usize, 0);
         let mut offs = Vec::with_capacity(chunks.len());
         let mut o = 0usize;
@@ -708,43 +682,56 @@ impl Repository {
                 buf[o..o + c.len as usize].fill(0);
             }
         }
-        // Fetch the rest, each blob once, into every place it goes.
-        let mut places: HashMap<Id, Vec<usize>> = HashMap::new();
+        // Fetch the rest, each blob once, straight into its first place
+        // (decompressed and hashed there, on the reader threads), then
+        // copied into the others.
+        let mut first: HashMap<Id, usize> = HashMap::new();
+        let mut copies: Vec<(usize, usize)> = Vec::new();
         for (k, n) in need.iter().enumerate() {
             if *n == Some(true) {
-                places.entry(chunks[k].id).or_default().push(k);
+                match first.entry(chunks[k].id) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(k);
+                    }
+                    std::collections::hash_map::Entry::Occupied(f) => copies.push((k, *f.get())),
+                }
             }
         }
-        let ids: Vec<Id> = places.keys().copied().collect();
         let place = format!("chunk list of {}", file.path);
-        let filled = std::sync::Mutex::new((buf, 0usize));
-        self.fetch_blobs(index, &ids, &place, &|id, raw| {
-            let ks = places.get(id).map(Vec::as_slice).unwrap_or_default();
-            let mut g = filled.lock().map_err(|_| crate::repo::poisoned())?;
-            for &k in ks {
-                if raw.len() != chunks[k].len as usize {
-                    return Err(Error::corrupt(
-                        format!("chunk {} of {}", id.short(), file.path),
-                        format!(
-                            "is {} bytes, the chunk list says {}",
-                            raw.len(),
-                            chunks[k].len
-                        ),
-                    ));
-                }
-                g.0[offs[k]..offs[k] + raw.len()].copy_from_slice(raw);
-                g.1 += 1;
+        if !first.is_empty() {
+            let mut places: Vec<Option<&mut [u8]>> = Vec::with_capacity(chunks.len());
+            let mut rest = &mut buf[..];
+            for c in chunks {
+                let (here, tail) = rest.split_at_mut(c.len as usize);
+                places.push(Some(here));
+                rest = tail;
             }
-            Ok(())
-        })?;
-        let (buf, got) = filled.into_inner().map_err(|_| crate::repo::poisoned())?;
-        let fetched: usize = places.values().map(Vec::len).sum();
-        if got != fetched {
-            return Err(Error::Verification(format!(
-                "{} of {fetched} chunks of {} were not delivered by the repository; nothing is proven",
-                fetched - got,
-                file.path
-            )));
+            let wants: Vec<(Id, &mut [u8])> = first
+                .iter()
+                .filter_map(|(id, &k)| places[k].take().map(|p| (*id, p)))
+                .collect();
+            if wants.len() != first.len() {
+                return Err(Error::Invalid(format!(
+                    "the restore of {} planned a chunk's place twice; nothing is proven",
+                    file.path
+                )));
+            }
+            self.fetch_into(index, wants, &place)?;
+        }
+        for (k, k0) in copies {
+            let (c, c0) = (&chunks[k], &chunks[k0]);
+            if c.len != c0.len {
+                return Err(Error::corrupt(
+                    place,
+                    format!(
+                        "chunk {} is listed with {} and with {} bytes",
+                        c.id.short(),
+                        c0.len,
+                        c.len
+                    ),
+                ));
+            }
+            buf.copy_within(offs[k0]..offs[k0] + c0.len as usize, offs[k]);
         }
         // Every chunk is now verified where it lies: a fetched blob against
         // its id, a kept chunk by the hash just computed, a zero chunk by
@@ -875,12 +862,56 @@ struct Window {
     runs: Vec<(usize, usize)>,
 }
 
-/// One range read of a pack and the blobs it holds.
-struct RangeRead {
+/// One range read of a pack and the blobs it holds, each with what its
+/// reader needs to know of it (`T`: nothing, or the blob's place).
+struct RangeRead<T> {
     key: String,
     start: u64,
     end: u64,
-    blobs: Vec<(Id, BlobLocation)>,
+    blobs: Vec<(Id, BlobLocation, T)>,
+}
+
+/// The range reads that fetch `wants`: grouped by pack, neighbours
+/// (at most `MAX_GAP` apart) coalesced into reads of at most `MAX_RANGE`,
+/// pack by pack, front to back (the order the packs were written in).
+fn plan_reads<T>(
+    index: &MasterIndex,
+    wants: impl IntoIterator<Item = (Id, T)>,
+    place: &str,
+) -> Result<Vec<RangeRead<T>>> {
+    let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation, T)>> = HashMap::new();
+    for (id, t) in wants {
+        let loc = index.get(&id).ok_or_else(|| missing_chunk(&id, place))?;
+        by_pack.entry(loc.pack).or_default().push((id, *loc, t));
+    }
+    let mut reads: Vec<RangeRead<T>> = Vec::new();
+    for (pack, mut blobs) in by_pack {
+        blobs.sort_by_key(|(_, l, _)| l.offset);
+        let key = pack_key(&pack);
+        let mut blobs = blobs.into_iter().peekable();
+        while let Some(first) = blobs.next() {
+            let start = first.1.offset as u64;
+            let mut end = start + first.1.stored_len as u64;
+            let mut group = vec![first];
+            while let Some(next) = blobs.peek() {
+                let l = &next.1;
+                let (o, e) = (l.offset as u64, l.offset as u64 + l.stored_len as u64);
+                if o > end + MAX_GAP || e - start > MAX_RANGE {
+                    break;
+                }
+                end = end.max(e);
+                group.extend(blobs.next());
+            }
+            reads.push(RangeRead {
+                key: key.clone(),
+                start,
+                end,
+                blobs: group,
+            });
+        }
+    }
+    reads.sort_by(|a, b| a.key.cmp(&b.key).then(a.start.cmp(&b.start)));
+    Ok(reads)
 }
 
 fn missing_chunk(id: &Id, place: &str) -> Error {
