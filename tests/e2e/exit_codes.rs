@@ -213,3 +213,55 @@ fn no_repository_given_exits_2_and_names_the_three_ways() {
         assert!(err.contains(way), "names {way}: {err}");
     }
 }
+
+/// The user's mistakes are `bad_input` (exit 1, with what to do), never
+/// `internal`, which is kept for failures of snapback itself.
+#[test]
+fn bad_input_is_kind_bad_input_never_internal() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    snapback_testkit::db::make_db(&db, 100);
+    let snap = env.snapshot(&db);
+    let exists = env.path("exists.db");
+    std::fs::write(&exists, "x").expect("write");
+    let dir = env.path("a-directory");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let missing = env.path("missing.db");
+    let script = env.path("bad.toml");
+    std::fs::write(&script, "snapshot = \"latest\"\n").expect("write");
+    let s = |p: &std::path::Path| p.to_str().expect("utf8").to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["forget".into()], "keep rule"),
+        (
+            vec!["forget".into(), "--keep-tag".into(), "no-such-tag".into()],
+            "--allow-empty",
+        ),
+        (vec!["restore".into(), snap.clone(), s(&exists)], "--force"),
+        (
+            vec!["restore".into(), snap.clone(), s(&dir), "--delta".into()],
+            "is a directory",
+        ),
+        (
+            vec![
+                "restore".into(),
+                snap.clone(),
+                s(&missing),
+                "--in-place".into(),
+            ],
+            "does not exist",
+        ),
+        (
+            vec!["restore".into(), "no-such-snapshot".into(), s(&missing)],
+            "selector",
+        ),
+        (vec!["key".into(), "list".into()], "not encrypted"),
+        (vec!["repair".into(), s(&script)], "live"),
+    ];
+    for (args, says) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = fails_with(&env, &args, 1, "bad_input");
+        assert!(err.contains(says), "{args:?} says {says:?}: {err}");
+        assert!(!err.contains("internal error"), "{args:?}: {err}");
+    }
+    assert!(!missing.exists(), "nothing was written");
+}

@@ -153,7 +153,7 @@ fn decode(bytes: &[u8]) -> Option<CaptureState> {
 
 fn encode(s: &CaptureState) -> Result<Vec<u8>> {
     let json = serde_json::to_string(s)
-        .map_err(|e| Error::Invalid(format!("cannot encode the capture state: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot encode the capture state: {e}")))?;
     let sum = hex::encode(Sha256::digest(json.as_bytes()));
     Ok(format!("{json}\n{sum}\n").into_bytes())
 }
@@ -164,7 +164,7 @@ pub fn save(p: &StatePaths, s: &CaptureState) -> Result<()> {
     let dir = p
         .file
         .parent()
-        .ok_or_else(|| Error::Invalid("capture state path has no directory".into()))?;
+        .ok_or_else(|| Error::internal("capture state path has no directory"))?;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(dir, "cannot create the capture state directory", e))?;
     let tmp = p.file.with_extension(format!("tmp{}", std::process::id()));
@@ -195,7 +195,7 @@ pub fn invalidate(p: &StatePaths, why: &str) -> Result<()> {
     let dir = p
         .file
         .parent()
-        .ok_or_else(|| Error::Invalid("capture state path has no directory".into()))?;
+        .ok_or_else(|| Error::internal("capture state path has no directory"))?;
     let mark = p.dropped_mark();
     let drop_it = || -> std::io::Result<()> {
         let mut f = File::create(&mark)?;

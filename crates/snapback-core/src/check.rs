@@ -176,7 +176,8 @@ impl Repository {
             problems: report.problems.len(),
             snapshots: report.snapshots,
         };
-        let bytes = serde_json::to_vec(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
+        let bytes = serde_json::to_vec(&rec)
+            .map_err(|e| Error::internal(format!("cannot encode the check record: {e}")))?;
         let key = check_key(now.unix_timestamp_nanos(), read_data);
         crate::object::put_verified(self.store().as_ref(), &key, &bytes)?;
         let mut keys: Vec<String> = self

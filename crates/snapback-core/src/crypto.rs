@@ -205,9 +205,9 @@ impl std::fmt::Debug for Crypto {
 impl Crypto {
     pub(crate) fn new(master: &MasterKey) -> Result<Crypto> {
         let aead = XChaCha20Poly1305::new_from_slice(&master.0[..32])
-            .map_err(|_| Error::Invalid("invalid encryption key length".into()))?;
+            .map_err(|_| Error::internal("invalid encryption key length"))?;
         let id_mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&master.0[32..])
-            .map_err(|_| Error::Invalid("invalid id key length".into()))?;
+            .map_err(|_| Error::internal("invalid id key length"))?;
         Ok(Crypto { aead, id_mac })
     }
 
@@ -237,7 +237,7 @@ fn seal_with(aead: &XChaCha20Poly1305, aad: &[u8], msg: &[u8]) -> Result<Vec<u8>
     fill_random(&mut nonce)?;
     let ct = aead
         .encrypt(&XNonce::from(nonce), Payload { msg, aad })
-        .map_err(|_| Error::Invalid("encryption failed".into()))?;
+        .map_err(|_| Error::internal("encryption failed"))?;
     let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
     out.push(SEAL_VERSION);
     out.extend_from_slice(&nonce);
@@ -281,12 +281,12 @@ fn key_aad(repo_id: &str) -> Vec<u8> {
 
 fn derive_kek(pass: &str, salt: &[u8], p: &KdfParams) -> Result<Zeroizing<[u8; 32]>> {
     let params = argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
-        .map_err(|e| Error::Invalid(format!("invalid KDF settings: {e}")))?;
+        .map_err(|e| Error::internal(format!("invalid KDF settings: {e}")))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = Zeroizing::new([0u8; 32]);
     argon
         .hash_password_into(pass.as_bytes(), salt, &mut out[..])
-        .map_err(|e| Error::Invalid(format!("key derivation failed: {e}")))?;
+        .map_err(|e| Error::internal(format!("key derivation failed: {e}")))?;
     Ok(out)
 }
 
@@ -307,7 +307,7 @@ pub(crate) fn make_key_file(
     fill_random(&mut salt)?;
     let kek = derive_kek(pass, &salt, params)?;
     let cipher = XChaCha20Poly1305::new_from_slice(&kek[..])
-        .map_err(|_| Error::Invalid("invalid key length".into()))?;
+        .map_err(|_| Error::internal("invalid key length"))?;
     let sealed = seal_with(&cipher, &key_aad(repo_id), &master.0[..])?;
     let kf = KeyFile {
         version: KEY_FILE_VERSION,
@@ -324,7 +324,8 @@ pub(crate) fn make_key_file(
         master: hex::encode(sealed),
         repo_id: Some(repo_id.to_string()),
     };
-    serde_json::to_vec_pretty(&kf).map_err(|e| Error::Invalid(e.to_string()))
+    serde_json::to_vec_pretty(&kf)
+        .map_err(|e| Error::internal(format!("cannot encode a key file: {e}")))
 }
 
 fn parse_key_file(bytes: &[u8], key: &str) -> Result<KeyFile> {
@@ -402,7 +403,7 @@ pub(crate) fn open_key_file(
     } = check_key_file(bytes, key)?;
     let kek = derive_kek(pass, &salt, &params)?;
     let cipher = XChaCha20Poly1305::new_from_slice(&kek[..])
-        .map_err(|_| Error::Invalid("invalid key length".into()))?;
+        .map_err(|_| Error::internal("invalid key length"))?;
     let Ok(plain) = open_with(&cipher, &key_aad(repo_id), &sealed) else {
         return Ok(None);
     };

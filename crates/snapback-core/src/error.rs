@@ -65,8 +65,19 @@ pub enum Error {
         message: String,
     },
 
+    /// Input that cannot be used, the user's to fix: an argument, a
+    /// setting, a selector, a destination, a policy. The message says what
+    /// is wrong and what to do. (A failure of snapback itself is
+    /// [`Error::Internal`].)
     #[error("{0}")]
     Invalid(String),
+
+    /// A failure of snapback itself or of what it runs on, never of the
+    /// user's input or data: a broken invariant, a thread that panicked, a
+    /// failed random number generator, data snapback built that fails its
+    /// own check. Build it with [`Error::internal`].
+    #[error("{0} (an internal error: a bug in snapback or a failure of its environment, not a problem with your input; please report it)")]
+    Internal(String),
 
     /// Every file of a snapshot failed (each named, with why); nothing
     /// was committed.
@@ -179,6 +190,7 @@ impl Error {
             | Error::Input { .. }
             | Error::Invalid(_)
             | Error::Key(_) => Kind::BadInput,
+            Error::Internal(_) => Kind::Internal,
             Error::Corrupt { .. } | Error::Verification(_) => Kind::Damaged,
             Error::Io { .. } => Kind::Io,
             Error::Sqlite { cause, .. } => Kind::of_sqlite(cause),
@@ -217,6 +229,11 @@ impl Error {
             message: message.into(),
             cause,
         }
+    }
+
+    /// A failure of snapback itself (see [`Error::Internal`]).
+    pub fn internal(what: impl Into<String>) -> Error {
+        Error::Internal(what.into())
     }
 
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
@@ -280,5 +297,22 @@ mod tests {
         };
         assert!(e.source().is_none());
         assert_eq!(e.kind(), Kind::Locked, "a busy database is a held lock");
+    }
+
+    #[test]
+    fn internal_errors_have_their_own_kind_and_say_so() {
+        let e = Error::internal("the upload threads stopped");
+        assert_eq!(e.kind(), Kind::Internal);
+        assert_eq!(Kind::Internal.name(), "internal");
+        let text = e.to_string();
+        assert!(text.starts_with("the upload threads stopped"), "{text}");
+        assert!(
+            text.contains("a bug in snapback or a failure of its environment"),
+            "{text}"
+        );
+        // Bad input stays bad input, and says only what is wrong.
+        let e = Error::Invalid("no keep rule given".into());
+        assert_eq!(e.kind(), Kind::BadInput);
+        assert_eq!(e.to_string(), "no keep rule given");
     }
 }

@@ -201,7 +201,8 @@ impl Drop for RepoLock {
 
 fn write_lock(store: &dyn Store, info: &LockInfo) -> Result<String> {
     let key = lock_key(crate::time::now().unix_timestamp_nanos(), &random_hex(6)?);
-    let bytes = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
+    let bytes = serde_json::to_vec(info)
+        .map_err(|e| Error::internal(format!("cannot encode a lock: {e}")))?;
     put_verified(store, &key, &bytes)?;
     Ok(key)
 }
@@ -241,8 +242,8 @@ impl Repository {
     pub fn lock(&self, kind: LockKind, command: &str, wait: Duration) -> Result<RepoLock> {
         match self.acquire(kind, command, wait, false)? {
             (Some(lock), _) => Ok(lock),
-            (None, _) => Err(Error::Invalid(format!(
-                "{command}: no lock was taken (internal error); nothing was done"
+            (None, _) => Err(Error::internal(format!(
+                "{command}: no lock was taken; nothing was done"
             ))),
         }
     }

@@ -184,7 +184,7 @@ impl Manifest {
 
     pub fn encode(&self) -> Result<Vec<u8>> {
         serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::Invalid(format!("cannot encode manifest: {e}")))
+            .map_err(|e| Error::internal(format!("cannot encode manifest: {e}")))
     }
 
     /// Sum of the logical sizes of its files.

@@ -55,7 +55,7 @@ pub(crate) fn verify_name(key: &str, prefix: &str, bytes: &[u8]) -> Result<()> {
 /// Fills `buf` from the operating system's random number generator.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
     getrandom::fill(buf).map_err(|e| {
-        Error::Invalid(format!(
+        Error::internal(format!(
             "the operating system's random number generator failed: {e}"
         ))
     })

@@ -129,8 +129,8 @@ impl Repository {
             put_verified(store.as_ref(), &key_file_key(&kid), &kf)?;
             unlocked = Some((master, kid));
         }
-        let bytes =
-            serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::internal(format!("cannot encode the config: {e}")))?;
         match store.put_if_absent(CONFIG_KEY, &bytes)? {
             PutOutcome::Created => {}
             PutOutcome::AlreadyExists => {
@@ -357,8 +357,8 @@ impl Repository {
             let mut next = current.clone();
             next.features.push(feature.to_string());
             next.features.sort();
-            let bytes =
-                serde_json::to_vec_pretty(&next).map_err(|e| Error::Invalid(e.to_string()))?;
+            let bytes = serde_json::to_vec_pretty(&next)
+                .map_err(|e| Error::internal(format!("cannot encode the config: {e}")))?;
             // A leftover of an earlier interrupted change (the config
             // exists, so it was installed): it would block this one.
             store.delete(CONFIG_NEXT_KEY)?;
@@ -466,5 +466,5 @@ impl Repository {
 }
 
 pub(crate) fn poisoned() -> Error {
-    Error::Invalid("internal lock poisoned by an earlier panic".into())
+    Error::internal("internal lock poisoned by an earlier panic")
 }

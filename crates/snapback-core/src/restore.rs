@@ -593,7 +593,7 @@ impl Repository {
             drop(tx);
             let written = writer
                 .join()
-                .map_err(|_| Error::Invalid("the restore's writer thread panicked".into()));
+                .map_err(|_| Error::internal("the restore's writer thread panicked"));
             written??;
             fed
         })?;
@@ -711,7 +711,7 @@ impl Repository {
                 .filter_map(|(id, &k)| places[k].take().map(|p| (*id, p)))
                 .collect();
             if wants.len() != first.len() {
-                return Err(Error::Invalid(format!(
+                return Err(Error::internal(format!(
                     "the restore of {} planned a chunk's place twice; nothing is proven",
                     file.path
                 )));
@@ -974,7 +974,7 @@ fn run_parallel<T: Sync>(
         for w in workers {
             let r = w
                 .join()
-                .map_err(|_| Error::Invalid("a restore reader thread panicked".into()))
+                .map_err(|_| Error::internal("a restore reader thread panicked"))
                 .and_then(|r| r);
             if first.is_ok() {
                 first = r;

@@ -113,7 +113,7 @@ impl Segment {
     /// The stored form (before sealing in an encrypted repository).
     pub fn encode(&self) -> Result<Vec<u8>> {
         self.validate("timeline segment")
-            .map_err(|e| Error::Invalid(format!("cannot encode a timeline segment: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot encode a timeline segment: {e}")))?;
         let mut raw = Vec::new();
         raw.extend_from_slice(&(self.path.len() as u16).to_le_bytes());
         raw.extend_from_slice(self.path.as_bytes());
@@ -122,7 +122,7 @@ impl Segment {
         raw.extend_from_slice(&count_u32(self.points.len(), "points")?.to_le_bytes());
         for p in &self.points {
             let ns = time_nanos(p.time)
-                .ok_or_else(|| Error::Invalid("a point's time is out of range".into()))?;
+                .ok_or_else(|| Error::internal("a point's time is out of range"))?;
             raw.extend_from_slice(&ns.to_le_bytes());
             raw.extend_from_slice(&p.page_count.to_le_bytes());
             raw.extend_from_slice(&p.db_checksum.0.to_le_bytes());
@@ -133,7 +133,7 @@ impl Segment {
             }
         }
         let z = zstd::bulk::compress(&raw, 3)
-            .map_err(|e| Error::Invalid(format!("cannot compress a timeline segment: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot compress a timeline segment: {e}")))?;
         let mut out = Vec::with_capacity(8 + z.len());
         out.extend_from_slice(SEGMENT_MAGIC);
         out.extend_from_slice(&z);
@@ -221,7 +221,7 @@ impl Segment {
 }
 
 fn count_u32(n: usize, what: &str) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::Invalid(format!("a timeline segment with {n} {what}")))
+    u32::try_from(n).map_err(|_| Error::internal(format!("a timeline segment with {n} {what}")))
 }
 
 fn time_nanos(t: OffsetDateTime) -> Option<i64> {

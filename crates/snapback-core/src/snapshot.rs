@@ -364,9 +364,9 @@ impl BlobSink<'_> {
         let tx = self
             .tx
             .as_ref()
-            .ok_or_else(|| Error::Invalid("upload queue closed".into()))?;
+            .ok_or_else(|| Error::internal("upload queue closed"))?;
         tx.send(pack)
-            .map_err(|_| Error::Invalid("the upload threads stopped (see the error above)".into()))
+            .map_err(|_| Error::internal("the upload threads stopped (see the error above)"))
     }
 }
 
@@ -380,7 +380,7 @@ fn upload_worker(
     loop {
         let next = rx
             .lock()
-            .map_err(|_| Error::Invalid("upload queue poisoned".into()))?
+            .map_err(|_| Error::internal("upload queue poisoned"))?
             .recv();
         let Ok(pack) = next else { return Ok(()) };
         let (bytes, id, entries) = pack.finish(codec)?;
@@ -394,7 +394,7 @@ fn upload_worker(
             }
         }
         done.lock()
-            .map_err(|_| Error::Invalid("upload results poisoned".into()))?
+            .map_err(|_| Error::internal("upload results poisoned"))?
             .push(IndexedPack {
                 id,
                 size: bytes.len() as u64,
@@ -520,7 +520,7 @@ impl Repository {
             for w in workers {
                 let r = w
                     .join()
-                    .map_err(|_| Error::Invalid("an upload thread panicked".into()))?;
+                    .map_err(|_| Error::internal("an upload thread panicked"))?;
                 if result.is_ok() {
                     result = r;
                 }
@@ -535,10 +535,10 @@ impl Repository {
         // Index for the new packs, then the manifest.
         let packs = done
             .into_inner()
-            .map_err(|_| Error::Invalid("upload results poisoned".into()))?;
+            .map_err(|_| Error::internal("upload results poisoned"))?;
         let mut stats = stats
             .into_inner()
-            .map_err(|_| Error::Invalid("stats poisoned".into()))?;
+            .map_err(|_| Error::internal("stats poisoned"))?;
         // Before the index too: a failed snapshot leaves only unindexed
         // packs, which `check` notes and prune removes, never an index entry
         // for a pack that is gone.
@@ -701,7 +701,7 @@ impl Repository {
         let mut s = sink
             .stats
             .lock()
-            .map_err(|_| Error::Invalid("stats poisoned".into()))?;
+            .map_err(|_| Error::internal("stats poisoned"))?;
         s.chunks += ids.len() as u64;
         s.new_chunks += new.len() as u64;
         s.bytes_read += data.len() as u64;
@@ -836,7 +836,7 @@ impl Repository {
                 let r = cap.read_pages(pages_per_batch.max(1), |buf| {
                     h.update(&buf);
                     btx.send(buf)
-                        .map_err(|_| Error::Invalid("snapshot pipeline stopped".into()))
+                        .map_err(|_| Error::internal("snapshot pipeline stopped"))
                 });
                 (cap, h.finalize().into(), r)
             });
@@ -857,7 +857,7 @@ impl Repository {
             }
             let (cap, sha, r) = reader
                 .join()
-                .map_err(|_| Error::Invalid("the page reader panicked".into()))?;
+                .map_err(|_| Error::internal("the page reader panicked"))?;
             result?;
             r?;
             Ok((cap, sha))

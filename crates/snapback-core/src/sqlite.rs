@@ -436,7 +436,7 @@ impl PageWriter {
             .set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, false)
             .map_err(|e| err("cannot configure the connection", e))?;
         if defensive {
-            return Err(Error::Invalid(format!(
+            return Err(Error::internal(format!(
                 "{}: this SQLite build keeps SQLITE_DBCONFIG_DEFENSIVE on, which forbids writing pages through sqlite_dbpage; an in-place restore is not possible with it, and nothing was written. Restore to a new file with `snapback restore SNAP NEW_FILE` instead",
                 path.display()
             )));
@@ -535,7 +535,7 @@ impl PageWriter {
     /// Writes page `pgno` (past the end extends the database).
     pub fn write_page(&self, pgno: u64, data: &[u8]) -> Result<()> {
         if data.len() != self.page_size as usize {
-            return Err(Error::Invalid(format!(
+            return Err(Error::internal(format!(
                 "page {pgno} to write has {} bytes, not {}",
                 data.len(),
                 self.page_size
@@ -567,7 +567,7 @@ impl PageWriter {
         if text.contains("read-only")
             && !matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly))
         {
-            return Error::Invalid(format!(
+            return Error::internal(format!(
                 "{}: SQLite refused to write page {pgno} through sqlite_dbpage (SQLITE_DBCONFIG_DEFENSIVE is on); nothing was written",
                 self.path.display()
             ));

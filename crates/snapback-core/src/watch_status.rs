@@ -234,7 +234,7 @@ pub fn file(dir: &Path, repo_id: &str, db_path: &str) -> PathBuf {
 /// fsync, rename, fsync of the directory).
 pub fn save(dir: &Path, s: &WatchStatus) -> Result<()> {
     if s.repo_id.is_empty() || s.repo_id.contains(['/', '\\']) || s.repo_id.starts_with('.') {
-        return Err(Error::Invalid(format!(
+        return Err(Error::internal(format!(
             "watch status: {:?} is not a repository id",
             s.repo_id
         )));
@@ -242,11 +242,11 @@ pub fn save(dir: &Path, s: &WatchStatus) -> Result<()> {
     let path = file(dir, &s.repo_id, &s.path);
     let parent = path
         .parent()
-        .ok_or_else(|| Error::Invalid("watch status path has no directory".into()))?;
+        .ok_or_else(|| Error::internal("watch status path has no directory"))?;
     std::fs::create_dir_all(parent)
         .map_err(|e| Error::io(parent, "cannot create the watch status directory", e))?;
     let mut bytes = serde_json::to_vec_pretty(s)
-        .map_err(|e| Error::Invalid(format!("cannot encode the watch status: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot encode the watch status: {e}")))?;
     bytes.push(b'\n');
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let write = || -> std::io::Result<()> {
