@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -304,6 +304,9 @@ struct BlobSink<'a> {
     codec: &'a BlobCodec,
     pack_target: usize,
     tx: Option<SyncSender<PackBuilder>>,
+    /// Every upload thread has stopped (on an error of its own, which is
+    /// the one to report).
+    uploads_stopped: bool,
     stats: &'a Mutex<SnapshotStats>,
     /// Capture states to save once the manifest is committed (each with
     /// its lock, held until then).
@@ -365,8 +368,10 @@ impl BlobSink<'_> {
             .tx
             .as_ref()
             .ok_or_else(|| Error::internal("upload queue closed"))?;
-        tx.send(pack)
-            .map_err(|_| Error::internal("the upload threads stopped (see the error above)"))
+        tx.send(pack).map_err(|_| {
+            self.uploads_stopped = true;
+            Error::internal("the upload threads stopped")
+        })
     }
 }
 
@@ -458,15 +463,23 @@ impl Repository {
         progress.set_total(total);
 
         let (tx, rx) = sync_channel::<PackBuilder>(2);
-        let rx = Mutex::new(rx);
+        // Owned by the upload threads alone: when the last one stops (each
+        // stops on its first error), the queue closes, and the capture's
+        // next send fails instead of waiting for ever.
+        let rx = Arc::new(Mutex::new(rx));
         let store: &dyn Store = self.store().as_ref();
         let codec = self.codec();
         type Referenced = (HashSet<Id>, HashSet<Id>);
         let mut pending: Vec<PendingState> = Vec::new();
         let files = std::thread::scope(|scope| -> Result<(Vec<FileEntry>, Referenced)> {
+            let (done, stats) = (&done, &stats);
             let workers: Vec<_> = (0..opts.upload_threads.max(1))
-                .map(|_| scope.spawn(|| upload_worker(store, codec, &rx, &done, &stats)))
+                .map(|_| {
+                    let rx = rx.clone();
+                    scope.spawn(move || upload_worker(store, codec, &rx, done, stats))
+                })
                 .collect();
+            drop(rx);
             let mut sink = BlobSink {
                 index: &index,
                 pending: HashSet::new(),
@@ -476,7 +489,8 @@ impl Repository {
                 codec,
                 pack_target: self.config().pack_target_size as usize,
                 tx: Some(tx),
-                stats: &stats,
+                uploads_stopped: false,
+                stats,
                 states: Vec::new(),
                 bases: Vec::new(),
             };
@@ -515,13 +529,18 @@ impl Repository {
                 std::mem::take(&mut sink.reused_from),
             );
             pending = std::mem::take(&mut sink.states);
+            // When the capture stopped because no upload thread was left,
+            // the first thread's own error (the store's) is the one to
+            // report, with its kind.
+            let mut uploads_stopped = sink.uploads_stopped;
             drop(sink.tx.take());
             drop(sink);
             for w in workers {
                 let r = w
                     .join()
                     .map_err(|_| Error::internal("an upload thread panicked"))?;
-                if result.is_ok() {
+                if result.is_ok() || (uploads_stopped && r.is_err()) {
+                    uploads_stopped = false;
                     result = r;
                 }
             }

@@ -150,3 +150,38 @@ fn restore_right_after_a_snapshot_in_the_same_process_finds_its_blobs() {
     r.expect("restore from the repository that took the snapshot");
     assert_eq!(rows(&dest), rows(&lab.db));
 }
+
+#[test]
+fn snapshot_whose_every_pack_put_fails_reports_the_stores_error() {
+    // Small packs, so that the capture still has packs to queue after every
+    // upload thread has failed on its first: the store's error is what the
+    // snapshot reports, with its kind, not that the upload threads stopped.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = LocalStore::create(dir.path().join("repo")).expect("store");
+    let store = Arc::new(FaultStore::new(local));
+    let opts = InitOptions {
+        pack_target_size: 1 << 16,
+        ..InitOptions::default()
+    };
+    let repo = Repository::init(store.clone(), &opts).expect("init");
+    let db = dir.path().join("app.db");
+    make_db(&db, 20_000);
+    store.add(Fault::fail(Op::Put, ErrorKind::Other).prefix(DATA_PREFIX));
+    let e = repo
+        .snapshot(
+            std::slice::from_ref(&db),
+            &SnapshotOptions {
+                upload_threads: 2,
+                ..SnapshotOptions::default()
+            },
+            &NoProgress,
+        )
+        .expect_err("no pack can be stored");
+    assert!(
+        e.to_string().contains("injected fault"),
+        "the store's error is reported: {e}"
+    );
+    assert_eq!(e.kind(), snapback_core::Kind::Io, "{e}");
+    assert!(store.injected() >= 2, "every upload thread failed");
+    assert!(repo.snapshots().expect("snapshots").is_empty());
+}
