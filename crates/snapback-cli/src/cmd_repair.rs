@@ -13,6 +13,7 @@ use snapback_repair::{
     open_live_readonly, prepare_table, resolve_snapshot, row_human, row_json, sql_for,
     virtual_table_comparable, DiffCounts, Side, SnapshotDb, TableSelection,
 };
+use snapback_repair::{emit_script, EmitScript, EmitSource, EmitTable};
 
 use crate::cli::{absolute, Global};
 use crate::exit;
@@ -57,6 +58,15 @@ pub struct DiffArgs {
     /// lock (it works from a read-only repository).
     #[arg(long)]
     pub no_lock: bool,
+    /// Also write a restore script for exactly this selection (the
+    /// snapshot, tables, key, columns and --where diffed) to FILE, ready
+    /// for `snapback repair FILE` (a dry run). An existing FILE is refused
+    /// unless --overwrite.
+    #[arg(long, value_name = "FILE")]
+    pub emit_script: Option<PathBuf>,
+    /// With --emit-script: replace FILE if it exists.
+    #[arg(long, requires = "emit_script")]
+    pub overwrite: bool,
 }
 
 /// Bad usage found after parsing: exit 2 (see docs/scripting.md).
@@ -85,16 +95,41 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
             "--key and --columns need --table: they name columns of one table",
         ));
     }
+    let emit_to = a.emit_script.as_ref().map(|f| absolute(f));
+    if let Some(f) = &emit_to {
+        if !a.overwrite && std::fs::symlink_metadata(f).is_ok() {
+            bail!(
+                "{} exists; nothing was read or written. Give --overwrite to replace it, or choose another file for --emit-script",
+                f.display()
+            );
+        }
+    }
     let live = live_path(&absolute(std::path::Path::new(&live_arg)))?;
     let busy = a.busy_timeout;
-    let sdb = match (&a.snapshot_db, snap_sel) {
-        (Some(f), _) => SnapshotDb::from_file(&absolute(f))?,
+    let (sdb, emit_source) = match (&a.snapshot_db, snap_sel) {
+        (Some(f), _) => {
+            let f = absolute(f);
+            (SnapshotDb::from_file(&f)?, EmitSource::File(f))
+        }
         (None, Some(sel)) => {
             let repo = open_repo(g)?;
             let (snap, file) = resolve_snapshot(&repo, &sel, a.path.as_deref(), &live, &[])?;
             chose(g, &snap);
-            SnapshotDb::materialize(&repo, &snap, &file)
-                .context("cannot materialize the snapshot's database")?
+            if emit_to.is_some()
+                && snap
+                    .manifest
+                    .tags
+                    .iter()
+                    .any(|t| t == snapback_repair::PRE_REPAIR_TAG)
+            {
+                bail!(
+                    "snapshot {} is a pre-repair snapshot, which a restore script never takes as its source (it holds the damage a repair removed; to go back to it, `snapback undo` the repair); nothing was written. Diff against a snapshot from before the incident",
+                    snap.describe()
+                );
+            }
+            let sdb = SnapshotDb::materialize(&repo, &snap, &file)
+                .context("cannot materialize the snapshot's database")?;
+            (sdb, EmitSource::Snapshot(snap.selector()))
         }
         (None, None) => bail!("no snapshot given"),
     };
@@ -113,6 +148,8 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     // Tables that could not be compared, and why. One bad table does not
     // stop the others; it makes the exit code INCOMPLETE.
     let mut skipped: Vec<(String, String)> = Vec::new();
+    // Virtual tables compared here, which a restore script cannot repair.
+    let mut virtual_compared: Vec<String> = Vec::new();
     let (tables, table_diffs) = if whole {
         let (mut tables, mut diffs) = compare_table_sets(&sside, &lside)?;
         // Virtual tables: FTS and R*Tree rows are compared through their
@@ -121,7 +158,10 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         diffs.extend(vdiffs);
         for vt in vtabs {
             match virtual_table_comparable(&vt) {
-                Ok(()) => tables.push(vt.name),
+                Ok(()) => {
+                    virtual_compared.push(vt.name.clone());
+                    tables.push(vt.name)
+                }
                 Err(why) => skipped.push((vt.name, why)),
             }
         }
@@ -185,6 +225,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         report_skip(&mut out, t, reason)?;
     }
     let mut compared = 0usize;
+    let mut emitted: Vec<EmitTable> = Vec::new();
     for t in &prepared {
         // One read transaction per table: the pairing check and the diff
         // read the same data.
@@ -196,6 +237,15 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         match result {
             Ok(counts) => {
                 compared += 1;
+                if !virtual_compared.contains(&t.table) {
+                    emitted.push(EmitTable {
+                        name: t.table.clone(),
+                        key: (!a.key.is_empty()).then(|| a.key.clone()),
+                        columns: a.columns.clone(),
+                        where_both: a.where_.clone(),
+                        only_in_live: counts.only_in_live,
+                    });
+                }
                 total.changed += counts.changed;
                 total.only_in_snapshot += counts.only_in_snapshot;
                 total.only_in_live += counts.only_in_live;
@@ -219,6 +269,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
                 .collect(),
             snapshot: sdb.snapshot_id().map(|i| i.to_hex()),
             snapshot_db: &sdb.db_path,
+            script: emit_to.as_deref(),
             tables: compared,
             type_: "summary",
         };
@@ -226,6 +277,39 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     }
     out.flush()?;
     drop(out);
+    if let Some(f) = &emit_to {
+        let mut left_out: Vec<(String, String)> = virtual_compared
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    "a virtual table: the diff compares its rows, but repair writes ordinary tables only (repair the table its content comes from)".to_string(),
+                )
+            })
+            .collect();
+        left_out.extend(
+            skipped
+                .iter()
+                .map(|(t, r)| (t.clone(), format!("it was not compared: {r}"))),
+        );
+        let text = emit_script(&EmitScript {
+            command: command_line(),
+            file: f.clone(),
+            source: emit_source,
+            live: live.clone(),
+            path: a.path.clone().or_else(|| sdb.db_path.clone()),
+            tables: emitted,
+            left_out,
+        });
+        write_new_file(f, text.as_bytes(), a.overwrite)?;
+        if !g.quiet {
+            eprintln!(
+                "restore script written to {}: review it, then `snapback repair {}` (a dry run)",
+                f.display(),
+                f.display()
+            );
+        }
+    }
     if !g.json && !a.sql && !g.quiet {
         eprintln!(
             "{} table(s): {} row difference(s), {} schema difference(s){}",
@@ -249,6 +333,67 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     } else {
         exit::OK
     })
+}
+
+/// This process's command line, each argument quoted when a shell would
+/// need it, for the header of an emitted script.
+fn command_line() -> String {
+    std::env::args()
+        .enumerate()
+        .map(|(i, a)| if i == 0 { "snapback".to_string() } else { a })
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=@:,+%".contains(&b))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Writes `bytes` to `path`: a new file (refused when one exists, also one
+/// created since the check at the start), or with `overwrite`, replacing
+/// it atomically (a temporary file beside it, renamed over it).
+fn write_new_file(path: &std::path::Path, bytes: &[u8], overwrite: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if overwrite {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        tmp.write_all(bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        tmp.persist(path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        return Ok(());
+    }
+    let mut f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} exists (created while the diff ran); the script was not written. Give --overwrite to replace it, or choose another file",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot create {}", path.display())))
+        }
+    };
+    let r = f.write_all(bytes).and_then(|()| f.sync_all());
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(path);
+        return Err(anyhow::Error::new(e).context(format!("cannot write {}", path.display())));
+    }
+    Ok(())
 }
 
 enum DiffOneError {

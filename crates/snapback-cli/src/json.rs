@@ -409,6 +409,8 @@ pub struct DiffSummary<'a> {
     pub counts: &'a snapback_repair::DiffCounts,
     pub live: &'a std::path::Path,
     pub schema_differences: u64,
+    /// The restore script written by `--emit-script`, if any.
+    pub script: Option<&'a std::path::Path>,
     pub skipped: Vec<SkippedTable<'a>>,
     pub snapshot: Option<String>,
     pub snapshot_db: &'a Option<String>,

@@ -47,7 +47,10 @@ pub use report::{key_text, row_human, row_json};
 pub use schema::{
     quote_ident, virtual_table_comparable, Key, KeySource, VirtualTable, JOURNAL_TABLES,
 };
-pub use script::{Action, LoadedScript, Script, SqlStep, TableScript, DEFAULT_BATCH_SIZE};
+pub use script::{
+    emit_script, Action, EmitScript, EmitSource, EmitTable, LoadedScript, Script, SqlStep,
+    TableScript, DEFAULT_BATCH_SIZE,
+};
 pub use source::{
     live_path, open_live_readonly, open_live_rw, resolve_snapshot, sqlite_uri, SnapshotDb,
 };

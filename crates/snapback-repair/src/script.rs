@@ -213,6 +213,125 @@ impl LoadedScript {
     }
 }
 
+/// Where the good data of an emitted script comes from.
+#[derive(Debug, Clone)]
+pub enum EmitSource {
+    /// A selector that names exactly one snapshot or point (a full id, or
+    /// a point's `SEGMENT/INDEX`), never one that moves.
+    Snapshot(String),
+    /// A database file used directly.
+    File(PathBuf),
+}
+
+/// One table of an emitted script: the selection that was diffed, and
+/// how many rows the diff found only in live (left to the operator).
+#[derive(Debug, Clone)]
+pub struct EmitTable {
+    pub name: String,
+    pub key: Option<Vec<String>>,
+    pub columns: Option<Vec<String>>,
+    pub where_both: Option<String>,
+    pub only_in_live: u64,
+}
+
+/// What `snapback diff --emit-script` writes a restore script from.
+#[derive(Debug, Clone)]
+pub struct EmitScript {
+    /// The diff's command line, for the script's header.
+    pub command: String,
+    /// Where the script is written, for the header's commands.
+    pub file: PathBuf,
+    pub source: EmitSource,
+    pub live: PathBuf,
+    pub path: Option<String>,
+    pub tables: Vec<EmitTable>,
+    /// Tables that were diffed but cannot be repaired (virtual tables,
+    /// tables that could not be compared), and why: comments.
+    pub left_out: Vec<(String, String)>,
+}
+
+/// A TOML string literal (quotes and escapes as TOML needs them).
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn toml_list(items: &[String]) -> String {
+    let v: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// Writes the restore script (docs/restore-scripts.md) for exactly the
+/// selection a diff compared: its source, live database, path, and per
+/// table its key, columns and `where`. Actions: `update_changed` and
+/// `insert_missing`; `delete_extra` (which deletes rows written since the
+/// snapshot) only as a comment, to be enabled by a human. The text parses
+/// back with `LoadedScript::parse`.
+pub fn emit_script(e: &EmitScript) -> String {
+    let mut o = String::new();
+    o.push_str("# Restore script written by `snapback diff --emit-script`, for the selection\n");
+    o.push_str("# that this diff compared:\n");
+    for line in e.command.lines() {
+        o.push_str(&format!("#   {line}\n"));
+    }
+    let f = e.file.display();
+    o.push_str(&format!(
+        "# Review it, then dry-run it:   snapback repair {f}\n"
+    ));
+    o.push_str(&format!(
+        "# and apply it:                 snapback repair {f} --apply\n\n"
+    ));
+    o.push_str(&format!(
+        "description = {}\n",
+        toml_str(&format!(
+            "Restore the selection diffed against {}",
+            match &e.source {
+                EmitSource::Snapshot(s) => format!("snapshot {s}"),
+                EmitSource::File(f) => f.display().to_string(),
+            }
+        ))
+    ));
+    match &e.source {
+        EmitSource::Snapshot(s) => o.push_str(&format!("snapshot = {}\n", toml_str(s))),
+        EmitSource::File(f) => o.push_str(&format!(
+            "snapshot_db = {}\n",
+            toml_str(&f.display().to_string())
+        )),
+    }
+    o.push_str(&format!(
+        "live = {}\n",
+        toml_str(&e.live.display().to_string())
+    ));
+    if let Some(p) = &e.path {
+        o.push_str(&format!("path = {}\n", toml_str(p)));
+    }
+    for (t, why) in &e.left_out {
+        o.push_str(&format!(
+            "\n# table {t} is left out: {}\n",
+            why.replace('\n', " ")
+        ));
+    }
+    for t in &e.tables {
+        o.push_str("\n[[table]]\n");
+        o.push_str(&format!("name = {}\n", toml_str(&t.name)));
+        if let Some(k) = &t.key {
+            o.push_str(&format!("key = {}\n", toml_list(k)));
+        }
+        if let Some(c) = &t.columns {
+            o.push_str(&format!("columns = {}\n", toml_list(c)));
+        }
+        if let Some(w) = &t.where_both {
+            o.push_str(&format!("where = {}\n", toml_str(w)));
+        }
+        o.push_str("actions = [\"update_changed\", \"insert_missing\"]\n");
+        o.push_str(&format!(
+            "# The diff found {} row(s) only in the live database (written since the\n# snapshot, or re-created); they are kept. To delete them, add \"delete_extra\".\n",
+            t.only_in_live
+        ));
+        o.push_str("# guard = \"...\"     # live rows matching this SQL are never changed\n");
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +398,39 @@ mod tests {
             .expect_err("relative live");
         assert!(e.to_string().contains("absolute"), "{e}");
         assert!(parse(&format!("{base}colour = 1\n")).is_err());
+    }
+    #[test]
+    fn an_emitted_script_parses_back_with_the_diffed_selection() {
+        let e = EmitScript {
+            command: "snapback diff abcd x.db --where \"a = 'it''s'\"".into(),
+            file: PathBuf::from("/tmp/fix.toml"),
+            source: EmitSource::Snapshot("abcd1234abcd1234".into()),
+            live: PathBuf::from("/srv/a \"b\".db"),
+            path: Some("/srv/old.db".into()),
+            tables: vec![EmitTable {
+                name: "we\"ird".into(),
+                key: Some(vec!["id".into()]),
+                columns: Some(vec!["status".into(), "note".into()]),
+                where_both: Some("service = 'api' AND x <> \"q\"\nOR y".into()),
+                only_in_live: 3,
+            }],
+            left_out: vec![("docs".into(), "a virtual table\nof fts5".into())],
+        };
+        let text = emit_script(&e);
+        let s = parse(&text).expect("the emitted script parses");
+        assert_eq!(s.script.snapshot.as_deref(), Some("abcd1234abcd1234"));
+        assert_eq!(s.script.live, PathBuf::from("/srv/a \"b\".db"));
+        assert_eq!(s.script.path.as_deref(), Some("/srv/old.db"));
+        let t = &s.script.tables[0];
+        assert_eq!(t.name, "we\"ird");
+        assert_eq!(t.key.as_deref(), Some(&["id".to_string()][..]));
+        assert_eq!(t.columns.as_ref().map(Vec::len), Some(2));
+        assert_eq!(
+            t.where_both.as_deref(),
+            Some("service = 'api' AND x <> \"q\"\nOR y")
+        );
+        assert!(t.has(Action::UpdateChanged) && t.has(Action::InsertMissing));
+        assert!(!t.has(Action::DeleteExtra));
+        assert!(text.contains("table docs is left out: a virtual table of fts5"));
     }
 }

@@ -99,6 +99,7 @@ fn repair_json_documents_keep_their_key_order() {
             "counts",
             "live",
             "schema_differences",
+            "script",
             "skipped",
             "snapshot",
             "snapshot_db",

@@ -11,6 +11,7 @@ mod diff_cli;
 mod diff_roundtrip;
 mod e2e;
 mod every_path;
+mod forensics;
 mod json_shapes;
 mod lab;
 mod repair;
