@@ -621,6 +621,12 @@ fn print_plan(s: &RepairSession) {
     }
     println!("  live:   {}", p.live.display());
     println!("  source: {}", p.source);
+    if let Some(i) = &p.incident {
+        println!(
+            "  incident: between {} (before) and {} (after): restoring only the rows it changed that nobody changed since",
+            i.before, i.after
+        );
+    }
     if let Some(r) = &p.resume {
         println!(
             "  RESUME: repair {} started {} was interrupted after {} of {} batches; --apply finishes its stored plan",
@@ -657,6 +663,25 @@ fn print_plan(s: &RepairSession) {
             "    update {}, insert {}, delete {}, guard-skipped {}, not selected {}",
             c.update, c.insert, c.delete, c.guard_skipped, c.not_selected
         );
+        if let Some(i) = &t.incident {
+            println!(
+                "    incident: changed {} row(s); {} unchanged since (restored by the actions above); {} CONFLICT(S), changed by the incident and since, never overwritten; {} other row(s) changed since, left alone",
+                i.changed_by_incident,
+                i.unchanged_since,
+                i.conflicts.len(),
+                i.changed_since_only
+            );
+            for k in &i.conflicts {
+                println!(
+                    "      conflict key {}: {} (before {}, after {}, live {})",
+                    truncate_json(k.key.clone(), SAMPLE_TEXT),
+                    k.reason,
+                    truncate_json(k.before.clone(), SAMPLE_TEXT),
+                    truncate_json(k.after.clone(), SAMPLE_TEXT),
+                    truncate_json(k.live.clone(), SAMPLE_TEXT)
+                );
+            }
+        }
         if c.blocked > 0 {
             println!(
                 "    BLOCKED {}: a UNIQUE index of the live database refuses these planned changes; --apply leaves them alone and reports them:",

@@ -40,16 +40,17 @@ pub use diff::{
 };
 pub use error::{is_busy, Error, Result};
 pub use repair::{
-    abandon, find_entry, lock_path, take_lock, undo, AbandonOutcome, Outcome, Plan, RepairLock,
-    RepairOptions, RepairSession, ResumeInfo, TablePlan, UndoOutcome, PRE_REPAIR_TAG, SAMPLE_ROWS,
+    abandon, find_entry, lock_path, take_lock, undo, AbandonOutcome, IncidentConflict,
+    IncidentInfo, IncidentTable, Outcome, Plan, RepairLock, RepairOptions, RepairSession,
+    ResumeInfo, TablePlan, UndoOutcome, PRE_REPAIR_TAG, SAMPLE_ROWS,
 };
 pub use report::{key_text, row_human, row_json};
 pub use schema::{
     quote_ident, virtual_table_comparable, Key, KeySource, VirtualTable, JOURNAL_TABLES,
 };
 pub use script::{
-    emit_script, Action, EmitScript, EmitSource, EmitTable, LoadedScript, Script, SqlStep,
-    TableScript, DEFAULT_BATCH_SIZE,
+    emit_script, Action, EmitScript, EmitSource, EmitTable, Incident, LoadedScript, Script,
+    SqlStep, TableScript, DEFAULT_BATCH_SIZE,
 };
 pub use source::{
     live_path, open_live_readonly, open_live_rw, resolve_snapshot, sqlite_uri, SnapshotDb,

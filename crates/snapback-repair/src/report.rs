@@ -5,7 +5,7 @@ use serde_json::{json, Map};
 use crate::diff::{DiffKind, PreparedTable, RowDiff};
 use crate::value::Value;
 
-fn obj<'a>(cols: impl Iterator<Item = &'a String>, vals: &[Value]) -> serde_json::Value {
+pub(crate) fn obj<'a>(cols: impl Iterator<Item = &'a String>, vals: &[Value]) -> serde_json::Value {
     let mut m = Map::new();
     for (c, v) in cols.zip(vals) {
         m.insert(

@@ -32,10 +32,24 @@ pub struct Script {
     pub path: Option<String>,
     /// How long one statement waits for the application's write lock.
     pub busy_timeout_ms: Option<u64>,
+    /// Instead of `snapshot`: the incident, as two points. Then only the
+    /// rows the incident changed (before != after) that nobody changed
+    /// since (after == live) are restored to `before`; rows changed both
+    /// by the incident and since are conflicts, never overwritten.
+    pub incident: Option<Incident>,
     #[serde(default, rename = "table")]
     pub tables: Vec<TableScript>,
     #[serde(default, rename = "sql")]
     pub sql: Vec<SqlStep>,
+}
+
+/// The `[incident]` of a three-way restore script: a point before it and
+/// a point after it (selectors: an id, a point's `SEGMENT/INDEX`, `@TIME`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incident {
+    pub before: String,
+    pub after: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +152,36 @@ impl LoadedScript {
             message,
         };
         let script: Script = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if let Some(i) = &script.incident {
+            if script.snapshot.is_some() || script.snapshot_db.is_some() {
+                return Err(bad(
+                    "give either [incident] (before and after) or `snapshot`/`snapshot_db`, not both: with [incident], the rows are restored from `before`".into(),
+                ));
+            }
+            for (what, sel) in [("before", &i.before), ("after", &i.after)] {
+                if sel.trim() == "latest" {
+                    return Err(bad(format!(
+                        "[incident] {what} = \"latest\" moves: name a fixed point (a snapshot id, a point's SEGMENT/INDEX, or \"@TIME\")"
+                    )));
+                }
+                if sel.trim().is_empty() {
+                    return Err(bad(format!("[incident] {what} is empty")));
+                }
+            }
+            if i.before.trim() == i.after.trim() {
+                return Err(bad(
+                    "[incident] before and after name the same point: give a point before the incident and one after it".into(),
+                ));
+            }
+            if let Some(t) = script.tables.iter().find(|t| t.guard.is_some()) {
+                return Err(bad(format!(
+                    "table {}: a `guard` and [incident] do not go together: with [incident], rows changed since the incident are never overwritten (they are listed as conflicts); remove the guard",
+                    t.name
+                )));
+            }
+        }
         match (&script.snapshot, &script.snapshot_db) {
+            _ if script.incident.is_some() => {}
             (Some(_), Some(_)) => {
                 return Err(bad(
                     "give either `snapshot` (a selector) or `snapshot_db` (a file), not both".into(),
@@ -399,6 +442,41 @@ mod tests {
         assert!(e.to_string().contains("absolute"), "{e}");
         assert!(parse(&format!("{base}colour = 1\n")).is_err());
     }
+    #[test]
+    fn an_incident_script_parses_and_its_mistakes_are_refused() {
+        let tables = "[[table]]\nname = \"t\"\nactions = [\"update_changed\"]\n";
+        let s = parse(&format!(
+            "live = \"/a.db\"\n[incident]\nbefore = \"@2026-02-02T17:00:00Z\"\nafter = \"@2026-02-02T17:10:00Z\"\n{tables}"
+        ))
+        .expect("parses");
+        let i = s.script.incident.expect("incident");
+        assert_eq!(i.after, "@2026-02-02T17:10:00Z");
+        for (bad, why) in [
+            (
+                "snapshot = \"abcd1234\"\n[incident]\nbefore = \"a1\"\nafter = \"b2\"\n",
+                "not both",
+            ),
+            ("[incident]\nbefore = \"a1\"\nafter = \"latest\"\n", "moves"),
+            (
+                "[incident]\nbefore = \"a1\"\nafter = \"a1\"\n",
+                "same point",
+            ),
+            ("[incident]\nbefore = \"a1\"\n", "after"),
+            (
+                "[incident]\nbefore = \"a1\"\nafter = \"b2\"\nwhen = 1\n",
+                "when",
+            ),
+        ] {
+            let e = parse(&format!("live = \"/a.db\"\n{bad}{tables}")).expect_err(bad);
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        let e = parse(&format!(
+            "live = \"/a.db\"\n[incident]\nbefore = \"a1\"\nafter = \"b2\"\n{tables}guard = \"x > 1\"\n"
+        ))
+        .expect_err("guard");
+        assert!(e.to_string().contains("guard"), "{e}");
+    }
+
     #[test]
     fn an_emitted_script_parses_back_with_the_diffed_selection() {
         let e = EmitScript {

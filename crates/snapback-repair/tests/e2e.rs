@@ -26,7 +26,7 @@ pub struct Drill {
     pub updated: BTreeSet<i64>,
 }
 
-fn fixture(phase: &str, db: &Path) -> serde_json::Value {
+pub fn fixture(phase: &str, db: &Path) -> serde_json::Value {
     let script = workspace().join("fixtures/make-drill.py");
     let out = std::process::Command::new("python3")
         .arg(&script)

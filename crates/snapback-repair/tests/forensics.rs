@@ -2,7 +2,8 @@
 //! `diff --emit-script`, the three-way repair of an `[incident]` script,
 //! `history` and `when`.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use crate::lab::{dump, ok, Exact, Lab};
 
@@ -114,4 +115,175 @@ fn diff_emit_script_repairs_exactly_the_diffed_selection_and_nothing_else() {
         other_before,
         "another table is untouched"
     );
+}
+
+/// The drill of fixtures/make-drill.py with a snapshot after the incident:
+/// the migration damages 5% of `status`, and (here) also deletes one row
+/// and inserts one; then the application keeps writing, some of it to
+/// damaged rows, and deletes a damaged row. Copies of the database before
+/// and after the incident are kept (`VACUUM INTO`) to compare with.
+struct IncidentDrill {
+    lab: Lab,
+    before: String,
+    after: String,
+    before_db: PathBuf,
+    damaged: BTreeSet<i64>,
+    updated: BTreeSet<i64>,
+}
+
+fn incident_drill() -> IncidentDrill {
+    let lab = Lab::new(|_| {});
+    std::fs::remove_file(&lab.live).expect("the empty live database is replaced");
+    crate::e2e::fixture("init", &lab.live);
+    let before_db = lab.dir.path().join("before-copy.db");
+    lab.exec(&format!("VACUUM INTO '{}'", before_db.display()));
+    let before = lab.snapshot();
+    let d = crate::e2e::fixture("damage", &lab.live);
+    lab.exec(
+        "DELETE FROM deploys WHERE id = 7;
+         INSERT INTO deploys VALUES(90001, 'api', 'v9', 'succeeded', '2026-02-02T17:05:00Z', '2026-02-02T17:05:00Z');",
+    );
+    let after = lab.snapshot();
+    let a = crate::e2e::fixture("after", &lab.live);
+    // A damaged row deleted since (a conflict), and a row the migration
+    // did not touch changed since (left alone).
+    lab.exec("DELETE FROM deploys WHERE id = 43; UPDATE deploys SET version = 'v0' WHERE id = 2;");
+    let set = |v: &serde_json::Value, k: &str| -> BTreeSet<i64> {
+        v[k].as_array()
+            .expect("ids")
+            .iter()
+            .filter_map(|x| x.as_i64())
+            .collect()
+    };
+    IncidentDrill {
+        before,
+        after,
+        before_db,
+        damaged: set(&d, "damaged"),
+        updated: set(&a, "updated"),
+        lab,
+    }
+}
+
+#[test]
+fn three_way_repair_restores_only_the_incidents_rows_untouched_since_and_lists_every_conflict() {
+    let d = incident_drill();
+    let lab = &d.lab;
+    let good = by_id(&d.before_db, "deploys");
+    let pre = by_id(&lab.live, "deploys");
+    let script = lab.dir.path().join("incident.toml");
+    std::fs::write(
+        &script,
+        format!(
+            "description = \"three-way\"\nlive = \"{}\"\n[incident]\nbefore = \"{}\"\nafter = \"{}\"\n[[table]]\nname = \"deploys\"\nactions = [\"update_changed\", \"insert_missing\", \"delete_extra\"]\nbatch_size = 37\n",
+            lab.live.display(),
+            d.before,
+            d.after
+        ),
+    )
+    .expect("script");
+    let s = script.to_str().expect("utf8");
+    // Conflicts: damaged rows updated since, and the damaged row 43,
+    // deleted since.
+    let mut conflicts: BTreeSet<i64> = d.damaged.intersection(&d.updated).copied().collect();
+    conflicts.insert(43);
+    assert!(
+        conflicts.len() >= 3,
+        "the drill hits damaged rows: {conflicts:?}"
+    );
+    let restore: BTreeSet<i64> = d.damaged.difference(&conflicts).copied().collect();
+
+    let dry = lab.run(&["--json", "repair", s], &[]);
+    ok(&dry);
+    let plan: serde_json::Value = serde_json::from_str(&dry.stdout).expect("plan json");
+    assert_eq!(
+        plan["incident"]["before_snapshot"],
+        d.before.as_str(),
+        "{}",
+        plan["incident"]
+    );
+    assert_eq!(plan["incident"]["after_snapshot"], d.after.as_str());
+    let t = &plan["tables"][0];
+    let i = &t["incident"];
+    // The incident: the damaged rows, one deleted, one inserted.
+    assert_eq!(i["changed_by_incident"], d.damaged.len() as u64 + 2, "{i}");
+    let listed: BTreeSet<i64> = i["conflicts"]
+        .as_array()
+        .expect("conflicts")
+        .iter()
+        .map(|c| c["key"]["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(listed, conflicts, "every conflict is listed, nothing else");
+    let c43 = i["conflicts"]
+        .as_array()
+        .expect("conflicts")
+        .iter()
+        .find(|c| c["key"]["id"] == 43)
+        .expect("43");
+    assert!(
+        c43["live"].is_null()
+            && c43["reason"]
+                .as_str()
+                .expect("reason")
+                .contains("deleted since"),
+        "{c43}"
+    );
+    assert_eq!(
+        t["counts"]["update"],
+        restore.len() as u64,
+        "{}",
+        t["counts"]
+    );
+    assert_eq!(t["counts"]["insert"], 1, "the row the incident deleted");
+    assert_eq!(t["counts"]["delete"], 1, "the row the incident inserted");
+    // Everything written since the incident (200 new rows, the rollbacks
+    // of undamaged rows, row 2) differs from before but is left alone.
+    assert!(
+        i["changed_since_only"].as_u64().expect("n") > 200,
+        "{i}"
+    );
+    let human = lab.run(&["repair", s], &[]);
+    ok(&human);
+    assert!(
+        human
+            .stdout
+            .contains(&format!("{} CONFLICT(S)", conflicts.len())),
+        "{}",
+        human.stdout
+    );
+
+    let o = lab.run(&["--json", "repair", s, "--apply", "--yes"], &[]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("outcome json");
+    assert_eq!(v["outcome"]["remaining_differences"], 0, "{}", v["outcome"]);
+    assert!(v["outcome"]["pre_repair_snapshot"].is_string());
+
+    let after = by_id(&lab.live, "deploys");
+    let ids: BTreeSet<&Exact> = good.keys().chain(pre.keys()).chain(after.keys()).collect();
+    for id in ids {
+        let n = match id {
+            Exact::Integer(n) => *n,
+            _ => panic!("integer ids"),
+        };
+        let expect = if restore.contains(&n) || n == 7 || n == 90001 {
+            good.get(id)
+        } else {
+            pre.get(id)
+        };
+        assert_eq!(
+            after.get(id),
+            expect,
+            "row {n}: restored only when the incident changed it and nobody since"
+        );
+    }
+    // Undo gives back the database as it was before the repair.
+    ok(&lab.undo_newest(&[]));
+    assert_eq!(
+        by_id(&lab.live, "deploys"),
+        pre,
+        "undo reverts exactly the repair"
+    );
+    let audit = lab.audit();
+    assert_eq!(audit.len(), 2, "the repair and its undo are audited");
+    assert_eq!(audit[0]["entry"]["source_snapshot"], d.before.as_str());
 }

@@ -21,6 +21,7 @@
 //! - `undo`: reverting a repair.
 
 mod abandon;
+mod incident;
 mod lock;
 mod plan;
 mod record;
@@ -44,6 +45,7 @@ use crate::script::{Action, LoadedScript};
 use crate::source::SnapshotDb;
 
 pub use abandon::{abandon, AbandonOutcome};
+pub use incident::{IncidentConflict, IncidentInfo, IncidentTable};
 pub use lock::{lock_path, take_lock, RepairLock};
 pub use record::find_entry;
 pub use undo::{undo, UndoOutcome};
@@ -66,6 +68,10 @@ pub struct TablePlan {
     /// Planned changes that a UNIQUE index of the live database refuses
     /// now (see `TableCounts::blocked`), and why.
     pub blocked: Vec<Conflict>,
+    /// For a script with `[incident]`: what the incident changed, and the
+    /// rows changed by it and since (conflicts, every one listed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<IncidentTable>,
     /// Row differences as JSON objects (see `row_json`), each with an
     /// `"action"`: insert, update, delete, guard_skip or not_selected. All
     /// of them when the plan was made with `keep_all_rows`, else the first
@@ -97,6 +103,9 @@ pub struct Plan {
     /// Set when an interrupted run of this script will be resumed: then the
     /// change set is the stored one, not a new diff.
     pub resume: Option<ResumeInfo>,
+    /// For a script with `[incident]`: the points before and after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<IncidentInfo>,
     #[serde(skip)]
     pub changes: ChangeSet,
 }

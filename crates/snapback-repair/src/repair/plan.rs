@@ -9,6 +9,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 use snapback_core::Repository;
 
+use super::incident::{plan_incident_table, prepare_incident_table, IncidentInfo};
 use super::sql_steps::check_sql_steps;
 use super::{
     key_string, take_lock, Plan, RepairOptions, RepairSession, ResumeInfo, TablePlan,
@@ -48,7 +49,13 @@ impl RepairSession {
             None
         };
         let lconn = open_live_rw(&live, busy)?;
-        let sdb = snapshot_side(repo, s, &live)?;
+        let (sdb, after) = match &s.incident {
+            None => (snapshot_side(repo, s, &live)?, None),
+            Some(_) => {
+                let (b, a, info) = incident_sides(repo, s, &live)?;
+                (b, Some((a, info)))
+            }
+        };
         let sconn = sdb.open()?;
         let sside = Side {
             conn: &sconn,
@@ -58,15 +65,39 @@ impl RepairSession {
             conn: &lconn,
             place: live.display().to_string(),
         };
+        let aconn = after.as_ref().map(|(a, _)| a.open()).transpose()?;
+        let aside = after.as_ref().zip(aconn.as_ref()).map(|((a, _), c)| Side {
+            conn: c,
+            place: a.describe(),
+        });
 
-        let tables = prepare_tables(s, &sside, &lside)?;
+        let (tables, three_way) = match &aside {
+            None => (prepare_tables(s, &sside, &lside)?, vec![]),
+            Some(aside) => {
+                let mut bl = Vec::new();
+                let mut rest = Vec::new();
+                for ts in &s.tables {
+                    let (t, ba, al) = prepare_incident_table(&sside, aside, &lside, ts)?;
+                    for pt in [&t, &ba, &al] {
+                        check_repairable(pt)?;
+                    }
+                    bl.push(t);
+                    rest.push((ba, al));
+                }
+                (bl, rest)
+            }
+        };
         check_sql_steps(&lconn, &lside.place, &sdb, &script)?;
         let resume = run_to_resume(&lconn, &lside.place, &script)?;
 
         let mut plan_tables = Vec::new();
         let mut changes = ChangeSet::default();
-        for (ts, pt) in s.tables.iter().zip(&tables) {
-            let (table_plan, tc) = plan_table(&sside, &lside, ts, pt, opts.keep_all_rows)?;
+        for (i, (ts, pt)) in s.tables.iter().zip(&tables).enumerate() {
+            let three = aside
+                .as_ref()
+                .zip(three_way.get(i))
+                .map(|(a, (ba, al))| (a, ba, al));
+            let (table_plan, tc) = plan_table(&sside, &lside, ts, pt, opts.keep_all_rows, three)?;
             changes.tables.push(tc);
             plan_tables.push(table_plan);
         }
@@ -91,8 +122,10 @@ impl RepairSession {
             tables: plan_tables,
             sql_steps: s.sql.iter().map(|q| q.statement.clone()).collect(),
             resume: resume_info,
+            incident: after.map(|(_, info)| info),
             changes,
         };
+        drop(aconn);
         drop(sconn);
         drop(lconn);
         Ok(RepairSession {
@@ -161,25 +194,71 @@ fn snapshot_side(repo: Option<&Repository>, s: &Script, live: &Path) -> Result<S
     }
 }
 
+/// The two sides of an incident script, `before` (the source) and
+/// `after`, each a point resolved as `snapshot` is (never a pre-repair
+/// snapshot) and materialized; `before` must be the earlier.
+fn incident_sides(
+    repo: Option<&Repository>,
+    s: &Script,
+    live: &Path,
+) -> Result<(SnapshotDb, SnapshotDb, IncidentInfo)> {
+    let (Some(i), Some(repo)) = (&s.incident, repo) else {
+        return Err(Error::Input(
+            "the script names an [incident]: give the repository with --repo (or SNAPBACK_REPO)"
+                .into(),
+        ));
+    };
+    let find = |what: &str, sel: &str| {
+        resolve_snapshot(repo, sel, s.path.as_deref(), live, &[PRE_REPAIR_TAG])
+            .map_err(|e| Error::Input(format!("[incident] {what} = {sel:?}: {e}")))
+    };
+    let (b, bf) = find("before", &i.before)?;
+    let (a, af) = find("after", &i.after)?;
+    if b.time >= a.time {
+        return Err(Error::Input(format!(
+            "[incident] before ({}) is not earlier than after ({}): give the point before the incident as `before` and one after it as `after`; nothing was written",
+            b.describe(),
+            a.describe()
+        )));
+    }
+    let info = IncidentInfo {
+        before: b.describe(),
+        before_snapshot: b.selector(),
+        after: a.describe(),
+        after_snapshot: a.selector(),
+    };
+    Ok((
+        SnapshotDb::materialize(repo, &b, &bf)?,
+        SnapshotDb::materialize(repo, &a, &af)?,
+        info,
+    ))
+}
+
+/// Refuses a virtual table, and columns to repair whose type changed.
+fn check_repairable(pt: &PreparedTable) -> Result<()> {
+    if let Some(m) = &pt.virtual_module {
+        return Err(Error::Input(format!(
+            "table {} is a virtual table ({m}): `snapback diff` compares its rows, but repair writes ordinary tables only; repair the table its content comes from, or rebuild the index (for FTS: INSERT INTO {}({}) VALUES('rebuild')); nothing was written",
+            pt.table, pt.table, pt.table
+        )));
+    }
+    let blockers = pt.repair_blockers();
+    if !blockers.is_empty() {
+        return Err(Error::Input(format!(
+            "schema mismatch on the columns to repair: {}; nothing was written (limit `columns` to columns whose type did not change)",
+            blockers.join("; ")
+        )));
+    }
+    Ok(())
+}
+
 /// Pairs each table of the script on both sides, refusing a virtual table
 /// and columns to repair whose type changed.
 fn prepare_tables(s: &Script, sside: &Side<'_>, lside: &Side<'_>) -> Result<Vec<PreparedTable>> {
     let mut tables = Vec::new();
     for ts in &s.tables {
         let pt = prepare_table(sside, lside, &ts.selection())?;
-        if let Some(m) = &pt.virtual_module {
-            return Err(Error::Input(format!(
-                "table {} is a virtual table ({m}): `snapback diff` compares its rows, but repair writes ordinary tables only; repair the table its content comes from, or rebuild the index (for FTS: INSERT INTO {}({}) VALUES('rebuild')); nothing was written",
-                pt.table, pt.table, pt.table
-            )));
-        }
-        let blockers = pt.repair_blockers();
-        if !blockers.is_empty() {
-            return Err(Error::Input(format!(
-                "schema mismatch on the columns to repair: {}; nothing was written (limit `columns` to columns whose type did not change)",
-                blockers.join("; ")
-            )));
-        }
+        check_repairable(&pt)?;
         tables.push(pt);
     }
     Ok(tables)
@@ -239,13 +318,16 @@ fn resume_info(lconn: &Connection, place: &str, r: &RunRecord) -> Result<ResumeI
 }
 
 /// Diffs one table and turns each difference an enabled action covers into
-/// a row change: the table's part of the plan and of the change set.
+/// a row change: the table's part of the plan and of the change set. With
+/// `three_way` (the after side and the table prepared before/after and
+/// after/live), only the rows the incident changed and nobody since.
 fn plan_table(
     sside: &Side<'_>,
     lside: &Side<'_>,
     ts: &TableScript,
     pt: &PreparedTable,
     keep_all_rows: bool,
+    three_way: Option<(&Side<'_>, &PreparedTable, &PreparedTable)>,
 ) -> Result<(TablePlan, TableChanges)> {
     let mut draft = TableDraft {
         ts,
@@ -271,15 +353,26 @@ fn plan_table(
         .conn
         .execute_batch("BEGIN")
         .map_err(|e| Error::sqlite(&lside.place, "cannot start a read transaction", e))?;
-    diff_table(sside, lside, pt, |d| {
-        let action = draft.take(lside, &d)?;
-        if keep_all_rows || draft.rows.len() < SAMPLE_ROWS {
-            let mut j = row_json(pt, &d);
-            j["action"] = serde_json::Value::from(action);
-            draft.rows.push(j);
+    let incident = match three_way {
+        Some((aside, ba, al)) => Some(plan_incident_table(
+            [sside, aside, lside],
+            (pt, ba, al),
+            &mut draft,
+            keep_all_rows,
+        )?),
+        None => {
+            diff_table(sside, lside, pt, |d| {
+                let action = draft.take(lside, &d)?;
+                if keep_all_rows || draft.rows.len() < SAMPLE_ROWS {
+                    let mut j = row_json(pt, &d);
+                    j["action"] = serde_json::Value::from(action);
+                    draft.rows.push(j);
+                }
+                Ok(())
+            })?;
+            None
         }
-        Ok(())
-    })?;
+    };
     let TableDraft {
         mut counts,
         rows,
@@ -309,6 +402,7 @@ fn plan_table(
         counts,
         schema_diffs: pt.schema_diffs.clone(),
         blocked,
+        incident,
         rows,
     };
     Ok((table_plan, tc))
@@ -334,12 +428,12 @@ fn whole_row_columns(lside: &Side<'_>, pt: &PreparedTable) -> Result<Vec<String>
 }
 
 /// One table's plan as its diff goes by: counts, sample rows, changes.
-struct TableDraft<'a> {
+pub(super) struct TableDraft<'a> {
     ts: &'a TableScript,
     pt: &'a PreparedTable,
     whole_row: Vec<String>,
     counts: TableCounts,
-    rows: Vec<serde_json::Value>,
+    pub(super) rows: Vec<serde_json::Value>,
     tc: TableChanges,
 }
 
@@ -347,7 +441,7 @@ impl TableDraft<'_> {
     /// Counts one difference and, when an enabled action covers it and no
     /// guard holds it back, records its change. Returns the action's name
     /// for the plan's rows.
-    fn take(&mut self, lside: &Side<'_>, d: &RowDiff) -> Result<&'static str> {
+    pub(super) fn take(&mut self, lside: &Side<'_>, d: &RowDiff) -> Result<&'static str> {
         let ts = self.ts;
         Ok(match d.kind {
             DiffKind::OnlyInSnapshot if ts.has(Action::InsertMissing) => {

@@ -232,6 +232,20 @@ impl RepairSession {
             .iter()
             .map(|(_, _, c)| (c.table.clone(), key_string(&c.key)))
             .collect();
+        // A three-way repair restores only its planned rows: the other
+        // differences from before were written since, and stay.
+        let planned: Option<HashSet<(String, String)>> = self.plan.incident.as_ref().map(|_| {
+            self.plan
+                .changes
+                .tables
+                .iter()
+                .flat_map(|t| {
+                    t.changes
+                        .iter()
+                        .map(|c| (t.table.clone(), key_string(&c.key)))
+                })
+                .collect()
+        });
         let mut remaining = 0u64;
         let mut sample = Vec::new();
         for (ts, pt) in self.script.script.tables.iter().zip(&self.tables) {
@@ -241,7 +255,11 @@ impl RepairSession {
                     DiffKind::OnlyInLive => ts.has(Action::DeleteExtra),
                     DiffKind::Changed => ts.has(Action::UpdateChanged),
                 };
-                if covered && !d.guarded && !skip.contains(&(pt.table.clone(), key_string(&d.key)))
+                let k = (pt.table.clone(), key_string(&d.key));
+                if covered
+                    && !d.guarded
+                    && !skip.contains(&k)
+                    && planned.as_ref().is_none_or(|p| p.contains(&k))
                 {
                     remaining += 1;
                     if sample.len() < SAMPLE_ROWS {
