@@ -371,7 +371,7 @@ fn slow_backend_times_out_with_eio_and_stalls_no_cached_reader() {
     let o = vfs.open(e.attr.ino, false).expect("open");
     let head = vfs.read(o.fh, 0, 4096).expect("cached first page");
     fx.store
-        .add(Fault::delay(Op::GetRange, SLOW_READ).prefix("data/"));
+        .add(Fault::delay(Op::GetRange, SLOW_READ).prefix(snapback_core::layout::DATA_PREFIX));
     let started = Instant::now();
     let v2 = vfs.clone();
     let slow_reader = std::thread::spawn(move || v2.read(o.fh, 65536, 4096));
@@ -668,7 +668,8 @@ fn a_failed_read_fails_again_at_once_and_starts_no_new_retry_cycles() {
     // The store gives up on every range read: one request for the group of
     // chunks of a read, not one more per chunk.
     fx.store.add(
-        Fault::fail(Op::GetRange, snapback_core::storage::ErrorKind::Transient).prefix("data/"),
+        Fault::fail(Op::GetRange, snapback_core::storage::ErrorKind::Transient)
+            .prefix(snapback_core::layout::DATA_PREFIX),
     );
     let err = vfs.read(o.fh, 0, 128 << 10).expect_err("the store fails");
     assert_eq!(errno(&err), fuser::Errno::EIO);
@@ -689,7 +690,7 @@ fn a_failed_read_fails_again_at_once_and_starts_no_new_retry_cycles() {
     // A timed-out read, re-issued, does not wait a second deadline.
     std::thread::sleep(Duration::from_millis(2100));
     fx.store
-        .add(Fault::delay(Op::GetRange, SLOW_READ).prefix("data/"));
+        .add(Fault::delay(Op::GetRange, SLOW_READ).prefix(snapback_core::layout::DATA_PREFIX));
     let t = Instant::now();
     let slow = vfs.read(o.fh, 0, 4096).expect_err("times out");
     assert_eq!(errno(&slow), fuser::Errno::EIO);
