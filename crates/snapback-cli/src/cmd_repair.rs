@@ -1046,8 +1046,11 @@ pub struct UndoArgs {
     /// Do not ask for confirmation (needed without a terminal).
     #[arg(long)]
     pub yes: bool,
+    /// Wait this long for another repair of the same database to finish
+    /// (default: fail at once).
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::duration::parse_seconds_or_duration)]
     pub lock_wait: Duration,
+    /// Give up when the live database stays busy this long.
     #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
     pub max_wait: Duration,
 }
