@@ -23,6 +23,7 @@ mod integrity;
 mod messages;
 mod monitoring;
 mod ops;
+mod points_retention;
 mod prune_race;
 mod quiet;
 mod read_only;

@@ -45,6 +45,13 @@ pub struct ForgetArgs {
     /// Keep every snapshot with this tag (repeatable).
     #[arg(long)]
     pub keep_tag: Vec<String>,
+    /// Keep every timeline point (of `snapback watch`) taken within
+    /// DURATION (e.g. 24h) of the newest point or snapshot of its source;
+    /// older points are kept only where a keep rule keeps them (counting
+    /// points and snapshots together), the others are dropped. Without
+    /// it, every point is kept.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_points: Option<String>,
     /// Show what would be kept and why; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -99,11 +106,24 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         )
     })?;
     let released = repo.released()?;
+    let points_within = a
+        .keep_within_points
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .context("--keep-within-points")?;
+    // The policies the points are thinned by (the same as the snapshots').
+    let mut point_scopes = vec![];
     // Flags apply to every snapshot; without flags, each configured source's
     // retention covers the snapshots that hold it, and a snapshot that holds
     // several sources is removed only when every one of their policies
     // allows it: one plan, each group listed once.
     let plan = if !flags.is_empty() {
+        point_scopes.push(PolicyScope {
+            source: None,
+            policy: Some(flags.clone()),
+            covers: snaps.iter().map(|s| s.id).collect(),
+        });
         plan_forget(&snaps, &flags, &released, a.allow_empty)?
     } else if !cfg.sources.is_empty() {
         let mut scopes = vec![];
@@ -134,6 +154,7 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
                 covers,
             });
         }
+        point_scopes = scopes.clone();
         plan_scoped(
             &snaps,
             &scopes,
@@ -141,17 +162,45 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
             a.allow_empty,
             snapback_core::time::now(),
         )?
+    } else if points_within.is_some() {
+        // Only points are thinned: every snapshot stays.
+        let all = PolicyScope {
+            source: None,
+            policy: None,
+            covers: snaps.iter().map(|s| s.id).collect(),
+        };
+        let mut p = plan_scoped(&snaps, &[all], &released, true, snapback_core::time::now())?;
+        for d in p.groups.iter_mut().flat_map(|g| g.keep.iter_mut()) {
+            for r in d.reasons.iter_mut().filter(|r| *r == "no retention policy") {
+                *r = "no keep rule given (only points are thinned)".into();
+            }
+        }
+        p
     } else {
         plan_forget(&snaps, &flags, &released, a.allow_empty)?
     };
-    // A manifest that timeline points are replayed from stays while they do.
+    let points = match points_within {
+        Some(d) => Some(repo.plan_points(
+            &snaps,
+            &point_scopes,
+            &released,
+            d,
+            snapback_core::time::now(),
+        )?),
+        None => None,
+    };
+    // A manifest that timeline points are replayed from stays while they
+    // do (the points are thinned first).
     let mut plan = plan;
-    repo.keep_timeline_bases(&mut plan)?;
+    repo.keep_timeline_bases_after(&mut plan, points.as_ref().map(|p| p.remaining()).as_ref())?;
     // --json: one document, printed once the run is done (with --prune,
     // the prune's report is in it too).
     if g.json {
         if a.dry_run {
-            print_json(&plan)?;
+            print_json(&crate::json::ForgetDryRun {
+                plan: &plan,
+                points: points.as_ref(),
+            })?;
         }
     } else if !g.quiet || a.dry_run {
         // A dry run exists to show its plan; -q hides the plan of a real run.
@@ -175,6 +224,25 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
                 println!("  remove {} {}", d.short_id, d.time);
             }
         }
+        for sp in points.iter().flat_map(|p| &p.segments) {
+            println!(
+                "points of {} on {} (segment {}): keep {}, drop {}",
+                sp.path,
+                sp.host,
+                sp.short_id,
+                sp.keep.len(),
+                sp.drop.len()
+            );
+            for d in &sp.drop {
+                match &d.copy_kept {
+                    Some(c) => println!(
+                        "  drop point {} {} (a copy: the point stays as {c})",
+                        d.name, d.time
+                    ),
+                    None => println!("  drop point {} {}", d.name, d.time),
+                }
+            }
+        }
     }
     if a.dry_run {
         if !g.quiet {
@@ -183,15 +251,25 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     let removed;
+    let points_applied;
     {
         // Forget holds a shared lock: it only removes manifests, which a
         // concurrent snapshot never reads as a parent it depends on (a
         // missing parent only means a full chunk list is written).
         let _lock = repo.lock(snapback_core::LockKind::Shared, "forget", a.lock_wait)?;
+        // Points first: a base is removed only once no segment over it is
+        // left (apply_forget checks that again against the segments then).
+        points_applied = points.as_ref().map(|p| repo.apply_points(p)).transpose()?;
         removed = repo.apply_forget(&plan)?;
     }
     if !g.quiet && !g.json {
         eprintln!("removed {removed} snapshot(s)");
+        if let Some(p) = &points_applied {
+            eprintln!(
+                "dropped {} timeline point(s): {} segment(s) rewritten, {} deleted",
+                p.points_dropped, p.segments_rewritten, p.segments_deleted
+            );
+        }
     }
     let pruned = if a.prune {
         let p = PruneArgs {
@@ -211,6 +289,8 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         print_json(&crate::json::Forgotten {
             plan: &plan,
             removed,
+            points: points.as_ref(),
+            points_applied: points_applied.as_ref(),
             prune: pruned.as_ref().map(|(plan, report)| crate::json::Pruned {
                 plan,
                 report,

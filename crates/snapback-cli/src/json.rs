@@ -252,8 +252,23 @@ pub struct Forgotten<'a> {
     #[serde(flatten)]
     pub plan: &'a ForgetPlan,
     pub removed: usize,
+    /// With --keep-within-points: the points kept and dropped per segment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points: Option<&'a snapback_core::PointPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points_applied: Option<&'a snapback_core::PointsApplied>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune: Option<Pruned<'a>>,
+}
+
+/// `forget --dry-run --json`: the plan, and with --keep-within-points the
+/// points' plan.
+#[derive(Serialize)]
+pub struct ForgetDryRun<'a> {
+    #[serde(flatten)]
+    pub plan: &'a ForgetPlan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points: Option<&'a snapback_core::PointPlan>,
 }
 
 /// `repair-index --json`.

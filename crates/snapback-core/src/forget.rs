@@ -127,8 +127,12 @@ fn bucket(t: OffsetDateTime, rule: &str) -> String {
 }
 
 /// The reasons `policy` keeps each of `list` (newest first, none of them
-/// dated in the future), each with its trusted time (see `dating`).
-fn keep_reasons(list: &[(&Snapshot, OffsetDateTime)], policy: &KeepPolicy) -> Vec<Vec<String>> {
+/// dated in the future), each given by its tags and its trusted time (see
+/// `dating`): snapshots, and timeline points with their base's tags.
+pub(crate) fn keep_reasons(
+    list: &[(&[String], OffsetDateTime)],
+    policy: &KeepPolicy,
+) -> Vec<Vec<String>> {
     let mut reasons: Vec<Vec<String>> = vec![vec![]; list.len()];
     if let Some(n) = policy.last {
         for r in reasons.iter_mut().take(n as usize) {
@@ -165,8 +169,8 @@ fn keep_reasons(list: &[(&Snapshot, OffsetDateTime)], policy: &KeepPolicy) -> Ve
             }
         }
     }
-    for (i, (s, _)) in list.iter().enumerate() {
-        for t in &s.manifest.tags {
+    for (i, (tags, _)) in list.iter().enumerate() {
+        for t in tags.iter() {
             if policy.tags.contains(t) {
                 reasons[i].push(format!("tag {t}"));
             }
@@ -274,12 +278,16 @@ pub fn plan_scoped(
                 }
                 continue;
             };
-            let counted: Vec<(&Snapshot, OffsetDateTime)> = mine
+            let counted: Vec<&Snapshot> = mine
                 .iter()
                 .filter(|s| !is_future(s.time, now))
-                .map(|s| (*s, dating.trusted(s)))
+                .copied()
                 .collect();
-            for ((s, _), rs) in counted.iter().zip(keep_reasons(&counted, policy)) {
+            let timed: Vec<(&[String], OffsetDateTime)> = counted
+                .iter()
+                .map(|s| (&s.manifest.tags[..], dating.trusted(s)))
+                .collect();
+            for (s, rs) in counted.iter().zip(keep_reasons(&timed, policy)) {
                 for r in rs {
                     add(s.id, label(&r));
                 }
@@ -338,9 +346,27 @@ impl Repository {
     /// "base of timeline points". Forget never leaves a segment without
     /// its base; the base goes once its segments are gone.
     pub fn keep_timeline_bases(&self, plan: &mut ForgetPlan) -> Result<()> {
+        self.keep_timeline_bases_after(plan, None)
+    }
+
+    /// `keep_timeline_bases` for the segments that remain once a thinning
+    /// of points (applied before the manifests are removed) is applied:
+    /// `remaining` holds how many points of each segment it covers stay
+    /// (`PointPlan::remaining`), so a base whose segments it deletes whole
+    /// can go.
+    pub fn keep_timeline_bases_after(
+        &self,
+        plan: &mut ForgetPlan,
+        remaining: Option<&std::collections::HashMap<Id, usize>>,
+    ) -> Result<()> {
         let mut bases: std::collections::HashMap<String, usize> = Default::default();
-        for (_, seg) in self.segments_strict()? {
-            *bases.entry(seg.base.to_hex()).or_default() += seg.points.len();
+        for (id, seg) in self.segments_strict()? {
+            let left = remaining
+                .and_then(|r| r.get(&id).copied())
+                .unwrap_or(seg.points.len());
+            if left > 0 {
+                *bases.entry(seg.base.to_hex()).or_default() += left;
+            }
         }
         if bases.is_empty() {
             return Ok(());

@@ -26,6 +26,7 @@ mod lock;
 mod manifest;
 pub mod object;
 mod pack;
+mod point_retention;
 mod prune;
 mod read;
 mod repair_index;
@@ -74,6 +75,7 @@ pub use manifest::{
 };
 pub use pack::BlobCodec;
 pub use pack::BlobKind;
+pub use point_retention::{PointDecision, PointPlan, PointsApplied, SegmentPlan};
 pub use prune::{PruneOptions, PrunePlan, PruneReport, DEFAULT_MIN_PACK_AGE};
 pub use read::FileReader;
 pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};

@@ -312,19 +312,35 @@ impl Repository {
     /// reports it).
     pub fn points(&self) -> Result<Vec<Snapshot>> {
         let manifests = self.snapshots()?;
-        self.points_over(&manifests)
+        self.points_over(&manifests, true)
     }
 
-    fn points_over(&self, manifests: &[Snapshot]) -> Result<Vec<Snapshot>> {
+    /// The points of every segment over `manifests`. With `once`, a point
+    /// that two segments hold (a thinning interrupted between committing a
+    /// segment's replacement and deleting it) is listed once, from the
+    /// segment with the fewest points; without, every copy is (a point's
+    /// name selects its copy).
+    fn points_over(&self, manifests: &[Snapshot], once: bool) -> Result<Vec<Snapshot>> {
         let bases: std::collections::HashMap<Id, &Snapshot> =
             manifests.iter().map(|s| (s.id, s)).collect();
+        let segments = self.load_segments(false)?;
+        let copies = if once {
+            let listed: Vec<(Id, Arc<Segment>)> =
+                segments.iter().map(|(id, s, _)| (*id, s.clone())).collect();
+            crate::segment::shadowed(&listed)
+        } else {
+            Default::default()
+        };
         let mut out = Vec::new();
-        for (id, seg, written) in self.load_segments(false)? {
+        for (id, seg, written) in segments {
             let Some(base) = bases.get(&seg.base) else {
                 tracing::warn!(segment = %id.short(), base = %seg.base.short(), "leaving out the points of a timeline segment whose base snapshot is gone; run `snapback check`");
                 continue;
             };
             for k in 0..seg.points.len() {
+                if copies.contains_key(&(id, k)) {
+                    continue;
+                }
                 match Snapshot::point_of(base, id, &seg, k, written) {
                     Some(p) => out.push(p),
                     None => {
@@ -340,9 +356,14 @@ impl Repository {
 
     /// Every committed snapshot and every timeline point, oldest first:
     /// what `latest`, `@TIME` and a point's name resolve among.
+    /// Each point is listed once (see `points_over`).
     pub fn snapshots_and_points(&self) -> Result<Vec<Snapshot>> {
+        self.snapshots_and_points_listed(true)
+    }
+
+    fn snapshots_and_points_listed(&self, once: bool) -> Result<Vec<Snapshot>> {
         let mut all = self.snapshots()?;
-        let points = self.points_over(&all)?;
+        let points = self.points_over(&all, once)?;
         all.extend(points);
         all.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(all)
@@ -357,7 +378,9 @@ impl Repository {
     /// Resolves a selector among the snapshots and timeline points that
     /// `filter` accepts.
     pub fn resolve(&self, sel: &Selector, filter: impl Fn(&Snapshot) -> bool) -> Result<Snapshot> {
-        let all = self.snapshots_and_points()?;
+        // A point's name selects it even in a segment whose points another
+        // one holds too; `latest` and `@T` see each point once.
+        let all = self.snapshots_and_points_listed(!matches!(sel, Selector::Point { .. }))?;
         let r = resolve_in(&all, sel, &filter);
         // An id that exists but was filtered out (it does not hold the file
         // asked for): say that, and what it holds, not "no such id".

@@ -15,6 +15,9 @@
 //! first point: since the base manifest), by page index as in the chunk
 //! list (page number - 1), ascending.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use time::OffsetDateTime;
 
 use crate::chunklist::ChunkRef;
@@ -314,6 +317,39 @@ pub(crate) fn replay(
         }
     }
     Ok(list)
+}
+
+/// Every point that another segment holds too (same path, base, time and
+/// checksum: the same image), mapped to the copy that stands for it: the
+/// one in the segment with the fewest points (then the lowest id). A
+/// thinning interrupted after committing a segment's replacement leaves
+/// such copies; listings and retention count each point once.
+pub(crate) fn shadowed(segments: &[(Id, Arc<Segment>)]) -> HashMap<(Id, usize), (Id, usize)> {
+    // (path, base, time, checksum) of every point, with where it is.
+    let keyed = segments.iter().flat_map(|(id, seg)| {
+        seg.points.iter().enumerate().map(move |(k, p)| {
+            let key = (
+                seg.path.as_str(),
+                seg.base,
+                p.time.unix_timestamp_nanos(),
+                p.db_checksum.0,
+            );
+            (key, (seg.points.len(), *id, k))
+        })
+    });
+    let mut owner: HashMap<_, (usize, Id, usize)> = HashMap::new();
+    for (key, cand) in keyed.clone() {
+        let o = owner.entry(key).or_insert(cand);
+        if (cand.0, cand.1) < (o.0, o.1) {
+            *o = cand;
+        }
+    }
+    keyed
+        .filter_map(|(key, (_, id, k))| {
+            let (_, oid, ok) = owner[&key];
+            ((oid, ok) != (id, k)).then_some(((id, k), (oid, ok)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
