@@ -293,7 +293,7 @@ impl Repository {
                 let keep: HashSet<usize> = sp.keep.iter().map(|d| d.index).collect();
                 let thinned = thin(&seg, &keep);
                 if thinned.points.len() != keep.len() {
-                    return Err(crate::error::Error::Invalid(format!(
+                    return Err(crate::error::Error::Internal(format!(
                         "thinning timeline segment {} would keep {} point(s), not the {} planned; nothing of it was changed",
                         sp.short_id,
                         thinned.points.len(),
