@@ -186,6 +186,35 @@ fn random_id() -> Result<String> {
     Ok(snapback_core::object::random_hex(8)?)
 }
 
+/// Records a new run in the live database's journal (creating its tables
+/// when missing), under a new random id, started now; returns the id.
+fn begin_run(
+    conn: &rusqlite::Connection,
+    place: &str,
+    kind: &str,
+    script_sha256: String,
+    changes: &crate::changes::ChangeSet,
+    pre: &str,
+    source_snapshot: Option<String>,
+) -> Result<String> {
+    crate::apply::ensure_journal(conn, place)?;
+    let id = random_id()?;
+    crate::apply::insert_run(
+        conn,
+        place,
+        &crate::apply::RunRecord {
+            repair_id: id.clone(),
+            kind: kind.into(),
+            script_sha256: Some(script_sha256),
+            changes: changes.clone(),
+            pre_snapshot: Some(pre.to_string()),
+            source_snapshot,
+            started_at: now(),
+        },
+    )?;
+    Ok(id)
+}
+
 fn now() -> String {
     snapback_core::time::format_rfc3339(snapback_core::time::now())
 }

@@ -8,8 +8,8 @@ use rusqlite::Connection;
 use snapback_core::Repository;
 
 use super::record::{append_once, record_stopped, unfinished_entry};
-use super::{key_string, now, pre_repair_snapshot, random_id, Outcome, RepairSession, SAMPLE_ROWS};
-use crate::apply::{apply_changes, ensure_journal, finish_run, insert_run, ApplyReport, RunRecord};
+use super::{begin_run, key_string, now, pre_repair_snapshot, Outcome, RepairSession, SAMPLE_ROWS};
+use crate::apply::{apply_changes, finish_run, ApplyReport};
 use crate::audit::{self, AuditEntry};
 use crate::changes::{Op, TableCounts};
 use crate::diff::{diff_table, DiffKind, Side};
@@ -48,20 +48,14 @@ impl RepairSession {
                 progress("taking a pre-repair snapshot of the live database");
                 let pre = pre_repair_snapshot(repo, &self.live)?;
                 progress(&format!("pre-repair snapshot {pre}"));
-                ensure_journal(&conn, &place)?;
-                let id = random_id()?;
-                insert_run(
+                let id = begin_run(
                     &conn,
                     &place,
-                    &RunRecord {
-                        repair_id: id.clone(),
-                        kind: "repair".into(),
-                        script_sha256: Some(self.script.sha256.clone()),
-                        changes: self.plan.changes.clone(),
-                        pre_snapshot: Some(pre.clone()),
-                        source_snapshot: self.plan.source_snapshot.clone(),
-                        started_at: now(),
-                    },
+                    "repair",
+                    self.script.sha256.clone(),
+                    &self.plan.changes,
+                    &pre,
+                    self.plan.source_snapshot.clone(),
                 )?;
                 (id, Some(pre), false)
             }

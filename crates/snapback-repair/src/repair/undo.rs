@@ -7,11 +7,8 @@ use snapback_core::Repository;
 
 use super::abandon::abandon_run;
 use super::record::{append_once, find_entry};
-use super::{key_string, now, pre_repair_snapshot, random_id, take_lock, RepairOptions};
-use crate::apply::{
-    apply_changes, check_expected, ensure_journal, finish_run, insert_run, unfinished_runs,
-    ApplyOptions, RunRecord,
-};
+use super::{begin_run, key_string, now, pre_repair_snapshot, take_lock, RepairOptions};
+use crate::apply::{apply_changes, check_expected, finish_run, unfinished_runs, ApplyOptions};
 use crate::audit::{self, AuditEntry};
 use crate::changes::{Conflict, Op, TableCounts};
 use crate::error::{Error, Result};
@@ -107,21 +104,7 @@ pub fn undo(
             }
             progress("taking a pre-repair snapshot of the live database");
             let pre = pre_repair_snapshot(repo, &live)?;
-            ensure_journal(&conn, &place)?;
-            let id = random_id()?;
-            insert_run(
-                &conn,
-                &place,
-                &RunRecord {
-                    repair_id: id.clone(),
-                    kind: "undo".into(),
-                    script_sha256: Some(marker.clone()),
-                    changes: inverse.clone(),
-                    pre_snapshot: Some(pre.clone()),
-                    source_snapshot: None,
-                    started_at: now(),
-                },
-            )?;
+            let id = begin_run(&conn, &place, "undo", marker.clone(), &inverse, &pre, None)?;
             (id, Some(pre), inverse)
         }
     };
