@@ -87,6 +87,20 @@ impl Builder<'_> {
         }
     }
 
+    /// `.snapback-status.json` in the root.
+    fn add_status(&mut self, now: SystemTime) {
+        self.add(
+            ROOT_INO,
+            STATUS_NAME,
+            &format!("/{STATUS_NAME}"),
+            Node {
+                parent: ROOT_INO,
+                mtime: now,
+                kind: NodeKind::Status,
+            },
+        );
+    }
+
     /// Adds `node` as `name` under `parent`; returns its inode, or None if
     /// the name is taken.
     fn add(&mut self, parent: u64, name: &str, key: &str, node: Node) -> Option<u64> {
@@ -286,31 +300,13 @@ pub(super) fn build(view: &View, snaps: &[Snapshot], inos: &mut Inodes, now: Sys
             let t: SystemTime = s.time.into();
             b.nodes.insert(ROOT_INO, Builder::dir(false, ROOT_INO, t));
             b.snapshot_content(ROOT_INO, "", s);
-            b.add(
-                ROOT_INO,
-                STATUS_NAME,
-                &format!("/{STATUS_NAME}"),
-                Node {
-                    parent: ROOT_INO,
-                    mtime: now,
-                    kind: NodeKind::Status,
-                },
-            );
+            b.add_status(now);
         }
         View::All => {
             let newest: SystemTime = snaps.last().map(|s| s.time.into()).unwrap_or(now);
             b.nodes
                 .insert(ROOT_INO, Builder::dir(true, ROOT_INO, newest));
-            b.add(
-                ROOT_INO,
-                STATUS_NAME,
-                &format!("/{STATUS_NAME}"),
-                Node {
-                    parent: ROOT_INO,
-                    mtime: now,
-                    kind: NodeKind::Status,
-                },
-            );
+            b.add_status(now);
             let snapdir = b
                 .subdir(ROOT_INO, "", "snapshots", true, newest)
                 .unwrap_or(ROOT_INO);
