@@ -282,7 +282,6 @@ mod tests {
     use super::*;
     use crate::layout::pack_key;
     use crate::pack::{seal_blob, BlobKind, PackBuilder};
-    use crate::repo::InitOptions;
 
     fn repo() -> (tempfile::TempDir, Repository) {
         repo_with(false)
@@ -291,17 +290,7 @@ mod tests {
     fn repo_with(encrypted: bool) -> (tempfile::TempDir, Repository) {
         let d = tempfile::tempdir().expect("tmp");
         let s: Arc<dyn Store> = Arc::new(LocalStore::create(d.path().join("r")).expect("store"));
-        let opts = InitOptions {
-            encryption: encrypted.then(|| crate::repo::EncryptionOptions {
-                passphrase: zeroize::Zeroizing::new("test passphrase".into()),
-                kdf: crate::crypto::KdfParams {
-                    memory_kib: 8 * 1024,
-                    iterations: 1,
-                    parallelism: 1,
-                },
-            }),
-            ..InitOptions::default()
-        };
+        let opts = crate::timeline_tests::init_opts(crate::FORMAT_VERSION, encrypted);
         let r = Repository::init(s, &opts).expect("init");
         (d, r)
     }
