@@ -103,17 +103,6 @@ fn pages(db: &Path) -> Vec<Vec<u8>> {
     v
 }
 
-fn content(db: &Path) -> Vec<(i64, String)> {
-    let c = Connection::open(db).expect("open");
-    let mut st = c
-        .prepare("SELECT id, v FROM t ORDER BY id")
-        .expect("prepare");
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .collect::<rusqlite::Result<_>>()
-        .expect("rows")
-}
-
 fn integrity(db: &Path) {
     assert!(crate::sqlite::integrity_check(db)
         .expect("check")
@@ -127,7 +116,7 @@ fn in_place_restore_gives_back_the_snapshot_image_in_both_journal_modes_and_undo
             let f = fx(mode);
             let s = f.snap();
             let want_pages = pages(&f.db);
-            let want_rows = content(&f.db);
+            let want_rows = snapback_testkit::db::rows(&f.db);
             let app = Connection::open(&f.db).expect("app");
             let sql = match change {
                 "update" => "UPDATE t SET v = 'damaged' WHERE id % 7 = 0",
@@ -137,7 +126,7 @@ fn in_place_restore_gives_back_the_snapshot_image_in_both_journal_modes_and_undo
             };
             app.execute_batch(sql).expect("change");
             let before_pages = pages(&f.db);
-            let before_rows = content(&f.db);
+            let before_rows = snapback_testkit::db::rows(&f.db);
             assert_ne!(before_pages, want_pages, "{mode} {change}");
 
             let plan = f.repo.plan_in_place(&s, &f.db, &opts()).expect("plan");
@@ -186,7 +175,7 @@ fn in_place_restore_gives_back_the_snapshot_image_in_both_journal_modes_and_undo
                 before_pages,
                 "{mode} {change}: undone exactly"
             );
-            assert_eq!(content(&f.db), before_rows);
+            assert_eq!(snapback_testkit::db::rows(&f.db), before_rows);
             integrity(&f.db);
         }
     }
