@@ -112,6 +112,10 @@ pub enum Command {
     Audit(crate::cmd_repair::AuditArgs),
     /// Revert a repair, by its id from `snapback audit`.
     Undo(crate::cmd_repair::UndoArgs),
+    /// Every version of one record across every snapshot and point, to live.
+    History(crate::cmd_forensics::HistoryArgs),
+    /// Find, by bisection over points, when the rows matching SQL changed.
+    When(crate::cmd_forensics::WhenArgs),
     /// Rebuild the index objects from the packs alone (after index damage).
     RepairIndex(crate::cmd_reliability::RepairIndexArgs),
     /// Compare a live database page by page with what the next WAL-delta
@@ -159,6 +163,8 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Repair(a) => crate::cmd_repair::repair(g, a),
         Command::Audit(a) => crate::cmd_repair::audit(g, a),
         Command::Undo(a) => crate::cmd_repair::undo(g, a),
+        Command::History(a) => crate::cmd_forensics::history_cmd(g, a),
+        Command::When(a) => crate::cmd_forensics::when_cmd(g, a),
         Command::RepairIndex(a) => crate::cmd_reliability::repair_index(g, a),
         Command::VerifyLive(a) => crate::cmd_reliability::verify_live(g, a),
         Command::Key(c) => crate::cmd_key::run(g, c),

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cmd_basic;
+mod cmd_forensics;
 mod cmd_inplace;
 mod cmd_key;
 mod cmd_meta;

@@ -21,6 +21,7 @@ mod audit;
 mod changes;
 mod diff;
 mod error;
+mod forensics;
 mod repair;
 mod report;
 mod schema;
@@ -39,6 +40,10 @@ pub use diff::{
     DiffCounts, DiffKind, PreparedTable, RowDiff, SchemaDiff, Side, TableSelection,
 };
 pub use error::{is_busy, Error, Result};
+pub use forensics::{
+    history, when, History, HistoryQuery, HistoryVersion, PointImage, VersionOp, WhenQuery,
+    WhenReport, WhenSide,
+};
 pub use repair::{
     abandon, find_entry, lock_path, take_lock, undo, AbandonOutcome, IncidentConflict,
     IncidentInfo, IncidentTable, Outcome, Plan, RepairLock, RepairOptions, RepairSession,

@@ -238,10 +238,7 @@ fn three_way_repair_restores_only_the_incidents_rows_untouched_since_and_lists_e
     assert_eq!(t["counts"]["delete"], 1, "the row the incident inserted");
     // Everything written since the incident (200 new rows, the rollbacks
     // of undamaged rows, row 2) differs from before but is left alone.
-    assert!(
-        i["changed_since_only"].as_u64().expect("n") > 200,
-        "{i}"
-    );
+    assert!(i["changed_since_only"].as_u64().expect("n") > 200, "{i}");
     let human = lab.run(&["repair", s], &[]);
     ok(&human);
     assert!(
@@ -286,4 +283,261 @@ fn three_way_repair_restores_only_the_incidents_rows_untouched_since_and_lists_e
     let audit = lab.audit();
     assert_eq!(audit.len(), 2, "the repair and its undo are audited");
     assert_eq!(audit[0]["entry"]["source_snapshot"], d.before.as_str());
+}
+
+/// Each snapshot's id and time, from `snapback --json snapshots`.
+fn snapshot_times(lab: &Lab) -> std::collections::BTreeMap<String, String> {
+    let o = lab.run(&["--json", "snapshots"], &[]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("snapshots json");
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().expect("id").to_string(),
+                s["time"].as_str().expect("time").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect()
+}
+
+/// `snapback --json history` of table `t`, `--key key`: the versions,
+/// and the text printed.
+fn history_json(lab: &Lab, key: &str) -> (Vec<serde_json::Value>, String) {
+    let o = lab.run(
+        &[
+            "--json",
+            "history",
+            lab.live_str(),
+            "--table",
+            "t",
+            "--key",
+            key,
+        ],
+        &[],
+    );
+    ok(&o);
+    (json_lines(&o.stdout), o.stdout)
+}
+
+#[test]
+fn history_of_a_row_updated_deleted_and_reinserted_across_points_is_exact() {
+    let lab = Lab::new(|c| {
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v, note TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300)
+             INSERT INTO t SELECT i * 2, i, printf('%.200c', 'x') FROM n;
+             CREATE TABLE other(id INTEGER PRIMARY KEY, v);",
+        )
+        .expect("setup")
+    });
+    let s0 = lab.snapshot(); // row 5 absent
+    lab.exec("INSERT INTO t VALUES(5, 1, 'first')");
+    let s1 = lab.snapshot();
+    lab.exec("INSERT INTO other VALUES(1, 'elsewhere')");
+    let s2 = lab.snapshot(); // no page of t changed
+    lab.exec("UPDATE t SET v = 2.5 WHERE id = 5");
+    let s3 = lab.snapshot();
+    lab.exec("DELETE FROM t WHERE id = 5");
+    let s4 = lab.snapshot();
+    lab.exec("UPDATE t SET v = -1 WHERE id = 600");
+    let s5 = lab.snapshot(); // t changed, row 5 still absent
+    lab.exec("INSERT INTO t VALUES(5, 'x', NULL)");
+    let s6 = lab.snapshot();
+    lab.exec("UPDATE t SET v = X'00ff' WHERE id = 5"); // live only
+    let times = snapshot_times(&lab);
+    let at = |s: &String| serde_json::Value::from(times[s].as_str());
+
+    let (v, text) = history_json(&lab, "id=5");
+    let want = [
+        (
+            "insert",
+            at(&s1),
+            at(&s3),
+            serde_json::json!({"id": 5, "v": 1, "note": "first"}),
+        ),
+        (
+            "update",
+            at(&s3),
+            at(&s4),
+            serde_json::json!({"id": 5, "v": 2.5, "note": "first"}),
+        ),
+        (
+            "delete",
+            at(&s4),
+            at(&s6),
+            serde_json::json!({"id": 5, "v": 2.5, "note": "first"}),
+        ),
+        (
+            "insert",
+            at(&s6),
+            serde_json::Value::Null,
+            serde_json::json!({"id": 5, "v": "x", "note": null}),
+        ),
+    ];
+    assert_eq!(v.len(), 5, "{text}");
+    for (got, (op, from, to, values)) in v.iter().zip(&want) {
+        assert_eq!(got["op"], *op, "{got}");
+        assert_eq!(got["from"], *from, "{got}");
+        assert_eq!(got["values"], *values, "{got}");
+        if !to.is_null() {
+            assert_eq!(got["to"], *to, "{got}");
+        }
+        let mut keys: Vec<&String> = got.as_object().expect("object").keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["from", "op", "to", "values"]);
+    }
+    // The last point's version ends when live shows the next one.
+    assert_eq!(v[3]["to"], v[4]["from"]);
+    assert!(v[4]["from"].as_str() > times[&s6].as_str().into());
+    assert_eq!(v[4]["op"], "update");
+    assert_eq!(v[4]["to"], serde_json::Value::Null, "the live version");
+    assert_eq!(v[4]["values"]["v"], serde_json::json!({"blob": "00ff"}));
+    // The point that changed no page of t was not read.
+    let o = lab.run(
+        &["history", lab.live_str(), "--table", "t", "--key", "id=5"],
+        &[],
+    );
+    ok(&o);
+    assert!(
+        o.stderr
+            .contains("7 point(s) hold the database, the record was read at 6"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(o.stdout.lines().count(), 5, "{}", o.stdout);
+
+    // A row that was there from the first point: `unchanged` first.
+    let (v, text) = history_json(&lab, "id=600");
+    assert_eq!(v.len(), 2, "{text}");
+    assert_eq!(
+        (&v[0]["op"], &v[0]["from"], &v[0]["to"]),
+        (&"unchanged".into(), &at(&s0), &at(&s5))
+    );
+    assert_eq!(
+        (&v[1]["op"], &v[1]["values"]["v"]),
+        (&"update".into(), &(-1).into())
+    );
+    let _ = s2;
+
+    // A key that names no row anywhere, and a column that does not exist.
+    let o = lab.run(
+        &["history", lab.live_str(), "--table", "t", "--key", "id=7"],
+        &[],
+    );
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("no row of table t with id=7"), "{o:?}");
+    let o = lab.run(
+        &["history", lab.live_str(), "--table", "t", "--key", "nope=1"],
+        &[],
+    );
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("nope"), "{o:?}");
+    let o = lab.run(
+        &["history", lab.live_str(), "--table", "t", "--key", "id"],
+        &[],
+    );
+    assert_eq!(o.code, 2, "not COL=VALUE: {o:?}");
+}
+
+/// `snapback --json when` of `jobs` where `tree_sha IS NULL`, then `extra`.
+fn when_null_sha(lab: &Lab, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "--json",
+        "when",
+        lab.live_str(),
+        "--table",
+        "jobs",
+        "--where",
+        "tree_sha IS NULL",
+    ];
+    args.extend(extra);
+    let o = lab.run(&args, &[]);
+    ok(&o);
+    serde_json::from_str(&o.stdout).expect("when json")
+}
+
+#[test]
+fn when_finds_by_bisection_the_exact_point_at_which_matching_rows_change_among_hundreds() {
+    const POINTS: usize = 200;
+    const CHANGE_AT: usize = 137;
+    let lab = Lab::new(|c| {
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE jobs(id INTEGER PRIMARY KEY, tree_sha TEXT, runs INTEGER);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 500)
+             INSERT INTO jobs SELECT i, hex(randomblob(20)), 0 FROM n;",
+        )
+        .expect("setup")
+    });
+    let mut ids = Vec::new();
+    for k in 0..POINTS {
+        // Activity on every point; at CHANGE_AT a bug starts clearing
+        // tree_sha, and keeps clearing more rows afterwards.
+        lab.exec(&format!(
+            "UPDATE jobs SET runs = runs + 1 WHERE id % 7 = {}",
+            k % 7
+        ));
+        if k == CHANGE_AT {
+            lab.exec("UPDATE jobs SET tree_sha = NULL WHERE id IN (11, 222, 333)");
+        }
+        if k > CHANGE_AT {
+            lab.exec(&format!(
+                "UPDATE jobs SET tree_sha = NULL WHERE id = {}",
+                400 + k - CHANGE_AT
+            ));
+        }
+        ids.push(lab.snapshot());
+    }
+    let r = when_null_sha(&lab, &[]);
+    assert_eq!(r["found"], true, "{r}");
+    assert_eq!(r["before"]["point"], ids[CHANGE_AT - 1].as_str(), "{r}");
+    assert_eq!(r["after"]["point"], ids[CHANGE_AT].as_str(), "{r}");
+    assert_eq!(
+        (&r["before"]["matching"], &r["after"]["matching"]),
+        (&0.into(), &3.into())
+    );
+    let added: Vec<i64> = r["added"]
+        .as_array()
+        .expect("added")
+        .iter()
+        .map(|x| x["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(added, [11, 222, 333]);
+    assert_eq!(r["removed"], serde_json::json!([]));
+    assert_eq!(r["points"], POINTS + 1, "every point, then live");
+    assert!(
+        r["probes"].as_u64().expect("probes") <= 10,
+        "bisection, not a scan: {r}"
+    );
+
+    // --between: the same point within a range; none in a range before it.
+    let times = snapshot_times(&lab);
+    let t = |k: usize| format!("@{}", times[&ids[k]]);
+    let r = when_null_sha(&lab, &["--between", &t(100), &t(150)]);
+    assert_eq!(r["after"]["point"], ids[CHANGE_AT].as_str(), "{r}");
+    assert_eq!(r["points"], 51);
+    let r = when_null_sha(&lab, &["--between", &t(3), &t(90)]);
+    assert_eq!(r["found"], false, "{r}");
+    let o = lab.run(
+        &[
+            "when",
+            lab.live_str(),
+            "--table",
+            "jobs",
+            "--where",
+            "no_such_column = 1",
+        ],
+        &[],
+    );
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("no_such_column"), "{o:?}");
 }
