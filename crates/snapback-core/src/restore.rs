@@ -645,22 +645,20 @@ impl Repository {
         // DEST or a zero chunk, is the list's), Some(false) = zeros to write,
         // Some(true) = to fetch and write.
         let have = old_len.saturating_sub(start).min(len) as usize;
-        if have > 0 {
-            out.read_exact_at(&mut buf[..have], start)
-                .map_err(|e| Error::io(at, "cannot read the destination", e))?;
-            for (c, &o) in chunks.iter().zip(&offs) {
-                if o + c.len as usize <= have {
-                    stats.compared_chunks += 1;
-                    stats.compared_bytes += c.len as u64;
-                }
+        for (c, &o) in chunks.iter().zip(&offs) {
+            if o + c.len as usize <= have {
+                stats.compared_chunks += 1;
+                stats.compared_bytes += c.len as u64;
             }
         }
         let codec = self.codec();
-        let judge = |k: usize| -> Option<bool> {
+        // Whether chunk k, whose bytes (as DEST has them, where it has
+        // them) are `here`, is right already (None), needs zeros
+        // (Some(false)) or must be fetched (Some(true)).
+        let judge = |k: usize, here: &[u8]| -> Option<bool> {
             let (c, o) = (&chunks[k], offs[k]);
-            let end = o + c.len as usize;
-            if end <= have {
-                if codec.blob_id(&buf[o..end]) == c.id {
+            if o + c.len as usize <= have {
+                if codec.blob_id(here) == c.id {
                     return None;
                 }
             } else if o >= have && is_zero(c) {
@@ -669,12 +667,23 @@ impl Repository {
             }
             Some(!is_zero(c))
         };
-        // Hashing DEST's chunks is the work of a --delta: on every core.
-        // Without DEST there is nothing to hash.
+        // Reading and hashing DEST is the work of a --delta, its only pass
+        // over the file: each core reads its share of the window and
+        // hashes the chunks in it. Without DEST there is nothing to read.
         let need: Vec<Option<bool>> = if have == 0 {
-            (0..chunks.len()).map(judge).collect()
+            (0..chunks.len()).map(|k| judge(k, &[])).collect()
         } else {
-            par_map(chunks.len(), &judge)
+            read_and_judge(
+                &mut buf,
+                chunks,
+                &offs,
+                have,
+                &|part, a| {
+                    out.read_exact_at(part, start + a as u64)
+                        .map_err(|e| Error::io(at, "cannot read the destination", e))
+                },
+                &judge,
+            )?
         };
         // Zero chunks to write: clear what DEST had there.
         for ((c, &o), n) in chunks.iter().zip(&offs).zip(&need) {
@@ -921,23 +930,54 @@ fn missing_chunk(id: &Id, place: &str) -> Error {
     )
 }
 
-/// `(0..n).map(f)`, on every core in scoped threads (no pool that spins
-/// while the range readers want the cores).
-fn par_map<T: Send>(n: usize, f: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+/// A window's chunks judged against DEST, on every core in scoped threads
+/// (no pool that spins while the range readers want the cores): `buf`
+/// (the window, chunk k at `offs[k]`) is cut into one share per core at
+/// chunk boundaries; each thread reads its share's part of DEST's first
+/// `have` bytes with `read(part, offset in the window)` and judges its
+/// chunks, each by `judge(k, its bytes)`.
+fn read_and_judge(
+    buf: &mut [u8],
+    chunks: &[ChunkRef],
+    offs: &[usize],
+    have: usize,
+    read: &(dyn Fn(&mut [u8], usize) -> Result<()> + Sync),
+    judge: &(dyn Fn(usize, &[u8]) -> Option<bool> + Sync),
+) -> Result<Vec<Option<bool>>> {
+    let n = chunks.len();
     let width = std::thread::available_parallelism().map_or(2, |w| w.get());
-    let part = n.div_ceil(width.max(1)).max(1);
+    let per = n.div_ceil(width.max(1)).max(1);
     std::thread::scope(|s| {
-        let parts: Vec<_> = (0..n)
-            .step_by(part)
-            .map(|a| s.spawn(move || (a..(a + part).min(n)).map(f).collect::<Vec<T>>()))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(v) => v,
+        let mut rest = buf;
+        let mut parts = Vec::new();
+        for k0 in (0..n).step_by(per) {
+            let k1 = (k0 + per).min(n);
+            let a = offs[k0];
+            let b = offs[k1 - 1] + chunks[k1 - 1].len as usize;
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(b - a);
+            rest = tail;
+            parts.push(s.spawn(move || -> Result<Vec<Option<bool>>> {
+                let r = have.min(b).saturating_sub(a);
+                if r > 0 {
+                    read(&mut mine[..r], a)?;
+                }
+                let mine = &*mine;
+                Ok((k0..k1)
+                    .map(|k| {
+                        let o = offs[k] - a;
+                        judge(k, &mine[o..o + chunks[k].len as usize])
+                    })
+                    .collect())
+            }));
+        }
+        let mut need = Vec::with_capacity(n);
+        for h in parts {
+            match h.join() {
+                Ok(v) => need.extend(v?),
                 Err(p) => std::panic::resume_unwind(p),
-            })
-            .collect()
+            }
+        }
+        Ok(need)
     })
 }
 

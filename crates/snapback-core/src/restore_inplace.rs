@@ -465,6 +465,9 @@ impl Repository {
         progress(&format!("pre-restore snapshot {}", pre.0.short()));
 
         let w = PageWriter::begin(live, opts.lock_wait)?;
+        // How long writers are kept out: from the write lock to the end of
+        // the transaction (logged; the benchmark reads it).
+        let held = std::time::Instant::now();
         let r = self.write_in(&w, snap, &t, live, opts, &mut pre, progress);
         let (cmp, live_pages) = match r {
             Ok(x) => x,
@@ -483,6 +486,10 @@ impl Repository {
         } else {
             w.rollback()?;
         }
+        tracing::info!(
+            held_ms = held.elapsed().as_millis() as u64,
+            "write transaction ended"
+        );
         let mut rep = report(snap, &t, live, live_pages, &cmp, lock.state);
         rep.applied = applied;
         rep.pre_restore_snapshot = Some(pre.0);
