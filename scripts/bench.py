@@ -1852,7 +1852,7 @@ def restore_bench(args):
     (local repository, the local S3 server, restic), then a full restore of
     the latest from each, `restore --delta` into a copy with 1% and 0.1% of
     its pages overwritten, and `restore --in-place` of the latest into a
-    live copy with 1% of its rows changed while a writer commits. Each timed
+    live copy with about 1% of its pages changed while a writer commits. Each timed
     command runs --repeat times (median); every restored file is compared
     with the source's SHA-256."""
     out = {"date": now_utc(), "machine": machine_info(), "load_start": loadavg(), "sizes": {},
