@@ -36,3 +36,4 @@ mod timeline_kit;
 mod units;
 mod verify_live;
 mod watch;
+mod watch_batch;

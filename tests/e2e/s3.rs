@@ -23,7 +23,7 @@ pub struct S3Repo {
 }
 
 impl S3Repo {
-    fn new() -> S3Repo {
+    pub(crate) fn new() -> S3Repo {
         S3Repo::init(&["init"], vec![])
     }
 

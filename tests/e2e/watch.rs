@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 use snapback_testkit::{integrity, spawn, wait_out, Env, Out, Rng};
 
-const ACCOUNTS: i64 = 50;
-const START: i64 = 1_000;
-const INTERVAL: &str = "200ms";
+pub(crate) const ACCOUNTS: i64 = 50;
+pub(crate) const START: i64 = 1_000;
+pub(crate) const INTERVAL: &str = "200ms";
 
-fn now_ns() -> i128 {
+pub(crate) fn now_ns() -> i128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
@@ -47,7 +47,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// Nanoseconds since the epoch of an RFC 3339 UTC time as snapback writes it.
-fn parse_time(s: &str) -> i128 {
+pub(crate) fn parse_time(s: &str) -> i128 {
     let n = |a: usize, b: usize| s[a..b].parse::<i64>().expect("digits");
     let days = days_from_civil(n(0, 4), n(5, 7), n(8, 10));
     let secs = days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19);
@@ -59,7 +59,7 @@ fn parse_time(s: &str) -> i128 {
     secs as i128 * 1_000_000_000 + ns
 }
 
-fn format_time(ns: i128) -> String {
+pub(crate) fn format_time(ns: i128) -> String {
     let secs = ns.div_euclid(1_000_000_000) as i64;
     let sub = ns.rem_euclid(1_000_000_000);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
@@ -72,7 +72,7 @@ fn format_time(ns: i128) -> String {
     )
 }
 
-fn create_bank(path: &Path) {
+pub(crate) fn create_bank(path: &Path) {
     let c = Connection::open(path).expect("open");
     c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
         .expect("wal");
@@ -92,15 +92,15 @@ fn create_bank(path: &Path) {
 /// One logged transfer: its id, when its transaction began and when its
 /// COMMIT returned.
 #[derive(Clone, Copy)]
-struct Logged {
-    id: i64,
-    begin: i128,
-    committed: i128,
+pub(crate) struct Logged {
+    pub(crate) id: i64,
+    pub(crate) begin: i128,
+    pub(crate) committed: i128,
 }
 
 /// Moves money until `stop`, now and then running the application's own
 /// checkpoints (PASSIVE, RESTART, TRUNCATE) besides its auto-checkpoints.
-fn writer(
+pub(crate) fn writer(
     path: &Path,
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<Logged>>>,
@@ -162,7 +162,7 @@ fn writer(
     })
 }
 
-fn start_watch(env: &Env, db: &Path) -> Child {
+pub(crate) fn start_watch(env: &Env, db: &Path) -> Child {
     spawn(env.cmd(&[
         "--json",
         "-v",
@@ -173,12 +173,12 @@ fn start_watch(env: &Env, db: &Path) -> Child {
     ]))
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     crate::prune_race::signal(child.id(), sig);
 }
 
 /// SIGTERM, then the watcher's output; it must exit 0.
-fn stop_watch(child: Child) -> Out {
+pub(crate) fn stop_watch(child: Child) -> Out {
     signal(&child, "TERM");
     let out = wait_out(child, Duration::from_secs(60));
     assert_eq!(out.code, 0, "watch exits 0 on SIGTERM: {out:?}");
@@ -187,7 +187,7 @@ fn stop_watch(child: Child) -> Out {
 
 /// The capture method of each point the watcher printed (`--json`: one
 /// object per line).
-fn methods_of(out: &Out) -> Vec<String> {
+pub(crate) fn methods_of(out: &Out) -> Vec<String> {
     out.stdout
         .lines()
         .map(|l| {
@@ -197,11 +197,15 @@ fn methods_of(out: &Out) -> Vec<String> {
         .collect()
 }
 
-/// The points' (id, time) in time order.
-fn points(env: &Env) -> Vec<(String, i128, serde_json::Value)> {
-    let mut v: Vec<_> = env
-        .snapshots_json()
-        .into_iter()
+/// The points' (id, time) in time order: manifests and timeline points.
+pub(crate) fn points(env: &Env) -> Vec<(String, i128, serde_json::Value)> {
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "snapshots", "--points"])).expect("json");
+    let mut v: Vec<_> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .cloned()
         .map(|s| {
             (
                 s["id"].as_str().expect("id").to_string(),
@@ -240,7 +244,7 @@ fn wait_for_point_with(env: &Env, transfers: i64, limit: Duration) {
     }
 }
 
-fn transfers_of(db: &Path) -> (std::collections::HashSet<i64>, i64) {
+pub(crate) fn transfers_of(db: &Path) -> (std::collections::HashSet<i64>, i64) {
     let c = Connection::open(db).expect("open");
     let mut st = c.prepare("SELECT id FROM transfers").expect("prepare");
     let ids = st

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use snapback_core::batch::{Batcher, Committed, Taken, UploadLock};
 use snapback_core::watch::{new_session, Pin, Signature};
 use snapback_core::watch_status::{self, Event, PointRef, WatchStatus};
-use snapback_core::{CaptureMethod, NoProgress, Repository, SnapshotOptions, SnapshotReport};
+use snapback_core::{CaptureMethod, Repository, SnapshotOptions, SnapshotReport};
 use snapback_mount::notify;
 
 use crate::cli::{absolute, Global};
@@ -27,9 +28,19 @@ pub struct WatchArgs {
     /// How often to look for changes and take a point (e.g. 1s, 500ms, 1m).
     #[arg(long, default_value = "1s", value_name = "DURATION")]
     pub interval: String,
+    /// How often to write the points taken since the last upload to the
+    /// repository, as one timeline segment per database (default: 10s for
+    /// an S3 repository, --interval for a local one).
+    #[arg(long, value_name = "DURATION")]
+    pub upload_interval: Option<String>,
     /// Tag every point (repeatable; added to the config source's tags).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// How often to compare the live database with the image of its
+    /// newest point, page by page, in one read transaction (verify-live;
+    /// a duration; 0 or "off" turns it off).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub verify_interval: String,
     /// How long to wait for a prune's exclusive lock, per point (a
     /// duration, or seconds).
     #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
@@ -44,6 +55,9 @@ pub struct WatchArgs {
 /// How long a pin may wait to begin (only a WAL recovery or restart in
 /// progress makes a reader wait).
 const PIN_BUSY: Duration = Duration::from_secs(1);
+
+/// `--upload-interval` on an S3 repository, when it is not given.
+const DEFAULT_S3_UPLOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One watched database.
 struct Watched {
@@ -64,11 +78,20 @@ struct Watched {
     failing: Option<(Instant, String)>,
     /// The report `snapback status` reads.
     status: WatchStatus,
+    /// The points taken and not yet uploaded, and the base they build on.
+    batch: Batcher,
+    /// Why the next point must be a new base manifest, when it must.
+    needs_manifest: Option<String>,
+    /// When the next live verification is due (none: turned off).
+    next_verify: Option<Instant>,
 }
 
 enum Outcome {
     Unchanged,
-    Point(Box<SnapshotReport>),
+    /// A point was taken and waits for the next upload.
+    Pending,
+    /// A point was written as a manifest (a new base).
+    Manifest(Box<SnapshotReport>),
 }
 
 pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
@@ -80,6 +103,24 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
     }
     for t in &a.tags {
         crate::config::validate_tag(t)?;
+    }
+    let verify_interval = match a.verify_interval.trim() {
+        "off" | "0" => None,
+        v => Some(parse_duration(v).context("--verify-interval")?).filter(|d| !d.is_zero()),
+    };
+    let upload_arg = a.upload_interval.clone();
+    let upload_given = match &upload_arg {
+        Some(u) => Some(parse_duration(u).context("--upload-interval")?),
+        None => None,
+    };
+    if let (Some(u), Some(d)) = (&upload_arg, upload_given) {
+        if d < interval {
+            return Err(crate::Usage(format!(
+                "--upload-interval {u}: must be at least --interval ({}); points are taken every --interval and written every --upload-interval",
+                a.interval
+            ))
+            .into());
+        }
     }
     let sources: Vec<(PathBuf, Vec<String>)> = if !a.paths.is_empty() {
         a.paths
@@ -99,6 +140,13 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         .into());
     };
     let repo = open_repo(g)?;
+    // On S3 a PUT costs money and time: points are batched for 10 s. On a
+    // local disk every tick's points are written at once (RPO one tick).
+    let upload_interval = upload_given.unwrap_or(if repo.store().location().starts_with("s3://") {
+        DEFAULT_S3_UPLOAD_INTERVAL.max(interval)
+    } else {
+        interval
+    });
     let state_dir = crate::repo_url::capture_state_root();
     let status_dir = state_dir.as_deref().map(watch_status::dir);
     let mut watched = Vec::new();
@@ -129,14 +177,15 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             points: 0,
             last_point: None,
             failing: None,
-            // Every point is durable when it is taken: the upload interval
-            // is the tick.
             status: WatchStatus::new(
                 &repo.config().repo_id,
                 &path.to_string_lossy(),
                 interval,
-                interval,
+                upload_interval,
             ),
+            batch: Batcher::new(&path),
+            needs_manifest: None,
+            next_verify: verify_interval.map(|d| Instant::now() + d),
             path,
         });
     }
@@ -148,38 +197,90 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
     tracing::info!(
         databases = watched.len(),
         interval_ms = interval.as_millis() as u64,
+        upload_interval_ms = upload_interval.as_millis() as u64,
         "watching"
     );
+    let mut lock = UploadLock::default();
+    let ticks_per_upload = (upload_interval.as_secs_f64() / interval.as_secs_f64())
+        .round()
+        .max(1.0) as u64;
+    let mut ticks_since_upload = 0u64;
     let mut ready = false;
     let mut first = true;
     let mut next = Instant::now();
     loop {
         let mut all_ok = true;
+        let stopping = stop.load(Ordering::Relaxed);
         for w in &mut watched {
             let r = tick(&repo, &a, state_dir.as_ref(), w, first);
             match r {
-                Ok(Outcome::Unchanged) => w.failing = None,
-                Ok(Outcome::Point(r)) => {
+                Ok(Outcome::Unchanged | Outcome::Pending) => {}
+                Ok(Outcome::Manifest(r)) => {
                     w.failing = None;
-                    report_point(g, w, &r)?;
+                    report_manifest(g, w, &r)?;
                 }
                 Err(e) => {
                     all_ok = false;
-                    let msg = crate::output::error_lines(&e).join(": ");
-                    w.status.last_upload_error = Some(Event {
-                        time: snapback_core::time::now(),
-                        message: msg.clone(),
-                    });
-                    let again = w
-                        .failing
-                        .as_ref()
-                        .is_some_and(|(at, m)| *m == msg && at.elapsed() < Duration::from_secs(60));
-                    if !again {
-                        tracing::error!(path = %w.path.display(), "cannot take a point (retrying every tick): {msg}");
-                        w.failing = Some((Instant::now(), msg));
-                    }
+                    failed(w, &e, "cannot take a point (retrying every tick)");
                 }
             }
+        }
+        // Every --upload-interval, and whenever a database needs a new
+        // base (its pending points go first), or on the way out.
+        // Counted in ticks, so that an upload interval equal to the tick
+        // uploads every tick.
+        ticks_since_upload += 1;
+        let due = ticks_since_upload >= ticks_per_upload
+            || stopping
+            || watched
+                .iter()
+                .any(|w| w.needs_manifest.is_some() || w.batch.rebase_due().is_some());
+        if due && watched.iter().any(|w| !w.batch.pending().is_empty()) {
+            ticks_since_upload = 0;
+            if stopping {
+                lock.release();
+            }
+            all_ok &= upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
+        } else if watched.iter().all(|w| w.batch.pending().is_empty()) {
+            ticks_since_upload = 0;
+        }
+        for w in &mut watched {
+            if !w.batch.pending().is_empty() {
+                continue;
+            }
+            let Some(why) = w.needs_manifest.take().or_else(|| w.batch.rebase_due()) else {
+                continue;
+            };
+            let sig = Signature::take(&w.path, w.wal_mode);
+            match rebase(&repo, &a, state_dir.as_ref(), w, &why) {
+                Ok(r) => {
+                    w.last = Some(sig);
+                    w.failing = None;
+                    report_manifest(g, w, &r)?;
+                }
+                Err(e) => {
+                    all_ok = false;
+                    w.needs_manifest = Some(why);
+                    failed(w, &e, "cannot take a point (retrying every tick)");
+                }
+            }
+        }
+        if let (Some(every), Some(dir)) = (verify_interval, state_dir.as_ref()) {
+            for w in &mut watched {
+                // With nothing pending the local capture state is the
+                // newest point's image, which is what is compared.
+                let due = w.next_verify.is_some_and(|t| Instant::now() >= t);
+                if due && w.batch.pending().is_empty() && w.points > 0 {
+                    verify(&repo, &a, dir, w);
+                    w.next_verify = Some(Instant::now() + every);
+                }
+            }
+        }
+        lock.maintain();
+        for w in &mut watched {
+            let p = w.batch.pending();
+            w.status.pending_points = p.len() as u64;
+            w.status.oldest_pending = p.first().map(|p| p.point.time);
         }
         first = false;
         for w in &mut watched {
@@ -221,6 +322,18 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         }
     }
     notify("STOPPING=1");
+    // The points taken since the last upload, before going.
+    lock.release();
+    upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
+    lock.release();
+    let left: usize = watched.iter().map(|w| w.batch.pending().len()).sum();
+    if left > 0 {
+        tracing::error!(
+            points = left,
+            "stopping with points that could not be uploaded; they are not in the repository"
+        );
+        return Ok(exit::FAILURE);
+    }
     // Stopped on request: no report is left for `status` to call stale.
     if let Some(dir) = &status_dir {
         for w in &watched {
@@ -232,6 +345,105 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         "stopped by a signal; every point reported is committed"
     );
     Ok(exit::OK)
+}
+
+/// Uploads every database's pending points (one segment each); false when
+/// an upload failed (the points stay pending).
+fn upload_pending(
+    g: &Global,
+    repo: &Repository,
+    lock: &mut UploadLock,
+    state_dir: Option<&std::path::Path>,
+    watched: &mut [Watched],
+) -> anyhow::Result<bool> {
+    let mut all_ok = true;
+    for w in watched {
+        if w.batch.pending().is_empty() {
+            continue;
+        }
+        let r = lock.ready(repo).and_then(|ready| {
+            if ready {
+                w.batch.upload(repo, lock, state_dir)
+            } else {
+                Ok(None)
+            }
+        });
+        match r {
+            Ok(Some(c)) => {
+                w.failing = None;
+                report_segment(g, w, &c)?;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                all_ok = false;
+                let n = w.batch.pending().len();
+                let e = anyhow::Error::new(e).context(format!(
+                    "upload of {n} point(s) of {} failed; they stay pending and are uploaded when the repository can be written",
+                    w.path.display()
+                ));
+                failed(
+                    w,
+                    &e,
+                    "cannot upload points (retrying every upload interval)",
+                );
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+/// The periodic self-check: verify-live on the watcher's own pinned
+/// session. A mismatch is an error in the log and the status file, and
+/// the next point is a new base manifest by a full scan (verify-live has
+/// dropped the local capture state).
+fn verify(repo: &Repository, a: &WatchArgs, state_dir: &std::path::Path, w: &mut Watched) {
+    let opts = snapback_core::VerifyLiveOptions {
+        state_dir: state_dir.to_path_buf(),
+        rate: snapback_core::DEFAULT_VERIFY_RATE,
+        busy_timeout: a.busy_timeout,
+        pin_session: w.pin.is_some().then(|| w.session.clone()),
+    };
+    match repo.verify_live(&w.path, &opts) {
+        Ok(r) => {
+            w.status.last_verify = Some(watch_status::VerifyRecord::new(
+                snapback_core::time::now(),
+                r.pages_compared,
+                &r.mismatching_pages,
+            ));
+            if r.equal() {
+                tracing::info!(path = %w.path.display(), pages = r.pages_compared, "verify-live: the newest point's image equals the live database");
+            } else {
+                tracing::error!(path = %w.path.display(), pages = ?&r.mismatching_pages[..r.mismatching_pages.len().min(20)], "verify-live: {} of {} page(s) of the live database differ from the newest point's image; the next point is a full scan", r.mismatching_pages.len(), r.pages_compared);
+                w.batch.drop_head();
+                w.needs_manifest =
+                    Some("verify-live found the image in memory differs from the database".into());
+            }
+        }
+        Err(e) if e.kind() == snapback_core::Kind::BadInput => {
+            tracing::info!(path = %w.path.display(), error = %e, "verify-live skipped");
+        }
+        Err(e) => {
+            tracing::warn!(path = %w.path.display(), error = %e, "verify-live could not run; it is tried again at the next --verify-interval");
+        }
+    }
+}
+
+/// Logs a failure (once a minute while the same one repeats) and records
+/// it for `status`.
+fn failed(w: &mut Watched, e: &anyhow::Error, what: &str) {
+    let msg = crate::output::error_lines(e).join(": ");
+    w.status.last_upload_error = Some(Event {
+        time: snapback_core::time::now(),
+        message: msg.clone(),
+    });
+    let again = w
+        .failing
+        .as_ref()
+        .is_some_and(|(at, m)| *m == msg && at.elapsed() < Duration::from_secs(60));
+    if !again {
+        tracing::error!(path = %w.path.display(), "{what}: {msg}");
+        w.failing = Some((Instant::now(), msg));
+    }
 }
 
 /// One database's tick: hand the pin over, then take a point if anything
@@ -278,19 +490,65 @@ fn tick(
     if w.last.as_ref().is_some_and(|l| l.unchanged(&sig)) {
         return Ok(Outcome::Unchanged);
     }
+    if w.needs_manifest.is_none() {
+        let session = pinned.then_some(w.session.as_str());
+        match w.batch.take_point(repo, a.busy_timeout, session) {
+            Ok(Taken::Point { .. }) => {
+                w.last = Some(sig);
+                return Ok(Outcome::Pending);
+            }
+            Ok(Taken::NeedsManifest(why)) => {
+                if w.batch.has_head() || w.points > 0 {
+                    tracing::info!(path = %w.path.display(), reason = %why, "the next point is a new base manifest");
+                }
+                w.needs_manifest = Some(why);
+            }
+            Err(e) => {
+                // As below: no continuation after a failed capture.
+                w.session = new_session();
+                return Err(anyhow::Error::new(e).context(format!(
+                    "point of {} failed; nothing was taken",
+                    w.path.display()
+                )));
+            }
+        }
+    }
+    // A new base: after the pending points are uploaded (this tick).
+    if !w.batch.pending().is_empty() {
+        return Ok(Outcome::Unchanged);
+    }
+    let why = w.needs_manifest.take().unwrap_or_default();
+    match rebase(repo, a, state_dir, w, &why) {
+        Ok(r) => {
+            w.last = Some(sig);
+            Ok(Outcome::Manifest(Box::new(r)))
+        }
+        Err(e) => {
+            w.needs_manifest = Some(why);
+            Err(e)
+        }
+    }
+}
+
+/// A new base manifest of one database, by the snapshot path.
+fn rebase(
+    repo: &Repository,
+    a: &WatchArgs,
+    state_dir: Option<&PathBuf>,
+    w: &mut Watched,
+    why: &str,
+) -> anyhow::Result<SnapshotReport> {
     let opts = SnapshotOptions {
         tags: w.tags.clone(),
         lock_wait: a.lock_wait,
         state_dir: state_dir.cloned(),
         busy_timeout: a.busy_timeout,
-        pin_session: pinned.then(|| w.session.clone()),
+        pin_session: w.pin.is_some().then(|| w.session.clone()),
         ..Default::default()
     };
-    match repo.snapshot(std::slice::from_ref(&w.path), &opts, &NoProgress) {
-        Ok(r) => {
-            w.last = Some(sig);
-            Ok(Outcome::Point(Box::new(r)))
-        }
+    tracing::debug!(path = %w.path.display(), reason = %why, "writing a new base manifest");
+    match w.batch.rebase(repo, &opts, None) {
+        Ok(r) => Ok(r),
         Err(e) => {
             // The chain of pins since the newest point's capture is kept,
             // but a pin handed over after a failed capture may hold a mark
@@ -313,15 +571,14 @@ struct PointLine<'a> {
     pages_read: Option<u64>,
 }
 
-fn report_point(g: &Global, w: &mut Watched, r: &SnapshotReport) -> anyhow::Result<()> {
-    w.points += 1;
+fn report_manifest(g: &Global, w: &mut Watched, r: &SnapshotReport) -> anyhow::Result<()> {
     let method = r
         .manifest
         .files
         .first()
         .and_then(|f| f.sqlite.as_ref())
         .and_then(|s| s.capture.as_ref());
-    if let (Some(CaptureMethod::FullScan { reason }), true) = (method, w.points > 1) {
+    if let (Some(CaptureMethod::FullScan { reason }), true) = (method, w.points > 0) {
         tracing::warn!(path = %w.path.display(), reason = %reason, "the point was taken by a full scan (read every page)");
         w.status.fallbacks += 1;
         w.status.last_fallback = Some(Event {
@@ -329,33 +586,56 @@ fn report_point(g: &Global, w: &mut Watched, r: &SnapshotReport) -> anyhow::Resu
             message: reason.clone(),
         });
     }
-    // Reported only now: the snapshot is committed and verified.
-    let now = snapback_core::time::now();
-    w.status.durable = Some(PointRef {
-        time: snapback_core::time::parse_rfc3339(&r.manifest.time).unwrap_or(now),
-        id: r.id.to_string(),
-    });
-    w.status.last_upload = Some(now);
     let (name, pages_read) = match method {
         Some(CaptureMethod::WalDelta { pages_read }) => ("wal-delta", Some(*pages_read)),
         Some(CaptureMethod::FullScan { .. }) => ("full-scan", None),
         Some(CaptureMethod::Unchanged) => ("unchanged", None),
         None => ("full-scan", None),
     };
+    let now = snapback_core::time::now();
+    let time = snapback_core::time::parse_rfc3339(&r.manifest.time).unwrap_or(now);
+    report_durable(g, w, &r.id.to_string(), time, name, pages_read)
+}
+
+fn report_segment(g: &Global, w: &mut Watched, c: &Committed) -> anyhow::Result<()> {
+    tracing::debug!(path = %w.path.display(), segment = %c.segment.short(), points = c.points.len(), "points committed as a timeline segment");
+    for (name, time, pages_read) in &c.points {
+        report_durable(g, w, name, *time, "wal-delta", Some(*pages_read))?;
+    }
+    Ok(())
+}
+
+/// Reports a point, only once it is committed and verified: stdout, the
+/// status file, `STATUS=`.
+fn report_durable(
+    g: &Global,
+    w: &mut Watched,
+    id: &str,
+    time: snapback_core::time::Timestamp,
+    method: &'static str,
+    pages_read: Option<u64>,
+) -> anyhow::Result<()> {
+    w.points += 1;
+    w.status.durable = Some(PointRef {
+        time,
+        id: id.to_string(),
+    });
+    w.status.last_upload = Some(snapback_core::time::now());
+    let time_s = snapback_core::time::format_rfc3339_nanos(time);
     if g.json {
         // One line per point (JSON Lines), as they come.
         let line = PointLine {
-            point: r.id.to_string(),
+            point: id.to_string(),
             path: w.path.display().to_string(),
-            time: &r.manifest.time,
-            method: name,
+            time: &time_s,
+            method,
             pages_read,
         };
         println!("{}", serde_json::to_string(&line)?);
     } else if !g.quiet {
-        println!("{}", r.id);
+        println!("{id}");
     }
-    w.last_point = Some((r.id.short(), r.manifest.time.clone()));
+    w.last_point = Some((id.to_string(), time_s));
     Ok(())
 }
 

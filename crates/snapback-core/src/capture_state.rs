@@ -53,6 +53,18 @@ pub struct CaptureState {
     /// generation, when it was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_ckpt: Option<u32>,
+    /// Set by `snapback watch`: the image is that of this timeline point
+    /// (a segment over `manifest`, the point's base), not the manifest's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<StatePoint>,
+}
+
+/// A timeline point named by a capture state: its segment and position.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StatePoint {
+    pub segment: Id,
+    pub index: u32,
 }
 
 impl CaptureState {
@@ -236,6 +248,7 @@ mod tests {
             db_checksum: "0".into(),
             session: None,
             wal_ckpt: None,
+            point: None,
         }
     }
 

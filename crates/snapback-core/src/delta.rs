@@ -375,6 +375,7 @@ mod tests {
             db_checksum: checksum_of(list).to_hex(),
             session: None,
             wal_ckpt: pos.ckpt,
+            point: None,
         }
     }
 

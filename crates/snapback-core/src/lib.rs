@@ -4,6 +4,7 @@
 //! the mount and the repair engine build on. It knows nothing of the CLI.
 //! The public surface is the `pub use` block below.
 
+pub mod batch;
 mod capture_state;
 mod check;
 mod chunklist;
@@ -91,6 +92,7 @@ pub use selector::{group_key, path_matches, Selector, Snapshot};
 pub use snapback_storage as storage;
 pub use snapshot::{SnapshotOptions, SnapshotReport, DEFAULT_BUSY_TIMEOUT};
 pub use time::{is_future, FUTURE_TOLERANCE};
+pub use timeline::SegmentView;
 pub use verify_live::{VerifyLiveOptions, VerifyLiveReport, DEFAULT_VERIFY_RATE};
 
 /// Progress of long work, for a progress bar. Every method has a no-op

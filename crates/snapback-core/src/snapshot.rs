@@ -1001,8 +1001,9 @@ impl Repository {
                 == (Chunking::Fixed {
                     size: state.page_size,
                 })
-            && entry.db_checksum == state.db_checksum
-            && entry.chunks.count == state.page_count;
+            && (state.point.is_some()
+                || (entry.db_checksum == state.db_checksum
+                    && entry.chunks.count == state.page_count));
         if !matches {
             return Err(
                 "the previous capture's snapshot does not match the local capture state".into(),
@@ -1021,8 +1022,32 @@ impl Repository {
             }
             None => vec![],
         };
-        let list = chunklist::apply_patch(base.clone(), &patch, entry.chunks.count, &place)
+        let mut list = chunklist::apply_patch(base.clone(), &patch, entry.chunks.count, &place)
             .map_err(unreadable)?;
+        if let Some(p) = state.point {
+            // The image of a watcher's timeline point over this manifest.
+            let seg = self.segment(&p.segment).map_err(|e| {
+                format!(
+                    "the previous capture's timeline segment {} cannot be read ({e})",
+                    p.segment.short()
+                )
+            })?;
+            if seg.base != state.manifest
+                || seg.path != path_s
+                || p.index as usize >= seg.points.len()
+            {
+                return Err("the previous capture's timeline segment does not match the local capture state".into());
+            }
+            list =
+                crate::segment::replay(list, seg.page_size, &seg.points, p.index as usize, &place)
+                    .map_err(unreadable)?;
+            if checksum_of(&list).to_hex() != state.db_checksum {
+                return Err(
+                    "the previous capture's timeline point does not match the local capture state"
+                        .into(),
+                );
+            }
+        }
         if list.len() as u64 != state.page_count || list.iter().any(|c| !index.contains(&c.id)) {
             return Err("blobs of the previous capture are missing from the index".into());
         }
@@ -1065,6 +1090,7 @@ impl Repository {
                 db_checksum: entry.db_checksum.clone(),
                 session: session.clone(),
                 wal_ckpt: pos.ckpt,
+                point: None,
             },
             _lock: l,
         });

@@ -18,7 +18,7 @@ use crate::config::TIMELINE_FEATURE;
 use crate::error::{Error, Result};
 use crate::id::{DbChecksum, Id};
 use crate::index::{encode_index, IndexedPack, MasterIndex};
-use crate::layout::{index_key, pack_key, timeline_key};
+use crate::layout::{index_key, pack_key, snapshot_key, timeline_key};
 use crate::manifest::{Chunking, FileEntry, FileKind, Manifest};
 use crate::object::put_verified;
 use crate::pack::{seal_blob, BlobKind, PackBuilder};
@@ -32,6 +32,11 @@ impl Repository {
     /// one index object for them. What a segment's points name must be
     /// stored this way (or by a snapshot) before `commit_segment`.
     pub fn store_pages(&self, pages: &[&[u8]]) -> Result<Vec<Id>> {
+        Ok(self.store_pages_in_packs(pages)?.0)
+    }
+
+    /// `store_pages`, also returning the packs it wrote.
+    pub fn store_pages_in_packs(&self, pages: &[&[u8]]) -> Result<(Vec<Id>, Vec<Id>)> {
         let index = self.index()?;
         let ids: Vec<Id> = pages.iter().map(|p| self.codec.blob_id(p)).collect();
         let store = self.store.as_ref();
@@ -68,7 +73,7 @@ impl Repository {
             put_verified(store, &key, &bytes)?;
             self.learn_index(&key, &packs)?;
         }
-        Ok(ids)
+        Ok((ids, packs.iter().map(|p| p.id).collect()))
     }
 
     /// The point that turns the database image `prev` into `now` (whole
@@ -122,18 +127,9 @@ impl Repository {
     /// replayed chunk list does not give its `db_checksum`. The first
     /// segment of a repository adds the feature "timeline" to its config.
     pub fn commit_segment(&self, seg: &Segment) -> Result<Id> {
-        let refuse = |why: String| {
-            Err(Error::Invalid(format!(
-                "timeline segment of {} over {} refused, nothing was written: {why}",
-                seg.path,
-                seg.base.short()
-            )))
-        };
+        let refuse = |why: String| refused(seg, why);
         if !self.config.allows_partial_reads() {
-            return refuse(
-                "the repository is format version 1, which has no timeline segments: upgrade the repository to format 2 (a repository that `snapback init` creates now is format 2)"
-                    .into(),
-            );
+            return refuse(FORMAT_1.into());
         }
         if let Err(e) = seg.validate("the segment") {
             return refuse(e.to_string());
@@ -152,26 +148,70 @@ impl Repository {
             Ok(f) => f,
             Err(why) => return refuse(why),
         };
-        let base_time = crate::time::parse_rfc3339(&base.time)
+        // The last look, as a snapshot's: every blob in the repository's
+        // current index, in a pack that exists now.
+        let index = self.current_index()?;
+        let packs = self.present_packs()?;
+        let list = self.base_chunk_list(&index, file, seg)?;
+        self.commit_checked(
+            seg,
+            &SegmentView {
+                index: &index,
+                packs: &packs,
+                base: &base,
+                base_list: &list,
+            },
+        )
+    }
+
+    /// Commits a timeline segment as `commit_segment` does, but checks its
+    /// blobs against `view` (an index and a set of packs the caller keeps
+    /// current) instead of listing the repository, and its base against
+    /// the base manifest and chunk list the caller holds (the base is
+    /// `stat`ed, not read). For `snapback watch`, which holds a shared
+    /// lock while it uploads, so no prune deletes what the view holds
+    /// (docs/format.md, "Timeline segments"): no LIST request per upload.
+    pub fn commit_segment_over(&self, seg: &Segment, view: &SegmentView) -> Result<Id> {
+        let refuse = |why: String| refused(seg, why);
+        if !self.config.allows_partial_reads() {
+            return refuse(FORMAT_1.into());
+        }
+        if let Err(e) = seg.validate("the segment") {
+            return refuse(e.to_string());
+        }
+        if let Err(why) = base_file(view.base, seg) {
+            return refuse(why);
+        }
+        if self.store.stat(&snapshot_key(&seg.base))?.is_none() {
+            return refuse(format!(
+                "its base manifest {} is not in the repository",
+                seg.base
+            ));
+        }
+        self.commit_checked(seg, view)
+    }
+
+    /// The checks and the write both commits share: points after the base,
+    /// every blob a one-page data blob indexed in a present pack, every
+    /// point replaying to its checksum; then the feature, then the object.
+    fn commit_checked(&self, seg: &Segment, view: &SegmentView) -> Result<Id> {
+        let refuse = |why: String| refused(seg, why);
+        let base_time = crate::time::parse_rfc3339(&view.base.time)
             .map_err(|e| Error::corrupt(format!("snapshot {}", seg.base.short()), e))?;
         if seg.points[0].time <= base_time {
             return refuse(format!(
                 "its first point ({}) is not after its base's time ({})",
                 crate::time::format_rfc3339_nanos(seg.points[0].time),
-                base.time
+                view.base.time
             ));
         }
-        // The last look, as a snapshot's: every blob in the repository's
-        // current index, in a pack that exists now.
-        let index = self.current_index()?;
-        let packs = self.present_packs()?;
         for (k, p) in seg.points.iter().enumerate() {
             for (i, id) in &p.changes {
-                let why = match index.get(id) {
+                let why = match view.index.get(id) {
                     None => "is in no index (store its pack and index first)",
                     Some(l) if l.kind != BlobKind::Data => "is not a data blob",
                     Some(l) if l.raw_len != seg.page_size => "is not one page long",
-                    Some(l) if !packs.contains(&l.pack) => "is in a pack that is gone",
+                    Some(l) if !view.packs.contains(&l.pack) => "is in a pack that is gone",
                     Some(_) => continue,
                 };
                 return refuse(format!(
@@ -180,9 +220,8 @@ impl Repository {
                 ));
             }
         }
-        let list = self.base_chunk_list(&index, file, seg)?;
         if let Err(e) = replay(
-            list,
+            view.base_list.to_vec(),
             seg.page_size,
             &seg.points,
             seg.points.len() - 1,
@@ -268,6 +307,29 @@ impl Repository {
         }
         Ok(list)
     }
+}
+
+/// What `commit_segment_over` checks a segment against.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentView<'a> {
+    /// An index holding every blob the points name.
+    pub index: &'a MasterIndex,
+    /// Packs known to exist.
+    pub packs: &'a std::collections::HashSet<Id>,
+    /// The base manifest and its database's chunk list (checked against
+    /// its `db_checksum` by the caller).
+    pub base: &'a Manifest,
+    pub base_list: &'a [ChunkRef],
+}
+
+const FORMAT_1: &str = "the repository is format version 1, which has no timeline segments: upgrade the repository to format 2 (a repository that `snapback init` creates now is format 2)";
+
+fn refused<T>(seg: &Segment, why: String) -> Result<T> {
+    Err(Error::Invalid(format!(
+        "timeline segment of {} over {} refused, nothing was written: {why}",
+        seg.path,
+        seg.base.short()
+    )))
 }
 
 /// The base's entry for the segment's database, or why it cannot serve.

@@ -155,7 +155,7 @@ impl Signature {
 
 /// True when the newest capture of `db` into `repo` (its local state under
 /// `state_dir`) is provably still the database's content: the state's
-/// snapshot exists, the file is the same (device, inode), and the
+/// snapshot (and timeline segment, for a point) exists, the file is the same (device, inode), and the
 /// wal-index's last commit frame and salts are the state's position. A
 /// restarted watcher then takes no new point until something changes.
 pub fn last_capture_is_current(
@@ -182,6 +182,11 @@ pub fn last_capture_is_current(
             .store()
             .stat(&crate::layout::snapshot_key(&state.manifest))
             .is_ok_and(|s| s.is_some())
+        && state.point.is_none_or(|p| {
+            repo.store()
+                .stat(&crate::layout::timeline_key(&p.segment))
+                .is_ok_and(|s| s.is_some())
+        })
 }
 
 /// A new random session id for [`crate::SnapshotOptions::pin_session`].

@@ -1,0 +1,624 @@
+//! The watcher's batches: points of one database taken in memory by WAL
+//! delta every tick, and written to the repository every upload interval
+//! as one timeline segment over the current base manifest
+//! (docs/watch.md, docs/format.md "Timeline segments").
+//!
+//! A point is taken in one read transaction, as a snapshot's capture is:
+//! the pages of the WAL frames since the previous point are read, named
+//! (their blob ids) and kept with the point; the new chunk list and its
+//! `db_checksum` follow from the previous point's. Nothing is written
+//! then. An upload stores the pending points' pages (`store_pages`: packs,
+//! then one index object, each verified), then commits one segment
+//! holding them (`commit_segment_over`, checked against what this process
+//! keeps in memory while it holds a shared lock: no LIST request), then
+//! saves the local capture state at the newest committed point, so that a
+//! restarted watcher, a `snapback snapshot` and `verify-live` continue
+//! from it.
+//!
+//! A new base (an ordinary manifest, by the snapshot path) is written when
+//! there is none yet, when a point cannot be a delta (the snapshot then
+//! decides between a delta and a full scan, as for any capture), and when
+//! the page entries since the base reach 1/8 of its pages (and at least
+//! [`REBASE_MIN_ENTRIES`]) or the points since it reach [`REBASE_POINTS`],
+//! so restoring any point replays a bounded number of entries.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use crate::capture_state::{self, CaptureState, StatePoint};
+use crate::chunklist::{checksum_of, ChunkRef};
+use crate::error::{Error, Result};
+use crate::id::{DbChecksum, Id};
+use crate::layout::pack_key;
+use crate::lock::{LockKind, RepoLock};
+use crate::manifest::{Chunking, FileKind, Manifest};
+use crate::repo::Repository;
+use crate::segment::{Point, Segment};
+use crate::snapshot::{apply_delta, SnapshotOptions, SnapshotReport};
+use crate::sqlite::{journal_mode_of_header, Capture};
+use crate::timeline::SegmentView;
+use crate::NoProgress;
+
+/// Points over one base after which the next is a new full manifest.
+pub const REBASE_POINTS: u64 = 3600;
+
+/// The fewest page entries since the base that call for a new one: on a
+/// small database 1/8 of its pages would be a manifest every few points,
+/// while replaying 1024 entries costs nothing.
+pub const REBASE_MIN_ENTRIES: u64 = 1024;
+
+/// How long the watcher holds its shared upload lock before it lets go
+/// for [`LOCK_GAP`], so that a waiting prune can take its exclusive lock.
+pub const LOCK_HOLD: Duration = Duration::from_secs(60);
+/// Longer than a waiting prune's longest pause between attempts (2 s and
+/// at most 0.1 s of jitter).
+pub const LOCK_GAP: Duration = Duration::from_secs(3);
+
+/// The newest image of the database the watcher knows: the base manifest
+/// it builds on and the image after the newest point (pending or not).
+struct Head {
+    base: Id,
+    base_manifest: Manifest,
+    base_list: Vec<ChunkRef>,
+    /// The image at the newest committed point (the base's at first): a
+    /// segment's first point holds its changes since the base, not since
+    /// the previous segment, so every segment replays from its base alone.
+    committed: Vec<ChunkRef>,
+    page_size: u32,
+    /// The position, page count and checksum after the newest point.
+    state: CaptureState,
+    list: Vec<ChunkRef>,
+    sum: DbChecksum,
+    /// Page entries and points since the base (committed and pending).
+    entries: u64,
+    points: u64,
+    last_time: OffsetDateTime,
+}
+
+/// A point taken and not yet in the repository.
+#[derive(Debug, Clone)]
+pub struct PendingPoint {
+    pub point: Point,
+    /// The content of each change, in the order of `point.changes`.
+    pub pages: Vec<Vec<u8>>,
+    /// Pages read by its capture.
+    pub pages_read: u64,
+    state: CaptureState,
+}
+
+/// What `take_point` did.
+#[derive(Debug)]
+pub enum Taken {
+    /// A point is pending.
+    Point {
+        time: OffsetDateTime,
+        pages_read: u64,
+    },
+    /// No point could be taken by delta: the next one must be a new base
+    /// manifest (`rebase`), for this reason.
+    NeedsManifest(String),
+}
+
+/// A committed segment's points, as the watcher reports them.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub segment: Id,
+    /// (name `SEGMENT/INDEX`, time, pages read) of each point.
+    pub points: Vec<(String, OffsetDateTime, u64)>,
+}
+
+/// The watcher's shared lock for uploads, and what it knows while it holds
+/// it: no prune runs meanwhile, so the packs it listed when it took the
+/// lock, and those it wrote since, stay. Held for [`LOCK_HOLD`] at a
+/// time, then let go for [`LOCK_GAP`].
+#[derive(Default)]
+pub struct UploadLock {
+    held: Option<(RepoLock, Instant)>,
+    gap_until: Option<Instant>,
+    packs: HashSet<Id>,
+}
+
+impl UploadLock {
+    /// Lets the lock go once it was held for [`LOCK_HOLD`]; called every
+    /// tick, so an idle watcher does not keep a prune waiting.
+    pub fn maintain(&mut self) {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() >= LOCK_HOLD)
+        {
+            self.held = None;
+            self.gap_until = Some(Instant::now() + LOCK_GAP);
+        }
+    }
+
+    /// Lets the lock go now (before the watcher stops).
+    pub fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// True when the lock is held and uploads may go on; takes it when it
+    /// is not (one attempt: a prune's exclusive lock makes this false, and
+    /// the points wait). On taking it, the index is brought up to date and
+    /// the packs are listed (the only LIST requests of the watcher, once
+    /// per [`LOCK_HOLD`]).
+    pub fn ready(&mut self, repo: &Repository) -> Result<bool> {
+        self.maintain();
+        if self.held.is_some() {
+            return Ok(true);
+        }
+        if self.gap_until.is_some_and(|g| Instant::now() < g) {
+            return Ok(false);
+        }
+        let lock = match repo.lock(LockKind::Shared, "watch", Duration::ZERO) {
+            Ok(l) => l,
+            Err(Error::Locked(m)) => {
+                tracing::info!("the repository is locked, points wait: {m}");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        // A prune may have run while the lock was not held.
+        repo.current_index()?;
+        self.packs = repo.present_packs()?;
+        self.held = Some((lock, Instant::now()));
+        Ok(true)
+    }
+}
+
+/// One watched database's timeline.
+pub struct Batcher {
+    path: PathBuf,
+    path_s: String,
+    head: Option<Head>,
+    pending: Vec<PendingPoint>,
+}
+
+impl Batcher {
+    pub fn new(path: &Path) -> Batcher {
+        Batcher {
+            path: path.to_path_buf(),
+            path_s: path.to_string_lossy().into_owned(),
+            head: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Points taken and not yet in the repository.
+    pub fn pending(&self) -> &[PendingPoint] {
+        &self.pending
+    }
+
+    /// Forgets the image in memory (verify-live found it wrong): the next
+    /// point is a new base manifest.
+    pub fn drop_head(&mut self) {
+        self.head = None;
+    }
+
+    /// True when the next point can be taken by delta in memory.
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Why the next point should be a new base manifest, when it should:
+    /// the page entries since the base reached 1/8 of its pages (and
+    /// [`REBASE_MIN_ENTRIES`]), or the points [`REBASE_POINTS`].
+    pub fn rebase_due(&self) -> Option<String> {
+        let h = self.head.as_ref()?;
+        let pages = h.base_list.len() as u64;
+        if h.entries >= (pages / 8).max(REBASE_MIN_ENTRIES) {
+            return Some(format!(
+                "{} page entries since the base manifest, 1/8 of its {pages} pages or more",
+                h.entries
+            ));
+        }
+        (h.points >= REBASE_POINTS).then(|| format!("{} points since the base manifest", h.points))
+    }
+
+    /// Takes a point in one read transaction, in memory: the pages of the
+    /// WAL frames since the newest point, applied to its image. Nothing is
+    /// written. When that is not possible (no base yet, the WAL restarted
+    /// outside the pinned session, the file replaced, too many pages), the
+    /// in-memory image is dropped and the reason returned: the next point
+    /// is a new base manifest.
+    pub fn take_point(
+        &mut self,
+        repo: &Repository,
+        busy: Duration,
+        pin_session: Option<&str>,
+    ) -> Result<Taken> {
+        let Some(mut head) = self.head.take() else {
+            return Ok(Taken::NeedsManifest(
+                "no base manifest in memory yet".into(),
+            ));
+        };
+        let r = take(
+            &self.path,
+            &mut head,
+            &mut self.pending,
+            repo,
+            busy,
+            pin_session,
+        );
+        // An error (the database locked, unreadable) leaves the image as it
+        // was, for the next tick; a point that cannot be a delta drops it.
+        if !matches!(r, Ok(Taken::NeedsManifest(_))) {
+            self.head = Some(head);
+        }
+        r
+    }
+
+    /// Writes the pending points as one timeline segment: their pages
+    /// (packs, index), then the segment, each verified; then the local
+    /// capture state at the newest of them. `Ok(None)` when nothing is
+    /// pending. On an error nothing is reported committed and the points
+    /// stay pending.
+    pub fn upload(
+        &mut self,
+        repo: &Repository,
+        lock: &mut UploadLock,
+        state_dir: Option<&Path>,
+    ) -> Result<Option<Committed>> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let head = self.head.as_ref().ok_or_else(|| {
+            Error::Invalid("points are pending without a base manifest (internal error)".into())
+        })?;
+        let raws: Vec<&[u8]> = self
+            .pending
+            .iter()
+            .flat_map(|p| p.pages.iter().map(Vec::as_slice))
+            .collect();
+        let (ids, written) = repo.store_pages_in_packs(&raws)?;
+        let named: Vec<Id> = self
+            .pending
+            .iter()
+            .flat_map(|p| p.point.changes.iter().map(|(_, id)| *id))
+            .collect();
+        if ids != named {
+            return Err(Error::Verification(
+                "the stored pages are not named as the points name them; nothing was committed"
+                    .into(),
+            ));
+        }
+        lock.packs.extend(written);
+        let mut points: Vec<Point> = self.pending.iter().map(|p| p.point.clone()).collect();
+        points[0] = since_base(&head.base_list, &head.committed, &points[0]);
+        let seg = Segment {
+            path: self.path_s.clone(),
+            base: head.base,
+            page_size: head.page_size,
+            points,
+        };
+        let index = repo.index()?;
+        // A page stored earlier (by a snapshot of this process, say, or an
+        // earlier segment) is in a pack the lock did not list: it must exist now, and then stays
+        // while the lock is held.
+        let mut seen = HashSet::new();
+        for id in seg
+            .points
+            .iter()
+            .flat_map(|p| p.changes.iter().map(|(_, id)| id))
+        {
+            let Some(loc) = index.get(id) else { continue };
+            if lock.packs.contains(&loc.pack) || !seen.insert(loc.pack) {
+                continue;
+            }
+            if repo.store().stat(&pack_key(&loc.pack))?.is_some() {
+                lock.packs.insert(loc.pack);
+            }
+        }
+        let id = repo.commit_segment_over(
+            &seg,
+            &SegmentView {
+                index: &index,
+                packs: &lock.packs,
+                base: &head.base_manifest,
+                base_list: &head.base_list,
+            },
+        )?;
+        let points = self
+            .pending
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (format!("{}/{k}", id.short()), p.point.time, p.pages_read))
+            .collect();
+        let last = self.pending.len() - 1;
+        if let (Some(dir), Some(p)) = (state_dir, self.pending.last()) {
+            let mut state = p.state.clone();
+            state.point = Some(StatePoint {
+                segment: id,
+                index: last as u32,
+            });
+            self.save_state(repo, dir, &state);
+        }
+        self.pending.clear();
+        if let Some(h) = self.head.as_mut() {
+            h.committed = h.list.clone();
+        }
+        Ok(Some(Committed {
+            segment: id,
+            points,
+        }))
+    }
+
+    /// The capture state after a committed point: a lost one costs the
+    /// next capture a full scan, never a wrong image.
+    fn save_state(&self, repo: &Repository, dir: &Path, state: &CaptureState) {
+        let sp = capture_state::paths(dir, &repo.config().repo_id, &self.path_s);
+        let saved = match capture_state::try_lock(&sp) {
+            Ok(Some(_l)) => capture_state::save(&sp, state),
+            Ok(None) => Err(Error::Locked(
+                "another capture of this database holds the local capture state".into(),
+            )),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            tracing::warn!(path = %self.path_s, error = %e, "cannot save the local capture state at the newest point; a restarted watcher or the next snapshot will read more of the database");
+        }
+    }
+
+    /// Writes a new base: an ordinary snapshot of the database (by WAL
+    /// delta from the local capture state when it allows, else a full
+    /// scan), committed and verified. The pending points must have been
+    /// uploaded first. With `full_scan`, the local state is dropped first
+    /// (`why` says why), so the capture reads every page. Afterwards the
+    /// new manifest is the base in memory, when the snapshot saved a state
+    /// to continue from; otherwise the next point is a manifest again (as
+    /// in a format-1 repository, where every point is one).
+    pub fn rebase(
+        &mut self,
+        repo: &Repository,
+        opts: &SnapshotOptions,
+        full_scan: Option<&str>,
+    ) -> Result<SnapshotReport> {
+        if !self.pending.is_empty() {
+            return Err(Error::Invalid(
+                "a new base manifest was asked for while points are pending (internal error)"
+                    .into(),
+            ));
+        }
+        self.head = None;
+        let sp = opts
+            .state_dir
+            .as_ref()
+            .map(|d| capture_state::paths(d, &repo.config().repo_id, &self.path_s));
+        if let (Some(sp), Some(why)) = (&sp, full_scan) {
+            capture_state::invalidate(sp, why)?;
+        }
+        let r = repo.snapshot(std::slice::from_ref(&self.path), opts, &NoProgress)?;
+        if let Some(sp) = &sp {
+            if let Ok(state) = capture_state::load(sp) {
+                if state.manifest == r.id && state.point.is_none() {
+                    match self.head_of(repo, r.id, &r.manifest, state) {
+                        Ok(h) => self.head = Some(h),
+                        Err(e) => {
+                            tracing::warn!(path = %self.path_s, error = %e, "cannot continue from the new base manifest in memory; the next point is a manifest too")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    fn head_of(
+        &self,
+        repo: &Repository,
+        id: Id,
+        manifest: &Manifest,
+        state: CaptureState,
+    ) -> Result<Head> {
+        let place = format!("snapshot {}", id.short());
+        let file = manifest
+            .files
+            .iter()
+            .find(|f| f.path == self.path_s)
+            .ok_or_else(|| Error::corrupt(&place, format!("it does not hold {}", self.path_s)))?;
+        let page_size = file.sqlite.as_ref().map(|s| s.page_size).unwrap_or(0);
+        if file.kind != FileKind::Sqlite || file.chunking != (Chunking::Fixed { size: page_size }) {
+            return Err(Error::corrupt(
+                &place,
+                "its database is not cut one page per chunk",
+            ));
+        }
+        let index = repo.index()?;
+        let list = repo.chunk_list(&index, file)?;
+        let sum = checksum_of(&list);
+        if sum.to_hex() != file.db_checksum || file.db_checksum != state.db_checksum {
+            return Err(Error::corrupt(
+                &place,
+                "its chunk list does not give its db_checksum",
+            ));
+        }
+        let last_time =
+            crate::time::parse_rfc3339(&manifest.time).map_err(|e| Error::corrupt(&place, e))?;
+        Ok(Head {
+            base: id,
+            base_manifest: manifest.clone(),
+            base_list: list.clone(),
+            committed: list.clone(),
+            page_size,
+            state,
+            list,
+            sum,
+            entries: 0,
+            points: 0,
+            last_time,
+        })
+    }
+}
+
+/// `point` (whose changes are since the image `committed`) with its
+/// changes since `base` instead: every entry of its image that is not the
+/// base's.
+fn since_base(base: &[ChunkRef], committed: &[ChunkRef], point: &Point) -> Point {
+    let mut image = committed.to_vec();
+    image.resize(
+        point.page_count as usize,
+        ChunkRef {
+            id: Id([0; 32]),
+            len: 0,
+        },
+    );
+    for (i, id) in &point.changes {
+        if let Some(c) = image.get_mut(*i as usize) {
+            c.id = *id;
+        }
+    }
+    let changes = image
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| base.get(*i).map(|b| b.id) != Some(c.id))
+        .map(|(i, c)| (i as u64, c.id))
+        .collect();
+    Point {
+        changes,
+        ..point.clone()
+    }
+}
+
+/// `Batcher::take_point`, over the image in `head`.
+fn take(
+    path: &Path,
+    head: &mut Head,
+    pending: &mut Vec<PendingPoint>,
+    repo: &Repository,
+    busy: Duration,
+    pin_session: Option<&str>,
+) -> Result<Taken> {
+    let before = crate::delta::before(path);
+    let cap = Capture::begin(path, busy)?;
+    let same_file = std::fs::metadata(path).ok().map(|m| {
+        (
+            std::os::unix::fs::MetadataExt::dev(&m),
+            std::os::unix::fs::MetadataExt::ino(&m),
+        )
+    });
+    if same_file != Some((before.dev, before.ino)) {
+        cap.finish()?;
+        return Ok(Taken::NeedsManifest(
+            "the database file was replaced while the capture began".into(),
+        ));
+    }
+    let mut wal_mode = false;
+    cap.read_listed(&[1], 1, |_, page1| {
+        wal_mode = journal_mode_of_header(&page1) == "wal";
+        Ok(())
+    })?;
+    let continuation = pin_session.is_some() && head.state.session.as_deref() == pin_session;
+    let changed = match crate::delta::changed_pages(
+        path,
+        &before,
+        wal_mode,
+        &head.state,
+        cap.page_size,
+        cap.page_count,
+        continuation,
+    ) {
+        Ok(c) => c,
+        Err(why) => {
+            cap.finish()?;
+            return Ok(Taken::NeedsManifest(why));
+        }
+    };
+    let limit = (cap.page_count / 4).max(256);
+    if changed.pages.len() as u64 > limit {
+        let why = format!(
+            "{} of {} pages changed since the previous point (more than a quarter: a full scan reads them faster)",
+            changed.pages.len(),
+            cap.page_count
+        );
+        cap.finish()?;
+        return Ok(Taken::NeedsManifest(why));
+    }
+    let Some(position) = changed.position else {
+        cap.finish()?;
+        return Ok(Taken::NeedsManifest(
+            "the WAL position of the capture cannot be established".into(),
+        ));
+    };
+    let ps = cap.page_size as usize;
+    let mut raws: Vec<Vec<u8>> = Vec::with_capacity(changed.pages.len());
+    cap.read_listed(&changed.pages, ((8 << 20) / ps).max(1), |_, buf| {
+        raws.extend(buf.chunks(ps).map(<[u8]>::to_vec));
+        Ok(())
+    })?;
+    let time = cap.captured_at;
+    let page_count = cap.page_count;
+    cap.finish()?;
+    if time <= head.last_time {
+        return Ok(Taken::NeedsManifest(
+            "the clock went back: this point would not be after the previous one".into(),
+        ));
+    }
+    let codec = repo.codec();
+    let refs: Vec<ChunkRef> = raws
+        .iter()
+        .map(|p| ChunkRef {
+            id: codec.blob_id(p),
+            len: ps as u32,
+        })
+        .collect();
+    // A page is a change when it is new or differs from the previous
+    // point's (every page past the previous count is new).
+    let prev: Vec<Option<Id>> = changed
+        .pages
+        .iter()
+        .map(|p| head.list.get(*p as usize - 1).map(|c| c.id))
+        .collect();
+    let list = std::mem::take(&mut head.list);
+    let (list, sum) = match apply_delta(list, head.sum, &changed, &refs, page_count, ps as u64) {
+        Ok(x) => x,
+        Err(why) => return Ok(Taken::NeedsManifest(why)),
+    };
+    let mut changes = Vec::new();
+    let mut pages = Vec::new();
+    for (((pgno, r), raw), old) in changed.pages.iter().zip(&refs).zip(raws).zip(prev) {
+        if old != Some(r.id) {
+            changes.push((pgno - 1, r.id));
+            pages.push(raw);
+        }
+    }
+    let mut state = head.state.clone();
+    state.salts_from(position);
+    state.page_count = page_count;
+    state.db_checksum = sum.to_hex();
+    state.session = pin_session.map(str::to_string);
+    state.pid = std::process::id();
+    state.point = None;
+    head.entries += changes.len() as u64;
+    head.points += 1;
+    head.last_time = time;
+    head.list = list;
+    head.sum = sum;
+    head.state = state.clone();
+    pending.push(PendingPoint {
+        point: Point {
+            time,
+            page_count,
+            db_checksum: sum,
+            changes,
+        },
+        pages,
+        pages_read: changed.pages.len() as u64,
+        state,
+    });
+    Ok(Taken::Point {
+        time,
+        pages_read: changed.pages.len() as u64,
+    })
+}
+
+impl CaptureState {
+    fn salts_from(&mut self, p: crate::delta::Position) {
+        self.wal_salts = hex::encode(p.salts);
+        self.frame = p.frame;
+        self.frame_cksum = p.cksum;
+        self.wal_ckpt = p.ckpt;
+    }
+}
