@@ -109,6 +109,12 @@ pub enum Error {
     #[error("{0}")]
     WrongPassphrase(String),
 
+    /// What failed, then why: the kind is the cause's (a pre-restore
+    /// snapshot refused by a held lock is `locked`, by the store `io`).
+    /// Build it with [`Error::context`].
+    #[error("{message}: {cause}")]
+    Context { message: String, cause: Box<Error> },
+
     /// `restore --delta` failed after it began writing into DEST: DEST is
     /// partly restored. The kind is the cause's.
     #[error("{cause}; {} is now partly restored: run the same command again to finish it (it rewrites only what still differs)", dest.display())]
@@ -215,7 +221,7 @@ impl Error {
             }
             Error::ReadOnlyRepository { .. } => Kind::Io,
             Error::WrongPassphrase(_) => Kind::WrongPassphrase,
-            Error::PartlyRestored { cause, .. } => cause.kind(),
+            Error::PartlyRestored { cause, .. } | Error::Context { cause, .. } => cause.kind(),
         }
     }
 
@@ -228,6 +234,14 @@ impl Error {
             path: path.into(),
             message: message.into(),
             cause,
+        }
+    }
+
+    /// `message`, caused by `cause`, whose kind it keeps.
+    pub fn context(message: impl Into<String>, cause: Error) -> Error {
+        Error::Context {
+            message: message.into(),
+            cause: Box::new(cause),
         }
     }
 
@@ -310,6 +324,17 @@ mod tests {
             text.contains("a bug in snapback or a failure of its environment"),
             "{text}"
         );
+        // Context keeps its cause's kind, and says the cause once.
+        let e = Error::context(
+            "the pre-restore snapshot failed",
+            Error::Locked("locked by prune".into()),
+        );
+        assert_eq!(e.kind(), Kind::Locked);
+        assert_eq!(
+            e.to_string(),
+            "the pre-restore snapshot failed: locked by prune"
+        );
+        assert!(std::error::Error::source(&e).is_none());
         // Bad input stays bad input, and says only what is wrong.
         let e = Error::Invalid("no keep rule given".into());
         assert_eq!(e.kind(), Kind::BadInput);

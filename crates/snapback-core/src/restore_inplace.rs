@@ -626,7 +626,13 @@ impl Repository {
                     "the pre-restore snapshot of {} could not be taken: {e}; nothing was written",
                     live.display()
                 )),
-                _ => fail(e.to_string()),
+                _ => Error::context(
+                    format!(
+                        "the pre-restore snapshot of {} failed, so nothing was written",
+                        live.display()
+                    ),
+                    e,
+                ),
             })?;
         if let Some(f) = r.failed.first() {
             return Err(fail(f.reason.clone()));

@@ -39,7 +39,7 @@ use crate::apply::ApplyOptions;
 use crate::audit::SqlStepRecord;
 use crate::changes::{ChangeSet, Conflict, TableCounts};
 use crate::diff::{PreparedTable, SchemaDiff};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::schema::Key;
 use crate::script::{Action, LoadedScript};
 use crate::source::SnapshotDb;
@@ -233,10 +233,14 @@ fn pre_repair_snapshot(repo: &Repository, live: &Path) -> Result<String> {
     let r = repo
         .snapshot(&[live.to_path_buf()], &opts, &NoProgress)
         .map_err(|e| {
-            Error::Input(format!(
-                "the pre-repair snapshot of {} failed, so nothing was changed: {e}",
-                live.display()
-            ))
+            // The cause's kind stays: a held lock is `locked`, the store `io`.
+            snapback_core::Error::context(
+                format!(
+                    "the pre-repair snapshot of {} failed, so nothing was changed",
+                    live.display()
+                ),
+                e,
+            )
         })?;
     Ok(r.id.to_hex())
 }
