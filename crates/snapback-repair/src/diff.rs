@@ -609,7 +609,9 @@ pub fn diff_table(
                         Step::A
                     }
                     Ordering::Greater => {
-                        let b = b.ok_or_else(|| Error::Input("internal: merge state".into()))?;
+                        let b = b.ok_or_else(|| {
+                            snapback_core::Error::internal("diff: the merge lost its live row")
+                        })?;
                         ob.check(t, b, &live.place)?;
                         let g = guarded(b)?;
                         counts.only_in_live += 1;
@@ -627,7 +629,9 @@ pub fn diff_table(
                         Step::B
                     }
                     Ordering::Equal => {
-                        let b = b.ok_or_else(|| Error::Input("internal: merge state".into()))?;
+                        let b = b.ok_or_else(|| {
+                            snapback_core::Error::internal("diff: the merge lost its live row")
+                        })?;
                         oa.check(t, a, &snap.place)?;
                         ob.check(t, b, &live.place)?;
                         changed.clear();

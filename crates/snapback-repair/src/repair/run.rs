@@ -27,9 +27,10 @@ impl RepairSession {
         mut progress: impl FnMut(&str),
     ) -> Result<Option<Outcome>> {
         if self.lock.is_none() {
-            return Err(Error::Input(
-                "internal: apply needs the repair lock; plan with lock = true".into(),
-            ));
+            return Err(snapback_core::Error::internal(
+                "RepairSession::apply needs the repair lock; plan with lock = true",
+            )
+            .into());
         }
         if self.is_noop() {
             return Ok(None);
