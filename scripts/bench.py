@@ -328,6 +328,11 @@ def one_run(size, r, s3, base):
         st["snapback"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
                           "stored": du(repo["snapback"]) - b0, "bytes_added": j["bytes_added"],
                           "new_chunks": j["new_chunks"], "chunks": j["chunks"]}
+        if step == "full":
+            # The same full snapshot without dictionaries (a format-1
+            # repository has none): what dictionaries change.
+            warm(db, db + "-wal")
+            st["snapback_nodict"] = snapback_full(db, os.path.join(w, "snapback-v1-repo"), ["--format-version", "1"])
         if s3:
             warm(db, db + "-wal")
             t = run(s3.repo(prefix) + ["--json", "snapshot", db], env=s3.env)
@@ -405,6 +410,53 @@ def one_run(size, r, s3, base):
     res["load_end"] = loadavg()
     if s3:
         s3.remove(prefix)
+    shutil.rmtree(w, ignore_errors=True)
+    return res
+
+
+def snapback_full(db, repo, init_args):
+    """One full snapshot of db into a new repository made with init_args."""
+    run([SB, "--repo", repo, "-q", "init"] + init_args)
+    b0 = du(repo)
+    t = run([SB, "--repo", repo, "--json", "snapshot", db])
+    return {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib, "stored": du(repo) - b0}
+
+
+FULL_TOOLS = ["snapback", "snapback_nodict", "restic", "borg"]
+
+
+def full_run(size, r, base, label):
+    """A full snapshot of one database by every tool: snapback (format 2,
+    dictionaries), snapback into a format-1 repository (no dictionaries),
+    restic and borg; each into a new repository."""
+    w = os.path.join(OUT, "bench", f"s{size}", f"full-{label}-run{r}")
+    shutil.rmtree(w, ignore_errors=True)
+    os.makedirs(w)
+    db = os.path.join(w, "app.db")
+    shutil.copyfile(base, db)
+    res = {"load_start": loadavg(), "size": os.path.getsize(db)}
+    warm(db)
+    res["snapback"] = snapback_full(db, os.path.join(w, "snapback-repo"), [])
+    warm(db)
+    res["snapback_nodict"] = snapback_full(db, os.path.join(w, "snapback-v1-repo"), ["--format-version", "1"])
+    env_restic = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": os.path.join(w, "restic-repo"),
+                  "RESTIC_CACHE_DIR": os.path.join(w, "restic-cache")}
+    run(["restic", "init", "-q"], env=env_restic)
+    warm(db)
+    b0 = du(env_restic["RESTIC_REPOSITORY"])
+    t = run(["restic", "backup", "--json", "--host", "bench", db], env=env_restic)
+    res["restic"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
+                     "stored": du(env_restic["RESTIC_REPOSITORY"]) - b0}
+    env_borg = {"BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": os.path.join(w, "borg-base"),
+                "BORG_REPO": os.path.join(w, "borg-repo")}
+    run(["borg", "init", "--encryption=repokey"], env=env_borg)
+    warm(db)
+    b0 = du(env_borg["BORG_REPO"])
+    t = run(["borg", "create", "--compression", "zstd,3", "::full", db], env=env_borg)
+    res["borg"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib, "stored": du(env_borg["BORG_REPO"]) - b0}
+    res["load_end"] = loadavg()
+    log(f"   s{size} run{r} full snapshot of the {label} database: " + ", ".join(
+        f"{k} {res[k]['wall']:.2f}s {res[k]['stored'] / MiB:.1f} MiB" for k in FULL_TOOLS))
     shutil.rmtree(w, ignore_errors=True)
     return res
 
@@ -508,7 +560,14 @@ def suite(args):
             for r in range(1, args.runs + 1):
                 log(f"== {size} MiB, run {r} of {args.runs} (load {loadavg()})")
                 runs.append(one_run(size, r, s3, base))
-            results["per_size"][str(size)] = {"runs": runs}
+            # The second kind of database, one that compresses well (JSON
+            # documents, long repeated text): full snapshots, every tool.
+            comp = compressible_db(size)
+            full = []
+            for r in range(1, args.runs + 1):
+                log(f"== {size} MiB compressible database, run {r} of {args.runs} (load {loadavg()})")
+                full.append(full_run(size, r, comp, "compressible"))
+            results["per_size"][str(size)] = {"runs": runs, "compressible": full}
     finally:
         if s3:
             s3.stop()
@@ -771,8 +830,55 @@ def suite_markdown(res):
         L.extend([x for x in bd["out"].splitlines() if not x.startswith("==")])
         L.append("```")
         L.append("")
+    L.extend(both_kinds_markdown(res))
     L.extend(targets_markdown(res, sums))
     return "\n".join(L), sums
+
+
+def both_kinds_markdown(res):
+    """Full snapshots of both kinds of database: stored bytes and time of
+    snapback with and without dictionaries against restic and borg."""
+    rows = []
+    for size in res["sizes"]:
+        ps = res["per_size"].get(str(size)) or {}
+        kinds = []
+        if ps.get("runs"):
+            kinds.append(("bench (`gen --seed 42`)", [
+                {t: r["steps"]["full"].get(t) for t in FULL_TOOLS} | {"size": r["steps"]["full"]["size"]}
+                for r in ps["runs"]]))
+        if ps.get("compressible"):
+            kinds.append(("compressible (JSON documents)", ps["compressible"]))
+        for label, runs in kinds:
+            def m(t, k):
+                return med([r[t][k] for r in runs if r.get(t) and r[t].get(k) is not None])
+            rows.append((size, label, med([r["size"] for r in runs if r.get("size")]),
+                         {t: (m(t, "wall"), m(t, "stored"), m(t, "rss_kib")) for t in FULL_TOOLS}))
+    if not rows:
+        return []
+    L = ["### Full snapshot of both kinds of database", ""]
+    L.append("Each database is snapshotted whole into a new repository by snapback (format 2: pages compressed "
+             "with a zstd dictionary trained on the database), snapback into a format-1 repository (the same "
+             "binary, no dictionaries: as before issue 15), restic and borg, as above. The compressible "
+             "database is `compressible_db` in scripts/bench.py: JSON order documents of a small vocabulary "
+             "with long repeated text, WAL mode, 4 KiB pages. Medians over the runs; time in s, stored bytes "
+             "(`du -sb` growth).")
+    L.append("")
+    L.append("| size | database | snapback | snapback without dictionaries | restic | borg | "
+             "snapback ÷ restic: stored | time | without dictionaries ÷ restic: stored |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for size, label, fsize, v in rows:
+        cell = lambda t: f"{fmt_s(v[t][0])} s, {fmt_b(v[t][1])}"  # noqa: E731
+        L.append(f"| {size} MiB ({fmt_b(fsize)}) | {label} | {cell('snapback')} | {cell('snapback_nodict')} | "
+                 f"{cell('restic')} | {cell('borg')} | {fmt_r(ratio(v['snapback'][1], v['restic'][1]))} | "
+                 f"{fmt_r(ratio(v['snapback'][0], v['restic'][0]))} | "
+                 f"{fmt_r(ratio(v['snapback_nodict'][1], v['restic'][1]))} |")
+    L.append("")
+    L.append("Peak RSS of these full snapshots, MiB (snapback / without dictionaries / restic / borg): " + "; ".join(
+        f"{size} MiB {label.split(' ')[0]}: " + " / ".join(
+            "–" if v[t][2] is None else f"{v[t][2] / 1024:.0f}" for t in FULL_TOOLS)
+        for size, label, _, v in rows) + ".")
+    L.append("")
+    return L
 
 
 def targets_markdown(res, sums):

@@ -112,10 +112,10 @@ pub fn pack(data: &[u8]) {
 }
 
 fn pack_with(codec: &BlobCodec, data: &[u8]) {
-    let Ok(hlen) = parse_prefix(codec, data, "fuzz") else {
+    let Ok(prefix) = parse_prefix(codec, data, "fuzz") else {
         return;
     };
-    let hlen = hlen as usize;
+    let hlen = prefix.hlen as usize;
     let header = &data[12..data.len().min(12 + hlen)];
     let sizes = [
         data.len() as u64,
@@ -124,7 +124,7 @@ fn pack_with(codec: &BlobCodec, data: &[u8]) {
             .unwrap_or(0),
     ];
     for size in sizes {
-        if let Ok(entries) = parse_header(codec, header, size, "fuzz") {
+        if let Ok(entries) = parse_header(codec, &prefix, header, size, "fuzz") {
             let mut at = 12 + header.len() as u64;
             for e in &entries {
                 assert_eq!(e.offset as u64, at, "entries are back to back");

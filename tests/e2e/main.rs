@@ -11,6 +11,7 @@ mod conventions;
 mod corruption;
 mod crash;
 mod delta_restore;
+mod dictionaries;
 mod encryption;
 mod exit_codes;
 mod files;

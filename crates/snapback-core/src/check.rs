@@ -3,26 +3,31 @@
 //! The structural check proves that every blob a manifest references is
 //! indexed and that its pack exists with the indexed size. With `read_data`
 //! every pack is read whole: its name is checked against its content, its
-//! header parsed, and every blob decompressed and hashed. Each problem names
-//! the object and every snapshot and file it affects.
+//! header parsed, and every blob decompressed (with its dictionary) and
+//! hashed. Every dictionary (`dicts/`) is read and verified against its name
+//! either way, and every blob whose dictionary is missing or damaged is a
+//! problem of that dictionary. Each problem names the object and every
+//! snapshot and file it affects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::chunklist;
+use crate::dict::Dict;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{decode_index, MasterIndex};
 use crate::layout::{
-    check_key, check_kind_of_key, pack_id_from_key, pack_key, CHECK_PREFIX, DATA_PREFIX,
-    INDEX_PREFIX, SNAPSHOT_PREFIX, TIMELINE_PREFIX,
+    check_key, check_kind_of_key, dict_id_from_key, dict_key, pack_id_from_key, pack_key,
+    CHECK_PREFIX, DATA_PREFIX, DICT_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX, TIMELINE_PREFIX,
 };
 use crate::manifest::Manifest;
 use crate::pack::{open_blob, parse_header, parse_prefix};
 use crate::repo::Repository;
 use crate::segment::Segment;
 use crate::Progress;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
@@ -77,6 +82,8 @@ pub struct CheckReport {
     /// Packs that no index references (left by an interrupted snapshot); not
     /// an error, `prune` removes them.
     pub unindexed_packs: u64,
+    /// Zstd dictionaries read and verified (`dicts/`).
+    pub dictionaries: u64,
     /// Timeline segments checked, and the points they hold.
     pub segments: u64,
     pub points: u64,
@@ -306,6 +313,10 @@ impl Repository {
             .filter(|p| !index.packs().contains_key(p))
             .count() as u64;
 
+        // Dictionaries: every one read and verified; one that an index
+        // entry names and that is not there is a problem too.
+        let dicts = self.check_dicts(&index, &mut probs, &mut report)?;
+
         // With --read-data: every pack, whole.
         let mut bad_blobs: HashMap<Id, String> = HashMap::new();
         if opts.read_data {
@@ -322,6 +333,7 @@ impl Repository {
                             &id,
                             &bytes,
                             &index,
+                            &dicts,
                             &mut probs,
                             &mut bad_blobs,
                             &mut report,
@@ -383,7 +395,8 @@ impl Repository {
                 // The chunk list.
                 let mut lists_ok = true;
                 for lid in f.chunks.blob_ids() {
-                    if let Some(why) = blob_problem(lid, &index, &missing_packs, &bad_blobs) {
+                    if let Some(why) = blob_problem(lid, &index, &missing_packs, &bad_blobs, &dicts)
+                    {
                         probs.affect(&format!("blob {lid}"), || why.clone(), aff());
                         lists_ok = false;
                         continue;
@@ -439,11 +452,10 @@ impl Repository {
                         continue;
                     }
                     report.blobs_checked += 1;
-                    if let Some(why) = blob_problem(&c.id, &index, &missing_packs, &bad_blobs) {
-                        let obj = match index.get(&c.id) {
-                            Some(l) => pack_key(&l.pack),
-                            None => format!("blob {}", c.id),
-                        };
+                    if let Some(why) =
+                        blob_problem(&c.id, &index, &missing_packs, &bad_blobs, &dicts)
+                    {
+                        let obj = problem_object(&c.id, &index, &dicts);
                         probs.affect(&obj, || why, aff());
                     }
                 }
@@ -452,8 +464,7 @@ impl Repository {
         self.check_segments(
             &manifests,
             &index,
-            &missing_packs,
-            &bad_blobs,
+            (&missing_packs, &bad_blobs, &dicts),
             &mut probs,
             &mut report,
         )?;
@@ -495,8 +506,7 @@ impl Repository {
         &self,
         manifests: &HashMap<Id, Manifest>,
         index: &MasterIndex,
-        missing_packs: &HashSet<Id>,
-        bad_blobs: &HashMap<Id, String>,
+        (missing_packs, bad_blobs, dicts): (&HashSet<Id>, &HashMap<Id, String>, &Dicts),
         probs: &mut Problems,
         report: &mut CheckReport,
     ) -> Result<()> {
@@ -572,11 +582,8 @@ impl Repository {
                         continue;
                     }
                     report.blobs_checked += 1;
-                    if let Some(why) = blob_problem(id, index, missing_packs, bad_blobs) {
-                        let obj = match index.get(id) {
-                            Some(l) => pack_key(&l.pack),
-                            None => format!("blob {id}"),
-                        };
+                    if let Some(why) = blob_problem(id, index, missing_packs, bad_blobs, dicts) {
+                        let obj = problem_object(id, index, dicts);
                         for later in k..seg.points.len() {
                             probs.affect(&obj, || why.clone(), aff(later));
                         }
@@ -600,11 +607,61 @@ impl Repository {
         Ok(())
     }
 
+    /// Reads every dictionary under `dicts/` (verified against its name,
+    /// loaded by zstd) and notes every one an index entry names that is
+    /// not there.
+    fn check_dicts(
+        &self,
+        index: &MasterIndex,
+        probs: &mut Problems,
+        report: &mut CheckReport,
+    ) -> Result<Dicts> {
+        let mut out = Dicts::default();
+        for o in self.store().list(DICT_PREFIX)? {
+            let Some(id) = dict_id_from_key(&o.key) else {
+                probs.add(
+                    o.key.clone(),
+                    "an object under dicts/ that is not named like a dictionary".into(),
+                );
+                continue;
+            };
+            report.dictionaries += 1;
+            let r = crate::object::get_named(self.store().as_ref(), &o.key, DICT_PREFIX)
+                .and_then(|b| Dict::parse(b, self.config().compression_level, &o.key));
+            match r {
+                Ok(d) => {
+                    out.ok.insert(id, Arc::new(d));
+                }
+                Err(e) => {
+                    out.bad
+                        .insert(id, format!("dictionary {} is damaged: {e}", id.short()));
+                }
+            }
+        }
+        for d in index.dicts() {
+            if !out.ok.contains_key(d) && !out.bad.contains_key(d) {
+                out.bad.insert(
+                    *d,
+                    format!(
+                        "dictionary {} is missing (indexed blobs were compressed with it)",
+                        d.short()
+                    ),
+                );
+            }
+        }
+        for (id, why) in &out.bad {
+            probs.add(dict_key(id), why.clone());
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn verify_pack_bytes(
         &self,
         id: &Id,
         bytes: &[u8],
         index: &MasterIndex,
+        dicts: &Dicts,
         probs: &mut Problems,
         bad: &mut HashMap<Id, String>,
         report: &mut CheckReport,
@@ -619,33 +676,63 @@ impl Repository {
         }
         // Find exactly which blobs are damaged: by the header if it parses,
         // else by the index's view of the pack.
-        let from_header = parse_prefix(self.codec(), bytes, &key).ok().and_then(|h| {
-            let h = h as usize;
+        let from_header = parse_prefix(self.codec(), bytes, &key).ok().and_then(|p| {
+            let h = p.hlen as usize;
             (bytes.len() >= 12 + h)
                 .then(|| {
-                    parse_header(self.codec(), &bytes[12..12 + h], bytes.len() as u64, &key).ok()
+                    parse_header(
+                        self.codec(),
+                        &p,
+                        &bytes[12..12 + h],
+                        bytes.len() as u64,
+                        &key,
+                    )
+                    .ok()
                 })
                 .flatten()
         });
         let entries: Vec<_> = match from_header {
             Some(e) => e
                 .into_iter()
-                .map(|e| (e.id, e.offset, e.stored_len, e.raw_len))
+                .map(|e| (e.id, e.offset, e.stored_len, e.raw_len, e.dict))
                 .collect(),
             None => {
                 probs.add(key.clone(), "pack header is unreadable".into());
                 index
                     .blobs()
                     .filter(|(_, l)| l.pack == *id)
-                    .map(|(b, l)| (*b, l.offset, l.stored_len, l.raw_len))
+                    .map(|(b, l)| (*b, l.offset, l.stored_len, l.raw_len, index.dict_of(l)))
                     .collect()
             }
         };
-        for (bid, off, len, raw) in entries {
+        for (bid, off, len, raw, dict) in entries {
             report.blobs_checked += 1;
             let end = off as usize + len as usize;
+            let d = match &dict {
+                Some(d) => match dicts.ok.get(d) {
+                    Some(d) => Some(d.clone()),
+                    None => {
+                        let why = dicts
+                            .bad
+                            .get(d)
+                            .cloned()
+                            .unwrap_or_else(|| format!("dictionary {} is missing", d.short()));
+                        bad.insert(bid, format!("blob in {key} cannot be read: {why}"));
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let r = if end <= bytes.len() {
-                open_blob(self.codec(), &bid, &bytes[off as usize..end], raw, &key).map(|_| ())
+                open_blob(
+                    self.codec(),
+                    &bid,
+                    &bytes[off as usize..end],
+                    raw,
+                    &key,
+                    d.as_deref(),
+                )
+                .map(|_| ())
             } else {
                 Err(Error::corrupt(&key, "blob extends past the end"))
             };
@@ -660,11 +747,28 @@ impl Repository {
     }
 }
 
+/// The dictionaries a check found: read and verified, or not usable (and
+/// why).
+#[derive(Default)]
+struct Dicts {
+    ok: HashMap<Id, Arc<Dict>>,
+    bad: HashMap<Id, String>,
+}
+
+impl Dicts {
+    /// The unusable dictionary a blob's location names, if any.
+    fn bad_of(&self, index: &MasterIndex, id: &Id) -> Option<(Id, &String)> {
+        let d = index.get(id).and_then(|l| index.dict_of(l))?;
+        self.bad.get(&d).map(|why| (d, why))
+    }
+}
+
 fn blob_problem(
     id: &Id,
     index: &MasterIndex,
     missing: &HashSet<Id>,
     bad: &HashMap<Id, String>,
+    dicts: &Dicts,
 ) -> Option<String> {
     match index.get(id) {
         None => Some(format!(
@@ -675,7 +779,24 @@ fn blob_problem(
             "pack {} is missing or has the wrong size",
             l.pack.short()
         )),
-        Some(_) => bad.get(id).cloned(),
+        Some(_) => match dicts.bad_of(index, id) {
+            Some((_, why)) => Some(format!(
+                "{why}; the blobs compressed with it cannot be read"
+            )),
+            None => bad.get(id).cloned(),
+        },
+    }
+}
+
+/// The object a blob's problem is reported on: its dictionary when that is
+/// what is wrong, else its pack, else the blob.
+fn problem_object(id: &Id, index: &MasterIndex, dicts: &Dicts) -> String {
+    if let Some((d, _)) = dicts.bad_of(index, id) {
+        return dict_key(&d);
+    }
+    match index.get(id) {
+        Some(l) => pack_key(&l.pack),
+        None => format!("blob {id}"),
     }
 }
 

@@ -14,11 +14,16 @@ pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The optional parts of format 2 that this build understands. A repository
 /// whose `features` names any other is refused: a feature this build does
 /// not know may change what the data means.
-pub const KNOWN_FEATURES: &[&str] = &[TIMELINE_FEATURE];
+pub const KNOWN_FEATURES: &[&str] = &[TIMELINE_FEATURE, DICT_FEATURE];
 
 /// The feature of a repository that holds timeline segments (`timeline/`):
 /// set when the first segment is written.
 pub const TIMELINE_FEATURE: &str = "timeline";
+
+/// The feature of a repository that holds zstd dictionaries (`dicts/`)
+/// and blobs compressed with them (version-2 packs and indexes): set just
+/// before the first dictionary is stored.
+pub const DICT_FEATURE: &str = "zstd-dict";
 
 /// The `config` object: written once by `init`, never changed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -192,11 +197,11 @@ mod tests {
     #[test]
     fn unknown_features_are_refused_by_name() {
         let mut c = sample();
-        c.features = vec!["timeline".into(), "zstd-dict".into()];
+        c.features = vec!["timeline".into(), "zstd-dict".into(), "a-later-part".into()];
         let b = serde_json::to_vec(&c).expect("ser");
         let e = RepoConfig::parse(&b).expect_err("unknown feature");
         assert!(
-            matches!(&e, Error::UnsupportedFeature { feature } if feature == "zstd-dict"),
+            matches!(&e, Error::UnsupportedFeature { feature } if feature == "a-later-part"),
             "{e}"
         );
         assert!(e.to_string().contains("Upgrade snapback"), "{e}");

@@ -4,7 +4,7 @@
 
 pub use crate::chunklist::{apply_patch, decode_part, decode_patch, ChunkRef};
 pub use crate::index::{decode_index, encode_index, IndexedPack};
-pub use crate::pack::{parse_header, parse_prefix, BlobCodec, PackEntry};
+pub use crate::pack::{parse_header, parse_prefix, BlobCodec, PackEntry, PackPrefix};
 
 /// Parses and checks a key file (`keys/<id>`) without running the KDF.
 pub fn check_key_file(bytes: &[u8]) -> crate::Result<()> {

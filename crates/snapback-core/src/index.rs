@@ -9,6 +9,15 @@
 //! It is stored under `index/<sha256 of its bytes>`. Every snapshot writes one
 //! index object for the packs it wrote. Indexes are a cache of what the pack
 //! headers say: `repair-index` rebuilds them from the packs alone.
+//!
+//! An index object that lists a blob compressed with a dictionary is of
+//! version 2, `"SNBIDX\x02\x00"`: each pack carries its dictionary table
+//! and each entry one more byte, as in a version-2 pack header:
+//! ```text
+//!   pack_id [32], pack_size u64, dict_count u16, dict_count x id [32],
+//!   entry_count u32, then per entry:
+//!     kind u8, dict u8, id [32], offset u32, stored_len u32, raw_len u32
+//! ```
 
 use std::collections::HashMap;
 
@@ -17,6 +26,7 @@ use crate::id::Id;
 use crate::pack::{BlobKind, PackEntry};
 
 const INDEX_MAGIC: &[u8; 8] = b"SNBIDX\x01\x00";
+const INDEX_MAGIC_V2: &[u8; 8] = b"SNBIDX\x02\x00";
 const ENTRY_LEN: usize = 45;
 
 /// One pack's part of an index object.
@@ -27,15 +37,52 @@ pub struct IndexedPack {
     pub entries: Vec<PackEntry>,
 }
 
+impl IndexedPack {
+    /// The dictionaries its entries name, in order of first use.
+    pub fn dicts(&self) -> Vec<Id> {
+        let mut out: Vec<Id> = Vec::new();
+        for d in self.entries.iter().filter_map(|e| e.dict) {
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
 pub fn encode_index(packs: &[IndexedPack]) -> Result<Vec<u8>> {
+    let v2 = packs
+        .iter()
+        .any(|p| p.entries.iter().any(|e| e.dict.is_some()));
     let mut raw = Vec::new();
     raw.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for p in packs {
         raw.extend_from_slice(&p.id.0);
         raw.extend_from_slice(&p.size.to_le_bytes());
+        let dicts = p.dicts();
+        if v2 {
+            if dicts.len() > crate::pack::MAX_PACK_DICTS {
+                return Err(Error::Verification(format!(
+                    "pack {} names {} dictionaries, more than an index entry can",
+                    p.id.short(),
+                    dicts.len()
+                )));
+            }
+            raw.extend_from_slice(&(dicts.len() as u16).to_le_bytes());
+            for d in &dicts {
+                raw.extend_from_slice(&d.0);
+            }
+        }
         raw.extend_from_slice(&(p.entries.len() as u32).to_le_bytes());
         for e in &p.entries {
             raw.push(e.kind.code());
+            if v2 {
+                let slot = e
+                    .dict
+                    .and_then(|d| dicts.iter().position(|x| *x == d))
+                    .map_or(0, |i| i + 1);
+                raw.push(slot as u8);
+            }
             raw.extend_from_slice(&e.id.0);
             raw.extend_from_slice(&e.offset.to_le_bytes());
             raw.extend_from_slice(&e.stored_len.to_le_bytes());
@@ -45,7 +92,7 @@ pub fn encode_index(packs: &[IndexedPack]) -> Result<Vec<u8>> {
     let z = zstd::bulk::compress(&raw, 3)
         .map_err(|e| Error::Verification(format!("index compression failed: {e}")))?;
     let mut out = Vec::with_capacity(8 + z.len());
-    out.extend_from_slice(INDEX_MAGIC);
+    out.extend_from_slice(if v2 { INDEX_MAGIC_V2 } else { INDEX_MAGIC });
     out.extend_from_slice(&z);
     // Prove that what is stored parses back to what was meant.
     if decode_index(&out, "new index")? != packs {
@@ -57,15 +104,18 @@ pub fn encode_index(packs: &[IndexedPack]) -> Result<Vec<u8>> {
 }
 
 pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
-    if bytes.len() >= 8 && &bytes[..6] == b"SNBIDX" && bytes[6] > INDEX_MAGIC[6] {
+    if bytes.len() >= 8 && &bytes[..6] == b"SNBIDX" && bytes[6] > INDEX_MAGIC_V2[6] {
         return Err(Error::UnsupportedVersion {
             found: bytes[6] as u32,
-            supported: INDEX_MAGIC[6] as u32,
+            supported: INDEX_MAGIC_V2[6] as u32,
         });
     }
-    if bytes.len() < 8 || &bytes[..8] != INDEX_MAGIC {
-        return Err(Error::corrupt(place, "not a snapback index (bad magic)"));
-    }
+    let v2 = match bytes.get(..8) {
+        Some(m) if m == INDEX_MAGIC => false,
+        Some(m) if m == INDEX_MAGIC_V2 => true,
+        _ => return Err(Error::corrupt(place, "not a snapback index (bad magic)")),
+    };
+    let entry_len = if v2 { ENTRY_LEN + 1 } else { ENTRY_LEN };
     // Bound the decompressed size: at most 1 GiB of index per object.
     let raw = zstd::bulk::decompress(&bytes[8..], 1 << 30)
         .map_err(|e| Error::corrupt(place, format!("does not decompress: {e}")))?;
@@ -79,8 +129,15 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
     for _ in 0..n {
         let id = Id(r.arr()?);
         let size = r.u64()?;
+        let mut dicts = Vec::new();
+        if v2 {
+            let n = r.u16()? as usize;
+            for _ in 0..n {
+                dicts.push(Id(r.arr()?));
+            }
+        }
         let m = r.u32()? as usize;
-        if m.saturating_mul(ENTRY_LEN) > raw.len() - r.pos {
+        if m.saturating_mul(entry_len) > raw.len() - r.pos {
             return Err(Error::corrupt(place, "entry count exceeds the index size"));
         }
         let mut entries = Vec::with_capacity(m);
@@ -88,6 +145,19 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
             let code = r.u8()?;
             let kind = BlobKind::from_code(code)
                 .ok_or_else(|| Error::corrupt(place, format!("unknown blob kind {code}")))?;
+            let dict = if v2 {
+                match r.u8()? as usize {
+                    0 => None,
+                    i => Some(*dicts.get(i - 1).ok_or_else(|| {
+                        Error::corrupt(
+                            place,
+                            format!("an entry names dictionary {i} of {}", dicts.len()),
+                        )
+                    })?),
+                }
+            } else {
+                None
+            };
             let bid = Id(r.arr()?);
             let offset = r.u32()?;
             let stored_len = r.u32()?;
@@ -104,6 +174,7 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
                 offset,
                 stored_len,
                 raw_len,
+                dict,
             });
         }
         packs.push(IndexedPack { id, size, entries });
@@ -177,12 +248,18 @@ pub struct BlobLocation {
     pub offset: u32,
     pub stored_len: u32,
     pub raw_len: u32,
+    /// The dictionary the blob was compressed with: 0 for none, else
+    /// `MasterIndex::dict_of` names it (a small number, not an id, so that
+    /// a location stays small).
+    pub dict: u16,
 }
 
 /// The in-memory union of every index object.
 #[derive(Debug, Default, Clone)]
 pub struct MasterIndex {
     blobs: HashMap<Id, BlobLocation>,
+    /// The dictionaries that locations name (`dict` i = `dicts[i - 1]`).
+    dicts: Vec<Id>,
     /// pack id → size, as the index recorded it
     packs: HashMap<Id, u64>,
     /// index object keys that were loaded
@@ -193,14 +270,39 @@ impl MasterIndex {
     pub fn insert_pack(&mut self, p: &IndexedPack) {
         self.packs.insert(p.id, p.size);
         for e in &p.entries {
+            let dict = e.dict.map_or(0, |d| self.dict_slot(d));
             self.blobs.entry(e.id).or_insert(BlobLocation {
                 pack: p.id,
                 kind: e.kind,
                 offset: e.offset,
                 stored_len: e.stored_len,
                 raw_len: e.raw_len,
+                dict,
             });
         }
+    }
+
+    fn dict_slot(&mut self, d: Id) -> u16 {
+        match self.dicts.iter().position(|x| *x == d) {
+            Some(i) => i as u16 + 1,
+            None => {
+                self.dicts.push(d);
+                self.dicts.len() as u16
+            }
+        }
+    }
+
+    /// The dictionary a location names, if any.
+    pub fn dict_of(&self, loc: &BlobLocation) -> Option<Id> {
+        match loc.dict {
+            0 => None,
+            i => self.dicts.get(i as usize - 1).copied(),
+        }
+    }
+
+    /// Every dictionary some location names.
+    pub fn dicts(&self) -> &[Id] {
+        &self.dicts
     }
 
     pub fn get(&self, id: &Id) -> Option<&BlobLocation> {
@@ -240,6 +342,7 @@ mod tests {
                     offset: 100,
                     stored_len: 10,
                     raw_len: 20,
+                    dict: None,
                 },
                 PackEntry {
                     kind: BlobKind::ChunkList,
@@ -247,6 +350,7 @@ mod tests {
                     offset: 110,
                     stored_len: 5,
                     raw_len: 5,
+                    dict: None,
                 },
             ],
         }];
@@ -261,10 +365,47 @@ mod tests {
         assert!(decode_index(&bytes[..bytes.len() - 4], "i").is_err());
         assert!(decode_index(b"garbage!", "i").is_err());
         let mut newer = bytes.clone();
-        newer[6] = 2;
+        newer[6] = 3;
         assert!(matches!(
             decode_index(&newer, "i"),
-            Err(Error::UnsupportedVersion { found: 2, .. })
+            Err(Error::UnsupportedVersion { found: 3, .. })
         ));
+        assert_eq!(&bytes[..8], INDEX_MAGIC, "no dictionary: version 1");
+    }
+
+    #[test]
+    fn an_index_with_dictionary_entries_is_version_2_and_keeps_them() {
+        let d = Id::of(b"dict");
+        let e = |n: &[u8], off, dict| PackEntry {
+            kind: BlobKind::Data,
+            id: Id::of(n),
+            offset: off,
+            stored_len: 10,
+            raw_len: 4096,
+            dict,
+        };
+        let packs = vec![
+            IndexedPack {
+                id: Id::of(b"p"),
+                size: 1000,
+                entries: vec![e(b"a", 100, Some(d)), e(b"b", 110, None)],
+            },
+            IndexedPack {
+                id: Id::of(b"q"),
+                size: 1000,
+                entries: vec![e(b"c", 100, None)],
+            },
+        ];
+        let bytes = encode_index(&packs).expect("encode");
+        assert_eq!(&bytes[..8], INDEX_MAGIC_V2);
+        assert_eq!(decode_index(&bytes, "i").expect("decode"), packs);
+        let mut m = MasterIndex::default();
+        for p in &packs {
+            m.insert_pack(p);
+        }
+        let loc = m.get(&Id::of(b"a")).expect("a");
+        assert_eq!(m.dict_of(loc), Some(d));
+        assert_eq!(m.dict_of(m.get(&Id::of(b"c")).expect("c")), None);
+        assert_eq!(m.dicts(), &[d]);
     }
 }

@@ -9,6 +9,8 @@
 //! index/<index id>                       index objects
 //! snapshots/<snapshot id>                manifests (JSON), the commit records
 //! timeline/<segment id>                  timeline segments (format 2)
+//! dicts/<dictionary id>                  zstd dictionaries (format 2, feature
+//!                                        "zstd-dict")
 //! keys/<key id>                          key files (encrypted repositories only)
 //! locks/<ns, 20 digits>-<random>         locks (JSON)
 //! checks/<ns, 20 digits>-<kind>          check records (JSON); kind is
@@ -18,14 +20,16 @@
 //! audit/<seq, 10 digits>                 audit claims: the sha256 of that entry
 //! ```
 //!
-//! Content-named objects (packs, indexes, manifests, key files) are named
-//! by the SHA-256 of their stored bytes; `object::get_named` checks that.
+//! Content-named objects (packs, indexes, manifests, dictionaries, key
+//! files) are named by the SHA-256 of their stored bytes (of the plaintext
+//! in an encrypted repository); `object::get_named` checks that.
 
 use crate::id::Id;
 
 pub const CONFIG_KEY: &str = "config";
 pub const CONFIG_NEXT_KEY: &str = "config.next";
 pub const TIMELINE_PREFIX: &str = "timeline/";
+pub const DICT_PREFIX: &str = "dicts/";
 pub const DATA_PREFIX: &str = "data/";
 pub const INDEX_PREFIX: &str = "index/";
 pub const SNAPSHOT_PREFIX: &str = "snapshots/";
@@ -72,6 +76,16 @@ pub fn timeline_key(id: &Id) -> String {
 /// The segment a `timeline/` key names, if it is named like one.
 pub fn timeline_id_from_key(key: &str) -> Option<Id> {
     key.strip_prefix(TIMELINE_PREFIX).and_then(Id::from_hex)
+}
+
+/// `dicts/<id>`.
+pub fn dict_key(id: &Id) -> String {
+    format!("{DICT_PREFIX}{id}")
+}
+
+/// The dictionary a `dicts/` key names, if it is named like one.
+pub fn dict_id_from_key(key: &str) -> Option<Id> {
+    key.strip_prefix(DICT_PREFIX).and_then(Id::from_hex)
 }
 
 /// `keys/<id>`.
@@ -178,6 +192,8 @@ mod tests {
         assert_eq!(snapshot_id_from_key(&snapshot_key(&id)), Some(id));
         assert_eq!(timeline_key(&id), format!("timeline/{h}"));
         assert_eq!(timeline_id_from_key(&timeline_key(&id)), Some(id));
+        assert_eq!(dict_key(&id), format!("dicts/{h}"));
+        assert_eq!(dict_id_from_key(&dict_key(&id)), Some(id));
         assert_eq!(key_file_key(&id), format!("keys/{h}"));
         assert_eq!(key_file_id_from_key(&key_file_key(&id)), Some(id));
         assert_eq!(release_key(&id), format!("releases/{h}"));

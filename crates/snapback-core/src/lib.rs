@@ -14,6 +14,7 @@ mod dating;
 mod delta;
 #[cfg(test)]
 mod delta_snapshot_tests;
+mod dict;
 mod error;
 mod fingerprint;
 mod forget;
@@ -57,7 +58,8 @@ pub use check::{
 };
 pub use chunklist::ChunkRef;
 pub use config::{
-    ChunkingParams, RepoConfig, FORMAT_VERSION, OLDEST_FORMAT_VERSION, TIMELINE_FEATURE,
+    ChunkingParams, RepoConfig, DICT_FEATURE, FORMAT_VERSION, OLDEST_FORMAT_VERSION,
+    TIMELINE_FEATURE,
 };
 pub use crypto::{KdfParams, KeyInfo, Passphrase, SEAL_OVERHEAD};
 pub use dating::{Ahead, Dating};
@@ -71,7 +73,7 @@ pub use index::{BlobLocation, MasterIndex};
 pub use layout::{pack_key, CONFIG_KEY, KEYS_PREFIX};
 pub use lock::{FoundLock, LockInfo, LockKind, LockState, ReadLock, RepoLock};
 pub use manifest::{
-    CaptureMethod, ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats,
+    CaptureMethod, ChunkListRef, Chunking, DictUse, FileEntry, FileKind, Manifest, SnapshotStats,
     SqliteFacts,
 };
 pub use pack::BlobCodec;

@@ -113,6 +113,26 @@ pub struct SqliteFacts {
     /// field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<CaptureMethod>,
+    /// The zstd dictionary this capture compressed the database's new
+    /// pages with (format 2, feature `zstd-dict`). Only for the next
+    /// capture, which goes on with it or trains a new one: a reader finds
+    /// each blob's dictionary in its pack's header and index entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dict: Option<DictUse>,
+}
+
+/// Which dictionary a capture used, and how well it did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DictUse {
+    /// `dicts/<id>`.
+    pub id: Id,
+    /// Stored bytes per 1000 raw bytes of the pages compressed with it by
+    /// the capture that trained it (the ratio to keep).
+    pub baseline_per_mille: u32,
+    /// Pages this capture compressed with it, and their stored bytes per
+    /// 1000 raw bytes.
+    pub new_pages: u64,
+    pub new_per_mille: u32,
 }
 
 /// How a database image was captured.

@@ -12,6 +12,17 @@
 //! A pack is named by the SHA-256 of all its bytes, so it can be verified
 //! without unpacking, and its header alone rebuilds its index entries.
 //!
+//! A pack that holds blobs compressed with a zstd dictionary (`dict`) is of
+//! version 2, `"SNBPACK\x02"`, whose header begins with a dictionary table
+//! and gives each entry one more byte, its dictionary:
+//! ```text
+//! header    dict_count u16, dict_count x id [32],
+//!           count u32, then count entries of 42 bytes:
+//!             kind u8, dict u8 (0 = none, i = the table's i-th), id [32],
+//!             stored_len u32, raw_len u32
+//! ```
+//! Packs without such blobs are written as version 1, as before.
+//!
 //! In an encrypted repository the header (count and entries) is sealed as
 //! one message (`hlen` is then its sealed length) and every blob is sealed
 //! on its own (see `crypto`), so one blob is still one range read.
@@ -19,11 +30,17 @@
 use std::sync::Arc;
 
 use crate::crypto::{Crypto, SEAL_OVERHEAD};
+use crate::dict::Dict;
 use crate::error::{Error, Result};
 use crate::id::Id;
 
 pub const PACK_MAGIC: &[u8; 8] = b"SNBPACK\x01";
+/// Packs with a dictionary table.
+pub const PACK_MAGIC_V2: &[u8; 8] = b"SNBPACK\x02";
 const ENTRY_LEN: usize = 41;
+const ENTRY_LEN_V2: usize = 42;
+/// At most this many dictionaries in one pack's table (the entry's byte).
+pub const MAX_PACK_DICTS: usize = 255;
 /// Associated data of a sealed pack header.
 const HEADER_AAD: &[u8] = b"snapback pack header";
 
@@ -62,6 +79,8 @@ pub struct PackEntry {
     pub offset: u32,
     pub stored_len: u32,
     pub raw_len: u32,
+    /// The zstd dictionary the blob was compressed with, if any.
+    pub dict: Option<Id>,
 }
 
 thread_local! {
@@ -111,6 +130,13 @@ fn decompress_into(stored: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
     })
 }
 
+/// " with dictionary X", for an error about a blob that has one.
+fn with_dict(dict: Option<&Dict>) -> String {
+    dict.map_or(String::new(), |d| {
+        format!(" with dictionary {}", d.id.short())
+    })
+}
+
 /// How blobs are stored: zstd at a level, then (in an encrypted
 /// repository) sealed one by one; and how a chunk is named: SHA-256, or
 /// HMAC-SHA256 under the repository's id key when encrypted.
@@ -148,17 +174,25 @@ impl BlobCodec {
         }
     }
 
-    /// Compresses (and seals) a blob, and proves that the stored form
-    /// decompresses back to content with the same id, so that a compressor
-    /// fault is never committed.
-    pub fn seal(&self, id: &Id, raw: &[u8]) -> Result<Vec<u8>> {
-        let stored = compress(raw, self.level).map_err(|e| {
+    /// Compresses (and seals) a blob, with `dict` when given, and proves
+    /// that the stored form decompresses back to content with the same id,
+    /// so that a compressor fault is never committed.
+    pub fn seal(&self, id: &Id, raw: &[u8], dict: Option<&Dict>) -> Result<Vec<u8>> {
+        let stored = match dict {
+            Some(d) => crate::dict::compress(raw, d),
+            None => compress(raw, self.level),
+        }
+        .map_err(|e| {
             Error::Verification(format!(
                 "zstd compression of chunk {} failed: {e}",
                 id.short()
             ))
         })?;
-        let back = decompress(&stored, raw.len()).map_err(|e| {
+        let back = match dict {
+            Some(d) => crate::dict::decompress(&stored, raw.len(), d),
+            None => decompress(&stored, raw.len()),
+        }
+        .map_err(|e| {
             Error::Verification(format!(
                 "chunk {} does not decompress after compression: {e}",
                 id.short()
@@ -197,11 +231,26 @@ impl BlobCodec {
     /// blob's raw length): no allocation and no copy, and the hash checked
     /// against `id` is that of the bytes where they lie. On an error, `out`
     /// holds nothing proven.
-    pub fn open_into(&self, id: &Id, stored: &[u8], out: &mut [u8], place: &str) -> Result<()> {
+    pub fn open_into(
+        &self,
+        id: &Id,
+        stored: &[u8],
+        out: &mut [u8],
+        place: &str,
+        dict: Option<&Dict>,
+    ) -> Result<()> {
         let what = || format!("blob {} in {place}", id.short());
         let compressed = self.unseal(id, stored, &what)?;
-        let n = decompress_into(&compressed, out)
-            .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
+        let n = match dict {
+            Some(d) => crate::dict::decompress_into(&compressed, out, d),
+            None => decompress_into(&compressed, out),
+        }
+        .map_err(|e| {
+            Error::corrupt(
+                what(),
+                format!("does not decompress{}: {e}", with_dict(dict)),
+            )
+        })?;
         if n != out.len() {
             return Err(Error::corrupt(
                 what(),
@@ -218,13 +267,28 @@ impl BlobCodec {
         Ok(())
     }
 
-    /// Opens (authenticates), decompresses and checks a stored blob against
-    /// its id and length.
-    pub fn open(&self, id: &Id, stored: &[u8], raw_len: u32, place: &str) -> Result<Vec<u8>> {
+    /// Opens (authenticates), decompresses (with `dict`, the dictionary its
+    /// entry names) and checks a stored blob against its id and length.
+    pub fn open(
+        &self,
+        id: &Id,
+        stored: &[u8],
+        raw_len: u32,
+        place: &str,
+        dict: Option<&Dict>,
+    ) -> Result<Vec<u8>> {
         let what = || format!("blob {} in {place}", id.short());
         let compressed = self.unseal(id, stored, &what)?;
-        let raw = decompress(&compressed, raw_len as usize)
-            .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
+        let raw = match dict {
+            Some(d) => crate::dict::decompress(&compressed, raw_len as usize, d),
+            None => decompress(&compressed, raw_len as usize),
+        }
+        .map_err(|e| {
+            Error::corrupt(
+                what(),
+                format!("does not decompress{}: {e}", with_dict(dict)),
+            )
+        })?;
         if raw.len() != raw_len as usize {
             return Err(Error::corrupt(
                 what(),
@@ -252,8 +316,8 @@ impl BlobCodec {
 }
 
 /// Compresses a blob with `codec` (see [`BlobCodec::seal`]).
-pub fn seal_blob(codec: &BlobCodec, id: &Id, raw: &[u8]) -> Result<Vec<u8>> {
-    codec.seal(id, raw)
+pub fn seal_blob(codec: &BlobCodec, id: &Id, raw: &[u8], dict: Option<&Dict>) -> Result<Vec<u8>> {
+    codec.seal(id, raw, dict)
 }
 
 /// Opens a stored blob with `codec` (see [`BlobCodec::open`]).
@@ -263,14 +327,17 @@ pub fn open_blob(
     stored: &[u8],
     raw_len: u32,
     place: &str,
+    dict: Option<&Dict>,
 ) -> Result<Vec<u8>> {
-    codec.open(entry_id, stored, raw_len, place)
+    codec.open(entry_id, stored, raw_len, place, dict)
 }
 
 /// Builds a pack in memory.
 #[derive(Debug, Default)]
 pub struct PackBuilder {
-    entries: Vec<(BlobKind, Id, u32, u32)>,
+    entries: Vec<(BlobKind, Id, u32, u32, u8)>,
+    /// The dictionaries its blobs name (entry byte i = `dicts[i - 1]`).
+    dicts: Vec<Id>,
     body: Vec<u8>,
 }
 
@@ -279,9 +346,42 @@ impl PackBuilder {
         Self::default()
     }
 
-    pub fn add(&mut self, kind: BlobKind, id: Id, stored: &[u8], raw_len: u32) {
-        self.entries.push((kind, id, stored.len() as u32, raw_len));
+    /// False when adding a blob of `dict` would need a table entry more
+    /// than a pack has: flush first.
+    pub fn has_room_for(&self, dict: Option<&Id>) -> bool {
+        dict.is_none_or(|d| self.dicts.contains(d) || self.dicts.len() < MAX_PACK_DICTS)
+    }
+
+    /// Adds a stored blob; `dict` is the dictionary it was compressed
+    /// with. The caller checks `has_room_for` first (a blob whose
+    /// dictionary does not fit is refused as an internal error).
+    pub fn add(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        stored: &[u8],
+        raw_len: u32,
+        dict: Option<Id>,
+    ) -> Result<()> {
+        let slot = match dict {
+            None => 0,
+            Some(d) => match self.dicts.iter().position(|x| *x == d) {
+                Some(i) => i + 1,
+                None if self.dicts.len() < MAX_PACK_DICTS => {
+                    self.dicts.push(d);
+                    self.dicts.len()
+                }
+                None => {
+                    return Err(Error::internal(format!(
+                        "a pack can name at most {MAX_PACK_DICTS} dictionaries"
+                    )))
+                }
+            },
+        };
+        self.entries
+            .push((kind, id, stored.len() as u32, raw_len, slot as u8));
         self.body.extend_from_slice(stored);
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -289,20 +389,38 @@ impl PackBuilder {
     }
 
     pub fn size(&self) -> usize {
-        self.body.len() + 12 + self.entries.len() * ENTRY_LEN + 4
+        self.body.len() + 12 + self.plain_header_len()
+    }
+
+    fn plain_header_len(&self) -> usize {
+        if self.dicts.is_empty() {
+            4 + self.entries.len() * ENTRY_LEN
+        } else {
+            2 + 32 * self.dicts.len() + 4 + self.entries.len() * ENTRY_LEN_V2
+        }
     }
 
     /// Serializes the pack; returns its bytes, its id and its entries with
     /// their final offsets.
     pub fn finish(self, codec: &BlobCodec) -> Result<(Vec<u8>, Id, Vec<PackEntry>)> {
-        let plain_len = 4 + self.entries.len() * ENTRY_LEN;
+        let v2 = !self.dicts.is_empty();
+        let plain_len = self.plain_header_len();
         let hlen = plain_len + codec.header_overhead();
         let mut header = Vec::with_capacity(plain_len);
+        if v2 {
+            header.extend_from_slice(&(self.dicts.len() as u16).to_le_bytes());
+            for d in &self.dicts {
+                header.extend_from_slice(&d.0);
+            }
+        }
         header.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         let mut offset = (12 + hlen) as u32;
         let mut entries = Vec::with_capacity(self.entries.len());
-        for (kind, id, stored_len, raw_len) in &self.entries {
+        for (kind, id, stored_len, raw_len, slot) in &self.entries {
             header.push(kind.code());
+            if v2 {
+                header.push(*slot);
+            }
             header.extend_from_slice(&id.0);
             header.extend_from_slice(&stored_len.to_le_bytes());
             header.extend_from_slice(&raw_len.to_le_bytes());
@@ -312,6 +430,7 @@ impl PackBuilder {
                 offset,
                 stored_len: *stored_len,
                 raw_len: *raw_len,
+                dict: (*slot > 0).then(|| self.dicts[*slot as usize - 1]),
             });
             offset += stored_len;
         }
@@ -321,7 +440,7 @@ impl PackBuilder {
         };
         debug_assert_eq!(header.len(), hlen);
         let mut out = Vec::with_capacity(12 + hlen + self.body.len());
-        out.extend_from_slice(PACK_MAGIC);
+        out.extend_from_slice(if v2 { PACK_MAGIC_V2 } else { PACK_MAGIC });
         out.extend_from_slice(&(hlen as u32).to_le_bytes());
         out.extend_from_slice(&header);
         out.extend_from_slice(&self.body);
@@ -330,32 +449,48 @@ impl PackBuilder {
     }
 }
 
-/// Parses the 12-byte prefix; returns the header length.
-pub fn parse_prefix(codec: &BlobCodec, prefix: &[u8], place: &str) -> Result<u32> {
-    if prefix.len() >= 8 && &prefix[..7] == b"SNBPACK" && prefix[7] > PACK_MAGIC[7] {
+/// What a pack's 12-byte prefix says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackPrefix {
+    /// 1, or 2 for a pack with a dictionary table.
+    pub version: u8,
+    /// The length of the (sealed) header that follows.
+    pub hlen: u32,
+}
+
+/// Parses the 12-byte prefix.
+pub fn parse_prefix(codec: &BlobCodec, prefix: &[u8], place: &str) -> Result<PackPrefix> {
+    if prefix.len() >= 8 && &prefix[..7] == b"SNBPACK" && prefix[7] > PACK_MAGIC_V2[7] {
         return Err(Error::UnsupportedVersion {
             found: prefix[7] as u32,
-            supported: PACK_MAGIC[7] as u32,
+            supported: PACK_MAGIC_V2[7] as u32,
         });
     }
-    if prefix.len() < 12 || &prefix[..8] != PACK_MAGIC {
-        return Err(Error::corrupt(place, "not a snapback pack (bad magic)"));
-    }
+    let version = match prefix.get(..8) {
+        Some(m) if prefix.len() >= 12 && m == PACK_MAGIC => 1,
+        Some(m) if prefix.len() >= 12 && m == PACK_MAGIC_V2 => 2,
+        _ => return Err(Error::corrupt(place, "not a snapback pack (bad magic)")),
+    };
     let hlen = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
     let over = codec.header_overhead() as u32;
-    if hlen < 4 + over || !((hlen - 4 - over) as usize).is_multiple_of(ENTRY_LEN) {
+    let ok = match version {
+        1 => hlen >= 4 + over && ((hlen - 4 - over) as usize).is_multiple_of(ENTRY_LEN),
+        _ => hlen >= 2 + 32 + 4 + over,
+    };
+    if !ok {
         return Err(Error::corrupt(
             place,
             format!("pack header length {hlen} is invalid"),
         ));
     }
-    Ok(hlen)
+    Ok(PackPrefix { version, hlen })
 }
 
 /// Parses a pack header (the `hlen` bytes after the prefix) and checks every
 /// entry against the pack's size.
 pub fn parse_header(
     codec: &BlobCodec,
+    prefix: &PackPrefix,
     sealed: &[u8],
     pack_size: u64,
     place: &str,
@@ -370,11 +505,36 @@ pub fn parse_header(
         }
         None => sealed,
     };
+    let mut dicts: Vec<Id> = Vec::new();
+    let mut header = header;
+    if prefix.version >= 2 {
+        if header.len() < 2 {
+            return Err(Error::corrupt(place, "pack header is truncated"));
+        }
+        let n = u16::from_le_bytes([header[0], header[1]]) as usize;
+        if n == 0 || n > MAX_PACK_DICTS || header.len() < 2 + 32 * n {
+            return Err(Error::corrupt(
+                place,
+                format!("pack dictionary table of {n} entries is invalid"),
+            ));
+        }
+        for d in header[2..2 + 32 * n].chunks_exact(32) {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(d);
+            dicts.push(Id(id));
+        }
+        header = &header[2 + 32 * n..];
+    }
+    let entry_len = if prefix.version >= 2 {
+        ENTRY_LEN_V2
+    } else {
+        ENTRY_LEN
+    };
     if header.len() < 4 {
         return Err(Error::corrupt(place, "pack header is truncated"));
     }
     let count = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    if header.len() != 4 + count * ENTRY_LEN {
+    if header.len() != 4 + count * entry_len {
         return Err(Error::corrupt(
             place,
             "pack header length does not match its entry count",
@@ -382,9 +542,24 @@ pub fn parse_header(
     }
     let mut offset = 12u64 + sealed.len() as u64;
     let mut out = Vec::with_capacity(count);
-    for e in header[4..].chunks_exact(ENTRY_LEN) {
+    for e in header[4..].chunks_exact(entry_len) {
         let kind = BlobKind::from_code(e[0])
             .ok_or_else(|| Error::corrupt(place, format!("unknown blob kind {}", e[0])))?;
+        let (dict, e) = if prefix.version >= 2 {
+            let slot = e[1] as usize;
+            let dict = match slot {
+                0 => None,
+                i => Some(*dicts.get(i - 1).ok_or_else(|| {
+                    Error::corrupt(
+                        place,
+                        format!("an entry names dictionary {i} of {}", dicts.len()),
+                    )
+                })?),
+            };
+            (dict, &e[1..])
+        } else {
+            (None, e)
+        };
         let mut id = [0u8; 32];
         id.copy_from_slice(&e[1..33]);
         let stored_len = u32::from_le_bytes([e[33], e[34], e[35], e[36]]);
@@ -401,6 +576,7 @@ pub fn parse_header(
             offset: offset as u32,
             stored_len,
             raw_len,
+            dict,
         });
         offset += stored_len as u64;
     }
@@ -421,6 +597,7 @@ pub fn verify_pack(
     bytes: &[u8],
     expected: &Id,
     place: &str,
+    dicts: Option<&[Dict]>,
 ) -> Result<Vec<PackEntry>> {
     let got = Id::of(bytes);
     if got != *expected {
@@ -429,14 +606,25 @@ pub fn verify_pack(
             format!("pack content hashes to {}, not to its name", got.short()),
         ));
     }
-    let hlen = parse_prefix(codec, bytes, place)? as usize;
+    let prefix = parse_prefix(codec, bytes, place)?;
+    let hlen = prefix.hlen as usize;
     if bytes.len() < 12 + hlen {
         return Err(Error::corrupt(place, "pack is shorter than its header"));
     }
-    let entries = parse_header(codec, &bytes[12..12 + hlen], bytes.len() as u64, place)?;
+    let entries = parse_header(
+        codec,
+        &prefix,
+        &bytes[12..12 + hlen],
+        bytes.len() as u64,
+        place,
+    )?;
     for e in &entries {
         let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-        open_blob(codec, &e.id, s, e.raw_len, place)?;
+        let d = match (e.dict, dicts) {
+            (Some(id), Some(ds)) => ds.iter().find(|d| d.id == id),
+            _ => None,
+        };
+        open_blob(codec, &e.id, s, e.raw_len, place, d)?;
     }
     Ok(entries)
 }
@@ -460,9 +648,11 @@ mod tests {
         b.add(
             BlobKind::Data,
             id,
-            &seal_blob(codec, &id, &raw).expect("seal"),
+            &seal_blob(codec, &id, &raw, None).expect("seal"),
             raw.len() as u32,
-        );
+            None,
+        )
+        .expect("add");
         let (bytes, pid, _) = b.finish(codec).expect("finish");
         (bytes, pid)
     }
@@ -478,18 +668,19 @@ mod tests {
             ];
             for raw in &blobs {
                 let id = codec.blob_id(raw);
-                let s = seal_blob(&codec, &id, raw).expect("seal");
-                b.add(BlobKind::Data, id, &s, raw.len() as u32);
+                let s = seal_blob(&codec, &id, raw, None).expect("seal");
+                b.add(BlobKind::Data, id, &s, raw.len() as u32, None)
+                    .expect("add");
             }
             let (bytes, id, entries) = b.finish(&codec).expect("finish");
             assert_eq!(
-                verify_pack(&codec, &bytes, &id, "p").expect("verify"),
+                verify_pack(&codec, &bytes, &id, "p", None).expect("verify"),
                 entries
             );
             for (e, raw) in entries.iter().zip(&blobs) {
                 let s = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
                 assert_eq!(
-                    &open_blob(&codec, &e.id, s, e.raw_len, "p").expect("open"),
+                    &open_blob(&codec, &e.id, s, e.raw_len, "p", None).expect("open"),
                     raw
                 );
             }
@@ -513,7 +704,7 @@ mod tests {
             let last = bytes.len() - 3;
             bytes[last] ^= 0x40;
             assert!(matches!(
-                verify_pack(&codec, &bytes, &pid, "p"),
+                verify_pack(&codec, &bytes, &pid, "p", None),
                 Err(Error::Corrupt { .. })
             ));
         }
@@ -525,25 +716,102 @@ mod tests {
         let (bytes, pid) = one_blob_pack(&c[1]);
         let other = &codecs()[1];
         assert!(matches!(
-            verify_pack(other, &bytes, &pid, "p"),
+            verify_pack(other, &bytes, &pid, "p", None),
             Err(Error::Corrupt { .. })
         ));
         // Nor is an encrypted pack read as a plain one, or the reverse.
-        assert!(verify_pack(&c[0], &bytes, &pid, "p").is_err());
+        assert!(verify_pack(&c[0], &bytes, &pid, "p", None).is_err());
         let (plain, ppid) = one_blob_pack(&c[0]);
-        assert!(verify_pack(&c[1], &plain, &ppid, "p").is_err());
+        assert!(verify_pack(&c[1], &plain, &ppid, "p", None).is_err());
     }
 
     #[test]
     fn bad_headers_are_rejected() {
         let c = BlobCodec::plain(3);
         assert!(parse_prefix(&c, b"NOTAPACK\x05\x00\x00\x00", "p").is_err());
+        // Version 2, with a header too short for its dictionary table.
         assert!(matches!(
             parse_prefix(&c, b"SNBPACK\x02\x05\x00\x00\x00", "p"),
-            Err(Error::UnsupportedVersion { found: 2, .. })
+            Err(Error::Corrupt { .. })
         ));
-        assert!(parse_header(&c, &[1, 0, 0, 0], 100, "p").is_err());
-        assert!(parse_header(&c, &[0, 0, 0, 0], 16, "p").is_ok());
-        assert!(parse_header(&c, &[0, 0, 0, 0], 17, "p").is_err());
+        assert!(matches!(
+            parse_prefix(&c, b"SNBPACK\x03\x05\x00\x00\x00", "p"),
+            Err(Error::UnsupportedVersion { found: 3, .. })
+        ));
+        let v1 = PackPrefix {
+            version: 1,
+            hlen: 4,
+        };
+        assert!(parse_header(&c, &v1, &[1, 0, 0, 0], 100, "p").is_err());
+        assert!(parse_header(&c, &v1, &[0, 0, 0, 0], 16, "p").is_ok());
+        assert!(parse_header(&c, &v1, &[0, 0, 0, 0], 17, "p").is_err());
+        // A version-2 entry that names a dictionary the table lacks.
+        let v2 = PackPrefix {
+            version: 2,
+            hlen: 2 + 32 + 4 + 42,
+        };
+        let mut h = vec![1, 0];
+        h.extend([9u8; 32]);
+        h.extend(1u32.to_le_bytes());
+        h.extend([0u8, 2]);
+        h.extend([5u8; 32]);
+        h.extend(0u32.to_le_bytes());
+        h.extend(0u32.to_le_bytes());
+        let size = 12 + h.len() as u64;
+        let e = parse_header(&c, &v2, &h, size, "p").expect_err("no such dictionary");
+        assert!(e.to_string().contains("names dictionary 2 of 1"), "{e}");
+        h[39] = 1; // the entry's dictionary byte: the first of the table
+        let entries = parse_header(&c, &v2, &h, size, "p").expect("v2 header");
+        assert_eq!(entries[0].dict, Some(Id([9u8; 32])));
+    }
+
+    fn dict_pages() -> Vec<Vec<u8>> {
+        (0..600)
+            .map(|i| {
+                let mut p = format!(
+                    "{{\"id\": {i}, \"name\": \"row {}\", \"tags\": [\"a\", \"b\"]}}",
+                    i % 37
+                )
+                .repeat(60)
+                .into_bytes();
+                p.resize(4096, 0);
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dictionary_blobs_round_trip_through_a_version_2_pack_and_need_their_dictionary() {
+        let pages = dict_pages();
+        let flat: Vec<u8> = pages.concat();
+        let dict = Dict::train(&flat, &vec![4096; pages.len()], 3).expect("train");
+        for codec in codecs() {
+            let mut b = PackBuilder::new();
+            for (i, raw) in pages.iter().take(20).enumerate() {
+                let id = codec.blob_id(raw);
+                let d = (i % 2 == 0).then_some(&dict);
+                let s = seal_blob(&codec, &id, raw, d).expect("seal");
+                b.add(BlobKind::Data, id, &s, 4096, d.map(|d| d.id))
+                    .expect("add");
+            }
+            let (bytes, pid, entries) = b.finish(&codec).expect("finish");
+            assert_eq!(&bytes[..8], PACK_MAGIC_V2);
+            let with = std::slice::from_ref(&dict);
+            assert_eq!(
+                verify_pack(&codec, &bytes, &pid, "p", Some(with)).expect("verify"),
+                entries
+            );
+            assert_eq!(entries[0].dict, Some(dict.id));
+            assert_eq!(entries[1].dict, None);
+            // Without its dictionary a blob does not open: never wrong bytes.
+            assert!(verify_pack(&codec, &bytes, &pid, "p", None).is_err());
+        }
+    }
+
+    #[test]
+    fn a_pack_without_dictionary_blobs_stays_version_1() {
+        let codec = BlobCodec::plain(3);
+        let (bytes, _) = one_blob_pack(&codec);
+        assert_eq!(&bytes[..8], PACK_MAGIC);
     }
 }

@@ -22,7 +22,10 @@
 //!    and written to new packs (verified);
 //! 2. new index objects for every kept and new pack are written (verified);
 //! 3. the old index objects are deleted;
-//! 4. unreferenced, repacked and unindexed packs are deleted.
+//! 4. unreferenced, repacked and unindexed packs are deleted;
+//! 5. dictionaries (`dicts/`) that no kept index entry and no manifest
+//!    names, and that the store wrote at least `min_pack_age` ago, are
+//!    deleted (a running snapshot may be about to name a new one).
 //!
 //! An interruption before 3 leaves old and new indexes side by side (both
 //! point at existing packs); between 3 and 4 it leaves packs no index lists,
@@ -36,7 +39,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{decode_index, encode_index, IndexedPack, MasterIndex};
-use crate::layout::{index_key, pack_id_from_key, pack_key, DATA_PREFIX, INDEX_PREFIX};
+use crate::layout::{
+    dict_id_from_key, index_key, pack_id_from_key, pack_key, DATA_PREFIX, DICT_PREFIX, INDEX_PREFIX,
+};
 use crate::lock::LockKind;
 use crate::object::put_verified;
 use crate::pack::{open_blob, PackBuilder, PackEntry};
@@ -88,6 +93,8 @@ pub struct PrunePlan {
     pub bytes_young: u64,
     /// The window, in seconds.
     pub min_pack_age_secs: u64,
+    /// Dictionaries that no kept blob and no snapshot names.
+    pub delete_dicts: Vec<String>,
     #[serde(skip)]
     old_index_keys: Vec<String>,
     #[serde(skip)]
@@ -107,16 +114,23 @@ pub struct PruneReport {
     /// What the repository shrank by: deleted minus written. The blobs a
     /// repack moved are still stored, so they are not freed.
     pub bytes_freed: u64,
+    pub dicts_deleted: usize,
 }
 
 impl Repository {
-    /// Every blob that some snapshot references (data and chunk lists).
-    fn used_blobs(&self, index: &MasterIndex) -> Result<(usize, HashSet<Id>)> {
+    /// Every blob that some snapshot references (data and chunk lists),
+    /// and every dictionary a manifest names (which the next capture of
+    /// its database goes on with).
+    fn used_blobs(&self, index: &MasterIndex) -> Result<(usize, HashSet<Id>, HashSet<Id>)> {
         let snaps = self.snapshots_strict()?;
         let mut used = HashSet::new();
+        let mut dicts = HashSet::new();
         let mut lists_seen = HashSet::new();
         for s in &snaps {
             for f in &s.manifest.files {
+                if let Some(d) = f.sqlite.as_ref().and_then(|q| q.dict.as_ref()) {
+                    dicts.insert(d.id);
+                }
                 used.extend(f.chunks.blob_ids().copied());
                 // A base shared by many snapshots is read once.
                 let key: Vec<Id> = f.chunks.blob_ids().copied().collect();
@@ -135,7 +149,7 @@ impl Repository {
                 used.extend(p.changes.iter().map(|(_, id)| *id));
             }
         }
-        Ok((snaps.len(), used))
+        Ok((snaps.len(), used, dicts))
     }
 
     /// Plans a prune. Takes no lock; `prune` re-plans under the exclusive lock.
@@ -158,7 +172,7 @@ impl Repository {
             }
             old_index_keys.push(key);
         }
-        let (snapshots, used) = self.used_blobs(&index)?;
+        let (snapshots, used, mut named_dicts) = self.used_blobs(&index)?;
         // Packs that no index lists are deleted below. That is only safe when
         // every blob a snapshot uses is indexed: after an index object is
         // lost, its packs hold live data that only `repair-index` can find.
@@ -241,6 +255,23 @@ impl Repository {
         }
         plan.delete_packs.sort();
         plan.repack_packs.sort();
+        // A dictionary goes when no blob that stays names it, no manifest
+        // does, and it is old enough that no running snapshot can be about
+        // to.
+        for p in plan.keep.iter().chain(&plan.repack) {
+            named_dicts.extend(p.entries.iter().filter_map(|e| e.dict));
+        }
+        for o in self.store().list(DICT_PREFIX)? {
+            let young = o
+                .modified
+                .is_none_or(|m| now.duration_since(m).map_or(true, |age| age < min_pack_age));
+            if let Some(id) = dict_id_from_key(&o.key) {
+                if !young && !named_dicts.contains(&id) {
+                    plan.delete_dicts.push(o.key);
+                }
+            }
+        }
+        plan.delete_dicts.sort();
         Ok(plan)
     }
 
@@ -278,8 +309,22 @@ impl Repository {
             let key = pack_key(&p.id);
             for e in &p.entries {
                 let stored = store.get_range(&key, e.offset as u64, e.stored_len as u64)?;
-                open_blob(self.codec(), &e.id, &stored, e.raw_len, &key)?;
-                builder.add(e.kind, e.id, &stored, e.raw_len);
+                let dict = match &e.dict {
+                    Some(d) => Some(self.dict_for_blob(d, &e.id)?),
+                    None => None,
+                };
+                open_blob(
+                    self.codec(),
+                    &e.id,
+                    &stored,
+                    e.raw_len,
+                    &key,
+                    dict.as_deref(),
+                )?;
+                if !builder.has_room_for(e.dict.as_ref()) {
+                    flush(std::mem::take(&mut builder), &mut new_index, &mut report)?;
+                }
+                builder.add(e.kind, e.id, &stored, e.raw_len, e.dict)?;
                 if builder.size() as u64 >= self.config().pack_target_size {
                     flush(std::mem::take(&mut builder), &mut new_index, &mut report)?;
                 }
@@ -333,6 +378,12 @@ impl Repository {
             tracing::info!(pack = %key, bytes = size, "pack deleted");
             report.packs_deleted += 1;
             report.bytes_deleted += size;
+        }
+        // 5. Dictionaries no blob needs any longer.
+        for key in &plan.delete_dicts {
+            store.delete(key)?;
+            tracing::info!(dict = %key, "dictionary deleted");
+            report.dicts_deleted += 1;
         }
         report.bytes_freed = report.bytes_deleted.saturating_sub(report.bytes_written);
         self.refresh_index_from_scratch()?;

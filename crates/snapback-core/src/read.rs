@@ -5,9 +5,12 @@
 use std::sync::Arc;
 
 use crate::chunklist::{self, ChunkRef};
+use crate::dict::Dict;
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::index::BlobLocation;
 use crate::index::{decode_index, IndexedPack, MasterIndex};
+use crate::layout::{dict_key, DICT_PREFIX};
 use crate::layout::{
     pack_key, snapshot_id_from_key, snapshot_key, timeline_id_from_key, timeline_key, DATA_PREFIX,
     INDEX_PREFIX, SNAPSHOT_PREFIX, TIMELINE_PREFIX,
@@ -423,10 +426,11 @@ impl Repository {
             .collect())
     }
 
-    /// Bytes of packs and indexes in the repository, as the store lists them.
+    /// Bytes of packs, indexes and dictionaries in the repository, as the
+    /// store lists them.
     pub fn stored_bytes(&self) -> Result<u64> {
         let mut total = 0;
-        for prefix in [DATA_PREFIX, INDEX_PREFIX] {
+        for prefix in [DATA_PREFIX, INDEX_PREFIX, DICT_PREFIX] {
             total += self.store.list(prefix)?.iter().map(|o| o.size).sum::<u64>();
         }
         Ok(total)
@@ -465,7 +469,80 @@ impl Repository {
         let stored = self
             .store
             .get_range(&key, loc.offset as u64, loc.stored_len as u64)?;
-        open_blob(&self.codec, id, &stored, loc.raw_len, &key)
+        self.open_located(index, id, loc, &stored, &key)
+    }
+
+    /// Opens a blob's stored bytes as its index location describes them:
+    /// with the dictionary it names, if any (read once per handle).
+    pub fn open_located(
+        &self,
+        index: &MasterIndex,
+        id: &Id,
+        loc: &BlobLocation,
+        stored: &[u8],
+        place: &str,
+    ) -> Result<Vec<u8>> {
+        let dict = match index.dict_of(loc) {
+            Some(d) => Some(self.dict_for_blob(&d, id)?),
+            None => None,
+        };
+        open_blob(&self.codec, id, stored, loc.raw_len, place, dict.as_deref())
+    }
+
+    /// `open_located` into `out`, the blob's place (see
+    /// `BlobCodec::open_into`).
+    pub(crate) fn open_located_into(
+        &self,
+        index: &MasterIndex,
+        id: &Id,
+        loc: &BlobLocation,
+        stored: &[u8],
+        out: &mut [u8],
+        place: &str,
+    ) -> Result<()> {
+        let dict = match index.dict_of(loc) {
+            Some(d) => Some(self.dict_for_blob(&d, id)?),
+            None => None,
+        };
+        self.codec
+            .open_into(id, stored, out, place, dict.as_deref())
+    }
+
+    /// The dictionary `dict` that blob `id` needs; an error that names both
+    /// when it cannot be read.
+    pub(crate) fn dict_for_blob(&self, dict: &Id, id: &Id) -> Result<Arc<Dict>> {
+        self.dict(dict).map_err(|e| match e {
+            Error::Corrupt { what, detail } => Error::corrupt(
+                format!("blob {}", id.short()),
+                format!(
+                    "it needs dictionary {what}, which is damaged: {detail} (run `snapback check`)"
+                ),
+            ),
+            Error::Store(s) if s.is_not_found() => Error::corrupt(
+                format!("blob {}", id.short()),
+                format!(
+                    "it needs dictionary {}, which is missing (run `snapback check`)",
+                    dict_key(dict)
+                ),
+            ),
+            e => e,
+        })
+    }
+
+    /// A dictionary, read once per handle and verified against its name
+    /// (and opened, in an encrypted repository).
+    pub(crate) fn dict(&self, id: &Id) -> Result<Arc<Dict>> {
+        if let Some(d) = self.dicts.lock().map_err(|_| poisoned())?.get(id) {
+            return Ok(d.clone());
+        }
+        let key = dict_key(id);
+        let bytes = self.get_immutable(&key, DICT_PREFIX)?;
+        let d = Arc::new(Dict::parse(bytes, self.config.compression_level, &key)?);
+        self.dicts
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(*id, d.clone());
+        Ok(d)
     }
 
     /// The full chunk list of a file; of a point's database (`file.point`),

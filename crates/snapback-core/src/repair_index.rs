@@ -228,7 +228,8 @@ impl Repository {
         }
         let prefix = self.store().get_range(key, 0, 12)?;
         *bytes_read += prefix.len() as u64;
-        let hlen = parse_prefix(self.codec(), &prefix, key)? as u64;
+        let prefix = parse_prefix(self.codec(), &prefix, key)?;
+        let hlen = prefix.hlen as u64;
         if 12 + hlen > size {
             return Err(Error::corrupt(
                 key,
@@ -237,7 +238,7 @@ impl Repository {
         }
         let header = self.store().get_range(key, 12, hlen)?;
         *bytes_read += header.len() as u64;
-        parse_header(self.codec(), &header, size, key)
+        parse_header(self.codec(), &prefix, &header, size, key)
     }
 
     /// Rebuilds the index objects from the packs under the exclusive lock:
@@ -303,9 +304,11 @@ mod tests {
             b.add(
                 BlobKind::Data,
                 id,
-                &seal_blob(r.codec(), &id, raw).expect("seal"),
+                &seal_blob(r.codec(), &id, raw, None).expect("seal"),
                 raw.len() as u32,
-            );
+                None,
+            )
+            .expect("add");
             ids.push(id);
         }
         let (bytes, id, _) = b.finish(r.codec()).expect("finish");

@@ -84,6 +84,8 @@ pub struct Repository {
     pub(crate) skipped: Mutex<HashMap<Id, String>>,
     /// Timeline segments read so far (they are immutable, like manifests).
     pub(crate) segments: Mutex<HashMap<Id, Arc<Segment>>>,
+    /// Dictionaries read so far (immutable, content-named).
+    pub(crate) dicts: Mutex<HashMap<Id, Arc<crate::dict::Dict>>>,
     /// Features this handle added to the config (`ensure_feature`) since
     /// it was opened.
     pub(crate) added_features: Mutex<Vec<String>>,
@@ -417,6 +419,7 @@ impl Repository {
             cache_dir: None,
             skipped: Mutex::new(HashMap::new()),
             segments: Mutex::new(HashMap::new()),
+            dicts: Mutex::new(HashMap::new()),
             added_features: Mutex::new(Vec::new()),
             codec,
             master,
@@ -435,6 +438,7 @@ impl Repository {
             cache_dir: self.cache_dir.clone(),
             skipped: Mutex::new(HashMap::new()),
             segments: Mutex::new(HashMap::new()),
+            dicts: Mutex::new(HashMap::new()),
             added_features: Mutex::new(
                 self.added_features
                     .lock()

@@ -28,7 +28,6 @@ use crate::id::{DbChecksum, Id};
 use crate::index::{BlobLocation, MasterIndex};
 use crate::layout::pack_key;
 use crate::manifest::{FileEntry, FileKind};
-use crate::pack::open_blob;
 use crate::repo::Repository;
 use crate::selector::{path_matches, Snapshot};
 use crate::snapshot::checksum_of;
@@ -435,13 +434,8 @@ impl Repository {
             let range = self.store().get_range(&r.key, r.start, r.end - r.start)?;
             for (id, l, ()) in &r.blobs {
                 let a = (l.offset as u64 - r.start) as usize;
-                let raw = open_blob(
-                    self.codec(),
-                    id,
-                    &range[a..a + l.stored_len as usize],
-                    l.raw_len,
-                    &r.key,
-                )?;
+                let raw =
+                    self.open_located(index, id, l, &range[a..a + l.stored_len as usize], &r.key)?;
                 sink(id, &raw)?;
             }
             Ok(())
@@ -482,7 +476,7 @@ impl Repository {
                 let stored = range.get(a..a + l.stored_len as usize).ok_or_else(|| {
                     Error::corrupt(&r.key, "the range read is shorter than asked")
                 })?;
-                self.codec().open_into(id, stored, out, &r.key)?;
+                self.open_located_into(index, id, l, stored, out, &r.key)?;
             }
             Ok(())
         })

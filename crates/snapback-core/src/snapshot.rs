@@ -25,12 +25,13 @@ use time::OffsetDateTime;
 
 use crate::capture_state::{self, CaptureState, StateLock, StatePaths};
 use crate::chunklist::{self, ChunkRef, PART_LEN};
+use crate::dict::Dict;
 use crate::error::{Error, FailedFile, Result, SourceProblem};
 use crate::id::{DbChecksum, Id};
 use crate::index::{encode_index, IndexedPack, MasterIndex};
 use crate::layout::{index_key, pack_key, snapshot_key};
 use crate::manifest::{
-    CaptureMethod, ChunkListRef, Chunking, FileEntry, FileKind, Manifest, SnapshotStats,
+    CaptureMethod, ChunkListRef, Chunking, DictUse, FileEntry, FileKind, Manifest, SnapshotStats,
     SqliteFacts,
 };
 use crate::object::put_verified;
@@ -314,6 +315,10 @@ struct BlobSink<'a> {
     /// Base chunk lists already read (by their part ids), so that a delta's
     /// base is not read twice.
     bases: Vec<(Vec<Id>, Vec<ChunkRef>)>,
+    /// The dictionary new data blobs are compressed with now (the database
+    /// being captured's), and what it did: raw and stored bytes, blobs.
+    dict: Option<std::sync::Arc<Dict>>,
+    dict_tally: (u64, u64, u64),
 }
 
 /// What a delta capture of one database starts from.
@@ -339,8 +344,18 @@ impl BlobSink<'_> {
         !self.index.contains(id) && self.pending.insert(*id)
     }
 
-    fn add_sealed(&mut self, kind: BlobKind, id: Id, stored: &[u8], raw_len: u32) -> Result<()> {
-        self.pack.add(kind, id, stored, raw_len);
+    fn add_sealed(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        stored: &[u8],
+        raw_len: u32,
+        dict: Option<Id>,
+    ) -> Result<()> {
+        if !self.pack.has_room_for(dict.as_ref()) {
+            self.flush()?;
+        }
+        self.pack.add(kind, id, stored, raw_len, dict)?;
         if self.pack.size() >= self.pack_target {
             self.flush()?;
         }
@@ -350,11 +365,11 @@ impl BlobSink<'_> {
     fn add_raw(&mut self, kind: BlobKind, raw: &[u8]) -> Result<Id> {
         let id = self.codec.blob_id(raw);
         if self.claim(&id) {
-            let stored = seal_blob(self.codec, &id, raw)?;
+            let stored = seal_blob(self.codec, &id, raw, None)?;
             if let Ok(mut s) = self.stats.lock() {
                 s.bytes_new += raw.len() as u64;
             }
-            self.add_sealed(kind, id, &stored, raw.len() as u32)?;
+            self.add_sealed(kind, id, &stored, raw.len() as u32, None)?;
         }
         Ok(id)
     }
@@ -493,11 +508,15 @@ impl Repository {
                 stats,
                 states: Vec::new(),
                 bases: Vec::new(),
+                dict: None,
+                dict_tally: (0, 0, 0),
             };
             let mut files = Vec::new();
             let mut result = Ok(());
             for s in &sources {
                 progress.set_message(&s.path.to_string_lossy());
+                // Only a database's own capture sets a dictionary.
+                sink.dict = None;
                 let r = if s.sqlite {
                     self.capture_sqlite(&s.path, opts, &mut sink, &history, progress)
                 } else {
@@ -596,7 +615,7 @@ impl Repository {
         // any prune that lists snapshots from here on: a snapshot paused
         // between the check above and this write (a prune that took its
         // lock for stale meanwhile) must not report success.
-        if let Err(e) = self.verify_still_present(&needed, &reused_from) {
+        if let Err(e) = self.verify_still_present(&needed, &reused_from, &packs) {
             if let Err(d) = store.delete(&snapshot_key(&id)) {
                 tracing::error!(snapshot = %id, error = %d, "cannot remove the manifest of a snapshot that lost its data; remove it with `snapback forget`");
             }
@@ -713,9 +732,17 @@ impl Repository {
             }
         }
         let codec = sink.codec;
+        let dict = sink.dict.clone();
         let sealed: Vec<Result<Vec<u8>>> = new
             .par_iter()
-            .map(|&i| seal_blob(codec, &ids[i], &data[bounds[i].0..bounds[i].1]))
+            .map(|&i| {
+                seal_blob(
+                    codec,
+                    &ids[i],
+                    &data[bounds[i].0..bounds[i].1],
+                    dict.as_deref(),
+                )
+            })
             .collect();
         let mut s = sink
             .stats
@@ -729,9 +756,16 @@ impl Repository {
             .map(|&i| (bounds[i].1 - bounds[i].0) as u64)
             .sum::<u64>();
         drop(s);
+        let dict_id = dict.as_ref().map(|d| d.id);
         for (&i, stored) in new.iter().zip(sealed) {
             let (a, b) = bounds[i];
-            sink.add_sealed(BlobKind::Data, ids[i], &stored?, (b - a) as u32)?;
+            let stored = stored?;
+            if dict_id.is_some() {
+                sink.dict_tally.0 += (b - a) as u64;
+                sink.dict_tally.1 += stored.len() as u64;
+                sink.dict_tally.2 += 1;
+            }
+            sink.add_sealed(BlobKind::Data, ids[i], &stored, (b - a) as u32, dict_id)?;
         }
         Ok(())
     }
@@ -768,6 +802,8 @@ impl Repository {
         let before = lock.as_ref().map(|_| crate::delta::before(path));
         let cap = Capture::begin(path, opts.busy_timeout)?;
         let page_size = cap.page_size;
+        // The dictionary this capture compresses the new pages with.
+        let dict_baseline = self.begin_dict(&path_s, &cap, sink, history)?;
         // The file is only stat'ed here, never opened: closing a descriptor
         // of it would drop the read transaction's POSIX locks.
         let same_file = std::fs::metadata(path).ok().map(|m| {
@@ -835,6 +871,7 @@ impl Repository {
                 base,
             )?;
             cap.finish()?;
+            let entry = end_dict(sink, entry, dict_baseline);
             let at = (changed.position, lock, before.as_ref());
             self.queue_state(sink, &path_s, at, page_size, &entry, &opts.pin_session);
             return Ok(entry);
@@ -894,6 +931,7 @@ impl Repository {
             captured_at: crate::time::format_rfc3339(cap.captured_at),
             fingerprint: fp.filter(|f| crate::fingerprint::settled(f, fp_taken)),
             capture: Some(CaptureMethod::FullScan { reason }),
+            dict: None,
         };
         let size = cap.size();
         let wal_mode = journal_mode_of_header(&header) == "wal";
@@ -922,6 +960,7 @@ impl Repository {
             sqlite: Some(facts),
             point: None,
         };
+        let entry = end_dict(sink, entry, dict_baseline);
         if chunk_size == page_size as usize {
             let at = (position, lock, before.as_ref());
             self.queue_state(sink, &path_s, at, page_size, &entry, &opts.pin_session);
@@ -1155,6 +1194,7 @@ impl Repository {
             capture: Some(CaptureMethod::WalDelta {
                 pages_read: changed.pages.len() as u64,
             }),
+            dict: None,
         };
         Ok(FileEntry {
             path: path_s.to_string(),
@@ -1173,6 +1213,107 @@ impl Repository {
             sqlite: Some(facts),
             point: None,
         })
+    }
+
+    /// Chooses the dictionary this capture of a database compresses its new
+    /// pages with, and sets it on the sink: the one the database's newest
+    /// earlier capture used, unless the ratio on its new pages fell off
+    /// (then, or when there is none, a new one is trained on a sample of
+    /// this transaction's pages and stored). Format 1 and small databases
+    /// get none. Returns the baseline ratio of the dictionary chosen
+    /// (`None` inside: a new one), or `None` with no dictionary.
+    fn begin_dict(
+        &self,
+        path_s: &str,
+        cap: &Capture,
+        sink: &mut BlobSink,
+        history: &[Snapshot],
+    ) -> Result<Option<Option<u32>>> {
+        sink.dict = None;
+        sink.dict_tally = (0, 0, 0);
+        if !self.config().allows_partial_reads() {
+            return Ok(None);
+        }
+        let parent = history
+            .iter()
+            .rev()
+            .find_map(|s| s.file(path_s))
+            .and_then(|f| f.sqlite.as_ref())
+            .and_then(|q| q.dict.clone());
+        if let Some(u) = parent {
+            let fell = u.baseline_per_mille > 0
+                && u.new_pages >= crate::dict::RATIO_MIN_PAGES
+                && u.new_per_mille as u64 * 4 > u.baseline_per_mille as u64 * 5;
+            if fell {
+                tracing::info!(path = path_s, dict = %u.id.short(), baseline_per_mille = u.baseline_per_mille, new_per_mille = u.new_per_mille, "the dictionary's ratio on new pages fell off; training a new one");
+            } else {
+                match self.dict(&u.id) {
+                    Ok(d) => {
+                        sink.dict = Some(d);
+                        return Ok(Some(Some(u.baseline_per_mille)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = path_s, dict = %u.id.short(), error = %e, "cannot read the dictionary of the previous capture (run `snapback check`); training a new one")
+                    }
+                }
+            }
+        }
+        if cap.page_count < crate::dict::MIN_PAGES {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let pages = crate::dict::sample_pages(cap.page_count, cap.page_size);
+        let ps = cap.page_size as usize;
+        let mut samples = Vec::with_capacity(pages.len() * ps);
+        cap.read_listed(&pages, 1024, |_, buf| {
+            samples.extend_from_slice(&buf);
+            Ok(())
+        })?;
+        let sizes = vec![ps; pages.len()];
+        let dict = match Dict::train(&samples, &sizes, self.config().compression_level) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(path = path_s, error = %e, "no dictionary for this database; its pages are compressed without one");
+                return Ok(None);
+            }
+        };
+        drop(samples);
+        self.store_dict(&dict, sink)?;
+        tracing::info!(path = path_s, dict = %dict.id.short(), bytes = dict.bytes().len(), sample_pages = pages.len(), ms = started.elapsed().as_millis() as u64, "trained a zstd dictionary for the database");
+        let dict = std::sync::Arc::new(dict);
+        if let Ok(mut c) = self.dicts.lock() {
+            c.insert(dict.id, dict.clone());
+        }
+        sink.dict = Some(dict);
+        Ok(Some(None))
+    }
+
+    /// Stores a new dictionary (`dicts/<id>`, verified), adding the
+    /// `zstd-dict` feature to the config first.
+    fn store_dict(&self, dict: &Dict, sink: &BlobSink) -> Result<()> {
+        self.ensure_feature(crate::config::DICT_FEATURE)?;
+        let key = crate::layout::dict_key(&dict.id);
+        let bytes = dict.bytes();
+        if put_verified(self.store().as_ref(), &key, bytes)? == PutOutcome::Created {
+            if let Ok(mut s) = sink.stats.lock() {
+                s.bytes_added += bytes.len() as u64;
+                s.objects_written += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The dictionaries the blobs of `packs` name that the store no longer
+    /// holds (a prune that took this snapshot's lock for stale).
+    fn missing_dicts(&self, packs: &[IndexedPack]) -> Result<Vec<Id>> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for d in packs.iter().flat_map(|p| p.dicts()) {
+            if seen.insert(d) && self.store().stat(&crate::layout::dict_key(&d))?.is_none() {
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
 
     /// The parent's entry for `path`, if the database is provably unchanged
@@ -1251,6 +1392,10 @@ impl Repository {
             }
         }
         let gone = self.removed_snapshots(reused_from);
+        let dicts = self.missing_dicts(new_packs)?;
+        if !dicts.is_empty() {
+            return Err(lost_dicts(&dicts));
+        }
         if unindexed == 0 && missing.is_empty() && gone.is_empty() {
             return Ok(needed);
         }
@@ -1259,7 +1404,16 @@ impl Repository {
 
     /// The check after the manifest is written: every pack the first check
     /// found is still there, and so is every snapshot whose image is reused.
-    fn verify_still_present(&self, packs: &HashSet<Id>, reused_from: &HashSet<Id>) -> Result<()> {
+    fn verify_still_present(
+        &self,
+        packs: &HashSet<Id>,
+        reused_from: &HashSet<Id>,
+        new_packs: &[IndexedPack],
+    ) -> Result<()> {
+        let dicts = self.missing_dicts(new_packs)?;
+        if !dicts.is_empty() {
+            return Err(lost_dicts(&dicts));
+        }
         let present = self.present_packs()?;
         let missing: Vec<Id> = packs
             .iter()
@@ -1333,6 +1487,45 @@ fn lost_while_running(missing: &[Id], unindexed: usize, gone: &[Id]) -> Error {
         "{} while the snapshot ran (a prune that took its lock for stale: a paused process, or a host clock far off?). Take the snapshot again; its data will be stored anew.",
         what.join("; ")
     ))
+}
+
+/// A snapshot whose dictionaries were deleted while it ran.
+fn lost_dicts(dicts: &[Id]) -> Error {
+    let names: Vec<String> = dicts.iter().map(|d| d.short()).collect();
+    Error::Verification(format!(
+        "the dictionar{} {} that this snapshot's new pages were compressed with {} deleted while it ran (a prune took its lock for stale); nothing was committed. Run the snapshot again",
+        if dicts.len() == 1 { "y" } else { "ies" },
+        names.join(", "),
+        if dicts.len() == 1 { "was" } else { "were" },
+    ))
+}
+
+/// Records on a database's entry which dictionary its capture used, and
+/// how well it did on the pages it compressed (`begin_dict`'s baseline,
+/// `None` inside for a new dictionary: this capture's ratio becomes it).
+fn end_dict(sink: &mut BlobSink, mut entry: FileEntry, baseline: Option<Option<u32>>) -> FileEntry {
+    let (Some(dict), Some(baseline)) = (sink.dict.take(), baseline) else {
+        return entry;
+    };
+    let (raw, stored, pages) = std::mem::take(&mut sink.dict_tally);
+    let new_per_mille = stored
+        .saturating_mul(1000)
+        .checked_div(raw)
+        .map_or(0, |v| v.min(u32::MAX as u64) as u32);
+    let baseline_per_mille = match baseline {
+        Some(b) if b > 0 => b,
+        _ if pages >= crate::dict::RATIO_MIN_PAGES => new_per_mille,
+        _ => 0,
+    };
+    if let Some(f) = entry.sqlite.as_mut() {
+        f.dict = Some(DictUse {
+            id: dict.id,
+            baseline_per_mille,
+            new_pages: pages,
+            new_per_mille,
+        });
+    }
+    entry
 }
 
 impl Repository {

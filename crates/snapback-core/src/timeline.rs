@@ -59,7 +59,13 @@ impl Repository {
             }
             let len = u32::try_from(raw.len())
                 .map_err(|_| Error::internal(format!("a page of {} bytes", raw.len())))?;
-            pack.add(BlobKind::Data, *id, &seal_blob(&self.codec, id, raw)?, len);
+            pack.add(
+                BlobKind::Data,
+                *id,
+                &seal_blob(&self.codec, id, raw, None)?,
+                len,
+                None,
+            )?;
             if pack.size() as u64 >= self.config.pack_target_size {
                 flush(std::mem::take(&mut pack))?;
             }

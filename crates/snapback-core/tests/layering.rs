@@ -312,6 +312,7 @@ fn object_keys_are_spelled_only_in_the_layout_module() {
         "index/",
         "snapshots/",
         "timeline/",
+        "dicts/",
         "config.next",
         "keys/",
         "locks/",

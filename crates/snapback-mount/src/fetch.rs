@@ -445,8 +445,7 @@ impl Fetcher {
                         let stored = &bytes[from..from + l.stored_len as usize];
                         let r = self
                             .repo
-                            .codec()
-                            .open(&ids[*i], stored, l.raw_len, &key)
+                            .open_located(index, &ids[*i], l, stored, &key)
                             .map(Arc::new)
                             .map_err(|e| VfsError::repo(format!("chunk {}", ids[*i].short()), e));
                         if let Ok(b) = &r {

@@ -1,0 +1,204 @@
+//! Zstd dictionaries: trained per database from a sample of its pages, so
+//! that each 4 KiB page, compressed on its own, compresses nearly as well
+//! as the whole file would.
+//!
+//! A dictionary is stored as `dicts/<id>`, id = SHA-256 of its bytes (the
+//! zstd dictionary as `ZDICT_trainFromBuffer` wrote it), verified against
+//! its name on every read and, in an encrypted repository, sealed whole.
+//! Every blob compressed with one names it in its pack's header (and its
+//! index entry), so a reader always knows which one it needs
+//! (docs/format.md, "Dictionaries").
+
+use std::io;
+
+use zstd::zstd_safe::{self, CDict, DDict};
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+/// The largest dictionary trained.
+pub const MAX_DICT_BYTES: usize = 64 * 1024;
+/// At most this many pages are sampled to train one (bounded time and
+/// memory: 20,000 pages of 4 KiB is 80 MiB at most, read inside the
+/// capture's read transaction).
+pub const MAX_SAMPLE_PAGES: usize = 20_000;
+/// Nor more than this many bytes of them (pages larger than 4 KiB).
+pub const MAX_SAMPLE_BYTES: usize = 80 << 20;
+/// A database of fewer pages gets no dictionary: the dictionary would cost
+/// more than it saves.
+pub const MIN_PAGES: u64 = 512;
+/// The ratio on new pages is judged only over at least this many.
+pub const RATIO_MIN_PAGES: u64 = 1000;
+
+/// The magic number a zstd dictionary starts with (little-endian).
+const ZDICT_MAGIC: u32 = 0xEC30_A437;
+
+/// A dictionary, ready to compress (at the repository's level) and to
+/// decompress with.
+pub struct Dict {
+    pub id: Id,
+    bytes: Vec<u8>,
+    cdict: CDict<'static>,
+    ddict: DDict<'static>,
+}
+
+impl std::fmt::Debug for Dict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dict")
+            .field("id", &self.id)
+            .field("bytes", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dict {
+    /// A dictionary from its stored bytes (already verified against its
+    /// name by the caller): it must be a zstd dictionary that zstd loads.
+    pub fn parse(bytes: Vec<u8>, level: i32, place: &str) -> Result<Dict> {
+        let magic = bytes
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if magic != Some(ZDICT_MAGIC) || zstd_safe::get_dict_id_from_dict(&bytes).is_none() {
+            return Err(Error::corrupt(place, "not a zstd dictionary (bad magic)"));
+        }
+        let ddict = DDict::try_create(&bytes)
+            .ok_or_else(|| Error::corrupt(place, "zstd cannot load this dictionary"))?;
+        let cdict = CDict::try_create(&bytes, level)
+            .ok_or_else(|| Error::corrupt(place, "zstd cannot load this dictionary"))?;
+        Ok(Dict {
+            id: Id::of(&bytes),
+            bytes,
+            cdict,
+            ddict,
+        })
+    }
+
+    /// Trains a dictionary on `samples` (back to back, `sizes` each).
+    pub fn train(samples: &[u8], sizes: &[usize], level: i32) -> Result<Dict> {
+        let bytes = zstd::dict::from_continuous(samples, sizes, MAX_DICT_BYTES)
+            .map_err(|e| Error::Verification(format!("zstd dictionary training failed: {e}")))?;
+        Dict::parse(bytes, level, "new dictionary")
+    }
+
+    /// The dictionary as stored.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+thread_local! {
+    // One context per thread, reused, as for compression without a
+    // dictionary (pack.rs).
+    static CCTX: std::cell::RefCell<Option<zstd_safe::CCtx<'static>>> = const { std::cell::RefCell::new(None) };
+    static DCTX: std::cell::RefCell<Option<zstd_safe::DCtx<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn zerr(code: usize) -> io::Error {
+    io::Error::other(zstd_safe::get_error_name(code))
+}
+
+/// Compresses `raw` with `dict` (at the level it was loaded with).
+pub(crate) fn compress(raw: &[u8], dict: &Dict) -> io::Result<Vec<u8>> {
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        let ctx = c.get_or_insert_with(zstd_safe::CCtx::create);
+        let mut out = Vec::with_capacity(zstd_safe::compress_bound(raw.len()));
+        ctx.compress_using_cdict(&mut out, raw, &dict.cdict)
+            .map_err(zerr)?;
+        Ok(out)
+    })
+}
+
+/// Decompresses `stored` with `dict`, to at most `capacity` bytes.
+pub(crate) fn decompress(stored: &[u8], capacity: usize, dict: &Dict) -> io::Result<Vec<u8>> {
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        let ctx = d.get_or_insert_with(zstd_safe::DCtx::create);
+        let mut out = Vec::with_capacity(capacity);
+        ctx.decompress_using_ddict(&mut out, stored, &dict.ddict)
+            .map_err(zerr)?;
+        Ok(out)
+    })
+}
+
+/// Decompresses `stored` with `dict` into `out`; returns the length.
+pub(crate) fn decompress_into(stored: &[u8], out: &mut [u8], dict: &Dict) -> io::Result<usize> {
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        let ctx = d.get_or_insert_with(zstd_safe::DCtx::create);
+        ctx.decompress_using_ddict(out, stored, &dict.ddict)
+            .map_err(zerr)
+    })
+}
+
+/// Which pages to sample from a database of `page_count` pages: spread
+/// evenly over the whole file (so every table and index has its share),
+/// at most `MAX_SAMPLE_PAGES` and `MAX_SAMPLE_BYTES`. Page numbers from 1.
+pub fn sample_pages(page_count: u64, page_size: u32) -> Vec<u64> {
+    let by_bytes = (MAX_SAMPLE_BYTES / page_size.max(1) as usize).max(1) as u64;
+    let n = page_count.min(MAX_SAMPLE_PAGES as u64).min(by_bytes);
+    if n == 0 {
+        return vec![];
+    }
+    let mut out: Vec<u64> = (0..n)
+        .map(|i| 1 + (i as u128 * page_count as u128 / n as u128) as u64)
+        .collect();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pages(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let mut p = format!(
+                "{{\"user\": \"user{}\", \"email\": \"user{}@example.com\", \"status\": \"active\", \"plan\": \"{}\"}}",
+                i % 97,
+                i % 89,
+                ["free", "pro", "team"][i % 3]
+            )
+            .repeat(40)
+            .into_bytes();
+            p.resize(4096, (i % 251) as u8);
+            out.extend(p);
+        }
+        out
+    }
+
+    #[test]
+    fn a_trained_dictionary_round_trips_and_parses_back() {
+        let data = pages(600);
+        let sizes = vec![4096; 600];
+        let d = Dict::train(&data, &sizes, 1).expect("train");
+        assert!(d.bytes().len() <= MAX_DICT_BYTES);
+        let again = Dict::parse(d.bytes().to_vec(), 1, "d").expect("parse");
+        assert_eq!(again.id, d.id);
+        let page = &data[4096 * 7..4096 * 8];
+        let z = compress(page, &d).expect("compress");
+        assert_eq!(decompress(&z, 4096, &again).expect("decompress"), page);
+        // A frame made with one dictionary does not open with another.
+        let other = Dict::train(&pages(700)[4096..], &vec![4096; 699], 1).expect("train");
+        if other.id != d.id {
+            assert!(decompress(&z, 4096, &other).map_or(true, |b| b != page));
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_dictionary_is_refused() {
+        assert!(Dict::parse(b"hello world".to_vec(), 1, "d").is_err());
+        assert!(Dict::parse(vec![], 1, "d").is_err());
+    }
+
+    #[test]
+    fn samples_are_spread_and_bounded() {
+        assert_eq!(sample_pages(3, 4096), vec![1, 2, 3]);
+        let s = sample_pages(1_000_000, 4096);
+        assert_eq!(s.len(), MAX_SAMPLE_PAGES);
+        assert_eq!(s[0], 1);
+        assert!(*s.last().expect("last") > 990_000);
+        assert!(sample_pages(1_000_000, 65536).len() * 65536 <= MAX_SAMPLE_BYTES);
+    }
+}
