@@ -265,9 +265,10 @@ impl Batcher {
         if self.pending.is_empty() {
             return Ok(None);
         }
-        let head = self.head.as_ref().ok_or_else(|| {
-            Error::Invalid("points are pending without a base manifest (internal error)".into())
-        })?;
+        let head = self
+            .head
+            .as_ref()
+            .ok_or_else(|| Error::internal("points are pending without a base manifest"))?;
         let raws: Vec<&[u8]> = self
             .pending
             .iter()
@@ -377,9 +378,8 @@ impl Batcher {
         full_scan: Option<&str>,
     ) -> Result<SnapshotReport> {
         if !self.pending.is_empty() {
-            return Err(Error::Invalid(
-                "a new base manifest was asked for while points are pending (internal error)"
-                    .into(),
+            return Err(Error::internal(
+                "a new base manifest was asked for while points are pending",
             ));
         }
         self.head = None;
