@@ -139,13 +139,13 @@ impl Drill {
 }
 
 /// A writer that inserts deploys until stopped, as the application would.
-struct Writer {
+pub struct Writer {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<(u64, Vec<String>)>,
 }
 
 impl Writer {
-    fn start(db: &Path) -> Writer {
+    pub fn start(db: &Path) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let db = db.to_path_buf();
@@ -171,7 +171,7 @@ impl Writer {
         Writer { stop, handle }
     }
 
-    fn stop(self) -> (u64, Vec<String>) {
+    pub fn stop(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("writer thread")
     }
