@@ -486,3 +486,86 @@ fn watch_verify_interval_off_runs_no_verification() {
     let _ = wait_out(child, Duration::from_secs(60));
     assert!(s["last_verify"].is_null(), "{s}");
 }
+
+#[test]
+fn watch_keeps_points_while_s3_fails_and_lies_and_uploads_them_all_when_it_is_back() {
+    use snapback_s3::testing::fault_proxy::{Fault, FaultProxy, Match};
+    let r = S3Repo::new();
+    let db = r.path("bank.db");
+    create_bank(&db);
+    let db_s = db.to_str().expect("utf8");
+    let proxy = FaultProxy::start(&snapback_testkit::s3::server().endpoint).expect("proxy");
+    let mut cmd = r.cmd(&watch_args(db_s, "1s"), Some(&proxy));
+    cmd.env("XDG_STATE_HOME", r.path("state"));
+    let child = spawn(cmd);
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let w = writer(&db, stop.clone(), log.clone(), 0xFA17);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The outage: errors, then answers that never come (the server acted),
+    // then a PUT of a segment that "succeeds" and stores nothing.
+    let outage_start = crate::watch::now_ns();
+    proxy.inject_always(Match::method("PUT"), Fault::status(500, "InternalError"));
+    std::thread::sleep(Duration::from_millis(2000));
+    proxy.clear();
+    proxy.inject_always(Match::method("PUT"), Fault::DropResponse);
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.clear();
+    proxy.inject_always(Match::method("PUT").containing("/timeline/"), Fault::LieOk);
+    std::thread::sleep(Duration::from_millis(1000));
+    proxy.clear();
+    let outage_end = crate::watch::now_ns();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    w.join().expect("writer");
+    std::thread::sleep(Duration::from_millis(2500));
+    signal(&child, "TERM");
+    let out = wait_out(child, Duration::from_secs(120));
+    assert_eq!(out.code, 0, "every point was uploaded in the end: {out:?}");
+    assert!(
+        proxy.faults_fired() >= 3,
+        "the faults fired: {}",
+        proxy.faults_fired()
+    );
+    assert!(
+        out.stderr.contains("cannot upload points"),
+        "the failures were logged: {}",
+        out.stderr
+    );
+    let log = log.lock().expect("log").clone();
+    let pts = listed(&r.ok(&["--json", "snapshots", "--points"]));
+    let printed: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["point"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    let listed_ids: std::collections::HashSet<&str> = pts.iter().map(|p| p.0.as_str()).collect();
+    for id in &printed {
+        assert!(
+            listed_ids.contains(id.as_str()),
+            "reported point {id} is in the repository"
+        );
+    }
+    assert!(
+        pts.iter()
+            .filter(|p| p.1 > outage_start && p.1 < outage_end)
+            .count()
+            >= 5,
+        "the points taken during the outage were uploaded after it"
+    );
+    let restore = |id: &str, dest: &Path| {
+        r.ok(&["restore", id, dest.to_str().expect("utf8")]);
+    };
+    every_point_holds_exactly_what_was_committed_before_it(&pts, &log, &restore, &r.path(""), 8);
+    let out = r.run(&["check"], None);
+    assert!(
+        out.status.success(),
+        "check: {}",
+        snapback_testkit::stderr(&out)
+    );
+}
