@@ -1,6 +1,6 @@
 //! Crash consistency: `snapshot`, `prune` (after `forget`), `repair --apply`,
-//! `undo` and `restore --in-place --apply` are killed with SIGKILL at random
-//! points, over and over.
+//! `undo`, `restore --in-place --apply` and `watch` (while a writer
+//! commits) are killed with SIGKILL at random points, over and over.
 //! After every kill:
 //! - `check --read-data` passes;
 //! - every snapshot committed before the kill restores exactly (SHA-256 of
@@ -772,5 +772,273 @@ fn crash_snapshot_stopped_while_prune_runs_with_a_shifted_clock() {
         tally.reruns_ok += 1;
         trim(&env, 3);
     }
+    finish(tally, started, &b);
+}
+
+/// The watcher's tick in the watch loop.
+const WATCH_INTERVAL_MS: u64 = 100;
+/// How often the watcher writes its points durably, when it batches them
+/// (`--upload-interval`, given only when the binary has the flag; without
+/// it every point is durable at its tick).
+const WATCH_UPLOAD_INTERVAL_MS: u64 = 500;
+/// How far the newest durable point may lag the kill beyond one upload
+/// interval: the capture running at the kill, on a loaded machine. Checked
+/// only once a run has reported two points (it is past its first, full
+/// capture); the largest lag seen is printed at the end.
+const WATCH_LAG_SLACK_NS: i128 = 3_000_000_000;
+
+/// Every point of the repository (manifests and timeline points) as
+/// `snapshots --points --json` lists them: (name, time in ns), by time.
+fn listed_points(env: &Env) -> Vec<(String, i128)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "snapshots", "--points"])).expect("json");
+    let mut out: Vec<(String, i128)> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().expect("id").to_string(),
+                crate::watch::parse_time(s["time"].as_str().expect("time")),
+            )
+        })
+        .collect();
+    out.sort_by_key(|p| p.1);
+    out
+}
+
+/// Restores `name` and checks it against the writer's log: an intact bank
+/// with the total unchanged, every transfer committed before `at` (less
+/// the instant a read takes to begin) in it, none begun after `at`.
+fn check_point_content(
+    env: &Env,
+    name: &str,
+    at: i128,
+    log: &[crate::watch::Logged],
+    tag: &str,
+    ctx: &str,
+) {
+    let dest = env.path(&format!("watch-point-{tag}.db"));
+    let _ = std::fs::remove_file(&dest);
+    let out = env.run(&["restore", name, dest.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{ctx}: point {name} restores: {}",
+        stderr(&out)
+    );
+    assert_eq!(integrity(&dest), "ok", "{ctx}: point {name} is intact");
+    let (ids, total) = crate::watch::transfers_of(&dest);
+    assert_eq!(
+        total,
+        crate::watch::ACCOUNTS * crate::watch::START,
+        "{ctx}: the total at point {name}"
+    );
+    for l in log {
+        if l.committed < at - 100_000_000 {
+            assert!(
+                ids.contains(&l.id),
+                "{ctx}: transfer {} committed before point {name} is missing from it",
+                l.id
+            );
+        }
+        if l.begin > at {
+            assert!(
+                !ids.contains(&l.id),
+                "{ctx}: transfer {} begun after point {name} is in it",
+                l.id
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&dest);
+}
+
+/// The points a killed watcher reported durable: the ids it printed (one
+/// JSON object per point, printed once the point is committed) and the
+/// `durable` point of the report `status` reads (left by a SIGKILL).
+fn reported_durable(env: &Env, stdout_file: &Path) -> (Vec<String>, Option<(String, i128)>) {
+    let printed = std::fs::read_to_string(stdout_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["point"].as_str().map(str::to_string))
+        .collect();
+    let s: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["--json", "status"]))).unwrap_or_default();
+    let durable = s["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|src| {
+            let d = &src["watch"]["durable"];
+            Some((
+                d["id"].as_str()?.to_string(),
+                crate::watch::parse_time(d["time"].as_str()?),
+            ))
+        });
+    (printed, durable)
+}
+
+/// `snapback watch` SIGKILLed at random moments while a real writer moves
+/// money (with its own checkpoints), then restarted: every point the
+/// watcher reported durable is listed once and restores exactly what was
+/// committed before it, check passes, the newest durable point lags the
+/// kill by at most one interval (plus the capture running then), no point
+/// is listed twice, and the restarted watcher goes on taking points that
+/// hold every transfer.
+#[test]
+fn crash_watch_killed_at_random_points_while_a_writer_commits() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let b = budget();
+    let mut rng = rng("watch");
+    let started = Instant::now();
+    let env = crash_env();
+    let db = env.path("bank.db");
+    crate::watch::create_bank(&db);
+    let dbs = db.to_str().expect("utf8").to_string();
+    let interval = format!("{WATCH_INTERVAL_MS}ms");
+    let mut args = vec!["--json", "watch", &dbs, "--interval", &interval];
+    let upload = format!("{WATCH_UPLOAD_INTERVAL_MS}ms");
+    let batches = env.ok(&["watch", "--help"]).contains("--upload-interval");
+    if batches {
+        args.extend(["--upload-interval", &upload]);
+    }
+    let durable_every_ms = if batches {
+        WATCH_UPLOAD_INTERVAL_MS
+    } else {
+        WATCH_INTERVAL_MS
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let writer = crate::watch::writer(&db, stop.clone(), log.clone(), rng.next());
+    let mut tally = Tally {
+        op: "watch",
+        ..Default::default()
+    };
+    let mut max_lag_ms = 0i128;
+    while tally.iterations < b.iterations && Instant::now() < b.deadline {
+        let i = tally.iterations;
+        let before = committed(&env);
+        let out_file = env.path(&format!("watch-{i}.jsonl"));
+        let mut c = env.cmd(&args);
+        c.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_file).expect("stdout file"))
+            .stderr(std::fs::File::create(env.path(&format!("watch-{i}.log"))).expect("log"));
+        let mut child = c.spawn().expect("spawn watch");
+        let d = Duration::from_millis(300 + rng.below(2700));
+        tally.max_delay_ms = tally.max_delay_ms.max(d.as_millis() as u64);
+        std::thread::sleep(d);
+        let exited = child.try_wait().expect("try_wait");
+        assert!(
+            exited.is_none(),
+            "watch kill {i}: the watcher exited on its own ({exited:?}): {}",
+            std::fs::read_to_string(env.path(&format!("watch-{i}.log"))).unwrap_or_default()
+        );
+        let kill_at = crate::watch::now_ns();
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        tally.killed_mid_operation += 1;
+        tally.iterations += 1;
+        let ctx = format!("watch kill {i} at {d:?}");
+        verify_after_kill(&env, child.id(), &before, &db, &mut tally, &mut rng, &ctx);
+
+        let log_now = log.lock().expect("log").clone();
+        let listed = listed_points(&env);
+        for w in listed.windows(2) {
+            assert!(
+                w[0].1 < w[1].1,
+                "{ctx}: two points at one time ({} and {}): a duplicate",
+                w[0].0,
+                w[1].0
+            );
+        }
+        let (printed, durable) = reported_durable(&env, &out_file);
+        let mut reported: Vec<(String, i128)> = vec![];
+        for id in printed.iter().chain(durable.iter().map(|d| &d.0)) {
+            let found: Vec<&(String, i128)> = listed.iter().filter(|p| p.0 == *id).collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "{ctx}: point {id}, reported durable, is listed once"
+            );
+            if !reported.contains(found[0]) {
+                reported.push(found[0].clone());
+            }
+        }
+        // The newest reported, and a random other, restore exactly.
+        reported.sort_by_key(|p| p.1);
+        let mut check: Vec<&(String, i128)> = reported.iter().rev().take(1).collect();
+        if reported.len() > 1 {
+            check.push(&reported[rng.below(reported.len() as u64 - 1) as usize]);
+        }
+        for (k, (name, at)) in check.into_iter().enumerate() {
+            check_point_content(&env, name, *at, &log_now, &format!("{i}-{k}"), &ctx);
+            tally.restores_verified += 1;
+        }
+        // No gap: past its first capture, the watcher's newest durable
+        // point holds every transfer committed up to one interval (and the
+        // capture running at the kill) before it.
+        if printed.len() >= 2 {
+            let newest = reported.last().expect("reported").1;
+            let lag = kill_at - newest;
+            max_lag_ms = max_lag_ms.max(lag / 1_000_000);
+            assert!(
+                lag <= durable_every_ms as i128 * 1_000_000 + WATCH_LAG_SLACK_NS,
+                "{ctx}: the newest durable point is {} ms older than the kill",
+                lag / 1_000_000
+            );
+        }
+        tally.reruns_ok += 1;
+        if listed.len() > 80 {
+            env.ok(&[
+                "forget",
+                "--keep-last",
+                "20",
+                "--keep-within-points",
+                "5s",
+                "--prune",
+                "--min-pack-age",
+                "0s",
+                "--lock-wait",
+                "10",
+            ]);
+        }
+    }
+    // The writer stops; a restarted watcher takes a point of every
+    // transfer, then stops on SIGTERM.
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    let log_all = log.lock().expect("log").clone();
+    let child = snapback_testkit::spawn(env.cmd(&args));
+    let t = Instant::now();
+    loop {
+        let (n, _) = listed_points(&env)
+            .last()
+            .map(|(name, _)| {
+                let dest = env.path("watch-final.db");
+                let _ = std::fs::remove_file(&dest);
+                env.ok(&["restore", name, dest.to_str().expect("utf8")]);
+                crate::watch::transfers_of(&dest)
+            })
+            .map(|(ids, total)| (ids.len(), total))
+            .unwrap_or((0, 0));
+        if n == log_all.len() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the restarted watcher took no point of all {} transfers",
+            log_all.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    crate::prune_race::signal(child.id(), "TERM");
+    let out = snapback_testkit::wait_out(child, Duration::from_secs(60));
+    assert_eq!(out.code, 0, "watch exits 0 on SIGTERM: {out:?}");
+    check_clean(&env, "after the last restart");
+    eprintln!(
+        "crash harness watch: {} transfers, max lag of the durable point at a kill {max_lag_ms} ms",
+        log_all.len()
+    );
     finish(tally, started, &b);
 }
