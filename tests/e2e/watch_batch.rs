@@ -272,12 +272,10 @@ fn walk_json(dir: &Path) -> Vec<serde_json::Value> {
         if p.is_dir() {
             out.extend(walk_json(&p));
         } else if p.extension().is_some_and(|x| x == "json") {
-            if let Ok(v) =
+            if let Ok(Ok(v)) =
                 std::fs::read(&p).map(|b| serde_json::from_slice::<serde_json::Value>(&b))
             {
-                if let Ok(v) = v {
-                    out.push(v);
-                }
+                out.push(v);
             }
         }
     }
