@@ -486,11 +486,12 @@ fn newer_format_versions_are_refused_clearly() {
         )],
     );
 
-    // An index object of another format (magic version 2).
+    // An index object of a newer format (magic version 3; version 2 is
+    // the index with dictionary tables, which this build reads).
     let (env, live, id) = setup();
     for p in objects(&env.repo(), "index") {
         let mut b = std::fs::read(&p).expect("read");
-        b[6] = 2;
+        b[6] = 3;
         std::fs::remove_file(&p).expect("rm");
         std::fs::write(
             env.repo()
@@ -505,16 +506,16 @@ fn newer_format_versions_are_refused_clearly() {
         &env,
         &live,
         vec![row(
-            "index object of format 2",
+            "index object of format 3",
             &["restore", &id, dest.to_str().expect("utf8")],
             1,
-            "format version 2",
+            "format version 3",
         )],
     );
     let out = env.run(&["check"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(
-        stdout(&out).contains("format version 2"),
+        stdout(&out).contains("format version 3"),
         "{}",
         stdout(&out)
     );
