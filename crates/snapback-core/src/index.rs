@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::pack::{BlobKind, PackEntry};
+use crate::pack::{dict_of_slot, BlobKind, PackEntry};
 
 const INDEX_MAGIC: &[u8; 8] = b"SNBIDX\x01\x00";
 const INDEX_MAGIC_V2: &[u8; 8] = b"SNBIDX\x02\x00";
@@ -146,15 +146,7 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
             let kind = BlobKind::from_code(code)
                 .ok_or_else(|| Error::corrupt(place, format!("unknown blob kind {code}")))?;
             let dict = if v2 {
-                match r.u8()? as usize {
-                    0 => None,
-                    i => Some(*dicts.get(i - 1).ok_or_else(|| {
-                        Error::corrupt(
-                            place,
-                            format!("an entry names dictionary {i} of {}", dicts.len()),
-                        )
-                    })?),
-                }
+                dict_of_slot(&dicts, r.u8()?, place)?
             } else {
                 None
             };

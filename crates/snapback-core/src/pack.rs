@@ -486,6 +486,21 @@ pub fn parse_prefix(codec: &BlobCodec, prefix: &[u8], place: &str) -> Result<Pac
     Ok(PackPrefix { version, hlen })
 }
 
+/// The dictionary an entry's one-byte slot names in a version-2 pack
+/// header or index table (`dicts`): 0 is none, `i` is `dicts[i - 1]`; a
+/// slot past the table is damage at `place`.
+pub(crate) fn dict_of_slot(dicts: &[Id], slot: u8, place: &str) -> Result<Option<Id>> {
+    match slot as usize {
+        0 => Ok(None),
+        i => dicts.get(i - 1).copied().map(Some).ok_or_else(|| {
+            Error::corrupt(
+                place,
+                format!("an entry names dictionary {i} of {}", dicts.len()),
+            )
+        }),
+    }
+}
+
 /// Parses a pack header (the `hlen` bytes after the prefix) and checks every
 /// entry against the pack's size.
 pub fn parse_header(
@@ -546,17 +561,7 @@ pub fn parse_header(
         let kind = BlobKind::from_code(e[0])
             .ok_or_else(|| Error::corrupt(place, format!("unknown blob kind {}", e[0])))?;
         let (dict, e) = if prefix.version >= 2 {
-            let slot = e[1] as usize;
-            let dict = match slot {
-                0 => None,
-                i => Some(*dicts.get(i - 1).ok_or_else(|| {
-                    Error::corrupt(
-                        place,
-                        format!("an entry names dictionary {i} of {}", dicts.len()),
-                    )
-                })?),
-            };
-            (dict, &e[1..])
+            (dict_of_slot(&dicts, e[1], place)?, &e[1..])
         } else {
             (None, e)
         };
