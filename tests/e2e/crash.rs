@@ -833,22 +833,7 @@ fn check_point_content(
         crate::watch::ACCOUNTS * crate::watch::START,
         "{ctx}: the total at point {name}"
     );
-    for l in log {
-        if l.committed < at - 100_000_000 {
-            assert!(
-                ids.contains(&l.id),
-                "{ctx}: transfer {} committed before point {name} is missing from it",
-                l.id
-            );
-        }
-        if l.begin > at {
-            assert!(
-                !ids.contains(&l.id),
-                "{ctx}: transfer {} begun after point {name} is in it",
-                l.id
-            );
-        }
-    }
+    crate::watch::assert_holds_transfers(&ids, log, at, at, &format!("{ctx}: point {name}"));
     let _ = std::fs::remove_file(&dest);
 }
 

@@ -244,6 +244,35 @@ fn wait_for_point_with(env: &Env, transfers: i64, limit: Duration) {
     }
 }
 
+/// Asserts that an image's transfers (`ids`) hold every transfer of `log`
+/// committed before `point_time` (the start of the point's read
+/// transaction), less 100 ms for the instant a read takes to begin, and
+/// none begun after `latest`. `what` names the image in a failure.
+pub(crate) fn assert_holds_transfers(
+    ids: &std::collections::HashSet<i64>,
+    log: &[Logged],
+    point_time: i128,
+    latest: i128,
+    what: &str,
+) {
+    for l in log {
+        if l.committed < point_time - 100_000_000 {
+            assert!(
+                ids.contains(&l.id),
+                "{what}: transfer {} committed before it is missing",
+                l.id
+            );
+        }
+        if l.begin > latest {
+            assert!(
+                !ids.contains(&l.id),
+                "{what}: transfer {} begun after it is in it",
+                l.id
+            );
+        }
+    }
+}
+
 pub(crate) fn transfers_of(db: &Path) -> (std::collections::HashSet<i64>, i64) {
     let c = Connection::open(db).expect("open");
     let mut st = c.prepare("SELECT id FROM transfers").expect("prepare");
@@ -327,25 +356,7 @@ fn watch_points_at_any_t_hold_exactly_the_transfers_committed_before_under_check
             ACCOUNTS * START,
             "the total is unchanged at @T ({id})"
         );
-        for l in &log {
-            // The point's time is when its read transaction began: every
-            // transfer committed before it (less the instant the read took
-            // to begin) is in, none begun after T is.
-            if l.committed < p_time - 100_000_000 {
-                assert!(
-                    ids.contains(&l.id),
-                    "transfer {} committed before point {id} is missing",
-                    l.id
-                );
-            }
-            if l.begin > t {
-                assert!(
-                    !ids.contains(&l.id),
-                    "transfer {} begun after T is in the image at @T",
-                    l.id
-                );
-            }
-        }
+        assert_holds_transfers(&ids, &log, *p_time, t, &format!("the image at @T ({id})"));
     }
 }
 

@@ -15,7 +15,8 @@ use snapback_testkit::{integrity, spawn, wait_out, Env, Out, Rng};
 
 use crate::s3::S3Repo;
 use crate::watch::{
-    create_bank, parse_time, signal, transfers_of, writer, Logged, ACCOUNTS, START,
+    assert_holds_transfers, create_bank, parse_time, signal, transfers_of, writer, Logged,
+    ACCOUNTS, START,
 };
 
 /// Points as `snapshots --points --json` lists them: (name, time, entry),
@@ -93,22 +94,7 @@ fn every_point_holds_exactly_what_was_committed_before_it(
         assert_eq!(integrity(&dest), "ok", "point {id} passes integrity_check");
         let (ids, total) = transfers_of(&dest);
         assert_eq!(total, ACCOUNTS * START, "the total is unchanged at {id}");
-        for l in log {
-            if l.committed < p_time - 100_000_000 {
-                assert!(
-                    ids.contains(&l.id),
-                    "transfer {} committed before point {id} is missing",
-                    l.id
-                );
-            }
-            if l.begin > *p_time {
-                assert!(
-                    !ids.contains(&l.id),
-                    "transfer {} begun after point {id} is in it",
-                    l.id
-                );
-            }
-        }
+        assert_holds_transfers(&ids, log, *p_time, *p_time, &format!("point {id}"));
     }
     let newest = &pts[pts.len() - 1].0;
     let dest = dir.join("newest.db");
