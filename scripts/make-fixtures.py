@@ -2,19 +2,27 @@
 """Builds the format-compatibility fixtures: small repositories of today's
 repository format, written by today's `snapback` binary.
 
-    scripts/make-fixtures.py [--bin PATH] [--out DIR]
+    scripts/make-fixtures.py [--bin PATH] [--out DIR] [--only NAME]
 
     --bin   the snapback binary (default: $CARGO_TARGET_DIR/debug/snapback,
             else target/debug/snapback)
     --out   where to write (default: fixtures/repos/v<format_version>)
+    --only  write only this repository (timeline or dicts) into an OUT that
+            exists, adding its entry to OUT/expected.json; for a format
+            feature added after OUT was written
 
 It writes, under OUT:
 
     plain/          an unencrypted repository
     encrypted/      the same story in an encrypted repository (passphrase
                     below, cheapest KDF so that tests stay fast)
-    damaged/        a copy of plain/ with one byte flipped in a pack and one
-                    index object deleted
+    damaged/        a copy of plain/ with one byte flipped in a pack and
+                    another pack deleted
+    timeline/       (format 2) a database watched by `snapback watch`: a base
+                    manifest and two timeline segments of several points
+    dicts/          (format 2) a database whose pages are compressed with a
+                    zstd dictionary, in two snapshots (a full scan that
+                    trains it, a WAL delta that reuses it)
     expected.json   what the tests compare with: every snapshot (id, tags,
                     paths) and the SHA-256 of each file it restores, and
                     what `check --read-data` reports for each repository
@@ -33,8 +41,11 @@ path so that the manifests name the same paths every time):
     E  after the repair, a new file notes/c.txt          --tag hourly
     check --read-data                                    (a check record)
 
-Fixtures of a format version are written once and never regenerated: the
-script refuses an OUT that exists. When the format version changes, run it
+The sources, the writes and the commands are fixed, so a run gives the same
+story every time; the ids and times differ (the repositories' ids, the
+clock), and expected.json records what this run wrote. Fixtures of a format
+version are written once and never regenerated: the script refuses an OUT
+that exists (with --only, a repository that exists). When the format version changes, run it
 again with the new binary: it writes fixtures/repos/v<new version> next to
 the old ones, and the old ones must keep passing (docs/format.md,
 "Compatibility fixtures").
@@ -53,6 +64,8 @@ PASSPHRASE = "snapback fixture passphrase"
 SRC = "/tmp/snapback-fixture-src"
 ROWS = 2000
 CHEAP_KDF = ["--kdf-memory", "8", "--kdf-iterations", "1"]
+# Set by main: a scratch directory for each repository's XDG directories.
+XDG_ROOT = None
 
 
 def sha256_file(path):
@@ -67,7 +80,14 @@ class Repo:
     def __init__(self, binary, path, passphrase=None):
         self.binary = binary
         self.path = path
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPBACK_")}
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("SNAPBACK_") and k not in ("RUST_LOG", "NO_COLOR")}
+        # Local capture state and config in a scratch directory of this
+        # repository, never the user's: every run starts from the same
+        # (empty) state.
+        xdg = tempfile.mkdtemp(prefix="xdg-", dir=XDG_ROOT)
+        for k in ("XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+            self.env[k] = os.path.join(xdg, k.lower())
         if passphrase is not None:
             self.env["SNAPBACK_PASSWORD"] = passphrase
 
@@ -202,30 +222,285 @@ def expected_snapshots(repo, work, ids):
     out = []
     for s in repo.json("snapshots"):
         dest = os.path.join(work, "restore-" + s["short_id"])
-        repo.run("restore", s["id"], dest + "/")
-        files = {}
-        for f in s["files"]:
-            restored = dest + f["path"]
-            got = sha256_file(restored)
-            if got != f["sha256"]:
-                sys.exit(f"{f['path']} of {s['short_id']} restores to {got}, "
-                         f"the manifest says {f['sha256']}")
-            files[f["path"]] = got
+        files = restore_files(repo, s, dest)
         if "pre-repair" in s["tags"]:
             letter = "P"
         else:
             letter = letters.get(s["id"])
         if letter is None:
             sys.exit(f"snapshot {s['id']} is not one the story took")
-        out.append({
-            "story": letter,
-            "id": s["id"],
-            "time": s["time"],
-            "tags": s["tags"],
-            "paths": s["paths"],
-            "files": files,
-        })
+        out.append(entry_of(s, letter, files))
     return out
+
+
+def restore_files(repo, s, dest):
+    """Restores snapshot (or point) entry `s` of `snapshots --json` under
+    dest/; returns source path -> SHA-256 of each restored file, each
+    checked against the manifest where it records one."""
+    repo.run("restore", s["id"], dest + "/")
+    files = {}
+    for f in s["files"]:
+        got = sha256_file(dest + f["path"])
+        if f["sha256"] is not None and got != f["sha256"]:
+            sys.exit(f"{f['path']} of {s['short_id']} restores to {got}, "
+                     f"the manifest says {f['sha256']}")
+        files[f["path"]] = got
+    return files
+
+
+def entry_of(s, story, files):
+    return {
+        "story": story,
+        "id": s["id"],
+        "time": s["time"],
+        "tags": s["tags"],
+        "paths": s["paths"],
+        "files": files,
+    }
+
+
+def integrity(path):
+    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return c.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        c.close()
+
+
+# The timeline story: a database of accounts under snapback watch; each step
+# is one transaction that changes one account (a distinct row per step, its
+# note "step K"), spaced by three ticks so that each is its own point.
+TIMELINE_ROWS = 2000
+# Steps per run of the watcher. The first run gives a base manifest (before
+# the steps) and a segment of 4 points; the second (a restart) a base manifest
+# holding its first step and a segment of 3 points.
+TIMELINE_RUNS = [4, 4]
+TIMELINE_POINTS = [4, 3]
+WATCH_ARGS = ["--interval", "200ms", "--upload-interval", "60s", "--tag", "continuous"]
+
+
+def timeline_db():
+    return os.path.join(SRC, "live.db")
+
+
+def steps_in(path):
+    """How many of the story's steps the database image at `path` holds."""
+    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return c.execute("SELECT count(*) FROM acct WHERE note LIKE 'step %'").fetchone()[0]
+    finally:
+        c.close()
+
+
+def wait_for(what, cond, timeout=20.0):
+    import time
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            sys.exit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def watch_run(repo, first_step, steps):
+    """Runs `snapback watch` on the database while `steps` steps are
+    written, then stops it with SIGTERM (it uploads its pending points as
+    one segment on the way out)."""
+    import signal
+    import time
+    db_path = timeline_db()
+
+    def count(sub):
+        d = os.path.join(repo.path, sub)
+        return len(os.listdir(d)) if os.path.isdir(d) else 0
+
+    def segments():
+        return count("timeline")
+
+    before = segments()
+    manifests = count("snapshots")
+    p = subprocess.Popen([repo.binary, "--repo", repo.path, "watch", db_path, *WATCH_ARGS],
+                         env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if manifests == 0:
+            # The first tick writes the base manifest; the steps come after.
+            wait_for("the watcher's base manifest", lambda: count("snapshots") > manifests)
+        else:
+            # A restarted watcher takes nothing until the database changes;
+            # its first change is a new base manifest (a WAL delta from the
+            # newest point), the others points over it.
+            time.sleep(1.5)
+        time.sleep(0.6)
+        c = sqlite3.connect(db_path, isolation_level=None)
+        c.execute("PRAGMA busy_timeout = 10000")
+        for k in range(first_step, first_step + steps):
+            c.execute("UPDATE acct SET balance = balance + ?, note = ? WHERE id = ?",
+                      (k * 100, f"step {k}", 10 * k + 1))
+            time.sleep(0.6)
+        c.close()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if p.returncode != 0:
+        sys.exit(f"snapback watch exited {p.returncode}: {err}")
+    if segments() != before + 1:
+        sys.exit(f"the watcher's run wrote {segments() - before} segments, expected one: {err}")
+
+
+def timeline(binary, out, work):
+    """A format-2 repository written by `snapback watch`: a base manifest
+    and one segment per run of the watcher, each of several points."""
+    os.makedirs(work)
+    path = os.path.join(out, "timeline")
+    repo = Repo(binary, path)
+    repo.run("init")
+    shutil.rmtree(SRC, ignore_errors=True)
+    os.makedirs(SRC)
+    c = sqlite3.connect(timeline_db(), isolation_level=None)
+    c.execute("PRAGMA journal_mode = WAL")
+    c.execute("CREATE TABLE acct(id INTEGER PRIMARY KEY, owner TEXT NOT NULL, "
+              "balance INTEGER NOT NULL, note TEXT NOT NULL)")
+    c.execute("BEGIN")
+    for i in range(1, TIMELINE_ROWS + 1):
+        c.execute("INSERT INTO acct VALUES (?, ?, 1000, 'opened')", (i, f"owner-{i:04}"))
+    c.execute("COMMIT")
+    c.close()
+    step = 1
+    for steps in TIMELINE_RUNS:
+        watch_run(repo, step, steps)
+        step += steps
+    check = repo.run("--json", "check", "--read-data", ok=False)
+    if check.returncode != 0:
+        sys.exit(f"check of the timeline repository failed: {check.stdout} {check.stderr}")
+    listed = repo.json("snapshots", "--points")
+    bases = [s for s in listed if "/" not in s["id"]]
+    points = [s for s in listed if "/" in s["id"]]
+    if len(bases) != len(TIMELINE_RUNS):
+        sys.exit(f"expected a base manifest per run, got {[s['id'] for s in bases]}")
+    segs = sorted(os.listdir(os.path.join(path, "timeline")))
+    by_seg = {}
+    for s in points:
+        by_seg.setdefault(s["id"].split("/")[0], []).append(s)
+    if [len(v) for v in by_seg.values()] != TIMELINE_POINTS:
+        sys.exit(f"expected segments of {TIMELINE_POINTS} points, got "
+                 f"{ {k: len(v) for k, v in by_seg.items()} }")
+    out_bases = []
+    for n, base in enumerate(bases):
+        dest = os.path.join(work, f"restore-base{n + 1}")
+        files = restore_files(repo, base, dest)
+        held = steps_in(dest + timeline_db())
+        if held != [0, TIMELINE_RUNS[0] + 1][n]:
+            sys.exit(f"base manifest {n + 1} holds {held} steps")
+        e = entry_of(base, f"base{n + 1}", files)
+        e["steps"] = held
+        out_bases.append(e)
+    out_points = []
+    for n, s in enumerate(points):
+        dest = os.path.join(work, "restore-" + s["id"].replace("/", "-"))
+        files = restore_files(repo, s, dest)
+        at = os.path.join(work, "at-" + s["id"].replace("/", "-"))
+        repo.run("restore", "@" + s["time"], at + "/")
+        for f, sha in files.items():
+            if sha256_file(at + f) != sha:
+                sys.exit(f"restore @{s['time']} is not point {s['id']}")
+            if integrity(dest + f) != "ok":
+                sys.exit(f"point {s['id']}: {f} fails the integrity check")
+        held = steps_in(dest + timeline_db())
+        want = n + 1 if n < TIMELINE_POINTS[0] else n + 2
+        if held != want:
+            sys.exit(f"point {s['id']} holds {held} steps, expected {want}")
+        seg_short, index = s["id"].split("/")
+        segment = [x for x in segs if x.startswith(seg_short)]
+        if len(segment) != 1:
+            sys.exit(f"point {s['id']}: no single segment {seg_short}: {segs}")
+        out_points.append({
+            "name": s["id"],
+            "segment": segment[0],
+            "index": int(index),
+            "time": s["time"],
+            "files": files,
+            "steps": held,
+        })
+    return {
+        "encrypted": False,
+        "features": config_features(path),
+        "check": {"exit_code": 0, "problems": []},
+        "audit_entries": 0,
+        "database": timeline_db(),
+        "snapshots": out_bases,
+        "points": out_points,
+    }
+
+
+def config_features(path):
+    with open(os.path.join(path, "config")) as f:
+        return json.load(f).get("features", [])
+
+
+# The dictionary story: a database of orders in 1 KiB pages (more than the
+# 512 pages a database needs to get a dictionary, in a few hundred KiB).
+DICT_ROWS = 8000
+
+
+def dicts(binary, out, work):
+    """A format-2 repository whose database pages are compressed with a
+    zstd dictionary: snapshot A trains it (a full scan), snapshot B (a WAL
+    delta after an update of 50 rows) reuses it."""
+    os.makedirs(work)
+    path = os.path.join(out, "dicts")
+    repo = Repo(binary, path)
+    repo.run("init")
+    shutil.rmtree(SRC, ignore_errors=True)
+    os.makedirs(SRC)
+    db_path = os.path.join(SRC, "orders.db")
+    c = sqlite3.connect(db_path, isolation_level=None)
+    c.execute("PRAGMA page_size = 1024")
+    c.execute("PRAGMA journal_mode = WAL")
+    c.execute("CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
+              "status TEXT NOT NULL, note TEXT NOT NULL)")
+    c.execute("BEGIN")
+    for i in range(DICT_ROWS):
+        c.execute("INSERT INTO orders VALUES (?, ?, ?, ?)",
+                  (i, f"customer-{i % 97:03}", ["open", "paid", "shipped"][i % 3],
+                   f"order {i} for customer {i % 97} placed via web"))
+    c.execute("COMMIT")
+    # The connection stays open, as an application's does, so that the WAL
+    # is not deleted between the snapshots and B can be a WAL delta.
+    ids = {"A": repo.snapshot([db_path], "daily")}
+    c.execute("UPDATE orders SET status = 'refunded' WHERE id % 40 = 0 AND id < 2000")
+    ids["B"] = repo.snapshot([db_path], "hourly")
+    c.close()
+    check = repo.run("--json", "check", "--read-data", ok=False)
+    if check.returncode != 0:
+        sys.exit(f"check of the dictionary repository failed: {check.stdout} {check.stderr}")
+    names = sorted(os.listdir(os.path.join(path, "dicts")))
+    if len(names) != 1:
+        sys.exit(f"expected one dictionary, got {names}")
+    letters = {v: k for k, v in ids.items()}
+    snaps = []
+    for s in repo.json("snapshots"):
+        sq = s["files"][0]["sqlite"]
+        if (sq.get("dict") or {}).get("id") != names[0]:
+            sys.exit(f"snapshot {s['short_id']} does not name dictionary {names[0]}: {sq}")
+        letter = letters[s["id"]]
+        method = sq["capture"]["method"]
+        if method != {"A": "full-scan", "B": "wal-delta"}[letter]:
+            sys.exit(f"snapshot {letter} was captured by {method}")
+        dest = os.path.join(work, "restore-" + s["short_id"])
+        snaps.append(entry_of(s, letter, restore_files(repo, s, dest)))
+    if "zstd-dict" not in config_features(path):
+        sys.exit("the config does not name the feature zstd-dict")
+    return {
+        "encrypted": False,
+        "features": config_features(path),
+        "check": {"exit_code": 0, "problems": []},
+        "audit_entries": 0,
+        "database": db_path,
+        "dicts": names,
+        "snapshots": snaps,
+    }
 
 
 def has_patch(repo_path):
@@ -328,11 +603,17 @@ def damage(binary, out, plain_entry, new_in_e, work):
     }
 
 
+# The repositories of format 2 and later, each its own story.
+FORMAT2 = {"timeline": timeline, "dicts": dicts}
+
+
 def main():
+    global XDG_ROOT
     ap = argparse.ArgumentParser()
     target = os.environ.get("CARGO_TARGET_DIR", "target")
     ap.add_argument("--bin", default=os.path.join(target, "debug", "snapback"))
     ap.add_argument("--out")
+    ap.add_argument("--only", choices=sorted(FORMAT2))
     args = ap.parse_args()
     binary = os.path.abspath(args.bin)
     version = subprocess.run([binary, "--version"], capture_output=True, text=True,
@@ -340,32 +621,49 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     with tempfile.TemporaryDirectory() as work:
+        XDG_ROOT = work
         probe = Repo(binary, os.path.join(work, "probe"))
         probe.run("init")
         with open(os.path.join(work, "probe", "config")) as f:
             fmt = json.load(f)["format_version"]
         out = args.out or os.path.join("fixtures", "repos", f"v{fmt}")
-        if os.path.exists(out):
-            sys.exit(f"{out} exists: fixtures of a format version are never regenerated "
-                     "(docs/format.md, Compatibility fixtures)")
-        os.makedirs(out)
-        repos = {}
-        plain, repos["plain"], new_in_e = make(binary, out, "plain", None,
-                                               os.path.join(work, "plain"))
-        if not has_patch(plain.path):
-            sys.exit("no snapshot of plain/ uses a chunk-list patch")
-        _, repos["encrypted"], _ = make(binary, out, "encrypted", PASSPHRASE,
-                                        os.path.join(work, "encrypted"))
-        repos["damaged"] = damage(binary, out, repos["plain"], new_in_e,
-                                  os.path.join(work, "damaged"))
-    expected = {
-        "format_version": fmt,
-        "written_by": version,
-        "written_by_commit": commit,
-        "passphrase": PASSPHRASE,
-        "source_root": SRC,
-        "repositories": repos,
-    }
+        if args.only:
+            if fmt < 2:
+                sys.exit(f"{args.only} needs format version 2; this binary writes {fmt}")
+            if os.path.exists(os.path.join(out, args.only)):
+                sys.exit(f"{out}/{args.only} exists: fixtures are never regenerated "
+                         "(docs/format.md, Compatibility fixtures)")
+            with open(os.path.join(out, "expected.json")) as f:
+                expected = json.load(f)
+            expected["repositories"][args.only] = FORMAT2[args.only](
+                binary, out, os.path.join(work, args.only))
+            expected.setdefault("added", {})[args.only] = {
+                "written_by": version, "written_by_commit": commit}
+        else:
+            if os.path.exists(out):
+                sys.exit(f"{out} exists: fixtures of a format version are never regenerated "
+                         "(docs/format.md, Compatibility fixtures)")
+            os.makedirs(out)
+            repos = {}
+            plain, repos["plain"], new_in_e = make(binary, out, "plain", None,
+                                                   os.path.join(work, "plain"))
+            if not has_patch(plain.path):
+                sys.exit("no snapshot of plain/ uses a chunk-list patch")
+            _, repos["encrypted"], _ = make(binary, out, "encrypted", PASSPHRASE,
+                                            os.path.join(work, "encrypted"))
+            repos["damaged"] = damage(binary, out, repos["plain"], new_in_e,
+                                      os.path.join(work, "damaged"))
+            if fmt >= 2:
+                for name, story_of in FORMAT2.items():
+                    repos[name] = story_of(binary, out, os.path.join(work, name))
+            expected = {
+                "format_version": fmt,
+                "written_by": version,
+                "written_by_commit": commit,
+                "passphrase": PASSPHRASE,
+                "source_root": SRC,
+                "repositories": repos,
+            }
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1, sort_keys=True)
         f.write("\n")

@@ -9,6 +9,12 @@
 //! snapshot, forget, prune and check on a copy of the old repository keep
 //! every old and new snapshot restorable, without changing its config.
 //!
+//! From format version 2 on, each version also has `timeline/` (a base
+//! manifest and segments written by `snapback watch`: every point restores
+//! by name and by `@TIME` to its recorded SHA-256, and `diff` finds the
+//! recorded changes) and `dicts/` (pages compressed with a zstd dictionary),
+//! and both stay writable too.
+//!
 //! The tests read only the committed files (a copy of each, in a temporary
 //! directory): they never run the generator, and they fail if a fixture is
 //! missing or cannot be read.
@@ -136,13 +142,22 @@ impl Fixture {
         report
     }
 
-    /// Restores `snap` under a fresh directory; returns the directory, or
-    /// None when restore fails.
-    fn restore(&self, id: &str, tag: &str) -> Option<PathBuf> {
-        let dest = self.env.path(&format!("restore-{tag}-{}", &id[..12]));
+    /// Restores `id` (a selector) under a fresh directory; returns the
+    /// directory, or restore's stderr when it fails.
+    fn restore(&self, id: &str, tag: &str) -> Result<PathBuf, String> {
+        let name: String = id
+            .chars()
+            .take(40)
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let dest = self.env.path(&format!("restore-{tag}-{name}"));
         let arg = format!("{}/", dest.display());
         let out = self.env.run(&["restore", id, &arg]);
-        out.status.success().then_some(dest)
+        if out.status.success() {
+            Ok(dest)
+        } else {
+            Err(stderr(&out))
+        }
     }
 
     /// Restores `snap` (an entry of expected.json) and asserts that exactly
@@ -150,10 +165,19 @@ impl Fixture {
     /// every database passes `PRAGMA integrity_check`.
     fn restore_exactly(&self, snap: &Value, tag: &str) {
         let id = snap["id"].as_str().expect("id");
+        self.restore_exactly_as(id, snap, tag);
+    }
+
+    /// Restores `selector` and asserts that it gives exactly the recorded
+    /// files of `snap` (as [`Fixture::restore_exactly`]).
+    fn restore_exactly_as(&self, selector: &str, snap: &Value, tag: &str) {
         let story = &snap["story"];
-        let dest = self
-            .restore(id, tag)
-            .unwrap_or_else(|| panic!("{}: snapshot {story} ({id}) restores", self.what));
+        let dest = self.restore(selector, tag).unwrap_or_else(|e| {
+            panic!(
+                "{}: snapshot {story} restores as {selector}: {e}",
+                self.what
+            )
+        });
         let want = files_of(snap);
         let got = files_under(&dest);
         assert_eq!(
@@ -519,4 +543,308 @@ fn plain_fixture_stays_writable_snapshot_forget_prune_check_restore() {
 #[test]
 fn encrypted_fixture_stays_writable_snapshot_forget_prune_check_restore() {
     stays_writable("encrypted");
+}
+
+/// The version directories of format 2 and later (each must have the
+/// format-2 repositories: `timeline/` and `dicts/`); v2 is among them.
+fn versions_from_2() -> Vec<PathBuf> {
+    let out: Vec<PathBuf> = versions()
+        .into_iter()
+        .filter(|v| version_number(v) >= 2)
+        .collect();
+    assert!(
+        out.iter().any(|p| p.ends_with("v2")),
+        "fixtures/repos/v2 (format version 2) is committed: {out:?}"
+    );
+    out
+}
+
+/// The config's `features` of a fixture copy.
+fn features(fx: &Fixture) -> Vec<String> {
+    let text = std::fs::read_to_string(fx.env.repo().join("config")).expect("config");
+    let config: Value = serde_json::from_str(&text).expect("config JSON");
+    config["features"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .map(|x| x.as_str().expect("feature").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The recorded base manifests and points of the timeline fixture, in time
+/// order, as `snapshots --points --json` lists them: (name, entry).
+fn timeline_entries(fx: &Fixture) -> Vec<(String, Value)> {
+    let mut all: Vec<(String, Value)> = fx
+        .snapshots()
+        .into_iter()
+        .map(|s| (s["id"].as_str().expect("id").to_string(), s))
+        .chain(
+            fx.me["points"]
+                .as_array()
+                .expect("points")
+                .iter()
+                .map(|p| (p["name"].as_str().expect("name").to_string(), p.clone())),
+        )
+        .collect();
+    all.sort_by(|a, b| a.1["time"].as_str().cmp(&b.1["time"].as_str()));
+    all
+}
+
+/// `diff SELECTOR OTHER_DB --path DB --json`: the summary's counts of
+/// changed rows, and the exit code.
+fn diff_changed(fx: &Fixture, selector: &str, other: &Path, db: &str) -> (Option<i32>, u64) {
+    let out = fx.env.run(&[
+        "--json",
+        "diff",
+        selector,
+        other.to_str().expect("utf8"),
+        "--path",
+        db,
+    ]);
+    let text = stdout(&out);
+    let summary: Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "summary")
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: diff {selector} prints a summary: {text}{}",
+                fx.what,
+                stderr(&out)
+            )
+        });
+    let changed = summary["counts"]["changed"].as_u64().expect("changed");
+    (out.status.code(), changed)
+}
+
+#[test]
+fn timeline_fixture_restores_every_point_by_name_and_at_time_bit_for_bit() {
+    for version in versions_from_2() {
+        let fx = Fixture::open(&version, "timeline");
+        assert!(
+            features(&fx).contains(&"timeline".to_string()),
+            "{}: the config names the feature timeline",
+            fx.what
+        );
+        let listed: Vec<Value> =
+            serde_json::from_str::<Value>(&fx.env.ok(&["--json", "snapshots", "--points"]))
+                .expect("snapshots --points JSON")
+                .as_array()
+                .expect("array")
+                .clone();
+        let want = timeline_entries(&fx);
+        let points = fx.me["points"].as_array().expect("points");
+        assert!(points.len() >= 3, "{}: several points", fx.what);
+        let segments: BTreeSet<&str> = points
+            .iter()
+            .map(|p| p["segment"].as_str().expect("segment"))
+            .collect();
+        for seg in &segments {
+            assert!(
+                fx.env.repo().join("timeline").join(seg).is_file(),
+                "{}: segment {seg} is committed",
+                fx.what
+            );
+            let n = points.iter().filter(|p| p["segment"] == *seg).count();
+            assert!(n >= 3, "{}: segment {seg} has several points", fx.what);
+        }
+        assert_eq!(
+            listed
+                .iter()
+                .map(|s| (s["id"].clone(), s["time"].clone()))
+                .collect::<Vec<_>>(),
+            want.iter()
+                .map(|(n, s)| (Value::from(n.as_str()), s["time"].clone()))
+                .collect::<Vec<_>>(),
+            "{}: `snapshots --points` lists the recorded bases and points",
+            fx.what
+        );
+        fx.check_clean("as committed");
+        for s in fx.snapshots() {
+            fx.restore_exactly(&s, "base");
+        }
+        let db = fx.me["database"].as_str().expect("database");
+        let base = fx
+            .restore(fx.snapshots()[0]["id"].as_str().expect("id"), "diff-base")
+            .expect("the first base restores");
+        let base_db = base.join(db.trim_start_matches('/'));
+        for p in points {
+            let name = p["name"].as_str().expect("name");
+            let time = p["time"].as_str().expect("time");
+            // By name, and by its own instant (the newest point taken at or
+            // before it: itself, inside its segment).
+            fx.restore_exactly_as(name, p, "point");
+            fx.restore_exactly_as(&format!("@{time}"), p, "at");
+            let steps = p["steps"].as_u64().expect("steps");
+            let (code, changed) = diff_changed(&fx, name, &base_db, db);
+            assert_eq!(
+                (code, changed),
+                (Some(3), steps),
+                "{}: diff of point {name} against the first base finds the {steps} rows its steps changed",
+                fx.what
+            );
+        }
+    }
+}
+
+#[test]
+fn dicts_fixture_reads_checks_and_restores_bit_for_bit() {
+    for version in versions_from_2() {
+        let fx = Fixture::open(&version, "dicts");
+        assert!(
+            features(&fx).contains(&"zstd-dict".to_string()),
+            "{}: the config names the feature zstd-dict",
+            fx.what
+        );
+        let dicts: Vec<String> = fx.me["dicts"]
+            .as_array()
+            .expect("dicts")
+            .iter()
+            .map(|d| d.as_str().expect("dict id").to_string())
+            .collect();
+        assert!(!dicts.is_empty(), "{}: a dictionary is recorded", fx.what);
+        let listed = fx.env.snapshots_json();
+        let want = fx.snapshots();
+        assert_eq!(
+            listed.iter().map(|s| s["id"].clone()).collect::<Vec<_>>(),
+            want.iter().map(|s| s["id"].clone()).collect::<Vec<_>>(),
+            "{}: `snapshots` lists the recorded snapshots",
+            fx.what
+        );
+        for s in &listed {
+            let d = &s["files"][0]["sqlite"]["dict"]["id"];
+            assert!(
+                d.as_str().is_some_and(|d| dicts.iter().any(|x| x == d)),
+                "{}: snapshot {} names the recorded dictionary: {d}",
+                fx.what,
+                s["short_id"]
+            );
+        }
+        fx.check_clean("as committed");
+        for s in &want {
+            fx.restore_exactly(s, "old");
+        }
+        // A damaged dictionary is damage, never other bytes: check names
+        // it, and restore refuses what needs it.
+        let dict = fx.env.repo().join("dicts").join(&dicts[0]);
+        let mut bytes = std::fs::read(&dict).expect("dictionary");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x55;
+        std::fs::write(&dict, &bytes).expect("damage the dictionary");
+        let (code, report) = fx.check();
+        assert_eq!(code, Some(3), "{}: check finds it: {report}", fx.what);
+        assert!(
+            report["problems"]
+                .as_array()
+                .expect("problems")
+                .iter()
+                .any(|p| p["object"].as_str() == Some(&format!("dicts/{}", dicts[0]))),
+            "{}: check names dicts/{}: {report}",
+            fx.what,
+            dicts[0]
+        );
+        let id = want[0]["id"].as_str().expect("id");
+        assert!(
+            fx.restore(id, "broken-dict").is_err(),
+            "{}: a snapshot whose pages need the damaged dictionary is not restored",
+            fx.what
+        );
+    }
+}
+
+/// Writes a new snapshot into a copy of a format-2 fixture: a database that
+/// starts as `from` (restored by `selector`) with `sql` applied, taken
+/// from a new path; it reuses the old chunks, prune and check pass, every
+/// recorded snapshot (and point) and the new one restore exactly, and the
+/// config is not changed.
+fn format2_stays_writable(fx: &Fixture, selector: &str, sql: &str, check_sql: &str) {
+    let config = std::fs::read(fx.env.repo().join("config")).expect("config");
+    let db = fx.me["database"].as_str().expect("database");
+    let old = fx.restore(selector, "seed").expect("the seed restores");
+    let live_dir = fx.env.path("live");
+    std::fs::create_dir_all(&live_dir).expect("mkdir");
+    let name = Path::new(db).file_name().expect("file name");
+    let live = live_dir.join(name);
+    std::fs::copy(old.join(db.trim_start_matches('/')), &live).expect("copy the database");
+    let c = rusqlite::Connection::open(&live).expect("open");
+    c.execute_batch(sql).expect("write");
+    drop(c);
+    let snap: Value = serde_json::from_str(&fx.env.ok(&[
+        "--json",
+        "snapshot",
+        "--tag",
+        "new",
+        live.to_str().expect("utf8"),
+    ]))
+    .expect("snapshot JSON");
+    let chunks = snap["chunks"].as_u64().expect("chunks");
+    let new_chunks = snap["new_chunks"].as_u64().expect("new_chunks");
+    assert!(
+        new_chunks < chunks / 2,
+        "{}: the new snapshot reuses the old repository's chunks ({new_chunks} of {chunks} new)",
+        fx.what
+    );
+    fx.env.ok(&["prune"]);
+    fx.check_clean("after a new snapshot and prune");
+    for s in fx.snapshots() {
+        fx.restore_exactly(&s, "after-prune");
+    }
+    for p in fx.me["points"].as_array().into_iter().flatten() {
+        fx.restore_exactly_as(p["name"].as_str().expect("name"), p, "after-prune");
+    }
+    let new_id = snap["id"].as_str().expect("id");
+    let dest = fx
+        .restore(new_id, "new")
+        .expect("the new snapshot restores");
+    let restored = dest.join(live.strip_prefix("/").expect("absolute"));
+    assert_eq!(integrity(&restored), "ok", "{}", fx.what);
+    let c = rusqlite::Connection::open_with_flags(
+        &restored,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open restored");
+    let got: String = c
+        .query_row(check_sql, [], |r| r.get(0))
+        .expect("the new row");
+    assert_eq!(got, "written by a later binary", "{}", fx.what);
+    assert_eq!(
+        std::fs::read(fx.env.repo().join("config")).expect("config"),
+        config,
+        "{}: writing does not change the repository's config",
+        fx.what
+    );
+}
+
+#[test]
+fn timeline_fixture_stays_writable_snapshot_prune_check_restore() {
+    for version in versions_from_2() {
+        let fx = Fixture::open(&version, "timeline");
+        let points = fx.me["points"].as_array().expect("points");
+        let last = points.last().expect("a point")["name"]
+            .as_str()
+            .expect("name")
+            .to_string();
+        format2_stays_writable(
+            &fx,
+            &last,
+            "PRAGMA journal_mode=WAL; UPDATE acct SET note = 'written by a later binary' WHERE id = 42;",
+            "SELECT note FROM acct WHERE id = 42",
+        );
+    }
+}
+
+#[test]
+fn dicts_fixture_stays_writable_snapshot_prune_check_restore() {
+    for version in versions_from_2() {
+        let fx = Fixture::open(&version, "dicts");
+        let b = fx.by_story("B")["id"].as_str().expect("id").to_string();
+        format2_stays_writable(
+            &fx,
+            &b,
+            "PRAGMA journal_mode=WAL; UPDATE orders SET note = 'written by a later binary' WHERE id = 42;",
+            "SELECT note FROM orders WHERE id = 42",
+        );
+    }
 }
