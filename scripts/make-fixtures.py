@@ -259,12 +259,18 @@ def entry_of(s, story, files):
     }
 
 
-def integrity(path):
+def query_one(path, sql):
+    """The first column of the first row of `sql` on the database at `path`,
+    opened read-only."""
     c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return c.execute("PRAGMA integrity_check").fetchone()[0]
+        return c.execute(sql).fetchone()[0]
     finally:
         c.close()
+
+
+def integrity(path):
+    return query_one(path, "PRAGMA integrity_check")
 
 
 # The timeline story: a database of accounts under snapback watch; each step
@@ -285,11 +291,7 @@ def timeline_db():
 
 def steps_in(path):
     """How many of the story's steps the database image at `path` holds."""
-    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return c.execute("SELECT count(*) FROM acct WHERE note LIKE 'step %'").fetchone()[0]
-    finally:
-        c.close()
+    return query_one(path, "SELECT count(*) FROM acct WHERE note LIKE 'step %'")
 
 
 def wait_for(what, cond, timeout=20.0):
@@ -352,12 +354,8 @@ def watch_run(repo, first_step, steps):
 def timeline(binary, out, work):
     """A format-2 repository written by `snapback watch`: a base manifest
     and one segment per run of the watcher, each of several points."""
-    os.makedirs(work)
-    path = os.path.join(out, "timeline")
-    repo = Repo(binary, path)
-    repo.run("init")
-    shutil.rmtree(SRC, ignore_errors=True)
-    os.makedirs(SRC)
+    repo = fresh(binary, out, "timeline", work)
+    path = repo.path
     c = sqlite3.connect(timeline_db(), isolation_level=None)
     c.execute("PRAGMA journal_mode = WAL")
     c.execute("CREATE TABLE acct(id INTEGER PRIMARY KEY, owner TEXT NOT NULL, "
@@ -434,6 +432,17 @@ def timeline(binary, out, work):
     }
 
 
+def fresh(binary, out, name, work):
+    """A new plain repository OUT/NAME, an empty source directory and the
+    scratch directory `work`."""
+    os.makedirs(work)
+    repo = Repo(binary, os.path.join(out, name))
+    repo.run("init")
+    shutil.rmtree(SRC, ignore_errors=True)
+    os.makedirs(SRC)
+    return repo
+
+
 def config_features(path):
     with open(os.path.join(path, "config")) as f:
         return json.load(f).get("features", [])
@@ -448,12 +457,8 @@ def dicts(binary, out, work):
     """A format-2 repository whose database pages are compressed with a
     zstd dictionary: snapshot A trains it (a full scan), snapshot B (a WAL
     delta after an update of 50 rows) reuses it."""
-    os.makedirs(work)
-    path = os.path.join(out, "dicts")
-    repo = Repo(binary, path)
-    repo.run("init")
-    shutil.rmtree(SRC, ignore_errors=True)
-    os.makedirs(SRC)
+    repo = fresh(binary, out, "dicts", work)
+    path = repo.path
     db_path = os.path.join(SRC, "orders.db")
     c = sqlite3.connect(db_path, isolation_level=None)
     c.execute("PRAGMA page_size = 1024")

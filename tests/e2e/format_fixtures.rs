@@ -160,6 +160,27 @@ impl Fixture {
         }
     }
 
+    /// `snapshot --tag new PATH --json` into the fixture, asserting that
+    /// fewer than half of its chunks are new (it reuses the old ones).
+    fn snapshot_reusing_chunks(&self, path: &Path) -> Value {
+        let snap: Value = serde_json::from_str(&self.env.ok(&[
+            "--json",
+            "snapshot",
+            "--tag",
+            "new",
+            path.to_str().expect("utf8"),
+        ]))
+        .expect("snapshot JSON");
+        let chunks = snap["chunks"].as_u64().expect("chunks");
+        let new_chunks = snap["new_chunks"].as_u64().expect("new_chunks");
+        assert!(
+            new_chunks < chunks / 2,
+            "{}: the new snapshot reuses the old repository's chunks ({new_chunks} of {chunks} new)",
+            self.what
+        );
+        snap
+    }
+
     /// Restores `snap` (an entry of expected.json) and asserts that exactly
     /// its recorded files come back, each with its recorded SHA-256, and
     /// every database passes `PRAGMA integrity_check`.
@@ -462,21 +483,7 @@ fn stays_writable(name: &str) {
         .expect("update");
         drop(c);
         std::fs::write(live_dir.join("new.txt"), "a file of the new snapshot\n").expect("write");
-        let snap: Value = serde_json::from_str(&fx.env.ok(&[
-            "--json",
-            "snapshot",
-            "--tag",
-            "new",
-            live_dir.to_str().expect("utf8"),
-        ]))
-        .expect("snapshot JSON");
-        let chunks = snap["chunks"].as_u64().expect("chunks");
-        let new_chunks = snap["new_chunks"].as_u64().expect("new_chunks");
-        assert!(
-            new_chunks < chunks / 2,
-            "{}: the new snapshot reuses the old repository's chunks ({new_chunks} of {chunks} new)",
-            fx.what
-        );
+        let snap = fx.snapshot_reusing_chunks(&live_dir);
         // C and D go (E is the newest of their source, A is tagged daily);
         // the pre-repair snapshot is kept until it is released.
         fx.env
@@ -559,18 +566,18 @@ fn versions_from_2() -> Vec<PathBuf> {
     out
 }
 
-/// The config's `features` of a fixture copy.
-fn features(fx: &Fixture) -> Vec<String> {
+/// Asserts that the config of a fixture copy lists `feature` in its
+/// `features`.
+fn assert_feature(fx: &Fixture, feature: &str) {
     let text = std::fs::read_to_string(fx.env.repo().join("config")).expect("config");
     let config: Value = serde_json::from_str(&text).expect("config JSON");
-    config["features"]
-        .as_array()
-        .map(|f| {
-            f.iter()
-                .map(|x| x.as_str().expect("feature").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    assert!(
+        config["features"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == feature)),
+        "{}: the config names the feature {feature}: {config}",
+        fx.what
+    );
 }
 
 /// The recorded base manifests and points of the timeline fixture, in time
@@ -623,11 +630,7 @@ fn diff_changed(fx: &Fixture, selector: &str, other: &Path, db: &str) -> (Option
 fn timeline_fixture_restores_every_point_by_name_and_at_time_bit_for_bit() {
     for version in versions_from_2() {
         let fx = Fixture::open(&version, "timeline");
-        assert!(
-            features(&fx).contains(&"timeline".to_string()),
-            "{}: the config names the feature timeline",
-            fx.what
-        );
+        assert_feature(&fx, "timeline");
         let listed: Vec<Value> =
             serde_json::from_str::<Value>(&fx.env.ok(&["--json", "snapshots", "--points"]))
                 .expect("snapshots --points JSON")
@@ -693,11 +696,7 @@ fn timeline_fixture_restores_every_point_by_name_and_at_time_bit_for_bit() {
 fn dicts_fixture_reads_checks_and_restores_bit_for_bit() {
     for version in versions_from_2() {
         let fx = Fixture::open(&version, "dicts");
-        assert!(
-            features(&fx).contains(&"zstd-dict".to_string()),
-            "{}: the config names the feature zstd-dict",
-            fx.what
-        );
+        assert_feature(&fx, "zstd-dict");
         let dicts: Vec<String> = fx.me["dicts"]
             .as_array()
             .expect("dicts")
@@ -771,21 +770,7 @@ fn format2_stays_writable(fx: &Fixture, selector: &str, sql: &str, check_sql: &s
     let c = rusqlite::Connection::open(&live).expect("open");
     c.execute_batch(sql).expect("write");
     drop(c);
-    let snap: Value = serde_json::from_str(&fx.env.ok(&[
-        "--json",
-        "snapshot",
-        "--tag",
-        "new",
-        live.to_str().expect("utf8"),
-    ]))
-    .expect("snapshot JSON");
-    let chunks = snap["chunks"].as_u64().expect("chunks");
-    let new_chunks = snap["new_chunks"].as_u64().expect("new_chunks");
-    assert!(
-        new_chunks < chunks / 2,
-        "{}: the new snapshot reuses the old repository's chunks ({new_chunks} of {chunks} new)",
-        fx.what
-    );
+    let snap = fx.snapshot_reusing_chunks(&live);
     fx.env.ok(&["prune"]);
     fx.check_clean("after a new snapshot and prune");
     for s in fx.snapshots() {
