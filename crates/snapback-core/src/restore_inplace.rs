@@ -11,13 +11,20 @@
 //! - **plan** (the dry run): in one read transaction, hash every live page
 //!   as the snapshot's chunks are cut and compare with its chunk list;
 //! - **apply**: take a `pre-restore` snapshot of the live database (the
-//!   undo point) or refuse; `BEGIN IMMEDIATE` (waiting at most
-//!   `lock_wait`); compare again inside the transaction (the database may
-//!   have changed since the plan); if it changed since the pre-restore
-//!   snapshot, take that snapshot again, now that no writer can commit;
-//!   write each differing page, each read from the repository and verified
-//!   by its hash; read each written page back; cut the database to the
-//!   snapshot's page count; COMMIT.
+//!   undo point) or refuse; compare in a read transaction (hashing on every
+//!   core; in WAL mode no writer waits for it), noting `PRAGMA
+//!   data_version` and the WAL position it saw; fetch the differing chunks
+//!   (up to 64 MiB); `BEGIN IMMEDIATE` (waiting at most `lock_wait`); find
+//!   what changed since the compare: nothing when the data version is the
+//!   same (no other connection committed), else the pages of the WAL
+//!   frames committed since (`delta::changed_pages`), whose chunks are
+//!   hashed again, or, when those cannot be known (a rollback journal, a
+//!   WAL restarted), the whole database read again; if the database changed
+//!   since the pre-restore snapshot, take that snapshot again, now that no
+//!   writer can commit, and check that it agrees with what the transaction
+//!   reads; write each differing page, each read from the repository and
+//!   verified by its hash; read each written page back; cut the database
+//!   to the snapshot's page count; COMMIT.
 //!
 //! The pages that were not written hashed to the snapshot's chunk ids, and
 //! the pages written read back as the snapshot's verified content, so the
@@ -36,6 +43,7 @@ use std::time::Duration;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::capture_state::CaptureState;
 use crate::chunklist::{checksum_of, ChunkRef};
 use crate::error::{Error, Result};
 use crate::forget::PRE_RESTORE_TAG;
@@ -55,6 +63,9 @@ use crate::NoProgress;
 pub(crate) const PAGER_OWNED: [std::ops::Range<usize>; 2] = [24..28, 92..100];
 /// Chunks fetched from the repository at once (at most 8 MiB of 4 KiB pages).
 const FETCH_BATCH: usize = 2048;
+/// The differing chunks' bytes fetched before the write lock is taken; the
+/// rest is fetched while it is held.
+const PREFETCH_BYTES: u64 = 64 << 20;
 /// The schema cookie in page 1.
 const SCHEMA_COOKIE: std::ops::Range<usize> = 40..44;
 
@@ -100,6 +111,22 @@ pub struct InPlaceReport {
     pub pre_restore_snapshot: Option<Id>,
     /// The repository lock held while reading.
     pub lock: LockState,
+    /// What was read again inside the write transaction (not in the JSON
+    /// document; the log says it).
+    #[serde(skip)]
+    pub recheck: Option<Recheck>,
+}
+
+/// What an in-place restore read again inside its write transaction, after
+/// comparing in a read transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Nothing: no other connection committed since the compare.
+    Unchanged,
+    /// The pages of the WAL frames committed since the compare (this many).
+    WalPages(usize),
+    /// The whole database: what changed since could not be known.
+    FullRead,
 }
 
 impl InPlaceReport {
@@ -125,16 +152,123 @@ struct Target {
     page1: Vec<u8>,
 }
 
-/// What differs, as found in one read of the live database.
+/// What differs.
 struct Comparison {
     /// Indexes of the snapshot's chunks to write.
     chunks: Vec<usize>,
     rewritten: u64,
     added: u64,
     removed: u64,
-    /// The live image's checksum, in the chunking of the pre-restore
-    /// snapshot when one is asked for (`Some(chunk size)`).
-    live_checksum: Option<String>,
+}
+
+/// The live image as chunk ids.
+struct LiveImage {
+    page_count: u64,
+    page1: Vec<u8>,
+    /// In the target's chunking.
+    refs: Vec<ChunkRef>,
+    /// In the pre-restore snapshot's chunking (pages per chunk, ids), when
+    /// it is not the target's.
+    pre_refs: Option<(u64, Vec<ChunkRef>)>,
+}
+
+impl LiveImage {
+    /// The image's checksum as the pre-restore snapshot records it.
+    fn pre_checksum(&self) -> String {
+        match &self.pre_refs {
+            Some((_, refs)) => checksum_of(refs).to_hex(),
+            None => checksum_of(&self.refs).to_hex(),
+        }
+    }
+}
+
+/// The compare made in a read transaction, and how to tell later what
+/// changed since.
+struct Compared {
+    img: LiveImage,
+    /// `PRAGMA data_version` in that transaction.
+    version: i64,
+    /// The wal-index header and file identity read before it began.
+    seen: crate::delta::Before,
+    /// A WAL position the transaction's image is known to include.
+    position: Option<crate::delta::Position>,
+}
+
+/// Blobs fetched, by id.
+type Blobs = std::collections::HashMap<Id, Vec<u8>>;
+
+/// Compares the live image with the target, chunk by chunk.
+fn diff(t: &Target, img: &LiveImage) -> Comparison {
+    let live_pages = img.page_count;
+    let mut chunks = Vec::new();
+    let mut rewritten = 0u64;
+    for (i, want) in t.chunks.iter().enumerate() {
+        let same = match img.refs.get(i) {
+            Some(have) if have == want => true,
+            // Page 1 alone in its chunk: compared without the bytes
+            // the pager owns.
+            Some(_) if i == 0 && t.chunk_pages == 1 => same_page1(&img.page1, &t.page1),
+            _ => false,
+        };
+        if !same {
+            chunks.push(i);
+            let first = i as u64 * t.chunk_pages + 1;
+            let last = (first + t.chunk_pages - 1).min(t.pages).min(live_pages);
+            rewritten += (last + 1).saturating_sub(first);
+        }
+    }
+    Comparison {
+        chunks,
+        rewritten,
+        added: t.pages.saturating_sub(live_pages),
+        removed: live_pages.saturating_sub(t.pages),
+    }
+}
+
+/// Brings chunk ids of `chunk_pages` pages each up to date with `changed`
+/// (the pages written since they were hashed) and the new page count:
+/// every chunk holding a changed page, a page past `changed.keep` or the
+/// new end is hashed again from `read`; chunks past the end are dropped.
+fn patch_refs(
+    codec: &crate::pack::BlobCodec,
+    refs: &mut Vec<ChunkRef>,
+    chunk_pages: u64,
+    changed: &crate::delta::Changed,
+    page_count: u64,
+    read: &dyn Fn(u64) -> std::result::Result<Vec<u8>, String>,
+) -> std::result::Result<(), String> {
+    let n = page_count.div_ceil(chunk_pages) as usize;
+    refs.truncate(n);
+    let mut todo: std::collections::BTreeSet<usize> = changed
+        .pages
+        .iter()
+        .map(|p| ((p - 1) / chunk_pages) as usize)
+        .collect();
+    todo.extend((changed.keep / chunk_pages) as usize..n);
+    todo.extend(refs.len().saturating_sub(1)..n);
+    for j in todo.into_iter().filter(|&j| j < n) {
+        let first = j as u64 * chunk_pages + 1;
+        let last = ((j as u64 + 1) * chunk_pages).min(page_count);
+        let mut buf = Vec::new();
+        for p in first..=last {
+            buf.extend(read(p)?);
+        }
+        let r = ChunkRef {
+            id: codec.blob_id(&buf),
+            len: buf.len() as u32,
+        };
+        match j.cmp(&refs.len()) {
+            std::cmp::Ordering::Less => refs[j] = r,
+            std::cmp::Ordering::Equal => refs.push(r),
+            std::cmp::Ordering::Greater => {
+                return Err(format!(
+                    "chunk {j} is past the chunks known ({})",
+                    refs.len()
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Picks the database of `snap` to restore into `live`: `path` when given,
@@ -339,61 +473,38 @@ impl Repository {
         Ok(())
     }
 
-    /// Reads the live image once (through `read`) and compares it with the
-    /// target, chunk by chunk.
-    fn compare(
+    /// Reads the live image once (through `read`) and hashes it in the
+    /// target's chunking, and in the pre-restore snapshot's when that
+    /// differs (`pre_chunk_size`), on every core.
+    fn hash_live(
         &self,
         t: &Target,
         live_pages: u64,
         live_page1: &[u8],
         pre_chunk_size: Option<u64>,
         read: &ReadPages<'_>,
-    ) -> Result<Comparison> {
+    ) -> Result<LiveImage> {
         let ps = t.page_size as u64;
         let chunk_size = (t.chunk_pages * ps) as usize;
         let per_call = ((8 << 20) / chunk_size).max(1) * t.chunk_pages as usize;
-        let mut live_refs: Vec<ChunkRef> =
+        let mut refs: Vec<ChunkRef> =
             Vec::with_capacity(live_pages as usize / t.chunk_pages as usize + 1);
+        let pre_cs = pre_chunk_size.filter(|&cs| cs as usize != chunk_size);
         let mut pre_refs: Vec<ChunkRef> = Vec::new();
         let codec = self.codec();
         let mut sink = |buf: Vec<u8>| -> Result<()> {
-            live_refs.extend(hash_chunks(codec, &buf, chunk_size));
-            if let Some(cs) = pre_chunk_size.filter(|&cs| cs as usize != chunk_size) {
+            refs.extend(hash_chunks(codec, &buf, chunk_size));
+            if let Some(cs) = pre_cs {
                 pre_refs.extend(hash_chunks(codec, &buf, cs as usize));
             }
             Ok(())
         };
         read(per_call, &mut sink)?;
-        let live_checksum = pre_chunk_size.map(|cs| {
-            if cs as usize == chunk_size {
-                checksum_of(&live_refs).to_hex()
-            } else {
-                checksum_of(&pre_refs).to_hex()
-            }
-        });
-        let mut chunks = Vec::new();
-        let mut rewritten = 0u64;
-        for (i, want) in t.chunks.iter().enumerate() {
-            let same = match live_refs.get(i) {
-                Some(have) if have == want => true,
-                // Page 1 alone in its chunk: compared without the bytes
-                // the pager owns.
-                Some(_) if i == 0 && t.chunk_pages == 1 => same_page1(live_page1, &t.page1),
-                _ => false,
-            };
-            if !same {
-                chunks.push(i);
-                let first = i as u64 * t.chunk_pages + 1;
-                let last = (first + t.chunk_pages - 1).min(t.pages).min(live_pages);
-                rewritten += (last + 1).saturating_sub(first);
-            }
-        }
-        Ok(Comparison {
-            chunks,
-            rewritten,
-            added: t.pages.saturating_sub(live_pages),
-            removed: live_pages.saturating_sub(t.pages),
-            live_checksum,
+        Ok(LiveImage {
+            page_count: live_pages,
+            page1: live_page1.to_vec(),
+            refs,
+            pre_refs: pre_cs.map(|cs| (cs / ps, pre_refs)),
         })
     }
 
@@ -429,9 +540,10 @@ impl Repository {
         let index = self.index()?;
         let t = self.target(&index, snap, file)?;
         let (cap, live_page1) = self.begin_compatible(&t, live, opts.lock_wait)?;
-        let cmp = self.compare(&t, cap.page_count, &live_page1, None, &|n, sink| {
+        let img = self.hash_live(&t, cap.page_count, &live_page1, None, &|n, sink| {
             cap.read_pages(n, sink)
         })?;
+        let cmp = diff(&t, &img);
         let live_pages = cap.page_count;
         cap.finish()?;
         Ok(report(snap, &t, live, live_pages, &cmp, lock.state))
@@ -464,12 +576,52 @@ impl Repository {
         let mut pre = self.pre_restore_snapshot(live, opts)?;
         progress(&format!("pre-restore snapshot {}", pre.0.short()));
 
-        let w = PageWriter::begin(live, opts.lock_wait)?;
+        // The compare, in a read transaction that keeps no writer waiting
+        // in WAL mode; where the WAL stood before it began.
+        let mut w = PageWriter::open(live, opts.lock_wait)?;
+        let seen = crate::delta::before(live);
+        let pre_chunk = chunk_size_of(&pre.1, t.page_size)?;
+        w.begin_read()?;
+        let read = self
+            .check_compatible(&t, live, w.page_size, &w.page1)
+            .and_then(|()| {
+                let img =
+                    self.hash_live(&t, w.page_count, &w.page1, Some(pre_chunk), &|n, sink| {
+                        w.read_pages(n, sink)
+                    })?;
+                Ok((img, w.data_version()?))
+            });
+        let ended = w.end_read();
+        let (img, version) = read?;
+        ended?;
+        let wal_mode = journal_mode_of_header(&img.page1) == "wal";
+        let compared = Compared {
+            position: crate::delta::position_of_full_scan(live, &seen, wal_mode, t.page_size),
+            seen,
+            version,
+            img,
+        };
+        let cmp = diff(&t, &compared.img);
+        progress(&format!(
+            "compared: {} pages differ; fetching them before taking the write lock",
+            cmp.rewritten + cmp.added
+        ));
+        let mut blobs = self.prefetch(&index, &t, &cmp)?;
+
+        w.begin_write(opts.lock_wait)?;
         // How long writers are kept out: from the write lock to the end of
         // the transaction (logged; the benchmark reads it).
         let held = std::time::Instant::now();
-        let r = self.write_in(&w, snap, &t, live, opts, &mut pre, progress);
-        let (cmp, live_pages) = match r {
+        let r = self.write_in(
+            &w,
+            &t,
+            live,
+            opts,
+            (&mut pre, compared),
+            &mut blobs,
+            progress,
+        );
+        let (cmp, live_pages, recheck) = match r {
             Ok(x) => x,
             Err(e) => {
                 let _ = w.rollback();
@@ -488,66 +640,208 @@ impl Repository {
         }
         tracing::info!(
             held_ms = held.elapsed().as_millis() as u64,
+            recheck = ?recheck,
             "write transaction ended"
         );
         let mut rep = report(snap, &t, live, live_pages, &cmp, lock.state);
         rep.applied = applied;
         rep.pre_restore_snapshot = Some(pre.0);
+        rep.recheck = Some(recheck);
         Ok(rep)
     }
 
-    /// Inside the write transaction: compare, make sure the pre-restore
-    /// snapshot is the state being replaced, write, verify, cut.
+    /// Fetches the blobs of the differing chunks, up to `PREFETCH_BYTES`,
+    /// before the write lock is taken (each verified against its id).
+    fn prefetch(&self, index: &MasterIndex, t: &Target, cmp: &Comparison) -> Result<Blobs> {
+        let mut ids = Vec::new();
+        let mut bytes = 0u64;
+        for &i in &cmp.chunks {
+            bytes += t.chunks[i].len as u64;
+            if bytes > PREFETCH_BYTES {
+                break;
+            }
+            ids.push(t.chunks[i].id);
+        }
+        self.fetch_map(index, &ids, t)
+    }
+
+    fn fetch_map(&self, index: &MasterIndex, ids: &[Id], t: &Target) -> Result<Blobs> {
+        let got = std::sync::Mutex::new(Blobs::new());
+        let place = format!("chunk list of {}", t.file.path);
+        self.fetch_blobs(index, ids, &place, &|id, raw| {
+            got.lock()
+                .map_err(|_| crate::repo::poisoned())?
+                .insert(*id, raw.to_vec());
+            Ok(())
+        })?;
+        got.into_inner().map_err(|_| crate::repo::poisoned())
+    }
+
+    /// Inside the write transaction: find what changed since the compare
+    /// (nothing, when the data version says no other connection committed;
+    /// else the pages of the WAL frames committed since, or a full read
+    /// when those cannot be known), make sure the pre-restore snapshot is
+    /// the state being replaced, then write, verify, cut.
     #[allow(clippy::too_many_arguments)]
     fn write_in(
         &self,
         w: &PageWriter,
-        snap: &Snapshot,
         t: &Target,
         live: &Path,
         opts: &InPlaceOptions,
-        pre: &mut (Id, FileEntry),
+        (pre, compared): (&mut (Id, FileEntry), Compared),
+        blobs: &mut Blobs,
         progress: &dyn Fn(&str),
-    ) -> Result<(Comparison, u64)> {
+    ) -> Result<(Comparison, u64, Recheck)> {
         self.check_compatible(t, live, w.page_size, &w.page1)?;
         let pre_chunk = chunk_size_of(&pre.1, w.page_size)?;
-        let cmp = self.compare(t, w.page_count, &w.page1, Some(pre_chunk), &|n, sink| {
-            w.read_pages(n, sink)
-        })?;
-        if cmp.live_checksum.as_deref() != Some(pre.1.db_checksum.as_str()) {
+        let full = |this: &Self| {
+            this.hash_live(t, w.page_count, &w.page1, Some(pre_chunk), &|n, sink| {
+                w.read_pages(n, sink)
+            })
+        };
+        let (mut img, mut recheck) = if w.data_version()? == compared.version {
+            (compared.img, Recheck::Unchanged)
+        } else {
+            match self.patch_from_wal(w, t, live, compared) {
+                Ok((img, n)) => (img, Recheck::WalPages(n)),
+                Err(why) => {
+                    tracing::info!(why = %why, "the live database changed since the compare; comparing it again in full inside the write transaction");
+                    (full(self)?, Recheck::FullRead)
+                }
+            }
+        };
+        if img.pre_checksum() != pre.1.db_checksum {
             // A writer committed after the pre-restore snapshot: take it
             // again, now that no writer can commit, so that undoing gives
             // back exactly what this restore replaces.
             progress("the live database changed since the pre-restore snapshot; taking it again while holding the write lock");
             *pre = self.pre_restore_snapshot(live, opts)?;
             progress(&format!("pre-restore snapshot {}", pre.0.short()));
+            let agrees = |img: &LiveImage| {
+                chunk_size_of(&pre.1, w.page_size).ok() == Some(pre_chunk)
+                    && img.pre_checksum() == pre.1.db_checksum
+            };
+            if !agrees(&img) && recheck != Recheck::FullRead {
+                tracing::warn!("the pre-restore snapshot taken under the write lock does not match the pages re-checked since the compare; comparing in full");
+                img = full(self)?;
+                recheck = Recheck::FullRead;
+            }
+            if !agrees(&img) {
+                return Err(Error::Verification(format!(
+                    "the pre-restore snapshot {} taken while holding the write lock of {} does not match the database as the write transaction reads it; the transaction was rolled back and nothing was written",
+                    pre.0.short(),
+                    live.display()
+                )));
+            }
         }
+        let cmp = diff(t, &img);
         if cmp.chunks.is_empty() && cmp.removed == 0 {
-            return Ok((cmp, w.page_count));
+            return Ok((cmp, w.page_count, recheck));
         }
+        self.write_pages(w, t, live, &cmp, blobs)?;
+        Ok((cmp, w.page_count, recheck))
+    }
+
+    /// The image compared before the write lock, brought up to the write
+    /// transaction's by re-hashing the chunks of the pages in the WAL
+    /// frames committed since; or why that cannot be trusted.
+    fn patch_from_wal(
+        &self,
+        w: &PageWriter,
+        t: &Target,
+        live: &Path,
+        compared: Compared,
+    ) -> std::result::Result<(LiveImage, usize), String> {
+        let pos = compared
+            .position
+            .ok_or("the WAL position of the compare is not known (a rollback journal, or the WAL was restarting)")?;
+        let state = CaptureState {
+            version: crate::capture_state::new_state_version(),
+            repo_id: String::new(),
+            path: String::new(),
+            host: String::new(),
+            pid: 0,
+            dev: compared.seen.dev,
+            ino: compared.seen.ino,
+            page_size: t.page_size,
+            wal_salts: hex::encode(pos.salts),
+            frame: pos.frame,
+            frame_cksum: pos.cksum,
+            manifest: Id([0; 32]),
+            page_count: compared.img.page_count,
+            db_checksum: String::new(),
+            session: None,
+            wal_ckpt: pos.ckpt,
+            point: None,
+        };
+        // No writer can commit while the write lock is held: the WAL is
+        // what this transaction reads.
+        let now = crate::delta::before(live);
+        let changed = crate::delta::changed_pages(
+            live,
+            &now,
+            true,
+            &state,
+            t.page_size,
+            w.page_count,
+            false,
+        )?;
+        let mut img = compared.img;
+        let codec = self.codec();
+        let read = |p: u64| w.read_page(p).map_err(|e| e.to_string());
+        patch_refs(
+            codec,
+            &mut img.refs,
+            t.chunk_pages,
+            &changed,
+            w.page_count,
+            &read,
+        )?;
+        if let Some((cp, refs)) = img.pre_refs.as_mut() {
+            patch_refs(codec, refs, *cp, &changed, w.page_count, &read)?;
+        }
+        img.page_count = w.page_count;
+        img.page1 = w.page1.clone();
+        tracing::debug!(
+            pages = changed.pages.len(),
+            "re-hashed the pages of the WAL frames committed since the compare"
+        );
+        Ok((img, changed.pages.len()))
+    }
+
+    /// Writes the differing chunks' pages, reads them back, writes page 1
+    /// last and cuts the database to the snapshot's page count.
+    fn write_pages(
+        &self,
+        w: &PageWriter,
+        t: &Target,
+        live: &Path,
+        cmp: &Comparison,
+        blobs: &mut Blobs,
+    ) -> Result<()> {
         let live_schema = w.schema_hash()?;
         let index = self.index()?;
         let ps = t.page_size as usize;
-        let lock_byte_page = (1u64 << 30) / ps as u64 + 1;
+        let lock_byte_page = crate::delta::lock_byte_page(t.page_size);
         let mut written: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut pages_written = 0u64;
         let mut page1: Option<Vec<u8>> = None;
-        let place = format!("chunk list of {}", t.file.path);
-        // A batch of chunks at a time: fetched in parallel (each blob
-        // verified against its id as it is opened), then written in order.
+        // A batch of chunks at a time: those not fetched before the write
+        // lock fetched in parallel (each blob verified against its id as
+        // it is opened), then written in order.
         for batch in cmp.chunks.chunks(FETCH_BATCH) {
-            let ids: Vec<Id> = batch.iter().map(|&i| t.chunks[i].id).collect();
-            let got = std::sync::Mutex::new(std::collections::HashMap::<Id, Vec<u8>>::new());
-            self.fetch_blobs(&index, &ids, &place, &|id, raw| {
-                got.lock()
-                    .map_err(|_| crate::repo::poisoned())?
-                    .insert(*id, raw.to_vec());
-                Ok(())
-            })?;
-            let got = got.into_inner().map_err(|_| crate::repo::poisoned())?;
+            let missing: Vec<Id> = batch
+                .iter()
+                .map(|&i| t.chunks[i].id)
+                .filter(|id| !blobs.contains_key(id))
+                .collect();
+            if !missing.is_empty() {
+                blobs.extend(self.fetch_map(&index, &missing, t)?);
+            }
             for &i in batch {
                 let c = &t.chunks[i];
-                let blob = got
+                let blob = blobs
                     .get(&c.id)
                     .filter(|b| b.len() == c.len as usize)
                     .ok_or_else(|| {
@@ -595,6 +889,9 @@ impl Repository {
                 }
             }
             written.clear();
+            for &i in batch {
+                blobs.remove(&t.chunks[i].id);
+            }
         }
         if let Some(data) = &page1 {
             w.write_page(1, data)?;
@@ -604,8 +901,11 @@ impl Repository {
         if t.pages < w.page_count {
             w.truncate(t.pages)?;
         }
-        tracing::debug!(snapshot = %snap.id.short(), written = pages_written + u64::from(page1.is_some()), "pages written and read back");
-        Ok((cmp, w.page_count))
+        tracing::debug!(
+            written = pages_written + u64::from(page1.is_some()),
+            "pages written and read back"
+        );
+        Ok(())
     }
 
     /// Takes the pre-restore snapshot of `live`; refuses (nothing written)
@@ -689,6 +989,7 @@ fn report(
         applied: false,
         pre_restore_snapshot: None,
         lock,
+        recheck: None,
     }
 }
 

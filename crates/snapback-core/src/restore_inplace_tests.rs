@@ -142,6 +142,11 @@ fn in_place_restore_gives_back_the_snapshot_image_in_both_journal_modes_and_undo
                 .unwrap_or_else(|e| panic!("{mode} {change}: restore: {e}"));
             assert!(rep.applied, "{mode} {change}");
             assert_eq!(
+                rep.recheck,
+                Some(crate::restore_inplace::Recheck::Unchanged),
+                "{mode} {change}: no writer committed after the compare, so nothing was read again"
+            );
+            assert_eq!(
                 pages(&f.db),
                 want_pages,
                 "{mode} {change}: the snapshot's image"
@@ -270,4 +275,74 @@ fn another_database_of_the_snapshot_is_not_taken_silently() {
         .plan_in_place(&s, f.db.parent().expect("dir"), &opts())
         .expect_err("a directory");
     assert!(e.to_string().contains("is a directory"), "{e}");
+}
+
+/// The compare runs in a read transaction before the write lock: a writer
+/// that commits between the two must neither be overwritten with a stale
+/// compare (the result is still the snapshot's image exactly) nor be lost
+/// from the undo point (restoring the pre-restore snapshot gives back the
+/// database with that commit). In WAL mode only the pages of the frames
+/// committed since are hashed again; with a rollback journal the whole
+/// database is.
+#[test]
+fn a_writer_committing_between_the_compare_and_the_write_is_rechecked_and_kept_in_the_undo_point() {
+    use crate::restore_inplace::Recheck;
+    for mode in ["wal", "delete"] {
+        for late in ["update", "grow", "shrink"] {
+            let f = fx(mode);
+            let s = f.snap();
+            let want_pages = pages(&f.db);
+            let app = Connection::open(&f.db).expect("app");
+            app.execute_batch("UPDATE t SET v = 'damaged' WHERE id % 9 = 0")
+                .expect("change");
+            let sql = match late {
+                "update" => "UPDATE t SET v = 'late' WHERE id % 5 = 0",
+                "grow" => "WITH RECURSIVE n(i) AS (VALUES(2000) UNION ALL SELECT i+1 FROM n WHERE i<2600) INSERT INTO t SELECT i, hex(randomblob(100)) FROM n",
+                _ => "DELETE FROM t WHERE id > 100; VACUUM",
+            };
+            let committed = std::cell::Cell::new(false);
+            let after_late = std::cell::RefCell::new(None);
+            let progress = |m: &str| {
+                if m.starts_with("compared:") && !committed.get() {
+                    app.execute_batch(sql).expect("late commit");
+                    committed.set(true);
+                    *after_late.borrow_mut() = Some(pages(&f.db));
+                }
+            };
+            let rep = f
+                .repo
+                .restore_in_place(&s, &f.db, &opts(), &progress)
+                .unwrap_or_else(|e| panic!("{mode} {late}: restore: {e}"));
+            assert!(committed.get(), "the hook ran");
+            let want_recheck = if mode == "wal" {
+                matches!(rep.recheck, Some(Recheck::WalPages(n)) if n > 0)
+            } else {
+                rep.recheck == Some(Recheck::FullRead)
+            };
+            assert!(want_recheck, "{mode} {late}: {:?}", rep.recheck);
+            assert_eq!(
+                pages(&f.db),
+                want_pages,
+                "{mode} {late}: the snapshot's image"
+            );
+            integrity(&f.db);
+
+            // The undo point holds the late commit: undoing gives back the
+            // database as the writer left it.
+            let pre = f.snapshot_by_id(&rep.pre_restore_snapshot.expect("pre"));
+            f.repo
+                .restore_in_place(&pre, &f.db, &opts(), &|_| {})
+                .unwrap_or_else(|e| panic!("{mode} {late}: undo: {e}"));
+            let after_late = after_late
+                .borrow()
+                .clone()
+                .expect("pages after the late commit");
+            assert_eq!(
+                pages(&f.db),
+                after_late,
+                "{mode} {late}: undone to the late commit"
+            );
+            integrity(&f.db);
+        }
+    }
 }

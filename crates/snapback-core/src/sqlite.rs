@@ -426,6 +426,15 @@ impl PageWriter {
     /// (`BEGIN IMMEDIATE`), waiting at most `lock_wait` for another
     /// connection's write lock: `Error::Locked` then, with nothing written.
     pub fn begin(path: &Path, lock_wait: Duration) -> Result<PageWriter> {
+        let mut w = PageWriter::open(path, lock_wait)?;
+        w.begin_write(lock_wait)?;
+        Ok(w)
+    }
+
+    /// Opens `path` for writing, with no transaction yet: then
+    /// [`PageWriter::begin_read`] and [`PageWriter::end_read`] any number
+    /// of times, and [`PageWriter::begin_write`] once.
+    pub fn open(path: &Path, lock_wait: Duration) -> Result<PageWriter> {
         let err = |message: &str, cause| sqlite_error(path, message, cause);
         let conn = Connection::open_in_memory()
             .map_err(|e| err("cannot open an in-memory SQLite connection", e))?;
@@ -454,41 +463,94 @@ impl PageWriter {
             .map_err(|e| err("cannot configure the connection", e))?;
         conn.busy_timeout(lock_wait)
             .map_err(|e| err("cannot set a busy timeout", e))?;
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        conn.prepare_cached(WRITE_PAGE)
+            .map_err(|e| err("cannot prepare to write pages", e))?;
+        Ok(PageWriter {
+            conn,
+            path: path.to_path_buf(),
+            page_size: 0,
+            page_count: 0,
+            page1: Vec::new(),
+        })
+    }
+
+    /// Begins a read transaction (it blocks no writer in WAL mode) and
+    /// reads the page size, page count and page 1 it sees.
+    pub fn begin_read(&mut self) -> Result<()> {
+        self.conn
+            .execute_batch("BEGIN")
+            .map_err(|e| sqlite_error(&self.path, "cannot begin a read transaction", e))?;
+        if let Err(e) = self.read_meta() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Ends the read transaction of [`PageWriter::begin_read`].
+    pub fn end_read(&mut self) -> Result<()> {
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| sqlite_error(&self.path, "cannot end the read transaction", e))
+    }
+
+    /// Begins the write transaction (`BEGIN IMMEDIATE`), waiting at most
+    /// `lock_wait` for another connection's write lock: `Error::Locked`
+    /// then, with nothing written.
+    pub fn begin_write(&mut self, lock_wait: Duration) -> Result<()> {
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             if is_busy(&e) {
                 return Err(Error::Locked(format!(
                     "{}: cannot lock: another connection held the database's write lock (a write transaction, or BEGIN EXCLUSIVE) for the whole --lock-wait of {} s; nothing was written. Run again when the writer is done, or with a longer --lock-wait",
-                    path.display(),
+                    self.path.display(),
                     lock_wait.as_secs_f64()
                 )));
             }
-            return Err(err("cannot begin a write transaction", e));
+            return Err(sqlite_error(
+                &self.path,
+                "cannot begin a write transaction",
+                e,
+            ));
         }
-        let read_meta = || -> rusqlite::Result<(i64, i64)> {
-            let ps = conn.query_row("PRAGMA live.page_size", [], |r| r.get(0))?;
-            let pc = conn.query_row("PRAGMA live.page_count", [], |r| r.get(0))?;
+        if let Err(e) = self.read_meta() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `PRAGMA data_version` of the live database on this connection: two
+    /// readings differ when another connection committed between the
+    /// transactions they were read in.
+    pub fn data_version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA live.data_version", [], |r| r.get(0))
+            .map_err(|e| sqlite_error(&self.path, "cannot read the data version", e))
+    }
+
+    /// The page size, page count and page 1 of the current transaction.
+    fn read_meta(&mut self) -> Result<()> {
+        let read = || -> rusqlite::Result<(i64, i64)> {
+            let ps = self
+                .conn
+                .query_row("PRAGMA live.page_size", [], |r| r.get(0))?;
+            let pc = self
+                .conn
+                .query_row("PRAGMA live.page_count", [], |r| r.get(0))?;
             Ok((ps, pc))
         };
-        let (ps, pc) = read_meta().map_err(|e| err("cannot read the live database", e))?;
-        let page_size = u32::try_from(ps)
+        let (ps, pc) =
+            read().map_err(|e| sqlite_error(&self.path, "cannot read the live database", e))?;
+        self.page_size = u32::try_from(ps)
             .ok()
             .filter(|p| p.is_power_of_two() && (512..=65536).contains(p))
             .ok_or_else(|| Error::Input {
-                path: path.into(),
+                path: self.path.clone(),
                 message: format!("invalid page size {ps}"),
             })?;
-        let mut w = PageWriter {
-            conn,
-            path: path.to_path_buf(),
-            page_size,
-            page_count: pc.max(0) as u64,
-            page1: Vec::new(),
-        };
-        w.conn
-            .prepare_cached(WRITE_PAGE)
-            .map_err(|e| err("cannot prepare to write pages", e))?;
-        w.page1 = w.read_page(1)?;
-        Ok(w)
+        self.page_count = pc.max(0) as u64;
+        self.page1 = self.read_page(1)?;
+        Ok(())
     }
 
     /// Streams every page, in order (see [`Capture::read_pages`]).
