@@ -192,6 +192,11 @@ struct Compared {
     seen: crate::delta::Before,
     /// A WAL position the transaction's image is known to include.
     position: Option<crate::delta::Position>,
+    /// Whether a read transaction was held from before the compare to the
+    /// write lock (`watch::Pin`): the WAL may then have restarted once,
+    /// right after that position, and the frames since are still all
+    /// the changes.
+    pinned: bool,
 }
 
 /// Blobs fetched, by id.
@@ -572,6 +577,22 @@ impl Repository {
             let (cap, _) = self.begin_compatible(&t, live, opts.lock_wait)?;
             cap.finish()?;
         }
+        // A read transaction held from before the pre-restore snapshot to
+        // the end (WAL mode only; it never blocks a writer): the WAL then
+        // restarts at most once, where the pin began, so that what is
+        // committed after the snapshot and after the compare stays
+        // readable from the WAL's frames (see `watch`), and the snapshot
+        // taken again under the write lock is a delta capture.
+        let pin = crate::watch::Pin::begin(live, opts.lock_wait)?;
+        let pinned_opts;
+        let opts = if pin.is_some() {
+            let mut o = opts.clone();
+            o.snapshot.pin_session = Some(crate::watch::new_session());
+            pinned_opts = o;
+            &pinned_opts
+        } else {
+            opts
+        };
         progress("taking a pre-restore snapshot of the live database");
         let mut pre = self.pre_restore_snapshot(live, opts)?;
         progress(&format!("pre-restore snapshot {}", pre.0.short()));
@@ -596,6 +617,7 @@ impl Repository {
         ended?;
         let wal_mode = journal_mode_of_header(&img.page1) == "wal";
         let compared = Compared {
+            pinned: pin.is_some(),
             position: crate::delta::position_of_full_scan(live, &seen, wal_mode, t.page_size),
             seen,
             version,
@@ -647,6 +669,7 @@ impl Repository {
         rep.applied = applied;
         rep.pre_restore_snapshot = Some(pre.0);
         rep.recheck = Some(recheck);
+        drop(pin);
         Ok(rep)
     }
 
@@ -785,7 +808,7 @@ impl Repository {
             &state,
             t.page_size,
             w.page_count,
-            false,
+            compared.pinned,
         )?;
         let mut img = compared.img;
         let codec = self.codec();
