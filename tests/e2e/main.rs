@@ -38,3 +38,4 @@ mod units;
 mod verify_live;
 mod watch;
 mod watch_batch;
+mod watch_forget;

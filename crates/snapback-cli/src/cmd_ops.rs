@@ -64,7 +64,8 @@ pub struct ForgetArgs {
     /// Allow a policy that removes every snapshot of a source.
     #[arg(long)]
     pub allow_empty: bool,
-    /// How long to wait for the repository lock (a duration, or seconds).
+    /// How long to wait for the exclusive repository lock, which running
+    /// snapshots and watchers hold off (a duration, or seconds).
     #[arg(long, value_name = "DURATION", default_value = "300", value_parser = crate::duration::parse_seconds_or_duration)]
     pub lock_wait: Duration,
 }
@@ -98,6 +99,18 @@ fn policy_from_config(r: &crate::config::Retention) -> anyhow::Result<KeepPolicy
 pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
     let repo = open_repo(g)?;
     let flags = policy_from_args(&a)?;
+    // Exclusive, as prune's, and taken before anything is read, so that
+    // the plan is made from the repository as it stays until the removals
+    // are done: no snapshot or watcher (shared locks) writes a manifest or
+    // a segment meanwhile. A watcher lets its lock go every minute, its
+    // pending points uploaded first; a base manifest no segment names yet
+    // is then a snapshot like any other, and a watcher that finds its base
+    // removed writes a new one. A dry run removes nothing and takes none.
+    let lock = if a.dry_run {
+        None
+    } else {
+        Some(repo.lock(snapback_core::LockKind::Exclusive, "forget", a.lock_wait)?)
+    };
     // Strict: a damaged manifest is a snapshot retention cannot see, so
     // `--keep-last N` would count past it and remove good ones.
     let snaps = repo.snapshots_strict().map_err(|e| {
@@ -250,18 +263,12 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         }
         return Ok(exit::OK);
     }
-    let removed;
-    let points_applied;
-    {
-        // Forget holds a shared lock: it only removes manifests, which a
-        // concurrent snapshot never reads as a parent it depends on (a
-        // missing parent only means a full chunk list is written).
-        let _lock = repo.lock(snapback_core::LockKind::Shared, "forget", a.lock_wait)?;
-        // Points first: a base is removed only once no segment over it is
-        // left (apply_forget checks that again against the segments then).
-        points_applied = points.as_ref().map(|p| repo.apply_points(p)).transpose()?;
-        removed = repo.apply_forget(&plan)?;
-    }
+    // Points first: a base is removed only once no segment over it is
+    // left (apply_forget checks that again against the segments then).
+    let points_applied = points.as_ref().map(|p| repo.apply_points(p)).transpose()?;
+    let removed = repo.apply_forget(&plan)?;
+    // Let go before --prune takes its own exclusive lock.
+    drop(lock);
     if !g.quiet && !g.json {
         eprintln!("removed {removed} snapshot(s)");
         if let Some(p) = &points_applied {

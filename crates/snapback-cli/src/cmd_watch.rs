@@ -56,6 +56,10 @@ pub struct WatchArgs {
 /// progress makes a reader wait).
 const PIN_BUSY: Duration = Duration::from_secs(1);
 
+/// The longest the last upload waits for a forget's or a prune's lock
+/// when the watcher is stopped (well inside the unit's TimeoutStopSec=60).
+const STOP_LOCK_WAIT: Duration = Duration::from_secs(40);
+
 /// `--upload-interval` on an S3 repository, when it is not given.
 const DEFAULT_S3_UPLOAD_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -276,6 +280,12 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
                 }
             }
         }
+        // The points pending go up before the lock is let go, so that a
+        // forget run in the gap sees a segment naming every base in use.
+        if lock.release_due() && watched.iter().any(|w| !w.batch.pending().is_empty()) {
+            ticks_since_upload = 0;
+            all_ok &= upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
+        }
         lock.maintain();
         for w in &mut watched {
             let p = w.batch.pending();
@@ -322,8 +332,15 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         }
     }
     notify("STOPPING=1");
-    // The points taken since the last upload, before going.
+    // The points taken since the last upload, before going: waiting for a
+    // forget or a prune that holds the lock now (within systemd's stop
+    // timeout), not giving up at once.
     lock.release();
+    if watched.iter().any(|w| !w.batch.pending().is_empty()) {
+        if let Err(e) = lock.take_for_stop(&repo, a.lock_wait.min(STOP_LOCK_WAIT)) {
+            tracing::warn!(error = %e, "cannot take the repository lock for the last upload");
+        }
+    }
     upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
     lock.release();
     let left: usize = watched.iter().map(|w| w.batch.pending().len()).sum();
@@ -373,7 +390,14 @@ fn upload_pending(
                 w.failing = None;
                 report_segment(g, w, &c)?;
             }
-            Ok(None) => {}
+            Ok(None) => {
+                if let Some(why) = w.batch.base_lost() {
+                    w.status.last_fallback = Some(Event {
+                        time: snapback_core::time::now(),
+                        message: format!("{why}; the points pending over it were dropped and the next point is a new base manifest"),
+                    });
+                }
+            }
             Err(e) => {
                 all_ok = false;
                 let n = w.batch.pending().len();

@@ -32,7 +32,7 @@ use crate::capture_state::{self, CaptureState, StatePoint};
 use crate::chunklist::{checksum_of, ChunkRef};
 use crate::error::{Error, Result};
 use crate::id::{DbChecksum, Id};
-use crate::layout::pack_key;
+use crate::layout::{pack_key, snapshot_key};
 use crate::lock::{LockKind, RepoLock};
 use crate::manifest::{Chunking, FileKind, Manifest};
 use crate::repo::Repository;
@@ -56,6 +56,17 @@ pub const LOCK_HOLD: Duration = Duration::from_secs(60);
 /// Longer than a waiting prune's longest pause between attempts (2 s and
 /// at most 0.1 s of jitter).
 pub const LOCK_GAP: Duration = Duration::from_secs(3);
+
+/// The test hook that shortens [`LOCK_HOLD`] (so that a test's forget or
+/// prune gets its exclusive lock in seconds, not a minute).
+const LOCK_HOLD_FOR_TESTS: &str = "SNAPBACK_TEST_WATCH_LOCK_HOLD_MS";
+
+fn lock_hold() -> Duration {
+    std::env::var(LOCK_HOLD_FOR_TESTS)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(LOCK_HOLD, Duration::from_millis)
+}
 
 /// The newest image of the database the watcher knows: the base manifest
 /// it builds on and the image after the newest point (pending or not).
@@ -114,22 +125,35 @@ pub struct Committed {
 /// it: no prune runs meanwhile, so the packs it listed when it took the
 /// lock, and those it wrote since, stay. Held for [`LOCK_HOLD`] at a
 /// time, then let go for [`LOCK_GAP`].
+///
+/// Only while it is not held can a forget or a prune (exclusive) run, and
+/// forget may then remove a base manifest that no segment names yet. So
+/// each time the lock is taken anew (`generation`), the first upload of
+/// each database checks that its base is still there (`Batcher::upload`).
 #[derive(Default)]
 pub struct UploadLock {
     held: Option<(RepoLock, Instant)>,
     gap_until: Option<Instant>,
     packs: HashSet<Id>,
+    /// How many times the lock was taken.
+    generation: u64,
 }
 
 impl UploadLock {
-    /// Lets the lock go once it was held for [`LOCK_HOLD`]; called every
-    /// tick, so an idle watcher does not keep a prune waiting.
-    pub fn maintain(&mut self) {
-        if self
-            .held
+    /// True when the lock has been held for [`LOCK_HOLD`] and the next
+    /// `maintain` lets it go: the pending points are best uploaded first,
+    /// so that every base they replay from is named by a segment while a
+    /// forget may run.
+    pub fn release_due(&self) -> bool {
+        self.held
             .as_ref()
-            .is_some_and(|(_, at)| at.elapsed() >= LOCK_HOLD)
-        {
+            .is_some_and(|(_, at)| at.elapsed() >= lock_hold())
+    }
+
+    /// Lets the lock go once it was held for [`LOCK_HOLD`]; called every
+    /// tick, so an idle watcher does not keep a prune or a forget waiting.
+    pub fn maintain(&mut self) {
+        if self.release_due() {
             self.held = None;
             self.gap_until = Some(Instant::now() + LOCK_GAP);
         }
@@ -138,6 +162,40 @@ impl UploadLock {
     /// Lets the lock go now (before the watcher stops).
     pub fn release(&mut self) {
         self.held = None;
+    }
+
+    /// Takes the lock for the last upload before the watcher stops,
+    /// waiting up to `wait` for a forget's or a prune's exclusive lock
+    /// (and not for the gap, which only gives them their turn): a stop
+    /// that comes while one runs, or in the gap, still uploads the pending
+    /// points. False when the lock could not be taken in time.
+    pub fn take_for_stop(&mut self, repo: &Repository, wait: Duration) -> Result<bool> {
+        if self.held.is_some() {
+            return Ok(true);
+        }
+        let lock = match repo.lock(LockKind::Shared, "watch", wait) {
+            Ok(l) => l,
+            Err(Error::Locked(m)) => {
+                tracing::warn!(
+                    "the repository stayed locked, the pending points cannot be uploaded: {m}"
+                );
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        self.gap_until = None;
+        self.hold(repo, lock)?;
+        Ok(true)
+    }
+
+    /// Holds a lock just taken: a prune may have run while none was held,
+    /// so the index is brought up to date and the packs are listed.
+    fn hold(&mut self, repo: &Repository, lock: RepoLock) -> Result<()> {
+        repo.current_index()?;
+        self.packs = repo.present_packs()?;
+        self.held = Some((lock, Instant::now()));
+        self.generation += 1;
+        Ok(())
     }
 
     /// True when the lock is held and uploads may go on; takes it when it
@@ -161,10 +219,7 @@ impl UploadLock {
             }
             Err(e) => return Err(e),
         };
-        // A prune may have run while the lock was not held.
-        repo.current_index()?;
-        self.packs = repo.present_packs()?;
-        self.held = Some((lock, Instant::now()));
+        self.hold(repo, lock)?;
         Ok(true)
     }
 }
@@ -175,6 +230,12 @@ pub struct Batcher {
     path_s: String,
     head: Option<Head>,
     pending: Vec<PendingPoint>,
+    /// The upload lock's generation in which the base was last seen to
+    /// exist (see [`UploadLock`]).
+    base_seen: u64,
+    /// Why the image in memory was dropped, when a forget removed its
+    /// base: the reason the next point gives for being a new base.
+    base_lost: Option<String>,
 }
 
 impl Batcher {
@@ -184,7 +245,18 @@ impl Batcher {
             path_s: path.to_string_lossy().into_owned(),
             head: None,
             pending: Vec::new(),
+            base_seen: 0,
+            base_lost: None,
         }
+    }
+
+    /// Why the image in memory was dropped at the last upload, when its
+    /// base manifest was found removed (by a forget that ran while the
+    /// upload lock was let go): the points pending over it were dropped
+    /// (none of them was reported durable) and the next point is a new
+    /// base manifest, which holds every transaction they held.
+    pub fn base_lost(&self) -> Option<&str> {
+        self.base_lost.as_deref()
     }
 
     /// Points taken and not yet in the repository.
@@ -232,7 +304,9 @@ impl Batcher {
     ) -> Result<Taken> {
         let Some(mut head) = self.head.take() else {
             return Ok(Taken::NeedsManifest(
-                "no base manifest in memory yet".into(),
+                self.base_lost
+                    .take()
+                    .unwrap_or_else(|| "no base manifest in memory yet".into()),
             ));
         };
         let r = take(
@@ -269,6 +343,25 @@ impl Batcher {
             .head
             .as_ref()
             .ok_or_else(|| Error::internal("points are pending without a base manifest"))?;
+        // Under a lock taken anew, once per database: a forget that ran
+        // while it was let go may have removed a base that no segment
+        // named yet. The pending points cannot be committed over it; they
+        // are dropped (none was reported durable) and the next point is a
+        // new base manifest, which holds every transaction they held.
+        if self.base_seen != lock.generation {
+            if repo.store().stat(&snapshot_key(&head.base))?.is_none() {
+                let why = format!(
+                    "the base manifest {} was removed (by a forget) before a segment named it",
+                    head.base.short()
+                );
+                tracing::warn!(path = %self.path_s, points = self.pending.len(), "{why}: the {} point(s) taken over it since the previous upload are dropped, and the next point is a new base manifest holding every transaction they held", self.pending.len());
+                self.pending.clear();
+                self.head = None;
+                self.base_lost = Some(why);
+                return Ok(None);
+            }
+            self.base_seen = lock.generation;
+        }
         let raws: Vec<&[u8]> = self
             .pending
             .iter()

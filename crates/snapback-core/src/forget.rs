@@ -389,7 +389,10 @@ impl Repository {
 
     /// Removes the manifests the plan removes. The data stays until prune.
     /// A manifest that a timeline segment names as its base is kept (see
-    /// `keep_timeline_bases`), even when the plan was made without it.
+    /// `keep_timeline_bases`), even when the plan was made without it. The
+    /// caller holds the exclusive lock, taken before the plan was made: a
+    /// watcher (shared lock) then commits no segment over a base while it
+    /// is removed, and every segment it committed is seen here.
     pub fn apply_forget(&self, plan: &ForgetPlan) -> Result<usize> {
         let mut plan = plan.clone();
         self.keep_timeline_bases(&mut plan)?;

@@ -1,8 +1,8 @@
 //! Repository locks.
 //!
 //! A lock is an object `locks/<nanos>-<random>` holding JSON: its kind, host,
-//! pid, time and command. Snapshot, repair and check take a **shared** lock;
-//! prune takes an **exclusive** one. To acquire, a process writes its lock
+//! pid, time and command. Snapshot, watch, repair and check take a
+//! **shared** lock; prune and forget take an **exclusive** one. To acquire, a process writes its lock
 //! object and then lists the others: if any conflicting lock that is not
 //! stale exists, it removes its own and tries again after a random delay,
 //! until its wait runs out. Both sides write before they look, so two

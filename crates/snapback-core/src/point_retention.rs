@@ -284,7 +284,9 @@ impl Repository {
     /// Applies a point plan: each segment that loses points is rewritten
     /// with the kept ones, committed (which proves every kept point still
     /// replays to its checksum) before the old one is deleted; one that
-    /// keeps none is deleted. The caller holds a shared lock.
+    /// keeps none is deleted. The caller holds the exclusive lock (as
+    /// `snapback forget` does), so no watcher commits a segment and no
+    /// reader replays one meanwhile.
     pub fn apply_points(&self, plan: &PointPlan) -> Result<PointsApplied> {
         let mut done = PointsApplied::default();
         for sp in plan.segments.iter().filter(|s| !s.drop.is_empty()) {
