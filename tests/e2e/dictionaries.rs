@@ -322,3 +322,56 @@ fn a_dictionary_whose_ratio_falls_off_is_retrained_and_old_blobs_keep_theirs() {
     }
     check_clean(&env, "after retraining");
 }
+
+/// A compressor that silently compresses other bytes than it was given
+/// (the `SNAPBACK_TEST_COMPRESSOR_FAULT` hook: a valid zstd frame of each
+/// page with one bit flipped) is caught before anything is committed, with
+/// a dictionary and without one (a format-1 repository); the same snapshot
+/// without the fault then commits and restores bit for bit.
+#[test]
+fn a_compressor_fault_is_never_committed() {
+    for format in ["2", "1"] {
+        let env = Env::bare();
+        env.ok(&["init", "--format-version", format]);
+        let db = env.path("app.db");
+        json_db(&db, 8000);
+        let out = env
+            .cmd(&["snapshot", utf8(&db)])
+            .env("SNAPBACK_TEST_COMPRESSOR_FAULT", "1")
+            .output()
+            .expect("run");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "format {format}: {err}");
+        assert!(
+            err.contains("changed in compression (compressor fault)"),
+            "format {format}: {err}"
+        );
+        assert!(err.contains("nothing was stored"), "format {format}: {err}");
+        assert!(
+            env.snapshots_json().is_empty(),
+            "format {format}: nothing committed"
+        );
+        assert!(
+            objects(&env.repo(), "snapshots").is_empty(),
+            "format {format}"
+        );
+        assert!(
+            objects(&env.repo(), "index").is_empty(),
+            "format {format}: no index"
+        );
+        assert_eq!(
+            objects(&env.repo(), "data").len(),
+            0,
+            "format {format}: no pack of a refused blob is written"
+        );
+        env.snapshot(&db);
+        let snap = &committed(&env)[0];
+        restore_exactly(&env, snap, &format!("after-fault-v{format}"));
+        check_clean(&env, &format!("format {format}, after the fault"));
+        assert_eq!(
+            !dicts(&env).is_empty(),
+            format == "2",
+            "format {format}: pages compressed with a dictionary in format 2 only"
+        );
+    }
+}

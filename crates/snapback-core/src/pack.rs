@@ -130,6 +130,77 @@ fn decompress_into(stored: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
     })
 }
 
+thread_local! {
+    // The buffer a new frame is decompressed into to prove it (one page,
+    // reused).
+    static PROOF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Compresses one blob at `level`, or with `dict`.
+fn compress_blob(raw: &[u8], level: i32, dict: Option<&Dict>) -> std::io::Result<Vec<u8>> {
+    if compressor_fault_for_tests() {
+        // A compressor that silently changes what it compresses (its
+        // output is a valid frame of other bytes).
+        let mut changed = raw.to_vec();
+        if let Some(b) = changed.last_mut() {
+            *b ^= 1;
+        }
+        return compress_blob_as_is(&changed, level, dict);
+    }
+    compress_blob_as_is(raw, level, dict)
+}
+
+fn compress_blob_as_is(raw: &[u8], level: i32, dict: Option<&Dict>) -> std::io::Result<Vec<u8>> {
+    match dict {
+        Some(d) => crate::dict::compress(raw, d),
+        None => compress(raw, level),
+    }
+}
+
+/// A test hook: with `SNAPBACK_TEST_COMPRESSOR_FAULT=1`, every compressed
+/// blob is a frame of its bytes with the last one flipped, which the proof
+/// of `prove_frame` must refuse (tests/e2e/dictionaries.rs).
+fn compressor_fault_for_tests() -> bool {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| {
+        let on = std::env::var_os("SNAPBACK_TEST_COMPRESSOR_FAULT").is_some_and(|v| v == "1");
+        if on {
+            tracing::warn!("test hook: every compressed blob is a frame of other bytes");
+        }
+        on
+    })
+}
+
+/// Proves that the new frame `stored` decompresses (with `dict`) to
+/// exactly `raw`, the bytes whose id `id` is: decompressed into a reused
+/// buffer and compared byte for byte, which proves as much as hashing the
+/// result again (equal bytes have the caller's id) at a fraction of the
+/// cost.
+fn prove_frame(id: &Id, stored: &[u8], raw: &[u8], dict: Option<&Dict>) -> Result<()> {
+    PROOF.with(|b| {
+        let mut back = b.borrow_mut();
+        back.resize(raw.len(), 0);
+        let n = match dict {
+            Some(d) => crate::dict::decompress_into(stored, &mut back, d),
+            None => decompress_into(stored, &mut back),
+        }
+        .map_err(|e| {
+            Error::Verification(format!(
+                "chunk {} does not decompress after compression{}: {e}; nothing was stored",
+                id.short(),
+                with_dict(dict)
+            ))
+        })?;
+        if n != raw.len() || back[..n] != *raw {
+            return Err(Error::Verification(format!(
+                "chunk {} changed in compression (compressor fault); nothing was stored",
+                id.short()
+            )));
+        }
+        Ok(())
+    })
+}
+
 /// " with dictionary X", for an error about a blob that has one.
 fn with_dict(dict: Option<&Dict>) -> String {
     dict.map_or(String::new(), |d| {
@@ -175,35 +246,18 @@ impl BlobCodec {
     }
 
     /// Compresses (and seals) a blob, with `dict` when given, and proves
-    /// that the stored form decompresses back to content with the same id,
-    /// so that a compressor fault is never committed.
+    /// that the stored form decompresses back to exactly `raw`, so that a
+    /// compressor fault is never committed. `id` must be `raw`'s id (the
+    /// caller hashed it): the proof compares bytes, it does not hash them
+    /// again (one hash per page; see docs/format.md, "Packs").
     pub fn seal(&self, id: &Id, raw: &[u8], dict: Option<&Dict>) -> Result<Vec<u8>> {
-        let stored = match dict {
-            Some(d) => crate::dict::compress(raw, d),
-            None => compress(raw, self.level),
-        }
-        .map_err(|e| {
+        let stored = compress_blob(raw, self.level, dict).map_err(|e| {
             Error::Verification(format!(
                 "zstd compression of chunk {} failed: {e}",
                 id.short()
             ))
         })?;
-        let back = match dict {
-            Some(d) => crate::dict::decompress(&stored, raw.len(), d),
-            None => decompress(&stored, raw.len()),
-        }
-        .map_err(|e| {
-            Error::Verification(format!(
-                "chunk {} does not decompress after compression: {e}",
-                id.short()
-            ))
-        })?;
-        if back.len() != raw.len() || self.blob_id(&back) != *id {
-            return Err(Error::Verification(format!(
-                "chunk {} changed in compression (compressor fault); nothing was stored",
-                id.short()
-            )));
-        }
+        prove_frame(id, &stored, raw, dict)?;
         match &self.crypto {
             Some(c) => c.seal(&id.0, &stored),
             None => Ok(stored),
@@ -811,6 +865,43 @@ mod tests {
             // Without its dictionary a blob does not open: never wrong bytes.
             assert!(verify_pack(&codec, &bytes, &pid, "p", None).is_err());
         }
+    }
+
+    #[test]
+    fn a_frame_of_other_bytes_is_refused_by_the_proof_with_or_without_a_dictionary() {
+        let pages = dict_pages();
+        let flat: Vec<u8> = pages.concat();
+        let dict = Dict::train(&flat, &vec![4096; pages.len()], 3).expect("train");
+        let raw = &pages[5];
+        let id = Id::of(raw);
+        for d in [None, Some(&dict)] {
+            let good = compress_blob_as_is(raw, 3, d).expect("compress");
+            prove_frame(&id, &good, raw, d).expect("the true frame is proven");
+            // What a faulty compressor would give: a valid frame, of bytes
+            // that differ in one bit, or one byte short, or one byte more.
+            let mut flipped = raw.clone();
+            flipped[4095] ^= 1;
+            let mut longer = raw.clone();
+            longer.push(0);
+            for other in [flipped, raw[..4095].to_vec(), longer] {
+                let bad = compress_blob_as_is(&other, 3, d).expect("compress");
+                let e = prove_frame(&id, &bad, raw, d).expect_err("a frame of other bytes");
+                assert!(matches!(e, Error::Verification(_)), "{e}");
+                assert!(e.to_string().contains("nothing was stored"), "{e}");
+            }
+            // Nor does a frame that does not decompress (or not with this
+            // dictionary) pass.
+            let mut broken = good.clone();
+            let last = broken.len() - 1;
+            broken[last] ^= 0xff;
+            broken.truncate(last - 2);
+            assert!(prove_frame(&id, &broken, raw, d).is_err());
+        }
+        let with = compress_blob_as_is(raw, 3, Some(&dict)).expect("compress");
+        assert!(
+            prove_frame(&id, &with, raw, None).is_err(),
+            "a dictionary frame without it"
+        );
     }
 
     #[test]
