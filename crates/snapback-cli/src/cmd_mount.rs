@@ -86,7 +86,7 @@ pub struct UmountArgs {
 }
 
 /// "256M" → 268435456. Suffixes K, M, G, T (powers of 1024), optional "iB"/"B".
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let t = t
         .strip_suffix("iB")

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use snapback_core::batch::{Batcher, Committed, Taken, UploadLock};
+use snapback_core::batch::{Batcher, Committed, Resumed, Spooled, Taken, UploadLock};
 use snapback_core::watch::{new_session, Pin, Signature};
 use snapback_core::watch_status::{self, Event, PointRef, WatchStatus};
 use snapback_core::{CaptureMethod, Repository, SnapshotOptions, SnapshotReport};
@@ -50,6 +50,11 @@ pub struct WatchArgs {
     /// duration, or seconds); in WAL mode no writer is ever waited for.
     #[arg(long, value_name = "DURATION", default_value = crate::cmd_basic::DEFAULT_BUSY_TIMEOUT_ARG, value_parser = crate::duration::parse_seconds_or_duration)]
     pub busy_timeout: Duration,
+    /// The most the local spool of each database may hold (points taken
+    /// and not yet in the repository; e.g. 512M, 1GiB, 2G). Past it the
+    /// watcher exits 7, keeping the spool for its next start.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = crate::cmd_mount::parse_size)]
+    pub spool_max: u64,
 }
 
 /// How long a pin may wait to begin (only a WAL recovery or restart in
@@ -94,6 +99,9 @@ enum Outcome {
     Unchanged,
     /// A point was taken and waits for the next upload.
     Pending,
+    /// A point was taken but could not be spooled (why): it must be
+    /// uploaded now, or the watcher stops.
+    NotSpooled(String),
     /// A point was written as a manifest (a new base).
     Manifest(Box<SnapshotReport>),
 }
@@ -172,6 +180,22 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         if watched.iter().any(|w: &Watched| w.path == path) {
             continue;
         }
+        let path_s = path.to_string_lossy().into_owned();
+        let batch = match &state_dir {
+            Some(root) => {
+                let dir = snapback_core::spool::dir(root, &repo.config().repo_id, &path_s);
+                let spool = snapback_core::spool::Spool::open(&dir)
+                    .with_context(|| format!("cannot watch {}", path.display()))?;
+                Batcher::new(&path).with_spool(spool, a.spool_max)
+            }
+            None => {
+                tracing::warn!(path = %path.display(), "no local state directory (set XDG_STATE_HOME or HOME): points wait for their upload in memory only, and a watcher killed meanwhile loses them");
+                Batcher::new(&path)
+            }
+        };
+        let mut status =
+            WatchStatus::new(&repo.config().repo_id, &path_s, interval, upload_interval);
+        status.spool_limit = if state_dir.is_some() { a.spool_max } else { 0 };
         watched.push(Watched {
             tags,
             pin: None,
@@ -181,17 +205,18 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             points: 0,
             last_point: None,
             failing: None,
-            status: WatchStatus::new(
-                &repo.config().repo_id,
-                &path.to_string_lossy(),
-                interval,
-                upload_interval,
-            ),
-            batch: Batcher::new(&path),
+            status,
+            batch,
             needs_manifest: None,
             next_verify: verify_interval.map(|d| Instant::now() + d),
             path,
         });
+    }
+    let mut resumed_spool = false;
+    if let Some(root) = &state_dir {
+        for w in &mut watched {
+            resumed_spool |= resume(&repo, root, w)?;
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -208,17 +233,20 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
     let ticks_per_upload = (upload_interval.as_secs_f64() / interval.as_secs_f64())
         .round()
         .max(1.0) as u64;
-    let mut ticks_since_upload = 0u64;
+    // Points left in the spool by the previous watcher go first.
+    let mut ticks_since_upload = if resumed_spool { ticks_per_upload } else { 0 };
     let mut ready = false;
     let mut first = true;
     let mut next = Instant::now();
     loop {
         let mut all_ok = true;
+        let mut not_spooled = Vec::new();
         let stopping = stop.load(Ordering::Relaxed);
         for w in &mut watched {
             let r = tick(&repo, &a, state_dir.as_ref(), w, first);
             match r {
                 Ok(Outcome::Unchanged | Outcome::Pending) => {}
+                Ok(Outcome::NotSpooled(why)) => not_spooled.push((w.path.clone(), why)),
                 Ok(Outcome::Manifest(r)) => {
                     w.failing = None;
                     report_manifest(g, w, &r)?;
@@ -234,8 +262,14 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         // Counted in ticks, so that an upload interval equal to the tick
         // uploads every tick.
         ticks_since_upload += 1;
+        if !not_spooled.is_empty() {
+            // The spool cannot take the newest point: upload now, or stop
+            // with the spool kept.
+            lock.wait_out_gap();
+        }
         let due = ticks_since_upload >= ticks_per_upload
             || stopping
+            || !not_spooled.is_empty()
             || watched
                 .iter()
                 .any(|w| w.needs_manifest.is_some() || w.batch.rebase_due().is_some());
@@ -247,6 +281,11 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             all_ok &= upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
         } else if watched.iter().all(|w| w.batch.pending().is_empty()) {
             ticks_since_upload = 0;
+        }
+        if let Some(code) = spool_exhausted(&not_spooled, &mut watched, status_dir.as_deref()) {
+            lock.release();
+            notify("STOPPING=1");
+            return Ok(code);
         }
         for w in &mut watched {
             if !w.batch.pending().is_empty() {
@@ -291,6 +330,7 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             let p = w.batch.pending();
             w.status.pending_points = p.len() as u64;
             w.status.oldest_pending = p.first().map(|p| p.point.time);
+            w.status.spool_bytes = w.batch.spool_bytes();
         }
         first = false;
         for w in &mut watched {
@@ -345,10 +385,20 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
     lock.release();
     let left: usize = watched.iter().map(|w| w.batch.pending().len()).sum();
     if left > 0 {
-        tracing::error!(
-            points = left,
-            "stopping with points that could not be uploaded; they are not in the repository"
-        );
+        for w in watched.iter_mut().filter(|w| !w.batch.pending().is_empty()) {
+            let n = w.batch.pending().len();
+            let msg = match w.batch.spool_path() {
+                Some(p) => format!(
+                    "stopped on request with {n} point(s) not uploaded; they stay in the local spool {} and are uploaded first when `snapback watch` starts again",
+                    p.display()
+                ),
+                None => format!(
+                    "stopped on request with {n} point(s) not uploaded and no local spool; they are lost"
+                ),
+            };
+            tracing::error!(path = %w.path.display(), points = n, "{msg}");
+            stop_report(w, status_dir.as_deref(), msg);
+        }
         return Ok(exit::FAILURE);
     }
     // Stopped on request: no report is left for `status` to call stale.
@@ -362,6 +412,129 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         "stopped by a signal; every point reported is committed"
     );
     Ok(exit::OK)
+}
+
+/// Picks up where the previous watcher of `w` left off (see
+/// `Batcher::resume`), and says so in the log; true when spooled points
+/// are pending. A spool that cannot be read is an error: the watcher does
+/// not start.
+fn resume(repo: &Repository, root: &std::path::Path, w: &mut Watched) -> anyhow::Result<bool> {
+    let r = match w.batch.resume(repo, root) {
+        Ok(r) => r,
+        Err(e) if e.kind() == snapback_core::Kind::Damaged && w.batch.spool_path().is_some() => {
+            return Err(anyhow::Error::new(e).context(format!("cannot watch {}", w.path.display())))
+        }
+        Err(e) => {
+            tracing::warn!(path = %w.path.display(), error = %e, "cannot read the repository to continue from the newest point; the next point is a new base manifest");
+            return Ok(false);
+        }
+    };
+    let t = snapback_core::time::format_rfc3339_nanos;
+    match r {
+        Resumed::Nothing(why) => {
+            tracing::info!(path = %w.path.display(), reason = %why, "nothing to continue from: the first point is a new base manifest");
+            Ok(false)
+        }
+        Resumed::FromState { at } => {
+            tracing::info!(path = %w.path.display(), newest = %t(at), "continuing from the newest committed point: the next one is a WAL delta from it when the WAL still holds the frames since");
+            Ok(false)
+        }
+        Resumed::Spooled {
+            points,
+            first,
+            last,
+            torn_bytes,
+        } => {
+            if torn_bytes > 0 {
+                tracing::warn!(path = %w.path.display(), bytes = torn_bytes, "the spool ended inside a record (the previous watcher was killed while writing it); that record never counted as spooled and was dropped");
+            }
+            tracing::info!(path = %w.path.display(), points, first = %t(first), last = %t(last), "{points} spooled point(s) left by the previous watcher are uploaded first");
+            Ok(true)
+        }
+        Resumed::Unusable {
+            points,
+            first,
+            last,
+            why,
+            aside,
+        } => {
+            let msg = format!(
+                "{points} spooled point(s) of {} from {} to {} cannot be uploaded: {why}. They were moved to {}; the next point is a new base manifest",
+                w.path.display(),
+                t(first),
+                t(last),
+                aside.display()
+            );
+            tracing::error!(path = %w.path.display(), "{msg}");
+            w.status.last_upload_error = Some(Event {
+                time: snapback_core::time::now(),
+                message: msg,
+            });
+            Ok(false)
+        }
+    }
+}
+
+/// After an upload attempt forced by points the spool could not take: when
+/// one is still pending, the watcher stops loudly (its pins released, so
+/// the application's checkpoints go on; its spool kept for the next
+/// start) and this is the exit code.
+fn spool_exhausted(
+    not_spooled: &[(PathBuf, String)],
+    watched: &mut [Watched],
+    status_dir: Option<&std::path::Path>,
+) -> Option<u8> {
+    let mut stuck = vec![];
+    for (path, why) in not_spooled {
+        let Some(w) = watched.iter_mut().find(|w| &w.path == path) else {
+            continue;
+        };
+        if w.batch.pending().is_empty() {
+            tracing::warn!(path = %w.path.display(), "{why}; the points were uploaded at once instead");
+        } else {
+            stuck.push((path.clone(), why.clone()));
+        }
+    }
+    if stuck.is_empty() {
+        return None;
+    }
+    // Release every read transaction first: nothing of the watcher holds
+    // the application's WAL back once it is gone.
+    for w in watched.iter_mut() {
+        w.pin = None;
+    }
+    for (path, why) in stuck {
+        let Some(w) = watched.iter_mut().find(|w| w.path == path) else {
+            continue;
+        };
+        let spool = w
+            .batch
+            .spool_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let msg = format!(
+            "{why}, and the repository cannot be written: the watcher stops. The points in the spool {spool} ({}) are kept and uploaded first when `snapback watch` starts again; nothing newer is captured until then. Make the repository writable again (see the last upload error in `snapback status`), or give the spool more room (--spool-max, free disk space), then start the watcher",
+            crate::output::human_bytes(w.batch.spool_bytes()),
+        );
+        tracing::error!(path = %w.path.display(), "{msg}");
+        stop_report(w, status_dir, msg);
+    }
+    Some(exit::SPOOL_FULL)
+}
+
+/// Marks the watcher's report stopped (`status` shows it as a problem).
+fn stop_report(w: &mut Watched, status_dir: Option<&std::path::Path>, msg: String) {
+    w.status.pending_points = w.batch.pending().len() as u64;
+    w.status.spool_bytes = w.batch.spool_bytes();
+    w.status.stopped = Some(Event {
+        time: snapback_core::time::now(),
+        message: msg,
+    });
+    if let Some(dir) = status_dir {
+        if let Err(e) = watch_status::save(dir, &w.status) {
+            tracing::warn!(path = %w.path.display(), error = %e, "cannot write the watch status that `snapback status` reads");
+        }
+    }
 }
 
 /// Uploads every database's pending points (one segment each); false when
@@ -502,7 +675,7 @@ fn tick(
         w.session = new_session();
     }
     let sig = Signature::take(&w.path, w.wal_mode);
-    if first {
+    if first && w.batch.pending().is_empty() {
         if let Some(dir) = state_dir {
             if snapback_core::watch::last_capture_is_current(repo, dir, &w.path) {
                 tracing::info!(path = %w.path.display(), "the newest point is current; the next point is taken when the database changes");
@@ -517,9 +690,19 @@ fn tick(
     if w.needs_manifest.is_none() {
         let session = pinned.then_some(w.session.as_str());
         match w.batch.take_point(repo, a.busy_timeout, session) {
-            Ok(Taken::Point { .. }) => {
+            Ok(Taken::Point { spooled, .. }) => {
                 w.last = Some(sig);
-                return Ok(Outcome::Pending);
+                return Ok(match spooled {
+                    Spooled::Yes | Spooled::NoSpool => Outcome::Pending,
+                    Spooled::Full { needed, limit } => Outcome::NotSpooled(format!(
+                        "the local spool is full: the newest point would make it {} (--spool-max {})",
+                        crate::output::human_bytes(needed),
+                        crate::output::human_bytes(limit)
+                    )),
+                    Spooled::Failed(why) => {
+                        Outcome::NotSpooled(format!("the newest point cannot be spooled: {why}"))
+                    }
+                });
             }
             Ok(Taken::NeedsManifest(why)) => {
                 if w.batch.has_head() || w.points > 0 {

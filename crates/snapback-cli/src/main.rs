@@ -44,6 +44,10 @@ pub mod exit {
     /// `snapshot`: committed, but without some files that could not be
     /// snapshotted (each named on stderr and in `--json` `failed`).
     pub const PARTIAL: u8 = 6;
+    /// `watch`: points could not be kept: the local spool reached
+    /// `--spool-max` (or cannot be written) while the repository could not
+    /// be written. Every spooled point stays in the spool for the next start.
+    pub const SPOOL_FULL: u8 = 7;
     /// No repository at the location given (restic's 10).
     pub const NO_REPOSITORY: u8 = 10;
     /// The repository (or the live database) is locked by someone else

@@ -36,8 +36,9 @@ use crate::layout::{pack_key, snapshot_key};
 use crate::lock::{LockKind, RepoLock};
 use crate::manifest::{Chunking, FileKind, Manifest};
 use crate::repo::Repository;
-use crate::segment::{Point, Segment};
+use crate::segment::{replay, Point, Segment};
 use crate::snapshot::{apply_delta, SnapshotOptions, SnapshotReport};
+use crate::spool::{Appended, BatchHead, Spool, SpoolPoint};
 use crate::sqlite::{journal_mode_of_header, Capture};
 use crate::timeline::SegmentView;
 use crate::NoProgress;
@@ -89,24 +90,31 @@ struct Head {
     last_time: OffsetDateTime,
 }
 
-/// A point taken and not yet in the repository.
-#[derive(Debug, Clone)]
-pub struct PendingPoint {
-    pub point: Point,
-    /// The content of each change, in the order of `point.changes`.
-    pub pages: Vec<Vec<u8>>,
-    /// Pages read by its capture.
-    pub pages_read: u64,
-    state: CaptureState,
+/// A point taken and not yet in the repository: as the spool keeps it
+/// (the first of a batch holds its changes since the base manifest).
+pub type PendingPoint = SpoolPoint;
+
+/// Whether a point taken is in the local spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spooled {
+    /// Appended and fsync'd.
+    Yes,
+    /// There is no spool (no local state directory): in memory only.
+    NoSpool,
+    /// Not appended: the spool would hold `needed` bytes, past `limit`.
+    Full { needed: u64, limit: u64 },
+    /// Not appended: the spool cannot be written (why).
+    Failed(String),
 }
 
 /// What `take_point` did.
 #[derive(Debug)]
 pub enum Taken {
-    /// A point is pending.
+    /// A point is pending (and, as `spooled` says, in the spool or not).
     Point {
         time: OffsetDateTime,
         pages_read: u64,
+        spooled: Spooled,
     },
     /// No point could be taken by delta: the next one must be a new base
     /// manifest (`rebase`), for this reason.
@@ -156,6 +164,17 @@ impl UploadLock {
         if self.release_due() {
             self.held = None;
             self.gap_until = Some(Instant::now() + LOCK_GAP);
+        }
+    }
+
+    /// Waits until the lock may be taken again, when it was let go for
+    /// [`LOCK_GAP`] (at most that long).
+    pub fn wait_out_gap(&mut self) {
+        if let Some(g) = self.gap_until {
+            let now = Instant::now();
+            if g > now {
+                std::thread::sleep(g - now);
+            }
         }
     }
 
@@ -236,6 +255,39 @@ pub struct Batcher {
     /// Why the image in memory was dropped, when a forget removed its
     /// base: the reason the next point gives for being a new base.
     base_lost: Option<String>,
+    spool: Option<Spool>,
+    spool_max: u64,
+    /// A pending point is not in the spool: no later one may be appended
+    /// (the spool would have a gap) until an upload empties both.
+    spool_gap: bool,
+}
+
+/// What [`Batcher::resume`] found to continue from.
+#[derive(Debug)]
+pub enum Resumed {
+    /// Nothing usable: the next point is a new base manifest.
+    Nothing(String),
+    /// The newest committed point (or base manifest) named by the local
+    /// capture state: the next point is a WAL delta from it.
+    FromState { at: OffsetDateTime },
+    /// Points left in the spool, now pending (the next upload commits
+    /// them first), continued from the newest of them.
+    Spooled {
+        points: usize,
+        first: OffsetDateTime,
+        last: OffsetDateTime,
+        torn_bytes: u64,
+    },
+    /// Spooled points that cannot be uploaded (their base manifest is gone,
+    /// or they do not replay over it): the batch file was moved to
+    /// `aside`, and the next point is a new base manifest.
+    Unusable {
+        points: usize,
+        first: OffsetDateTime,
+        last: OffsetDateTime,
+        why: String,
+        aside: PathBuf,
+    },
 }
 
 impl Batcher {
@@ -247,6 +299,9 @@ impl Batcher {
             pending: Vec::new(),
             base_seen: 0,
             base_lost: None,
+            spool: None,
+            spool_max: u64::MAX,
+            spool_gap: false,
         }
     }
 
@@ -257,6 +312,23 @@ impl Batcher {
     /// base manifest, which holds every transaction they held.
     pub fn base_lost(&self) -> Option<&str> {
         self.base_lost.as_deref()
+    }
+
+    /// Keeps every point taken in `spool`, holding at most `max` bytes.
+    pub fn with_spool(mut self, spool: Spool, max: u64) -> Batcher {
+        self.spool = Some(spool);
+        self.spool_max = max;
+        self
+    }
+
+    /// Bytes in the spool.
+    pub fn spool_bytes(&self) -> u64 {
+        self.spool.as_ref().map_or(0, Spool::bytes)
+    }
+
+    /// The spool's batch file, when there is a spool.
+    pub fn spool_path(&self) -> Option<PathBuf> {
+        self.spool.as_ref().map(Spool::path)
     }
 
     /// Points taken and not yet in the repository.
@@ -318,11 +390,253 @@ impl Batcher {
             pin_session,
         );
         // An error (the database locked, unreadable) leaves the image as it
-        // was, for the next tick; a point that cannot be a delta drops it.
-        if !matches!(r, Ok(Taken::NeedsManifest(_))) {
+        // was, for the next tick; a point that cannot be a delta drops it,
+        // once the pending points (which need their base to be uploaded)
+        // are gone: the caller takes no point until `rebase`, which
+        // uploads them first.
+        let base = head.base;
+        let page_size = head.page_size;
+        if !matches!(r, Ok(Taken::NeedsManifest(_))) || !self.pending.is_empty() {
             self.head = Some(head);
         }
+        match r {
+            Ok(Taken::Point {
+                time, pages_read, ..
+            }) => Ok(Taken::Point {
+                time,
+                pages_read,
+                spooled: self.spool_newest(base, page_size),
+            }),
+            r => r,
+        }
+    }
+
+    /// Appends the newest pending point to the spool.
+    fn spool_newest(&mut self, base: Id, page_size: u32) -> Spooled {
+        let (Some(spool), Some(p)) = (self.spool.as_mut(), self.pending.last()) else {
+            return Spooled::NoSpool;
+        };
+        if self.spool_gap {
+            return Spooled::Failed(
+                "an earlier pending point could not be spooled, so no later one is (the spool would have a gap)".into(),
+            );
+        }
+        let head = BatchHead {
+            base,
+            page_size,
+            path: self.path_s.clone(),
+        };
+        let r = match spool.append(&head, p, self.spool_max) {
+            Ok(Appended::Spooled) => return Spooled::Yes,
+            Ok(Appended::Full { needed }) => Spooled::Full {
+                needed,
+                limit: self.spool_max,
+            },
+            Err(e) => Spooled::Failed(e.to_string()),
+        };
+        self.spool_gap = true;
         r
+    }
+
+    /// Continues from where the previous watcher of this database left
+    /// off, before the first point: its spooled points become pending
+    /// (uploaded first, in order, over their base manifest) and the next
+    /// point is a WAL delta from the newest of them; with no spooled
+    /// point, from the newest committed point the local capture state
+    /// names. When neither can be used, the next point is a new base
+    /// manifest. An error (the repository cannot be read) leaves nothing
+    /// resumed, and may be retried.
+    pub fn resume(&mut self, repo: &Repository, state_dir: &Path) -> Result<Resumed> {
+        let batch = match self.spool.as_mut() {
+            Some(s) => s.load()?,
+            None => None,
+        };
+        if let Some(b) = batch {
+            let (first, last) = match (b.points.first(), b.points.last()) {
+                (Some(f), Some(l)) => (f.point.time, l.point.time),
+                _ => return Ok(Resumed::Nothing("the spool is empty".into())),
+            };
+            let n = b.points.len();
+            match self.head_of_batch(repo, &b.head, &b.points) {
+                Ok(h) => {
+                    self.head = Some(h);
+                    self.pending = b.points;
+                    return Ok(Resumed::Spooled {
+                        points: n,
+                        first,
+                        last,
+                        torn_bytes: b.torn_bytes,
+                    });
+                }
+                Err(Unusable::Retry(e)) => return Err(e),
+                Err(Unusable::Why(why)) => {
+                    let aside = match self.spool.as_mut() {
+                        Some(s) => s.set_aside()?,
+                        None => PathBuf::new(),
+                    };
+                    return Ok(Resumed::Unusable {
+                        points: n,
+                        first,
+                        last,
+                        why,
+                        aside,
+                    });
+                }
+            }
+        }
+        let sp = capture_state::paths(state_dir, &repo.config().repo_id, &self.path_s);
+        let state = match capture_state::load(&sp) {
+            Ok(s) => s,
+            Err(why) => return Ok(Resumed::Nothing(why)),
+        };
+        match self.head_of_state(repo, state) {
+            Ok(h) => {
+                let at = h.last_time;
+                self.head = Some(h);
+                Ok(Resumed::FromState { at })
+            }
+            Err(Unusable::Retry(e)) => Err(e),
+            Err(Unusable::Why(why)) => Ok(Resumed::Nothing(why)),
+        }
+    }
+
+    /// The image after the spooled `points` of a batch over `bh.base`.
+    fn head_of_batch(
+        &self,
+        repo: &Repository,
+        bh: &BatchHead,
+        points: &[SpoolPoint],
+    ) -> std::result::Result<Head, Unusable> {
+        if bh.path != self.path_s {
+            return Err(Unusable::Why(format!(
+                "the spool holds points of {}, not of this database",
+                bh.path
+            )));
+        }
+        let mut h = self.base_head(repo, bh.base)?;
+        if h.page_size != bh.page_size {
+            return Err(Unusable::Why(format!(
+                "the spooled points have {}-byte pages, their base manifest {}",
+                bh.page_size, h.page_size
+            )));
+        }
+        let pts: Vec<Point> = points.iter().map(|p| p.point.clone()).collect();
+        let list = replay(
+            h.base_list.clone(),
+            h.page_size,
+            &pts,
+            pts.len() - 1,
+            "the spooled points",
+        )
+        .map_err(|e| Unusable::Why(format!("they do not replay over their base manifest: {e}")))?;
+        let last = &points[points.len() - 1];
+        if pts[0].time <= h.last_time {
+            return Err(Unusable::Why(
+                "they are not after their base manifest's time".into(),
+            ));
+        }
+        h.sum = checksum_of(&list);
+        h.list = list;
+        h.state = last.state.clone();
+        h.last_time = last.point.time;
+        h.entries = pts.iter().map(|p| p.changes.len() as u64).sum();
+        h.points = pts.len() as u64;
+        Ok(h)
+    }
+
+    /// The image of the newest capture the local capture state names.
+    fn head_of_state(
+        &self,
+        repo: &Repository,
+        state: CaptureState,
+    ) -> std::result::Result<Head, Unusable> {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        if state.repo_id != repo.config().repo_id || state.path != self.path_s {
+            return Err(Unusable::Why(
+                "the local capture state belongs to another database".into(),
+            ));
+        }
+        if state.host != host {
+            return Err(Unusable::Why(format!(
+                "the previous capture was made on another host ({})",
+                state.host
+            )));
+        }
+        let mut h = self.base_head(repo, state.manifest)?;
+        if let Some(p) = state.point {
+            let seg = match repo.segment(&p.segment) {
+                Ok(s) => s,
+                Err(Error::Store(e)) if e.is_not_found() => {
+                    return Err(Unusable::Why(format!(
+                        "the newest point's timeline segment {} is no longer in the repository",
+                        p.segment.short()
+                    )))
+                }
+                Err(e) => return Err(Unusable::Retry(e)),
+            };
+            let k = p.index as usize;
+            if seg.base != state.manifest || seg.path != self.path_s || k >= seg.points.len() {
+                return Err(Unusable::Why(
+                    "the newest point's timeline segment does not match the local capture state"
+                        .into(),
+                ));
+            }
+            h.list = replay(
+                h.base_list.clone(),
+                seg.page_size,
+                &seg.points,
+                k,
+                "the newest point",
+            )
+            .map_err(|e| Unusable::Why(e.to_string()))?;
+            h.sum = checksum_of(&h.list);
+            h.last_time = seg.points[k].time;
+            h.entries = seg.changes_up_to(k) as u64;
+            h.points = k as u64 + 1;
+        }
+        if h.sum.to_hex() != state.db_checksum || h.list.len() as u64 != state.page_count {
+            return Err(Unusable::Why(
+                "the repository's image of the newest point does not match the local capture state"
+                    .into(),
+            ));
+        }
+        h.committed = h.list.clone();
+        h.state = state;
+        Ok(h)
+    }
+
+    /// A head at base manifest `id` itself.
+    fn base_head(&self, repo: &Repository, id: Id) -> std::result::Result<Head, Unusable> {
+        let manifest = match repo.load_manifest(&id) {
+            Ok(m) => m,
+            Err(Error::Store(e)) if e.is_not_found() => {
+                return Err(Unusable::Why(format!(
+                    "their base manifest {} is no longer in the repository (forgotten and pruned)",
+                    id.short()
+                )))
+            }
+            Err(e) => return Err(Unusable::Retry(e)),
+        };
+        let (base_list, page_size, last_time) =
+            self.base_of(repo, id, &manifest)
+                .map_err(|e| match e.kind() {
+                    crate::Kind::Damaged | crate::Kind::BadInput => Unusable::Why(e.to_string()),
+                    _ => Unusable::Retry(e),
+                })?;
+        let sum = checksum_of(&base_list);
+        Ok(Head {
+            base: id,
+            base_manifest: manifest,
+            base_list: base_list.clone(),
+            committed: base_list.clone(),
+            page_size,
+            state: placeholder_state(),
+            list: base_list,
+            sum,
+            entries: 0,
+            points: 0,
+            last_time,
+        })
     }
 
     /// Writes the pending points as one timeline segment: their pages
@@ -357,6 +671,20 @@ impl Batcher {
                 tracing::warn!(path = %self.path_s, points = self.pending.len(), "{why}: the {} point(s) taken over it since the previous upload are dropped, and the next point is a new base manifest holding every transaction they held", self.pending.len());
                 self.pending.clear();
                 self.head = None;
+                // Their spooled copies cannot be uploaded either: kept
+                // aside, as a restarted watcher does (docs/watch.md).
+                self.spool_gap = false;
+                if let Some(s) = self.spool.as_mut() {
+                    match s.set_aside() {
+                        Ok(to) => {
+                            tracing::warn!(path = %self.path_s, "the dropped points' spool was moved to {}", to.display())
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %self.path_s, error = %e, "the dropped points cannot be moved out of the spool; no point is spooled until the next upload");
+                            self.spool_gap = true;
+                        }
+                    }
+                }
                 self.base_lost = Some(why);
                 return Ok(None);
             }
@@ -365,13 +693,20 @@ impl Batcher {
         let raws: Vec<&[u8]> = self
             .pending
             .iter()
-            .flat_map(|p| p.pages.iter().map(Vec::as_slice))
+            .flat_map(|p| p.pages.iter().flatten().map(Vec::as_slice))
             .collect();
         let (ids, written) = repo.store_pages_in_packs(&raws)?;
         let named: Vec<Id> = self
             .pending
             .iter()
-            .flat_map(|p| p.point.changes.iter().map(|(_, id)| *id))
+            .flat_map(|p| {
+                p.point
+                    .changes
+                    .iter()
+                    .zip(&p.pages)
+                    .filter(|(_, page)| page.is_some())
+                    .map(|((_, id), _)| *id)
+            })
             .collect();
         if ids != named {
             return Err(Error::Verification(
@@ -380,8 +715,9 @@ impl Batcher {
             ));
         }
         lock.packs.extend(written);
-        let mut points: Vec<Point> = self.pending.iter().map(|p| p.point.clone()).collect();
-        points[0] = since_base(&head.base_list, &head.committed, &points[0]);
+        // The first point holds its changes since the base already (the
+        // spool keeps the batch as the segment it becomes).
+        let points: Vec<Point> = self.pending.iter().map(|p| p.point.clone()).collect();
         let seg = Segment {
             path: self.path_s.clone(),
             base: head.base,
@@ -433,6 +769,15 @@ impl Batcher {
         self.pending.clear();
         if let Some(h) = self.head.as_mut() {
             h.committed = h.list.clone();
+        }
+        // Durable now: out of the spool. A spool that cannot be emptied
+        // takes no further point (they would follow these in its batch).
+        self.spool_gap = false;
+        if let Some(s) = self.spool.as_mut() {
+            if let Err(e) = s.clear() {
+                tracing::error!(path = %self.path_s, error = %e, "the uploaded points cannot be removed from the spool");
+                self.spool_gap = true;
+            }
         }
         Ok(Some(Committed {
             segment: id,
@@ -507,6 +852,42 @@ impl Batcher {
         state: CaptureState,
     ) -> Result<Head> {
         let place = format!("snapshot {}", id.short());
+        let (list, page_size, last_time) = self.base_of(repo, id, manifest)?;
+        let sum = checksum_of(&list);
+        if manifest
+            .files
+            .iter()
+            .any(|f| f.path == self.path_s && f.db_checksum != state.db_checksum)
+        {
+            return Err(Error::corrupt(
+                &place,
+                "its chunk list does not give its db_checksum",
+            ));
+        }
+        Ok(Head {
+            base: id,
+            base_manifest: manifest.clone(),
+            base_list: list.clone(),
+            committed: list.clone(),
+            page_size,
+            state,
+            list,
+            sum,
+            entries: 0,
+            points: 0,
+            last_time,
+        })
+    }
+
+    /// The database's chunk list in base manifest `id` (checked against
+    /// its `db_checksum`), its page size and the manifest's time.
+    fn base_of(
+        &self,
+        repo: &Repository,
+        id: Id,
+        manifest: &Manifest,
+    ) -> Result<(Vec<ChunkRef>, u32, OffsetDateTime)> {
+        let place = format!("snapshot {}", id.short());
         let file = manifest
             .files
             .iter()
@@ -521,8 +902,7 @@ impl Batcher {
         }
         let index = repo.index()?;
         let list = repo.chunk_list(&index, file)?;
-        let sum = checksum_of(&list);
-        if sum.to_hex() != file.db_checksum || file.db_checksum != state.db_checksum {
+        if checksum_of(&list).to_hex() != file.db_checksum {
             return Err(Error::corrupt(
                 &place,
                 "its chunk list does not give its db_checksum",
@@ -530,19 +910,42 @@ impl Batcher {
         }
         let last_time =
             crate::time::parse_rfc3339(&manifest.time).map_err(|e| Error::corrupt(&place, e))?;
-        Ok(Head {
-            base: id,
-            base_manifest: manifest.clone(),
-            base_list: list.clone(),
-            committed: list.clone(),
-            page_size,
-            state,
-            list,
-            sum,
-            entries: 0,
-            points: 0,
-            last_time,
-        })
+        Ok((list, page_size, last_time))
+    }
+}
+
+/// Why a resume cannot use what it found, or an error worth retrying.
+enum Unusable {
+    Why(String),
+    Retry(Error),
+}
+
+impl From<Error> for Unusable {
+    fn from(e: Error) -> Unusable {
+        Unusable::Retry(e)
+    }
+}
+
+/// The state of a head before its real one is set.
+fn placeholder_state() -> CaptureState {
+    CaptureState {
+        version: capture_state::new_state_version(),
+        repo_id: String::new(),
+        path: String::new(),
+        host: String::new(),
+        pid: 0,
+        dev: 0,
+        ino: 0,
+        page_size: 0,
+        wal_salts: String::new(),
+        frame: 0,
+        frame_cksum: [0, 0],
+        manifest: Id([0; 32]),
+        page_count: 0,
+        db_checksum: String::new(),
+        session: None,
+        wal_ckpt: None,
+        point: None,
     }
 }
 
@@ -690,13 +1093,37 @@ fn take(
     head.list = list;
     head.sum = sum;
     head.state = state.clone();
+    let mut point = Point {
+        time,
+        page_count,
+        db_checksum: sum,
+        changes,
+    };
+    let mut pages: Vec<Option<Vec<u8>>> = pages.into_iter().map(Some).collect();
+    if pending.is_empty() {
+        // The first point of a batch holds every page that differs from
+        // the base; those changed by committed points are in the
+        // repository already, so only its own pages come with it.
+        let own: std::collections::HashMap<u64, (Id, Vec<u8>)> = point
+            .changes
+            .iter()
+            .zip(pages)
+            .filter_map(|((i, id), p)| Some((*i, (*id, p?))))
+            .collect();
+        let since = since_base(&head.base_list, &head.committed, &point);
+        let mut own = own;
+        pages = since
+            .changes
+            .iter()
+            .map(|(i, id)| match own.remove(i) {
+                Some((oid, p)) if oid == *id => Some(p),
+                _ => None,
+            })
+            .collect();
+        point = since;
+    }
     pending.push(PendingPoint {
-        point: Point {
-            time,
-            page_count,
-            db_checksum: sum,
-            changes,
-        },
+        point,
         pages,
         pages_read: changed.pages.len() as u64,
         state,
@@ -704,6 +1131,7 @@ fn take(
     Ok(Taken::Point {
         time,
         pages_read: changed.pages.len() as u64,
+        spooled: Spooled::NoSpool,
     })
 }
 

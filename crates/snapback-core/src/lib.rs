@@ -43,6 +43,7 @@ mod restore_tests;
 mod segment;
 mod selector;
 mod snapshot;
+pub mod spool;
 pub mod sqlite;
 pub mod time;
 mod timeline;
