@@ -30,7 +30,7 @@ echo "== lints (cargo clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== building"
-cargo build --workspace --bins --quiet
+cargo build --workspace --bins --lib --quiet  # --lib: the loadable extension libsnapback_vfs.so too
 
 S3_STARTED=0
 if [ -x scripts/s3-server.sh ] && [ -z "${SNAPBACK_TEST_S3_BUCKET:-}" ]; then

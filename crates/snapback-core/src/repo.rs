@@ -451,6 +451,18 @@ impl Repository {
         }
     }
 
+    /// A second handle on the same repository that starts with this one's
+    /// loaded index (shared, not copied): for a reader on its own threads,
+    /// such as a point opened in place, that would otherwise read every
+    /// index object again. It loads what is new on its own from then on.
+    pub fn share(&self) -> Repository {
+        let r = self.reopen();
+        if let (Ok(mine), Ok(mut theirs)) = (self.index.read(), r.index.write()) {
+            theirs.clone_from(&mine);
+        }
+        r
+    }
+
     /// How blobs are stored and chunks named in this repository.
     pub fn codec(&self) -> &BlobCodec {
         &self.codec

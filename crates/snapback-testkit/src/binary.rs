@@ -62,6 +62,38 @@ fn locate(
     profile.join(format!("snapback{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// The loadable SQLite extension of this build (`libsnapback_vfs.so`,
+/// built with the workspace: `cargo build --workspace`), found as [`bin`]
+/// finds the binary: `SNAPBACK_VFS_LIB`, else beside the test executable
+/// (`<target>/<profile>/` or its `deps/`).
+pub fn vfs_extension() -> PathBuf {
+    let name = "libsnapback_vfs.so";
+    let candidates: Vec<PathBuf> = match std::env::var_os("SNAPBACK_VFS_LIB") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .map(|deps| {
+                let mut v = vec![];
+                if let Some(profile) = deps.parent() {
+                    v.push(profile.join(name));
+                }
+                v.push(deps.join(name));
+                v
+            })
+            .unwrap_or_default(),
+    };
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the SQLite extension {name} is missing (looked at {candidates:?}): build it first with `cargo build --workspace` (scripts/test.sh does), or set SNAPBACK_VFS_LIB"
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

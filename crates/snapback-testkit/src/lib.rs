@@ -29,7 +29,7 @@ mod binary;
 
 pub use snapback_storage::fault;
 
-pub use binary::{bin, workspace};
+pub use binary::{bin, vfs_extension, workspace};
 pub use cli::{
     command, flip_byte_in_largest_pack, hostname, init_encrypted, run_bounded, spawn, stderr,
     stdout, wait_out, CHEAP_KDF, ISOLATED_VARS, PASSWORD_VARS,

@@ -1,0 +1,201 @@
+//! One point of a database, read through the mount's reader: the same
+//! lazy, verified, cached reads that `snapback mount` serves (the chunk
+//! list bound to the manifest's checksum before a byte is read, each chunk
+//! verified against its id, a memory cache, read-ahead for scans, a WAL
+//! database's header served as rollback). No code of its own reads chunks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use snapback_core::{FileEntry, FileKind, Repository, Selector, Snapshot};
+use snapback_mount::{Vfs, VfsError, VfsOptions, View};
+
+use crate::Error;
+
+/// What a point's reads cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Reads SQLite made.
+    pub reads: u64,
+    /// Chunks (pages) fetched from the repository and verified.
+    pub chunks_fetched: u64,
+    /// Bytes of those chunks.
+    pub bytes_fetched: u64,
+    /// Chunk reads served from the memory cache.
+    pub cache_hits: u64,
+    /// Pages of the database.
+    pub pages: u64,
+}
+
+/// An open database file of one point.
+pub struct PointFile {
+    vfs: Vfs,
+    fh: u64,
+    size: u64,
+    page_size: u64,
+    label: String,
+    errors: AtomicU64,
+}
+
+impl std::fmt::Debug for PointFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PointFile")
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+impl PointFile {
+    /// Opens `file` of `snap` (a snapshot or a timeline point).
+    pub fn open(
+        repo: Arc<Repository>,
+        snap: &Snapshot,
+        file: &FileEntry,
+        opts: VfsOptions,
+    ) -> Result<PointFile, Error> {
+        let label = format!("{} of {}", file.path, snap.describe());
+        if file.kind != FileKind::Sqlite {
+            return Err(Error::Input(format!(
+                "{label} was captured as a plain file, not as a SQLite database"
+            )));
+        }
+        let read = |e: VfsError| Error::Read {
+            what: label.clone(),
+            cause: e,
+        };
+        let vfs = Vfs::new(repo, View::One(snap.clone()), opts).map_err(read)?;
+        let entry = vfs.resolve(&file.path).map_err(read)?;
+        let opened = vfs.open(entry.attr.ino, false).map_err(read)?;
+        Ok(PointFile {
+            vfs,
+            fh: opened.fh,
+            size: entry.attr.size,
+            page_size: file
+                .sqlite
+                .as_ref()
+                .map_or(4096, |s| u64::from(s.page_size))
+                .max(1),
+            label,
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// "PATH of snapshot …".
+    pub fn describe(&self) -> &str {
+        &self.label
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads into `buf` at `offset`; the bytes read (fewer only at the end
+    /// of the file). Every byte is verified; any failure fails the read.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, VfsError> {
+        let want = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let d = self.vfs.read(self.fh, offset, want)?;
+        let n = d.len().min(buf.len());
+        buf[..n].copy_from_slice(&d[..n]);
+        Ok(n)
+    }
+
+    /// Logs a failed read (SQLite gets SQLITE_IOERR_READ).
+    pub(crate) fn note_error(&self, offset: u64, len: usize, e: &VfsError) {
+        let n = self.errors.fetch_add(1, Ordering::Relaxed);
+        if n < 5 {
+            tracing::warn!(point = %self.label, offset, len, error = %e, "a read of the point failed; SQLite gets an I/O error");
+        }
+    }
+
+    pub fn stats(&self) -> ReadStats {
+        let f = self.vfs.fetch_stats();
+        ReadStats {
+            reads: self.vfs.stats.reads.load(Ordering::Relaxed),
+            chunks_fetched: f.chunks_fetched.load(Ordering::Relaxed),
+            bytes_fetched: f.fetched_bytes.load(Ordering::Relaxed),
+            cache_hits: f.mem_hits.load(Ordering::Relaxed),
+            pages: self.size.div_ceil(self.page_size),
+        }
+    }
+}
+
+impl Drop for PointFile {
+    fn drop(&mut self) {
+        self.vfs.release(self.fh);
+    }
+}
+
+/// The parameters of a `file:PATH?vfs=snapback&repo=…&at=…` URI.
+#[derive(Debug, Clone, Default)]
+pub struct UriParams {
+    pub repo: Option<String>,
+    pub at: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_path_style: Option<String>,
+}
+
+/// `at=`: a time (the newest point at or before it), or any selector
+/// (`latest`, `@TIME`, an id, `SEGMENT/INDEX`).
+pub fn parse_at(at: Option<&str>) -> Result<Selector, Error> {
+    let at = at.map(str::trim).filter(|a| !a.is_empty());
+    let text = match at {
+        None => "latest".to_string(),
+        Some(a) if a.as_bytes().first().is_some_and(u8::is_ascii_digit) && a.contains('T') => {
+            format!("@{a}")
+        }
+        Some(a) => a.to_string(),
+    };
+    text.parse::<Selector>().map_err(|e| {
+        Error::Input(format!(
+            "at={}: {e}; give a time such as at=2026-02-02T17:04:59Z (the newest point at or before it), or a snapshot id or SEGMENT/INDEX",
+            at.unwrap_or("")
+        ))
+    })
+}
+
+/// Repositories opened by URI, by their URL: a second open of a point of
+/// the same repository does not read every index object again.
+static REPOS: Mutex<Option<HashMap<String, Arc<Repository>>>> = Mutex::new(None);
+
+/// Opens the point a URI names: database `db_path` of repository `repo` at
+/// `at`.
+pub fn open_uri(db_path: &str, p: &UriParams) -> Result<PointFile, Error> {
+    let url = p.repo.as_deref().map(str::trim).filter(|u| !u.is_empty()).ok_or_else(|| {
+        Error::Input(format!(
+            "file:{db_path}?vfs=snapback needs the repository: add &repo=PATH (or s3://BUCKET/PREFIX) and &at=TIME"
+        ))
+    })?;
+    let sel = parse_at(p.at.as_deref())?;
+    let repo = repository(url, p)?;
+    let snap = repo
+        .resolve_for_path(&sel, Some(db_path), &[])
+        .map_err(|e| Error::Input(format!("{e} (looking at the points that hold {db_path})")))?;
+    let file = snap
+        .file(db_path)
+        .cloned()
+        .ok_or_else(|| Error::Input(format!("{} does not hold {db_path}", snap.describe())))?;
+    PointFile::open(repo, &snap, &file, VfsOptions::default())
+}
+
+fn repository(url: &str, p: &UriParams) -> Result<Arc<Repository>, Error> {
+    let key = format!(
+        "{url}\n{}\n{}",
+        p.s3_endpoint.as_deref().unwrap_or(""),
+        p.s3_path_style.as_deref().unwrap_or("")
+    );
+    if let Some(r) = REPOS
+        .lock()
+        .ok()
+        .and_then(|m| m.as_ref().and_then(|m| m.get(&key).cloned()))
+    {
+        return Ok(r);
+    }
+    let store = crate::store::open(url, p)?;
+    let repo = Repository::open_with_passphrase(store, crate::store::passphrase)?;
+    let repo = Arc::new(repo);
+    if let Ok(mut m) = REPOS.lock() {
+        m.get_or_insert_with(HashMap::new).insert(key, repo.clone());
+    }
+    Ok(repo)
+}
