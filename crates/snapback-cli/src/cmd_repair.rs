@@ -127,8 +127,8 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
                     snap.describe()
                 );
             }
-            let sdb = SnapshotDb::materialize(&repo, &snap, &file)
-                .context("cannot materialize the snapshot's database")?;
+            let sdb = SnapshotDb::in_place(&repo, &snap, &file)
+                .context("cannot open the snapshot's database")?;
             (sdb, EmitSource::Snapshot(snap.selector()))
         }
         (None, None) => bail!("no snapshot given"),
@@ -269,6 +269,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
                 .collect(),
             snapshot: sdb.snapshot_id().map(|i| i.to_hex()),
             snapshot_db: &sdb.db_path,
+            snapshot_read: sdb.read_stats().map(doc::SnapshotRead::of),
             script: emit_to.as_deref(),
             tables: compared,
             type_: "summary",
@@ -312,10 +313,17 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     }
     if !g.json && !a.sql && !g.quiet {
         eprintln!(
-            "{} table(s): {} row difference(s), {} schema difference(s){}",
+            "{} table(s): {} row difference(s), {} schema difference(s){}{}",
             compared,
             total.differences(),
             schema_count,
+            match sdb.read_stats() {
+                Some(r) => format!(
+                    "; read {} of the {} pages of the snapshot's database",
+                    r.pages_read, r.pages
+                ),
+                None => String::new(),
+            },
             if skipped.is_empty() {
                 String::new()
             } else {

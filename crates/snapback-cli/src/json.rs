@@ -429,9 +429,30 @@ pub struct DiffSummary<'a> {
     pub skipped: Vec<SkippedTable<'a>>,
     pub snapshot: Option<String>,
     pub snapshot_db: &'a Option<String>,
+    /// What was read of a point opened in place (null for a file given
+    /// with --snapshot-db).
+    pub snapshot_read: Option<SnapshotRead>,
     pub tables: usize,
     #[serde(rename = "type")]
     pub type_: &'static str,
+}
+
+/// The pages of the snapshot's database that a diff read, of all its pages.
+#[derive(Serialize)]
+pub struct SnapshotRead {
+    pub bytes: u64,
+    pub pages: u64,
+    pub pages_read: u64,
+}
+
+impl SnapshotRead {
+    pub fn of(s: snapback_repair::ReadStats) -> SnapshotRead {
+        SnapshotRead {
+            bytes: s.bytes_fetched,
+            pages: s.pages,
+            pages_read: s.pages_read,
+        }
+    }
 }
 
 /// The plan file of `repair --plan-out`, read back by `--apply --plan`.

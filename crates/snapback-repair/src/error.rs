@@ -14,6 +14,10 @@ pub enum Error {
     #[error(transparent)]
     Core(#[from] snapback_core::Error),
 
+    /// Opening a point in place (the snapback VFS).
+    #[error(transparent)]
+    Vfs(Box<snapback_vfs::Error>),
+
     /// The message says the cause; it is not also the `source()` (see
     /// snapback-core's error module: each cause is said once).
     #[error("{path}: {message}: {cause}")]
@@ -64,6 +68,7 @@ impl Error {
     pub fn kind(&self) -> Kind {
         match self {
             Error::Core(e) => e.kind(),
+            Error::Vfs(e) => e.kind(),
             Error::Sqlite { cause, .. } => Kind::of_sqlite(cause),
             Error::Io { .. } => Kind::Io,
             Error::Input(_) | Error::Script { .. } | Error::NoKey(_) | Error::Conflict(_) => {
@@ -97,6 +102,12 @@ impl Error {
             message: message.into(),
             cause,
         }
+    }
+}
+
+impl From<snapback_vfs::Error> for Error {
+    fn from(e: snapback_vfs::Error) -> Error {
+        Error::Vfs(Box::new(e))
     }
 }
 

@@ -6,8 +6,9 @@
 //! - `value`, `schema`: SQLite values compared with SQLite's semantics;
 //!   tables, columns and the key that pairs rows.
 //! - `diff`: a streaming merge of two key-ordered scans.
-//! - `source`: where the snapshot side comes from (a materialized snapshot
-//!   file, or a file given directly, e.g. in a mounted snapshot).
+//! - `source`: where the snapshot side comes from (a point opened in place
+//!   through the snapback VFS, or a file given directly, e.g. in a mounted
+//!   snapshot).
 //! - `script`: the restore-script format (TOML).
 //! - `changes`, `apply`: change sets and their batched, journaled,
 //!   resumable application to a live database.
@@ -57,6 +58,7 @@ pub use script::{
     emit_script, Action, EmitScript, EmitSource, EmitTable, Incident, LoadedScript, Script,
     SqlStep, TableScript, DEFAULT_BATCH_SIZE,
 };
+pub use snapback_vfs::ReadStats;
 pub use source::{
     live_path, open_live_readonly, open_live_rw, resolve_snapshot, sqlite_uri, SnapshotDb,
 };

@@ -1,17 +1,19 @@
 //! Where the two sides of a diff come from.
 //!
-//! The snapshot side is a database file that is never written: either a
-//! file of a snapshot materialized (verified by hash) into a private temp
-//! directory by the core's `restore_file`, or a file given directly, such as
-//! a database inside a mounted snapshot. Either way it is opened with
-//! `immutable=1`, which is the one way a WAL-mode image on a read-only
-//! mount opens at all (SQLITE-NOTES 2).
+//! The snapshot side is a database that is never written: either a point
+//! of the repository opened in place through the snapback VFS
+//! (`snapback_vfs::PointDb`: only the pages a query touches are read, each
+//! verified), or a file given directly, such as a database inside a
+//! mounted snapshot, opened with `immutable=1`, which is the one way a
+//! WAL-mode image on a read-only mount opens at all (SQLITE-NOTES 2).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use snapback_core::{FileEntry, FileKind, Id, NoProgress, Repository, Selector, Snapshot};
+use snapback_core::{FileEntry, FileKind, Id, Repository, Selector, Snapshot};
+use snapback_vfs::{PointDb, ReadStats};
 
 use crate::error::{Error, Result};
 
@@ -36,18 +38,20 @@ pub fn sqlite_uri(path: &Path, params: &str) -> String {
 
 /// The snapshot side of a diff.
 pub struct SnapshotDb {
-    /// The database file to open.
+    /// The database file given, or, for a point, the database's path in
+    /// the snapshot.
     pub path: PathBuf,
     /// The snapshot it came from, when it came from the repository.
     pub snapshot: Option<Snapshot>,
     /// The database's path inside the snapshot.
     pub db_path: Option<String>,
-    _tmp: Option<tempfile::TempDir>,
+    point: Option<PointDb>,
 }
 
 impl SnapshotDb {
-    /// Restores `file` of `snap` into a private temp directory, verified.
-    pub fn materialize(repo: &Repository, snap: &Snapshot, file: &FileEntry) -> Result<SnapshotDb> {
+    /// Opens `file` of `snap` (a snapshot or a timeline point) in place:
+    /// nothing is read until a query reads it, and then only its pages.
+    pub fn in_place(repo: &Repository, snap: &Snapshot, file: &FileEntry) -> Result<SnapshotDb> {
         if file.kind != FileKind::Sqlite {
             return Err(Error::Input(format!(
                 "{} in snapshot {} is not a SQLite database",
@@ -55,18 +59,13 @@ impl SnapshotDb {
                 snap.describe()
             )));
         }
-        let tmp = tempfile::Builder::new()
-            .prefix("snapback-repair-")
-            .tempdir()
-            .map_err(|e| Error::io(std::env::temp_dir(), "cannot create a private temp directory (set TMPDIR to a directory with room for the database)", e))?;
-        let dest = tmp.path().join("snapshot.db");
-        tracing::info!(snapshot = %snap.id.short(), path = %file.path, bytes = file.size, "materializing the snapshot's database");
-        repo.restore_file(file, &dest, false, &NoProgress)?;
+        tracing::info!(snapshot = %snap.id.short(), path = %file.path, bytes = file.size, "opening the snapshot's database in place");
+        let point = PointDb::open(Arc::new(repo.share()), snap, file)?;
         Ok(SnapshotDb {
-            path: dest,
+            path: PathBuf::from(&file.path),
             snapshot: Some(snap.clone()),
             db_path: Some(file.path.clone()),
-            _tmp: Some(tmp),
+            point: Some(point),
         })
     }
 
@@ -85,7 +84,7 @@ impl SnapshotDb {
             path: path.to_path_buf(),
             snapshot: None,
             db_path: None,
-            _tmp: None,
+            point: None,
         })
     }
 
@@ -101,16 +100,31 @@ impl SnapshotDb {
         self.snapshot.as_ref().map(|s| s.id)
     }
 
-    /// Opens the file read-only and immutable.
+    /// What reading the point cost so far (None for a file).
+    pub fn read_stats(&self) -> Option<ReadStats> {
+        self.point.as_ref().map(PointDb::stats)
+    }
+
+    /// The URI that opens or ATTACHes it read-only.
+    pub fn uri(&self) -> String {
+        match &self.point {
+            Some(p) => p.uri(),
+            None => sqlite_uri(&self.path, "mode=ro&immutable=1"),
+        }
+    }
+
+    /// Opens it read-only (a point: through the VFS; a file: immutable).
     pub fn open(&self) -> Result<Connection> {
-        let uri = sqlite_uri(&self.path, "immutable=1");
         let place = self.describe();
-        let conn = Connection::open_with_flags(
-            &uri,
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_URI
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
+        let conn = match &self.point {
+            Some(p) => p.connect(),
+            None => Connection::open_with_flags(
+                sqlite_uri(&self.path, "immutable=1"),
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_URI
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+        }
         .map_err(|e| Error::sqlite(&place, "cannot open the snapshot's database", e))?;
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
             .map_err(|e| Error::sqlite(&place, "is not a readable SQLite database", e))?;

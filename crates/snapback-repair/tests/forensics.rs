@@ -652,3 +652,65 @@ fn history_and_when_read_timeline_points_through_their_chunk_lists() {
     assert_eq!(r["after"]["point"], format!("{}/3", seg_id.short()), "{r}");
     assert_eq!(r["added"], serde_json::json!([{"id": 5, "v": "c"}]));
 }
+
+/// Two tables: `small` (one page) and `big` (hundreds of pages).
+fn two_tables_lab() -> Lab {
+    Lab::new(|c| {
+        c.execute_batch(
+            "CREATE TABLE small(id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO small VALUES(1, 'a'), (2, 'b');
+             CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000)
+             INSERT INTO big SELECT i, printf('%0300d', i) FROM n;",
+        )
+        .expect("setup")
+    })
+}
+
+#[test]
+fn diff_of_one_table_reads_only_that_tables_pages_from_the_repository() {
+    let lab = two_tables_lab();
+    let snap = lab.snapshot();
+    lab.exec("UPDATE small SET v = 'z' WHERE id = 2; UPDATE big SET v = 'q' WHERE id = 7;");
+    let o = lab.run(
+        &["--json", "diff", &snap, lab.live_str(), "--table", "small"],
+        &[],
+    );
+    assert_eq!(o.code, 3, "one difference: {o:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(o.stdout.lines().last().expect("a summary")).expect("json");
+    let read = &summary["snapshot_read"];
+    let pages = read["pages"].as_u64().expect("pages");
+    let pages_read = read["pages_read"].as_u64().expect("pages_read");
+    assert!(pages > 200, "the database has {pages} pages: {summary}");
+    // Page 1 (the schema) and the one page of `small`, perhaps a
+    // pointer-map or overflow page: never the pages of `big`.
+    assert!(
+        pages_read <= 4,
+        "a diff of one small table read {pages_read} of {pages} pages: {summary}"
+    );
+    assert_eq!(summary["counts"]["changed"], 1, "{summary}");
+    // The terminal summary says it too.
+    let o = lab.run(&["diff", &snap, lab.live_str(), "--table", "small"], &[]);
+    assert!(
+        o.stderr.contains("pages of the snapshot's database"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn diff_against_a_damaged_pack_fails_with_an_io_error_and_prints_no_rows() {
+    let lab = two_tables_lab();
+    let snap = lab.snapshot();
+    snapback_testkit::flip_byte_in_largest_pack(&lab.repo);
+    let o = lab.run(
+        &["--json", "diff", &snap, lab.live_str(), "--table", "big"],
+        &[],
+    );
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("disk I/O error"), "{o:?}");
+    assert!(
+        !o.stdout.contains("\"type\":\"changed\"") && !o.stdout.contains("only_in"),
+        "no row differences from damaged data: {o:?}"
+    );
+}

@@ -103,6 +103,7 @@ fn repair_json_documents_keep_their_key_order() {
             "skipped",
             "snapshot",
             "snapshot_db",
+            "snapshot_read",
             "tables",
             "type"
         ]

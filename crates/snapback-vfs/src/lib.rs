@@ -120,6 +120,11 @@ impl PointDb {
         Ok(PointDb { name, file: point })
     }
 
+    /// The URI that opens (or ATTACHes) the point in this process.
+    pub fn uri(&self) -> String {
+        format!("file:{}?vfs={VFS_NAME}", self.name)
+    }
+
     /// A new read-only connection to the point.
     pub fn connect(&self) -> rusqlite::Result<Connection> {
         Connection::open_with_flags_and_vfs(

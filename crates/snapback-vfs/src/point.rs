@@ -26,6 +26,8 @@ pub struct ReadStats {
     pub cache_hits: u64,
     /// Pages of the database.
     pub pages: u64,
+    /// Pages' worth of bytes fetched (`bytes_fetched` / page size).
+    pub pages_read: u64,
 }
 
 /// An open database file of one point.
@@ -110,12 +112,14 @@ impl PointFile {
 
     pub fn stats(&self) -> ReadStats {
         let f = self.vfs.fetch_stats();
+        let bytes_fetched = f.fetched_bytes.load(Ordering::Relaxed);
         ReadStats {
             reads: self.vfs.stats.reads.load(Ordering::Relaxed),
             chunks_fetched: f.chunks_fetched.load(Ordering::Relaxed),
-            bytes_fetched: f.fetched_bytes.load(Ordering::Relaxed),
+            bytes_fetched,
             cache_hits: f.mem_hits.load(Ordering::Relaxed),
             pages: self.size.div_ceil(self.page_size),
+            pages_read: bytes_fetched.div_ceil(self.page_size),
         }
     }
 }

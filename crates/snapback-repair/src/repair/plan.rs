@@ -188,7 +188,7 @@ fn snapshot_side(repo: Option<&Repository>, s: &Script, live: &Path) -> Result<S
             // never a source.
             let (snap, file) =
                 resolve_snapshot(repo, sel, s.path.as_deref(), live, &[PRE_REPAIR_TAG])?;
-            SnapshotDb::materialize(repo, &snap, &file)
+            SnapshotDb::in_place(repo, &snap, &file)
         }
         (None, None) => Err(Error::Input("the script names no snapshot".into())),
     }
@@ -228,8 +228,8 @@ fn incident_sides(
         after_snapshot: a.selector(),
     };
     Ok((
-        SnapshotDb::materialize(repo, &b, &bf)?,
-        SnapshotDb::materialize(repo, &a, &af)?,
+        SnapshotDb::in_place(repo, &b, &bf)?,
+        SnapshotDb::in_place(repo, &a, &af)?,
         info,
     ))
 }

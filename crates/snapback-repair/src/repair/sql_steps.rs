@@ -11,7 +11,7 @@ use crate::apply::JOURNAL_TABLE;
 use crate::audit::SqlStepRecord;
 use crate::error::{is_busy, Error, Result};
 use crate::script::LoadedScript;
-use crate::source::{sqlite_uri, SnapshotDb};
+use crate::source::SnapshotDb;
 
 impl RepairSession {
     pub(super) fn run_sql_steps(
@@ -146,16 +146,13 @@ fn writes_snapshot(conn: &Connection, statement: &str) -> rusqlite::Result<bool>
 }
 
 fn attach_snapshot(conn: &Connection, place: &str, sdb: &SnapshotDb) -> Result<()> {
-    conn.execute(
-        "ATTACH DATABASE ?1 AS snapshot",
-        params![sqlite_uri(&sdb.path, "mode=ro&immutable=1")],
-    )
-    .map(|_| ())
-    .map_err(|e| {
-        Error::sqlite(
-            place,
-            "cannot attach the snapshot's database as `snapshot`",
-            e,
-        )
-    })
+    conn.execute("ATTACH DATABASE ?1 AS snapshot", params![sdb.uri()])
+        .map(|_| ())
+        .map_err(|e| {
+            Error::sqlite(
+                place,
+                "cannot attach the snapshot's database as `snapshot`",
+                e,
+            )
+        })
 }
