@@ -701,7 +701,7 @@ impl Repository {
                 index
                     .blobs()
                     .filter(|(_, l)| l.pack == *id)
-                    .map(|(b, l)| (*b, l.offset, l.stored_len, l.raw_len, index.dict_of(l)))
+                    .map(|(b, l)| (*b, l.offset, l.stored_len, l.raw_len, index.dict_of(&l)))
                     .collect()
             }
         };
@@ -758,7 +758,7 @@ struct Dicts {
 impl Dicts {
     /// The unusable dictionary a blob's location names, if any.
     fn bad_of(&self, index: &MasterIndex, id: &Id) -> Option<(Id, &String)> {
-        let d = index.get(id).and_then(|l| index.dict_of(l))?;
+        let d = index.get(id).and_then(|l| index.dict_of(&l))?;
         self.bad.get(&d).map(|why| (d, why))
     }
 }

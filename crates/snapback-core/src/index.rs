@@ -246,10 +246,25 @@ pub struct BlobLocation {
     pub dict: u16,
 }
 
+/// What the master index keeps per blob: a [`BlobLocation`] with its pack
+/// as a number into `MasterIndex::pack_ids` (4 bytes, not a 32-byte id),
+/// so that the index of a large repository stays small in memory.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    pack: u32,
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
+    dict: u16,
+    kind: BlobKind,
+}
+
 /// The in-memory union of every index object.
 #[derive(Debug, Default, Clone)]
 pub struct MasterIndex {
-    blobs: HashMap<Id, BlobLocation>,
+    blobs: HashMap<Id, Slot>,
+    /// The packs that slots name (`pack` i = `pack_ids[i]`).
+    pack_ids: Vec<Id>,
     /// The dictionaries that locations name (`dict` i = `dicts[i - 1]`).
     dicts: Vec<Id>,
     /// pack id → size, as the index recorded it
@@ -260,11 +275,23 @@ pub struct MasterIndex {
 
 impl MasterIndex {
     pub fn insert_pack(&mut self, p: &IndexedPack) {
-        self.packs.insert(p.id, p.size);
+        let mut number = None;
+        if self.packs.insert(p.id, p.size).is_some() {
+            // Listed again (by a second index object): slots already name
+            // it by its number.
+            number = self.pack_ids.iter().rposition(|x| *x == p.id);
+        }
+        let pack = match number {
+            Some(n) => n as u32,
+            None => {
+                self.pack_ids.push(p.id);
+                (self.pack_ids.len() - 1) as u32
+            }
+        };
         for e in &p.entries {
             let dict = e.dict.map_or(0, |d| self.dict_slot(d));
-            self.blobs.entry(e.id).or_insert(BlobLocation {
-                pack: p.id,
+            self.blobs.entry(e.id).or_insert(Slot {
+                pack,
                 kind: e.kind,
                 offset: e.offset,
                 stored_len: e.stored_len,
@@ -284,6 +311,17 @@ impl MasterIndex {
         }
     }
 
+    fn location(&self, s: &Slot) -> BlobLocation {
+        BlobLocation {
+            pack: self.pack_ids[s.pack as usize],
+            kind: s.kind,
+            offset: s.offset,
+            stored_len: s.stored_len,
+            raw_len: s.raw_len,
+            dict: s.dict,
+        }
+    }
+
     /// The dictionary a location names, if any.
     pub fn dict_of(&self, loc: &BlobLocation) -> Option<Id> {
         match loc.dict {
@@ -297,8 +335,8 @@ impl MasterIndex {
         &self.dicts
     }
 
-    pub fn get(&self, id: &Id) -> Option<&BlobLocation> {
-        self.blobs.get(id)
+    pub fn get(&self, id: &Id) -> Option<BlobLocation> {
+        self.blobs.get(id).map(|s| self.location(s))
     }
 
     pub fn contains(&self, id: &Id) -> bool {
@@ -313,14 +351,66 @@ impl MasterIndex {
         self.blobs.len()
     }
 
-    pub fn blobs(&self) -> impl Iterator<Item = (&Id, &BlobLocation)> {
-        self.blobs.iter()
+    pub fn blobs(&self) -> impl Iterator<Item = (&Id, BlobLocation)> {
+        self.blobs.iter().map(|(id, s)| (id, self.location(s)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The master index holds a pack number per blob, not the pack's id:
+    /// 20 bytes a blob besides its id (was 48), and every location still
+    /// names its pack, also when a pack is listed by two index objects.
+    #[test]
+    fn index_slots_name_their_pack_by_number_and_locations_give_its_id() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 20,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+        let entry = |name: &[u8], offset| PackEntry {
+            kind: BlobKind::Data,
+            id: Id::of(name),
+            offset,
+            stored_len: 10,
+            raw_len: 20,
+            dict: None,
+        };
+        let p1 = IndexedPack {
+            id: Id::of(b"pack1"),
+            size: 100,
+            entries: vec![entry(b"a", 0), entry(b"b", 10)],
+        };
+        let p2 = IndexedPack {
+            id: Id::of(b"pack2"),
+            size: 50,
+            entries: vec![entry(b"c", 0)],
+        };
+        let mut m = MasterIndex::default();
+        m.insert_pack(&p1);
+        m.insert_pack(&p2);
+        // Listed again by another index object, with a blob more.
+        let mut again = p1.clone();
+        again.entries.push(entry(b"d", 20));
+        m.insert_pack(&again);
+        assert_eq!(m.pack_ids.len(), 2, "one number per pack");
+        for (blob, pack, offset) in [
+            (b"a", &p1, 0),
+            (b"b", &p1, 10),
+            (b"c", &p2, 0),
+            (b"d", &p1, 20),
+        ] {
+            let l = m.get(&Id::of(blob)).expect("indexed");
+            assert_eq!(
+                (l.pack, l.offset, l.stored_len, l.raw_len),
+                (pack.id, offset, 10, 20)
+            );
+        }
+        assert_eq!(m.blobs().filter(|(_, l)| l.pack == p1.id).count(), 3);
+        assert_eq!(m.packs().len(), 2);
+    }
 
     #[test]
     fn roundtrip_and_corruption() {
@@ -396,8 +486,8 @@ mod tests {
             m.insert_pack(p);
         }
         let loc = m.get(&Id::of(b"a")).expect("a");
-        assert_eq!(m.dict_of(loc), Some(d));
-        assert_eq!(m.dict_of(m.get(&Id::of(b"c")).expect("c")), None);
+        assert_eq!(m.dict_of(&loc), Some(d));
+        assert_eq!(m.dict_of(&m.get(&Id::of(b"c")).expect("c")), None);
         assert_eq!(m.dicts(), &[d]);
     }
 }

@@ -469,7 +469,7 @@ impl Repository {
         let stored = self
             .store
             .get_range(&key, loc.offset as u64, loc.stored_len as u64)?;
-        self.open_located(index, id, loc, &stored, &key)
+        self.open_located(index, id, &loc, &stored, &key)
     }
 
     /// Opens a blob's stored bytes as its index location describes them:

@@ -885,7 +885,7 @@ fn plan_reads<T>(
     let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation, T)>> = HashMap::new();
     for (id, t) in wants {
         let loc = index.get(&id).ok_or_else(|| missing_chunk(&id, place))?;
-        by_pack.entry(loc.pack).or_default().push((id, *loc, t));
+        by_pack.entry(loc.pack).or_default().push((id, loc, t));
     }
     let mut reads: Vec<RangeRead<T>> = Vec::new();
     for (pack, mut blobs) in by_pack {

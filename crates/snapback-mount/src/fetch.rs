@@ -424,7 +424,7 @@ impl Fetcher {
             .iter()
             .enumerate()
             .filter(|(i, _)| out[*i].is_none())
-            .filter_map(|(i, id)| index.get(id).map(|l| (i, *l)))
+            .filter_map(|(i, id)| index.get(id).map(|l| (i, l)))
             .collect();
         let pack = need.first().map(|(_, l)| l.pack);
         let complete = need.len() == out.iter().filter(|o| o.is_none()).count();
@@ -632,7 +632,7 @@ fn group_by_pack(
     let mut groups: Vec<Vec<(Id, Arc<Slot>)>> = Vec::new();
     let mut cur: Option<(Id, u64, u64)> = None; // pack, start, end
     for (id, slot) in chunks {
-        let loc = index.get(&id).copied();
+        let loc = index.get(&id);
         let extend = match (&cur, &loc) {
             (Some((pack, start, end)), Some(l)) => {
                 let off = l.offset as u64;
