@@ -8,40 +8,12 @@ use snapback_storage::{LocalStore, Store};
 
 use crate::cli::Global;
 
-/// Where a repository is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RepoUrl {
-    Local(std::path::PathBuf),
-    S3 { bucket: String, prefix: String },
-}
+pub use snapback_s3::RepoUrl;
 
+/// `--repo` parsed: snapback-s3's `parse_repo_url`, the one parser of
+/// repository URLs (the VFS's `repo=` uses it too).
 pub fn parse(url: &str) -> anyhow::Result<RepoUrl> {
-    let url = url.trim();
-    if url.is_empty() {
-        bail!("the repository URL is empty; give --repo PATH, --repo file:///PATH or --repo s3://BUCKET/PREFIX");
-    }
-    // `s3:/b/p`, `s3:b/p`, `S3://b/p`: an S3 URL mistyped, never a local
-    // directory named `s3:` (that would silently ignore --s3-endpoint).
-    if url.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("s3:")) && !url.starts_with("s3://") {
-        let rest = url[3..].trim_start_matches('/');
-        bail!(
-            "invalid repository URL '{url}': an S3 repository is written s3://BUCKET/PREFIX (two slashes, lowercase s3), e.g. s3://{rest}; for a local directory whose name starts with 's3:', write ./{url}"
-        );
-    }
-    if url.starts_with("s3://") {
-        let (bucket, prefix) = snapback_s3::parse_s3_url(url)?;
-        return Ok(RepoUrl::S3 { bucket, prefix });
-    }
-    if let Some(rest) = url.strip_prefix("file://") {
-        if !rest.starts_with('/') {
-            bail!("invalid repository URL '{url}': a file URL needs an absolute path, like file:///var/backups/repo");
-        }
-        return Ok(RepoUrl::Local(rest.into()));
-    }
-    if let Some((scheme, _)) = url.split_once("://") {
-        bail!("unsupported repository URL scheme '{scheme}://' in '{url}'; use a local path, file:// or s3://");
-    }
-    Ok(RepoUrl::Local(url.into()))
+    snapback_s3::parse_repo_url(url).map_err(anyhow::Error::msg)
 }
 
 fn repo_arg(g: &Global) -> anyhow::Result<&str> {

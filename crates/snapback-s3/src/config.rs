@@ -351,3 +351,41 @@ mod tests {
         assert!(c.validate().is_err(), "parts above the threshold");
     }
 }
+
+/// Where a repository is: what `--repo` (and the VFS's `repo=`) names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoUrl {
+    Local(std::path::PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+/// Parses a repository URL: a local path, `file:///PATH` or
+/// `s3://BUCKET/PREFIX`. The error says what is wrong and what to write.
+pub fn parse_repo_url(url: &str) -> Result<RepoUrl, String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err("the repository URL is empty; give --repo PATH, --repo file:///PATH or --repo s3://BUCKET/PREFIX".into());
+    }
+    // `s3:/b/p`, `s3:b/p`, `S3://b/p`: an S3 URL mistyped, never a local
+    // directory named `s3:` (that would silently ignore --s3-endpoint).
+    if url.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("s3:")) && !url.starts_with("s3://") {
+        let rest = url[3..].trim_start_matches('/');
+        return Err(format!(
+            "invalid repository URL '{url}': an S3 repository is written s3://BUCKET/PREFIX (two slashes, lowercase s3), e.g. s3://{rest}; for a local directory whose name starts with 's3:', write ./{url}"
+        ));
+    }
+    if url.starts_with("s3://") {
+        let (bucket, prefix) = parse_s3_url(url).map_err(|e| e.to_string())?;
+        return Ok(RepoUrl::S3 { bucket, prefix });
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(format!("invalid repository URL '{url}': a file URL needs an absolute path, like file:///var/backups/repo"));
+        }
+        return Ok(RepoUrl::Local(rest.into()));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(format!("unsupported repository URL scheme '{scheme}://' in '{url}'; use a local path, file:// or s3://"));
+    }
+    Ok(RepoUrl::Local(url.into()))
+}

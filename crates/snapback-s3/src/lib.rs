@@ -46,5 +46,5 @@ mod store;
 #[cfg(feature = "fault-proxy")]
 pub mod testing;
 
-pub use config::{parse_s3_url, S3Config, S3Credentials, Timeouts};
+pub use config::{parse_repo_url, parse_s3_url, RepoUrl, S3Config, S3Credentials, Timeouts};
 pub use store::S3Store;

@@ -3,34 +3,35 @@
 use std::sync::Arc;
 
 use snapback_core::{Error as CoreError, Passphrase};
+use snapback_s3::{parse_repo_url, RepoUrl, S3Config, S3Store};
 use snapback_storage::{LocalStore, Store};
 
 use crate::point::UriParams;
 use crate::Error;
 
-/// The store behind `repo=`: a local path or `file:///PATH`.
-pub(crate) fn open(url: &str, _p: &UriParams) -> Result<Arc<dyn Store>, Error> {
-    if url.starts_with("s3://") || url.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("s3:")) {
-        return Err(Error::Input(format!(
-            "repo={url}: S3 repositories are not supported by the VFS in this build; open a local repository (a path or file:///PATH)"
-        )));
-    }
-    let path = match url.strip_prefix("file://") {
-        Some(rest) if rest.starts_with('/') => rest,
-        Some(_) => {
-            return Err(Error::Input(format!(
-                "repo={url}: a file URL needs an absolute path, like file:///var/backups/repo"
-            )))
+/// The store behind `repo=`, parsed as the CLI parses `--repo`
+/// (`snapback_s3::parse_repo_url`): a local path, `file:///PATH` or
+/// `s3://BUCKET/PREFIX`, with `s3_endpoint=URL` and `s3_path_style=1` for
+/// what the CLI's `--s3-endpoint` and `--s3-path-style` say.
+pub(crate) fn open(url: &str, p: &UriParams) -> Result<Arc<dyn Store>, Error> {
+    match parse_repo_url(url).map_err(|e| Error::Input(format!("repo={url}: {e}")))? {
+        RepoUrl::Local(path) => match LocalStore::open(&path) {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(e) if e.is_not_found() => Err(CoreError::NotARepository {
+                location: path.display().to_string(),
+            }
+            .into()),
+            Err(e) => Err(CoreError::Store(e).into()),
+        },
+        RepoUrl::S3 { .. } => {
+            let mut cfg = S3Config::from_url(url).map_err(CoreError::Store)?;
+            cfg.endpoint = p.s3_endpoint.clone().filter(|e| !e.is_empty());
+            cfg.path_style = matches!(
+                p.s3_path_style.as_deref().map(str::trim),
+                Some("1" | "true" | "yes" | "on")
+            );
+            Ok(Arc::new(S3Store::open(cfg).map_err(CoreError::Store)?))
         }
-        None => url,
-    };
-    match LocalStore::open(path) {
-        Ok(s) => Ok(Arc::new(s)),
-        Err(e) if e.is_not_found() => Err(CoreError::NotARepository {
-            location: path.to_string(),
-        }
-        .into()),
-        Err(e) => Err(CoreError::Store(e).into()),
     }
 }
 
