@@ -150,18 +150,21 @@ impl Repository {
         let mut guard = self.index.write().map_err(|_| poisoned())?;
         // Not loaded yet: the first use loads every index object, this one
         // too.
-        let Some(cur) = guard.as_deref() else {
+        let Some(cur) = guard.as_mut() else {
             return Ok(());
         };
         if cur.index_keys.iter().any(|k| k == key) {
             return Ok(());
         }
-        let mut idx = cur.clone();
+        // In place when no reader holds the loaded index any more (a
+        // snapshot lets go of its own first): a copy of the whole index,
+        // one entry per blob of the repository, is what learning cost
+        // otherwise.
+        let idx = Arc::make_mut(cur);
         for p in packs {
             idx.insert_pack(p);
         }
         idx.index_keys.push(key.to_string());
-        *guard = Some(Arc::new(idx));
         Ok(())
     }
 
