@@ -1382,7 +1382,7 @@ impl Repository {
             .enumerate()
             .flat_map(|(i, p)| p.entries.iter().map(move |e| (e.id, i as u32)))
             .collect();
-        new.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        new.sort_unstable_by_key(|a| a.0);
         let new_pack_of = |id: &Id| {
             new.binary_search_by(|(x, _)| x.cmp(id))
                 .ok()
