@@ -39,3 +39,4 @@ mod verify_live;
 mod watch;
 mod watch_batch;
 mod watch_forget;
+mod watch_spool;

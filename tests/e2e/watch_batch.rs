@@ -21,7 +21,7 @@ use crate::watch::{
 
 /// Points as `snapshots --points --json` lists them: (name, time, entry),
 /// oldest first.
-fn listed(json: &str) -> Vec<(String, i128, serde_json::Value)> {
+pub(crate) fn listed(json: &str) -> Vec<(String, i128, serde_json::Value)> {
     let v: serde_json::Value = serde_json::from_str(json).expect("json");
     let mut pts: Vec<_> = v
         .as_array()
@@ -76,7 +76,7 @@ fn run_writer_under(
 /// Every point (at most `limit`, spread over the run) restores to a bank
 /// holding every transfer committed before it and none begun after it; the
 /// newest holds them all.
-fn every_point_holds_exactly_what_was_committed_before_it(
+pub(crate) fn every_point_holds_exactly_what_was_committed_before_it(
     pts: &[(String, i128, serde_json::Value)],
     log: &[Logged],
     restore: &dyn Fn(&str, &Path),
@@ -248,7 +248,7 @@ fn watch_on_s3_batches_points_per_upload_interval_and_every_point_restores_exact
     assert_eq!(upload_ms, 10_000);
 }
 
-fn walk_json(dir: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn walk_json(dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {
         return out;

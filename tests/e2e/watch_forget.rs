@@ -21,18 +21,30 @@ use crate::watch::{
 
 /// A running watcher, SIGKILLed if the test ends without stopping it (an
 /// orphan would keep its lock and its inherited descriptors).
-struct Watcher(Option<Child>);
+pub(crate) struct Watcher(pub(crate) Option<Child>);
 
 impl Watcher {
-    fn start(cmd: Command) -> Watcher {
+    pub(crate) fn start(cmd: Command) -> Watcher {
         Watcher(Some(spawn(cmd)))
     }
 
     /// SIGTERM, then its output.
-    fn stop(mut self) -> Out {
+    pub(crate) fn stop(mut self) -> Out {
         let child = self.0.take().expect("running");
         signal(&child, "TERM");
         wait_out(child, Duration::from_secs(60))
+    }
+
+    /// SIGKILL, then its output.
+    pub(crate) fn kill(mut self) -> Out {
+        let child = self.0.take().expect("running");
+        signal(&child, "KILL");
+        wait_out(child, Duration::from_secs(60))
+    }
+
+    /// Its output once it exits on its own (within `limit`).
+    pub(crate) fn exits(mut self, limit: Duration) -> Out {
+        wait_out(self.0.take().expect("running"), limit)
     }
 }
 
@@ -46,10 +58,13 @@ impl Drop for Watcher {
 }
 
 /// Signals a thread to stop and joins it, also when the test fails.
-struct Stopping(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+pub(crate) struct Stopping(
+    pub(crate) Arc<AtomicBool>,
+    pub(crate) Option<std::thread::JoinHandle<()>>,
+);
 
 impl Stopping {
-    fn join(mut self) {
+    pub(crate) fn join(mut self) {
         self.0.store(true, Ordering::Relaxed);
         if let Some(h) = self.1.take() {
             h.join().expect("thread");

@@ -215,7 +215,15 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
     let mut resumed_spool = false;
     if let Some(root) = &state_dir {
         for w in &mut watched {
-            resumed_spool |= resume(&repo, root, w)?;
+            w.batch
+                .load_spool()
+                .with_context(|| format!("cannot watch {}", w.path.display()))?;
+            match resume(&repo, root, w) {
+                Ok(spooled) => resumed_spool |= spooled,
+                Err(e) => {
+                    tracing::warn!(path = %w.path.display(), error = %e, "cannot read the repository to continue from the newest point (retried at the next tick when points are spooled)")
+                }
+            }
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -416,19 +424,14 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
 
 /// Picks up where the previous watcher of `w` left off (see
 /// `Batcher::resume`), and says so in the log; true when spooled points
-/// are pending. A spool that cannot be read is an error: the watcher does
-/// not start.
-fn resume(repo: &Repository, root: &std::path::Path, w: &mut Watched) -> anyhow::Result<bool> {
-    let r = match w.batch.resume(repo, root) {
-        Ok(r) => r,
-        Err(e) if e.kind() == snapback_core::Kind::Damaged && w.batch.spool_path().is_some() => {
-            return Err(anyhow::Error::new(e).context(format!("cannot watch {}", w.path.display())))
-        }
-        Err(e) => {
-            tracing::warn!(path = %w.path.display(), error = %e, "cannot read the repository to continue from the newest point; the next point is a new base manifest");
-            return Ok(false);
-        }
-    };
+/// are pending. An error (the repository cannot be read) is retried at
+/// the next tick while spooled points wait (`Batcher::spool_waits`).
+fn resume(
+    repo: &Repository,
+    root: &std::path::Path,
+    w: &mut Watched,
+) -> snapback_core::Result<bool> {
+    let r = w.batch.resume(repo, root)?;
     let t = snapback_core::time::format_rfc3339_nanos;
     match r {
         Resumed::Nothing(why) => {
@@ -673,6 +676,18 @@ fn tick(
     };
     if !pinned {
         w.session = new_session();
+    }
+    // Spooled points the start could not make pending yet go first: no
+    // point is taken before them.
+    if w.batch.spool_waits() {
+        if let Some(root) = state_dir {
+            resume(repo, root, w).with_context(|| {
+                format!(
+                    "cannot continue from the points spooled for {}; nothing is taken until then",
+                    w.path.display()
+                )
+            })?;
+        }
     }
     let sig = Signature::take(&w.path, w.wal_mode);
     if first && w.batch.pending().is_empty() {

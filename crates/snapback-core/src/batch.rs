@@ -38,7 +38,7 @@ use crate::manifest::{Chunking, FileKind, Manifest};
 use crate::repo::Repository;
 use crate::segment::{replay, Point, Segment};
 use crate::snapshot::{apply_delta, SnapshotOptions, SnapshotReport};
-use crate::spool::{Appended, BatchHead, Spool, SpoolPoint};
+use crate::spool::{Appended, Batch, BatchHead, Spool, SpoolPoint};
 use crate::sqlite::{journal_mode_of_header, Capture};
 use crate::timeline::SegmentView;
 use crate::NoProgress;
@@ -260,6 +260,8 @@ pub struct Batcher {
     /// A pending point is not in the spool: no later one may be appended
     /// (the spool would have a gap) until an upload empties both.
     spool_gap: bool,
+    /// The batch read from the spool at start, until `resume` uses it.
+    loaded: Option<Batch>,
 }
 
 /// What [`Batcher::resume`] found to continue from.
@@ -302,7 +304,23 @@ impl Batcher {
             spool: None,
             spool_max: u64::MAX,
             spool_gap: false,
+            loaded: None,
         }
+    }
+
+    /// Reads the spool the previous watcher left (a torn last record is
+    /// cut off; a damaged record is an error), for `resume`.
+    pub fn load_spool(&mut self) -> Result<()> {
+        if let Some(s) = self.spool.as_mut() {
+            self.loaded = s.load()?;
+        }
+        Ok(())
+    }
+
+    /// True while spooled points read by `load_spool` wait for `resume`:
+    /// no point may be taken before they are pending again.
+    pub fn spool_waits(&self) -> bool {
+        self.loaded.is_some()
     }
 
     /// Why the image in memory was dropped at the last upload, when its
@@ -447,11 +465,7 @@ impl Batcher {
     /// manifest. An error (the repository cannot be read) leaves nothing
     /// resumed, and may be retried.
     pub fn resume(&mut self, repo: &Repository, state_dir: &Path) -> Result<Resumed> {
-        let batch = match self.spool.as_mut() {
-            Some(s) => s.load()?,
-            None => None,
-        };
-        if let Some(b) = batch {
+        if let Some(b) = self.loaded.take() {
             let (first, last) = match (b.points.first(), b.points.last()) {
                 (Some(f), Some(l)) => (f.point.time, l.point.time),
                 _ => return Ok(Resumed::Nothing("the spool is empty".into())),
@@ -468,7 +482,10 @@ impl Batcher {
                         torn_bytes: b.torn_bytes,
                     });
                 }
-                Err(Unusable::Retry(e)) => return Err(e),
+                Err(Unusable::Retry(e)) => {
+                    self.loaded = Some(b);
+                    return Err(e);
+                }
                 Err(Unusable::Why(why)) => {
                     let aside = match self.spool.as_mut() {
                         Some(s) => s.set_aside()?,

@@ -1,0 +1,367 @@
+//! `snapback watch`'s local spool (docs/watch.md, "The spool"): points
+//! taken while the repository cannot be written wait on local disk; a
+//! watcher SIGKILLed then, or stopped by a full spool (`--spool-max`, exit
+//! 7), loses none of them: the next one uploads them first and goes on
+//! without a gap or a duplicate. A torn last spool record is dropped; a
+//! damaged one stops the watcher before it reads anything.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use snapback_s3::testing::fault_proxy::{Fault, FaultProxy, Match};
+use snapback_testkit::Env;
+
+use crate::s3::S3Repo;
+use crate::watch::{create_bank, now_ns, transfers_of, writer, Logged};
+use crate::watch_batch::{
+    every_point_holds_exactly_what_was_committed_before_it, listed, walk_json,
+};
+use crate::watch_forget::{Stopping, Watcher};
+
+/// The only watch status report under the state home `state`.
+fn status_in(state: &Path) -> Option<serde_json::Value> {
+    walk_json(&state.join("snapback").join("watch")).pop()
+}
+
+fn wait_for(
+    state: &Path,
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = status_in(state).filter(|s| ok(s)) {
+            return s;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no watch status with {what}: {:?}",
+            status_in(state)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every batch file under the state home's spool directory.
+fn spool_files(state: &Path) -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.file_name().is_some_and(|n| n == "points.spool") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(&state.join("snapback").join("spool"), &mut out);
+    out
+}
+
+/// The bank writer, stopped and joined when dropped.
+fn start_writer(db: &Path, seed: u64) -> (Stopping, Arc<Mutex<Vec<Logged>>>) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let h = writer(db, stop.clone(), log.clone(), seed);
+    (Stopping(stop, Some(h)), log)
+}
+
+/// Listed points: strictly increasing times (no point twice).
+fn assert_no_duplicate(pts: &[(String, i128, serde_json::Value)], ctx: &str) {
+    for w in pts.windows(2) {
+        assert!(
+            w[0].1 < w[1].1,
+            "{ctx}: two points at one time ({} and {}): a duplicate",
+            w[0].0,
+            w[1].0
+        );
+    }
+}
+
+fn s3_watch(r: &S3Repo, proxy: &FaultProxy, args: &[&str]) -> Command {
+    let mut c = r.cmd(args, Some(proxy));
+    c.env("XDG_STATE_HOME", r.path("state"));
+    c
+}
+
+#[test]
+fn a_watcher_killed_while_s3_is_down_uploads_every_spooled_point_when_restarted_without_gaps_or_duplicates(
+) {
+    let r = S3Repo::new();
+    let db = r.path("bank.db");
+    create_bank(&db);
+    let db_s = db.to_str().expect("utf8");
+    let state = r.path("state");
+    let proxy = FaultProxy::start(&snapback_testkit::s3::server().endpoint).expect("proxy");
+    let args = [
+        "--json",
+        "-v",
+        "watch",
+        db_s,
+        "--interval",
+        "200ms",
+        "--upload-interval",
+        "1s",
+    ];
+    let first = Watcher::start(s3_watch(&r, &proxy, &args));
+    let (w, log) = start_writer(&db, 0x5B001);
+    wait_for(&state, "a durable point", Duration::from_secs(30), |s| {
+        !s["durable"].is_null()
+    });
+    // S3 goes down: every PUT fails, half of them by a dropped connection.
+    let outage_start = now_ns();
+    proxy.inject_always(Match::method("PUT"), Fault::status(500, "InternalError"));
+    let s = wait_for(&state, "spooled points", Duration::from_secs(30), |s| {
+        s["pending_points"].as_u64().unwrap_or(0) >= 5 && s["spool_bytes"].as_u64().unwrap_or(0) > 0
+    });
+    assert!(
+        s["last_upload_error"]["message"].is_string(),
+        "the failing upload is in the status: {s}"
+    );
+    let pending = s["pending_points"].as_u64().expect("pending");
+    let kill_at = now_ns();
+    let out = first.kill();
+    assert_eq!(
+        spool_files(&state).len(),
+        1,
+        "the spool is on disk: {out:?}"
+    );
+    // While no watcher runs, the application checkpoints the WAL away: the
+    // restarted watcher cannot continue by delta after its spooled points.
+    let c = Connection::open(&db).expect("open");
+    c.busy_timeout(Duration::from_secs(10)).expect("busy");
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .expect("checkpoint");
+    drop(c);
+    // S3 is back, but its first answers are cut short or lost.
+    proxy.clear();
+    let fired = proxy.faults_fired();
+    proxy.inject(Match::method("GET"), Fault::TruncateBody { keep: 10 }, 2);
+    proxy.inject(Match::method("PUT"), Fault::DropResponse, 1);
+    let second = Watcher::start(s3_watch(&r, &proxy, &args));
+    std::thread::sleep(Duration::from_secs(3));
+    w.join();
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = second.stop();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("uploaded first"),
+        "the spooled points were found: {}",
+        out.stderr
+    );
+    assert!(spool_files(&state).is_empty(), "the spool was emptied");
+    assert!(
+        proxy.faults_fired() >= fired + 2,
+        "the faults after the restart fired"
+    );
+    let pts = listed(&r.ok(&["--json", "snapshots", "--points"]));
+    assert_no_duplicate(&pts, "after the restart");
+    let spooled = pts
+        .iter()
+        .filter(|p| p.1 > outage_start && p.1 < kill_at)
+        .count() as u64;
+    assert!(
+        spooled >= pending,
+        "the {pending} points spooled before the kill are in the repository ({spooled} in the outage)"
+    );
+    let log = log.lock().expect("log").clone();
+    let restore = |id: &str, dest: &Path| {
+        r.ok(&["restore", id, dest.to_str().expect("utf8")]);
+    };
+    every_point_holds_exactly_what_was_committed_before_it(&pts, &log, &restore, &r.path(""), 10);
+    let out = r.run(&["check"], None);
+    assert!(
+        out.status.success(),
+        "check: {}",
+        snapback_testkit::stderr(&out)
+    );
+}
+
+/// A watcher on a local repository that uploads only every minute, killed
+/// once the writer stopped and it spooled some points: the state home and
+/// how many points are spooled.
+fn killed_with_a_spool(env: &Env, db: &Path) -> u64 {
+    let db_s = db.to_str().expect("utf8");
+    let state = env.path("xdg-state");
+    let first = Watcher::start(env.cmd(&[
+        "--json",
+        "watch",
+        db_s,
+        "--interval",
+        "200ms",
+        "--upload-interval",
+        "60s",
+    ]));
+    wait_for(&state, "a durable point", Duration::from_secs(30), |s| {
+        !s["durable"].is_null()
+    });
+    let (w, _log) = start_writer(db, 0x70A4);
+    wait_for(&state, "spooled points", Duration::from_secs(30), |s| {
+        s["pending_points"].as_u64().unwrap_or(0) >= 4
+    });
+    w.join();
+    std::thread::sleep(Duration::from_millis(600));
+    let s = status_in(&state).expect("status");
+    let out = first.kill();
+    assert_eq!(spool_files(&state).len(), 1, "{out:?}");
+    s["pending_points"].as_u64().expect("pending")
+}
+
+#[test]
+fn a_torn_last_spool_record_is_dropped_and_a_damaged_one_stops_the_watcher() {
+    let env = Env::new();
+    let db = env.path("bank.db");
+    create_bank(&db);
+    let state = env.path("xdg-state");
+    let pending = killed_with_a_spool(&env, &db);
+    let file = spool_files(&state).pop().expect("spool");
+    let good = std::fs::read(&file).expect("read");
+    let db_s = db.to_str().expect("utf8");
+    let args = ["--json", "watch", db_s, "--interval", "200ms"];
+
+    // A byte of the first point (not the last record) flipped: the watcher
+    // does not start, says what to do, and leaves the file as it is.
+    let head_len = u32::from_le_bytes(good[12..16].try_into().expect("4 bytes")) as usize;
+    let header = 12 + 8 + head_len + 32;
+    let mut bad = good.clone();
+    bad[header + 40] ^= 0x10;
+    std::fs::write(&file, &bad).expect("damage");
+    let out = Watcher::start(env.cmd(&args)).exits(Duration::from_secs(30));
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("spool is damaged") && out.stderr.contains("move the file aside"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&file).expect("read"), bad, "nothing was cut");
+
+    // The last record torn (the watcher killed while writing it): dropped
+    // with a warning; every other spooled point is uploaded, and the next
+    // point holds what the torn one held.
+    std::fs::write(&file, &good[..good.len() - 10]).expect("tear");
+    let before = listed(&env.ok(&["--json", "snapshots", "--points"])).len() as u64;
+    let second = Watcher::start(env.cmd(&args));
+    wait_for(&state, "an upload", Duration::from_secs(30), |s| {
+        s["pending_points"] == 0 && !s["durable"].is_null()
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = second.stop();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("ended inside a record"),
+        "{}",
+        out.stderr
+    );
+    let pts = listed(&env.ok(&["--json", "snapshots", "--points"]));
+    assert_no_duplicate(&pts, "after the torn record");
+    assert_eq!(
+        pts.len() as u64,
+        before + (pending - 1) + 1,
+        "the spooled points but the torn one, then one point of what it held: {:?}",
+        pts.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    let dest = env.path("latest.db");
+    env.ok(&["restore", "latest", dest.to_str().expect("utf8")]);
+    let (live, _) = transfers_of(&db);
+    assert_eq!(
+        transfers_of(&dest).0,
+        live,
+        "the newest point holds every transfer"
+    );
+    assert!(spool_files(&state).is_empty());
+}
+
+#[test]
+fn a_full_spool_stops_the_watcher_with_exit_7_keeping_the_spool_and_never_blocking_the_writer() {
+    let r = S3Repo::new();
+    let db = r.path("bank.db");
+    create_bank(&db);
+    let db_s = db.to_str().expect("utf8");
+    let state = r.path("state");
+    let proxy = FaultProxy::start(&snapback_testkit::s3::server().endpoint).expect("proxy");
+    let args = [
+        "--json",
+        "watch",
+        db_s,
+        "--interval",
+        "100ms",
+        "--upload-interval",
+        "1s",
+        "--spool-max",
+        "48K",
+    ];
+    let first = Watcher::start(s3_watch(&r, &proxy, &args));
+    wait_for(&state, "a durable point", Duration::from_secs(30), |s| {
+        !s["durable"].is_null()
+    });
+    assert_eq!(status_in(&state).expect("status")["spool_limit"], 48 * 1024);
+    proxy.inject_always(Match::method("PUT"), Fault::status(503, "SlowDown"));
+    let outage_start = now_ns();
+    let (w, log) = start_writer(&db, 0xF011);
+    let out = first.exits(Duration::from_secs(60));
+    let stopped_at = now_ns();
+    assert_eq!(out.code, 7, "{out:?}");
+    assert!(
+        out.stderr.contains("the local spool is full") && out.stderr.contains("--spool-max"),
+        "{}",
+        out.stderr
+    );
+    let s = status_in(&state).expect("status");
+    assert!(
+        s["stopped"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spool")),
+        "{s}"
+    );
+    let file = spool_files(&state).pop().expect("the spool is kept");
+    let size = std::fs::metadata(&file).expect("meta").len();
+    assert!(size > 0 && size <= 48 * 1024, "{size} bytes");
+    // The writer went on committing all along, and the watcher left
+    // nothing that holds the WAL back: a TRUNCATE checkpoint completes.
+    let n0 = log.lock().expect("log").len();
+    std::thread::sleep(Duration::from_millis(500));
+    let n1 = log.lock().expect("log").len();
+    assert!(n1 > n0, "the writer commits after the watcher stopped");
+    let c = Connection::open(&db).expect("open");
+    c.busy_timeout(Duration::from_secs(10)).expect("busy");
+    w.join();
+    let busy: i64 = c
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .expect("checkpoint");
+    assert_eq!(busy, 0, "the checkpoint completes");
+    drop(c);
+    let mut st = r.cmd(&["--json", "status"], None);
+    st.env("XDG_STATE_HOME", r.path("state"));
+    let out = st.output().expect("status");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the watcher stopped at"),
+        "status shows the stopped watcher: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // With S3 back, the next watcher uploads the spool first.
+    proxy.clear();
+    let second = Watcher::start(s3_watch(&r, &proxy, &args));
+    wait_for(&state, "the spool uploaded", Duration::from_secs(30), |s| {
+        s["stopped"].is_null() && s["pending_points"] == 0 && s["spool_bytes"] == 0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = second.stop();
+    assert_eq!(out.code, 0, "{out:?}");
+    let pts = listed(&r.ok(&["--json", "snapshots", "--points"]));
+    assert_no_duplicate(&pts, "after the full spool");
+    assert!(
+        pts.iter()
+            .any(|p| p.1 > outage_start && p.1 < stopped_at && p.0.contains('/')),
+        "points spooled before the stop are in the repository"
+    );
+    let log = log.lock().expect("log").clone();
+    let restore = |id: &str, dest: &Path| {
+        r.ok(&["restore", id, dest.to_str().expect("utf8")]);
+    };
+    every_point_holds_exactly_what_was_committed_before_it(&pts, &log, &restore, &r.path(""), 6);
+}
