@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::id::Id;
+use crate::id::{Id, IdMap};
 use crate::pack::{dict_of_slot, BlobKind, PackEntry};
 
 const INDEX_MAGIC: &[u8; 8] = b"SNBIDX\x01\x00";
@@ -262,7 +262,7 @@ struct Slot {
 /// The in-memory union of every index object.
 #[derive(Debug, Default, Clone)]
 pub struct MasterIndex {
-    blobs: HashMap<Id, Slot>,
+    blobs: IdMap<Slot>,
     /// The packs that slots name (`pack` i = `pack_ids[i]`).
     pack_ids: Vec<Id>,
     /// The dictionaries that locations name (`dict` i = `dicts[i - 1]`).

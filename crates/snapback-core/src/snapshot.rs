@@ -27,7 +27,7 @@ use crate::capture_state::{self, CaptureState, StateLock, StatePaths};
 use crate::chunklist::{self, ChunkRef, PART_LEN};
 use crate::dict::Dict;
 use crate::error::{Error, FailedFile, Result, SourceProblem};
-use crate::id::{DbChecksum, Id};
+use crate::id::{DbChecksum, Id, IdSet};
 use crate::index::{encode_index, IndexedPack, MasterIndex};
 use crate::layout::{index_key, pack_key, snapshot_key};
 use crate::manifest::{
@@ -298,7 +298,7 @@ struct BlobSink<'a> {
     index: &'a MasterIndex,
     /// Every blob the manifest will reference, new or already stored (and
     /// so every blob queued: one set of ids per snapshot, not two).
-    referenced: HashSet<Id>,
+    referenced: IdSet,
     /// Snapshots whose database images are reused whole (unchanged files).
     reused_from: HashSet<Id>,
     pack: PackBuilder,
@@ -486,7 +486,7 @@ impl Repository {
         let rx = Arc::new(Mutex::new(rx));
         let store: &dyn Store = self.store().as_ref();
         let codec = self.codec();
-        type Referenced = (HashSet<Id>, HashSet<Id>);
+        type Referenced = (IdSet, HashSet<Id>);
         let mut pending: Vec<PendingState> = Vec::new();
         let files = std::thread::scope(|scope| -> Result<(Vec<FileEntry>, Referenced)> {
             let (done, stats) = (&done, &stats);
@@ -499,7 +499,7 @@ impl Repository {
             drop(rx);
             let mut sink = BlobSink {
                 index: &index,
-                referenced: HashSet::new(),
+                referenced: IdSet::default(),
                 reused_from: HashSet::new(),
                 pack: PackBuilder::new(),
                 codec,
@@ -1369,10 +1369,10 @@ impl Repository {
     /// (a lock from a paused host, or a clock far off).
     fn verify_referenced(
         &self,
-        referenced: &HashSet<Id>,
+        referenced: &IdSet,
         reused_from: &HashSet<Id>,
         new_packs: &[IndexedPack],
-    ) -> Result<HashSet<Id>> {
+    ) -> Result<IdSet> {
         let fresh = self.current_index()?;
         // The new blobs and their packs, sorted by id: 36 bytes a blob (a
         // map of id to pack id took a table of 64-byte slots, twice as
@@ -1391,7 +1391,7 @@ impl Repository {
         let present = self.present_packs()?;
         let mut unindexed = 0usize;
         let mut missing: Vec<Id> = Vec::new();
-        let mut needed: HashSet<Id> = HashSet::new();
+        let mut needed = IdSet::default();
         for id in referenced {
             match fresh.get(id).map(|l| l.pack).or_else(|| new_pack_of(id)) {
                 None => unindexed += 1,
@@ -1416,7 +1416,7 @@ impl Repository {
     /// found is still there, and so is every snapshot whose image is reused.
     fn verify_still_present(
         &self,
-        packs: &HashSet<Id>,
+        packs: &IdSet,
         reused_from: &HashSet<Id>,
         new_packs: &[IndexedPack],
     ) -> Result<()> {
