@@ -551,44 +551,113 @@ pub(crate) fn human_age(secs: Option<i64>) -> String {
 }
 
 pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
-    let max_age =
-        match (&a.max_age, &cfg.max_age) {
+    let limits = StatusLimits::of(cfg, &a)?;
+    let repo = open_repo(g)?;
+    let now = snapback_core::time::now();
+    let snaps = repo.snapshots()?;
+    let mut watchers = crate::status_watch::rows(&repo.config().repo_id, now)?;
+    // The newest of a row is the newest by trusted time (see `Dating`): a
+    // snapshot dated ahead of the store's clock or of its successor never
+    // passes for the newest, nor makes a stale source look fresh.
+    let dating = snapback_core::Dating::of(&snaps);
+    let newest_points = newest_points(&repo, &snaps, now)?;
+    let configured: Vec<String> = cfg
+        .sources
+        .iter()
+        .map(|s| s.path.to_string_lossy().into_owned())
+        .collect();
+    let by_source = rows_by_source(&snaps, &dating, now, &newest_points, &watchers, &configured);
+    let judge = Judge {
+        now,
+        dating: &dating,
+        limits: &limits,
+        configured: &configured,
+        newest_points: &newest_points,
+        snaps: &snaps,
+    };
+    let mut rows = vec![];
+    for ((source, host), (snap, future)) in &by_source {
+        let watch = host.as_ref().and_then(|h| {
+            watchers
+                .iter()
+                .position(|w| &w.report.path == source && &w.report.host == h)
+                .map(|i| watchers.swap_remove(i))
+        });
+        rows.push(judge.row(source, host, *snap, future, watch));
+    }
+    let checks = repo.last_checks()?;
+    let problem = rows.iter().any(|r| {
+        r.monitored
+            && (r.stale
+                || r.rpo_exceeded
+                || !r.future_snapshots.is_empty()
+                || r.watch.as_ref().is_some_and(|w| !w.problems.is_empty()))
+    }) || checks.failed();
+    if !g.quiet {
+        warn_status(&rows);
+    }
+
+    if let Some(target) = &a.prometheus {
+        let text = prometheus_text(&repo, &rows, &checks, snaps.len())?;
+        write_prometheus(target, &text)?;
+    } else if g.json {
+        print_json(&crate::json::Status {
+            ok: !problem,
+            sources: &rows,
+            checks: &checks,
+            last_check: checks.newest(),
+        })?;
+    } else {
+        print_status_table(&rows, &checks);
+    }
+    Ok(if problem { exit::PROBLEMS } else { exit::OK })
+}
+
+/// The bounds `status` judges by: `--max-age` (else the config's
+/// `max_age`), `--max-rpo`, and each configured source's `max_rpo`.
+struct StatusLimits {
+    max_age: Option<Duration>,
+    flag_rpo: Option<Duration>,
+    source_rpo: BTreeMap<String, Duration>,
+}
+
+impl StatusLimits {
+    fn of(cfg: &Config, a: &StatusArgs) -> anyhow::Result<StatusLimits> {
+        let max_age = match (&a.max_age, &cfg.max_age) {
             (Some(m), _) => Some(parse_duration(m)?),
             (None, Some(m)) => Some(parse_duration(m).context(
                 "invalid max_age in the config file (give --max-age, or fix the config)",
             )?),
             (None, None) => None,
         };
-    let flag_rpo = a.max_rpo.as_deref().map(parse_duration).transpose()?;
-    let mut source_rpo = BTreeMap::new();
-    for src in &cfg.sources {
-        if let Some(m) = &src.max_rpo {
-            let d = parse_duration(m).with_context(|| {
-                format!(
-                    "invalid max_rpo of source {} in the config file (give --max-rpo, or fix the config)",
-                    src.path.display()
-                )
-            })?;
-            source_rpo.insert(src.path.to_string_lossy().into_owned(), d);
+        let flag_rpo = a.max_rpo.as_deref().map(parse_duration).transpose()?;
+        let mut source_rpo = BTreeMap::new();
+        for src in &cfg.sources {
+            if let Some(m) = &src.max_rpo {
+                let d = parse_duration(m).with_context(|| {
+                    format!(
+                        "invalid max_rpo of source {} in the config file (give --max-rpo, or fix the config)",
+                        src.path.display()
+                    )
+                })?;
+                source_rpo.insert(src.path.to_string_lossy().into_owned(), d);
+            }
         }
+        Ok(StatusLimits {
+            max_age,
+            flag_rpo,
+            source_rpo,
+        })
     }
-    let repo = open_repo(g)?;
-    let now = snapback_core::time::now();
-    let snaps = repo.snapshots()?;
-    let mut watchers = crate::status_watch::rows(&repo.config().repo_id, now)?;
-    // One row per source path and host: each host's newest is judged on its
-    // own, so a host that stopped snapshotting is noticed.
-    type Row<'a> = (
-        Option<&'a snapback_core::Snapshot>,
-        Vec<&'a snapback_core::Snapshot>,
-    );
-    let mut by_source: BTreeMap<(String, Option<String>), Row> = BTreeMap::new();
-    // The newest of a row is the newest by trusted time (see `Dating`): a
-    // snapshot dated ahead of the store's clock or of its successor never
-    // passes for the newest, nor makes a stale source look fresh.
-    let dating = snapback_core::Dating::of(&snaps);
-    // The newest point of each timeline segment, per database path and the
-    // host of its base (points dated in the future are not counted).
+}
+
+/// The newest point of each timeline segment, per database path and the
+/// host of its base (points dated in the future are not counted).
+fn newest_points(
+    repo: &snapback_core::Repository,
+    snaps: &[snapback_core::Snapshot],
+    now: snapback_core::time::Timestamp,
+) -> anyhow::Result<BTreeMap<(String, String), snapback_core::time::Timestamp>> {
     let mut newest_points: BTreeMap<(String, String), snapback_core::time::Timestamp> =
         BTreeMap::new();
     let hosts: BTreeMap<_, _> = snaps.iter().map(|s| (s.id, &s.manifest.host)).collect();
@@ -607,7 +676,30 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
             .or_insert(last.time);
         *e = (*e).max(last.time);
     }
-    for s in &snaps {
+    Ok(newest_points)
+}
+
+/// A row's newest snapshot by trusted time, and its snapshots dated in
+/// the future.
+type SourceRow<'a> = (
+    Option<&'a snapback_core::Snapshot>,
+    Vec<&'a snapback_core::Snapshot>,
+);
+
+/// One row per source path and host: each host's newest is judged on its
+/// own, so a host that stopped snapshotting is noticed. Sources that only
+/// have timeline points or a watcher get a row, and so does each
+/// configured source that has nothing at all (host None).
+fn rows_by_source<'a>(
+    snaps: &'a [snapback_core::Snapshot],
+    dating: &snapback_core::Dating,
+    now: snapback_core::time::Timestamp,
+    newest_points: &BTreeMap<(String, String), snapback_core::time::Timestamp>,
+    watchers: &[crate::status_watch::WatchRow],
+    configured: &[String],
+) -> BTreeMap<(String, Option<String>), SourceRow<'a>> {
+    let mut by_source: BTreeMap<(String, Option<String>), SourceRow> = BTreeMap::new();
+    for s in snaps {
         for p in &s.manifest.paths {
             let row = by_source
                 .entry((p.clone(), Some(s.manifest.host.clone())))
@@ -619,33 +711,51 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    let configured: Vec<String> = cfg
-        .sources
-        .iter()
-        .map(|s| s.path.to_string_lossy().into_owned())
-        .collect();
     for (path, host) in newest_points.keys() {
         by_source
             .entry((path.clone(), Some(host.clone())))
             .or_default();
     }
-    for w in &watchers {
+    for w in watchers {
         by_source
             .entry((w.report.path.clone(), Some(w.report.host.clone())))
             .or_default();
     }
-    for c in &configured {
+    for c in configured {
         if !by_source.keys().any(|(p, _)| p == c) {
             by_source.insert((c.clone(), None), (None, vec![]));
         }
     }
-    let mut rows = vec![];
-    for ((source, host), (snap, future)) in &by_source {
-        let monitored = configured.is_empty() || configured.contains(source);
+    by_source
+}
+
+/// What a row of `status` is judged with.
+struct Judge<'a> {
+    now: snapback_core::time::Timestamp,
+    dating: &'a snapback_core::Dating,
+    limits: &'a StatusLimits,
+    configured: &'a [String],
+    newest_points: &'a BTreeMap<(String, String), snapback_core::time::Timestamp>,
+    snaps: &'a [snapback_core::Snapshot],
+}
+
+impl Judge<'_> {
+    /// The status of one source on one host: its newest snapshot, age,
+    /// RPO and the state they give.
+    fn row(
+        &self,
+        source: &String,
+        host: &Option<String>,
+        snap: Option<&snapback_core::Snapshot>,
+        future: &[&snapback_core::Snapshot],
+        watch: Option<crate::status_watch::WatchRow>,
+    ) -> SourceStatus {
+        let (now, dating) = (self.now, self.dating);
+        let monitored = self.configured.is_empty() || self.configured.contains(source);
         let age_ms = snap.map(|s| (now - dating.trusted(s)).whole_milliseconds().max(0));
         let age = age_ms.map(|a| (a / 1000) as i64);
         let stale = monitored
-            && match (max_age, age_ms) {
+            && match (self.limits.max_age, age_ms) {
                 (Some(m), Some(a)) => a > m.as_millis() as i128,
                 (Some(_), None) => true,
                 _ => false,
@@ -660,18 +770,17 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                     .sum()
             })
             .unwrap_or(0);
-        let segment_point = host
-            .as_ref()
-            .and_then(|h| newest_points.get(&(source.clone(), h.clone())).copied());
-        let newest_point = snap.map(|s| dating.trusted(s)).max(segment_point);
-        let watch = host.as_ref().and_then(|h| {
-            watchers
-                .iter()
-                .position(|w| &w.report.path == source && &w.report.host == h)
-                .map(|i| watchers.swap_remove(i))
+        let segment_point = host.as_ref().and_then(|h| {
+            self.newest_points
+                .get(&(source.clone(), h.clone()))
+                .copied()
         });
+        let newest_point = snap.map(|s| dating.trusted(s)).max(segment_point);
         let (rpo, rpo_basis) = rpo_of(newest_point, watch.as_ref(), now);
-        let max_rpo = flag_rpo.or_else(|| source_rpo.get(source).copied());
+        let max_rpo = self
+            .limits
+            .flag_rpo
+            .or_else(|| self.limits.source_rpo.get(source).copied());
         let rpo_exceeded = monitored
             && match (max_rpo, rpo) {
                 (Some(m), Some(r)) => r > m.as_secs_f64(),
@@ -694,7 +803,7 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
         } else {
             "ok"
         };
-        rows.push(SourceStatus {
+        SourceStatus {
             source: source.clone(),
             host: host.clone(),
             monitored,
@@ -713,21 +822,7 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
                     ahead_seconds: (s.time - now).whole_seconds(),
                 })
                 .collect(),
-            clock_ahead_snapshots: snaps
-                .iter()
-                .filter(|s| {
-                    s.manifest.host.as_str() == host.as_deref().unwrap_or("")
-                        && s.manifest.paths.contains(source)
-                })
-                .filter_map(|s| {
-                    dating.ahead(&s.id).map(|a| ClockAheadSnapshot {
-                        id: s.id.to_hex(),
-                        time: s.manifest.time.clone(),
-                        trusted_time: snapback_core::time::format_rfc3339(dating.trusted(s)),
-                        why: a.clone(),
-                    })
-                })
-                .collect(),
+            clock_ahead_snapshots: self.clock_ahead(source, host),
             rpo_seconds: rpo,
             rpo_basis,
             newest_point_time: newest_point.map(snapback_core::time::format_rfc3339),
@@ -735,116 +830,128 @@ pub fn status(g: &Global, cfg: &Config, a: StatusArgs) -> anyhow::Result<u8> {
             rpo_exceeded,
             watch,
             state: state.into(),
-        });
-    }
-    let checks = repo.last_checks()?;
-    let problem = rows.iter().any(|r| {
-        r.monitored
-            && (r.stale
-                || r.rpo_exceeded
-                || !r.future_snapshots.is_empty()
-                || r.watch.as_ref().is_some_and(|w| !w.problems.is_empty()))
-    }) || checks.failed();
-    if !g.quiet {
-        for r in &rows {
-            for f in &r.future_snapshots {
-                eprintln!(
-                    "warning: snapshot {} of {} from host {} is dated {}, {} ahead of this host's clock: that host's clock was ahead when it was taken. It is not counted as the newest; check the clock (NTP) of {}",
-                    &f.id[..8],
-                    r.source,
-                    r.host.as_deref().unwrap_or("?"),
-                    f.time,
-                    human_age(Some(f.ahead_seconds)),
-                    r.host.as_deref().unwrap_or("?")
-                );
-            }
-            if let Some(w) = &r.watch {
-                for p in w.problems.iter().chain(&w.warnings) {
-                    eprintln!("warning: {}: {p}", r.source);
-                }
-            }
-            for c in &r.clock_ahead_snapshots {
-                eprintln!(
-                    "warning: snapshot {} of {} from host {} is {}; it is judged as taken at {}. Check the clock (NTP) of {}",
-                    &c.id[..8],
-                    r.source,
-                    r.host.as_deref().unwrap_or("?"),
-                    c.why.describe(),
-                    c.trusted_time,
-                    r.host.as_deref().unwrap_or("?")
-                );
-            }
         }
     }
 
-    if let Some(target) = &a.prometheus {
-        let text = prometheus_text(&repo, &rows, &checks, snaps.len())?;
-        if target == "-" {
-            print!("{text}");
-        } else {
-            let path = PathBuf::from(target);
-            let tmp = path.with_extension("prom.tmp");
-            let mut f = std::fs::File::create(&tmp)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-                .with_context(|| format!("cannot move {} into place", path.display()))?;
-        }
-    } else if g.json {
-        print_json(&crate::json::Status {
-            ok: !problem,
-            sources: &rows,
-            checks: &checks,
-            last_check: checks.newest(),
-        })?;
-    } else {
-        println!(
-            "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10} {:>10}  state",
-            "source", "host", "snapshot", "time", "age", "size", "rpo"
-        );
-        for r in &rows {
-            println!(
-                "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10} {:>10}  {}",
+    /// The snapshots of `source` from `host` whose clock was ahead.
+    fn clock_ahead(&self, source: &String, host: &Option<String>) -> Vec<ClockAheadSnapshot> {
+        self.snaps
+            .iter()
+            .filter(|s| {
+                s.manifest.host.as_str() == host.as_deref().unwrap_or("")
+                    && s.manifest.paths.contains(source)
+            })
+            .filter_map(|s| {
+                self.dating.ahead(&s.id).map(|a| ClockAheadSnapshot {
+                    id: s.id.to_hex(),
+                    time: s.manifest.time.clone(),
+                    trusted_time: snapback_core::time::format_rfc3339(self.dating.trusted(s)),
+                    why: a.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The warnings of `status` on stderr: snapshots dated in the future or
+/// from a clock that was ahead, and what each watcher reports.
+fn warn_status(rows: &[SourceStatus]) {
+    for r in rows {
+        for f in &r.future_snapshots {
+            eprintln!(
+                "warning: snapshot {} of {} from host {} is dated {}, {} ahead of this host's clock: that host's clock was ahead when it was taken. It is not counted as the newest; check the clock (NTP) of {}",
+                &f.id[..8],
                 r.source,
-                r.host.as_deref().unwrap_or("-"),
-                r.last_snapshot.as_deref().map(|s| &s[..8]).unwrap_or("-"),
-                r.last_snapshot_time.as_deref().unwrap_or("never"),
-                human_age(r.age_seconds),
-                human_bytes(r.size),
-                human_rpo(r.rpo_seconds),
-                r.state
+                r.host.as_deref().unwrap_or("?"),
+                f.time,
+                human_age(Some(f.ahead_seconds)),
+                r.host.as_deref().unwrap_or("?")
             );
         }
-        for r in &rows {
-            if let Some(w) = &r.watch {
-                println!("watch {}: {}", r.source, crate::status_watch::summary(w));
+        if let Some(w) = &r.watch {
+            for p in w.problems.iter().chain(&w.warnings) {
+                eprintln!("warning: {}: {p}", r.source);
             }
         }
-        for (name, c, hint) in [
-            (
-                "structure",
-                &checks.structure,
-                "run `snapback check` from cron",
-            ),
-            (
-                "read-data",
-                &checks.read_data,
-                "run `snapback check --read-data` weekly",
-            ),
-        ] {
-            match c {
-                Some(c) => println!(
-                    "last check ({name}): {} at {} ({} problem(s))",
-                    if c.ok { "ok" } else { "FAILED" },
-                    c.time,
-                    c.problems
-                ),
-                None => println!("last check ({name}): never ({hint})"),
-            }
+        for c in &r.clock_ahead_snapshots {
+            eprintln!(
+                "warning: snapshot {} of {} from host {} is {}; it is judged as taken at {}. Check the clock (NTP) of {}",
+                &c.id[..8],
+                r.source,
+                r.host.as_deref().unwrap_or("?"),
+                c.why.describe(),
+                c.trusted_time,
+                r.host.as_deref().unwrap_or("?")
+            );
         }
     }
-    Ok(if problem { exit::PROBLEMS } else { exit::OK })
+}
+
+/// `--prometheus TARGET`: stdout for "-", else the file, replaced whole
+/// (written beside it, synced, then renamed over it).
+fn write_prometheus(target: &str, text: &str) -> anyhow::Result<()> {
+    if target == "-" {
+        print!("{text}");
+        return Ok(());
+    }
+    let path = PathBuf::from(target);
+    let tmp = path.with_extension("prom.tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("cannot move {} into place", path.display()))?;
+    Ok(())
+}
+
+/// The table `status` prints without `--json`: a line per row, a line per
+/// watcher, and the last checks.
+fn print_status_table(rows: &[SourceStatus], checks: &snapback_core::LastChecks) {
+    println!(
+        "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10} {:>10}  state",
+        "source", "host", "snapshot", "time", "age", "size", "rpo"
+    );
+    for r in rows {
+        println!(
+            "{:<40} {:<12} {:<10} {:<32} {:>10} {:>10} {:>10}  {}",
+            r.source,
+            r.host.as_deref().unwrap_or("-"),
+            r.last_snapshot.as_deref().map(|s| &s[..8]).unwrap_or("-"),
+            r.last_snapshot_time.as_deref().unwrap_or("never"),
+            human_age(r.age_seconds),
+            human_bytes(r.size),
+            human_rpo(r.rpo_seconds),
+            r.state
+        );
+    }
+    for r in rows {
+        if let Some(w) = &r.watch {
+            println!("watch {}: {}", r.source, crate::status_watch::summary(w));
+        }
+    }
+    for (name, c, hint) in [
+        (
+            "structure",
+            &checks.structure,
+            "run `snapback check` from cron",
+        ),
+        (
+            "read-data",
+            &checks.read_data,
+            "run `snapback check --read-data` weekly",
+        ),
+    ] {
+        match c {
+            Some(c) => println!(
+                "last check ({name}): {} at {} ({} problem(s))",
+                if c.ok { "ok" } else { "FAILED" },
+                c.time,
+                c.problems
+            ),
+            None => println!("last check ({name}): never ({hint})"),
+        }
+    }
 }
 
 /// The RPO at `now` and what it is measured from. The age of the newest
