@@ -22,7 +22,7 @@ use crate::layout::{
     check_key, check_kind_of_key, dict_id_from_key, dict_key, pack_id_from_key, pack_key,
     CHECK_PREFIX, DATA_PREFIX, DICT_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX, TIMELINE_PREFIX,
 };
-use crate::manifest::Manifest;
+use crate::manifest::{FileEntry, Manifest};
 use crate::pack::{open_blob, parse_header, parse_prefix};
 use crate::repo::Repository;
 use crate::segment::Segment;
@@ -170,6 +170,9 @@ impl LastChecks {
     }
 }
 
+/// Chunk-list blobs read during a check, by id (or why they could not be).
+type ListCache = HashMap<Id, std::result::Result<Vec<u8>, String>>;
+
 impl Repository {
     /// Stores the outcome of a check under `checks/<time>-<kind>`, and keeps
     /// the newest records of each kind (so that hourly structural checks
@@ -253,16 +256,65 @@ impl Repository {
 
     pub fn check(&self, opts: &CheckOptions, progress: &dyn Progress) -> Result<CheckReport> {
         let lock = self.read_lock("check", opts.lock_wait, opts.no_lock)?;
-        let store = self.store();
         let mut report = CheckReport {
             lock: lock.state,
             ..Default::default()
         };
         let mut probs = Problems::default();
+        let pack_sizes = self.check_pack_names(&mut probs)?;
+        report.packs = pack_sizes.len() as u64;
+        let index = self.check_indexes(&pack_sizes, &mut probs)?;
+        report.unindexed_packs = pack_sizes
+            .keys()
+            .filter(|p| !index.packs().contains_key(p))
+            .count() as u64;
 
-        // Packs that exist.
+        // Dictionaries: every one read and verified; one that an index
+        // entry names and that is not there is a problem too.
+        let dicts = self.check_dicts(&index, &mut probs, &mut report)?;
+
+        // With --read-data: every pack, whole.
+        let mut bad_blobs: HashMap<Id, String> = HashMap::new();
+        if opts.read_data {
+            self.read_every_pack(
+                &pack_sizes,
+                &index,
+                &dicts,
+                progress,
+                &mut probs,
+                &mut bad_blobs,
+                &mut report,
+            );
+        }
+
+        // Every manifest and everything it references.
+        let mut missing_packs: HashSet<Id> = HashSet::new();
+        for (p, s) in index.packs() {
+            if pack_sizes.get(p) != Some(s) {
+                missing_packs.insert(*p);
+            }
+        }
+        let refs = (&missing_packs, &bad_blobs, &dicts);
+        let manifests = self.check_manifests(&index, refs, &mut probs, &mut report)?;
+        self.check_segments(&manifests, &index, refs, &mut probs, &mut report)?;
+        report.problems = probs
+            .map
+            .into_iter()
+            .map(|(object, (problem, affects))| Problem {
+                object,
+                problem,
+                affects: affects.into_iter().collect(),
+            })
+            .collect();
+        report.clock_ahead = self.clock_ahead()?;
+        Ok(report)
+    }
+
+    /// The packs that exist (id -> size); an object under data/ that is not
+    /// named like a pack is a problem.
+    fn check_pack_names(&self, probs: &mut Problems) -> Result<HashMap<Id, u64>> {
         let mut pack_sizes: HashMap<Id, u64> = HashMap::new();
-        for o in store.list(DATA_PREFIX)? {
+        for o in self.store().list(DATA_PREFIX)? {
             match pack_id_from_key(&o.key) {
                 Some(id) => {
                     pack_sizes.insert(id, o.size);
@@ -273,10 +325,18 @@ impl Repository {
                 ),
             }
         }
-        report.packs = pack_sizes.len() as u64;
+        Ok(pack_sizes)
+    }
 
-        // Indexes, read fresh (not the cached one), each on its own so that
-        // one damaged index is reported without hiding the others.
+    /// Every index object, read fresh (not the cached one), each on its own
+    /// so that one damaged index is reported without hiding the others; a
+    /// pack an index lists that is missing or of another size is a problem.
+    fn check_indexes(
+        &self,
+        pack_sizes: &HashMap<Id, u64>,
+        probs: &mut Problems,
+    ) -> Result<MasterIndex> {
+        let store = self.store();
         let mut index = MasterIndex::default();
         for o in store.list(INDEX_PREFIX)? {
             let r = store.get(&o.key).map_err(Error::from).and_then(|b| {
@@ -308,50 +368,50 @@ impl Repository {
                 ),
             }
         }
-        report.unindexed_packs = pack_sizes
-            .keys()
-            .filter(|p| !index.packs().contains_key(p))
-            .count() as u64;
+        Ok(index)
+    }
 
-        // Dictionaries: every one read and verified; one that an index
-        // entry names and that is not there is a problem too.
-        let dicts = self.check_dicts(&index, &mut probs, &mut report)?;
-
-        // With --read-data: every pack, whole.
-        let mut bad_blobs: HashMap<Id, String> = HashMap::new();
-        if opts.read_data {
-            progress.set_total(pack_sizes.values().sum());
-            let mut ids: Vec<_> = pack_sizes.keys().copied().collect();
-            ids.sort();
-            for id in ids {
-                let key = pack_key(&id);
-                match store.get(&key) {
-                    Ok(bytes) => {
-                        report.bytes_read += bytes.len() as u64;
-                        progress.inc(bytes.len() as u64);
-                        self.verify_pack_bytes(
-                            &id,
-                            &bytes,
-                            &index,
-                            &dicts,
-                            &mut probs,
-                            &mut bad_blobs,
-                            &mut report,
-                        );
-                    }
-                    Err(e) => probs.add(key, format!("cannot read pack: {e}")),
+    /// `--read-data`: every pack read whole, in id order, and verified
+    /// blob by blob; the blobs found damaged go to `bad_blobs`.
+    #[allow(clippy::too_many_arguments)]
+    fn read_every_pack(
+        &self,
+        pack_sizes: &HashMap<Id, u64>,
+        index: &MasterIndex,
+        dicts: &Dicts,
+        progress: &dyn Progress,
+        probs: &mut Problems,
+        bad_blobs: &mut HashMap<Id, String>,
+        report: &mut CheckReport,
+    ) {
+        progress.set_total(pack_sizes.values().sum());
+        let mut ids: Vec<_> = pack_sizes.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let key = pack_key(&id);
+            match self.store().get(&key) {
+                Ok(bytes) => {
+                    report.bytes_read += bytes.len() as u64;
+                    progress.inc(bytes.len() as u64);
+                    self.verify_pack_bytes(&id, &bytes, index, dicts, probs, bad_blobs, report);
                 }
+                Err(e) => probs.add(key, format!("cannot read pack: {e}")),
             }
         }
+    }
 
-        // Every manifest and everything it references.
-        let mut missing_packs: HashSet<Id> = HashSet::new();
-        for (p, s) in index.packs() {
-            if pack_sizes.get(p) != Some(s) {
-                missing_packs.insert(*p);
-            }
-        }
-        let mut list_cache: HashMap<Id, std::result::Result<Vec<u8>, String>> = HashMap::new();
+    /// Every manifest and everything it references: each file's chunk
+    /// list (its blobs, decoded, matching the file's size and checksum)
+    /// and every chunk it names. Returns the readable manifests by id.
+    fn check_manifests(
+        &self,
+        index: &MasterIndex,
+        refs: (&HashSet<Id>, &HashMap<Id, String>, &Dicts),
+        probs: &mut Problems,
+        report: &mut CheckReport,
+    ) -> Result<HashMap<Id, Manifest>> {
+        let store = self.store();
+        let mut list_cache: ListCache = HashMap::new();
         let mut manifests: HashMap<Id, Manifest> = HashMap::new();
         for o in store.list(SNAPSHOT_PREFIX)? {
             let r = store.get(&o.key).map_err(Error::from).and_then(|b| {
@@ -392,97 +452,100 @@ impl Repository {
                     time: m.time.clone(),
                     file: f.path.clone(),
                 };
-                // The chunk list.
-                let mut lists_ok = true;
-                for lid in f.chunks.blob_ids() {
-                    if let Some(why) = blob_problem(lid, &index, &missing_packs, &bad_blobs, &dicts)
-                    {
-                        probs.affect(&format!("blob {lid}"), || why.clone(), aff());
-                        lists_ok = false;
-                        continue;
-                    }
-                    let r = list_cache
-                        .entry(*lid)
-                        .or_insert_with(|| self.read_blob(&index, lid).map_err(|e| e.to_string()));
-                    if let Err(e) = r {
-                        probs.affect(&format!("blob {lid}"), || e.clone(), aff());
-                        lists_ok = false;
-                    }
-                }
-                if !lists_ok {
-                    continue;
-                }
-                let place = format!("chunk list of {}", f.path);
-                let decoded = (|| -> Result<Vec<chunklist::ChunkRef>> {
-                    let mut base = Vec::new();
-                    for p in &f.chunks.base {
-                        if let Some(Ok(b)) = list_cache.get(p) {
-                            base.extend(chunklist::decode_part(b, &place)?);
-                        }
-                    }
-                    let patch = match f.chunks.patch.as_ref().and_then(|p| list_cache.get(p)) {
-                        Some(Ok(b)) => chunklist::decode_patch(b, &place)?,
-                        _ => vec![],
-                    };
-                    chunklist::apply_patch(base, &patch, f.chunks.count, &place)
-                })();
-                let chunks = match decoded {
-                    Ok(c) => c,
-                    Err(e) => {
-                        probs.affect(
-                            &format!("chunk list of {} in {}", f.path, o.key),
-                            || e.to_string(),
-                            aff(),
-                        );
-                        continue;
-                    }
-                };
-                if chunks.iter().map(|c| c.len as u64).sum::<u64>() != f.size
-                    || crate::snapshot::checksum_of(&chunks).to_hex() != f.db_checksum
-                {
-                    probs.affect(
-                        &format!("chunk list of {} in {}", f.path, o.key),
-                        || "does not match the file's size and checksum".into(),
-                        aff(),
-                    );
-                }
-                let mut seen = HashSet::new();
-                for c in &chunks {
-                    if !seen.insert(c.id) {
-                        continue;
-                    }
-                    report.blobs_checked += 1;
-                    if let Some(why) =
-                        blob_problem(&c.id, &index, &missing_packs, &bad_blobs, &dicts)
-                    {
-                        let obj = problem_object(&c.id, &index, &dicts);
-                        probs.affect(&obj, || why, aff());
-                    }
-                }
+                self.check_file(f, &o.key, &aff, index, refs, &mut list_cache, probs, report);
             }
         }
-        self.check_segments(
-            &manifests,
-            &index,
-            (&missing_packs, &bad_blobs, &dicts),
-            &mut probs,
-            &mut report,
-        )?;
-        report.problems = probs
-            .map
-            .into_iter()
-            .map(|(object, (problem, affects))| Problem {
-                object,
-                problem,
-                affects: affects.into_iter().collect(),
-            })
-            .collect();
-        // Times ahead of a clock: the listing skips damaged manifests, which
-        // are reported above.
+        Ok(manifests)
+    }
+
+    /// One file of the manifest `key`: its chunk list's blobs readable,
+    /// the list decoding to the file's size and checksum, and every chunk
+    /// it names present and (after `--read-data`) intact.
+    #[allow(clippy::too_many_arguments)]
+    fn check_file(
+        &self,
+        f: &FileEntry,
+        key: &str,
+        aff: &dyn Fn() -> Affected,
+        index: &MasterIndex,
+        (missing_packs, bad_blobs, dicts): (&HashSet<Id>, &HashMap<Id, String>, &Dicts),
+        list_cache: &mut ListCache,
+        probs: &mut Problems,
+        report: &mut CheckReport,
+    ) {
+        // The chunk list.
+        let mut lists_ok = true;
+        for lid in f.chunks.blob_ids() {
+            if let Some(why) = blob_problem(lid, index, missing_packs, bad_blobs, dicts) {
+                probs.affect(&format!("blob {lid}"), || why.clone(), aff());
+                lists_ok = false;
+                continue;
+            }
+            let r = list_cache
+                .entry(*lid)
+                .or_insert_with(|| self.read_blob(index, lid).map_err(|e| e.to_string()));
+            if let Err(e) = r {
+                probs.affect(&format!("blob {lid}"), || e.clone(), aff());
+                lists_ok = false;
+            }
+        }
+        if !lists_ok {
+            return;
+        }
+        let place = format!("chunk list of {}", f.path);
+        let decoded = (|| -> Result<Vec<chunklist::ChunkRef>> {
+            let mut base = Vec::new();
+            for p in &f.chunks.base {
+                if let Some(Ok(b)) = list_cache.get(p) {
+                    base.extend(chunklist::decode_part(b, &place)?);
+                }
+            }
+            let patch = match f.chunks.patch.as_ref().and_then(|p| list_cache.get(p)) {
+                Some(Ok(b)) => chunklist::decode_patch(b, &place)?,
+                _ => vec![],
+            };
+            chunklist::apply_patch(base, &patch, f.chunks.count, &place)
+        })();
+        let chunks = match decoded {
+            Ok(c) => c,
+            Err(e) => {
+                probs.affect(
+                    &format!("chunk list of {} in {}", f.path, key),
+                    || e.to_string(),
+                    aff(),
+                );
+                return;
+            }
+        };
+        if chunks.iter().map(|c| c.len as u64).sum::<u64>() != f.size
+            || crate::snapshot::checksum_of(&chunks).to_hex() != f.db_checksum
+        {
+            probs.affect(
+                &format!("chunk list of {} in {}", f.path, key),
+                || "does not match the file's size and checksum".into(),
+                aff(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for c in &chunks {
+            if !seen.insert(c.id) {
+                continue;
+            }
+            report.blobs_checked += 1;
+            if let Some(why) = blob_problem(&c.id, index, missing_packs, bad_blobs, dicts) {
+                let obj = problem_object(&c.id, index, dicts);
+                probs.affect(&obj, || why, aff());
+            }
+        }
+    }
+
+    /// Snapshots whose time is ahead of a clock (the listing skips damaged
+    /// manifests, which `check_manifests` reports).
+    fn clock_ahead(&self) -> Result<Vec<ClockAhead>> {
         let snaps = self.snapshots()?;
         let dating = crate::dating::Dating::of(&snaps);
         let now = crate::time::now();
-        report.clock_ahead = snaps
+        Ok(snaps
             .iter()
             .filter_map(|s| {
                 dating.ahead_at(s, now).map(|why| ClockAhead {
@@ -493,8 +556,7 @@ impl Repository {
                     why,
                 })
             })
-            .collect();
-        Ok(report)
+            .collect())
     }
 
     /// Every timeline segment: readable (named by its content, decodes),
