@@ -1004,42 +1004,78 @@ fn prom_value(v: f64) -> String {
     }
 }
 
+/// The text of a Prometheus exposition: `# HELP`, `# TYPE` and samples,
+/// metric by metric, in the order written.
+#[derive(Default)]
+struct PromText(String);
+
+/// Samples of a metric: (labels, value).
+type Samples = Vec<(String, f64)>;
+
+impl PromText {
+    fn metric(&mut self, name: &str, help: &str, kind: &str, samples: Samples) {
+        self.0
+            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in samples {
+            self.0
+                .push_str(&format!("{name}{labels} {}\n", prom_value(v)));
+        }
+    }
+}
+
+/// One sample per monitored row, labelled {KEY,host}: only the monitored
+/// sources, since a one-off snapshot of another path must not feed an age
+/// alert forever.
+fn labelled(rows: &[SourceStatus], key: &str, f: &dyn Fn(&SourceStatus) -> Option<f64>) -> Samples {
+    rows.iter()
+        .filter(|r| r.monitored)
+        .filter_map(|r| {
+            f(r).map(|v| {
+                (
+                    format!(
+                        "{{{key}=\"{}\",host=\"{}\"}}",
+                        prom_escape(&r.source),
+                        prom_escape(r.host.as_deref().unwrap_or(""))
+                    ),
+                    v,
+                )
+            })
+        })
+        .collect()
+}
+
 fn prometheus_text(
     repo: &Repository,
     rows: &[SourceStatus],
     checks: &snapback_core::LastChecks,
     snapshots: usize,
 ) -> anyhow::Result<String> {
-    let mut t = String::new();
-    let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
-        t.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in samples {
-            t.push_str(&format!("{name}{labels} {}\n", prom_value(v)));
-        }
-    };
-    // Only the monitored sources: a one-off snapshot of another path must
-    // not feed an age alert forever. The snapshot metrics are labelled
-    // {source,host}, the RPO and the watchers' {path,host}.
-    let labelled = |key: &str, f: &dyn Fn(&SourceStatus) -> Option<f64>| -> Vec<(String, f64)> {
-        rows.iter()
-            .filter(|r| r.monitored)
-            .filter_map(|r| {
-                f(r).map(|v| {
-                    (
-                        format!(
-                            "{{{key}=\"{}\",host=\"{}\"}}",
-                            prom_escape(&r.source),
-                            prom_escape(r.host.as_deref().unwrap_or(""))
-                        ),
-                        v,
-                    )
-                })
-            })
-            .collect()
-    };
-    let per = |f: &dyn Fn(&SourceStatus) -> Option<f64>| labelled("source", f);
-    let per_path = |f: &dyn Fn(&SourceStatus) -> Option<f64>| labelled("path", f);
-    metric(
+    let mut p = PromText::default();
+    // The snapshot metrics are labelled {source,host}, the RPO and the
+    // watchers' {path,host}.
+    snapshot_metrics(&mut p, rows);
+    watch_metrics(&mut p, rows);
+    check_metrics(&mut p, checks);
+    let size = repo.stored_bytes()?;
+    p.metric(
+        "snapback_repository_size_bytes",
+        "Bytes of packs and indexes in the repository.",
+        "gauge",
+        vec![(String::new(), size as f64)],
+    );
+    p.metric(
+        "snapback_snapshots",
+        "Committed snapshots in the repository.",
+        "gauge",
+        vec![(String::new(), snapshots as f64)],
+    );
+    Ok(p.0)
+}
+
+/// The metrics of each source's newest snapshot, labelled {source,host}.
+fn snapshot_metrics(p: &mut PromText, rows: &[SourceStatus]) {
+    let per = |f: &dyn Fn(&SourceStatus) -> Option<f64>| labelled(rows, "source", f);
+    p.metric(
         "snapback_last_snapshot_timestamp_seconds",
         "Unix time of the newest committed snapshot of the source from the host (not counting snapshots dated in the future).",
         "gauge",
@@ -1050,13 +1086,13 @@ fn prometheus_text(
                 .map(|t| t.unix_timestamp() as f64)
         }),
     );
-    metric(
+    p.metric(
         "snapback_last_snapshot_age_seconds",
         "Age of the newest committed snapshot of the source from the host; +Inf when it was never snapshotted.",
         "gauge",
         per(&|r| Some(r.age_seconds.map(|a| a as f64).unwrap_or(f64::INFINITY))),
     );
-    metric(
+    p.metric(
         "snapback_last_snapshot_duration_seconds",
         "How long the newest snapshot took.",
         "gauge",
@@ -1066,25 +1102,25 @@ fn prometheus_text(
                 .map(|_| r.duration_ms as f64 / 1000.0)
         }),
     );
-    metric(
+    p.metric(
         "snapback_last_snapshot_added_bytes",
         "Bytes the newest snapshot added to the repository.",
         "gauge",
         per(&|r| r.last_snapshot.as_ref().map(|_| r.bytes_added as f64)),
     );
-    metric(
+    p.metric(
         "snapback_source_size_bytes",
         "Logical size of the source in its newest snapshot.",
         "gauge",
         per(&|r| r.last_snapshot.as_ref().map(|_| r.size as f64)),
     );
-    metric(
+    p.metric(
         "snapback_source_stale",
         "1 when the newest snapshot is older than --max-age (or there is none).",
         "gauge",
         per(&|r| Some(if r.stale { 1.0 } else { 0.0 })),
     );
-    metric(
+    p.metric(
         "snapback_source_never_snapshotted",
         "1 when no host has snapshotted this configured source.",
         "gauge",
@@ -1098,32 +1134,37 @@ fn prometheus_text(
             )
         }),
     );
-    metric(
+    p.metric(
         "snapback_future_snapshots",
         "Snapshots of the source from the host dated ahead of this host's clock (a clock that was ahead).",
         "gauge",
         per(&|r| Some(r.future_snapshots.len() as f64)),
     );
-    metric(
+    p.metric(
         "snapback_clock_ahead_snapshots",
         "Snapshots of the source from the host dated ahead of the store's clock when it wrote them, or of a snapshot written after them.",
         "gauge",
         per(&|r| Some(r.clock_ahead_snapshots.len() as f64)),
     );
+}
+
+/// The RPO and the watchers' metrics, labelled {path,host}.
+fn watch_metrics(p: &mut PromText, rows: &[SourceStatus]) {
+    let per_path = |f: &dyn Fn(&SourceStatus) -> Option<f64>| labelled(rows, "path", f);
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    metric(
+    p.metric(
         "snapback_rpo_seconds",
         "Age of the newest durable point of the source (a snapshot or a timeline point) from the host; +Inf when there is none.",
         "gauge",
         per_path(&|r| Some(r.rpo_seconds.unwrap_or(f64::INFINITY))),
     );
-    metric(
+    p.metric(
         "snapback_watch_up",
         "1 when the watcher of the source on this host is running, 0 when it stopped or died (only sources a watcher has run for).",
         "gauge",
         per_path(&|r| r.watch.as_ref().map(|w| flag(w.running == Some(true)))),
     );
-    metric(
+    p.metric(
         "snapback_watch_last_tick_timestamp_seconds",
         "Unix time when the watcher's last tick ended.",
         "gauge",
@@ -1134,37 +1175,37 @@ fn prometheus_text(
                 .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
         }),
     );
-    metric(
+    p.metric(
         "snapback_watch_falling_behind",
         "1 when the watcher's last tick is older than three intervals (at least 10 s).",
         "gauge",
         per_path(&|r| r.watch.as_ref().map(|w| flag(w.falling_behind))),
     );
-    metric(
+    p.metric(
         "snapback_watch_upload_failing",
         "1 when the watcher's last upload failed and none succeeded since.",
         "gauge",
         per_path(&|r| r.watch.as_ref().map(|w| flag(w.upload_failing))),
     );
-    metric(
+    p.metric(
         "snapback_watch_fallbacks",
         "Ticks that fell back to a full scan since the watcher started.",
         "gauge",
         per_path(&|r| r.watch.as_ref().map(|w| w.report.fallbacks as f64)),
     );
-    metric(
+    p.metric(
         "snapback_watch_pending_points",
         "Points taken but not yet durable in the repository.",
         "gauge",
         per_path(&|r| r.watch.as_ref().map(|w| w.report.pending_points as f64)),
     );
-    metric(
+    p.metric(
         "snapback_watch_spool_bytes",
         "Bytes in the watcher's local spool, waiting for the repository.",
         "gauge",
         per_path(&|r| r.watch.as_ref().map(|w| w.report.spool_bytes as f64)),
     );
-    metric(
+    p.metric(
         "snapback_verify_live_mismatch",
         "1 when the last verify-live of the source found pages that differ from the captured image (only sources verified).",
         "gauge",
@@ -1174,11 +1215,15 @@ fn prometheus_text(
                 .and_then(|w| w.report.last_verify.as_ref().map(|_| flag(w.verify_mismatch)))
         }),
     );
+}
+
+/// The newest check of each kind, labelled {kind}.
+fn check_metrics(p: &mut PromText, checks: &snapback_core::LastChecks) {
     let kinds = [
         ("structure", &checks.structure),
         ("read-data", &checks.read_data),
     ];
-    metric(
+    p.metric(
         "snapback_last_check_timestamp_seconds",
         "Unix time of the newest check of each kind (structure, read-data).",
         "gauge",
@@ -1196,7 +1241,7 @@ fn prometheus_text(
             })
             .collect(),
     );
-    metric(
+    p.metric(
         "snapback_last_check_success",
         "1 when the newest check of this kind (structure, read-data) found no problem.",
         "gauge",
@@ -1208,18 +1253,4 @@ fn prometheus_text(
             })
             .collect(),
     );
-    let size = repo.stored_bytes()?;
-    metric(
-        "snapback_repository_size_bytes",
-        "Bytes of packs and indexes in the repository.",
-        "gauge",
-        vec![(String::new(), size as f64)],
-    );
-    metric(
-        "snapback_snapshots",
-        "Committed snapshots in the repository.",
-        "gauge",
-        vec![(String::new(), snapshots as f64)],
-    );
-    Ok(t)
 }
