@@ -237,12 +237,68 @@ pub fn prepare_table(
     live: &Side<'_>,
     sel: &TableSelection,
 ) -> Result<PreparedTable> {
+    let (st, lt) = both_tables(snap, live, &sel.table)?;
+    let key = choose_key(live.conn, &live.place, &lt, sel.key.as_deref())?;
+    check_key_in_snapshot(&key, &st, &lt, &snap.place)?;
+    let schema_diffs = column_schema_diffs(&st, &lt);
+    let is_key = |n: &str| key.columns.iter().any(|k| k.eq_ignore_ascii_case(n));
+    let data_columns: Vec<String> = lt
+        .stored_columns()
+        .filter(|c| !is_key(&c.name))
+        .filter(|c| st.column(&c.name).is_some_and(|s| s.hidden == 0))
+        .map(|c| c.name.clone())
+        .collect();
+    let compare = compared_columns(sel, &st, &lt, &data_columns, &is_key, snap, live)?;
+    if let Some(p) = &sel.where_snapshot {
+        check_predicate(snap, &lt.name, "snapshot `where`", p)?;
+    }
+    if let Some(p) = &sel.where_live {
+        check_predicate(live, &lt.name, "live `where`", p)?;
+    }
+    if let Some(p) = &sel.guard {
+        check_predicate(live, &lt.name, "guard", p)?;
+    }
+    let q = Queries::build(&key, &data_columns, &lt.name, sel);
+    // Prepare both now, so that any error is reported before work starts.
+    snap.conn.prepare(&q.snap_sql).map_err(|e| {
+        Error::Input(format!(
+            "{}: cannot read table {}: {e}",
+            snap.place, lt.name
+        ))
+    })?;
+    live.conn.prepare(&q.live_sql).map_err(|e| {
+        Error::Input(format!(
+            "{}: cannot read table {}: {e}",
+            live.place, lt.name
+        ))
+    })?;
+
+    Ok(PreparedTable {
+        table: lt.name.clone(),
+        key,
+        data_columns,
+        compare,
+        where_snapshot: sel.where_snapshot.clone(),
+        where_live: sel.where_live.clone(),
+        guard: sel.guard.clone(),
+        schema_diffs,
+        virtual_module: lt.virtual_module.clone(),
+        snap_sql: q.snap_sql,
+        live_sql: q.live_sql,
+        snap_key_sql: q.snap_key_sql,
+        live_key_sql: q.live_key_sql,
+    })
+}
+
+/// The table `name` in the snapshot and in the live database; one that is
+/// missing is bad input naming the tables that side has.
+fn both_tables(snap: &Side<'_>, live: &Side<'_>, name: &str) -> Result<(TableInfo, TableInfo)> {
     let missing = |side: &Side<'_>| {
         let tables = crate::schema::list_tables(side.conn, &side.place).unwrap_or_default();
         Error::Input(format!(
             "{}: there is no table {:?}; tables: {}",
             side.place,
-            sel.table,
+            name,
             if tables.is_empty() {
                 "(none)".to_string()
             } else {
@@ -250,9 +306,19 @@ pub fn prepare_table(
             }
         ))
     };
-    let lt = table_info(live.conn, &live.place, &sel.table)?.ok_or_else(|| missing(live))?;
-    let st = table_info(snap.conn, &snap.place, &sel.table)?.ok_or_else(|| missing(snap))?;
-    let key = choose_key(live.conn, &live.place, &lt, sel.key.as_deref())?;
+    let lt = table_info(live.conn, &live.place, name)?.ok_or_else(|| missing(live))?;
+    let st = table_info(snap.conn, &snap.place, name)?.ok_or_else(|| missing(snap))?;
+    Ok((st, lt))
+}
+
+/// The key chosen on the live side must pair rows in the snapshot too: not
+/// a rowid on a WITHOUT ROWID table, and every key column present.
+fn check_key_in_snapshot(
+    key: &Key,
+    st: &TableInfo,
+    lt: &TableInfo,
+    snap_place: &str,
+) -> Result<()> {
     if key.is_rowid() && st.without_rowid {
         return Err(Error::Input(format!(
             "table {} is a WITHOUT ROWID table in the snapshot but pairs rows by rowid in the live database; give the key with --key",
@@ -264,15 +330,21 @@ pub fn prepare_table(
             key.source == crate::schema::KeySource::VirtualId && k.eq_ignore_ascii_case("rowid")
         };
         for k in key.columns.iter().filter(|k| !fts_rowid(k)) {
-            find_column(&st, k, &snap.place).map_err(|_| {
+            find_column(st, k, snap_place).map_err(|_| {
                 Error::Input(format!(
                     "key column {k:?} of table {} is missing in the snapshot ({}); the schemas differ, so give a key that both have with --key",
-                    lt.name, snap.place
+                    lt.name, snap_place
                 ))
             })?;
         }
     }
 
+    Ok(())
+}
+
+/// How the columns of the table differ between the snapshot (`st`) and the
+/// live database (`lt`): reported, not refused.
+fn column_schema_diffs(st: &TableInfo, lt: &TableInfo) -> Vec<SchemaDiff> {
     let mut schema_diffs = Vec::new();
     for c in &st.columns {
         match lt.column(&c.name) {
@@ -323,20 +395,27 @@ pub fn prepare_table(
             ),
         });
     }
+    schema_diffs
+}
 
-    let is_key = |n: &str| key.columns.iter().any(|k| k.eq_ignore_ascii_case(n));
-    let data_columns: Vec<String> = lt
-        .stored_columns()
-        .filter(|c| !is_key(&c.name))
-        .filter(|c| st.column(&c.name).is_some_and(|s| s.hidden == 0))
-        .map(|c| c.name.clone())
-        .collect();
+/// The indexes into `data_columns` of the columns to compare: all of them,
+/// or those `sel.columns` names, each checked (present on both sides, not
+/// generated, not part of the key).
+fn compared_columns(
+    sel: &TableSelection,
+    st: &TableInfo,
+    lt: &TableInfo,
+    data_columns: &[String],
+    is_key: &dyn Fn(&str) -> bool,
+    snap: &Side<'_>,
+    live: &Side<'_>,
+) -> Result<Vec<usize>> {
     let compare: Vec<usize> = match &sel.columns {
         None => (0..data_columns.len()).collect(),
         Some(cols) => {
             let mut out = Vec::new();
             for c in cols {
-                let lc = find_column(&lt, c, &live.place)?;
+                let lc = find_column(lt, c, &live.place)?;
                 if st.column(c).is_none() {
                     return Err(Error::Input(format!(
                         "schema mismatch: column {c:?} of table {} is missing in the snapshot ({}), so it cannot be compared or repaired",
@@ -367,74 +446,56 @@ pub fn prepare_table(
         }
     };
 
-    if let Some(p) = &sel.where_snapshot {
-        check_predicate(snap, &lt.name, "snapshot `where`", p)?;
-    }
-    if let Some(p) = &sel.where_live {
-        check_predicate(live, &lt.name, "live `where`", p)?;
-    }
-    if let Some(p) = &sel.guard {
-        check_predicate(live, &lt.name, "guard", p)?;
-    }
+    Ok(compare)
+}
 
-    let cols: Vec<String> = key
-        .columns
-        .iter()
-        .chain(data_columns.iter())
-        .map(|c| quote_ident(c))
-        .collect();
-    let order: Vec<String> = key
-        .columns
-        .iter()
-        .zip(&key.collations)
-        .map(|(c, coll)| format!("{} COLLATE {}", quote_ident(c), coll.sql_name()))
-        .collect();
-    let build_from = |cols: &[String], pred: &Option<String>, guard: Option<&String>| {
-        let mut s = format!("SELECT {}", cols.join(", "));
-        if let Some(g) = guard {
-            s.push_str(&format!(", CASE WHEN ({g}) THEN 1 ELSE 0 END"));
-        }
-        s.push_str(&format!(" FROM main.{}", quote_ident(&lt.name)));
-        if let Some(p) = pred {
-            s.push_str(&format!(" WHERE ({p})"));
-        }
-        s.push_str(&format!(" ORDER BY {}", order.join(", ")));
-        s
-    };
-    let snap_sql = build_from(&cols, &sel.where_snapshot, None);
-    let live_sql = build_from(&cols, &sel.where_live, sel.guard.as_ref());
-    let key_cols = &cols[..key.columns.len()];
-    let snap_key_sql = build_from(key_cols, &sel.where_snapshot, None);
-    let live_key_sql = build_from(key_cols, &sel.where_live, None);
-    // Prepare both now, so that any error is reported before work starts.
-    snap.conn.prepare(&snap_sql).map_err(|e| {
-        Error::Input(format!(
-            "{}: cannot read table {}: {e}",
-            snap.place, lt.name
-        ))
-    })?;
-    live.conn.prepare(&live_sql).map_err(|e| {
-        Error::Input(format!(
-            "{}: cannot read table {}: {e}",
-            live.place, lt.name
-        ))
-    })?;
+/// The four queries of a prepared table: all compared columns of each side,
+/// and the key columns alone, each in key order.
+struct Queries {
+    snap_sql: String,
+    live_sql: String,
+    snap_key_sql: String,
+    live_key_sql: String,
+}
 
-    Ok(PreparedTable {
-        table: lt.name.clone(),
-        key,
-        data_columns,
-        compare,
-        where_snapshot: sel.where_snapshot.clone(),
-        where_live: sel.where_live.clone(),
-        guard: sel.guard.clone(),
-        schema_diffs,
-        virtual_module: lt.virtual_module.clone(),
-        snap_sql,
-        live_sql,
-        snap_key_sql,
-        live_key_sql,
-    })
+impl Queries {
+    fn build(key: &Key, data_columns: &[String], table: &str, sel: &TableSelection) -> Queries {
+        let cols: Vec<String> = key
+            .columns
+            .iter()
+            .chain(data_columns.iter())
+            .map(|c| quote_ident(c))
+            .collect();
+        let order: Vec<String> = key
+            .columns
+            .iter()
+            .zip(&key.collations)
+            .map(|(c, coll)| format!("{} COLLATE {}", quote_ident(c), coll.sql_name()))
+            .collect();
+        let build_from = |cols: &[String], pred: &Option<String>, guard: Option<&String>| {
+            let mut s = format!("SELECT {}", cols.join(", "));
+            if let Some(g) = guard {
+                s.push_str(&format!(", CASE WHEN ({g}) THEN 1 ELSE 0 END"));
+            }
+            s.push_str(&format!(" FROM main.{}", quote_ident(table)));
+            if let Some(p) = pred {
+                s.push_str(&format!(" WHERE ({p})"));
+            }
+            s.push_str(&format!(" ORDER BY {}", order.join(", ")));
+            s
+        };
+        let snap_sql = build_from(&cols, &sel.where_snapshot, None);
+        let live_sql = build_from(&cols, &sel.where_live, sel.guard.as_ref());
+        let key_cols = &cols[..key.columns.len()];
+        let snap_key_sql = build_from(key_cols, &sel.where_snapshot, None);
+        let live_key_sql = build_from(key_cols, &sel.where_live, None);
+        Queries {
+            snap_sql,
+            live_sql,
+            snap_key_sql,
+            live_key_sql,
+        }
+    }
 }
 
 /// Proves that the key pairs rows soundly on both sides: every key arrives
