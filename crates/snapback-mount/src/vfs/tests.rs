@@ -904,3 +904,128 @@ fn timeline_points_appear_without_a_remount_and_latest_follows_them() {
     assert_eq!(v["point"]["base"], s1.id.to_hex());
     assert_eq!(names(&vfs, &format!("by-path/{}", rel(&db))).len(), 2);
 }
+
+/// Asserts that `text` is byte for byte what a `json!()` value of the same
+/// content gives (keys sorted at every level, pretty, a newline), as the
+/// mount wrote these files before they were built from structs. A Value
+/// keeps its keys sorted (serde_json here lacks preserve_order), so the
+/// text equals the Value's own rendering only when the text's keys are in
+/// that order at every level.
+fn assert_sorted_like_json_macro(text: &[u8], what: &str) {
+    let v: serde_json::Value = serde_json::from_slice(text).expect("json");
+    let mut want = serde_json::to_vec_pretty(&v).expect("pretty");
+    want.push(b'\n');
+    assert_eq!(
+        String::from_utf8_lossy(text),
+        String::from_utf8_lossy(&want),
+        "{what}: keys in alphabetical order at every level, pretty, one newline"
+    );
+}
+
+#[test]
+fn status_json_keys_stay_in_alphabetical_order() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 50);
+    fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::All, |_| {});
+    let text = read_all(&vfs, STATUS_NAME).expect("status file");
+    assert_sorted_like_json_macro(&text, STATUS_NAME);
+    let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
+    let keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "chunk_disk_hits",
+            "chunk_fetch_errors",
+            "chunk_fetched_bytes",
+            "chunk_fetches",
+            "chunk_mem_hits",
+            "chunk_prefetches",
+            "chunk_timeouts",
+            "chunks_fetched",
+            "disk_cache_bytes",
+            "disk_cache_corrupt_entries",
+            "mem_cache_bytes",
+            "opens",
+            "read_bytes",
+            "read_errors",
+            "reads",
+            "refresh_age_secs",
+            "refresh_error",
+            "repository",
+            "snapshots",
+            "view",
+        ]
+    );
+    assert_eq!(v["view"], "all");
+    assert_eq!(v["snapshots"], 1);
+    // The struct itself, with every optional field set, serializes the same
+    // way: its declaration order is the alphabetical one.
+    let doc = super::status::StatusDoc {
+        chunk_disk_hits: 1,
+        chunk_fetch_errors: 2,
+        chunk_fetched_bytes: 3,
+        chunk_fetches: 4,
+        chunk_mem_hits: 5,
+        chunk_prefetches: 6,
+        chunk_timeouts: 7,
+        chunks_fetched: 8,
+        disk_cache_bytes: Some(9),
+        disk_cache_corrupt_entries: Some(10),
+        mem_cache_bytes: 11,
+        opens: 12,
+        read_bytes: 13,
+        read_errors: 14,
+        reads: 15,
+        refresh_age_secs: 16,
+        refresh_error: Some("a refresh error".into()),
+        repository: "/r".into(),
+        snapshots: 17,
+        view: "all".into(),
+    };
+    assert_sorted_like_json_macro(&super::status::json_file(&doc), "StatusDoc");
+}
+
+#[test]
+fn manifest_json_keys_stay_in_alphabetical_order() {
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 50);
+    let s1 = fx.snapshot(&[&db]);
+    let vfs = fx.vfs(View::All, |_| {});
+    let dir = snapshot_dir_name(&s1);
+    let text = read_all(&vfs, &format!("snapshots/{dir}/{MANIFEST_NAME}")).expect("manifest");
+    assert_sorted_like_json_macro(&text, MANIFEST_NAME);
+    let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
+    let keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    // A WAL-mode database: the mount notes are there; not a point.
+    assert_eq!(keys, ["id", "manifest", "mount_notes", "short_id"]);
+    // With a point, every field set: still sorted at every level.
+    let mut doc = super::tree::manifest_doc(&s1);
+    doc.point = Some(super::tree::PointDoc {
+        base: s1.id.to_hex(),
+        index: 3,
+        name: "abcd1234/3".into(),
+        segment: s1.id.to_hex(),
+    });
+    let text = super::status::json_file(&doc);
+    assert_sorted_like_json_macro(&text, "ManifestDoc with a point");
+    let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
+    assert_eq!(
+        v.as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["id", "manifest", "mount_notes", "point", "short_id"]
+    );
+}

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::json;
+use serde::Serialize;
 use snapback_core::time::format_rfc3339_nanos;
 use snapback_core::{FileEntry, FileKind, Id, Manifest, Snapshot};
 
@@ -254,40 +254,69 @@ pub(super) fn is_legacy_time_name(name: &str) -> bool {
             || (b.len() == 29 && b[20] == b'_' && b[21..].iter().all(u8::is_ascii_hexdigit)))
 }
 
+/// The document `.snapback-manifest.json` holds. Fields in alphabetical
+/// order, and the manifest as a JSON value (whose keys serde_json sorts):
+/// the file was first written from a `json!()` value, and its bytes stay
+/// the same (the test `manifest_json_keys_stay_in_alphabetical_order` pins
+/// it).
+#[derive(Debug, Serialize)]
+pub(crate) struct ManifestDoc {
+    pub id: String,
+    pub manifest: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount_notes: Option<MountNotes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point: Option<PointDoc>,
+    pub short_id: String,
+}
+
+/// Which timeline point a snapshot directory is.
+#[derive(Debug, Serialize)]
+pub(crate) struct PointDoc {
+    pub base: String,
+    pub index: usize,
+    pub name: String,
+    pub segment: String,
+}
+
+/// What the mount serves differently from the stored image.
+#[derive(Debug, Serialize)]
+pub(crate) struct MountNotes {
+    pub explanation: &'static str,
+    pub served_as_rollback_journal: Vec<String>,
+}
+
 /// The `.snapback-manifest.json` of a snapshot: its id and manifest, and
 /// what the mount serves differently from the stored image.
 fn manifest_json(s: &Snapshot) -> Vec<u8> {
-    let patched: Vec<&str> = s
+    super::status::json_file(&manifest_doc(s))
+}
+
+pub(crate) fn manifest_doc(s: &Snapshot) -> ManifestDoc {
+    let patched: Vec<String> = s
         .manifest
         .files
         .iter()
         .filter(|f| {
             f.kind == FileKind::Sqlite && f.sqlite.as_ref().is_some_and(|q| q.journal_mode == "wal")
         })
-        .map(|f| f.path.as_str())
+        .map(|f| f.path.clone())
         .collect();
-    let mut v = json!({
-        "id": s.id.to_hex(),
-        "short_id": s.id.short(),
-        "manifest": &*s.manifest,
-    });
-    if let Some(p) = &s.point {
-        v["point"] = json!({
-            "name": p.name(),
-            "segment": p.segment.to_hex(),
-            "index": p.index,
-            "base": p.base.to_hex(),
-        });
+    ManifestDoc {
+        id: s.id.to_hex(),
+        short_id: s.id.short(),
+        manifest: serde_json::to_value(&*s.manifest).unwrap_or(serde_json::Value::Null),
+        point: s.point.as_ref().map(|p| PointDoc {
+            name: p.name(),
+            segment: p.segment.to_hex(),
+            index: p.index,
+            base: p.base.to_hex(),
+        }),
+        mount_notes: (!patched.is_empty()).then_some(MountNotes {
+            served_as_rollback_journal: patched,
+            explanation: "these WAL-mode databases are served with header bytes 18 and 19 set to 1 (rollback journal) so that they open read-only with no -wal or -shm file; every other byte is the stored image, whose SHA-256 the manifest records",
+        }),
     }
-    if !patched.is_empty() {
-        v["mount_notes"] = json!({
-            "served_as_rollback_journal": patched,
-            "explanation": "these WAL-mode databases are served with header bytes 18 and 19 set to 1 (rollback journal) so that they open read-only with no -wal or -shm file; every other byte is the stored image, whose SHA-256 the manifest records",
-        });
-    }
-    let mut out = serde_json::to_vec_pretty(&v).unwrap_or_else(|_| b"{}".to_vec());
-    out.push(b'\n');
-    out
 }
 
 pub(super) fn build(view: &View, snaps: &[Snapshot], inos: &mut Inodes, now: SystemTime) -> Tree {
