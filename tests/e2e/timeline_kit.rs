@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use snapback_core::storage::LocalStore;
 use snapback_core::{DbChecksum, Id, Point, Repository, Segment};
+use snapback_testkit::db::{checkpointed_image, insert_blobs, update_blob, wal_writer};
 use snapback_testkit::Env;
 
 /// A database with a writer connection (auto-checkpoints off).
@@ -19,35 +20,21 @@ pub struct Db {
 impl Db {
     pub fn new(env: &Env, name: &str) -> Db {
         let path = env.path(name);
-        let w = Connection::open(&path).expect("open");
-        w.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
-             CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
-        )
-        .expect("schema");
-        let db = Db {
+        let w = wal_writer(&path);
+        insert_blobs(&w, 20, 700);
+        Db {
             path: std::fs::canonicalize(&path).expect("canonical"),
             w,
-        };
-        for _ in 0..20 {
-            db.w.execute("INSERT INTO t(v) VALUES (randomblob(700))", [])
-                .expect("insert");
         }
-        db
     }
 
     pub fn update(&self, id: i64) {
-        self.w
-            .execute("UPDATE t SET v = randomblob(700) WHERE id = ?1", [id])
-            .expect("update");
+        update_blob(&self.w, id, 700);
     }
 
     /// What SQLite has now, byte for byte (checkpointed into the file).
     pub fn image(&self) -> Vec<u8> {
-        self.w
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-            .expect("checkpoint");
-        std::fs::read(&self.path).expect("read db")
+        checkpointed_image(&self.w, &self.path)
     }
 
     pub fn name(&self) -> String {

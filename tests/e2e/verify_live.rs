@@ -34,10 +34,7 @@ fn verify_live_finds_the_delta_image_equal_after_real_changes() {
     for id in 1..=10 {
         db.update(id);
     }
-    for _ in 0..30 {
-        db.w.execute("INSERT INTO t(v) VALUES (randomblob(900))", [])
-            .expect("insert");
-    }
+    snapback_testkit::db::insert_blobs(&db.w, 30, 900);
     let (code, v, err) = verify(&env, &db);
     assert_eq!(code, Some(0), "{v} {err}");
     assert_eq!(v["result"], "ok");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 use snapback_storage::{LocalStore, Store};
+use snapback_testkit::db::{insert_blobs, wal_writer};
 
 use crate::capture_state;
 use crate::manifest::{CaptureMethod, FileEntry};
@@ -37,12 +38,7 @@ impl Fx {
         )
         .expect("init");
         let db = dir.path().join("app.db");
-        let w = Connection::open(&db).expect("open");
-        w.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
-             CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
-        )
-        .expect("schema");
+        let w = wal_writer(&db);
         let fx = Fx { dir, repo, db, w };
         fx.grow(300);
         fx
@@ -53,11 +49,7 @@ impl Fx {
     }
 
     fn grow(&self, n: u32) {
-        for _ in 0..n {
-            self.w
-                .execute("INSERT INTO t(v) VALUES (randomblob(900))", [])
-                .expect("insert");
-        }
+        insert_blobs(&self.w, n, 900);
     }
 
     fn touch(&self) {

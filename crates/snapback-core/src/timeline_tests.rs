@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::Connection;
 use snapback_storage::{LocalStore, Store};
+use snapback_testkit::db::{checkpointed_image, insert_blobs, update_blob, wal_writer};
 
 use crate::id::Id;
 use crate::layout::{timeline_key, CONFIG_KEY, CONFIG_NEXT_KEY, TIMELINE_PREFIX};
@@ -44,38 +45,24 @@ impl Fx {
             Arc::new(LocalStore::create(dir.path().join("repo")).expect("store"));
         let repo = Repository::init(store, opts).expect("init");
         let db = dir.path().join("app.db");
-        let w = Connection::open(&db).expect("open");
-        w.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
-             CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
-        )
-        .expect("schema");
+        let w = wal_writer(&db);
         let fx = Fx { dir, repo, db, w };
         fx.insert(40);
         fx
     }
 
     pub fn insert(&self, n: u32) {
-        for _ in 0..n {
-            self.w
-                .execute("INSERT INTO t(v) VALUES (randomblob(700))", [])
-                .expect("insert");
-        }
+        insert_blobs(&self.w, n, 700);
     }
 
     pub fn update(&self, id: i64) {
-        self.w
-            .execute("UPDATE t SET v = randomblob(700) WHERE id = ?1", [id])
-            .expect("update");
+        update_blob(&self.w, id, 700);
     }
 
     /// What SQLite has now, byte for byte (the WAL checkpointed into the
     /// file, which is then read).
     pub fn image(&self) -> Vec<u8> {
-        self.w
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-            .expect("checkpoint");
-        std::fs::read(&self.db).expect("read db")
+        checkpointed_image(&self.w, &self.db)
     }
 
     /// A full snapshot of the database: the base manifest.

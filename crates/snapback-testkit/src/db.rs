@@ -63,6 +63,46 @@ pub fn integrity(path: &Path) -> String {
         .expect("integrity_check")
 }
 
+/// A writer's connection to a new WAL-mode database at `path` with
+/// `t(id INTEGER PRIMARY KEY, v BLOB)` and automatic checkpoints off, so
+/// that every frame stays in the WAL until the test checkpoints (what the
+/// WAL-delta and timeline tests read). Keep it open: closing the last
+/// connection checkpoints and deletes the WAL.
+pub fn wal_writer(path: &Path) -> Connection {
+    let w = Connection::open(path).expect("open");
+    w.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
+    )
+    .expect("schema");
+    w
+}
+
+/// Inserts `n` rows of `size` random bytes into `t`, one transaction each.
+pub fn insert_blobs(w: &Connection, n: u32, size: usize) {
+    for _ in 0..n {
+        w.execute("INSERT INTO t(v) VALUES (randomblob(?1))", [size as i64])
+            .expect("insert");
+    }
+}
+
+/// Gives row `id` of `t` a new value of `size` random bytes.
+pub fn update_blob(w: &Connection, id: i64, size: usize) {
+    w.execute(
+        "UPDATE t SET v = randomblob(?1) WHERE id = ?2",
+        (size as i64, id),
+    )
+    .expect("update");
+}
+
+/// What SQLite has now at `path`, byte for byte: the WAL checkpointed into
+/// the file through the writer `w`, and the file read.
+pub fn checkpointed_image(w: &Connection, path: &Path) -> Vec<u8> {
+    w.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .expect("checkpoint");
+    std::fs::read(path).expect("read db")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +116,24 @@ mod tests {
         assert_eq!(integrity(&p), "ok");
         let r = rows(&p);
         assert_eq!(r[7], (7, row_value(7, 0)));
+    }
+
+    #[test]
+    fn wal_writer_keeps_frames_in_the_wal_until_checkpointed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("w.db");
+        let w = wal_writer(&p);
+        insert_blobs(&w, 10, 700);
+        update_blob(&w, 3, 700);
+        let wal = d.path().join("w.db-wal");
+        assert!(
+            std::fs::metadata(&wal).expect("wal").len() > 0,
+            "the frames are in the WAL"
+        );
+        let image = checkpointed_image(&w, &p);
+        assert_eq!(std::fs::metadata(&wal).expect("wal").len(), 0, "truncated");
+        assert_eq!(image, std::fs::read(&p).expect("read"));
+        assert_eq!(count(&p, "t"), 10);
+        assert_eq!(integrity(&p), "ok");
     }
 }
