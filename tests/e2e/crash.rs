@@ -20,13 +20,13 @@
 //! loops.
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::rel_util::{
     check_clean, committed, damage_rows, make_db, repair_script, restore_exactly, rows, Committed,
 };
-use snapback_testkit::{integrity, stderr, stdout, Env, Rng};
+use snapback_testkit::{integrity, stderr, stdout, Env, KillOnDrop, Rng};
 
 /// The repository of a crash loop: encrypted when SNAPBACK_CRASH_ENCRYPTED=1.
 fn crash_env() -> Env {
@@ -162,17 +162,18 @@ fn run_and_kill(
     for (k, v) in extra_env {
         c.env(k, v);
     }
-    let mut child: Child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = KillOnDrop::new(
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
     let pid = child.id();
     std::thread::sleep(delay);
     let mid = match child.try_wait().expect("try_wait") {
         Some(status) => {
-            let out = child.wait_with_output().expect("output");
+            let out = child.into_inner().wait_with_output().expect("output");
             assert!(
                 status.success(),
                 "snapback {args:?} finished before the kill, but failed: {}",
@@ -703,13 +704,14 @@ fn crash_snapshot_stopped_while_prune_runs_with_a_shifted_clock() {
         fresh_blob(&mut rng);
         let before = committed(&env);
         let d = delay(&mut rng, measured, &mut tally);
-        let child = env
-            .cmd(&["snapshot", dbs, blobs])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
+        let child = KillOnDrop::new(
+            env.cmd(&["snapshot", dbs, blobs])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn"),
+        );
         std::thread::sleep(d);
         let mut child = child;
         let running = child.try_wait().expect("try_wait").is_none();
@@ -741,7 +743,7 @@ fn crash_snapshot_stopped_while_prune_runs_with_a_shifted_clock() {
         if running {
             signal(child.id(), "CONT");
         }
-        let out = child.wait_with_output().expect("wait");
+        let out = child.into_inner().wait_with_output().expect("wait");
         if kind == 0 && !p.status.success() {
             assert!(stderr(&p).contains("locked"), "{ctx}: {}", stderr(&p));
         } else {
@@ -909,7 +911,7 @@ fn crash_watch_killed_at_random_points_while_a_writer_commits() {
         c.stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_file).expect("stdout file"))
             .stderr(std::fs::File::create(env.path(&format!("watch-{i}.log"))).expect("log"));
-        let mut child = c.spawn().expect("spawn watch");
+        let mut child = KillOnDrop::new(c.spawn().expect("spawn watch"));
         let d = Duration::from_millis(300 + rng.below(2700));
         tally.max_delay_ms = tally.max_delay_ms.max(d.as_millis() as u64);
         std::thread::sleep(d);

@@ -244,7 +244,7 @@ fn sigkill_inside_the_write_transaction_leaves_the_old_or_the_restored_database(
                 std::fs::metadata(format!("{}{suffix}", db.display())).map_or(0, |m| m.len())
             };
             let wal_before = side("-wal");
-            let mut child = cmd.spawn().expect("spawn");
+            let mut child = snapback_testkit::KillOnDrop::new(cmd.spawn().expect("spawn"));
             // Inside the write transaction: the restore holds the write
             // lock from BEGIN IMMEDIATE to COMMIT, which the hook delays.
             let probe = Connection::open(&db).expect("probe");

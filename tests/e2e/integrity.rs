@@ -95,8 +95,8 @@ fn snapshot_killed_midway_leaves_a_consistent_repository() {
         if Instant::now() > deadline {
             break;
         }
-        let mut child = env
-            .cmd(&[
+        let mut child = snapback_testkit::KillOnDrop::new(
+            env.cmd(&[
                 "snapshot",
                 big.to_str().expect("utf8"),
                 db.to_str().expect("utf8"),
@@ -104,7 +104,8 @@ fn snapshot_killed_midway_leaves_a_consistent_repository() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn");
+            .expect("spawn"),
+        );
         std::thread::sleep(Duration::from_millis(delay_ms));
         let exited_early = child.try_wait().expect("wait").is_some();
         if !exited_early {

@@ -6,11 +6,11 @@
 //! commits nothing; it never reports success for data prune deleted.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::rel_util::{check_clean, committed, objects, restore_exactly};
-use snapback_testkit::{bin, random_bytes, stderr, Env};
+use snapback_testkit::{bin, random_bytes, stderr, Env, KillOnDrop};
 
 /// Files of random bytes, `n` × `mb` MiB, in a fresh directory `name`.
 pub fn random_files(env: &Env, name: &str, n: usize, mb: usize, seed: u64) -> PathBuf {
@@ -59,7 +59,7 @@ pub fn start_and_stop_after_a_pack(
     offset: &str,
     dir: &Path,
     packs_before: usize,
-) -> Child {
+) -> KillOnDrop {
     let cmd = faked(env, offset, &["snapshot", dir.to_str().expect("utf8")]);
     let child = spawn_until_written(env, cmd, "data", packs_before);
     signal(child.id(), "STOP");
@@ -68,13 +68,14 @@ pub fn start_and_stop_after_a_pack(
 
 /// Starts the snapshot `cmd` and returns once the repository holds more
 /// than `before` objects under `prefix` (at most 2 minutes).
-fn spawn_until_written(env: &Env, mut cmd: Command, prefix: &str, before: usize) -> Child {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn snapshot");
+fn spawn_until_written(env: &Env, mut cmd: Command, prefix: &str, before: usize) -> KillOnDrop {
+    let child = KillOnDrop::new(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn snapshot"),
+    );
     let t = Instant::now();
     while objects(&env.repo(), prefix).len() <= before {
         assert!(
@@ -86,9 +87,12 @@ fn spawn_until_written(env: &Env, mut cmd: Command, prefix: &str, before: usize)
     child
 }
 
-fn resume(child: Child) -> Output {
+fn resume(child: KillOnDrop) -> Output {
     signal(child.id(), "CONT");
-    child.wait_with_output().expect("wait snapshot")
+    child
+        .into_inner()
+        .wait_with_output()
+        .expect("wait snapshot")
 }
 
 /// Makes every lock in the repository look as if another host took it
@@ -226,7 +230,10 @@ fn snapshot_paused_after_its_last_check_fails_when_prune_deleted_a_pack_it_reuse
     // Its index is written after the last check, right before the pause.
     let child = spawn_until_written(&env, cmd, "index", indexes);
     forget_and_prune_behind_its_lock(&env, &first, &old_packs);
-    let out = child.wait_with_output().expect("wait snapshot");
+    let out = child
+        .into_inner()
+        .wait_with_output()
+        .expect("wait snapshot");
     refused_and_nothing_committed(
         &env,
         out,

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 use std::process::Child;
+
+use snapback_testkit::KillOnDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -162,7 +164,7 @@ pub(crate) fn writer(
     })
 }
 
-pub(crate) fn start_watch(env: &Env, db: &Path) -> Child {
+pub(crate) fn start_watch(env: &Env, db: &Path) -> KillOnDrop {
     spawn(env.cmd(&[
         "--json",
         "-v",
@@ -178,7 +180,7 @@ pub(crate) fn signal(child: &Child, sig: &str) {
 }
 
 /// SIGTERM, then the watcher's output; it must exit 0.
-pub(crate) fn stop_watch(child: Child) -> Out {
+pub(crate) fn stop_watch(child: KillOnDrop) -> Out {
     signal(&child, "TERM");
     let out = wait_out(child, Duration::from_secs(60));
     assert_eq!(out.code, 0, "watch exits 0 on SIGTERM: {out:?}");

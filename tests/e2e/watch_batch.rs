@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use snapback_testkit::{integrity, spawn, wait_out, Env, Out, Rng};
+use snapback_testkit::{integrity, spawn, wait_out, Env, KillOnDrop, Out, Rng};
 
 use crate::s3::S3Repo;
 use crate::watch::{
@@ -51,12 +51,7 @@ fn segments_and_manifests(pts: &[(String, i128, serde_json::Value)]) -> (usize, 
 
 /// Runs the bank writer for `secs` under a running watcher, then stops
 /// both; returns the log and the watcher's output.
-fn run_writer_under(
-    child: std::process::Child,
-    db: &Path,
-    secs: u64,
-    seed: u64,
-) -> (Vec<Logged>, Out) {
+fn run_writer_under(child: KillOnDrop, db: &Path, secs: u64, seed: u64) -> (Vec<Logged>, Out) {
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(Vec::new()));
     let w = writer(db, stop.clone(), log.clone(), seed);

@@ -89,7 +89,11 @@ pub fn snapback(
 
 /// Starts `snapback` with the repository `repo` and the variables `env`
 /// (stdin closed, output piped).
-pub fn spawn_snapback(repo: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+pub fn spawn_snapback(
+    repo: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> snapback_testkit::KillOnDrop {
     let mut c = snapback_testkit::command(repo);
     c.args(args).envs(env.iter().copied());
     snapback_testkit::spawn(c)

@@ -187,18 +187,76 @@ impl Out {
     }
 }
 
-/// Starts `cmd` with stdin closed and stdout and stderr piped.
-pub fn spawn(mut cmd: Command) -> Child {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
+/// A test's child process (a watcher, a writer, a server), killed
+/// (SIGKILL) and reaped when the guard is dropped, so that a test that
+/// fails or panics half-way leaves no orphan behind: an orphan would keep
+/// the descriptors it inherited (a build lock among them) and the files
+/// it holds. It derefs to the [`Child`]; [`KillOnDrop::into_inner`]
+/// disarms it.
+#[derive(Debug)]
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> KillOnDrop {
+        KillOnDrop(Some(child))
+    }
+
+    /// The child, no longer killed on drop.
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().expect("the child is there until into_inner")
+    }
+}
+
+impl From<Child> for KillOnDrop {
+    fn from(child: Child) -> KillOnDrop {
+        KillOnDrop::new(child)
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0
+            .as_ref()
+            .expect("the child is there until into_inner")
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0
+            .as_mut()
+            .expect("the child is there until into_inner")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `cmd` with stdin closed and stdout and stderr piped; the child
+/// is killed when the returned guard is dropped.
+pub fn spawn(mut cmd: Command) -> KillOnDrop {
+    KillOnDrop::new(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program())),
+    )
 }
 
 /// Waits for `child`, reading its output; kills it and fails the test when
-/// it runs longer than `limit`.
-pub fn wait_out(mut child: Child, limit: Duration) -> Out {
+/// it runs longer than `limit` (or when this panics: the guard kills it).
+pub fn wait_out(child: impl Into<KillOnDrop>, limit: Duration) -> Out {
+    let mut child = child.into();
     let start = Instant::now();
     let mut so = child.stdout.take().expect("stdout piped");
     let mut se = child.stderr.take().expect("stderr piped");

@@ -32,7 +32,7 @@ pub use snapback_storage::fault;
 pub use binary::{bin, vfs_extension, workspace};
 pub use cli::{
     command, flip_byte_in_largest_pack, hostname, init_encrypted, run_bounded, spawn, stderr,
-    stdout, wait_out, CHEAP_KDF, ISOLATED_VARS, PASSWORD_VARS,
+    stdout, wait_out, KillOnDrop, CHEAP_KDF, ISOLATED_VARS, PASSWORD_VARS,
 };
 pub use cli::{Env, Out};
 pub use data::{pattern, random_bytes, Rng};
