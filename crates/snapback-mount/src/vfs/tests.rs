@@ -922,6 +922,15 @@ fn assert_sorted_like_json_macro(text: &[u8], what: &str) {
     );
 }
 
+/// The keys of a JSON object, in order.
+fn top_keys(v: &serde_json::Value) -> Vec<&str> {
+    v.as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
 #[test]
 fn status_json_keys_stay_in_alphabetical_order() {
     let fx = Fixture::new();
@@ -931,12 +940,7 @@ fn status_json_keys_stay_in_alphabetical_order() {
     let text = read_all(&vfs, STATUS_NAME).expect("status file");
     assert_sorted_like_json_macro(&text, STATUS_NAME);
     let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
-    let keys: Vec<&str> = v
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys = top_keys(&v);
     assert_eq!(
         keys,
         [
@@ -1001,12 +1005,7 @@ fn manifest_json_keys_stay_in_alphabetical_order() {
     let text = read_all(&vfs, &format!("snapshots/{dir}/{MANIFEST_NAME}")).expect("manifest");
     assert_sorted_like_json_macro(&text, MANIFEST_NAME);
     let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
-    let keys: Vec<&str> = v
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys = top_keys(&v);
     // A WAL-mode database: the mount notes are there; not a point.
     assert_eq!(keys, ["id", "manifest", "mount_notes", "short_id"]);
     // With a point, every field set: still sorted at every level.
@@ -1021,11 +1020,7 @@ fn manifest_json_keys_stay_in_alphabetical_order() {
     assert_sorted_like_json_macro(&text, "ManifestDoc with a point");
     let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
     assert_eq!(
-        v.as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        top_keys(&v),
         ["id", "manifest", "mount_notes", "point", "short_id"]
     );
 }
