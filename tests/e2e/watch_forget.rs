@@ -25,7 +25,7 @@ pub(crate) struct Watcher(pub(crate) Option<Child>);
 
 impl Watcher {
     pub(crate) fn start(cmd: Command) -> Watcher {
-        Watcher(Some(spawn(cmd)))
+        Watcher(Some(spawn(cmd).into_inner()))
     }
 
     /// SIGTERM, then its output.
