@@ -227,10 +227,11 @@ pub fn new_state_version() -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> CaptureState {
+    /// A capture state of no real database, for tests here and in spool.rs.
+    pub(crate) fn sample() -> CaptureState {
         CaptureState {
             version: STATE_VERSION,
             repo_id: "ab".into(),

@@ -516,25 +516,11 @@ fn decode_point(body: &[u8], page_size: u32) -> Option<SpoolPoint> {
 mod tests {
     use super::*;
 
+    /// The capture state's test sample, with this spool's 512-byte pages.
     fn state() -> CaptureState {
         CaptureState {
-            version: crate::capture_state::new_state_version(),
-            repo_id: "ab".into(),
-            path: "/x.db".into(),
-            host: "h".into(),
-            pid: 1,
-            dev: 2,
-            ino: 3,
             page_size: 512,
-            wal_salts: "0011223344556677".into(),
-            frame: 9,
-            frame_cksum: [1, 2],
-            manifest: Id([7; 32]),
-            page_count: 10,
-            db_checksum: "0".into(),
-            session: None,
-            wal_ckpt: None,
-            point: None,
+            ..crate::capture_state::tests::sample()
         }
     }
 
