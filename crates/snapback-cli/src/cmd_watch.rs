@@ -107,50 +107,8 @@ enum Outcome {
 }
 
 pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
-    let interval = parse_duration(&a.interval).context("--interval")?;
-    if interval < Duration::from_millis(10) {
-        return Err(
-            crate::Usage(format!("--interval {}: must be at least 10ms", a.interval)).into(),
-        );
-    }
-    for t in &a.tags {
-        crate::config::validate_tag(t)?;
-    }
-    let verify_interval = match a.verify_interval.trim() {
-        "off" | "0" => None,
-        v => Some(parse_duration(v).context("--verify-interval")?).filter(|d| !d.is_zero()),
-    };
-    let upload_arg = a.upload_interval.clone();
-    let upload_given = match &upload_arg {
-        Some(u) => Some(parse_duration(u).context("--upload-interval")?),
-        None => None,
-    };
-    if let (Some(u), Some(d)) = (&upload_arg, upload_given) {
-        if d < interval {
-            return Err(crate::Usage(format!(
-                "--upload-interval {u}: must be at least --interval ({}); points are taken every --interval and written every --upload-interval",
-                a.interval
-            ))
-            .into());
-        }
-    }
-    let sources: Vec<(PathBuf, Vec<String>)> = if !a.paths.is_empty() {
-        a.paths
-            .iter()
-            .map(|p| (absolute(p), a.tags.clone()))
-            .collect()
-    } else if !cfg.sources.is_empty() {
-        cfg.sources
-            .iter()
-            .map(|s| (s.path.clone(), [s.tags.clone(), a.tags.clone()].concat()))
-            .collect()
-    } else {
-        return Err(crate::Usage(
-            "nothing to watch: give database paths, or list sources in snapback.toml (--config)"
-                .into(),
-        )
-        .into());
-    };
+    let (interval, verify_interval, upload_given) = parse_intervals(&a)?;
+    let sources = watch_sources(cfg, &a)?;
     let repo = open_repo(g)?;
     // On S3 a PUT costs money and time: points are batched for 10 s. On a
     // local disk every tick's points are written at once (RPO one tick).
@@ -163,69 +121,20 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
     let status_dir = state_dir.as_deref().map(watch_status::dir);
     let mut watched = Vec::new();
     for (path, tags) in sources {
-        for t in &tags {
-            crate::config::validate_tag(t)?;
-        }
-        let path = std::fs::canonicalize(&path)
-            .with_context(|| format!("cannot watch {} (check that it exists)", path.display()))?;
-        let is_db = snapback_core::sqlite::has_sqlite_header(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if !is_db {
-            return Err(crate::Usage(format!(
-                "{} is not a SQLite database: watch takes databases (use `snapback snapshot` for other files and directories)",
-                path.display()
-            ))
-            .into());
-        }
-        if watched.iter().any(|w: &Watched| w.path == path) {
-            continue;
-        }
-        let path_s = path.to_string_lossy().into_owned();
-        let batch = match &state_dir {
-            Some(root) => {
-                let dir = snapback_core::spool::dir(root, &repo.config().repo_id, &path_s);
-                let spool = snapback_core::spool::Spool::open(&dir)
-                    .with_context(|| format!("cannot watch {}", path.display()))?;
-                Batcher::new(&path).with_spool(spool, a.spool_max)
-            }
-            None => {
-                tracing::warn!(path = %path.display(), "no local state directory (set XDG_STATE_HOME or HOME): points wait for their upload in memory only, and a watcher killed meanwhile loses them");
-                Batcher::new(&path)
-            }
-        };
-        let mut status =
-            WatchStatus::new(&repo.config().repo_id, &path_s, interval, upload_interval);
-        status.spool_limit = if state_dir.is_some() { a.spool_max } else { 0 };
-        watched.push(Watched {
-            tags,
-            pin: None,
-            wal_mode: true,
-            last: None,
-            session: new_session(),
-            points: 0,
-            last_point: None,
-            failing: None,
-            status,
-            batch,
-            needs_manifest: None,
-            next_verify: verify_interval.map(|d| Instant::now() + d),
+        let intervals = (interval, upload_interval, verify_interval);
+        if let Some(w) = open_watched(
+            &repo,
+            &a,
+            state_dir.as_deref(),
             path,
-        });
-    }
-    let mut resumed_spool = false;
-    if let Some(root) = &state_dir {
-        for w in &mut watched {
-            w.batch
-                .load_spool()
-                .with_context(|| format!("cannot watch {}", w.path.display()))?;
-            match resume(&repo, root, w) {
-                Ok(spooled) => resumed_spool |= spooled,
-                Err(e) => {
-                    tracing::warn!(path = %w.path.display(), error = %e, "cannot read the repository to continue from the newest point (retried at the next tick when points are spooled)")
-                }
-            }
+            tags,
+            intervals,
+            &watched,
+        )? {
+            watched.push(w);
         }
     }
+    let resumed_spool = resume_all(&repo, state_dir.as_deref(), &mut watched)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
@@ -247,24 +156,9 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
     let mut first = true;
     let mut next = Instant::now();
     loop {
-        let mut all_ok = true;
-        let mut not_spooled = Vec::new();
         let stopping = stop.load(Ordering::Relaxed);
-        for w in &mut watched {
-            let r = tick(&repo, &a, state_dir.as_ref(), w, first);
-            match r {
-                Ok(Outcome::Unchanged | Outcome::Pending) => {}
-                Ok(Outcome::NotSpooled(why)) => not_spooled.push((w.path.clone(), why)),
-                Ok(Outcome::Manifest(r)) => {
-                    w.failing = None;
-                    report_manifest(g, w, &r)?;
-                }
-                Err(e) => {
-                    all_ok = false;
-                    failed(w, &e, "cannot take a point (retrying every tick)");
-                }
-            }
-        }
+        let (mut all_ok, not_spooled) =
+            take_points(g, &repo, &a, state_dir.as_ref(), &mut watched, first)?;
         // Every --upload-interval, and whenever a database needs a new
         // base (its pending points go first), or on the way out.
         // Counted in ticks, so that an upload interval equal to the tick
@@ -295,37 +189,9 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             notify("STOPPING=1");
             return Ok(code);
         }
-        for w in &mut watched {
-            if !w.batch.pending().is_empty() {
-                continue;
-            }
-            let Some(why) = w.needs_manifest.take().or_else(|| w.batch.rebase_due()) else {
-                continue;
-            };
-            let sig = Signature::take(&w.path, w.wal_mode);
-            match rebase(&repo, &a, state_dir.as_ref(), w, &why) {
-                Ok(r) => {
-                    w.last = Some(sig);
-                    w.failing = None;
-                    report_manifest(g, w, &r)?;
-                }
-                Err(e) => {
-                    all_ok = false;
-                    w.needs_manifest = Some(why);
-                    failed(w, &e, "cannot take a point (retrying every tick)");
-                }
-            }
-        }
+        all_ok &= take_manifests_due(g, &repo, &a, state_dir.as_ref(), &mut watched)?;
         if let (Some(every), Some(dir)) = (verify_interval, state_dir.as_ref()) {
-            for w in &mut watched {
-                // With nothing pending the local capture state is the
-                // newest point's image, which is what is compared.
-                let due = w.next_verify.is_some_and(|t| Instant::now() >= t);
-                if due && w.batch.pending().is_empty() && w.points > 0 {
-                    verify(&repo, &a, dir, w);
-                    w.next_verify = Some(Instant::now() + every);
-                }
-            }
+            verify_due(&repo, &a, dir, every, &mut watched);
         }
         // The points pending go up before the lock is let go, so that a
         // forget run in the gap sees a segment naming every base in use.
@@ -334,21 +200,8 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             all_ok &= upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
         }
         lock.maintain();
-        for w in &mut watched {
-            let p = w.batch.pending();
-            w.status.pending_points = p.len() as u64;
-            w.status.oldest_pending = p.first().map(|p| p.point.time);
-            w.status.spool_bytes = w.batch.spool_bytes();
-        }
+        save_statuses(&mut watched, status_dir.as_deref());
         first = false;
-        for w in &mut watched {
-            w.status.last_tick = Some(snapback_core::time::now());
-            if let Some(dir) = &status_dir {
-                if let Err(e) = watch_status::save(dir, &w.status) {
-                    tracing::warn!(path = %w.path.display(), error = %e, "cannot write the watch status that `snapback status` reads");
-                }
-            }
-        }
         if all_ok {
             if !ready {
                 notify("READY=1");
@@ -357,39 +210,314 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             notify("WATCHDOG=1");
             notify(&status_line(&watched));
         }
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        next += interval;
-        let now = Instant::now();
-        if next < now {
-            let behind = now - next;
-            if behind > interval {
-                tracing::warn!(
-                    behind_ms = behind.as_millis() as u64,
-                    "falling behind: a tick took longer than --interval; points are taken as fast as they can be"
-                );
-            }
-            next = now;
-        }
-        while Instant::now() < next && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep((next - Instant::now()).min(Duration::from_millis(50)));
-        }
-        if stop.load(Ordering::Relaxed) {
+        if !wait_for_tick(&mut next, interval, &stop) {
             break;
         }
     }
     notify("STOPPING=1");
+    stop_on_request(
+        g,
+        &repo,
+        &a,
+        &mut lock,
+        state_dir.as_deref(),
+        status_dir.as_deref(),
+        &mut watched,
+    )
+}
+
+/// `--interval`, `--verify-interval` (none: off) and `--upload-interval`
+/// (when given), checked.
+fn parse_intervals(
+    a: &WatchArgs,
+) -> anyhow::Result<(Duration, Option<Duration>, Option<Duration>)> {
+    let interval = parse_duration(&a.interval).context("--interval")?;
+    if interval < Duration::from_millis(10) {
+        return Err(
+            crate::Usage(format!("--interval {}: must be at least 10ms", a.interval)).into(),
+        );
+    }
+    for t in &a.tags {
+        crate::config::validate_tag(t)?;
+    }
+    let verify_interval = match a.verify_interval.trim() {
+        "off" | "0" => None,
+        v => Some(parse_duration(v).context("--verify-interval")?).filter(|d| !d.is_zero()),
+    };
+    let upload_arg = a.upload_interval.clone();
+    let upload_given = match &upload_arg {
+        Some(u) => Some(parse_duration(u).context("--upload-interval")?),
+        None => None,
+    };
+    if let (Some(u), Some(d)) = (&upload_arg, upload_given) {
+        if d < interval {
+            return Err(crate::Usage(format!(
+                "--upload-interval {u}: must be at least --interval ({}); points are taken every --interval and written every --upload-interval",
+                a.interval
+            ))
+            .into());
+        }
+    }
+    Ok((interval, verify_interval, upload_given))
+}
+
+/// The databases to watch and their tags: the paths given, else the
+/// config's sources.
+fn watch_sources(cfg: &Config, a: &WatchArgs) -> anyhow::Result<Vec<(PathBuf, Vec<String>)>> {
+    if !a.paths.is_empty() {
+        Ok(a.paths
+            .iter()
+            .map(|p| (absolute(p), a.tags.clone()))
+            .collect())
+    } else if !cfg.sources.is_empty() {
+        Ok(cfg
+            .sources
+            .iter()
+            .map(|s| (s.path.clone(), [s.tags.clone(), a.tags.clone()].concat()))
+            .collect())
+    } else {
+        Err(crate::Usage(
+            "nothing to watch: give database paths, or list sources in snapback.toml (--config)"
+                .into(),
+        )
+        .into())
+    }
+}
+
+/// One database to watch, checked, with its spool opened (none: the same
+/// database is in `watched` already). `intervals`: the tick, the upload
+/// interval and the verify interval.
+fn open_watched(
+    repo: &Repository,
+    a: &WatchArgs,
+    state_dir: Option<&std::path::Path>,
+    path: PathBuf,
+    tags: Vec<String>,
+    (interval, upload_interval, verify_interval): (Duration, Duration, Option<Duration>),
+    watched: &[Watched],
+) -> anyhow::Result<Option<Watched>> {
+    for t in &tags {
+        crate::config::validate_tag(t)?;
+    }
+    let path = std::fs::canonicalize(&path)
+        .with_context(|| format!("cannot watch {} (check that it exists)", path.display()))?;
+    let is_db = snapback_core::sqlite::has_sqlite_header(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !is_db {
+        return Err(crate::Usage(format!(
+            "{} is not a SQLite database: watch takes databases (use `snapback snapshot` for other files and directories)",
+            path.display()
+        ))
+        .into());
+    }
+    if watched.iter().any(|w: &Watched| w.path == path) {
+        return Ok(None);
+    }
+    let path_s = path.to_string_lossy().into_owned();
+    let batch = match state_dir {
+        Some(root) => {
+            let dir = snapback_core::spool::dir(root, &repo.config().repo_id, &path_s);
+            let spool = snapback_core::spool::Spool::open(&dir)
+                .with_context(|| format!("cannot watch {}", path.display()))?;
+            Batcher::new(&path).with_spool(spool, a.spool_max)
+        }
+        None => {
+            tracing::warn!(path = %path.display(), "no local state directory (set XDG_STATE_HOME or HOME): points wait for their upload in memory only, and a watcher killed meanwhile loses them");
+            Batcher::new(&path)
+        }
+    };
+    let mut status = WatchStatus::new(&repo.config().repo_id, &path_s, interval, upload_interval);
+    status.spool_limit = if state_dir.is_some() { a.spool_max } else { 0 };
+    Ok(Some(Watched {
+        tags,
+        pin: None,
+        wal_mode: true,
+        last: None,
+        session: new_session(),
+        points: 0,
+        last_point: None,
+        failing: None,
+        status,
+        batch,
+        needs_manifest: None,
+        next_verify: verify_interval.map(|d| Instant::now() + d),
+        path,
+    }))
+}
+
+/// Loads every database's spool and continues from its previous watcher
+/// (`resume`); true when spooled points are pending.
+fn resume_all(
+    repo: &Repository,
+    state_dir: Option<&std::path::Path>,
+    watched: &mut [Watched],
+) -> anyhow::Result<bool> {
+    let mut resumed_spool = false;
+    if let Some(root) = state_dir {
+        for w in watched {
+            w.batch
+                .load_spool()
+                .with_context(|| format!("cannot watch {}", w.path.display()))?;
+            match resume(repo, root, w) {
+                Ok(spooled) => resumed_spool |= spooled,
+                Err(e) => {
+                    tracing::warn!(path = %w.path.display(), error = %e, "cannot read the repository to continue from the newest point (retried at the next tick when points are spooled)")
+                }
+            }
+        }
+    }
+    Ok(resumed_spool)
+}
+
+/// Every database's tick (`tick`): false when one failed, and the
+/// databases whose newest point the spool could not take (and why).
+fn take_points(
+    g: &Global,
+    repo: &Repository,
+    a: &WatchArgs,
+    state_dir: Option<&PathBuf>,
+    watched: &mut [Watched],
+    first: bool,
+) -> anyhow::Result<(bool, Vec<(PathBuf, String)>)> {
+    let mut all_ok = true;
+    let mut not_spooled = Vec::new();
+    for w in watched {
+        let r = tick(repo, a, state_dir, w, first);
+        match r {
+            Ok(Outcome::Unchanged | Outcome::Pending) => {}
+            Ok(Outcome::NotSpooled(why)) => not_spooled.push((w.path.clone(), why)),
+            Ok(Outcome::Manifest(r)) => {
+                w.failing = None;
+                report_manifest(g, w, &r)?;
+            }
+            Err(e) => {
+                all_ok = false;
+                failed(w, &e, "cannot take a point (retrying every tick)");
+            }
+        }
+    }
+    Ok((all_ok, not_spooled))
+}
+
+/// A new base manifest for each database with nothing pending that needs
+/// one; false when one failed (it is retried every tick).
+fn take_manifests_due(
+    g: &Global,
+    repo: &Repository,
+    a: &WatchArgs,
+    state_dir: Option<&PathBuf>,
+    watched: &mut [Watched],
+) -> anyhow::Result<bool> {
+    let mut all_ok = true;
+    for w in watched {
+        if !w.batch.pending().is_empty() {
+            continue;
+        }
+        let Some(why) = w.needs_manifest.take().or_else(|| w.batch.rebase_due()) else {
+            continue;
+        };
+        let sig = Signature::take(&w.path, w.wal_mode);
+        match rebase(repo, a, state_dir, w, &why) {
+            Ok(r) => {
+                w.last = Some(sig);
+                w.failing = None;
+                report_manifest(g, w, &r)?;
+            }
+            Err(e) => {
+                all_ok = false;
+                w.needs_manifest = Some(why);
+                failed(w, &e, "cannot take a point (retrying every tick)");
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+/// The live verification of each database whose `--verify-interval` has
+/// come, when it has nothing pending and a point was taken.
+fn verify_due(
+    repo: &Repository,
+    a: &WatchArgs,
+    dir: &std::path::Path,
+    every: Duration,
+    watched: &mut [Watched],
+) {
+    for w in watched {
+        // With nothing pending the local capture state is the
+        // newest point's image, which is what is compared.
+        let due = w.next_verify.is_some_and(|t| Instant::now() >= t);
+        if due && w.batch.pending().is_empty() && w.points > 0 {
+            verify(repo, a, dir, w);
+            w.next_verify = Some(Instant::now() + every);
+        }
+    }
+}
+
+/// Each database's report for `snapback status`, brought up to date and
+/// written.
+fn save_statuses(watched: &mut [Watched], status_dir: Option<&std::path::Path>) {
+    for w in watched.iter_mut() {
+        let p = w.batch.pending();
+        w.status.pending_points = p.len() as u64;
+        w.status.oldest_pending = p.first().map(|p| p.point.time);
+        w.status.spool_bytes = w.batch.spool_bytes();
+    }
+    for w in watched.iter_mut() {
+        w.status.last_tick = Some(snapback_core::time::now());
+        if let Some(dir) = status_dir {
+            if let Err(e) = watch_status::save(dir, &w.status) {
+                tracing::warn!(path = %w.path.display(), error = %e, "cannot write the watch status that `snapback status` reads");
+            }
+        }
+    }
+}
+
+/// Sleeps until the next tick (`next`, moved on by `interval`; a warning
+/// when a tick took longer); false when a signal asked to stop, before
+/// or while sleeping.
+fn wait_for_tick(next: &mut Instant, interval: Duration, stop: &AtomicBool) -> bool {
+    if stop.load(Ordering::Relaxed) {
+        return false;
+    }
+    *next += interval;
+    let now = Instant::now();
+    if *next < now {
+        let behind = now - *next;
+        if behind > interval {
+            tracing::warn!(
+                behind_ms = behind.as_millis() as u64,
+                "falling behind: a tick took longer than --interval; points are taken as fast as they can be"
+            );
+        }
+        *next = now;
+    }
+    while Instant::now() < *next && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep((*next - Instant::now()).min(Duration::from_millis(50)));
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
+/// The way out after a signal: the points taken since the last upload go
+/// up, and the exit code says whether any were left in the spool.
+fn stop_on_request(
+    g: &Global,
+    repo: &Repository,
+    a: &WatchArgs,
+    lock: &mut UploadLock,
+    state_dir: Option<&std::path::Path>,
+    status_dir: Option<&std::path::Path>,
+    watched: &mut [Watched],
+) -> anyhow::Result<u8> {
     // The points taken since the last upload, before going: waiting for a
     // forget or a prune that holds the lock now (within systemd's stop
     // timeout), not giving up at once.
     lock.release();
     if watched.iter().any(|w| !w.batch.pending().is_empty()) {
-        if let Err(e) = lock.take_for_stop(&repo, a.lock_wait.min(STOP_LOCK_WAIT)) {
+        if let Err(e) = lock.take_for_stop(repo, a.lock_wait.min(STOP_LOCK_WAIT)) {
             tracing::warn!(error = %e, "cannot take the repository lock for the last upload");
         }
     }
-    upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
+    upload_pending(g, repo, lock, state_dir, watched)?;
     lock.release();
     let left: usize = watched.iter().map(|w| w.batch.pending().len()).sum();
     if left > 0 {
@@ -405,13 +533,13 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
                 ),
             };
             tracing::error!(path = %w.path.display(), points = n, "{msg}");
-            stop_report(w, status_dir.as_deref(), msg);
+            stop_report(w, status_dir, msg);
         }
         return Ok(exit::FAILURE);
     }
     // Stopped on request: no report is left for `status` to call stale.
-    if let Some(dir) = &status_dir {
-        for w in &watched {
+    if let Some(dir) = status_dir {
+        for w in watched.iter() {
             let _ = watch_status::remove(dir, &w.status.repo_id, &w.status.path);
         }
     }
