@@ -75,26 +75,7 @@ fn usage(msg: &str) -> anyhow::Error {
 }
 
 pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
-    let (snap_sel, live_arg) = match (&a.snapshot_db, a.args.as_slice()) {
-        (Some(_), [live]) => (None, live.clone()),
-        (None, [snap, live]) => (Some(snap.clone()), live.clone()),
-        (Some(_), _) => return Err(usage("with --snapshot-db, give only LIVE_DB")),
-        (None, _) => {
-            return Err(usage(
-                "give SNAP and LIVE_DB (or --snapshot-db FILE and LIVE_DB); SNAP is a snapshot id, 'latest' or @TIME",
-            ))
-        }
-    };
-    if a.sql && g.json {
-        return Err(usage(
-            "--sql and --json are two different outputs; choose one",
-        ));
-    }
-    if a.tables.is_empty() && (!a.key.is_empty() || a.columns.is_some()) {
-        return Err(usage(
-            "--key and --columns need --table: they name columns of one table",
-        ));
-    }
+    let (snap_sel, live_arg) = diff_operands(g, &a)?;
     let emit_to = a.emit_script.as_ref().map(|f| absolute(f));
     if let Some(f) = &emit_to {
         if !a.overwrite && std::fs::symlink_metadata(f).is_ok() {
@@ -105,36 +86,9 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         }
     }
     let live = live_path(&absolute(std::path::Path::new(&live_arg)))?;
-    let busy = a.busy_timeout;
-    let (sdb, emit_source) = match (&a.snapshot_db, snap_sel) {
-        (Some(f), _) => {
-            let f = absolute(f);
-            (SnapshotDb::from_file(&f)?, EmitSource::File(f))
-        }
-        (None, Some(sel)) => {
-            let repo = open_repo(g)?;
-            let (snap, file) = resolve_snapshot(&repo, &sel, a.path.as_deref(), &live, &[])?;
-            chose(g, &snap);
-            if emit_to.is_some()
-                && snap
-                    .manifest
-                    .tags
-                    .iter()
-                    .any(|t| t == snapback_repair::PRE_REPAIR_TAG)
-            {
-                bail!(
-                    "snapshot {} is a pre-repair snapshot, which a restore script never takes as its source (it holds the damage a repair removed; to go back to it, `snapback undo` the repair); nothing was written. Diff against a snapshot from before the incident",
-                    snap.describe()
-                );
-            }
-            let sdb = SnapshotDb::in_place(&repo, &snap, &file)
-                .context("cannot open the snapshot's database")?;
-            (sdb, EmitSource::Snapshot(snap.selector()))
-        }
-        (None, None) => bail!("no snapshot given"),
-    };
+    let (sdb, emit_source) = open_diff_snapshot(g, &a, snap_sel, &live, emit_to.is_some())?;
     let sconn = sdb.open()?;
-    let lconn = open_live_readonly(&live, busy)?;
+    let lconn = open_live_readonly(&live, a.busy_timeout)?;
     let sside = Side {
         conn: &sconn,
         place: sdb.describe(),
@@ -143,59 +97,13 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         conn: &lconn,
         place: live.display().to_string(),
     };
-
-    let whole = a.tables.is_empty();
-    // Tables that could not be compared, and why. One bad table does not
-    // stop the others; it makes the exit code INCOMPLETE.
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    // Virtual tables compared here, which a restore script cannot repair.
-    let mut virtual_compared: Vec<String> = Vec::new();
-    let (tables, table_diffs) = if whole {
-        let (mut tables, mut diffs) = compare_table_sets(&sside, &lside)?;
-        // Virtual tables: FTS and R*Tree rows are compared through their
-        // own SELECT; the others are reported, never silently passed over.
-        let (vtabs, vdiffs) = compare_virtual_tables(&sside, &lside)?;
-        diffs.extend(vdiffs);
-        for vt in vtabs {
-            match virtual_table_comparable(&vt) {
-                Ok(()) => {
-                    virtual_compared.push(vt.name.clone());
-                    tables.push(vt.name)
-                }
-                Err(why) => skipped.push((vt.name, why)),
-            }
-        }
-        tables.sort();
-        (tables, diffs)
-    } else {
-        (a.tables.clone(), vec![])
-    };
-    let mut prepared = Vec::new();
-    for t in &tables {
-        let sel = TableSelection {
-            table: t.clone(),
-            key: (!a.key.is_empty()).then(|| a.key.clone()),
-            columns: a.columns.clone(),
-            where_snapshot: a.where_.clone(),
-            where_live: a.where_.clone(),
-            guard: None,
-        };
-        match prepare_table(&sside, &lside, &sel) {
-            Ok(p) => prepared.push(p),
-            // A table the operator named, with a bad key, column or
-            // predicate: bad input, stop before any output.
-            Err(e) if !whole && !matches!(e, snapback_repair::Error::NoKey(_)) => {
-                return Err(e.into())
-            }
-            Err(e) => skipped.push((t.clone(), e.to_string())),
-        }
-    }
+    let mut plan = plan_diff(&a, &sside, &lside)?;
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut total = DiffCounts::default();
-    let mut schema_count = table_diffs.len() as u64;
-    for d in &table_diffs {
+    let mut schema_count = plan.table_diffs.len() as u64;
+    for d in &plan.table_diffs {
         if g.json {
             writeln!(out, "{}", serde_json::to_string(&doc::DiffSchema::new(d))?)?;
         } else if a.sql {
@@ -204,29 +112,12 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
             writeln!(out, "schema: table {}: {}", d.table, d.what)?;
         }
     }
-    let report_skip = |out: &mut BufWriter<_>, table: &str, reason: &str| -> anyhow::Result<()> {
-        eprintln!("warning: table {table} was not compared: {reason}");
-        if g.json {
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string(&doc::DiffSkipped {
-                    reason,
-                    table,
-                    type_: "skipped"
-                })?
-            )?;
-        } else if a.sql {
-            writeln!(out, "-- skipped: table {table}: not compared")?;
-        }
-        Ok(())
-    };
-    for (t, reason) in &skipped {
-        report_skip(&mut out, t, reason)?;
+    for (t, reason) in &plan.skipped {
+        report_skip(g, &a, &mut out, t, reason)?;
     }
     let mut compared = 0usize;
     let mut emitted: Vec<EmitTable> = Vec::new();
-    for t in &prepared {
+    for t in &plan.prepared {
         // One read transaction per table: the pairing check and the diff
         // read the same data.
         lconn
@@ -237,7 +128,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         match result {
             Ok(counts) => {
                 compared += 1;
-                if !virtual_compared.contains(&t.table) {
+                if !plan.virtual_compared.contains(&t.table) {
                     emitted.push(EmitTable {
                         name: t.table.clone(),
                         key: (!a.key.is_empty()).then(|| a.key.clone()),
@@ -252,12 +143,13 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
                 total.identical += counts.identical;
             }
             Err(DiffOneError::Pairing(reason)) => {
-                report_skip(&mut out, &t.table, &reason)?;
-                skipped.push((t.table.clone(), reason));
+                report_skip(g, &a, &mut out, &t.table, &reason)?;
+                plan.skipped.push((t.table.clone(), reason));
             }
             Err(DiffOneError::Fatal(e)) => return Err(e),
         }
     }
+    let skipped = &plan.skipped;
     if g.json {
         let summary = doc::DiffSummary {
             counts: &total,
@@ -279,37 +171,16 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     out.flush()?;
     drop(out);
     if let Some(f) = &emit_to {
-        let mut left_out: Vec<(String, String)> = virtual_compared
-            .iter()
-            .map(|t| {
-                (
-                    t.clone(),
-                    "a virtual table: the diff compares its rows, but repair writes ordinary tables only (repair the table its content comes from)".to_string(),
-                )
-            })
-            .collect();
-        left_out.extend(
-            skipped
-                .iter()
-                .map(|(t, r)| (t.clone(), format!("it was not compared: {r}"))),
-        );
-        let text = emit_script(&EmitScript {
+        let script = EmitScript {
             command: command_line(),
             file: f.clone(),
             source: emit_source,
             live: live.clone(),
             path: a.path.clone().or_else(|| sdb.db_path.clone()),
             tables: emitted,
-            left_out,
-        });
-        write_new_file(f, text.as_bytes(), a.overwrite)?;
-        if !g.quiet {
-            eprintln!(
-                "restore script written to {}: review it, then `snapback repair {}` (a dry run)",
-                f.display(),
-                f.display()
-            );
-        }
+            left_out: left_out(&plan.virtual_compared, skipped),
+        };
+        write_emitted_script(g, &a, f, &script)?;
     }
     if !g.json && !a.sql && !g.quiet {
         eprintln!(
@@ -341,6 +212,204 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     } else {
         exit::OK
     })
+}
+
+/// The snapshot selector (none with --snapshot-db) and the live database
+/// of `diff`'s arguments, and the checks of its flags that parsing
+/// cannot make.
+fn diff_operands(g: &Global, a: &DiffArgs) -> anyhow::Result<(Option<String>, String)> {
+    let (snap_sel, live_arg) = match (&a.snapshot_db, a.args.as_slice()) {
+        (Some(_), [live]) => (None, live.clone()),
+        (None, [snap, live]) => (Some(snap.clone()), live.clone()),
+        (Some(_), _) => return Err(usage("with --snapshot-db, give only LIVE_DB")),
+        (None, _) => {
+            return Err(usage(
+                "give SNAP and LIVE_DB (or --snapshot-db FILE and LIVE_DB); SNAP is a snapshot id, 'latest' or @TIME",
+            ))
+        }
+    };
+    if a.sql && g.json {
+        return Err(usage(
+            "--sql and --json are two different outputs; choose one",
+        ));
+    }
+    if a.tables.is_empty() && (!a.key.is_empty() || a.columns.is_some()) {
+        return Err(usage(
+            "--key and --columns need --table: they name columns of one table",
+        ));
+    }
+    Ok((snap_sel, live_arg))
+}
+
+/// The snapshot side of a diff (a snapshot's database read in place, or
+/// the --snapshot-db file) and what an emitted script names as its source.
+fn open_diff_snapshot(
+    g: &Global,
+    a: &DiffArgs,
+    snap_sel: Option<String>,
+    live: &std::path::Path,
+    emitting: bool,
+) -> anyhow::Result<(SnapshotDb, EmitSource)> {
+    Ok(match (&a.snapshot_db, snap_sel) {
+        (Some(f), _) => {
+            let f = absolute(f);
+            (SnapshotDb::from_file(&f)?, EmitSource::File(f))
+        }
+        (None, Some(sel)) => {
+            let repo = open_repo(g)?;
+            let (snap, file) = resolve_snapshot(&repo, &sel, a.path.as_deref(), live, &[])?;
+            chose(g, &snap);
+            if emitting
+                && snap
+                    .manifest
+                    .tags
+                    .iter()
+                    .any(|t| t == snapback_repair::PRE_REPAIR_TAG)
+            {
+                bail!(
+                    "snapshot {} is a pre-repair snapshot, which a restore script never takes as its source (it holds the damage a repair removed; to go back to it, `snapback undo` the repair); nothing was written. Diff against a snapshot from before the incident",
+                    snap.describe()
+                );
+            }
+            let sdb = SnapshotDb::in_place(&repo, &snap, &file)
+                .context("cannot open the snapshot's database")?;
+            (sdb, EmitSource::Snapshot(snap.selector()))
+        }
+        (None, None) => bail!("no snapshot given"),
+    })
+}
+
+/// What a diff compares, decided before anything is printed.
+struct DiffPlan {
+    /// The schema differences between the two table sets.
+    table_diffs: Vec<snapback_repair::SchemaDiff>,
+    /// Tables that could not be compared, and why. One bad table does not
+    /// stop the others; it makes the exit code INCOMPLETE.
+    skipped: Vec<(String, String)>,
+    /// Virtual tables compared here, which a restore script cannot repair.
+    virtual_compared: Vec<String>,
+    /// The tables to diff, prepared.
+    prepared: Vec<snapback_repair::PreparedTable>,
+}
+
+/// The tables to compare (every table, or the --table ones) and their
+/// preparation; a table the operator named with a bad key, column or
+/// predicate is an error before any output.
+fn plan_diff(a: &DiffArgs, sside: &Side<'_>, lside: &Side<'_>) -> anyhow::Result<DiffPlan> {
+    let whole = a.tables.is_empty();
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut virtual_compared: Vec<String> = Vec::new();
+    let (tables, table_diffs) = if whole {
+        let (mut tables, mut diffs) = compare_table_sets(sside, lside)?;
+        // Virtual tables: FTS and R*Tree rows are compared through their
+        // own SELECT; the others are reported, never silently passed over.
+        let (vtabs, vdiffs) = compare_virtual_tables(sside, lside)?;
+        diffs.extend(vdiffs);
+        for vt in vtabs {
+            match virtual_table_comparable(&vt) {
+                Ok(()) => {
+                    virtual_compared.push(vt.name.clone());
+                    tables.push(vt.name)
+                }
+                Err(why) => skipped.push((vt.name, why)),
+            }
+        }
+        tables.sort();
+        (tables, diffs)
+    } else {
+        (a.tables.clone(), vec![])
+    };
+    let mut prepared = Vec::new();
+    for t in &tables {
+        let sel = TableSelection {
+            table: t.clone(),
+            key: (!a.key.is_empty()).then(|| a.key.clone()),
+            columns: a.columns.clone(),
+            where_snapshot: a.where_.clone(),
+            where_live: a.where_.clone(),
+            guard: None,
+        };
+        match prepare_table(sside, lside, &sel) {
+            Ok(p) => prepared.push(p),
+            // A table the operator named, with a bad key, column or
+            // predicate: bad input, stop before any output.
+            Err(e) if !whole && !matches!(e, snapback_repair::Error::NoKey(_)) => {
+                return Err(e.into())
+            }
+            Err(e) => skipped.push((t.clone(), e.to_string())),
+        }
+    }
+    Ok(DiffPlan {
+        table_diffs,
+        skipped,
+        virtual_compared,
+        prepared,
+    })
+}
+
+/// A table not compared: a warning on stderr, and a line of the output
+/// under --json or --sql.
+fn report_skip(
+    g: &Global,
+    a: &DiffArgs,
+    out: &mut impl Write,
+    table: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    eprintln!("warning: table {table} was not compared: {reason}");
+    if g.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&doc::DiffSkipped {
+                reason,
+                table,
+                type_: "skipped"
+            })?
+        )?;
+    } else if a.sql {
+        writeln!(out, "-- skipped: table {table}: not compared")?;
+    }
+    Ok(())
+}
+
+/// The tables an emitted script leaves out, and why: the virtual tables
+/// compared, then the tables not compared.
+fn left_out(virtual_compared: &[String], skipped: &[(String, String)]) -> Vec<(String, String)> {
+    let mut left_out: Vec<(String, String)> = virtual_compared
+        .iter()
+        .map(|t| {
+            (
+                t.clone(),
+                "a virtual table: the diff compares its rows, but repair writes ordinary tables only (repair the table its content comes from)".to_string(),
+            )
+        })
+        .collect();
+    left_out.extend(
+        skipped
+            .iter()
+            .map(|(t, r)| (t.clone(), format!("it was not compared: {r}"))),
+    );
+    left_out
+}
+
+/// Writes `diff --emit-script`'s restore script to `f`, and says so.
+fn write_emitted_script(
+    g: &Global,
+    a: &DiffArgs,
+    f: &std::path::Path,
+    script: &EmitScript,
+) -> anyhow::Result<()> {
+    let text = emit_script(script);
+    write_new_file(f, text.as_bytes(), a.overwrite)?;
+    if !g.quiet {
+        eprintln!(
+            "restore script written to {}: review it, then `snapback repair {}` (a dry run)",
+            f.display(),
+            f.display()
+        );
+    }
+    Ok(())
 }
 
 /// This process's command line, each argument quoted when a shell would
@@ -771,37 +840,8 @@ pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
     if let Some(run) = &a.abandon {
         return abandon(g, &a, run);
     }
-    let reviewed: Option<serde_json::Value> = match &a.plan {
-        None => None,
-        Some(f) => {
-            let text = std::fs::read_to_string(absolute(f))
-                .with_context(|| format!("cannot read the plan {}", f.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a plan written by --plan-out", f.display()))?;
-            if v["format"] != doc::PlanFile::FORMAT {
-                bail!("{} is not a plan written by --plan-out", f.display());
-            }
-            Some(v)
-        }
-    };
-    let script = match (&a.script, &reviewed) {
-        (_, Some(v)) => {
-            let text = v["script"]
-                .as_str()
-                .context("the plan holds no script text")?;
-            let path = PathBuf::from(v["script_path"].as_str().unwrap_or("plan"));
-            let s = LoadedScript::parse(&path, text.to_string())?;
-            if let Some(p) = &a.script {
-                let given = LoadedScript::load(&absolute(p))?;
-                if given.sha256 != s.sha256 {
-                    bail!("the plan was made from another version of {} (sha256 {} in the plan, {} now); nothing was written", p.display(), &s.sha256[..16], &given.sha256[..16]);
-                }
-            }
-            s
-        }
-        (Some(p), None) => LoadedScript::load(&absolute(p))?,
-        (None, None) => bail!("give the restore script SCRIPT"),
-    };
+    let reviewed = a.plan.as_deref().map(read_plan_file).transpose()?;
+    let script = repair_script(&a, reviewed.as_ref())?;
     let repo = if script.script.snapshot.is_some() || a.apply {
         Some(open_repo(g)?)
     } else {
@@ -810,25 +850,7 @@ pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
     let opts = repair_options(a.lock_wait, a.max_wait, g.json);
     let mut session = RepairSession::plan(repo.as_ref(), script, opts, a.apply)?;
     if let Some(v) = &reviewed {
-        let fresh: Vec<snapback_repair::TableCounts> = session
-            .plan
-            .tables
-            .iter()
-            .map(|t| t.counts.clone())
-            .collect();
-        let changes: snapback_repair::ChangeSet = serde_json::from_value(v["changes"].clone())
-            .context("the plan's change set is unreadable")?;
-        session.pin(changes)?;
-        let planned: Vec<snapback_repair::TableCounts> =
-            serde_json::from_value(v["counts"].clone()).unwrap_or_default();
-        for (f, p) in fresh.iter().zip(&planned) {
-            if (f.insert, f.update, f.delete) != (p.insert, p.update, p.delete) && !g.quiet {
-                eprintln!(
-                    "note: table {}: the live database now differs from the reviewed plan (a new dry run would insert {}, update {}, delete {}; the plan: insert {}, update {}, delete {}); applying exactly the plan",
-                    f.table, f.insert, f.update, f.delete, p.insert, p.update, p.delete
-                );
-            }
-        }
+        pin_reviewed_plan(g, &mut session, v)?;
     }
     if let Some(f) = &a.plan_out {
         let v = doc::PlanFile::new(&session);
@@ -895,51 +917,124 @@ pub fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<u8> {
             })?
         );
     } else {
-        println!(
-            "repair {} applied: {} row(s) changed",
-            o.repair_id, o.rows_changed
-        );
-        if let Some(p) = &o.pre_repair_snapshot {
-            println!("  pre-repair snapshot: {p}");
-        }
-        for c in &o.counts {
-            println!(
-                "  table {}: updated {}, inserted {}, deleted {}, guard-skipped {}, conflicts {}",
-                c.table, c.update, c.insert, c.delete, c.guard_skipped, c.conflicts
-            );
-        }
-        for c in o.conflicts.iter().take(20) {
-            println!(
-                "  left alone: {} key {}: {}",
-                c.table,
-                serde_json::to_string(&c.key)?,
-                c.reason
-            );
-        }
-        for s in &o.sql_steps {
-            println!(
-                "  sql step changed {} row(s): {}",
-                s.rows_changed, s.statement
-            );
-        }
-        if o.remaining_differences == 0 {
-            println!("  verified: the selection now matches the snapshot (0 remaining differences, guard skips and conflicts aside)");
-        } else {
-            println!(
-                "  NOT VERIFIED: {} difference(s) remain in the selection:",
-                o.remaining_differences
-            );
-            for r in &o.remaining_sample {
-                println!("    {r}");
-            }
-        }
-        println!("  audit entry: {}", o.audit_key);
+        print_applied(&o)?;
     }
     Ok(if o.remaining_differences == 0 {
         exit::OK
     } else {
         exit::PROBLEMS
     })
+}
+
+/// The reviewed plan `--plan FILE` names (written by --plan-out).
+fn read_plan_file(f: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(absolute(f))
+        .with_context(|| format!("cannot read the plan {}", f.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a plan written by --plan-out", f.display()))?;
+    if v["format"] != doc::PlanFile::FORMAT {
+        bail!("{} is not a plan written by --plan-out", f.display());
+    }
+    Ok(v)
+}
+
+/// The restore script to run: the one in the reviewed plan (checked
+/// against SCRIPT when given too), else SCRIPT.
+fn repair_script(
+    a: &RepairArgs,
+    reviewed: Option<&serde_json::Value>,
+) -> anyhow::Result<LoadedScript> {
+    Ok(match (&a.script, reviewed) {
+        (_, Some(v)) => {
+            let text = v["script"]
+                .as_str()
+                .context("the plan holds no script text")?;
+            let path = PathBuf::from(v["script_path"].as_str().unwrap_or("plan"));
+            let s = LoadedScript::parse(&path, text.to_string())?;
+            if let Some(p) = &a.script {
+                let given = LoadedScript::load(&absolute(p))?;
+                if given.sha256 != s.sha256 {
+                    bail!("the plan was made from another version of {} (sha256 {} in the plan, {} now); nothing was written", p.display(), &s.sha256[..16], &given.sha256[..16]);
+                }
+            }
+            s
+        }
+        (Some(p), None) => LoadedScript::load(&absolute(p))?,
+        (None, None) => bail!("give the restore script SCRIPT"),
+    })
+}
+
+/// Pins the session to the reviewed plan's change set, with a note for
+/// each table whose fresh dry run differs from the plan's counts.
+fn pin_reviewed_plan(
+    g: &Global,
+    session: &mut RepairSession,
+    v: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let fresh: Vec<snapback_repair::TableCounts> = session
+        .plan
+        .tables
+        .iter()
+        .map(|t| t.counts.clone())
+        .collect();
+    let changes: snapback_repair::ChangeSet = serde_json::from_value(v["changes"].clone())
+        .context("the plan's change set is unreadable")?;
+    session.pin(changes)?;
+    let planned: Vec<snapback_repair::TableCounts> =
+        serde_json::from_value(v["counts"].clone()).unwrap_or_default();
+    for (f, p) in fresh.iter().zip(&planned) {
+        if (f.insert, f.update, f.delete) != (p.insert, p.update, p.delete) && !g.quiet {
+            eprintln!(
+                "note: table {}: the live database now differs from the reviewed plan (a new dry run would insert {}, update {}, delete {}; the plan: insert {}, update {}, delete {}); applying exactly the plan",
+                f.table, f.insert, f.update, f.delete, p.insert, p.update, p.delete
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The outcome of `repair --apply`, for people.
+fn print_applied(o: &snapback_repair::Outcome) -> anyhow::Result<()> {
+    println!(
+        "repair {} applied: {} row(s) changed",
+        o.repair_id, o.rows_changed
+    );
+    if let Some(p) = &o.pre_repair_snapshot {
+        println!("  pre-repair snapshot: {p}");
+    }
+    for c in &o.counts {
+        println!(
+            "  table {}: updated {}, inserted {}, deleted {}, guard-skipped {}, conflicts {}",
+            c.table, c.update, c.insert, c.delete, c.guard_skipped, c.conflicts
+        );
+    }
+    for c in o.conflicts.iter().take(20) {
+        println!(
+            "  left alone: {} key {}: {}",
+            c.table,
+            serde_json::to_string(&c.key)?,
+            c.reason
+        );
+    }
+    for s in &o.sql_steps {
+        println!(
+            "  sql step changed {} row(s): {}",
+            s.rows_changed, s.statement
+        );
+    }
+    if o.remaining_differences == 0 {
+        println!("  verified: the selection now matches the snapshot (0 remaining differences, guard skips and conflicts aside)");
+    } else {
+        println!(
+            "  NOT VERIFIED: {} difference(s) remain in the selection:",
+            o.remaining_differences
+        );
+        for r in &o.remaining_sample {
+            println!("    {r}");
+        }
+    }
+    println!("  audit entry: {}", o.audit_key);
+    Ok(())
 }
 
 #[derive(Debug, Args)]
