@@ -125,73 +125,8 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         .map(parse_duration)
         .transpose()
         .context("--keep-within-points")?;
-    // The policies the points are thinned by (the same as the snapshots').
-    let mut point_scopes = vec![];
-    // Flags apply to every snapshot; without flags, each configured source's
-    // retention covers the snapshots that hold it, and a snapshot that holds
-    // several sources is removed only when every one of their policies
-    // allows it: one plan, each group listed once.
-    let plan = if !flags.is_empty() {
-        point_scopes.push(PolicyScope {
-            source: None,
-            policy: Some(flags.clone()),
-            covers: snaps.iter().map(|s| s.id).collect(),
-        });
-        plan_forget(&snaps, &flags, &released, a.allow_empty)?
-    } else if !cfg.sources.is_empty() {
-        let mut scopes = vec![];
-        for s in &cfg.sources {
-            let p = s.path.to_string_lossy().into_owned();
-            let policy = match &s.retention {
-                Some(r) => {
-                    let pol = policy_from_config(r).with_context(|| {
-                        format!("invalid retention of {p} in the config file; nothing was removed")
-                    })?;
-                    (!pol.is_empty()).then_some(pol)
-                }
-                None => None,
-            };
-            if policy.is_none() {
-                tracing::warn!(
-                    "source {p} has no retention policy in the config ([source.retention] with keep_last, keep_daily, …): its snapshots are all kept"
-                );
-            }
-            let covers = snaps
-                .iter()
-                .filter(|x| x.manifest.paths.contains(&p))
-                .map(|x| x.id)
-                .collect();
-            scopes.push(PolicyScope {
-                source: Some(p),
-                policy,
-                covers,
-            });
-        }
-        point_scopes = scopes.clone();
-        plan_scoped(
-            &snaps,
-            &scopes,
-            &released,
-            a.allow_empty,
-            snapback_core::time::now(),
-        )?
-    } else if points_within.is_some() {
-        // Only points are thinned: every snapshot stays.
-        let all = PolicyScope {
-            source: None,
-            policy: None,
-            covers: snaps.iter().map(|s| s.id).collect(),
-        };
-        let mut p = plan_scoped(&snaps, &[all], &released, true, snapback_core::time::now())?;
-        for d in p.groups.iter_mut().flat_map(|g| g.keep.iter_mut()) {
-            for r in d.reasons.iter_mut().filter(|r| *r == "no retention policy") {
-                *r = "no keep rule given (only points are thinned)".into();
-            }
-        }
-        p
-    } else {
-        plan_forget(&snaps, &flags, &released, a.allow_empty)?
-    };
+    let (plan, point_scopes) =
+        plan_retention(cfg, &a, &flags, &snaps, &released, points_within.is_some())?;
     let points = match points_within {
         Some(d) => Some(repo.plan_points(
             &snaps,
@@ -217,45 +152,7 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         }
     } else if !g.quiet || a.dry_run {
         // A dry run exists to show its plan; -q hides the plan of a real run.
-        for grp in &plan.groups {
-            println!(
-                "{} on {}: keep {}, remove {}",
-                grp.paths.join(" "),
-                grp.host,
-                grp.keep.len(),
-                grp.remove.len()
-            );
-            for d in &grp.keep {
-                println!(
-                    "  keep   {} {}  ({})",
-                    d.short_id,
-                    d.time,
-                    d.reasons.join(", ")
-                );
-            }
-            for d in &grp.remove {
-                println!("  remove {} {}", d.short_id, d.time);
-            }
-        }
-        for sp in points.iter().flat_map(|p| &p.segments) {
-            println!(
-                "points of {} on {} (segment {}): keep {}, drop {}",
-                sp.path,
-                sp.host,
-                sp.short_id,
-                sp.keep.len(),
-                sp.drop.len()
-            );
-            for d in &sp.drop {
-                match &d.copy_kept {
-                    Some(c) => println!(
-                        "  drop point {} {} (a copy: the point stays as {c})",
-                        d.name, d.time
-                    ),
-                    None => println!("  drop point {} {}", d.name, d.time),
-                }
-            }
-        }
+        print_forget_plan(&plan, points.as_ref());
     }
     if a.dry_run {
         if !g.quiet {
@@ -306,6 +203,140 @@ pub fn forget(g: &Global, cfg: &Config, a: ForgetArgs) -> anyhow::Result<u8> {
         })?;
     }
     Ok(exit::OK)
+}
+
+/// The snapshots' retention plan, and the policies the points are thinned
+/// by (the same as the snapshots'). Flags apply to every snapshot;
+/// without flags, each configured source's retention covers the snapshots
+/// that hold it, and a snapshot that holds several sources is removed
+/// only when every one of their policies allows it: one plan, each group
+/// listed once. With only --keep-within-points, every snapshot stays.
+fn plan_retention(
+    cfg: &Config,
+    a: &ForgetArgs,
+    flags: &KeepPolicy,
+    snaps: &[snapback_core::Snapshot],
+    released: &std::collections::HashSet<snapback_core::Id>,
+    thin_points: bool,
+) -> anyhow::Result<(snapback_core::ForgetPlan, Vec<PolicyScope>)> {
+    if !flags.is_empty() {
+        let scope = PolicyScope {
+            source: None,
+            policy: Some(flags.clone()),
+            covers: snaps.iter().map(|s| s.id).collect(),
+        };
+        Ok((
+            plan_forget(snaps, flags, released, a.allow_empty)?,
+            vec![scope],
+        ))
+    } else if !cfg.sources.is_empty() {
+        let scopes = source_scopes(cfg, snaps)?;
+        let plan = plan_scoped(
+            snaps,
+            &scopes,
+            released,
+            a.allow_empty,
+            snapback_core::time::now(),
+        )?;
+        Ok((plan, scopes))
+    } else if thin_points {
+        // Only points are thinned: every snapshot stays.
+        let all = PolicyScope {
+            source: None,
+            policy: None,
+            covers: snaps.iter().map(|s| s.id).collect(),
+        };
+        let mut p = plan_scoped(snaps, &[all], released, true, snapback_core::time::now())?;
+        for d in p.groups.iter_mut().flat_map(|g| g.keep.iter_mut()) {
+            for r in d.reasons.iter_mut().filter(|r| *r == "no retention policy") {
+                *r = "no keep rule given (only points are thinned)".into();
+            }
+        }
+        Ok((p, vec![]))
+    } else {
+        Ok((plan_forget(snaps, flags, released, a.allow_empty)?, vec![]))
+    }
+}
+
+/// Each configured source's retention policy (none: its snapshots are
+/// all kept) and the snapshots that hold the source.
+fn source_scopes(
+    cfg: &Config,
+    snaps: &[snapback_core::Snapshot],
+) -> anyhow::Result<Vec<PolicyScope>> {
+    let mut scopes = vec![];
+    for s in &cfg.sources {
+        let p = s.path.to_string_lossy().into_owned();
+        let policy = match &s.retention {
+            Some(r) => {
+                let pol = policy_from_config(r).with_context(|| {
+                    format!("invalid retention of {p} in the config file; nothing was removed")
+                })?;
+                (!pol.is_empty()).then_some(pol)
+            }
+            None => None,
+        };
+        if policy.is_none() {
+            tracing::warn!(
+                "source {p} has no retention policy in the config ([source.retention] with keep_last, keep_daily, …): its snapshots are all kept"
+            );
+        }
+        let covers = snaps
+            .iter()
+            .filter(|x| x.manifest.paths.contains(&p))
+            .map(|x| x.id)
+            .collect();
+        scopes.push(PolicyScope {
+            source: Some(p),
+            policy,
+            covers,
+        });
+    }
+    Ok(scopes)
+}
+
+/// The plan of `forget`, for people: each group's snapshots kept (and
+/// why) and removed, then each segment's points dropped.
+fn print_forget_plan(plan: &snapback_core::ForgetPlan, points: Option<&snapback_core::PointPlan>) {
+    for grp in &plan.groups {
+        println!(
+            "{} on {}: keep {}, remove {}",
+            grp.paths.join(" "),
+            grp.host,
+            grp.keep.len(),
+            grp.remove.len()
+        );
+        for d in &grp.keep {
+            println!(
+                "  keep   {} {}  ({})",
+                d.short_id,
+                d.time,
+                d.reasons.join(", ")
+            );
+        }
+        for d in &grp.remove {
+            println!("  remove {} {}", d.short_id, d.time);
+        }
+    }
+    for sp in points.iter().flat_map(|p| &p.segments) {
+        println!(
+            "points of {} on {} (segment {}): keep {}, drop {}",
+            sp.path,
+            sp.host,
+            sp.short_id,
+            sp.keep.len(),
+            sp.drop.len()
+        );
+        for d in &sp.drop {
+            match &d.copy_kept {
+                Some(c) => println!(
+                    "  drop point {} {} (a copy: the point stays as {c})",
+                    d.name, d.time
+                ),
+                None => println!("  drop point {} {}", d.name, d.time),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
