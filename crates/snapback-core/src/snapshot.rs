@@ -331,6 +331,21 @@ struct DeltaInput<'a> {
     changed: &'a crate::delta::Changed,
 }
 
+/// What the capture of a snapshot's sources produced, before its index
+/// and manifest are written.
+struct Captured {
+    files: Vec<FileEntry>,
+    /// Every blob the manifest references.
+    referenced: IdSet,
+    /// Snapshots whose database images are reused whole.
+    reused_from: HashSet<Id>,
+    /// The local capture states to save once the manifest is committed.
+    pending: Vec<PendingState>,
+    /// The packs uploaded.
+    packs: Vec<IndexedPack>,
+    stats: SnapshotStats,
+}
+
 struct PendingState {
     paths: StatePaths,
     state: CaptureState,
@@ -390,6 +405,73 @@ impl BlobSink<'_> {
             Error::internal("the upload threads stopped")
         })
     }
+}
+
+/// What `delta_over_prior` found: the delta (or why not) and the
+/// wal-index header of before the transaction.
+type DeltaOverPrior = (
+    std::result::Result<(CaptureState, Vec<ChunkRef>, crate::delta::Changed), String>,
+    Option<crate::delta::Before>,
+);
+
+/// The prior capture's state and base with the pages changed since, when
+/// this capture can be a delta over it, or why not; and the wal-index
+/// header read before the transaction began, when it is of this same file.
+fn delta_over_prior(
+    path: &Path,
+    cap: &Capture,
+    opts: &SnapshotOptions,
+    prior: std::result::Result<(CaptureState, Vec<ChunkRef>), String>,
+    before: Option<crate::delta::Before>,
+) -> Result<DeltaOverPrior> {
+    let page_size = cap.page_size;
+    // The file is only stat'ed here, never opened: closing a descriptor
+    // of it would drop the read transaction's POSIX locks.
+    let same_file = std::fs::metadata(path).ok().map(|m| {
+        (
+            std::os::unix::fs::MetadataExt::dev(&m),
+            std::os::unix::fs::MetadataExt::ino(&m),
+        )
+    });
+    let (prior, before) = match before {
+        Some(b) if same_file == Some((b.dev, b.ino)) => (prior, Some(b)),
+        Some(_) => (
+            Err("the database file was replaced while the capture began".to_string()),
+            None,
+        ),
+        None => (prior, None),
+    };
+    // The journal mode of this transaction's image (header bytes 18/19).
+    let mut wal_mode = false;
+    if before.is_some() {
+        cap.read_listed(&[1], 1, |_, page1| {
+            wal_mode = journal_mode_of_header(&page1) == "wal";
+            Ok(())
+        })?;
+    }
+    let delta = prior.and_then(|(state, base)| {
+        let b = before.as_ref().ok_or("the database file was replaced")?;
+        let continuation = opts.pin_session.is_some() && state.session == opts.pin_session;
+        let c = crate::delta::changed_pages(
+            path,
+            b,
+            wal_mode,
+            &state,
+            page_size,
+            cap.page_count,
+            continuation,
+        )?;
+        let limit = (cap.page_count / 4).max(256);
+        if c.pages.len() as u64 > limit {
+            return Err(format!(
+                "{} of {} pages changed since the previous capture (more than a quarter: a full scan reads them faster)",
+                c.pages.len(),
+                cap.page_count
+            ));
+        }
+        Ok((state, base, c))
+    });
+    Ok((delta, before))
 }
 
 fn upload_worker(
@@ -470,15 +552,101 @@ impl Repository {
         // finished is seen and nothing it deleted is taken as present.
         let index = self.refresh_index()?;
         let history = self.snapshots()?;
-        let stats = Mutex::new(SnapshotStats::default());
-        let done = Mutex::new(Vec::new());
         let total: u64 = sources
             .iter()
             .filter_map(|s| std::fs::metadata(&s.path).ok())
             .map(|m| m.len())
             .sum();
         progress.set_total(total);
+        let Captured {
+            files,
+            referenced,
+            reused_from,
+            pending,
+            packs,
+            mut stats,
+        } = self.capture_sources(&sources, &index, &history, opts, progress, &mut failed)?;
+        if files.is_empty() && !failed.is_empty() {
+            return Err(Error::NothingCaptured { failed });
+        }
 
+        // Index for the new packs, then the manifest.
+        // Before the index too: a failed snapshot leaves only unindexed
+        // packs, which `check` notes and prune removes, never an index entry
+        // for a pack that is gone.
+        let needed = self.verify_referenced(&referenced, &reused_from, &packs)?;
+        // The loaded index is learnt in place below, not copied, once this
+        // snapshot holds it no more.
+        drop(index);
+        self.write_snapshot_index(&packs, &mut stats)?;
+        stats.files = files.len() as u64;
+        stats.duration_ms = started.elapsed().as_millis() as u64;
+        let manifest = Manifest {
+            // A repository keeps its format: a format-1 one gets format-1
+            // manifests, which its older readers understand.
+            format_version: self.config().format_version,
+            time: crate::time::format_rfc3339(image_time(&files, time)),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            tags: opts.tags.clone(),
+            paths: roots,
+            files,
+            stats,
+        };
+        let bytes = manifest.encode()?;
+        let id = Id::of(&bytes);
+        let store: &dyn Store = self.store().as_ref();
+        pause_for_tests("SNAPBACK_TEST_DELAY_BEFORE_MANIFEST_MS");
+        put_verified(store, &snapshot_key(&id), &bytes)?;
+        // Checked once more now that the manifest protects its packs from
+        // any prune that lists snapshots from here on: a snapshot paused
+        // between the check above and this write (a prune that took its
+        // lock for stale meanwhile) must not report success.
+        if let Err(e) = self.verify_still_present(&needed, &reused_from, &packs) {
+            if let Err(d) = store.delete(&snapshot_key(&id)) {
+                tracing::error!(snapshot = %id, error = %d, "cannot remove the manifest of a snapshot that lost its data; remove it with `snapback forget`");
+            }
+            return Err(e);
+        }
+        // The snapshot is committed; the states only help the next capture
+        // (a lost one costs a full scan, never a wrong image).
+        for mut p in pending {
+            p.state.manifest = id;
+            if let Err(e) = capture_state::save(&p.paths, &p.state) {
+                tracing::warn!(path = %p.state.path, error = %e, "cannot save the local capture state; the next capture of this database will read all of it");
+            }
+        }
+        tracing::info!(
+            snapshot = %id,
+            paths = ?manifest.paths,
+            bytes_read = manifest.stats.bytes_read,
+            bytes_new = manifest.stats.bytes_new,
+            bytes_stored = manifest.stats.bytes_added,
+            objects = manifest.stats.objects_written + 1,
+            duration_ms = manifest.stats.duration_ms,
+            "snapshot committed"
+        );
+        Ok(SnapshotReport {
+            id,
+            manifest,
+            failed,
+        })
+    }
+
+    /// Captures every source into packs uploaded by
+    /// `opts.upload_threads` threads. A file that cannot be captured is
+    /// added to `failed` and the others go on; an error of the repository
+    /// or the pipeline stops the capture.
+    fn capture_sources(
+        &self,
+        sources: &[Source],
+        index: &MasterIndex,
+        history: &[Snapshot],
+        opts: &SnapshotOptions,
+        progress: &dyn Progress,
+        failed: &mut Vec<FailedFile>,
+    ) -> Result<Captured> {
+        let stats = Mutex::new(SnapshotStats::default());
+        let done = Mutex::new(Vec::new());
         let (tx, rx) = sync_channel::<PackBuilder>(2);
         // Owned by the upload threads alone: when the last one stops (each
         // stops on its first error), the queue closes, and the capture's
@@ -498,7 +666,7 @@ impl Repository {
                 .collect();
             drop(rx);
             let mut sink = BlobSink {
-                index: &index,
+                index,
                 referenced: IdSet::default(),
                 reused_from: HashSet::new(),
                 pack: PackBuilder::new(),
@@ -514,14 +682,14 @@ impl Repository {
             };
             let mut files = Vec::new();
             let mut result = Ok(());
-            for s in &sources {
+            for s in sources {
                 progress.set_message(&s.path.to_string_lossy());
                 // Only a database's own capture sets a dictionary.
                 sink.dict = None;
                 let r = if s.sqlite {
-                    self.capture_sqlite(&s.path, opts, &mut sink, &history, progress)
+                    self.capture_sqlite(&s.path, opts, &mut sink, history, progress)
                 } else {
-                    self.capture_file(&s.path, &mut sink, &history, progress)
+                    self.capture_file(&s.path, &mut sink, history, progress)
                 };
                 match r {
                     Ok(f) => files.push(f),
@@ -567,87 +735,39 @@ impl Repository {
             result.map(|()| (files, refs))
         })?;
         let (files, (referenced, reused_from)) = files;
-        if files.is_empty() && !failed.is_empty() {
-            return Err(Error::NothingCaptured { failed });
-        }
-
-        // Index for the new packs, then the manifest.
         let packs = done
             .into_inner()
             .map_err(|_| Error::internal("upload results poisoned"))?;
-        let mut stats = stats
+        let stats = stats
             .into_inner()
             .map_err(|_| Error::internal("stats poisoned"))?;
-        // Before the index too: a failed snapshot leaves only unindexed
-        // packs, which `check` notes and prune removes, never an index entry
-        // for a pack that is gone.
-        let needed = self.verify_referenced(&referenced, &reused_from, &packs)?;
-        // The loaded index is learnt in place below, not copied, once this
-        // snapshot holds it no more.
-        drop(index);
-        if !packs.is_empty() {
-            let bytes = encode_index(&packs)?;
-            let key = index_key(&Id::of(&bytes));
-            if put_verified(store, &key, &bytes)? == PutOutcome::Created {
-                stats.bytes_added += bytes.len() as u64;
-                stats.objects_written += 1;
-            }
-            // This repository's cached index learns the new packs before
-            // the manifest names them, so that a restore, check or mount
-            // in the same process finds them (before, it reported them
-            // "not in any index" until it was reopened).
-            self.learn_index(&key, &packs)?;
-        }
-        stats.files = files.len() as u64;
-        stats.duration_ms = started.elapsed().as_millis() as u64;
-        let manifest = Manifest {
-            // A repository keeps its format: a format-1 one gets format-1
-            // manifests, which its older readers understand.
-            format_version: self.config().format_version,
-            time: crate::time::format_rfc3339(image_time(&files, time)),
-            host: gethostname::gethostname().to_string_lossy().into_owned(),
-            tags: opts.tags.clone(),
-            paths: roots,
+        Ok(Captured {
             files,
+            referenced,
+            reused_from,
+            pending,
+            packs,
             stats,
-        };
-        let bytes = manifest.encode()?;
-        let id = Id::of(&bytes);
-        pause_for_tests("SNAPBACK_TEST_DELAY_BEFORE_MANIFEST_MS");
-        put_verified(store, &snapshot_key(&id), &bytes)?;
-        // Checked once more now that the manifest protects its packs from
-        // any prune that lists snapshots from here on: a snapshot paused
-        // between the check above and this write (a prune that took its
-        // lock for stale meanwhile) must not report success.
-        if let Err(e) = self.verify_still_present(&needed, &reused_from, &packs) {
-            if let Err(d) = store.delete(&snapshot_key(&id)) {
-                tracing::error!(snapshot = %id, error = %d, "cannot remove the manifest of a snapshot that lost its data; remove it with `snapback forget`");
-            }
-            return Err(e);
-        }
-        // The snapshot is committed; the states only help the next capture
-        // (a lost one costs a full scan, never a wrong image).
-        for mut p in pending {
-            p.state.manifest = id;
-            if let Err(e) = capture_state::save(&p.paths, &p.state) {
-                tracing::warn!(path = %p.state.path, error = %e, "cannot save the local capture state; the next capture of this database will read all of it");
-            }
-        }
-        tracing::info!(
-            snapshot = %id,
-            paths = ?manifest.paths,
-            bytes_read = manifest.stats.bytes_read,
-            bytes_new = manifest.stats.bytes_new,
-            bytes_stored = manifest.stats.bytes_added,
-            objects = manifest.stats.objects_written + 1,
-            duration_ms = manifest.stats.duration_ms,
-            "snapshot committed"
-        );
-        Ok(SnapshotReport {
-            id,
-            manifest,
-            failed,
         })
+    }
+
+    /// Writes the index object of a snapshot's new packs (none: nothing),
+    /// counted in `stats`, and teaches this repository's cached index.
+    fn write_snapshot_index(&self, packs: &[IndexedPack], stats: &mut SnapshotStats) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let bytes = encode_index(packs)?;
+        let key = index_key(&Id::of(&bytes));
+        if put_verified(self.store().as_ref(), &key, &bytes)? == PutOutcome::Created {
+            stats.bytes_added += bytes.len() as u64;
+            stats.objects_written += 1;
+        }
+        // This repository's cached index learns the new packs before
+        // the manifest names them, so that a restore, check or mount
+        // in the same process finds them (before, it reported them
+        // "not in any index" until it was reopened).
+        self.learn_index(&key, packs)
     }
 
     /// Turns a chunk list into a `ChunkListRef`, as a patch on the parent's
@@ -808,52 +928,7 @@ impl Repository {
         let page_size = cap.page_size;
         // The dictionary this capture compresses the new pages with.
         let dict_baseline = self.begin_dict(&path_s, &cap, sink, history)?;
-        // The file is only stat'ed here, never opened: closing a descriptor
-        // of it would drop the read transaction's POSIX locks.
-        let same_file = std::fs::metadata(path).ok().map(|m| {
-            (
-                std::os::unix::fs::MetadataExt::dev(&m),
-                std::os::unix::fs::MetadataExt::ino(&m),
-            )
-        });
-        let (prior, before) = match before {
-            Some(b) if same_file == Some((b.dev, b.ino)) => (prior, Some(b)),
-            Some(_) => (
-                Err("the database file was replaced while the capture began".to_string()),
-                None,
-            ),
-            None => (prior, None),
-        };
-        // The journal mode of this transaction's image (header bytes 18/19).
-        let mut wal_mode = false;
-        if before.is_some() {
-            cap.read_listed(&[1], 1, |_, page1| {
-                wal_mode = journal_mode_of_header(&page1) == "wal";
-                Ok(())
-            })?;
-        }
-        let delta = prior.and_then(|(state, base)| {
-            let b = before.as_ref().ok_or("the database file was replaced")?;
-            let continuation = opts.pin_session.is_some() && state.session == opts.pin_session;
-            let c = crate::delta::changed_pages(
-                path,
-                b,
-                wal_mode,
-                &state,
-                page_size,
-                cap.page_count,
-                continuation,
-            )?;
-            let limit = (cap.page_count / 4).max(256);
-            if c.pages.len() as u64 > limit {
-                return Err(format!(
-                    "{} of {} pages changed since the previous capture (more than a quarter: a full scan reads them faster)",
-                    c.pages.len(),
-                    cap.page_count
-                ));
-            }
-            Ok((state, base, c))
-        });
+        let (delta, before) = delta_over_prior(path, &cap, opts, prior, before)?;
         let (reason, delta) = match delta {
             Ok(d) => (None, Some(d)),
             Err(r) => (Some(r), None),
@@ -887,41 +962,8 @@ impl Repository {
         let pages_per_batch = ((8 << 20) / page_size as usize).max(1);
         let pages_per_batch = pages_per_batch
             - pages_per_batch % self.config().chunking.sqlite_pages_per_chunk as usize;
-        let (btx, brx) = sync_channel::<Vec<u8>>(3);
-        let mut refs = Vec::new();
-        let mut header = Vec::new();
-        let (cap, sha) = std::thread::scope(|scope| -> Result<(Capture, [u8; 32])> {
-            let reader = scope.spawn(move || {
-                let mut h = Sha256::new();
-                let r = cap.read_pages(pages_per_batch.max(1), |buf| {
-                    h.update(&buf);
-                    btx.send(buf)
-                        .map_err(|_| Error::internal("snapshot pipeline stopped"))
-                });
-                (cap, h.finalize().into(), r)
-            });
-            let mut result = Ok(());
-            for buf in brx.iter() {
-                if result.is_err() {
-                    continue; // drain so the reader can finish
-                }
-                if header.is_empty() {
-                    header = buf[..100.min(buf.len())].to_vec();
-                }
-                let bounds: Vec<(usize, usize)> = (0..buf.len())
-                    .step_by(chunk_size)
-                    .map(|a| (a, (a + chunk_size).min(buf.len())))
-                    .collect();
-                result = self.ingest(sink, &buf, &bounds, &mut refs);
-                progress.inc(buf.len() as u64);
-            }
-            let (cap, sha, r) = reader
-                .join()
-                .map_err(|_| Error::internal("the page reader panicked"))?;
-            result?;
-            r?;
-            Ok((cap, sha))
-        })?;
+        let (cap, sha, refs, header) =
+            self.read_full_scan(cap, sink, chunk_size, pages_per_batch, progress)?;
         let schema_hash = cap.schema_hash()?;
         let facts = SqliteFacts {
             page_size,
@@ -970,6 +1012,56 @@ impl Repository {
             self.queue_state(sink, &path_s, at, page_size, &entry, &opts.pin_session);
         }
         Ok(entry)
+    }
+
+    /// Reads every page of the capture's transaction (a reader thread,
+    /// hashing the whole file as it reads) into chunks of `chunk_size`:
+    /// the capture back, the file's SHA-256, the chunk list and the
+    /// first 100 bytes (the header).
+    fn read_full_scan(
+        &self,
+        cap: Capture,
+        sink: &mut BlobSink,
+        chunk_size: usize,
+        pages_per_batch: usize,
+        progress: &dyn Progress,
+    ) -> Result<(Capture, [u8; 32], Vec<ChunkRef>, Vec<u8>)> {
+        let (btx, brx) = sync_channel::<Vec<u8>>(3);
+        let mut refs = Vec::new();
+        let mut header = Vec::new();
+        let (cap, sha) = std::thread::scope(|scope| -> Result<(Capture, [u8; 32])> {
+            let reader = scope.spawn(move || {
+                let mut h = Sha256::new();
+                let r = cap.read_pages(pages_per_batch.max(1), |buf| {
+                    h.update(&buf);
+                    btx.send(buf)
+                        .map_err(|_| Error::internal("snapshot pipeline stopped"))
+                });
+                (cap, h.finalize().into(), r)
+            });
+            let mut result = Ok(());
+            for buf in brx.iter() {
+                if result.is_err() {
+                    continue; // drain so the reader can finish
+                }
+                if header.is_empty() {
+                    header = buf[..100.min(buf.len())].to_vec();
+                }
+                let bounds: Vec<(usize, usize)> = (0..buf.len())
+                    .step_by(chunk_size)
+                    .map(|a| (a, (a + chunk_size).min(buf.len())))
+                    .collect();
+                result = self.ingest(sink, &buf, &bounds, &mut refs);
+                progress.inc(buf.len() as u64);
+            }
+            let (cap, sha, r) = reader
+                .join()
+                .map_err(|_| Error::internal("the page reader panicked"))?;
+            result?;
+            r?;
+            Ok((cap, sha))
+        })?;
+        Ok((cap, sha, refs, header))
     }
 
     /// The previous capture of this database, if a delta can start from it:
