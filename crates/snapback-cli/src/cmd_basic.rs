@@ -139,41 +139,7 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
             (None, None) => None,
         };
     let repo = open_repo(g)?;
-    for t in &a.tags {
-        crate::config::validate_tag(t)?;
-    }
-    if a.paths.is_empty() {
-        for s in &cfg.sources {
-            for t in &s.tags {
-                crate::config::validate_tag(t).with_context(|| {
-                    format!(
-                        "in the config, tags of source {}; nothing was snapshotted",
-                        s.path.display()
-                    )
-                })?;
-            }
-        }
-    }
-    let jobs: Vec<(Vec<PathBuf>, Vec<String>)> = if !a.paths.is_empty() {
-        vec![(
-            a.paths.iter().map(|p| absolute(p)).collect(),
-            a.tags.clone(),
-        )]
-    } else if !cfg.sources.is_empty() {
-        cfg.sources
-            .iter()
-            .map(|s| {
-                (
-                    vec![s.path.clone()],
-                    [s.tags.clone(), a.tags.clone()].concat(),
-                )
-            })
-            .collect()
-    } else {
-        anyhow::bail!(
-            "nothing to snapshot: give PATH arguments, or list sources in snapback.toml (--config)"
-        );
-    };
+    let jobs = snapshot_jobs(cfg, &a)?;
     // Under --json, one document for the whole run, printed once every
     // source is done (docs/scripting.md).
     let one_job = jobs.len() == 1;
@@ -238,45 +204,10 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
         committed.push((r, repo.store().request_stats()));
     }
     if g.json {
-        if one_job {
-            if let Some((r, req)) = committed.first() {
-                print_json(&crate::json::Committed::new(r, req.clone()))?;
-            }
-        } else {
-            print_json(&crate::json::SnapshotRun {
-                snapshots: committed
-                    .iter()
-                    .map(|(r, req)| crate::json::Committed::new(r, req.clone()))
-                    .collect(),
-                failed: failed
-                    .iter()
-                    .map(|(paths, e)| crate::json::FailedSource {
-                        paths: paths.iter().map(|p| p.display().to_string()).collect(),
-                        error: crate::output::error_object(e),
-                    })
-                    .collect(),
-            })?;
-        }
+        print_snapshot_json(one_job, &committed, &failed)?;
     }
     if let Some((_, first)) = failed.first() {
-        // Exit 11 only when every failure was a held lock (waiting and
-        // running again would do it); else the kind of the first other one.
-        let kinds: Vec<_> = failed
-            .iter()
-            .map(|(_, e)| crate::output::error_kind(e))
-            .collect();
-        let kind = kinds
-            .iter()
-            .copied()
-            .find(|k| *k != snapback_core::Kind::Locked)
-            .unwrap_or_else(|| crate::output::error_kind(first));
-        return Err(anyhow::Error::new(crate::Kinded(
-            kind,
-            format!(
-                "{} snapshot(s) failed (see above); the heartbeat was not sent",
-                failed.len()
-            ),
-        )));
+        return Err(failed_snapshots(first, &failed));
     }
     if partial > 0 {
         eprintln!(
@@ -298,6 +229,106 @@ pub fn snapshot(g: &Global, cfg: &Config, a: SnapshotArgs) -> anyhow::Result<u8>
             Ok(exit::HEARTBEAT_FAILED)
         }
     }
+}
+
+/// The snapshots to take, each its paths and tags: the paths given (one
+/// snapshot), else one per config source; every tag checked first.
+fn snapshot_jobs(
+    cfg: &Config,
+    a: &SnapshotArgs,
+) -> anyhow::Result<Vec<(Vec<PathBuf>, Vec<String>)>> {
+    for t in &a.tags {
+        crate::config::validate_tag(t)?;
+    }
+    if a.paths.is_empty() {
+        for s in &cfg.sources {
+            for t in &s.tags {
+                crate::config::validate_tag(t).with_context(|| {
+                    format!(
+                        "in the config, tags of source {}; nothing was snapshotted",
+                        s.path.display()
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(if !a.paths.is_empty() {
+        vec![(
+            a.paths.iter().map(|p| absolute(p)).collect(),
+            a.tags.clone(),
+        )]
+    } else if !cfg.sources.is_empty() {
+        cfg.sources
+            .iter()
+            .map(|s| {
+                (
+                    vec![s.path.clone()],
+                    [s.tags.clone(), a.tags.clone()].concat(),
+                )
+            })
+            .collect()
+    } else {
+        anyhow::bail!(
+            "nothing to snapshot: give PATH arguments, or list sources in snapback.toml (--config)"
+        );
+    })
+}
+
+/// `snapshot --json`: one snapshot's document, or the run's (every
+/// snapshot committed and every source that failed).
+fn print_snapshot_json(
+    one_job: bool,
+    committed: &[(
+        snapback_core::SnapshotReport,
+        snapback_storage::RequestStats,
+    )],
+    failed: &[(Vec<PathBuf>, anyhow::Error)],
+) -> anyhow::Result<()> {
+    if one_job {
+        if let Some((r, req)) = committed.first() {
+            print_json(&crate::json::Committed::new(r, req.clone()))?;
+        }
+    } else {
+        print_json(&crate::json::SnapshotRun {
+            snapshots: committed
+                .iter()
+                .map(|(r, req)| crate::json::Committed::new(r, req.clone()))
+                .collect(),
+            failed: failed
+                .iter()
+                .map(|(paths, e)| crate::json::FailedSource {
+                    paths: paths.iter().map(|p| p.display().to_string()).collect(),
+                    error: crate::output::error_object(e),
+                })
+                .collect(),
+        })?;
+    }
+    Ok(())
+}
+
+/// The error of a run in which some snapshots failed: exit 11 only when
+/// every failure was a held lock (waiting and running again would do it);
+/// else the kind of the first other one.
+fn failed_snapshots(
+    first: &anyhow::Error,
+    failed: &[(Vec<PathBuf>, anyhow::Error)],
+) -> anyhow::Error {
+    let kinds: Vec<_> = failed
+        .iter()
+        .map(|(_, e)| crate::output::error_kind(e))
+        .collect();
+    let kind = kinds
+        .iter()
+        .copied()
+        .find(|k| *k != snapback_core::Kind::Locked)
+        .unwrap_or_else(|| crate::output::error_kind(first));
+    anyhow::Error::new(crate::Kinded(
+        kind,
+        format!(
+            "{} snapshot(s) failed (see above); the heartbeat was not sent",
+            failed.len()
+        ),
+    ))
 }
 
 #[derive(Debug, Args)]
