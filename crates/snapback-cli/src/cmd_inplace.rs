@@ -85,36 +85,7 @@ pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     });
     let wait = a.lock_wait.unwrap_or(DEFAULT_LOCK_WAIT);
     let repo = open_repo(g)?;
-    let sel: Selector = a.snap.parse()?;
-    // 'latest' and '@TIME' choose among the snapshots that hold the
-    // database, and never an undo point (a pre-restore or pre-repair
-    // snapshot): a second restore of 'latest' would otherwise undo the
-    // first. An id means that snapshot.
-    let live_s = live.to_string_lossy().into_owned();
-    let want = path.clone().unwrap_or_else(|| live_s.clone());
-    let is_id = matches!(sel, Selector::Id(_) | Selector::Point { .. });
-    let (narrow, skip): (Option<&str>, &[&str]) = if is_id {
-        (None, &[])
-    } else {
-        (
-            Some(want.as_str()),
-            &[
-                snapback_core::PRE_RESTORE_TAG,
-                snapback_core::PRE_REPAIR_TAG,
-            ],
-        )
-    };
-    snapback_core::check_live_path(&live)?;
-    let snap: Snapshot = match repo.resolve_for_path(&sel, narrow, skip) {
-        Ok(s) => s,
-        Err(e) if !is_id => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "no snapshot that '{}' can choose holds {want}; to restore a snapshot of another database into {live_s}, name that database with --path, or give the snapshot's id",
-                a.snap
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let snap = in_place_snapshot(&repo, &a, &live, path.as_deref())?;
     chose(g, &snap);
     let opts = InPlaceOptions {
         path,
@@ -204,6 +175,52 @@ pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     if g.quiet {
         return Ok(exit::OK);
     }
+    print_restored(&r, &live, &snap, undo.as_deref());
+    Ok(exit::OK)
+}
+
+/// The snapshot `restore --in-place` restores: the one SNAP names among
+/// those that hold the database (`path`, else the live database's own).
+fn in_place_snapshot(
+    repo: &snapback_core::Repository,
+    a: &RestoreArgs,
+    live: &std::path::Path,
+    path: Option<&str>,
+) -> anyhow::Result<Snapshot> {
+    let sel: Selector = a.snap.parse()?;
+    // 'latest' and '@TIME' choose among the snapshots that hold the
+    // database, and never an undo point (a pre-restore or pre-repair
+    // snapshot): a second restore of 'latest' would otherwise undo the
+    // first. An id means that snapshot.
+    let live_s = live.to_string_lossy().into_owned();
+    let want = path.map_or_else(|| live_s.clone(), str::to_string);
+    let is_id = matches!(sel, Selector::Id(_) | Selector::Point { .. });
+    let (narrow, skip): (Option<&str>, &[&str]) = if is_id {
+        (None, &[])
+    } else {
+        (
+            Some(want.as_str()),
+            &[
+                snapback_core::PRE_RESTORE_TAG,
+                snapback_core::PRE_REPAIR_TAG,
+            ],
+        )
+    };
+    snapback_core::check_live_path(live)?;
+    match repo.resolve_for_path(&sel, narrow, skip) {
+        Ok(s) => Ok(s),
+        Err(e) if !is_id => {
+            Err(anyhow::Error::new(e).context(format!(
+                "no snapshot that '{}' can choose holds {want}; to restore a snapshot of another database into {live_s}, name that database with --path, or give the snapshot's id",
+                a.snap
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What `restore --in-place --apply` did, for people.
+fn print_restored(r: &InPlaceReport, live: &std::path::Path, snap: &Snapshot, undo: Option<&str>) {
     if r.applied {
         println!(
             "restored {} in place from snapshot {}: {} page(s) rewritten, {} added, {} removed, in one transaction",
@@ -222,10 +239,9 @@ pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
     if let Some(p) = &r.pre_restore_snapshot {
         println!("  pre-restore snapshot: {}", p.to_hex());
     }
-    if let (true, Some(u)) = (r.applied, &undo) {
+    if let (true, Some(u)) = (r.applied, undo) {
         println!("  undo: {u}");
     }
-    Ok(exit::OK)
 }
 
 fn print_plan(p: &InPlaceReport) {
