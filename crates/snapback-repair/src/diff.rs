@@ -643,104 +643,37 @@ pub fn diff_table(
             None => Ok(false),
         }
     };
+    let lost =
+        |side: &str| snapback_core::Error::internal(format!("diff: the merge lost its {side} row"));
     let mut changed = Vec::new();
     let mut key_changed = Vec::new();
     loop {
-        let step = match (ra.get(), rb.get()) {
+        let (a, b) = (ra.get(), rb.get());
+        let ord = match (a, b) {
             (None, None) => break,
-            (Some(a), b) => {
-                let ord = match b {
-                    Some(b) => key_cmp(t, a, b).map_err(se)?,
-                    None => Ordering::Less,
-                };
-                match ord {
-                    Ordering::Less => {
-                        oa.check(t, a, &snap.place)?;
-                        counts.only_in_snapshot += 1;
-                        sink(RowDiff {
-                            kind: DiffKind::OnlyInSnapshot,
-                            key: values(a, 0, nk).map_err(se)?,
-                            snapshot: Some(values(a, nk, nd).map_err(se)?),
-                            live: None,
-                            changed: vec![],
-                            live_key: None,
-                            key_changed: vec![],
-                            guarded: false,
-                        })?;
-                        Step::A
-                    }
-                    Ordering::Greater => {
-                        let b = b.ok_or_else(|| {
-                            snapback_core::Error::internal("diff: the merge lost its live row")
-                        })?;
-                        ob.check(t, b, &live.place)?;
-                        let g = guarded(b)?;
-                        counts.only_in_live += 1;
-                        counts.guarded += g as u64;
-                        sink(RowDiff {
-                            kind: DiffKind::OnlyInLive,
-                            key: values(b, 0, nk).map_err(le)?,
-                            snapshot: None,
-                            live: Some(values(b, nk, nd).map_err(le)?),
-                            changed: vec![],
-                            live_key: None,
-                            key_changed: vec![],
-                            guarded: g,
-                        })?;
-                        Step::B
-                    }
-                    Ordering::Equal => {
-                        let b = b.ok_or_else(|| {
-                            snapback_core::Error::internal("diff: the merge lost its live row")
-                        })?;
-                        oa.check(t, a, &snap.place)?;
-                        ob.check(t, b, &live.place)?;
-                        changed.clear();
-                        key_changed.clear();
-                        // Paired under the key's collation ('Alice' NOCASE
-                        // 'alice'), but the bytes are what the row holds:
-                        // a key whose text changed is a changed row.
-                        for i in 0..nk {
-                            let (x, y) = (a.get_ref(i).map_err(se)?, b.get_ref(i).map_err(le)?);
-                            if !same_value(x, y) {
-                                key_changed.push(i);
-                            }
-                        }
-                        for &i in &t.compare {
-                            let (x, y) = (
-                                a.get_ref(nk + i).map_err(se)?,
-                                b.get_ref(nk + i).map_err(le)?,
-                            );
-                            if !same_value(x, y) {
-                                changed.push(i);
-                            }
-                        }
-                        if changed.is_empty() && key_changed.is_empty() {
-                            counts.identical += 1;
-                        } else {
-                            let g = guarded(b)?;
-                            counts.changed += 1;
-                            counts.guarded += g as u64;
-                            sink(RowDiff {
-                                kind: DiffKind::Changed,
-                                key: values(a, 0, nk).map_err(se)?,
-                                snapshot: Some(values(a, nk, nd).map_err(se)?),
-                                live: Some(values(b, nk, nd).map_err(le)?),
-                                changed: changed.clone(),
-                                live_key: if key_changed.is_empty() {
-                                    None
-                                } else {
-                                    Some(values(b, 0, nk).map_err(le)?)
-                                },
-                                key_changed: key_changed.clone(),
-                                guarded: g,
-                            })?;
-                        }
-                        Step::Both
-                    }
-                }
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(a), Some(b)) => key_cmp(t, a, b).map_err(se)?,
+        };
+        let step = match ord {
+            Ordering::Less => {
+                let a = a.ok_or_else(|| lost("snapshot"))?;
+                oa.check(t, a, &snap.place)?;
+                counts.only_in_snapshot += 1;
+                sink(RowDiff {
+                    kind: DiffKind::OnlyInSnapshot,
+                    key: values(a, 0, nk).map_err(se)?,
+                    snapshot: Some(values(a, nk, nd).map_err(se)?),
+                    live: None,
+                    changed: vec![],
+                    live_key: None,
+                    key_changed: vec![],
+                    guarded: false,
+                })?;
+                Step::A
             }
-            (None, Some(b)) => {
+            Ordering::Greater => {
+                let b = b.ok_or_else(|| lost("live"))?;
                 ob.check(t, b, &live.place)?;
                 let g = guarded(b)?;
                 counts.only_in_live += 1;
@@ -757,6 +690,37 @@ pub fn diff_table(
                 })?;
                 Step::B
             }
+            Ordering::Equal => {
+                let (a, b) = (
+                    a.ok_or_else(|| lost("snapshot"))?,
+                    b.ok_or_else(|| lost("live"))?,
+                );
+                oa.check(t, a, &snap.place)?;
+                ob.check(t, b, &live.place)?;
+                compare_paired(t, (a, b), (&se, &le), &mut changed, &mut key_changed)?;
+                if changed.is_empty() && key_changed.is_empty() {
+                    counts.identical += 1;
+                } else {
+                    let g = guarded(b)?;
+                    counts.changed += 1;
+                    counts.guarded += g as u64;
+                    sink(RowDiff {
+                        kind: DiffKind::Changed,
+                        key: values(a, 0, nk).map_err(se)?,
+                        snapshot: Some(values(a, nk, nd).map_err(se)?),
+                        live: Some(values(b, nk, nd).map_err(le)?),
+                        changed: changed.clone(),
+                        live_key: if key_changed.is_empty() {
+                            None
+                        } else {
+                            Some(values(b, 0, nk).map_err(le)?)
+                        },
+                        key_changed: key_changed.clone(),
+                        guarded: g,
+                    })?;
+                }
+                Step::Both
+            }
         };
         match step {
             Step::A => ra.advance().map_err(se)?,
@@ -768,6 +732,43 @@ pub fn diff_table(
         }
     }
     Ok(counts)
+}
+
+/// Which key columns (by index) and which compared columns (by index in
+/// the data columns) of a paired snapshot row `a` and live row `b` differ
+/// (`se` and `le` wrap a read error of each side).
+fn compare_paired(
+    t: &PreparedTable,
+    (a, b): (&Row<'_>, &Row<'_>),
+    (se, le): (
+        &dyn Fn(rusqlite::Error) -> Error,
+        &dyn Fn(rusqlite::Error) -> Error,
+    ),
+    changed: &mut Vec<usize>,
+    key_changed: &mut Vec<usize>,
+) -> Result<()> {
+    let nk = t.key.columns.len();
+    changed.clear();
+    key_changed.clear();
+    // Paired under the key's collation ('Alice' NOCASE 'alice'), but the
+    // bytes are what the row holds: a key whose text changed is a changed
+    // row.
+    for i in 0..nk {
+        let (x, y) = (a.get_ref(i).map_err(se)?, b.get_ref(i).map_err(le)?);
+        if !same_value(x, y) {
+            key_changed.push(i);
+        }
+    }
+    for &i in &t.compare {
+        let (x, y) = (
+            a.get_ref(nk + i).map_err(se)?,
+            b.get_ref(nk + i).map_err(le)?,
+        );
+        if !same_value(x, y) {
+            changed.push(i);
+        }
+    }
+    Ok(())
 }
 
 /// SQL that turns the live row into the snapshot row, like sqldiff's output.
