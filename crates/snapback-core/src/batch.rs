@@ -1004,66 +1004,18 @@ fn take(
     busy: Duration,
     pin_session: Option<&str>,
 ) -> Result<Taken> {
-    let before = crate::delta::before(path);
-    let cap = Capture::begin(path, busy)?;
-    let same_file = std::fs::metadata(path).ok().map(|m| {
-        (
-            std::os::unix::fs::MetadataExt::dev(&m),
-            std::os::unix::fs::MetadataExt::ino(&m),
-        )
-    });
-    if same_file != Some((before.dev, before.ino)) {
-        cap.finish()?;
-        return Ok(Taken::NeedsManifest(
-            "the database file was replaced while the capture began".into(),
-        ));
-    }
-    let mut wal_mode = false;
-    cap.read_listed(&[1], 1, |_, page1| {
-        wal_mode = journal_mode_of_header(&page1) == "wal";
-        Ok(())
-    })?;
-    let continuation = pin_session.is_some() && head.state.session.as_deref() == pin_session;
-    let changed = match crate::delta::changed_pages(
-        path,
-        &before,
-        wal_mode,
-        &head.state,
-        cap.page_size,
-        cap.page_count,
-        continuation,
-    ) {
-        Ok(c) => c,
-        Err(why) => {
-            cap.finish()?;
-            return Ok(Taken::NeedsManifest(why));
-        }
+    let read = match read_changed_pages(path, head, busy, pin_session)? {
+        Ok(r) => r,
+        Err(why) => return Ok(Taken::NeedsManifest(why)),
     };
-    let limit = (cap.page_count / 4).max(256);
-    if changed.pages.len() as u64 > limit {
-        let why = format!(
-            "{} of {} pages changed since the previous point (more than a quarter: a full scan reads them faster)",
-            changed.pages.len(),
-            cap.page_count
-        );
-        cap.finish()?;
-        return Ok(Taken::NeedsManifest(why));
-    }
-    let Some(position) = changed.position else {
-        cap.finish()?;
-        return Ok(Taken::NeedsManifest(
-            "the WAL position of the capture cannot be established".into(),
-        ));
-    };
-    let ps = cap.page_size as usize;
-    let mut raws: Vec<Vec<u8>> = Vec::with_capacity(changed.pages.len());
-    cap.read_listed(&changed.pages, ((8 << 20) / ps).max(1), |_, buf| {
-        raws.extend(buf.chunks(ps).map(<[u8]>::to_vec));
-        Ok(())
-    })?;
-    let time = cap.captured_at;
-    let page_count = cap.page_count;
-    cap.finish()?;
+    let ChangedPages {
+        changed,
+        position,
+        raws,
+        time,
+        page_count,
+        page_size: ps,
+    } = read;
     if time <= head.last_time {
         return Ok(Taken::NeedsManifest(
             "the clock went back: this point would not be after the previous one".into(),
@@ -1118,26 +1070,7 @@ fn take(
     };
     let mut pages: Vec<Option<Vec<u8>>> = pages.into_iter().map(Some).collect();
     if pending.is_empty() {
-        // The first point of a batch holds every page that differs from
-        // the base; those changed by committed points are in the
-        // repository already, so only its own pages come with it.
-        let own: std::collections::HashMap<u64, (Id, Vec<u8>)> = point
-            .changes
-            .iter()
-            .zip(pages)
-            .filter_map(|((i, id), p)| Some((*i, (*id, p?))))
-            .collect();
-        let since = since_base(&head.base_list, &head.committed, &point);
-        let mut own = own;
-        pages = since
-            .changes
-            .iter()
-            .map(|(i, id)| match own.remove(i) {
-                Some((oid, p)) if oid == *id => Some(p),
-                _ => None,
-            })
-            .collect();
-        point = since;
+        (point, pages) = first_of_batch(head, point, pages);
     }
     pending.push(PendingPoint {
         point,
@@ -1150,6 +1083,125 @@ fn take(
         pages_read: changed.pages.len() as u64,
         spooled: Spooled::NoSpool,
     })
+}
+
+/// The pages of `path` changed since the image in `head`, read in one read
+/// transaction; or why the next point must be a new base manifest.
+fn read_changed_pages(
+    path: &Path,
+    head: &Head,
+    busy: Duration,
+    pin_session: Option<&str>,
+) -> Result<std::result::Result<ChangedPages, String>> {
+    let before = crate::delta::before(path);
+    let cap = Capture::begin(path, busy)?;
+    let same_file = std::fs::metadata(path).ok().map(|m| {
+        (
+            std::os::unix::fs::MetadataExt::dev(&m),
+            std::os::unix::fs::MetadataExt::ino(&m),
+        )
+    });
+    if same_file != Some((before.dev, before.ino)) {
+        cap.finish()?;
+        return Ok(Err(
+            "the database file was replaced while the capture began".into(),
+        ));
+    }
+    let mut wal_mode = false;
+    cap.read_listed(&[1], 1, |_, page1| {
+        wal_mode = journal_mode_of_header(&page1) == "wal";
+        Ok(())
+    })?;
+    let continuation = pin_session.is_some() && head.state.session.as_deref() == pin_session;
+    let changed = match crate::delta::changed_pages(
+        path,
+        &before,
+        wal_mode,
+        &head.state,
+        cap.page_size,
+        cap.page_count,
+        continuation,
+    ) {
+        Ok(c) => c,
+        Err(why) => {
+            cap.finish()?;
+            return Ok(Err(why));
+        }
+    };
+    let limit = (cap.page_count / 4).max(256);
+    if changed.pages.len() as u64 > limit {
+        let why = format!(
+            "{} of {} pages changed since the previous point (more than a quarter: a full scan reads them faster)",
+            changed.pages.len(),
+            cap.page_count
+        );
+        cap.finish()?;
+        return Ok(Err(why));
+    }
+    let Some(position) = changed.position else {
+        cap.finish()?;
+        return Ok(Err(
+            "the WAL position of the capture cannot be established".into()
+        ));
+    };
+    let ps = cap.page_size as usize;
+    let mut raws: Vec<Vec<u8>> = Vec::with_capacity(changed.pages.len());
+    cap.read_listed(&changed.pages, ((8 << 20) / ps).max(1), |_, buf| {
+        raws.extend(buf.chunks(ps).map(<[u8]>::to_vec));
+        Ok(())
+    })?;
+    let time = cap.captured_at;
+    let page_count = cap.page_count;
+    cap.finish()?;
+    Ok(Ok(ChangedPages {
+        changed,
+        position,
+        raws,
+        time,
+        page_count,
+        page_size: ps,
+    }))
+}
+
+/// What `read_changed_pages` read.
+struct ChangedPages {
+    changed: crate::delta::Changed,
+    position: crate::delta::Position,
+    /// The changed pages' bytes, in the order of `changed.pages`.
+    raws: Vec<Vec<u8>>,
+    time: OffsetDateTime,
+    page_count: u64,
+    page_size: usize,
+}
+
+/// The first point of a batch holds every page that differs from the
+/// base: `point` (over the previous point) as a point over the base, with
+/// the pages that come with it.
+fn first_of_batch(
+    head: &Head,
+    point: Point,
+    pages: Vec<Option<Vec<u8>>>,
+) -> (Point, Vec<Option<Vec<u8>>>) {
+    // The first point of a batch holds every page that differs from
+    // the base; those changed by committed points are in the
+    // repository already, so only its own pages come with it.
+    let own: std::collections::HashMap<u64, (Id, Vec<u8>)> = point
+        .changes
+        .iter()
+        .zip(pages)
+        .filter_map(|((i, id), p)| Some((*i, (*id, p?))))
+        .collect();
+    let since = since_base(&head.base_list, &head.committed, &point);
+    let mut own = own;
+    let pages = since
+        .changes
+        .iter()
+        .map(|(i, id)| match own.remove(i) {
+            Some((oid, p)) if oid == *id => Some(p),
+            _ => None,
+        })
+        .collect();
+    (since, pages)
 }
 
 impl CaptureState {
