@@ -471,6 +471,103 @@ fn error_response(status: u16, code: &str) -> Vec<u8> {
     out
 }
 
+/// The fault of the first rule that matches this request (each rule's
+/// count taken down), with the request recorded as seen.
+fn take_fault(shared: &Shared, method: &str, target: &str, head: &Head) -> Option<Fault> {
+    let fault = {
+        let mut rules = lock(&shared.rules);
+        let mut hit = None;
+        for rule in rules.iter_mut() {
+            if rule.times != Some(0) && rule.when.matches(method, target, &head.headers) {
+                if let Some(t) = rule.times.as_mut() {
+                    *t -= 1;
+                }
+                hit = Some(rule.fault.clone());
+                break;
+            }
+        }
+        hit
+    };
+    lock(&shared.seen).push(Seen {
+        method: method.to_string(),
+        target: target.to_string(),
+        fault: fault.clone(),
+    });
+    fault
+}
+
+/// What `serve` does after `response_fault`.
+enum After {
+    /// Send the (possibly changed) response.
+    Send,
+    /// The response was sent; read the next request.
+    NextRequest,
+    /// The connection is closed.
+    Close,
+}
+
+/// The faults that act on the upstream's response: delay, flip, shorten,
+/// truncate or trickle it, or drop the connection.
+fn response_fault(
+    writer: &mut TcpStream,
+    shared: &Shared,
+    fault: Option<&Fault>,
+    resp_head: &Head,
+    resp_body: &mut Vec<u8>,
+    no_body: bool,
+) -> io::Result<After> {
+    let framing = ["content-length", "transfer-encoding", "connection"];
+    match fault {
+        Some(Fault::DropResponse) => {
+            let _ = writer.shutdown(Shutdown::Both);
+            return Ok(After::Close);
+        }
+        Some(Fault::Delay(d)) => {
+            sleep_unless_stopped(*d, shared);
+        }
+        Some(Fault::FlipResponseByte { at }) => {
+            if let Some(b) = resp_body.get_mut(*at) {
+                *b ^= 0x01;
+            }
+        }
+        Some(Fault::TruncateBody { keep }) if !no_body => {
+            let full = resp_body.len();
+            writer.write_all(&resp_head.encode(
+                &framing,
+                &[
+                    ("Content-Length", full.to_string()),
+                    ("Connection", "close".into()),
+                ],
+            ))?;
+            writer.write_all(&resp_body[..(*keep).min(full)])?;
+            writer.flush()?;
+            let _ = writer.shutdown(Shutdown::Both);
+            return Ok(After::Close);
+        }
+        Some(Fault::ShortenBody { keep }) if !no_body => {
+            resp_body.truncate(*keep);
+        }
+        Some(Fault::Trickle { chunk, every }) if !no_body => {
+            writer.write_all(
+                &resp_head.encode(&framing, &[("Content-Length", resp_body.len().to_string())]),
+            )?;
+            let started = Instant::now();
+            for piece in resp_body.chunks((*chunk).max(1)) {
+                if shared.stop.load(Ordering::SeqCst) || started.elapsed() > TRICKLE_LIMIT {
+                    let _ = writer.shutdown(Shutdown::Both);
+                    return Ok(After::Close);
+                }
+                writer.write_all(piece)?;
+                writer.flush()?;
+                std::thread::sleep(*every);
+            }
+            return Ok(After::NextRequest);
+        }
+        _ => {}
+    }
+    Ok(After::Send)
+}
+
 /// Serves one client connection, request after request.
 fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result<()> {
     client.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -489,25 +586,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("").to_string();
 
-        let fault = {
-            let mut rules = lock(&shared.rules);
-            let mut hit = None;
-            for rule in rules.iter_mut() {
-                if rule.times != Some(0) && rule.when.matches(&method, &target, &head.headers) {
-                    if let Some(t) = rule.times.as_mut() {
-                        *t -= 1;
-                    }
-                    hit = Some(rule.fault.clone());
-                    break;
-                }
-            }
-            hit
-        };
-        lock(&shared.seen).push(Seen {
-            method: method.clone(),
-            target: target.clone(),
-            fault: fault.clone(),
-        });
+        let fault = take_fault(shared, &method, &target, &head);
 
         let started = Instant::now();
         let body_len = head.content_length().unwrap_or(0);
@@ -569,55 +648,19 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
                 .split_whitespace()
                 .nth(1)
                 .is_some_and(|s| s == "204" || s == "304");
-        let framing = ["content-length", "transfer-encoding", "connection"];
-        match fault {
-            Some(Fault::DropResponse) => {
-                let _ = writer.shutdown(Shutdown::Both);
-                return Ok(());
-            }
-            Some(Fault::Delay(d)) => {
-                sleep_unless_stopped(d, shared);
-            }
-            Some(Fault::FlipResponseByte { at }) => {
-                if let Some(b) = resp_body.get_mut(at) {
-                    *b ^= 0x01;
-                }
-            }
-            Some(Fault::TruncateBody { keep }) if !no_body => {
-                let full = resp_body.len();
-                writer.write_all(&resp_head.encode(
-                    &framing,
-                    &[
-                        ("Content-Length", full.to_string()),
-                        ("Connection", "close".into()),
-                    ],
-                ))?;
-                writer.write_all(&resp_body[..keep.min(full)])?;
-                writer.flush()?;
-                let _ = writer.shutdown(Shutdown::Both);
-                return Ok(());
-            }
-            Some(Fault::ShortenBody { keep }) if !no_body => {
-                resp_body.truncate(keep);
-            }
-            Some(Fault::Trickle { chunk, every }) if !no_body => {
-                writer.write_all(
-                    &resp_head.encode(&framing, &[("Content-Length", resp_body.len().to_string())]),
-                )?;
-                let started = Instant::now();
-                for piece in resp_body.chunks(chunk.max(1)) {
-                    if shared.stop.load(Ordering::SeqCst) || started.elapsed() > TRICKLE_LIMIT {
-                        let _ = writer.shutdown(Shutdown::Both);
-                        return Ok(());
-                    }
-                    writer.write_all(piece)?;
-                    writer.flush()?;
-                    std::thread::sleep(every);
-                }
-                continue;
-            }
-            _ => {}
+        match response_fault(
+            &mut writer,
+            shared,
+            fault.as_ref(),
+            &resp_head,
+            &mut resp_body,
+            no_body,
+        )? {
+            After::Send => {}
+            After::NextRequest => continue,
+            After::Close => return Ok(()),
         }
+        let framing = ["content-length", "transfer-encoding", "connection"];
         let status = resp_head
             .line
             .split_whitespace()
