@@ -407,6 +407,10 @@ impl BlobSink<'_> {
     }
 }
 
+/// What `read_full_scan` read: the capture back, the file's SHA-256, the
+/// chunk list and the file's first 100 bytes.
+type ScanRead = (Capture, [u8; 32], Vec<ChunkRef>, Vec<u8>);
+
 /// What `delta_over_prior` found: the delta (or why not) and the
 /// wal-index header of before the transaction.
 type DeltaOverPrior = (
@@ -1025,7 +1029,7 @@ impl Repository {
         chunk_size: usize,
         pages_per_batch: usize,
         progress: &dyn Progress,
-    ) -> Result<(Capture, [u8; 32], Vec<ChunkRef>, Vec<u8>)> {
+    ) -> Result<ScanRead> {
         let (btx, brx) = sync_channel::<Vec<u8>>(3);
         let mut refs = Vec::new();
         let mut header = Vec::new();
