@@ -1013,8 +1013,7 @@ fn crash_watch_killed_at_random_points_while_a_writer_commits() {
             break;
         }
         if t.elapsed() >= Duration::from_secs(60) {
-            crate::prune_race::signal(child.id(), "KILL");
-            let out = snapback_testkit::wait_out(child, Duration::from_secs(10));
+            let out = child.stop_with("KILL", Duration::from_secs(10));
             panic!(
                 "the restarted watcher took no point of all {} transfers: {out:?}",
                 log_all.len()
@@ -1022,8 +1021,7 @@ fn crash_watch_killed_at_random_points_while_a_writer_commits() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    crate::prune_race::signal(child.id(), "TERM");
-    let out = snapback_testkit::wait_out(child, Duration::from_secs(60));
+    let out = child.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(out.code, 0, "watch exits 0 on SIGTERM: {out:?}");
     check_clean(&env, "after the last restart");
     eprintln!(

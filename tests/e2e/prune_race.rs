@@ -43,14 +43,7 @@ pub fn faked(env: &Env, offset: &str, args: &[&str]) -> Command {
     c
 }
 
-pub fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    assert!(st.success(), "kill -{sig} {pid}");
-}
+pub use snapback_testkit::signal;
 
 /// Starts a snapshot of `dir` (under `offset`) and stops it once the
 /// repository holds more than `packs_before` packs.

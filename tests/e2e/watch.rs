@@ -175,14 +175,9 @@ pub(crate) fn start_watch(env: &Env, db: &Path) -> KillOnDrop {
     ]))
 }
 
-pub(crate) fn signal(child: &Child, sig: &str) {
-    crate::prune_race::signal(child.id(), sig);
-}
-
 /// SIGTERM, then the watcher's output; it must exit 0.
 pub(crate) fn stop_watch(child: KillOnDrop) -> Out {
-    signal(&child, "TERM");
-    let out = wait_out(child, Duration::from_secs(60));
+    let out = child.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(out.code, 0, "watch exits 0 on SIGTERM: {out:?}");
     out
 }
@@ -375,8 +370,7 @@ fn watch_takes_no_point_while_nothing_changes_and_resumes_after_sigkill_without_
     for _ in 0..3 {
         let child = start_watch(&env, &db);
         std::thread::sleep(Duration::from_millis(700 + rng.below(1500)));
-        signal(&child, "KILL");
-        let _ = wait_out(child, Duration::from_secs(30));
+        let _ = child.stop_with("KILL", Duration::from_secs(30));
     }
     let child = start_watch(&env, &db);
     std::thread::sleep(Duration::from_millis(800));
@@ -389,8 +383,7 @@ fn watch_takes_no_point_while_nothing_changes_and_resumes_after_sigkill_without_
     let before = points(&env).len();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(points(&env).len(), before, "no point while nothing changes");
-    signal(&child, "KILL");
-    let _ = wait_out(child, Duration::from_secs(30));
+    let _ = child.stop_with("KILL", Duration::from_secs(30));
     let child = start_watch(&env, &db);
     std::thread::sleep(Duration::from_secs(1));
     let out = stop_watch(child);

@@ -15,8 +15,7 @@ use snapback_testkit::{integrity, spawn, wait_out, Env, KillOnDrop, Out, Rng};
 
 use crate::s3::S3Repo;
 use crate::watch::{
-    assert_holds_transfers, create_bank, parse_time, signal, transfers_of, writer, Logged,
-    ACCOUNTS, START,
+    assert_holds_transfers, create_bank, parse_time, transfers_of, writer, Logged, ACCOUNTS, START,
 };
 
 /// Points as `snapshots --points --json` lists them: (name, time, entry),
@@ -60,8 +59,7 @@ fn run_writer_under(child: KillOnDrop, db: &Path, secs: u64, seed: u64) -> (Vec<
     w.join().expect("writer");
     // Past one more upload, so the last commits are in a point.
     std::thread::sleep(Duration::from_millis(1500));
-    signal(&child, "TERM");
-    let out = wait_out(child, Duration::from_secs(60));
+    let out = child.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(out.code, 0, "watch exits 0 on SIGTERM: {out:?}");
     let log = log.lock().expect("log").clone();
     assert!(log.len() > 50, "the writer ran ({} transfers)", log.len());
@@ -223,44 +221,18 @@ fn watch_on_s3_batches_points_per_upload_interval_and_every_point_restores_exact
     // Without the flag, an S3 repository batches for 10 s (the status
     // file says the upload interval it runs with).
     let child = spawn(s3_watch(&r, &["watch", db_s, "--interval", "200ms"]));
-    let started = Instant::now();
-    let status_dir = r.path("state").join("snapback").join("watch");
-    let upload_ms = loop {
-        let found = walk_json(&status_dir);
-        if let Some(v) = found.first() {
-            break v["upload_interval_ms"]
-                .as_u64()
-                .expect("upload_interval_ms");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no watch status file"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    signal(&child, "TERM");
-    let _ = wait_out(child, Duration::from_secs(60));
-    assert_eq!(upload_ms, 10_000);
-}
+    let s = snapback_testkit::watch::wait_for_watch_status(
+        &r.path("state"),
+        "an upload interval",
+        Duration::from_secs(30),
+        |_| true,
+    );
+    let upload_ms = s["upload_interval_ms"]
+        .as_u64()
+        .expect("upload_interval_ms");
 
-pub(crate) fn walk_json(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_json(&p));
-        } else if p.extension().is_some_and(|x| x == "json") {
-            if let Ok(Ok(v)) =
-                std::fs::read(&p).map(|b| serde_json::from_slice::<serde_json::Value>(&b))
-            {
-                out.push(v);
-            }
-        }
-    }
-    out
+    let _ = child.stop_with("TERM", Duration::from_secs(60));
+    assert_eq!(upload_ms, 10_000);
 }
 
 #[test]
@@ -288,8 +260,7 @@ fn watch_writes_a_new_base_manifest_when_the_changes_since_the_base_grow_large()
         assert!(started.elapsed() < Duration::from_secs(60), "round {i}");
     }
     std::thread::sleep(Duration::from_millis(800));
-    signal(&child, "TERM");
-    let out = wait_out(child, Duration::from_secs(60));
+    let out = child.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(out.code, 0, "{out:?}");
     let lines: Vec<serde_json::Value> = out
         .stdout
@@ -328,7 +299,7 @@ fn watch_writes_a_new_base_manifest_when_the_changes_since_the_base_grow_large()
 
 /// The watcher's status report (the only one under `env`'s state home).
 fn watch_status_of(env: &Env) -> Option<serde_json::Value> {
-    walk_json(&env.path("xdg-state").join("snapback").join("watch")).pop()
+    snapback_testkit::watch::watch_status(&env.path("xdg-state"))
 }
 
 fn wait_status(
@@ -336,18 +307,8 @@ fn wait_status(
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        if let Some(s) = watch_status_of(env).filter(|s| ok(s)) {
-            return s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no status with {what}: {:?}",
-            watch_status_of(env)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let limit = Duration::from_secs(30);
+    snapback_testkit::watch::wait_for_watch_status(&env.path("xdg-state"), what, limit, ok)
 }
 
 #[test]
@@ -410,8 +371,7 @@ fn watch_verifies_itself_every_verify_interval_and_a_mismatch_makes_the_next_poi
     app.execute("INSERT INTO transfers VALUES (1, 0, 0, 0, x'00')", [])
         .expect("write");
     std::thread::sleep(Duration::from_millis(1200));
-    signal(&child, "TERM");
-    let out = wait_out(child, Duration::from_secs(60));
+    let out = child.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(out.code, 0, "{out:?}");
     drop(app);
     let methods: Vec<String> = out
@@ -461,8 +421,7 @@ fn watch_verify_interval_off_runs_no_verification() {
     wait_status(&env, "a durable point", |s| !s["durable"].is_null());
     std::thread::sleep(Duration::from_millis(800));
     let s = watch_status_of(&env).expect("status");
-    signal(&child, "TERM");
-    let _ = wait_out(child, Duration::from_secs(60));
+    let _ = child.stop_with("TERM", Duration::from_secs(60));
     assert!(s["last_verify"].is_null(), "{s}");
 }
 
@@ -498,8 +457,7 @@ fn watch_keeps_points_while_s3_fails_and_lies_and_uploads_them_all_when_it_is_ba
     stop.store(true, Ordering::Relaxed);
     w.join().expect("writer");
     std::thread::sleep(Duration::from_millis(2500));
-    signal(&child, "TERM");
-    let out = wait_out(child, Duration::from_secs(120));
+    let out = child.stop_with("TERM", Duration::from_secs(120));
     assert_eq!(out.code, 0, "every point was uploaded in the end: {out:?}");
     assert!(
         proxy.faults_fired() >= 3,

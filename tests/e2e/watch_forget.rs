@@ -16,46 +16,8 @@ use rusqlite::Connection;
 use snapback_testkit::{integrity, spawn, wait_out, Env, Out};
 
 use crate::watch::{
-    assert_holds_transfers, create_bank, points, signal, transfers_of, writer, ACCOUNTS, START,
+    assert_holds_transfers, create_bank, points, transfers_of, writer, ACCOUNTS, START,
 };
-
-/// A running watcher, SIGKILLed if the test ends without stopping it (an
-/// orphan would keep its lock and its inherited descriptors).
-pub(crate) struct Watcher(pub(crate) Option<Child>);
-
-impl Watcher {
-    pub(crate) fn start(cmd: Command) -> Watcher {
-        Watcher(Some(spawn(cmd).into_inner()))
-    }
-
-    /// SIGTERM, then its output.
-    pub(crate) fn stop(mut self) -> Out {
-        let child = self.0.take().expect("running");
-        signal(&child, "TERM");
-        wait_out(child, Duration::from_secs(60))
-    }
-
-    /// SIGKILL, then its output.
-    pub(crate) fn kill(mut self) -> Out {
-        let child = self.0.take().expect("running");
-        signal(&child, "KILL");
-        wait_out(child, Duration::from_secs(60))
-    }
-
-    /// Its output once it exits on its own (within `limit`).
-    pub(crate) fn exits(mut self, limit: Duration) -> Out {
-        wait_out(self.0.take().expect("running"), limit)
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Signals a thread to stop and joins it, also when the test fails.
 pub(crate) struct Stopping(
@@ -136,7 +98,7 @@ fn every_point_a_watcher_reported_durable_stays_restorable_while_forget_runs_in_
     let db_s = db.to_str().expect("utf8");
     // The watcher lets its lock go every second (not every minute), so
     // that each forget gets its exclusive lock within a few seconds.
-    let watcher = Watcher::start(watch_cmd(&env, db_s, Some("1000")));
+    let watcher = spawn(watch_cmd(&env, db_s, Some("1000")));
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(Vec::new()));
     let w = Stopping(stop.clone(), Some(writer(&db, stop, log.clone(), 0xF0E6)));
@@ -170,7 +132,7 @@ fn every_point_a_watcher_reported_durable_stays_restorable_while_forget_runs_in_
     w.join();
     // Past one more upload, so the last commits are in a point.
     std::thread::sleep(Duration::from_millis(1500));
-    let out = watcher.stop();
+    let out = watcher.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(
         out.code, 0,
         "the watcher uploaded every point it took (none is stuck over a removed base): {out:?}"
@@ -227,7 +189,7 @@ fn forget_waits_for_a_watchers_upload_lock_and_exits_11_when_it_cannot_take_it()
     let db = env.path("bank.db");
     create_bank(&db);
     let db_s = db.to_str().expect("utf8");
-    let watcher = Watcher::start(watch_cmd(&env, db_s, None));
+    let watcher = spawn(watch_cmd(&env, db_s, None));
     let c = Connection::open(&db).expect("open");
     // Until a timeline point is durable, the watcher holds its upload lock
     // (for a minute at a time).
@@ -264,7 +226,7 @@ fn forget_waits_for_a_watchers_upload_lock_and_exits_11_when_it_cannot_take_it()
         out.stderr
     );
     assert_eq!(env.snapshots_json().len(), before, "nothing was removed");
-    let out = watcher.stop();
+    let out = watcher.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(out.code, 0, "{out:?}");
     // Once the watcher is gone, forget runs, and keeps the base of the
     // watcher's points.

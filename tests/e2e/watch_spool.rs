@@ -12,56 +12,15 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use snapback_s3::testing::fault_proxy::{Fault, FaultProxy, Match};
-use snapback_testkit::Env;
+use snapback_testkit::watch::{
+    spool_files, wait_for_watch_status as wait_for, watch_status as status_in,
+};
+use snapback_testkit::{spawn, wait_out, Env};
 
 use crate::s3::S3Repo;
 use crate::watch::{create_bank, now_ns, transfers_of, writer, Logged};
-use crate::watch_batch::{
-    every_point_holds_exactly_what_was_committed_before_it, listed, walk_json,
-};
-use crate::watch_forget::{Stopping, Watcher};
-
-/// The only watch status report under the state home `state`.
-fn status_in(state: &Path) -> Option<serde_json::Value> {
-    walk_json(&state.join("snapback").join("watch")).pop()
-}
-
-fn wait_for(
-    state: &Path,
-    what: &str,
-    limit: Duration,
-    ok: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        if let Some(s) = status_in(state).filter(|s| ok(s)) {
-            return s;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "no watch status with {what}: {:?}",
-            status_in(state)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Every batch file under the state home's spool directory.
-fn spool_files(state: &Path) -> Vec<PathBuf> {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.file_name().is_some_and(|n| n == "points.spool") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = vec![];
-    walk(&state.join("snapback").join("spool"), &mut out);
-    out
-}
+use crate::watch_batch::{every_point_holds_exactly_what_was_committed_before_it, listed};
+use crate::watch_forget::Stopping;
 
 /// The bank writer, stopped and joined when dropped.
 fn start_writer(db: &Path, seed: u64) -> (Stopping, Arc<Mutex<Vec<Logged>>>) {
@@ -108,7 +67,7 @@ fn a_watcher_killed_while_s3_is_down_uploads_every_spooled_point_when_restarted_
         "--upload-interval",
         "1s",
     ];
-    let first = Watcher::start(s3_watch(&r, &proxy, &args));
+    let first = spawn(s3_watch(&r, &proxy, &args));
     let (w, log) = start_writer(&db, 0x5B001);
     wait_for(&state, "a durable point", Duration::from_secs(30), |s| {
         !s["durable"].is_null()
@@ -125,7 +84,7 @@ fn a_watcher_killed_while_s3_is_down_uploads_every_spooled_point_when_restarted_
     );
     let pending = s["pending_points"].as_u64().expect("pending");
     let kill_at = now_ns();
-    let out = first.kill();
+    let out = first.stop_with("KILL", Duration::from_secs(60));
     assert_eq!(
         spool_files(&state).len(),
         1,
@@ -143,11 +102,11 @@ fn a_watcher_killed_while_s3_is_down_uploads_every_spooled_point_when_restarted_
     let fired = proxy.faults_fired();
     proxy.inject(Match::method("GET"), Fault::TruncateBody { keep: 10 }, 2);
     proxy.inject(Match::method("PUT"), Fault::DropResponse, 1);
-    let second = Watcher::start(s3_watch(&r, &proxy, &args));
+    let second = spawn(s3_watch(&r, &proxy, &args));
     std::thread::sleep(Duration::from_secs(3));
     w.join();
     std::thread::sleep(Duration::from_millis(2500));
-    let out = second.stop();
+    let out = second.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stderr.contains("uploaded first"),
@@ -188,7 +147,7 @@ fn a_watcher_killed_while_s3_is_down_uploads_every_spooled_point_when_restarted_
 fn killed_with_a_spool(env: &Env, db: &Path) -> u64 {
     let db_s = db.to_str().expect("utf8");
     let state = env.path("xdg-state");
-    let first = Watcher::start(env.cmd(&[
+    let first = spawn(env.cmd(&[
         "--json",
         "watch",
         db_s,
@@ -207,7 +166,7 @@ fn killed_with_a_spool(env: &Env, db: &Path) -> u64 {
     w.join();
     std::thread::sleep(Duration::from_millis(600));
     let s = status_in(&state).expect("status");
-    let out = first.kill();
+    let out = first.stop_with("KILL", Duration::from_secs(60));
     assert_eq!(spool_files(&state).len(), 1, "{out:?}");
     s["pending_points"].as_u64().expect("pending")
 }
@@ -231,7 +190,7 @@ fn a_torn_last_spool_record_is_dropped_and_a_damaged_one_stops_the_watcher() {
     let mut bad = good.clone();
     bad[header + 40] ^= 0x10;
     std::fs::write(&file, &bad).expect("damage");
-    let out = Watcher::start(env.cmd(&args)).exits(Duration::from_secs(30));
+    let out = wait_out(spawn(env.cmd(&args)), Duration::from_secs(30));
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stderr.contains("spool is damaged") && out.stderr.contains("move the file aside"),
@@ -245,12 +204,12 @@ fn a_torn_last_spool_record_is_dropped_and_a_damaged_one_stops_the_watcher() {
     // point holds what the torn one held.
     std::fs::write(&file, &good[..good.len() - 10]).expect("tear");
     let before = listed(&env.ok(&["--json", "snapshots", "--points"])).len() as u64;
-    let second = Watcher::start(env.cmd(&args));
+    let second = spawn(env.cmd(&args));
     wait_for(&state, "an upload", Duration::from_secs(30), |s| {
         s["pending_points"] == 0 && !s["durable"].is_null()
     });
     std::thread::sleep(Duration::from_millis(1000));
-    let out = second.stop();
+    let out = second.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stderr.contains("ended inside a record"),
@@ -295,7 +254,7 @@ fn a_full_spool_stops_the_watcher_with_exit_7_keeping_the_spool_and_never_blocki
         "--spool-max",
         "48K",
     ];
-    let first = Watcher::start(s3_watch(&r, &proxy, &args));
+    let first = spawn(s3_watch(&r, &proxy, &args));
     wait_for(&state, "a durable point", Duration::from_secs(30), |s| {
         !s["durable"].is_null()
     });
@@ -303,7 +262,7 @@ fn a_full_spool_stops_the_watcher_with_exit_7_keeping_the_spool_and_never_blocki
     proxy.inject_always(Match::method("PUT"), Fault::status(503, "SlowDown"));
     let outage_start = now_ns();
     let (w, log) = start_writer(&db, 0xF011);
-    let out = first.exits(Duration::from_secs(60));
+    let out = wait_out(first, Duration::from_secs(60));
     let stopped_at = now_ns();
     assert_eq!(out.code, 7, "{out:?}");
     assert!(
@@ -345,12 +304,12 @@ fn a_full_spool_stops_the_watcher_with_exit_7_keeping_the_spool_and_never_blocki
     );
     // With S3 back, the next watcher uploads the spool first.
     proxy.clear();
-    let second = Watcher::start(s3_watch(&r, &proxy, &args));
+    let second = spawn(s3_watch(&r, &proxy, &args));
     wait_for(&state, "the spool uploaded", Duration::from_secs(30), |s| {
         s["stopped"].is_null() && s["pending_points"] == 0 && s["spool_bytes"] == 0
     });
     std::thread::sleep(Duration::from_millis(1500));
-    let out = second.stop();
+    let out = second.stop_with("TERM", Duration::from_secs(60));
     assert_eq!(out.code, 0, "{out:?}");
     let pts = listed(&r.ok(&["--json", "snapshots", "--points"]));
     assert_no_duplicate(&pts, "after the full spool");

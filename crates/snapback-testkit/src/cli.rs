@@ -205,6 +205,29 @@ impl KillOnDrop {
     pub fn into_inner(mut self) -> Child {
         self.0.take().expect("the child is there until into_inner")
     }
+
+    /// Sends the child a signal by name (`TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, sig: &str) {
+        signal(self.id(), sig);
+    }
+
+    /// Sends `sig`, then waits for the child's output (see [`wait_out`]:
+    /// past `limit` it is killed and the test fails).
+    pub fn stop_with(self, sig: &str, limit: Duration) -> Out {
+        self.signal(sig);
+        wait_out(self, limit)
+    }
+}
+
+/// Sends process `pid` a signal by name (`kill -SIG PID`); the test fails
+/// when it cannot be sent.
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill -{sig} {pid}");
 }
 
 impl From<Child> for KillOnDrop {

@@ -11,6 +11,9 @@
 //! - [`mount`]: real FUSE mounts behind a guard that always unmounts.
 //! - [`heartbeat`]: an HTTP endpoint on 127.0.0.1 that records its pings.
 //! - [`data`]: seeded bytes and numbers, the same on every run.
+//! - [`watch`]: a watcher's status reports and spool files, and waiting
+//!   for a status (a watcher itself runs under [`KillOnDrop`], stopped by
+//!   [`KillOnDrop::stop_with`]).
 //! - [`fault`]: the fault-injecting store (`snapback_storage::fault`):
 //!   fail the Nth put/get/list/delete, return truncated or flipped bytes,
 //!   drop puts, delay.
@@ -24,6 +27,7 @@ pub mod db;
 pub mod heartbeat;
 pub mod mount;
 pub mod s3;
+pub mod watch;
 
 mod binary;
 
@@ -31,8 +35,8 @@ pub use snapback_storage::fault;
 
 pub use binary::{bin, vfs_extension, workspace};
 pub use cli::{
-    command, flip_byte_in_largest_pack, hostname, init_encrypted, run_bounded, spawn, stderr,
-    stdout, wait_out, KillOnDrop, CHEAP_KDF, ISOLATED_VARS, PASSWORD_VARS,
+    command, flip_byte_in_largest_pack, hostname, init_encrypted, run_bounded, signal, spawn,
+    stderr, stdout, wait_out, KillOnDrop, CHEAP_KDF, ISOLATED_VARS, PASSWORD_VARS,
 };
 pub use cli::{Env, Out};
 pub use data::{pattern, random_bytes, Rng};
