@@ -33,6 +33,25 @@ fn make_checked_db(db: &Path, mode: &str, rows: i64) {
     .expect("schema");
 }
 
+/// `make_checked_db(db, mode, 400)`, then a snapshot of it in `env`.
+fn snapshotted_db(env: &Env, db: &Path, mode: &str) {
+    make_checked_db(db, mode, 400);
+    env.snapshot(db);
+}
+
+/// `n` writer transactions on `db` (see `write_step`), on one connection.
+fn write_steps(db: &Path, n: usize, rng: &mut Rng) {
+    let c = Connection::open(db).expect("open");
+    for _ in 0..n {
+        write_step(&c, rng).expect("write");
+    }
+}
+
+/// `restore latest DB --in-place --apply --yes`.
+fn apply_args(db: &str) -> [&str; 6] {
+    ["restore", "latest", db, "--in-place", "--apply", "--yes"]
+}
+
 /// One writer transaction: changes some rows (and adds one) and keeps the
 /// sums in step.
 fn write_step(c: &Connection, rng: &mut Rng) -> rusqlite::Result<()> {
@@ -117,8 +136,7 @@ fn in_place_restore_under_a_running_reader_and_writer_keeps_every_read_consisten
     for mode in ["wal", "delete"] {
         let env = Env::new();
         let db = env.path("app.db");
-        make_checked_db(&db, mode, 400);
-        env.snapshot(&db);
+        snapshotted_db(&env, &db, mode);
         let stop = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicU64::new(0));
         let writes = Arc::new(AtomicU64::new(0));
@@ -218,25 +236,13 @@ fn sigkill_inside_the_write_transaction_leaves_the_old_or_the_restored_database(
     for mode in ["wal", "delete"] {
         let env = Env::new();
         let db = env.path("app.db");
-        make_checked_db(&db, mode, 400);
-        env.snapshot(&db);
+        snapshotted_db(&env, &db, mode);
         let restored = pages(&db);
-        let c = Connection::open(&db).expect("open");
-        for _ in 0..40 {
-            write_step(&c, &mut rng).expect("write");
-        }
-        drop(c);
+        write_steps(&db, 40, &mut rng);
         let old = pages(&db);
         assert_ne!(old, restored);
         for round in 0..3u64 {
-            let mut cmd = env.cmd(&[
-                "restore",
-                "latest",
-                utf8(&db),
-                "--in-place",
-                "--apply",
-                "--yes",
-            ]);
+            let mut cmd = env.cmd(&apply_args(utf8(&db)));
             cmd.env("SNAPBACK_TEST_DELAY_BEFORE_COMMIT_MS", "3000")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
@@ -294,17 +300,7 @@ fn sigkill_inside_the_write_transaction_leaves_the_old_or_the_restored_database(
             );
         }
         // Not killed, it restores.
-        let out = env.run_bounded(
-            &[
-                "restore",
-                "latest",
-                utf8(&db),
-                "--in-place",
-                "--apply",
-                "--yes",
-            ],
-            Duration::from_secs(60),
-        );
+        let out = env.run_bounded(&apply_args(utf8(&db)), Duration::from_secs(60));
         assert_eq!(out.code, 0, "{mode}: {out:?}");
         assert_eq!(pages(&db), restored, "{mode}");
         assert_eq!(integrity(&db), "ok", "{mode}");
@@ -316,24 +312,12 @@ fn the_printed_undo_command_brings_back_the_pre_restore_state_exactly() {
     for mode in ["wal", "delete"] {
         let env = Env::new();
         let db = env.path("app.db");
-        make_checked_db(&db, mode, 400);
-        env.snapshot(&db);
-        let c = Connection::open(&db).expect("open");
-        let mut rng = Rng::new(3);
-        for _ in 0..60 {
-            write_step(&c, &mut rng).expect("write");
-        }
-        drop(c);
+        snapshotted_db(&env, &db, mode);
+        write_steps(&db, 60, &mut Rng::new(3));
         let (before_rows, before_pages) = (rows(&db), pages(&db));
-        let out = env.ok(&[
-            "--json",
-            "restore",
-            "latest",
-            utf8(&db),
-            "--in-place",
-            "--apply",
-            "--yes",
-        ]);
+        let mut args = vec!["--json"];
+        args.extend(apply_args(utf8(&db)));
+        let out = env.ok(&args);
         let doc = json(&out);
         let undo = doc["undo"].as_str().expect("undo command").to_string();
         let pre = doc["pre_restore_snapshot"].as_str().expect("pre id");
@@ -386,19 +370,15 @@ fn bad_input_to_an_in_place_restore_gets_a_clear_error_and_changes_nothing() {
     let src = env.path("src");
     std::fs::create_dir_all(&src).expect("mkdir");
     let db = src.join("app.db");
-    make_checked_db(&db, "wal", 400);
-    env.snapshot(&db);
-    let c = Connection::open(&db).expect("open");
-    let mut rng = Rng::new(5);
-    for _ in 0..20 {
-        write_step(&c, &mut rng).expect("write");
-    }
-    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+    snapshotted_db(&env, &db, "wal");
+    write_steps(&db, 20, &mut Rng::new(5));
+    Connection::open(&db)
+        .expect("open")
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .expect("checkpoint");
-    drop(c);
     let before = (std::fs::read(&db).expect("read"), pages(&db));
     let apply = |live: &str, extra: &[&str]| {
-        let mut a = vec!["restore", "latest", live, "--in-place", "--apply", "--yes"];
+        let mut a = apply_args(live).to_vec();
         a.extend_from_slice(extra);
         env.run(&a)
     };
@@ -447,14 +427,7 @@ fn bad_input_to_an_in_place_restore_gets_a_clear_error_and_changes_nothing() {
 
     // A live database on a read-only file system.
     crate::read_only::require_read_only_mounts(&env);
-    let cmd = env.cmd(&[
-        "restore",
-        "latest",
-        utf8(&db),
-        "--in-place",
-        "--apply",
-        "--yes",
-    ]);
+    let cmd = env.cmd(&apply_args(utf8(&db)));
     let o = crate::read_only::in_read_only_namespace(&src, r#"exec "$@""#, &cmd)
         .output()
         .expect("unshare");
