@@ -7,7 +7,8 @@ repository format, written by today's `snapback` binary.
     --bin   the snapback binary (default: $CARGO_TARGET_DIR/debug/snapback,
             else target/debug/snapback)
     --out   where to write (default: fixtures/repos/v<format_version>)
-    --only  write only this repository (timeline or dicts) into an OUT that
+    --only  write only this repository (timeline, dicts or
+            encrypted-timeline) into an OUT that
             exists, adding its entry to OUT/expected.json; for a format
             feature added after OUT was written
 
@@ -23,6 +24,9 @@ It writes, under OUT:
     dicts/          (format 2) a database whose pages are compressed with a
                     zstd dictionary, in two snapshots (a full scan that
                     trains it, a WAL delta that reuses it)
+    encrypted-timeline/
+                    (format 2) the timeline story in an encrypted
+                    repository, on a database big enough for a dictionary
     expected.json   what the tests compare with: every snapshot (id, tags,
                     paths) and the SHA-256 of each file it restores, and
                     what `check --read-data` reports for each repository
@@ -278,10 +282,11 @@ def integrity(path):
 # note "step K"), spaced by three ticks so that each is its own point.
 TIMELINE_ROWS = 2000
 # Steps per run of the watcher. The first run gives a base manifest (before
-# the steps) and a segment of 4 points; the second (a restart) a base manifest
-# holding its first step and a segment of 3 points.
+# the steps) and a segment of 4 points; the second (a restart) a segment of
+# the steps after it: 3 points over a new base manifest holding its first
+# step (the binary that wrote v2/timeline), or 4 over the same base (a
+# watcher that continues from its local capture state).
 TIMELINE_RUNS = [4, 4]
-TIMELINE_POINTS = [4, 3]
 WATCH_ARGS = ["--interval", "200ms", "--upload-interval", "60s", "--tag", "continuous"]
 
 
@@ -303,13 +308,12 @@ def wait_for(what, cond, timeout=20.0):
         time.sleep(0.05)
 
 
-def watch_run(repo, first_step, steps):
-    """Runs `snapback watch` on the database while `steps` steps are
-    written, then stops it with SIGTERM (it uploads its pending points as
-    one segment on the way out)."""
+def watch_run(repo, first_step, steps, db_path):
+    """Runs `snapback watch` on the database `db_path` while `steps` steps
+    are written, then stops it with SIGTERM (it uploads its pending points
+    as one segment on the way out)."""
     import signal
     import time
-    db_path = timeline_db()
 
     def count(sub):
         d = os.path.join(repo.path, sub)
@@ -351,46 +355,77 @@ def watch_run(repo, first_step, steps):
         sys.exit(f"the watcher's run wrote {segments() - before} segments, expected one: {err}")
 
 
+def wal_db(path, schema, page_size=None):
+    """A new WAL-mode database at `path` holding `schema`, in pages of
+    `page_size` bytes (SQLite's default when None); returns a connection
+    in autocommit mode."""
+    c = sqlite3.connect(path, isolation_level=None)
+    if page_size:
+        c.execute(f"PRAGMA page_size = {page_size}")
+    c.execute("PRAGMA journal_mode = WAL")
+    c.execute(schema)
+    return c
+
+
 def timeline(binary, out, work):
     """A format-2 repository written by `snapback watch`: a base manifest
     and one segment per run of the watcher, each of several points."""
     repo = fresh(binary, out, "timeline", work)
     path = repo.path
-    c = sqlite3.connect(timeline_db(), isolation_level=None)
-    c.execute("PRAGMA journal_mode = WAL")
-    c.execute("CREATE TABLE acct(id INTEGER PRIMARY KEY, owner TEXT NOT NULL, "
-              "balance INTEGER NOT NULL, note TEXT NOT NULL)")
+    c = wal_db(timeline_db(), "CREATE TABLE acct(id INTEGER PRIMARY KEY, owner TEXT NOT NULL, "
+               "balance INTEGER NOT NULL, note TEXT NOT NULL)")
     c.execute("BEGIN")
     for i in range(1, TIMELINE_ROWS + 1):
         c.execute("INSERT INTO acct VALUES (?, ?, 1000, 'opened')", (i, f"owner-{i:04}"))
     c.execute("COMMIT")
     c.close()
+    out_bases, out_points = watched(repo, timeline_db(), work)
+    return {
+        "encrypted": False,
+        "features": config_features(path),
+        "check": {"exit_code": 0, "problems": []},
+        "audit_entries": 0,
+        "database": timeline_db(),
+        "snapshots": out_bases,
+        "points": out_points,
+    }
+
+
+def watched(repo, db_path, work):
+    """Runs the watcher story on `db_path` (a table `acct` as the timeline
+    story's): the runs of TIMELINE_RUNS, then `check --read-data`; checks
+    the base manifests and the points it wrote, restoring each (a point by
+    name and by `@TIME`); returns their entries for expected.json."""
     step = 1
     for steps in TIMELINE_RUNS:
-        watch_run(repo, step, steps)
+        watch_run(repo, step, steps, db_path)
         step += steps
     check = repo.run("--json", "check", "--read-data", ok=False)
     if check.returncode != 0:
-        sys.exit(f"check of the timeline repository failed: {check.stdout} {check.stderr}")
+        sys.exit(f"check of {repo.path} failed: {check.stdout} {check.stderr}")
+    path = repo.path
     listed = repo.json("snapshots", "--points")
     bases = [s for s in listed if "/" not in s["id"]]
     points = [s for s in listed if "/" in s["id"]]
-    if len(bases) != len(TIMELINE_RUNS):
-        sys.exit(f"expected a base manifest per run, got {[s['id'] for s in bases]}")
+    # A restarted watcher either writes a new base manifest or continues
+    # from its local capture state over the previous one; either way each
+    # run is one segment.
+    if not bases:
+        sys.exit("the watcher wrote no base manifest")
     segs = sorted(os.listdir(os.path.join(path, "timeline")))
     by_seg = {}
     for s in points:
         by_seg.setdefault(s["id"].split("/")[0], []).append(s)
-    if [len(v) for v in by_seg.values()] != TIMELINE_POINTS:
-        sys.exit(f"expected segments of {TIMELINE_POINTS} points, got "
-                 f"{ {k: len(v) for k, v in by_seg.items()} }")
+    if len(by_seg) != len(TIMELINE_RUNS) or len(points) < sum(TIMELINE_RUNS) - len(bases) + 1:
+        sys.exit(f"expected a segment per run holding the steps as points, got "
+                 f"{ {k: len(v) for k, v in by_seg.items()} } and {len(bases)} base manifest(s)")
     out_bases = []
     for n, base in enumerate(bases):
         dest = os.path.join(work, f"restore-base{n + 1}")
         files = restore_files(repo, base, dest)
-        held = steps_in(dest + timeline_db())
-        if held != [0, TIMELINE_RUNS[0] + 1][n]:
-            sys.exit(f"base manifest {n + 1} holds {held} steps")
+        held = steps_in(dest + db_path)
+        if n == 0 and held != 0:
+            sys.exit(f"the first base manifest holds {held} steps")
         e = entry_of(base, f"base{n + 1}", files)
         e["steps"] = held
         out_bases.append(e)
@@ -405,10 +440,14 @@ def timeline(binary, out, work):
                 sys.exit(f"restore @{s['time']} is not point {s['id']}")
             if integrity(dest + f) != "ok":
                 sys.exit(f"point {s['id']}: {f} fails the integrity check")
-        held = steps_in(dest + timeline_db())
-        want = n + 1 if n < TIMELINE_POINTS[0] else n + 2
-        if held != want:
-            sys.exit(f"point {s['id']} holds {held} steps, expected {want}")
+        held = steps_in(dest + db_path)
+        # Each step is its own point (or in a base manifest): every point
+        # holds more steps than the one before it, the last one all.
+        if out_points and held <= out_points[-1]["steps"]:
+            sys.exit(f"point {s['id']} holds {held} steps, the one before it "
+                     f"{out_points[-1]['steps']}")
+        if n == len(points) - 1 and held != sum(TIMELINE_RUNS):
+            sys.exit(f"the newest point holds {held} steps, not all {sum(TIMELINE_RUNS)}")
         seg_short, index = s["id"].split("/")
         segment = [x for x in segs if x.startswith(seg_short)]
         if len(segment) != 1:
@@ -421,23 +460,15 @@ def timeline(binary, out, work):
             "files": files,
             "steps": held,
         })
-    return {
-        "encrypted": False,
-        "features": config_features(path),
-        "check": {"exit_code": 0, "problems": []},
-        "audit_entries": 0,
-        "database": timeline_db(),
-        "snapshots": out_bases,
-        "points": out_points,
-    }
+    return out_bases, out_points
 
 
-def fresh(binary, out, name, work):
-    """A new plain repository OUT/NAME, an empty source directory and the
-    scratch directory `work`."""
+def fresh(binary, out, name, work, passphrase=None):
+    """A new repository OUT/NAME (encrypted with `passphrase` when given),
+    an empty source directory and the scratch directory `work`."""
     os.makedirs(work)
-    repo = Repo(binary, os.path.join(out, name))
-    repo.run("init")
+    repo = Repo(binary, os.path.join(out, name), passphrase)
+    repo.run(*(["init", "--encrypt", *CHEAP_KDF] if passphrase else ["init"]))
     shutil.rmtree(SRC, ignore_errors=True)
     os.makedirs(SRC)
     return repo
@@ -460,11 +491,8 @@ def dicts(binary, out, work):
     repo = fresh(binary, out, "dicts", work)
     path = repo.path
     db_path = os.path.join(SRC, "orders.db")
-    c = sqlite3.connect(db_path, isolation_level=None)
-    c.execute("PRAGMA page_size = 1024")
-    c.execute("PRAGMA journal_mode = WAL")
-    c.execute("CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
-              "status TEXT NOT NULL, note TEXT NOT NULL)")
+    c = wal_db(db_path, "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
+               "status TEXT NOT NULL, note TEXT NOT NULL)", page_size=1024)
     c.execute("BEGIN")
     for i in range(DICT_ROWS):
         c.execute("INSERT INTO orders VALUES (?, ?, ?, ?)",
@@ -505,6 +533,51 @@ def dicts(binary, out, work):
         "database": db_path,
         "dicts": names,
         "snapshots": snaps,
+    }
+
+
+# The encrypted watcher story: the timeline story's runs on a database big
+# enough for a dictionary (1 KiB pages, more than 512 of them), in an
+# encrypted repository: segments and dictionaries, both sealed.
+SEALED_ROWS = 8000
+
+
+def encrypted_timeline(binary, out, work):
+    """A format-2 encrypted repository written by `snapback watch`: base
+    manifests whose pages are compressed with a zstd dictionary, and one
+    segment per run of the watcher, each of several points."""
+    repo = fresh(binary, out, "encrypted-timeline", work, PASSPHRASE)
+    path = repo.path
+    db_path = os.path.join(SRC, "ledger.db")
+    c = wal_db(db_path, "CREATE TABLE acct(id INTEGER PRIMARY KEY, owner TEXT NOT NULL, "
+               "balance INTEGER NOT NULL, note TEXT NOT NULL, memo TEXT NOT NULL)",
+               page_size=1024)
+    c.execute("BEGIN")
+    for i in range(1, SEALED_ROWS + 1):
+        c.execute("INSERT INTO acct VALUES (?, ?, 1000, 'opened', ?)",
+                  (i, f"owner-{i % 211:03}", f"ledger account {i} of branch {i % 13} opened by web"))
+    c.execute("COMMIT")
+    c.close()
+    out_bases, out_points = watched(repo, db_path, work)
+    names = sorted(os.listdir(os.path.join(path, "dicts")))
+    if not names:
+        sys.exit("the encrypted watcher story stored no dictionary")
+    for s in repo.json("snapshots"):
+        d = (s["files"][0]["sqlite"].get("dict") or {}).get("id")
+        if d not in names:
+            sys.exit(f"base manifest {s['short_id']} names no stored dictionary: {d}")
+    for f in ("zstd-dict", "timeline"):
+        if f not in config_features(path):
+            sys.exit(f"the config does not name the feature {f}")
+    return {
+        "encrypted": True,
+        "features": config_features(path),
+        "check": {"exit_code": 0, "problems": []},
+        "audit_entries": 0,
+        "database": db_path,
+        "dicts": names,
+        "snapshots": out_bases,
+        "points": out_points,
     }
 
 
@@ -609,7 +682,7 @@ def damage(binary, out, plain_entry, new_in_e, work):
 
 
 # The repositories of format 2 and later, each its own story.
-FORMAT2 = {"timeline": timeline, "dicts": dicts}
+FORMAT2 = {"timeline": timeline, "dicts": dicts, "encrypted-timeline": encrypted_timeline}
 
 
 def main():

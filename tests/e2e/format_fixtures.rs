@@ -12,8 +12,10 @@
 //! From format version 2 on, each version also has `timeline/` (a base
 //! manifest and segments written by `snapback watch`: every point restores
 //! by name and by `@TIME` to its recorded SHA-256, and `diff` finds the
-//! recorded changes) and `dicts/` (pages compressed with a zstd dictionary),
-//! and both stay writable too.
+//! recorded changes), `dicts/` (pages compressed with a zstd dictionary)
+//! and `encrypted-timeline/` (segments and dictionaries in an encrypted
+//! repository: a point inside a segment restores at its time exactly), and
+//! each stays writable too.
 //!
 //! The tests read only the committed files (a copy of each, in a temporary
 //! directory): they never run the generator, and they fail if a fixture is
@@ -553,7 +555,8 @@ fn encrypted_fixture_stays_writable_snapshot_forget_prune_check_restore() {
 }
 
 /// The version directories of format 2 and later (each must have the
-/// format-2 repositories: `timeline/` and `dicts/`); v2 is among them.
+/// format-2 repositories: `timeline/`, `dicts/` and `encrypted-timeline/`);
+/// v2 is among them.
 fn versions_from_2() -> Vec<PathBuf> {
     let out: Vec<PathBuf> = versions()
         .into_iter()
@@ -626,69 +629,140 @@ fn diff_changed(fx: &Fixture, selector: &str, other: &Path, db: &str) -> (Option
     (out.status.code(), changed)
 }
 
+/// A fixture written by `snapback watch` (base manifests and timeline
+/// segments): `snapshots --points` lists the recorded bases and points,
+/// `check --read-data` passes, every base restores exactly, and every
+/// point restores by name and by `@TIME` (the newest point at or before
+/// its own instant: itself, also inside its segment) to its recorded
+/// SHA-256, and `diff` against the first base finds the rows its steps
+/// changed.
+fn timeline_reads_checks_and_restores(fx: &Fixture) {
+    assert_feature(fx, "timeline");
+    let listed: Vec<Value> =
+        serde_json::from_str::<Value>(&fx.env.ok(&["--json", "snapshots", "--points"]))
+            .expect("snapshots --points JSON")
+            .as_array()
+            .expect("array")
+            .clone();
+    let want = timeline_entries(&fx);
+    let points = fx.me["points"].as_array().expect("points");
+    assert!(points.len() >= 3, "{}: several points", fx.what);
+    let segments: BTreeSet<&str> = points
+        .iter()
+        .map(|p| p["segment"].as_str().expect("segment"))
+        .collect();
+    for seg in &segments {
+        assert!(
+            fx.env.repo().join("timeline").join(seg).is_file(),
+            "{}: segment {seg} is committed",
+            fx.what
+        );
+        let n = points.iter().filter(|p| p["segment"] == *seg).count();
+        assert!(n >= 3, "{}: segment {seg} has several points", fx.what);
+    }
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| (s["id"].clone(), s["time"].clone()))
+            .collect::<Vec<_>>(),
+        want.iter()
+            .map(|(n, s)| (Value::from(n.as_str()), s["time"].clone()))
+            .collect::<Vec<_>>(),
+        "{}: `snapshots --points` lists the recorded bases and points",
+        fx.what
+    );
+    fx.check_clean("as committed");
+    for s in fx.snapshots() {
+        fx.restore_exactly(&s, "base");
+    }
+    let db = fx.me["database"].as_str().expect("database");
+    let base = fx
+        .restore(fx.snapshots()[0]["id"].as_str().expect("id"), "diff-base")
+        .expect("the first base restores");
+    let base_db = base.join(db.trim_start_matches('/'));
+    for p in points {
+        let name = p["name"].as_str().expect("name");
+        let time = p["time"].as_str().expect("time");
+        // By name, and by its own instant (the newest point taken at or
+        // before it: itself, inside its segment).
+        fx.restore_exactly_as(name, p, "point");
+        fx.restore_exactly_as(&format!("@{time}"), p, "at");
+        let steps = p["steps"].as_u64().expect("steps");
+        let (code, changed) = diff_changed(fx, name, &base_db, db);
+        assert_eq!(
+            (code, changed),
+            (Some(3), steps),
+            "{}: diff of point {name} against the first base finds the {steps} rows its steps changed",
+            fx.what
+        );
+    }
+}
+
 #[test]
 fn timeline_fixture_restores_every_point_by_name_and_at_time_bit_for_bit() {
     for version in versions_from_2() {
-        let fx = Fixture::open(&version, "timeline");
-        assert_feature(&fx, "timeline");
-        let listed: Vec<Value> =
-            serde_json::from_str::<Value>(&fx.env.ok(&["--json", "snapshots", "--points"]))
-                .expect("snapshots --points JSON")
-                .as_array()
-                .expect("array")
-                .clone();
-        let want = timeline_entries(&fx);
-        let points = fx.me["points"].as_array().expect("points");
-        assert!(points.len() >= 3, "{}: several points", fx.what);
-        let segments: BTreeSet<&str> = points
-            .iter()
-            .map(|p| p["segment"].as_str().expect("segment"))
-            .collect();
-        for seg in &segments {
-            assert!(
-                fx.env.repo().join("timeline").join(seg).is_file(),
-                "{}: segment {seg} is committed",
-                fx.what
-            );
-            let n = points.iter().filter(|p| p["segment"] == *seg).count();
-            assert!(n >= 3, "{}: segment {seg} has several points", fx.what);
-        }
+        timeline_reads_checks_and_restores(&Fixture::open(&version, "timeline"));
+    }
+}
+
+/// The encrypted fixture of segments and dictionaries: its key file opens
+/// with the recorded passphrase only, its base manifests name the recorded
+/// dictionary, and it reads, checks and restores as the timeline fixture
+/// does; a point inside a segment (neither its first nor its last)
+/// restores at its time exactly.
+#[test]
+fn encrypted_timeline_fixture_restores_a_point_inside_a_segment_at_its_time_bit_for_bit() {
+    for version in versions_from_2() {
+        let fx = Fixture::open(&version, "encrypted-timeline");
+        assert_eq!(fx.me["encrypted"], true, "{}", fx.what);
+        assert_feature(&fx, "zstd-dict");
+        let mut wrong = Env::bare();
+        copy_dir(&fx.env.repo(), &wrong.repo());
+        wrong
+            .vars
+            .push(("SNAPBACK_PASSWORD".into(), "not the passphrase".into()));
+        let out = wrong.run(&["snapshots"]);
         assert_eq!(
-            listed
-                .iter()
-                .map(|s| (s["id"].clone(), s["time"].clone()))
-                .collect::<Vec<_>>(),
-            want.iter()
-                .map(|(n, s)| (Value::from(n.as_str()), s["time"].clone()))
-                .collect::<Vec<_>>(),
-            "{}: `snapshots --points` lists the recorded bases and points",
-            fx.what
+            out.status.code(),
+            Some(12),
+            "{}: a wrong passphrase is refused: {}",
+            fx.what,
+            stderr(&out)
         );
-        fx.check_clean("as committed");
-        for s in fx.snapshots() {
-            fx.restore_exactly(&s, "base");
-        }
-        let db = fx.me["database"].as_str().expect("database");
-        let base = fx
-            .restore(fx.snapshots()[0]["id"].as_str().expect("id"), "diff-base")
-            .expect("the first base restores");
-        let base_db = base.join(db.trim_start_matches('/'));
-        for p in points {
-            let name = p["name"].as_str().expect("name");
-            let time = p["time"].as_str().expect("time");
-            // By name, and by its own instant (the newest point taken at or
-            // before it: itself, inside its segment).
-            fx.restore_exactly_as(name, p, "point");
-            fx.restore_exactly_as(&format!("@{time}"), p, "at");
-            let steps = p["steps"].as_u64().expect("steps");
-            let (code, changed) = diff_changed(&fx, name, &base_db, db);
-            assert_eq!(
-                (code, changed),
-                (Some(3), steps),
-                "{}: diff of point {name} against the first base finds the {steps} rows its steps changed",
+        let dicts: Vec<&str> = fx.me["dicts"]
+            .as_array()
+            .expect("dicts")
+            .iter()
+            .map(|d| d.as_str().expect("dict id"))
+            .collect();
+        for d in &dicts {
+            assert!(
+                fx.env.repo().join("dicts").join(d).is_file(),
+                "{}: dictionary {d} is committed",
                 fx.what
             );
         }
+        for s in fx.env.snapshots_json() {
+            let d = &s["files"][0]["sqlite"]["dict"]["id"];
+            assert!(
+                d.as_str().is_some_and(|d| dicts.contains(&d)),
+                "{}: base manifest {} names the recorded dictionary: {d}",
+                fx.what,
+                s["short_id"]
+            );
+        }
+        timeline_reads_checks_and_restores(&fx);
+        let points = fx.me["points"].as_array().expect("points");
+        let inside = points
+            .iter()
+            .find(|p| {
+                let (seg, i) = (&p["segment"], p["index"].as_u64().expect("index"));
+                let last = points.iter().filter(|q| q["segment"] == *seg).count() as u64 - 1;
+                i > 0 && i < last
+            })
+            .unwrap_or_else(|| panic!("{}: a segment has an inner point", fx.what));
+        let time = inside["time"].as_str().expect("time");
+        fx.restore_exactly_as(&format!("@{time}"), inside, "inner-at");
     }
 }
 
@@ -802,10 +876,11 @@ fn format2_stays_writable(fx: &Fixture, selector: &str, sql: &str, check_sql: &s
     );
 }
 
-#[test]
-fn timeline_fixture_stays_writable_snapshot_prune_check_restore() {
+/// [`format2_stays_writable`] on the watcher fixture `name`, seeded from
+/// its newest point.
+fn timeline_stays_writable(name: &str) {
     for version in versions_from_2() {
-        let fx = Fixture::open(&version, "timeline");
+        let fx = Fixture::open(&version, name);
         let points = fx.me["points"].as_array().expect("points");
         let last = points.last().expect("a point")["name"]
             .as_str()
@@ -818,6 +893,16 @@ fn timeline_fixture_stays_writable_snapshot_prune_check_restore() {
             "SELECT note FROM acct WHERE id = 42",
         );
     }
+}
+
+#[test]
+fn timeline_fixture_stays_writable_snapshot_prune_check_restore() {
+    timeline_stays_writable("timeline");
+}
+
+#[test]
+fn encrypted_timeline_fixture_stays_writable_snapshot_prune_check_restore() {
+    timeline_stays_writable("encrypted-timeline");
 }
 
 #[test]
