@@ -12,18 +12,10 @@
 # docs/restore-scripts.md ("Performance").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 ROWS="${1:-1000000}"
 
-need=()
-command -v sqldiff >/dev/null || need+=(sqlite3-tools)
-command -v sqlite3 >/dev/null || need+=(sqlite3)
-command -v bc >/dev/null || need+=(bc)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bench_need sqldiff=sqlite3-tools sqlite3=sqlite3 bc=bc
 
 echo "== building the release binary"
 cargo build --release -p snapback-cli --quiet
@@ -32,32 +24,11 @@ BIN="$PWD/target/release/snapback"
 DIR="$(mktemp -d)"
 trap 'rm -rf "$DIR"' EXIT
 echo "== making two databases of $ROWS rows (1% changed) in $DIR"
-sqlite3 "$DIR/snap.db" <<SQL
-PRAGMA journal_mode = WAL;
-CREATE TABLE t(id INTEGER PRIMARY KEY, a INTEGER, b TEXT, c REAL, d BLOB);
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $ROWS)
-INSERT INTO t SELECT i, i * 7 % 1000, 'name-' || i || '-' || hex(i * 2654435761 % 4294967296), i / 3.0, zeroblob(16) FROM n;
-SQL
+{ echo "PRAGMA journal_mode = WAL;"; t_table_sql "$ROWS"; } | sqlite3 "$DIR/snap.db" >/dev/null
 cp "$DIR/snap.db" "$DIR/live.db"
-sqlite3 "$DIR/live.db" <<SQL
-UPDATE t SET a = a + 1 WHERE id % 300 = 0;
-UPDATE t SET b = b || '!' WHERE id % 300 = 100;
-DELETE FROM t WHERE id % 300 = 200;
-INSERT INTO t SELECT id + $ROWS, a, b, c, d FROM t WHERE id % 1000 = 7;
-SQL
+t_changes_sql "$ROWS" | sqlite3 "$DIR/live.db"
 sqlite3 "$DIR/snap.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
 sqlite3 "$DIR/live.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
-
-best() { # best wall time of 3 runs, in seconds
-  local b=""
-  for _ in 1 2 3; do
-    local s e t
-    s=$(date +%s.%N); "$@" >"$DIR/out" 2>/dev/null || true; e=$(date +%s.%N)
-    t=$(echo "$e - $s" | bc)
-    if [ -z "$b" ] || [ "$(echo "$t < $b" | bc)" = 1 ]; then b=$t; fi
-  done
-  echo "$b"
-}
 
 echo "== sqldiff"
 T_SQLDIFF=$(best sqldiff "$DIR/live.db" "$DIR/snap.db")

@@ -15,18 +15,10 @@
 #   flock /tmp/snapback-cpu.lock bash scripts/bench-forensics.sh 256
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 SIZE="${1:-256}"
 
-need=()
-command -v sqldiff >/dev/null || need+=(sqlite3-tools)
-command -v sqlite3 >/dev/null || need+=(sqlite3)
-command -v bc >/dev/null || need+=(bc)
-[ -x /usr/bin/python3 ] || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bench_need sqldiff=sqlite3-tools sqlite3=sqlite3 bc=bc /usr/bin/python3=python3
 
 echo "== building the release binary and the extension" >&2
 cargo build --release -p snapback-cli -p snapback-vfs --quiet
@@ -39,11 +31,7 @@ trap 'rm -rf "$DIR"' EXIT
 ROWS=$((SIZE * 1000))
 FILL=$((SIZE * 800))
 echo "== a ${SIZE} MiB database: t ($ROWS rows), filler ($FILL blobs of 1000 bytes)" >&2
-sqlite3 "$DIR/app.db" >/dev/null <<SQL
-PRAGMA journal_mode = WAL;
-CREATE TABLE t(id INTEGER PRIMARY KEY, a INTEGER, b TEXT, c REAL, d BLOB);
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $ROWS)
-INSERT INTO t SELECT i, i * 7 % 1000, 'name-' || i || '-' || hex(i * 2654435761 % 4294967296), i / 3.0, zeroblob(16) FROM n;
+{ echo "PRAGMA journal_mode = WAL;"; t_table_sql "$ROWS"; cat <<SQL; } | sqlite3 "$DIR/app.db" >/dev/null
 CREATE TABLE filler(id INTEGER PRIMARY KEY, v BLOB);
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $FILL)
 INSERT INTO filler SELECT i, randomblob(1000) FROM n;
@@ -54,24 +42,7 @@ export XDG_STATE_HOME="$DIR/state" XDG_CACHE_HOME="$DIR/cache" XDG_CONFIG_HOME="
 "$BIN" --repo "$REPO" init >/dev/null
 ID=$("$BIN" --repo "$REPO" snapshot "$DIR/app.db")
 cp "$DIR/app.db" "$DIR/snap.db"
-sqlite3 "$DIR/app.db" >/dev/null <<SQL
-UPDATE t SET a = a + 1 WHERE id % 300 = 0;
-UPDATE t SET b = b || '!' WHERE id % 300 = 100;
-DELETE FROM t WHERE id % 300 = 200;
-INSERT INTO t SELECT id + $ROWS, a, b, c, d FROM t WHERE id % 1000 = 7;
-PRAGMA wal_checkpoint(TRUNCATE);
-SQL
-
-best() { # best wall time of 3 runs, in seconds; output of the last in $DIR/out
-  local b=""
-  for _ in 1 2 3; do
-    local s e t
-    s=$(date +%s.%N); "$@" >"$DIR/out" 2>"$DIR/err" || true; e=$(date +%s.%N)
-    t=$(echo "$e - $s" | bc)
-    if [ -z "$b" ] || [ "$(echo "$t < $b" | bc)" = 1 ]; then b=$t; fi
-  done
-  echo "$b"
-}
+{ t_changes_sql "$ROWS"; echo "PRAGMA wal_checkpoint(TRUNCATE);"; } | sqlite3 "$DIR/app.db" >/dev/null
 
 echo "== diff of table t" >&2
 T_SQLDIFF=$(best sqldiff --table t "$DIR/app.db" "$DIR/snap.db")
