@@ -508,113 +508,49 @@ fn default_vfs() -> *mut ffi::sqlite3_vfs {
     registered().map_or(std::ptr::null_mut(), |r| r.default)
 }
 
-unsafe extern "C" fn x_dl_open(_vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *mut c_void {
-    let d = default_vfs();
-    // SAFETY: passed on to the default VFS with its own struct (promise 6).
-    unsafe {
-        match d.as_ref().and_then(|v| v.xDlOpen) {
-            Some(f) => f(d, name),
-            None => std::ptr::null_mut(),
+/// Defines a VFS call that SQLite makes of ours and we pass on unchanged to
+/// the default VFS's call in the same slot, or answer `$none` when the
+/// default VFS has none (a call without a result: does nothing).
+macro_rules! pass_through {
+    ($name:ident($($arg:ident: $ty:ty),*), $slot:ident) => {
+        pass_through!($name($($arg: $ty),*) -> (), $slot, ());
+    };
+    ($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty, $slot:ident, $none:expr) => {
+        #[allow(clippy::unused_unit)]
+        unsafe extern "C" fn $name(_vfs: *mut ffi::sqlite3_vfs, $($arg: $ty),*) -> $ret {
+            let d = default_vfs();
+            // SAFETY: `d` is null or the default VFS, which SQLite keeps for
+            // the life of the process; its own call gets its own struct and
+            // SQLite's arguments to ours, unchanged, under the same promises
+            // (promise 6).
+            unsafe {
+                match d.as_ref().and_then(|v| v.$slot) {
+                    Some(f) => f(d, $($arg),*),
+                    None => $none,
+                }
+            }
         }
-    }
-}
-
-unsafe extern "C" fn x_dl_error(_vfs: *mut ffi::sqlite3_vfs, n: c_int, msg: *mut c_char) {
-    let d = default_vfs();
-    // SAFETY: passed on, as x_dl_open.
-    unsafe {
-        if let Some(f) = d.as_ref().and_then(|v| v.xDlError) {
-            f(d, n, msg);
-        }
-    }
+    };
 }
 
 type DlSym = Option<unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char)>;
 
-unsafe extern "C" fn x_dl_sym(
-    _vfs: *mut ffi::sqlite3_vfs,
-    handle: *mut c_void,
-    sym: *const c_char,
-) -> DlSym {
-    let d = default_vfs();
-    // SAFETY: passed on, as x_dl_open.
-    unsafe {
-        match d.as_ref().and_then(|v| v.xDlSym) {
-            Some(f) => f(d, handle, sym),
-            None => None,
-        }
-    }
-}
-
-unsafe extern "C" fn x_dl_close(_vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void) {
-    let d = default_vfs();
-    // SAFETY: passed on, as x_dl_open.
-    unsafe {
-        if let Some(f) = d.as_ref().and_then(|v| v.xDlClose) {
-            f(d, handle);
-        }
-    }
-}
-
-unsafe extern "C" fn x_randomness(
-    _vfs: *mut ffi::sqlite3_vfs,
-    n: c_int,
-    out: *mut c_char,
-) -> c_int {
-    let d = default_vfs();
-    // SAFETY: passed on, as x_dl_open.
-    unsafe {
-        match d.as_ref().and_then(|v| v.xRandomness) {
-            Some(f) => f(d, n, out),
-            None => 0,
-        }
-    }
-}
-
-unsafe extern "C" fn x_sleep(_vfs: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
-    let d = default_vfs();
-    // SAFETY: passed on, as x_dl_open.
-    unsafe {
-        match d.as_ref().and_then(|v| v.xSleep) {
-            Some(f) => f(d, micros),
-            None => 0,
-        }
-    }
-}
-
-unsafe extern "C" fn x_current_time(_vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
-    let d = default_vfs();
-    // SAFETY: passed on, as x_dl_open.
-    unsafe {
-        match d.as_ref().and_then(|v| v.xCurrentTime) {
-            Some(f) => f(d, out),
-            None => ffi::SQLITE_ERROR,
-        }
-    }
-}
-
-unsafe extern "C" fn x_get_last_error(
-    _vfs: *mut ffi::sqlite3_vfs,
-    n: c_int,
-    out: *mut c_char,
-) -> c_int {
-    let d = default_vfs();
-    // SAFETY: passed on, as x_dl_open.
-    unsafe {
-        match d.as_ref().and_then(|v| v.xGetLastError) {
-            Some(f) => f(d, n, out),
-            None => 0,
-        }
-    }
-}
+pass_through!(x_dl_open(name: *const c_char) -> *mut c_void, xDlOpen, std::ptr::null_mut());
+pass_through!(x_dl_error(n: c_int, msg: *mut c_char), xDlError);
+pass_through!(x_dl_sym(handle: *mut c_void, sym: *const c_char) -> DlSym, xDlSym, None);
+pass_through!(x_dl_close(handle: *mut c_void), xDlClose);
+pass_through!(x_randomness(n: c_int, out: *mut c_char) -> c_int, xRandomness, 0);
+pass_through!(x_sleep(micros: c_int) -> c_int, xSleep, 0);
+pass_through!(x_current_time(out: *mut f64) -> c_int, xCurrentTime, ffi::SQLITE_ERROR);
+pass_through!(x_get_last_error(n: c_int, out: *mut c_char) -> c_int, xGetLastError, 0);
 
 unsafe extern "C" fn x_current_time_int64(
     _vfs: *mut ffi::sqlite3_vfs,
     out: *mut ffi::sqlite3_int64,
 ) -> c_int {
     let d = default_vfs();
-    // SAFETY: passed on, as x_dl_open; a version-1 default VFS lacks the
-    // call, and SQLite then uses xCurrentTime.
+    // SAFETY: passed on, as by `pass_through!`; a version-1 default VFS
+    // lacks the call, and SQLite then uses xCurrentTime.
     unsafe {
         match d
             .as_ref()
