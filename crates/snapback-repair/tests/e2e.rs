@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use crate::lab::{ok, Lab, LIMIT};
 use crate::util::{snapback, spawn_snapback, wait_out, workspace, Out};
-
-const LIMIT: Duration = Duration::from_secs(120);
 
 pub struct Drill {
     pub dir: tempfile::TempDir,
@@ -61,26 +60,15 @@ pub fn statuses(db: &Path) -> BTreeMap<i64, (String, String)> {
         .expect("rows")
 }
 
-fn ok(o: &Out) {
-    assert_eq!(o.code, 0, "{o:?}");
-}
-
 impl Drill {
     pub fn new() -> Drill {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = dir.path().join("repo");
-        let live = dir.path().join("deploys.db");
-        fixture("init", &live);
-        let orig = statuses(&live).into_iter().map(|(k, v)| (k, v.0)).collect();
-        ok(&snapback(&repo, &["init"], &[], LIMIT));
-        let o = snapback(
-            &repo,
-            &["snapshot", live.to_str().expect("utf8")],
-            &[],
-            LIMIT,
-        );
-        ok(&o);
-        let snap_id = o.stdout.trim().to_string();
+        let lab = Lab::drill("deploys.db");
+        let orig = statuses(&lab.live)
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        let snap_id = lab.snapshot();
+        let Lab { dir, repo, live } = lab;
         let d = fixture("damage", &live);
         let a = fixture("after", &live);
         Drill {

@@ -132,9 +132,7 @@ struct IncidentDrill {
 }
 
 fn incident_drill() -> IncidentDrill {
-    let lab = Lab::new(|_| {});
-    std::fs::remove_file(&lab.live).expect("the empty live database is replaced");
-    crate::e2e::fixture("init", &lab.live);
+    let lab = Lab::drill("live.db");
     let before_db = lab.dir.path().join("before-copy.db");
     lab.exec(&format!("VACUUM INTO '{}'", before_db.display()));
     let before = lab.snapshot();

@@ -121,6 +121,19 @@ impl Lab {
         lab
     }
 
+    /// A repository and the drill's database (fixtures/make-drill.py, its
+    /// phase `init`) at `name` in the lab's directory: the setup the drill
+    /// tests (e2e.rs) and the forensics tests share.
+    pub fn drill(name: &str) -> Lab {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let live = dir.path().join(name);
+        crate::e2e::fixture("init", &live);
+        let lab = Lab { dir, repo, live };
+        ok(&lab.run(&["init"], &[]));
+        lab
+    }
+
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         snapback(&self.repo, args, env, LIMIT)
     }
