@@ -281,6 +281,37 @@ STEPS = [("full", None), ("inc1", (0.01, 8)), ("inc01", (0.001, 7))]
 TOOLS = ["snapback", "restic", "borg"]
 
 
+def restic_env(w, repo):
+    """restic's environment for the repository `repo` (cache under `w`)."""
+    return {"RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": repo,
+            "RESTIC_CACHE_DIR": os.path.join(w, "restic-cache")}
+
+
+def borg_env(w, repo):
+    """borg's environment for the repository `repo` (base dir under `w`)."""
+    return {"BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": os.path.join(w, "borg-base"),
+            "BORG_REPO": repo}
+
+
+def restic_backup(db, env):
+    """`restic backup` of `db`: wall, CPU, peak RSS, bytes stored and restic's
+    own data_added."""
+    b0 = du(env["RESTIC_REPOSITORY"])
+    t = run(["restic", "backup", "--json", "--host", "bench", db], env=env)
+    summary = [json.loads(x) for x in t.out.splitlines() if '"summary"' in x]
+    return {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
+            "stored": du(env["RESTIC_REPOSITORY"]) - b0,
+            "data_added": summary[-1].get("data_added") if summary else None}
+
+
+def borg_create(db, env, archive):
+    """`borg create` of `db` as `archive`: wall, CPU, peak RSS and bytes
+    stored."""
+    b0 = du(env["BORG_REPO"])
+    t = run(["borg", "create", "--compression", "zstd,3", f"::{archive}", db], env=env)
+    return {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib, "stored": du(env["BORG_REPO"]) - b0}
+
+
 def one_run(size, r, s3, base):
     w = os.path.join(OUT, "bench", f"s{size}", f"run{r}")
     shutil.rmtree(w, ignore_errors=True)
@@ -288,10 +319,8 @@ def one_run(size, r, s3, base):
     db = os.path.join(w, "app.db")
     shutil.copyfile(base, db)
     repo = {t: os.path.join(w, f"{t}-repo") for t in TOOLS}
-    env_restic = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": repo["restic"],
-                  "RESTIC_CACHE_DIR": os.path.join(w, "restic-cache")}
-    env_borg = {"BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": os.path.join(w, "borg-base"),
-                "BORG_REPO": repo["borg"]}
+    env_restic = restic_env(w, repo["restic"])
+    env_borg = borg_env(w, repo["borg"])
     run([SB, "--repo", repo["snapback"], "-q", "init"])
     with open(os.path.join(repo["snapback"], "config")) as f:
         cfg = json.load(f)
@@ -353,17 +382,9 @@ def one_run(size, r, s3, base):
         t = run(["openssl", "dgst", "-sha256", db])
         st["openssl"] = {"wall": t.wall, "cpu": t.cpu}
         warm(db)
-        b0 = du(repo["restic"])
-        t = run(["restic", "backup", "--json", "--host", "bench", db], env=env_restic)
-        summary = [json.loads(x) for x in t.out.splitlines() if '"summary"' in x]
-        st["restic"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
-                        "stored": du(repo["restic"]) - b0,
-                        "data_added": summary[-1].get("data_added") if summary else None}
+        st["restic"] = restic_backup(db, env_restic)
         warm(db)
-        b0 = du(repo["borg"])
-        t = run(["borg", "create", "--compression", "zstd,3", f"::{step}", db], env=env_borg)
-        st["borg"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
-                      "stored": du(repo["borg"]) - b0}
+        st["borg"] = borg_create(db, env_borg, step)
         res["steps"][step] = st
         log(f"   s{size} run{r} {step}: " + ", ".join(
             f"{k} {st[k]['wall']:.2f}s" for k in ["snapback", "snapback_s3", "sha256sum", "openssl", "restic", "borg"]
@@ -439,21 +460,14 @@ def full_run(size, r, base, label):
     res["snapback"] = snapback_full(db, os.path.join(w, "snapback-repo"), [])
     warm(db)
     res["snapback_nodict"] = snapback_full(db, os.path.join(w, "snapback-v1-repo"), ["--format-version", "1"])
-    env_restic = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": os.path.join(w, "restic-repo"),
-                  "RESTIC_CACHE_DIR": os.path.join(w, "restic-cache")}
+    env_restic = restic_env(w, os.path.join(w, "restic-repo"))
     run(["restic", "init", "-q"], env=env_restic)
     warm(db)
-    b0 = du(env_restic["RESTIC_REPOSITORY"])
-    t = run(["restic", "backup", "--json", "--host", "bench", db], env=env_restic)
-    res["restic"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib,
-                     "stored": du(env_restic["RESTIC_REPOSITORY"]) - b0}
-    env_borg = {"BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": os.path.join(w, "borg-base"),
-                "BORG_REPO": os.path.join(w, "borg-repo")}
+    res["restic"] = restic_backup(db, env_restic)
+    env_borg = borg_env(w, os.path.join(w, "borg-repo"))
     run(["borg", "init", "--encryption=repokey"], env=env_borg)
     warm(db)
-    b0 = du(env_borg["BORG_REPO"])
-    t = run(["borg", "create", "--compression", "zstd,3", "::full", db], env=env_borg)
-    res["borg"] = {"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib, "stored": du(env_borg["BORG_REPO"]) - b0}
+    res["borg"] = borg_create(db, env_borg, "full")
     res["load_end"] = loadavg()
     log(f"   s{size} run{r} full snapshot of the {label} database: " + ", ".join(
         f"{k} {res[k]['wall']:.2f}s {res[k]['stored'] / MiB:.1f} MiB" for k in FULL_TOOLS))
