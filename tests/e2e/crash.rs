@@ -103,6 +103,17 @@ struct Tally {
 }
 
 impl Tally {
+    /// One more iteration, whose kill came while the process ran (`mid`)
+    /// or after it had exited.
+    fn count_kill(&mut self, mid: bool) {
+        if mid {
+            self.killed_mid_operation += 1;
+        } else {
+            self.completed_before_kill += 1;
+        }
+        self.iterations += 1;
+    }
+
     fn report(&self) {
         let line = format!(
             "{{\"op\":\"{}\",\"encrypted\":{},\"iterations\":{},\"killed_mid_operation\":{},\"completed_before_kill\":{},\"stale_locks_left\":{},\"restores_verified\":{},\"reruns_ok\":{},\"resumed\":{},\"refused\":{},\"max_delay_ms\":{},\"seconds\":{:.1}}}",
@@ -337,12 +348,7 @@ fn crash_snapshot_killed_at_random_points() {
         let before = committed(&env);
         let d = delay(&mut rng, measured, &mut tally);
         let (mid, pid) = run_and_kill(&env, &["snapshot", dbs, blobs], &[], d);
-        if mid {
-            tally.killed_mid_operation += 1;
-        } else {
-            tally.completed_before_kill += 1;
-        }
-        tally.iterations += 1;
+        tally.count_kill(mid);
         let ctx = format!("snapshot kill {i} at {d:?}");
         verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
         // Re-run: it commits, and the new snapshot holds the live rows.
@@ -393,12 +399,7 @@ fn crash_prune_killed_at_random_points() {
         let before = committed(&env);
         let d = delay(&mut rng, measured, &mut tally);
         let (mid, pid) = run_and_kill(&env, &PRUNE_NOW, &[], d);
-        if mid {
-            tally.killed_mid_operation += 1;
-        } else {
-            tally.completed_before_kill += 1;
-        }
-        tally.iterations += 1;
+        tally.count_kill(mid);
         let ctx = format!("prune kill {i} at {d:?}");
         verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
         let v: serde_json::Value = serde_json::from_str(&env.ok(&[
@@ -461,12 +462,7 @@ fn crash_repair_killed_at_random_points() {
         let before = committed(&env);
         let d = delay(&mut rng, measured, &mut tally);
         let (mid, pid) = run_and_kill(&env, &["repair", sc, "--apply", "--yes"], &slow, d);
-        if mid {
-            tally.killed_mid_operation += 1;
-        } else {
-            tally.completed_before_kill += 1;
-        }
-        tally.iterations += 1;
+        tally.count_kill(mid);
         let ctx = format!("repair kill {i} at {d:?}");
         verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
         let out = env.run(&["repair", sc, "--apply", "--yes", "--lock-wait", "5"]);
@@ -567,12 +563,7 @@ fn crash_undo_killed_at_random_points() {
         let before = committed(&env);
         let d = delay(&mut rng, measured, &mut tally);
         let (mid, pid) = run_and_kill(&env, &["undo", &id, "--yes"], &slow, d);
-        if mid {
-            tally.killed_mid_operation += 1;
-        } else {
-            tally.completed_before_kill += 1;
-        }
-        tally.iterations += 1;
+        tally.count_kill(mid);
         let ctx = format!("undo kill {i} at {d:?}");
         verify_after_kill(&env, pid, &before, &db, &mut tally, &mut rng, &ctx);
         // Re-run: it resumes or starts the undo, or says it is done.
@@ -595,15 +586,6 @@ fn crash_undo_killed_at_random_points() {
     finish(tally, started, &b);
 }
 
-/// Issue 17, item 1: the snapshot is stopped (SIGSTOP) at a random point, a
-/// prune runs with a shifted clock, and the snapshot continues. Each round
-/// picks one prune at random: 16 minutes ahead with the lock in place (a
-/// live pid's lock is never stale: the prune must wait); the lock gone (as
-/// another host's lock that went stale) and a prune at the right time (the
-/// window keeps the young packs); the lock gone and a prune 25 hours ahead
-/// (past the window: packs are deleted). The invariant: a snapshot that
-/// exits 0 restores exactly; one that does not exits 1 and says that
-/// nothing was committed; `check --read-data` passes either way.
 /// `restore --in-place --apply` killed at random points: in its
 /// pre-restore snapshot, in its write transaction, after it. After every
 /// kill the live database is whole and is either the damaged one or the
@@ -647,12 +629,7 @@ fn crash_restore_in_place_killed_at_random_points() {
         let before = committed(&env);
         let d = delay(&mut rng, measured, &mut tally);
         let (mid, pid) = run_and_kill(&env, &args, &slow, d);
-        if mid {
-            tally.killed_mid_operation += 1;
-        } else {
-            tally.completed_before_kill += 1;
-        }
-        tally.iterations += 1;
+        tally.count_kill(mid);
         let ctx = format!("restore --in-place kill {i} at {d:?}");
         // The first connection rolls back what the killed transaction
         // wrote (a hot journal, or WAL frames without a commit).
@@ -678,6 +655,15 @@ fn crash_restore_in_place_killed_at_random_points() {
     finish(tally, started, &b);
 }
 
+/// Issue 17, item 1: the snapshot is stopped (SIGSTOP) at a random point, a
+/// prune runs with a shifted clock, and the snapshot continues. Each round
+/// picks one prune at random: 16 minutes ahead with the lock in place (a
+/// live pid's lock is never stale: the prune must wait); the lock gone (as
+/// another host's lock that went stale) and a prune at the right time (the
+/// window keeps the young packs); the lock gone and a prune 25 hours ahead
+/// (past the window: packs are deleted). The invariant: a snapshot that
+/// exits 0 restores exactly; one that does not exits 1 and says that
+/// nothing was committed; `check --read-data` passes either way.
 #[test]
 fn crash_snapshot_stopped_while_prune_runs_with_a_shifted_clock() {
     use crate::prune_race::{faked, signal};
