@@ -41,7 +41,8 @@ pub fn fixture(phase: &str, db: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("fixture json")
 }
 
-fn ids(v: &serde_json::Value, k: &str) -> BTreeSet<i64> {
+/// The row ids listed under `k` in a drill phase's JSON report.
+pub fn ids(v: &serde_json::Value, k: &str) -> BTreeSet<i64> {
     v[k].as_array()
         .expect("ids")
         .iter()

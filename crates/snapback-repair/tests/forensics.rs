@@ -146,19 +146,13 @@ fn incident_drill() -> IncidentDrill {
     // A damaged row deleted since (a conflict), and a row the migration
     // did not touch changed since (left alone).
     lab.exec("DELETE FROM deploys WHERE id = 43; UPDATE deploys SET version = 'v0' WHERE id = 2;");
-    let set = |v: &serde_json::Value, k: &str| -> BTreeSet<i64> {
-        v[k].as_array()
-            .expect("ids")
-            .iter()
-            .filter_map(|x| x.as_i64())
-            .collect()
-    };
+
     IncidentDrill {
         before,
         after,
         before_db,
-        damaged: set(&d, "damaged"),
-        updated: set(&a, "updated"),
+        damaged: crate::e2e::ids(&d, "damaged"),
+        updated: crate::e2e::ids(&a, "updated"),
         lab,
     }
 }
