@@ -644,7 +644,7 @@ fn timeline_reads_checks_and_restores(fx: &Fixture) {
             .as_array()
             .expect("array")
             .clone();
-    let want = timeline_entries(&fx);
+    let want = timeline_entries(fx);
     let points = fx.me["points"].as_array().expect("points");
     assert!(points.len() >= 3, "{}: several points", fx.what);
     let segments: BTreeSet<&str> = points

@@ -3,7 +3,6 @@
 //! application's own checkpoints, across SIGKILLs and restarts.
 
 use std::path::Path;
-use std::process::Child;
 
 use snapback_testkit::KillOnDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
-use snapback_testkit::{integrity, spawn, wait_out, Env, Out, Rng};
+use snapback_testkit::{integrity, spawn, Env, Out, Rng};
 
 pub(crate) const ACCOUNTS: i64 = 50;
 pub(crate) const START: i64 = 1_000;

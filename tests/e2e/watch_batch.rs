@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use snapback_testkit::{integrity, spawn, wait_out, Env, KillOnDrop, Out, Rng};
+use snapback_testkit::{integrity, spawn, Env, KillOnDrop, Out, Rng};
 
 use crate::s3::S3Repo;
 use crate::watch::{

@@ -7,13 +7,13 @@
 //! the watcher reported durable stays restorable.
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use snapback_testkit::{integrity, spawn, wait_out, Env, Out};
+use snapback_testkit::{integrity, spawn, Env, Out};
 
 use crate::watch::{
     assert_holds_transfers, create_bank, points, transfers_of, writer, ACCOUNTS, START,

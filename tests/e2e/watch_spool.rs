@@ -5,10 +5,10 @@
 //! without a gap or a duplicate. A torn last spool record is dropped; a
 //! damaged one stops the watcher before it reads anything.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use snapback_s3::testing::fault_proxy::{Fault, FaultProxy, Match};
