@@ -481,6 +481,43 @@ fn watch_refuses_what_is_not_a_database_and_bad_intervals() {
 }
 
 #[test]
+fn watch_without_a_state_directory_refuses_to_start_and_says_what_to_set() {
+    let env = Env::new();
+    let db = env.path("a.db");
+    create_bank(&db);
+    let db_s = db.to_str().expect("utf8");
+    for xdg in [None, Some("relative/state")] {
+        let mut c = env.cmd(&["watch", db_s]);
+        c.env_remove("HOME").env_remove("XDG_STATE_HOME");
+        if let Some(x) = xdg {
+            c.env("XDG_STATE_HOME", x);
+        }
+        let out = snapback_testkit::wait_out(snapback_testkit::spawn(c), Duration::from_secs(30));
+        assert_eq!(out.code, 2, "{xdg:?}: {out:?}");
+        assert!(
+            out.stderr.contains("XDG_STATE_HOME") && out.stderr.contains("spool"),
+            "{xdg:?}: says what to set: {}",
+            out.stderr
+        );
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "snapshots"])).expect("json");
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(0),
+        "nothing was captured"
+    );
+    // With the state directory given, it starts (and takes a point).
+    let mut c = env.cmd(&["-q", "watch", db_s]);
+    c.env_remove("HOME")
+        .env("XDG_STATE_HOME", env.path("state"));
+    let child = snapback_testkit::spawn(c);
+    wait_for_point_with(&env, 0, Duration::from_secs(30));
+    let out = child.stop_with("TERM", Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
 fn watch_reports_its_durable_point_to_status_and_removes_the_report_on_sigterm() {
     let env = Env::new();
     let db = env.path("bank.db");

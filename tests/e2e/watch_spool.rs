@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use snapback_s3::testing::fault_proxy::{Fault, FaultProxy, Match};
@@ -323,4 +323,117 @@ fn a_full_spool_stops_the_watcher_with_exit_7_keeping_the_spool_and_never_blocki
         r.ok(&["restore", id, dest.to_str().expect("utf8")]);
     };
     every_point_holds_exactly_what_was_committed_before_it(&pts, &log, &restore, &r.path(""), 6);
+}
+
+/// systemd's notification socket, as the watcher sees it under
+/// `Type=notify`: a datagram socket the test reads.
+struct NotifySocket(std::os::unix::net::UnixDatagram);
+
+impl NotifySocket {
+    fn bind(path: &Path) -> NotifySocket {
+        let s = std::os::unix::net::UnixDatagram::bind(path).expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        NotifySocket(s)
+    }
+
+    /// How many `WATCHDOG=1` arrive within `d` (and whether `READY=1` did).
+    fn count(&self, d: Duration) -> (usize, bool) {
+        let (mut pings, mut ready) = (0, false);
+        let until = Instant::now() + d;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < until {
+            if let Ok(n) = self.0.recv(&mut buf) {
+                for l in String::from_utf8_lossy(&buf[..n]).lines() {
+                    pings += usize::from(l == "WATCHDOG=1");
+                    ready |= l == "READY=1";
+                }
+            }
+        }
+        (pings, ready)
+    }
+}
+
+#[test]
+fn watchdog_pings_go_on_while_uploads_fail_and_points_spool_and_stop_while_captures_stall() {
+    let r = S3Repo::new();
+    let db = r.path("bank.db");
+    create_bank(&db);
+    let db_s = db.to_str().expect("utf8");
+    let state = r.path("state");
+    let proxy = FaultProxy::start(&snapback_testkit::s3::server().endpoint).expect("proxy");
+    let sock = NotifySocket::bind(&r.path("notify.sock"));
+    let args = [
+        "-q",
+        "watch",
+        db_s,
+        "--interval",
+        "200ms",
+        "--upload-interval",
+        "1s",
+    ];
+    let mut cmd = s3_watch(&r, &proxy, &args);
+    cmd.env("NOTIFY_SOCKET", r.path("notify.sock"))
+        .env("WATCHDOG_USEC", "5000000");
+    let watcher = spawn(cmd);
+    let (w, _log) = start_writer(&db, 0xD06);
+    wait_for(&state, "a durable point", Duration::from_secs(30), |s| {
+        !s["durable"].is_null()
+    });
+    let (pings, ready) = sock.count(Duration::from_secs(2));
+    assert!(
+        ready || pings > 0,
+        "READY=1 or pings once a point is durable"
+    );
+    assert!(
+        pings >= 4,
+        "healthy: {pings} WATCHDOG=1 in 2 s at 200 ms ticks"
+    );
+    // The repository fails every PUT: points go on into the spool, and
+    // so do the pings (systemd must not restart a watcher that spools).
+    proxy.inject_always(Match::method("PUT"), Fault::status(500, "InternalError"));
+    let s = wait_for(&state, "spooled points", Duration::from_secs(30), |s| {
+        s["pending_points"].as_u64().unwrap_or(0) >= 3 && s["last_upload_error"].is_object()
+    });
+    let spooled = s["pending_points"].as_u64().expect("pending");
+    let (pings, _) = sock.count(Duration::from_secs(3));
+    let s = status_in(&state).expect("status");
+    assert!(
+        s["pending_points"].as_u64().unwrap_or(0) > spooled,
+        "points are still taken into the spool: {s}"
+    );
+    assert!(
+        pings >= 5,
+        "uploads fail but captures progress: {pings} WATCHDOG=1 in 3 s"
+    );
+    // A change of most of the database needs a new base manifest, which
+    // cannot be written while the repository fails: the capture stalls,
+    // and the pings stop.
+    let c = Connection::open(&db).expect("open");
+    c.busy_timeout(Duration::from_secs(10)).expect("busy");
+    c.execute_batch("CREATE TABLE bulk(v BLOB)").expect("table");
+    c.execute(
+        "INSERT INTO bulk(v) VALUES (?1)",
+        [snapback_testkit::random_bytes(4 << 20, 7)],
+    )
+    .expect("big insert");
+    drop(c);
+    let _ = sock.count(Duration::from_secs(1));
+    let (pings, _) = sock.count(Duration::from_secs(3));
+    assert_eq!(
+        pings, 0,
+        "a watcher that cannot take its next point sends no WATCHDOG=1"
+    );
+    // The repository is back: the base is written and the pings resume.
+    proxy.clear();
+    let (pings, _) = sock.count(Duration::from_secs(8));
+    assert!(
+        pings >= 3,
+        "once the new base is written the pings resume: {pings} in 8 s"
+    );
+    w.join();
+    let out = watcher.stop_with("TERM", Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{out:?}");
+    let s = r.ok(&["--json", "snapshots", "--points"]);
+    assert!(!listed(&s).is_empty(), "points are listed");
 }

@@ -117,24 +117,22 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
     } else {
         interval
     });
-    let state_dir = crate::repo_url::capture_state_root();
-    let status_dir = state_dir.as_deref().map(watch_status::dir);
+    let state_root = crate::repo_url::capture_state_root().ok_or_else(|| {
+        crate::Usage(
+            "snapback watch needs a local state directory for its spool and capture state, and neither XDG_STATE_HOME (an absolute path) nor HOME is set: set one, e.g. XDG_STATE_HOME=/var/lib (the spool then goes under /var/lib/snapback; the systemd unit does this)"
+                .into(),
+        )
+    })?;
+    let state_dir = Some(state_root.clone());
+    let status_dir = Some(watch_status::dir(&state_root));
     let mut watched = Vec::new();
     for (path, tags) in sources {
         let intervals = (interval, upload_interval, verify_interval);
-        if let Some(w) = open_watched(
-            &repo,
-            &a,
-            state_dir.as_deref(),
-            path,
-            tags,
-            intervals,
-            &watched,
-        )? {
+        if let Some(w) = open_watched(&repo, &a, &state_root, path, tags, intervals, &watched)? {
             watched.push(w);
         }
     }
-    let resumed_spool = resume_all(&repo, state_dir.as_deref(), &mut watched)?;
+    let resumed_spool = resume_all(&repo, &state_root, &mut watched)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
@@ -157,7 +155,12 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
     let mut next = Instant::now();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        let (mut all_ok, not_spooled) =
+        // Whether every database's capture progressed this tick: its
+        // change taken into the spool (or written as a new base), or
+        // nothing to take. A failed upload does not count against it (the
+        // points wait in the spool, bounded by --spool-max); a point that
+        // failed, or a new base that cannot be written, does.
+        let (mut captured, not_spooled) =
             take_points(g, &repo, &a, state_dir.as_ref(), &mut watched, first)?;
         // Every --upload-interval, and whenever a database needs a new
         // base (its pending points go first), or on the way out.
@@ -180,7 +183,7 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             if stopping {
                 lock.release();
             }
-            all_ok &= upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
+            upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
         } else if watched.iter().all(|w| w.batch.pending().is_empty()) {
             ticks_since_upload = 0;
         }
@@ -189,20 +192,24 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
             notify("STOPPING=1");
             return Ok(code);
         }
-        all_ok &= take_manifests_due(g, &repo, &a, state_dir.as_ref(), &mut watched)?;
-        if let (Some(every), Some(dir)) = (verify_interval, state_dir.as_ref()) {
-            verify_due(&repo, &a, dir, every, &mut watched);
+        captured &= take_manifests_due(g, &repo, &a, state_dir.as_ref(), &mut watched)?;
+        if let Some(every) = verify_interval {
+            verify_due(&repo, &a, &state_root, every, &mut watched);
         }
         // The points pending go up before the lock is let go, so that a
         // forget run in the gap sees a segment naming every base in use.
         if lock.release_due() && watched.iter().any(|w| !w.batch.pending().is_empty()) {
             ticks_since_upload = 0;
-            all_ok &= upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
+            upload_pending(g, &repo, &mut lock, state_dir.as_deref(), &mut watched)?;
         }
         lock.maintain();
         save_statuses(&mut watched, status_dir.as_deref());
         first = false;
-        if all_ok {
+        // A database that needs a new base takes no point until it is
+        // written, and it is written only after its pending points are
+        // uploaded: while they cannot be, its capture is stalled.
+        captured &= watched.iter().all(|w| w.needs_manifest.is_none());
+        if captured {
             if !ready {
                 notify("READY=1");
                 ready = true;
@@ -284,13 +291,13 @@ fn watch_sources(cfg: &Config, a: &WatchArgs) -> anyhow::Result<Vec<(PathBuf, Ve
     }
 }
 
-/// One database to watch, checked, with its spool opened (none: the same
-/// database is in `watched` already). `intervals`: the tick, the upload
+/// One database to watch, checked, with its spool opened under
+/// `state_root` (none: the same database is in `watched` already). `intervals`: the tick, the upload
 /// interval and the verify interval.
 fn open_watched(
     repo: &Repository,
     a: &WatchArgs,
-    state_dir: Option<&std::path::Path>,
+    state_root: &std::path::Path,
     path: PathBuf,
     tags: Vec<String>,
     (interval, upload_interval, verify_interval): (Duration, Duration, Option<Duration>),
@@ -314,20 +321,12 @@ fn open_watched(
         return Ok(None);
     }
     let path_s = path.to_string_lossy().into_owned();
-    let batch = match state_dir {
-        Some(root) => {
-            let dir = snapback_core::spool::dir(root, &repo.config().repo_id, &path_s);
-            let spool = snapback_core::spool::Spool::open(&dir)
-                .with_context(|| format!("cannot watch {}", path.display()))?;
-            Batcher::new(&path).with_spool(spool, a.spool_max)
-        }
-        None => {
-            tracing::warn!(path = %path.display(), "no local state directory (set XDG_STATE_HOME or HOME): points wait for their upload in memory only, and a watcher killed meanwhile loses them");
-            Batcher::new(&path)
-        }
-    };
+    let dir = snapback_core::spool::dir(state_root, &repo.config().repo_id, &path_s);
+    let spool = snapback_core::spool::Spool::open(&dir)
+        .with_context(|| format!("cannot watch {}", path.display()))?;
+    let batch = Batcher::new(&path).with_spool(spool, a.spool_max);
     let mut status = WatchStatus::new(&repo.config().repo_id, &path_s, interval, upload_interval);
-    status.spool_limit = if state_dir.is_some() { a.spool_max } else { 0 };
+    status.spool_limit = a.spool_max;
     Ok(Some(Watched {
         tags,
         pin: None,
@@ -349,20 +348,18 @@ fn open_watched(
 /// (`resume`); true when spooled points are pending.
 fn resume_all(
     repo: &Repository,
-    state_dir: Option<&std::path::Path>,
+    root: &std::path::Path,
     watched: &mut [Watched],
 ) -> anyhow::Result<bool> {
     let mut resumed_spool = false;
-    if let Some(root) = state_dir {
-        for w in watched {
-            w.batch
-                .load_spool()
-                .with_context(|| format!("cannot watch {}", w.path.display()))?;
-            match resume(repo, root, w) {
-                Ok(spooled) => resumed_spool |= spooled,
-                Err(e) => {
-                    tracing::warn!(path = %w.path.display(), error = %e, "cannot read the repository to continue from the newest point (retried at the next tick when points are spooled)")
-                }
+    for w in watched {
+        w.batch
+            .load_spool()
+            .with_context(|| format!("cannot watch {}", w.path.display()))?;
+        match resume(repo, root, w) {
+            Ok(spooled) => resumed_spool |= spooled,
+            Err(e) => {
+                tracing::warn!(path = %w.path.display(), error = %e, "cannot read the repository to continue from the newest point (retried at the next tick when points are spooled)")
             }
         }
     }
@@ -668,16 +665,15 @@ fn stop_report(w: &mut Watched, status_dir: Option<&std::path::Path>, msg: Strin
     }
 }
 
-/// Uploads every database's pending points (one segment each); false when
-/// an upload failed (the points stay pending).
+/// Uploads every database's pending points (one segment each). A failed
+/// upload is logged and recorded for `status`; its points stay pending.
 fn upload_pending(
     g: &Global,
     repo: &Repository,
     lock: &mut UploadLock,
     state_dir: Option<&std::path::Path>,
     watched: &mut [Watched],
-) -> anyhow::Result<bool> {
-    let mut all_ok = true;
+) -> anyhow::Result<()> {
     for w in watched {
         if w.batch.pending().is_empty() {
             continue;
@@ -703,7 +699,6 @@ fn upload_pending(
                 }
             }
             Err(e) => {
-                all_ok = false;
                 let n = w.batch.pending().len();
                 let e = anyhow::Error::new(e).context(format!(
                     "upload of {n} point(s) of {} failed; they stay pending and are uploaded when the repository can be written",
@@ -717,7 +712,7 @@ fn upload_pending(
             }
         }
     }
-    Ok(all_ok)
+    Ok(())
 }
 
 /// The periodic self-check: verify-live on the watcher's own pinned
