@@ -183,7 +183,7 @@ fn snapshots_lists_points_only_with_the_points_flag() {
 }
 
 #[test]
-fn diff_compares_a_point_with_a_live_database() {
+fn diff_compares_a_point_by_name_and_at_its_time_with_a_live_database() {
     let t = timeline();
     // A copy of what SQLite had at point 0: no differences.
     let copy = t.env.path("copy-at-0.db");
@@ -199,6 +199,23 @@ fn diff_compares_a_point_with_a_live_database() {
         out.status.code(),
         Some(0),
         "{}{}",
+        snapback_testkit::stdout(&out),
+        snapback_testkit::stderr(&out)
+    );
+    // `@T` at the point's own time selects it too (the newest point at or
+    // before T), as for restore and mount.
+    let at = snapback_core::time::format_rfc3339(t.seg.points[0].time);
+    let out = t.env.run(&[
+        "diff",
+        &format!("@{at}"),
+        copy.to_str().expect("utf8"),
+        "--path",
+        t.seg.path.as_str(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "diff @{at}: {}{}",
         snapback_testkit::stdout(&out),
         snapback_testkit::stderr(&out)
     );
