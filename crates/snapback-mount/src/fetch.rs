@@ -295,6 +295,7 @@ impl Fetcher {
         wanted: &[Id],
         around: &[Id],
         demand: bool,
+        window: u64,
     ) -> HashMap<Id, Arc<Slot>> {
         let around: Vec<Id> = match self.mem.lock() {
             Ok(m) => around
@@ -333,7 +334,7 @@ impl Fetcher {
         for m in promote {
             self.queue(index, vec![m], true);
         }
-        for group in group_by_pack(index, fresh, self.window) {
+        for group in group_by_pack(index, fresh, window) {
             if !demand {
                 self.stats
                     .prefetches
@@ -565,7 +566,7 @@ impl Fetcher {
         if let Some(e) = self.recent_failure(&missing) {
             return Err(e);
         }
-        let slots = self.start_all(index, &missing, around, true);
+        let slots = self.start_all(index, &missing, around, true, self.window);
         let mut res = Vec::with_capacity(ids.len());
         for (d, id) in out.into_iter().zip(ids) {
             if let Some(d) = d {
@@ -616,7 +617,20 @@ impl Fetcher {
 
     /// Starts background fetches of chunks that are not cached or in flight.
     pub(crate) fn prefetch(self: &Arc<Self>, index: &Arc<MasterIndex>, ids: &[Id]) {
-        self.start_all(index, &[], ids, false);
+        self.start_all(index, &[], ids, false, self.window);
+    }
+
+    /// Like `prefetch`, with chunks that lie close together in one pack
+    /// read in one range read of at most `window` bytes (whatever the fetch
+    /// window is): for pages known to be read next, such as the children of
+    /// a b-tree page being scanned.
+    pub(crate) fn prefetch_grouped(
+        self: &Arc<Self>,
+        index: &Arc<MasterIndex>,
+        ids: &[Id],
+        window: u64,
+    ) {
+        self.start_all(index, &[], ids, false, window);
     }
 }
 

@@ -14,7 +14,9 @@ use rusqlite::{Connection, Row};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::schema::{choose_key, column_list, quote_ident, table_info, Key, TableInfo};
+use crate::schema::{
+    choose_key, column_list, key_is_rowid, quote_ident, table_info, Key, TableInfo,
+};
 use crate::value::{cmp_values, same_value, Value};
 
 /// One side of a diff: an open connection and a name for messages.
@@ -74,6 +76,11 @@ pub struct PreparedTable {
     snap_key_sql: String,
     #[serde(skip)]
     live_key_sql: String,
+    /// Whether the key is the rowid on each side (snapshot, live): then
+    /// SQLite keeps it unique and ordered, and `check_pairing` need not
+    /// read that side.
+    #[serde(skip)]
+    rowid_key: (bool, bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -258,6 +265,10 @@ pub fn prepare_table(
     if let Some(p) = &sel.guard {
         check_predicate(live, &lt.name, "guard", p)?;
     }
+    let rowid_key = (
+        key_is_rowid(snap.conn, &snap.place, &st, &key)?,
+        key_is_rowid(live.conn, &live.place, &lt, &key)?,
+    );
     let q = Queries::build(&key, &data_columns, &lt.name, sel);
     // Prepare both now, so that any error is reported before work starts.
     snap.conn.prepare(&q.snap_sql).map_err(|e| {
@@ -287,6 +298,7 @@ pub fn prepare_table(
         live_sql: q.live_sql,
         snap_key_sql: q.snap_key_sql,
         live_key_sql: q.live_key_sql,
+        rowid_key,
     })
 }
 
@@ -500,11 +512,17 @@ impl Queries {
 
 /// Proves that the key pairs rows soundly on both sides: every key arrives
 /// in order and is unique (a NULL or a duplicate in a key is an error).
-/// Reads only the key columns. Run it before printing anything for a table,
-/// inside the same read transaction as the diff, so that no statement is
-/// printed for a table whose pairing turns out to be wrong half-way.
+/// Reads only the key columns, and not at all on a side where the key is
+/// the rowid, which SQLite keeps unique and in order (a whole scan of the
+/// table saved). Run it before printing anything for a table, inside the
+/// same read transaction as the diff, so that no statement is printed for
+/// a table whose pairing turns out to be wrong half-way.
 pub fn check_pairing(snap: &Side<'_>, live: &Side<'_>, t: &PreparedTable) -> Result<()> {
-    for (side, sql) in [(snap, &t.snap_key_sql), (live, &t.live_key_sql)] {
+    let sides = [
+        (snap, &t.snap_key_sql, t.rowid_key.0),
+        (live, &t.live_key_sql, t.rowid_key.1),
+    ];
+    for (side, sql, _) in sides.into_iter().filter(|(_, _, rowid)| !rowid) {
         let e = |e| Error::sqlite(&side.place, format!("cannot read table {}", t.table), e);
         let mut st = side.conn.prepare(sql).map_err(e)?;
         let mut rows = st.query([]).map_err(e)?;

@@ -327,6 +327,33 @@ fn collations_of(place: &str, table: &str, cols: &[(String, String)]) -> Vec<Col
         .collect()
 }
 
+/// Whether `key` is the rowid of table `t` on this side (the rowid itself,
+/// or the INTEGER PRIMARY KEY that aliases it): then SQLite itself keeps it
+/// unique, never NULL, and in order, and pairing by it needs no proof.
+pub fn key_is_rowid(conn: &Connection, place: &str, t: &TableInfo, key: &Key) -> Result<bool> {
+    if t.without_rowid || t.virtual_module.is_some() {
+        return Ok(false);
+    }
+    if key.is_rowid() {
+        return Ok(true);
+    }
+    let [col] = key.columns.as_slice() else {
+        return Ok(false);
+    };
+    let pk: Vec<&Column> = t.columns.iter().filter(|c| c.pk > 0).collect();
+    let [only] = pk.as_slice() else {
+        return Ok(false);
+    };
+    if !only.name.eq_ignore_ascii_case(col) || !only.decl_type.eq_ignore_ascii_case("INTEGER") {
+        return Ok(false);
+    }
+    // A primary key that is not the rowid has an index to enforce it (even
+    // `INTEGER PRIMARY KEY DESC`); the rowid alias has none.
+    Ok(!indexes(conn, place, &t.name)?
+        .iter()
+        .any(|i| i.origin == "pk"))
+}
+
 /// Chooses the key that pairs rows: `declared` columns if given, else the
 /// primary key, else a UNIQUE index on NOT NULL columns (fewest columns,
 /// then by name), else the rowid (saying so), else an error.
@@ -486,5 +513,35 @@ mod tests {
         let decl = choose_key(&c, "m", &ti, Some(&["Q".to_string()])).expect("declared");
         assert_eq!(decl.columns, vec!["q"]);
         assert!(choose_key(&c, "m", &ti, Some(&["nope".to_string()])).is_err());
+    }
+
+    #[test]
+    fn pairing_proof_is_skipped_only_for_keys_that_are_the_rowid() {
+        let c = db(r#"
+            CREATE TABLE a(id INTEGER PRIMARY KEY, x);
+            CREATE TABLE b(id INT PRIMARY KEY, x);
+            CREATE TABLE c(id INTEGER PRIMARY KEY DESC, x);
+            CREATE TABLE d(p, q);
+            CREATE TABLE e(id INTEGER PRIMARY KEY, x) WITHOUT ROWID;
+            CREATE TABLE f(k TEXT NOT NULL, x);
+            CREATE UNIQUE INDEX f_k ON f(k);
+        "#);
+        let rowid = |t: &str| {
+            let ti = table_info(&c, "m", t).expect("info").expect("exists");
+            let key = choose_key(&c, "m", &ti, None).expect("key");
+            key_is_rowid(&c, "m", &ti, &key).expect("check")
+        };
+        assert!(rowid("a"), "INTEGER PRIMARY KEY aliases the rowid");
+        assert!(
+            !rowid("b"),
+            "INT PRIMARY KEY is an indexed column, NULLs allowed"
+        );
+        assert!(!rowid("c"), "INTEGER PRIMARY KEY DESC is not the rowid");
+        assert!(rowid("d"), "the rowid itself");
+        assert!(!rowid("e"), "WITHOUT ROWID");
+        assert!(!rowid("f"), "a unique index");
+        let ti = table_info(&c, "m", "a").expect("info").expect("a");
+        let declared = choose_key(&c, "m", &ti, Some(&["x".to_string()])).expect("declared");
+        assert!(!key_is_rowid(&c, "m", &ti, &declared).expect("check"));
     }
 }

@@ -21,6 +21,7 @@
 
 mod ffi;
 pub mod point;
+mod scan;
 mod store;
 
 use std::collections::HashMap;

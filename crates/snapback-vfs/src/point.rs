@@ -11,7 +11,12 @@ use std::sync::{Arc, Mutex};
 use snapback_core::{FileEntry, FileKind, Repository, Selector, Snapshot};
 use snapback_mount::{Vfs, VfsError, VfsOptions, View};
 
+use crate::scan::ScanState;
 use crate::Error;
+
+/// The largest range read of one pack that fetches pages ahead of a scan:
+/// a few of them per interior page, run in parallel by the fetch workers.
+const SCAN_FETCH_SPAN: u64 = 256 << 10;
 
 /// What a point's reads cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +33,8 @@ pub struct ReadStats {
     pub pages: u64,
     /// Pages' worth of bytes fetched (`bytes_fetched` / page size).
     pub pages_read: u64,
+    /// Chunks queued to be fetched ahead of a scan (`scan.rs`).
+    pub prefetched: u64,
 }
 
 /// An open database file of one point.
@@ -38,6 +45,7 @@ pub struct PointFile {
     page_size: u64,
     label: String,
     errors: AtomicU64,
+    scan: Mutex<ScanState>,
 }
 
 impl std::fmt::Debug for PointFile {
@@ -80,6 +88,7 @@ impl PointFile {
                 .max(1),
             label,
             errors: AtomicU64::new(0),
+            scan: Mutex::new(ScanState::default()),
         })
     }
 
@@ -99,7 +108,30 @@ impl PointFile {
         let d = self.vfs.read(self.fh, offset, want)?;
         let n = d.len().min(buf.len());
         buf[..n].copy_from_slice(&d[..n]);
+        if n as u64 == self.page_size && offset % self.page_size == 0 {
+            self.read_ahead(offset, &buf[..n]);
+        }
         Ok(n)
+    }
+
+    /// A whole page was read: fetch ahead the pages of the b-tree being
+    /// scanned, if it is (`scan.rs`).
+    fn read_ahead(&self, offset: u64, page: &[u8]) {
+        let Ok(pgno) = u32::try_from(offset / self.page_size + 1) else {
+            return;
+        };
+        let ahead = match self.scan.lock() {
+            Ok(mut s) => s.on_read(pgno, page),
+            Err(_) => return,
+        };
+        if ahead.is_empty() {
+            return;
+        }
+        let ranges: Vec<(u64, u64)> = ahead
+            .iter()
+            .map(|&p| ((u64::from(p) - 1) * self.page_size, self.page_size))
+            .collect();
+        self.vfs.prefetch(self.fh, &ranges, SCAN_FETCH_SPAN);
     }
 
     /// Logs a failed read (SQLite gets SQLITE_IOERR_READ).
@@ -120,6 +152,7 @@ impl PointFile {
             cache_hits: f.mem_hits.load(Ordering::Relaxed),
             pages: self.size.div_ceil(self.page_size),
             pages_read: bytes_fetched.div_ceil(self.page_size),
+            prefetched: f.prefetches.load(Ordering::Relaxed),
         }
     }
 }

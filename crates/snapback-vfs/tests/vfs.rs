@@ -85,6 +85,66 @@ fn one_row_lookup_reads_a_few_pages_not_the_database() {
 }
 
 #[test]
+fn table_scan_fetches_its_leaves_ahead_and_no_other_tables_pages() {
+    let env = Env::new();
+    let live = std::fs::canonicalize(env.dir.path())
+        .expect("dir")
+        .join("app.db");
+    {
+        // t and filler interleaved, so that their pages alternate in the
+        // file: a read-ahead by file position would fetch filler's pages.
+        let mut c = Connection::open(&live).expect("live");
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+             CREATE TABLE filler(id INTEGER PRIMARY KEY, v BLOB NOT NULL);",
+        )
+        .expect("schema");
+        let tx = c.transaction().expect("tx");
+        for i in 0..3000i64 {
+            tx.execute("INSERT INTO t VALUES (?1, ?2)", (i, db::row_value(i, 0)))
+                .expect("t");
+            tx.execute("INSERT INTO filler VALUES (?1, zeroblob(300))", [i])
+                .expect("filler");
+        }
+        tx.commit().expect("commit");
+    }
+    let t_pages: i64 = Connection::open(&live)
+        .expect("live")
+        .query_row("SELECT count(*) FROM dbstat WHERE name = 't'", [], |r| {
+            r.get(0)
+        })
+        .expect("dbstat");
+    let t_pages = t_pages as u64;
+    let id = env.snapshot(&live);
+    let repo = open_repo(&env);
+    let p = point(&repo, &id, &live);
+    let conn = p.connect().expect("connect");
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM (SELECT id, v FROM t ORDER BY id)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("scan");
+    assert_eq!(n, 3000);
+    let s = p.stats();
+    assert!(t_pages > 100, "t has {t_pages} pages");
+    assert!(
+        s.prefetched >= t_pages - 10,
+        "a scan of t's {t_pages} pages fetched only {} ahead",
+        s.prefetched
+    );
+    // t's pages and the schema (page 1), nothing of filler.
+    assert!(
+        s.pages_read <= t_pages + 1,
+        "a scan of t ({t_pages} pages) read {} of the {} pages",
+        s.pages_read,
+        s.pages
+    );
+    assert_eq!(rows(&conn).expect("rows").len(), 3000);
+}
+
+#[test]
 fn writes_fail_with_sqlite_readonly_also_inside_begin_immediate() {
     let env = Env::new();
     let live = std::fs::canonicalize(env.dir.path())

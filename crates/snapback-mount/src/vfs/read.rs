@@ -301,6 +301,37 @@ impl Vfs {
         Ok(out)
     }
 
+    /// Starts background fetches of the chunks that hold the byte ranges
+    /// `ranges` (offset, length) of open file `fh`, which its reader says
+    /// it will read next (the children of a b-tree page it scans). Chunks
+    /// that lie close together in one pack come in one range read of at
+    /// most `window` bytes. Already cached or fetching chunks are skipped;
+    /// nothing is waited for, and a failure here only means the read
+    /// fetches the chunk itself later.
+    pub fn prefetch(&self, fh: u64, ranges: &[(u64, u64)], window: u64) {
+        let Ok(h) = self.handle(fh) else { return };
+        let Handle::File { reader, .. } = &*h else {
+            return;
+        };
+        let mut idx: Vec<usize> = ranges
+            .iter()
+            .filter(|(_, len)| *len > 0)
+            .filter_map(|&(off, len)| {
+                let last = off
+                    .saturating_add(len - 1)
+                    .min(reader.size().saturating_sub(1));
+                Some(reader.chunk_at(off)?..=reader.chunk_at(last)?)
+            })
+            .flatten()
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let ids: Vec<Id> = idx.iter().map(|&i| reader.chunks[i].id).collect();
+        if !ids.is_empty() {
+            self.fetcher.prefetch_grouped(&reader.index, &ids, window);
+        }
+    }
+
     /// Sequential reads widen a prefetch window ahead of the reader (from
     /// `readahead_initial`, doubling up to `readahead_max`); a seek resets it.
     fn read_ahead(&self, reader: &Arc<FileReader>, ra: &Mutex<ReadAhead>, offset: u64, end: u64) {
