@@ -108,7 +108,7 @@ impl PointFile {
         let d = self.vfs.read(self.fh, offset, want)?;
         let n = d.len().min(buf.len());
         buf[..n].copy_from_slice(&d[..n]);
-        if n as u64 == self.page_size && offset % self.page_size == 0 {
+        if n as u64 == self.page_size && offset.is_multiple_of(self.page_size) {
             self.read_ahead(offset, &buf[..n]);
         }
         Ok(n)
