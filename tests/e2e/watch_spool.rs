@@ -42,6 +42,16 @@ fn assert_no_duplicate(pts: &[(String, i128, serde_json::Value)], ctx: &str) {
     }
 }
 
+/// An S3 repository reached through a fault proxy, and the bank database
+/// beside it.
+fn s3_bank_behind_a_proxy() -> (S3Repo, std::path::PathBuf, FaultProxy) {
+    let r = S3Repo::new();
+    let db = r.path("bank.db");
+    create_bank(&db);
+    let proxy = FaultProxy::start(&snapback_testkit::s3::server().endpoint).expect("proxy");
+    (r, db, proxy)
+}
+
 fn s3_watch(r: &S3Repo, proxy: &FaultProxy, args: &[&str]) -> Command {
     let mut c = r.cmd(args, Some(proxy));
     c.env("XDG_STATE_HOME", r.path("state"));
@@ -51,12 +61,9 @@ fn s3_watch(r: &S3Repo, proxy: &FaultProxy, args: &[&str]) -> Command {
 #[test]
 fn a_watcher_killed_while_s3_is_down_uploads_every_spooled_point_when_restarted_without_gaps_or_duplicates(
 ) {
-    let r = S3Repo::new();
-    let db = r.path("bank.db");
-    create_bank(&db);
+    let (r, db, proxy) = s3_bank_behind_a_proxy();
     let db_s = db.to_str().expect("utf8");
     let state = r.path("state");
-    let proxy = FaultProxy::start(&snapback_testkit::s3::server().endpoint).expect("proxy");
     let args = [
         "--json",
         "-v",
@@ -237,12 +244,9 @@ fn a_torn_last_spool_record_is_dropped_and_a_damaged_one_stops_the_watcher() {
 
 #[test]
 fn a_full_spool_stops_the_watcher_with_exit_7_keeping_the_spool_and_never_blocking_the_writer() {
-    let r = S3Repo::new();
-    let db = r.path("bank.db");
-    create_bank(&db);
+    let (r, db, proxy) = s3_bank_behind_a_proxy();
     let db_s = db.to_str().expect("utf8");
     let state = r.path("state");
-    let proxy = FaultProxy::start(&snapback_testkit::s3::server().endpoint).expect("proxy");
     let args = [
         "--json",
         "watch",
