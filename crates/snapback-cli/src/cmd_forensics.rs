@@ -84,7 +84,7 @@ pub fn history_cmd(g: &Global, a: HistoryArgs) -> anyhow::Result<u8> {
     }
     if !g.quiet {
         eprintln!(
-            "{} version(s); {} point(s) hold the database, the record was read at {} (the others changed none of the table's pages), then live",
+            "{} version(s); {} point(s) hold the database, the record was read at {} (the others changed none of the pages the read before them touched), then live",
             h.versions.len(),
             h.points,
             h.read

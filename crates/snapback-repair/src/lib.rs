@@ -42,8 +42,8 @@ pub use diff::{
 };
 pub use error::{is_busy, Error, Result};
 pub use forensics::{
-    history, when, History, HistoryQuery, HistoryVersion, PointImage, VersionOp, WhenQuery,
-    WhenReport, WhenSide,
+    history, when, History, HistoryQuery, HistoryVersion, VersionOp, WhenQuery, WhenReport,
+    WhenSide,
 };
 pub use repair::{
     abandon, find_entry, lock_path, take_lock, undo, AbandonOutcome, IncidentConflict,

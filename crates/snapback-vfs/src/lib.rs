@@ -100,6 +100,25 @@ impl PointDb {
         snap: &Snapshot,
         file: &FileEntry,
     ) -> Result<PointDb, Error> {
+        Self::open_with(repo, snap, file, false)
+    }
+
+    /// Like `open`, and notes every page read (`pages_touched`): what a
+    /// query answered depends only on those pages' bytes.
+    pub fn open_tracking(
+        repo: Arc<Repository>,
+        snap: &Snapshot,
+        file: &FileEntry,
+    ) -> Result<PointDb, Error> {
+        Self::open_with(repo, snap, file, true)
+    }
+
+    fn open_with(
+        repo: Arc<Repository>,
+        snap: &Snapshot,
+        file: &FileEntry,
+        track: bool,
+    ) -> Result<PointDb, Error> {
         ffi::register_in_process().map_err(Error::Register)?;
         let opts = VfsOptions {
             // A diff reads a table's b-tree, whose pages are scattered: a
@@ -107,7 +126,11 @@ impl PointDb {
             readahead_max: 0,
             ..VfsOptions::default()
         };
-        let point = Arc::new(PointFile::open(repo, snap, file, opts)?);
+        let mut point = PointFile::open(repo, snap, file, opts)?;
+        if track {
+            point = point.with_page_tracking();
+        }
+        let point = Arc::new(point);
         let name = format!(
             "snapback-point-{}-{}",
             std::process::id(),
@@ -144,6 +167,12 @@ impl PointDb {
 
     pub fn stats(&self) -> ReadStats {
         self.file.stats()
+    }
+
+    /// The pages read so far (numbered from 1), for a point opened with
+    /// `open_tracking`.
+    pub fn pages_touched(&self) -> Option<std::collections::BTreeSet<u64>> {
+        self.file.pages_touched()
     }
 }
 

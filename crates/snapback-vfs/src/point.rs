@@ -4,7 +4,7 @@
 //! verified against its id, a memory cache, read-ahead for scans, a WAL
 //! database's header served as rollback). No code of its own reads chunks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +46,8 @@ pub struct PointFile {
     label: String,
     errors: AtomicU64,
     scan: Mutex<ScanState>,
+    /// The pages read so far, when asked for (`with_page_tracking`).
+    touched: Option<Mutex<BTreeSet<u64>>>,
 }
 
 impl std::fmt::Debug for PointFile {
@@ -89,7 +91,21 @@ impl PointFile {
             label,
             errors: AtomicU64::new(0),
             scan: Mutex::new(ScanState::default()),
+            touched: None,
         })
+    }
+
+    /// Notes every page read from now on (`pages_touched`).
+    pub fn with_page_tracking(mut self) -> PointFile {
+        self.touched = Some(Mutex::new(BTreeSet::new()));
+        self
+    }
+
+    /// The pages (numbered from 1, as SQLite numbers them) read so far,
+    /// when the file tracks them. Whatever SQLite answered from this point
+    /// depends only on the bytes of these pages.
+    pub fn pages_touched(&self) -> Option<BTreeSet<u64>> {
+        Some(self.touched.as_ref()?.lock().ok()?.clone())
     }
 
     /// "PATH of snapshot …".
@@ -105,6 +121,12 @@ impl PointFile {
     /// of the file). Every byte is verified; any failure fails the read.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, VfsError> {
         let want = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        if let Some(t) = &self.touched {
+            if let Ok(mut t) = t.lock() {
+                let last = offset.saturating_add(buf.len().max(1) as u64 - 1);
+                t.extend(offset / self.page_size + 1..=last / self.page_size + 1);
+            }
+        }
         let d = self.vfs.read(self.fh, offset, want)?;
         let n = d.len().min(buf.len());
         buf[..n].copy_from_slice(&d[..n]);

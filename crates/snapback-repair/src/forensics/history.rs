@@ -3,15 +3,16 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
 use serde::Serialize;
-use snapback_core::Repository;
+use snapback_core::{ChunkRef, FileEntry, Id, Repository};
+use snapback_vfs::PointDb;
 use time::OffsetDateTime;
 
-use super::image::{db_file, PointImage};
-use super::{points_of, row_object, select_rows, table_name};
+use super::{db_file, points_of, row_object, select_rows, table_name};
 use crate::error::{Error, Result};
 use crate::schema::quote_ident;
 use crate::source::open_live_readonly;
@@ -73,10 +74,10 @@ pub struct History {
     /// Points holding the database.
     pub points: usize,
     /// Points at which the record was read (the others changed none of
-    /// the table's pages since the previous point read).
+    /// the pages that the read at the previous point read touched).
     pub read: usize,
-    /// Bytes fetched to move the temporary image between points.
-    pub bytes_moved: u64,
+    /// Pages fetched from the repository for those reads.
+    pub pages_fetched: u64,
 }
 
 type Row = (Vec<String>, Vec<Value>);
@@ -112,21 +113,73 @@ fn describe_key(q: &HistoryQuery) -> String {
         .join(" ")
 }
 
-/// The pages that hold the table's b-tree (with overflow pages) and the
-/// schema's: when none of them changed between two points, neither did
-/// any record of the table. `None` when SQLite cannot say (no dbstat).
-fn table_pages(conn: &Connection, table: &str) -> Option<BTreeSet<u64>> {
-    let mut st = conn
-        .prepare(
-            "SELECT pageno FROM dbstat WHERE name = ?1 COLLATE NOCASE OR name = 'sqlite_schema'",
-        )
-        .ok()?;
-    let rows = st.query_map([table], |r| r.get::<_, i64>(0)).ok()?;
-    let mut out = BTreeSet::new();
-    for r in rows {
-        out.insert(u64::try_from(r.ok()?).ok()?);
+/// Where each page of a point's database is: its chunk list, and the
+/// chunk list's offsets when its chunks are not one page each.
+struct Layout {
+    chunks: Vec<ChunkRef>,
+    offsets: Option<Vec<u64>>,
+    page_size: u64,
+    size: u64,
+}
+
+impl Layout {
+    fn new(chunks: Vec<ChunkRef>, file: &FileEntry) -> Layout {
+        let page_size = file
+            .sqlite
+            .as_ref()
+            .map_or(4096, |s| u64::from(s.page_size))
+            .max(1);
+        let per_page = chunks.iter().all(|c| c.len as u64 == page_size);
+        let offsets = (!per_page).then(|| {
+            let mut off = 0u64;
+            chunks
+                .iter()
+                .map(|c| {
+                    let o = off;
+                    off += c.len as u64;
+                    o
+                })
+                .collect()
+        });
+        Layout {
+            chunks,
+            offsets,
+            page_size,
+            size: file.size,
+        }
     }
-    Some(out)
+
+    /// The chunks that hold page `pgno` (numbered from 1), with their
+    /// offsets.
+    fn page(&self, pgno: u64) -> Vec<(u64, Id, u32)> {
+        let start = (pgno - 1) * self.page_size;
+        let end = start + self.page_size;
+        match &self.offsets {
+            None => self
+                .chunks
+                .get((pgno - 1) as usize)
+                .map(|c| vec![(start, c.id, c.len)])
+                .unwrap_or_default(),
+            Some(offs) => {
+                let first = offs.partition_point(|&o| o <= start).saturating_sub(1);
+                offs.iter()
+                    .zip(&self.chunks)
+                    .skip(first)
+                    .take_while(|(o, _)| **o < end)
+                    .map(|(o, c)| (*o, c.id, c.len))
+                    .collect()
+            }
+        }
+    }
+
+    /// Whether every page of `pages` holds the same bytes here as in
+    /// `other`, in a file of the same size: then a read that touched only
+    /// those pages answers the same at both.
+    fn same_pages(&self, other: &Layout, pages: &BTreeSet<u64>) -> bool {
+        self.size == other.size
+            && self.page_size == other.page_size
+            && pages.iter().all(|&p| self.page(p) == other.page(p))
+    }
 }
 
 /// Every version of one record across every snapshot and timeline point
@@ -150,35 +203,34 @@ pub fn history(repo: &Repository, live: &Path, q: &HistoryQuery) -> Result<Histo
     }
     let (path, points) = points_of(repo, live, q.path.as_deref())?;
     let mut states: Vec<(OffsetDateTime, String, Option<Row>)> = Vec::new();
-    let mut image: Option<PointImage<'_>> = None;
-    let mut pages: Option<BTreeSet<u64>> = None;
+    let index = repo.index()?;
+    let shared = Arc::new(repo.share());
+    // The layout of the point read last and the pages that read touched.
+    let mut last: Option<(Layout, BTreeSet<u64>)> = None;
     let mut read = 0usize;
+    let mut pages_fetched = 0u64;
     for p in &points {
         let file = db_file(p, &path)?;
-        let img = match image.as_mut() {
-            None => image.insert(PointImage::new(repo, file)?),
-            Some(img) => {
-                let list = img.chunks_of(file)?;
-                let changed = img.changed_pages(&list);
-                let touched = match &pages {
-                    Some(set) => changed.iter().any(|n| set.contains(n)),
-                    None => !changed.is_empty(),
-                };
-                if !touched {
-                    continue;
-                }
-                img.move_to(list)?;
-                img
+        let layout = Layout::new(repo.proven_chunks(&index, file)?, file);
+        if let Some((prev, touched)) = &last {
+            if layout.same_pages(prev, touched) {
+                continue;
             }
-        };
-        let db = img.db()?;
-        let conn = db.open()?;
+        }
+        let db = PointDb::open_tracking(shared.clone(), p, file)?;
         let place = p.describe();
-        let state = read_record(&conn, &place, q)?;
+        let state = {
+            let conn = db
+                .connect()
+                .map_err(|e| Error::sqlite(&place, "cannot open the point's database", e))?;
+            read_record(&conn, &place, q)?
+        };
         read += 1;
-        pages = table_name(&conn, &place, &q.table)?
-            .and_then(|t| table_pages(&conn, &t))
-            .or_else(|| table_pages(&conn, "sqlite_schema"));
+        pages_fetched += db.stats().pages_read;
+        let touched = db
+            .pages_touched()
+            .ok_or_else(|| snapback_core::Error::internal("history: the point tracks no pages"))?;
+        last = Some((layout, touched));
         if states.last().map(|s| &s.2) != Some(&state) {
             states.push((p.time, p.selector(), state));
         }
@@ -206,7 +258,7 @@ pub fn history(repo: &Repository, live: &Path, q: &HistoryQuery) -> Result<Histo
         versions,
         points: points.len(),
         read,
-        bytes_moved: image.map_or(0, |i| i.bytes_moved),
+        pages_fetched,
     })
 }
 

@@ -1,12 +1,11 @@
 //! Incident forensics over the points of a repository (docs/forensics.md):
 //! `history` (every version of one record across every snapshot and
 //! timeline point, then live) and `when` (by bisection, the point at which
-//! the set of rows matching a predicate changes). Both read points through
-//! one temporary image moved from point to point by page deltas (`image`);
-//! the read-only SQLite VFS over the repository is not built yet.
+//! the set of rows matching a predicate changes). Both open each point
+//! they read in place, through the snapback VFS (`snapback_vfs::PointDb`):
+//! only the pages a query touches are fetched, each verified.
 
 mod history;
-mod image;
 mod when;
 
 use std::path::Path;
@@ -19,7 +18,6 @@ use crate::schema::quote_ident;
 use crate::value::Value;
 
 pub use history::{history, History, HistoryQuery, HistoryVersion, VersionOp};
-pub use image::PointImage;
 pub use when::{when, WhenQuery, WhenReport, WhenSide};
 
 /// Every snapshot and timeline point that holds `path` as a SQLite
@@ -44,6 +42,20 @@ fn points_of(
         )));
     }
     Ok((path, points))
+}
+
+/// The database entry `path` of a point, which must be a SQLite database.
+fn db_file<'a>(p: &'a Snapshot, path: &str) -> Result<&'a snapback_core::FileEntry> {
+    let f = p
+        .file(path)
+        .ok_or_else(|| Error::Input(format!("{} does not hold {path}", p.describe())))?;
+    if f.kind != FileKind::Sqlite {
+        return Err(Error::Input(format!(
+            "{path} in {} was captured as a plain file, not as a SQLite database",
+            p.describe()
+        )));
+    }
+    Ok(f)
 }
 
 /// The table's name as the schema spells it, or `None` when `conn` has no

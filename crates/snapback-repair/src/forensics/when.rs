@@ -8,10 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use snapback_core::{Repository, Selector, Snapshot};
 
-use super::image::{db_file, PointImage};
-use super::{points_of, row_object, select_rows, table_name};
+use super::{db_file, points_of, row_object, select_rows, table_name};
 use crate::error::{Error, Result};
-use crate::source::open_live_readonly;
+use crate::source::{open_live_readonly, SnapshotDb};
 
 #[derive(Debug, Clone)]
 pub struct WhenQuery {
@@ -67,7 +66,6 @@ struct Prober<'r, 'q> {
     live: &'q Path,
     path: String,
     q: &'q WhenQuery,
-    image: Option<PointImage<'r>>,
     probes: usize,
 }
 
@@ -86,20 +84,7 @@ impl Prober<'_, '_> {
             }
             Probe::Point(s) => {
                 let file = db_file(s, &self.path)?;
-                match self.image.as_mut() {
-                    None => {
-                        self.image = Some(PointImage::new(self.repo, file)?);
-                    }
-                    Some(img) => {
-                        let list = img.chunks_of(file)?;
-                        img.move_to(list)?;
-                    }
-                }
-                let img = self
-                    .image
-                    .as_ref()
-                    .ok_or_else(|| Error::Input("internal: no image".into()))?;
-                let db = img.db()?;
+                let db = SnapshotDb::in_place(self.repo, s, file)?;
                 let conn = db.open()?;
                 matching(&conn, &s.describe(), self.q)
             }
@@ -175,7 +160,6 @@ pub fn when(repo: &Repository, live: &Path, q: &WhenQuery) -> Result<WhenReport>
         live,
         path,
         q,
-        image: None,
         probes: 0,
     };
     let mut seen: HashMap<usize, RowSet> = HashMap::new();
