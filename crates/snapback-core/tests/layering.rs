@@ -321,7 +321,14 @@ fn object_keys_are_spelled_only_in_the_layout_module() {
         "audit/",
     ];
     let mut found = Vec::new();
-    for krate in ["snapback-core", "snapback-cli", "snapback-repair"] {
+    // The mount is left out: its virtual tree has a `snapshots/` directory
+    // of its own, which is not an object key.
+    for krate in [
+        "snapback-core",
+        "snapback-cli",
+        "snapback-repair",
+        "snapback-vfs",
+    ] {
         for (m, text) in sources(&src_dir(krate)) {
             if krate == "snapback-core" && m == "layout" {
                 continue;
