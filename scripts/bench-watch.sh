@@ -6,15 +6,17 @@
 # stored, the requests by kind, the CPU of the capturing process, the RPO,
 # the time to the first restorable point, and the restore of the latest
 # point and of the one at the middle of the writing (each checked); writes
-# the "Continuous capture against Litestream" section of docs/benchmarks.md,
-# raw JSON in bench-out/watch/watch.json.
+# the "Continuous capture against Litestream" section of docs/benchmarks.md
+# (the marked section --section names: watch, or watch-json), raw JSON in
+# bench-out/watch/SECTION.json.
 #
 #   scripts/bench-watch.sh [--size MIB] [--json-size MIB] [--rate TPS] [--seconds N]
 #                          [--runs litestream:1,litestream:10,snapback:10,snapback:1,snapback:local]
-#                          [--no-watch]
+#                          [--section watch|watch-json] [--no-watch]
 #
 # Defaults: the 1 GiB database of scripts/bench.sh and a 256 MiB one of JSON
-# documents that compresses well; 20 transactions/s for 60 s. --runs lists
+# documents that compresses well (--size 0 or --json-size 0 leaves one
+# out); 20 transactions/s for 60 s. --runs lists
 # tool:seconds: Litestream's sync-interval, snapback's --upload-interval on
 # S3 (`snapback:local`: a local repository). Without `snapback watch` (or with
 # --no-watch) the snapback rows are `snapback snapshot` every second.

@@ -1033,7 +1033,8 @@ def replace_section(name, body):
     else:
         title = {"suite": "## The suite", "scale": "## Scale",
                  "capture": "## Capture cost", "restore": "## Restore",
-                 "watch": "## Continuous capture against Litestream"}.get(name, f"## {name}")
+                 "watch": "## Continuous capture against Litestream",
+                 "watch-json": "## Continuous capture against Litestream"}.get(name, f"## {name}")
         text = text.rstrip() + f"\n\n{title}\n\n{block}\n"
     with open(DOC, "w") as f:
         f.write(text)
@@ -1773,6 +1774,12 @@ def watch_run(name, spec, base, s3, args, w):
         proxy.stop()
     if s3.data and where == "s3":
         s3.remove(prefix)
+    # The copy of the database and a local repository are not needed any
+    # more (at 1 GiB they are most of the disk a run takes); logs stay.
+    for p in (db, db + "-wal", db + "-shm"):
+        if os.path.exists(p):
+            os.remove(p)
+    shutil.rmtree(local_repo, ignore_errors=True)
     log(f"   {name}: stored {fmt_b(res['stored_bytes'])}, CPU {res['cpu_s']}, "
         f"RPO {res['rpo_s']}, requests {res.get('requests')}")
     return res
@@ -1800,7 +1807,7 @@ def watch_bench(args):
                 seen_s3, sp = True, dict(sp, interval=1)
             kept.append(sp)
         specs = kept
-    dbs = [("bench", base_db(args.size))]
+    dbs = [("bench", base_db(args.size))] if args.size else []
     if args.json_size:
         dbs.append(("json", compressible_db(args.json_size)))
     s3 = S3()
@@ -1821,14 +1828,14 @@ def watch_bench(args):
     res["load_end"] = loadavg()
     res["minutes"] = (time.time() - t0) / 60
     os.makedirs(os.path.join(OUT, "watch"), exist_ok=True)
-    path = os.path.join(OUT, "watch", "watch.json")
+    path = os.path.join(OUT, "watch", f"{args.section}.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
     log(f"== raw results: {path}")
     md = watch_markdown(res)
     print(md)
     if not os.environ.get("BENCH_NO_DOC"):
-        replace_section("watch", md)
+        replace_section(args.section, md)
 
 
 def watch_markdown(res):
@@ -2212,8 +2219,10 @@ def main():
     k.add_argument("--size", type=int, default=1024)
     k.add_argument("--runs", type=int, default=3)
     wa = sub.add_parser("watch", help="continuous capture against Litestream (scripts/bench-watch.sh)")
-    wa.add_argument("--size", type=int, default=1024, help="MiB of the bench database")
+    wa.add_argument("--size", type=int, default=1024, help="MiB of the bench database (0: none)")
     wa.add_argument("--json-size", type=int, default=256, help="MiB of the JSON database (0: none)")
+    wa.add_argument("--section", default="watch",
+                    help="the marked section of docs/benchmarks.md this run writes (watch, watch-json)")
     wa.add_argument("--rate", type=float, default=20.0, help="writer transactions per second")
     wa.add_argument("--seconds", type=int, default=60, help="how long the writer writes")
     wa.add_argument("--runs", default="litestream:1,litestream:10,snapback:10,snapback:1,snapback:local",
