@@ -606,3 +606,49 @@ fn manifest_time_is_never_before_a_transaction_its_image_holds() {
         crate::time::format_rfc3339(before_commit)
     );
 }
+
+#[test]
+fn a_delta_snapshot_whose_unchanged_pages_lost_their_pack_is_refused() {
+    let fx = Fx::new(2);
+    fx.snap();
+    established(&fx);
+    // New pages in a pack of their own (with a patch the next capture
+    // replaces), then one more delta over them.
+    fx.grow(40);
+    let (_, f) = fx.snap();
+    assert!(is_delta(&f), "{:?}", f.sqlite);
+    fx.touch();
+    let (_, parent) = fx.snap();
+    assert!(is_delta(&parent), "{:?}", parent.sqlite);
+    let index = fx.repo.index().expect("index");
+    let list = fx.repo.chunk_list(&index, &parent).expect("list");
+    let pack_of = |id: &crate::id::Id| index.get(id).expect("indexed").pack;
+    let list_packs: std::collections::HashSet<_> = parent.chunks.blob_ids().map(pack_of).collect();
+    let lost = list
+        .iter()
+        .map(|c| pack_of(&c.id))
+        .find(|p| !list_packs.contains(p))
+        .expect("a pack holding pages and none of the chunk list");
+    drop(index);
+    fx.repo
+        .store()
+        .delete(&crate::layout::pack_key(&lost))
+        .expect("delete the pack");
+    fx.touch();
+    let opts = SnapshotOptions {
+        state_dir: Some(fx.state_dir()),
+        busy_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let before = fx.repo.snapshots().expect("snapshots").len();
+    let e = fx
+        .repo
+        .snapshot(std::slice::from_ref(&fx.db), &opts, &NoProgress)
+        .expect_err("a snapshot referencing a lost pack is not committed");
+    assert!(
+        e.to_string().contains("pack(s) it references are missing"),
+        "{e}"
+    );
+    assert!(e.to_string().contains(&lost.short()), "{e}");
+    assert_eq!(fx.repo.snapshots().expect("snapshots").len(), before);
+}

@@ -104,6 +104,67 @@ pub fn encode_index(packs: &[IndexedPack]) -> Result<Vec<u8>> {
 }
 
 pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
+    let mut packs: Vec<IndexedPack> = Vec::new();
+    visit_index(bytes, place, &mut packs)?;
+    Ok(packs)
+}
+
+/// Adds every pack of one index object to `idx` as it is parsed, without
+/// building its `IndexedPack`s first (one entry per blob: for a large
+/// database, tens of MiB of fresh memory a loading process paid for twice),
+/// and with the map's room reserved once for the object's entries instead
+/// of regrown step by step. On an error, `idx` holds part of the object:
+/// the caller drops it.
+pub fn decode_index_into(bytes: &[u8], place: &str, idx: &mut MasterIndex) -> Result<()> {
+    visit_index(bytes, place, &mut Loading { idx, pack: 0 })
+}
+
+/// What an index object is parsed into.
+trait IndexSink {
+    /// An upper bound of the object's entries, before the first.
+    fn reserve(&mut self, upper: usize);
+    /// A pack (id, size, entry count), before its entries.
+    fn pack(&mut self, id: Id, size: u64, entries: usize);
+    fn entry(&mut self, e: PackEntry);
+}
+
+impl IndexSink for Vec<IndexedPack> {
+    fn reserve(&mut self, _: usize) {}
+    fn pack(&mut self, id: Id, size: u64, entries: usize) {
+        self.push(IndexedPack {
+            id,
+            size,
+            entries: Vec::with_capacity(entries),
+        });
+    }
+    fn entry(&mut self, e: PackEntry) {
+        if let Some(p) = self.last_mut() {
+            p.entries.push(e);
+        }
+    }
+}
+
+/// A master index being loaded, and the number of the pack being parsed.
+struct Loading<'a> {
+    idx: &'a mut MasterIndex,
+    pack: u32,
+}
+
+impl IndexSink for Loading<'_> {
+    fn reserve(&mut self, upper: usize) {
+        self.idx.blobs.reserve(upper);
+    }
+    fn pack(&mut self, id: Id, size: u64, _: usize) {
+        self.pack = self.idx.pack_number(id, size);
+    }
+    fn entry(&mut self, e: PackEntry) {
+        self.idx.insert_entry(self.pack, &e);
+    }
+}
+
+/// Parses an index object into `out`, every entry checked against its
+/// pack's size.
+fn visit_index(bytes: &[u8], place: &str, out: &mut impl IndexSink) -> Result<()> {
     if bytes.len() >= 8 && &bytes[..6] == b"SNBIDX" && bytes[6] > INDEX_MAGIC_V2[6] {
         return Err(Error::UnsupportedVersion {
             found: bytes[6] as u32,
@@ -119,13 +180,13 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
     // Bound the decompressed size: at most 1 GiB of index per object.
     let raw = zstd::bulk::decompress(&bytes[8..], 1 << 30)
         .map_err(|e| Error::corrupt(place, format!("does not decompress: {e}")))?;
+    out.reserve(raw.len() / entry_len);
     let mut r = Reader {
         b: &raw,
         pos: 0,
         place,
     };
     let n = r.u32()? as usize;
-    let mut packs = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
         let id = Id(r.arr()?);
         let size = r.u64()?;
@@ -140,7 +201,7 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
         if m.saturating_mul(entry_len) > raw.len() - r.pos {
             return Err(Error::corrupt(place, "entry count exceeds the index size"));
         }
-        let mut entries = Vec::with_capacity(m);
+        out.pack(id, size, m);
         for _ in 0..m {
             let code = r.u8()?;
             let kind = BlobKind::from_code(code)
@@ -160,7 +221,7 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
                     format!("blob {} extends past its pack", bid.short()),
                 ));
             }
-            entries.push(PackEntry {
+            out.entry(PackEntry {
                 kind,
                 id: bid,
                 offset,
@@ -169,12 +230,11 @@ pub fn decode_index(bytes: &[u8], place: &str) -> Result<Vec<IndexedPack>> {
                 dict,
             });
         }
-        packs.push(IndexedPack { id, size, entries });
     }
     if r.pos != raw.len() {
         return Err(Error::corrupt(place, "trailing bytes after the last pack"));
     }
-    Ok(packs)
+    Ok(())
 }
 
 /// Reads the little-endian fields of a binary object, each read checked
@@ -275,30 +335,36 @@ pub struct MasterIndex {
 
 impl MasterIndex {
     pub fn insert_pack(&mut self, p: &IndexedPack) {
-        let mut number = None;
-        if self.packs.insert(p.id, p.size).is_some() {
-            // Listed again (by a second index object): slots already name
-            // it by its number.
-            number = self.pack_ids.iter().rposition(|x| *x == p.id);
-        }
-        let pack = match number {
-            Some(n) => n as u32,
-            None => {
-                self.pack_ids.push(p.id);
-                (self.pack_ids.len() - 1) as u32
-            }
-        };
+        let pack = self.pack_number(p.id, p.size);
+        self.blobs.reserve(p.entries.len());
         for e in &p.entries {
-            let dict = e.dict.map_or(0, |d| self.dict_slot(d));
-            self.blobs.entry(e.id).or_insert(Slot {
-                pack,
-                kind: e.kind,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                dict,
-            });
+            self.insert_entry(pack, e);
         }
+    }
+
+    /// The number of pack `id` (a new one, or the one it already has).
+    fn pack_number(&mut self, id: Id, size: u64) -> u32 {
+        if self.packs.insert(id, size).is_some() {
+            if let Some(n) = self.pack_ids.iter().rposition(|x| *x == id) {
+                return n as u32;
+            }
+        }
+        self.pack_ids.push(id);
+        (self.pack_ids.len() - 1) as u32
+    }
+
+    /// Adds one blob of pack number `pack`; a blob already indexed keeps
+    /// its first location.
+    fn insert_entry(&mut self, pack: u32, e: &PackEntry) {
+        let dict = e.dict.map_or(0, |d| self.dict_slot(d));
+        self.blobs.entry(e.id).or_insert(Slot {
+            pack,
+            kind: e.kind,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            dict,
+        });
     }
 
     fn dict_slot(&mut self, d: Id) -> u16 {
@@ -341,6 +407,22 @@ impl MasterIndex {
 
     pub fn contains(&self, id: &Id) -> bool {
         self.blobs.contains_key(id)
+    }
+
+    /// The packs holding the blobs `ids`, or `None` when one is not
+    /// indexed.
+    pub fn packs_of<'a>(&self, ids: impl IntoIterator<Item = &'a Id>) -> Option<Vec<Id>> {
+        let mut used = vec![false; self.pack_ids.len()];
+        for id in ids {
+            used[self.blobs.get(id)?.pack as usize] = true;
+        }
+        Some(
+            self.pack_ids
+                .iter()
+                .zip(used)
+                .filter_map(|(p, u)| u.then_some(*p))
+                .collect(),
+        )
     }
 
     pub fn packs(&self) -> &HashMap<Id, u64> {

@@ -9,7 +9,7 @@ use crate::dict::Dict;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::BlobLocation;
-use crate::index::{decode_index, IndexedPack, MasterIndex};
+use crate::index::{decode_index_into, IndexedPack, MasterIndex};
 use crate::layout::{dict_key, DICT_PREFIX};
 use crate::layout::{
     pack_key, snapshot_id_from_key, snapshot_key, timeline_id_from_key, timeline_key, DATA_PREFIX,
@@ -87,29 +87,29 @@ impl Repository {
     /// read from is still listed, only new ones need reading; when one is
     /// gone (a prune rewrote the indexes), every object is read again.
     pub fn current_index(&self) -> Result<Arc<MasterIndex>> {
-        let listed: std::collections::HashSet<String> = self
-            .store
-            .list(INDEX_PREFIX)?
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
-        let unchanged = self
-            .index
-            .read()
-            .map_err(|_| poisoned())?
-            .as_ref()
-            .is_some_and(|i| i.index_keys.iter().all(|k| listed.contains(k)));
+        let listed = self.index_keys()?;
+        let mut guard = self.index.write().map_err(|_| poisoned())?;
+        let unchanged = guard.as_ref().is_some_and(|i| {
+            let keys: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+            i.index_keys.iter().all(|k| keys.contains(k.as_str()))
+        });
         if !unchanged {
-            *self.index.write().map_err(|_| poisoned())? = None;
+            *guard = None;
         }
-        self.refresh_index()
+        self.load_new_indexes(&mut guard, listed)
     }
 
     /// Loads index objects that appeared since the last load.
     /// When none appeared, the loaded index is returned as it is: copying it
     /// (one entry per blob) is what every snapshot would otherwise pay twice.
     pub fn refresh_index(&self) -> Result<Arc<MasterIndex>> {
+        let keys = self.index_keys()?;
         let mut guard = self.index.write().map_err(|_| poisoned())?;
+        self.load_new_indexes(&mut guard, keys)
+    }
+
+    /// The keys of every index object, sorted (one LIST of index/).
+    fn index_keys(&self) -> Result<Vec<String>> {
         let mut keys: Vec<String> = self
             .store
             .list(INDEX_PREFIX)?
@@ -117,6 +117,16 @@ impl Repository {
             .map(|o| o.key)
             .collect();
         keys.sort();
+        Ok(keys)
+    }
+
+    /// Adds to the loaded index (none: an empty one) the objects of `keys`
+    /// it was not read from.
+    fn load_new_indexes(
+        &self,
+        guard: &mut Option<Arc<MasterIndex>>,
+        keys: Vec<String>,
+    ) -> Result<Arc<MasterIndex>> {
         let new: Vec<String> = match guard.as_deref() {
             Some(cur) => {
                 let known: std::collections::HashSet<&str> =
@@ -130,12 +140,16 @@ impl Repository {
         if let (Some(cur), true) = (guard.as_ref(), new.is_empty()) {
             return Ok(Arc::clone(cur));
         }
-        let mut idx = guard.as_deref().cloned().unwrap_or_default();
+        // Grown in place when no reader holds the loaded index any more (a
+        // long-lived watcher, between its uploads); copied otherwise. An
+        // error below leaves no index loaded: the next use reads it again.
+        let mut idx = match guard.take() {
+            Some(cur) => Arc::try_unwrap(cur).unwrap_or_else(|shared| (*shared).clone()),
+            None => MasterIndex::default(),
+        };
         for key in new {
             let bytes = self.get_immutable(&key, INDEX_PREFIX)?;
-            for p in decode_index(&bytes, &key)? {
-                idx.insert_pack(&p);
-            }
+            decode_index_into(&bytes, &key, &mut idx)?;
             idx.index_keys.push(key);
         }
         let idx = Arc::new(idx);
@@ -579,7 +593,7 @@ impl Repository {
         path: &str,
     ) -> Result<Vec<ChunkRef>> {
         let place = format!("chunk list of {path}");
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(parts.len() * chunklist::PART_LEN);
         for p in parts {
             out.extend(chunklist::decode_part(
                 &self.read_list_blob(index, p)?,

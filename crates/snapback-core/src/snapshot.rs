@@ -301,6 +301,11 @@ struct BlobSink<'a> {
     referenced: IdSet,
     /// Snapshots whose database images are reused whole (unchanged files).
     reused_from: HashSet<Id>,
+    /// The chunk lists of WAL-delta images: their blobs are referenced
+    /// too, checked where they are listed rather than copied into
+    /// `referenced` (one set entry per page of the database, when only a
+    /// few pages are new).
+    images: Vec<DeltaImage>,
     pack: PackBuilder,
     codec: &'a BlobCodec,
     pack_target: usize,
@@ -339,11 +344,30 @@ struct Captured {
     referenced: IdSet,
     /// Snapshots whose database images are reused whole.
     reused_from: HashSet<Id>,
+    /// WAL-delta images, whose blobs the manifest references too.
+    images: Vec<DeltaImage>,
     /// The local capture states to save once the manifest is committed.
     pending: Vec<PendingState>,
     /// The packs uploaded.
     packs: Vec<IndexedPack>,
     stats: SnapshotStats,
+}
+
+/// The chunk list of a WAL-delta image, and the packs that `index` (the
+/// snapshot's) gave for its unchanged blobs when the capture began.
+struct DeltaImage {
+    list: Vec<ChunkRef>,
+    packs: Vec<Id>,
+}
+
+/// The image a capture state describes: the base chunk list it patches
+/// (and that base's part ids), its chunk list, and the packs the index
+/// gives for its blobs (every one is indexed).
+pub(crate) struct StateImage {
+    pub(crate) parts: Vec<Id>,
+    pub(crate) base: Vec<ChunkRef>,
+    pub(crate) list: Vec<ChunkRef>,
+    pub(crate) packs: Vec<Id>,
 }
 
 struct PendingState {
@@ -414,7 +438,7 @@ type ScanRead = (Capture, [u8; 32], Vec<ChunkRef>, Vec<u8>);
 /// What `delta_over_prior` found: the delta (or why not) and the
 /// wal-index header of before the transaction.
 type DeltaOverPrior = (
-    std::result::Result<(CaptureState, Vec<ChunkRef>, crate::delta::Changed), String>,
+    std::result::Result<(CaptureState, StateImage, crate::delta::Changed), String>,
     Option<crate::delta::Before>,
 );
 
@@ -425,7 +449,7 @@ fn delta_over_prior(
     path: &Path,
     cap: &Capture,
     opts: &SnapshotOptions,
-    prior: std::result::Result<(CaptureState, Vec<ChunkRef>), String>,
+    prior: std::result::Result<(CaptureState, StateImage), String>,
     before: Option<crate::delta::Before>,
 ) -> Result<DeltaOverPrior> {
     let page_size = cap.page_size;
@@ -566,6 +590,7 @@ impl Repository {
             files,
             referenced,
             reused_from,
+            images,
             pending,
             packs,
             mut stats,
@@ -578,7 +603,8 @@ impl Repository {
         // Before the index too: a failed snapshot leaves only unindexed
         // packs, which `check` notes and prune removes, never an index entry
         // for a pack that is gone.
-        let needed = self.verify_referenced(&referenced, &reused_from, &packs)?;
+        let needed = self.verify_referenced(&index, &referenced, &images, &reused_from, &packs)?;
+        drop(images);
         // The loaded index is learnt in place below, not copied, once this
         // snapshot holds it no more.
         drop(index);
@@ -658,7 +684,7 @@ impl Repository {
         let rx = Arc::new(Mutex::new(rx));
         let store: &dyn Store = self.store().as_ref();
         let codec = self.codec();
-        type Referenced = (IdSet, HashSet<Id>);
+        type Referenced = (IdSet, HashSet<Id>, Vec<DeltaImage>);
         let mut pending: Vec<PendingState> = Vec::new();
         let files = std::thread::scope(|scope| -> Result<(Vec<FileEntry>, Referenced)> {
             let (done, stats) = (&done, &stats);
@@ -673,6 +699,7 @@ impl Repository {
                 index,
                 referenced: IdSet::default(),
                 reused_from: HashSet::new(),
+                images: Vec::new(),
                 pack: PackBuilder::new(),
                 codec,
                 pack_target: self.config().pack_target_size as usize,
@@ -719,6 +746,7 @@ impl Repository {
             let refs: Referenced = (
                 std::mem::take(&mut sink.referenced),
                 std::mem::take(&mut sink.reused_from),
+                std::mem::take(&mut sink.images),
             );
             pending = std::mem::take(&mut sink.states);
             // When the capture stopped because no upload thread was left,
@@ -738,7 +766,7 @@ impl Repository {
             }
             result.map(|()| (files, refs))
         })?;
-        let (files, (referenced, reused_from)) = files;
+        let (files, (referenced, reused_from, images)) = files;
         let packs = done
             .into_inner()
             .map_err(|_| Error::internal("upload results poisoned"))?;
@@ -749,6 +777,7 @@ impl Repository {
             files,
             referenced,
             reused_from,
+            images,
             pending,
             packs,
             stats,
@@ -790,22 +819,21 @@ impl Repository {
                 .map(|f| f.chunks.base.clone())
         });
         if let Some(base_ids) = parent {
-            let known = sink
-                .bases
-                .iter()
-                .find(|(ids, _)| *ids == base_ids)
-                .map(|(_, b)| b.clone());
-            let base = match known {
-                Some(b) => Ok(b),
-                None => self.base_list(sink.index, &base_ids, path),
+            // The patch and the base's length, from a base already read (a
+            // delta's) without copying it, or read now.
+            let known = sink.bases.iter().find(|(ids, _)| *ids == base_ids);
+            let diffed = match known {
+                Some((_, b)) => Ok((chunklist::diff(b, refs), b.len())),
+                None => self
+                    .base_list(sink.index, &base_ids, path)
+                    .map(|b| (chunklist::diff(&b, refs), b.len())),
             };
-            match base {
-                Ok(base) => {
+            match diffed {
+                Ok((patch, base_len)) => {
                     sink.referenced.extend(base_ids.iter().copied());
-                    let patch = chunklist::diff(&base, refs);
-                    if patch.len() * 44 <= base.len() * 36 / 8 {
+                    if patch.len() * 44 <= base_len * 36 / 8 {
                         let patch_id =
-                            if patch.is_empty() && base.len() == refs.len() {
+                            if patch.is_empty() && base_len == refs.len() {
                                 None
                             } else {
                                 Some(sink.add_raw(
@@ -1078,7 +1106,7 @@ impl Repository {
         sink: &mut BlobSink,
         history: &[Snapshot],
         lock: &mut Option<(StatePaths, StateLock)>,
-    ) -> std::result::Result<(CaptureState, Vec<ChunkRef>), String> {
+    ) -> std::result::Result<(CaptureState, StateImage), String> {
         if !self.config().allows_partial_reads() {
             return Err("the repository is format 1, whose manifests need a whole-file SHA-256 (`snapback init` makes format 2)".into());
         }
@@ -1099,23 +1127,24 @@ impl Repository {
             Err(e) => return Err(format!("the local capture state cannot be locked ({e})")),
         }
         let state = capture_state::load(&sp)?;
-        let (parts, base, list) = self.image_of_state(sink.index, &state, path_s, history)?;
-        sink.bases.push((parts, base));
-        Ok((state, list))
+        let mut image = self.image_of_state(sink.index, &state, path_s, history)?;
+        sink.bases.push((
+            std::mem::take(&mut image.parts),
+            std::mem::take(&mut image.base),
+        ));
+        Ok((state, image))
     }
 
-    /// The chunk list of the image a capture state describes (with the
-    /// base list it patches, and that base's part ids), if the state is
-    /// this host's, for this database, and matches its snapshot in the
-    /// repository; otherwise why not.
-    #[allow(clippy::type_complexity)]
+    /// The image a capture state describes, if the state is this host's,
+    /// for this database, and matches its snapshot in the repository, and
+    /// every blob of it is indexed; otherwise why not.
     pub(crate) fn image_of_state(
         &self,
         index: &crate::index::MasterIndex,
         state: &CaptureState,
         path_s: &str,
         history: &[Snapshot],
-    ) -> std::result::Result<(Vec<Id>, Vec<ChunkRef>, Vec<ChunkRef>), String> {
+    ) -> std::result::Result<StateImage, String> {
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         if state.repo_id != self.config().repo_id || state.path != path_s {
             return Err("the local capture state belongs to another database".into());
@@ -1187,10 +1216,16 @@ impl Repository {
                 );
             }
         }
-        if list.len() as u64 != state.page_count || list.iter().any(|c| !index.contains(&c.id)) {
+        let packs = index.packs_of(list.iter().map(|c| &c.id));
+        let Some(packs) = packs.filter(|_| list.len() as u64 == state.page_count) else {
             return Err("blobs of the previous capture are missing from the index".into());
-        }
-        Ok((entry.chunks.base.clone(), base, list))
+        };
+        Ok(StateImage {
+            parts: entry.chunks.base.clone(),
+            base,
+            list,
+            packs,
+        })
     }
 
     /// Queues the capture state of `entry` to be saved after the commit.
@@ -1244,7 +1279,7 @@ impl Repository {
         cap: &Capture,
         sink: &mut BlobSink,
         history: &[Snapshot],
-        base: Vec<ChunkRef>,
+        image: StateImage,
     ) -> Result<FileEntry> {
         let DeltaInput {
             path,
@@ -1266,19 +1301,21 @@ impl Repository {
             self.ingest(sink, &buf, &bounds, &mut new_refs)
         })?;
         let old_sum = state.checksum()?;
-        let (list, sum) = apply_delta(base, old_sum, changed, &new_refs, cap.page_count, ps as u64)
+        let StateImage { list, packs, .. } = image;
+        let (list, sum) = apply_delta(list, old_sum, changed, &new_refs, cap.page_count, ps as u64)
             .map_err(|m| Error::Input {
                 path: path.into(),
                 message: m,
             })?;
-        // The unchanged entries are the previous capture's blobs.
-        sink.referenced.extend(list.iter().map(|c| c.id));
         if let Ok(mut s) = sink.stats.lock() {
             s.chunks += list.len() as u64 - new_refs.len() as u64;
             s.wal_delta_files += 1;
         }
         let chunking = Chunking::Fixed { size: ps as u32 };
         let chunks = self.store_chunk_list(sink, path_s, chunking, &list, history)?;
+        // The unchanged entries are the previous capture's blobs, checked
+        // with the others before the commit (`verify_referenced`).
+        sink.images.push(DeltaImage { list, packs });
         tracing::info!(path = %path_s, pages_read = changed.pages.len(), pages = cap.page_count, "captured the database by WAL delta (only the pages written since the previous capture)");
         let facts = SqliteFacts {
             page_size: cap.page_size,
@@ -1465,7 +1502,9 @@ impl Repository {
     /// (a lock from a paused host, or a clock far off).
     fn verify_referenced(
         &self,
+        at_capture: &Arc<MasterIndex>,
         referenced: &IdSet,
+        images: &[DeltaImage],
         reused_from: &HashSet<Id>,
         new_packs: &[IndexedPack],
     ) -> Result<IdSet> {
@@ -1488,7 +1527,24 @@ impl Repository {
         let mut unindexed = 0usize;
         let mut missing: Vec<Id> = Vec::new();
         let mut needed = IdSet::default();
-        for id in referenced {
+        // The unchanged blobs of delta images are in the packs the index
+        // gave when their capture began, if that index is still the
+        // repository's; looked up again otherwise.
+        let same_index = Arc::ptr_eq(&fresh, at_capture);
+        let listed = images
+            .iter()
+            .filter(|_| !same_index)
+            .flat_map(|i| i.list.iter().map(|c| &c.id));
+        if same_index {
+            for p in images.iter().flat_map(|i| &i.packs) {
+                if present.contains(p) {
+                    needed.insert(*p);
+                } else {
+                    missing.push(*p);
+                }
+            }
+        }
+        for id in referenced.iter().chain(listed) {
             match fresh.get(id).map(|l| l.pack).or_else(|| new_pack_of(id)) {
                 None => unindexed += 1,
                 Some(pack) if !present.contains(&pack) => missing.push(pack),

@@ -110,9 +110,10 @@ impl Repository {
         let state = capture_state::load(&sp).map_err(|why| nothing_to_verify(&path, &why))?;
         let history = self.snapshots()?;
         let index = self.index()?;
-        let (_, _, base) = self
+        let base = self
             .image_of_state(&index, &state, &path_s, &history)
-            .map_err(|why| nothing_to_verify(&path, &why))?;
+            .map_err(|why| nothing_to_verify(&path, &why))?
+            .list;
         let before = crate::delta::before(&path);
         let cap = Capture::begin(&path, opts.busy_timeout)?;
         let ps = cap.page_size as usize;
