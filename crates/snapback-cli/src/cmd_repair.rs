@@ -1,7 +1,7 @@
 //! diff, repair, audit, undo: the CLI over snapback-repair.
 //! Documented in docs/repair.md and docs/restore-scripts.md.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use snapback_repair::{emit_script, EmitScript, EmitSource, EmitTable};
 use crate::cli::{absolute, Global};
 use crate::exit;
 use crate::json as doc;
-use crate::output::chose;
+use crate::output::{chose, HeldOutput};
 use crate::repo_url::open_repo;
 
 #[derive(Debug, Args)]
@@ -99,8 +99,9 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     };
     let mut plan = plan_diff(&a, &sside, &lside)?;
 
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    // Held back until every table is compared: a diff that fails half-way
+    // (a page of the snapshot that cannot be verified) prints no rows.
+    let mut out = HeldOutput::new();
     let mut total = DiffCounts::default();
     let mut schema_count = plan.table_diffs.len() as u64;
     for d in &plan.table_diffs {
@@ -168,8 +169,6 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         };
         writeln!(out, "{}", serde_json::to_string(&summary)?)?;
     }
-    out.flush()?;
-    drop(out);
     if let Some(f) = &emit_to {
         let script = EmitScript {
             command: command_line(),
@@ -182,6 +181,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
         };
         write_emitted_script(g, &a, f, &script)?;
     }
+    out.release(&mut std::io::stdout().lock())?;
     if !g.json && !a.sql && !g.quiet {
         eprintln!(
             "{} table(s): {} row difference(s), {} schema difference(s){}{}",

@@ -187,6 +187,71 @@ impl Progress for Bar {
     }
 }
 
+/// Output held back until the command has finished: up to
+/// [`HeldOutput::MEMORY`] bytes in memory, the rest in an unnamed temporary
+/// file (gone with the process), so memory stays bounded however long the
+/// output. [`HeldOutput::release`] writes it all to stdout; dropping it
+/// instead prints nothing. A command that fails half-way (a damaged pack in
+/// the repository, an I/O error) therefore leaves no partial result on
+/// stdout for a script to take as complete.
+pub struct HeldOutput {
+    memory: Vec<u8>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl HeldOutput {
+    const MEMORY: usize = 4 << 20;
+
+    pub fn new() -> HeldOutput {
+        HeldOutput {
+            memory: Vec::new(),
+            file: None,
+        }
+    }
+
+    /// Writes everything held to `to`, in order, and flushes it.
+    pub fn release(self, to: &mut impl Write) -> std::io::Result<()> {
+        to.write_all(&self.memory)?;
+        if let Some(f) = self.file {
+            let mut f = f.into_inner().map_err(|e| e.into_error())?;
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(0))?;
+            std::io::copy(&mut f, to)?;
+        }
+        to.flush()
+    }
+}
+
+impl Default for HeldOutput {
+    fn default() -> Self {
+        HeldOutput::new()
+    }
+}
+
+impl Write for HeldOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.file.is_none() && self.memory.len() + buf.len() <= Self::MEMORY {
+            self.memory.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        let f = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(std::io::BufWriter::with_capacity(
+                1 << 16,
+                tempfile::tempfile()?,
+            )),
+        };
+        f.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
 pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -334,5 +399,30 @@ mod tests {
         assert_eq!(crate::exit::of(Kind::NoRepository), 10);
         assert_eq!(crate::exit::of(Kind::Locked), 11);
         assert_eq!(crate::exit::of(Kind::WrongPassphrase), 12);
+    }
+}
+
+#[cfg(test)]
+mod held_output_tests {
+    use super::HeldOutput;
+    use std::io::Write;
+
+    #[test]
+    fn held_output_releases_every_byte_in_order_also_past_the_memory_part() {
+        let mut held = HeldOutput::new();
+        let line: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let mut expected = Vec::new();
+        // 5,000 writes of 1,000 bytes: past the 4 MiB held in memory.
+        for i in 0..5000u32 {
+            let mut l = i.to_le_bytes().to_vec();
+            l.extend_from_slice(&line);
+            held.write_all(&l).expect("write");
+            expected.extend_from_slice(&l);
+        }
+        assert!(held.file.is_some(), "the tail went to the temporary file");
+        let mut out = Vec::new();
+        held.release(&mut out).expect("release");
+        assert_eq!(out.len(), expected.len());
+        assert!(out == expected, "released bytes differ from those written");
     }
 }
