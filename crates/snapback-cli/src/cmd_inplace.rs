@@ -103,6 +103,12 @@ pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
         // directory does not even open for reading.
         snapback_core::check_writable(&live)?;
     }
+    if a.apply && a.yes {
+        // Confirmed already: no dry run first. The restore's compare is
+        // the read of its pre-restore snapshot, so the live database is
+        // read once (or, with a capture state, only its changed pages).
+        return apply(g, &repo, &snap, &live, &opts);
+    }
     let plan = repo.plan_in_place(&snap, &live, &opts)?;
     if !a.apply {
         if g.json {
@@ -152,9 +158,20 @@ pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
             plan.pages_changed()
         ),
     )?;
+    apply(g, &repo, &snap, &live, &opts)
+}
+
+/// `--apply`, once confirmed: the restore, its report and the undo command.
+fn apply(
+    g: &Global,
+    repo: &snapback_core::Repository,
+    snap: &Snapshot,
+    live: &Path,
+    opts: &InPlaceOptions,
+) -> anyhow::Result<u8> {
     let quiet = g.quiet || g.json;
     let r = repo
-        .restore_in_place(&snap, &live, &opts, &|m| {
+        .restore_in_place(snap, live, opts, &|m| {
             if !quiet {
                 eprintln!("{m}");
             }
@@ -162,7 +179,8 @@ pub fn restore_in_place(g: &Global, a: RestoreArgs) -> anyhow::Result<u8> {
         .context("in-place restore failed")?;
     let undo = r
         .pre_restore_snapshot
-        .map(|p| undo_command(g, &p.to_hex(), &live, &r.file));
+        .filter(|_| r.applied)
+        .map(|p| undo_command(g, &p.to_hex(), live, &r.file));
     if g.json {
         print_json(&InPlaceJson {
             report: &r,

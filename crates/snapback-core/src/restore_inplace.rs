@@ -53,7 +53,7 @@ use crate::lock::LockState;
 use crate::manifest::{Chunking, FileEntry, FileKind};
 use crate::repo::Repository;
 use crate::selector::{holds_list, Snapshot};
-use crate::snapshot::SnapshotOptions;
+use crate::snapshot::{CapturedImage, SnapshotOptions};
 use crate::sqlite::{journal_mode_of_header, Capture, PageWriter};
 use crate::NoProgress;
 
@@ -115,6 +115,12 @@ pub struct InPlaceReport {
     /// document; the log says it).
     #[serde(skip)]
     pub recheck: Option<Recheck>,
+    /// How many times the live database was read whole (its pre-restore
+    /// snapshot's full scan, a compare of its own, a full recheck; not in
+    /// the JSON document): 1 at most when no writer commits meanwhile, 0
+    /// when the pre-restore snapshot was a WAL-delta capture.
+    #[serde(skip)]
+    pub full_reads: u32,
 }
 
 /// What an in-place restore read again inside its write transaction, after
@@ -186,8 +192,10 @@ impl LiveImage {
 /// changed since.
 struct Compared {
     img: LiveImage,
-    /// `PRAGMA data_version` in that transaction.
-    version: i64,
+    /// `PRAGMA data_version` in that transaction, when it was the write
+    /// connection's own (none when the compare is the pre-restore
+    /// snapshot's read, on a connection of its own).
+    version: Option<i64>,
     /// The wal-index header and file identity read before it began.
     seen: crate::delta::Before,
     /// A WAL position the transaction's image is known to include.
@@ -379,6 +387,37 @@ fn same_page1(live: &[u8], snap: &[u8]) -> bool {
         .zip(snap)
         .enumerate()
         .all(|(i, (a, b))| a == b || masked(i))
+}
+
+/// Whether no other connection committed to the live database between the
+/// compare and the write transaction `w` (in which no writer can commit):
+/// the same `PRAGMA data_version` when the compare was `w`'s own read;
+/// else, in WAL mode, a wal-index still ending at the position the
+/// compare's image included (a commit moves it, a restart changes the
+/// salts); with a rollback journal, the same file change counter and page
+/// count in the header (bytes 24..40, which SQLite's own connections
+/// compare to learn whether their cache is stale: every commit in rollback
+/// mode increments the counter).
+fn unchanged_since(w: &PageWriter, live: &Path, compared: &Compared) -> Result<bool> {
+    if let Some(v) = compared.version {
+        return Ok(w.data_version()? == v);
+    }
+    let img = &compared.img;
+    let now = crate::delta::before(live);
+    if (now.dev, now.ino) != (compared.seen.dev, compared.seen.ino)
+        || w.page_count != img.page_count
+        || w.page1.len() < 40
+        || img.page1.len() < 40
+    {
+        return Ok(false);
+    }
+    if journal_mode_of_header(&w.page1) == "wal" {
+        return Ok(match (compared.position, now.index) {
+            (Some(p), Some(i)) => i.salts == p.salts && i.mx_frame == p.frame,
+            _ => false,
+        });
+    }
+    Ok(w.page1[24..40] == img.page1[24..40])
 }
 
 fn cookie(page1: &[u8]) -> u32 {
@@ -594,34 +633,45 @@ impl Repository {
             opts
         };
         progress("taking a pre-restore snapshot of the live database");
-        let mut pre = self.pre_restore_snapshot(live, opts)?;
+        let (mut pre, image) = self.pre_restore_snapshot(live, opts)?;
         progress(&format!("pre-restore snapshot {}", pre.0.short()));
 
-        // The compare, in a read transaction that keeps no writer waiting
-        // in WAL mode; where the WAL stood before it began.
         let mut w = PageWriter::open(live, opts.lock_wait)?;
-        let seen = crate::delta::before(live);
         let pre_chunk = chunk_size_of(&pre.1, t.page_size)?;
-        w.begin_read()?;
-        let read = self
-            .check_compatible(&t, live, w.page_size, &w.page1)
-            .and_then(|()| {
-                let img =
-                    self.hash_live(&t, w.page_count, &w.page1, Some(pre_chunk), &|n, sink| {
-                        w.read_pages(n, sink)
-                    })?;
-                Ok((img, w.data_version()?))
-            });
-        let ended = w.end_read();
-        let (img, version) = read?;
-        ended?;
-        let wal_mode = journal_mode_of_header(&img.page1) == "wal";
-        let compared = Compared {
-            pinned: pin.is_some(),
-            position: crate::delta::position_of_full_scan(live, &seen, wal_mode, t.page_size),
-            seen,
-            version,
-            img,
+        // The compare is the pre-restore snapshot's own read when that
+        // read's image is in the target's chunking (it always is within
+        // one repository); else a read transaction of its own.
+        let from_capture = image.filter(|im| {
+            im.page_size == t.page_size
+                && pre_chunk == t.chunk_pages * t.page_size as u64
+                && im.refs.len() as u64 == pre.1.chunks.count
+                && checksum_of(&im.refs).to_hex() == pre.1.db_checksum
+        });
+        let mut full_reads = u32::from(matches!(
+            pre.1.sqlite.as_ref().and_then(|s| s.capture.as_ref()),
+            Some(crate::manifest::CaptureMethod::FullScan { .. })
+        ));
+        let compared = match from_capture {
+            Some(im) => {
+                self.check_compatible(&t, live, im.page_size, &im.page1)?;
+                let wal_mode = journal_mode_of_header(&im.page1) == "wal";
+                Compared {
+                    pinned: pin.is_some(),
+                    position: im.position.filter(|_| wal_mode),
+                    seen: im.before,
+                    version: None,
+                    img: LiveImage {
+                        page_count: im.page_count,
+                        page1: im.page1,
+                        refs: im.refs,
+                        pre_refs: None,
+                    },
+                }
+            }
+            None => {
+                full_reads += 1;
+                self.compare_read(&mut w, &t, live, pre_chunk, pin.is_some())?
+            }
         };
         let cmp = diff(&t, &compared.img);
         progress(&format!(
@@ -669,8 +719,44 @@ impl Repository {
         rep.applied = applied;
         rep.pre_restore_snapshot = Some(pre.0);
         rep.recheck = Some(recheck);
+        rep.full_reads = full_reads + u32::from(recheck == Recheck::FullRead);
         drop(pin);
         Ok(rep)
+    }
+
+    /// The compare in a read transaction of `w`'s own (which keeps no
+    /// writer waiting in WAL mode), in the target's chunking and the
+    /// pre-restore snapshot's; where the WAL stood before it began.
+    fn compare_read(
+        &self,
+        w: &mut PageWriter,
+        t: &Target,
+        live: &Path,
+        pre_chunk: u64,
+        pinned: bool,
+    ) -> Result<Compared> {
+        let seen = crate::delta::before(live);
+        w.begin_read()?;
+        let read = self
+            .check_compatible(t, live, w.page_size, &w.page1)
+            .and_then(|()| {
+                let img =
+                    self.hash_live(t, w.page_count, &w.page1, Some(pre_chunk), &|n, sink| {
+                        w.read_pages(n, sink)
+                    })?;
+                Ok((img, w.data_version()?))
+            });
+        let ended = w.end_read();
+        let (img, version) = read?;
+        ended?;
+        let wal_mode = journal_mode_of_header(&img.page1) == "wal";
+        Ok(Compared {
+            pinned,
+            position: crate::delta::position_of_full_scan(live, &seen, wal_mode, t.page_size),
+            seen,
+            version: Some(version),
+            img,
+        })
     }
 
     /// Fetches the blobs of the differing chunks, up to `PREFETCH_BYTES`,
@@ -723,7 +809,7 @@ impl Repository {
                 w.read_pages(n, sink)
             })
         };
-        let (mut img, mut recheck) = if w.data_version()? == compared.version {
+        let (mut img, mut recheck) = if unchanged_since(w, live, &compared)? {
             (compared.img, Recheck::Unchanged)
         } else {
             match self.patch_from_wal(w, t, live, compared) {
@@ -739,7 +825,7 @@ impl Repository {
             // again, now that no writer can commit, so that undoing gives
             // back exactly what this restore replaces.
             progress("the live database changed since the pre-restore snapshot; taking it again while holding the write lock");
-            *pre = self.pre_restore_snapshot(live, opts)?;
+            *pre = self.pre_restore_snapshot(live, opts)?.0;
             progress(&format!("pre-restore snapshot {}", pre.0.short()));
             let agrees = |img: &LiveImage| {
                 chunk_size_of(&pre.1, w.page_size).ok() == Some(pre_chunk)
@@ -932,8 +1018,13 @@ impl Repository {
     }
 
     /// Takes the pre-restore snapshot of `live`; refuses (nothing written)
-    /// when it fails. Returns its id and its entry for `live`.
-    fn pre_restore_snapshot(&self, live: &Path, opts: &InPlaceOptions) -> Result<(Id, FileEntry)> {
+    /// when it fails. Returns its id and its entry for `live`, and the
+    /// image its capture read (see `CapturedImage`), when it kept one.
+    fn pre_restore_snapshot(
+        &self,
+        live: &Path,
+        opts: &InPlaceOptions,
+    ) -> Result<((Id, FileEntry), Option<CapturedImage>)> {
         let mut sopts = opts.snapshot.clone();
         sopts.tags = vec![PRE_RESTORE_TAG.to_string()];
         let fail = |why: String| {
@@ -942,8 +1033,8 @@ impl Repository {
                 live.display()
             ))
         };
-        let r = self
-            .snapshot(&[live.to_path_buf()], &sopts, &NoProgress)
+        let (r, images) = self
+            .snapshot_keeping_images(&[live.to_path_buf()], &sopts, &NoProgress, true)
             .map_err(|e| match e.kind() {
                 crate::Kind::Locked => Error::Locked(format!(
                     "the pre-restore snapshot of {} could not be taken: {e}; nothing was written",
@@ -967,7 +1058,8 @@ impl Repository {
             .find(|f| f.kind == FileKind::Sqlite)
             .cloned()
             .ok_or_else(|| fail("it holds no database".into()))?;
-        Ok((r.id, entry))
+        let image = images.into_iter().find(|im| im.path == entry.path);
+        Ok(((r.id, entry), image))
     }
 }
 
@@ -1013,6 +1105,7 @@ fn report(
         pre_restore_snapshot: None,
         lock,
         recheck: None,
+        full_reads: 0,
     }
 }
 

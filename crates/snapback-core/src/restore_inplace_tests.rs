@@ -147,6 +147,10 @@ fn in_place_restore_gives_back_the_snapshot_image_in_both_journal_modes_and_undo
                 "{mode} {change}: no writer committed after the compare, so nothing was read again"
             );
             assert_eq!(
+                rep.full_reads, 1,
+                "{mode} {change}: the pre-restore snapshot's read is the compare"
+            );
+            assert_eq!(
                 pages(&f.db),
                 want_pages,
                 "{mode} {change}: the snapshot's image"
@@ -345,4 +349,61 @@ fn a_writer_committing_between_the_compare_and_the_write_is_rechecked_and_kept_i
             integrity(&f.db);
         }
     }
+}
+
+/// A live database that snapback already captures (a capture state, as
+/// `snapback snapshot` and `snapback watch` leave) gets its undo point by
+/// WAL delta, and that capture's chunk list is the compare: no page of the
+/// live database is read whole, and the undo point still gives back the
+/// state the restore replaced, bit for bit.
+#[test]
+fn with_a_capture_state_the_undo_point_and_the_compare_read_only_the_changed_pages() {
+    let f = fx("wal");
+    let state = tempfile::tempdir().expect("state dir");
+    let sopts = SnapshotOptions {
+        state_dir: Some(state.path().to_path_buf()),
+        ..Default::default()
+    };
+    let app = Connection::open(&f.db).expect("app");
+    // Open and writing, as an application is: the WAL has frames.
+    app.execute_batch("PRAGMA wal_autocheckpoint=0; UPDATE t SET v = 'new' WHERE id = 1")
+        .expect("a first commit");
+    // The regular backup of the live database, which leaves its state.
+    let id = f
+        .repo
+        .snapshot(std::slice::from_ref(&f.db), &sopts, &NoProgress)
+        .expect("backup")
+        .id;
+    let s = f.snapshot_by_id(&id);
+    let want_pages = pages(&f.db);
+    app.execute_batch("UPDATE t SET v = 'damaged' WHERE id % 11 = 0")
+        .expect("change");
+    let before_pages = pages(&f.db);
+    let mut o = opts();
+    o.snapshot = sopts.clone();
+    let rep = f
+        .repo
+        .restore_in_place(&s, &f.db, &o, &|_| {})
+        .expect("restore");
+    assert!(rep.applied);
+    let pre = f.snapshot_by_id(&rep.pre_restore_snapshot.expect("pre"));
+    let method = pre.manifest.files[0]
+        .sqlite
+        .as_ref()
+        .and_then(|x| x.capture.clone());
+    assert_eq!(rep.full_reads, 0, "{rep:?} {method:?}");
+    assert_eq!(pages(&f.db), want_pages, "the snapshot's image");
+    integrity(&f.db);
+    assert!(
+        matches!(
+            method,
+            Some(crate::manifest::CaptureMethod::WalDelta { .. })
+        ),
+        "{method:?}"
+    );
+    f.repo
+        .restore_in_place(&pre, &f.db, &o, &|_| {})
+        .expect("undo");
+    assert_eq!(pages(&f.db), before_pages, "undone exactly");
+    integrity(&f.db);
 }

@@ -115,6 +115,24 @@ impl FailedFile {
     }
 }
 
+/// What the capture of one database read, kept for the caller of
+/// `snapshot_keeping_images` (an in-place restore, whose compare is the
+/// read of its pre-restore snapshot): the whole chunk list of the image,
+/// its page 1, and where the WAL stood before the read transaction began.
+#[derive(Debug, Clone)]
+pub(crate) struct CapturedImage {
+    pub path: String,
+    pub page_size: u32,
+    pub page_count: u64,
+    /// Page 1 whole, as the read transaction saw it.
+    pub page1: Vec<u8>,
+    /// In the snapshot's chunking.
+    pub refs: Vec<ChunkRef>,
+    pub before: crate::delta::Before,
+    /// A WAL position the image is known to include (WAL mode).
+    pub position: Option<crate::delta::Position>,
+}
+
 /// A file to capture.
 #[derive(Debug, Clone)]
 struct Source {
@@ -324,6 +342,9 @@ struct BlobSink<'a> {
     /// being captured's), and what it did: raw and stored bytes, blobs.
     dict: Option<std::sync::Arc<Dict>>,
     dict_tally: (u64, u64, u64),
+    /// The images the databases' captures read, when the caller keeps
+    /// them (`snapshot_keeping_images`).
+    kept: Option<Vec<CapturedImage>>,
 }
 
 /// What a delta capture of one database starts from.
@@ -334,6 +355,7 @@ struct DeltaInput<'a> {
     fingerprint: Option<crate::fingerprint::DbFingerprint>,
     state: &'a CaptureState,
     changed: &'a crate::delta::Changed,
+    before: &'a crate::delta::Before,
 }
 
 /// What the capture of a snapshot's sources produced, before its index
@@ -351,6 +373,8 @@ struct Captured {
     /// The packs uploaded.
     packs: Vec<IndexedPack>,
     stats: SnapshotStats,
+    /// What the databases' captures read, when kept.
+    kept: Vec<CapturedImage>,
 }
 
 /// The chunk list of a WAL-delta image, and the packs that `index` (the
@@ -565,6 +589,20 @@ impl Repository {
         opts: &SnapshotOptions,
         progress: &dyn Progress,
     ) -> Result<SnapshotReport> {
+        self.snapshot_keeping_images(paths, opts, progress, false)
+            .map(|(r, _)| r)
+    }
+
+    /// `snapshot`, also returning, when `keep` is set, what each database's
+    /// capture read (see `CapturedImage`; none for a database reused whole
+    /// from its parent snapshot, or replaced while its capture began).
+    pub(crate) fn snapshot_keeping_images(
+        &self,
+        paths: &[PathBuf],
+        opts: &SnapshotOptions,
+        progress: &dyn Progress,
+        keep: bool,
+    ) -> Result<(SnapshotReport, Vec<CapturedImage>)> {
         let started = Instant::now();
         // Only for a snapshot with no file; otherwise the manifest's time
         // comes from its images (`image_time`).
@@ -594,7 +632,16 @@ impl Repository {
             pending,
             packs,
             mut stats,
-        } = self.capture_sources(&sources, &index, &history, opts, progress, &mut failed)?;
+            kept,
+        } = self.capture_sources(
+            &sources,
+            &index,
+            &history,
+            opts,
+            progress,
+            &mut failed,
+            keep,
+        )?;
         if files.is_empty() && !failed.is_empty() {
             return Err(Error::NothingCaptured { failed });
         }
@@ -655,17 +702,22 @@ impl Repository {
             duration_ms = manifest.stats.duration_ms,
             "snapshot committed"
         );
-        Ok(SnapshotReport {
-            id,
-            manifest,
-            failed,
-        })
+        Ok((
+            SnapshotReport {
+                id,
+                manifest,
+                failed,
+            },
+            kept,
+        ))
     }
 
     /// Captures every source into packs uploaded by
     /// `opts.upload_threads` threads. A file that cannot be captured is
     /// added to `failed` and the others go on; an error of the repository
-    /// or the pipeline stops the capture.
+    /// or the pipeline stops the capture. `keep`: keep what each database's
+    /// capture read (`Captured::kept`).
+    #[allow(clippy::too_many_arguments)]
     fn capture_sources(
         &self,
         sources: &[Source],
@@ -674,6 +726,7 @@ impl Repository {
         opts: &SnapshotOptions,
         progress: &dyn Progress,
         failed: &mut Vec<FailedFile>,
+        keep: bool,
     ) -> Result<Captured> {
         let stats = Mutex::new(SnapshotStats::default());
         let done = Mutex::new(Vec::new());
@@ -686,6 +739,7 @@ impl Repository {
         let codec = self.codec();
         type Referenced = (IdSet, HashSet<Id>, Vec<DeltaImage>);
         let mut pending: Vec<PendingState> = Vec::new();
+        let mut kept = Vec::new();
         let files = std::thread::scope(|scope| -> Result<(Vec<FileEntry>, Referenced)> {
             let (done, stats) = (&done, &stats);
             let workers: Vec<_> = (0..opts.upload_threads.max(1))
@@ -710,6 +764,7 @@ impl Repository {
                 bases: Vec::new(),
                 dict: None,
                 dict_tally: (0, 0, 0),
+                kept: keep.then(Vec::new),
             };
             let mut files = Vec::new();
             let mut result = Ok(());
@@ -749,6 +804,7 @@ impl Repository {
                 std::mem::take(&mut sink.images),
             );
             pending = std::mem::take(&mut sink.states);
+            kept = sink.kept.take().unwrap_or_default();
             // When the capture stopped because no upload thread was left,
             // the first thread's own error (the store's) is the one to
             // report, with its kind.
@@ -781,6 +837,7 @@ impl Repository {
             pending,
             packs,
             stats,
+            kept,
         })
     }
 
@@ -955,7 +1012,8 @@ impl Repository {
         let prior = self.prior_capture(&path_s, opts, sink, history, &mut lock);
         // Only where a delta or a new state is possible (the lock is held):
         // reading the -shm file is harmless, but needless elsewhere.
-        let before = lock.as_ref().map(|_| crate::delta::before(path));
+        // (Also when the caller keeps the image: it rechecks it later.)
+        let before = (lock.is_some() || sink.kept.is_some()).then(|| crate::delta::before(path));
         let cap = Capture::begin(path, opts.busy_timeout)?;
         let page_size = cap.page_size;
         // The dictionary this capture compresses the new pages with.
@@ -975,6 +1033,9 @@ impl Repository {
                     fingerprint: fp,
                     state: &state,
                     changed: &changed,
+                    before: before.as_ref().ok_or_else(|| {
+                        Error::internal("a delta capture without the WAL's position")
+                    })?,
                 },
                 &cap,
                 sink,
@@ -1039,6 +1100,17 @@ impl Repository {
             point: None,
         };
         let entry = end_dict(sink, entry, dict_baseline);
+        if let (Some(kept), Some(b)) = (sink.kept.as_mut(), &before) {
+            kept.push(CapturedImage {
+                path: path_s.clone(),
+                page_size,
+                page_count: entry.sqlite.as_ref().map_or(0, |f| f.page_count),
+                page1: header,
+                refs,
+                before: b.clone(),
+                position,
+            });
+        }
         if chunk_size == page_size as usize {
             let at = (position, lock, before.as_ref());
             self.queue_state(sink, &path_s, at, page_size, &entry, &opts.pin_session);
@@ -1048,8 +1120,8 @@ impl Repository {
 
     /// Reads every page of the capture's transaction (a reader thread,
     /// hashing the whole file as it reads) into chunks of `chunk_size`:
-    /// the capture back, the file's SHA-256, the chunk list and the
-    /// first 100 bytes (the header).
+    /// the capture back, the file's SHA-256, the chunk list and page 1
+    /// (its first 100 bytes are the header).
     fn read_full_scan(
         &self,
         cap: Capture,
@@ -1061,6 +1133,7 @@ impl Repository {
         let (btx, brx) = sync_channel::<Vec<u8>>(3);
         let mut refs = Vec::new();
         let mut header = Vec::new();
+        let ps = cap.page_size as usize;
         let (cap, sha) = std::thread::scope(|scope| -> Result<(Capture, [u8; 32])> {
             let reader = scope.spawn(move || {
                 let mut h = Sha256::new();
@@ -1077,7 +1150,7 @@ impl Repository {
                     continue; // drain so the reader can finish
                 }
                 if header.is_empty() {
-                    header = buf[..100.min(buf.len())].to_vec();
+                    header = buf[..ps.min(buf.len())].to_vec();
                 }
                 let bounds: Vec<(usize, usize)> = (0..buf.len())
                     .step_by(chunk_size)
@@ -1288,13 +1361,18 @@ impl Repository {
             fingerprint,
             state,
             changed,
+            before,
         } = input;
         let ps = cap.page_size as usize;
         let mut header = Vec::new();
+        let mut page1 = Vec::new();
         let mut new_refs: Vec<ChunkRef> = Vec::with_capacity(changed.pages.len());
         cap.read_listed(&changed.pages, (8 << 20) / ps, |group, buf| {
             if group.first() == Some(&1) && header.is_empty() {
                 header = buf[..100.min(buf.len())].to_vec();
+                if sink.kept.is_some() {
+                    page1 = buf[..ps.min(buf.len())].to_vec();
+                }
             }
             let bounds: Vec<(usize, usize)> =
                 (0..group.len()).map(|i| (i * ps, (i + 1) * ps)).collect();
@@ -1313,6 +1391,17 @@ impl Repository {
         }
         let chunking = Chunking::Fixed { size: ps as u32 };
         let chunks = self.store_chunk_list(sink, path_s, chunking, &list, history)?;
+        if let Some(kept) = sink.kept.as_mut() {
+            kept.push(CapturedImage {
+                path: path_s.to_string(),
+                page_size: cap.page_size,
+                page_count: cap.page_count,
+                page1,
+                refs: list.clone(),
+                before: before.clone(),
+                position: changed.position,
+            });
+        }
         // The unchanged entries are the previous capture's blobs, checked
         // with the others before the commit (`verify_referenced`).
         sink.images.push(DeltaImage { list, packs });
