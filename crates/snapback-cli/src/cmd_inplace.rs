@@ -193,7 +193,7 @@ fn apply(
     if g.quiet {
         return Ok(exit::OK);
     }
-    print_restored(&r, &live, &snap, undo.as_deref());
+    print_restored(&r, live, snap, undo.as_deref());
     Ok(exit::OK)
 }
 
