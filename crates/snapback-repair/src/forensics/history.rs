@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 use serde::Serialize;
-use snapback_core::{ChunkRef, FileEntry, Id, Repository};
+use snapback_core::{ChunkRef, DbChecksum, FileEntry, Id, MasterIndex, Repository};
 use snapback_vfs::PointDb;
 use time::OffsetDateTime;
 
@@ -120,9 +120,63 @@ struct Layout {
     offsets: Option<Vec<u64>>,
     page_size: u64,
     size: u64,
+    /// The whole-file checksum of `chunks` (what the manifest records).
+    sum: DbChecksum,
 }
 
 impl Layout {
+    /// The chunk list of `file`, proven against its manifest entry as
+    /// `Repository::proven_chunks` proves it (the checksum and the size),
+    /// with the checksum worked out from `prev`'s: it is a sum of one term
+    /// per chunk and offset, so only the chunks that differ are hashed
+    /// (a point of a 1 GiB database changes a few of its 262,144).
+    fn proven(
+        repo: &Repository,
+        index: &MasterIndex,
+        file: &FileEntry,
+        prev: Option<&Layout>,
+    ) -> Result<Layout> {
+        let chunks = repo.chunk_list(index, file)?;
+        let mut sum = prev.map_or(DbChecksum::default(), |p| p.sum);
+        let old: &[ChunkRef] = prev.map_or(&[], |p| &p.chunks);
+        let (mut off_old, mut off_new) = (0u64, 0u64);
+        for i in 0..old.len().max(chunks.len()) {
+            let (o, n) = (old.get(i), chunks.get(i));
+            let same = matches!((o, n), (Some(o), Some(n)) if o.id == n.id && o.len == n.len)
+                && off_old == off_new;
+            if !same {
+                if let Some(o) = o {
+                    sum.remove(off_old, &o.id);
+                }
+                if let Some(n) = n {
+                    sum.add(off_new, &n.id);
+                }
+            }
+            off_old += o.map_or(0, |c| c.len as u64);
+            off_new += n.map_or(0, |c| c.len as u64);
+        }
+        let corrupt = |why: String| {
+            Error::from(snapback_core::Error::corrupt(
+                format!("chunk list of {}", file.path),
+                why,
+            ))
+        };
+        if sum.to_hex() != file.db_checksum {
+            return Err(corrupt(
+                "its checksum does not match the manifest's; refusing to read the point".into(),
+            ));
+        }
+        if off_new != file.size {
+            return Err(corrupt(format!(
+                "chunks add up to {off_new} bytes, the file has {}; refusing to read the point",
+                file.size
+            )));
+        }
+        let mut l = Layout::new(chunks, file);
+        l.sum = sum;
+        Ok(l)
+    }
+
     fn new(chunks: Vec<ChunkRef>, file: &FileEntry) -> Layout {
         let page_size = file
             .sqlite
@@ -146,6 +200,7 @@ impl Layout {
             offsets,
             page_size,
             size: file.size,
+            sum: DbChecksum::default(),
         }
     }
 
@@ -207,13 +262,18 @@ pub fn history(repo: &Repository, live: &Path, q: &HistoryQuery) -> Result<Histo
     let shared = Arc::new(repo.share());
     // The layout of the point read last and the pages that read touched.
     let mut last: Option<(Layout, BTreeSet<u64>)> = None;
+    // The layout of the point looked at last, when it was skipped: the
+    // base the next chunk list is proven from.
+    let mut proven: Option<Layout> = None;
     let mut read = 0usize;
     let mut pages_fetched = 0u64;
     for p in &points {
         let file = db_file(p, &path)?;
-        let layout = Layout::new(repo.proven_chunks(&index, file)?, file);
+        let base = proven.as_ref().or(last.as_ref().map(|(l, _)| l));
+        let layout = Layout::proven(repo, &index, file, base)?;
         if let Some((prev, touched)) = &last {
             if layout.same_pages(prev, touched) {
+                proven = Some(layout);
                 continue;
             }
         }
@@ -231,6 +291,7 @@ pub fn history(repo: &Repository, live: &Path, q: &HistoryQuery) -> Result<Histo
             .pages_touched()
             .ok_or_else(|| snapback_core::Error::internal("history: the point tracks no pages"))?;
         last = Some((layout, touched));
+        proven = None;
         if states.last().map(|s| &s.2) != Some(&state) {
             states.push((p.time, p.selector(), state));
         }
