@@ -375,3 +375,39 @@ fn a_compressor_fault_is_never_committed() {
         );
     }
 }
+
+/// The dictionary is trained while the full scan reads and hashes the
+/// first batches (8 MiB each, at most four held ahead of it): a database
+/// of more batches than that still has every page compressed with the
+/// dictionary its manifest names, stored before the packs that need it,
+/// and restores bit for bit.
+#[test]
+fn pages_read_ahead_of_the_dictionary_training_are_all_compressed_with_it() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    json_db(&db, 110_000);
+    env.snapshot(&db);
+    let snap = &committed(&env)[0];
+    let u = dict_use(&env, snap);
+    let pages: i64 = Connection::open(&db)
+        .expect("open")
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .expect("page_count");
+    let pages = pages as u64;
+    assert!(
+        pages > 7 * 2048,
+        "more batches than are read ahead: {pages} pages"
+    );
+    assert_eq!(
+        u["new_pages"].as_u64(),
+        Some(pages),
+        "every page of the database was compressed with the dictionary: {u}"
+    );
+    assert_eq!(
+        u["id"].as_str(),
+        dicts(&env).first().map(|p| name(p)).as_deref(),
+        "the one stored dictionary is the manifest's: {u}"
+    );
+    restore_exactly(&env, snap, "read-ahead");
+    check_clean(&env, "read ahead of training");
+}

@@ -107,10 +107,10 @@ pub(crate) fn compress(raw: &[u8], dict: &Dict) -> io::Result<Vec<u8>> {
     CCTX.with(|c| {
         let mut c = c.borrow_mut();
         let ctx = c.get_or_insert_with(zstd_safe::CCtx::create);
-        let mut out = Vec::with_capacity(zstd_safe::compress_bound(raw.len()));
-        ctx.compress_using_cdict(&mut out, raw, &dict.cdict)
-            .map_err(zerr)?;
-        Ok(out)
+        crate::pack::exact(raw.len(), |out| {
+            ctx.compress_using_cdict(out, raw, &dict.cdict)
+                .map_err(zerr)
+        })
     })
 }
 

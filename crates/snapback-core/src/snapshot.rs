@@ -345,7 +345,38 @@ struct BlobSink<'a> {
     /// The images the databases' captures read, when the caller keeps
     /// them (`snapshot_keeping_images`).
     kept: Option<Vec<CapturedImage>>,
+    /// A dictionary being trained on a thread of its own (`begin_dict`)
+    /// while the capture reads and hashes the first pages; it becomes
+    /// `dict` before the first page is compressed (`settle_dict`).
+    training: Option<Training>,
 }
+
+/// A dictionary in training: its thread, and what the log says of it.
+struct Training {
+    handle: std::thread::JoinHandle<Result<Dict>>,
+    path: String,
+    sample_pages: usize,
+    started: Instant,
+}
+
+impl BlobSink<'_> {
+    /// True while a dictionary is still being trained.
+    fn training_running(&self) -> bool {
+        self.training
+            .as_ref()
+            .is_some_and(|t| !t.handle.is_finished())
+    }
+}
+
+/// At most this many batches of a full scan (8 MiB each) are read and
+/// hashed ahead while the database's dictionary is trained, before the
+/// capture waits for it: the training then overlaps the reading and
+/// hashing instead of preceding them, for a bounded 32 MiB.
+const MAX_BATCHES_AHEAD_OF_TRAINING: usize = 4;
+
+/// A batch read and hashed ahead of the training: its bytes, chunk bounds,
+/// ids and the indexes of its new chunks.
+type HeldBatch = (Vec<u8>, Vec<(usize, usize)>, Vec<Id>, Vec<usize>);
 
 /// What a delta capture of one database starts from.
 struct DeltaInput<'a> {
@@ -559,6 +590,39 @@ fn upload_worker(
     }
 }
 
+/// Hashes one batch of chunks (in parallel), appends them to `refs` and
+/// claims the new ones: returns the batch's ids and the indexes of the
+/// chunks to seal.
+fn identify(
+    sink: &mut BlobSink,
+    data: &[u8],
+    bounds: &[(usize, usize)],
+    refs: &mut Vec<ChunkRef>,
+) -> Result<(Vec<Id>, Vec<usize>)> {
+    let ids: Vec<Id> = bounds
+        .par_iter()
+        .map(|&(a, b)| sink.codec.blob_id(&data[a..b]))
+        .collect();
+    let mut new = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (a, b) = bounds[i];
+        refs.push(ChunkRef {
+            id: *id,
+            len: (b - a) as u32,
+        });
+        if sink.claim(id) {
+            new.push(i);
+        }
+    }
+    let mut s = sink
+        .stats
+        .lock()
+        .map_err(|_| Error::internal("stats poisoned"))?;
+    s.chunks += ids.len() as u64;
+    s.bytes_read += data.len() as u64;
+    Ok((ids, new))
+}
+
 /// The manifest's `time`: an instant after which nothing in any image was
 /// written, so that `@T` never selects an image holding a transaction
 /// committed after T. For databases that is the moment the newest read
@@ -765,13 +829,16 @@ impl Repository {
                 dict: None,
                 dict_tally: (0, 0, 0),
                 kept: keep.then(Vec::new),
+                training: None,
             };
             let mut files = Vec::new();
             let mut result = Ok(());
             for s in sources {
                 progress.set_message(&s.path.to_string_lossy());
-                // Only a database's own capture sets a dictionary.
+                // Only a database's own capture sets a dictionary (a
+                // training left by a capture that failed is dropped).
                 sink.dict = None;
+                sink.training = None;
                 let r = if s.sqlite {
                     self.capture_sqlite(&s.path, opts, &mut sink, history, progress)
                 } else {
@@ -929,21 +996,25 @@ impl Repository {
         bounds: &[(usize, usize)],
         refs: &mut Vec<ChunkRef>,
     ) -> Result<()> {
-        let ids: Vec<Id> = bounds
-            .par_iter()
-            .map(|&(a, b)| sink.codec.blob_id(&data[a..b]))
-            .collect();
-        let mut new = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            let (a, b) = bounds[i];
-            refs.push(ChunkRef {
-                id: *id,
-                len: (b - a) as u32,
-            });
-            if sink.claim(id) {
-                new.push(i);
-            }
+        let (ids, new) = identify(sink, data, bounds, refs)?;
+        self.seal_new(sink, data, bounds, &ids, &new)
+    }
+
+    /// Seals the chunks `new` (indexes into `bounds`, whose ids are `ids`)
+    /// of one batch and adds them to packs, with the database's dictionary
+    /// (waited for first, if it is still being trained).
+    fn seal_new(
+        &self,
+        sink: &mut BlobSink,
+        data: &[u8],
+        bounds: &[(usize, usize)],
+        ids: &[Id],
+        new: &[usize],
+    ) -> Result<()> {
+        if new.is_empty() {
+            return Ok(());
         }
+        self.settle_dict(sink)?;
         let codec = sink.codec;
         let dict = sink.dict.clone();
         let sealed: Vec<Result<Vec<u8>>> = new
@@ -961,9 +1032,7 @@ impl Repository {
             .stats
             .lock()
             .map_err(|_| Error::internal("stats poisoned"))?;
-        s.chunks += ids.len() as u64;
         s.new_chunks += new.len() as u64;
-        s.bytes_read += data.len() as u64;
         s.bytes_new += new
             .iter()
             .map(|&i| (bounds[i].1 - bounds[i].0) as u64)
@@ -1043,7 +1112,7 @@ impl Repository {
                 base,
             )?;
             cap.finish()?;
-            let entry = end_dict(sink, entry, dict_baseline);
+            let entry = self.end_dict(sink, entry, dict_baseline)?;
             let at = (changed.position, lock, before.as_ref());
             self.queue_state(sink, &path_s, at, page_size, &entry, &opts.pin_session);
             return Ok(entry);
@@ -1099,7 +1168,7 @@ impl Repository {
             sqlite: Some(facts),
             point: None,
         };
-        let entry = end_dict(sink, entry, dict_baseline);
+        let entry = self.end_dict(sink, entry, dict_baseline)?;
         if let (Some(kept), Some(b)) = (sink.kept.as_mut(), &before) {
             kept.push(CapturedImage {
                 path: path_s.clone(),
@@ -1145,6 +1214,9 @@ impl Repository {
                 (cap, h.finalize().into(), r)
             });
             let mut result = Ok(());
+            // Batches read and hashed while the dictionary trains, sealed
+            // once it is ready (at most MAX_BATCHES_AHEAD_OF_TRAINING).
+            let mut ahead: Vec<HeldBatch> = Vec::new();
             for buf in brx.iter() {
                 if result.is_err() {
                     continue; // drain so the reader can finish
@@ -1156,8 +1228,25 @@ impl Repository {
                     .step_by(chunk_size)
                     .map(|a| (a, (a + chunk_size).min(buf.len())))
                     .collect();
-                result = self.ingest(sink, &buf, &bounds, &mut refs);
                 progress.inc(buf.len() as u64);
+                result = identify(sink, &buf, &bounds, &mut refs).and_then(|(ids, new)| {
+                    if sink.training_running() && ahead.len() < MAX_BATCHES_AHEAD_OF_TRAINING {
+                        ahead.push((buf, bounds, ids, new));
+                        return Ok(());
+                    }
+                    for (b, bo, i, n) in ahead.drain(..) {
+                        self.seal_new(sink, &b, &bo, &i, &n)?;
+                    }
+                    self.seal_new(sink, &buf, &bounds, &ids, &new)
+                });
+            }
+            if result.is_ok() {
+                for (b, bo, i, n) in ahead.drain(..) {
+                    result = self.seal_new(sink, &b, &bo, &i, &n);
+                    if result.is_err() {
+                        break;
+                    }
+                }
             }
             let (cap, sha, r) = reader
                 .join()
@@ -1457,6 +1546,7 @@ impl Repository {
     ) -> Result<Option<Option<u32>>> {
         sink.dict = None;
         sink.dict_tally = (0, 0, 0);
+        sink.training = None;
         if !self.config().allows_partial_reads() {
             return Ok(None);
         }
@@ -1496,22 +1586,60 @@ impl Repository {
             Ok(())
         })?;
         let sizes = vec![ps; pages.len()];
-        let dict = match Dict::train(&samples, &sizes, self.config().compression_level) {
+        let level = self.config().compression_level;
+        // Trained on a thread of its own, so that the capture reads and
+        // hashes the first pages meanwhile (`settle_dict` waits for it).
+        let train = move || Dict::train(&samples, &sizes, level);
+        let handle = std::thread::Builder::new()
+            .name("snapback-dict".into())
+            .spawn(train)
+            .map_err(|e| Error::internal(format!("cannot start the dictionary trainer: {e}")))?;
+        sink.training = Some(Training {
+            handle,
+            path: path_s.to_string(),
+            sample_pages: pages.len(),
+            started,
+        });
+        Ok(Some(None))
+    }
+
+    /// Waits for the dictionary being trained, if any, and makes it the
+    /// sink's: stored (`dicts/<id>`, verified) before any blob names it.
+    /// A failed training leaves the database's pages without one.
+    fn settle_dict(&self, sink: &mut BlobSink) -> Result<()> {
+        let Some(t) = sink.training.take() else {
+            return Ok(());
+        };
+        let trained = t
+            .handle
+            .join()
+            .map_err(|_| Error::internal("the dictionary trainer panicked"))?;
+        let dict = match trained {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(path = path_s, error = %e, "no dictionary for this database; its pages are compressed without one");
-                return Ok(None);
+                tracing::warn!(path = t.path, error = %e, "no dictionary for this database; its pages are compressed without one");
+                return Ok(());
             }
         };
-        drop(samples);
         self.store_dict(&dict, sink)?;
-        tracing::info!(path = path_s, dict = %dict.id.short(), bytes = dict.bytes().len(), sample_pages = pages.len(), ms = started.elapsed().as_millis() as u64, "trained a zstd dictionary for the database");
+        tracing::info!(path = t.path, dict = %dict.id.short(), bytes = dict.bytes().len(), sample_pages = t.sample_pages, ms = t.started.elapsed().as_millis() as u64, "trained a zstd dictionary for the database");
         let dict = std::sync::Arc::new(dict);
         if let Ok(mut c) = self.dicts.lock() {
             c.insert(dict.id, dict.clone());
         }
         sink.dict = Some(dict);
-        Ok(Some(None))
+        Ok(())
+    }
+
+    /// `end_dict` once the dictionary in training, if any, is settled.
+    fn end_dict(
+        &self,
+        sink: &mut BlobSink,
+        entry: FileEntry,
+        baseline: Option<Option<u32>>,
+    ) -> Result<FileEntry> {
+        self.settle_dict(sink)?;
+        Ok(end_dict(sink, entry, baseline))
     }
 
     /// Stores a new dictionary (`dicts/<id>`, verified), adding the
