@@ -102,12 +102,36 @@ fn zerr(code: usize) -> io::Error {
     io::Error::other(zstd_safe::get_error_name(code))
 }
 
+thread_local! {
+    // The buffer a blob is compressed into (its bound, reused).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output of `compress` (into a reused buffer of zstd's bound for
+/// `raw_len` bytes) as a vector of exactly its length: a compressed page
+/// held until it is packed takes its size, not the 4 KiB bound (a batch
+/// of 2,048 sealed pages held 8 MiB of mostly empty capacity).
+/// Here, below pack.rs, which uses it too for blobs compressed without a
+/// dictionary.
+pub(crate) fn exact(
+    raw_len: usize,
+    compress: impl FnOnce(&mut Vec<u8>) -> std::io::Result<usize>,
+) -> std::io::Result<Vec<u8>> {
+    SCRATCH.with(|b| {
+        let mut out = b.borrow_mut();
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(raw_len));
+        compress(&mut out)?;
+        Ok(out.to_vec())
+    })
+}
+
 /// Compresses `raw` with `dict` (at the level it was loaded with).
 pub(crate) fn compress(raw: &[u8], dict: &Dict) -> io::Result<Vec<u8>> {
     CCTX.with(|c| {
         let mut c = c.borrow_mut();
         let ctx = c.get_or_insert_with(zstd_safe::CCtx::create);
-        crate::pack::exact(raw.len(), |out| {
+        exact(raw.len(), |out| {
             ctx.compress_using_cdict(out, raw, &dict.cdict)
                 .map_err(zerr)
         })

@@ -97,31 +97,9 @@ fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
             *c = Some((level, zstd::bulk::Compressor::new(level)?));
         }
         match c.as_mut() {
-            Some((_, ctx)) => exact(raw.len(), |out| ctx.compress_to_buffer(raw, out)),
+            Some((_, ctx)) => crate::dict::exact(raw.len(), |out| ctx.compress_to_buffer(raw, out)),
             None => zstd::bulk::compress(raw, level),
         }
-    })
-}
-
-thread_local! {
-    // The buffer a blob is compressed into (its bound, reused).
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The output of `compress` (into a reused buffer of zstd's bound for
-/// `raw_len` bytes) as a vector of exactly its length: a compressed page
-/// held until it is packed takes its size, not the 4 KiB bound (a batch
-/// of 2,048 sealed pages held 8 MiB of mostly empty capacity).
-pub(crate) fn exact(
-    raw_len: usize,
-    compress: impl FnOnce(&mut Vec<u8>) -> std::io::Result<usize>,
-) -> std::io::Result<Vec<u8>> {
-    SCRATCH.with(|b| {
-        let mut out = b.borrow_mut();
-        out.clear();
-        out.reserve(zstd::zstd_safe::compress_bound(raw_len));
-        compress(&mut out)?;
-        Ok(out.to_vec())
     })
 }
 
