@@ -145,9 +145,7 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         "watching"
     );
     let mut lock = UploadLock::default();
-    let ticks_per_upload = (upload_interval.as_secs_f64() / interval.as_secs_f64())
-        .round()
-        .max(1.0) as u64;
+    let ticks_per_upload = ticks_per_upload(upload_interval, interval);
     // Points left in the spool by the previous watcher go first.
     let mut ticks_since_upload = if resumed_spool { ticks_per_upload } else { 0 };
     let mut ready = false;
@@ -231,6 +229,17 @@ pub fn watch(g: &Global, cfg: &Config, a: WatchArgs) -> anyhow::Result<u8> {
         status_dir.as_deref(),
         &mut watched,
     )
+}
+
+/// How many ticks apart uploads start. The newest durable point is as old
+/// as the time from one upload's start to the next one's commit, so an
+/// upload every N ticks would let it reach N ticks plus the upload's own
+/// time: uploads start one tick early (N - 1 ticks apart) so that the RPO
+/// stays within `--upload-interval` while an upload takes less than a
+/// tick. An upload interval of one or two ticks uploads every tick.
+fn ticks_per_upload(upload_interval: Duration, interval: Duration) -> u64 {
+    let ticks = (upload_interval.as_secs_f64() / interval.as_secs_f64()).round() as u64;
+    ticks.saturating_sub(1).max(1)
 }
 
 /// `--interval`, `--verify-interval` (none: off) and `--upload-interval`
@@ -999,5 +1008,21 @@ fn status_line(watched: &[Watched]) -> String {
             "STATUS=watching {} database(s); unchanged since start",
             watched.len()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ticks_per_upload;
+    use std::time::Duration;
+
+    #[test]
+    fn uploads_start_one_tick_early_so_the_rpo_stays_within_the_upload_interval() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(ticks_per_upload(s(10), s(1)), 9);
+        assert_eq!(ticks_per_upload(s(10), ms(200)), 49);
+        assert_eq!(ticks_per_upload(s(2), s(1)), 1);
+        assert_eq!(ticks_per_upload(s(1), s(1)), 1, "local: every tick");
     }
 }
