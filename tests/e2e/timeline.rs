@@ -188,37 +188,28 @@ fn diff_compares_a_point_by_name_and_at_its_time_with_a_live_database() {
     // A copy of what SQLite had at point 0: no differences.
     let copy = t.env.path("copy-at-0.db");
     std::fs::write(&copy, &t.images[1]).expect("copy");
-    let out = t.env.run(&[
-        "diff",
-        &t.names[0],
-        copy.to_str().expect("utf8"),
-        "--path",
-        t.seg.path.as_str(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        snapback_testkit::stdout(&out),
-        snapback_testkit::stderr(&out)
+    // By its name, and by `@T` at the point's own time (the newest point at
+    // or before T), as for restore and mount.
+    let at = format!(
+        "@{}",
+        snapback_core::time::format_rfc3339(t.seg.points[0].time)
     );
-    // `@T` at the point's own time selects it too (the newest point at or
-    // before T), as for restore and mount.
-    let at = snapback_core::time::format_rfc3339(t.seg.points[0].time);
-    let out = t.env.run(&[
-        "diff",
-        &format!("@{at}"),
-        copy.to_str().expect("utf8"),
-        "--path",
-        t.seg.path.as_str(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "diff @{at}: {}{}",
-        snapback_testkit::stdout(&out),
-        snapback_testkit::stderr(&out)
-    );
+    for sel in [t.names[0].as_str(), at.as_str()] {
+        let out = t.env.run(&[
+            "diff",
+            sel,
+            copy.to_str().expect("utf8"),
+            "--path",
+            t.seg.path.as_str(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "diff {sel}: {}{}",
+            snapback_testkit::stdout(&out),
+            snapback_testkit::stderr(&out)
+        );
+    }
     // The live database, changed since: differences (exit 3).
     let out = t.env.run(&[
         "diff",
