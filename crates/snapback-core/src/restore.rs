@@ -10,7 +10,10 @@
 //! hashes of what was written, folded at their offsets, prove the file
 //! against the manifest's checksum with no read-back (the whole-file
 //! SHA-256 would prove nothing more and is not recomputed); it is fsync'd,
-//! and only then renamed into place.
+//! and only then renamed into place. A full restore writes the whole
+//! aligned blocks of each window with direct writes (`O_DIRECT`, from the
+//! verified window itself) where the file system takes them, so the file's
+//! bytes are not copied into the page cache on their way to the disk.
 //!
 //! `--delta` (`restore_delta`) writes into an existing DEST instead: it
 //! reads DEST once, window by window, hashes each chunk's range at the
@@ -273,12 +276,14 @@ impl Repository {
                 .map_err(|e| Error::io(&tmp, "cannot create the temporary file", e))?;
             let index = self.index()?;
             let chunks = self.proven_chunks(&index, file)?;
+            let direct = open_direct(&tmp);
             let stats = self.write_image(
                 &index,
                 file,
                 &chunks,
                 Target {
                     out: &out,
+                    direct: direct.as_ref(),
                     at: &tmp,
                     base: Base::Empty,
                 },
@@ -375,6 +380,7 @@ impl Repository {
                 &chunks,
                 Target {
                     out: &out,
+                    direct: None,
                     at: dest,
                     base: Base::Existing { len: meta.len() },
                 },
@@ -501,7 +507,12 @@ impl Repository {
         prepare: &dyn Fn() -> Result<()>,
         progress: &dyn Progress,
     ) -> Result<WriteStats> {
-        let Target { out, at, base } = target;
+        let Target {
+            out,
+            direct,
+            at,
+            base,
+        } = target;
         let codec = self.codec();
         let mut zero_ids: HashMap<u32, Id> = HashMap::new();
         for c in chunks {
@@ -542,12 +553,13 @@ impl Repository {
             // The writer writes each window's runs while the next window is
             // fetched.
             let writer = s.spawn(move || -> Result<()> {
+                let mut direct = direct;
                 for w in rx {
+                    let bytes = &w.buf[w.lead..];
                     for &(a, b) in &w.runs {
-                        out.write_all_at(&w.buf[a..b], w.start + a as u64)
-                            .map_err(|e| Error::io(at, "write failed", e))?;
+                        write_run(out, &mut direct, &bytes[a..b], w.start + a as u64, at)?;
                     }
-                    progress.inc(w.buf.len() as u64);
+                    progress.inc(bytes.len() as u64);
                     let _ = back_tx.send(w.buf);
                 }
                 Ok(())
@@ -625,10 +637,23 @@ impl Repository {
         stats: &mut WriteStats,
     ) -> Result<Window> {
         let len: u64 = chunks.iter().map(|c| c.len as u64).sum();
-        // A recycled buffer is not cleared: every byte of it that is
-        // written or hashed below is first read from DEST, filled with
-        // zeros or fetched.
-        buf.resize(len as usize, 0);
+        // The window's bytes start `lead` bytes into `buf`, where their
+        // address is `start` modulo DIRECT_ALIGN: every whole aligned block
+        // of a run is then aligned both in memory and in the file, as a
+        // direct write needs. A recycled buffer is not cleared: every byte
+        // of it that is written or hashed below is first read from DEST,
+        // filled with zeros or fetched.
+        let len = len as usize;
+        if buf.capacity() < len + DIRECT_ALIGN {
+            buf = Vec::with_capacity(len.max(WINDOW as usize) + DIRECT_ALIGN);
+        }
+        let lead = (start as usize)
+            .wrapping_sub(buf.as_ptr() as usize)
+            .rem_euclid(DIRECT_ALIGN);
+        buf.resize(lead + len, 0);
+        let len = len as u64;
+        let whole = &mut buf;
+        let buf = &mut whole[lead..];
         let mut offs = Vec::with_capacity(chunks.len());
         let mut o = 0usize;
         for c in chunks {
@@ -668,7 +693,7 @@ impl Repository {
             (0..chunks.len()).map(|k| judge(k, &[])).collect()
         } else {
             read_and_judge(
-                &mut buf,
+                buf,
                 chunks,
                 &offs,
                 have,
@@ -703,7 +728,7 @@ impl Repository {
         let place = format!("chunk list of {}", file.path);
         if !first.is_empty() {
             let mut places: Vec<Option<&mut [u8]>> = Vec::with_capacity(chunks.len());
-            let mut rest = &mut buf[..];
+            let mut rest = &mut *buf;
             for c in chunks {
                 let (here, tail) = rest.split_at_mut(c.len as usize);
                 places.push(Some(here));
@@ -753,7 +778,12 @@ impl Repository {
                 }
             }
         }
-        Ok(Window { start, buf, runs })
+        Ok(Window {
+            start,
+            lead,
+            buf: std::mem::take(whole),
+            runs,
+        })
     }
 }
 
@@ -775,6 +805,10 @@ const MAX_GAP: u64 = 256 << 10;
 #[derive(Clone, Copy)]
 struct Target<'a> {
     out: &'a File,
+    /// The same file opened for direct writes (`O_DIRECT`), where the
+    /// file system takes them: the bulk of a full restore bypasses the
+    /// page cache (see `write_run`).
+    direct: Option<&'a File>,
     at: &'a Path,
     base: Base,
 }
@@ -857,10 +891,11 @@ fn sqlite_page_size(f: &File, at: &Path) -> Result<Option<u64>> {
     })
 }
 
-/// One window's final bytes, from file offset `start`, and the byte runs
-/// of it to write.
+/// One window's final bytes, from file offset `start` (at `buf[lead..]`),
+/// and the byte runs of it to write (offsets into `buf[lead..]`).
 struct Window {
     start: u64,
+    lead: usize,
     buf: Vec<u8>,
     runs: Vec<(usize, usize)>,
 }
@@ -1018,6 +1053,69 @@ fn run_parallel<T: Sync>(
     })
 }
 
+/// The alignment of memory, file offset and length that direct writes
+/// need: the page size, which covers disks of 512- and 4096-byte blocks.
+const DIRECT_ALIGN: usize = 4096;
+
+/// `at` opened for direct writes (`O_DIRECT`), or `None` where the file
+/// system refuses them (the restore then writes through the page cache).
+fn open_direct(at: &Path) -> Option<File> {
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(at)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::debug!(path = %at.display(), error = %e, "no direct writes here; writing through the page cache");
+            None
+        }
+    }
+}
+
+/// Writes `bytes` at file offset `at_off` of `out`. With `direct`, the
+/// whole aligned blocks of the run go through it, past the page cache:
+/// a restore writes every byte once and reads none back, so copying them
+/// into the page cache (and reclaiming memory for it) was most of its
+/// time; the unaligned ends go through `out`. A direct write the file
+/// system refuses (EINVAL: another alignment) is written through `out`
+/// instead, and no more direct writes are tried. The bytes written are
+/// the same verified bytes either way.
+fn write_run(
+    out: &File,
+    direct: &mut Option<&File>,
+    bytes: &[u8],
+    at_off: u64,
+    at: &Path,
+) -> Result<()> {
+    let buffered = |b: &[u8], o: u64| {
+        out.write_all_at(b, o)
+            .map_err(|e| Error::io(at, "write failed", e))
+    };
+    let align = DIRECT_ALIGN as u64;
+    let end = at_off + bytes.len() as u64;
+    let (a, b) = (at_off.next_multiple_of(align), end / align * align);
+    let Some(d) = direct.filter(|_| b > a) else {
+        return buffered(bytes, at_off);
+    };
+    let (head, rest) = bytes.split_at((a - at_off) as usize);
+    let (mid, tail) = rest.split_at((b - a) as usize);
+    if !(mid.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+        return buffered(bytes, at_off);
+    }
+    buffered(head, at_off)?;
+    match d.write_all_at(mid, a) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!(path = %at.display(), error = %e, "direct write refused; writing through the page cache");
+            *direct = None;
+            buffered(mid, a)?;
+        }
+        Err(e) => return Err(Error::io(at, "write failed", e)),
+    }
+    buffered(tail, b)
+}
+
 /// Reserves the blocks from `from` to `to` without changing the file
 /// (its size included), so that a full disk fails here, before anything is
 /// written, and the file is laid out in one piece. Where the file system
@@ -1093,6 +1191,44 @@ mod tests {
         }
         let short = temp_name(std::ffi::OsStr::new("app.db"), 7);
         assert_eq!(short, std::ffi::OsStr::new(".app.db.snapback-7.tmp"));
+    }
+
+    #[test]
+    fn write_run_lands_every_byte_whatever_the_alignment() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let at = dir.path().join("f.bin");
+        let out = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&at)
+            .expect("create");
+        let size = 64usize << 10;
+        out.set_len(size as u64).expect("size");
+        let direct = open_direct(&at);
+        let src: Vec<u8> = (0..size + 2 * DIRECT_ALIGN)
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect();
+        let mut want = vec![0u8; size];
+        // (file offset, length, memory off the file's alignment): whole
+        // aligned blocks, a run with unaligned ends, one shorter than a
+        // block, one inside a block, and memory that cannot go direct.
+        for (o, n, skew) in [
+            (0usize, 8192usize, false),
+            (8192 + 100, 12000, false),
+            (24576, 100, false),
+            (30000, 50, false),
+            (36864, 16384, true),
+            (size - 5000, 5000, false),
+        ] {
+            let lead = o.wrapping_sub(src.as_ptr() as usize) % DIRECT_ALIGN + usize::from(skew);
+            let bytes = &src[lead..lead + n];
+            let mut d = direct.as_ref();
+            write_run(&out, &mut d, bytes, o as u64, &at).expect("write");
+            want[o..o + n].copy_from_slice(bytes);
+        }
+        drop(out);
+        assert!(std::fs::read(&at).expect("read") == want, "bytes differ");
     }
 
     #[test]

@@ -109,3 +109,26 @@ fn full_restore_proves_a_file_from_its_chunk_list_without_a_whole_file_hash() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+#[test]
+fn full_restore_writes_unaligned_chunks_zero_holes_and_a_short_tail_exactly() {
+    // Content-defined chunks of random bytes end anywhere, so the windows
+    // after the first start off the direct-write alignment; a zero run is
+    // left as a hole (not written); the tail is not a whole block. Every
+    // byte must land where it belongs, through direct writes or not.
+    let dir = tempfile::tempdir().expect("tmp");
+    let content: Vec<u8> = [
+        random_bytes(20 << 20, 3),
+        vec![0u8; 5 << 20],
+        random_bytes((17 << 20) + 1234, 5),
+    ]
+    .concat();
+    let (repo, file) = repo_with(dir.path(), "mixed.bin", &content);
+    let index = repo.index().expect("index");
+    let chunks = repo.proven_chunks(&index, &file).expect("chunks");
+    assert!(
+        chunks.iter().any(|c| c.len % 4096 != 0),
+        "some chunk must be of a length that is not a whole block"
+    );
+    restores_exactly(&repo, &file, &dir.path().join("out.bin"), &content);
+}
