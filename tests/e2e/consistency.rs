@@ -260,7 +260,8 @@ fn unchanged_database_is_recognised_without_reading_it() {
     // The reused snapshot records the same image as its parent.
     let all = env.snapshots_json();
     let sha = |id: &serde_json::Value| {
-        all.iter().find(|s| s["id"] == *id).expect("listed")["files"][0]["sha256"].clone()
+        let f = &all.iter().find(|s| s["id"] == *id).expect("listed")["files"][0];
+        (f["sha256"].clone(), f["db_checksum"].clone())
     };
     assert_eq!(
         sha(&first["id"]),

@@ -493,11 +493,15 @@ impl PackBuilder {
             None => header,
         };
         debug_assert_eq!(header.len(), hlen);
-        let mut out = Vec::with_capacity(12 + hlen + self.body.len());
-        out.extend_from_slice(if v2 { PACK_MAGIC_V2 } else { PACK_MAGIC });
-        out.extend_from_slice(&(hlen as u32).to_le_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&self.body);
+        let mut prefix = Vec::with_capacity(12 + hlen);
+        prefix.extend_from_slice(if v2 { PACK_MAGIC_V2 } else { PACK_MAGIC });
+        prefix.extend_from_slice(&(hlen as u32).to_le_bytes());
+        prefix.extend_from_slice(&header);
+        // The prefix goes in front of the body in the body's own buffer
+        // (one move of its bytes), not into a second buffer of the pack's
+        // size: each pack in flight to the store held two copies of itself.
+        let mut out = self.body;
+        out.splice(0..0, prefix);
         let id = Id::of(&out);
         Ok((out, id, entries))
     }

@@ -486,9 +486,11 @@ impl BlobSink<'_> {
     }
 }
 
-/// What `read_full_scan` read: the capture back, the file's SHA-256, the
-/// chunk list and the file's first 100 bytes.
-type ScanRead = (Capture, [u8; 32], Vec<ChunkRef>, Vec<u8>);
+/// What `read_full_scan` read: the capture back, the file's SHA-256 (a
+/// format-1 repository's manifests need it; format 2's are proven by the
+/// chunk list and `db_checksum`, so none is computed), the chunk list and
+/// the file's first 100 bytes.
+type ScanRead = (Capture, Option<[u8; 32]>, Vec<ChunkRef>, Vec<u8>);
 
 /// What `delta_over_prior` found: the delta (or why not) and the
 /// wal-index header of before the transaction.
@@ -806,7 +808,12 @@ impl Repository {
         let mut kept = Vec::new();
         let files = std::thread::scope(|scope| -> Result<(Vec<FileEntry>, Referenced)> {
             let (done, stats) = (&done, &stats);
-            let workers: Vec<_> = (0..opts.upload_threads.max(1))
+            // No more upload threads than the store gains from: each holds
+            // a pack (16 MiB) while it writes it, and a local disk writes no
+            // faster with more threads than cores (S3 hides each request's
+            // latency behind the others, and keeps `upload_threads`).
+            let uploaders = opts.upload_threads.min(store.read_parallelism()).max(1);
+            let workers: Vec<_> = (0..uploaders)
                 .map(|_| {
                     let rx = rx.clone();
                     scope.spawn(move || upload_worker(store, codec, &rx, done, stats))
@@ -1161,7 +1168,7 @@ impl Repository {
                 .ok()
                 .and_then(crate::time::from_system)
                 .map(crate::time::format_rfc3339),
-            sha256: Some(Id(sha)),
+            sha256: sha.map(Id),
             db_checksum: checksum_of(&refs).to_hex(),
             chunking,
             chunks,
@@ -1188,9 +1195,13 @@ impl Repository {
     }
 
     /// Reads every page of the capture's transaction (a reader thread,
-    /// hashing the whole file as it reads) into chunks of `chunk_size`:
-    /// the capture back, the file's SHA-256, the chunk list and page 1
-    /// (its first 100 bytes are the header).
+    /// hashing the whole file as it reads in a format-1 repository) into
+    /// chunks of `chunk_size`: the capture back, the file's SHA-256 (format
+    /// 1 only), the chunk list and page 1 (its first 100 bytes are the
+    /// header). In format 2 each page is hashed once, for its id: the
+    /// whole-file hash was a second SHA-256 of every byte on the reader
+    /// thread that nothing reads (restore proves a file by its chunk ids
+    /// and `db_checksum`, docs/format.md "Manifests: what proves an image").
     fn read_full_scan(
         &self,
         cap: Capture,
@@ -1203,15 +1214,18 @@ impl Repository {
         let mut refs = Vec::new();
         let mut header = Vec::new();
         let ps = cap.page_size as usize;
-        let (cap, sha) = std::thread::scope(|scope| -> Result<(Capture, [u8; 32])> {
+        let whole_file_hash = !self.config().allows_partial_reads();
+        let (cap, sha) = std::thread::scope(|scope| -> Result<(Capture, Option<[u8; 32]>)> {
             let reader = scope.spawn(move || {
-                let mut h = Sha256::new();
+                let mut h = whole_file_hash.then(Sha256::new);
                 let r = cap.read_pages(pages_per_batch.max(1), |buf| {
-                    h.update(&buf);
+                    if let Some(h) = h.as_mut() {
+                        h.update(&buf);
+                    }
                     btx.send(buf)
                         .map_err(|_| Error::internal("snapshot pipeline stopped"))
                 });
-                (cap, h.finalize().into(), r)
+                (cap, h.map(|h| h.finalize().into()), r)
             });
             let mut result = Ok(());
             // Batches read and hashed while the dictionary trains, sealed
