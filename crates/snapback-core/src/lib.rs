@@ -51,6 +51,7 @@ mod timeline;
 mod timeline_tests;
 mod verify_live;
 mod wal;
+mod walk;
 pub mod watch;
 pub mod watch_status;
 
@@ -81,7 +82,7 @@ pub use pack::BlobCodec;
 pub use pack::BlobKind;
 pub use point_retention::{PointDecision, PointPlan, PointsApplied, SegmentPlan};
 pub use prune::{PruneOptions, PrunePlan, PruneReport, DEFAULT_MIN_PACK_AGE};
-pub use read::FileReader;
+pub use read::{FileReader, ProvenReader};
 pub use repair_index::{RepairIndexPlan, RepairIndexReport, UnreadablePack};
 pub use repo::{EncryptionOptions, InitOptions, Repository};
 pub use restore::{
@@ -97,6 +98,7 @@ pub use snapshot::{SnapshotOptions, SnapshotReport, DEFAULT_BUSY_TIMEOUT};
 pub use time::{is_future, FUTURE_TOLERANCE};
 pub use timeline::SegmentView;
 pub use verify_live::{VerifyLiveOptions, VerifyLiveReport, DEFAULT_VERIFY_RATE};
+pub use walk::PointWalk;
 
 /// Progress of long work, for a progress bar. Every method has a no-op
 /// default.

@@ -640,6 +640,59 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// `file_reader`, with the chunk list bound to what the manifest
+    /// recorded: its whole-file checksum (`db_checksum`) must be the
+    /// manifest's before a byte is read.
+    pub fn proven_reader(&self, file: &FileEntry) -> Result<ProvenReader> {
+        let r = self.file_reader(file)?;
+        if chunklist::checksum_of(&r.chunks).to_hex() != file.db_checksum {
+            return Err(Error::corrupt(
+                format!("chunk list of {}", file.path),
+                "its checksum does not match the manifest's",
+            ));
+        }
+        Ok(ProvenReader::proven(r, file))
+    }
+}
+
+/// A file's chunk layout proven against its manifest entry (the
+/// whole-file checksum and the size): made only by
+/// `Repository::proven_reader` and by `PointWalk::prove`.
+#[derive(Debug, Clone)]
+pub struct ProvenReader {
+    reader: FileReader,
+    path: String,
+    db_checksum: String,
+}
+
+impl ProvenReader {
+    /// For the provers of this crate, after the proof.
+    pub(crate) fn proven(reader: FileReader, file: &FileEntry) -> ProvenReader {
+        ProvenReader {
+            reader,
+            path: file.path.clone(),
+            db_checksum: file.db_checksum.clone(),
+        }
+    }
+
+    /// Whether this is the layout proven for `file` (its path, checksum
+    /// and size).
+    pub fn is_for(&self, file: &FileEntry) -> bool {
+        self.path == file.path
+            && self.db_checksum == file.db_checksum
+            && self.reader.size() == file.size
+    }
+
+    pub fn reader(&self) -> &FileReader {
+        &self.reader
+    }
+
+    pub fn into_reader(self) -> FileReader {
+        self.reader
+    }
+}
+
 /// The chunk layout of one file, for reads at any offset.
 #[derive(Debug, Clone)]
 pub struct FileReader {

@@ -250,61 +250,14 @@ pub(crate) fn replay(
         sum.add(i as u64 * ps, &c.id);
     }
     for (n, p) in points.iter().enumerate().take(k + 1) {
-        let count = usize::try_from(p.page_count)
-            .map_err(|_| Error::corrupt(place, format!("point {n}'s page count is too large")))?;
-        let before = list.len();
-        // Every page past the previous count comes from the changes: a
-        // count beyond that is corrupt (refused before allocating for it).
-        if count > before.saturating_add(p.changes.len()) {
-            return Err(Error::corrupt(
-                place,
-                format!(
-                    "point {n} has {count} pages, more than the {before} before it and its {} changes",
-                    p.changes.len()
-                ),
-            ));
-        }
-        for (i, c) in list.iter().enumerate().skip(count) {
-            sum.remove(i as u64 * ps, &c.id);
-        }
-        list.truncate(count);
-        // Changes are unique and ascending (`validate`), so counting the
-        // ones past the previous count tells whether they cover it all.
-        let grown = count.saturating_sub(before);
-        let mut covered = 0usize;
-        list.resize(
-            count,
-            ChunkRef {
-                id: Id([0; 32]),
-                len: 0,
-            },
-        );
-        for (i, id) in &p.changes {
-            let i = *i as usize;
-            if i >= count {
-                return Err(Error::corrupt(
-                    place,
-                    format!("point {n} changes page index {i}, past its page count {count}"),
-                ));
+        apply_point(&mut list, page_size, p, n, place, |i, old, new| {
+            if let Some(o) = old {
+                sum.remove(i as u64 * ps, &o.id);
             }
-            let off = i as u64 * ps;
-            if i < before.min(count) {
-                sum.remove(off, &list[i].id);
-            } else {
-                covered += 1;
+            if let Some(c) = new {
+                sum.add(i as u64 * ps, &c.id);
             }
-            sum.add(off, id);
-            list[i] = ChunkRef {
-                id: *id,
-                len: page_size,
-            };
-        }
-        if covered != grown {
-            return Err(Error::corrupt(
-                place,
-                format!("point {n} leaves pages past the previous page count undefined"),
-            ));
-        }
+        })?;
         if sum != p.db_checksum {
             return Err(Error::corrupt(
                 place,
@@ -317,6 +270,84 @@ pub(crate) fn replay(
         }
     }
     Ok(list)
+}
+
+/// Applies point `p` (number `n` of its segment) to `list`, the chunk list
+/// at the point before it: cut or extended to its page count (every page
+/// past the previous count must come from its changes), then its changes
+/// written. `changed(index, old, new)` is told of every entry that is
+/// removed, added or rewritten (`None`: past the end of the list), so a
+/// caller keeps a checksum, or the set of entries to prove later. Refused
+/// as damage at `place` when the point is inconsistent; its checksum is
+/// the caller's to check.
+pub(crate) fn apply_point(
+    list: &mut Vec<ChunkRef>,
+    page_size: u32,
+    p: &Point,
+    n: usize,
+    place: &str,
+    mut changed: impl FnMut(usize, Option<ChunkRef>, Option<ChunkRef>),
+) -> Result<()> {
+    let count = usize::try_from(p.page_count)
+        .map_err(|_| Error::corrupt(place, format!("point {n}'s page count is too large")))?;
+    let before = list.len();
+    // Every page past the previous count comes from the changes: a
+    // count beyond that is corrupt (refused before allocating for it).
+    if count > before.saturating_add(p.changes.len()) {
+        return Err(Error::corrupt(
+            place,
+            format!(
+                "point {n} has {count} pages, more than the {before} before it and its {} changes",
+                p.changes.len()
+            ),
+        ));
+    }
+    // Checked before anything is changed, so a refused point leaves
+    // `list` as it was.
+    // Changes are unique and ascending (`validate`), so counting the
+    // ones past the previous count tells whether they cover it all.
+    let grown = count.saturating_sub(before);
+    let mut covered = 0usize;
+    for (i, _) in &p.changes {
+        let i = *i as usize;
+        if i >= count {
+            return Err(Error::corrupt(
+                place,
+                format!("point {n} changes page index {i}, past its page count {count}"),
+            ));
+        }
+        if i >= before {
+            covered += 1;
+        }
+    }
+    if covered != grown {
+        return Err(Error::corrupt(
+            place,
+            format!("point {n} leaves pages past the previous page count undefined"),
+        ));
+    }
+    for (i, c) in list.iter().enumerate().skip(count) {
+        changed(i, Some(*c), None);
+    }
+    list.truncate(count);
+    list.resize(
+        count,
+        ChunkRef {
+            id: Id([0; 32]),
+            len: 0,
+        },
+    );
+    for (i, id) in &p.changes {
+        let i = *i as usize;
+        let new = ChunkRef {
+            id: *id,
+            len: page_size,
+        };
+        let old = (i < before).then_some(list[i]);
+        changed(i, old, Some(new));
+        list[i] = new;
+    }
+    Ok(())
 }
 
 /// Every point that another segment holds too (same path, base, time and

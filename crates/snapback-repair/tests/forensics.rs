@@ -551,34 +551,28 @@ fn when_finds_by_bisection_the_exact_point_at_which_matching_rows_change_among_h
     assert!(o.stderr.contains("no_such_column"), "{o:?}");
 }
 
-#[test]
-fn history_and_when_read_timeline_points_through_their_chunk_lists() {
-    use std::sync::Arc;
-    let lab = Lab::new(|c| {
-        c.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
-             CREATE TABLE other(id INTEGER PRIMARY KEY, v TEXT);
-             INSERT INTO t VALUES(5, 'a'), (6, 'keep');",
-        )
-        .expect("setup")
-    });
+/// A base snapshot of the lab's database, then a timeline segment over
+/// it of one point per statement of `steps` (each connection checkpoints
+/// as it closes, so the file is the image), committed: the repository,
+/// the segment's id and its points.
+fn segment_of_steps(
+    lab: &Lab,
+    steps: &[&str],
+) -> (
+    snapback_core::Repository,
+    snapback_core::Id,
+    Vec<snapback_core::Point>,
+) {
     let base = lab.snapshot();
     let live = std::fs::canonicalize(&lab.live).expect("canonical");
-    let repo = snapback_core::Repository::open(Arc::new(
+    let repo = snapback_core::Repository::open(std::sync::Arc::new(
         snapback_core::storage::LocalStore::open(&lab.repo).expect("store"),
     ))
     .expect("open");
     let image = || std::fs::read(&live).expect("read the database");
     let mut prev = image();
     let mut points = Vec::new();
-    for sql in [
-        "UPDATE t SET v = 'b' WHERE id = 5",
-        "INSERT INTO other VALUES(1, 'x')",
-        "DELETE FROM t WHERE id = 5",
-        "INSERT INTO t VALUES(5, 'c')",
-    ] {
-        // Each connection checkpoints as it closes: the file is the image.
+    for sql in steps {
         lab.exec(sql);
         std::thread::sleep(std::time::Duration::from_millis(5));
         let now = image();
@@ -588,17 +582,40 @@ fn history_and_when_read_timeline_points_through_their_chunk_lists() {
         );
         prev = now;
     }
-    let times: Vec<String> = points
-        .iter()
-        .map(|p| snapback_core::time::format_rfc3339(p.time))
-        .collect();
     let seg = snapback_core::Segment {
         path: live.to_str().expect("utf8").to_string(),
         base: snapback_core::Id::from_hex(&base).expect("id"),
         page_size: 4096,
         points,
     };
-    let seg_id = repo.commit_segment(&seg).expect("commit the segment");
+    let id = repo.commit_segment(&seg).expect("commit the segment");
+    (repo, id, seg.points)
+}
+
+#[test]
+fn history_and_when_read_timeline_points_through_their_chunk_lists() {
+    let lab = Lab::new(|c| {
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE other(id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO t VALUES(5, 'a'), (6, 'keep');",
+        )
+        .expect("setup")
+    });
+    let (_repo, seg_id, points) = segment_of_steps(
+        &lab,
+        &[
+            "UPDATE t SET v = 'b' WHERE id = 5",
+            "INSERT INTO other VALUES(1, 'x')",
+            "DELETE FROM t WHERE id = 5",
+            "INSERT INTO t VALUES(5, 'c')",
+        ],
+    );
+    let times: Vec<String> = points
+        .iter()
+        .map(|p| snapback_core::time::format_rfc3339(p.time))
+        .collect();
 
     let (v, text) = history_json(&lab, "id=5");
     let ops: Vec<(&str, &str)> = v
@@ -644,6 +661,124 @@ fn history_and_when_read_timeline_points_through_their_chunk_lists() {
     assert_eq!(r["before"]["point"], format!("{}/2", seg_id.short()), "{r}");
     assert_eq!(r["after"]["point"], format!("{}/3", seg_id.short()), "{r}");
     assert_eq!(r["added"], serde_json::json!([{"id": 5, "v": "c"}]));
+}
+
+/// A lab whose `t` holds record 5 with a 6,000-byte blob (a leaf cell
+/// and an overflow page) and whose `other` fills pages of its own; its
+/// base snapshot; and a segment of points over it, one per statement in
+/// `steps` (`segment_of_steps`): the repository and the pages (indexes)
+/// each point changed.
+fn points_lab(steps: &[&str]) -> (Lab, snapback_core::Repository, Vec<Vec<u64>>) {
+    let lab = Lab::new(|c| {
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, big BLOB);
+             INSERT INTO t VALUES(5, zeroblob(6000));
+             CREATE TABLE other(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 400)
+             INSERT INTO other SELECT i, printf('%0100d', i) FROM n;",
+        )
+        .expect("setup")
+    });
+    let (repo, _, points) = segment_of_steps(&lab, steps);
+    let changed = points
+        .iter()
+        .map(|p| p.changes.iter().map(|(i, _)| *i).collect())
+        .collect();
+    (lab, repo, changed)
+}
+
+/// `history` of record 5 of `t` through the library, to see its costs.
+fn history_of_5(lab: &Lab, repo: &snapback_core::Repository) -> snapback_repair::History {
+    let live = std::fs::canonicalize(&lab.live).expect("canonical");
+    snapback_repair::history(
+        repo,
+        &live,
+        &snapback_repair::HistoryQuery {
+            table: "t".into(),
+            key: vec![("id".into(), "5".into())],
+            path: None,
+            busy_timeout: std::time::Duration::from_secs(5),
+        },
+    )
+    .expect("history")
+}
+
+/// The page count of the live database.
+fn page_count(lab: &Lab) -> u64 {
+    rusqlite::Connection::open(&lab.live)
+        .expect("open")
+        .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+        .expect("page_count")
+}
+
+#[test]
+fn a_point_whose_frames_touch_none_of_the_records_noted_pages_is_skipped_without_hashing() {
+    let steps: Vec<String> = (0..30)
+        .map(|k| {
+            format!(
+                "UPDATE other SET v = printf('%0100d', {k}) WHERE id = {}",
+                1 + k * 13
+            )
+        })
+        .collect();
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let (lab, repo, changed) = points_lab(&steps);
+    assert!(
+        changed.iter().all(|c| !c.is_empty() && !c.contains(&0)),
+        "every point changes a page of `other`, never page 1: {changed:?}"
+    );
+    let h = history_of_5(&lab, &repo);
+    assert_eq!(h.points, 31, "the base snapshot and 30 points");
+    assert_eq!(h.read, 1, "only the first point is read: {h:?}");
+    assert_eq!(h.versions.len(), 1, "{:?}", h.versions);
+    // The first point's list is proven whole (one term per page); the 30
+    // skipped points hash nothing at all.
+    assert_eq!(h.terms_hashed, page_count(&lab), "{h:?}");
+}
+
+#[test]
+fn a_point_that_changes_only_the_records_overflow_page_is_not_skipped_and_its_version_is_reported()
+{
+    let (lab, repo, changed) = points_lab(&[
+        "UPDATE other SET v = 'x' WHERE id = 300",
+        // The last bytes of the blob are on its overflow page only.
+        "UPDATE t SET big = CAST(zeroblob(5990) || X'01020304050607080910' AS BLOB) WHERE id = 5",
+        "UPDATE other SET v = 'y' WHERE id = 301",
+    ]);
+    let root: i64 = rusqlite::Connection::open(&lab.live)
+        .expect("open")
+        .query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("rootpage");
+    assert_eq!(changed[1].len(), 1, "one page changed: {changed:?}");
+    assert_ne!(
+        changed[1][0] as i64 + 1,
+        root,
+        "not the leaf (t's root): {changed:?}"
+    );
+    let h = history_of_5(&lab, &repo);
+    assert_eq!(h.points, 4);
+    assert_eq!(h.read, 2, "the base and the overflow page's point: {h:?}");
+    assert_eq!(h.versions.len(), 2, "{:?}", h.versions);
+    let v = h.versions[1].json();
+    assert_eq!(v["op"], "update", "{v}");
+    let blob = v["values"]["big"]["blob"].as_str().expect("a blob");
+    assert!(blob.ends_with("01020304050607080910"), "{v}");
+    // Read two points: the first list whole, then the pages that differ
+    // between the two (the blob's overflow page and `other`'s page), each
+    // as one term out and one in.
+    let diff: std::collections::BTreeSet<u64> =
+        changed[0].iter().chain(&changed[1]).copied().collect();
+    assert_eq!(
+        h.terms_hashed,
+        page_count(&lab) + 2 * diff.len() as u64,
+        "{h:?}"
+    );
 }
 
 /// Two tables: `small` (one page) and `big` (hundreds of pages).

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
-use snapback_core::{FileEntry, Kind, Repository, Snapshot};
+use snapback_core::{FileEntry, Kind, ProvenReader, Repository, Snapshot};
 use snapback_mount::{VfsError, VfsOptions};
 
 pub use ffi::VFS_NAME;
@@ -100,7 +100,7 @@ impl PointDb {
         snap: &Snapshot,
         file: &FileEntry,
     ) -> Result<PointDb, Error> {
-        Self::open_with(repo, snap, file, false)
+        Self::open_with(repo, snap, file, false, None)
     }
 
     /// Like `open`, and notes every page read (`pages_touched`): what a
@@ -110,7 +110,18 @@ impl PointDb {
         snap: &Snapshot,
         file: &FileEntry,
     ) -> Result<PointDb, Error> {
-        Self::open_with(repo, snap, file, true)
+        Self::open_with(repo, snap, file, true, None)
+    }
+
+    /// `open_tracking`, with the chunk layout already proven for `file`
+    /// (`snapback_core::PointWalk::prove`): nothing is read to open it.
+    pub fn open_tracking_proven(
+        repo: Arc<Repository>,
+        snap: &Snapshot,
+        file: &FileEntry,
+        proven: ProvenReader,
+    ) -> Result<PointDb, Error> {
+        Self::open_with(repo, snap, file, true, Some(proven))
     }
 
     fn open_with(
@@ -118,6 +129,7 @@ impl PointDb {
         snap: &Snapshot,
         file: &FileEntry,
         track: bool,
+        proven: Option<ProvenReader>,
     ) -> Result<PointDb, Error> {
         ffi::register_in_process().map_err(Error::Register)?;
         let opts = VfsOptions {
@@ -126,7 +138,7 @@ impl PointDb {
             readahead_max: 0,
             ..VfsOptions::default()
         };
-        let mut point = PointFile::open(repo, snap, file, opts)?;
+        let mut point = PointFile::open_with(repo, snap, file, opts, proven)?;
         if track {
             point = point.with_page_tracking();
         }

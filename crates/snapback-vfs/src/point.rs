@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use snapback_core::{FileEntry, FileKind, Repository, Selector, Snapshot};
+use snapback_core::{FileEntry, FileKind, ProvenReader, Repository, Selector, Snapshot};
 use snapback_mount::{Vfs, VfsError, VfsOptions, View};
 
 use crate::scan::ScanState;
@@ -66,6 +66,19 @@ impl PointFile {
         file: &FileEntry,
         opts: VfsOptions,
     ) -> Result<PointFile, Error> {
+        Self::open_with(repo, snap, file, opts, None)
+    }
+
+    /// `open`, with the chunk layout proven for `file` already
+    /// (`snapback_core::PointWalk::prove`) instead of loading and proving
+    /// it again.
+    pub fn open_with(
+        repo: Arc<Repository>,
+        snap: &Snapshot,
+        file: &FileEntry,
+        opts: VfsOptions,
+        proven: Option<ProvenReader>,
+    ) -> Result<PointFile, Error> {
         let label = format!("{} of {}", file.path, snap.describe());
         if file.kind != FileKind::Sqlite {
             return Err(Error::Input(format!(
@@ -78,7 +91,11 @@ impl PointFile {
         };
         let vfs = Vfs::new(repo, View::One(snap.clone()), opts).map_err(read)?;
         let entry = vfs.resolve(&file.path).map_err(read)?;
-        let opened = vfs.open(entry.attr.ino, false).map_err(read)?;
+        let opened = match proven {
+            Some(p) => vfs.open_proven(entry.attr.ino, p),
+            None => vfs.open(entry.attr.ino, false),
+        }
+        .map_err(read)?;
         Ok(PointFile {
             vfs,
             fh: opened.fh,

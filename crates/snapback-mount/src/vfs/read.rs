@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use snapback_core::{DbChecksum, FileReader, Id};
+use snapback_core::{FileReader, Id};
 
 use super::tree::{FileNode, NodeKind};
 use super::{DirEntry, Opened, Vfs};
@@ -123,6 +123,35 @@ impl Vfs {
         }
     }
 
+    /// Opens file `ino` with a chunk layout its caller has proven already
+    /// (`snapback_core::PointWalk::prove`, for reads that visit many points
+    /// of one database): it must be the one proven for the file's entry
+    /// (its path, whole-file checksum and size), or the open is refused.
+    pub fn open_proven(
+        &self,
+        ino: u64,
+        proven: snapback_core::ProvenReader,
+    ) -> Result<Opened, VfsError> {
+        let tree = self.tree();
+        let n = tree.nodes.get(&ino).ok_or(VfsError::Stale(ino))?;
+        let NodeKind::File(f) = &n.kind else {
+            return self.open(ino, false);
+        };
+        if !proven.is_for(f.entry()) {
+            return Err(VfsError::Internal(format!(
+                "a chunk layout proven for another file was given for {}",
+                f.entry().path
+            )));
+        }
+        if let Ok(mut m) = self.readers.lock() {
+            if m.len() >= READER_CACHE {
+                m.clear();
+            }
+            m.insert((f.snap, f.idx), Arc::new(proven.into_reader()));
+        }
+        self.open(ino, false)
+    }
+
     /// The chunk layout of a file, loaded on the fetch pool with the read
     /// timeout (a chunk list is read from the repository too).
     fn reader_for(&self, f: &Arc<FileNode>) -> Result<Arc<FileReader>, VfsError> {
@@ -136,26 +165,13 @@ impl Vfs {
         let what2 = what.clone();
         let deadline = Instant::now() + self.opts.read_timeout;
         let r = run_with_deadline(&self.fetcher.pool, deadline, &what, move || {
-            let r = repo
-                .file_reader(node.entry())
-                .map_err(|e| VfsError::repo(what2.clone(), e))?;
             // The chunk list must add up to the whole-file checksum the
             // manifest recorded: this binds what we serve to what was
             // captured, before a byte is read.
-            let mut sum = DbChecksum::default();
-            for (c, off) in r.chunks.iter().zip(&r.offsets) {
-                sum.add(*off, &c.id);
-            }
-            if sum.to_hex() != node.entry().db_checksum {
-                return Err(VfsError::repo(
-                    what2,
-                    snapback_core::Error::corrupt(
-                        format!("chunk list of {}", node.entry().path),
-                        "its checksum does not match the manifest's",
-                    ),
-                ));
-            }
-            Ok(Arc::new(r))
+            let r = repo
+                .proven_reader(node.entry())
+                .map_err(|e| VfsError::repo(what2, e))?;
+            Ok(Arc::new(r.into_reader()))
         });
         let r = match r {
             Ok(r) => r,

@@ -1,14 +1,13 @@
 //! `snapback history`: every version of one record, from the first point
 //! that had it to live.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
 use serde::Serialize;
-use snapback_core::{ChunkRef, DbChecksum, FileEntry, Id, MasterIndex, Repository};
+use snapback_core::{Id, PointWalk, Repository};
 use snapback_vfs::PointDb;
 use time::OffsetDateTime;
 
@@ -78,7 +77,14 @@ pub struct History {
     pub read: usize,
     /// Pages fetched from the repository for those reads.
     pub pages_fetched: u64,
+    /// Checksum terms (one SHA-256 each) worked out to prove the chunk
+    /// lists of the points read: the whole list of the first, then only
+    /// the entries that changed between one point read and the next.
+    pub terms_hashed: u64,
 }
+
+/// The chunks (offset, id, length) that hold one page.
+type PageChunks = Vec<(u64, Id, u32)>;
 
 type Row = (Vec<String>, Vec<Value>);
 
@@ -113,130 +119,6 @@ fn describe_key(q: &HistoryQuery) -> String {
         .join(" ")
 }
 
-/// Where each page of a point's database is: its chunk list, and the
-/// chunk list's offsets when its chunks are not one page each.
-struct Layout {
-    chunks: Vec<ChunkRef>,
-    offsets: Option<Vec<u64>>,
-    page_size: u64,
-    size: u64,
-    /// The whole-file checksum of `chunks` (what the manifest records).
-    sum: DbChecksum,
-}
-
-impl Layout {
-    /// The chunk list of `file`, proven against its manifest entry as
-    /// `Repository::proven_chunks` proves it (the checksum and the size),
-    /// with the checksum worked out from `prev`'s: it is a sum of one term
-    /// per chunk and offset, so only the chunks that differ are hashed
-    /// (a point of a 1 GiB database changes a few of its 262,144).
-    fn proven(
-        repo: &Repository,
-        index: &MasterIndex,
-        file: &FileEntry,
-        prev: Option<&Layout>,
-    ) -> Result<Layout> {
-        let chunks = repo.chunk_list(index, file)?;
-        let mut sum = prev.map_or(DbChecksum::default(), |p| p.sum);
-        let old: &[ChunkRef] = prev.map_or(&[], |p| &p.chunks);
-        let (mut off_old, mut off_new) = (0u64, 0u64);
-        for i in 0..old.len().max(chunks.len()) {
-            let (o, n) = (old.get(i), chunks.get(i));
-            let same = matches!((o, n), (Some(o), Some(n)) if o.id == n.id && o.len == n.len)
-                && off_old == off_new;
-            if !same {
-                if let Some(o) = o {
-                    sum.remove(off_old, &o.id);
-                }
-                if let Some(n) = n {
-                    sum.add(off_new, &n.id);
-                }
-            }
-            off_old += o.map_or(0, |c| c.len as u64);
-            off_new += n.map_or(0, |c| c.len as u64);
-        }
-        let corrupt = |why: String| {
-            Error::from(snapback_core::Error::corrupt(
-                format!("chunk list of {}", file.path),
-                why,
-            ))
-        };
-        if sum.to_hex() != file.db_checksum {
-            return Err(corrupt(
-                "its checksum does not match the manifest's; refusing to read the point".into(),
-            ));
-        }
-        if off_new != file.size {
-            return Err(corrupt(format!(
-                "chunks add up to {off_new} bytes, the file has {}; refusing to read the point",
-                file.size
-            )));
-        }
-        let mut l = Layout::new(chunks, file);
-        l.sum = sum;
-        Ok(l)
-    }
-
-    fn new(chunks: Vec<ChunkRef>, file: &FileEntry) -> Layout {
-        let page_size = file
-            .sqlite
-            .as_ref()
-            .map_or(4096, |s| u64::from(s.page_size))
-            .max(1);
-        let per_page = chunks.iter().all(|c| c.len as u64 == page_size);
-        let offsets = (!per_page).then(|| {
-            let mut off = 0u64;
-            chunks
-                .iter()
-                .map(|c| {
-                    let o = off;
-                    off += c.len as u64;
-                    o
-                })
-                .collect()
-        });
-        Layout {
-            chunks,
-            offsets,
-            page_size,
-            size: file.size,
-            sum: DbChecksum::default(),
-        }
-    }
-
-    /// The chunks that hold page `pgno` (numbered from 1), with their
-    /// offsets.
-    fn page(&self, pgno: u64) -> Vec<(u64, Id, u32)> {
-        let start = (pgno - 1) * self.page_size;
-        let end = start + self.page_size;
-        match &self.offsets {
-            None => self
-                .chunks
-                .get((pgno - 1) as usize)
-                .map(|c| vec![(start, c.id, c.len)])
-                .unwrap_or_default(),
-            Some(offs) => {
-                let first = offs.partition_point(|&o| o <= start).saturating_sub(1);
-                offs.iter()
-                    .zip(&self.chunks)
-                    .skip(first)
-                    .take_while(|(o, _)| **o < end)
-                    .map(|(o, c)| (*o, c.id, c.len))
-                    .collect()
-            }
-        }
-    }
-
-    /// Whether every page of `pages` holds the same bytes here as in
-    /// `other`, in a file of the same size: then a read that touched only
-    /// those pages answers the same at both.
-    fn same_pages(&self, other: &Layout, pages: &BTreeSet<u64>) -> bool {
-        self.size == other.size
-            && self.page_size == other.page_size
-            && pages.iter().all(|&p| self.page(p) == other.page(p))
-    }
-}
-
 /// Every version of one record across every snapshot and timeline point
 /// that holds the database, oldest first, then the live database.
 pub fn history(repo: &Repository, live: &Path, q: &HistoryQuery) -> Result<History> {
@@ -258,26 +140,28 @@ pub fn history(repo: &Repository, live: &Path, q: &HistoryQuery) -> Result<Histo
     }
     let (path, points) = points_of(repo, live, q.path.as_deref())?;
     let mut states: Vec<(OffsetDateTime, String, Option<Row>)> = Vec::new();
-    let index = repo.index()?;
     let shared = Arc::new(repo.share());
-    // The layout of the point read last and the pages that read touched.
-    let mut last: Option<(Layout, BTreeSet<u64>)> = None;
-    // The layout of the point looked at last, when it was skipped: the
-    // base the next chunk list is proven from.
-    let mut proven: Option<Layout> = None;
+    // Each point's chunk list is worked out from the one before (no
+    // hashing), and proven against its manifest entry only where the
+    // record is read.
+    let mut walk = PointWalk::new(repo, repo.index()?);
+    // The size of the database at the point read last, and the pages that
+    // read touched with the chunks that held them there.
+    let mut last: Option<(u64, Vec<(u64, PageChunks)>)> = None;
     let mut read = 0usize;
     let mut pages_fetched = 0u64;
     for p in &points {
         let file = db_file(p, &path)?;
-        let base = proven.as_ref().or(last.as_ref().map(|(l, _)| l));
-        let layout = Layout::proven(repo, &index, file, base)?;
-        if let Some((prev, touched)) = &last {
-            if layout.same_pages(prev, touched) {
-                proven = Some(layout);
+        walk.advance(p, file)?;
+        if let Some((size, noted)) = &last {
+            // The same bytes on every page the read touched: the same
+            // answer, so the point is not read (nor its list proven).
+            if walk.size() == *size && noted.iter().all(|(pg, c)| walk.page(*pg) == *c) {
                 continue;
             }
         }
-        let db = PointDb::open_tracking(shared.clone(), p, file)?;
+        let proven = walk.prove()?;
+        let db = PointDb::open_tracking_proven(shared.clone(), p, file, proven)?;
         let place = p.describe();
         let state = {
             let conn = db
@@ -290,8 +174,10 @@ pub fn history(repo: &Repository, live: &Path, q: &HistoryQuery) -> Result<Histo
         let touched = db
             .pages_touched()
             .ok_or_else(|| snapback_core::Error::internal("history: the point tracks no pages"))?;
-        last = Some((layout, touched));
-        proven = None;
+        last = Some((
+            walk.size(),
+            touched.into_iter().map(|pg| (pg, walk.page(pg))).collect(),
+        ));
         if states.last().map(|s| &s.2) != Some(&state) {
             states.push((p.time, p.selector(), state));
         }
@@ -320,6 +206,7 @@ pub fn history(repo: &Repository, live: &Path, q: &HistoryQuery) -> Result<Histo
         points: points.len(),
         read,
         pages_fetched,
+        terms_hashed: walk.terms_hashed(),
     })
 }
 
