@@ -15,10 +15,14 @@
 //! verified window itself) where the file system takes them, so the file's
 //! bytes are not copied into the page cache on their way to the disk.
 //!
-//! `--delta` (`restore_delta`) writes into an existing DEST instead: it
-//! reads DEST once, window by window, hashes each chunk's range at the
-//! snapshot's offsets, fetches and writes only the chunks that differ, and
-//! proves the result the same way.
+//! `--delta` (`restore_delta`, `write_delta`) writes into an existing DEST
+//! instead: it reads DEST once (`scan_dest`: pieces of about 1 MiB, which
+//! one thread per core reads and hashes in turn, each chunk's range at the
+//! snapshot's offsets), then fetches and writes only the chunks that
+//! differ, and proves the result the same way: the chunks kept by their
+//! hashes, the chunks written by their verified blobs, folded at their
+//! offsets into the manifest's checksum. Only the chunks to write must be
+//! in the index, and only they are looked up.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -285,9 +289,7 @@ impl Repository {
                     out: &out,
                     direct: direct.as_ref(),
                     at: &tmp,
-                    base: Base::Empty,
                 },
-                &|| Ok(()),
                 progress,
             )?;
             set_metadata(&out, file, &tmp)?;
@@ -374,16 +376,11 @@ impl Repository {
             Ok(())
         };
         let stats = self
-            .write_image(
+            .write_delta(
                 &index,
                 file,
                 &chunks,
-                Target {
-                    out: &out,
-                    direct: None,
-                    at: dest,
-                    base: Base::Existing { len: meta.len() },
-                },
+                (&out, dest, meta.len()),
                 &prepare,
                 progress,
             )
@@ -489,14 +486,11 @@ impl Repository {
     }
 
     /// Writes the snapshot's content of `file` (`chunks`, proven by
-    /// `proven_chunks`) into `out` window by window, and proves what it
-    /// wrote: every chunk that lands in the file was hashed on the way (a
-    /// fetched blob against its id, a chunk already in DEST by reading it),
-    /// and those hashes folded at their offsets give the manifest's
-    /// `db_checksum`. `prepare` runs after every check and before the first change.
-    /// `base` says what `out` holds: nothing (a new file), or an
-    /// existing DEST of some length whose chunks are compared and kept
-    /// where they already match (`--delta`). Fsyncs before it returns; an
+    /// `proven_chunks`) into the new, empty file `out` (at `at`) window by
+    /// window, and proves what it wrote: every chunk that lands in the
+    /// file was hashed on the way (a fetched blob against its id, a zero
+    /// chunk by construction), and those hashes folded at their offsets
+    /// give the manifest's `db_checksum`. Fsyncs before it returns; an
     /// error means the content of `out` is not proven.
     fn write_image(
         &self,
@@ -504,22 +498,10 @@ impl Repository {
         file: &FileEntry,
         chunks: &[ChunkRef],
         target: Target<'_>,
-        prepare: &dyn Fn() -> Result<()>,
         progress: &dyn Progress,
     ) -> Result<WriteStats> {
-        let Target {
-            out,
-            direct,
-            at,
-            base,
-        } = target;
-        let codec = self.codec();
-        let mut zero_ids: HashMap<u32, Id> = HashMap::new();
-        for c in chunks {
-            zero_ids
-                .entry(c.len)
-                .or_insert_with(|| codec.blob_id(&vec![0u8; c.len as usize]));
-        }
+        let Target { out, direct, at } = target;
+        let zero_ids = zero_ids(self.codec(), chunks);
         let is_zero = |c: &ChunkRef| zero_ids.get(&c.len) == Some(&c.id);
         // Every chunk that may have to be fetched is indexed, before a byte
         // of `out` changes.
@@ -529,15 +511,8 @@ impl Repository {
                 return Err(missing_chunk(&c.id, &place));
             }
         }
-        let old_len = match base {
-            Base::Empty => 0,
-            Base::Existing { len } => len,
-        };
-        if file.size > old_len {
-            reserve(out, old_len, file.size, at)?;
-        }
-        prepare()?;
-        if file.size > old_len {
+        if file.size > 0 {
+            reserve(out, 0, file.size, at)?;
             out.set_len(file.size)
                 .map_err(|e| Error::io(at, "cannot size the file", e))?;
         }
@@ -580,9 +555,6 @@ impl Repository {
                         file,
                         &chunks[i..j],
                         start,
-                        out,
-                        at,
-                        old_len,
                         &is_zero,
                         &mut sum,
                         &mut stats,
@@ -603,19 +575,132 @@ impl Repository {
             written??;
             fed
         })?;
+        out.sync_all()
+            .map_err(|e| Error::io(at, "fsync failed", e))?;
+        proven_sum(&sum, file, at)?;
+        Ok(stats)
+    }
+
+    /// `--delta`'s `write_image`: reads DEST once (`scan_dest`, on every
+    /// core), then fetches and writes only the chunks that differ, and
+    /// proves the result as `write_image` does: every chunk that stays was
+    /// hashed where it lies, every chunk written was verified against its
+    /// id, and their terms folded at their offsets give the manifest's
+    /// `db_checksum`. Nothing is written before every chunk to fetch is
+    /// known to be indexed (and the space for a longer file reserved);
+    /// `prepare` runs then. `fdatasync`s before it returns (the data and
+    /// the size; the mode and time are set after it anyway).
+    fn write_delta(
+        &self,
+        index: &MasterIndex,
+        file: &FileEntry,
+        chunks: &[ChunkRef],
+        (out, at, old_len): (&File, &Path, u64),
+        prepare: &dyn Fn() -> Result<()>,
+        progress: &dyn Progress,
+    ) -> Result<WriteStats> {
+        let zero_ids = zero_ids(self.codec(), chunks);
+        let is_zero = |c: &ChunkRef| zero_ids.get(&c.len) == Some(&c.id);
+        let scan = scan_dest(self.codec(), out, at, chunks, old_len, &is_zero, progress)?;
+        let place = format!("chunk list of {}", file.path);
+        for n in scan.need.iter().filter(|n| n.fetch) {
+            if index.get(&chunks[n.k].id).is_none() {
+                return Err(missing_chunk(&chunks[n.k].id, &place));
+            }
+        }
+        if file.size > old_len {
+            reserve(out, old_len, file.size, at)?;
+        }
+        let mut stats = WriteStats {
+            compared_chunks: scan.compared_chunks,
+            compared_bytes: scan.compared_bytes,
+            ..Default::default()
+        };
+        let mut sum = scan.sum;
+        if !scan.need.is_empty() || file.size != old_len {
+            prepare()?;
+        }
+        if file.size > old_len {
+            out.set_len(file.size)
+                .map_err(|e| Error::io(at, "cannot size the file", e))?;
+        }
+        // The chunks to write, in batches of at most a window's bytes:
+        // each batch's blobs fetched straight into their places (verified
+        // there), each blob once, then written in runs of neighbours.
+        let mut i = 0;
+        while i < scan.need.len() {
+            let mut j = i;
+            let mut len = 0usize;
+            while j < scan.need.len()
+                && (j == i || len + chunks[scan.need[j].k].len as usize <= WINDOW as usize)
+            {
+                len += chunks[scan.need[j].k].len as usize;
+                j += 1;
+            }
+            let batch = &scan.need[i..j];
+            let mut buf = vec![0u8; len];
+            let mut first: HashMap<Id, usize> = HashMap::new();
+            let mut copies: Vec<(usize, usize)> = Vec::new();
+            {
+                let mut wants: Vec<(Id, &mut [u8])> = Vec::new();
+                let mut rest = &mut buf[..];
+                for (b, n) in batch.iter().enumerate() {
+                    let c = &chunks[n.k];
+                    let (here, tail) = std::mem::take(&mut rest).split_at_mut(c.len as usize);
+                    rest = tail;
+                    if !n.fetch {
+                        continue; // zeros, as allocated
+                    }
+                    match first.entry(c.id) {
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(b);
+                            wants.push((c.id, here));
+                        }
+                        std::collections::hash_map::Entry::Occupied(f) => {
+                            copies.push((b, *f.get()))
+                        }
+                    }
+                }
+                if !wants.is_empty() {
+                    self.fetch_into(index, wants, &place)?;
+                }
+            }
+            let mut offs = Vec::with_capacity(batch.len());
+            let mut o = 0usize;
+            for n in batch {
+                offs.push(o);
+                o += chunks[n.k].len as usize;
+            }
+            let refs: Vec<ChunkRef> = batch.iter().map(|n| chunks[n.k]).collect();
+            copy_duplicates(&mut buf, &copies, &refs, &offs, &place)?;
+            // Every chunk of the batch is now verified where it lies (a
+            // fetched blob against its id, zeros by construction): fold
+            // each at its offset and write the runs of neighbours.
+            let mut b = 0;
+            while b < batch.len() {
+                let mut e = b + 1;
+                while e < batch.len() && batch[e].k == batch[e - 1].k + 1 {
+                    e += 1;
+                }
+                for n in &batch[b..e] {
+                    sum.add(n.offset, &chunks[n.k].id);
+                }
+                let end = offs[e - 1] + chunks[batch[e - 1].k].len as usize;
+                out.write_all_at(&buf[offs[b]..end], batch[b].offset)
+                    .map_err(|e| Error::io(at, "write failed", e))?;
+                stats.written_chunks += (e - b) as u64;
+                stats.bytes_written += (end - offs[b]) as u64;
+                b = e;
+            }
+            i = j;
+        }
         if old_len > file.size {
             out.set_len(file.size)
                 .map_err(|e| Error::io(at, "cannot truncate the file", e))?;
         }
-        out.sync_all()
+        out.sync_data()
             .map_err(|e| Error::io(at, "fsync failed", e))?;
-        if sum.to_hex() != file.db_checksum {
-            return Err(Error::Verification(format!(
-                "the chunks written to {} do not add up to the snapshot's checksum of {}",
-                at.display(),
-                file.path
-            )));
-        }
+        proven_sum(&sum, file, at)?;
         Ok(stats)
     }
 
@@ -629,9 +714,6 @@ impl Repository {
         file: &FileEntry,
         chunks: &[ChunkRef],
         start: u64,
-        out: &File,
-        at: &Path,
-        old_len: u64,
         is_zero: &(dyn Fn(&ChunkRef) -> bool + Sync),
         sum: &mut DbChecksum,
         stats: &mut WriteStats,
@@ -641,8 +723,7 @@ impl Repository {
         // address is `start` modulo DIRECT_ALIGN: every whole aligned block
         // of a run is then aligned both in memory and in the file, as a
         // direct write needs. A recycled buffer is not cleared: every byte
-        // of it that is written or hashed below is first read from DEST,
-        // filled with zeros or fetched.
+        // of it that is written or hashed below is fetched first.
         let len = len as usize;
         if buf.capacity() < len + DIRECT_ALIGN {
             buf = Vec::with_capacity(len.max(WINDOW as usize) + DIRECT_ALIGN);
@@ -651,7 +732,6 @@ impl Repository {
             .wrapping_sub(buf.as_ptr() as usize)
             .rem_euclid(DIRECT_ALIGN);
         buf.resize(lead + len, 0);
-        let len = len as u64;
         let whole = &mut buf;
         let buf = &mut whole[lead..];
         let mut offs = Vec::with_capacity(chunks.len());
@@ -660,56 +740,12 @@ impl Repository {
             offs.push(o);
             o += c.len as usize;
         }
-        // What each chunk needs: None = already right (its hash, read from
-        // DEST or a zero chunk, is the list's), Some(false) = zeros to write,
-        // Some(true) = to fetch and write.
-        let have = old_len.saturating_sub(start).min(len) as usize;
-        for (c, &o) in chunks.iter().zip(&offs) {
-            if o + c.len as usize <= have {
-                stats.compared_chunks += 1;
-                stats.compared_bytes += c.len as u64;
-            }
-        }
-        let codec = self.codec();
-        // Whether chunk k, whose bytes (as DEST has them, where it has
-        // them) are `here`, is right already (None), needs zeros
-        // (Some(false)) or must be fetched (Some(true)).
-        let judge = |k: usize, here: &[u8]| -> Option<bool> {
-            let (c, o) = (&chunks[k], offs[k]);
-            if o + c.len as usize <= have {
-                if codec.blob_id(here) == c.id {
-                    return None;
-                }
-            } else if o >= have && is_zero(c) {
-                // Past DEST's old end: the file was extended with zeros.
-                return None;
-            }
-            Some(!is_zero(c))
-        };
-        // Reading and hashing DEST is the work of a --delta, its only pass
-        // over the file: each core reads its share of the window and
-        // hashes the chunks in it. Without DEST there is nothing to read.
-        let need: Vec<Option<bool>> = if have == 0 {
-            (0..chunks.len()).map(|k| judge(k, &[])).collect()
-        } else {
-            read_and_judge(
-                buf,
-                chunks,
-                &offs,
-                have,
-                &|part, a| {
-                    out.read_exact_at(part, start + a as u64)
-                        .map_err(|e| Error::io(at, "cannot read the destination", e))
-                },
-                &judge,
-            )?
-        };
-        // Zero chunks to write: clear what DEST had there.
-        for ((c, &o), n) in chunks.iter().zip(&offs).zip(&need) {
-            if *n == Some(false) {
-                buf[o..o + c.len as usize].fill(0);
-            }
-        }
+        // What each chunk needs: None = nothing (a zero chunk: the new file
+        // is zeros there), Some(true) = to fetch and write.
+        let need: Vec<Option<bool>> = chunks
+            .iter()
+            .map(|c| if is_zero(c) { None } else { Some(true) })
+            .collect();
         // Fetch the rest, each blob once, straight into its first place
         // (decompressed and hashed there, on the reader threads), then
         // copied into the others.
@@ -746,25 +782,10 @@ impl Repository {
             }
             self.fetch_into(index, wants, &place)?;
         }
-        for (k, k0) in copies {
-            let (c, c0) = (&chunks[k], &chunks[k0]);
-            if c.len != c0.len {
-                return Err(Error::corrupt(
-                    place,
-                    format!(
-                        "chunk {} is listed with {} and with {} bytes",
-                        c.id.short(),
-                        c0.len,
-                        c.len
-                    ),
-                ));
-            }
-            buf.copy_within(offs[k0]..offs[k0] + c0.len as usize, offs[k]);
-        }
+        copy_duplicates(buf, &copies, chunks, &offs, &place)?;
         // Every chunk is now verified where it lies: a fetched blob against
-        // its id, a kept chunk by the hash just computed, a zero chunk by
-        // construction. Fold them at their offsets, and note the runs to
-        // write (fetched chunks, and zeros over DEST's old bytes).
+        // its id, a zero chunk by construction. Fold them at their
+        // offsets, and note the runs to write (the fetched chunks).
         let mut runs: Vec<(usize, usize)> = Vec::new();
         for ((c, &o), n) in chunks.iter().zip(&offs).zip(&need) {
             sum.add(start + o as u64, &c.id);
@@ -800,8 +821,8 @@ const MAX_RANGE: u64 = 1 << 20;
 /// between.
 const MAX_GAP: u64 = 256 << 10;
 
-/// The file a restore writes: its handle, its path (for messages) and
-/// what it holds before.
+/// The new file a full restore writes: its handle, the same file opened
+/// for direct writes, and its path (for messages).
 #[derive(Clone, Copy)]
 struct Target<'a> {
     out: &'a File,
@@ -810,16 +831,6 @@ struct Target<'a> {
     /// page cache (see `write_run`).
     direct: Option<&'a File>,
     at: &'a Path,
-    base: Base,
-}
-
-/// What a file being written holds before the restore writes it.
-#[derive(Debug, Clone, Copy)]
-enum Base {
-    /// A new, empty file.
-    Empty,
-    /// An existing DEST of `len` bytes (`--delta`).
-    Existing { len: u64 },
 }
 
 /// What `write_image` compared and wrote.
@@ -959,55 +970,197 @@ fn missing_chunk(id: &Id, place: &str) -> Error {
     )
 }
 
-/// A window's chunks judged against DEST, on every core in scoped threads
-/// (no pool that spins while the range readers want the cores): `buf`
-/// (the window, chunk k at `offs[k]`) is cut into one share per core at
-/// chunk boundaries; each thread reads its share's part of DEST's first
-/// `have` bytes with `read(part, offset in the window)` and judges its
-/// chunks, each by `judge(k, its bytes)`.
-fn read_and_judge(
+/// Bytes of DEST that a thread of `scan_dest` reads and hashes at a time:
+/// small enough to stay in the core's cache from the read to the hash.
+const SCAN_PIECE: u64 = 1 << 20;
+
+/// A chunk `scan_dest` found to differ: its place in the chunk list, its
+/// offset, and whether it is fetched (else it is zeros).
+#[derive(Debug, Clone, Copy)]
+struct Need {
+    k: usize,
+    offset: u64,
+    fetch: bool,
+}
+
+/// What `scan_dest` found.
+struct Scan {
+    /// The chunks to write, in file order.
+    need: Vec<Need>,
+    /// The terms of every chunk found right, folded at their offsets.
+    sum: DbChecksum,
+    compared_chunks: u64,
+    compared_bytes: u64,
+}
+
+/// Reads DEST's first `old_len` bytes once and judges every chunk of the
+/// list against them, on every core: DEST is cut at chunk boundaries into
+/// pieces of about `SCAN_PIECE` bytes, which threads of their own take in
+/// turn, each reading a piece into one buffer it keeps and hashing the
+/// chunks in it. A chunk is right when its bytes in DEST hash to its id,
+/// or when it lies past DEST's end and is all zeros (the file is extended
+/// with zeros); every other chunk is to be written.
+fn scan_dest(
+    codec: &crate::pack::BlobCodec,
+    out: &File,
+    at: &Path,
+    chunks: &[ChunkRef],
+    old_len: u64,
+    is_zero: &(dyn Fn(&ChunkRef) -> bool + Sync),
+    progress: &dyn Progress,
+) -> Result<Scan> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    // Reading ahead of the threads helps a DEST that is not cached.
+    let _ = rustix::fs::fadvise(out, 0, None, rustix::fs::Advice::Sequential);
+    // The pieces: (first chunk, its offset).
+    let mut pieces: Vec<(usize, u64)> = Vec::new();
+    let mut off = 0u64;
+    let mut piece_end = 0u64;
+    for (k, c) in chunks.iter().enumerate() {
+        if k == 0 || off >= piece_end {
+            pieces.push((k, off));
+            piece_end = off + SCAN_PIECE;
+        }
+        off += c.len as u64;
+    }
+    pieces.push((chunks.len(), off));
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let width = std::thread::available_parallelism()
+        .map_or(2, |w| w.get())
+        .clamp(1, pieces.len().max(1));
+    let work = || -> Result<Scan> {
+        let mut mine = Scan {
+            need: Vec::new(),
+            sum: DbChecksum::default(),
+            compared_chunks: 0,
+            compared_bytes: 0,
+        };
+        let mut buf: Vec<u8> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let p = next.fetch_add(1, Ordering::Relaxed);
+            let (Some(&(k0, a)), Some(&(k1, b))) = (pieces.get(p), pieces.get(p + 1)) else {
+                break;
+            };
+            let have = old_len.clamp(a, b);
+            buf.resize((have - a) as usize, 0);
+            if have > a {
+                out.read_exact_at(&mut buf, a)
+                    .map_err(|e| Error::io(at, "cannot read the destination", e))?;
+            }
+            let mut o = a;
+            for (k, c) in chunks[k0..k1].iter().enumerate() {
+                let e = o + c.len as u64;
+                let right = if e <= have {
+                    mine.compared_chunks += 1;
+                    mine.compared_bytes += c.len as u64;
+                    codec.blob_id(&buf[(o - a) as usize..(e - a) as usize]) == c.id
+                } else {
+                    // Past DEST's old end: the file is extended with zeros.
+                    o >= old_len && is_zero(c)
+                };
+                if right {
+                    mine.sum.add(o, &c.id);
+                } else {
+                    mine.need.push(Need {
+                        k: k0 + k,
+                        offset: o,
+                        fetch: !is_zero(c),
+                    });
+                }
+                o = e;
+            }
+            progress.inc(b - a);
+        }
+        Ok(mine)
+    };
+    let parts: Vec<Result<Scan>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..width)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = work();
+                    if r.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::internal("a thread reading the destination panicked"))
+                })
+            })
+            .collect()
+    });
+    let mut all = Scan {
+        need: Vec::new(),
+        sum: DbChecksum::default(),
+        compared_chunks: 0,
+        compared_bytes: 0,
+    };
+    for p in parts {
+        let p = p?;
+        all.need.extend(p.need);
+        all.sum.0 = all.sum.0.wrapping_add(p.sum.0);
+        all.compared_chunks += p.compared_chunks;
+        all.compared_bytes += p.compared_bytes;
+    }
+    all.need.sort_unstable_by_key(|n| n.k);
+    Ok(all)
+}
+
+/// The id of a chunk of zeros, for each length of chunk in `chunks`.
+fn zero_ids(codec: &crate::pack::BlobCodec, chunks: &[ChunkRef]) -> HashMap<u32, Id> {
+    let mut ids: HashMap<u32, Id> = HashMap::new();
+    for c in chunks {
+        ids.entry(c.len)
+            .or_insert_with(|| codec.blob_id(&vec![0u8; c.len as usize]));
+    }
+    ids
+}
+
+/// The proof of a restored file: the terms of its chunks, each verified
+/// where it lies and folded at its offset, are the manifest's checksum.
+fn proven_sum(sum: &DbChecksum, file: &FileEntry, at: &Path) -> Result<()> {
+    if sum.to_hex() != file.db_checksum {
+        return Err(Error::Verification(format!(
+            "the chunks written to {} do not add up to the snapshot's checksum of {}",
+            at.display(),
+            file.path
+        )));
+    }
+    Ok(())
+}
+
+/// Copies each blob fetched once into the other places of its id in `buf`:
+/// `copies` are (place, first place) pairs of `chunks`, chunk k at
+/// `offs[k]`.
+fn copy_duplicates(
     buf: &mut [u8],
+    copies: &[(usize, usize)],
     chunks: &[ChunkRef],
     offs: &[usize],
-    have: usize,
-    read: &(dyn Fn(&mut [u8], usize) -> Result<()> + Sync),
-    judge: &(dyn Fn(usize, &[u8]) -> Option<bool> + Sync),
-) -> Result<Vec<Option<bool>>> {
-    let n = chunks.len();
-    let width = std::thread::available_parallelism().map_or(2, |w| w.get());
-    let per = n.div_ceil(width.max(1)).max(1);
-    std::thread::scope(|s| {
-        let mut rest = buf;
-        let mut parts = Vec::new();
-        for k0 in (0..n).step_by(per) {
-            let k1 = (k0 + per).min(n);
-            let a = offs[k0];
-            let b = offs[k1 - 1] + chunks[k1 - 1].len as usize;
-            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(b - a);
-            rest = tail;
-            parts.push(s.spawn(move || -> Result<Vec<Option<bool>>> {
-                let r = have.min(b).saturating_sub(a);
-                if r > 0 {
-                    read(&mut mine[..r], a)?;
-                }
-                let mine = &*mine;
-                Ok((k0..k1)
-                    .map(|k| {
-                        let o = offs[k] - a;
-                        judge(k, &mine[o..o + chunks[k].len as usize])
-                    })
-                    .collect())
-            }));
+    place: &str,
+) -> Result<()> {
+    for &(k, k0) in copies {
+        let (c, c0) = (&chunks[k], &chunks[k0]);
+        if c.len != c0.len {
+            return Err(Error::corrupt(
+                place,
+                format!(
+                    "chunk {} is listed with {} and with {} bytes",
+                    c.id.short(),
+                    c0.len,
+                    c.len
+                ),
+            ));
         }
-        let mut need = Vec::with_capacity(n);
-        for h in parts {
-            match h.join() {
-                Ok(v) => need.extend(v?),
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-        Ok(need)
-    })
+        buf.copy_within(offs[k0]..offs[k0] + c0.len as usize, offs[k]);
+    }
+    Ok(())
 }
 
 /// Runs `f` on every job, `width` at a time, on threads of their own (a
