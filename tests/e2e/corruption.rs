@@ -251,3 +251,72 @@ fn damaged_audit_log_is_named_by_audit_verify() {
         assert_eq!(rows(&db), before, "{what}: undo wrote nothing");
     }
 }
+
+/// `diff` scans the snapshot's side (through the VFS) and the live side
+/// each on a thread of its own. A page of the snapshot that cannot be
+/// verified half-way through the table, after many batches of rows (some
+/// of them different) went through the merge, fails the whole diff: exit
+/// 1, and nothing printed, not the rows merged before the failure.
+#[test]
+fn threaded_diff_whose_snapshot_side_fails_half_way_prints_nothing_and_exits_1() {
+    let env = Env::new();
+    let db = env.path("big.db");
+    let c = rusqlite::Connection::open(&db).expect("open");
+    // About 600 pages of one table, each page unlike any other.
+    c.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+         INSERT INTO t SELECT i, randomblob(100) FROM n;",
+    )
+    .expect("fill");
+    let id = env.snapshot(&db);
+    // Rows that differ from the start of the table on.
+    c.execute_batch("UPDATE t SET v = x'00' WHERE id % 100 = 1")
+        .expect("change");
+    drop(c);
+    let dbs = db.to_str().expect("utf8");
+    let before = env.run(&["diff", &id, dbs, "--sql"]);
+    assert_eq!(before.status.code(), Some(3), "{}", stderr(&before));
+    assert_eq!(stdout(&before).lines().count(), 200, "{}", stdout(&before));
+
+    // One byte flipped at 60% of the pack: a leaf page of t in the middle
+    // of the scan (pages are packed in file order).
+    let pack = largest(objects(&env.repo(), "data"));
+    let mut bytes = std::fs::read(&pack).expect("read pack");
+    let at = bytes.len() * 6 / 10;
+    bytes[at] ^= 0x40;
+    std::fs::write(&pack, &bytes).expect("write pack");
+
+    for args in [
+        &["diff", &id, dbs, "--sql"][..],
+        &["--json", "diff", &id, dbs],
+    ] {
+        let out = env.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: the diff fails: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).is_empty(),
+            "{args:?}: nothing printed: {}",
+            stdout(&out)
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("I/O error"),
+            "{args:?}: the error says why: {err}"
+        );
+        // The failed read is past the first hundred pages: the scans had
+        // merged rows (and differences) before it.
+        let offset: u64 = err
+            .split("offset=")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{args:?}: the warning names the offset: {err}"));
+        assert!(offset >= 100 * 4096, "{args:?}: failed at {offset}: {err}");
+    }
+}

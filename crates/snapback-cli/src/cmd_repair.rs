@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use snapback_repair::{audit_verify, ApplyOptions, LoadedScript, RepairOptions, RepairSession};
 use snapback_repair::{
-    check_pairing, compare_table_sets, compare_virtual_tables, diff_table, live_path,
+    check_pairing, compare_table_sets, compare_virtual_tables, diff_table_threaded, live_path,
     open_live_readonly, prepare_table, resolve_snapshot, row_human, row_json, sql_for,
-    virtual_table_comparable, DiffCounts, Side, SnapshotDb, TableSelection,
+    virtual_table_comparable, DiffCounts, ScanSide, Side, SnapshotDb, TableSelection,
 };
 use snapback_repair::{emit_script, EmitScript, EmitSource, EmitTable};
 
@@ -87,17 +87,19 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     }
     let live = live_path(&absolute(std::path::Path::new(&live_arg)))?;
     let (sdb, emit_source) = open_diff_snapshot(g, &a, snap_sel, &live, emit_to.is_some())?;
-    let sconn = sdb.open()?;
-    let lconn = open_live_readonly(&live, a.busy_timeout)?;
-    let sside = Side {
-        conn: &sconn,
+    let mut sconn = sdb.open()?;
+    let mut lconn = open_live_readonly(&live, a.busy_timeout)?;
+    // Each side is scanned by its own connection on a thread of its own
+    // (diff_table_threaded); everything else reads them on this thread.
+    let mut sside = ScanSide {
+        conn: &mut sconn,
         place: sdb.describe(),
     };
-    let lside = Side {
-        conn: &lconn,
+    let mut lside = ScanSide {
+        conn: &mut lconn,
         place: live.display().to_string(),
     };
-    let mut plan = plan_diff(&a, &sside, &lside)?;
+    let mut plan = plan_diff(&a, &sside.side(), &lside.side())?;
 
     // Held back until every table is compared: a diff that fails half-way
     // (a page of the snapshot that cannot be verified) prints no rows.
@@ -121,11 +123,20 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<u8> {
     for t in &plan.prepared {
         // One read transaction per table: the pairing check and the diff
         // read the same data.
-        lconn
+        lside
+            .conn
             .execute_batch("BEGIN")
             .context("cannot start a read transaction on the live database")?;
-        let result = diff_one(g, &a, &mut out, &sside, &lside, t, &mut schema_count);
-        let _ = lconn.execute_batch("COMMIT");
+        let result = diff_one(
+            g,
+            &a,
+            &mut out,
+            &mut sside,
+            &mut lside,
+            t,
+            &mut schema_count,
+        );
+        let _ = lside.conn.execute_batch("COMMIT");
         match result {
             Ok(counts) => {
                 compared += 1;
@@ -486,13 +497,13 @@ fn diff_one(
     g: &Global,
     a: &DiffArgs,
     out: &mut impl Write,
-    sside: &Side<'_>,
-    lside: &Side<'_>,
+    sside: &mut ScanSide<'_>,
+    lside: &mut ScanSide<'_>,
     t: &snapback_repair::PreparedTable,
     schema_count: &mut u64,
 ) -> Result<DiffCounts, DiffOneError> {
     let fatal = |e: std::io::Error| DiffOneError::Fatal(e.into());
-    match check_pairing(sside, lside, t) {
+    match check_pairing(&sside.side(), &lside.side(), t) {
         Ok(()) => {}
         Err(e @ snapback_repair::Error::NoKey(_)) => {
             return Err(DiffOneError::Pairing(e.to_string()))
@@ -525,7 +536,7 @@ fn diff_one(
         };
         r.map_err(fatal)?;
     }
-    let counts = diff_table(sside, lside, t, |d| {
+    let counts = diff_table_threaded(sside, lside, t, |d| {
         let r = if g.json {
             writeln!(out, "{}", row_json(t, &d))
         } else if a.sql {

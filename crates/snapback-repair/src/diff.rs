@@ -3,21 +3,25 @@
 //!
 //! Both sides are read with one prepared statement each, ordered by the key,
 //! and merged like a sort-merge join: memory stays flat whatever the size of
-//! the table. Values are compared with SQLite's semantics (see `value`), and
-//! each side is checked to arrive strictly in key order, so a collation or
-//! duplicate-key surprise stops the diff instead of producing a wrong answer.
+//! the table. Keys are ordered with SQLite's semantics (see `value`), values
+//! compared exactly, as encoded bytes (see `scan`), and each side is checked
+//! to arrive strictly in key order, so a collation or duplicate-key surprise
+//! stops the diff instead of producing a wrong answer. The two scans run on
+//! the merge's thread (`diff_table`) or each on a thread of its own
+//! (`diff_table_threaded`).
 
 use std::cmp::Ordering;
 
-use fallible_streaming_iterator::FallibleStreamingIterator;
-use rusqlite::{Connection, Row};
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::scan::{key_cmp, Cursor, RowRef, Scan, ScanSpec};
 use crate::schema::{
     choose_key, column_list, key_is_rowid, quote_ident, table_info, Key, TableInfo,
 };
-use crate::value::{cmp_values, same_value, Value};
+use crate::value::Value;
 
 /// One side of a diff: an open connection and a name for messages.
 pub struct Side<'a> {
@@ -523,15 +527,15 @@ pub fn check_pairing(snap: &Side<'_>, live: &Side<'_>, t: &PreparedTable) -> Res
         (live, &t.live_key_sql, t.rowid_key.1),
     ];
     for (side, sql, _) in sides.into_iter().filter(|(_, _, rowid)| !rowid) {
-        let e = |e| Error::sqlite(&side.place, format!("cannot read table {}", t.table), e);
-        let mut st = side.conn.prepare(sql).map_err(e)?;
-        let mut rows = st.query([]).map_err(e)?;
-        let mut order = OrderCheck::new(t.key.columns.len());
-        while let Some(row) = rows.next().map_err(e)? {
-            order.check(t, row, &side.place)?;
-        }
+        let spec = t.scan_spec(&side.place, t.key.columns.len());
+        let mut st = side.conn.prepare(sql).map_err(|e| spec_error(&spec, e))?;
+        Scan::new(&mut st, spec)?.drain()?;
     }
     Ok(())
+}
+
+fn spec_error(spec: &ScanSpec, e: rusqlite::Error) -> Error {
+    Error::sqlite(&spec.place, format!("cannot read table {}", spec.table), e)
 }
 
 impl PreparedTable {
@@ -557,195 +561,192 @@ impl PreparedTable {
             .map(|d| format!("table {}: {}", d.table, d.what))
             .collect()
     }
-}
 
-fn key_cmp(t: &PreparedTable, a: &Row<'_>, b: &Row<'_>) -> rusqlite::Result<Ordering> {
-    for (i, coll) in t.key.collations.iter().enumerate() {
-        match cmp_values(a.get_ref(i)?, b.get_ref(i)?, *coll) {
-            Ordering::Equal => {}
-            o => return Ok(o),
-        }
-    }
-    Ok(Ordering::Equal)
-}
-
-/// Remembers the previous key of one side, to prove the order is strict.
-struct OrderCheck {
-    prev: Vec<Value>,
-    have: bool,
-}
-
-impl OrderCheck {
-    fn new(n: usize) -> OrderCheck {
-        OrderCheck {
-            prev: vec![Value::Null; n],
-            have: false,
+    /// A scan of this table at `place`, of rows of `ncols` columns.
+    fn scan_spec(&self, place: &str, ncols: usize) -> ScanSpec {
+        ScanSpec {
+            place: place.to_string(),
+            table: self.table.clone(),
+            key_columns: self.key.columns.clone(),
+            collations: self.key.collations.clone(),
+            ncols,
         }
     }
 
-    fn check(&mut self, t: &PreparedTable, row: &Row<'_>, place: &str) -> Result<()> {
-        let n = self.prev.len();
-        let wrap = |e| Error::sqlite(place, format!("cannot read table {}", t.table), e);
-        if self.have {
-            let mut ord = Ordering::Equal;
-            for i in 0..n {
-                ord = cmp_values(
-                    self.prev[i].as_ref(),
-                    row.get_ref(i).map_err(wrap)?,
-                    t.key.collations[i],
-                );
-                if ord != Ordering::Equal {
-                    break;
-                }
-            }
-            match ord {
-                Ordering::Less => {}
-                Ordering::Equal => {
-                    return Err(Error::NoKey(format!(
-                        "{place}: table {} has more than one row with key {:?} ({}); the key does not identify rows uniquely (NULLs in a key are never unique); give one that does with --key",
-                        t.table, self.prev, t.key.columns.join(", ")
-                    )))
-                }
-                Ordering::Greater => {
-                    return Err(Error::Input(format!(
-                        "{place}: rows of table {} did not arrive in key order (after {:?}); this is a bug in snapback's ordering rules for this key, please report it",
-                        t.table, self.prev
-                    )))
-                }
-            }
-        }
-        for i in 0..n {
-            self.prev[i].assign(row.get_ref(i).map_err(wrap)?);
-        }
-        self.have = true;
-        Ok(())
+    /// The scans of the snapshot's and the live side (the live rows carry
+    /// the guard's result after the data columns).
+    fn scan_specs(&self, snap: &str, live: &str) -> (ScanSpec, ScanSpec) {
+        let n = self.key.columns.len() + self.data_columns.len();
+        (
+            self.scan_spec(snap, n),
+            self.scan_spec(live, n + self.guard.is_some() as usize),
+        )
     }
 }
 
-fn values(row: &Row<'_>, from: usize, n: usize) -> rusqlite::Result<Vec<Value>> {
-    (from..from + n)
-        .map(|i| row.get_ref(i).map(Value::from_ref))
-        .collect()
-}
-
-enum Step {
-    A,
-    B,
-    Both,
-}
-
-/// Streams the differences of one table into `sink`, in key order.
+/// Streams the differences of one table into `sink`, in key order, with
+/// both sides scanned on this thread: for a sink that reads either side's
+/// connection while the diff runs (a repair's plan reads the whole live
+/// row it deletes). [`diff_table_threaded`] scans each side on a thread of
+/// its own.
 pub fn diff_table(
     snap: &Side<'_>,
     live: &Side<'_>,
     t: &PreparedTable,
+    sink: impl FnMut(RowDiff) -> Result<()>,
+) -> Result<DiffCounts> {
+    let (sa, sb) = t.scan_specs(&snap.place, &live.place);
+    let mut qa = snap
+        .conn
+        .prepare(&t.snap_sql)
+        .map_err(|e| spec_error(&sa, e))?;
+    let mut qb = live
+        .conn
+        .prepare(&t.live_sql)
+        .map_err(|e| spec_error(&sb, e))?;
+    let mut a = Cursor::inline(Scan::new(&mut qa, sa)?)?;
+    let mut b = Cursor::inline(Scan::new(&mut qb, sb)?)?;
+    merge(t, &mut a, &mut b, sink)
+}
+
+/// One side of a diff whose scan runs on a thread of its own: its
+/// connection is lent to that thread while the table is scanned.
+pub struct ScanSide<'a> {
+    pub conn: &'a mut Connection,
+    pub place: String,
+}
+
+impl ScanSide<'_> {
+    /// The same side, for everything but the threaded scan.
+    pub fn side(&self) -> Side<'_> {
+        Side {
+            conn: self.conn,
+            place: self.place.clone(),
+        }
+    }
+}
+
+/// What [`diff_table`] does, with each side scanned (SQLite decoding its
+/// rows) by its own connection on a thread of its own, the rows streamed in
+/// key order through a bounded channel to the merge on this thread. Same
+/// results, same errors; `sink` runs on this thread. When the merge stops
+/// early (an error on one side, or from `sink`), the other scan stops at
+/// its next batch, before this returns.
+pub fn diff_table_threaded(
+    snap: &mut ScanSide<'_>,
+    live: &mut ScanSide<'_>,
+    t: &PreparedTable,
+    sink: impl FnMut(RowDiff) -> Result<()>,
+) -> Result<DiffCounts> {
+    let (sa, sb) = t.scan_specs(&snap.place, &live.place);
+    let (ca, cb) = (&mut *snap.conn, &mut *live.conn);
+    std::thread::scope(|s| {
+        let (a, ha) = crate::scan::spawn(s, ca, &t.snap_sql, sa)?;
+        let (b, hb) = match crate::scan::spawn(s, cb, &t.live_sql, sb) {
+            Ok(b) => b,
+            Err(e) => {
+                drop(a);
+                let _ = ha.join();
+                return Err(e);
+            }
+        };
+        let merged = (|| {
+            let mut a = a.cursor()?;
+            let mut b = b.cursor()?;
+            merge(t, &mut a, &mut b, sink)
+        })();
+        // The cursors are gone: a scan still running stops at its next
+        // batch. A scan that panicked has already said so to its cursor
+        // (its rows ended without their end), so `merged` is an error.
+        let _ = ha.join();
+        let _ = hb.join();
+        merged
+    })
+}
+
+/// The sort-merge join of the two sides' rows into `sink`.
+fn merge(
+    t: &PreparedTable,
+    a: &mut Cursor<'_>,
+    b: &mut Cursor<'_>,
     mut sink: impl FnMut(RowDiff) -> Result<()>,
 ) -> Result<DiffCounts> {
-    let se = |e| Error::sqlite(&snap.place, format!("cannot read table {}", t.table), e);
-    let le = |e| Error::sqlite(&live.place, format!("cannot read table {}", t.table), e);
     let nk = t.key.columns.len();
     let nd = t.data_columns.len();
-    let guard_col = t.guard.as_ref().map(|_| nk + nd);
-    let mut sa = snap.conn.prepare(&t.snap_sql).map_err(se)?;
-    let mut sb = live.conn.prepare(&t.live_sql).map_err(le)?;
-    let mut ra = sa.query([]).map_err(se)?;
-    let mut rb = sb.query([]).map_err(le)?;
-    ra.advance().map_err(se)?;
-    rb.advance().map_err(le)?;
-    let mut oa = OrderCheck::new(nk);
-    let mut ob = OrderCheck::new(nk);
-    let mut counts = DiffCounts::default();
-    let guarded = |row: &Row<'_>| -> Result<bool> {
-        match guard_col {
-            Some(i) => Ok(row.get::<_, i64>(i).map_err(le)? != 0),
-            None => Ok(false),
-        }
+    let guarded = |row: RowRef<'_>| match t.guard {
+        Some(_) => !matches!(row.get(nk + nd), ValueRef::Integer(0)),
+        None => false,
     };
-    let lost =
-        |side: &str| snapback_core::Error::internal(format!("diff: the merge lost its {side} row"));
+    let mut counts = DiffCounts::default();
     let mut changed = Vec::new();
     let mut key_changed = Vec::new();
     loop {
-        let (a, b) = (ra.get(), rb.get());
-        let ord = match (a, b) {
+        let (ra, rb) = (a.current(), b.current());
+        let ord = match (ra, rb) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
-            (Some(a), Some(b)) => key_cmp(t, a, b).map_err(se)?,
+            (Some(x), Some(y)) => key_cmp(&t.key.collations, x, y),
         };
-        let step = match ord {
-            Ordering::Less => {
-                let a = a.ok_or_else(|| lost("snapshot"))?;
-                oa.check(t, a, &snap.place)?;
+        match (ord, ra, rb) {
+            (Ordering::Less, Some(x), _) => {
                 counts.only_in_snapshot += 1;
                 sink(RowDiff {
                     kind: DiffKind::OnlyInSnapshot,
-                    key: values(a, 0, nk).map_err(se)?,
-                    snapshot: Some(values(a, nk, nd).map_err(se)?),
+                    key: x.values(0, nk),
+                    snapshot: Some(x.values(nk, nd)),
                     live: None,
                     changed: vec![],
                     live_key: None,
                     key_changed: vec![],
                     guarded: false,
                 })?;
-                Step::A
+                a.advance()?;
             }
-            Ordering::Greater => {
-                let b = b.ok_or_else(|| lost("live"))?;
-                ob.check(t, b, &live.place)?;
-                let g = guarded(b)?;
+            (Ordering::Greater, _, Some(y)) => {
+                let g = guarded(y);
                 counts.only_in_live += 1;
                 counts.guarded += g as u64;
                 sink(RowDiff {
                     kind: DiffKind::OnlyInLive,
-                    key: values(b, 0, nk).map_err(le)?,
+                    key: y.values(0, nk),
                     snapshot: None,
-                    live: Some(values(b, nk, nd).map_err(le)?),
+                    live: Some(y.values(nk, nd)),
                     changed: vec![],
                     live_key: None,
                     key_changed: vec![],
                     guarded: g,
                 })?;
-                Step::B
+                b.advance()?;
             }
-            Ordering::Equal => {
-                let (a, b) = (
-                    a.ok_or_else(|| lost("snapshot"))?,
-                    b.ok_or_else(|| lost("live"))?,
-                );
-                oa.check(t, a, &snap.place)?;
-                ob.check(t, b, &live.place)?;
-                compare_paired(t, (a, b), (&se, &le), &mut changed, &mut key_changed)?;
+            (Ordering::Equal, Some(x), Some(y)) => {
+                compare_paired(t, (x, y), &mut changed, &mut key_changed);
                 if changed.is_empty() && key_changed.is_empty() {
                     counts.identical += 1;
                 } else {
-                    let g = guarded(b)?;
+                    let g = guarded(y);
                     counts.changed += 1;
                     counts.guarded += g as u64;
                     sink(RowDiff {
                         kind: DiffKind::Changed,
-                        key: values(a, 0, nk).map_err(se)?,
-                        snapshot: Some(values(a, nk, nd).map_err(se)?),
-                        live: Some(values(b, nk, nd).map_err(le)?),
+                        key: x.values(0, nk),
+                        snapshot: Some(x.values(nk, nd)),
+                        live: Some(y.values(nk, nd)),
                         changed: changed.clone(),
-                        live_key: if key_changed.is_empty() {
-                            None
-                        } else {
-                            Some(values(b, 0, nk).map_err(le)?)
-                        },
+                        live_key: (!key_changed.is_empty()).then(|| y.values(0, nk)),
                         key_changed: key_changed.clone(),
                         guarded: g,
                     })?;
                 }
-                Step::Both
+                a.advance()?;
+                b.advance()?;
             }
-        };
-        match step {
-            Step::A => ra.advance().map_err(se)?,
-            Step::B => rb.advance().map_err(le)?,
-            Step::Both => {
-                ra.advance().map_err(se)?;
-                rb.advance().map_err(le)?;
+            _ => {
+                return Err(snapback_core::Error::internal(format!(
+                    "diff of table {}: the merge lost a row",
+                    t.table
+                ))
+                .into())
             }
         }
     }
@@ -753,40 +754,34 @@ pub fn diff_table(
 }
 
 /// Which key columns (by index) and which compared columns (by index in
-/// the data columns) of a paired snapshot row `a` and live row `b` differ
-/// (`se` and `le` wrap a read error of each side).
+/// the data columns) of a paired snapshot row `a` and live row `b` differ.
+/// Compared as the rows' encoded bytes, equal exactly when the values are
+/// the same value (storage class and bits): rows whose compared columns
+/// are all equal cost one comparison of their bytes.
 fn compare_paired(
     t: &PreparedTable,
-    (a, b): (&Row<'_>, &Row<'_>),
-    (se, le): (
-        &dyn Fn(rusqlite::Error) -> Error,
-        &dyn Fn(rusqlite::Error) -> Error,
-    ),
+    (a, b): (RowRef<'_>, RowRef<'_>),
     changed: &mut Vec<usize>,
     key_changed: &mut Vec<usize>,
-) -> Result<()> {
+) {
     let nk = t.key.columns.len();
+    let nd = t.data_columns.len();
     changed.clear();
     key_changed.clear();
     // Paired under the key's collation ('Alice' NOCASE 'alice'), but the
     // bytes are what the row holds: a key whose text changed is a changed
     // row.
-    for i in 0..nk {
-        let (x, y) = (a.get_ref(i).map_err(se)?, b.get_ref(i).map_err(le)?);
-        if !same_value(x, y) {
-            key_changed.push(i);
-        }
+    if a.raw_span(0, nk) != b.raw_span(0, nk) {
+        key_changed.extend((0..nk).filter(|&i| a.raw(i) != b.raw(i)));
     }
-    for &i in &t.compare {
-        let (x, y) = (
-            a.get_ref(nk + i).map_err(se)?,
-            b.get_ref(nk + i).map_err(le)?,
+    if a.raw_span(nk, nk + nd) != b.raw_span(nk, nk + nd) {
+        changed.extend(
+            t.compare
+                .iter()
+                .copied()
+                .filter(|&i| a.raw(nk + i) != b.raw(nk + i)),
         );
-        if !same_value(x, y) {
-            changed.push(i);
-        }
     }
-    Ok(())
 }
 
 /// SQL that turns the live row into the snapshot row, like sqldiff's output.

@@ -5,6 +5,8 @@
 //! Layers, bottom up:
 //! - `value`, `schema`: SQLite values compared with SQLite's semantics;
 //!   tables, columns and the key that pairs rows.
+//! - `scan`: a key-ordered scan of one side as batches of encoded rows, on
+//!   the caller's thread or a thread of its own.
 //! - `diff`: a streaming merge of two key-ordered scans.
 //! - `source`: where the snapshot side comes from (a point opened in place
 //!   through the snapback VFS, or a file given directly, e.g. in a mounted
@@ -25,6 +27,7 @@ mod error;
 mod forensics;
 mod repair;
 mod report;
+mod scan;
 mod schema;
 mod script;
 mod source;
@@ -37,8 +40,9 @@ pub use audit::{
 };
 pub use changes::{ChangeSet, Conflict, Op, RowChange, TableChanges, TableCounts};
 pub use diff::{
-    check_pairing, compare_table_sets, compare_virtual_tables, diff_table, prepare_table, sql_for,
-    DiffCounts, DiffKind, PreparedTable, RowDiff, SchemaDiff, Side, TableSelection,
+    check_pairing, compare_table_sets, compare_virtual_tables, diff_table, diff_table_threaded,
+    prepare_table, sql_for, DiffCounts, DiffKind, PreparedTable, RowDiff, ScanSide, SchemaDiff,
+    Side, TableSelection,
 };
 pub use error::{is_busy, Error, Result};
 pub use forensics::{

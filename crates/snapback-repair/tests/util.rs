@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 use snapback_repair::{
-    diff_table, prepare_table, DiffCounts, PreparedTable, RowDiff, Side, TableSelection,
+    diff_table, diff_table_threaded, prepare_table, DiffCounts, PreparedTable, RowDiff, ScanSide,
+    Side, TableSelection,
 };
 
 pub struct Pair {
@@ -36,13 +37,53 @@ impl Pair {
         )
     }
 
+    /// The diff of the pair with both scans on this thread
+    /// (`diff_table`), checked to be exactly what the same diff gives with
+    /// each side scanned on a thread of its own (`diff_table_threaded`, as
+    /// `snapback diff` runs it): the same rows, counts, or error.
     pub fn diff(
         &self,
         sel: &TableSelection,
     ) -> snapback_repair::Result<(PreparedTable, Vec<RowDiff>, DiffCounts)> {
         let (s, l) = self.conns();
-        diff_conns(&s, &l, sel)
+        let one = diff_conns(&s, &l, sel);
+        let (mut s, mut l) = self.conns();
+        let two = diff_conns_threaded(&mut s, &mut l, sel);
+        let shown = |r: &snapback_repair::Result<(PreparedTable, Vec<RowDiff>, DiffCounts)>| match r
+        {
+            Ok((_, rows, c)) => format!("{rows:?} {c:?}"),
+            Err(e) => format!("error: {e}"),
+        };
+        assert_eq!(
+            shown(&one),
+            shown(&two),
+            "the diff on one thread and on two threads differ"
+        );
+        one
     }
+}
+
+/// The diff with each side scanned on a thread of its own.
+pub fn diff_conns_threaded(
+    s: &mut Connection,
+    l: &mut Connection,
+    sel: &TableSelection,
+) -> snapback_repair::Result<(PreparedTable, Vec<RowDiff>, DiffCounts)> {
+    let mut ss = ScanSide {
+        conn: s,
+        place: "snap".into(),
+    };
+    let mut ls = ScanSide {
+        conn: l,
+        place: "live".into(),
+    };
+    let t = prepare_table(&ss.side(), &ls.side(), sel)?;
+    let mut rows = Vec::new();
+    let c = diff_table_threaded(&mut ss, &mut ls, &t, |d| {
+        rows.push(d);
+        Ok(())
+    })?;
+    Ok((t, rows, c))
 }
 
 pub fn diff_conns(
