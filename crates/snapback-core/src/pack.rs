@@ -400,6 +400,17 @@ impl PackBuilder {
         Self::default()
     }
 
+    /// A builder that writes its body into `buf` (cleared first): the
+    /// buffer of a pack already stored, so that a snapshot's packs reuse a
+    /// few buffers of their size instead of each allocating its own.
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        PackBuilder {
+            body: buf,
+            ..Self::default()
+        }
+    }
+
     /// False when adding a blob of `dict` would need a table entry more
     /// than a pack has: flush first.
     pub fn has_room_for(&self, dict: Option<&Id>) -> bool {

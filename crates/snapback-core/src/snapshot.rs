@@ -325,6 +325,9 @@ struct BlobSink<'a> {
     /// few pages are new).
     images: Vec<DeltaImage>,
     pack: PackBuilder,
+    /// The buffers of packs stored, handed back by the upload threads for
+    /// the next packs (a bounded pool: the pipeline's packs in flight).
+    recycled: Receiver<Vec<u8>>,
     codec: &'a BlobCodec,
     pack_target: usize,
     tx: Option<SyncSender<PackBuilder>>,
@@ -474,7 +477,8 @@ impl BlobSink<'_> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let pack = std::mem::take(&mut self.pack);
+        let next = PackBuilder::with_buffer(self.recycled.try_recv().unwrap_or_default());
+        let pack = std::mem::replace(&mut self.pack, next);
         let tx = self
             .tx
             .as_ref()
@@ -565,6 +569,7 @@ fn upload_worker(
     rx: &Mutex<Receiver<PackBuilder>>,
     done: &Mutex<Vec<IndexedPack>>,
     stats: &Mutex<SnapshotStats>,
+    back: &SyncSender<Vec<u8>>,
 ) -> Result<()> {
     loop {
         let next = rx
@@ -589,6 +594,9 @@ fn upload_worker(
                 size: bytes.len() as u64,
                 entries,
             });
+        // The buffer goes back to the capture for a next pack (dropped
+        // when the pool is full or the capture is over).
+        let _ = back.try_send(bytes);
     }
 }
 
@@ -797,6 +805,8 @@ impl Repository {
         let stats = Mutex::new(SnapshotStats::default());
         let done = Mutex::new(Vec::new());
         let (tx, rx) = sync_channel::<PackBuilder>(2);
+        // At most as many pack buffers as can be in flight come back.
+        let (back, recycled) = sync_channel::<Vec<u8>>(opts.upload_threads.max(1) + 2);
         // Owned by the upload threads alone: when the last one stops (each
         // stops on its first error), the queue closes, and the capture's
         // next send fails instead of waiting for ever.
@@ -816,7 +826,8 @@ impl Repository {
             let workers: Vec<_> = (0..uploaders)
                 .map(|_| {
                     let rx = rx.clone();
-                    scope.spawn(move || upload_worker(store, codec, &rx, done, stats))
+                    let back = back.clone();
+                    scope.spawn(move || upload_worker(store, codec, &rx, done, stats, &back))
                 })
                 .collect();
             drop(rx);
@@ -826,6 +837,7 @@ impl Repository {
                 reused_from: HashSet::new(),
                 images: Vec::new(),
                 pack: PackBuilder::new(),
+                recycled,
                 codec,
                 pack_target: self.config().pack_target_size as usize,
                 tx: Some(tx),
