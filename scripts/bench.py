@@ -2197,6 +2197,137 @@ def restore_markdown(res):
     return "\n".join(L) + "\n"
 
 
+# ---------------------------------------------------------------- bytes
+
+def update_rows(db, kind, fraction, seed):
+    """The update of one step: `fraction` of the rows of the main table, as
+    the suite (bench: `snapback-devtools update`) and the watch benchmark's
+    writer (json: a status changed with json_set) update them."""
+    import sqlite3
+    if kind == "bench":
+        run([DT, "update", db, "--fraction", str(fraction), "--seed", str(seed)])
+        return
+    rng = random.Random(seed)
+    c = sqlite3.connect(db, isolation_level=None)
+    n = c.execute("SELECT max(id) FROM docs").fetchone()[0]
+    c.execute("BEGIN")
+    for row in rng.sample(range(1, n + 1), max(1, int(n * fraction))):
+        c.execute("UPDATE docs SET updated_at = updated_at + 1, body = json_set(body, '$.status', ?) WHERE id = ?",
+                  (rng.choice(("pending", "paid", "shipped", "delivered", "returned")), row))
+    c.execute("COMMIT")
+    c.close()
+
+
+def image(db, dest):
+    """The database's committed image (main file and WAL) as one file, page
+    for page (SQLite's backup API)."""
+    import sqlite3
+    if os.path.exists(dest):
+        os.remove(dest)
+    src, out = sqlite3.connect(db), sqlite3.connect(dest)
+    src.backup(out)
+    out.close()
+    src.close()
+
+
+def changed_pages_floor(before, after, page_size, scratch):
+    """The changed pages of `after` against `before` (and the pages past
+    its end), concatenated and compressed with `zstd -3` as one stream:
+    the floor of an incremental snapshot's stored bytes."""
+    n = 0
+    with open(before, "rb") as a, open(after, "rb") as b, open(scratch, "wb") as out:
+        while True:
+            pb = b.read(page_size)
+            if not pb:
+                break
+            if a.read(page_size) != pb:
+                out.write(pb)
+                n += 1
+    z = int(sh(["bash", "-c", f"zstd -3 -q -c {scratch} | wc -c"]).strip())
+    os.remove(scratch)
+    return n, z
+
+
+def repo_parts(repo):
+    return {k: du(os.path.join(repo, k)) for k in ("data", "index", "dicts", "snapshots")}
+
+
+def bytes_bench(args):
+    """Stored bytes of snapback, restic and borg on both kinds of database:
+    a full snapshot, then 1% and 0.1% of the rows updated and a snapshot
+    each; each incremental also against the zstd-3 size of the pages that
+    changed (the floor of issue 15: at most 1.3x)."""
+    import sqlite3
+    res = {"when": now_utc(), "source": os.environ.get("SNAPBACK_BENCH_SOURCE", "?"), "kinds": {}}
+    for kind in args.kinds:
+        base = base_db(args.size) if kind == "bench" else compressible_db(args.size)
+        w = os.path.join(OUT, "bytes", f"{kind}-{args.size}")
+        shutil.rmtree(w, ignore_errors=True)
+        os.makedirs(w)
+        db = os.path.join(w, "app.db")
+        shutil.copyfile(base, db)
+        sb, env_restic, env_borg = os.path.join(w, "snapback-repo"), restic_env(w, os.path.join(w, "restic-repo")), \
+            borg_env(w, os.path.join(w, "borg-repo"))
+        run([SB, "--repo", sb, "-q", "init"])
+        run(["restic", "init", "-q"], env=env_restic)
+        run(["borg", "init", "--encryption=repokey"], env=env_borg)
+        # Held open, as an application holds it: the WAL stays.
+        holder = sqlite3.connect(db)
+        holder.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        page_size = holder.execute("PRAGMA page_size").fetchone()[0]
+        prev = os.path.join(w, "prev.img")
+        shutil.copyfile(base, prev)
+        steps = {}
+        for step, upd in [("full", None), ("inc1", (0.01, 8)), ("inc01", (0.001, 7))]:
+            st = {}
+            if upd:
+                update_rows(db, kind, *upd)
+                cur = os.path.join(w, "cur.img")
+                image(db, cur)
+                st["changed_pages"], st["floor"] = changed_pages_floor(prev, cur, page_size, os.path.join(w, "changed"))
+                os.replace(cur, prev)
+            warm(db, db + "-wal")
+            b0, p0 = du(sb), repo_parts(sb)
+            t = run([SB, "--repo", sb, "--json", "snapshot", db])
+            p1 = repo_parts(sb)
+            st["snapback"] = {"wall": t.wall, "stored": du(sb) - b0, "parts": {k: p1[k] - p0[k] for k in p1},
+                              "new_chunks": t.json().get("new_chunks")}
+            warm(db, db + "-wal")
+            st["restic"] = restic_backup(db, env_restic)
+            warm(db, db + "-wal")
+            st["borg"] = borg_create(db, env_borg, step)
+            steps[step] = st
+            log(f"   {kind} {step}: " + ", ".join(f"{k} {st[k]['stored'] / MiB:.2f} MiB" for k in ("snapback", "restic", "borg"))
+                + (f"; changed pages {st['changed_pages']}, zstd-3 of them {st['floor'] / MiB:.2f} MiB" if upd else ""))
+        holder.close()
+        res["kinds"][kind] = {"size": os.path.getsize(db), "steps": steps}
+        shutil.rmtree(w, ignore_errors=True)
+    os.makedirs(os.path.join(OUT, "bytes"), exist_ok=True)
+    with open(os.path.join(OUT, "bytes", f"bytes-{args.size}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    print(bytes_markdown(res))
+
+
+def bytes_markdown(res):
+    def mib(x):
+        return f"{x / MiB:.2f} MiB"
+    L = [f"Run of {res['when']} ({res['source']}): `scripts/bench-bytes.sh`; stored bytes (`du -sb` of each repository's growth).", "",
+         "| database | step | snapback | restic | borg | snapback ÷ restic | snapback ÷ borg | changed pages, zstd-3 of them (floor) | snapback ÷ floor | snapback's pack data / index / dictionary |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, k in res["kinds"].items():
+        for step, st in k["steps"].items():
+            s, r, b = st["snapback"]["stored"], st["restic"]["stored"], st["borg"]["stored"]
+            pa = st["snapback"]["parts"]
+            fl = f"{st['changed_pages']}, {mib(st['floor'])}" if "floor" in st else ""
+            fr = f"{s / st['floor']:.2f}" if st.get("floor") else ""
+            # restic and borg read the main file only, not the WAL, and
+            # rechunk the whole file: their incrementals are no floor.
+            rr, rb = (f"{s / r:.2f}", f"{s / b:.2f}") if step == "full" else ("–", "–")
+            L.append(f"| {kind}, {k['size'] / MiB:.0f} MiB | {step} | {mib(s)} | {mib(r)} | {mib(b)} | {rr} | {rb} | "
+                     f"{fl} | {fr} | {mib(pa['data'])} / {mib(pa['index'])} / {mib(pa['dicts'])} |")
+    return "\n".join(L) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -2241,6 +2372,9 @@ def main():
                    help="kinds of database: bench (snapback-devtools gen), json (documents); default both")
     q.add_argument("--repeat", type=int, default=1, help="runs of each timed command (median)")
     q.add_argument("--no-s3", action="store_true")
+    y = sub.add_parser("bytes", help="stored bytes against restic, borg and the zstd-3 floor of the changed pages")
+    y.add_argument("--size", type=int, default=256)
+    y.add_argument("--kinds", default="bench,json", type=lambda v: v.split(","))
     c = sub.add_parser("report")
     c.add_argument("results")
     args = ap.parse_args()
@@ -2258,6 +2392,8 @@ def main():
         watch_bench(args)
     elif args.cmd == "writer":
         writer(args)
+    elif args.cmd == "bytes":
+        bytes_bench(args)
     elif args.cmd == "mount":
         res = json.load(open(args.results))
         res["mount"] = mount_bench(args.size, args.runs)
