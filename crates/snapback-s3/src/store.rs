@@ -755,7 +755,7 @@ impl Inner {
             }
         }
         .map_err(|e| body_error(&e))?;
-        let body = body.to_vec();
+        let body = body_bytes(body);
         Stats::add(&self.stats.bytes_received, body.len() as u64);
         if let Some(n) = declared {
             if body.len() as u64 != n.max(0) as u64 {
@@ -950,6 +950,17 @@ fn timed_out(what: &str, limit: std::time::Duration) -> Fail {
 
 /// A failure while reading a response body: the SDK's own checksum check
 /// (a body altered in transit) or a broken connection.
+/// A response body as one `Vec`, its segments copied whole:
+/// `AggregatedBytes::to_vec` collects it byte by byte, which took a fifth
+/// of a restore's CPU time over S3.
+fn body_bytes(body: aws_sdk_s3::primitives::AggregatedBytes) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes::Buf::remaining(&body));
+    for seg in body.into_segments() {
+        v.extend_from_slice(&seg);
+    }
+    v
+}
+
 fn body_error(e: &(dyn std::error::Error + 'static)) -> Fail {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
