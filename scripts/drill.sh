@@ -44,6 +44,15 @@ echo "== setting the scene: snapshots before the incident, the bad migration, ne
 "$SB" -q init
 python3 fixtures/make-drill.py init "$DB" "$ROWS" >/dev/null
 [ "$SIZE_MIB" -gt 0 ] && python3 fixtures/make-drill.py filler "$DB" "$SIZE_MIB" >/dev/null
+# The application: a connection held open for the whole drill, as a running
+# service holds one, so the WAL and its index stay (when the last connection
+# closes, SQLite checkpoints and deletes them, and no capture can tell which
+# pages changed: every snapshot would read the whole database).
+python3 -c 'import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1]); c.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+time.sleep(3600)' "$DB" &
+APP=$!
+trap 'kill "$APP" 2>/dev/null; [ "${DRILL_KEEP:-0}" = 1 ] || rm -rf "$W"' EXIT
 DB_BYTES=$(stat -c %s "$DB")
 echo "   the database: $DB_BYTES bytes"
 GOOD=$("$SB" snapshot "$DB" --tag before-incident)

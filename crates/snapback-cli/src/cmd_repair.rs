@@ -632,6 +632,9 @@ fn repair_options(lock_wait: Duration, max_wait: Duration, keep_all_rows: bool) 
         },
         lock_wait,
         keep_all_rows,
+        // The pre-repair snapshot uses the capture state as `snapshot`
+        // does: a WAL delta when it can, not a full scan.
+        state_dir: crate::repo_url::capture_state_root(),
         ..Default::default()
     }
 }

@@ -842,3 +842,57 @@ fn diff_against_a_damaged_pack_fails_with_an_io_error_and_prints_no_rows() {
         "no row differences from damaged data: {o:?}"
     );
 }
+
+#[test]
+fn a_pre_repair_snapshot_reads_only_the_pages_written_since_the_previous_capture() {
+    let lab = Lab::new(|c| {
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 3000)
+             INSERT INTO t SELECT i, printf('%0200d', i) FROM n;",
+        )
+        .expect("setup")
+    });
+    // The application holds a connection, so the WAL and its index stay.
+    let app = rusqlite::Connection::open(&lab.live).expect("open");
+    let _: i64 = app
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("read");
+    // A write first: the first one after the WAL emptied starts a new
+    // generation of it, which no capture can continue across.
+    lab.exec("CREATE TABLE app_log(x)");
+    let snap = lab.snapshot();
+    lab.exec("UPDATE t SET v = 'bad' WHERE id % 500 = 0");
+    let script = lab.script(
+        "fix.toml",
+        &snap,
+        "[[table]]\nname = \"t\"\ncolumns = [\"v\"]\nactions = [\"update_changed\"]\n",
+    );
+    let script = script.to_str().expect("utf8");
+    ok(&lab.run(&["repair", script, "--apply", "--yes"], &[]));
+    let undo_id = lab.last_id();
+    ok(&lab.run(&["undo", &undo_id, "--yes"], &[]));
+    let repo = snapback_core::Repository::open(std::sync::Arc::new(
+        snapback_core::storage::LocalStore::open(&lab.repo).expect("store"),
+    ))
+    .expect("open");
+    let pre: Vec<_> = repo
+        .snapshots()
+        .expect("snapshots")
+        .into_iter()
+        .filter(|s| s.manifest.tags.iter().any(|t| t == "pre-repair"))
+        .collect();
+    assert_eq!(pre.len(), 2, "one before the repair, one before its undo");
+    for s in &pre {
+        let capture = s.manifest.files[0]
+            .sqlite
+            .as_ref()
+            .and_then(|q| q.capture.clone());
+        assert!(
+            matches!(capture, Some(snapback_core::CaptureMethod::WalDelta { pages_read }) if pages_read < 20),
+            "the pre-repair snapshot read only the pages written since: {capture:?}"
+        );
+    }
+    drop(app);
+}

@@ -137,6 +137,10 @@ pub struct RepairOptions {
     pub busy_timeout: Duration,
     /// Keep every row diff in the plan (for `--json`), not just a sample.
     pub keep_all_rows: bool,
+    /// The local capture state directory (`SnapshotOptions::state_dir`)
+    /// of the pre-repair snapshot, so that it reads only the pages written
+    /// since the previous capture when it can, as `snapback snapshot` does.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RepairOptions {
@@ -146,6 +150,7 @@ impl Default for RepairOptions {
             lock_wait: Duration::ZERO,
             busy_timeout: Duration::from_secs(5),
             keep_all_rows: false,
+            state_dir: None,
         }
     }
 }
@@ -225,9 +230,10 @@ fn key_string(key: &[crate::value::Value]) -> String {
 
 /// Takes the `pre-repair` snapshot of `live` before a repair or undo
 /// writes; its id.
-fn pre_repair_snapshot(repo: &Repository, live: &Path) -> Result<String> {
+fn pre_repair_snapshot(repo: &Repository, live: &Path, ro: &RepairOptions) -> Result<String> {
     let opts = SnapshotOptions {
         tags: vec![PRE_REPAIR_TAG.to_string()],
+        state_dir: ro.state_dir.clone(),
         ..Default::default()
     };
     let r = repo

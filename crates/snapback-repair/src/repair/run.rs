@@ -47,7 +47,7 @@ impl RepairSession {
             }
             None => {
                 progress("taking a pre-repair snapshot of the live database");
-                let pre = pre_repair_snapshot(repo, &self.live)?;
+                let pre = pre_repair_snapshot(repo, &self.live, &self.opts)?;
                 progress(&format!("pre-repair snapshot {pre}"));
                 let id = begin_run(
                     &conn,

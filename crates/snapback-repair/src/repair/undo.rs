@@ -103,7 +103,7 @@ pub fn undo(
                 )));
             }
             progress("taking a pre-repair snapshot of the live database");
-            let pre = pre_repair_snapshot(repo, &live)?;
+            let pre = pre_repair_snapshot(repo, &live, opts)?;
             let id = begin_run(&conn, &place, "undo", marker.clone(), &inverse, &pre, None)?;
             (id, Some(pre), inverse)
         }
