@@ -10,12 +10,19 @@
 #   scripts/bench-forensics.sh [SIZE_MIB]     (default 256)
 #   SECTIONS="diff lookups history" (the default: all three) runs only those;
 #   SECTIONS=history keeps a 1 GiB run under 8 minutes.
+#   KINDS="bench json" (the default): the diff section also diffs one table
+#   of bench.py's generated databases of SIZE_MIB after 1% of its rows
+#   changed (bench-out/db/base-SIZE-seed42.db, table deploys, and
+#   json-SIZE-seed42.db, table docs; generated when missing, never
+#   written: a copy is diffed); KINDS= leaves them out. Each diff is timed
+#   best of BEST_OF (default 5) runs, sqldiff's and snapback's in the same
+#   run.
 #
 # The database: `t` (the table diffed: 1% of its rows changed, as in
 # bench-diff.sh) and `filler` (random blobs, the rest of SIZE_MIB). Builds
 # the release binary and libsnapback_vfs.so ($CARGO_TARGET_DIR/release, or
 # target/release). Installs sqlite3, sqldiff (sqlite3-tools) and bc if
-# missing. Prints best-of-3 wall times. Run it under the CPU lock:
+# missing. Prints best-of-N wall times (BEST_OF). Run it under the CPU lock:
 #   flock /tmp/snapback-cpu.lock bash scripts/bench-forensics.sh 256
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +52,7 @@ LS_EXT=${LS_SO%.so}
 fi
 
 echo "== building the release binary and the extension" >&2
-cargo build --release -p snapback-cli -p snapback-vfs --quiet
+cargo build --release -p snapback-cli -p snapback-vfs -p snapback-devtools --quiet
 REL="${CARGO_TARGET_DIR:-$PWD/target}/release"
 BIN="$REL/snapback"
 EXT="$REL/libsnapback_vfs"
@@ -69,17 +76,49 @@ want history && [ "$SECTIONS" = history ] || cp "$DIR/app.db" "$DIR/snap.db"
 { t_changes_sql "$ROWS"; echo "PRAGMA wal_checkpoint(TRUNCATE);"; } | sqlite3 "$DIR/app.db" >/dev/null
 
 if want diff; then
-echo "== diff of table t" >&2
-T_SQLDIFF=$(best sqldiff --table t "$DIR/app.db" "$DIR/snap.db")
-N_SQLDIFF=$(grep -c ';$' "$DIR/out" || true)
-T_SNAP=$(best "$BIN" --repo "$REPO" diff "$ID" "$DIR/app.db" --table t --sql)
-N_SNAP=$(grep -c ';$' "$DIR/out" || true)
-"$BIN" --repo "$REPO" --json diff "$ID" "$DIR/app.db" --table t >"$DIR/diff.json" 2>/dev/null || true
-READ=$(tail -1 "$DIR/diff.json" | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin)["snapshot_read"]; print(r["pages_read"], "of", r["pages"], "pages")')
-T_PAGES=$(sqlite3 "$DIR/snap.db" "SELECT count(*) FROM dbstat WHERE name = 't'" 2>/dev/null || echo "?")
-echo "sqldiff --table t, two local files:     ${T_SQLDIFF}s ($N_SQLDIFF statements)"
-echo "snapback diff --table t, from the repo: ${T_SNAP}s ($N_SNAP statements), read $READ (t has $T_PAGES)"
-echo "ratio (snapback / sqldiff): $(echo "scale=2; $T_SNAP / $T_SQLDIFF" | bc)"
+export BEST_OF="${BEST_OF:-5}"
+# diff_table NAME REPO SNAP_ID LIVE SNAP_COPY TABLE: sqldiff --table on the
+# two local files against snapback diff --table from the repository (the
+# snapshot opened in place), the same run, with the pages the diff read.
+diff_table() {
+  local name=$1 repo=$2 id=$3 live=$4 copy=$5 table=$6
+  echo "== diff of table $table ($name)" >&2
+  local t_sqldiff n_sqldiff t_snap n_snap read t_pages
+  t_sqldiff=$(best sqldiff --table "$table" "$live" "$copy")
+  n_sqldiff=$(grep -c ';$' "$DIR/out" || true)
+  t_snap=$(best "$BIN" --repo "$repo" diff "$id" "$live" --table "$table" --sql)
+  n_snap=$(grep -c ';$' "$DIR/out" || true)
+  "$BIN" --repo "$repo" --json diff "$id" "$live" --table "$table" >"$DIR/diff.json" 2>/dev/null || true
+  read=$(tail -1 "$DIR/diff.json" | /usr/bin/python3 -c 'import json,sys; r=json.load(sys.stdin)["snapshot_read"]; print(r["pages_read"], "of", r["pages"], "pages")')
+  t_pages=$(sqlite3 "$copy" "SELECT count(*) FROM dbstat WHERE name = '$table'" 2>/dev/null || echo "?")
+  echo "[$name] sqldiff --table $table, two local files:     ${t_sqldiff}s ($n_sqldiff statements)"
+  echo "[$name] snapback diff --table $table, from the repo: ${t_snap}s ($n_snap statements), read $read ($table has $t_pages)"
+  echo "[$name] ratio (snapback / sqldiff): $(echo "scale=2; $t_snap / $t_sqldiff" | bc)"
+}
+diff_table "t of ${SIZE} MiB" "$REPO" "$ID" "$DIR/app.db" "$DIR/snap.db" t
+
+# One table of bench.py's generated databases (kept in bench-out/db, never
+# written: each run works on a copy, removed after it).
+for kind in ${KINDS-bench json}; do
+  case $kind in
+    bench) gen=base_db; table=deploys ;;
+    json) gen=compressible_db; table=docs ;;
+    *) echo "!! KINDS: unknown kind $kind (bench, json)" >&2; exit 2 ;;
+  esac
+  py="import sys; sys.path.insert(0, 'scripts'); import bench"
+  SRC=$(SNAPBACK_BIN_DIR="$REL" python3 -c "$py; print(bench.$gen($SIZE))")
+  K="$DIR/$kind"
+  mkdir -p "$K"
+  cp --reflink=auto "$SRC" "$K/app.db"
+  sqlite3 "$K/app.db" "PRAGMA journal_mode = WAL; PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
+  "$BIN" --repo "$K/repo" init >/dev/null
+  KID=$("$BIN" --repo "$K/repo" snapshot "$K/app.db")
+  cp --reflink=auto "$K/app.db" "$K/snap.db"
+  SNAPBACK_BIN_DIR="$REL" python3 -c "$py; bench.update_rows('$K/app.db', '$kind', 0.01, 8)"
+  sqlite3 "$K/app.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
+  diff_table "$kind ${SIZE} MiB" "$K/repo" "$KID" "$K/app.db" "$K/snap.db" "$table"
+  rm -rf "$K"
+done
 fi
 
 if want lookups; then
@@ -161,7 +200,7 @@ print(f"{n} writes ({n // 100 + 1} of them to id 4242)", file=sys.stderr)
 PY
 kill -TERM "$WPID"; wait "$WPID" || true
 trap 'rm -rf "$DIR"' EXIT
-T_HIST=$(best "$BIN" --repo "$REPO" history "$DIR/app.db" --table t --key id=4242)
+T_HIST=$(BEST_OF=3 best "$BIN" --repo "$REPO" history "$DIR/app.db" --table t --key id=4242)
 HSUM=$(grep -o '[0-9]* point(s) hold the database, the record was read at [0-9]*' "$DIR/err" || echo "?")
 "$BIN" --repo "$REPO" --json history "$DIR/app.db" --table t --key id=4242 >"$DIR/hist.json" 2>/dev/null || true
 echo "snapback history --table t --key id=4242: ${T_HIST}s, $(wc -l <"$DIR/hist.json") versions; $HSUM"

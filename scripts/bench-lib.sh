@@ -17,11 +17,12 @@ bench_need() {
   fi
 }
 
-# best CMD...: the best wall time of 3 runs of CMD, in seconds; the output
-# of the last run is in $DIR/out, its stderr in $DIR/err.
+# best CMD...: the best wall time of $BEST_OF (default 3) runs of CMD, in
+# seconds; the output of the last run is in $DIR/out, its stderr in
+# $DIR/err.
 best() {
   local b=""
-  for _ in 1 2 3; do
+  for _ in $(seq "${BEST_OF:-3}"); do
     local s e t
     s=$(date +%s.%N); "$@" >"$DIR/out" 2>"$DIR/err" || true; e=$(date +%s.%N)
     t=$(echo "$e - $s" | bc)
