@@ -96,6 +96,8 @@ diff_table() {
   echo "[$name] ratio (snapback / sqldiff): $(echo "scale=2; $t_snap / $t_sqldiff" | bc)"
 }
 diff_table "t of ${SIZE} MiB" "$REPO" "$ID" "$DIR/app.db" "$DIR/snap.db" t
+# Disk: when nothing after the diffs needs t's database, it goes now.
+want lookups || want history || rm -rf "$DIR/app.db" "$DIR/snap.db" "$REPO"
 
 # One table of bench.py's generated databases (kept in bench-out/db, never
 # written: each run works on a copy, removed after it).
