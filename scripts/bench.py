@@ -2074,6 +2074,7 @@ def restore_one(size, kind, s3, repeat):
         r[name].update({"damaged_pages": pages[-1], "pages_written": d.get("pages_written"),
                         "pages_compared": d.get("pages_compared")})
     r["inplace_1pct"] = inplace_run(size, kind, w, repo, db, dest, want, repeat)
+    r["inplace_captured"] = inplace_run(size, kind, w, repo, db, dest, want, repeat, captured=True)
     if s3:
         s3.remove(prefix)
     shutil.rmtree(w, ignore_errors=True)
@@ -2086,14 +2087,36 @@ def restore_one(size, kind, s3, repeat):
 INPLACE_ROW_FRACTION = {"bench": 0.0012, "json": 0.004}
 
 
-def inplace_run(size, kind, w, repo, db, restored, want, repeat, interval=0.005):
+# Holds a read transaction open on a database until a stop file appears, as
+# `snapback watch` pins its WAL: the WAL then never restarts under a capture
+# state, whatever checkpoints the writers run.
+PIN_HOLDER = r"""
+import sqlite3, sys, time, os
+db, stop = sys.argv[1], sys.argv[2]
+c = sqlite3.connect(db, isolation_level=None, timeout=600)
+c.execute("BEGIN")
+c.execute("SELECT count(*) FROM sqlite_master").fetchone()
+print("pinned", flush=True)
+while not os.path.exists(stop):
+    time.sleep(0.05)
+c.execute("COMMIT")
+"""
+
+
+def inplace_run(size, kind, w, repo, db, restored, want, repeat, interval=0.005, captured=False):
     """`restore --in-place --apply --yes` of the latest snapshot into a live
     copy with about 1% of its pages changed (by updating rows), while a writer commits every
     `interval` s. Per run: the wall time, the write transaction's length
     (the restore's log), and the writer's longest gap between commits while
-    the restore ran (its usual gap is `interval` plus a commit)."""
+    the restore ran (its usual gap is `interval` plus a commit).
+    `captured`: the live copy is one snapback already captures, as after
+    `snapback snapshot` or under `snapback watch`: it is snapshotted (which
+    leaves its capture state) before its rows change, a reader holds its
+    WAL from restarting, and its pre-restore snapshot is a WAL delta (the
+    log says which capture it was)."""
     import sqlite3
     live = os.path.join(w, "live.db")
+    state_env = {"XDG_STATE_HOME": os.path.join(w, "state")} if captured else {}
     # By id: each run's pre-restore snapshot becomes the latest.
     snap = max(run([SB, "--repo", repo, "--json", "snapshots"]).json(), key=lambda x: x["time"])["id"]
     runs = []
@@ -2102,13 +2125,21 @@ def inplace_run(size, kind, w, repo, db, restored, want, repeat, interval=0.005)
             if os.path.exists(p):
                 os.remove(p)
         shutil.copyfile(restored, live)
-        # About 1% of the pages: updating a row rewrites several pages (its
-        # leaf, index entries, and the bench database's events rows).
-        update_rows(live, kind, INPLACE_ROW_FRACTION[kind], 50 + k)
-        checkpoint(live)
         stop = os.path.join(w, "writer.stop")
         if os.path.exists(stop):
             os.remove(stop)
+        pin = None
+        if captured:
+            shutil.rmtree(state_env["XDG_STATE_HOME"], ignore_errors=True)
+            pin = subprocess.Popen([sys.executable, "-c", PIN_HOLDER, live, stop], stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True)
+            pin.stdout.readline()
+            run([SB, "--repo", repo, "-q", "snapshot", live], env=state_env)
+        # About 1% of the pages: updating a row rewrites several pages (its
+        # leaf, index entries, and the bench database's events rows).
+        update_rows(live, kind, INPLACE_ROW_FRACTION[kind], 50 + k)
+        if not captured:
+            checkpoint(live)
         wlog = open(os.path.join(w, "writer.log"), "w+")
         wp = subprocess.Popen([sys.executable, "-c", INPLACE_WRITER, live, stop, str(interval)], stdout=wlog,
                               stderr=subprocess.DEVNULL)
@@ -2117,15 +2148,18 @@ def inplace_run(size, kind, w, repo, db, restored, want, repeat, interval=0.005)
             warm(repo, live)
             t0 = time.time()
             t = run([SB, "--repo", repo, "--json", "restore", snap, live, "--in-place", "--path", db,
-                     "--apply", "--yes"], env={"SNAPBACK_LOG": "info"})
+                     "--apply", "--yes"], env={"SNAPBACK_LOG": "info", **state_env})
             t1 = time.time()
             time.sleep(0.5)
         finally:
             open(stop, "w").close()
-            try:
-                wp.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                wp.kill()
+            for p in (wp, pin):
+                if p is None:
+                    continue
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
         wlog.seek(0)
         commits = [float(x) for x in wlog.read().split()]
         wlog.close()
@@ -2140,10 +2174,14 @@ def inplace_run(size, kind, w, repo, db, restored, want, repeat, interval=0.005)
         c = sqlite3.connect(live)
         ok = c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         c.close()
+        capture = ("wal-delta" if "captured the database by WAL delta" in t.err else
+                   "full-scan" if "capturing the database by a full scan" in t.err else "?")
         runs.append({"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib, "pages_changed": doc.get("pages_changed"),
                      "write_tx_ms": int(m.group(1)) if m else None, "longest_writer_gap_s": gap,
-                     "writer_commits_during": len(during), "integrity_ok": ok})
-        log(f"   restore s{size} {kind} in-place: {t.wall:.2f}s, {doc.get('pages_changed')} pages, write transaction "
+                     "writer_commits_during": len(during), "integrity_ok": ok, "pre_restore_capture": capture,
+                     "trained_dict": "trained a zstd dictionary" in t.err})
+        log(f"   restore s{size} {kind} in-place{' (captured)' if captured else ''}: {t.wall:.2f}s, "
+            f"pre-restore by {capture}, {doc.get('pages_changed')} pages, write transaction "
             f"{runs[-1]['write_tx_ms']} ms, longest writer gap {gap if gap is None else round(gap, 3)} s, "
             f"{len(during)} commits during; integrity {'ok' if ok else 'NOT OK'}")
     runs.sort(key=lambda x: x["wall"])
@@ -2169,18 +2207,22 @@ def restore_markdown(res):
          "`snapback restore latest F --delta` into the restored file after 1% and 0.1% of its pages "
          "were overwritten with random bytes, and `snapback restore ID LIVE --in-place --apply --yes` into a "
          "copy with rows changed (about 1% of its pages; the count is shown) while a writer commits a small transaction every 5 ms (the "
-         "pre-restore snapshot included). Every command starts with its input read once (warm cache); "
+         "pre-restore snapshot included); *captured*: the same into a live copy that snapback already captures "
+         "(snapshotted before its rows changed, which leaves its capture state, and its WAL held from restarting "
+         "by a reader, as `snapback watch` holds it), whose pre-restore snapshot is then a WAL delta (the column "
+         "says which capture the log reported). Every command starts with its input read once (warm cache); "
          "every restored file was compared with the source's SHA-256 (the in-place result with integrity_check).",
          "",
          "| | full, local | restic | ÷ restic (target ≤ 0.5) | full, S3 | S3 ÷ local (target ≤ 1.5) "
          "| --delta after 1% | ÷ full (target ≤ 0.15) | --delta after 0.1% | ÷ full "
          "| --in-place, 1% | ÷ full (target ≤ 0.2) | write transaction / longest writer gap "
+         "| --in-place, captured (pre-restore by) | ÷ full "
          "| peak RSS: full / S3 / delta / in-place, MiB | identical |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, r in res["sizes"].items():
         g = lambda k, f="wall": (r.get(k) or {}).get(f)  # noqa: E731
         full = g("snapback")
-        d1, d01, ip = g("delta_1pct"), g("delta_01pct"), g("inplace_1pct")
+        d1, d01, ip, ipc = g("delta_1pct"), g("delta_01pct"), g("inplace_1pct"), g("inplace_captured")
         rss = " / ".join("–" if g(k, "rss_kib") is None else f"{g(k, 'rss_kib') / 1024:.0f}"
                          for k in ("snapback", "snapback_s3", "delta_1pct", "inplace_1pct"))
         ident = all(v.get("identical") for v in r.values() if isinstance(v, dict))
@@ -2192,7 +2234,8 @@ def restore_markdown(res):
                  f"{fmt_s(d1)} ({g('delta_1pct', 'pages_written')} pages written) | {fmt_r(ratio(d1, full))} | "
                  f"{fmt_s(d01)} ({g('delta_01pct', 'pages_written')} pages) | {fmt_r(ratio(d01, full))} | "
                  f"{fmt_s(ip)} ({g('inplace_1pct', 'pages_changed')} pages) | {fmt_r(ratio(ip, full))} | "
-                 f"{'–' if tx is None else f'{tx / 1000:.2f}'} / {'–' if gap is None else f'{gap:.2f}'} | {rss} | "
+                 f"{'–' if tx is None else f'{tx / 1000:.2f}'} / {'–' if gap is None else f'{gap:.2f}'} | "
+                 f"{fmt_s(ipc)} ({g('inplace_captured', 'pre_restore_capture')}) | {fmt_r(ratio(ipc, full))} | {rss} | "
                  f"{'yes' if ident else '**no**'} |")
     return "\n".join(L) + "\n"
 
