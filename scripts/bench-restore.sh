@@ -3,8 +3,10 @@
 # S3 server and with restic, `restore --delta` after 1% and 0.1% of the
 # pages were damaged, and `restore --in-place` of a 1% difference into a
 # live database while a writer commits (its write transaction and the
-# writer's longest gap between commits), on both kinds of generated
-# database (release build). Writes the "Restore" section of
+# writer's longest gap between commits), and the same into a live database
+# snapback already captures (a capture state, its WAL pinned as `watch`
+# pins it: the pre-restore snapshot is a WAL delta), on both kinds of
+# generated database (release build). Writes the "Restore" section of
 # docs/benchmarks.md; raw JSON in bench-out/restore/.
 #
 #   scripts/bench-restore.sh [SIZES...] [--kinds bench,json] [--repeat N] [--no-s3]
