@@ -633,7 +633,7 @@ impl Repository {
             opts
         };
         progress("taking a pre-restore snapshot of the live database");
-        let (mut pre, image) = self.pre_restore_snapshot(live, opts)?;
+        let (mut pre, image) = self.pre_restore_snapshot(live, &t.file.path, opts)?;
         progress(&format!("pre-restore snapshot {}", pre.0.short()));
 
         let mut w = PageWriter::open(live, opts.lock_wait)?;
@@ -825,7 +825,7 @@ impl Repository {
             // again, now that no writer can commit, so that undoing gives
             // back exactly what this restore replaces.
             progress("the live database changed since the pre-restore snapshot; taking it again while holding the write lock");
-            *pre = self.pre_restore_snapshot(live, opts)?.0;
+            *pre = self.pre_restore_snapshot(live, &t.file.path, opts)?.0;
             progress(&format!("pre-restore snapshot {}", pre.0.short()));
             let agrees = |img: &LiveImage| {
                 chunk_size_of(&pre.1, w.page_size).ok() == Some(pre_chunk)
@@ -1023,10 +1023,15 @@ impl Repository {
     fn pre_restore_snapshot(
         &self,
         live: &Path,
+        target_path: &str,
         opts: &InPlaceOptions,
     ) -> Result<((Id, FileEntry), Option<CapturedImage>)> {
         let mut sopts = opts.snapshot.clone();
         sopts.tags = vec![PRE_RESTORE_TAG.to_string()];
+        // The live database is about to become the target's: a live
+        // database never captured before compresses with the target's
+        // dictionary rather than training one of its own.
+        sopts.dict_from = Some(target_path.to_string());
         let fail = |why: String| {
             Error::Invalid(format!(
                 "the pre-restore snapshot of {} failed, so nothing was written: {why}",

@@ -407,3 +407,58 @@ fn with_a_capture_state_the_undo_point_and_the_compare_read_only_the_changed_pag
     assert_eq!(pages(&f.db), before_pages, "undone exactly");
     integrity(&f.db);
 }
+
+/// The undo point of a live database that was never captured (a copy at
+/// another path, restored in place from the snapshot of the original)
+/// compresses with the snapshot's own dictionary, as that database's next
+/// capture would: no dictionary is trained for it (training was most of
+/// the pre-restore snapshot's time), and the undo point still gives back
+/// the replaced state bit for bit.
+#[test]
+fn the_undo_point_of_a_never_captured_database_reuses_the_targets_dictionary() {
+    let f = fx("wal");
+    let c = Connection::open(&f.db).expect("open");
+    c.execute_batch(
+        "WITH RECURSIVE n(i) AS (VALUES(1) UNION ALL SELECT i+1 FROM n WHERE i<3000)
+         INSERT INTO t SELECT 1000 + i, printf('doc %d %s', i, hex(randomblob(600))) FROM n;
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .expect("grow");
+    drop(c);
+    let s = f.snap();
+    let dict_of = |s: &Snapshot| {
+        s.manifest.files[0]
+            .sqlite
+            .as_ref()
+            .and_then(|q| q.dict.as_ref())
+            .map(|u| u.id)
+    };
+    let want = dict_of(&s).expect("the snapshot's database has a dictionary");
+    let other = f.db.with_file_name("other.db");
+    std::fs::copy(&f.db, &other).expect("copy");
+    let c = Connection::open(&other).expect("open copy");
+    c.execute_batch("UPDATE t SET v = 'changed' WHERE id % 7 = 0")
+        .expect("change the copy");
+    drop(c);
+    let before = pages(&other);
+    let mut o = opts();
+    o.path = Some(f.live());
+    let rep = f
+        .repo
+        .restore_in_place(&s, &other, &o, &|_| {})
+        .expect("restore");
+    assert!(rep.applied);
+    let pre = f.snapshot_by_id(&rep.pre_restore_snapshot.expect("pre"));
+    assert_eq!(dict_of(&pre), Some(want), "the undo point's dictionary");
+    let dicts = std::fs::read_dir(f._dir.path().join("repo").join("dicts"))
+        .expect("dicts")
+        .count();
+    assert_eq!(dicts, 1, "no dictionary was trained for the copy");
+    let mut u = opts();
+    u.path = Some(other.to_string_lossy().into_owned());
+    f.repo
+        .restore_in_place(&pre, &other, &u, &|_| {})
+        .expect("undo");
+    assert_eq!(pages(&other), before, "undone exactly");
+    integrity(&other);
+}

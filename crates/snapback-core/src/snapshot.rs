@@ -63,6 +63,12 @@ pub struct SnapshotOptions {
     /// written in the same session may continue across a WAL restart
     /// instead of falling back to a full scan (docs/watch.md).
     pub pin_session: Option<String>,
+    /// Set by the in-place restore only: the path, in the repository, of
+    /// the database that the one captured is about to be made into. A
+    /// database with no capture of its own yet then compresses with that
+    /// database's dictionary (chosen as its own would be) instead of
+    /// training one on its pages, which were mostly that database's.
+    pub dict_from: Option<String>,
 }
 
 impl Default for SnapshotOptions {
@@ -74,6 +80,7 @@ impl Default for SnapshotOptions {
             lock_wait: Duration::from_secs(300),
             state_dir: None,
             pin_session: None,
+            dict_from: None,
         }
     }
 }
@@ -1105,7 +1112,8 @@ impl Repository {
         let cap = Capture::begin(path, opts.busy_timeout)?;
         let page_size = cap.page_size;
         // The dictionary this capture compresses the new pages with.
-        let dict_baseline = self.begin_dict(&path_s, &cap, sink, history)?;
+        let dict_baseline =
+            self.begin_dict(&path_s, &cap, sink, history, opts.dict_from.as_deref())?;
         let (delta, before) = delta_over_prior(path, &cap, opts, prior, before)?;
         let (reason, delta) = match delta {
             Ok(d) => (None, Some(d)),
@@ -1560,15 +1568,18 @@ impl Repository {
     /// pages with, and sets it on the sink: the one the database's newest
     /// earlier capture used, unless the ratio on its new pages fell off
     /// (then, or when there is none, a new one is trained on a sample of
-    /// this transaction's pages and stored). Format 1 and small databases
-    /// get none. Returns the baseline ratio of the dictionary chosen
-    /// (`None` inside: a new one), or `None` with no dictionary.
+    /// this transaction's pages and stored). A database never captured
+    /// before starts from the newest capture of `dict_from`, when given
+    /// (`SnapshotOptions::dict_from`). Format 1 and small databases get
+    /// none. Returns the baseline ratio of the dictionary chosen (`None`
+    /// inside: a new one), or `None` with no dictionary.
     fn begin_dict(
         &self,
         path_s: &str,
         cap: &Capture,
         sink: &mut BlobSink,
         history: &[Snapshot],
+        dict_from: Option<&str>,
     ) -> Result<Option<Option<u32>>> {
         sink.dict = None;
         sink.dict_tally = (0, 0, 0);
@@ -1576,10 +1587,9 @@ impl Repository {
         if !self.config().allows_partial_reads() {
             return Ok(None);
         }
-        let parent = history
-            .iter()
-            .rev()
-            .find_map(|s| s.file(path_s))
+        let newest = |p: &str| history.iter().rev().find_map(|s| s.file(p));
+        let parent = newest(path_s)
+            .or_else(|| dict_from.and_then(newest))
             .and_then(|f| f.sqlite.as_ref())
             .and_then(|q| q.dict.clone());
         if let Some(u) = parent {
