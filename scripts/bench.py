@@ -2073,8 +2073,10 @@ def restore_one(size, kind, s3, repeat):
         d = t.json().get("delta", {})
         r[name].update({"damaged_pages": pages[-1], "pages_written": d.get("pages_written"),
                         "pages_compared": d.get("pages_compared")})
-    r["inplace_1pct"] = inplace_run(size, kind, w, repo, db, dest, want, repeat)
-    r["inplace_captured"] = inplace_run(size, kind, w, repo, db, dest, want, repeat, captured=True)
+    # By id: each run's pre-restore snapshot becomes the latest.
+    snap = max(run([SB, "--repo", repo, "--json", "snapshots"]).json(), key=lambda x: x["time"])["id"]
+    r["inplace_1pct"] = inplace_run(size, kind, w, repo, db, dest, want, repeat, snap)
+    r["inplace_captured"] = inplace_run(size, kind, w, repo, db, dest, want, repeat, snap, captured=True)
     if s3:
         s3.remove(prefix)
     shutil.rmtree(w, ignore_errors=True)
@@ -2103,7 +2105,7 @@ c.execute("COMMIT")
 """
 
 
-def inplace_run(size, kind, w, repo, db, restored, want, repeat, interval=0.005, captured=False):
+def inplace_run(size, kind, w, repo, db, restored, want, repeat, snap, interval=0.005, captured=False):
     """`restore --in-place --apply --yes` of the latest snapshot into a live
     copy with about 1% of its pages changed (by updating rows), while a writer commits every
     `interval` s. Per run: the wall time, the write transaction's length
@@ -2117,8 +2119,6 @@ def inplace_run(size, kind, w, repo, db, restored, want, repeat, interval=0.005,
     import sqlite3
     live = os.path.join(w, "live.db")
     state_env = {"XDG_STATE_HOME": os.path.join(w, "state")} if captured else {}
-    # By id: each run's pre-restore snapshot becomes the latest.
-    snap = max(run([SB, "--repo", repo, "--json", "snapshots"]).json(), key=lambda x: x["time"])["id"]
     runs = []
     for k in range(repeat):
         for p in (live, live + "-wal", live + "-shm"):
