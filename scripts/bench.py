@@ -2174,8 +2174,10 @@ def inplace_run(size, kind, w, repo, db, restored, want, repeat, snap, interval=
         c = sqlite3.connect(live)
         ok = c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         c.close()
-        capture = ("wal-delta" if "captured the database by WAL delta" in t.err else
-                   "full-scan" if "capturing the database by a full scan" in t.err else "?")
+        # The first capture decides: a pre-restore snapshot retaken under
+        # the write lock (a writer committed since) is a WAL delta either way.
+        capture = ("full-scan" if "capturing the database by a full scan" in t.err else
+                   "wal-delta" if "captured the database by WAL delta" in t.err else "?")
         runs.append({"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib, "pages_changed": doc.get("pages_changed"),
                      "write_tx_ms": int(m.group(1)) if m else None, "longest_writer_gap_s": gap,
                      "writer_commits_during": len(during), "integrity_ok": ok, "pre_restore_capture": capture,
