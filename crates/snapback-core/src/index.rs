@@ -461,11 +461,11 @@ impl<V: Copy> IdTable<V> {
             return;
         }
         // Stable: of equal ids, the first inserted stays first.
-        new.sort_by(|a, b| a.0.cmp(&b.0));
+        new.sort_by_key(|a| a.0);
         new.dedup_by(|later, first| later.0 == first.0);
         new.retain(|(id, _)| !self.contains(id));
         new.extend(self.overlay.drain());
-        new.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        new.sort_unstable_by_key(|a| a.0);
         self.merge_sorted(new);
     }
 
@@ -473,7 +473,7 @@ impl<V: Copy> IdTable<V> {
     fn merge(&mut self) {
         let mut new: Vec<(Id, V)> = self.overlay.drain().collect();
         self.overlay = IdMap::default();
-        new.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        new.sort_unstable_by_key(|a| a.0);
         self.merge_sorted(new);
     }
 
