@@ -963,6 +963,7 @@ fn placeholder_state() -> CaptureState {
         session: None,
         wal_ckpt: None,
         point: None,
+        db_file: None,
     }
 }
 
@@ -1015,6 +1016,7 @@ fn take(
         time,
         page_count,
         page_size: ps,
+        db_file,
     } = read;
     if time <= head.last_time {
         return Ok(Taken::NeedsManifest(
@@ -1051,6 +1053,7 @@ fn take(
     }
     let mut state = head.state.clone();
     state.salts_from(position);
+    state.db_file = Some(db_file);
     state.page_count = page_count;
     state.db_checksum = sum.to_hex();
     state.session = pin_session.map(str::to_string);
@@ -1160,6 +1163,7 @@ fn read_changed_pages(
         time,
         page_count,
         page_size: ps,
+        db_file: before.db_file(),
     }))
 }
 
@@ -1172,6 +1176,8 @@ struct ChangedPages {
     time: OffsetDateTime,
     page_count: u64,
     page_size: usize,
+    /// The database file before the read transaction (the next state's).
+    db_file: crate::capture_state::DbFile,
 }
 
 /// The first point of a batch holds every page that differs from the

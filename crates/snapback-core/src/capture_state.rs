@@ -57,6 +57,35 @@ pub struct CaptureState {
     /// (a segment over `manifest`, the point's base), not the manifest's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point: Option<StatePoint>,
+    /// The database file as the capture found it before its read
+    /// transaction began (see `delta::changed_pages`: a file written since
+    /// by something other than a checkpoint is no delta). Absent in states
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_file: Option<DbFile>,
+}
+
+/// The database file's size and timestamps, and the wal-index's checkpoint
+/// counters, at one moment. In WAL mode SQLite writes the database file
+/// only when a checkpoint copies frames into it, which moves the counters
+/// (or restarts the WAL, which changes its salts): a file whose size or
+/// timestamps changed while neither did was written from outside SQLite.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DbFile {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// `nBackfill` and `nBackfillAttempted` (none without a `-shm` file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<[u32; 2]>,
+}
+
+impl DbFile {
+    /// True when the file's size or timestamps differ from `was`'s.
+    pub fn written_since(&self, was: &DbFile) -> bool {
+        (self.size, self.mtime_ns, self.ctime_ns) != (was.size, was.mtime_ns, was.ctime_ns)
+    }
 }
 
 /// A timeline point named by a capture state: its segment and position.
@@ -250,6 +279,7 @@ pub(crate) mod tests {
             session: None,
             wal_ckpt: None,
             point: None,
+            db_file: None,
         }
     }
 

@@ -37,6 +37,23 @@ pub struct Before {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
+    /// The database file's mtime and ctime (ns), and the wal-index's
+    /// checkpoint counters (see `capture_state::DbFile`).
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub backfill: Option<[u32; 2]>,
+}
+
+impl Before {
+    /// What a capture state records of the database file.
+    pub fn db_file(&self) -> crate::capture_state::DbFile {
+        crate::capture_state::DbFile {
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            backfill: self.backfill,
+        }
+    }
 }
 
 /// Reads the wal-index header and the database file's identity. Never
@@ -44,12 +61,21 @@ pub struct Before {
 /// every POSIX lock this process holds on it, SQLite's included (see
 /// `wal::read_index_header` for the `-shm` file).
 pub fn before(db: &Path) -> Before {
+    // The counters before the stat: a checkpoint that writes the file
+    // after them moves the timestamps past what is recorded here, so it
+    // is seen as a write by the next capture, and explained by counters
+    // that moved since.
+    let backfill = wal::read_backfill(db).ok().flatten();
     let meta = std::fs::metadata(db).ok();
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
     Before {
         index: wal::read_index_header(db).ok().flatten(),
         dev: meta.as_ref().map(|m| m.dev()).unwrap_or(0),
         ino: meta.as_ref().map(|m| m.ino()).unwrap_or(0),
         size: meta.as_ref().map(|m| m.size()).unwrap_or(0),
+        mtime_ns: meta.as_ref().map_or(0, |m| ns(m.mtime(), m.mtime_nsec())),
+        ctime_ns: meta.as_ref().map_or(0, |m| ns(m.ctime(), m.ctime_nsec())),
+        backfill,
     }
 }
 
@@ -172,6 +198,17 @@ pub fn changed_pages(
         return Err(
             "the wal-index and the WAL header disagree (a WAL restart is in progress)".into(),
         );
+    }
+    // In WAL mode only a checkpoint writes the database file; it moves the
+    // wal-index's checkpoint counters, or restarts the WAL (new salts,
+    // refused below unless it follows the previous capture directly).
+    // Pages written into the file any other way (a copy over it, a
+    // restore into it, a tool writing the file) are in no frame.
+    if let Some(was) = &state.db_file {
+        let now = before.db_file();
+        if now.written_since(was) && index.salts == saved && now.backfill == was.backfill {
+            return Err("the database file was written since the previous capture (its size or timestamps changed) while the WAL shows no checkpoint since, the only way SQLite writes it in WAL mode: something outside SQLite wrote it, and what it wrote is in no WAL frame".into());
+        }
     }
     // Where the frames since the previous capture begin: after its frame in
     // the same generation, or (a continuation) from the start of the
@@ -320,7 +357,7 @@ pub fn position_of_full_scan(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The WAL-delta capture and a full scan of the same read transaction
     //! must give the same chunk list, whatever the writers did in between.
     use super::*;
@@ -376,6 +413,7 @@ mod tests {
             session: None,
             wal_ckpt: pos.ckpt,
             point: None,
+            db_file: Some(before.db_file()),
         }
     }
 
@@ -716,6 +754,67 @@ mod tests {
         let e = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count, false)
             .expect_err("a page in no frame");
         assert!(e.contains("in no WAL frame"), "{e}");
+        cap.finish().expect("finish");
+    }
+
+    /// Overwrites page `pgno` of `db` with random bytes from another
+    /// process (`dd`), as a tool writing the file outside SQLite would: a
+    /// descriptor of the file opened and closed here would drop this
+    /// process's POSIX locks on it, SQLite's included.
+    pub(crate) fn write_outside_sqlite(db: &Path, pgno: u64, page_size: u32) {
+        // A new mtime even on a coarse clock.
+        std::thread::sleep(Duration::from_millis(30));
+        let st = std::process::Command::new("dd")
+            .arg("if=/dev/urandom")
+            .arg(format!("of={}", db.display()))
+            .arg(format!("bs={page_size}"))
+            .arg("count=1")
+            .arg(format!("seek={}", pgno - 1))
+            .args(["conv=notrunc", "status=none"])
+            .status()
+            .expect("dd");
+        assert!(st.success(), "dd");
+    }
+
+    /// In WAL mode SQLite writes the database file only by checkpointing:
+    /// a delta goes on after a checkpoint (its counters moved), and a file
+    /// written from outside SQLite since the previous capture, whose new
+    /// pages are in no WAL frame, is no delta.
+    #[test]
+    fn a_database_file_written_outside_sqlite_is_no_delta_but_a_checkpoint_is() {
+        let d = tempfile::tempdir().expect("tmp");
+        let db = d.path().join("app.db");
+        let c = writer(&db);
+        c.execute_batch(
+            "PRAGMA wal_autocheckpoint=0; CREATE TABLE t(v);
+             INSERT INTO t VALUES (randomblob(9000)); INSERT INTO t VALUES (randomblob(9000));",
+        )
+        .expect("setup");
+        let (_, _, next) = capture_both(&db, None);
+        assert!(next.as_ref().is_some_and(|(s, _)| s.db_file.is_some()));
+        c.execute("INSERT INTO t VALUES (1)", []).expect("insert");
+        std::thread::sleep(Duration::from_millis(30));
+        c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+            .expect("checkpoint");
+        let (full, delta, next) = capture_both(&db, next.as_ref());
+        match delta {
+            Some(Ok(list)) => assert_eq!(list, full, "the delta after a checkpoint"),
+            other => panic!("a checkpoint is no reason to fall back: {other:?}"),
+        }
+        let (state, _) = next.expect("a position");
+        write_outside_sqlite(&db, 2, 4096);
+        let b = before(&db);
+        let cap = Capture::begin(&db, Duration::from_secs(5)).expect("begin");
+        let e = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count, false)
+            .expect_err("written outside SQLite");
+        assert!(e.contains("outside SQLite"), "{e}");
+        // A state written before the file was recorded is not refused for it.
+        let old = CaptureState {
+            db_file: None,
+            ..state
+        };
+        changed_pages(&db, &b, true, &old, cap.page_size, cap.page_count, false)
+            .expect("an older state");
         cap.finish().expect("finish");
     }
 }

@@ -11,8 +11,11 @@
 //! - **plan** (the dry run): in one read transaction, hash every live page
 //!   as the snapshot's chunks are cut and compare with its chunk list;
 //! - **apply**: take a `pre-restore` snapshot of the live database (the
-//!   undo point) or refuse; compare in a read transaction (hashing on every
-//!   core; in WAL mode no writer waits for it), noting `PRAGMA
+//!   undo point) or refuse; its capture's image is the compare (a full
+//!   scan's chunk list, or, with a capture state it trusts, the previous
+//!   capture's list patched with the pages of the WAL frames since: no
+//!   other page hashed), else compare in a read transaction (hashing on
+//!   every core; in WAL mode no writer waits for it), noting `PRAGMA
 //!   data_version` and the WAL position it saw; fetch the differing chunks
 //!   (up to 64 MiB); `BEGIN IMMEDIATE` (waiting at most `lock_wait`); find
 //!   what changed since the compare: nothing when the data version is the
@@ -883,6 +886,7 @@ impl Repository {
             session: None,
             wal_ckpt: pos.ckpt,
             point: None,
+            db_file: Some(compared.seen.db_file()),
         };
         // No writer can commit while the write lock is held: the WAL is
         // what this transaction reads.

@@ -351,6 +351,46 @@ fn a_writer_committing_between_the_compare_and_the_write_is_rechecked_and_kept_i
     }
 }
 
+/// A live database in WAL mode that snapback already captures, as an
+/// application has it: open and writing (the WAL has frames), with the
+/// regular backup's capture state left behind.
+struct Captured {
+    f: Fx,
+    _state: tempfile::TempDir,
+    /// In-place options with the state directory.
+    o: InPlaceOptions,
+    app: Connection,
+    /// The backup.
+    s: Snapshot,
+    /// Its image.
+    want_pages: Vec<Vec<u8>>,
+}
+
+fn captured() -> Captured {
+    let f = fx("wal");
+    let state = tempfile::tempdir().expect("state dir");
+    let mut o = opts();
+    o.snapshot.state_dir = Some(state.path().to_path_buf());
+    let app = Connection::open(&f.db).expect("app");
+    app.execute_batch("PRAGMA wal_autocheckpoint=0; UPDATE t SET v = 'new' WHERE id = 1")
+        .expect("a first commit");
+    let id = f
+        .repo
+        .snapshot(std::slice::from_ref(&f.db), &o.snapshot, &NoProgress)
+        .expect("backup")
+        .id;
+    let s = f.snapshot_by_id(&id);
+    let want_pages = pages(&f.db);
+    Captured {
+        f,
+        _state: state,
+        o,
+        app,
+        s,
+        want_pages,
+    }
+}
+
 /// A live database that snapback already captures (a capture state, as
 /// `snapback snapshot` and `snapback watch` leave) gets its undo point by
 /// WAL delta, and that capture's chunk list is the compare: no page of the
@@ -358,29 +398,17 @@ fn a_writer_committing_between_the_compare_and_the_write_is_rechecked_and_kept_i
 /// state the restore replaced, bit for bit.
 #[test]
 fn with_a_capture_state_the_undo_point_and_the_compare_read_only_the_changed_pages() {
-    let f = fx("wal");
-    let state = tempfile::tempdir().expect("state dir");
-    let sopts = SnapshotOptions {
-        state_dir: Some(state.path().to_path_buf()),
-        ..Default::default()
-    };
-    let app = Connection::open(&f.db).expect("app");
-    // Open and writing, as an application is: the WAL has frames.
-    app.execute_batch("PRAGMA wal_autocheckpoint=0; UPDATE t SET v = 'new' WHERE id = 1")
-        .expect("a first commit");
-    // The regular backup of the live database, which leaves its state.
-    let id = f
-        .repo
-        .snapshot(std::slice::from_ref(&f.db), &sopts, &NoProgress)
-        .expect("backup")
-        .id;
-    let s = f.snapshot_by_id(&id);
-    let want_pages = pages(&f.db);
+    let Captured {
+        f,
+        _state,
+        o,
+        app,
+        s,
+        want_pages,
+    } = captured();
     app.execute_batch("UPDATE t SET v = 'damaged' WHERE id % 11 = 0")
         .expect("change");
     let before_pages = pages(&f.db);
-    let mut o = opts();
-    o.snapshot = sopts.clone();
     let rep = f
         .repo
         .restore_in_place(&s, &f.db, &o, &|_| {})
@@ -461,4 +489,108 @@ fn the_undo_point_of_a_never_captured_database_reuses_the_targets_dictionary() {
         .expect("undo");
     assert_eq!(pages(&other), before, "undone exactly");
     integrity(&other);
+}
+
+/// A live database snapback already captures, with the application's
+/// writer committing after the compare (the pre-restore snapshot's WAL
+/// delta) and before the write lock: the transaction re-hashes only the
+/// pages of the WAL frames committed since, the restored database is the
+/// snapshot's image, and the undo point, taken again under the write lock,
+/// holds the late commit.
+#[test]
+fn with_a_capture_state_a_writer_committing_before_the_write_is_rechecked_and_kept_in_the_undo_point(
+) {
+    use crate::restore_inplace::Recheck;
+    let Captured {
+        f,
+        _state,
+        o,
+        app,
+        s,
+        want_pages,
+    } = captured();
+    app.execute_batch("UPDATE t SET v = 'damaged' WHERE id % 11 = 0")
+        .expect("change");
+    let after_late = std::cell::RefCell::new(None);
+    let progress = |m: &str| {
+        if m.starts_with("compared:") && after_late.borrow().is_none() {
+            app.execute_batch("UPDATE t SET v = 'late' WHERE id % 7 = 0")
+                .expect("late commit");
+            *after_late.borrow_mut() = Some(pages(&f.db));
+        }
+    };
+    let rep = f
+        .repo
+        .restore_in_place(&s, &f.db, &o, &progress)
+        .expect("restore");
+    assert!(rep.applied);
+    assert_eq!(rep.full_reads, 0, "{rep:?}");
+    assert!(
+        matches!(rep.recheck, Some(Recheck::WalPages(n)) if n > 0),
+        "{:?}",
+        rep.recheck
+    );
+    assert_eq!(pages(&f.db), want_pages, "the snapshot's image");
+    integrity(&f.db);
+    let pre = f.snapshot_by_id(&rep.pre_restore_snapshot.expect("pre"));
+    f.repo
+        .restore_in_place(&pre, &f.db, &o, &|_| {})
+        .expect("undo");
+    let after_late = after_late.borrow().clone().expect("the late commit ran");
+    assert_eq!(pages(&f.db), after_late, "undone to the late commit");
+    integrity(&f.db);
+}
+
+/// A capture state made stale by a write into the database file from
+/// outside SQLite (a new mtime, the pages in no WAL frame) is not trusted:
+/// the pre-restore snapshot is a full scan, which is the compare, so the
+/// page written outside SQLite is restored too, and the undo point holds
+/// it.
+#[test]
+fn a_capture_state_made_stale_by_a_write_outside_sqlite_falls_back_to_the_full_compare() {
+    let Captured {
+        f,
+        _state,
+        o,
+        app,
+        s,
+        want_pages,
+    } = captured();
+    app.execute_batch("UPDATE t SET v = 'changed' WHERE id = 2")
+        .expect("change");
+    // The last page, which no WAL frame holds (only the rows of the first
+    // pages changed).
+    let last = want_pages.len() as u64;
+    crate::delta::tests::write_outside_sqlite(&f.db, last, 4096);
+    let before_pages = pages(&f.db);
+    assert_ne!(
+        before_pages[last as usize - 1],
+        want_pages[last as usize - 1],
+        "the page written outside SQLite is what SQLite reads"
+    );
+    let rep = f
+        .repo
+        .restore_in_place(&s, &f.db, &o, &|_| {})
+        .expect("restore");
+    assert!(rep.applied);
+    assert_eq!(rep.full_reads, 1, "{rep:?}");
+    let pre = f.snapshot_by_id(&rep.pre_restore_snapshot.expect("pre"));
+    let method = pre.manifest.files[0]
+        .sqlite
+        .as_ref()
+        .and_then(|x| x.capture.clone());
+    assert!(
+        matches!(&method, Some(crate::manifest::CaptureMethod::FullScan { reason }) if reason.contains("outside SQLite")),
+        "{method:?}"
+    );
+    assert_eq!(pages(&f.db), want_pages, "the snapshot's image");
+    integrity(&f.db);
+    f.repo
+        .restore_in_place(&pre, &f.db, &o, &|_| {})
+        .expect("undo");
+    assert_eq!(
+        pages(&f.db),
+        before_pages,
+        "undone exactly, the outside write too"
+    );
 }

@@ -1467,6 +1467,7 @@ impl Repository {
                 session: session.clone(),
                 wal_ckpt: pos.ckpt,
                 point: None,
+                db_file: Some(before.db_file()),
             },
             _lock: l,
         });

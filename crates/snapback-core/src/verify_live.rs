@@ -134,11 +134,19 @@ impl Repository {
                 "the database file was replaced while verify-live began (the next capture is a full scan)",
             ));
         }
+        // Content, not metadata: the file's timestamps are not consulted
+        // (`CaptureState::db_file`), so that what they cannot show (a write
+        // in the same clock tick as the capture's look at them, timestamps
+        // set back) is compared too.
+        let by_content = capture_state::CaptureState {
+            db_file: None,
+            ..state.clone()
+        };
         let changed = crate::delta::changed_pages(
             &path,
             &before,
             wal_mode,
-            &state,
+            &by_content,
             cap.page_size,
             cap.page_count,
             opts.pin_session.is_some() && state.session == opts.pin_session,

@@ -275,6 +275,22 @@ fn shm_file(db: &Path) -> std::io::Result<Option<std::sync::Arc<File>>> {
     Ok(Some(f))
 }
 
+/// The wal-index's checkpoint counters (`nBackfill` and
+/// `nBackfillAttempted`, native byte order, at offsets 96 and 128 of the
+/// `-shm` file): a checkpoint that copies frames into the database file
+/// moves them. `None` when there is no `-shm` file or it is too short.
+pub fn read_backfill(db: &Path) -> std::io::Result<Option<[u32; 2]>> {
+    let Some(f) = shm_file(db)? else {
+        return Ok(None);
+    };
+    let mut b = [0u8; 36];
+    if read_at(&f, 96, &mut b)? < b.len() {
+        return Ok(None);
+    }
+    let ne = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    Ok(Some([ne(0), ne(32)]))
+}
+
 /// Reads the wal-index header: its two copies must be equal and its
 /// checksum (native byte order) valid; a writer may be updating it, so a
 /// torn read is retried a few times. `None` when there is no `-shm` file or
