@@ -85,6 +85,15 @@ pub struct PreparedTable {
     /// read that side.
     #[serde(skip)]
     rowid_key: (bool, bool),
+    /// Whether the table is WITHOUT ROWID on either side.
+    #[serde(skip)]
+    without_rowid: bool,
+    /// Each side's query of one run of rows (`pages`): `?2` rows from key
+    /// `?1` on, in key order, filtered by the side's predicate.
+    #[serde(skip)]
+    snap_run_sql: String,
+    #[serde(skip)]
+    live_run_sql: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -303,6 +312,9 @@ pub fn prepare_table(
         snap_key_sql: q.snap_key_sql,
         live_key_sql: q.live_key_sql,
         rowid_key,
+        without_rowid: st.without_rowid || lt.without_rowid,
+        snap_run_sql: q.snap_run_sql,
+        live_run_sql: q.live_run_sql,
     })
 }
 
@@ -472,6 +484,8 @@ struct Queries {
     live_sql: String,
     snap_key_sql: String,
     live_key_sql: String,
+    snap_run_sql: String,
+    live_run_sql: String,
 }
 
 impl Queries {
@@ -505,11 +519,46 @@ impl Queries {
         let key_cols = &cols[..key.columns.len()];
         let snap_key_sql = build_from(key_cols, &sel.where_snapshot, None);
         let live_key_sql = build_from(key_cols, &sel.where_live, None);
+        // A run: LIMIT counts the rows read, not the rows that match, so
+        // that the scan stops on the run's last row (see `pages`); the
+        // predicate filters outside it.
+        let run_from = |pred: &Option<String>| {
+            let first = quote_ident(&key.columns[0]);
+            let inner = |cols: &str| {
+                format!(
+                    "SELECT {cols} FROM main.{} WHERE {first} >= ?1 ORDER BY {} LIMIT ?2",
+                    quote_ident(table),
+                    order.join(", ")
+                )
+            };
+            match pred {
+                None => inner(&cols.join(", ")),
+                Some(p) => {
+                    let aliased: Vec<String> = cols
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| format!("{c} AS \"_sb{i}\""))
+                        .collect();
+                    let outer: Vec<String> =
+                        (0..cols.len()).map(|i| format!("\"_sb{i}\"")).collect();
+                    format!(
+                        "SELECT {} FROM ({}) WHERE \"_sb_match\"",
+                        outer.join(", "),
+                        inner(&format!(
+                            "{}, CASE WHEN ({p}) THEN 1 ELSE 0 END AS \"_sb_match\"",
+                            aliased.join(", ")
+                        ))
+                    )
+                }
+            }
+        };
         Queries {
             snap_sql,
             live_sql,
             snap_key_sql,
             live_key_sql,
+            snap_run_sql: run_from(&sel.where_snapshot),
+            live_run_sql: run_from(&sel.where_live),
         }
     }
 }
@@ -539,6 +588,16 @@ fn spec_error(spec: &ScanSpec, e: rusqlite::Error) -> Error {
 }
 
 impl PreparedTable {
+    /// Whether the table is WITHOUT ROWID (on either side).
+    pub fn is_without_rowid(&self) -> bool {
+        self.without_rowid
+    }
+
+    /// Whether rows are paired by the rowid on both sides.
+    pub fn rowid_keys(&self) -> bool {
+        self.rowid_key.0 && self.rowid_key.1
+    }
+
     pub fn compare_columns(&self) -> impl Iterator<Item = &str> {
         self.compare.iter().map(|&i| self.data_columns[i].as_str())
     }
@@ -638,11 +697,121 @@ pub fn diff_table_threaded(
     t: &PreparedTable,
     sink: impl FnMut(RowDiff) -> Result<()>,
 ) -> Result<DiffCounts> {
+    threaded(snap, live, t, None, sink)
+}
+
+/// How `diff_table_by_pages` diffed a table.
+#[derive(Debug, Clone)]
+pub struct PagesReport {
+    pub decision: crate::pages::Decision,
+}
+
+/// What [`diff_table_threaded`] does, reading only the rows of the leaves
+/// that differ between the two sides when the snapshot is a point of the
+/// repository and that can be proven sound (`pages`); else, and with the
+/// reason logged, the full scan. Same results, same order, same counts
+/// (the rows of the skipped leaves are counted identical). The live side
+/// must be inside its read transaction.
+pub fn diff_table_by_pages(
+    point: Option<&snapback_vfs::PointFile>,
+    snap: &mut ScanSide<'_>,
+    live: &mut ScanSide<'_>,
+    t: &PreparedTable,
+    sink: impl FnMut(RowDiff) -> Result<()>,
+) -> Result<(DiffCounts, PagesReport)> {
+    use crate::pages::Decision;
+    let decision = match point {
+        None => Decision::FullScan("the snapshot side is a file, not a point of the repository: its pages have no recorded hashes".into()),
+        Some(p) => crate::pages::plan(p, snap.conn, live.conn, t)?,
+    };
+    let skip = match &decision {
+        Decision::FullScan(why) => {
+            tracing::info!(table = %t.table, "diff of table {} by the full scan: {why}", t.table);
+            let counts = threaded(snap, live, t, None, sink)?;
+            return Ok((counts, PagesReport { decision }));
+        }
+        Decision::Skip(s) => s,
+    };
+    tracing::info!(
+        table = %t.table,
+        "diff of table {} by page hash: {} of {} leaves the same on both sides ({} rows, not read; {} overflow pages compared), {} + {} interior pages read; reading {} run(s) of the snapshot, {} of the live database",
+        t.table,
+        skip.skipped_leaves,
+        skip.leaves.1,
+        skip.skipped_rows,
+        skip.overflow_compared,
+        skip.interior.0,
+        skip.interior.1,
+        skip.snap_runs.len(),
+        skip.live_runs.len()
+    );
+    if let Some(p) = point {
+        // SQLite reads exactly the runs' pages: nothing is fetched ahead.
+        p.set_scan_readahead(false);
+    }
+    let runs = (
+        skip.snap_runs.iter().map(|r| (r.first, r.rows)).collect(),
+        skip.live_runs.iter().map(|r| (r.first, r.rows)).collect(),
+    );
+    let counted = threaded(snap, live, t, Some(runs), sink);
+    if let Some(p) = point {
+        p.set_scan_readahead(true);
+    }
+    let mut counts = counted?;
+    counts.identical += match &t.where_live {
+        None => skip.skipped_rows,
+        // The skipped rows that match: every live row that matches, less
+        // those the runs read.
+        Some(pred) => {
+            let n: i64 = live
+                .conn
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM main.{} WHERE ({pred})",
+                        quote_ident(&t.table)
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| {
+                    Error::sqlite(
+                        &live.place,
+                        format!("cannot count the rows of table {}", t.table),
+                        e,
+                    )
+                })?;
+            let read = counts.identical + counts.changed + counts.only_in_live;
+            (n.max(0) as u64).checked_sub(read).ok_or_else(|| {
+                snapback_core::Error::internal(format!(
+                    "diff of table {}: the runs read more matching rows than the table has",
+                    t.table
+                ))
+            })?
+        }
+    };
+    Ok((counts, PagesReport { decision }))
+}
+
+/// The rows of each side to read: all of them, or runs of (first key,
+/// rows) per side (snapshot, live).
+type SideRuns = Option<(Vec<(i64, u64)>, Vec<(i64, u64)>)>;
+
+fn threaded(
+    snap: &mut ScanSide<'_>,
+    live: &mut ScanSide<'_>,
+    t: &PreparedTable,
+    runs: SideRuns,
+    sink: impl FnMut(RowDiff) -> Result<()>,
+) -> Result<DiffCounts> {
     let (sa, sb) = t.scan_specs(&snap.place, &live.place);
     let (ca, cb) = (&mut *snap.conn, &mut *live.conn);
+    let (ra, rb, qa, qb) = match runs {
+        None => (None, None, &t.snap_sql, &t.live_sql),
+        Some((a, b)) => (Some(a), Some(b), &t.snap_run_sql, &t.live_run_sql),
+    };
     std::thread::scope(|s| {
-        let (a, ha) = crate::scan::spawn(s, ca, &t.snap_sql, sa)?;
-        let (b, hb) = match crate::scan::spawn(s, cb, &t.live_sql, sb) {
+        let (a, ha) = crate::scan::spawn(s, ca, qa, sa, ra)?;
+        let (b, hb) = match crate::scan::spawn(s, cb, qb, sb, rb) {
             Ok(b) => b,
             Err(e) => {
                 drop(a);

@@ -25,6 +25,7 @@ mod changes;
 mod diff;
 mod error;
 mod forensics;
+pub mod pages;
 mod repair;
 mod report;
 mod scan;
@@ -40,9 +41,9 @@ pub use audit::{
 };
 pub use changes::{ChangeSet, Conflict, Op, RowChange, TableChanges, TableCounts};
 pub use diff::{
-    check_pairing, compare_table_sets, compare_virtual_tables, diff_table, diff_table_threaded,
-    prepare_table, sql_for, DiffCounts, DiffKind, PreparedTable, RowDiff, ScanSide, SchemaDiff,
-    Side, TableSelection,
+    check_pairing, compare_table_sets, compare_virtual_tables, diff_table, diff_table_by_pages,
+    diff_table_threaded, prepare_table, sql_for, DiffCounts, DiffKind, PagesReport, PreparedTable,
+    RowDiff, ScanSide, SchemaDiff, Side, TableSelection,
 };
 pub use error::{is_busy, Error, Result};
 pub use forensics::{
@@ -62,7 +63,7 @@ pub use script::{
     emit_script, Action, EmitScript, EmitSource, EmitTable, Incident, LoadedScript, Script,
     SqlStep, TableScript, DEFAULT_BATCH_SIZE,
 };
-pub use snapback_vfs::ReadStats;
+pub use snapback_vfs::{PointFile, ReadStats};
 pub use source::{
     live_path, open_live_readonly, open_live_rw, resolve_snapshot, sqlite_uri, SnapshotDb,
 };

@@ -202,6 +202,12 @@ impl ScanSpec {
 /// A statement being stepped into batches, with the order check.
 pub(crate) struct Scan<'s> {
     rows: rusqlite::Rows<'s>,
+    state: ScanState,
+}
+
+/// What a scan knows across the statements it steps: the previous key
+/// (for the order check), an error still to report, whether it is over.
+struct ScanState {
     spec: ScanSpec,
     /// The previous row's key, encoded as in a batch.
     prev: Batch,
@@ -214,19 +220,15 @@ pub(crate) struct Scan<'s> {
 impl<'s> Scan<'s> {
     pub(crate) fn new(stmt: &'s mut rusqlite::Statement<'_>, spec: ScanSpec) -> Result<Scan<'s>> {
         let rows = stmt.query([]).map_err(|e| spec.error(e))?;
-        let nk = spec.key_columns.len();
         Ok(Scan {
             rows,
-            prev: Batch::new(nk),
-            spec,
-            pending: None,
-            done: false,
+            state: ScanState::new(spec),
         })
     }
 
     /// Reads every row, for the order check alone.
     pub(crate) fn drain(mut self) -> Result<()> {
-        let mut b = Batch::new(self.spec.ncols);
+        let mut b = Batch::new(self.state.spec.ncols);
         while self.fill(&mut b)? {}
         Ok(())
     }
@@ -234,39 +236,58 @@ impl<'s> Scan<'s> {
     /// Refills `b` with the next rows; `false` when the scan is over.
     fn fill(&mut self, b: &mut Batch) -> Result<bool> {
         b.clear();
-        if let Some(e) = self.pending.take() {
-            self.done = true;
+        let st = &mut self.state;
+        if let Some(e) = st.pending.take() {
+            st.done = true;
             return Err(e);
         }
-        while !self.done && !b.full() {
-            let row = match self.rows.next() {
-                Ok(Some(row)) => row,
-                Ok(None) => {
-                    self.done = true;
-                    break;
-                }
-                Err(e) => {
-                    self.pending = Some(self.spec.error(e));
-                    break;
-                }
-            };
-            if let Err(e) = b.push_row(row) {
-                self.pending = Some(self.spec.error(e));
-                break;
-            }
-            if let Err(e) = self.check_order(b.row(b.rows() - 1)) {
-                b.pop_row();
-                self.pending = Some(e);
-                break;
-            }
+        if !st.done && st.append(&mut self.rows, b) {
+            st.done = true;
         }
         if b.rows() == 0 {
-            if let Some(e) = self.pending.take() {
-                self.done = true;
+            if let Some(e) = st.pending.take() {
+                st.done = true;
                 return Err(e);
             }
         }
         Ok(b.rows() > 0)
+    }
+}
+
+impl ScanState {
+    fn new(spec: ScanSpec) -> ScanState {
+        let nk = spec.key_columns.len();
+        ScanState {
+            prev: Batch::new(nk),
+            spec,
+            pending: None,
+            done: false,
+        }
+    }
+
+    /// Adds rows of `rows` to `b` until `b` is full (`false`) or `rows`
+    /// is over or failed (`true`; the failure is pending).
+    fn append(&mut self, rows: &mut rusqlite::Rows<'_>, b: &mut Batch) -> bool {
+        while !b.full() {
+            let row = match rows.next() {
+                Ok(Some(row)) => row,
+                Ok(None) => return true,
+                Err(e) => {
+                    self.pending = Some(self.spec.error(e));
+                    return true;
+                }
+            };
+            if let Err(e) = b.push_row(row) {
+                self.pending = Some(self.spec.error(e));
+                return true;
+            }
+            if let Err(e) = self.check_order(b.row(b.rows() - 1)) {
+                b.pop_row();
+                self.pending = Some(e);
+                return true;
+            }
+        }
+        false
     }
 
     /// Proves that `row` comes strictly after the previous row in key
@@ -335,7 +356,7 @@ pub(crate) struct Cursor<'s> {
 impl<'s> Cursor<'s> {
     /// A scan stepped on this thread, as the merge asks for rows.
     pub(crate) fn inline(scan: Scan<'s>) -> Result<Cursor<'s>> {
-        let ncols = scan.spec.ncols;
+        let ncols = scan.state.spec.ncols;
         let mut c = Cursor {
             source: Source::Inline(Box::new(scan)),
             batch: Batch::new(ncols),
@@ -408,13 +429,16 @@ impl Started {
 }
 
 /// Starts a scan of `sql` over `conn` on a thread of `scope`; its cursor
-/// reads the rows. Dropping the cursor (or `Started`) stops the scan at its
-/// next batch.
+/// reads the rows. With `runs`, `sql` takes two parameters (a first key
+/// and a row count) and is run once per run, in order, its rows one
+/// scan whose order is checked across runs. Dropping the cursor (or
+/// `Started`) stops the scan at its next batch.
 pub(crate) fn spawn<'scope, 'env>(
     scope: &'scope Scope<'scope, 'env>,
     conn: &'env mut Connection,
     sql: &'env str,
     spec: ScanSpec,
+    runs: Option<Vec<(i64, u64)>>,
 ) -> Result<(Started, ScopedJoinHandle<'scope, ()>)> {
     let (tx, rx) = mpsc::sync_channel::<Result<Msg>>(IN_FLIGHT);
     let (back, recycled) = mpsc::sync_channel::<Batch>(IN_FLIGHT + 2);
@@ -429,20 +453,56 @@ pub(crate) fn spawn<'scope, 'env>(
     let spec_t = spec.clone();
     let handle = builder.spawn_scoped(scope, move || {
         let spec = spec_t;
+        let fresh = || recycled.try_recv().unwrap_or_else(|_| Batch::new(ncols));
         let run = || -> Result<()> {
             let mut stmt = conn.prepare(sql).map_err(|e| spec.error(e))?;
-            let mut scan = Scan::new(&mut stmt, spec.clone())?;
-            loop {
-                let mut b = recycled.try_recv().unwrap_or_else(|_| Batch::new(ncols));
-                if !scan.fill(&mut b)? {
-                    let _ = tx.send(Ok(Msg::End));
-                    return Ok(());
+            let Some(runs) = runs else {
+                let mut scan = Scan::new(&mut stmt, spec.clone())?;
+                loop {
+                    let mut b = fresh();
+                    if !scan.fill(&mut b)? {
+                        let _ = tx.send(Ok(Msg::End));
+                        return Ok(());
+                    }
+                    if tx.send(Ok(Msg::Rows(b))).is_err() {
+                        // The merge is done (it stopped early): so is the scan.
+                        return Ok(());
+                    }
                 }
-                if tx.send(Ok(Msg::Rows(b))).is_err() {
-                    // The merge is done (it stopped early): so is the scan.
-                    return Ok(());
+            };
+            let mut st = ScanState::new(spec.clone());
+            let mut b = fresh();
+            b.clear();
+            for (first, n) in runs {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                let mut rows = stmt
+                    .query(rusqlite::params![first, n])
+                    .map_err(|e| spec.error(e))?;
+                loop {
+                    let over = st.append(&mut rows, &mut b);
+                    if b.full() {
+                        if tx.send(Ok(Msg::Rows(b))).is_err() {
+                            return Ok(());
+                        }
+                        b = fresh();
+                        b.clear();
+                    }
+                    if over {
+                        break;
+                    }
+                }
+                if let Some(e) = st.pending.take() {
+                    if b.rows() > 0 && tx.send(Ok(Msg::Rows(b))).is_err() {
+                        return Ok(());
+                    }
+                    return Err(e);
                 }
             }
+            if b.rows() > 0 && tx.send(Ok(Msg::Rows(b))).is_err() {
+                return Ok(());
+            }
+            let _ = tx.send(Ok(Msg::End));
+            Ok(())
         };
         if let Err(e) = run() {
             let _ = tx.send(Err(e));

@@ -100,6 +100,11 @@ impl SnapshotDb {
         self.snapshot.as_ref().map(|s| s.id)
     }
 
+    /// The point, when the snapshot side is one (None for a file).
+    pub fn point(&self) -> Option<&PointDb> {
+        self.point.as_ref()
+    }
+
     /// What reading the point cost so far (None for a file).
     pub fn read_stats(&self) -> Option<ReadStats> {
         self.point.as_ref().map(PointDb::stats)

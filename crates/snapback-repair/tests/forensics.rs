@@ -831,6 +831,9 @@ fn diff_against_a_damaged_pack_fails_with_an_io_error_and_prints_no_rows() {
     let lab = two_tables_lab();
     let snap = lab.snapshot();
     snapback_testkit::flip_byte_in_largest_pack(&lab.repo);
+    // Every row changes, so that every page of `big` is read from the
+    // snapshot (a page whose hash is the live page's is never fetched).
+    lab.exec("UPDATE big SET v = v || 'x'");
     let o = lab.run(
         &["--json", "diff", &snap, lab.live_str(), "--table", "big"],
         &[],

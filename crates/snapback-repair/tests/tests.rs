@@ -8,6 +8,7 @@ mod audit;
 mod bad_input;
 mod diff;
 mod diff_cli;
+mod diff_pages;
 mod diff_roundtrip;
 mod e2e;
 mod every_path;

@@ -181,6 +181,11 @@ impl PointDb {
         self.file.stats()
     }
 
+    /// The open point file: its chunk layout and page reads.
+    pub fn file(&self) -> &PointFile {
+        &self.file
+    }
+
     /// The pages read so far (numbered from 1), for a point opened with
     /// `open_tracking`.
     pub fn pages_touched(&self) -> Option<std::collections::BTreeSet<u64>> {

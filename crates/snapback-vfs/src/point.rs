@@ -5,10 +5,12 @@
 //! database's header served as rollback). No code of its own reads chunks.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use snapback_core::{FileEntry, FileKind, ProvenReader, Repository, Selector, Snapshot};
+use snapback_core::{
+    FileEntry, FileKind, FileReader, Id, ProvenReader, Repository, Selector, Snapshot,
+};
 use snapback_mount::{Vfs, VfsError, VfsOptions, View};
 
 use crate::scan::ScanState;
@@ -48,6 +50,9 @@ pub struct PointFile {
     scan: Mutex<ScanState>,
     /// The pages read so far, when asked for (`with_page_tracking`).
     touched: Option<Mutex<BTreeSet<u64>>>,
+    /// Whether a scan's read-ahead (`scan.rs`) is on: off while a diff
+    /// reads only the pages it chose (`set_scan_readahead`).
+    scan_ahead: AtomicBool,
 }
 
 impl std::fmt::Debug for PointFile {
@@ -109,6 +114,7 @@ impl PointFile {
             errors: AtomicU64::new(0),
             scan: Mutex::new(ScanState::default()),
             touched: None,
+            scan_ahead: AtomicBool::new(true),
         })
     }
 
@@ -153,9 +159,76 @@ impl PointFile {
         Ok(n)
     }
 
+    /// Turns the read-ahead along a scanned b-tree (`scan.rs`) on or off:
+    /// off, SQLite's reads fetch exactly the pages they read.
+    pub fn set_scan_readahead(&self, on: bool) {
+        self.scan_ahead.store(on, Ordering::Relaxed);
+    }
+
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    /// The point's proven chunk layout: every chunk's id, known without
+    /// fetching it.
+    pub fn layout(&self) -> Result<Arc<FileReader>, Error> {
+        self.vfs.layout(self.fh).map_err(|e| self.error(e))
+    }
+
+    fn error(&self, cause: VfsError) -> Error {
+        Error::Read {
+            what: self.label.clone(),
+            cause,
+        }
+    }
+
+    /// The id the point's chunk of these bytes would have: equal to a
+    /// chunk list's entry exactly when the bytes are that chunk's.
+    pub fn chunk_id_of(&self, raw: &[u8]) -> Id {
+        self.vfs.chunk_id_of(raw)
+    }
+
+    /// Reads whole pages (numbered from 1), each verified, in the order
+    /// given: the missing ones are fetched first in parallel (range reads
+    /// of one pack of up to 256 KiB), and no other page is fetched ahead.
+    pub fn read_pages(&self, pgnos: &[u32]) -> Result<Vec<Vec<u8>>, Error> {
+        let ps = self.page_size;
+        let ranges: Vec<(u64, u64)> = pgnos
+            .iter()
+            .map(|&p| ((u64::from(p).max(1) - 1) * ps, ps))
+            .collect();
+        self.vfs.prefetch(self.fh, &ranges, SCAN_FETCH_SPAN);
+        let want = u32::try_from(ps).unwrap_or(u32::MAX);
+        ranges
+            .iter()
+            .zip(pgnos)
+            .map(|(&(off, _), &p)| {
+                if let Some(t) = &self.touched {
+                    if let Ok(mut t) = t.lock() {
+                        t.insert(u64::from(p));
+                    }
+                }
+                let d = self
+                    .vfs
+                    .read(self.fh, off, want)
+                    .map_err(|e| self.error(e))?;
+                if d.len() as u64 != ps {
+                    return Err(Error::Input(format!(
+                        "page {p} of {} is past its end",
+                        self.label
+                    )));
+                }
+                Ok(d)
+            })
+            .collect()
+    }
+
     /// A whole page was read: fetch ahead the pages of the b-tree being
     /// scanned, if it is (`scan.rs`).
     fn read_ahead(&self, offset: u64, page: &[u8]) {
+        if !self.scan_ahead.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(pgno) = u32::try_from(offset / self.page_size + 1) else {
             return;
         };

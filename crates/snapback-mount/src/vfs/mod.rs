@@ -255,6 +255,13 @@ impl Vfs {
         &self.fetcher.stats
     }
 
+    /// The chunk id the repository gives a chunk of these bytes (its
+    /// SHA-256, keyed in an encrypted repository): equal to a chunk list's
+    /// entry exactly when the bytes are that chunk's.
+    pub fn chunk_id_of(&self, raw: &[u8]) -> snapback_core::Id {
+        self.repo().codec().blob_id(raw)
+    }
+
     fn repo(&self) -> &Arc<Repository> {
         self.fetcher.repo()
     }

@@ -190,6 +190,19 @@ impl Vfs {
         Ok(r)
     }
 
+    /// The proven chunk layout of open file `fh` (its chunk ids, bound to
+    /// the manifest's whole-file checksum when the file was opened): what a
+    /// caller compares pages with by hash, without fetching them.
+    pub fn layout(&self, fh: u64) -> Result<Arc<FileReader>, VfsError> {
+        match &*self.handle(fh)? {
+            Handle::File { reader, .. } => Ok(reader.clone()),
+            Handle::Dir(_) => Err(VfsError::IsDir),
+            Handle::Bytes(_) => Err(VfsError::Internal(
+                "a generated file has no chunk layout".into(),
+            )),
+        }
+    }
+
     pub fn release(&self, fh: u64) {
         if let Ok(mut hs) = self.handles.write() {
             hs.remove(&fh);
