@@ -2112,7 +2112,8 @@ def inplace_run(size, kind, w, repo, db, restored, want, repeat, snap, interval=
     (the restore's log), and the writer's longest gap between commits while
     the restore ran (its usual gap is `interval` plus a commit).
     `captured`: the live copy is one snapback already captures, as after
-    `snapback snapshot` or under `snapback watch`: it is snapshotted (which
+    `snapback snapshot` or under `snapback watch`: it is written once (its
+    WAL exists, as an open application's does) and snapshotted (which
     leaves its capture state) before its rows change, a reader holds its
     WAL from restarting, and its pre-restore snapshot is a WAL delta (the
     log says which capture it was)."""
@@ -2134,6 +2135,13 @@ def inplace_run(size, kind, w, repo, db, restored, want, repeat, snap, interval=
             pin = subprocess.Popen([sys.executable, "-c", PIN_HOLDER, live, stop], stdout=subprocess.PIPE,
                                    stderr=subprocess.DEVNULL, text=True)
             pin.stdout.readline()
+            # Open and written, as an application's database is: its WAL
+            # exists before the first capture. (A database whose WAL did
+            # not exist then starts a new WAL generation at its first
+            # write, which the next capture sees as a restart: a full scan.)
+            c = sqlite3.connect(live, isolation_level=None, timeout=600)
+            c.execute("INSERT OR REPLACE INTO bench_writer VALUES (0, 0)")
+            c.close()
             run([SB, "--repo", repo, "-q", "snapshot", live], env=state_env)
         # About 1% of the pages: updating a row rewrites several pages (its
         # leaf, index entries, and the bench database's events rows).
@@ -2210,7 +2218,7 @@ def restore_markdown(res):
          "were overwritten with random bytes, and `snapback restore ID LIVE --in-place --apply --yes` into a "
          "copy with rows changed (about 1% of its pages; the count is shown) while a writer commits a small transaction every 5 ms (the "
          "pre-restore snapshot included); *captured*: the same into a live copy that snapback already captures "
-         "(snapshotted before its rows changed, which leaves its capture state, and its WAL held from restarting "
+         "(written once, so that its WAL exists as an open application's does, and snapshotted before its rows changed, which leaves its capture state, and its WAL held from restarting "
          "by a reader, as `snapback watch` holds it), whose pre-restore snapshot is then a WAL delta (the column "
          "says which capture the log reported). Every command starts with its input read once (warm cache); "
          "every restored file was compared with the source's SHA-256 (the in-place result with integrity_check).",
