@@ -679,3 +679,41 @@ fn a_delta_snapshot_whose_unchanged_pages_lost_their_pack_is_refused() {
     assert!(e.to_string().contains(&lost.short()), "{e}");
     assert_eq!(fx.repo.snapshots().expect("snapshots").len(), before);
 }
+
+#[test]
+fn a_full_scan_into_reused_buffers_reads_every_page_as_into_fresh_ones() {
+    // The full scan hands each batch's buffer back to the page reader once
+    // it is sealed; a reused buffer (of another size, holding another
+    // batch's bytes) must give exactly the pages a fresh one does.
+    let d = tempfile::tempdir().expect("tmp");
+    let db = d.path().join("app.db");
+    let w = Connection::open(&db).expect("open");
+    w.execute_batch(
+        "CREATE TABLE t(v); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+         INSERT INTO t SELECT randomblob(700) FROM n;",
+    )
+    .expect("setup");
+    let cap = crate::sqlite::Capture::begin(&db, Duration::from_secs(5)).expect("begin");
+    let mut fresh = Vec::new();
+    cap.read_pages(7, |b| {
+        fresh.push(b);
+        Ok(())
+    })
+    .expect("read into fresh buffers");
+    assert!(fresh.len() > 3, "several batches: {}", fresh.len());
+    let pool = std::cell::RefCell::new(vec![vec![0xA5u8; 3 * 4096], vec![0x5Au8; 40 * 4096]]);
+    let mut reused = Vec::new();
+    cap.read_pages_into(
+        7,
+        || pool.borrow_mut().pop().unwrap_or_default(),
+        |b| {
+            reused.push(b.clone());
+            // Handed back dirty, as the scan hands back a sealed batch.
+            pool.borrow_mut().push(b);
+            Ok(())
+        },
+    )
+    .expect("read into reused buffers");
+    assert_eq!(fresh, reused, "the same pages, batch for batch");
+    cap.finish().expect("finish");
+}

@@ -146,6 +146,7 @@ fn sqlite_error(path: &Path, message: &str, cause: rusqlite::Error) -> Error {
 /// `sink`, `pages_per_call` pages at a time, checking that pages come in
 /// order, whole, and `page_count` of them (the capture and the in-place
 /// restore read through this).
+#[allow(clippy::too_many_arguments)]
 fn read_all_pages(
     conn: &Connection,
     path: &Path,
@@ -153,6 +154,7 @@ fn read_all_pages(
     page_size: u32,
     page_count: u64,
     pages_per_call: usize,
+    mut fresh: impl FnMut() -> Vec<u8>,
     mut sink: impl FnMut(Vec<u8>) -> Result<()>,
 ) -> Result<()> {
     let err = |message: &str, cause| sqlite_error(path, message, cause);
@@ -167,7 +169,15 @@ fn read_all_pages(
     let mut rows = stmt.query([]).map_err(|e| err("cannot read pages", e))?;
     let ps = page_size as usize;
     let cap = pages_per_call.max(1) * ps;
-    let mut buf = Vec::with_capacity(cap);
+    // A buffer from `fresh` (one the caller is done with, or a new one),
+    // emptied and with room for one call's pages.
+    let mut next = || {
+        let mut b = fresh();
+        b.clear();
+        b.reserve(cap);
+        b
+    };
+    let mut buf = next();
     let mut expect: i64 = 1;
     while let Some(row) = rows.next().map_err(|e| err("page read failed", e))? {
         let pgno: i64 = row.get(0).map_err(|e| err("page read failed", e))?;
@@ -190,7 +200,7 @@ fn read_all_pages(
         buf.extend_from_slice(data);
         expect += 1;
         if buf.len() >= cap {
-            sink(std::mem::replace(&mut buf, Vec::with_capacity(cap)))?;
+            sink(std::mem::replace(&mut buf, next()))?;
         }
     }
     if (expect - 1) as u64 != page_count {
@@ -310,6 +320,19 @@ impl Capture {
         pages_per_call: usize,
         sink: impl FnMut(Vec<u8>) -> Result<()>,
     ) -> Result<()> {
+        self.read_pages_into(pages_per_call, Vec::new, sink)
+    }
+
+    /// `read_pages`, each call's buffer taken from `fresh` (emptied
+    /// first): a caller that hands back the buffers it is done with reads
+    /// a whole database into a few buffers, instead of faulting in new
+    /// memory for every 8 MiB of it.
+    pub fn read_pages_into(
+        &self,
+        pages_per_call: usize,
+        fresh: impl FnMut() -> Vec<u8>,
+        sink: impl FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
         read_all_pages(
             &self.conn,
             &self.path,
@@ -317,6 +340,7 @@ impl Capture {
             self.page_size,
             self.page_count,
             pages_per_call,
+            fresh,
             sink,
         )
     }
@@ -566,6 +590,7 @@ impl PageWriter {
             self.page_size,
             self.page_count,
             pages_per_call,
+            Vec::new,
             sink,
         )
     }
