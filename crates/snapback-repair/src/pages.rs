@@ -47,6 +47,11 @@ pub const FULL_SCAN_ENV: &str = "SNAPBACK_DIFF_FULL_SCAN";
 /// 20).
 const MAX_DEPTH: usize = 20;
 
+/// The most bytes of differing snapshot leaves fetched (to find their
+/// rows) before the scan reads them: half the point's memory cache
+/// (256 MiB), so that the scan finds them there and fetches none twice.
+const FETCH_AHEAD_MAX: u64 = 128 << 20;
+
 /// Live pages read and hashed at a time.
 const LIVE_BATCH: usize = 2048;
 
@@ -427,7 +432,7 @@ impl Skipper<'_> {
         }
         let total = (lt.leaves.len() + st.leaves.len()) as u64;
         let differing = total - 2 * equal.len() as u64;
-        if differing * 2 > total {
+        if differing * 10 > total * 9 {
             return full(format!(
                 "{differing} of its {total} leaves (both sides) differ: the full scan reads them in order, which is cheaper than reading them run by run"
             ));
@@ -441,6 +446,14 @@ impl Skipper<'_> {
             .filter(|p| !equal.contains(p) && !self.sleaf.contains_key(p))
             .filter(|p| !(self.same(*p) && self.lleaf.contains_key(p)))
             .collect();
+        let bytes = fetch.len() as u64 * self.point.page_size();
+        if bytes > FETCH_AHEAD_MAX {
+            return full(format!(
+                "{} of the snapshot's leaves differ ({} MiB): more than the point's memory cache keeps until the scan reads them again",
+                fetch.len(),
+                bytes >> 20
+            ));
+        }
         self.fetch_snapshot_leaves(&fetch)?;
         let mut skipped_rows = 0u64;
         let mut live_runs = Runs::default();
