@@ -357,7 +357,7 @@ pub fn position_of_full_scan(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     //! The WAL-delta capture and a full scan of the same read transaction
     //! must give the same chunk list, whatever the writers did in between.
     use super::*;
@@ -756,26 +756,6 @@ pub(crate) mod tests {
         assert!(e.contains("in no WAL frame"), "{e}");
         cap.finish().expect("finish");
     }
-
-    /// Overwrites page `pgno` of `db` with random bytes from another
-    /// process (`dd`), as a tool writing the file outside SQLite would: a
-    /// descriptor of the file opened and closed here would drop this
-    /// process's POSIX locks on it, SQLite's included.
-    pub(crate) fn write_outside_sqlite(db: &Path, pgno: u64, page_size: u32) {
-        // A new mtime even on a coarse clock.
-        std::thread::sleep(Duration::from_millis(30));
-        let st = std::process::Command::new("dd")
-            .arg("if=/dev/urandom")
-            .arg(format!("of={}", db.display()))
-            .arg(format!("bs={page_size}"))
-            .arg("count=1")
-            .arg(format!("seek={}", pgno - 1))
-            .args(["conv=notrunc", "status=none"])
-            .status()
-            .expect("dd");
-        assert!(st.success(), "dd");
-    }
-
     /// In WAL mode SQLite writes the database file only by checkpointing:
     /// a delta goes on after a checkpoint (its counters moved), and a file
     /// written from outside SQLite since the previous capture, whose new
@@ -802,7 +782,7 @@ pub(crate) mod tests {
             other => panic!("a checkpoint is no reason to fall back: {other:?}"),
         }
         let (state, _) = next.expect("a position");
-        write_outside_sqlite(&db, 2, 4096);
+        crate::delta_snapshot_tests::write_outside_sqlite(&db, 2, 4096);
         let b = before(&db);
         let cap = Capture::begin(&db, Duration::from_secs(5)).expect("begin");
         let e = changed_pages(&db, &b, true, &state, cap.page_size, cap.page_count, false)

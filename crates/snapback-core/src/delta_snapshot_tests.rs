@@ -3,7 +3,7 @@
 //! previous capture's knowledge can be lost or wrong falls back to a full
 //! scan (recorded in the manifest) that is still right.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -716,4 +716,23 @@ fn a_full_scan_into_reused_buffers_reads_every_page_as_into_fresh_ones() {
     .expect("read into reused buffers");
     assert_eq!(fresh, reused, "the same pages, batch for batch");
     cap.finish().expect("finish");
+}
+
+/// Overwrites page `pgno` of `db` with random bytes from another
+/// process (`dd`), as a tool writing the file outside SQLite would: a
+/// descriptor of the file opened and closed here would drop this
+/// process's POSIX locks on it, SQLite's included.
+pub(crate) fn write_outside_sqlite(db: &Path, pgno: u64, page_size: u32) {
+    // A new mtime even on a coarse clock.
+    std::thread::sleep(Duration::from_millis(30));
+    let st = std::process::Command::new("dd")
+        .arg("if=/dev/urandom")
+        .arg(format!("of={}", db.display()))
+        .arg(format!("bs={page_size}"))
+        .arg("count=1")
+        .arg(format!("seek={}", pgno - 1))
+        .args(["conv=notrunc", "status=none"])
+        .status()
+        .expect("dd");
+    assert!(st.success(), "dd");
 }

@@ -561,7 +561,7 @@ fn a_capture_state_made_stale_by_a_write_outside_sqlite_falls_back_to_the_full_c
     // The last page, which no WAL frame holds (only the rows of the first
     // pages changed).
     let last = want_pages.len() as u64;
-    crate::delta::tests::write_outside_sqlite(&f.db, last, 4096);
+    crate::delta_snapshot_tests::write_outside_sqlite(&f.db, last, 4096);
     let before_pages = pages(&f.db);
     assert_ne!(
         before_pages[last as usize - 1],
