@@ -426,7 +426,18 @@ fn watchdog_pings_go_on_while_uploads_fail_and_points_spool_and_stop_while_captu
     )
     .expect("big insert");
     drop(c);
-    let _ = sock.count(Duration::from_secs(1));
+    // A tick that took its point before the insert committed still pings
+    // once its upload has failed, retries included (2 to 4 s here: the
+    // upload runs in the watcher's loop): wait for 6 quiet seconds, longer
+    // than any such tick (a watcher that goes on pinging while its
+    // capture stalls never has them), then the pings must stay off.
+    let quiet = Instant::now() + Duration::from_secs(40);
+    while sock.count(Duration::from_secs(6)).0 > 0 {
+        assert!(
+            Instant::now() < quiet,
+            "a watcher whose capture stalls goes on sending WATCHDOG=1 for 40 s"
+        );
+    }
     let (pings, _) = sock.count(Duration::from_secs(3));
     assert_eq!(
         pings, 0,

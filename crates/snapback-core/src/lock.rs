@@ -521,8 +521,12 @@ mod tests {
             is_stale(&before_boot, now),
             "a lock from before this host booted belongs to a process that is gone"
         );
+        // Written longer than the stale age ago (not at boot: a machine
+        // that just booted, as CI's does, has a boot time younger than it).
+        let stale_after = time::Duration::try_from(STALE_AFTER).expect("stale age fits");
         let elsewhere = LockInfo {
             host: format!("{}-other", this_host()),
+            time: crate::time::format_rfc3339(now - stale_after - time::Duration::minutes(1)),
             ..mine
         };
         assert!(
