@@ -552,6 +552,9 @@ impl Store for CryptoStore {
     fn read_parallelism(&self) -> usize {
         self.inner.read_parallelism()
     }
+    fn write_parallelism(&self) -> usize {
+        self.inner.write_parallelism()
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 //!   pack_id [32], pack_size u64, entry_count u32, then per entry:
 //!     kind u8, id [32], offset u32, stored_len u32, raw_len u32
 //! ```
-//! It is stored under `index/<sha256 of its bytes>`. Every snapshot writes one
-//! index object for the packs it wrote. Indexes are a cache of what the pack
-//! headers say: `repair-index` rebuilds them from the packs alone.
+//! It is stored under `index/<sha256 of its bytes>`. Every snapshot writes
+//! index objects for the packs it wrote, one per 65,536 blobs
+//! (`new_index.rs`). Indexes are a cache of what the pack headers say:
+//! `repair-index` rebuilds them from the packs alone.
 //!
 //! An index object that lists a blob compressed with a dictionary is of
 //! version 2, `"SNBIDX\x02\x00"`: each pack carries its dictionary table
@@ -370,8 +371,8 @@ struct Slot {
 /// where a hash map of them took 1.1 to 2.3 times as many slots as
 /// entries (and twice that while it grew).
 ///
-/// The master index holds one per repository (52 bytes a blob) and a
-/// snapshot its set of referenced blobs (32 bytes a blob).
+/// The master index holds one per repository (52 bytes a blob); a
+/// snapshot's set of referenced blobs is a `BlobSet` (`blob_set.rs`).
 #[derive(Debug, Clone)]
 pub struct IdTable<V: Copy> {
     /// Sorted by id, each id once.
@@ -500,25 +501,10 @@ impl<V: Copy> IdTable<V> {
         self.rebuild_starts();
     }
 
-    /// About 8 entries per prefix (at most 2^20 prefixes: 4 MiB).
     fn rebuild_starts(&mut self) {
-        let n = self.sorted.len();
-        let mut bits = 0;
-        while bits < 20 && (n >> (bits + 3)) > 0 {
-            bits += 1;
-        }
-        let buckets = 1usize << bits;
-        let mut starts = Vec::with_capacity(buckets + 1);
-        let mut at = 0usize;
-        for p in 0..buckets {
-            while at < n && Self::prefix(&self.sorted[at].0, bits) < p {
-                at += 1;
-            }
-            starts.push(at as u32);
-        }
-        starts.push(n as u32);
-        self.starts = starts;
-        self.bits = bits;
+        let sorted = &self.sorted;
+        (self.starts, self.bits) =
+            bucket_starts(sorted.len(), |i, bits| Self::prefix(&sorted[i].0, bits));
     }
 
     /// Every entry: the sorted ones in id order, then the overlay's.
@@ -528,20 +514,28 @@ impl<V: Copy> IdTable<V> {
             .map(|(id, v)| (id, v))
             .chain(self.overlay.iter())
     }
-
-    /// Every id, as `iter`.
-    pub fn ids(&self) -> impl Iterator<Item = &Id> {
-        self.iter().map(|(id, _)| id)
-    }
 }
 
-impl IdTable<()> {
-    /// Adds every id of `ids` (a set's `extend`).
-    pub fn extend(&mut self, ids: impl IntoIterator<Item = Id>) {
-        for id in ids {
-            self.insert(id, ());
-        }
+/// Where each prefix bucket starts in a sorted table of `n` entries, for
+/// about 8 entries a bucket (at most 2^20 buckets: 4 MiB): `(starts,
+/// bits)`, where `bucket(i, bits)` is entry i's bucket (its top `bits`
+/// bits) and `starts[p]` the first entry of bucket `p` or above.
+pub(crate) fn bucket_starts(n: usize, bucket: impl Fn(usize, u32) -> usize) -> (Vec<u32>, u32) {
+    let mut bits = 0;
+    while bits < 20 && (n >> (bits + 3)) > 0 {
+        bits += 1;
     }
+    let buckets = 1usize << bits;
+    let mut starts = Vec::with_capacity(buckets + 1);
+    let mut at = 0usize;
+    for p in 0..buckets {
+        while at < n && bucket(at, bits) < p {
+            at += 1;
+        }
+        starts.push(at as u32);
+    }
+    starts.push(n as u32);
+    (starts, bits)
 }
 
 /// The in-memory union of every index object.

@@ -5,6 +5,7 @@
 //! The public surface is the `pub use` block below.
 
 pub mod batch;
+mod blob_set;
 mod capture_state;
 mod check;
 mod chunklist;
@@ -18,6 +19,8 @@ mod dict;
 mod error;
 mod fingerprint;
 mod forget;
+#[cfg(test)]
+mod full_scan_tests;
 #[doc(hidden)]
 pub mod fuzzing;
 mod id;
@@ -26,6 +29,7 @@ mod keys;
 pub mod layout;
 mod lock;
 mod manifest;
+mod new_index;
 pub mod object;
 mod pack;
 mod point_retention;

@@ -68,12 +68,37 @@ impl Repository {
         Ok(bytes)
     }
 
-    /// The master index, loaded on first use.
+    /// The master index, loaded on first use; the index objects this
+    /// handle's snapshots wrote since are read in then
+    /// (`note_written_index`).
     pub fn index(&self) -> Result<Arc<MasterIndex>> {
-        if let Some(i) = self.index.read().map_err(|_| poisoned())?.as_ref() {
-            return Ok(i.clone());
+        let unread = std::mem::take(&mut *self.unread_index_keys.lock().map_err(|_| poisoned())?);
+        if unread.is_empty() {
+            if let Some(i) = self.index.read().map_err(|_| poisoned())?.as_ref() {
+                return Ok(i.clone());
+            }
+            return self.refresh_index();
         }
-        self.refresh_index()
+        let mut guard = self.index.write().map_err(|_| poisoned())?;
+        if guard.is_none() {
+            drop(guard);
+            return self.refresh_index();
+        }
+        self.load_new_indexes(&mut guard, unread)
+    }
+
+    /// Notes an index object this handle has just written (a snapshot's),
+    /// for the loaded index to read on its next use (`index`), so that a
+    /// restore, check or mount in the same process finds its packs.
+    /// Learning them at once put one entry per new blob into the cached
+    /// index at the end of every snapshot, though a `snapback snapshot`
+    /// process never reads it again.
+    pub(crate) fn note_written_index(&self, key: &str) -> Result<()> {
+        self.unread_index_keys
+            .lock()
+            .map_err(|_| poisoned())?
+            .push(key.to_string());
+        Ok(())
     }
 
     /// Forgets the loaded index and reads every index object again.
@@ -87,6 +112,11 @@ impl Repository {
     /// read from is still listed, only new ones need reading; when one is
     /// gone (a prune rewrote the indexes), every object is read again.
     pub fn current_index(&self) -> Result<Arc<MasterIndex>> {
+        // Listed below with every other object.
+        self.unread_index_keys
+            .lock()
+            .map_err(|_| poisoned())?
+            .clear();
         let listed = self.index_keys()?;
         let mut guard = self.index.write().map_err(|_| poisoned())?;
         let unchanged = guard.as_ref().is_some_and(|i| {
@@ -103,6 +133,11 @@ impl Repository {
     /// When none appeared, the loaded index is returned as it is: copying it
     /// (one entry per blob) is what every snapshot would otherwise pay twice.
     pub fn refresh_index(&self) -> Result<Arc<MasterIndex>> {
+        // Listed below with every other object.
+        self.unread_index_keys
+            .lock()
+            .map_err(|_| poisoned())?
+            .clear();
         let keys = self.index_keys()?;
         let mut guard = self.index.write().map_err(|_| poisoned())?;
         self.load_new_indexes(&mut guard, keys)

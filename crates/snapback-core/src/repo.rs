@@ -75,6 +75,9 @@ pub struct Repository {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: RepoConfig,
     pub(crate) index: RwLock<Option<Arc<MasterIndex>>>,
+    /// Index objects this handle wrote (a snapshot's) that the loaded
+    /// index has not read yet: `index()` reads them on its next use.
+    pub(crate) unread_index_keys: Mutex<Vec<String>>,
     pub(crate) manifests: Mutex<HashMap<Id, Arc<Manifest>>>,
     /// Local copies of immutable, content-named objects (manifests and
     /// indexes), so that a command against a remote store does not fetch
@@ -415,6 +418,7 @@ impl Repository {
             store,
             config,
             index: RwLock::new(None),
+            unread_index_keys: Mutex::new(Vec::new()),
             manifests: Mutex::new(HashMap::new()),
             cache_dir: None,
             skipped: Mutex::new(HashMap::new()),
@@ -434,6 +438,7 @@ impl Repository {
             store: self.store.clone(),
             config: self.config.clone(),
             index: RwLock::new(None),
+            unread_index_keys: Mutex::new(Vec::new()),
             manifests: Mutex::new(HashMap::new()),
             cache_dir: self.cache_dir.clone(),
             skipped: Mutex::new(HashMap::new()),
@@ -458,6 +463,11 @@ impl Repository {
     pub fn share(&self) -> Repository {
         let r = self.reopen();
         if let (Ok(mine), Ok(mut theirs)) = (self.index.read(), r.index.write()) {
+            theirs.clone_from(&mine);
+        }
+        if let (Ok(mine), Ok(mut theirs)) =
+            (self.unread_index_keys.lock(), r.unread_index_keys.lock())
+        {
             theirs.clone_from(&mine);
         }
         r

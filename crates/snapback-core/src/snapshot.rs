@@ -23,17 +23,19 @@ use sha2::{Digest, Sha256};
 use snapback_storage::{PutOutcome, Store};
 use time::OffsetDateTime;
 
+use crate::blob_set::BlobSet;
 use crate::capture_state::{self, CaptureState, StateLock, StatePaths};
 use crate::chunklist::{self, ChunkRef, PART_LEN};
 use crate::dict::Dict;
 use crate::error::{Error, FailedFile, Result, SourceProblem};
 use crate::id::{DbChecksum, Id, IdSet};
-use crate::index::{encode_index, IdTable, IndexedPack, MasterIndex};
+use crate::index::{encode_index, IndexedPack, MasterIndex};
 use crate::layout::{index_key, pack_key, snapshot_key};
 use crate::manifest::{
     CaptureMethod, ChunkListRef, Chunking, DictUse, FileEntry, FileKind, Manifest, SnapshotStats,
     SqliteFacts,
 };
+use crate::new_index::NewIndex;
 use crate::object::put_verified;
 use crate::pack::{seal_blob, BlobCodec, BlobKind, PackBuilder};
 use crate::repo::Repository;
@@ -323,8 +325,14 @@ struct BlobSink<'a> {
     index: &'a MasterIndex,
     /// Every blob the manifest will reference, new or already stored (and
     /// so every blob queued: one set of ids per snapshot, not two), in a
-    /// compact table (32 bytes a blob; a hash set took 38 to 75).
-    referenced: IdTable<()>,
+    /// compact set (`BlobSet`: about 13 bytes a blob in memory, the whole
+    /// ids in a temporary file; a table of whole ids took 32, a hash set
+    /// 38 to 75).
+    referenced: BlobSet,
+    /// Blobs referenced without a claim (an unchanged file's, a base chunk
+    /// list's) that were not in the index when first referenced: the
+    /// check before commit looks them up again (normally none).
+    unindexed_reused: Vec<Id>,
     /// Snapshots whose database images are reused whole (unchanged files).
     reused_from: HashSet<Id>,
     /// The chunk lists of WAL-delta images: their blobs are referenced
@@ -379,11 +387,17 @@ impl BlobSink<'_> {
     }
 }
 
-/// At most this many batches of a full scan (8 MiB each) are read and
-/// hashed ahead while the database's dictionary is trained, before the
-/// capture waits for it: the training then overlaps the reading and
-/// hashing instead of preceding them, for a bounded 32 MiB.
-const MAX_BATCHES_AHEAD_OF_TRAINING: usize = 4;
+/// The pages a full scan reads, hashes and seals at a time. Every batch
+/// in the pipeline (read ahead, queued, being sealed, waiting for reuse)
+/// is a buffer of this size: 8 MiB held about twice the memory for no
+/// measured gain in speed.
+const SCAN_BATCH_BYTES: usize = 4 << 20;
+
+/// At most this many batches of a full scan (`SCAN_BATCH_BYTES` each) are
+/// read and hashed ahead while the database's dictionary is trained,
+/// before the capture waits for it: the training then overlaps the
+/// reading and hashing instead of preceding them, for a bounded 32 MiB.
+const MAX_BATCHES_AHEAD_OF_TRAINING: usize = 8;
 
 /// A batch read and hashed ahead of the training: its bytes, chunk bounds,
 /// ids and the indexes of its new chunks.
@@ -405,15 +419,17 @@ struct DeltaInput<'a> {
 struct Captured {
     files: Vec<FileEntry>,
     /// Every blob the manifest references.
-    referenced: IdTable<()>,
+    referenced: BlobSet,
+    /// See `BlobSink::unindexed_reused`.
+    unindexed_reused: Vec<Id>,
     /// Snapshots whose database images are reused whole.
     reused_from: HashSet<Id>,
     /// WAL-delta images, whose blobs the manifest references too.
     images: Vec<DeltaImage>,
     /// The local capture states to save once the manifest is committed.
     pending: Vec<PendingState>,
-    /// The packs uploaded.
-    packs: Vec<IndexedPack>,
+    /// The packs uploaded and their index objects, encoded but the last.
+    new_index: NewIndex,
     stats: SnapshotStats,
     /// What the databases' captures read, when kept.
     kept: Vec<CapturedImage>,
@@ -447,8 +463,20 @@ impl BlobSink<'_> {
     /// A blob referenced before was either claimed then (and queued) or is
     /// indexed: the blobs referenced without a claim (an unchanged file's,
     /// a delta's unchanged pages, a base chunk list) are the repository's.
-    fn claim(&mut self, id: &Id) -> bool {
-        self.referenced.insert(*id, ()) && !self.index.contains(id)
+    fn claim(&mut self, id: &Id) -> Result<bool> {
+        Ok(self.referenced.insert(*id)? && !self.index.contains(id))
+    }
+
+    /// References blobs that are the repository's already, without
+    /// claiming them; one that is not indexed is noted for the check
+    /// before commit (which then fails unless the index has it by then).
+    fn reference(&mut self, ids: impl IntoIterator<Item = Id>) -> Result<()> {
+        for id in ids {
+            if self.referenced.insert(id)? && !self.index.contains(&id) {
+                self.unindexed_reused.push(id);
+            }
+        }
+        Ok(())
     }
 
     fn add_sealed(
@@ -471,7 +499,7 @@ impl BlobSink<'_> {
 
     fn add_raw(&mut self, kind: BlobKind, raw: &[u8]) -> Result<Id> {
         let id = self.codec.blob_id(raw);
-        if self.claim(&id) {
+        if self.claim(&id)? {
             let stored = seal_blob(self.codec, &id, raw, None)?;
             if let Ok(mut s) = self.stats.lock() {
                 s.bytes_new += raw.len() as u64;
@@ -502,7 +530,74 @@ impl BlobSink<'_> {
 /// format-1 repository's manifests need it; format 2's are proven by the
 /// chunk list and `db_checksum`, so none is computed), the chunk list and
 /// the file's first 100 bytes.
-type ScanRead = (Capture, Option<[u8; 32]>, Vec<ChunkRef>, Vec<u8>);
+type ScanRead = (Capture, Option<[u8; 32]>, ScanList, Vec<u8>);
+
+/// A full scan's chunk list: whole, or already stored as base parts.
+enum ScanList {
+    Whole(Vec<ChunkRef>),
+    /// Stored part by part as the scan read it (`PartWriter`), so that
+    /// at most a part's entries were held: the list and its checksum.
+    Stored {
+        chunks: ChunkListRef,
+        sum: DbChecksum,
+    },
+}
+
+/// Stores a chunk list as base parts while it grows: each part of
+/// `PART_LEN` entries is encoded and queued as soon as it is complete,
+/// and the list's checksum is summed part by part, so that a full scan
+/// of a large database holds a part of its list, not all of it (36 bytes
+/// a page).
+#[derive(Default)]
+struct PartWriter {
+    parts: Vec<Id>,
+    count: u64,
+    sum: u128,
+    offset: u64,
+}
+
+impl PartWriter {
+    /// Stores the complete parts at the front of `refs` (every entry, when
+    /// `last`) and removes them from it.
+    fn store(&mut self, sink: &mut BlobSink, refs: &mut Vec<ChunkRef>, last: bool) -> Result<()> {
+        let mut done = 0;
+        while refs.len() - done >= PART_LEN || (last && done < refs.len()) {
+            let part = &refs[done..(done + PART_LEN).min(refs.len())];
+            for r in part {
+                self.sum = self.sum.wrapping_add(DbChecksum::term(self.offset, &r.id));
+                self.offset += r.len as u64;
+            }
+            self.count += part.len() as u64;
+            let encoded = chunklist::encode_part(part);
+            done += part.len();
+            self.parts
+                .push(sink.add_raw(BlobKind::ChunkList, &encoded)?);
+        }
+        refs.drain(..done);
+        Ok(())
+    }
+
+    fn finish(self) -> ScanList {
+        ScanList::Stored {
+            chunks: ChunkListRef {
+                count: self.count,
+                base: self.parts,
+                patch: None,
+            },
+            sum: DbChecksum(self.sum),
+        }
+    }
+}
+
+/// The base parts of the newest earlier list of `path` in `chunking`,
+/// which a new list is stored as a patch on where that is small.
+fn parent_base(path: &str, chunking: Chunking, history: &[Snapshot]) -> Option<Vec<Id>> {
+    history.iter().rev().find_map(|s| {
+        s.file(path)
+            .filter(|f| f.chunking == chunking && !f.chunks.base.is_empty())
+            .map(|f| f.chunks.base.clone())
+    })
+}
 
 /// What `delta_over_prior` found: the delta (or why not) and the
 /// wal-index header of before the transaction.
@@ -575,7 +670,7 @@ fn upload_worker(
     store: &dyn Store,
     codec: &BlobCodec,
     rx: &Mutex<Receiver<PackBuilder>>,
-    done: &Mutex<Vec<IndexedPack>>,
+    done: &Mutex<NewIndex>,
     stats: &Mutex<SnapshotStats>,
     back: &SyncSender<Vec<u8>>,
 ) -> Result<()> {
@@ -595,16 +690,24 @@ fn upload_worker(
                 s.objects_written += 1;
             }
         }
-        done.lock()
-            .map_err(|_| Error::internal("upload results poisoned"))?
-            .push(IndexedPack {
-                id,
-                size: bytes.len() as u64,
-                entries,
-            });
+        let size = bytes.len() as u64;
         // The buffer goes back to the capture for a next pack (dropped
         // when the pool is full or the capture is over).
         let _ = back.try_send(bytes);
+        let poisoned = || Error::internal("upload results poisoned");
+        let full = done
+            .lock()
+            .map_err(|_| poisoned())?
+            .add(IndexedPack { id, size, entries });
+        // A full index object is encoded here, outside the lock, while
+        // the capture goes on; it waits in a temporary file for the commit.
+        if let Some(group) = full {
+            let encoded = encode_index(&group)?;
+            drop(group);
+            done.lock()
+                .map_err(|_| poisoned())?
+                .store_encoded(encoded)?;
+        }
     }
 }
 
@@ -628,7 +731,7 @@ fn identify(
             id: *id,
             len: (b - a) as u32,
         });
-        if sink.claim(id) {
+        if sink.claim(id)? {
             new.push(i);
         }
     }
@@ -709,10 +812,11 @@ impl Repository {
         let Captured {
             files,
             referenced,
+            unindexed_reused,
             reused_from,
             images,
             pending,
-            packs,
+            mut new_index,
             mut stats,
             kept,
         } = self.capture_sources(
@@ -732,27 +836,37 @@ impl Repository {
         // Before the index too: a failed snapshot leaves only unindexed
         // packs, which `check` notes and prune removes, never an index entry
         // for a pack that is gone.
-        // The new index object is encoded (compressed and proven to parse
-        // back) on a thread of its own while the check runs, on the other
-        // core: both were the snapshot's end on one core. It is stored
-        // only once the check has passed.
+        // The last new index object is encoded (compressed and proven to
+        // parse back) on a thread of its own while the check runs, on the
+        // other core: both were the snapshot's end on one core. The index
+        // objects are stored only once the check has passed.
+        let rest = new_index.take_rest();
         let (needed, encoded) = std::thread::scope(|scope| {
-            let encoding = scope.spawn(|| (!packs.is_empty()).then(|| encode_index(&packs)));
-            let needed = self.verify_referenced(&index, &referenced, &images, &reused_from, &packs);
+            let encoding = scope.spawn(|| (!rest.is_empty()).then(|| encode_index(&rest)));
+            let needed = self.verify_referenced(
+                &index,
+                &referenced,
+                &unindexed_reused,
+                &images,
+                &reused_from,
+                &new_index,
+            );
             let encoded = encoding
                 .join()
                 .map_err(|_| Error::internal("the index encoder panicked"));
             (needed, encoded)
         });
         let needed = needed?;
-        let encoded = encoded?.transpose()?;
-        drop(images);
-        // The loaded index is learnt in place below, not copied, once this
-        // snapshot holds it no more.
-        drop(index);
-        if let Some(bytes) = encoded {
-            self.write_snapshot_index(&packs, bytes, &mut stats)?;
+        if let Some(bytes) = encoded?.transpose()? {
+            new_index.store_encoded(bytes)?;
         }
+        drop(rest);
+        // The check was the last use of the referenced set, the delta
+        // images and the index of the capture (one entry per page).
+        drop(referenced);
+        drop(images);
+        drop(index);
+        self.write_snapshot_indexes(&new_index, &mut stats)?;
         stats.files = files.len() as u64;
         stats.duration_ms = started.elapsed().as_millis() as u64;
         let manifest = Manifest {
@@ -775,7 +889,7 @@ impl Repository {
         // any prune that lists snapshots from here on: a snapshot paused
         // between the check above and this write (a prune that took its
         // lock for stale meanwhile) must not report success.
-        if let Err(e) = self.verify_still_present(&needed, &reused_from, &packs) {
+        if let Err(e) = self.verify_still_present(&needed, &reused_from, new_index.dicts()) {
             if let Err(d) = store.delete(&snapshot_key(&id)) {
                 tracing::error!(snapshot = %id, error = %d, "cannot remove the manifest of a snapshot that lost its data; remove it with `snapback forget`");
             }
@@ -826,26 +940,33 @@ impl Repository {
         keep: bool,
     ) -> Result<Captured> {
         let stats = Mutex::new(SnapshotStats::default());
-        let done = Mutex::new(Vec::new());
-        let (tx, rx) = sync_channel::<PackBuilder>(2);
+        let done = Mutex::new(NewIndex::default());
+        // No more upload threads than the store gains from
+        // (`Store::write_parallelism`): each holds a pack (16 MiB) while it
+        // writes it; a local disk takes one, S3 hides each request's
+        // latency behind the others and keeps `upload_threads`.
+        let uploaders = opts
+            .upload_threads
+            .min(self.store().write_parallelism())
+            .max(1);
+        // No queue between the capture and the upload threads: each pack is
+        // handed to a thread as it is finished, and with every thread busy
+        // the capture waits. A pack is written several times faster than
+        // the capture fills one, and each pack queued held another 16 MiB.
+        let (tx, rx) = sync_channel::<PackBuilder>(0);
         // At most as many pack buffers as can be in flight come back.
-        let (back, recycled) = sync_channel::<Vec<u8>>(opts.upload_threads.max(1) + 2);
+        let (back, recycled) = sync_channel::<Vec<u8>>(uploaders);
         // Owned by the upload threads alone: when the last one stops (each
         // stops on its first error), the queue closes, and the capture's
         // next send fails instead of waiting for ever.
         let rx = Arc::new(Mutex::new(rx));
         let store: &dyn Store = self.store().as_ref();
         let codec = self.codec();
-        type Referenced = (IdTable<()>, HashSet<Id>, Vec<DeltaImage>);
+        type Referenced = (BlobSet, Vec<Id>, HashSet<Id>, Vec<DeltaImage>);
         let mut pending: Vec<PendingState> = Vec::new();
         let mut kept = Vec::new();
         let files = std::thread::scope(|scope| -> Result<(Vec<FileEntry>, Referenced)> {
             let (done, stats) = (&done, &stats);
-            // No more upload threads than the store gains from: each holds
-            // a pack (16 MiB) while it writes it, and a local disk writes no
-            // faster with more threads than cores (S3 hides each request's
-            // latency behind the others, and keeps `upload_threads`).
-            let uploaders = opts.upload_threads.min(store.read_parallelism()).max(1);
             let workers: Vec<_> = (0..uploaders)
                 .map(|_| {
                     let rx = rx.clone();
@@ -856,7 +977,8 @@ impl Repository {
             drop(rx);
             let mut sink = BlobSink {
                 index,
-                referenced: IdTable::default(),
+                referenced: BlobSet::default(),
+                unindexed_reused: Vec::new(),
                 reused_from: HashSet::new(),
                 images: Vec::new(),
                 pack: PackBuilder::new(),
@@ -909,6 +1031,7 @@ impl Repository {
             }
             let refs: Referenced = (
                 std::mem::take(&mut sink.referenced),
+                std::mem::take(&mut sink.unindexed_reused),
                 std::mem::take(&mut sink.reused_from),
                 std::mem::take(&mut sink.images),
             );
@@ -931,8 +1054,8 @@ impl Repository {
             }
             result.map(|()| (files, refs))
         })?;
-        let (files, (referenced, reused_from, images)) = files;
-        let packs = done
+        let (files, (referenced, unindexed_reused, reused_from, images)) = files;
+        let new_index = done
             .into_inner()
             .map_err(|_| Error::internal("upload results poisoned"))?;
         let stats = stats
@@ -941,34 +1064,37 @@ impl Repository {
         Ok(Captured {
             files,
             referenced,
+            unindexed_reused,
             reused_from,
             images,
             pending,
-            packs,
+            new_index,
             stats,
             kept,
         })
     }
 
-    /// Stores the index object of a snapshot's new packs (`bytes`, from
-    /// `encode_index(packs)`), counted in `stats`, and teaches this
-    /// repository's cached index.
-    fn write_snapshot_index(
+    /// Stores the index objects of a snapshot's new packs (encoded in
+    /// `new_index`), counted in `stats`, and notes each one for this
+    /// repository's cached index to read on its next use.
+    fn write_snapshot_indexes(
         &self,
-        packs: &[IndexedPack],
-        bytes: Vec<u8>,
+        new_index: &NewIndex,
         stats: &mut SnapshotStats,
     ) -> Result<()> {
-        let key = index_key(&Id::of(&bytes));
-        if put_verified(self.store().as_ref(), &key, &bytes)? == PutOutcome::Created {
-            stats.bytes_added += bytes.len() as u64;
-            stats.objects_written += 1;
+        for i in 0..new_index.object_count() {
+            let bytes = new_index.object(i)?;
+            let key = index_key(&Id::of(&bytes));
+            if put_verified(self.store().as_ref(), &key, &bytes)? == PutOutcome::Created {
+                stats.bytes_added += bytes.len() as u64;
+                stats.objects_written += 1;
+            }
+            // Before the manifest names them, so that a restore, check or
+            // mount in the same process finds the new packs (before, it
+            // reported them "not in any index" until it was reopened).
+            self.note_written_index(&key)?;
         }
-        // This repository's cached index learns the new packs before
-        // the manifest names them, so that a restore, check or mount
-        // in the same process finds them (before, it reported them
-        // "not in any index" until it was reopened).
-        self.learn_index(&key, packs)
+        Ok(())
     }
 
     /// Turns a chunk list into a `ChunkListRef`, as a patch on the parent's
@@ -981,12 +1107,7 @@ impl Repository {
         refs: &[ChunkRef],
         history: &[Snapshot],
     ) -> Result<ChunkListRef> {
-        let parent = history.iter().rev().find_map(|s| {
-            s.file(path)
-                .filter(|f| f.chunking == chunking && !f.chunks.base.is_empty())
-                .map(|f| f.chunks.base.clone())
-        });
-        if let Some(base_ids) = parent {
+        if let Some(base_ids) = parent_base(path, chunking, history) {
             // The patch and the base's length, from a base already read (a
             // delta's) without copying it, or read now.
             let known = sink.bases.iter().find(|(ids, _)| *ids == base_ids);
@@ -998,7 +1119,7 @@ impl Repository {
             };
             match diffed {
                 Ok((patch, base_len)) => {
-                    sink.referenced.extend(base_ids.iter().copied());
+                    sink.reference(base_ids.iter().copied())?;
                     if patch.len() * 44 <= base_len * 36 / 8 {
                         let patch_id =
                             if patch.is_empty() && base_len == refs.len() {
@@ -1128,7 +1249,7 @@ impl Repository {
         {
             // Its data blobs are the parent's: they exist while the parent
             // does, which `verify_referenced` checks before committing.
-            sink.referenced.extend(entry.chunks.blob_ids().copied());
+            sink.reference(entry.chunks.blob_ids().copied())?;
             sink.reused_from.insert(parent);
             return Ok(FileEntry {
                 mode: mode_of(&meta),
@@ -1182,11 +1303,17 @@ impl Repository {
         tracing::info!(path = %path_s, reason = %reason, "capturing the database by a full scan");
         let chunk_size =
             page_size as usize * self.config().chunking.sqlite_pages_per_chunk as usize;
-        let pages_per_batch = ((8 << 20) / page_size as usize).max(1);
+        let pages_per_batch = (SCAN_BATCH_BYTES / page_size as usize).max(1);
         let pages_per_batch = pages_per_batch
             - pages_per_batch % self.config().chunking.sqlite_pages_per_chunk as usize;
-        let (cap, sha, refs, header) =
-            self.read_full_scan(cap, sink, chunk_size, pages_per_batch, progress)?;
+        let chunking = Chunking::Fixed {
+            size: chunk_size as u32,
+        };
+        // With no parent list to patch and no image kept for the caller,
+        // the chunk list is stored part by part as the scan goes.
+        let whole = sink.kept.is_some() || parent_base(&path_s, chunking, history).is_some();
+        let (cap, sha, list, header) =
+            self.read_full_scan(cap, sink, chunk_size, pages_per_batch, whole, progress)?;
         let schema_hash = cap.schema_hash()?;
         let facts = SqliteFacts {
             page_size,
@@ -1208,10 +1335,14 @@ impl Repository {
             .as_ref()
             .and_then(|b| crate::delta::position_of_full_scan(path, b, wal_mode, page_size));
         cap.finish()?;
-        let chunking = Chunking::Fixed {
-            size: chunk_size as u32,
+        let (refs, chunks, sum) = match list {
+            ScanList::Whole(refs) => {
+                let chunks = self.store_chunk_list(sink, &path_s, chunking, &refs, history)?;
+                let sum = checksum_of(&refs);
+                (refs, chunks, sum)
+            }
+            ScanList::Stored { chunks, sum } => (Vec::new(), chunks, sum),
         };
-        let chunks = self.store_chunk_list(sink, &path_s, chunking, &refs, history)?;
         let entry = FileEntry {
             path: path_s.clone(),
             kind: FileKind::Sqlite,
@@ -1223,7 +1354,7 @@ impl Repository {
                 .and_then(crate::time::from_system)
                 .map(crate::time::format_rfc3339),
             sha256: sha.map(Id),
-            db_checksum: checksum_of(&refs).to_hex(),
+            db_checksum: sum.to_hex(),
             chunking,
             chunks,
             sqlite: Some(facts),
@@ -1262,21 +1393,31 @@ impl Repository {
         sink: &mut BlobSink,
         chunk_size: usize,
         pages_per_batch: usize,
+        whole: bool,
         progress: &dyn Progress,
     ) -> Result<ScanRead> {
-        let (btx, brx) = sync_channel::<Vec<u8>>(3);
+        // Two batches queued: the reader keeps ahead of the sealing, and
+        // each batch more in flight held another buffer.
+        let (btx, brx) = sync_channel::<Vec<u8>>(2);
         // The batches' buffers go back to the reader once sealed, so that
         // a scan reads into a few buffers instead of faulting in fresh
         // memory for every batch (a quarter of the reader's time). At
-        // most two wait to be reused; the others are freed (the batches
+        // most one waits to be reused; the others are freed (the batches
         // held while a dictionary trains would otherwise stay allocated).
-        let (give_back, reuse) = sync_channel::<Vec<u8>>(2);
-        // One entry per chunk, reserved once: grown by doubling, the list
-        // of a large database held up to twice its 36 bytes a page.
+        let (give_back, reuse) = sync_channel::<Vec<u8>>(1);
+        // Whole: one entry per chunk, reserved once (grown by doubling,
+        // the list of a large database held up to twice its 36 bytes a
+        // page). Else a part and a batch at most.
         let chunks = (cap.page_count as usize)
             .saturating_mul(cap.page_size as usize)
             .div_ceil(chunk_size.max(1));
-        let mut refs = Vec::with_capacity(chunks);
+        let batch_chunks = (pages_per_batch * cap.page_size as usize).div_ceil(chunk_size.max(1));
+        let mut refs = Vec::with_capacity(if whole {
+            chunks
+        } else {
+            chunks.min(PART_LEN + batch_chunks)
+        });
+        let mut parts = (!whole).then(PartWriter::default);
         let mut header = Vec::new();
         let ps = cap.page_size as usize;
         let whole_file_hash = !self.config().allows_partial_reads();
@@ -1313,6 +1454,9 @@ impl Repository {
                     .collect();
                 progress.inc(buf.len() as u64);
                 result = identify(sink, &buf, &bounds, &mut refs).and_then(|(ids, new)| {
+                    if let Some(p) = parts.as_mut() {
+                        p.store(sink, &mut refs, false)?;
+                    }
                     if sink.training_running() && ahead.len() < MAX_BATCHES_AHEAD_OF_TRAINING {
                         ahead.push((buf, bounds, ids, new));
                         return Ok(());
@@ -1341,7 +1485,14 @@ impl Repository {
             r?;
             Ok((cap, sha))
         })?;
-        Ok((cap, sha, refs, header))
+        let list = match parts {
+            Some(mut p) => {
+                p.store(sink, &mut refs, true)?;
+                p.finish()
+            }
+            None => ScanList::Whole(refs),
+        };
+        Ok((cap, sha, list, header))
     }
 
     /// The previous capture of this database, if a delta can start from it:
@@ -1748,12 +1899,12 @@ impl Repository {
 
     /// The dictionaries the blobs of `packs` name that the store no longer
     /// holds (a prune that took this snapshot's lock for stale).
-    fn missing_dicts(&self, packs: &[IndexedPack]) -> Result<Vec<Id>> {
+    fn missing_dicts(&self, dicts: &[Id]) -> Result<Vec<Id>> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        for d in packs.iter().flat_map(|p| p.dicts()) {
-            if seen.insert(d) && self.store().stat(&crate::layout::dict_key(&d))?.is_none() {
-                out.push(d);
+        for d in dicts {
+            if seen.insert(*d) && self.store().stat(&crate::layout::dict_key(d))?.is_none() {
+                out.push(*d);
             }
         }
         Ok(out)
@@ -1806,33 +1957,35 @@ impl Repository {
     /// exists (its blobs are kept by prune for as long as it does). A prune
     /// can only have run meanwhile if it took this snapshot's lock for stale
     /// (a lock from a paused host, or a clock far off).
+    ///
+    /// A referenced blob that was not in the index at the capture was
+    /// claimed then, and so queued into a pack this snapshot wrote (or
+    /// noted in `unindexed_reused`, when it was referenced without a
+    /// claim): every new pack must exist, and only the blobs indexed at
+    /// the capture (and those noted) are looked up again, so the new
+    /// blobs need no table of their packs here (it took 36 bytes a blob,
+    /// and the new packs' entries 80 more, to the end of the snapshot).
     fn verify_referenced(
         &self,
         at_capture: &Arc<MasterIndex>,
-        referenced: &IdTable<()>,
+        referenced: &BlobSet,
+        unindexed_reused: &[Id],
         images: &[DeltaImage],
         reused_from: &HashSet<Id>,
-        new_packs: &[IndexedPack],
+        new_index: &NewIndex,
     ) -> Result<IdSet> {
         let fresh = self.current_index()?;
-        // The new blobs and their packs, sorted by id: 36 bytes a blob (a
-        // map of id to pack id took a table of 64-byte slots, twice as
-        // many as blobs: 34 MiB for a 1 GiB database).
-        let mut new: Vec<(Id, u32)> = new_packs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, p)| p.entries.iter().map(move |e| (e.id, i as u32)))
-            .collect();
-        new.sort_unstable_by_key(|a| a.0);
-        let new_pack_of = |id: &Id| {
-            new.binary_search_by(|(x, _)| x.cmp(id))
-                .ok()
-                .map(|at| new_packs[new[at].1 as usize].id)
-        };
         let present = self.present_packs()?;
         let mut unindexed = 0usize;
         let mut missing: Vec<Id> = Vec::new();
         let mut needed = IdSet::default();
+        for p in new_index.packs() {
+            if present.contains(p) {
+                needed.insert(*p);
+            } else {
+                missing.push(*p);
+            }
+        }
         // The unchanged blobs of delta images are in the packs the index
         // gave when their capture began, if that index is still the
         // repository's; looked up again otherwise.
@@ -1850,17 +2003,27 @@ impl Repository {
                 }
             }
         }
-        for id in referenced.ids().chain(listed) {
-            match fresh.get(id).map(|l| l.pack).or_else(|| new_pack_of(id)) {
-                None => unindexed += 1,
-                Some(pack) if !present.contains(&pack) => missing.push(pack),
-                Some(pack) => {
-                    needed.insert(pack);
-                }
+        let mut look_up = |id: &Id| match fresh.get(id).map(|l| l.pack) {
+            None => unindexed += 1,
+            Some(pack) if !present.contains(&pack) => missing.push(pack),
+            Some(pack) => {
+                needed.insert(pack);
             }
+        };
+        referenced.for_each(|id| {
+            if at_capture.contains(id) {
+                look_up(id);
+            }
+            Ok(())
+        })?;
+        for id in listed.filter(|id| at_capture.contains(id)) {
+            look_up(id);
+        }
+        for id in unindexed_reused {
+            look_up(id);
         }
         let gone = self.removed_snapshots(reused_from);
-        let dicts = self.missing_dicts(new_packs)?;
+        let dicts = self.missing_dicts(new_index.dicts())?;
         if !dicts.is_empty() {
             return Err(lost_dicts(&dicts));
         }
@@ -1876,9 +2039,9 @@ impl Repository {
         &self,
         packs: &IdSet,
         reused_from: &HashSet<Id>,
-        new_packs: &[IndexedPack],
+        new_dicts: &[Id],
     ) -> Result<()> {
-        let dicts = self.missing_dicts(new_packs)?;
+        let dicts = self.missing_dicts(new_dicts)?;
         if !dicts.is_empty() {
             return Err(lost_dicts(&dicts));
         }

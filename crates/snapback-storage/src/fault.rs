@@ -329,6 +329,9 @@ impl<S: Store> Store for FaultStore<S> {
     fn read_parallelism(&self) -> usize {
         self.inner.read_parallelism()
     }
+    fn write_parallelism(&self) -> usize {
+        self.inner.write_parallelism()
+    }
 }
 
 #[cfg(test)]

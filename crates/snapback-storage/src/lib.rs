@@ -104,6 +104,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn read_parallelism(&self) -> usize {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
+
+    /// How many writes of large objects at once suit this backend: a
+    /// snapshot stores its packs on at most this many threads, each
+    /// holding the pack it writes (16 MiB). By default as many as reads; a
+    /// local disk takes one, as it writes a pack several times faster than
+    /// a snapshot fills one.
+    fn write_parallelism(&self) -> usize {
+        self.read_parallelism()
+    }
 }
 
 /// Checks a key against the contract on [`Store`].
@@ -162,6 +171,9 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
     }
     fn read_parallelism(&self) -> usize {
         (**self).read_parallelism()
+    }
+    fn write_parallelism(&self) -> usize {
+        (**self).write_parallelism()
     }
 }
 

@@ -198,6 +198,13 @@ impl Store for LocalStore {
         self.root.display().to_string()
     }
 
+    /// One: a pack is written (past the page cache, `write_direct`) and
+    /// fsync'd several times faster than a snapshot fills the next, and
+    /// each writer holds its pack in memory.
+    fn write_parallelism(&self) -> usize {
+        1
+    }
+
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome, StoreError> {
         let dest = self.path(key)?;
         if dest.exists() {
