@@ -12,19 +12,29 @@ use std::time::Duration;
 
 /// Sends one notification. Returns whether it was sent; failures are logged
 /// at debug level only, because a missing listener must not stop a mount.
+/// It never blocks: a listener that stops reading (its queue full) loses
+/// the notification, and the caller goes on (a watchdog that then misses
+/// its pings restarts us, which is what it is for).
 pub fn notify(state: &str) -> bool {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return false;
     };
+    send(&path, state)
+}
+
+/// Sends `state` to the socket `path` (`@name`: an abstract one) without
+/// blocking; see `notify`.
+fn send(path: &std::ffi::OsStr, state: &str) -> bool {
     let r = (|| -> std::io::Result<()> {
         let sock = UnixDatagram::unbound()?;
+        sock.set_nonblocking(true)?;
         let bytes = path.as_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {
             use std::os::linux::net::SocketAddrExt;
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
             sock.send_to_addr(state.as_bytes(), &addr)?;
         } else {
-            sock.send_to(state.as_bytes(), &path)?;
+            sock.send_to(state.as_bytes(), path)?;
         }
         Ok(())
     })();
@@ -90,5 +100,29 @@ mod tests {
         std::env::remove_var("WATCHDOG_USEC");
         std::env::remove_var("NOTIFY_SOCKET");
         assert!(!notify("READY=1"), "no socket, nothing sent");
+    }
+
+    #[test]
+    fn a_listener_that_stops_reading_never_blocks_the_sender() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("notify.sock");
+        // Bound, never read: its queue fills after some hundred datagrams
+        // (net.unix.max_dgram_qlen), and a blocking send would then wait
+        // for ever.
+        let _listener = UnixDatagram::bind(&p).expect("bind");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = p.clone().into_os_string();
+        std::thread::spawn(move || {
+            let sent = (0..5_000).filter(|_| send(&path, "WATCHDOG=1")).count();
+            let _ = tx.send(sent);
+        });
+        let sent = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("5,000 notifications to a listener that does not read return within 30 s");
+        assert!(sent > 0, "the first ones fit in the queue and are sent");
+        assert!(
+            sent < 5_000,
+            "once the queue is full a notification is reported as not sent"
+        );
     }
 }
