@@ -11,8 +11,9 @@
 //! whole id is read back from the log and compared (only a page the
 //! database holds more than once does that, or, once in about 2^64 pairs,
 //! two ids that share their first 8 bytes; such a second id is kept whole
-//! in a small set of its own). Where no temporary file can be made, the
-//! log stays in memory (32 bytes a blob, as before).
+//! in a small set of its own). Where no temporary file can be made (or
+//! written: a full disk), the rest of the log stays in memory (32 bytes a
+//! blob, as before).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -140,9 +141,19 @@ impl IdLog {
             return Ok(());
         };
         let bytes: Vec<u8> = self.tail.iter().flat_map(|id| id.0).collect();
-        f.write_all(&bytes).map_err(log_error)?;
-        self.written += self.tail.len();
-        self.tail.clear();
+        match f.write_all(&bytes) {
+            Ok(()) => {
+                self.written += self.tail.len();
+                self.tail.clear();
+            }
+            // A full temporary directory costs memory, not the snapshot:
+            // the ids from here on stay in memory (those written before
+            // are read back from the file).
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the snapshot's blob ids to a temporary file; they stay in memory");
+                self.in_memory = true;
+            }
+        }
         Ok(())
     }
 
@@ -312,6 +323,30 @@ mod tests {
         let mut want = vec![a, b, c];
         want.sort();
         assert_eq!(all, want);
+    }
+
+    #[test]
+    fn ids_the_temporary_file_refuses_are_held_in_memory() {
+        let mut s = BlobSet::default();
+        for i in 0..(LOG_TAIL as u64) {
+            assert!(s.insert(id(i)).expect("insert"));
+        }
+        // From here on every write is refused (a file open for reading
+        // only, as a full disk refuses them); the ids written so far are
+        // not read again below.
+        let written = s.log.written;
+        s.log.file = Some(File::open("/dev/null").expect("open /dev/null"));
+        s.log.in_memory = false;
+        let n = 3 * LOG_TAIL as u64;
+        for i in LOG_TAIL as u64..n {
+            assert!(s.insert(id(i)).expect("a refused write is not an error"));
+        }
+        assert!(s.log.in_memory);
+        assert_eq!(s.log.written, written);
+        for i in (written as u64..n).rev() {
+            assert!(!s.insert(id(i)).expect("insert"), "{i} is known");
+        }
+        assert_eq!(s.len(), n as usize);
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub fn encode_index(packs: &[IndexedPack]) -> Result<Vec<u8>> {
     }
     let z = zstd::bulk::compress(&raw, 3)
         .map_err(|e| Error::Verification(format!("index compression failed: {e}")))?;
+    // Gone before the proof below decompresses a copy of it.
+    drop(raw);
     let mut out = Vec::with_capacity(8 + z.len());
     out.extend_from_slice(if v2 { INDEX_MAGIC_V2 } else { INDEX_MAGIC });
     out.extend_from_slice(&z);

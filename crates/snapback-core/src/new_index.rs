@@ -11,8 +11,8 @@
 //! them), which is then encoded (and proven to parse back, by
 //! `encode_index`) and written to an unnamed temporary file; what stays
 //! in memory is each pack's id and the dictionaries the blobs name.
-//! Where no temporary file can be made, the encoded objects stay in
-//! memory (about 35 bytes an entry, compressed).
+//! Where no temporary file can be made (or written: a full disk), the
+//! encoded objects stay in memory (about 35 bytes an entry, compressed).
 
 use std::fs::File;
 use std::io::Write;
@@ -106,21 +106,27 @@ impl NewIndex {
                 }
             }
         }
-        let Some(s) = self.spill.as_mut() else {
-            self.objects.push(Encoded::Held(bytes));
-            return Ok(());
-        };
-        let at = s.len;
-        s.file.write_all(&bytes).map_err(|e| {
-            Error::internal(format!(
-                "cannot write the new index objects to a temporary file: {e}"
-            ))
-        })?;
-        s.len += bytes.len() as u64;
-        self.objects.push(Encoded::Spilled {
-            at,
-            len: bytes.len(),
-        });
+        if let Some(s) = self.spill.as_mut().filter(|_| !self.no_spill) {
+            let at = s.len;
+            match s.file.write_all(&bytes) {
+                Ok(()) => {
+                    s.len += bytes.len() as u64;
+                    self.objects.push(Encoded::Spilled {
+                        at,
+                        len: bytes.len(),
+                    });
+                    return Ok(());
+                }
+                // A full temporary directory costs memory, not the
+                // snapshot: this object and the next stay in memory (the
+                // ones written before are read back from the file).
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write the new index objects to a temporary file; they stay in memory");
+                    self.no_spill = true;
+                }
+            }
+        }
+        self.objects.push(Encoded::Held(bytes));
         Ok(())
     }
 
@@ -224,6 +230,32 @@ mod tests {
         assert_eq!(idx.packs(), want.iter().map(|p| p.id).collect::<Vec<_>>());
         assert_eq!(idx.dicts(), &[d]);
         assert!(idx.object(idx.object_count()).is_err());
+    }
+
+    #[test]
+    fn an_object_the_temporary_file_refuses_is_held_in_memory() {
+        // A file open for reading only refuses every write, as a full
+        // disk refuses them.
+        let file = File::open("/dev/null").expect("open /dev/null");
+        let mut idx = NewIndex {
+            spill: Some(Spill { file, len: 0 }),
+            ..NewIndex::default()
+        };
+        let want = vec![pack(1, 70, None), pack(2, 70, None), pack(3, 5, None)];
+        for p in want.clone() {
+            if let Some(g) = idx.add(p) {
+                idx.store_encoded(encode_index(&g).expect("encode"))
+                    .expect("a refused write is not an error");
+            }
+        }
+        finish(&mut idx);
+        assert!(idx.no_spill);
+        assert_eq!(idx.object_count(), 3);
+        let mut got = Vec::new();
+        for i in 0..idx.object_count() {
+            got.extend(decode_index(&idx.object(i).expect("read"), "test").expect("decode"));
+        }
+        assert_eq!(got, want);
     }
 
     #[test]
