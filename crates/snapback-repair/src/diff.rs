@@ -732,9 +732,13 @@ pub fn diff_table_by_pages(
         }
         Decision::Skip(s) => s,
     };
+    let cells = match &skip.cell_rows {
+        Ok(n) => format!("{n} more rows the same by their cells in the other leaves"),
+        Err(why) => format!("the other leaves' cells not compared: {why}"),
+    };
     tracing::info!(
         table = %t.table,
-        "diff of table {} by page hash: {} of {} leaves the same on both sides ({} rows, not read; {} overflow pages compared), {} + {} interior pages read; reading {} run(s) of the snapshot, {} of the live database",
+        "diff of table {} by page hash: {} of {} leaves the same on both sides, {cells} ({} rows in all, not read; {} overflow pages compared), {} + {} interior pages read; reading {} run(s) of the snapshot, {} of the live database",
         t.table,
         skip.skipped_leaves,
         skip.leaves.1,

@@ -19,12 +19,23 @@
 //! chain's next pointers are inside those pages, so equal pages along the
 //! chain are an equal chain).
 //!
-//! The other leaves' rows are then diffed as before, each side reading
-//! only its own differing leaves: consecutive ones (in key order) make a
-//! run, read as `key >= FIRST ORDER BY key LIMIT ROWS`, whose seek lands on
-//! the run's first leaf and whose limit stops on its last row, so that no
-//! neighbouring leaf is read. Of the snapshot, only the table's interior
-//! pages, its differing leaves and their overflow pages are fetched.
+//! Within the other leaves, the same argument holds cell by cell: a rowid
+//! whose cell (its payload size, rowid, the record's bytes kept on the leaf
+//! and the first overflow page's number) holds the same bytes on both
+//! sides, with an equal overflow chain, is the same row on both sides
+//! (a row changed in place, or moved to another leaf by a split, shows a
+//! different cell or none), so it is counted identical and not read
+//! either. This needs both sides' differing leaves in memory at once (up
+//! to [`CELLS_MAX`]); past that, and when a side's rowids are not strictly
+//! increasing across its differing leaves, every row of the differing
+//! leaves is read.
+//!
+//! The rows left are then diffed as before, each side reading only its own:
+//! consecutive ones (in key order) make a run, read as
+//! `key >= FIRST ORDER BY key LIMIT ROWS`, whose seek lands on the run's
+//! first row and whose limit stops on its last, so that no neighbouring row
+//! is read. Of the snapshot, only the table's interior pages, its differing
+//! leaves and their overflow pages are fetched.
 //!
 //! Whatever cannot be proven this way is diffed by the full scan, and the
 //! reason is logged (`-v`): see [`Decision::FullScan`].
@@ -52,6 +63,11 @@ const MAX_DEPTH: usize = 20;
 /// (256 MiB), so that the scan finds them there and fetches none twice.
 const FETCH_AHEAD_MAX: u64 = 128 << 20;
 
+/// The most bytes of differing leaves (both sides together) held in
+/// memory to compare their cells; past it, every row of those leaves is
+/// read.
+pub const CELLS_MAX: u64 = 128 << 20;
+
 /// Live pages read and hashed at a time.
 const LIVE_BATCH: usize = 2048;
 
@@ -64,13 +80,17 @@ pub struct Run {
 }
 
 /// What the page-hash skip found for one table.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PageSkip {
     /// The runs of differing leaves to read, in key order, per side.
     pub snap_runs: Vec<Run>,
     pub live_runs: Vec<Run>,
-    /// Rows in the skipped leaves (the same on both sides).
+    /// Rows not read because they are the same on both sides: those of
+    /// the skipped leaves and those of `cell_rows`.
     pub skipped_rows: u64,
+    /// Rows of differing leaves whose cells are the same on both sides
+    /// (part of `skipped_rows`), or why the cells were not compared.
+    pub cell_rows: std::result::Result<u64, String>,
     /// Leaves of the table (snapshot, live), and how many were skipped.
     pub leaves: (u64, u64),
     pub skipped_leaves: u64,
@@ -185,6 +205,11 @@ pub fn plan(
         linterior: HashMap::new(),
         lleaf: HashMap::new(),
         sleaf: HashMap::new(),
+        sbytes: HashMap::new(),
+        sleaves: HashSet::new(),
+        lbytes: HashMap::new(),
+        lbytes_held: 0,
+        spare: Vec::new(),
     };
     s.plan(sroot, lroot)
 }
@@ -237,6 +262,13 @@ impl<'c> LivePages<'c> {
 
     /// Pages `pgnos` (each at most the page count), in order.
     fn read(&self, pgnos: &[u32]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.read_into(pgnos, &mut out)?;
+        Ok(out)
+    }
+
+    /// Pages `pgnos` into `out`, one buffer each (its buffers reused).
+    fn read_into(&self, pgnos: &[u32], out: &mut Vec<Vec<u8>>) -> Result<()> {
         let err = |e| {
             Error::sqlite(
                 "the live database",
@@ -248,20 +280,23 @@ impl<'c> LivePages<'c> {
             .conn
             .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
             .map_err(err)?;
-        pgnos
-            .iter()
-            .map(|&p| {
-                let d: Vec<u8> = stmt.query_row([i64::from(p)], |r| r.get(0)).map_err(err)?;
-                if d.len() as u64 != self.page_size {
-                    return Err(Error::Input(format!(
-                        "the live database: page {p} is {} bytes, not {}",
-                        d.len(),
-                        self.page_size
-                    )));
-                }
-                Ok(d)
+        out.resize_with(pgnos.len(), Vec::new);
+        for (&p, buf) in pgnos.iter().zip(out.iter_mut()) {
+            stmt.query_row([i64::from(p)], |r| {
+                buf.clear();
+                buf.extend_from_slice(r.get_ref(0)?.as_blob()?);
+                Ok(())
             })
-            .collect()
+            .map_err(err)?;
+            if buf.len() as u64 != self.page_size {
+                return Err(Error::Input(format!(
+                    "the live database: page {p} is {} bytes, not {}",
+                    buf.len(),
+                    self.page_size
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -334,36 +369,63 @@ fn children(page: &[u8]) -> Option<Vec<u32>> {
 struct Leaf {
     rows: u64,
     first: Option<i64>,
+    last: Option<i64>,
     chains: Vec<(u32, u64)>,
 }
 
-/// A table leaf page's rows and chains; `None` when it is not one.
-fn leaf(page: &[u8], usable: usize) -> Option<Leaf> {
+/// One cell of a table leaf page.
+#[derive(Clone, Copy)]
+struct Cell<'b> {
+    rowid: i64,
+    /// The whole cell: payload size, rowid, the payload kept on the page
+    /// and, when it spills, the first overflow page's number.
+    bytes: &'b [u8],
+    /// The overflow chain: first page, page count.
+    chain: Option<(u32, u64)>,
+}
+
+/// The cells of a table leaf page, in order; `None` when it is not one
+/// (or a cell does not parse).
+fn cells(page: &[u8], usable: usize) -> Option<Vec<Cell<'_>>> {
     let h = header(page).filter(|h| h.kind == 0x0D)?;
     let u = usable as u64;
     let max_local = u.checked_sub(35)?;
     let min_local = ((u.checked_sub(12)?) * 32 / 255).checked_sub(23)?;
-    let mut first = None;
-    let mut chains = Vec::new();
+    let mut out = Vec::with_capacity(h.cells);
     for i in 0..h.cells {
         let off = cell_offset(page, &h, i)?;
         let (payload, n1) = varint(page.get(off..)?)?;
         let (rowid, n2) = varint(page.get(off + n1..)?)?;
-        if i == 0 {
-            first = Some(rowid as i64);
-        }
-        if payload > max_local {
+        let (local, spills) = if payload > max_local {
             let k = min_local + (payload - min_local) % (u - 4);
-            let local = if k <= max_local { k } else { min_local };
-            let at = off + n1 + n2 + usize::try_from(local).ok()?;
+            (if k <= max_local { k } else { min_local }, true)
+        } else {
+            (payload, false)
+        };
+        let at = off + n1 + n2 + usize::try_from(local).ok()?;
+        let (end, chain) = if spills {
             let p = u32::from_be_bytes(page.get(at..at + 4)?.try_into().ok()?);
-            chains.push((p, (payload - local).div_ceil(u - 4)));
-        }
+            (at + 4, Some((p, (payload - local).div_ceil(u - 4))))
+        } else {
+            (at, None)
+        };
+        out.push(Cell {
+            rowid: rowid as i64,
+            bytes: page.get(off..end)?,
+            chain,
+        });
     }
+    Some(out)
+}
+
+/// A table leaf page's rows and chains; `None` when it is not one.
+fn leaf(page: &[u8], usable: usize) -> Option<Leaf> {
+    let cells = cells(page, usable)?;
     Some(Leaf {
-        rows: h.cells as u64,
-        first,
-        chains,
+        rows: cells.len() as u64,
+        first: cells.first().map(|c| c.rowid),
+        last: cells.last().map(|c| c.rowid),
+        chains: cells.iter().filter_map(|c| c.chain).collect(),
     })
 }
 
@@ -387,6 +449,17 @@ struct Skipper<'a> {
     lleaf: HashMap<u32, Option<Leaf>>,
     /// The snapshot's leaves fetched, parsed.
     sleaf: HashMap<u32, Option<Leaf>>,
+    /// The bytes of the snapshot's differing leaves fetched, when their
+    /// cells are to be compared.
+    sbytes: HashMap<u32, Vec<u8>>,
+    /// The snapshot's leaves, once its tree is walked.
+    sleaves: HashSet<u32>,
+    /// The bytes of the live leaves read that may differ (not the
+    /// snapshot's leaf of the same hash), up to [`CELLS_MAX`] bytes.
+    lbytes: HashMap<u32, Vec<u8>>,
+    lbytes_held: u64,
+    /// Page buffers to read live pages into.
+    spare: Vec<Vec<u8>>,
 }
 
 /// Why the walk of one side's tree stopped: the full scan then reads it
@@ -395,15 +468,19 @@ type Walk = std::result::Result<Tree, String>;
 
 impl Skipper<'_> {
     fn plan(&mut self, sroot: u32, lroot: u32) -> Result<Decision> {
-        let lt = match self.walk_live(lroot)? {
-            Ok(t) => t,
-            Err(why) => return full(format!("the live table's b-tree: {why}")),
-        };
+        // The snapshot's tree first (its interior pages only): then the
+        // live walk knows, as it reads each leaf, whether the snapshot has
+        // it, and keeps only the bytes of those it does not.
         let st = match self.walk_snapshot(sroot)? {
             Ok(t) => t,
             Err(why) => return full(format!("the snapshot table's b-tree: {why}")),
         };
-        let snap_leaves: HashSet<u32> = st.leaves.iter().copied().collect();
+        self.sleaves = st.leaves.iter().copied().collect();
+        let lt = match self.walk_live(lroot)? {
+            Ok(t) => t,
+            Err(why) => return full(format!("the live table's b-tree: {why}")),
+        };
+        let snap_leaves = std::mem::take(&mut self.sleaves);
         // A leaf of both trees whose bytes are the same, and whose
         // overflow chains are the same too.
         let mut equal: HashSet<u32> = HashSet::new();
@@ -454,7 +531,10 @@ impl Skipper<'_> {
                 bytes >> 20
             ));
         }
-        self.fetch_snapshot_leaves(&fetch)?;
+        let live_differing = lt.leaves.len() - equal.len();
+        let held = (st.leaves.len() - equal.len() + live_differing) as u64 * self.point.page_size();
+        let keep = held <= CELLS_MAX;
+        self.fetch_snapshot_leaves(&fetch, keep)?;
         let mut skipped_rows = 0u64;
         let mut live_runs = Runs::default();
         for &p in &lt.leaves {
@@ -484,13 +564,152 @@ impl Skipper<'_> {
             };
             snap_runs.leaf(l);
         }
-        Ok(Decision::Skip(PageSkip {
+        let mut skip = PageSkip {
             snap_runs: snap_runs.done(),
             live_runs: live_runs.done(),
             skipped_rows,
+            cell_rows: Err(format!(
+                "the differing leaves ({} MiB) are more than {} MiB",
+                held >> 20,
+                CELLS_MAX >> 20
+            )),
             leaves: (st.leaves.len() as u64, lt.leaves.len() as u64),
             skipped_leaves: equal.len() as u64,
             interior: (st.interior, lt.interior),
+            overflow_compared,
+        };
+        if keep {
+            match self.compare_cells(&st, &lt, &equal)? {
+                Ok(c) => {
+                    skip.snap_runs = c.snap_runs;
+                    skip.live_runs = c.live_runs;
+                    skip.skipped_rows += c.identical;
+                    skip.cell_rows = Ok(c.identical);
+                    skip.overflow_compared += c.overflow_compared;
+                }
+                Err(why) => skip.cell_rows = Err(why),
+            }
+        }
+        Ok(Decision::Skip(skip))
+    }
+
+    /// Compares the cells of the differing leaves of both sides (`st`,
+    /// `lt`, with the leaves of `equal` skipped): a rowid whose cell has
+    /// the same bytes on both sides, with an equal overflow chain, is the
+    /// same row on both; the runs of the other rows. `Err` says why the
+    /// cells could not be compared (then every row of the differing
+    /// leaves is read).
+    fn compare_cells(
+        &mut self,
+        st: &Tree,
+        lt: &Tree,
+        equal: &HashSet<u32>,
+    ) -> Result<std::result::Result<CellSkip, String>> {
+        // The live differing leaves: kept as the walk read them, or (past
+        // what it kept, or read before the snapshot's tree was known) read
+        // again.
+        let mut lbytes = std::mem::take(&mut self.lbytes);
+        let again: Vec<u32> = lt
+            .leaves
+            .iter()
+            .copied()
+            .filter(|p| !equal.contains(p) && !lbytes.contains_key(p))
+            .collect();
+        for group in again.chunks(LIVE_BATCH) {
+            lbytes.extend(group.iter().copied().zip(self.live.read(group)?));
+        }
+        // The snapshot's differing leaves: fetched, or the live bytes when
+        // they hash the same (then the page is read live if it is not a
+        // differing leaf there), or fetched again (from the point's memory
+        // cache) when the walk fetched it.
+        let mut sbytes = std::mem::take(&mut self.sbytes);
+        for &p in st.leaves.iter().filter(|p| !equal.contains(p)) {
+            if sbytes.contains_key(&p) {
+                continue;
+            }
+            let b = if self.same(p) {
+                match lbytes.get(&p) {
+                    Some(b) => b.clone(),
+                    None => self.live.read(&[p])?.pop().unwrap_or_default(),
+                }
+            } else {
+                self.point
+                    .read_pages(&[p])
+                    .map_err(Error::from)?
+                    .pop()
+                    .unwrap_or_default()
+            };
+            sbytes.insert(p, b);
+        }
+        // The merge of both sides' items by rowid, each side's rowids
+        // checked to increase strictly; a pair of the same cells is not read.
+        let mut sc = Items::new(&st.leaves, equal, &sbytes, self.usable);
+        let mut lc = Items::new(&lt.leaves, equal, &lbytes, self.usable);
+        let (mut snap_runs, mut live_runs) = (Runs::default(), Runs::default());
+        let (mut identical, mut overflow_compared) = (0u64, 0u64);
+        loop {
+            let (a, b) = match (sc.peek(&self.lleaf), lc.peek(&self.lleaf)) {
+                (Err(why), _) => return Ok(Err(format!("the snapshot: {why}"))),
+                (_, Err(why)) => return Ok(Err(format!("the live database: {why}"))),
+                (Ok(a), Ok(b)) => (a, b),
+            };
+            match (a, b) {
+                (None, None) => break,
+                (Some(Item::Skipped), _) => {
+                    snap_runs.gap();
+                    sc.next();
+                }
+                (_, Some(Item::Skipped)) => {
+                    live_runs.gap();
+                    lc.next();
+                }
+                (Some(Item::Cell(a)), None) => {
+                    snap_runs.rows(a.rowid, 1);
+                    sc.next();
+                }
+                (None, Some(Item::Cell(b))) => {
+                    live_runs.rows(b.rowid, 1);
+                    lc.next();
+                }
+                (Some(Item::Cell(a)), Some(Item::Cell(b))) => match a.rowid.cmp(&b.rowid) {
+                    std::cmp::Ordering::Less => {
+                        snap_runs.rows(a.rowid, 1);
+                        sc.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        live_runs.rows(b.rowid, 1);
+                        lc.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        let same = a.bytes == b.bytes
+                            && match a.chain {
+                                None => true,
+                                Some((first, n)) => match self.same_chain(first, n)? {
+                                    Some(k) => {
+                                        overflow_compared += k;
+                                        true
+                                    }
+                                    None => false,
+                                },
+                            };
+                        if same {
+                            identical += 1;
+                            snap_runs.gap();
+                            live_runs.gap();
+                        } else {
+                            snap_runs.rows(a.rowid, 1);
+                            live_runs.rows(b.rowid, 1);
+                        }
+                        sc.next();
+                        lc.next();
+                    }
+                },
+            }
+        }
+        Ok(Ok(CellSkip {
+            snap_runs: snap_runs.done(),
+            live_runs: live_runs.done(),
+            identical,
             overflow_compared,
         }))
     }
@@ -513,32 +732,47 @@ impl Skipper<'_> {
             .copied()
             .filter(|p| u64::from(*p) <= self.live.pages && !self.lhash.contains_key(p))
             .collect();
+        let mut pages = std::mem::take(&mut self.spare);
         for group in need.chunks(LIVE_BATCH) {
-            let pages = self.live.read(group)?;
+            self.live.read_into(group, &mut pages)?;
             let point = self.point;
             let ids: Vec<Id> = pages.par_iter().map(|b| point.chunk_id_of(b)).collect();
-            for ((&p, b), id) in group.iter().zip(pages).zip(ids) {
+            for ((&p, b), id) in group.iter().zip(pages.iter_mut()).zip(ids) {
                 self.lhash.insert(p, id);
-                match header(&b).map(|h| h.kind) {
+                match header(b).map(|h| h.kind) {
                     Some(0x05) => {
-                        self.linterior.insert(p, b);
+                        self.linterior.insert(p, std::mem::take(b));
                     }
                     Some(_) => {
-                        self.lleaf.insert(p, leaf(&b, self.usable));
+                        let l = leaf(b, self.usable);
+                        let same_as_snapshot = self.sleaves.contains(&p)
+                            && self.ids.get((p as usize).wrapping_sub(1)) == Some(&id)
+                            && l.as_ref().is_some_and(|l| l.chains.is_empty());
+                        let len = b.len() as u64;
+                        if !same_as_snapshot && self.lbytes_held + len <= CELLS_MAX {
+                            self.lbytes_held += len;
+                            self.lbytes.insert(p, std::mem::take(b));
+                        }
+                        self.lleaf.insert(p, l);
                     }
                     None => {}
                 }
             }
         }
+        self.spare = pages;
         Ok(())
     }
 
-    /// Fetches (verified) and parses snapshot leaves, a batch at a time.
-    fn fetch_snapshot_leaves(&mut self, pgnos: &[u32]) -> Result<()> {
+    /// Fetches (verified) and parses snapshot leaves, a batch at a time,
+    /// keeping their bytes when `keep`.
+    fn fetch_snapshot_leaves(&mut self, pgnos: &[u32], keep: bool) -> Result<()> {
         for group in pgnos.chunks(LIVE_BATCH) {
             let pages = self.point.read_pages(group).map_err(Error::from)?;
             for (&p, b) in group.iter().zip(pages) {
                 self.sleaf.insert(p, leaf(&b, self.usable));
+                if keep {
+                    self.sbytes.insert(p, b);
+                }
             }
         }
         Ok(())
@@ -677,6 +911,119 @@ fn children_of<'b>(level: &[u32], bytes: impl Fn(u32) -> Option<&'b Vec<u8>>) ->
     Level::Children(next)
 }
 
+/// What comparing the differing leaves' cells found.
+struct CellSkip {
+    snap_runs: Vec<Run>,
+    live_runs: Vec<Run>,
+    /// Rows whose cells are the same on both sides.
+    identical: u64,
+    overflow_compared: u64,
+}
+
+/// One item of a side's leaves in key order: a cell of a differing leaf,
+/// or a skipped leaf.
+#[derive(Clone, Copy)]
+enum Item<'b> {
+    Cell(Cell<'b>),
+    Skipped,
+}
+
+/// One side's leaves in key order, item by item: each differing leaf's
+/// cells (its bytes from `bytes`), each skipped leaf (`equal`) as one item;
+/// the rowids checked to increase strictly across them, a skipped leaf's
+/// from its first to its last.
+struct Items<'a, 'b> {
+    leaves: &'a [u32],
+    equal: &'a HashSet<u32>,
+    bytes: &'b HashMap<u32, Vec<u8>>,
+    usable: usize,
+    /// The next leaf to parse; the cells of the current one, and the next.
+    at: usize,
+    cells: Vec<Cell<'b>>,
+    pos: usize,
+    /// The item `peek` gave and its last rowid, until `next`.
+    cur: Option<(Item<'b>, i64)>,
+    /// The last rowid passed.
+    prev: Option<i64>,
+}
+
+impl<'a, 'b> Items<'a, 'b> {
+    fn new(
+        leaves: &'a [u32],
+        equal: &'a HashSet<u32>,
+        bytes: &'b HashMap<u32, Vec<u8>>,
+        usable: usize,
+    ) -> Items<'a, 'b> {
+        Items {
+            leaves,
+            equal,
+            bytes,
+            usable,
+            at: 0,
+            cells: Vec::new(),
+            pos: 0,
+            cur: None,
+            prev: None,
+        }
+    }
+
+    /// The next item (`None` past the last leaf), its rowids checked
+    /// against the previous item's; a skipped leaf's rowids from `parsed`.
+    /// The same item until `next`.
+    fn peek(
+        &mut self,
+        parsed: &HashMap<u32, Option<Leaf>>,
+    ) -> std::result::Result<Option<Item<'b>>, String> {
+        if let Some((it, _)) = self.cur {
+            return Ok(Some(it));
+        }
+        let disorder = || "its rowids do not increase from leaf to leaf".to_string();
+        loop {
+            if let Some(c) = self.cells.get(self.pos) {
+                if self.prev.is_some_and(|q| q >= c.rowid) {
+                    return Err(disorder());
+                }
+                self.cur = Some((Item::Cell(*c), c.rowid));
+                return Ok(Some(Item::Cell(*c)));
+            }
+            let Some(&p) = self.leaves.get(self.at) else {
+                return Ok(None);
+            };
+            self.at += 1;
+            self.cells.clear();
+            self.pos = 0;
+            if self.equal.contains(&p) {
+                let Some(Some(l)) = parsed.get(&p) else {
+                    return Err(format!("page {p} is not a table leaf"));
+                };
+                let (Some(first), Some(last)) = (l.first, l.last) else {
+                    continue;
+                };
+                if self.prev.is_some_and(|q| q >= first) || first > last {
+                    return Err(disorder());
+                }
+                self.cur = Some((Item::Skipped, last));
+                return Ok(Some(Item::Skipped));
+            }
+            let page = self.bytes.get(&p).map(Vec::as_slice).unwrap_or(&[]);
+            match cells(page, self.usable) {
+                Some(c) => self.cells = c,
+                None => return Err(format!("page {p} is not a table leaf")),
+            }
+        }
+    }
+
+    /// Past the item `peek` gave.
+    fn next(&mut self) {
+        if let Some((it, last)) = self.cur.take() {
+            self.prev = Some(last);
+            if matches!(it, Item::Cell(_)) {
+                self.pos += 1;
+            }
+        }
+    }
+}
+
 /// Builds one side's runs from its leaves in key order.
 #[derive(Default)]
 struct Runs {
@@ -687,15 +1034,16 @@ struct Runs {
 impl Runs {
     /// A differing leaf: its rows join the current run.
     fn leaf(&mut self, l: &Leaf) {
-        let Some(first) = l.first else { return };
+        if let Some(first) = l.first {
+            self.rows(first, l.rows);
+        }
+    }
+
+    /// `rows` rows from rowid `first` on join the current run.
+    fn rows(&mut self, first: i64, rows: u64) {
         match &mut self.cur {
-            Some(r) => r.rows += l.rows,
-            None => {
-                self.cur = Some(Run {
-                    first,
-                    rows: l.rows,
-                })
-            }
+            Some(r) => r.rows += rows,
+            None => self.cur = Some(Run { first, rows }),
         }
     }
 
