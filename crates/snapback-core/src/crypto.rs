@@ -555,6 +555,12 @@ impl Store for CryptoStore {
     fn write_parallelism(&self) -> usize {
         self.inner.write_parallelism()
     }
+    fn read_ahead(&self) -> u64 {
+        self.inner.read_ahead()
+    }
+    fn read_ahead_range(&self) -> u64 {
+        self.inner.read_ahead_range()
+    }
 }
 
 #[cfg(test)]

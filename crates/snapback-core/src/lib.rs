@@ -17,6 +17,7 @@ mod delta;
 mod delta_snapshot_tests;
 mod dict;
 mod error;
+mod fetch;
 mod fingerprint;
 mod forget;
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! destination, window by window in file order: the blobs of a window are
 //! range-read from their packs in parallel, each decompressed into its
 //! place in the window and verified there against its id (on the reader
-//! threads), and while one window is written the next is fetched. The
+//! threads), and while one window is written the next is fetched (on a
+//! store that asks for it, S3, every window's reads are planned first and
+//! fetched ahead of the windows: `fetch::ReadAhead`). The
 //! hashes of what was written, folded at their offsets, prove the file
 //! against the manifest's checksum with no read-back (the whole-file
 //! SHA-256 would prove nothing more and is not recomputed); it is fsync'd,
@@ -31,9 +33,11 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::chunklist::ChunkRef;
 use crate::error::{Error, Result};
+use crate::fetch::{
+    missing_chunk, plan_reads, run_parallel, Range, RangeRead, ReadAhead, MAX_RANGE,
+};
 use crate::id::{DbChecksum, Id};
-use crate::index::{BlobLocation, MasterIndex};
-use crate::layout::pack_key;
+use crate::index::MasterIndex;
 use crate::manifest::{FileEntry, FileKind};
 use crate::repo::Repository;
 use crate::selector::{path_matches, Snapshot};
@@ -432,7 +436,7 @@ impl Repository {
         place: &str,
         sink: &(dyn Fn(&Id, &[u8]) -> Result<()> + Sync),
     ) -> Result<()> {
-        let reads = plan_reads(index, ids.iter().map(|id| (*id, ())), place)?;
+        let reads = plan_reads(index, ids.iter().map(|id| (*id, ())), place, MAX_RANGE)?;
         run_parallel(&reads, self.store().read_parallelism(), |r| {
             let range = self.store().get_range(&r.key, r.start, r.end - r.start)?;
             for (id, l, ()) in &r.blobs {
@@ -448,22 +452,32 @@ impl Repository {
     /// Fetches blobs straight into their places: each `(id, place)` is
     /// opened into `place` (whose length must be the blob's) and checked
     /// against its id where it lies, with the reads planned and run as in
-    /// `fetch_blobs`. Decompression and hashing run on the reader threads,
-    /// so on every core of a local store.
+    /// `fetch_blobs`, or taken from `ahead` (which fetched them, planned
+    /// the same way by `window_reads`). Decompression and hashing run on
+    /// the reader threads, so on every core of a local store.
     fn fetch_into(
         &self,
         index: &MasterIndex,
         wants: Vec<(Id, &mut [u8])>,
         place: &str,
+        ahead: Option<&ReadAhead<'_>>,
     ) -> Result<()> {
-        let reads: Vec<std::sync::Mutex<RangeRead<&mut [u8]>>> = plan_reads(index, wants, place)?
-            .into_iter()
-            .map(std::sync::Mutex::new)
-            .collect();
-        run_parallel(&reads, self.store().read_parallelism(), |r| {
+        let (max_range, width) = match ahead {
+            Some(_) => (self.store().read_ahead_range(), cores()),
+            None => (MAX_RANGE, self.store().read_parallelism()),
+        };
+        let reads: Vec<std::sync::Mutex<RangeRead<&mut [u8]>>> =
+            plan_reads(index, wants, place, max_range)?
+                .into_iter()
+                .map(std::sync::Mutex::new)
+                .collect();
+        run_parallel(&reads, width, |r| {
             let mut r = r.lock().map_err(|_| crate::repo::poisoned())?;
             let r = &mut *r;
-            let range = self.store().get_range(&r.key, r.start, r.end - r.start)?;
+            let range = match ahead {
+                Some(a) => a.take(&r.key, r.start, r.end - r.start)?,
+                None => self.store().get_range(&r.key, r.start, r.end - r.start)?,
+            };
             for (id, l, out) in r.blobs.iter_mut() {
                 if l.raw_len as usize != out.len() {
                     return Err(Error::corrupt(
@@ -516,14 +530,38 @@ impl Repository {
             out.set_len(file.size)
                 .map_err(|e| Error::io(at, "cannot size the file", e))?;
         }
+        // On a store that asks for it (S3), every window's range reads are
+        // planned now and fetched ahead of the windows, `read_parallelism`
+        // at a time (see read_ahead.rs).
+        let store = self.store();
+        let ahead = if store.read_ahead() > 0 {
+            let reads = window_reads(index, chunks, &is_zero, &place, store.read_ahead_range())?;
+            Some(ReadAhead::new(store, reads, store.read_ahead()))
+        } else {
+            None
+        };
         let fill = |buf: Vec<u8>,
                     part: &[ChunkRef],
                     start: u64,
                     sum: &mut DbChecksum,
                     stats: &mut WriteStats| {
-            self.fill_window(buf, index, file, part, start, &is_zero, sum, stats)
+            let w = (file, part, start);
+            self.fill_window(buf, index, w, &is_zero, ahead.as_ref(), sum, stats)
         };
-        let (sum, stats) = run_windows(chunks, (out, direct, at), progress, &fill)?;
+        let (sum, stats) = std::thread::scope(|s| {
+            if let Some(a) = &ahead {
+                for _ in 0..store.read_parallelism().max(1) {
+                    s.spawn(|| a.fetch());
+                }
+            }
+            let r = run_windows(chunks, (out, direct, at), progress, &fill);
+            // Every read the windows needed was taken; on an error the
+            // fetchers stop after the reads they have.
+            if let Some(a) = &ahead {
+                a.stop();
+            }
+            r
+        })?;
         out.sync_all()
             .map_err(|e| Error::io(at, "fsync failed", e))?;
         proven_sum(&sum, file, at)?;
@@ -611,7 +649,7 @@ impl Repository {
                     }
                 }
                 if !wants.is_empty() {
-                    self.fetch_into(index, wants, &place)?;
+                    self.fetch_into(index, wants, &place, None)?;
                 }
             }
             let mut offs = Vec::with_capacity(batch.len());
@@ -660,10 +698,9 @@ impl Repository {
         &self,
         mut buf: Vec<u8>,
         index: &MasterIndex,
-        file: &FileEntry,
-        chunks: &[ChunkRef],
-        start: u64,
+        (file, chunks, start): (&FileEntry, &[ChunkRef], u64),
         is_zero: &(dyn Fn(&ChunkRef) -> bool + Sync),
+        ahead: Option<&ReadAhead<'_>>,
         sum: &mut DbChecksum,
         stats: &mut WriteStats,
     ) -> Result<Window> {
@@ -729,7 +766,7 @@ impl Repository {
                     file.path
                 )));
             }
-            self.fetch_into(index, wants, &place)?;
+            self.fetch_into(index, wants, &place, ahead)?;
         }
         copy_duplicates(buf, &copies, chunks, &offs, &place)?;
         // Every chunk is now verified where it lies: a fetched blob against
@@ -764,8 +801,7 @@ fn first_unindexed<'a>(
     chunks: &'a [ChunkRef],
     is_zero: &(dyn Fn(&ChunkRef) -> bool + Sync),
 ) -> Option<&'a ChunkRef> {
-    let width = std::thread::available_parallelism().map_or(2, |w| w.get());
-    let per = chunks.len().div_ceil(width).max(1);
+    let per = chunks.len().div_ceil(cores()).max(1);
     std::thread::scope(|s| {
         let shares: Vec<_> = chunks
             .chunks(per)
@@ -778,6 +814,59 @@ fn first_unindexed<'a>(
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .find_map(|c| c)
     })
+}
+
+/// The windows of a chunk list: `(first chunk, end, file offset)` of
+/// each, about `WINDOW` bytes of whole chunks, in file order.
+fn window_bounds(chunks: &[ChunkRef]) -> Vec<(usize, usize, u64)> {
+    let mut bounds: Vec<(usize, usize, u64)> = Vec::new();
+    let (mut i, mut start) = (0usize, 0u64);
+    while i < chunks.len() {
+        let mut j = i;
+        let mut len = 0u64;
+        while j < chunks.len() && (j == i || len + chunks[j].len as u64 <= WINDOW) {
+            len += chunks[j].len as u64;
+            j += 1;
+        }
+        bounds.push((i, j, start));
+        i = j;
+        start += len;
+    }
+    bounds
+}
+
+/// Every range read of a full restore, window by window in file order,
+/// each window's planned as `fill_window` plans them (its chunks' blobs,
+/// each once, zero chunks left out, through `plan_reads`), for
+/// `ReadAhead` to fetch before the windows need them.
+fn window_reads(
+    index: &MasterIndex,
+    chunks: &[ChunkRef],
+    is_zero: &(dyn Fn(&ChunkRef) -> bool + Sync),
+    place: &str,
+    max_range: u64,
+) -> Result<Vec<Range>> {
+    let mut out = Vec::new();
+    for (i, j, _) in window_bounds(chunks) {
+        let mut seen = std::collections::HashSet::new();
+        let ids = chunks[i..j]
+            .iter()
+            .filter(|c| !is_zero(c) && seen.insert(c.id))
+            .map(|c| (c.id, ()));
+        for r in plan_reads(index, ids, place, max_range)? {
+            out.push(Range {
+                len: r.end - r.start,
+                key: r.key,
+                start: r.start,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The cores of this machine (threads that decompress and hash).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |w| w.get())
 }
 
 /// How many windows are filled at once: while one waits on its range
@@ -812,19 +901,7 @@ fn run_windows(
 ) -> Result<(DbChecksum, WriteStats)> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::mpsc::{channel, sync_channel};
-    let mut bounds: Vec<(usize, usize, u64)> = Vec::new();
-    let (mut i, mut start) = (0usize, 0u64);
-    while i < chunks.len() {
-        let mut j = i;
-        let mut len = 0u64;
-        while j < chunks.len() && (j == i || len + chunks[j].len as u64 <= WINDOW) {
-            len += chunks[j].len as u64;
-            j += 1;
-        }
-        bounds.push((i, j, start));
-        i = j;
-        start += len;
-    }
+    let bounds = window_bounds(chunks);
     let (tx, rx) = sync_channel::<Window>(1);
     let (back_tx, back_rx) = channel::<Vec<u8>>();
     let back_rx = std::sync::Mutex::new(back_rx);
@@ -902,15 +979,6 @@ fn run_windows(
 /// fetched, written, hashed): memory stays a few windows, whatever the size
 /// of the file.
 const WINDOW: u64 = 16 << 20;
-/// The longest range read of one pack: neighbouring blobs are fetched
-/// together up to this many bytes. Small enough that a window's blobs
-/// (about a third of it, compressed) make enough reads to keep
-/// `Store::read_parallelism` GETs in flight on S3.
-const MAX_RANGE: u64 = 1 << 20;
-/// Blobs this close together are fetched in one read, with what lies
-/// between.
-const MAX_GAP: u64 = 256 << 10;
-
 /// The new file a full restore writes: its handle, the same file opened
 /// for direct writes, and its path (for messages).
 #[derive(Clone, Copy)]
@@ -1008,65 +1076,6 @@ struct Window {
     lead: usize,
     buf: Vec<u8>,
     runs: Vec<(usize, usize)>,
-}
-
-/// One range read of a pack and the blobs it holds, each with what its
-/// reader needs to know of it (`T`: nothing, or the blob's place).
-struct RangeRead<T> {
-    key: String,
-    start: u64,
-    end: u64,
-    blobs: Vec<(Id, BlobLocation, T)>,
-}
-
-/// The range reads that fetch `wants`: grouped by pack, neighbours
-/// (at most `MAX_GAP` apart) coalesced into reads of at most `MAX_RANGE`,
-/// pack by pack, front to back (the order the packs were written in).
-fn plan_reads<T>(
-    index: &MasterIndex,
-    wants: impl IntoIterator<Item = (Id, T)>,
-    place: &str,
-) -> Result<Vec<RangeRead<T>>> {
-    let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation, T)>> = HashMap::new();
-    for (id, t) in wants {
-        let loc = index.get(&id).ok_or_else(|| missing_chunk(&id, place))?;
-        by_pack.entry(loc.pack).or_default().push((id, loc, t));
-    }
-    let mut reads: Vec<RangeRead<T>> = Vec::new();
-    for (pack, mut blobs) in by_pack {
-        blobs.sort_by_key(|(_, l, _)| l.offset);
-        let key = pack_key(&pack);
-        let mut blobs = blobs.into_iter().peekable();
-        while let Some(first) = blobs.next() {
-            let start = first.1.offset as u64;
-            let mut end = start + first.1.stored_len as u64;
-            let mut group = vec![first];
-            while let Some(next) = blobs.peek() {
-                let l = &next.1;
-                let (o, e) = (l.offset as u64, l.offset as u64 + l.stored_len as u64);
-                if o > end + MAX_GAP || e - start > MAX_RANGE {
-                    break;
-                }
-                end = end.max(e);
-                group.extend(blobs.next());
-            }
-            reads.push(RangeRead {
-                key: key.clone(),
-                start,
-                end,
-                blobs: group,
-            });
-        }
-    }
-    reads.sort_by(|a, b| a.key.cmp(&b.key).then(a.start.cmp(&b.start)));
-    Ok(reads)
-}
-
-fn missing_chunk(id: &Id, place: &str) -> Error {
-    Error::corrupt(
-        format!("chunk {} of {place}", id.short()),
-        "is not in any index; the data is missing (run `snapback check`)",
-    )
 }
 
 /// Bytes of DEST that a thread of `scan_dest` reads and hashes at a time:
@@ -1260,49 +1269,6 @@ fn copy_duplicates(
         buf.copy_within(offs[k0]..offs[k0] + c0.len as usize, offs[k]);
     }
     Ok(())
-}
-
-/// Runs `f` on every job, `width` at a time, on threads of their own (a
-/// range read waits on the store, not on a core); the first error stops
-/// the rest.
-fn run_parallel<T: Sync>(
-    jobs: &[T],
-    width: usize,
-    f: impl Fn(&T) -> Result<()> + Sync,
-) -> Result<()> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let width = width.clamp(1, jobs.len().max(1));
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..width)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    while !stop.load(Ordering::Relaxed) {
-                        let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            break;
-                        };
-                        if let Err(e) = f(job) {
-                            stop.store(true, Ordering::Relaxed);
-                            return Err(e);
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        let mut first = Ok(());
-        for w in workers {
-            let r = w
-                .join()
-                .map_err(|_| Error::internal("a restore reader thread panicked"))
-                .and_then(|r| r);
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
-    })
 }
 
 /// The alignment of memory, file offset and length that direct writes

@@ -111,7 +111,12 @@ fn sha256_b64(data: &[u8]) -> String {
 }
 
 /// How many GETs a restore runs at once (see `Store::read_parallelism`).
-const S3_READ_PARALLELISM: usize = 8;
+const S3_READ_PARALLELISM: usize = 16;
+
+/// How many bytes a restore fetches ahead of the window it fills, and the
+/// longest range it asks for (see `Store::read_ahead`): 16 GETs of 4 MiB.
+const S3_READ_AHEAD: u64 = 64 << 20;
+const S3_READ_AHEAD_RANGE: u64 = 4 << 20;
 
 /// The most parts a multipart upload may have.
 const MAX_PARTS: usize = 10_000;
@@ -1022,10 +1027,22 @@ impl Store for S3Store {
         self.inner.stats.snapshot()
     }
 
-    /// Range GETs wait on the network, not on a core: 8 at once keep a
-    /// link busy without flooding the server.
+    /// Range GETs wait on the network and the server, not on a core: 16
+    /// at once keep a link busy without flooding the server.
     fn read_parallelism(&self) -> usize {
         S3_READ_PARALLELISM
+    }
+
+    /// A request waits on the server, and one stream is slower than
+    /// several (docs/benchmarks.md, "Restore": the floor on the local S3
+    /// server): a restore keeps its GETs in flight ahead of the windows it
+    /// fills.
+    fn read_ahead(&self) -> u64 {
+        S3_READ_AHEAD
+    }
+
+    fn read_ahead_range(&self) -> u64 {
+        S3_READ_AHEAD_RANGE
     }
 }
 

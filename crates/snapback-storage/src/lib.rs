@@ -113,6 +113,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn write_parallelism(&self) -> usize {
         self.read_parallelism()
     }
+
+    /// How many bytes a reader may fetch ahead of what it has used. 0 (the
+    /// default) where a read costs only the reader's own work (a local
+    /// disk: reading ahead would only move that work earlier). A network
+    /// store, where every request waits on the other side and one stream
+    /// is slower than several, is read fastest with large reads in flight
+    /// ahead of their use: a full restore then fetches its range reads
+    /// (of up to [`Store::read_ahead_range`] bytes) up to this many bytes
+    /// ahead of the window it fills, `read_parallelism` at a time.
+    fn read_ahead(&self) -> u64 {
+        0
+    }
+
+    /// The longest range read worth making of this store when reading
+    /// ahead (see [`Store::read_ahead`]): neighbouring blobs are read
+    /// together up to this many bytes.
+    fn read_ahead_range(&self) -> u64 {
+        1 << 20
+    }
 }
 
 /// Checks a key against the contract on [`Store`].
@@ -174,6 +193,12 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
     }
     fn write_parallelism(&self) -> usize {
         (**self).write_parallelism()
+    }
+    fn read_ahead(&self) -> u64 {
+        (**self).read_ahead()
+    }
+    fn read_ahead_range(&self) -> u64 {
+        (**self).read_ahead_range()
     }
 }
 
