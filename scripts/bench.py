@@ -2005,12 +2005,7 @@ def restore_bench(args):
 
 def restore_one(size, kind, s3, repeat):
     import sqlite3
-    base = base_db(size) if kind == "bench" else compressible_db(size)
-    w = os.path.join(OUT, "restore", f"s{size}-{kind}")
-    shutil.rmtree(w, ignore_errors=True)
-    os.makedirs(w)
-    db = os.path.join(w, "app.db")
-    shutil.copyfile(base, db)
+    w, db = fresh_copy(size, kind, "restore")
     c = sqlite3.connect(db, isolation_level=None)
     c.execute("CREATE TABLE IF NOT EXISTS bench_writer(k INTEGER PRIMARY KEY, v INTEGER)")
     c.close()
@@ -2022,14 +2017,12 @@ def restore_one(size, kind, s3, repeat):
     run(["restic", "init", "-q"], env=env_restic)
     if s3:
         run(s3.repo(prefix) + ["-q", "init"], env=s3.env)
-    for upd in (None, (0.01, 8)):
-        if upd:
-            update_rows(db, kind, *upd)
-        checkpoint(db)
+    def snap():
         run([SB, "--repo", repo, "-q", "snapshot", db])
         if s3:
             run(s3.repo(prefix) + ["-q", "snapshot", db], env=s3.env)
         run(["restic", "backup", "-q", "--host", "bench", db], env=env_restic)
+    two_snapshots(db, kind, snap)
     want = sha256_file(db)
     r = {"file_bytes": os.path.getsize(db), "kind": kind}
 
@@ -2250,6 +2243,225 @@ def restore_markdown(res):
     return "\n".join(L) + "\n"
 
 
+# ---------------------------------------------------------------- S3 floor
+
+def s3_packs(s3, prefix):
+    """(key, size) of every pack of a repository on the local S3 server, from
+    s3s-fs's data directory (a bucket is a directory)."""
+    root = os.path.join(s3.data, s3.bucket, prefix)
+    out = []
+    for d, _, fs in os.walk(os.path.join(root, "data")):
+        for f in fs:
+            path = os.path.join(d, f)
+            out.append((os.path.relpath(path, os.path.join(s3.data, s3.bucket)), os.path.getsize(path)))
+    return sorted(out)
+
+
+def curl_gets(s3, packs, piece, par, w):
+    """Every byte of `packs` fetched from the local S3 server with curl
+    (SigV4, --parallel, at most `par` transfers at once), in ranged GETs of
+    `piece` bytes (0: each pack whole), to /dev/null. Returns the wall
+    time, curl's CPU, the server's CPU during it, the GETs and the bytes."""
+    cfg = os.path.join(w, "curl.cfg")
+    ak, sk = s3.env["AWS_ACCESS_KEY_ID"], s3.env["AWS_SECRET_ACCESS_KEY"]
+    n = 0
+    with open(cfg, "w") as f:
+        first = True
+        for key, size in packs:
+            pieces = [(0, size)] if piece == 0 else [(o, min(piece, size - o)) for o in range(0, size, piece)]
+            for o, ln in pieces:
+                if not first:
+                    f.write("next\n")
+                first = False
+                f.write(f'url = "{s3.env["AWS_ENDPOINT_URL"]}/{s3.bucket}/{key}"\n')
+                if piece:
+                    f.write(f'range = "{o}-{o + ln - 1}"\n')
+                f.write('output = "/dev/null"\n')
+                f.write('aws-sigv4 = "aws:amz:us-east-1:s3"\n')
+                f.write('header = "x-amz-content-sha256: UNSIGNED-PAYLOAD"\n')
+                f.write(f'user = "{ak}:{sk}"\n')
+                f.write('write-out = "%{size_download}\\n"\n')
+                f.write("fail\n")
+                n += 1
+    c0 = proc_cpu(s3.pid)
+    t = run(["curl", "-sS", "--parallel", "--parallel-immediate", "--parallel-max", str(par), "--config", cfg])
+    c1 = proc_cpu(s3.pid)
+    got = sum(int(x) for x in t.out.split())
+    return {"piece": piece, "par": par, "wall": t.wall, "client_cpu": t.cpu,
+            "server_cpu": None if c0 is None or c1 is None else c1 - c0, "gets": n, "bytes": got}
+
+
+def in_flight(reqs):
+    """The most GETs in flight at once and the mean over the span, from a
+    proxy log (each line's answer time and time in the proxy)."""
+    ev = []
+    for r in reqs:
+        ev += [(r["t"] - r["ms"] / 1000, 1), (r["t"], -1)]
+    ev.sort()
+    cur = peak = 0
+    area, last = 0.0, None
+    for t, d in ev:
+        if last is not None:
+            area += cur * (t - last)
+        cur += d
+        peak = max(peak, cur)
+        last = t
+    span = (ev[-1][0] - ev[0][0]) if ev else 0
+    return peak, (area / span if span else 0)
+
+
+def s3floor(args):
+    """The floor of a full restore over the local S3 server (issue 13): the
+    same repository as bench-restore.sh's (a full snapshot, 1% of the rows
+    updated, a second one), then how fast the server hands out the bytes of
+    its packs at all (curl, ranged GETs of several sizes at several
+    parallelisms, the server's CPU time beside each), what a restore's
+    GETs look like (through the counting proxy: count, sizes, in flight),
+    and the restore itself from the local repository and from S3 (the
+    server's CPU time and snapback's)."""
+    out = {"date": now_utc(), "machine": machine_info(), "load_start": loadavg(), "kinds": {}}
+    s3 = S3()
+    try:
+        for kind in args.kinds:
+            out["kinds"][kind] = s3floor_one(args.size, kind, s3, args)
+    finally:
+        s3.stop()
+    out["load_end"] = loadavg()
+    os.makedirs(os.path.join(OUT, "s3floor"), exist_ok=True)
+    path = os.path.join(OUT, "s3floor", f"results-{out['date'].replace(':', '')}.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    log(f"== raw results: {path}")
+    print(s3floor_markdown(out, args.size))
+
+
+def two_snapshots(db, kind, snap):
+    """The restore benchmarks' history: `snap()` takes a snapshot of the
+    checkpointed database, then again after 1% of its rows were updated."""
+    for upd in (None, (0.01, 8)):
+        if upd:
+            update_rows(db, kind, *upd)
+        checkpoint(db)
+        snap()
+
+
+def fresh_copy(size, kind, area):
+    """A fresh work directory bench-out/AREA/sSIZE-KIND with a copy of the
+    generated database of that size and kind as app.db in it."""
+    base = base_db(size) if kind == "bench" else compressible_db(size)
+    w = os.path.join(OUT, area, f"s{size}-{kind}")
+    shutil.rmtree(w, ignore_errors=True)
+    os.makedirs(w)
+    db = os.path.join(w, "app.db")
+    shutil.copyfile(base, db)
+    return w, db
+
+
+def s3floor_one(size, kind, s3, args):
+    w, db = fresh_copy(size, kind, "s3floor")
+    repo = os.path.join(w, "repo")
+    prefix = f"bench-s3floor-{os.getpid()}-s{size}-{kind}"
+    run([SB, "--repo", repo, "-q", "init"])
+    run(s3.repo(prefix) + ["-q", "init"], env=s3.env)
+    two_snapshots(db, kind, lambda: (run([SB, "--repo", repo, "-q", "snapshot", db]),
+                                     run(s3.repo(prefix) + ["-q", "snapshot", db], env=s3.env)))
+    want = sha256_file(db)
+    packs = s3_packs(s3, prefix)
+    r = {"file_bytes": os.path.getsize(db), "packs": len(packs), "pack_bytes": sum(x[1] for x in packs)}
+    pack_dir = os.path.join(s3.data, s3.bucket, prefix, "data")
+    warm(pack_dir)
+    t0 = time.perf_counter()
+    for key, _ in packs:
+        with open(os.path.join(s3.data, s3.bucket, key), "rb", buffering=0) as f:
+            while f.read(8 * MiB):
+                pass
+    r["read_local_s"] = time.perf_counter() - t0
+    r["curl"] = []
+    for piece in args.pieces:
+        for par in args.par:
+            warm(pack_dir)
+            c = curl_gets(s3, packs, piece, par, w)
+            r["curl"].append(c)
+            log(f"   s3floor {kind} curl piece {piece >> 10} KiB, {par} at once: {c['wall']:.2f} s, "
+                f"{c['gets']} GETs, {c['bytes'] / MiB:.0f} MiB, server CPU {c['server_cpu']:.2f} s, "
+                f"curl CPU {c['client_cpu']:.2f} s (load {loadavg()})")
+
+    def restore(name, cmd, env=None, warm_paths=()):
+        dest = os.path.join(w, "restored.db")
+        ts = []
+        for _ in range(args.repeat):
+            if os.path.exists(dest):
+                os.remove(dest)
+            warm(*warm_paths)
+            c0 = proc_cpu(s3.pid)
+            t = run(cmd + [dest], env=env)
+            c1 = proc_cpu(s3.pid)
+            ok = sha256_file(dest) == want
+            ts.append({"wall": t.wall, "cpu": t.cpu, "rss_kib": t.maxrss_kib, "identical": ok,
+                       "server_cpu": None if c0 is None or c1 is None else c1 - c0})
+        ts.sort(key=lambda x: x["wall"])
+        m = dict(ts[len(ts) // 2])
+        m["walls"] = [x["wall"] for x in ts]
+        r[name] = m
+        log(f"   s3floor {kind} {name}: {m['wall']:.2f} s of {[round(x, 2) for x in m['walls']]}, CPU {m['cpu']:.2f} s, "
+            f"server CPU {m['server_cpu'] or 0:.2f} s{'' if m['identical'] else ' NOT IDENTICAL'} (load {loadavg()})")
+        if os.path.exists(dest):
+            os.remove(dest)
+    restore("local", [SB, "--repo", repo, "-q", "restore", "latest"], warm_paths=(repo,))
+    restore("s3", s3.repo(prefix) + ["-q", "restore", "latest"], env=s3.env, warm_paths=(s3.data,))
+    # The restore's requests, through the counting proxy (untimed: the
+    # proxy is one more hop on the same cores).
+    plog = os.path.join(w, "proxy.log")
+    p = Proxy(s3.env["AWS_ENDPOINT_URL"], plog)
+    try:
+        dest = os.path.join(w, "restored-proxy.db")
+        env = dict(s3.env, AWS_ENDPOINT_URL=p.endpoint)
+        t0 = time.time()
+        run([SB, "--repo", f"s3://{s3.bucket}/{prefix}", "--s3-path-style", "--s3-endpoint", p.endpoint, "-q",
+             "restore", "latest", dest], env=env)
+        reqs = [x for x in p.requests(t0) if x["kind"] == "GET"]
+        os.remove(dest)
+    finally:
+        p.stop()
+    data = [x for x in reqs if "/data/" in x["target"]]
+    sizes = sorted(x["received"] for x in data)
+    peak, mean = in_flight(data)
+    r["restore_gets"] = {"gets": len(reqs), "pack_gets": len(data), "pack_bytes": sum(sizes),
+                         "median_kib": sizes[len(sizes) // 2] / 1024 if sizes else 0,
+                         "max_kib": sizes[-1] / 1024 if sizes else 0, "peak_in_flight": peak,
+                         "mean_in_flight": mean}
+    log(f"   s3floor {kind} restore GETs: {r['restore_gets']}")
+    s3.remove(prefix)
+    shutil.rmtree(w, ignore_errors=True)
+    return r
+
+
+def s3floor_markdown(res, size):
+    L = [f"Run of **{res['date']}** (UTC): `scripts/bench-s3-floor.sh {size}`; load average at the start "
+         f"{res['load_start']}, at the end {res['load_end']}; {res['machine']['nproc']} cores.", ""]
+    for kind, r in res["kinds"].items():
+        L.append(f"**{kind}** ({r['file_bytes'] / MiB:.0f} MiB file; {r['packs']} packs, "
+                 f"{r['pack_bytes'] / MiB:.0f} MiB; reading them from the page cache: {r['read_local_s']:.2f} s)")
+        L.append("")
+        L.append("| GETs of | at once | GETs | wall, s | MiB/s | server CPU, s | curl CPU, s |")
+        L.append("|---|---|---|---|---|---|---|")
+        for c in r["curl"]:
+            what = "whole packs" if c["piece"] == 0 else f"{c['piece'] >> 10} KiB ranges"
+            L.append(f"| {what} | {c['par']} | {c['gets']} | {c['wall']:.2f} | {c['bytes'] / MiB / c['wall']:.0f} | "
+                     f"{c['server_cpu']:.2f} | {c['client_cpu']:.2f} |")
+        g = r["restore_gets"]
+        lo, s3r = r["local"], r["s3"]
+        L.append("")
+        L.append(f"Restore: local {lo['wall']:.2f} s (CPU {lo['cpu']:.2f} s), S3 {s3r['wall']:.2f} s "
+                 f"(CPU {s3r['cpu']:.2f} s, the server's {s3r['server_cpu'] or 0:.2f} s), S3 ÷ local "
+                 f"{s3r['wall'] / lo['wall']:.2f}; its pack GETs: {g['pack_gets']} ({g['pack_bytes'] / MiB:.0f} MiB, "
+                 f"median {g['median_kib']:.0f} KiB, largest {g['max_kib']:.0f} KiB), at most {g['peak_in_flight']} "
+                 f"in flight, {g['mean_in_flight']:.1f} on average; identical: "
+                 f"{'yes' if lo['identical'] and s3r['identical'] else '**no**'}.")
+        L.append("")
+    return "\n".join(L)
+
+
 # ---------------------------------------------------------------- bytes
 
 def update_rows(db, kind, fraction, seed):
@@ -2428,6 +2640,14 @@ def main():
     y = sub.add_parser("bytes", help="stored bytes against restic, borg and the zstd-3 floor of the changed pages")
     y.add_argument("--size", type=int, default=256)
     y.add_argument("--kinds", default="bench,json", type=lambda v: v.split(","))
+    f3 = sub.add_parser("s3floor", help="the floor of a restore over the local S3 server (curl GETs)")
+    f3.add_argument("size", nargs="?", type=int, default=256)
+    f3.add_argument("--kinds", default="bench,json", type=lambda v: v.split(","))
+    f3.add_argument("--pieces", default="1048576,4194304,0", type=lambda v: [int(x) for x in v.split(",")],
+                    help="bytes per ranged GET (0: whole packs)")
+    f3.add_argument("--par", default="1,2,4,8,16", type=lambda v: [int(x) for x in v.split(",")],
+                    help="GETs at once")
+    f3.add_argument("--repeat", type=int, default=3, help="runs of each restore (median)")
     c = sub.add_parser("report")
     c.add_argument("results")
     args = ap.parse_args()
@@ -2447,6 +2667,8 @@ def main():
         writer(args)
     elif args.cmd == "bytes":
         bytes_bench(args)
+    elif args.cmd == "s3floor":
+        s3floor(args)
     elif args.cmd == "mount":
         res = json.load(open(args.results))
         res["mount"] = mount_bench(args.size, args.runs)
