@@ -138,3 +138,34 @@ fn a_format_1_full_scan_keeps_its_whole_file_hash() {
     assert!(f.chunks.base.len() >= 2);
     restores_exactly(&repo, &f, &db, &dir.path().join("r.db"));
 }
+
+#[test]
+fn chunks_larger_than_a_scan_batch_keep_the_size_the_manifest_says() {
+    // sqlite_pages_per_chunk may be 1..=1024; 1024 pages of 8 KiB is an
+    // 8 MiB chunk, more than SCAN_BATCH_BYTES (4 MiB).
+    let dir = tempfile::tempdir().expect("tmp");
+    let store: Arc<dyn Store> =
+        Arc::new(LocalStore::create(dir.path().join("repo")).expect("store"));
+    let mut opts = InitOptions::default();
+    opts.chunking.sqlite_pages_per_chunk = 1024;
+    let repo = Repository::init(store, &opts).expect("init");
+    let db = dir.path().join("app.db");
+    let c = Connection::open(&db).expect("open");
+    c.execute_batch(
+        "PRAGMA page_size = 8192; PRAGMA journal_mode = DELETE;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
+    )
+    .expect("schema");
+    insert_blobs(&c, 30000, 700);
+    let pages: i64 = c
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .expect("pc");
+    drop(c);
+    let f = snap(&repo, &db);
+    let want = (pages as u64).div_ceil(1024);
+    assert_eq!(
+        f.chunks.count, want,
+        "chunks of 1024 pages, as the manifest's chunking says"
+    );
+    restores_exactly(&repo, &f, &db, &dir.path().join("r.db"));
+}

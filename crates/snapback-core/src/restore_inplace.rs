@@ -461,6 +461,21 @@ impl Repository {
         let page_size = facts.page_size;
         let chunk_size = chunk_size_of(file, page_size)?;
         let chunks = self.proven_chunks(index, file)?;
+        // Chunk i is written at page i * chunk_pages + 1: every chunk but
+        // the last must be chunk_size long, and their count must cover the
+        // file exactly, or pages would land in the wrong place.
+        let (n, last) = (chunks.len() as u64, chunks.len().saturating_sub(1));
+        let misplaced = chunks.iter().enumerate().position(|(i, c)| {
+            (i < last && c.len as u64 != chunk_size) || c.len as u64 > chunk_size
+        });
+        if misplaced.is_some() || n != file.size.div_ceil(chunk_size.max(1)) {
+            return Err(Error::Invalid(format!(
+                "the snapshot's database {} of snapshot {} has {n} chunk(s) that do not match its chunking of {chunk_size}-byte chunks ({} bytes), so its pages cannot be placed in the live database; nothing was written. Restore it to a new file with `snapback restore SNAP NEW_FILE` (which places each chunk by its own length) and move the application to it",
+                file.path,
+                snap.describe(),
+                file.size
+            )));
+        }
         let first = chunks.first().ok_or_else(|| {
             Error::Invalid(format!(
                 "the snapshot's database {} is empty (0 pages); there is nothing to restore in place; nothing was written",

@@ -1303,9 +1303,13 @@ impl Repository {
         tracing::info!(path = %path_s, reason = %reason, "capturing the database by a full scan");
         let chunk_size =
             page_size as usize * self.config().chunking.sqlite_pages_per_chunk as usize;
-        let pages_per_batch = (SCAN_BATCH_BYTES / page_size as usize).max(1);
-        let pages_per_batch = pages_per_batch
-            - pages_per_batch % self.config().chunking.sqlite_pages_per_chunk as usize;
+        // Whole chunks per batch, at least one: a chunk larger than a
+        // batch (up to 1024 pages of 64 KiB) gets a batch of its own, never
+        // one page (which would make chunks of one page while the manifest
+        // says `chunk_size`).
+        let chunk_pages = (self.config().chunking.sqlite_pages_per_chunk as usize).max(1);
+        let pages_per_batch =
+            ((SCAN_BATCH_BYTES / page_size as usize).max(1) / chunk_pages).max(1) * chunk_pages;
         let chunking = Chunking::Fixed {
             size: chunk_size as u32,
         };
