@@ -47,7 +47,14 @@ pub(crate) struct NewIndex {
 }
 
 enum Encoded {
-    Spilled { at: u64, len: usize },
+    /// In the temporary file at `at`, with the hash of its bytes: what is
+    /// read back is compared with it, so a file that returns other bytes
+    /// than were proven by `encode_index` is never stored.
+    Spilled {
+        at: u64,
+        len: usize,
+        sum: Id,
+    },
     Held(Vec<u8>),
 }
 
@@ -114,6 +121,7 @@ impl NewIndex {
                     self.objects.push(Encoded::Spilled {
                         at,
                         len: bytes.len(),
+                        sum: Id::of(&bytes),
                     });
                     return Ok(());
                 }
@@ -140,17 +148,25 @@ impl NewIndex {
         match self.objects.get(i) {
             None => Err(Error::internal(format!("no new index object {i}"))),
             Some(Encoded::Held(b)) => Ok(b.clone()),
-            Some(Encoded::Spilled { at, len }) => {
+            Some(Encoded::Spilled { at, len, sum }) => {
                 let s = self
                     .spill
                     .as_ref()
                     .ok_or_else(|| Error::internal("the new index objects' file is gone"))?;
                 let mut buf = vec![0u8; *len];
                 s.file.read_exact_at(&mut buf, *at).map_err(|e| {
-                    Error::internal(format!(
-                        "cannot read the new index objects back from their temporary file: {e}"
-                    ))
+                    Error::io(
+                        std::env::temp_dir(),
+                        "cannot read the new index objects back from their temporary file (in TMPDIR); nothing was committed",
+                        e,
+                    )
                 })?;
+                if Id::of(&buf) != *sum {
+                    return Err(Error::corrupt(
+                        format!("new index object {i} in a temporary file under {}", std::env::temp_dir().display()),
+                        "the bytes read back differ from those written; nothing was committed (check the disk of TMPDIR)",
+                    ));
+                }
                 Ok(buf)
             }
         }
@@ -230,6 +246,31 @@ mod tests {
         assert_eq!(idx.packs(), want.iter().map(|p| p.id).collect::<Vec<_>>());
         assert_eq!(idx.dicts(), &[d]);
         assert!(idx.object(idx.object_count()).is_err());
+    }
+
+    #[test]
+    fn an_object_that_comes_back_changed_from_the_temporary_file_is_refused() {
+        let mut idx = NewIndex {
+            spill: Some(Spill {
+                file: unnamed_file().expect("an unnamed temporary file"),
+                len: 0,
+            }),
+            ..NewIndex::default()
+        };
+        let g = vec![pack(1, 70, None)];
+        idx.store_encoded(encode_index(&g).expect("encode"))
+            .expect("store");
+        assert!(idx.object(0).is_ok(), "read back as written");
+        // One byte changed under it, as a failing disk would.
+        let s = idx.spill.as_ref().expect("spilled");
+        let mut b = [0u8; 1];
+        s.file.read_exact_at(&mut b, 10).expect("read");
+        s.file.write_all_at(&[b[0] ^ 1], 10).expect("write");
+        let e = idx
+            .object(0)
+            .expect_err("changed bytes are never handed out");
+        assert_eq!(e.kind(), crate::Kind::Damaged, "{e}");
+        assert!(e.to_string().contains("differ"), "{e}");
     }
 
     #[test]
