@@ -39,6 +39,8 @@ pub(crate) struct NewIndex {
     /// Every pack stored, and the dictionaries their blobs name.
     packs: Vec<Id>,
     dicts: Vec<Id>,
+    /// How many blobs the stored packs hold.
+    entries: u64,
     /// The encoded objects, in `spill` or held.
     objects: Vec<Encoded>,
     spill: Option<Spill>,
@@ -81,6 +83,7 @@ impl NewIndex {
     /// [`NewIndex::store_encoded`].
     pub(crate) fn add(&mut self, pack: IndexedPack) -> Option<Vec<IndexedPack>> {
         self.packs.push(pack.id);
+        self.entries += pack.entries.len() as u64;
         for d in pack.dicts() {
             if !self.dicts.contains(&d) {
                 self.dicts.push(d);
@@ -172,6 +175,11 @@ impl NewIndex {
         }
     }
 
+    /// How many blobs the stored packs hold, in all.
+    pub(crate) fn entries(&self) -> u64 {
+        self.entries
+    }
+
     /// Every pack stored.
     pub(crate) fn packs(&self) -> &[Id] {
         &self.packs
@@ -245,6 +253,10 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(idx.packs(), want.iter().map(|p| p.id).collect::<Vec<_>>());
         assert_eq!(idx.dicts(), &[d]);
+        assert_eq!(
+            idx.entries(),
+            want.iter().map(|p| p.entries.len() as u64).sum::<u64>()
+        );
         assert!(idx.object(idx.object_count()).is_err());
     }
 

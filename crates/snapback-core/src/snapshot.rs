@@ -333,6 +333,9 @@ struct BlobSink<'a> {
     /// list's) that were not in the index when first referenced: the
     /// check before commit looks them up again (normally none).
     unindexed_reused: Vec<Id>,
+    /// How many blobs `claim` gave to this snapshot to store: the check
+    /// before commit counts them in the new packs.
+    claimed: u64,
     /// Snapshots whose database images are reused whole (unchanged files).
     reused_from: HashSet<Id>,
     /// The chunk lists of WAL-delta images: their blobs are referenced
@@ -422,6 +425,8 @@ struct Captured {
     referenced: BlobSet,
     /// See `BlobSink::unindexed_reused`.
     unindexed_reused: Vec<Id>,
+    /// See `BlobSink::claimed`.
+    claimed: u64,
     /// Snapshots whose database images are reused whole.
     reused_from: HashSet<Id>,
     /// WAL-delta images, whose blobs the manifest references too.
@@ -464,7 +469,9 @@ impl BlobSink<'_> {
     /// indexed: the blobs referenced without a claim (an unchanged file's,
     /// a delta's unchanged pages, a base chunk list) are the repository's.
     fn claim(&mut self, id: &Id) -> Result<bool> {
-        Ok(self.referenced.insert(*id)? && !self.index.contains(id))
+        let new = self.referenced.insert(*id)? && !self.index.contains(id);
+        self.claimed += u64::from(new);
+        Ok(new)
     }
 
     /// References blobs that are the repository's already, without
@@ -813,6 +820,7 @@ impl Repository {
             files,
             referenced,
             unindexed_reused,
+            claimed,
             reused_from,
             images,
             pending,
@@ -857,6 +865,16 @@ impl Repository {
             (needed, encoded)
         });
         let needed = needed?;
+        // Every blob claimed was sealed into a new pack that was stored:
+        // the check above proves the blobs it did not claim by lookups and
+        // the claimed ones only by their packs existing, so a claim without
+        // a stored blob would commit a manifest that names a missing blob.
+        if new_index.entries() != claimed {
+            return Err(Error::internal(format!(
+                "this snapshot took {claimed} new blob(s) to store, but its new packs hold {}; nothing was committed (its packs stay unindexed until a prune removes them)",
+                new_index.entries()
+            )));
+        }
         if let Some(bytes) = encoded?.transpose()? {
             new_index.store_encoded(bytes)?;
         }
@@ -962,7 +980,7 @@ impl Repository {
         let rx = Arc::new(Mutex::new(rx));
         let store: &dyn Store = self.store().as_ref();
         let codec = self.codec();
-        type Referenced = (BlobSet, Vec<Id>, HashSet<Id>, Vec<DeltaImage>);
+        type Referenced = (BlobSet, Vec<Id>, u64, HashSet<Id>, Vec<DeltaImage>);
         let mut pending: Vec<PendingState> = Vec::new();
         let mut kept = Vec::new();
         let files = std::thread::scope(|scope| -> Result<(Vec<FileEntry>, Referenced)> {
@@ -979,6 +997,7 @@ impl Repository {
                 index,
                 referenced: BlobSet::default(),
                 unindexed_reused: Vec::new(),
+                claimed: 0,
                 reused_from: HashSet::new(),
                 images: Vec::new(),
                 pack: PackBuilder::new(),
@@ -1032,6 +1051,7 @@ impl Repository {
             let refs: Referenced = (
                 std::mem::take(&mut sink.referenced),
                 std::mem::take(&mut sink.unindexed_reused),
+                sink.claimed,
                 std::mem::take(&mut sink.reused_from),
                 std::mem::take(&mut sink.images),
             );
@@ -1054,7 +1074,7 @@ impl Repository {
             }
             result.map(|()| (files, refs))
         })?;
-        let (files, (referenced, unindexed_reused, reused_from, images)) = files;
+        let (files, (referenced, unindexed_reused, claimed, reused_from, images)) = files;
         let new_index = done
             .into_inner()
             .map_err(|_| Error::internal("upload results poisoned"))?;
@@ -1065,6 +1085,7 @@ impl Repository {
             files,
             referenced,
             unindexed_reused,
+            claimed,
             reused_from,
             images,
             pending,
