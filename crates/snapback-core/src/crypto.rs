@@ -23,7 +23,9 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use snapback_storage::{ErrorKind, ObjectInfo, PutOutcome, RequestStats, Store, StoreError};
+use snapback_storage::{
+    ErrorKind, ObjectInfo, PutOutcome, RequestStats, Store, StoreError, Tuning,
+};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -549,17 +551,8 @@ impl Store for CryptoStore {
     fn request_stats(&self) -> RequestStats {
         self.inner.request_stats()
     }
-    fn read_parallelism(&self) -> usize {
-        self.inner.read_parallelism()
-    }
-    fn write_parallelism(&self) -> usize {
-        self.inner.write_parallelism()
-    }
-    fn read_ahead(&self) -> u64 {
-        self.inner.read_ahead()
-    }
-    fn read_ahead_range(&self) -> u64 {
-        self.inner.read_ahead_range()
+    fn tuning(&self) -> Tuning {
+        self.inner.tuning()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Range reads of packs: planned (the blobs wanted, grouped by pack,
 //! neighbours coalesced into one read), run in parallel on threads of
 //! their own, or fetched ahead of their use (`ReadAhead`, for a restore
-//! on a store that asks for it: `Store::read_ahead`, the S3 store).
+//! on a store that asks for it: `Tuning::read_ahead`, the S3 store).
 //!
 //! A full restore fills its windows in file order, each from the range
 //! reads of its own chunks. On a local disk a window's reads cost CPU and
@@ -32,7 +32,7 @@ use crate::layout::pack_key;
 /// together up to this many bytes. Small enough that a window's blobs
 /// (about a third of it, compressed) make enough reads to keep every
 /// core busy opening them. A store that reads ahead (S3) has its own,
-/// larger reads (`Store::read_ahead_range`).
+/// larger reads (`Tuning::read_ahead_range`).
 pub(crate) const MAX_RANGE: u64 = 1 << 20;
 
 /// Blobs this close together are fetched in one read, with what lies
@@ -144,10 +144,11 @@ pub(crate) fn run_parallel<T: Sync>(
 }
 
 /// The longest range read worth making of `store`: its own when it reads
-/// ahead (`Store::read_ahead_range`), else `MAX_RANGE`.
+/// ahead (`Tuning::read_ahead_range`), else `MAX_RANGE`.
 pub(crate) fn range_limit(store: &dyn Store) -> u64 {
-    if store.read_ahead() > 0 {
-        store.read_ahead_range()
+    let t = store.tuning();
+    if t.read_ahead > 0 {
+        t.read_ahead_range
     } else {
         MAX_RANGE
     }

@@ -650,7 +650,7 @@ impl Repository {
 
     /// The chunk-list blobs `ids`, in that order, each checked as
     /// `read_list_blob` checks one, read all at once: grouped by pack,
-    /// neighbours in one range read, `Store::read_parallelism` reads at a
+    /// neighbours in one range read, `Tuning::read_parallelism` reads at a
     /// time (on S3 every read waits on the server: one by one, the 64
     /// parts of a 1 GiB database's list took seconds).
     pub(crate) fn read_list_blobs(&self, index: &MasterIndex, ids: &[Id]) -> Result<Vec<Vec<u8>>> {
@@ -679,7 +679,7 @@ impl Repository {
             fetch::range_limit(&*self.store),
         )?;
         let got: std::sync::Mutex<HashMap<Id, Vec<u8>>> = std::sync::Mutex::new(HashMap::new());
-        fetch::run_parallel(&reads, self.store.read_parallelism(), |r| {
+        fetch::run_parallel(&reads, self.store.tuning().read_parallelism, |r| {
             let range = self.store.get_range(&r.key, r.start, r.end - r.start)?;
             for (id, l, ()) in &r.blobs {
                 let a = (l.offset as u64 - r.start) as usize;

@@ -426,7 +426,7 @@ impl Repository {
 
     /// Fetches the blobs `ids` (each once, whatever the order): grouped by
     /// pack, neighbours coalesced into one range read, up to
-    /// `Store::read_parallelism` reads at once. Every blob is opened and
+    /// `Tuning::read_parallelism` reads at once. Every blob is opened and
     /// checked against its id before `sink` sees it; the first error stops
     /// the fetch and is returned.
     pub fn fetch_blobs(
@@ -437,7 +437,7 @@ impl Repository {
         sink: &(dyn Fn(&Id, &[u8]) -> Result<()> + Sync),
     ) -> Result<()> {
         let reads = plan_reads(index, ids.iter().map(|id| (*id, ())), place, MAX_RANGE)?;
-        run_parallel(&reads, self.store().read_parallelism(), |r| {
+        run_parallel(&reads, self.store().tuning().read_parallelism, |r| {
             let range = self.store().get_range(&r.key, r.start, r.end - r.start)?;
             for (id, l, ()) in &r.blobs {
                 let a = (l.offset as u64 - r.start) as usize;
@@ -463,8 +463,8 @@ impl Repository {
         ahead: Option<&ReadAhead<'_>>,
     ) -> Result<()> {
         let (max_range, width) = match ahead {
-            Some(_) => (self.store().read_ahead_range(), cores()),
-            None => (MAX_RANGE, self.store().read_parallelism()),
+            Some(_) => (self.store().tuning().read_ahead_range, cores()),
+            None => (MAX_RANGE, self.store().tuning().read_parallelism),
         };
         let reads: Vec<std::sync::Mutex<RangeRead<&mut [u8]>>> =
             plan_reads(index, wants, place, max_range)?
@@ -534,9 +534,10 @@ impl Repository {
         // planned now and fetched ahead of the windows, `read_parallelism`
         // at a time (see read_ahead.rs).
         let store = self.store();
-        let ahead = if store.read_ahead() > 0 {
-            let reads = window_reads(index, chunks, &is_zero, &place, store.read_ahead_range())?;
-            Some(ReadAhead::new(store, reads, store.read_ahead()))
+        let tuning = store.tuning();
+        let ahead = if tuning.read_ahead > 0 {
+            let reads = window_reads(index, chunks, &is_zero, &place, tuning.read_ahead_range)?;
+            Some(ReadAhead::new(store, reads, tuning.read_ahead))
         } else {
             None
         };
@@ -550,7 +551,7 @@ impl Repository {
         };
         let (sum, stats) = std::thread::scope(|s| {
             if let Some(a) = &ahead {
-                for _ in 0..store.read_parallelism().max(1) {
+                for _ in 0..tuning.read_parallelism.max(1) {
                     s.spawn(|| a.fetch());
                 }
             }

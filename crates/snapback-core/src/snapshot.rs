@@ -960,12 +960,12 @@ impl Repository {
         let stats = Mutex::new(SnapshotStats::default());
         let done = Mutex::new(NewIndex::default());
         // No more upload threads than the store gains from
-        // (`Store::write_parallelism`): each holds a pack (16 MiB) while it
+        // (`Tuning::write_parallelism`): each holds a pack (16 MiB) while it
         // writes it; a local disk takes one, S3 hides each request's
         // latency behind the others and keeps `upload_threads`.
         let uploaders = opts
             .upload_threads
-            .min(self.store().write_parallelism())
+            .min(self.store().tuning().write_parallelism)
             .max(1);
         // No queue between the capture and the upload threads: each pack is
         // handed to a thread as it is finished, and with every thread busy

@@ -183,8 +183,8 @@ fn snapshot_whose_every_pack_put_fails_reports_the_stores_error() {
     );
     assert_eq!(e.kind(), snapback_core::Kind::Io, "{e}");
     // Every upload thread failed: two asked for, no more than the store
-    // takes (`Store::write_parallelism`: one for a local directory).
-    let threads = 2.min(store.write_parallelism()) as u64;
+    // takes (`Tuning::write_parallelism`: one for a local directory).
+    let threads = 2.min(store.tuning().write_parallelism) as u64;
     assert!(store.injected() >= threads, "every upload thread failed");
     assert!(repo.snapshots().expect("snapshots").is_empty());
 }

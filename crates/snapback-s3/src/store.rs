@@ -15,7 +15,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use snapback_storage::{
-    validate_key, ErrorKind, ObjectInfo, PutOutcome, RequestStats, Store, StoreError,
+    validate_key, ErrorKind, ObjectInfo, PutOutcome, RequestStats, Store, StoreError, Tuning,
 };
 use tokio::runtime::Runtime;
 
@@ -110,11 +110,11 @@ fn sha256_b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
 }
 
-/// How many GETs a restore runs at once (see `Store::read_parallelism`).
+/// How many GETs a restore runs at once (see `Tuning::read_parallelism`).
 const S3_READ_PARALLELISM: usize = 16;
 
 /// How many bytes a restore fetches ahead of the window it fills, and the
-/// longest range it asks for (see `Store::read_ahead`): 16 GETs of 4 MiB.
+/// longest range it asks for (see `Tuning::read_ahead`): 16 GETs of 4 MiB.
 const S3_READ_AHEAD: u64 = 64 << 20;
 const S3_READ_AHEAD_RANGE: u64 = 4 << 20;
 
@@ -1028,21 +1028,18 @@ impl Store for S3Store {
     }
 
     /// Range GETs wait on the network and the server, not on a core: 16
-    /// at once keep a link busy without flooding the server.
-    fn read_parallelism(&self) -> usize {
-        S3_READ_PARALLELISM
-    }
-
-    /// A request waits on the server, and one stream is slower than
+    /// at once keep a link busy without flooding the server, and as many
+    /// PUTs. A request waits on the server, and one stream is slower than
     /// several (docs/benchmarks.md, "Restore": the floor on the local S3
     /// server): a restore keeps its GETs in flight ahead of the windows it
     /// fills.
-    fn read_ahead(&self) -> u64 {
-        S3_READ_AHEAD
-    }
-
-    fn read_ahead_range(&self) -> u64 {
-        S3_READ_AHEAD_RANGE
+    fn tuning(&self) -> Tuning {
+        Tuning {
+            read_parallelism: S3_READ_PARALLELISM,
+            write_parallelism: S3_READ_PARALLELISM,
+            read_ahead: S3_READ_AHEAD,
+            read_ahead_range: S3_READ_AHEAD_RANGE,
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::{ErrorKind, ObjectInfo, PutOutcome, RequestStats, Store, StoreError};
+use crate::{ErrorKind, ObjectInfo, PutOutcome, RequestStats, Store, StoreError, Tuning};
 
 /// The operations of a [`Store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -326,17 +326,8 @@ impl<S: Store> Store for FaultStore<S> {
     fn request_stats(&self) -> RequestStats {
         self.inner.request_stats()
     }
-    fn read_parallelism(&self) -> usize {
-        self.inner.read_parallelism()
-    }
-    fn write_parallelism(&self) -> usize {
-        self.inner.write_parallelism()
-    }
-    fn read_ahead(&self) -> u64 {
-        self.inner.read_ahead()
-    }
-    fn read_ahead_range(&self) -> u64 {
-        self.inner.read_ahead_range()
+    fn tuning(&self) -> Tuning {
+        self.inner.tuning()
     }
 }
 

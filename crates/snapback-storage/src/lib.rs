@@ -98,39 +98,53 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         RequestStats::default()
     }
 
-    /// How many reads at once suit this backend: restore runs this many
-    /// range reads in parallel. A local disk gains nothing past the cores;
-    /// a network store hides each request's latency behind the others.
-    fn read_parallelism(&self) -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
+    /// How this backend is best read and written ([`Tuning`]). A store
+    /// that wraps another (encryption, fault injection) passes its inner
+    /// store's on whole.
+    fn tuning(&self) -> Tuning {
+        Tuning::default()
     }
+}
 
+/// How a backend is best read and written: the one set of hints a store
+/// gives, so that a wrapping store passes them on in one piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// How many reads at once suit this backend: restore runs this many
+    /// range reads in parallel. A local disk gains nothing past the cores
+    /// (the default); a network store hides each request's latency behind
+    /// the others.
+    pub read_parallelism: usize,
     /// How many writes of large objects at once suit this backend: a
     /// snapshot stores its packs on at most this many threads, each
     /// holding the pack it writes (16 MiB). By default as many as reads; a
     /// local disk takes one, as it writes a pack several times faster than
     /// a snapshot fills one.
-    fn write_parallelism(&self) -> usize {
-        self.read_parallelism()
-    }
-
+    pub write_parallelism: usize,
     /// How many bytes a reader may fetch ahead of what it has used. 0 (the
     /// default) where a read costs only the reader's own work (a local
     /// disk: reading ahead would only move that work earlier). A network
     /// store, where every request waits on the other side and one stream
     /// is slower than several, is read fastest with large reads in flight
     /// ahead of their use: a full restore then fetches its range reads
-    /// (of up to [`Store::read_ahead_range`] bytes) up to this many bytes
-    /// ahead of the window it fills, `read_parallelism` at a time.
-    fn read_ahead(&self) -> u64 {
-        0
-    }
-
+    /// (of up to `read_ahead_range` bytes) up to this many bytes ahead of
+    /// the window it fills, `read_parallelism` at a time.
+    pub read_ahead: u64,
     /// The longest range read worth making of this store when reading
-    /// ahead (see [`Store::read_ahead`]): neighbouring blobs are read
-    /// together up to this many bytes.
-    fn read_ahead_range(&self) -> u64 {
-        1 << 20
+    /// ahead (see `read_ahead`): neighbouring blobs are read together up
+    /// to this many bytes. 1 MiB by default.
+    pub read_ahead_range: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Tuning {
+            read_parallelism: cores,
+            write_parallelism: cores,
+            read_ahead: 0,
+            read_ahead_range: 1 << 20,
+        }
     }
 }
 
@@ -188,17 +202,8 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
     fn request_stats(&self) -> RequestStats {
         (**self).request_stats()
     }
-    fn read_parallelism(&self) -> usize {
-        (**self).read_parallelism()
-    }
-    fn write_parallelism(&self) -> usize {
-        (**self).write_parallelism()
-    }
-    fn read_ahead(&self) -> u64 {
-        (**self).read_ahead()
-    }
-    fn read_ahead_range(&self) -> u64 {
-        (**self).read_ahead_range()
+    fn tuning(&self) -> Tuning {
+        (**self).tuning()
     }
 }
 

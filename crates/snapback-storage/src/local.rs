@@ -4,7 +4,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{validate_key, ErrorKind, ObjectInfo, PutOutcome, Store, StoreError};
+use crate::{validate_key, ErrorKind, ObjectInfo, PutOutcome, Store, StoreError, Tuning};
 
 /// Temporary files live here, inside the store, so that the final rename or
 /// link never crosses a file system. Listing never looks inside it.
@@ -198,11 +198,14 @@ impl Store for LocalStore {
         self.root.display().to_string()
     }
 
-    /// One: a pack is written (past the page cache, `write_direct`) and
-    /// fsync'd several times faster than a snapshot fills the next, and
-    /// each writer holds its pack in memory.
-    fn write_parallelism(&self) -> usize {
-        1
+    /// One writer: a pack is written (past the page cache,
+    /// `write_direct`) and fsync'd several times faster than a snapshot
+    /// fills the next, and each writer holds its pack in memory.
+    fn tuning(&self) -> Tuning {
+        Tuning {
+            write_parallelism: 1,
+            ..Tuning::default()
+        }
     }
 
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome, StoreError> {
