@@ -1024,3 +1024,46 @@ fn manifest_json_keys_stay_in_alphabetical_order() {
         ["id", "manifest", "mount_notes", "point", "short_id"]
     );
 }
+
+/// The inode of `path` in `tree`, walking down from the root.
+fn ino_in(tree: &Tree, path: &str) -> Option<u64> {
+    let mut ino = ROOT_INO;
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        match &tree.nodes.get(&ino)?.kind {
+            tree::NodeKind::Dir { children, .. } => ino = *children.get(c)?,
+            _ => return None,
+        }
+    }
+    Some(ino)
+}
+
+#[test]
+fn a_snapshot_listed_under_a_forgotten_ones_name_gets_new_inodes() {
+    // The kernel keeps a file's pages across opens by inode number
+    // (keep_cache): a number reused for other content would serve the old
+    // snapshot's bytes as the new one's. A name is the time and an 8-hex
+    // short id, so two snapshots can share it.
+    let fx = Fixture::new();
+    let db = fx.make_db("app.db", 10);
+    let s1 = fx.snapshot(&[&db]);
+    let mut twin = s1.clone();
+    twin.id.0[31] ^= 1;
+    assert_eq!(snapshot_dir_name(&twin), snapshot_dir_name(&s1));
+    let path = format!("snapshots/{}/{}", snapshot_dir_name(&s1), rel(&db));
+    let mut inos = Inodes {
+        by_key: std::collections::HashMap::new(),
+        next: ROOT_INO + 1,
+    };
+    let now = SystemTime::now();
+    let first = tree::build(&View::All, std::slice::from_ref(&s1), &mut inos, now);
+    let ino1 = ino_in(&first, &path).expect("s1's file");
+    // s1 forgotten, its twin listed at the next refresh.
+    let second = tree::build(&View::All, std::slice::from_ref(&twin), &mut inos, now);
+    let ino2 = ino_in(&second, &path).expect("the twin's file");
+    assert_ne!(
+        ino1, ino2,
+        "the same name with other content needs a new inode"
+    );
+    let again = tree::build(&View::All, std::slice::from_ref(&s1), &mut inos, now);
+    assert_eq!(ino_in(&again, &path), Some(ino1), "s1 keeps its inode");
+}

@@ -344,7 +344,12 @@ pub(super) fn build(view: &View, snaps: &[Snapshot], inos: &mut Inodes, now: Sys
                 .unwrap_or(ROOT_INO);
             for s in snaps {
                 let name = snapshot_dir_name(s);
-                let key = format!("/snapshots/{name}");
+                // Keyed by the full id, not by the name: the kernel keeps a
+                // file's pages across opens (`keep_cache`) under its inode
+                // number, so one number must never stand for two contents.
+                // Two snapshots can share a name (the time and the 8-hex
+                // short id), one listed after the other was forgotten.
+                let key = format!("/snapshots/#{}", s.id.to_hex());
                 let t: SystemTime = s.time.into();
                 if let Some(d) = b.add(snapdir, &name, &key, Builder::dir(false, snapdir, t)) {
                     b.snapshot_content(d, &key, s);
