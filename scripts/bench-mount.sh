@@ -5,6 +5,9 @@
 #
 #   scripts/bench-mount.sh              # 256 MiB database
 #   SIZE_MB=1024 scripts/bench-mount.sh # 1 GiB
+#   KIND=json scripts/bench-mount.sh    # rows of JSON text that compress well
+#                                       # (default KIND=bench: random blobs, which
+#                                       # hardly compress)
 #   MOUNT_FLAGS="--fetch-window 64K" scripts/bench-mount.sh  # mount options
 #   S3=1 scripts/bench-mount.sh         # the repository on the local S3 server
 #                                       # (scripts/s3-server.sh) instead of a directory
@@ -16,9 +19,15 @@
 #              or 1,000 with S3=1)
 #   range:     a scan of 100,000 consecutive rows (sum over a column)
 #   aggregate: GROUP BY over an indexed column (a covering-index scan)
+# The mount serves a WAL-mode database in rollback mode (a read-only file
+# system has no -shm), so the warm runs are also measured on a local copy in
+# rollback mode (local-rb): the same file and SQLite protocol as the mount,
+# on local disk.
 set -euo pipefail
 
 SIZE_MB=${SIZE_MB:-256}
+KIND=${KIND:-bench}
+case "$KIND" in bench | json) ;; *) echo "KIND is bench or json, not $KIND" >&2; exit 2 ;; esac
 # Point lookups in the workload (fewer over S3, where every cold chunk is a
 # request of tens of milliseconds).
 if [ "${S3:-0}" = 1 ]; then POINTS=${POINTS:-1000}; else POINTS=${POINTS:-10000}; fi
@@ -50,13 +59,25 @@ DB="$WORK/src/bench.db"
 mkdir -p "$WORK/src" "$MNT"
 # ~1 KiB per row: rows for the requested size.
 ROWS=$(( SIZE_MB * 1024 * 1024 / 1100 ))
-echo "== generating a ${SIZE_MB} MiB database ($ROWS rows)"
+if [ "$KIND" = json ]; then
+    # An order document of about 850 bytes of JSON with long repeated text
+    # (the file compresses about 14x with zstd -3).
+    ITEM="json_object('sku', printf('SKU-%05d', abs(random()) % 500), 'quantity', 1 + abs(random()) % 8, 'price', json_object('amount', abs(random()) % 99999, 'currency', 'EUR'), 'description', 'Standard product description: durable, tested, shipped from the central warehouse.')"
+    BODY="json_object('id', x,
+      'status', CASE abs(random()) % 4 WHEN 0 THEN 'pending' WHEN 1 THEN 'paid' WHEN 2 THEN 'shipped' ELSE 'delivered' END,
+      'customer', json_object('name', 'Customer ' || (abs(random()) % 5000), 'street', (1 + abs(random()) % 300) || ' Market street', 'city', 'City ' || (abs(random()) % 300), 'country', 'DE'),
+      'items', json_array($ITEM, $ITEM, $ITEM),
+      'notes', 'Delivery notes: leave the parcel at the front desk; call ahead; fragile items inside. Reference ' || hex(randomblob(6)) || '. Delivery notes: leave the parcel at the front desk; call ahead.')"
+else
+    BODY="randomblob(1000)"
+fi
+echo "== generating a ${SIZE_MB} MiB database ($ROWS rows, $KIND)"
 sqlite3 "$DB" <<SQL
 PRAGMA journal_mode=wal;
 PRAGMA page_size=4096;
 CREATE TABLE items(id INTEGER PRIMARY KEY, grp INTEGER NOT NULL, val INTEGER NOT NULL, body BLOB NOT NULL);
 WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $ROWS)
-INSERT INTO items SELECT x, abs(random()) % 1000, abs(random()) % 1000000, randomblob(1000) FROM c;
+INSERT INTO items SELECT x, abs(random()) % 1000, abs(random()) % 1000000, $BODY FROM c;
 CREATE INDEX items_grp ON items(grp);
 SQL
 echo "   $(du -m "$DB" | cut -f1) MiB on disk"
@@ -99,6 +120,12 @@ echo "== local disk"
 LOCAL_COLD=$(drop_caches)
 for w in point range aggregate; do T[local_cold_$w]=$(run "$DB" "$WORK/$w.sql"); done
 for w in point range aggregate; do T[local_warm_$w]=$(run "$DB" "$WORK/$w.sql"); done
+# The same file in rollback mode, on local disk: warm runs only.
+RB="$WORK/src/rollback.db"
+cp "$DB" "$RB"
+sqlite3 "$RB" 'PRAGMA journal_mode=delete' >/dev/null
+for w in point range aggregate; do run "$RB" "$WORK/$w.sql" >/dev/null; done
+for w in point range aggregate; do T[local_rb_$w]=$(run "$RB" "$WORK/$w.sql"); done
 
 echo "== mount"
 SB mount latest "$MNT" ${MOUNT_FLAGS:-} &
@@ -115,15 +142,16 @@ for w in point range aggregate; do T[mount_warm_$w]=$(run "$MDB" "$WORK/$w.sql")
 echo
 echo "repository: $REPO"
 echo "workload: $POINTS point lookups, 100,000-row range scan, GROUP BY over an index"
-echo "database: ${SIZE_MB} MiB, $(date -u +%Y-%m-%d), $(nproc) cores, local page cache dropped before the cold run: $LOCAL_COLD"
-printf "%-10s %12s %12s %12s %12s %12s %12s\n" workload local-cold local-warm mount-cold mount-warm cold/local warm/local
+echo "database: ${SIZE_MB} MiB ($KIND, $(du -m "$DB" | cut -f1) MiB on disk), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), local page cache dropped before the cold run: $LOCAL_COLD"
+printf "%-10s %11s %11s %11s %11s %11s %10s %10s %10s\n" workload local-cold local-warm local-rb mount-cold mount-warm cold/local warm/local warm/rb
 for w in point range aggregate; do
-    lc=${T[local_cold_$w]}; lw=${T[local_warm_$w]}; mc=${T[mount_cold_$w]}; mw=${T[mount_warm_$w]}
-    printf "%-10s %11.3fs %11.3fs %11.3fs %11.3fs %11.1fx %11.1fx\n" "$w" "$lc" "$lw" "$mc" "$mw" \
-        "$(calc "$mc / $lc")" "$(calc "$mw / $lw")"
+    lc=${T[local_cold_$w]}; lw=${T[local_warm_$w]}; lr=${T[local_rb_$w]}; mc=${T[mount_cold_$w]}; mw=${T[mount_warm_$w]}
+    printf "%-10s %10.3fs %10.3fs %10.3fs %10.3fs %10.3fs %9.2fx %9.2fx %9.2fx\n" "$w" "$lc" "$lw" "$lr" "$mc" "$mw" \
+        "$(calc "$mc / $lc")" "$(calc "$mw / $lw")" "$(calc "$mw / $lr")"
 done
 echo "(cold/local compares the fresh mount with local disk after dropping the page cache when allowed;"
-echo " warm/local compares second runs of both)"
+echo " warm/local compares second runs of both; local-rb is the same file in rollback mode on local"
+echo " disk, warm, which is how the mount serves it; warm/rb compares the mount with it)"
 echo
 echo "mount status:"
 cat "$MNT/.snapback-status.json"
