@@ -25,6 +25,11 @@ struct Queues {
     demand: VecDeque<Job>,
     background: VecDeque<Job>,
     shutdown: bool,
+    /// Workers waiting for a job. A job is queued with a wake-up only when
+    /// one waits: a busy worker takes it when it finishes its own (a
+    /// wake-up per job was a futex call per job even with every worker
+    /// busy).
+    idle: usize,
 }
 
 struct PoolInner {
@@ -67,7 +72,9 @@ impl Pool {
     pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         if let Ok(mut q) = self.inner.q.lock() {
             q.demand.push_back(Box::new(job));
-            self.inner.cv.notify_one();
+            if q.idle > 0 {
+                self.inner.cv.notify_one();
+            }
         }
     }
 
@@ -81,7 +88,9 @@ impl Pool {
             return false;
         }
         q.background.push_back(Box::new(job));
-        self.inner.cv.notify_one();
+        if q.idle > 0 {
+            self.inner.cv.notify_one();
+        }
         true
     }
 }
@@ -108,10 +117,12 @@ fn worker(inner: &PoolInner) {
                 if let Some(j) = q.demand.pop_front().or_else(|| q.background.pop_front()) {
                     break j;
                 }
+                q.idle += 1;
                 q = match inner.cv.wait(q) {
                     Ok(q) => q,
                     Err(_) => return,
                 };
+                q.idle -= 1;
             }
         };
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
@@ -144,10 +155,20 @@ pub(crate) fn run_with_deadline<T: Send + 'static>(
 
 type SlotResult = Result<Arc<Vec<u8>>, VfsError>;
 
+/// What a slot holds: the result once there is one, and whether a reader
+/// sleeps on it (only then does filling it wake anyone: most chunks of a
+/// scan are fetched ahead of their reader, and a wake-up per chunk was a
+/// futex call per chunk).
+#[derive(Default)]
+struct SlotState {
+    result: Option<SlotResult>,
+    waiting: bool,
+}
+
 /// One chunk being fetched; every reader that wants it waits here.
 struct Slot {
     started: AtomicBool,
-    result: Mutex<Option<SlotResult>>,
+    state: Mutex<SlotState>,
     cv: Condvar,
 }
 
@@ -155,16 +176,24 @@ impl Slot {
     fn new() -> Arc<Slot> {
         Arc::new(Slot {
             started: AtomicBool::new(false),
-            result: Mutex::new(None),
+            state: Mutex::new(SlotState::default()),
             cv: Condvar::new(),
         })
     }
 
     fn fill(&self, r: SlotResult) {
-        if let Ok(mut g) = self.result.lock() {
-            *g = Some(r);
+        let wake = match self.state.lock() {
+            Ok(mut g) => {
+                g.result = Some(r);
+                g.waiting
+            }
+            // A poisoned slot is never read again (its readers fail); wake
+            // them anyway so they do not sleep to their deadline.
+            Err(_) => true,
+        };
+        if wake {
+            self.cv.notify_all();
         }
-        self.cv.notify_all();
     }
 
     fn wait(&self, deadline: Instant, what: &dyn Fn() -> String, since: Instant) -> SlotResult {
@@ -173,17 +202,18 @@ impl Slot {
             secs: since.elapsed().as_secs_f64(),
         };
         let mut g = self
-            .result
+            .state
             .lock()
             .map_err(|_| VfsError::Internal("fetch slot lock poisoned".into()))?;
         loop {
-            if let Some(r) = g.as_ref() {
+            if let Some(r) = g.result.as_ref() {
                 return r.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(timed_out());
             }
+            g.waiting = true;
             g = match self.cv.wait_timeout(g, left) {
                 Ok((g, _)) => g,
                 Err(_) => return Err(VfsError::Internal("fetch slot lock poisoned".into())),
@@ -251,10 +281,6 @@ impl Fetcher {
 
     pub(crate) fn repo(&self) -> &Arc<Repository> {
         &self.repo
-    }
-
-    fn mem_get(&self, id: &Id) -> Option<Arc<Vec<u8>>> {
-        self.mem.lock().ok()?.get(id)
     }
 
     pub(crate) fn mem_bytes(&self) -> u64 {
@@ -384,25 +410,29 @@ impl Fetcher {
             _ => self.load_group(index, &ids),
         };
         // Cache every chunk of the group before waking any reader, so that a
-        // reader moving on to the next chunk finds it in memory.
-        for ((id, _), r) in group.iter().zip(&results) {
-            if let Ok(data) = r {
-                if let Ok(mut m) = self.mem.lock() {
+        // reader moving on to the next chunk finds it in memory. One lock of
+        // each map for the whole group, not one per chunk.
+        if let Ok(mut m) = self.mem.lock() {
+            for ((id, _), r) in group.iter().zip(&results) {
+                if let Ok(data) = r {
                     m.insert(*id, data.clone(), data.len() as u64);
-                }
-            } else {
-                self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = r {
-                    self.remember_failure(*id, e.clone());
                 }
             }
         }
-        for ((id, slot), r) in group.into_iter().zip(results) {
-            if let Ok(mut inflight) = self.inflight.lock() {
-                if inflight.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                    inflight.remove(&id);
+        for ((id, _), r) in group.iter().zip(&results) {
+            if let Err(e) = r {
+                self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
+                self.remember_failure(*id, e.clone());
+            }
+        }
+        if let Ok(mut inflight) = self.inflight.lock() {
+            for (id, slot) in &group {
+                if inflight.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                    inflight.remove(id);
                 }
             }
+        }
+        for ((_, slot), r) in group.into_iter().zip(results) {
             slot.fill(r);
         }
     }
@@ -551,15 +581,18 @@ impl Fetcher {
         let since = Instant::now();
         let mut out: Vec<Option<Arc<Vec<u8>>>> = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
-        for id in ids {
-            let d = self.mem_get(id);
-            if d.is_some() {
-                self.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
-            } else {
+        // One lock of the memory cache for the whole read.
+        match self.mem.lock() {
+            Ok(mut m) => out.extend(ids.iter().map(|id| m.get(id))),
+            Err(_) => out.resize(ids.len(), None),
+        }
+        for (d, id) in out.iter().zip(ids) {
+            if d.is_none() {
                 missing.push(*id);
             }
-            out.push(d);
         }
+        let hits = (ids.len() - missing.len()) as u64;
+        self.stats.mem_hits.fetch_add(hits, Ordering::Relaxed);
         if missing.is_empty() {
             return Ok(out.into_iter().flatten().collect());
         }
