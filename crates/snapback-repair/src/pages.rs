@@ -483,27 +483,28 @@ impl Skipper<'_> {
         let snap_leaves = std::mem::take(&mut self.sleaves);
         // A leaf of both trees whose bytes are the same, and whose
         // overflow chains are the same too.
-        let mut equal: HashSet<u32> = HashSet::new();
-        let mut overflow_compared = 0u64;
+        let mut candidates: Vec<(u32, std::ops::Range<usize>)> = Vec::new();
+        let mut chains: Vec<(u32, u64)> = Vec::new();
         for &p in &lt.leaves {
             if !snap_leaves.contains(&p) || !self.same(p) {
                 continue;
             }
-            let chains = match self.lleaf.get(&p) {
-                Some(Some(l)) => l.chains.clone(),
-                _ => return full(format!("live page {p} is not a table leaf")),
-            };
-            let mut all_same = true;
-            for (first, n) in chains {
-                match self.same_chain(first, n)? {
-                    Some(k) => overflow_compared += k,
-                    None => {
-                        all_same = false;
-                        break;
-                    }
+            match self.lleaf.get(&p) {
+                Some(Some(l)) => {
+                    let from = chains.len();
+                    chains.extend_from_slice(&l.chains);
+                    candidates.push((p, from..chains.len()));
                 }
+                _ => return full(format!("live page {p} is not a table leaf")),
             }
-            if all_same {
+        }
+        let same = self.same_chains(&chains)?;
+        let mut equal: HashSet<u32> = HashSet::new();
+        let mut overflow_compared = 0u64;
+        for (p, range) in candidates {
+            let verdicts = &same[range];
+            if verdicts.iter().all(Option::is_some) {
+                overflow_compared += verdicts.iter().flatten().sum::<u64>();
                 equal.insert(p);
             }
         }
@@ -645,8 +646,12 @@ impl Skipper<'_> {
         // checked to increase strictly; a pair of the same cells is not read.
         let mut sc = Items::new(&st.leaves, equal, &sbytes, self.usable);
         let mut lc = Items::new(&lt.leaves, equal, &lbytes, self.usable);
-        let (mut snap_runs, mut live_runs) = (Runs::default(), Runs::default());
-        let (mut identical, mut overflow_compared) = (0u64, 0u64);
+        // First the merge, with the pairs of the same cells whose overflow
+        // chains are still to be compared marked; then every such chain
+        // compared at once (a batch of pages read and hashed per link);
+        // then the runs.
+        let mut steps: Vec<Step> = Vec::new();
+        let mut chains: Vec<(u32, u64)> = Vec::new();
         loop {
             let (a, b) = match (sc.peek(&self.lleaf), lc.peek(&self.lleaf)) {
                 (Err(why), _) => return Ok(Err(format!("the snapshot: {why}"))),
@@ -656,54 +661,75 @@ impl Skipper<'_> {
             match (a, b) {
                 (None, None) => break,
                 (Some(Item::Skipped), _) => {
-                    snap_runs.gap();
+                    steps.push(Step::SnapGap);
                     sc.next();
                 }
                 (_, Some(Item::Skipped)) => {
-                    live_runs.gap();
+                    steps.push(Step::LiveGap);
                     lc.next();
                 }
                 (Some(Item::Cell(a)), None) => {
-                    snap_runs.rows(a.rowid, 1);
+                    steps.push(Step::SnapRow(a.rowid));
                     sc.next();
                 }
                 (None, Some(Item::Cell(b))) => {
-                    live_runs.rows(b.rowid, 1);
+                    steps.push(Step::LiveRow(b.rowid));
                     lc.next();
                 }
                 (Some(Item::Cell(a)), Some(Item::Cell(b))) => match a.rowid.cmp(&b.rowid) {
                     std::cmp::Ordering::Less => {
-                        snap_runs.rows(a.rowid, 1);
+                        steps.push(Step::SnapRow(a.rowid));
                         sc.next();
                     }
                     std::cmp::Ordering::Greater => {
-                        live_runs.rows(b.rowid, 1);
+                        steps.push(Step::LiveRow(b.rowid));
                         lc.next();
                     }
                     std::cmp::Ordering::Equal => {
-                        let same = a.bytes == b.bytes
-                            && match a.chain {
-                                None => true,
-                                Some((first, n)) => match self.same_chain(first, n)? {
-                                    Some(k) => {
-                                        overflow_compared += k;
-                                        true
-                                    }
-                                    None => false,
-                                },
-                            };
-                        if same {
-                            identical += 1;
-                            snap_runs.gap();
-                            live_runs.gap();
+                        steps.push(if a.bytes != b.bytes {
+                            Step::Pair(a.rowid, Same::No)
+                        } else if let Some(chain) = a.chain {
+                            chains.push(chain);
+                            Step::Pair(a.rowid, Same::IfChain(chains.len() - 1))
                         } else {
-                            snap_runs.rows(a.rowid, 1);
-                            live_runs.rows(b.rowid, 1);
-                        }
+                            Step::Pair(a.rowid, Same::Yes)
+                        });
                         sc.next();
                         lc.next();
                     }
                 },
+            }
+        }
+        let chain_same = self.same_chains(&chains)?;
+        let (mut snap_runs, mut live_runs) = (Runs::default(), Runs::default());
+        let (mut identical, mut overflow_compared) = (0u64, 0u64);
+        for step in steps {
+            match step {
+                Step::SnapGap => snap_runs.gap(),
+                Step::LiveGap => live_runs.gap(),
+                Step::SnapRow(r) => snap_runs.rows(r, 1),
+                Step::LiveRow(r) => live_runs.rows(r, 1),
+                Step::Pair(r, same) => {
+                    let same = match same {
+                        Same::Yes => true,
+                        Same::No => false,
+                        Same::IfChain(i) => match chain_same.get(i).copied().flatten() {
+                            Some(k) => {
+                                overflow_compared += k;
+                                true
+                            }
+                            None => false,
+                        },
+                    };
+                    if same {
+                        identical += 1;
+                        snap_runs.gap();
+                        live_runs.gap();
+                    } else {
+                        snap_runs.rows(r, 1);
+                        live_runs.rows(r, 1);
+                    }
+                }
             }
         }
         Ok(Ok(CellSkip {
@@ -867,27 +893,78 @@ impl Skipper<'_> {
         })
     }
 
-    /// Whether the overflow chain of `n` pages from `first` is the same on
-    /// both sides: the pages it compared, or `None` when one differs (or
-    /// the chain leaves either database).
-    fn same_chain(&mut self, first: u32, n: u64) -> Result<Option<u64>> {
-        let mut p = first;
-        for k in 0..n {
-            if p < 2 || u64::from(p) > self.live.pages || p as usize > self.ids.len() {
-                return Ok(None);
-            }
-            let Some(b) = self.live.read(&[p])?.pop() else {
-                return Ok(None);
-            };
-            if self.ids[p as usize - 1] != self.point.chunk_id_of(&b) {
-                return Ok(None);
-            }
-            if k + 1 < n {
-                p = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    /// Whether each overflow chain (first page, page count) of `chains`
+    /// is the same on both sides: the pages it compared, or `None` when
+    /// one differs (or the chain leaves either database). The chains are
+    /// followed together, a link at a time: each link's live pages are
+    /// read in batches and hashed on every core.
+    fn same_chains(&mut self, chains: &[(u32, u64)]) -> Result<Vec<Option<u64>>> {
+        let mut out: Vec<Option<u64>> = vec![None; chains.len()];
+        // (chain, its page to compare next, the pages compared before it)
+        // A chain longer than the live database has pages would visit one
+        // twice: it is not followed (a damaged payload size, which the
+        // full scan then reports).
+        let mut at: Vec<(usize, u32, u64)> = chains
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.1 > 0 && c.1 <= self.live.pages)
+            .map(|(i, c)| (i, c.0, 0))
+            .collect();
+        for (i, c) in chains.iter().enumerate() {
+            if c.1 == 0 {
+                out[i] = Some(0);
             }
         }
-        Ok(Some(n))
+        let mut pages = std::mem::take(&mut self.spare);
+        while !at.is_empty() {
+            at.retain(|&(_, p, _)| {
+                p >= 2 && u64::from(p) <= self.live.pages && p as usize <= self.ids.len()
+            });
+            let mut next = Vec::new();
+            for group in at.chunks(LIVE_BATCH) {
+                let pgnos: Vec<u32> = group.iter().map(|c| c.1).collect();
+                self.live.read_into(&pgnos, &mut pages)?;
+                let point = self.point;
+                let ids: Vec<Id> = pages.par_iter().map(|b| point.chunk_id_of(b)).collect();
+                for ((&(i, p, k), b), id) in group.iter().zip(pages.iter()).zip(ids) {
+                    if self.ids[p as usize - 1] != id {
+                        continue;
+                    }
+                    if k + 1 < chains[i].1 {
+                        match b.get(..4) {
+                            Some(n) => {
+                                next.push((i, u32::from_be_bytes([n[0], n[1], n[2], n[3]]), k + 1))
+                            }
+                            None => continue,
+                        }
+                    } else {
+                        out[i] = Some(k + 1);
+                    }
+                }
+            }
+            at = next;
+        }
+        self.spare = pages;
+        Ok(out)
     }
+}
+
+/// One step of the merge of both sides' cells by rowid.
+enum Step {
+    SnapGap,
+    LiveGap,
+    SnapRow(i64),
+    LiveRow(i64),
+    /// A rowid on both sides, and whether it is the same row.
+    Pair(i64, Same),
+}
+
+/// Whether a rowid on both sides is the same row.
+enum Same {
+    Yes,
+    No,
+    /// When its overflow chain (`chains[i]`) is the same too.
+    IfChain(usize),
 }
 
 /// One level of a b-tree walk.

@@ -219,6 +219,53 @@ fn a_same_size_update_of_only_the_overflow_part_of_a_long_row_is_found() {
 }
 
 #[test]
+fn in_a_differing_leaf_a_long_row_whose_cell_is_the_same_but_overflow_is_not_is_found() {
+    // Every third row spills to two overflow pages; a leaf holds a few of
+    // them among short rows.
+    let lab = Lab::new(|c| {
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 600)
+             INSERT INTO t SELECT i, CASE WHEN i % 3 = 0 THEN printf('%.5000c', 'a') ELSE printf('short %d', i) END FROM s;",
+        )
+        .expect("setup")
+    });
+    let snap = lab.snapshot();
+    // Row 2 changes its cell (its leaf then differs); row 3, on the same
+    // leaf, changes only the tail on its overflow pages (the same size:
+    // SQLite writes it in place), so its cell on the leaf is the same.
+    lab.exec(
+        "UPDATE t SET v = 'changed' WHERE id = 2;
+         UPDATE t SET v = substr(v, 1, 4990) || 'ZZZZZZZZZZ' WHERE id = 3;",
+    );
+    let (skip, _) = same_both_ways(&lab, &snap, "t", &[]);
+    assert!(by_page_hash(&skip), "{skip:?}");
+    assert!(skip.stdout.contains("\"changed\":2"), "{skip:?}");
+    for id in [2, 3] {
+        assert!(
+            skip.stdout.contains(&format!("\"id\":{id}}}"))
+                || skip.stdout.contains(&format!("\"id\":{id},")),
+            "row {id} is found changed: {skip:?}"
+        );
+    }
+    let log = skip
+        .stderr
+        .lines()
+        .find(|l| l.contains("by page hash"))
+        .unwrap_or_else(|| panic!("{skip:?}"));
+    let same_by_cells: u64 = log
+        .split(" more rows the same by their cells")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        same_by_cells > 0,
+        "the leaf's other rows (long ones among them) are the same by their cells: {log}"
+    );
+}
+
+#[test]
 fn rows_moved_between_pages_by_splits_and_merges_are_diffed_exactly() {
     let lab = rows_lab(3000, false);
     let snap = lab.snapshot();
