@@ -751,42 +751,85 @@ impl Skipper<'_> {
     }
 
     /// Reads and hashes (on every core) the live pages not read yet,
-    /// keeping interior pages' bytes and leaves parsed.
+    /// keeping interior pages' bytes and leaves parsed. Past one batch,
+    /// reading (on this thread, which owns the live connection) and
+    /// hashing (on another) overlap: the next batch is read while the one
+    /// before is hashed, and the one before that is taken in.
     fn load_live(&mut self, pgnos: &[u32]) -> Result<()> {
         let need: Vec<u32> = pgnos
             .iter()
             .copied()
             .filter(|p| u64::from(*p) <= self.live.pages && !self.lhash.contains_key(p))
             .collect();
-        let mut pages = std::mem::take(&mut self.spare);
-        for group in need.chunks(LIVE_BATCH) {
-            self.live.read_into(group, &mut pages)?;
-            let point = self.point;
+        let point = self.point;
+        if need.len() <= LIVE_BATCH {
+            let mut pages = std::mem::take(&mut self.spare);
+            self.live.read_into(&need, &mut pages)?;
             let ids: Vec<Id> = pages.par_iter().map(|b| point.chunk_id_of(b)).collect();
-            for ((&p, b), id) in group.iter().zip(pages.iter_mut()).zip(ids) {
-                self.lhash.insert(p, id);
-                match header(b).map(|h| h.kind) {
-                    Some(0x05) => {
-                        self.linterior.insert(p, std::mem::take(b));
+            self.take_live(&need, &mut pages, ids);
+            self.spare = pages;
+            return Ok(());
+        }
+        let live = self.live;
+        let groups: Vec<&[u32]> = need.chunks(LIVE_BATCH).collect();
+        std::thread::scope(|scope| -> Result<()> {
+            let (to_hash, hash_rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+            let (hashed_tx, hashed) = std::sync::mpsc::sync_channel::<(Vec<Vec<u8>>, Vec<Id>)>(1);
+            scope.spawn(move || {
+                for pages in hash_rx {
+                    let ids: Vec<Id> = pages.par_iter().map(|b| point.chunk_id_of(b)).collect();
+                    if hashed_tx.send((pages, ids)).is_err() {
+                        break;
                     }
-                    Some(_) => {
-                        let l = leaf(b, self.usable);
-                        let same_as_snapshot = self.sleaves.contains(&p)
-                            && self.ids.get((p as usize).wrapping_sub(1)) == Some(&id)
-                            && l.as_ref().is_some_and(|l| l.chains.is_empty());
-                        let len = b.len() as u64;
-                        if !same_as_snapshot && self.lbytes_held + len <= CELLS_MAX {
-                            self.lbytes_held += len;
-                            self.lbytes.insert(p, std::mem::take(b));
-                        }
-                        self.lleaf.insert(p, l);
-                    }
-                    None => {}
+                }
+            });
+            let lost = || Error::Input("the diff's hashing thread stopped".into());
+            let mut spare = vec![std::mem::take(&mut self.spare)];
+            for (i, group) in groups.iter().enumerate() {
+                let mut pages = spare.pop().unwrap_or_default();
+                live.read_into(group, &mut pages)?;
+                to_hash.send(pages).map_err(|_| lost())?;
+                if i > 0 {
+                    let (mut pages, ids) = hashed.recv().map_err(|_| lost())?;
+                    self.take_live(groups[i - 1], &mut pages, ids);
+                    spare.push(pages);
                 }
             }
+            drop(to_hash);
+            let (mut pages, ids) = hashed.recv().map_err(|_| lost())?;
+            if let Some(last) = groups.last() {
+                self.take_live(last, &mut pages, ids);
+            }
+            self.spare = pages;
+            Ok(())
+        })
+    }
+
+    /// Takes in live pages `group` (their bytes `pages`, their hashes
+    /// `ids`): their hashes, the interior pages' bytes, the leaves parsed
+    /// (and, for a leaf that may differ, its bytes).
+    fn take_live(&mut self, group: &[u32], pages: &mut [Vec<u8>], ids: Vec<Id>) {
+        for ((&p, b), id) in group.iter().zip(pages.iter_mut()).zip(ids) {
+            self.lhash.insert(p, id);
+            match header(b).map(|h| h.kind) {
+                Some(0x05) => {
+                    self.linterior.insert(p, std::mem::take(b));
+                }
+                Some(_) => {
+                    let l = leaf(b, self.usable);
+                    let same_as_snapshot = self.sleaves.contains(&p)
+                        && self.ids.get((p as usize).wrapping_sub(1)) == Some(&id)
+                        && l.as_ref().is_some_and(|l| l.chains.is_empty());
+                    let len = b.len() as u64;
+                    if !same_as_snapshot && self.lbytes_held + len <= CELLS_MAX {
+                        self.lbytes_held += len;
+                        self.lbytes.insert(p, std::mem::take(b));
+                    }
+                    self.lleaf.insert(p, l);
+                }
+                None => {}
+            }
         }
-        self.spare = pages;
-        Ok(())
     }
 
     /// Fetches (verified) and parses snapshot leaves, a batch at a time,
